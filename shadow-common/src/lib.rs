@@ -1,0 +1,261 @@
+//! Types shared by the kernel programs (shadow-ebpf) and the daemon.
+//!
+//! Everything here crosses the kernel/user boundary through a map or the ring buffer, so every struct
+//! is `#[repr(C)]`, `Copy`, has explicit padding and integer flags instead of `bool`, and its size is
+//! asserted at compile time: a layout change must be a deliberate `RECORD_VERSION` bump.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Version of [`SegmentHeader`]; the daemon refuses records of another version.
+pub const RECORD_VERSION: u8 = 1;
+
+/// Largest TCP payload copied into one ring-buffer record. GRO/GSO segments on lo and veth are at
+/// most 64 KiB including headers, so every segment of a normal kernel fits; a larger one (BIG TCP)
+/// is emitted header-only with [`record_flags::TRUNCATED`].
+pub const MAX_CAPTURE: usize = 65536;
+
+/// Reservation buckets for payload bytes: the kernel only reserves constant sizes, so a record's
+/// payload area is the smallest bucket that holds the segment. `captured_len` tells the real size.
+pub const CAPTURE_BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, MAX_CAPTURE];
+
+/// Names of programs and maps in the eBPF object.
+pub mod names {
+    pub const PROG_TC_INGRESS: &str = "shadow_tc_ingress";
+    pub const PROG_TC_EGRESS: &str = "shadow_tc_egress";
+    pub const PROG_XDP: &str = "shadow_xdp";
+    pub const MAP_EVENTS: &str = "SHADOW_EVENTS";
+    pub const MAP_CONFIG: &str = "SHADOW_CONFIG";
+    pub const MAP_COUNTERS: &str = "SHADOW_COUNTERS";
+    pub const MAP_FLOWS: &str = "SHADOW_FLOWS";
+}
+
+/// Address family of a record or flow key.
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Direction of a segment relative to the service.
+pub mod direction {
+    /// Client to service port: request bytes.
+    pub const REQUEST: u8 = 0;
+    /// Service port to client: response bytes.
+    pub const RESPONSE: u8 = 1;
+}
+
+/// Bits of [`SegmentHeader::flags`].
+pub mod record_flags {
+    /// The segment's payload was larger than what could be copied; `captured_len` is 0 and the
+    /// daemon must treat the stream as damaged from here.
+    pub const TRUNCATED: u16 = 1 << 0;
+    /// This segment began a request line and the kernel drew the sampling decision on it.
+    pub const REQUEST_START: u16 = 1 << 1;
+    /// Captured by the XDP program (ingress only) rather than TC.
+    pub const FROM_XDP: u16 = 1 << 2;
+}
+
+/// TCP flag bits as they appear in [`SegmentHeader::tcp_flags`] (byte 13 of the TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Header of every ring-buffer record; the captured payload follows it directly.
+///
+/// Addresses are in network byte order as on the wire (IPv4 in the first 4 bytes), ports, sequence
+/// numbers and lengths in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub tcp_flags: u8,
+    pub flags: u16,
+    pub _pad0: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload length of the segment as seen on the wire.
+    pub payload_len: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC when the program ran.
+    pub ts_ns: u64,
+    /// Payload bytes that follow this header in the record (== payload_len unless truncated).
+    pub captured_len: u32,
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+pub const SEGMENT_HEADER_LEN: usize = size_of::<SegmentHeader>();
+const _: () = assert!(SEGMENT_HEADER_LEN == 72);
+const _: () = assert!(SEGMENT_HEADER_LEN % 8 == 0);
+
+/// Size of the port bitmap in [`Config`]: one bit per TCP port.
+pub const PORT_BITMAP_BYTES: usize = 65536 / 8;
+
+/// The single entry of the config array map, written by the daemon, read per packet.
+///
+/// Ports are a bitmap so that the per-packet check is one array lookup and a bit test, whatever the
+/// number of service ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Config {
+    /// 0: capture nothing (programs stay attached, counters still count packets).
+    pub enabled: u32,
+    /// Per-request sampling rate in parts per million (0..=1_000_000).
+    pub sample_ppm: u32,
+    pub ports: [u8; PORT_BITMAP_BYTES],
+}
+const _: () = assert!(size_of::<Config>() == 8 + PORT_BITMAP_BYTES);
+
+pub const PPM_ALL: u32 = 1_000_000;
+
+impl Config {
+    pub const fn new() -> Self {
+        Self { enabled: 0, sample_ppm: 0, ports: [0; PORT_BITMAP_BYTES] }
+    }
+
+    pub const fn set_port(&mut self, port: u16) {
+        self.ports[(port >> 3) as usize] |= 1 << (port & 7);
+    }
+
+    #[inline(always)]
+    pub const fn has_port(&self, port: u16) -> bool {
+        self.ports[(port >> 3) as usize] & (1 << (port & 7)) != 0
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Key of the kernel's per-connection sampling map: always the client side first, so both
+/// directions of a connection find the same entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of the sampling map: the decision drawn on the connection's latest request line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// 1: the current request (and its response) is captured.
+    pub sampled: u32,
+    /// Requests whose decision was drawn on this connection (wraps).
+    pub requests: u32,
+}
+const _: () = assert!(size_of::<FlowState>() == 8);
+
+/// Indices into the per-CPU counter array ([`Counters`]).
+pub mod counter {
+    /// Every packet the programs ran on.
+    pub const PACKETS_SEEN: usize = 0;
+    /// TCP segments to or from a service port (while enabled).
+    pub const SERVICE_PORT_SEGMENTS: usize = 1;
+    pub const REQUESTS_SAMPLED: usize = 2;
+    pub const REQUESTS_SKIPPED: usize = 3;
+    pub const SEGMENTS_EMITTED: usize = 4;
+    /// Payload bytes copied into the ring buffer.
+    pub const BYTES_EMITTED: usize = 5;
+    /// Records lost because the ring buffer had no room (the daemon sees a sequence gap).
+    pub const RINGBUF_FULL: usize = 6;
+    /// `bpf_skb_load_bytes` / `bpf_xdp_load_bytes` failed; the record was discarded.
+    pub const COPY_FAILED: usize = 7;
+    /// Segments larger than [`crate::MAX_CAPTURE`], emitted header-only.
+    pub const TRUNCATED: usize = 8;
+    /// IPv6 packets whose extension headers we do not walk (fragment, AH, too many).
+    pub const UNSUPPORTED_IPV6_EXT: usize = 9;
+    /// Service-port segments not emitted because their request was not sampled (or no request
+    /// line was seen yet on the connection).
+    pub const SEGMENTS_NOT_SAMPLED: usize = 10;
+    /// IPv4 fragments on a service port (not captured).
+    pub const IPV4_FRAGMENTS: usize = 11;
+    pub const COUNT: usize = 12;
+
+    /// Metric-friendly names, index-aligned with the constants above.
+    pub const NAMES: [&str; COUNT] = [
+        "packets_seen",
+        "service_port_segments",
+        "requests_sampled",
+        "requests_skipped",
+        "segments_emitted",
+        "bytes_emitted",
+        "ringbuf_full",
+        "copy_failed",
+        "truncated",
+        "unsupported_ipv6_ext",
+        "segments_not_sampled",
+        "ipv4_fragments",
+    ];
+}
+
+/// The per-CPU counter block: one lookup per packet, then plain increments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT],
+}
+const _: () = assert!(size_of::<Counters>() == 8 * counter::COUNT);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all are repr(C), Copy, made only of integers and integer arrays with explicit
+    // padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for SegmentHeader {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_bitmap_round_trips_every_port() {
+        let mut cfg = Config::new();
+        for p in [0u16, 1, 7, 8, 80, 443, 8080, 65535] {
+            assert!(!cfg.has_port(p));
+            cfg.set_port(p);
+            assert!(cfg.has_port(p));
+        }
+        assert!(!cfg.has_port(81));
+        assert!(!cfg.has_port(65534));
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_complete() {
+        for (i, a) in counter::NAMES.iter().enumerate() {
+            assert!(!a.is_empty());
+            for b in &counter::NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_ascend_and_end_at_max_capture() {
+        assert!(CAPTURE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(CAPTURE_BUCKETS[CAPTURE_BUCKETS.len() - 1], MAX_CAPTURE);
+        assert!(CAPTURE_BUCKETS.iter().all(|b| (SEGMENT_HEADER_LEN + b) % 8 == 0));
+    }
+}

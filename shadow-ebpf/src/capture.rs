@@ -1,0 +1,466 @@
+//! Per-packet logic shared by the TC and XDP entry points: filter, sample, copy.
+//!
+//! Hot path for a packet that is not ours: one per-CPU counter lookup, header parsing through
+//! direct packet access, one array lookup for the config, a bit test. Everything else (flow map,
+//! ring buffer, payload copies) happens only for service-port segments.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::xdp_md,
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::warn;
+use shadow_common::{
+    CAPTURE_BUCKETS, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
+    SegmentHeader, counter, direction, family, record_flags, tcp_flags,
+};
+
+use crate::{
+    SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS,
+    headers::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr,
+        ptr_at,
+    },
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    TcIngress,
+    TcEgress,
+    Xdp,
+}
+
+/// What the two program types must provide: bounds for direct access, the packet's full length
+/// (including non-linear data) and a copy helper that also reads non-linear data.
+pub trait Packet: EbpfContext {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+    fn total_len(&self) -> usize;
+    fn ifindex(&self) -> u32;
+    /// Copy `len` bytes at `offset` (from the start of the L2 header) to `dst`; 0 on success.
+    unsafe fn copy_out(&self, offset: u32, dst: *mut u8, len: u32) -> i64;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.len() as usize
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    unsafe fn copy_out(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) }
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        // Linear part only: fragments of multi-buffer XDP are reached through bpf_xdp_load_bytes,
+        // and the IP length bounds the payload.
+        usize::MAX
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+    #[inline(always)]
+    unsafe fn copy_out(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        unsafe { bpf_xdp_load_bytes(self.ctx as *mut xdp_md, offset, dst.cast(), len) }
+    }
+}
+
+#[inline(always)]
+fn bump(c: *mut Counters, idx: usize, by: u64) {
+    // SAFETY: `c` comes from a successful per-CPU array lookup and idx is a constant < COUNT.
+    unsafe {
+        if let Some(v) = (*c).values.get_mut(idx) {
+            *v = v.wrapping_add(by);
+        }
+    }
+}
+
+/// Run the capture logic for one packet. Never fails: every problem becomes a counter.
+#[inline(always)]
+pub fn process<P: Packet>(ctx: &P, hook: Hook) {
+    let Some(counters) = SHADOW_COUNTERS.get_ptr_mut(0) else {
+        return;
+    };
+    bump(counters, counter::PACKETS_SEEN, 1);
+    let _ = try_process(ctx, hook, counters);
+}
+
+struct Parsed {
+    family: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    tcp_flags: u8,
+    payload_off: usize,
+    payload_len: usize,
+}
+
+#[inline(always)]
+fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Option<()> {
+    let start = ctx.start();
+    let end = ctx.end();
+    let eth: *const EthHdr = ptr_at(start, end, 0)?;
+    let proto = u16::from_be(unsafe { (*eth).proto });
+    let mut p = if proto == ETH_P_IP {
+        parse_ipv4(start, end, counters)?
+    } else if proto == ETH_P_IPV6 {
+        parse_ipv6(start, end, counters)?
+    } else {
+        return None;
+    };
+
+    let cfg: &Config = SHADOW_CONFIG.get(0)?;
+    let dir = if cfg.has_port(p.dport) {
+        direction::REQUEST
+    } else if cfg.has_port(p.sport) {
+        direction::RESPONSE
+    } else {
+        return None;
+    };
+    if cfg.enabled == 0 {
+        return None;
+    }
+    bump(counters, counter::SERVICE_PORT_SEGMENTS, 1);
+
+    // The payload length from the IP header, bounded by what the packet really holds (Ethernet
+    // padding can make a frame longer than its IP datagram; GRO makes it longer than one MSS).
+    let avail = ctx.total_len().saturating_sub(p.payload_off);
+    if p.payload_len > avail {
+        p.payload_len = avail;
+    }
+
+    let key = if dir == direction::REQUEST {
+        FlowKey {
+            client_addr: p.saddr,
+            server_addr: p.daddr,
+            client_port: p.sport,
+            server_port: p.dport,
+            family: p.family,
+            _pad: [0; 3],
+        }
+    } else {
+        FlowKey {
+            client_addr: p.daddr,
+            server_addr: p.saddr,
+            client_port: p.dport,
+            server_port: p.sport,
+            family: p.family,
+            _pad: [0; 3],
+        }
+    };
+
+    let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
+    let sampled = if dir == direction::REQUEST
+        && p.payload_len >= 8
+        && starts_request(ctx, start, end, p.payload_off)
+    {
+        rflags |= record_flags::REQUEST_START;
+        decide(cfg, &key, counters)
+    } else {
+        match SHADOW_FLOWS.get_ptr(&key) {
+            Some(state) => unsafe { (*state).sampled != 0 },
+            None => false,
+        }
+    };
+    let interesting = p.payload_len > 0 || p.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    if !interesting {
+        return None;
+    }
+    if !sampled {
+        bump(counters, counter::SEGMENTS_NOT_SAMPLED, 1);
+        return None;
+    }
+
+    let mut hdr = SegmentHeader {
+        version: RECORD_VERSION,
+        family: p.family,
+        direction: dir,
+        tcp_flags: p.tcp_flags,
+        flags: rflags,
+        _pad0: 0,
+        src_port: p.sport,
+        dst_port: p.dport,
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload_len as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        captured_len: 0,
+        ifindex: ctx.ifindex(),
+        src_addr: p.saddr,
+        dst_addr: p.daddr,
+    };
+    emit(ctx, &mut hdr, p.payload_off, p.payload_len, counters);
+    Some(())
+}
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, counters: *mut Counters) -> Option<Parsed> {
+    let ip: *const Ipv4Hdr = ptr_at(start, end, ETH_HLEN)?;
+    let (ver_ihl, tot_len, frag_off, protocol, saddr, daddr) = unsafe {
+        ((*ip).ver_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).protocol, (*ip).saddr, (*ip).daddr)
+    };
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    // More-fragments set or a non-zero offset: no whole TCP segment here.
+    if u16::from_be(frag_off) & 0x3fff != 0 {
+        bump(counters, counter::IPV4_FRAGMENTS, 1);
+        return None;
+    }
+    let l4 = ETH_HLEN + ihl;
+    let mut out = parse_tcp(start, end, l4)?;
+    out.family = family::IPV4;
+    out.saddr[..4].copy_from_slice(&saddr);
+    out.daddr[..4].copy_from_slice(&daddr);
+    // tot_len 0 happens with BIG TCP (GSO beyond 64 KiB): then the packet length decides.
+    let tot = u16::from_be(tot_len) as usize;
+    let hdrs = ihl + (out.payload_off - l4);
+    out.payload_len = if tot == 0 { usize::MAX } else { tot.saturating_sub(hdrs) };
+    Some(out)
+}
+
+const IPV6_EXT_HOP: u8 = 0;
+const IPV6_EXT_ROUTING: u8 = 43;
+const IPV6_EXT_DSTOPTS: u8 = 60;
+const IPV6_MAX_EXT: usize = 4;
+
+#[inline(always)]
+fn parse_ipv6(start: usize, end: usize, counters: *mut Counters) -> Option<Parsed> {
+    let ip: *const Ipv6Hdr = ptr_at(start, end, ETH_HLEN)?;
+    let (plen, mut next, saddr, daddr) =
+        unsafe { ((*ip).payload_len, (*ip).next_hdr, (*ip).saddr, (*ip).daddr) };
+    let mut l4 = ETH_HLEN + 40;
+    // Walk the extension headers we can skip safely; anything else that is not TCP is ignored,
+    // and the ones we will not walk (fragment, AH, ESP, too deep) are counted.
+    for _ in 0..IPV6_MAX_EXT {
+        if next != IPV6_EXT_HOP && next != IPV6_EXT_ROUTING && next != IPV6_EXT_DSTOPTS {
+            break;
+        }
+        let ext: *const Ipv6ExtHdr = ptr_at(start, end, l4)?;
+        let (n, len) = unsafe { ((*ext).next_hdr, (*ext).hdr_ext_len) };
+        next = n;
+        l4 += (len as usize + 1) * 8;
+    }
+    if next != IPPROTO_TCP {
+        // 44 fragment, 51 AH, or an extension chain deeper than we walk.
+        if next == 44 || next == 51 || next == IPV6_EXT_HOP || next == IPV6_EXT_ROUTING || next == IPV6_EXT_DSTOPTS {
+            bump(counters, counter::UNSUPPORTED_IPV6_EXT, 1);
+        }
+        return None;
+    }
+    let mut out = parse_tcp(start, end, l4)?;
+    out.family = family::IPV6;
+    out.saddr = saddr;
+    out.daddr = daddr;
+    let plen = u16::from_be(plen) as usize;
+    // payload_len 0: jumbogram / BIG TCP, bounded by the packet length instead.
+    let hdrs = out.payload_off - (ETH_HLEN + 40);
+    out.payload_len = if plen == 0 { usize::MAX } else { plen.saturating_sub(hdrs) };
+    Some(out)
+}
+
+#[inline(always)]
+fn parse_tcp(start: usize, end: usize, l4: usize) -> Option<Parsed> {
+    let tcp: *const TcpHdr = ptr_at(start, end, l4)?;
+    let (source, dest, seq, ack, doff_res, flags) = unsafe {
+        ((*tcp).source, (*tcp).dest, (*tcp).seq, (*tcp).ack_seq, (*tcp).doff_res, (*tcp).flags)
+    };
+    let doff = ((doff_res >> 4) as usize) * 4;
+    if doff < 20 {
+        return None;
+    }
+    Some(Parsed {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: u16::from_be(source),
+        dport: u16::from_be(dest),
+        seq: u32::from_be(seq),
+        ack: u32::from_be(ack),
+        tcp_flags: flags,
+        payload_off: l4 + doff,
+        payload_len: 0,
+    })
+}
+
+const fn tok(s: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        v |= (s[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+const fn mask(n: usize) -> u64 {
+    if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 }
+}
+
+/// Does the payload begin with a request line's method token and a space (or a TLS record /
+/// HTTP/2 preface, which the daemon recognises and counts as unsupported)?
+#[inline(always)]
+fn starts_request<P: Packet>(ctx: &P, start: usize, end: usize, off: usize) -> bool {
+    let w: u64 = match ptr_at::<[u8; 8]>(start, end, off) {
+        Some(p) => u64::from_le_bytes(unsafe { *p }),
+        None => {
+            // Payload outside the linear area (GRO): read it with the helper.
+            let mut buf = [0u8; 8];
+            if unsafe { ctx.copy_out(off as u32, buf.as_mut_ptr(), 8) } != 0 {
+                return false;
+            }
+            u64::from_le_bytes(buf)
+        }
+    };
+    let w4 = w & mask(4);
+    let w5 = w & mask(5);
+    let w6 = w & mask(6);
+    let w7 = w & mask(7);
+    w4 == tok(b"GET ")
+        || w4 == tok(b"PUT ")
+        || w5 == tok(b"POST ")
+        || w5 == tok(b"HEAD ")
+        || w7 == tok(b"DELETE ")
+        || w == tok(b"OPTIONS ")
+        || w6 == tok(b"PATCH ")
+        || w6 == tok(b"TRACE ")
+        || w == tok(b"CONNECT ")
+        || w4 == tok(b"PRI ")
+        // TLS handshake record: content type 22, version major 3.
+        || w & mask(2) == 0x0316
+}
+
+/// Draw the sampling decision for a new request on this connection and remember it.
+#[inline(always)]
+fn decide(cfg: &Config, key: &FlowKey, counters: *mut Counters) -> bool {
+    let ppm = cfg.sample_ppm;
+    let sampled = if ppm >= PPM_ALL {
+        true
+    } else if ppm == 0 {
+        false
+    } else {
+        (unsafe { bpf_get_prandom_u32() }) % PPM_ALL < ppm
+    };
+    bump(
+        counters,
+        if sampled { counter::REQUESTS_SAMPLED } else { counter::REQUESTS_SKIPPED },
+        1,
+    );
+    let flag = sampled as u32;
+    match SHADOW_FLOWS.get_ptr_mut(key) {
+        Some(state) => unsafe {
+            (*state).sampled = flag;
+            (*state).requests = (*state).requests.wrapping_add(1);
+        },
+        None => {
+            // An unsampled connection needs no entry: absence already means "not sampled".
+            if sampled {
+                let _ = SHADOW_FLOWS.insert(key, &FlowState { sampled: 1, requests: 1 }, 0);
+            }
+        }
+    }
+    sampled
+}
+
+#[repr(C)]
+struct Record<const N: usize> {
+    hdr: SegmentHeader,
+    data: [u8; N],
+}
+
+#[inline(always)]
+fn emit<P: Packet>(
+    ctx: &P,
+    hdr: &mut SegmentHeader,
+    off: usize,
+    len: usize,
+    counters: *mut Counters,
+) {
+    if len == 0 {
+        emit_sized::<P, 0>(ctx, hdr, off, 0, counters);
+    } else if len > MAX_CAPTURE {
+        // Never silently cut: the daemon sees the flag and drops the request in progress.
+        hdr.flags |= record_flags::TRUNCATED;
+        bump(counters, counter::TRUNCATED, 1);
+        emit_sized::<P, 0>(ctx, hdr, off, 0, counters);
+    } else if len <= CAPTURE_BUCKETS[0] {
+        emit_sized::<P, { CAPTURE_BUCKETS[0] }>(ctx, hdr, off, len, counters);
+    } else if len <= CAPTURE_BUCKETS[1] {
+        emit_sized::<P, { CAPTURE_BUCKETS[1] }>(ctx, hdr, off, len, counters);
+    } else if len <= CAPTURE_BUCKETS[2] {
+        emit_sized::<P, { CAPTURE_BUCKETS[2] }>(ctx, hdr, off, len, counters);
+    } else if len <= CAPTURE_BUCKETS[3] {
+        emit_sized::<P, { CAPTURE_BUCKETS[3] }>(ctx, hdr, off, len, counters);
+    } else {
+        emit_sized::<P, { CAPTURE_BUCKETS[4] }>(ctx, hdr, off, len, counters);
+    }
+}
+
+#[inline(always)]
+fn emit_sized<P: Packet, const N: usize>(
+    ctx: &P,
+    hdr: &mut SegmentHeader,
+    off: usize,
+    len: usize,
+    counters: *mut Counters,
+) {
+    let Some(mut entry) = SHADOW_EVENTS.reserve::<Record<N>>(0) else {
+        bump(counters, counter::RINGBUF_FULL, 1);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    if N > 0 {
+        // Re-check in this branch so the verifier sees 0 < len <= N next to the helper call.
+        let n = len as u32;
+        if n == 0 || n > N as u32 {
+            entry.discard(0);
+            return;
+        }
+        let ret = unsafe { ctx.copy_out(off as u32, (*rec).data.as_mut_ptr(), n) };
+        if ret != 0 {
+            entry.discard(0);
+            bump(counters, counter::COPY_FAILED, 1);
+            warn!(ctx, "shadow: payload copy of {} bytes failed: {}", n, ret);
+            return;
+        }
+        hdr.captured_len = n;
+        bump(counters, counter::BYTES_EMITTED, n as u64);
+    }
+    unsafe { (*rec).hdr = *hdr };
+    entry.submit(0);
+    bump(counters, counter::SEGMENTS_EMITTED, 1);
+}

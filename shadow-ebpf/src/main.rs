@@ -1,0 +1,63 @@
+//! shadow's kernel programs: copy sampled TCP segments of the service ports into a ring buffer.
+//!
+//! Passive by construction: every entry point returns the continue verdict (TC_ACT_UNSPEC, which
+//! TCX treats as "next", or XDP_PASS) on every path, success or failure. Nothing here writes to a
+//! packet.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod headers;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    macros::{classifier, map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use shadow_common::{Config, Counters, FlowKey, FlowState};
+
+use crate::capture::{Hook, process};
+
+/// Default ring buffer size; the daemon sets the real one (`--ring-buffer-size`) before loading.
+#[map(name = "SHADOW_EVENTS")]
+static SHADOW_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map(name = "SHADOW_CONFIG")]
+static SHADOW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "SHADOW_COUNTERS")]
+static SHADOW_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-connection sampling decision; LRU so that abandoned connections age out by themselves.
+#[map(name = "SHADOW_FLOWS")]
+static SHADOW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+#[classifier]
+pub fn shadow_tc_ingress(ctx: TcContext) -> i32 {
+    process(&ctx, Hook::TcIngress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn shadow_tc_egress(ctx: TcContext) -> i32 {
+    process(&ctx, Hook::TcEgress);
+    TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn shadow_xdp(ctx: XdpContext) -> u32 {
+    process(&ctx, Hook::Xdp);
+    XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
