@@ -11,4 +11,5 @@ pub mod message;
 pub mod metrics;
 pub mod reassembly;
 pub mod replay;
+pub mod run;
 pub mod segment;

@@ -1,1 +1,450 @@
+//! The kernel side, seen from user space: load the eBPF object, attach it, write its config, read
+//! its counters and drain its ring buffer. The only module that uses aya.
+
+use std::{
+    fs,
+    io::{self, ErrorKind},
+    os::fd::AsRawFd,
+    path::PathBuf,
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+};
+use shadow_common::{Config, Counters, PPM_ALL, counter, names};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    config::HookKind,
+    segment::{self, DecodeError, Segment},
+};
+
+/// The eBPF object built by build.rs from shadow-ebpf (empty when built with SHADOW_SKIP_EBPF=1).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow"));
+
+/// What to capture and where.
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    pub interface: String,
+    pub ports: Vec<u16>,
+    pub hook: HookKind,
+    pub sample_ppm: u32,
+    pub ring_buffer_size: u32,
+    pub verifier_log: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("this binary was built with SHADOW_SKIP_EBPF=1 and has no eBPF object: rebuild without it")]
+    NoObject,
+    #[error(
+        "insufficient privileges to {op}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON{detail}"
+    )]
+    Privileges { op: String, detail: String },
+    #[error("unknown interface '{0}' (see `ip link`)")]
+    UnknownInterface(String),
+    #[error("BPF is not available on this kernel ({op}: {source}); Linux >= 5.15 with BTF is required")]
+    BpfUnavailable { op: String, source: io::Error },
+    #[error("the kernel verifier rejected {program}: {reason}; verifier log saved to {}", log.display())]
+    Verifier { program: &'static str, reason: String, log: PathBuf },
+    #[error(
+        "interface '{interface}' already has an XDP program attached; detach it (`ip link set dev {interface} xdp off`) or use --hook tc"
+    )]
+    XdpBusy { interface: String },
+    #[error("{op}: {source}")]
+    Program { op: String, source: ProgramError },
+    #[error("{op}: {source}")]
+    Map { op: String, source: MapError },
+    #[error("{op}: {source}")]
+    Load { op: String, source: EbpfError },
+    #[error("{op}: {source}")]
+    Io { op: String, source: io::Error },
+}
+
+impl CaptureError {
+    /// Exit code for the binary: 2 for what the user asked wrongly, 1 for the environment.
+    pub const fn exit_code(&self) -> u8 {
+        match self {
+            Self::UnknownInterface(_) | Self::XdpBusy { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A loaded and attached capture. Dropping it detaches the programs (the links are owned here).
+pub struct Capture {
+    ebpf: Ebpf,
+    config_map: Array<MapData, Config>,
+    counters_map: PerCpuArray<MapData, Counters>,
+    config: Config,
+    attached: Vec<String>,
+}
+
+/// Reads records from the ring buffer when the kernel signals them (epoll, no busy polling).
+pub struct SegmentSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+/// Forwards aya-log records from the programs to the daemon's log.
+pub struct KernelLog {
+    logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Capture {
+    /// Load, configure and attach. The config (ports, rate, enabled) is written before the first
+    /// attach, so no packet is ever seen with an empty config.
+    pub fn start(opts: &CaptureOptions) -> Result<(Self, SegmentSource, Option<KernelLog>), CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
+        check_privileges()?;
+        let loopback = interface_is_loopback(&opts.interface)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_size)
+            .load(EBPF_OBJECT)
+            .map_err(|e| classify_load_error("load the eBPF object", e))?;
+
+        // The log ring exists only if the object has log statements; without it we lose nothing
+        // but the rare-path messages.
+        let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+            // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
+            Ok(l) => match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) } {
+                Ok(fd) => Some(KernelLog { logger: fd }),
+                Err(e) => {
+                    tracing::warn!("kernel log forwarding disabled: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("kernel log forwarding disabled: {e}");
+                None
+            }
+        };
+
+        let config_map: Array<MapData, Config> = take_map(&mut ebpf, names::MAP_CONFIG)?;
+        let counters_map: PerCpuArray<MapData, Counters> = take_map(&mut ebpf, names::MAP_COUNTERS)?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, names::MAP_EVENTS)?;
+
+        let mut config = Config::new();
+        config.enabled = 1;
+        config.sample_ppm = opts.sample_ppm.min(PPM_ALL);
+        for &p in &opts.ports {
+            config.set_port(p);
+        }
+        let mut capture = Self { ebpf, config_map, counters_map, config, attached: Vec::new() };
+        capture.write_config()?;
+
+        match opts.hook {
+            HookKind::Tc => {
+                // On loopback every packet passes egress and then ingress of the same device:
+                // ingress alone sees each segment exactly once.
+                capture.attach_tc(names::PROG_TC_INGRESS, &opts.interface, TcAttachType::Ingress, &opts.verifier_log)?;
+                if !loopback {
+                    capture.attach_tc(names::PROG_TC_EGRESS, &opts.interface, TcAttachType::Egress, &opts.verifier_log)?;
+                }
+            }
+            HookKind::Xdp => capture.attach_xdp(&opts.interface, &opts.verifier_log)?,
+        }
+
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e.into() })?;
+        Ok((capture, SegmentSource { ring }, kernel_log))
+    }
+
+    /// Human-readable list of what is attached, e.g. `tc ingress on eth0`.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        kind: TcAttachType,
+        verifier_log: &PathBuf,
+    ) -> Result<(), CaptureError> {
+        let what = match kind {
+            TcAttachType::Ingress => "ingress",
+            TcAttachType::Egress => "egress",
+            TcAttachType::Custom(_) => "custom",
+        };
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        load_program(name, verifier_log, || prog.load())?;
+        if aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0)) {
+            // Before TCX, classifiers hang off the clsact qdisc; it may already exist.
+            if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+                tracing::debug!("clsact on {iface}: {e} (already present?)");
+            }
+        }
+        prog.attach(iface, kind).map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
+        self.attached.push(format!("tc {what} on {iface}"));
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str, verifier_log: &PathBuf) -> Result<(), CaptureError> {
+        let prog: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
+        load_program(names::PROG_XDP, verifier_log, || prog.load())?;
+        prog.attach(iface, XdpMode::Default)
+            .map_err(|e| classify_attach_error(format!("attach xdp to {iface}"), iface, e))?;
+        self.attached.push(format!("xdp on {iface}"));
+        Ok(())
+    }
+
+    fn write_config(&mut self) -> Result<(), CaptureError> {
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(|e| CaptureError::Map { op: format!("write {}", names::MAP_CONFIG), source: e })
+    }
+
+    /// Change the per-request sampling rate; applies from the next request line, no restart.
+    pub fn set_sample_ppm(&mut self, ppm: u32) -> Result<(), CaptureError> {
+        self.config.sample_ppm = ppm.min(PPM_ALL);
+        self.write_config()
+    }
+
+    pub fn sample_ppm(&self) -> u32 {
+        self.config.sample_ppm
+    }
+
+    /// Pause (false) or resume (true) capture; the programs stay attached either way.
+    pub fn set_enabled(&mut self, enabled: bool) -> Result<(), CaptureError> {
+        self.config.enabled = u32::from(enabled);
+        self.write_config()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled != 0
+    }
+
+    /// The kernel counters summed over CPUs, index-aligned with `shadow_common::counter::NAMES`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT], CaptureError> {
+        let per_cpu = self
+            .counters_map
+            .get(&0, 0)
+            .map_err(|e| CaptureError::Map { op: format!("read {}", names::MAP_COUNTERS), source: e })?;
+        let mut sum = [0u64; counter::COUNT];
+        for c in per_cpu.iter() {
+            for (s, v) in sum.iter_mut().zip(c.values.iter()) {
+                *s = s.wrapping_add(*v);
+            }
+        }
+        Ok(sum)
+    }
+}
+
+impl SegmentSource {
+    /// Wait until the kernel has records, then drain up to `max` of them into `out`. Records that
+    /// do not decode are counted by reason in `bad` (they never reach reassembly).
+    pub async fn next_batch(
+        &mut self,
+        out: &mut Vec<Segment>,
+        bad: &mut Vec<DecodeError>,
+        max: usize,
+    ) -> io::Result<()> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let mut n = 0;
+            while n < max {
+                let Some(item) = ring.next() else { break };
+                match segment::decode(&item) {
+                    Ok(s) => out.push(s),
+                    Err(e) => bad.push(e),
+                }
+                n += 1;
+            }
+            if n < max {
+                // Drained: wait for the next wakeup.
+                guard.clear_ready();
+            }
+            if n > 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drain whatever is buffered now without waiting (used at shutdown).
+    pub fn drain_now(&mut self, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match segment::decode(&item) {
+                Ok(s) => out.push(s),
+                Err(e) => bad.push(e),
+            }
+        }
+    }
+}
+
+impl KernelLog {
+    /// Forward kernel log records as they arrive; runs until the daemon stops.
+    pub async fn run(mut self) {
+        loop {
+            match self.logger.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::warn!("kernel log forwarding stopped: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or_else(|| CaptureError::Io {
+        op: format!("find program {name} in the eBPF object"),
+        source: io::Error::new(ErrorKind::NotFound, "missing"),
+    })?;
+    prog.try_into().map_err(|e| CaptureError::Program { op: format!("program {name}"), source: e })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| CaptureError::Io {
+        op: format!("find map {name} in the eBPF object"),
+        source: io::Error::new(ErrorKind::NotFound, "missing"),
+    })?;
+    T::try_from(map).map_err(|e| CaptureError::Map { op: format!("open map {name}"), source: e })
+}
+
+fn load_program(
+    name: &'static str,
+    verifier_log: &PathBuf,
+    load: impl FnOnce() -> Result<(), ProgramError>,
+) -> Result<(), CaptureError> {
+    match load() {
+        Ok(()) => Ok(()),
+        Err(ProgramError::LoadError { io_error, verifier_log: log }) => {
+            if is_permission(&io_error) {
+                return Err(CaptureError::Privileges { op: format!("load {name}"), detail: String::new() });
+            }
+            let text = log.to_string();
+            if let Err(e) = fs::write(verifier_log, &text) {
+                tracing::error!("could not save the verifier log to {}: {e}", verifier_log.display());
+            }
+            Err(CaptureError::Verifier { program: name, reason: io_error.to_string(), log: verifier_log.clone() })
+        }
+        Err(e) => Err(CaptureError::Program { op: format!("load {name}"), source: e }),
+    }
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+fn io_of_map_error(e: &MapError) -> Option<&io::Error> {
+    match e {
+        MapError::CreateError { io_error, .. } => Some(io_error),
+        MapError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    }
+}
+
+fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
+    let io = match &e {
+        EbpfError::MapError(m) => io_of_map_error(m),
+        _ => None,
+    };
+    if let Some(io) = io {
+        if is_permission(io) {
+            return CaptureError::Privileges { op: op.into(), detail: format!(" ({io})") };
+        }
+        if matches!(io.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+            let source = io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::ENOSYS));
+            return CaptureError::BpfUnavailable { op: op.into(), source };
+        }
+    }
+    CaptureError::Load { op: op.into(), source: e }
+}
+
+fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureError {
+    let io = match &e {
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    };
+    if let ProgramError::UnknownInterface { name } = &e {
+        return CaptureError::UnknownInterface(name.clone());
+    }
+    if let Some(io) = io {
+        if is_permission(io) {
+            return CaptureError::Privileges { op, detail: format!(" ({io})") };
+        }
+        if op.starts_with("attach xdp") && matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)) {
+            return CaptureError::XdpBusy { interface: iface.into() };
+        }
+    }
+    CaptureError::Program { op, source: e }
+}
+
+/// Fail early with one line when the process obviously cannot load BPF, instead of an EPERM from
+/// deep inside the loader.
+fn check_privileges() -> Result<(), CaptureError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Privileges {
+            op: "load eBPF programs".into(),
+            detail: format!(" (missing {})", missing.join(", ")),
+        })
+    }
+}
+
+/// Whether `iface` exists and is a loopback device.
+fn interface_is_loopback(iface: &str) -> Result<bool, CaptureError> {
+    let Ok(c) = std::ffi::CString::new(iface) else {
+        return Err(CaptureError::UnknownInterface(iface.into()));
+    };
+    // SAFETY: c is a valid NUL-terminated string.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(CaptureError::UnknownInterface(iface.into()));
+    }
+    const IFF_LOOPBACK: u32 = 0x8;
+    let flags = fs::read_to_string(format!("/sys/class/net/{iface}/flags"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    Ok(flags & IFF_LOOPBACK != 0)
+}
+
+impl AsRawFd for SegmentSource {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
