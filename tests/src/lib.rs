@@ -1,1 +1,163 @@
+//! Helpers for shadow's kernel tests, demo and benchmarks: privilege gate, network namespaces that
+//! clean up after themselves, a two-host veth topology, crafted frames, and a thread that runs
+//! inside a namespace.
+//!
+//! Network rule: traffic only goes to loopback or to addresses inside namespaces created here.
 
+pub mod capture_thread;
+pub mod frames;
+pub mod topo;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Gate for tests that need root and a BPF-capable kernel. With `SHADOW_REQUIRE_KERNEL=1` a
+/// missing prerequisite is a failure; otherwise the test prints one line and skips.
+pub fn require_kernel(test: &str) -> bool {
+    let required = std::env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    let problem = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    } else if shadow_daemon::capture::EBPF_OBJECT.is_empty() {
+        Some("built with SHADOW_SKIP_EBPF=1 (no eBPF object)")
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if required => panic!("{test}: SHADOW_REQUIRE_KERNEL=1 but {p}"),
+        Some(p) => {
+            eprintln!("skipping {test}: {p} (set SHADOW_REQUIRE_KERNEL=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// Like [`require_kernel`], for an external tool the test drives (curl, nginx, oha, promtool).
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+        panic!("{test}: SHADOW_REQUIRE_KERNEL=1 but `{tool}` is not installed (cargo xtask setup installs it)");
+    }
+    eprintln!("skipping {test}: `{tool}` is not installed");
+    false
+}
+
+/// Run a command to completion and panic with its output if it fails.
+pub fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing running.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self { name: name.into(), child }
+    }
+
+    /// Send SIGTERM and wait up to `timeout` for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Wait until `f` returns true, polling every 20 ms, or panic after `timeout` naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A fresh scratch directory under the target dir (or /tmp), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::temp_dir().join(format!("shadow-{tag}-{}-{}", std::process::id(), unique()));
+        fs::create_dir_all(&base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
+        Self(base)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("SHADOW_KEEP_SCRATCH").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A process-wide counter for unique names.
+pub fn unique() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Path of a binary built in this workspace's target dir (next to the running test binary).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/test-xxxx or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
+    p
+}

@@ -5,7 +5,8 @@ use std::{
     fs,
     io::{self, ErrorKind},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -13,7 +14,7 @@ use aya::{
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use shadow_common::{Config, Counters, PPM_ALL, counter, names};
+use shadow_common::{Config, Counters, FlowKey, FlowState, PPM_ALL, counter, names};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -80,6 +81,8 @@ pub struct Capture {
     counters_map: PerCpuArray<MapData, Counters>,
     config: Config,
     attached: Vec<String>,
+    events: Option<RingBuf<MapData>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Reads records from the ring buffer when the kernel signals them (epoll, no busy polling).
@@ -93,14 +96,23 @@ pub struct KernelLog {
 }
 
 impl Capture {
-    /// Load, configure and attach. The config (ports, rate, enabled) is written before the first
-    /// attach, so no packet is ever seen with an empty config.
+    /// Load, configure and attach, and hand out the ring-buffer reader. The config (ports, rate,
+    /// enabled) is written before the first attach, so no packet is ever seen with an empty config.
+    /// Must run inside a tokio runtime (the reader registers with its reactor).
     pub fn start(opts: &CaptureOptions) -> Result<(Self, SegmentSource, Option<KernelLog>), CaptureError> {
+        let mut capture = Self::load(opts)?;
+        capture.attach(opts)?;
+        let source = capture.take_source()?;
+        let log = capture.take_kernel_log();
+        Ok((capture, source, log))
+    }
+
+    /// Load the object, create the maps and write the config; nothing is attached yet.
+    pub fn load(opts: &CaptureOptions) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
         check_privileges()?;
-        let loopback = interface_is_loopback(&opts.interface)?;
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::MAP_EVENTS, opts.ring_buffer_size)
@@ -109,15 +121,8 @@ impl Capture {
 
         // The log ring exists only if the object has log statements; without it we lose nothing
         // but the rare-path messages.
-        let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
-            // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
-            Ok(l) => match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) } {
-                Ok(fd) => Some(KernelLog { logger: fd }),
-                Err(e) => {
-                    tracing::warn!("kernel log forwarding disabled: {e}");
-                    None
-                }
-            },
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!("kernel log forwarding disabled: {e}");
                 None
@@ -134,25 +139,112 @@ impl Capture {
         for &p in &opts.ports {
             config.set_port(p);
         }
-        let mut capture = Self { ebpf, config_map, counters_map, config, attached: Vec::new() };
+        let mut capture = Self {
+            ebpf,
+            config_map,
+            counters_map,
+            config,
+            attached: Vec::new(),
+            events: Some(events),
+            logger,
+        };
         capture.write_config()?;
+        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+            let prog: &mut SchedClassifier = program(&mut capture.ebpf, name)?;
+            load_program(name, &opts.verifier_log, || prog.load())?;
+        }
+        let prog: &mut Xdp = program(&mut capture.ebpf, names::PROG_XDP)?;
+        load_program(names::PROG_XDP, &opts.verifier_log, || prog.load())?;
+        Ok(capture)
+    }
 
+    /// Attach the loaded programs to `opts.interface` with `opts.hook`.
+    pub fn attach(&mut self, opts: &CaptureOptions) -> Result<(), CaptureError> {
+        let loopback = interface_is_loopback(&opts.interface)?;
         match opts.hook {
             HookKind::Tc => {
                 // On loopback every packet passes egress and then ingress of the same device:
                 // ingress alone sees each segment exactly once.
-                capture.attach_tc(names::PROG_TC_INGRESS, &opts.interface, TcAttachType::Ingress, &opts.verifier_log)?;
+                self.attach_tc(names::PROG_TC_INGRESS, &opts.interface, TcAttachType::Ingress)?;
                 if !loopback {
-                    capture.attach_tc(names::PROG_TC_EGRESS, &opts.interface, TcAttachType::Egress, &opts.verifier_log)?;
+                    self.attach_tc(names::PROG_TC_EGRESS, &opts.interface, TcAttachType::Egress)?;
                 }
             }
-            HookKind::Xdp => capture.attach_xdp(&opts.interface, &opts.verifier_log)?,
+            HookKind::Xdp => self.attach_xdp(&opts.interface)?,
         }
+        Ok(())
+    }
 
+    /// The async reader of the ring buffer (once). Must run inside a tokio runtime.
+    pub fn take_source(&mut self) -> Result<SegmentSource, CaptureError> {
+        let events = self.take_ring()?;
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e.into() })?;
-        Ok((capture, SegmentSource { ring }, kernel_log))
+        Ok(SegmentSource { ring })
+    }
+
+    /// The raw ring buffer (once), for synchronous readers such as the kernel tests.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        self.events.take().ok_or_else(|| CaptureError::Io {
+            op: format!("take {}", names::MAP_EVENTS),
+            source: io::Error::new(ErrorKind::AlreadyExists, "the ring buffer was already taken"),
+        })
+    }
+
+    /// The kernel log forwarder (once), if the object has a log map. Needs a tokio runtime.
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        let l = self.logger.take()?;
+        // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
+        match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) } {
+            Ok(fd) => Some(KernelLog { logger: fd }),
+            Err(e) => {
+                tracing::warn!("kernel log forwarding disabled: {}", io::Error::from(e));
+                None
+            }
+        }
+    }
+
+    /// Run one of the loaded programs on a crafted frame with BPF_PROG_TEST_RUN; returns the
+    /// program's verdict. For the kernel tests and the per-packet cost benchmark.
+    pub fn test_run(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> Result<(u32, Duration), CaptureError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let r = if name == names::PROG_XDP {
+            let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            prog.test_run(opts)
+        } else {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            prog.test_run(opts)
+        };
+        let r = r.map_err(|e| CaptureError::Program { op: format!("BPF_PROG_TEST_RUN {name}"), source: e })?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Entries in the kernel's per-connection sampling map (walks the map: not for hot paths).
+    pub fn sampled_flows(&self) -> Result<usize, CaptureError> {
+        let map = self.ebpf.map(names::MAP_FLOWS).ok_or_else(|| CaptureError::Io {
+            op: format!("find map {}", names::MAP_FLOWS),
+            source: io::Error::new(ErrorKind::NotFound, "missing"),
+        })?;
+        let flows: aya::maps::HashMap<&MapData, FlowKey, FlowState> = aya::maps::HashMap::try_from(map)
+            .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_FLOWS), source: e })?;
+        Ok(flows.keys().filter(Result::is_ok).count())
+    }
+
+    /// Kernel program ids, for reading run_time_ns / run_cnt (benchmarks).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        let mut out = Vec::new();
+        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS, names::PROG_XDP] {
+            if let Some(p) = self.ebpf.program(name)
+                && let Ok(info) = p.info()
+            {
+                out.push((name, info.id()));
+            }
+        }
+        out
     }
 
     /// Human-readable list of what is attached, e.g. `tc ingress on eth0`.
@@ -160,20 +252,13 @@ impl Capture {
         &self.attached
     }
 
-    fn attach_tc(
-        &mut self,
-        name: &'static str,
-        iface: &str,
-        kind: TcAttachType,
-        verifier_log: &PathBuf,
-    ) -> Result<(), CaptureError> {
+    fn attach_tc(&mut self, name: &'static str, iface: &str, kind: TcAttachType) -> Result<(), CaptureError> {
         let what = match kind {
             TcAttachType::Ingress => "ingress",
             TcAttachType::Egress => "egress",
             TcAttachType::Custom(_) => "custom",
         };
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        load_program(name, verifier_log, || prog.load())?;
         if aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0)) {
             // Before TCX, classifiers hang off the clsact qdisc; it may already exist.
             if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
@@ -185,9 +270,8 @@ impl Capture {
         Ok(())
     }
 
-    fn attach_xdp(&mut self, iface: &str, verifier_log: &PathBuf) -> Result<(), CaptureError> {
+    fn attach_xdp(&mut self, iface: &str) -> Result<(), CaptureError> {
         let prog: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
-        load_program(names::PROG_XDP, verifier_log, || prog.load())?;
         prog.attach(iface, XdpMode::Default)
             .map_err(|e| classify_attach_error(format!("attach xdp to {iface}"), iface, e))?;
         self.attached.push(format!("xdp on {iface}"));
@@ -321,7 +405,7 @@ where
 
 fn load_program(
     name: &'static str,
-    verifier_log: &PathBuf,
+    verifier_log: &Path,
     load: impl FnOnce() -> Result<(), ProgramError>,
 ) -> Result<(), CaptureError> {
     match load() {
@@ -334,7 +418,7 @@ fn load_program(
             if let Err(e) = fs::write(verifier_log, &text) {
                 tracing::error!("could not save the verifier log to {}: {e}", verifier_log.display());
             }
-            Err(CaptureError::Verifier { program: name, reason: io_error.to_string(), log: verifier_log.clone() })
+            Err(CaptureError::Verifier { program: name, reason: io_error.to_string(), log: verifier_log.to_path_buf() })
         }
         Err(e) => Err(CaptureError::Program { op: format!("load {name}"), source: e }),
     }

@@ -1,0 +1,104 @@
+//! Network namespaces and a two-host topology (client ns ↔ veth ↔ server ns), removed on drop.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+};
+
+use crate::{sh, unique};
+
+/// A network namespace created by the test (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("shd-{tag}-{}-{}", std::process::id(), unique());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run a command inside the namespace to completion (panics on failure).
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Move the calling thread into this namespace (network namespaces are per thread). Use it in
+    /// a dedicated thread: the thread never comes back to the original namespace.
+    pub fn enter_current_thread(&self) {
+        let path = format!("/run/netns/{}", self.name);
+        let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+    }
+}
+
+impl NetNs {
+    /// Enter the namespace on this thread without taking ownership (no delete on drop).
+    pub fn enter_and_forget(self) {
+        self.enter_current_thread();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace also removes the veth ends inside it.
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
+}
+
+/// Two hosts on one link: `client` (…1) and `server` (…2), IPv4 and IPv6.
+pub struct TwoHosts {
+    pub client: NetNs,
+    pub server: NetNs,
+    /// The server's veth: where the daemon attaches (requests ingress, responses egress).
+    pub server_if: String,
+    pub client_if: String,
+    pub client_v4: String,
+    pub server_v4: String,
+    pub client_v6: String,
+    pub server_v6: String,
+}
+
+impl TwoHosts {
+    pub fn new(tag: &str) -> Self {
+        let client = NetNs::new(&format!("{tag}c"));
+        let server = NetNs::new(&format!("{tag}s"));
+        let id = (std::process::id() % 100) * 100 + (unique() % 100);
+        let client_if = format!("shc{id}");
+        let server_if = format!("shs{id}");
+        let subnet = (unique() % 200) + 20;
+        let client_v4 = format!("10.213.{subnet}.1");
+        let server_v4 = format!("10.213.{subnet}.2");
+        let client_v6 = format!("fd00:5ad0:{subnet:x}::1");
+        let server_v6 = format!("fd00:5ad0:{subnet:x}::2");
+        sh(&[
+            "ip", "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name",
+            &server_if, "netns", &server.name,
+        ]);
+        for (ns, ifname, v4, v6) in [
+            (&client, &client_if, &client_v4, &client_v6),
+            (&server, &server_if, &server_v4, &server_v6),
+        ] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            ns.exec(&["ip", "link", "set", ifname, "up"]);
+        }
+        Self { client, server, server_if, client_if, client_v4, server_v4, client_v6, server_v6 }
+    }
+}

@@ -1,0 +1,386 @@
+//! Kernel tier A: the real eBPF object, driven by BPF_PROG_TEST_RUN with crafted frames.
+//! Needs root; with SHADOW_REQUIRE_KERNEL=1 a missing prerequisite fails instead of skipping.
+
+use aya::maps::{MapData, RingBuf};
+use shadow_common::{PPM_ALL, counter, names, tcp_flags};
+use shadow_daemon::{
+    capture::{Capture, CaptureOptions},
+    config::HookKind,
+    segment::{self, Direction, Segment},
+};
+use shadow_tests::{
+    frames::{self, Tcp},
+    require_kernel,
+};
+
+const PORT: u16 = 8080;
+/// TC_ACT_UNSPEC (-1): "continue" for cls_bpf and "next" for TCX.
+const TC_CONTINUE: u32 = u32::MAX;
+const XDP_PASS: u32 = 2;
+
+struct Rig {
+    cap: Capture,
+    ring: RingBuf<MapData>,
+}
+
+impl Rig {
+    fn new(ppm: u32) -> Self {
+        let opts = CaptureOptions {
+            interface: "lo".into(),
+            ports: vec![PORT, 9443],
+            hook: HookKind::Tc,
+            sample_ppm: ppm,
+            ring_buffer_size: 4 * 1024 * 1024,
+            verifier_log: std::env::temp_dir().join("shadow-kernel-a-verifier.log"),
+        };
+        let mut cap = Capture::load(&opts).unwrap_or_else(|e| panic!("load: {e}"));
+        let ring = cap.take_ring().expect("ring");
+        Self { cap, ring }
+    }
+
+    /// Run the TC ingress program on `frame`, assert the verdict is "continue", return what it emitted.
+    fn tc(&mut self, frame: &[u8]) -> Vec<Segment> {
+        let (verdict, _) = self.cap.test_run(names::PROG_TC_INGRESS, frame, 1).expect("test_run tc");
+        assert_eq!(verdict, TC_CONTINUE, "TC program must always return TC_ACT_UNSPEC");
+        self.drain()
+    }
+
+    fn tc_egress(&mut self, frame: &[u8]) -> Vec<Segment> {
+        let (verdict, _) = self.cap.test_run(names::PROG_TC_EGRESS, frame, 1).expect("test_run tc egress");
+        assert_eq!(verdict, TC_CONTINUE);
+        self.drain()
+    }
+
+    fn xdp(&mut self, frame: &[u8]) -> Vec<Segment> {
+        let (verdict, _) = self.cap.test_run(names::PROG_XDP, frame, 1).expect("test_run xdp");
+        assert_eq!(verdict, XDP_PASS, "XDP program must always return XDP_PASS");
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Segment> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(segment::decode(&item).expect("record decodes"));
+        }
+        out
+    }
+
+    fn counter(&self, idx: usize) -> u64 {
+        self.cap.counters().expect("counters")[idx]
+    }
+}
+
+const GET: &[u8] = b"GET /users/42 HTTP/1.1\r\nHost: svc\r\nUser-Agent: t\r\n\r\n";
+
+#[test]
+fn other_ports_and_protocols_are_ignored() {
+    if !require_kernel("other_ports_and_protocols_are_ignored") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let frames = [
+        frames::udp("10.0.0.1", "10.0.0.2", PORT, b"GET / HTTP/1.1\r\n\r\n"),
+        frames::arp(),
+        frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", 9090, GET)),
+        frames::tcp(&Tcp::new("10.0.0.2", 9090, "10.0.0.1", 40000, b"HTTP/1.1 200 OK\r\n\r\n")),
+        frames::tcp(&Tcp::new("fd00::1", 40000, "fd00::2", 8081, GET)),
+    ];
+    for f in &frames {
+        assert!(r.tc(f).is_empty(), "nothing may be emitted for a non-service frame");
+        assert!(r.xdp(f).is_empty());
+    }
+    assert_eq!(r.counter(counter::PACKETS_SEEN), 10);
+    assert_eq!(r.counter(counter::SERVICE_PORT_SEGMENTS), 0);
+    assert_eq!(r.counter(counter::SEGMENTS_EMITTED), 0);
+}
+
+#[test]
+fn service_port_segments_are_emitted_exactly_ipv4_and_ipv6() {
+    if !require_kernel("service_port_segments_are_emitted_exactly_ipv4_and_ipv6") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    for (c, s) in [("10.1.2.3", "10.9.8.7"), ("fd00:1::3", "fd00:9::7")] {
+        let mut t = Tcp::new(c, 41000, s, PORT, GET);
+        t.seq = 0xdead_beef;
+        t.ack = 77;
+        let got = r.tc(&frames::tcp(&t));
+        assert_eq!(got.len(), 1, "one record per service-port segment");
+        let g = &got[0];
+        assert_eq!(g.direction, Direction::Request);
+        assert_eq!(&g.payload[..], GET, "payload bytes exact");
+        assert_eq!(g.wire_len as usize, GET.len());
+        assert_eq!((g.seq, g.ack), (0xdead_beef, 77));
+        assert_eq!(g.flow.client, format!("{}:41000", bracket(c)).parse().unwrap());
+        assert_eq!(g.flow.server, format!("{}:{PORT}", bracket(s)).parse().unwrap());
+        assert!(g.request_start && !g.truncated);
+        assert!(g.ts_ns > 0);
+
+        // The response comes from the service port: same flow, direction response.
+        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let mut t = Tcp::new(s, PORT, c, 41000, resp);
+        t.seq = 5000;
+        let got = r.tc_egress(&frames::tcp(&t));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].direction, Direction::Response);
+        assert_eq!(&got[0].payload[..], resp);
+        assert_eq!(got[0].flow, g.flow, "both directions name the same flow");
+        assert!(!got[0].request_start);
+    }
+    // A second service port from the same config map.
+    let got = r.tc(&frames::tcp(&Tcp::new("10.1.2.3", 41001, "10.9.8.7", 9443, GET)));
+    assert_eq!(got.len(), 1);
+}
+
+fn bracket(a: &str) -> String {
+    if a.contains(':') { format!("[{a}]") } else { a.to_string() }
+}
+
+#[test]
+fn payload_sizes_across_reservation_buckets_are_copied_whole() {
+    if !require_kernel("payload_sizes_across_reservation_buckets_are_copied_whole") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    // BPF_PROG_TEST_RUN on skbs takes at most about one page, so the largest buckets are covered
+    // by the tier B tests with real GRO segments.
+    for (i, n) in [1usize, 7, 511, 512, 513, 2047, 2048, 2049, 3000].into_iter().enumerate() {
+        let mut payload: Vec<u8> = b"POST /u HTTP/1.1\r\n".to_vec();
+        payload.extend((0..n.saturating_sub(payload.len())).map(|i| (i % 251) as u8));
+        payload.truncate(n.max(1));
+        let t = Tcp::new("10.0.0.1", 42000 + i as u16, "10.0.0.2", PORT, &payload);
+        // A request line must start the flow for it to be sampled; short ones are continuations
+        // of a request started here first.
+        let start = Tcp::new("10.0.0.1", 42000 + i as u16, "10.0.0.2", PORT, GET);
+        r.tc(&frames::tcp(&start));
+        let got = r.tc(&frames::tcp(&t));
+        assert_eq!(got.len(), 1, "size {n}");
+        assert_eq!(&got[0].payload[..], &payload[..], "size {n}: bytes exact");
+        assert_eq!(got[0].wire_len as usize, payload.len());
+    }
+    assert_eq!(r.counter(counter::COPY_FAILED), 0);
+    assert_eq!(r.counter(counter::TRUNCATED), 0);
+}
+
+#[test]
+fn ethernet_padding_is_not_captured_as_payload() {
+    if !require_kernel("ethernet_padding_is_not_captured_as_payload") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    r.tc(&frames::tcp(&Tcp::new("10.0.0.1", 43000, "10.0.0.2", PORT, GET)));
+    // A 3-byte continuation padded to the 60-byte Ethernet minimum.
+    let mut t = Tcp::new("10.0.0.1", 43000, "10.0.0.2", PORT, b"abc");
+    t.trailer = 3;
+    let got = r.tc(&frames::tcp(&t));
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"abc");
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_or_counted() {
+    if !require_kernel("ipv6_extension_headers_are_walked_or_counted") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let mut t = Tcp::new("fd00::1", 44000, "fd00::2", PORT, GET);
+    t.ipv6_ext = &[(0, 8), (60, 16)]; // hop-by-hop, destination options
+    let got = r.tc(&frames::tcp(&t));
+    assert_eq!(got.len(), 1, "TCP behind hop-by-hop and dest-opts headers is captured");
+    assert_eq!(&got[0].payload[..], GET);
+
+    let mut t = Tcp::new("fd00::1", 44001, "fd00::2", PORT, GET);
+    t.ipv6_ext = &[(44, 8)]; // fragment header: not walked
+    assert!(r.tc(&frames::tcp(&t)).is_empty());
+    assert_eq!(r.counter(counter::UNSUPPORTED_IPV6_EXT), 1);
+}
+
+#[test]
+fn ipv4_fragments_are_counted_not_captured() {
+    if !require_kernel("ipv4_fragments_are_counted_not_captured") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let mut t = Tcp::new("10.0.0.1", 45000, "10.0.0.2", PORT, GET);
+    t.frag = 0x2000; // more fragments
+    assert!(r.tc(&frames::tcp(&t)).is_empty());
+    assert_eq!(r.counter(counter::IPV4_FRAGMENTS), 1);
+}
+
+#[test]
+fn sampling_zero_and_full() {
+    if !require_kernel("sampling_zero_and_full") {
+        return;
+    }
+    let mut r = Rig::new(0);
+    for i in 0..50u16 {
+        assert!(r.tc(&frames::tcp(&Tcp::new("10.0.0.1", 46000 + i, "10.0.0.2", PORT, GET))).is_empty());
+    }
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 50);
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 0);
+    assert_eq!(r.cap.sampled_flows().unwrap(), 0, "unsampled connections take no map entry");
+
+    let mut r = Rig::new(PPM_ALL);
+    for i in 0..50u16 {
+        assert_eq!(r.tc(&frames::tcp(&Tcp::new("10.0.0.1", 46000 + i, "10.0.0.2", PORT, GET))).len(), 1);
+    }
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 50);
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 0);
+}
+
+#[test]
+fn sampling_half_is_within_statistical_bound() {
+    if !require_kernel("sampling_half_is_within_statistical_bound") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL / 2);
+    let n = 4000u32;
+    let mut emitted = 0u32;
+    for i in 0..n {
+        let t = Tcp::new("10.0.0.1", (20000 + i) as u16, "10.0.0.2", PORT, GET);
+        emitted += r.tc(&frames::tcp(&t)).len() as u32;
+    }
+    // Binomial(4000, 0.5): sd = 31.6; six sd either side fails only on a broken sampler.
+    let lo = n / 2 - 190;
+    let hi = n / 2 + 190;
+    assert!((lo..=hi).contains(&emitted), "sampled {emitted} of {n} at 50 %");
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), u64::from(emitted));
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), u64::from(n - emitted));
+}
+
+#[test]
+fn continuation_and_response_follow_the_request_decision_and_rate_changes_apply_live() {
+    if !require_kernel("continuation_and_response_follow_the_request_decision") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let (c, s) = ("10.0.0.1", "10.0.0.2");
+    let head = b"POST /upload HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+    let mut t = Tcp::new(c, 47000, s, PORT, head);
+    t.seq = 100;
+    assert_eq!(r.tc(&frames::tcp(&t)).len(), 1);
+    let mut t = Tcp::new(c, 47000, s, PORT, b"0123456789");
+    t.seq = 100 + head.len() as u32;
+    let got = r.tc(&frames::tcp(&t));
+    assert_eq!(got.len(), 1, "a continuation follows its request's decision");
+    assert!(!got[0].request_start);
+    assert_eq!(r.tc_egress(&frames::tcp(&Tcp::new(s, PORT, c, 47000, b"HTTP/1.1 201 Created\r\n\r\n"))).len(), 1);
+
+    // Rate to 0 through the config map, no reload: the next request on the same connection is
+    // skipped, and so are its continuation and its response.
+    r.cap.set_sample_ppm(0).expect("set rate");
+    let mut t = Tcp::new(c, 47000, s, PORT, head);
+    t.seq = 1000;
+    assert!(r.tc(&frames::tcp(&t)).is_empty());
+    let mut t = Tcp::new(c, 47000, s, PORT, b"0123456789");
+    t.seq = 1000 + head.len() as u32;
+    assert!(r.tc(&frames::tcp(&t)).is_empty());
+    assert!(r.tc_egress(&frames::tcp(&Tcp::new(s, PORT, c, 47000, b"HTTP/1.1 201 Created\r\n\r\n"))).is_empty());
+    assert_eq!(r.counter(counter::SEGMENTS_NOT_SAMPLED), 3);
+
+    // And back to 100 %: the next request is captured again.
+    r.cap.set_sample_ppm(PPM_ALL).expect("set rate");
+    assert_eq!(r.tc(&frames::tcp(&Tcp::new(c, 47000, s, PORT, GET))).len(), 1);
+
+    // A connection never seen starting a request is not captured mid-stream.
+    assert!(r.tc(&frames::tcp(&Tcp::new(c, 47999, s, PORT, b"middle of a body"))).is_empty());
+}
+
+#[test]
+fn fin_and_rst_of_sampled_flows_are_emitted_pure_acks_are_not() {
+    if !require_kernel("fin_and_rst_of_sampled_flows_are_emitted") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let (c, s) = ("10.0.0.1", "10.0.0.2");
+    assert_eq!(r.tc(&frames::tcp(&Tcp::new(c, 48000, s, PORT, GET))).len(), 1);
+    let mut ack = Tcp::new(c, 48000, s, PORT, b"");
+    ack.flags = tcp_flags::ACK;
+    assert!(r.tc(&frames::tcp(&ack)).is_empty(), "pure ACKs carry nothing to reassemble");
+    let mut fin = Tcp::new(c, 48000, s, PORT, b"");
+    fin.flags = tcp_flags::ACK | tcp_flags::FIN;
+    let got = r.tc(&frames::tcp(&fin));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].fin() && got[0].payload.is_empty());
+    let mut rst = Tcp::new(s, PORT, c, 48000, b"");
+    rst.flags = tcp_flags::RST;
+    let got = r.tc_egress(&frames::tcp(&rst));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].rst());
+}
+
+#[test]
+fn disabled_config_captures_nothing() {
+    if !require_kernel("disabled_config_captures_nothing") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    r.cap.set_enabled(false).expect("disable");
+    assert!(r.tc(&frames::tcp(&Tcp::new("10.0.0.1", 49000, "10.0.0.2", PORT, GET))).is_empty());
+    assert_eq!(r.counter(counter::PACKETS_SEEN), 1);
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 0);
+    r.cap.set_enabled(true).expect("enable");
+    assert_eq!(r.tc(&frames::tcp(&Tcp::new("10.0.0.1", 49000, "10.0.0.2", PORT, GET))).len(), 1);
+}
+
+#[test]
+fn xdp_program_captures_ingress_requests() {
+    if !require_kernel("xdp_program_captures_ingress_requests") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let got = r.xdp(&frames::tcp(&Tcp::new("10.0.0.1", 50000, "10.0.0.2", PORT, GET)));
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], GET);
+    assert_eq!(got[0].direction, Direction::Request);
+    let got = r.xdp(&frames::tcp(&Tcp::new("fd00::1", 50001, "fd00::2", PORT, GET)));
+    assert_eq!(got.len(), 1);
+}
+
+#[test]
+fn every_malformed_frame_still_gets_the_continue_verdict() {
+    if !require_kernel("every_malformed_frame_still_gets_the_continue_verdict") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let good = frames::tcp(&Tcp::new("10.0.0.1", 51000, "10.0.0.2", PORT, GET));
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    // Every truncation of a valid frame, from a bare Ethernet header up.
+    for n in 14..good.len() {
+        cases.push(good[..n].to_vec());
+    }
+    // IHL below 5, TCP data offset below 5, absurd IP total length.
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x43;
+    cases.push(bad_ihl);
+    let mut bad_doff = good.clone();
+    bad_doff[14 + 20 + 12] = 0x20;
+    cases.push(bad_doff);
+    let mut long_tot = good.clone();
+    long_tot[16] = 0xff;
+    long_tot[17] = 0xff;
+    cases.push(long_tot);
+    let v6 = frames::tcp(&Tcp::new("fd00::1", 51001, "fd00::2", PORT, GET));
+    for n in 14..v6.len() {
+        cases.push(v6[..n].to_vec());
+    }
+    let mut tc_ran = 0;
+    for f in &cases {
+        // XDP takes any frame: the verdict must be XDP_PASS and whatever is emitted must decode.
+        r.xdp(f);
+        // For skbs the kernel itself refuses frames whose IP header is cut short (EINVAL before
+        // the program runs); every frame it accepts must get the continue verdict.
+        match r.cap.test_run(names::PROG_TC_INGRESS, f, 1) {
+            Ok((verdict, _)) => {
+                assert_eq!(verdict, TC_CONTINUE, "frame of {} bytes", f.len());
+                r.drain();
+                tc_ran += 1;
+            }
+            Err(e) => {
+                let refused_by_kernel = f.len() < 14 + 40 && format!("{e:?}").contains("code: 22");
+                assert!(refused_by_kernel, "frame of {} bytes: {e:?}", f.len());
+            }
+        }
+    }
+    assert!(tc_ran > cases.len() / 2, "the TC program ran on only {tc_ran} of {} frames", cases.len());
+}
