@@ -161,3 +161,93 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
     p
 }
+
+/// Directory of the release (or test) binaries: `SHADOW_BIN_DIR` when xtask sets it, else next to
+/// the running executable.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHADOW_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// One HTTP/1.1 client connection with exact byte accounting, used by the demo and the benches.
+pub mod client {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpStream},
+        time::{Duration, Instant},
+    };
+
+    pub struct Conn {
+        s: TcpStream,
+        buf: Vec<u8>,
+        pub sent: u64,
+        pub received: u64,
+    }
+
+    impl Conn {
+        pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_nodelay(true)?;
+            Ok(Self { s, buf: Vec::new(), sent: 0, received: 0 })
+        }
+
+        pub fn local_addr(&self) -> SocketAddr {
+            self.s.local_addr().expect("local addr")
+        }
+
+        /// Send one request and read one response framed by Content-Length; returns the status.
+        pub fn exchange(&mut self, request: &[u8]) -> std::io::Result<u16> {
+            self.s.write_all(request)?;
+            self.sent += request.len() as u64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut chunk = [0u8; 65536];
+            loop {
+                if let Some(h) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&self.buf[..h]).to_ascii_lowercase();
+                    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let cl: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let total = h + 4 + cl;
+                    if self.buf.len() >= total {
+                        self.buf.drain(..total);
+                        self.received += total as u64;
+                        return Ok(status);
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"));
+                }
+                let n = self.s.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+
+    /// A request with a deterministic body of `body_len` bytes (GET when 0).
+    pub fn request(method: &str, target: &str, body_len: usize) -> Vec<u8> {
+        let mut r = if body_len == 0 {
+            format!("{method} {target} HTTP/1.1\r\nHost: demo.svc\r\nUser-Agent: shadow-demo\r\nAccept: */*\r\n\r\n").into_bytes()
+        } else {
+            format!(
+                "{method} {target} HTTP/1.1\r\nHost: demo.svc\r\nUser-Agent: shadow-demo\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        r.extend((0..body_len).map(|i| (i * 31 % 251) as u8));
+        r
+    }
+}

@@ -1,1 +1,207 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//!
+//! Every task starts with `setup`, which installs only what is missing (Debian packages, the
+//! nightly's rust-src, bpf-linker built against the nightly's own LLVM), so the two README commands
+//! work on a fresh machine and cost seconds on a warm one. xtask itself depends on nothing that
+//! needs the eBPF toolchain, so it builds before setup has run.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "shadow project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Set up, build, and run the end-to-end demo in network namespaces (root).
+    Demo,
+    /// Set up, then run every test tier: unit/property, kernel A, kernel B (root).
+    Test,
+    /// Set up, then run the benchmarks and write bench/results/ (root).
+    Bench {
+        /// Shorter runs (for a quick look; the README's figures use the default).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Debian packages the tests, demo and benchmarks drive.
+const APT_PACKAGES: &[&str] = &["iproute2", "curl", "nginx", "prometheus", "wrk", "ca-certificates", "pkg-config"];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Demo => setup().and_then(|()| demo()),
+        Cmd::Test => setup().and_then(|()| test()),
+        Cmd::Bench { quick } => setup().and_then(|()| bench(quick)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let o = cmd.output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}: run as root (or `apt-get install {}`)", missing.join(" "));
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // The nginx package starts a system-wide server on port 80; the tests start their own.
+    let _ = Command::new("sh").args(["-c", "systemctl stop nginx 2>/dev/null; nginx -s stop 2>/dev/null; true"]).status();
+    Ok(())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .context("the nightly toolchain is needed to build the eBPF programs and is not installed (rustup toolchain list)")?;
+    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must link the same LLVM major as the nightly's rustc. Build it against the
+/// nightly's own shared libLLVM, kept in a stable prefix the binary's RUNPATH points at.
+fn bpf_linker() -> Result<()> {
+    if output(Command::new("bpf-linker").arg("--version")).is_some() {
+        return Ok(());
+    }
+    let vv = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"])).context("rustc +nightly -vV")?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no 'LLVM version' in rustc +nightly -vV")?
+        .trim()
+        .to_string();
+    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("read {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| format!("no libLLVM shared library in {}", libdir.display()))?;
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home).join(".cache/shadow/llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib).with_context(|| format!("create {}", prefix_lib.display()))?;
+    for link in ["libLLVM.so", lib.as_str()] {
+        let dst = prefix_lib.join(link);
+        let _ = std::fs::remove_file(&dst);
+        std::os::unix::fs::symlink(libdir.join(&lib), &dst).with_context(|| format!("link {}", dst.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker 0.13.0 against the nightly's LLVM {major} (about a minute)");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))?;
+    if output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn test() -> Result<()> {
+    // Unit, property and no-root integration tests of every crate but the kernel tiers.
+    run(cargo().args(["test", "--workspace", "--exclude", "shadow-tests"]))?;
+    if !is_root() && env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+        bail!("SHADOW_REQUIRE_KERNEL=1 but not running as root: the kernel tiers cannot run");
+    }
+    // Kernel tiers A and B: one test at a time (they attach to interfaces and share the kernel).
+    run(cargo().args(["test", "-p", "shadow-tests", "--", "--test-threads=1"]))?;
+    Ok(())
+}
+
+fn build_release_bins() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "shadow-daemon", "-p", "shadow-tests", "--bins"]))?;
+    Ok(workspace_root().join("target/release"))
+}
+
+fn demo() -> Result<()> {
+    if !is_root() {
+        bail!("the demo creates network namespaces and loads eBPF: run it as root");
+    }
+    let bin = build_release_bins()?;
+    run(Command::new(bin.join("shadow-demo")).env("SHADOW_BIN_DIR", &bin))
+}
+
+fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks create network namespaces and load eBPF: run them as root");
+    }
+    let bin = build_release_bins()?;
+    let mut cmd = Command::new(bin.join("shadow-bench"));
+    cmd.env("SHADOW_BIN_DIR", &bin).arg("--out").arg(workspace_root().join("bench/results"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)
+}
