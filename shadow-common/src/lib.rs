@@ -19,11 +19,20 @@ pub const MAX_CAPTURE: usize = 65536;
 /// payload area is the smallest bucket that holds the segment. `captured_len` tells the real size.
 pub const CAPTURE_BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, MAX_CAPTURE];
 
+/// Pending bytes in the ring buffer past which the kernel wakes the reader at once. Below it,
+/// records are submitted without a wakeup (an IPI per packet is the dominant cost otherwise) and
+/// the reader picks them up on its next poll, at most [`RING_POLL_INTERVAL_MS`] later.
+pub const RING_WAKEUP_BYTES: u64 = 128 * 1024;
+/// How often the daemon drains the ring buffer without a wakeup.
+pub const RING_POLL_INTERVAL_MS: u64 = 2;
+
 /// Names of programs and maps in the eBPF object.
 pub mod names {
     pub const PROG_TC_INGRESS: &str = "shadow_tc_ingress";
     pub const PROG_TC_EGRESS: &str = "shadow_tc_egress";
     pub const PROG_XDP: &str = "shadow_xdp";
+    /// Benchmark baseline only: returns at once.
+    pub const PROG_TC_NOOP: &str = "shadow_tc_noop";
     pub const MAP_EVENTS: &str = "SHADOW_EVENTS";
     pub const MAP_CONFIG: &str = "SHADOW_CONFIG";
     pub const MAP_COUNTERS: &str = "SHADOW_COUNTERS";

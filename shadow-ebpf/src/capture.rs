@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::xdp_md,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_md},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
@@ -15,15 +15,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use shadow_common::{
-    CAPTURE_BUCKETS, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
+    CAPTURE_BUCKETS, Config, RING_WAKEUP_BYTES as WAKEUP_BYTES, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
     SegmentHeader, counter, direction, family, record_flags, tcp_flags,
 };
 
 use crate::{
     SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS,
     headers::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr,
-        ptr_at,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, ptr_at,
     },
 };
 
@@ -113,17 +112,15 @@ pub fn process<P: Packet>(ctx: &P, hook: Hook) {
     let _ = try_process(ctx, hook, counters);
 }
 
-struct Parsed {
+/// Where the headers are, found with the minimum of reads: enough to check the ports.
+struct Located {
     family: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    tcp_flags: u8,
-    payload_off: usize,
-    payload_len: usize,
+    /// Offset of the IP header.
+    l3: usize,
+    /// Offset of the TCP header.
+    l4: usize,
+    /// Datagram length from the start of the IP header (usize::MAX when the IP length is 0: BIG TCP).
+    ip_payload: usize,
 }
 
 #[inline(always)]
@@ -131,19 +128,22 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     let start = ctx.start();
     let end = ctx.end();
     let eth: *const EthHdr = ptr_at(start, end, 0)?;
-    let proto = u16::from_be(unsafe { (*eth).proto });
-    let mut p = if proto == ETH_P_IP {
-        parse_ipv4(start, end, counters)?
-    } else if proto == ETH_P_IPV6 {
-        parse_ipv6(start, end, counters)?
+    let proto = unsafe { (*eth).proto };
+    let loc = if proto == ETH_P_IP.to_be() {
+        locate_ipv4(start, end, counters)?
+    } else if proto == ETH_P_IPV6.to_be() {
+        locate_ipv6(start, end, counters)?
     } else {
         return None;
     };
+    let tcp: *const TcpHdr = ptr_at(start, end, loc.l4)?;
+    let (sport, dport) = unsafe { (u16::from_be((*tcp).source), u16::from_be((*tcp).dest)) };
 
+    // Everything above is all a packet that is not ours costs, besides this lookup and bit test.
     let cfg: &Config = SHADOW_CONFIG.get(0)?;
-    let dir = if cfg.has_port(p.dport) {
+    let dir = if cfg.has_port(dport) {
         direction::REQUEST
-    } else if cfg.has_port(p.sport) {
+    } else if cfg.has_port(sport) {
         direction::RESPONSE
     } else {
         return None;
@@ -153,38 +153,30 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     }
     bump(counters, counter::SERVICE_PORT_SEGMENTS, 1);
 
+    let (seq, ack, doff_res, flags) =
+        unsafe { (u32::from_be((*tcp).seq), u32::from_be((*tcp).ack_seq), (*tcp).doff_res, (*tcp).flags) };
+    let doff = ((doff_res >> 4) as usize) * 4;
+    if doff < 20 {
+        return None;
+    }
+    let payload_off = loc.l4 + doff;
     // The payload length from the IP header, bounded by what the packet really holds (Ethernet
     // padding can make a frame longer than its IP datagram; GRO makes it longer than one MSS).
-    let avail = ctx.total_len().saturating_sub(p.payload_off);
-    if p.payload_len > avail {
-        p.payload_len = avail;
+    let mut payload_len = loc.ip_payload.saturating_sub(payload_off - loc.l3);
+    let avail = ctx.total_len().saturating_sub(payload_off);
+    if payload_len > avail {
+        payload_len = avail;
     }
 
+    let (saddr, daddr) = read_addrs(start, end, &loc)?;
     let key = if dir == direction::REQUEST {
-        FlowKey {
-            client_addr: p.saddr,
-            server_addr: p.daddr,
-            client_port: p.sport,
-            server_port: p.dport,
-            family: p.family,
-            _pad: [0; 3],
-        }
+        FlowKey { client_addr: saddr, server_addr: daddr, client_port: sport, server_port: dport, family: loc.family, _pad: [0; 3] }
     } else {
-        FlowKey {
-            client_addr: p.daddr,
-            server_addr: p.saddr,
-            client_port: p.dport,
-            server_port: p.sport,
-            family: p.family,
-            _pad: [0; 3],
-        }
+        FlowKey { client_addr: daddr, server_addr: saddr, client_port: dport, server_port: sport, family: loc.family, _pad: [0; 3] }
     };
 
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
-    let sampled = if dir == direction::REQUEST
-        && p.payload_len >= 8
-        && starts_request(ctx, start, end, p.payload_off)
-    {
+    let sampled = if dir == direction::REQUEST && payload_len >= 8 && starts_request(ctx, start, end, payload_off) {
         rflags |= record_flags::REQUEST_START;
         decide(cfg, &key, counters)
     } else {
@@ -193,7 +185,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
             None => false,
         }
     };
-    let interesting = p.payload_len > 0 || p.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    let interesting = payload_len > 0 || flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
     if !interesting {
         return None;
     }
@@ -204,32 +196,31 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
 
     let mut hdr = SegmentHeader {
         version: RECORD_VERSION,
-        family: p.family,
+        family: loc.family,
         direction: dir,
-        tcp_flags: p.tcp_flags,
+        tcp_flags: flags,
         flags: rflags,
         _pad0: 0,
-        src_port: p.sport,
-        dst_port: p.dport,
-        seq: p.seq,
-        ack: p.ack,
-        payload_len: p.payload_len as u32,
+        src_port: sport,
+        dst_port: dport,
+        seq,
+        ack,
+        payload_len: payload_len as u32,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         captured_len: 0,
         ifindex: ctx.ifindex(),
-        src_addr: p.saddr,
-        dst_addr: p.daddr,
+        src_addr: saddr,
+        dst_addr: daddr,
     };
-    emit(ctx, &mut hdr, p.payload_off, p.payload_len, counters);
+    emit(ctx, &mut hdr, payload_off, payload_len, counters);
     Some(())
 }
 
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, counters: *mut Counters) -> Option<Parsed> {
+fn locate_ipv4(start: usize, end: usize, counters: *mut Counters) -> Option<Located> {
     let ip: *const Ipv4Hdr = ptr_at(start, end, ETH_HLEN)?;
-    let (ver_ihl, tot_len, frag_off, protocol, saddr, daddr) = unsafe {
-        ((*ip).ver_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).protocol, (*ip).saddr, (*ip).daddr)
-    };
+    let (ver_ihl, tot_len, frag_off, protocol) =
+        unsafe { ((*ip).ver_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).protocol) };
     if protocol != IPPROTO_TCP {
         return None;
     }
@@ -238,20 +229,14 @@ fn parse_ipv4(start: usize, end: usize, counters: *mut Counters) -> Option<Parse
         return None;
     }
     // More-fragments set or a non-zero offset: no whole TCP segment here.
-    if u16::from_be(frag_off) & 0x3fff != 0 {
+    if frag_off & 0x3fffu16.to_be() != 0 {
         bump(counters, counter::IPV4_FRAGMENTS, 1);
         return None;
     }
-    let l4 = ETH_HLEN + ihl;
-    let mut out = parse_tcp(start, end, l4)?;
-    out.family = family::IPV4;
-    out.saddr[..4].copy_from_slice(&saddr);
-    out.daddr[..4].copy_from_slice(&daddr);
-    // tot_len 0 happens with BIG TCP (GSO beyond 64 KiB): then the packet length decides.
     let tot = u16::from_be(tot_len) as usize;
-    let hdrs = ihl + (out.payload_off - l4);
-    out.payload_len = if tot == 0 { usize::MAX } else { tot.saturating_sub(hdrs) };
-    Some(out)
+    // tot_len 0 happens with BIG TCP (GSO beyond 64 KiB): then the packet length decides.
+    let ip_payload = if tot == 0 { usize::MAX } else { tot };
+    Some(Located { family: family::IPV4, l3: ETH_HLEN, l4: ETH_HLEN + ihl, ip_payload })
 }
 
 const IPV6_EXT_HOP: u8 = 0;
@@ -260,13 +245,13 @@ const IPV6_EXT_DSTOPTS: u8 = 60;
 const IPV6_MAX_EXT: usize = 4;
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, counters: *mut Counters) -> Option<Parsed> {
+fn locate_ipv6(start: usize, end: usize, counters: *mut Counters) -> Option<Located> {
     let ip: *const Ipv6Hdr = ptr_at(start, end, ETH_HLEN)?;
-    let (plen, mut next, saddr, daddr) =
-        unsafe { ((*ip).payload_len, (*ip).next_hdr, (*ip).saddr, (*ip).daddr) };
+    let (plen, mut next) = unsafe { ((*ip).payload_len, (*ip).next_hdr) };
+    let l3 = ETH_HLEN;
     let mut l4 = ETH_HLEN + 40;
     // Walk the extension headers we can skip safely; anything else that is not TCP is ignored,
-    // and the ones we will not walk (fragment, AH, ESP, too deep) are counted.
+    // and the ones we will not walk (fragment, AH, too deep) are counted.
     for _ in 0..IPV6_MAX_EXT {
         if next != IPV6_EXT_HOP && next != IPV6_EXT_ROUTING && next != IPV6_EXT_DSTOPTS {
             break;
@@ -277,45 +262,44 @@ fn parse_ipv6(start: usize, end: usize, counters: *mut Counters) -> Option<Parse
         l4 += (len as usize + 1) * 8;
     }
     if next != IPPROTO_TCP {
-        // 44 fragment, 51 AH, or an extension chain deeper than we walk.
         if next == 44 || next == 51 || next == IPV6_EXT_HOP || next == IPV6_EXT_ROUTING || next == IPV6_EXT_DSTOPTS {
             bump(counters, counter::UNSUPPORTED_IPV6_EXT, 1);
         }
         return None;
     }
-    let mut out = parse_tcp(start, end, l4)?;
-    out.family = family::IPV6;
-    out.saddr = saddr;
-    out.daddr = daddr;
     let plen = u16::from_be(plen) as usize;
-    // payload_len 0: jumbogram / BIG TCP, bounded by the packet length instead.
-    let hdrs = out.payload_off - (ETH_HLEN + 40);
-    out.payload_len = if plen == 0 { usize::MAX } else { plen.saturating_sub(hdrs) };
-    Some(out)
+    // payload_len 0: jumbogram / BIG TCP, bounded by the packet length instead. The IPv6 payload
+    // length counts from the end of the fixed header.
+    let ip_payload = if plen == 0 { usize::MAX } else { plen + 40 };
+    Some(Located { family: family::IPV6, l3, l4, ip_payload })
+}
+
+/// Source and destination addresses as 16-byte arrays (IPv4 in the first 4 bytes). Built from
+/// u32 words so that no memset/memcpy subprogram is called.
+#[inline(always)]
+fn read_addrs(start: usize, end: usize, loc: &Located) -> Option<([u8; 16], [u8; 16])> {
+    if loc.family == family::IPV4 {
+        let ip: *const Ipv4Hdr = ptr_at(start, end, loc.l3)?;
+        let (s, d) = unsafe { (u32::from_ne_bytes((*ip).saddr), u32::from_ne_bytes((*ip).daddr)) };
+        Some((words([s, 0, 0, 0]), words([d, 0, 0, 0])))
+    } else {
+        let ip: *const Ipv6Words = ptr_at(start, end, loc.l3)?;
+        let (s, d) = unsafe { ((*ip).saddr, (*ip).daddr) };
+        Some((words(s), words(d)))
+    }
+}
+
+#[repr(C)]
+struct Ipv6Words {
+    _head: [u32; 2],
+    saddr: [u32; 4],
+    daddr: [u32; 4],
 }
 
 #[inline(always)]
-fn parse_tcp(start: usize, end: usize, l4: usize) -> Option<Parsed> {
-    let tcp: *const TcpHdr = ptr_at(start, end, l4)?;
-    let (source, dest, seq, ack, doff_res, flags) = unsafe {
-        ((*tcp).source, (*tcp).dest, (*tcp).seq, (*tcp).ack_seq, (*tcp).doff_res, (*tcp).flags)
-    };
-    let doff = ((doff_res >> 4) as usize) * 4;
-    if doff < 20 {
-        return None;
-    }
-    Some(Parsed {
-        family: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: u16::from_be(source),
-        dport: u16::from_be(dest),
-        seq: u32::from_be(seq),
-        ack: u32::from_be(ack),
-        tcp_flags: flags,
-        payload_off: l4 + doff,
-        payload_len: 0,
-    })
+fn words(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, any bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
 const fn tok(s: &[u8]) -> u64 {
@@ -461,6 +445,13 @@ fn emit_sized<P: Packet, const N: usize>(
         bump(counters, counter::BYTES_EMITTED, n as u64);
     }
     unsafe { (*rec).hdr = *hdr };
-    entry.submit(0);
+    // Waking the reader on every record costs an IPI per packet (microseconds in a VM). Let
+    // records accumulate and wake only past a threshold; the daemon also polls every few ms.
+    let wake = if SHADOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake as u64);
     bump(counters, counter::SEGMENTS_EMITTED, 1);
 }

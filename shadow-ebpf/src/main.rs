@@ -45,6 +45,14 @@ pub fn shadow_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing. Never attached by the daemon: the benchmark attaches it beside the real programs
+/// to measure the floor (dispatch plus the kernel's own run-time accounting) that every program
+/// pays, so the reported cost is ours alone.
+#[classifier]
+pub fn shadow_tc_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[xdp]
 pub fn shadow_xdp(ctx: XdpContext) -> u32 {
     process(&ctx, Hook::Xdp);

@@ -14,7 +14,7 @@ use std::{
 
 use shadow_common::counter;
 use shadow_daemon::{
-    capture::{Capture, CaptureOptions},
+    capture::{Capture, CaptureOptions, ProgramStats},
     config::HookKind,
     segment::{Direction, FlowId, Segment},
 };
@@ -30,12 +30,31 @@ pub struct Captured {
 pub struct CaptureThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Captured>>,
-    ctl: mpsc::Sender<u32>,
+    ctl: mpsc::Sender<Ctl>,
+}
+
+enum Ctl {
+    SetPpm(u32),
+    Stats(mpsc::Sender<(Vec<ProgramStats>, BTreeMap<&'static str, u64>, usize)>),
 }
 
 impl CaptureThread {
     /// Load and attach in `ns` on `iface`; returns once attached.
     pub fn start(ns: &NetNs, iface: &str, ports: &[u16], hook: HookKind, sample_ppm: u32) -> Self {
+        Self::start_with(ns, iface, ports, hook, sample_ppm, false, false)
+    }
+
+    /// `discard`: drop decoded segments as they come (long benchmark runs), keeping only counts.
+    /// `baseline`: also attach the do-nothing program (benchmarks).
+    pub fn start_with(
+        ns: &NetNs,
+        iface: &str,
+        ports: &[u16],
+        hook: HookKind,
+        sample_ppm: u32,
+        discard: bool,
+        baseline: bool,
+    ) -> Self {
         let opts = CaptureOptions {
             interface: iface.into(),
             ports: ports.to_vec(),
@@ -46,7 +65,7 @@ impl CaptureThread {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (ctl_tx, ctl_rx) = mpsc::channel::<u32>();
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>();
         let ns_name = ns.name.clone();
         let stop2 = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -60,16 +79,33 @@ impl CaptureThread {
                         return Captured { segments: vec![], bad_records: 0, kernel: BTreeMap::new() };
                     }
                 };
+                if baseline
+                    && let Err(e) = cap.attach_baseline(&opts.interface, &opts.verifier_log)
+                {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Captured { segments: vec![], bad_records: 0, kernel: BTreeMap::new() };
+                }
                 let _ = ready_tx.send(Ok(()));
                 let mut segments = Vec::new();
                 let mut bad = Vec::new();
+                let mut discarded = 0usize;
                 while !stop2.load(Ordering::Relaxed) {
-                    if let Ok(ppm) = ctl_rx.try_recv() {
-                        cap.set_sample_ppm(ppm).expect("set sample rate");
+                    match ctl_rx.try_recv() {
+                        Ok(Ctl::SetPpm(ppm)) => cap.set_sample_ppm(ppm).expect("set sample rate"),
+                        Ok(Ctl::Stats(reply)) => {
+                            let k = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();
+                            let _ = reply.send((cap.program_stats(), k, segments.len()));
+                        }
+                        Err(_) => {}
+                    }
+                    if discard && segments.len() > 100_000 {
+                        discarded += segments.len();
+                        segments.clear();
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(20), src.next_batch(&mut segments, &mut bad, 1024)).await;
                 }
                 src.drain_now(&mut segments, &mut bad);
+                let _ = discarded;
                 let kernel = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();
                 Captured { segments, bad_records: bad.len(), kernel }
             })
@@ -84,8 +120,15 @@ impl CaptureThread {
 
     /// Change the kernel sampling rate live.
     pub fn set_sample_ppm(&self, ppm: u32) {
-        self.ctl.send(ppm).expect("capture thread alive");
+        self.ctl.send(Ctl::SetPpm(ppm)).expect("capture thread alive");
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Program run-time stats, kernel counters and segments decoded so far (not discarded).
+    pub fn stats(&self) -> (Vec<ProgramStats>, BTreeMap<&'static str, u64>, usize) {
+        let (tx, rx) = mpsc::channel();
+        self.ctl.send(Ctl::Stats(tx)).expect("capture thread alive");
+        rx.recv_timeout(Duration::from_secs(5)).expect("stats reply")
     }
 
     /// Give the ring buffer a moment, stop, detach, and return everything captured.

@@ -85,6 +85,22 @@ pub struct Capture {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
+/// One program's run-time accounting as the kernel keeps it.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub id: u32,
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+/// Turn on the kernel's per-program run-time accounting while the returned fd is open
+/// (BPF_ENABLE_STATS; same effect as sysctl kernel.bpf_stats_enabled=1, but scoped).
+pub fn enable_kernel_stats() -> Result<std::os::fd::OwnedFd, CaptureError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| CaptureError::Io { op: "enable BPF run-time stats".into(), source: e.io_error })
+}
+
 /// Reads records from the ring buffer when the kernel signals them (epoll, no busy polling).
 pub struct SegmentSource {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -175,6 +191,19 @@ impl Capture {
         Ok(())
     }
 
+    /// Benchmarks only: attach the do-nothing program to tc ingress and egress of `iface` too, so
+    /// its run-time stats give the per-packet floor every program pays.
+    pub fn attach_baseline(&mut self, iface: &str, verifier_log: &Path) -> Result<(), CaptureError> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, names::PROG_TC_NOOP)?;
+        load_program(names::PROG_TC_NOOP, verifier_log, || prog.load())?;
+        for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, names::PROG_TC_NOOP)?;
+            prog.attach(iface, kind)
+                .map_err(|e| classify_attach_error(format!("attach baseline to {iface}"), iface, e))?;
+        }
+        Ok(())
+    }
+
     /// The async reader of the ring buffer (once). Must run inside a tokio runtime.
     pub fn take_source(&mut self) -> Result<SegmentSource, CaptureError> {
         let events = self.take_ring()?;
@@ -234,14 +263,15 @@ impl Capture {
         Ok(flows.keys().filter(Result::is_ok).count())
     }
 
-    /// Kernel program ids, for reading run_time_ns / run_cnt (benchmarks).
-    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+    /// The kernel's own accounting per program: (name, id, run_time, run_count). The counts move
+    /// only while BPF stats are enabled (see [`enable_kernel_stats`]).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
         let mut out = Vec::new();
-        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS, names::PROG_XDP] {
+        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS, names::PROG_XDP, names::PROG_TC_NOOP] {
             if let Some(p) = self.ebpf.program(name)
                 && let Ok(info) = p.info()
             {
-                out.push((name, info.id()));
+                out.push(ProgramStats { name, id: info.id(), run_time: info.run_time(), run_count: info.run_count() });
             }
         }
         out
@@ -323,28 +353,29 @@ impl Capture {
 impl SegmentSource {
     /// Wait until the kernel has records, then drain up to `max` of them into `out`. Records that
     /// do not decode are counted by reason in `bad` (they never reach reassembly).
+    ///
+    /// The kernel wakes us only once [`shadow_common::RING_WAKEUP_BYTES`] are pending, so we also
+    /// look every [`shadow_common::RING_POLL_INTERVAL_MS`]: a trickle of records waits at most that.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Segment>,
         bad: &mut Vec<DecodeError>,
         max: usize,
     ) -> io::Result<()> {
+        let poll = Duration::from_millis(shadow_common::RING_POLL_INTERVAL_MS);
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut n = 0;
-            while n < max {
-                let Some(item) = ring.next() else { break };
-                match segment::decode(&item) {
-                    Ok(s) => out.push(s),
-                    Err(e) => bad.push(e),
+            let n = match tokio::time::timeout(poll, self.ring.readable_mut()).await {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let n = drain(guard.get_inner_mut(), out, bad, max);
+                    if n < max {
+                        // Drained: wait for the next wakeup.
+                        guard.clear_ready();
+                    }
+                    n
                 }
-                n += 1;
-            }
-            if n < max {
-                // Drained: wait for the next wakeup.
-                guard.clear_ready();
-            }
+                Err(_elapsed) => drain(self.ring.get_mut(), out, bad, max),
+            };
             if n > 0 {
                 return Ok(());
             }
@@ -361,6 +392,19 @@ impl SegmentSource {
             }
         }
     }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>, max: usize) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else { break };
+        match segment::decode(&item) {
+            Ok(s) => out.push(s),
+            Err(e) => bad.push(e),
+        }
+        n += 1;
+    }
+    n
 }
 
 impl KernelLog {
