@@ -38,7 +38,7 @@ enum Cmd {
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
-const APT_PACKAGES: &[&str] = &["iproute2", "curl", "nginx", "prometheus", "wrk", "ca-certificates", "pkg-config"];
+const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "ca-certificates", "pkg-config"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -175,6 +175,8 @@ fn test() -> Result<()> {
     if !is_root() && env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
         bail!("SHADOW_REQUIRE_KERNEL=1 but not running as root: the kernel tiers cannot run");
     }
+    // The kernel tiers drive the daemon binary too.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
     // Kernel tiers A and B: one test at a time (they attach to interfaces and share the kernel).
     run(cargo().args(["test", "-p", "shadow-tests", "--", "--test-threads=1"]))?;
     Ok(())

@@ -116,6 +116,9 @@ impl Capture {
     /// enabled) is written before the first attach, so no packet is ever seen with an empty config.
     /// Must run inside a tokio runtime (the reader registers with its reactor).
     pub fn start(opts: &CaptureOptions) -> Result<(Self, SegmentSource, Option<KernelLog>), CaptureError> {
+        // Cheap checks first: a typo in --interface should not wait for the verifier.
+        check_privileges()?;
+        interface_is_loopback(&opts.interface)?;
         let mut capture = Self::load(opts)?;
         capture.attach(opts)?;
         let source = capture.take_source()?;

@@ -1,0 +1,124 @@
+//! The daemon binary's contract at its edges: one-line errors with the documented exit codes, and
+//! a clean detach on SIGTERM that leaves nothing attached.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use shadow_tests::{Proc, require_kernel, topo::NetNs, wait_for};
+
+fn daemon_path() -> std::path::PathBuf {
+    shadow_tests::workspace_bin("shadow-daemon")
+}
+
+fn daemon() -> Command {
+    Command::new(daemon_path())
+}
+
+fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.stdout(Stdio::null()).output().expect("run shadow-daemon");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_one_line(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains(needle)), "expected a line with {needle:?}, got: {stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line_naming_the_flag() {
+    let (code, err) = run(daemon().args(["--port", "80"]));
+    assert_eq!(code, 2);
+    assert_one_line(&err, "--interface");
+    let (code, err) = run(daemon().args(["--interface", "lo", "--port", "80", "--sample-rate", "101"]));
+    assert_eq!(code, 2);
+    assert_one_line(&err, "--sample-rate");
+    let (code, err) = run(daemon().args(["--interface", "lo", "--port", "http"]));
+    assert_eq!(code, 2);
+    assert_one_line(&err, "--port");
+}
+
+#[test]
+fn unknown_interface_exits_2() {
+    if !require_kernel("unknown_interface_exits_2") {
+        return;
+    }
+    let (code, err) = run(daemon().args(["--interface", "shadow-nope0", "--port", "80"]));
+    assert_eq!(code, 2, "{err}");
+    assert_one_line(&err, "unknown interface 'shadow-nope0'");
+}
+
+#[test]
+fn without_privileges_exits_1_naming_the_capabilities() {
+    if !require_kernel("without_privileges_exits_1") {
+        return;
+    }
+    // Drop to nobody with no capabilities.
+    let (code, err) = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(daemon_path())
+        .args(["--interface", "lo", "--port", "80"]));
+    assert_eq!(code, 1, "{err}");
+    assert_one_line(&err, "CAP_BPF");
+}
+
+#[test]
+fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
+    if !require_kernel("second_xdp_program_is_refused") {
+        return;
+    }
+    let ns = NetNs::new("cli");
+    ns.exec(&["ip", "link", "add", "xa0", "type", "veth", "peer", "name", "xa1"]);
+    ns.exec(&["ip", "link", "set", "xa0", "up"]);
+    ns.exec(&["ip", "link", "set", "xa1", "up"]);
+    let log = std::env::temp_dir().join(format!("shadow-cli-{}.log", std::process::id()));
+    let mut first = Proc::spawn(
+        "shadow-daemon",
+        ns.command(daemon_path().to_str().expect("utf-8 path"))
+            .args(["--interface", "xa0", "--port", "80", "--hook", "xdp"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
+    wait_for("the first daemon to attach", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
+    });
+    assert!(ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP attached");
+
+    let (code, err) = run(ns
+        .command(daemon_path().to_str().expect("utf-8 path"))
+        .args(["--interface", "xa0", "--port", "80", "--hook", "xdp"]));
+    assert_eq!(code, 2, "{err}");
+    assert_one_line(&err, "already has an XDP program attached");
+
+    assert_eq!(first.terminate(Duration::from_secs(10)), Some(0), "SIGTERM is a clean exit");
+    assert!(!ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP detached on exit");
+
+    // TC: attached while running, gone after SIGTERM.
+    let mut tc = Proc::spawn(
+        "shadow-daemon",
+        ns.command(daemon_path().to_str().expect("utf-8 path"))
+            .args(["--interface", "xa0", "--port", "80"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
+    wait_for("the tc daemon to attach", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
+    });
+    let ids = || -> Vec<String> {
+        let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show (cargo xtask setup installs bpftool)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect()
+    };
+    let running = ids();
+    assert!(!running.is_empty(), "tc programs loaded while the daemon runs");
+    assert_eq!(tc.terminate(Duration::from_secs(10)), Some(0));
+    let after = ids();
+    for id in &running {
+        assert!(!after.contains(id), "program {id} still loaded after the daemon exited");
+    }
+    let _ = std::fs::remove_file(&log);
+}
