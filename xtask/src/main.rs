@@ -171,12 +171,12 @@ fn cargo() -> Command {
 
 fn test() -> Result<()> {
     // Unit, property and no-root integration tests of every crate but the kernel tiers.
-    run(cargo().args(["test", "--workspace", "--exclude", "shadow-tests"]))?;
+    run(cargo().args(["test", "--workspace", "--exclude", "shadow-tests", "--exclude", "shadow-ebpf"]))?;
     if !is_root() && env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
         bail!("SHADOW_REQUIRE_KERNEL=1 but not running as root: the kernel tiers cannot run");
     }
     // The kernel tiers drive the daemon binary too.
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["build", "--workspace", "--exclude", "shadow-ebpf", "--bins"]))?;
     // Kernel tiers A and B: one test at a time (they attach to interfaces and share the kernel).
     run(cargo().args(["test", "-p", "shadow-tests", "--", "--test-threads=1"]))?;
     Ok(())

@@ -1,1 +1,535 @@
-//! (placeholder: filled by its issue)
+//! Replay: captured requests to the shadow, over the daemon's own connections.
+//!
+//! ```text
+//! submit (sync, never blocks) ─ rule by service port ─ controls (method, path, body, rate)
+//!    └─ try_send ─► bounded queue per rule ─► dispatcher ─ concurrency permits ─► one task per request
+//!                                                            └─ keep-alive pool ─ edit ─ write ─ read by framing
+//! ```
+//!
+//! Every request submitted is admitted into the metrics ledger and settled exactly once: replayed
+//! (a complete response came back) or dropped with a reason. A full queue drops (`queue_full`)
+//! instead of waiting, so capture never slows down and memory does not grow with a slow or dead
+//! shadow. A shadow that is down is not fatal: every request tries to connect, fails fast within
+//! the connect timeout, and is counted (`shadow_error`, with the kind in `shadow_errors_total`).
+//!
+//! Logs name the target, the request id and what failed, never header values.
+
+mod conn;
+pub mod controls;
+mod edit;
+mod wire;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
+
+use self::{
+    conn::{Exchange, Pool, connect, exchange},
+    controls::{ReplayControls, ShadowTarget, TokenBucket},
+    edit::edit_request,
+};
+use crate::{
+    config::Rule,
+    message::{CapturedRequest, CapturedResponse},
+    metrics::{EndpointId, Metrics, RequestTicket, ShadowErrorKind, reason},
+};
+
+/// Requests remembered for pairing with their primary response (for per-endpoint primary
+/// latency). Oldest forgotten first; responses that come later are counted as unmatched.
+const PENDING_PRIMARY_CAP: usize = 65_536;
+/// At most one warning per rule in this period; the rest are counted in the next one.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("start the replay engine: not inside a tokio runtime")]
+    NoRuntime,
+    #[error("start the replay engine: port {port} is in rule[{first}] and rule[{second}]")]
+    DuplicatePort { port: u16, first: usize, second: usize },
+    #[error("resolve shadow {target}: {source}")]
+    Resolve { target: String, source: io::Error },
+    #[error("resolve shadow {target}: no address")]
+    NoAddress { target: String },
+    #[error("connect to shadow {target}: {source}")]
+    Connect { target: String, source: io::Error },
+    #[error("connect to shadow {target}: no connection within {timeout:?}")]
+    ConnectTimeout { target: String, timeout: Duration },
+    #[error("send request {id} to shadow {target}: {source}")]
+    Write { id: u64, target: String, source: io::Error },
+    #[error("read the response to request {id} from shadow {target}: {source}")]
+    Read { id: u64, target: String, source: io::Error },
+    #[error("read the response to request {id} from shadow {target}: connection closed before the response was complete")]
+    Closed { id: u64, target: String },
+    #[error("read the response to request {id} from shadow {target}: {what}")]
+    BadResponse { id: u64, target: String, what: &'static str },
+    #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
+    Timeout { id: u64, target: String, timeout: Duration },
+    #[error("edit request {id} for the shadow: the captured head is inconsistent: {what}")]
+    InvalidCapture { id: u64, what: &'static str },
+}
+
+impl ReplayError {
+    /// The `shadow_errors_total` kind; `None` for errors that are not the shadow's doing.
+    pub fn kind(&self) -> Option<ShadowErrorKind> {
+        let io_kind = |e: &io::Error| match e.kind() {
+            io::ErrorKind::ConnectionRefused => ShadowErrorKind::ConnectRefused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => ShadowErrorKind::Reset,
+            io::ErrorKind::TimedOut => ShadowErrorKind::Timeout,
+            _ => ShadowErrorKind::Other,
+        };
+        Some(match self {
+            Self::NoRuntime | Self::DuplicatePort { .. } | Self::InvalidCapture { .. } => return None,
+            Self::Resolve { .. } | Self::NoAddress { .. } => ShadowErrorKind::Other,
+            Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
+            Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
+            Self::Closed { .. } => ShadowErrorKind::Reset,
+            Self::BadResponse { .. } => ShadowErrorKind::BadResponse,
+        })
+    }
+}
+
+/// What [`ReplayEngine::submit`] did with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submission {
+    Queued,
+    /// Not replayed; the reason is the `shadow_requests_dropped_total` label it was counted under.
+    Dropped(&'static str),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Job {
+    req: CapturedRequest,
+    endpoint: EndpointId,
+    ticket: RequestTicket,
+    _held: HeldBytes,
+}
+
+/// The request's bytes in its lane's budget, released however the job ends.
+struct HeldBytes {
+    lane: Arc<Lane>,
+    bytes: u64,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.lane.held_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// One rule with a shadow target: its controls, queue, rate limit and connections.
+struct Lane {
+    name: String,
+    target: ShadowTarget,
+    controls: ReplayControls,
+    tx: mpsc::Sender<Job>,
+    bucket: Option<Mutex<TokenBucket>>,
+    pool: Pool,
+    held_bytes: AtomicU64,
+    warnings: Mutex<WarnThrottle>,
+}
+
+#[derive(Default)]
+struct WarnThrottle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Lane {
+    /// Method, path and body checks, then the rate limit (so refused requests spend no tokens).
+    fn refuse(&self, req: &CapturedRequest) -> Option<&'static str> {
+        if let Some(r) = self.controls.refuse(req.method(), req.target(), req.body().len()) {
+            return Some(r);
+        }
+        if let Some(b) = &self.bucket
+            && !lock(b).try_take(Instant::now())
+        {
+            return Some(reason::RATE_LIMITED);
+        }
+        None
+    }
+
+    fn warn(&self, e: &ReplayError) {
+        let mut t = lock(&self.warnings);
+        let now = Instant::now();
+        match t.last {
+            None => tracing::warn!(
+                "{}: {e} (the shadow is retried with every request; failures are counted in shadow_errors_total)",
+                self.name
+            ),
+            Some(last) if now.saturating_duration_since(last) >= WARN_EVERY => {
+                tracing::warn!("{}: {e} ({} more failures since the last warning)", self.name, t.suppressed)
+            }
+            Some(_) => {
+                t.suppressed += 1;
+                return;
+            }
+        }
+        t.last = Some(now);
+        t.suppressed = 0;
+    }
+
+    /// One request to the shadow: a pooled connection if a live one is idle, else a new one. A
+    /// kept-alive connection the shadow had closed fails before any response byte; an idempotent
+    /// request is then sent once more on a new connection, as HTTP clients do.
+    async fn send(&self, wire: &[u8], req: &CapturedRequest, metrics: &Metrics) -> Result<Exchange, ReplayError> {
+        let method = req.method();
+        let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE");
+        let keep_alive = request_keep_alive(req);
+        let timeout = self.controls.request_timeout;
+        let mut retried = false;
+        loop {
+            let mut conn = match self.pool.take() {
+                Some(c) => {
+                    metrics.connections.reused.inc();
+                    c
+                }
+                None => connect(&self.target, self.controls.connect_timeout, &metrics.connections).await?,
+            };
+            let reused = conn.reused;
+            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target))
+                .await
+                .map_err(|_| ReplayError::Timeout { id: req.id, target: self.target.to_string(), timeout })?;
+            match result {
+                Ok(x) => {
+                    metrics.connections.sent_bytes.inc_by(wire.len() as u64);
+                    if x.reusable && keep_alive {
+                        self.pool.put(conn);
+                    }
+                    return Ok(x);
+                }
+                Err(f) => {
+                    if !matches!(f.error, ReplayError::Write { .. }) {
+                        metrics.connections.sent_bytes.inc_by(wire.len() as u64);
+                    }
+                    if reused && f.nothing_received && idempotent && !retried {
+                        retried = true;
+                        metrics.connections.retries.inc();
+                        continue;
+                    }
+                    return Err(f.error);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client asked to keep the connection open (so the shadow will too): HTTP/1.1
+/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+fn request_keep_alive(req: &CapturedRequest) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for (name, value) in req.headers() {
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    if req.minor_version == 0 { keep && !close } else { !close }
+}
+
+/// The replay stage. Create it inside the tokio runtime; [`submit`](Self::submit) from anywhere.
+pub struct ReplayEngine {
+    metrics: Arc<Metrics>,
+    lanes: Vec<Arc<Lane>>,
+    lane_by_port: HashMap<u16, usize>,
+    pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
+    stop: watch::Sender<Option<Instant>>,
+    dispatchers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ReplayEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayEngine")
+            .field("lanes", &self.lanes.iter().map(|l| &l.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayEngine {
+    /// One lane per rule with a shadow target. Rules without one capture only: their requests are
+    /// counted as dropped (`no_target`). Spawns one dispatcher task per lane on the current
+    /// runtime.
+    pub fn start(rules: &[Rule], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
+        let (stop, _) = watch::channel(None);
+        let mut lanes = Vec::new();
+        let mut lane_by_port = HashMap::new();
+        let mut port_rule: HashMap<u16, usize> = HashMap::new();
+        let mut dispatchers = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for &port in &rule.ports {
+                if let Some(first) = port_rule.insert(port, i)
+                    && first != i
+                {
+                    return Err(ReplayError::DuplicatePort { port, first, second: i });
+                }
+            }
+            let Some(target) = &rule.shadow else { continue };
+            // Zero would make a channel that panics or a semaphore that never opens; the config
+            // refuses it, this keeps the engine safe when built by hand.
+            let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
+            let lane = Arc::new(Lane {
+                name: format!("rule[{i}] ports {:?} -> shadow {target}", rule.ports),
+                target: target.clone(),
+                bucket: rule.controls.replay_rate.map(|r| Mutex::new(TokenBucket::new(r, Instant::now()))),
+                pool: Pool::new(rule.controls.pool_size),
+                controls: rule.controls.clone(),
+                tx,
+                held_bytes: AtomicU64::new(0),
+                warnings: Mutex::new(WarnThrottle::default()),
+            });
+            for &port in &rule.ports {
+                lane_by_port.insert(port, lanes.len());
+            }
+            tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
+            runtime.spawn(check_resolves(lane.target.clone(), lane.name.clone()));
+            dispatchers.push(runtime.spawn(dispatch(lane.clone(), rx, metrics.clone(), stop.subscribe())));
+            lanes.push(lane);
+        }
+        Ok(Self {
+            metrics,
+            lanes,
+            lane_by_port,
+            pending_primary: Mutex::new(BTreeMap::new()),
+            stop,
+            dispatchers: Mutex::new(dispatchers),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Hand over one extracted request. Synchronous and never waits: the request is queued for
+    /// replay or dropped and counted, and the outcome says which.
+    pub fn submit(&self, req: CapturedRequest) -> Submission {
+        let endpoint = self.metrics.endpoint(req.method(), req.target());
+        {
+            let mut pending = lock(&self.pending_primary);
+            pending.insert(req.id, endpoint);
+            if pending.len() > PENDING_PRIMARY_CAP {
+                pending.pop_first();
+            }
+        }
+        let ticket = self.metrics.admit();
+        let Some(lane) = self.lane_by_port.get(&req.flow.server.port()).and_then(|i| self.lanes.get(*i)) else {
+            ticket.dropped(reason::NO_TARGET);
+            return Submission::Dropped(reason::NO_TARGET);
+        };
+        if let Some(r) = lane.refuse(&req) {
+            ticket.dropped(r);
+            return Submission::Dropped(r);
+        }
+        let bytes = req.raw.len() as u64;
+        if lane.held_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > lane.controls.queue_bytes {
+            lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            ticket.dropped(reason::QUEUE_FULL);
+            return Submission::Dropped(reason::QUEUE_FULL);
+        }
+        let held = HeldBytes { lane: lane.clone(), bytes };
+        match lane.tx.try_send(Job { req, endpoint, ticket, _held: held }) {
+            Ok(()) => Submission::Queued,
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                job.ticket.dropped(reason::QUEUE_FULL);
+                Submission::Dropped(reason::QUEUE_FULL)
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                job.ticket.dropped(reason::SHUTDOWN);
+                Submission::Dropped(reason::SHUTDOWN)
+            }
+        }
+    }
+
+    /// The primary's response to a submitted request: primary latency, per endpoint when the
+    /// request is still remembered.
+    pub fn record_primary(&self, resp: &CapturedResponse) {
+        let endpoint = lock(&self.pending_primary).remove(&resp.request_id);
+        self.metrics.record_primary(
+            endpoint,
+            Duration::from_nanos(resp.time_to_first_byte_ns()),
+            Duration::from_nanos(resp.time_to_last_byte_ns()),
+        );
+    }
+
+    /// Stop accepting, give queued and in-flight requests until `grace` to finish, then abandon
+    /// the rest (counted as `shutdown`). Returns when every lane has stopped, so the metrics are
+    /// final.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.stop.send(Some(Instant::now() + grace));
+        let handles = std::mem::take(&mut *lock(&self.dispatchers));
+        for h in handles {
+            if let Err(e) = h.await
+                && e.is_panic()
+            {
+                tracing::error!("replay dispatcher panicked: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for ReplayEngine {
+    fn drop(&mut self) {
+        // Dispatchers see the stop with no grace and abandon what is left (counted).
+        let _ = self.stop.send(Some(Instant::now()));
+    }
+}
+
+/// A misspelt shadow host is the likeliest mistake: say so at start rather than at the first
+/// request. Only the name is checked (no connection), and failing is not fatal: the name may
+/// appear later, and every request resolves it again.
+async fn check_resolves(target: ShadowTarget, lane: String) {
+    match tokio::net::lookup_host((target.host.as_str(), target.port)).await.map(|mut a| a.next().is_some()) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("{lane}: shadow {target} has no address now; requests will keep trying"),
+        Err(e) => tracing::warn!("{lane}: resolve shadow {target}: {e}; requests will keep trying"),
+    }
+}
+
+/// Feeds one lane's queue to at most `concurrency` replay tasks, until stopped.
+async fn dispatch(
+    lane: Arc<Lane>,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
+    let permits = Arc::new(Semaphore::new(lane.controls.concurrency.max(1)));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut prune = tokio::time::interval(Duration::from_secs(1));
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut deadline: Option<Instant> = None;
+    let mut drained = false;
+    loop {
+        if drained && tasks.is_empty() {
+            break;
+        }
+        let until = deadline;
+        let grace_over = async move {
+            match until {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The permit first: a request waits in the bounded queue, not here, while all slots are busy.
+        let next = async {
+            let permit = permits.clone().acquire_owned().await;
+            (permit, rx.recv().await)
+        };
+        tokio::select! {
+            biased;
+            () = grace_over => break,
+            changed = stop.changed(), if deadline.is_none() => {
+                let at = match changed {
+                    Ok(()) => stop.borrow().unwrap_or_else(Instant::now),
+                    Err(_) => Instant::now(),
+                };
+                deadline = Some(at);
+                // No new requests; the queued ones are still dispatched until the deadline.
+                rx.close();
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done && e.is_panic() {
+                    tracing::error!("{}: replay task panicked: {e}", lane.name);
+                }
+            }
+            _ = prune.tick() => lane.pool.prune(),
+            (permit, job) = next, if !drained => match (permit, job) {
+                (Ok(permit), Some(job)) => {
+                    tasks.spawn(replay_one(lane.clone(), metrics.clone(), job, permit));
+                }
+                (_, None) => drained = true,
+                // The semaphore is never closed; were it, the job's ticket settles as shutdown.
+                (Err(_), Some(_job)) => {}
+            },
+        }
+    }
+    // Past the grace period: in-flight tasks are aborted and queued jobs dropped with the
+    // receiver; their tickets settle as `shutdown`.
+    tasks.shutdown().await;
+    drop(rx);
+}
+
+async fn replay_one(lane: Arc<Lane>, metrics: Arc<Metrics>, job: Job, _permit: OwnedSemaphorePermit) {
+    // The job's bytes stay in the budget until the replay is over.
+    let Job { req, endpoint, ticket, _held } = job;
+    let wire = match edit_request(&req, &lane.controls, &lane.target) {
+        Ok(w) => w,
+        Err(e) => {
+            lane.warn(&e);
+            ticket.dropped(reason::INVALID_CAPTURE);
+            return;
+        }
+    };
+    match lane.send(&wire, &req, &metrics).await {
+        Ok(x) => {
+            metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
+            ticket.replayed();
+        }
+        Err(e) => {
+            metrics.record_shadow_error(e.kind().unwrap_or(ShadowErrorKind::Other));
+            lane.warn(&e);
+            ticket.dropped(reason::SHADOW_ERROR);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::edit::tests::captured;
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        assert!(request_keep_alive(&captured(b"GET / HTTP/1.1\r\n\r\n")));
+        assert!(!request_keep_alive(&captured(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n")));
+        assert!(!request_keep_alive(&captured(b"GET / HTTP/1.0\r\n\r\n")));
+        assert!(request_keep_alive(&captured(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")));
+    }
+
+    #[test]
+    fn error_kinds() {
+        let t = || "x:1".to_owned();
+        let io = |k| io::Error::from(k);
+        assert_eq!(
+            ReplayError::Connect { target: t(), source: io(io::ErrorKind::ConnectionRefused) }.kind(),
+            Some(ShadowErrorKind::ConnectRefused)
+        );
+        assert_eq!(
+            ReplayError::ConnectTimeout { target: t(), timeout: Duration::from_secs(1) }.kind(),
+            Some(ShadowErrorKind::Timeout)
+        );
+        assert_eq!(
+            ReplayError::Read { id: 1, target: t(), source: io(io::ErrorKind::ConnectionReset) }.kind(),
+            Some(ShadowErrorKind::Reset)
+        );
+        assert_eq!(ReplayError::Closed { id: 1, target: t() }.kind(), Some(ShadowErrorKind::Reset));
+        assert_eq!(ReplayError::BadResponse { id: 1, target: t(), what: "x" }.kind(), Some(ShadowErrorKind::BadResponse));
+        assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
+        assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.kind(), None);
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        assert!(matches!(ReplayEngine::start(&[], Arc::new(Metrics::default())), Err(ReplayError::NoRuntime)));
+    }
+}
