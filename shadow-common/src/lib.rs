@@ -103,7 +103,7 @@ pub struct SegmentHeader {
 
 pub const SEGMENT_HEADER_LEN: usize = size_of::<SegmentHeader>();
 const _: () = assert!(SEGMENT_HEADER_LEN == 72);
-const _: () = assert!(SEGMENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(8));
 
 /// Size of the port bitmap in [`Config`]: one bit per TCP port.
 pub const PORT_BITMAP_BYTES: usize = 65536 / 8;
@@ -127,7 +127,11 @@ pub const PPM_ALL: u32 = 1_000_000;
 
 impl Config {
     pub const fn new() -> Self {
-        Self { enabled: 0, sample_ppm: 0, ports: [0; PORT_BITMAP_BYTES] }
+        Self {
+            enabled: 0,
+            sample_ppm: 0,
+            ports: [0; PORT_BITMAP_BYTES],
+        }
     }
 
     pub const fn set_port(&mut self, port: u16) {
@@ -265,6 +269,10 @@ mod tests {
     fn buckets_ascend_and_end_at_max_capture() {
         assert!(CAPTURE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(CAPTURE_BUCKETS[CAPTURE_BUCKETS.len() - 1], MAX_CAPTURE);
-        assert!(CAPTURE_BUCKETS.iter().all(|b| (SEGMENT_HEADER_LEN + b) % 8 == 0));
+        assert!(
+            CAPTURE_BUCKETS
+                .iter()
+                .all(|b| (SEGMENT_HEADER_LEN + b).is_multiple_of(8))
+        );
     }
 }

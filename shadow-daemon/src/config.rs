@@ -167,6 +167,19 @@ pub struct Args {
     /// Endpoints (method + path template) with their own latency series; the rest are `other`.
     #[arg(long, env = "SHADOW_MAX_ENDPOINTS", value_name = "N", default_value_t = DEFAULT_MAX_ENDPOINTS, value_parser = parse_max_endpoints)]
     pub max_endpoints: usize,
+
+    /// Cap on the memory held by stream reassembly (buffered bytes and flow state, KiB/MiB/GiB
+    /// suffixes accepted); past it the idlest flows are evicted and counted.
+    #[arg(long, env = "SHADOW_MEMORY_CAP", value_name = "BYTES", default_value = "64MiB", value_parser = parse_memory_cap)]
+    pub memory_cap: u64,
+}
+
+fn parse_memory_cap(s: &str) -> Result<u64, String> {
+    let v = parse_bytes(s)?;
+    if v < 1024 * 1024 {
+        return Err(format!("{v} bytes is below the 1 MiB minimum"));
+    }
+    Ok(v)
 }
 
 fn parse_host_mode(s: &str) -> Result<HostMode, String> {
@@ -265,6 +278,8 @@ pub struct DaemonConfig {
     pub summary_file: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub max_endpoints: usize,
+    /// Reassembly memory cap in bytes.
+    pub memory_cap: u64,
 }
 
 impl DaemonConfig {
@@ -416,6 +431,7 @@ impl Args {
             summary_file: self.summary_file,
             duration: self.duration.map(Duration::from_secs_f64),
             max_endpoints: self.max_endpoints,
+            memory_cap: self.memory_cap,
         })
     }
 

@@ -251,3 +251,42 @@ pub mod client {
         r
     }
 }
+
+/// One request as shadow-testserver recorded it (`--record DIR`).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub tagged: bool,
+    pub raw: Vec<u8>,
+}
+
+/// Every request recorded in `dir`, in index order (per connection order, connections interleaved).
+pub fn recorded_requests(dir: &std::path::Path) -> Vec<Recorded> {
+    let text = fs::read_to_string(dir.join("index.jsonl")).unwrap_or_default();
+    let mut files: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("index line {line:?}: {e}"));
+        let conn = v["conn"].as_u64().expect("conn");
+        let off = v["offset"].as_u64().expect("offset") as usize;
+        let len = v["len"].as_u64().expect("len") as usize;
+        let data = files.entry(conn).or_insert_with(|| fs::read(dir.join(format!("raw-{conn}.bin"))).unwrap_or_default());
+        let raw = data.get(off..off + len).unwrap_or_else(|| panic!("raw-{conn}.bin shorter than its index")).to_vec();
+        out.push(Recorded {
+            method: v["method"].as_str().unwrap_or_default().to_string(),
+            target: v["target"].as_str().unwrap_or_default().to_string(),
+            tagged: v["tagged"].as_bool().unwrap_or(false),
+            raw,
+        });
+    }
+    out
+}
+
+/// `raw` without the first occurrence of `line` (e.g. the tag header line the daemon adds).
+pub fn without_line(raw: &[u8], line: &[u8]) -> Vec<u8> {
+    match raw.windows(line.len()).position(|w| w == line) {
+        Some(p) => [&raw[..p], &raw[p + line.len()..]].concat(),
+        None => raw.to_vec(),
+    }
+}

@@ -13,7 +13,9 @@ fn daemon_path() -> std::path::PathBuf {
 }
 
 fn daemon() -> Command {
-    Command::new(daemon_path())
+    let mut c = Command::new(daemon_path());
+    c.args(["--metrics-addr", "127.0.0.1:0"]);
+    c
 }
 
 fn run(cmd: &mut Command) -> (i32, String) {
@@ -58,7 +60,7 @@ fn without_privileges_exits_1_naming_the_capabilities() {
     let (code, err) = run(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(daemon_path())
-        .args(["--interface", "lo", "--port", "80"]));
+        .args(["--interface", "lo", "--port", "80", "--metrics-addr", "127.0.0.1:0"]));
     assert_eq!(code, 1, "{err}");
     assert_one_line(&err, "CAP_BPF");
 }
@@ -76,7 +78,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     let mut first = Proc::spawn(
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
-            .args(["--interface", "xa0", "--port", "80", "--hook", "xdp"])
+            .args(["--interface", "xa0", "--port", "80", "--hook", "xdp", "--metrics-addr", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
@@ -87,7 +89,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
 
     let (code, err) = run(ns
         .command(daemon_path().to_str().expect("utf-8 path"))
-        .args(["--interface", "xa0", "--port", "80", "--hook", "xdp"]));
+        .args(["--interface", "xa0", "--port", "80", "--hook", "xdp", "--metrics-addr", "127.0.0.1:0"]));
     assert_eq!(code, 2, "{err}");
     assert_one_line(&err, "already has an XDP program attached");
 
@@ -98,7 +100,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     let mut tc = Proc::spawn(
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
-            .args(["--interface", "xa0", "--port", "80"])
+            .args(["--interface", "xa0", "--port", "80", "--metrics-addr", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file")),
     );

@@ -55,11 +55,11 @@ pub enum CaptureError {
     )]
     XdpBusy { interface: String },
     #[error("{op}: {source}")]
-    Program { op: String, source: ProgramError },
+    Program { op: String, source: Box<ProgramError> },
     #[error("{op}: {source}")]
-    Map { op: String, source: MapError },
+    Map { op: String, source: Box<MapError> },
     #[error("{op}: {source}")]
-    Load { op: String, source: EbpfError },
+    Load { op: String, source: Box<EbpfError> },
     #[error("{op}: {source}")]
     Io { op: String, source: io::Error },
 }
@@ -251,7 +251,7 @@ impl Capture {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
             prog.test_run(opts)
         };
-        let r = r.map_err(|e| CaptureError::Program { op: format!("BPF_PROG_TEST_RUN {name}"), source: e })?;
+        let r = r.map_err(|e| CaptureError::Program { op: format!("BPF_PROG_TEST_RUN {name}"), source: Box::new(e) })?;
         Ok((r.return_value, r.duration))
     }
 
@@ -262,7 +262,7 @@ impl Capture {
             source: io::Error::new(ErrorKind::NotFound, "missing"),
         })?;
         let flows: aya::maps::HashMap<&MapData, FlowKey, FlowState> = aya::maps::HashMap::try_from(map)
-            .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_FLOWS), source: e })?;
+            .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_FLOWS), source: Box::new(e) })?;
         Ok(flows.keys().filter(Result::is_ok).count())
     }
 
@@ -314,7 +314,7 @@ impl Capture {
     fn write_config(&mut self) -> Result<(), CaptureError> {
         self.config_map
             .set(0, self.config, 0)
-            .map_err(|e| CaptureError::Map { op: format!("write {}", names::MAP_CONFIG), source: e })
+            .map_err(|e| CaptureError::Map { op: format!("write {}", names::MAP_CONFIG), source: Box::new(e) })
     }
 
     /// Change the per-request sampling rate; applies from the next request line, no restart.
@@ -342,7 +342,7 @@ impl Capture {
         let per_cpu = self
             .counters_map
             .get(&0, 0)
-            .map_err(|e| CaptureError::Map { op: format!("read {}", names::MAP_COUNTERS), source: e })?;
+            .map_err(|e| CaptureError::Map { op: format!("read {}", names::MAP_COUNTERS), source: Box::new(e) })?;
         let mut sum = [0u64; counter::COUNT];
         for c in per_cpu.iter() {
             for (s, v) in sum.iter_mut().zip(c.values.iter()) {
@@ -436,7 +436,7 @@ where
         op: format!("find program {name} in the eBPF object"),
         source: io::Error::new(ErrorKind::NotFound, "missing"),
     })?;
-    prog.try_into().map_err(|e| CaptureError::Program { op: format!("program {name}"), source: e })
+    prog.try_into().map_err(|e| CaptureError::Program { op: format!("program {name}"), source: Box::new(e) })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
@@ -447,7 +447,7 @@ where
         op: format!("find map {name} in the eBPF object"),
         source: io::Error::new(ErrorKind::NotFound, "missing"),
     })?;
-    T::try_from(map).map_err(|e| CaptureError::Map { op: format!("open map {name}"), source: e })
+    T::try_from(map).map_err(|e| CaptureError::Map { op: format!("open map {name}"), source: Box::new(e) })
 }
 
 fn load_program(
@@ -467,7 +467,7 @@ fn load_program(
             }
             Err(CaptureError::Verifier { program: name, reason: io_error.to_string(), log: verifier_log.to_path_buf() })
         }
-        Err(e) => Err(CaptureError::Program { op: format!("load {name}"), source: e }),
+        Err(e) => Err(CaptureError::Program { op: format!("load {name}"), source: Box::new(e) }),
     }
 }
 
@@ -497,7 +497,7 @@ fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
             return CaptureError::BpfUnavailable { op: op.into(), source };
         }
     }
-    CaptureError::Load { op: op.into(), source: e }
+    CaptureError::Load { op: op.into(), source: Box::new(e) }
 }
 
 fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureError {
@@ -516,7 +516,7 @@ fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureErr
             return CaptureError::XdpBusy { interface: iface.into() };
         }
     }
-    CaptureError::Program { op, source: e }
+    CaptureError::Program { op, source: Box::new(e) }
 }
 
 /// Fail early with one line when the process obviously cannot load BPF, instead of an EPERM from

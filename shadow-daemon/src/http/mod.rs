@@ -1,1 +1,344 @@
-//! (placeholder: filled by its issue)
+//! HTTP/1.x over reassembled byte streams: message heads (httparse), body framing (Content-Length,
+//! chunked, until close), message assembly from in-order stream pieces, and FIFO pairing of
+//! responses with requests. Pure: no I/O, no clock (timestamps come with the bytes).
+//!
+//! `reassembly` owns sequence numbers, holes and memory; it hands this module [`Piece`]s of
+//! contiguous bytes in stream order and tells it when the stream is damaged (a final hole, a
+//! truncated capture). Everything here decides only what the bytes mean.
+
+mod body;
+mod head;
+mod pairing;
+mod request;
+mod response;
+
+use std::mem::MaybeUninit;
+
+use bytes::Bytes;
+
+pub use self::{
+    body::{BodyDecoder, ChunkedDecoder},
+    head::{
+        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, looks_like_request_line,
+        looks_like_response_line, parse_request_head, parse_response_head, unsupported_preface,
+    },
+    pairing::{PairOutcome, Pending, PendingQueue},
+    request::RequestAssembler,
+    response::ResponseAssembler,
+};
+use crate::{
+    message::{CapturedRequest, CapturedResponse},
+    segment::FlowId,
+};
+
+/// A message extracted from a flow, in the order its last byte was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpEvent {
+    Request(CapturedRequest),
+    Response(CapturedResponse),
+}
+
+/// Parsing limits, all about keeping memory bounded whatever the wire says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request/response head (start line + fields + blank line), and largest chunked
+    /// trailer section.
+    pub max_header_bytes: usize,
+    /// Most header fields in one head (clamped to [`MAX_HEADERS_CAP`]).
+    pub max_headers: usize,
+    /// Largest request body kept, counted as sent on the wire (chunk framing included), because
+    /// that is what is buffered.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// httparse needs its header slots up front; they live on the stack, so their number is bounded.
+pub const MAX_HEADERS_CAP: usize = 256;
+
+/// Uninitialised header slots for httparse: no per-parse initialisation cost, no allocation.
+pub(crate) fn header_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS_CAP] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP]
+}
+
+/// Why a message, or the bytes of a segment, did not make it out. The labels are stable metric
+/// label values: extend, never rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Bytes of the message never arrived (kernel ring buffer full, or reordering beyond the
+    /// window/timeout). Not used for sampling skips, which are expected.
+    Gap,
+    /// Head larger than `max_header_bytes`, more than `max_headers` fields, or an oversized
+    /// chunked trailer section.
+    OversizeHeaders,
+    /// Request body larger than `max_body_bytes`.
+    OversizeBody,
+    /// Not valid HTTP/1.x, or framing we must not guess (conflicting lengths, TE + CL, ...).
+    ParseError,
+    /// HTTP/2 prior knowledge or TLS on the service port: extraction ends for the flow.
+    UnsupportedProtocol,
+    /// A protocol switch (Upgrade request or 101 response): extraction ends for the direction.
+    Upgrade,
+    /// A CONNECT tunnel: extraction ends for the direction.
+    Connect,
+    /// The kernel could not copy a segment of the message.
+    TruncatedCapture,
+    /// The flow was evicted to stay under the memory cap or the flow limit.
+    Evicted,
+    /// The flow went idle with the message unfinished.
+    Timeout,
+    /// The connection closed (FIN or RST) before the message was complete.
+    Incomplete,
+    /// A response whose request was not captured (unsampled, dropped, or ambiguous pairing).
+    UnpairedResponse,
+    /// Segments only: bytes skipped while joining a stream that was already running (new flow,
+    /// or after a sampling skip) until a message start.
+    MidstreamSkip,
+    /// Segments only: bytes already seen (retransmission, overlap) or after the stream ended.
+    Duplicate,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 14;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Gap,
+        Self::OversizeHeaders,
+        Self::OversizeBody,
+        Self::ParseError,
+        Self::UnsupportedProtocol,
+        Self::Upgrade,
+        Self::Connect,
+        Self::TruncatedCapture,
+        Self::Evicted,
+        Self::Timeout,
+        Self::Incomplete,
+        Self::UnpairedResponse,
+        Self::MidstreamSkip,
+        Self::Duplicate,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Gap => "gap",
+            Self::OversizeHeaders => "oversize_headers",
+            Self::OversizeBody => "oversize_body",
+            Self::ParseError => "parse_error",
+            Self::UnsupportedProtocol => "unsupported_protocol",
+            Self::Upgrade => "upgrade",
+            Self::Connect => "connect",
+            Self::TruncatedCapture => "truncated_capture",
+            Self::Evicted => "evicted",
+            Self::Timeout => "timeout",
+            Self::Incomplete => "incomplete",
+            Self::UnpairedResponse => "unpaired_response",
+            Self::MidstreamSkip => "midstream_skip",
+            Self::Duplicate => "duplicate",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What is wrong with the bytes of a message. Every variant maps to one [`DropReason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("parse message head: {0}")]
+    Malformed(httparse::Error),
+    #[error("parse message head: larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
+    #[error("parse message head: more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("parse Content-Length: not a decimal length")]
+    BadContentLength,
+    #[error("parse Content-Length: conflicting values")]
+    ConflictingContentLength,
+    #[error("parse Transfer-Encoding: request codings do not end with a single chunked")]
+    BadTransferEncoding,
+    #[error("parse Transfer-Encoding: not allowed in HTTP/1.0")]
+    TransferEncodingHttp10,
+    #[error("frame request body: both Transfer-Encoding and Content-Length (smuggling risk)")]
+    AmbiguousFraming,
+    #[error("decode chunked body: invalid chunk size line")]
+    BadChunkSize,
+    #[error("decode chunked body: chunk data not followed by CRLF")]
+    BadChunkDelimiter,
+    #[error("decode chunked body: trailer section larger than {limit} bytes")]
+    TrailersTooLarge { limit: usize },
+    #[error("decode chunked body: malformed trailer section end")]
+    BadTrailer,
+    #[error("frame body: larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("detect protocol: HTTP/2 connection preface")]
+    Http2Preface,
+    #[error("detect protocol: TLS handshake record")]
+    Tls,
+}
+
+impl HttpError {
+    pub const fn reason(&self) -> DropReason {
+        match self {
+            Self::HeadTooLarge { .. }
+            | Self::TooManyHeaders { .. }
+            | Self::TrailersTooLarge { .. } => DropReason::OversizeHeaders,
+            Self::BodyTooLarge { .. } => DropReason::OversizeBody,
+            Self::Http2Preface | Self::Tls => DropReason::UnsupportedProtocol,
+            Self::Malformed(httparse::Error::TooManyHeaders) => DropReason::OversizeHeaders,
+            Self::Malformed(_)
+            | Self::BadContentLength
+            | Self::ConflictingContentLength
+            | Self::BadTransferEncoding
+            | Self::TransferEncodingHttp10
+            | Self::AmbiguousFraming
+            | Self::BadChunkSize
+            | Self::BadChunkDelimiter
+            | Self::BadTrailer => DropReason::ParseError,
+        }
+    }
+}
+
+/// A run of contiguous stream bytes, in order, as reassembly hands them over.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    pub data: Bytes,
+    /// TCP sequence number of `data[0]`.
+    pub seq: u32,
+    /// Acknowledgment number of the segment the bytes came in (the peer stream's position).
+    pub ack: u32,
+    pub ts_ns: u64,
+    /// `data[0]` is the first payload byte of a captured segment: only there can a stream that
+    /// lost sync pick it up again.
+    pub seg_start: bool,
+    /// The kernel saw a request line at the start of this segment.
+    pub request_start: bool,
+}
+
+/// Per-direction message accounting. Invariant: `seen == extracted + sum(dropped) + in_progress`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounters {
+    pub seen: u64,
+    pub extracted: u64,
+    pub in_progress: u64,
+    pub dropped: [u64; DropReason::COUNT],
+}
+
+impl MessageCounters {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+    fn start(&mut self) {
+        self.seen += 1;
+        self.in_progress += 1;
+    }
+    fn emit(&mut self) {
+        self.extracted += 1;
+        self.in_progress = self.in_progress.saturating_sub(1);
+    }
+    fn drop_started(&mut self, reason: DropReason) {
+        self.dropped[reason.index()] += 1;
+        self.in_progress = self.in_progress.saturating_sub(1);
+    }
+    /// A message we learn about only as it is dropped (e.g. a truncated request line).
+    fn seen_and_dropped(&mut self, reason: DropReason) {
+        self.seen += 1;
+        self.dropped[reason.index()] += 1;
+    }
+}
+
+/// Everything an assembler may touch besides its own state, borrowed for one call.
+pub struct Cx<'a> {
+    pub limits: &'a Limits,
+    pub flow: FlowId,
+    /// Source of `CapturedRequest::id`: unique and increasing in extraction order.
+    pub next_id: &'a mut u64,
+    pub out: &'a mut Vec<HttpEvent>,
+    pub requests: &'a mut MessageCounters,
+    pub responses: &'a mut MessageCounters,
+    /// The connection's requests awaiting their response.
+    pub pending: &'a mut PendingQueue,
+    /// Requests emitted whose response was never seen (popped unpaired from `pending`).
+    pub unanswered: &'a mut u64,
+}
+
+/// How an assembler fared with a piece, for per-segment accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// The bytes went into message framing (whatever then became of the message).
+    Used,
+    /// The stream is out of sync and the piece does not start a message: skipped for this reason.
+    Skipped(DropReason),
+}
+
+/// The sequence-space distance from `a` to `b` as a signed number: RFC 793 comparison.
+#[inline]
+pub const fn seq_diff(b: u32, a: u32) -> i32 {
+    b.wrapping_sub(a) as i32
+}
+
+#[inline]
+pub const fn seq_le(a: u32, b: u32) -> bool {
+    seq_diff(b, a) >= 0
+}
+
+#[inline]
+pub const fn seq_lt(a: u32, b: u32) -> bool {
+    seq_diff(b, a) > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_labels_are_unique_snake_case_and_indexed() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            let s = r.as_str();
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            for o in &DropReason::ALL[i + 1..] {
+                assert_ne!(s, o.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_comparison_wraps() {
+        assert!(seq_lt(u32::MAX - 5, 3));
+        assert!(seq_le(7, 7));
+        assert!(!seq_lt(3, u32::MAX - 5));
+        assert_eq!(seq_diff(2, u32::MAX), 3);
+    }
+
+    #[test]
+    fn every_error_has_a_reason() {
+        assert_eq!(
+            HttpError::HeadTooLarge { limit: 1 }.reason(),
+            DropReason::OversizeHeaders
+        );
+        assert_eq!(
+            HttpError::Malformed(httparse::Error::TooManyHeaders).reason(),
+            DropReason::OversizeHeaders
+        );
+        assert_eq!(HttpError::Tls.reason(), DropReason::UnsupportedProtocol);
+        assert_eq!(
+            HttpError::BodyTooLarge { limit: 1 }.reason(),
+            DropReason::OversizeBody
+        );
+        assert_eq!(HttpError::AmbiguousFraming.reason(), DropReason::ParseError);
+    }
+}

@@ -20,6 +20,11 @@ const SHADOW_PORT: u16 = 9090;
 
 struct Traffic {
     requests: u64,
+    /// Requests with a method replayed by default (GET): what the shadow must receive.
+    safe_requests: u64,
+    safe_request_bytes: u64,
+    /// Every GET exactly as sent, to compare with what the shadow received.
+    safe_request_list: Vec<Vec<u8>>,
     request_bytes: u64,
     response_bytes: u64,
     non_2xx: u64,
@@ -109,7 +114,38 @@ fn demo() -> Result<bool, String> {
         &std::fs::read_to_string(&summary_path).map_err(|e| format!("read {}: {e}", summary_path.display()))?,
     )
     .map_err(|e| format!("parse summary: {e}"))?;
-    Ok(report(&summary, &traffic))
+    let shadow = read_shadow_index(&scratch.path("shadow"));
+    Ok(report(&summary, &traffic, &shadow))
+}
+
+/// What the sample shadow recorded: (requests, tagged, bytes, methods).
+struct ShadowSeen {
+    /// Each request the shadow read, raw, in no particular order.
+    raw: Vec<Vec<u8>>,
+    requests: u64,
+    tagged: u64,
+    bytes: u64,
+    non_get: u64,
+}
+
+fn read_shadow_index(dir: &std::path::Path) -> ShadowSeen {
+    let mut s = ShadowSeen { raw: Vec::new(), requests: 0, tagged: 0, bytes: 0, non_get: 0 };
+    let text = std::fs::read_to_string(dir.join("index.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        s.requests += 1;
+        s.tagged += u64::from(v["tagged"].as_bool().unwrap_or(false));
+        s.bytes += v["len"].as_u64().unwrap_or(0);
+        s.non_get += u64::from(v["method"].as_str() != Some("GET"));
+        let (conn, off, len) = (v["conn"].as_u64(), v["offset"].as_u64(), v["len"].as_u64());
+        if let (Some(c), Some(o), Some(l)) = (conn, off, len)
+            && let Ok(data) = std::fs::read(dir.join(format!("raw-{c}.bin")))
+            && let Some(r) = data.get(o as usize..(o + l) as usize)
+        {
+            s.raw.push(r.to_vec());
+        }
+    }
+    s
 }
 
 fn spawn_server(ns: &NetNs, bin: &std::path::Path, listen: &str, record: Option<&str>, resp: usize) -> Proc {
@@ -134,10 +170,23 @@ fn send_traffic(t: &TwoHosts) -> Result<Traffic, String> {
     let ns = t.client.name.clone();
     std::thread::spawn(move || -> Result<Traffic, String> {
         NetNs { name: ns }.enter_and_forget();
-        let mut tr = Traffic { requests: 0, request_bytes: 0, response_bytes: 0, non_2xx: 0 };
+        let mut tr = Traffic {
+            requests: 0,
+            safe_requests: 0,
+            safe_request_bytes: 0,
+            safe_request_list: Vec::new(),
+            request_bytes: 0,
+            response_bytes: 0,
+            non_2xx: 0,
+        };
         let mut run = |addr: SocketAddr, reqs: Vec<Vec<u8>>| -> Result<(), String> {
             let mut c = Conn::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
             for r in reqs {
+                if r.starts_with(b"GET ") {
+                    tr.safe_requests += 1;
+                    tr.safe_request_bytes += r.len() as u64;
+                    tr.safe_request_list.push(r.clone());
+                }
                 let st = c.exchange(&r).map_err(|e| format!("request to {addr}: {e}"))?;
                 tr.requests += 1;
                 if !(200..300).contains(&st) {
@@ -164,7 +213,17 @@ fn send_traffic(t: &TwoHosts) -> Result<Traffic, String> {
     .map_err(|_| "client thread panicked".to_string())?
 }
 
-fn report(s: &serde_json::Value, tr: &Traffic) -> bool {
+fn remove_line(r: &[u8], line: &[u8]) -> Vec<u8> {
+    match r.windows(line.len()).position(|w| w == line) {
+        Some(p) => [&r[..p], &r[p + line.len()..]].concat(),
+        None => r.to_vec(),
+    }
+}
+
+/// The tag header line the daemon adds to every replayed request (its only edit by default).
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+
+fn report(s: &serde_json::Value, tr: &Traffic, sh: &ShadowSeen) -> bool {
     let get = |p: &[&str]| -> u64 {
         let mut v = s;
         for k in p {
@@ -176,9 +235,16 @@ fn report(s: &serde_json::Value, tr: &Traffic) -> bool {
         ("request bytes (client -> service)", tr.request_bytes, get(&["request", "payload_bytes"])),
         ("response bytes (service -> client)", tr.response_bytes, get(&["response", "payload_bytes"])),
         ("requests (sampled by the kernel)", tr.requests, get(&["kernel", "requests_sampled"])),
+        ("requests extracted whole", tr.requests, get(&["extraction", "requests_extracted"])),
+        ("GETs replayed (default allowlist)", tr.safe_requests, get(&["mirror", "requests", "replayed"])),
+        ("others dropped: method_not_allowed", tr.requests - tr.safe_requests, get(&["mirror", "requests", "dropped", "method_not_allowed"])),
+        ("requests the shadow received", tr.safe_requests, sh.requests),
+        ("  ... carrying X-Shadow-Request", tr.safe_requests, sh.tagged),
+        ("  ... that were not GET", 0, sh.non_get),
+        ("  ... bytes (original + tag line)", tr.safe_request_bytes + tr.safe_requests * TAG_LINE.len() as u64, sh.bytes),
     ];
     println!();
-    println!("{:<38} {:>14} {:>14}  {}", "", "on the wire", "captured", "");
+    println!("{:<38} {:>14} {:>14}", "", "on the wire", "captured");
     let mut ok = true;
     for (name, sent, got) in rows {
         let m = sent == got;
@@ -194,7 +260,29 @@ fn report(s: &serde_json::Value, tr: &Traffic) -> bool {
         get(&["kernel", "copy_failed"]),
         get(&["kernel", "truncated"]),
     );
+    // Byte for byte: each request the shadow got, minus the tag line, is one the client sent.
+    let mut sent = tr.safe_request_list.clone();
+    let mut got: Vec<Vec<u8>> = sh.raw.iter().map(|r| remove_line(r, TAG_LINE)).collect();
+    sent.sort();
+    got.sort();
+    let identical = sent == got;
+    ok &= identical;
+    println!("shadow requests byte-identical to the originals but for the tag line: {identical}");
+    let reconciles = s["mirror"]["reconciles"].as_bool().unwrap_or(false);
+    ok &= reconciles;
+    println!("metrics reconcile (captured = replayed + dropped + in flight): {reconciles}");
+    if let Ok(m) = serde_json::from_value::<shadow_daemon::metrics::Summary>(s["mirror"].clone()) {
+        println!();
+        println!("{m}");
+    }
     println!();
-    println!("{}", if ok { "DEMO OK: every byte sent was captured" } else { "DEMO FAILED: counts differ" });
+    println!(
+        "{}",
+        if ok {
+            "DEMO OK: every byte was captured, every GET reached the shadow tagged and otherwise byte-identical, nothing else did"
+        } else {
+            "DEMO FAILED: counts differ"
+        }
+    );
     ok
 }

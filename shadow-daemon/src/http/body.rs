@@ -1,0 +1,339 @@
+//! Streaming body framing: finds where a body ends without needing it contiguous, so bodies can
+//! be buffered (requests) or only measured (responses, oversized requests) at the same cost.
+
+use super::{HttpError, Limits};
+use crate::message::BodyFraming;
+
+/// Longest chunk-size line (size, extensions, CRLF): real clients send a few bytes; the bound is
+/// what keeps a hostile extension from being scanned forever.
+const MAX_CHUNK_LINE: u32 = 4096;
+
+/// Where a body ends, decided a slice at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyDecoder {
+    Length {
+        remaining: u64,
+    },
+    Chunked(ChunkedDecoder),
+    /// Ends with the connection (responses only): `advance` consumes everything.
+    UntilClose,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::None => Self::Length { remaining: 0 },
+            BodyFraming::ContentLength(n) => Self::Length { remaining: n },
+            BodyFraming::Chunked => Self::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => Self::UntilClose,
+        }
+    }
+
+    /// Consume body bytes from `data`. Returns how many bytes belong to the body and whether the
+    /// body ended there; bytes past the end belong to the next message.
+    pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
+        match self {
+            Self::Length { remaining } => {
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                *remaining -= n as u64;
+                Ok((n, *remaining == 0))
+            }
+            Self::Chunked(c) => c.advance(data, limits),
+            Self::UntilClose => Ok((data.len(), false)),
+        }
+    }
+
+    /// The body has ended (an until-close body ends only with the connection).
+    pub fn is_done(&self) -> bool {
+        match self {
+            Self::Length { remaining } => *remaining == 0,
+            Self::Chunked(c) => c.state == ChunkState::Done,
+            Self::UntilClose => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum ChunkState {
+    /// Expecting the hex digits of a chunk size.
+    #[default]
+    Size,
+    /// After at least one hex digit.
+    SizeDigits,
+    /// Whitespace after the size, before `;` or the line end.
+    SizeBws,
+    /// Inside chunk extensions: skipped up to the line end.
+    Ext,
+    /// Saw CR on a size line: LF must follow.
+    SizeLf,
+    Data,
+    /// After chunk data: CR LF (or a bare LF) must follow.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    TrailerLine,
+    /// Saw CR at the start of a trailer line: the body ends with the LF.
+    EndLf,
+    Done,
+}
+
+/// RFC 9112 §7.1 chunked transfer coding, byte-driven for the framing and in bulk for the data.
+/// Bare LF is accepted where CRLF is due, as most servers do: a stricter reading than the
+/// server's would lose sync on traffic the server accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// Size of the chunk being read, then what is left of its data.
+    size: u64,
+    line_len: u32,
+    trailer_len: usize,
+    /// Body bytes without the chunk framing, so far.
+    pub decoded: u64,
+}
+
+impl ChunkedDecoder {
+    pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
+        use ChunkState::*;
+        if self.state == Done {
+            return Ok((0, true));
+        }
+        let mut i = 0;
+        while i < data.len() {
+            if self.state == Data {
+                let n = usize::try_from(self.size)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len() - i);
+                self.size -= n as u64;
+                self.decoded += n as u64;
+                i += n;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            match self.state {
+                Size | SizeDigits => {
+                    if let Some(d) = (b as char).to_digit(16) {
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(u64::from(d)))
+                            .ok_or(HttpError::BadChunkSize)?;
+                        self.state = SizeDigits;
+                        self.count_line()?;
+                        continue;
+                    }
+                    if self.state == Size {
+                        return Err(HttpError::BadChunkSize);
+                    }
+                    self.size_line_byte(b)?;
+                }
+                SizeBws => self.size_line_byte(b)?,
+                Ext => {
+                    self.count_line()?;
+                    match b {
+                        b'\r' => self.state = SizeLf,
+                        b'\n' => self.end_size_line(),
+                        _ => {}
+                    }
+                }
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::BadChunkSize);
+                    }
+                    self.end_size_line();
+                }
+                DataCr => match b {
+                    b'\r' => self.state = DataLf,
+                    b'\n' => self.next_chunk(),
+                    _ => return Err(HttpError::BadChunkDelimiter),
+                },
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::BadChunkDelimiter);
+                    }
+                    self.next_chunk();
+                }
+                TrailerStart => match b {
+                    b'\r' => self.state = EndLf,
+                    b'\n' => self.state = Done,
+                    _ => {
+                        self.count_trailer(limits)?;
+                        self.state = TrailerLine;
+                    }
+                },
+                TrailerLine => {
+                    self.count_trailer(limits)?;
+                    if b == b'\n' {
+                        self.state = TrailerStart;
+                    }
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::BadTrailer);
+                    }
+                    self.state = Done;
+                }
+                // Data is consumed in bulk above and Done returns below, so neither is reached.
+                Data | Done => {}
+            }
+            if self.state == Done {
+                return Ok((i, true));
+            }
+        }
+        Ok((i, self.state == Done))
+    }
+
+    fn count_line(&mut self) -> Result<(), HttpError> {
+        self.line_len += 1;
+        if self.line_len > MAX_CHUNK_LINE {
+            return Err(HttpError::BadChunkSize);
+        }
+        Ok(())
+    }
+
+    fn count_trailer(&mut self, limits: &Limits) -> Result<(), HttpError> {
+        self.trailer_len += 1;
+        if self.trailer_len > limits.max_header_bytes {
+            return Err(HttpError::TrailersTooLarge {
+                limit: limits.max_header_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A byte on a size line after the digits: optional whitespace, then extensions or the end.
+    fn size_line_byte(&mut self, b: u8) -> Result<(), HttpError> {
+        self.count_line()?;
+        match b {
+            b' ' | b'\t' => self.state = ChunkState::SizeBws,
+            b';' => self.state = ChunkState::Ext,
+            b'\r' => self.state = ChunkState::SizeLf,
+            b'\n' => self.end_size_line(),
+            _ => return Err(HttpError::BadChunkSize),
+        }
+        Ok(())
+    }
+
+    fn end_size_line(&mut self) {
+        self.line_len = 0;
+        self.state = if self.size == 0 {
+            ChunkState::TrailerStart
+        } else {
+            ChunkState::Data
+        };
+    }
+
+    fn next_chunk(&mut self) {
+        self.size = 0;
+        self.line_len = 0;
+        self.state = ChunkState::Size;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (bytes consumed, body ended, decoded length)
+    type Outcome = Result<(usize, bool, u64), HttpError>;
+
+    fn run(input: &[u8], split: usize) -> Outcome {
+        let lim = Limits {
+            max_header_bytes: 64,
+            ..Limits::default()
+        };
+        let mut d = ChunkedDecoder::default();
+        let mut used = 0;
+        for part in input.chunks(split.max(1)) {
+            let (n, done) = d.advance(part, &lim)?;
+            used += n;
+            if done {
+                return Ok((used, true, d.decoded));
+            }
+            assert_eq!(n, part.len());
+        }
+        Ok((used, false, d.decoded))
+    }
+
+    #[test]
+    fn chunked_table_whole_and_byte_by_byte() {
+        let cases: &[(&[u8], Outcome)] = &[
+            (b"0\r\n\r\n", Ok((5, true, 0))),
+            (b"5\r\nhello\r\n0\r\n\r\nGET", Ok((15, true, 5))),
+            (b"5;ext=1;x=\"q\"\r\nhello\r\n0\r\n\r\n", Ok((27, true, 5))),
+            (b"5 ;ext\r\nhello\r\n0\r\n\r\n", Ok((20, true, 5))),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", Ok((20, true, 10))),
+            (
+                b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n",
+                Ok((23, true, 3)),
+            ),
+            (
+                b"3\r\nabc\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n",
+                Ok((27, true, 3)),
+            ),
+            (b"3\nabc\n0\n\n", Ok((9, true, 3))),
+            (
+                b"0000000000000000000003\r\nabc\r\n0\r\n\r\n",
+                Ok((34, true, 3)),
+            ),
+            (b"5\r\nhel", Ok((6, false, 3))),
+            (b"x\r\n", Err(HttpError::BadChunkSize)),
+            (b"\r\n", Err(HttpError::BadChunkSize)),
+            (b"5x\r\n", Err(HttpError::BadChunkSize)),
+            (b"5\rx", Err(HttpError::BadChunkSize)),
+            (b"3\r\nabcX", Err(HttpError::BadChunkDelimiter)),
+            (b"3\r\nabc\rX", Err(HttpError::BadChunkDelimiter)),
+            (b"0\r\n\rX", Err(HttpError::BadTrailer)),
+            (b"fffffffffffffffff\r\n", Err(HttpError::BadChunkSize)),
+        ];
+        for (input, want) in cases {
+            for split in [input.len(), 1, 2, 3] {
+                assert_eq!(
+                    &run(input, split),
+                    want,
+                    "{:?} split {split}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn huge_chunk_size_is_only_a_number() {
+        let lim = Limits::default();
+        let mut d = ChunkedDecoder::default();
+        assert_eq!(d.advance(b"ffffffffffffffff\r\nabc", &lim), Ok((21, false)));
+        assert_eq!(d.decoded, 3);
+    }
+
+    #[test]
+    fn trailer_and_extension_bounds() {
+        let long_trailer = [b"0\r\n".as_slice(), &[b'a'; 100], b"\r\n\r\n"].concat();
+        assert_eq!(
+            run(&long_trailer, 7),
+            Err(HttpError::TrailersTooLarge { limit: 64 })
+        );
+        let long_ext = [b"1;".as_slice(), &[b'e'; 5000], b"\r\n"].concat();
+        assert_eq!(run(&long_ext, 100), Err(HttpError::BadChunkSize));
+    }
+
+    #[test]
+    fn length_and_until_close() {
+        let lim = Limits::default();
+        let mut d = BodyDecoder::new(BodyFraming::ContentLength(5));
+        assert_eq!(d.advance(b"abc", &lim), Ok((3, false)));
+        assert_eq!(d.advance(b"defgh", &lim), Ok((2, true)));
+        assert!(d.is_done());
+        let mut d = BodyDecoder::new(BodyFraming::ContentLength(u64::MAX));
+        assert_eq!(d.advance(b"abc", &lim), Ok((3, false)));
+        let mut d = BodyDecoder::new(BodyFraming::UntilClose);
+        assert_eq!(d.advance(b"abc", &lim), Ok((3, false)));
+        assert!(BodyDecoder::new(BodyFraming::None).is_done());
+    }
+}

@@ -1,0 +1,654 @@
+//! Request and response heads: httparse for the syntax, RFC 9112 §6 for the framing.
+
+use std::ops::Range;
+
+use super::{HttpError, Limits, MAX_HEADERS_CAP, header_slots};
+use crate::message::{BodyFraming, HeaderSpan};
+
+/// What the response side must know about a request to frame its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Normal,
+    /// HEAD: the response has no body whatever its Content-Length says.
+    Head,
+    /// CONNECT: a 2xx answer turns the connection into a tunnel.
+    Connect,
+    /// Carries `Upgrade` + `Connection: upgrade`: a 101 answer switches protocols.
+    Upgrade,
+}
+
+/// A parsed request head; ranges index the buffer that was parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub head_len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    pub minor_version: u8,
+    pub headers: Vec<HeaderSpan>,
+    pub framing: BodyFraming,
+    pub kind: RequestKind,
+    /// Both Transfer-Encoding and Content-Length: framed by the chunked coding (as the RFC says
+    /// a server must) so that the stream stays in sync, but never replayed.
+    pub ambiguous: bool,
+}
+
+/// A parsed response head. `framing` ignores the request method: the caller applies HEAD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub minor_version: u8,
+    pub framing: BodyFraming,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes at a message boundary say about the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preface {
+    /// Not HTTP/2 prior knowledge nor TLS.
+    Other,
+    /// A prefix of the HTTP/2 preface: too short to tell it from a request with a `PRI` method.
+    NeedMore,
+    /// A protocol we do not extract.
+    Unsupported(HttpError),
+}
+
+/// Recognise, at a message boundary, a protocol we do not extract: HTTP/2 prior knowledge or a
+/// TLS handshake.
+pub fn unsupported_preface(buf: &[u8]) -> Preface {
+    if let [0x16, 0x03, ..] = buf {
+        return Preface::Unsupported(HttpError::Tls);
+    }
+    // The request line alone decides: "PRI * HTTP/2.0" is never an HTTP/1.x request.
+    let line = &H2_PREFACE[..14];
+    let n = buf.len().min(line.len());
+    if n > 0 && buf.get(..n) == line.get(..n) {
+        return if n == line.len() {
+            Preface::Unsupported(HttpError::Http2Preface)
+        } else {
+            Preface::NeedMore
+        };
+    }
+    Preface::Other
+}
+
+/// Find the end of a head (just past the blank line) at or after `from`. Bare LF line endings
+/// count, as httparse accepts them.
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(rest) = buf.get(i..) {
+        let nl = i + rest.iter().position(|&b| b == b'\n')?;
+        match buf.get(nl + 1..nl + 3) {
+            Some([b'\n', _]) => return Some(nl + 2),
+            Some([b'\r', b'\n']) => return Some(nl + 3),
+            None if buf.get(nl + 1) == Some(&b'\n') => return Some(nl + 2),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Registered methods (IANA HTTP Method Registry, plus PURGE) that a stream that lost sync may
+/// resynchronise on without the kernel's flag: those outside the kernel's list (WebDAV...), or
+/// segments the kernel could not judge (shorter than 8 bytes).
+const KNOWN_METHODS: [&[u8]; 40] = [
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"QUERY",
+    b"PURGE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"SEARCH",
+    b"REPORT",
+    b"MKCALENDAR",
+    b"ACL",
+    b"BIND",
+    b"UNBIND",
+    b"REBIND",
+    b"MERGE",
+    b"CHECKOUT",
+    b"CHECKIN",
+    b"UNCHECKOUT",
+    b"VERSION-CONTROL",
+    b"MKWORKSPACE",
+    b"UPDATE",
+    b"LABEL",
+    b"MKACTIVITY",
+    b"BASELINE-CONTROL",
+    b"ORDERPATCH",
+    b"LINK",
+    b"UNLINK",
+    b"MKREDIRECTREF",
+    b"UPDATEREDIRECTREF",
+];
+
+/// Longest request line looked at when judging a segment start.
+const MAX_PROBE_LINE: usize = 8192;
+
+/// Does `buf` begin with a whole request line: a registered method, one space, a target, one
+/// space and `HTTP/1.0` or `HTTP/1.1`? Demanding the whole line (not a prefix) is what keeps a
+/// segment that starts inside a request line ("IND /x" of a "PROPFIND /x") from passing.
+pub fn looks_like_request_line(buf: &[u8]) -> bool {
+    let Some(sp) = buf.iter().take(20).position(|&b| b == b' ') else {
+        return false;
+    };
+    if !KNOWN_METHODS.contains(&&buf[..sp]) {
+        return false;
+    }
+    let Some(nl) = buf.iter().take(MAX_PROBE_LINE).position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = &buf[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(rest) = line.get(sp + 1..) else {
+        return false;
+    };
+    let Some(target) = rest
+        .strip_suffix(b" HTTP/1.1")
+        .or_else(|| rest.strip_suffix(b" HTTP/1.0"))
+    else {
+        return false;
+    };
+    !target.is_empty() && target.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// Does `buf` begin like a status line?
+pub fn looks_like_response_line(buf: &[u8]) -> bool {
+    buf.len() >= 12
+        && buf.starts_with(b"HTTP/1.")
+        && matches!(buf[7], b'0' | b'1')
+        && buf[8] == b' '
+}
+
+fn span(base: &[u8], part: &[u8]) -> Range<usize> {
+    // Both slices come from the same buffer (httparse only slices its input).
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    start..start + part.len()
+}
+
+fn max_slots(limits: &Limits) -> usize {
+    limits.max_headers.clamp(1, MAX_HEADERS_CAP)
+}
+
+fn map_httparse(e: httparse::Error, limits: &Limits) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders {
+            limit: max_slots(limits),
+        },
+        other => HttpError::Malformed(other),
+    }
+}
+
+/// Parse a request head at the start of `buf`. `Ok(None)`: incomplete, more bytes needed.
+/// The caller strips empty lines before a request, so ranges start at the method.
+pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpError> {
+    let mut slots = header_slots();
+    let n = max_slots(limits);
+    let mut req = httparse::Request::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots[..n])
+        .map_err(|e| map_httparse(e, limits))?;
+    let head_len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(HttpError::HeadTooLarge {
+                    limit: limits.max_header_bytes,
+                });
+            }
+            return Ok(None);
+        }
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
+    else {
+        return Err(HttpError::Malformed(httparse::Error::Token));
+    };
+    let mut fields = FramingFields::default();
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        headers.push(HeaderSpan {
+            name: span(buf, h.name.as_bytes()),
+            value: span(buf, h.value),
+        });
+        fields.observe(h.name.as_bytes(), h.value)?;
+    }
+    let kind = match method {
+        "HEAD" => RequestKind::Head,
+        "CONNECT" => RequestKind::Connect,
+        _ if fields.upgrade && fields.connection_upgrade => RequestKind::Upgrade,
+        _ => RequestKind::Normal,
+    };
+    let mut ambiguous = false;
+    // RFC 9112 §6.3: a request body is framed by Transfer-Encoding (which must end in chunked),
+    // else by Content-Length, else there is none.
+    let framing = if fields.te_present {
+        if minor_version == 0 {
+            return Err(HttpError::TransferEncodingHttp10);
+        }
+        if !fields.te_last_chunked || fields.te_chunked_count != 1 {
+            return Err(HttpError::BadTransferEncoding);
+        }
+        ambiguous = fields.content_length.is_some();
+        BodyFraming::Chunked
+    } else {
+        match fields.content_length {
+            Some(0) | None => BodyFraming::None,
+            Some(n) => BodyFraming::ContentLength(n),
+        }
+    };
+    Ok(Some(RequestHead {
+        head_len,
+        method: span(buf, method.as_bytes()),
+        target: span(buf, target.as_bytes()),
+        minor_version,
+        headers,
+        framing,
+        kind,
+        ambiguous,
+    }))
+}
+
+/// Parse a response head at the start of `buf`. `Ok(None)`: incomplete.
+pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<ResponseHead>, HttpError> {
+    let mut slots = header_slots();
+    let n = max_slots(limits);
+    let mut resp = httparse::Response::new(&mut []);
+    // Responses are never replayed, so be as lenient as real clients are.
+    let status = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots[..n])
+        .map_err(|e| map_httparse(e, limits))?;
+    let head_len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(HttpError::HeadTooLarge {
+                    limit: limits.max_header_bytes,
+                });
+            }
+            return Ok(None);
+        }
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    let (Some(status), Some(minor_version)) = (resp.code, resp.version) else {
+        return Err(HttpError::Malformed(httparse::Error::Status));
+    };
+    let mut fields = FramingFields::default();
+    for h in resp.headers.iter() {
+        fields.observe(h.name.as_bytes(), h.value)?;
+    }
+    // RFC 9112 §6.3 for responses: status codes without a body first, then Transfer-Encoding
+    // (chunked last, else until close), then Content-Length, else until close.
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        BodyFraming::None
+    } else if fields.te_present {
+        if fields.te_last_chunked {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else {
+        match fields.content_length {
+            Some(0) => BodyFraming::None,
+            Some(n) => BodyFraming::ContentLength(n),
+            None => BodyFraming::UntilClose,
+        }
+    };
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        minor_version,
+        framing,
+    }))
+}
+
+/// The header fields that decide framing, gathered in one pass.
+#[derive(Default)]
+struct FramingFields {
+    content_length: Option<u64>,
+    te_present: bool,
+    te_last_chunked: bool,
+    te_chunked_count: u32,
+    upgrade: bool,
+    connection_upgrade: bool,
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    v.get(start..end).unwrap_or_default()
+}
+
+impl FramingFields {
+    fn observe(&mut self, name: &[u8], value: &[u8]) -> Result<(), HttpError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9110 §8.6: a list of identical values may be treated as one; anything else is
+            // unrecoverable framing.
+            for item in value.split(|&b| b == b',') {
+                let n = parse_decimal(trim_ows(item)).ok_or(HttpError::BadContentLength)?;
+                match self.content_length {
+                    Some(prev) if prev != n => return Err(HttpError::ConflictingContentLength),
+                    _ => self.content_length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in value.split(|&b| b == b',') {
+                let coding = trim_ows(coding);
+                if coding.is_empty() {
+                    continue;
+                }
+                self.te_present = true;
+                // Parameters (";q=...") never apply to chunked, so compare the whole item.
+                let chunked = coding.eq_ignore_ascii_case(b"chunked");
+                self.te_last_chunked = chunked;
+                self.te_chunked_count += u32::from(chunked);
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = !trim_ows(value).is_empty();
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.connection_upgrade |= value
+                .split(|&b| b == b',')
+                .any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"));
+        }
+        Ok(())
+    }
+}
+
+/// `1*DIGIT` as a u64, refusing signs, spaces and overflow.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> Limits {
+        Limits::default()
+    }
+
+    fn req(s: &str) -> Result<Option<RequestHead>, HttpError> {
+        parse_request_head(s.as_bytes(), &lim())
+    }
+
+    #[test]
+    fn request_framing_table() {
+        use BodyFraming::*;
+        let cases: &[(&str, Result<BodyFraming, HttpError>)] = &[
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(None)),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                Ok(ContentLength(5)),
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Ok(None)),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+                Ok(ContentLength(5)),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                Ok(ContentLength(5)),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                Err(HttpError::ConflictingContentLength),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                Err(HttpError::BadContentLength),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                Err(HttpError::BadContentLength),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+                Err(HttpError::BadContentLength),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Ok(Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                Ok(Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Ok(Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Err(HttpError::BadTransferEncoding),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                Err(HttpError::BadTransferEncoding),
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(HttpError::TransferEncodingHttp10),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Ok(Chunked),
+            ),
+        ];
+        for (input, want) in cases {
+            let got = req(input).map(|h| h.expect("complete").framing);
+            assert_eq!(&got, want, "{input:?}");
+        }
+        assert!(
+            req("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .ambiguous
+        );
+    }
+
+    #[test]
+    fn request_view_ranges_index_the_buffer() {
+        let s = "PATCH /a?b=c HTTP/1.0\r\nX-One:  v1 \r\nx-two:v2\r\n\r\nbody";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(&s[h.method.clone()], "PATCH");
+        assert_eq!(&s[h.target.clone()], "/a?b=c");
+        assert_eq!(h.minor_version, 0);
+        assert_eq!(h.head_len, s.len() - 4);
+        let hs: Vec<_> = h
+            .headers
+            .iter()
+            .map(|x| (&s[x.name.clone()], &s[x.value.clone()]))
+            .collect();
+        assert_eq!(hs, [("X-One", "v1"), ("x-two", "v2")]);
+    }
+
+    #[test]
+    fn request_kinds() {
+        let k = |s: &str| req(s).unwrap().unwrap().kind;
+        assert_eq!(k("HEAD / HTTP/1.1\r\n\r\n"), RequestKind::Head);
+        assert_eq!(k("CONNECT a:443 HTTP/1.1\r\n\r\n"), RequestKind::Connect);
+        assert_eq!(
+            k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n"),
+            RequestKind::Upgrade
+        );
+        // Upgrade without the Connection token is ignored by servers, so it is a plain request.
+        assert_eq!(
+            k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            RequestKind::Normal
+        );
+    }
+
+    #[test]
+    fn limits_on_head_size_and_header_count() {
+        let l = Limits {
+            max_header_bytes: 64,
+            max_headers: 2,
+            max_body_bytes: 10,
+        };
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
+        assert_eq!(
+            parse_request_head(long.as_bytes(), &l),
+            Err(HttpError::HeadTooLarge { limit: 64 })
+        );
+        let partial = format!("GET /{}", "a".repeat(100));
+        assert_eq!(
+            parse_request_head(partial.as_bytes(), &l),
+            Err(HttpError::HeadTooLarge { limit: 64 })
+        );
+        let many = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
+        assert_eq!(
+            parse_request_head(many.as_bytes(), &l),
+            Err(HttpError::TooManyHeaders { limit: 2 })
+        );
+        assert_eq!(
+            parse_request_head(b"GET / HTTP/1.1\r\na: 1\r\n", &l),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        for s in [
+            "GET  / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.2\r\n\r\n",
+            "G(T / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(matches!(req(s), Err(HttpError::Malformed(_))), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn response_framing_table() {
+        use BodyFraming::*;
+        let cases: &[(&str, u16, BodyFraming)] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+                200,
+                ContentLength(12),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n",
+                200,
+                Chunked,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                200,
+                UntilClose,
+            ),
+            ("HTTP/1.0 200 OK\r\n\r\n", 200, UntilClose),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n",
+                204,
+                None,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n",
+                304,
+                None,
+            ),
+            ("HTTP/1.1 100 Continue\r\n\r\n", 100, None),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, None),
+            (
+                "HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n",
+                404,
+                ContentLength(3),
+            ),
+        ];
+        for (s, status, framing) in cases {
+            let h = parse_response_head(s.as_bytes(), &lim()).unwrap().unwrap();
+            assert_eq!(
+                (h.status, h.framing, h.head_len),
+                (*status, *framing, s.len()),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn preface_detection() {
+        assert_eq!(
+            unsupported_preface(b"\x16\x03\x01\x02\x00"),
+            Preface::Unsupported(HttpError::Tls)
+        );
+        assert_eq!(
+            unsupported_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Preface::Unsupported(HttpError::Http2Preface)
+        );
+        assert_eq!(unsupported_preface(b"PRI * HT"), Preface::NeedMore);
+        assert_eq!(unsupported_preface(b"PRI /x HTTP/1.1\r\n"), Preface::Other);
+        assert_eq!(unsupported_preface(b"GET / HTTP/1.1\r\n"), Preface::Other);
+        assert_eq!(unsupported_preface(b""), Preface::Other);
+    }
+
+    #[test]
+    fn head_end_finder() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nxx", 0), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nxx", 0), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r", 0), None);
+        assert_eq!(find_head_end(b"a\n\n", 0), Some(3));
+        assert_eq!(find_head_end(b"a\n", 0), None);
+    }
+
+    #[test]
+    fn message_start_heuristics() {
+        assert!(looks_like_request_line(b"GET / HTTP/1.1\r\nHost: a"));
+        assert!(looks_like_request_line(b"PROPFIND /x HTTP/1.0\n"));
+        assert!(
+            !looks_like_request_line(b"GET / HTTP/1.1"),
+            "the line must be whole"
+        );
+        assert!(
+            !looks_like_request_line(b"IND /x HTTP/1.1\r\n"),
+            "not a method: a cut one"
+        );
+        assert!(!looks_like_request_line(b"get / HTTP/1.1\r\n"));
+        assert!(!looks_like_request_line(b"GET  / HTTP/1.1\r\n"));
+        assert!(!looks_like_request_line(b"GET / HTTP/2\r\n"));
+        assert!(!looks_like_request_line(b"GET / x HTTP/1.1\r\n"));
+        assert!(!looks_like_request_line(b"\x16\x03\x01"));
+        assert!(looks_like_response_line(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!looks_like_response_line(b"HTTP/2 200\r\n\r\n"));
+    }
+}

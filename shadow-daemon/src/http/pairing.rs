@@ -1,0 +1,258 @@
+//! Pairing responses with the requests of their connection.
+//!
+//! HTTP/1.x answers requests in order, so FIFO is exact while both streams are seen whole. Sampling
+//! breaks that: unsampled requests never arrive, and their responses mostly do not either, so
+//! counting alone would shift every later pair by one. The TCP numbers settle it:
+//!
+//! * every request remembers `client_ack`, the response-stream position the client had received
+//!   when it sent the request's last byte; its response cannot start before that position;
+//! * a response starts at sequence `s` and its first segment acknowledges `a` on the request
+//!   stream; the server had the whole request before answering, so its end is `<= a`.
+//!
+//! While the response stream has stayed continuous since the last paired response and no
+//! request is missing in between, the front request is the answer (FIFO). After any skip, a
+//! response pairs only with a request whose `client_ack == s` exactly: a client that waited for
+//! the previous response (anything but pipelining) acknowledged all of it before sending the
+//! next request, so the next response starts exactly there. Pipelined traffic after a skip has
+//! no such evidence and the response is counted unpaired rather than guessed: a wrong pair would
+//! poison latency figures and comparisons, a missing one only thins them.
+
+use std::collections::VecDeque;
+
+use super::{RequestKind, seq_le};
+
+/// Requests awaiting a response on one connection. Bounded: a client that pipelines more than
+/// this without a response being seen loses its oldest entries (counted as unanswered).
+pub const MAX_PENDING: usize = 32;
+
+/// A request seen on the connection whose response has not been seen yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The emitted request's id, or [`Pending::DROPPED`]: the request was seen but dropped
+    /// (oversized, ambiguous, upgrade...), and its response must still be consumed so that it is
+    /// not paired with the next request.
+    pub id: u64,
+    pub kind: RequestKind,
+    /// Request-stream sequence number just past the request.
+    pub req_end: u32,
+    /// Response-stream position acknowledged by the request's last segment.
+    pub client_ack: u32,
+    pub last_ts_ns: u64,
+    /// Requests may be missing right before this one (sampling skip, gap, resync).
+    pub after_skip: bool,
+}
+
+impl Pending {
+    /// Request ids start at 1.
+    pub const DROPPED: u64 = 0;
+
+    pub fn emitted(&self) -> bool {
+        self.id != Self::DROPPED
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairOutcome {
+    Paired(Pending),
+    Unpaired,
+}
+
+/// FIFO of pending requests. The oldest lives inline: a client that waits for each response
+/// (nearly all of them) never makes the queue allocate, which keeps idle flows small.
+#[derive(Debug, Default)]
+pub struct PendingQueue {
+    front: Option<Pending>,
+    rest: VecDeque<Pending>,
+}
+
+impl PendingQueue {
+    pub fn len(&self) -> usize {
+        usize::from(self.front.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.front.is_none()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.rest.capacity() * size_of::<Pending>()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.front.iter().chain(self.rest.iter())
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let p = self.front.take();
+        self.front = self.rest.pop_front();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            // A pipelined burst is over: give its memory back.
+            self.rest = VecDeque::new();
+        }
+        p
+    }
+
+    /// Add a request; returns how many emitted requests were pushed out unanswered.
+    pub fn push(&mut self, p: Pending) -> u64 {
+        let mut lost = 0;
+        while self.len() >= MAX_PENDING {
+            lost += self.pop_front().map_or(0, |o| u64::from(o.emitted()));
+        }
+        if self.front.is_none() {
+            self.front = Some(p);
+        } else {
+            self.rest.push_back(p);
+        }
+        lost
+    }
+
+    /// Empty the queue (connection gone); returns how many emitted requests went unanswered.
+    pub fn clear(&mut self) -> u64 {
+        let n = self.iter().filter(|p| p.emitted()).count() as u64;
+        *self = Self::default();
+        n
+    }
+
+    /// Pair a response whose head starts at response-stream sequence `s` and whose first segment
+    /// acknowledges `a` on the request stream. `aligned`: the response stream has been
+    /// continuous since the previous paired response. The second value counts emitted requests
+    /// passed over (their responses were not captured).
+    pub fn pair(&mut self, s: u32, a: u32, aligned: bool) -> (PairOutcome, u64) {
+        let Some(front) = self.front else {
+            return (PairOutcome::Unpaired, 0);
+        };
+        if aligned && !front.after_skip {
+            if !seq_le(front.client_ack, s) {
+                // The client had already received this response's bytes when it sent the front
+                // request: the response answers something we never captured.
+                return (PairOutcome::Unpaired, 0);
+            }
+            return (
+                self.pop_front()
+                    .map_or(PairOutcome::Unpaired, PairOutcome::Paired),
+                0,
+            );
+        }
+        let Some(i) = self
+            .iter()
+            .position(|p| p.client_ack == s && seq_le(p.req_end, a))
+        else {
+            return (PairOutcome::Unpaired, 0);
+        };
+        let mut passed = 0;
+        for _ in 0..i {
+            passed += self.pop_front().map_or(0, |o| u64::from(o.emitted()));
+        }
+        (
+            self.pop_front()
+                .map_or(PairOutcome::Unpaired, PairOutcome::Paired),
+            passed,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: u64, req_end: u32, client_ack: u32, after_skip: bool) -> Pending {
+        Pending {
+            id,
+            kind: RequestKind::Normal,
+            req_end,
+            client_ack,
+            last_ts_ns: id,
+            after_skip,
+        }
+    }
+
+    fn paired_id(o: (PairOutcome, u64)) -> Option<u64> {
+        match o.0 {
+            PairOutcome::Paired(p) => Some(p.id),
+            PairOutcome::Unpaired => None,
+        }
+    }
+
+    #[test]
+    fn fifo_while_aligned_even_when_pipelined() {
+        let mut q = PendingQueue::default();
+        // Three pipelined requests sent before any response byte arrived.
+        q.push(p(1, 100, 5000, false));
+        q.push(p(2, 200, 5000, false));
+        q.push(p(3, 300, 5000, false));
+        assert_eq!(
+            paired_id(q.pair(5000, 300, false)),
+            Some(1),
+            "first response: oldest exact match"
+        );
+        assert_eq!(paired_id(q.pair(5100, 300, true)), Some(2));
+        assert_eq!(paired_id(q.pair(5200, 300, true)), Some(3));
+        assert_eq!(q.pair(5300, 300, true).0, PairOutcome::Unpaired);
+    }
+
+    #[test]
+    fn after_sampling_skip_pairs_by_exact_ack() {
+        let mut q = PendingQueue::default();
+        // A answered at 1000..1100; B (unsampled) answered at 1100..1300; C sent after that.
+        q.push(p(1, 100, 1000, false));
+        assert_eq!(paired_id(q.pair(1000, 100, false)), Some(1));
+        q.push(p(3, 400, 1300, true));
+        // The response stream jumped over B's response: not aligned; C's ack matches.
+        assert_eq!(paired_id(q.pair(1300, 400, false)), Some(3));
+    }
+
+    #[test]
+    fn pipelined_after_skip_is_unpaired_not_guessed() {
+        let mut q = PendingQueue::default();
+        // A, B (unsampled) and C pipelined; RA seen; RB captured (continuous) but C has a skip
+        // before it, and its ack predates RA's end: no evidence, so no pair.
+        q.push(p(1, 100, 1000, false));
+        q.push(p(3, 300, 1000, true));
+        assert_eq!(paired_id(q.pair(1000, 300, false)), Some(1));
+        assert_eq!(q.pair(1100, 300, true).0, PairOutcome::Unpaired);
+        assert_eq!(q.pair(1200, 300, false).0, PairOutcome::Unpaired);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn response_older_than_front_request_is_unpaired() {
+        let mut q = PendingQueue::default();
+        q.push(p(1, 100, 2000, false));
+        assert_eq!(q.pair(1500, 100, true).0, PairOutcome::Unpaired);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn passed_over_requests_are_counted_and_server_must_have_the_request() {
+        let mut q = PendingQueue::default();
+        q.push(p(1, 100, 1000, false));
+        q.push(p(2, 200, 1500, true));
+        // Server had not received request 2 yet (a < 200): no pair.
+        assert_eq!(q.pair(1500, 150, false).0, PairOutcome::Unpaired);
+        let (o, passed) = q.pair(1500, 200, false);
+        assert_eq!(paired_id((o, 0)), Some(2));
+        assert_eq!(passed, 1);
+    }
+
+    #[test]
+    fn bounded_and_wrapping() {
+        let mut q = PendingQueue::default();
+        let mut lost = 0;
+        for i in 0..(MAX_PENDING as u64 + 3) {
+            lost += q.push(p(
+                i + 1,
+                (u32::MAX - 10).wrapping_add(i as u32),
+                u32::MAX - 2,
+                false,
+            ));
+        }
+        assert_eq!(lost, 3);
+        assert_eq!(q.len(), MAX_PENDING);
+        assert_eq!(
+            paired_id(q.pair(5, 40, true)),
+            Some(4),
+            "ack and seq compare across the wrap"
+        );
+        assert_eq!(q.clear(), MAX_PENDING as u64 - 1);
+    }
+}

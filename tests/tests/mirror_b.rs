@@ -1,0 +1,386 @@
+//! Kernel tier B, the whole loop: real clients in a namespace, a real primary, the daemon binary
+//! attached to the server's interface, and a shadow that records what it receives. The shadow must
+//! receive exactly the requests the primary received (those allowed), each tagged and otherwise
+//! byte-identical; the daemon's counts must reconcile.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use shadow_tests::{
+    Proc, Recorded, Scratch, recorded_requests, require_kernel, require_tool,
+    topo::{NetNs, TwoHosts},
+    wait_for, without_line, workspace_bin,
+};
+
+const PORT: u16 = 8080;
+const SHADOW_PORT: u16 = 9090;
+const METRICS: &str = "127.0.0.1:9477";
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+
+struct Rig {
+    t: TwoHosts,
+    scratch: Scratch,
+    daemon: Option<Proc>,
+    shadow: Option<Proc>,
+    _primary: Option<Proc>,
+    log: PathBuf,
+}
+
+fn testserver() -> String {
+    env!("CARGO_BIN_EXE_shadow-testserver").to_string()
+}
+
+fn listening(ns: &NetNs, port: u16) -> bool {
+    ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).contains(&format!(":{port}"))
+}
+
+impl Rig {
+    /// `primary`: a testserver recording to scratch/primary (None: the caller starts its own).
+    fn new(tag: &str, record_primary: bool) -> Self {
+        let t = TwoHosts::new(tag);
+        let scratch = Scratch::new(tag);
+        let primary = record_primary.then(|| {
+            let p = Proc::spawn(
+                "primary",
+                t.server
+                    .command(&testserver())
+                    .args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", "200"])
+                    .args(["--record", scratch.path("primary").to_str().expect("utf-8")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
+            wait_for("primary", Duration::from_secs(10), || listening(&t.server, PORT));
+            p
+        });
+        let log = scratch.path("daemon.log");
+        let mut rig = Self { t, scratch, daemon: None, shadow: None, _primary: primary, log };
+        rig.start_shadow(0);
+        rig
+    }
+
+    fn start_shadow(&mut self, delay_ms: u64) {
+        let p = Proc::spawn(
+            "shadow",
+            self.t
+                .server
+                .command(&testserver())
+                .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
+                .args(["--delay-ms", &delay_ms.to_string()])
+                .args(["--record", self.scratch.path("shadow").to_str().expect("utf-8")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for("shadow", Duration::from_secs(10), || listening(&self.t.server, SHADOW_PORT));
+        self.shadow = Some(p);
+    }
+
+    fn start_daemon(&mut self, extra: &[&str]) {
+        let bin = workspace_bin("shadow-daemon");
+        let d = Proc::spawn(
+            "shadow-daemon",
+            self.t
+                .server
+                .command(bin.to_str().expect("utf-8"))
+                .args(["--interface", &self.t.server_if, "--port", &PORT.to_string()])
+                .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}"), "--metrics-addr", METRICS])
+                .args(["--summary-file", self.scratch.path("summary.json").to_str().expect("utf-8")])
+                .args(["--control", self.scratch.path("control.sock").to_str().expect("utf-8")])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&self.log).expect("log")),
+        );
+        let log = self.log.clone();
+        wait_for("daemon to attach", Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
+        });
+        self.daemon = Some(d);
+    }
+
+    /// SIGTERM the daemon (clean exit required) and return its summary.
+    fn stop_daemon(&mut self) -> serde_json::Value {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut d = self.daemon.take().expect("daemon running");
+        let code = d.terminate(Duration::from_secs(15));
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert_eq!(code, Some(0), "daemon exit code; log:\n{log}");
+        let text = std::fs::read_to_string(self.scratch.path("summary.json")).expect("summary file");
+        serde_json::from_str(&text).expect("summary json")
+    }
+
+    fn shadow_got(&self) -> Vec<Recorded> {
+        recorded_requests(&self.scratch.path("shadow"))
+    }
+
+    fn primary_got(&self) -> Vec<Recorded> {
+        recorded_requests(&self.scratch.path("primary"))
+    }
+
+    fn client<T: Send + 'static>(&self, f: impl FnOnce(SocketAddr, SocketAddr) -> T + Send + 'static) -> T {
+        let v4 = SocketAddr::new(self.t.server_v4.parse().expect("v4"), PORT);
+        let v6 = SocketAddr::new(self.t.server_v6.parse().expect("v6"), PORT);
+        let name = self.t.client.name.clone();
+        std::thread::spawn(move || {
+            NetNs { name }.enter_and_forget();
+            f(v4, v6)
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    fn curl(&self, args: &[&str]) {
+        let st = self
+            .t
+            .client
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "30"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("curl");
+        assert!(st.success(), "curl {args:?}");
+    }
+
+    fn scrape(&self) -> String {
+        self.t.server.exec(&["curl", "-sS", "--max-time", "5", &format!("http://{METRICS}/metrics")])
+    }
+}
+
+/// Read responses framed by Content-Length until `n` have arrived.
+fn read_responses(s: &mut TcpStream, n: usize) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while statuses.len() < n {
+        assert!(Instant::now() < deadline, "responses timed out");
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+            let cl: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            if buf.len() >= h + 4 + cl {
+                statuses.push(head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0));
+                buf.drain(..h + 4 + cl);
+                continue;
+            }
+        }
+        let k = s.read(&mut chunk).expect("read");
+        assert!(k > 0, "closed early");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    statuses
+}
+
+fn sorted(v: impl IntoIterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = v.into_iter().collect();
+    v.sort();
+    v
+}
+
+fn assert_same_requests(primary: &[Recorded], shadow: &[Recorded]) {
+    assert!(shadow.iter().all(|r| r.tagged), "every mirrored request carries the tag header");
+    let p = sorted(primary.iter().map(|r| r.raw.clone()));
+    let s = sorted(shadow.iter().map(|r| without_line(&r.raw, TAG_LINE)));
+    assert_eq!(p.len(), s.len(), "shadow received {} requests, primary {}", s.len(), p.len());
+    for (a, b) in p.iter().zip(&s) {
+        assert!(a == b, "a mirrored request differs from the original ({} vs {} bytes): {:?}", a.len(), b.len(),
+            String::from_utf8_lossy(&a[..a.len().min(120)]));
+    }
+}
+
+#[test]
+fn every_kind_of_client_traffic_is_mirrored_byte_for_byte() {
+    if !require_kernel("every_kind_of_client_traffic_is_mirrored") || !require_tool("mirror", "curl") {
+        return;
+    }
+    let mut r = Rig::new("m1", true);
+    r.start_daemon(&["--allow-method", "GET,HEAD,POST,PUT", "--max-body-bytes", "16MiB"]);
+
+    // curl: keep-alive reuse over three URLs, IPv6, a chunked upload, a 10 MiB POST.
+    let base4 = format!("http://{}:{PORT}", r.t.server_v4);
+    let base6 = format!("http://[{}]:{PORT}", r.t.server_v6);
+    r.curl(&[&format!("{base4}/ka/1"), &format!("{base4}/ka/2?q=x"), &format!("{base4}/ka/3")]);
+    r.curl(&[&format!("{base6}/v6/items/42")]);
+    let small = r.scratch.path("small.bin");
+    std::fs::write(&small, (0..70_000u32).map(|i| (i % 256) as u8).collect::<Vec<u8>>()).expect("write");
+    r.curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", small.display()), &format!("{base4}/chunked")]);
+    let big = r.scratch.path("big.bin");
+    std::fs::write(&big, (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).expect("write");
+    r.curl(&["--data-binary", &format!("@{}", big.display()), &format!("{base4}/big")]);
+    r.curl(&["-I", &format!("{base4}/head")]);
+
+    // A raw client: five pipelined requests in one write, a hand-made chunked body with an
+    // extension and a trailer, then 200 concurrent connections.
+    r.client(|v4, _| {
+        let mut s = TcpStream::connect(v4).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut pipelined = Vec::new();
+        for i in 0..5 {
+            pipelined.extend_from_slice(format!("GET /pipe/{i} HTTP/1.1\r\nHost: svc\r\n\r\n").as_bytes());
+        }
+        s.write_all(&pipelined).expect("write");
+        assert_eq!(read_responses(&mut s, 5), vec![200; 5]);
+        let chunked = b"POST /handmade HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: yes\r\n\r\n";
+        s.write_all(chunked).expect("write");
+        assert_eq!(read_responses(&mut s, 1), vec![200]);
+    });
+    r.client(|v4, v6| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let addr = if i % 2 == 0 { v4 } else { v6 };
+                    let mut s = TcpStream::connect(addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+                    s.write_all(format!("GET /concurrent/{i} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
+                    read_responses(&mut s, 1)
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().expect("client"), vec![200]);
+        }
+    });
+
+    let summary = r.stop_daemon();
+    let primary = r.primary_got();
+    let shadow = r.shadow_got();
+    // 3 + 1 + 1 + 1 + 1 (curl) + 5 + 1 (raw) + 200 (concurrent)
+    assert_eq!(primary.len(), 213, "the primary got every request");
+    assert_same_requests(&primary, &shadow);
+    let ex = &summary["extraction"];
+    assert_eq!(ex["requests_extracted"], 213, "{ex}");
+    assert_eq!(ex["responses_extracted"], 213, "{ex}");
+    assert_eq!(ex["segments_reconcile"], true);
+    let m = &summary["mirror"];
+    assert_eq!(m["requests"]["replayed"], 213, "{m}");
+    assert_eq!(m["reconciles"], true);
+}
+
+fn start_nginx(r: &Rig) -> Proc {
+    let dir = r.scratch.path("nginx");
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen {PORT};\n    listen [::]:{PORT};\n    location / {{ return 200 \"primary ok\\n\"; }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+    let p = Proc::spawn(
+        "nginx",
+        r.t.server.command("nginx").args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    wait_for("nginx", Duration::from_secs(10), || listening(&r.t.server, PORT));
+    p
+}
+
+fn nginx_requests(r: &Rig) -> Vec<String> {
+    std::fs::read_to_string(r.scratch.path("nginx/access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn nginx_primary_safe_defaults_metrics_reconcile_and_promtool_passes() {
+    if !require_kernel("nginx_primary_safe_defaults")
+        || !require_tool("nginx_primary", "nginx")
+        || !require_tool("nginx_primary", "curl")
+        || !require_tool("nginx_primary", "wrk")
+        || !require_tool("nginx_primary", "promtool")
+    {
+        return;
+    }
+    let mut r = Rig::new("m2", false);
+    let _nginx = start_nginx(&r);
+    r.start_daemon(&[]);
+    let base = format!("http://{}:{PORT}", r.t.server_v4);
+    for i in 0..20 {
+        r.curl(&[&format!("{base}/orders/{i}")]);
+    }
+    for i in 0..10 {
+        r.curl(&["-d", "amount=100", &format!("{base}/charge/{i}")]);
+    }
+    r.curl(&["-X", "DELETE", &format!("{base}/orders/1")]);
+    // A bounded burst from wrk: 2 threads, 8 connections, 2 seconds.
+    let out = r.t.client.command("wrk").args(["-t2", "-c8", "-d2s", &format!("{base}/wrk")]).output().expect("wrk");
+    assert!(out.status.success(), "wrk: {}", String::from_utf8_lossy(&out.stderr));
+
+    let metrics = r.scrape();
+    let mfile = r.scratch.path("metrics.txt");
+    std::fs::write(&mfile, &metrics).expect("write metrics");
+    let check = Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", mfile.display())).output().expect("promtool");
+    assert!(check.status.success(), "promtool: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(metrics.contains("shadow_requests_captured_total"), "{metrics}");
+
+    let summary = r.stop_daemon();
+    let served = nginx_requests(&r);
+    let gets = served.iter().filter(|l| l.starts_with("GET ")).count();
+    let others = served.len() - gets;
+    assert_eq!(others, 11);
+    assert!(gets > 100, "wrk made traffic ({gets} GETs)");
+    let shadow = r.shadow_got();
+    assert!(shadow.iter().all(|s| s.method == "GET"), "no write replayed by default");
+    assert!(shadow.iter().all(|s| s.tagged), "every mirrored request tagged");
+    let m = &summary["mirror"];
+    let n = |k: &str| m["requests"]["dropped"][k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(m["reconciles"], true, "{m}");
+    assert_eq!(m["requests"]["captured"], served.len() as u64, "every request the primary served was captured: {m}");
+    assert_eq!(n("method_not_allowed"), 11, "{m}");
+    // wrk outruns the small test shadow: what does not fit the bounded queue is dropped and
+    // counted, never waited for; everything else reaches the shadow.
+    let replayed = m["requests"]["replayed"].as_u64().unwrap_or(0);
+    assert_eq!(replayed + n("queue_full") + n("shadow_error"), gets as u64, "{m}");
+    assert_eq!(shadow.len() as u64, replayed, "the shadow received exactly what was replayed");
+    assert!(replayed >= 20, "{m}");
+}
+
+#[test]
+fn killing_the_shadow_mid_run_never_touches_the_primary() {
+    if !require_kernel("killing_the_shadow_mid_run") {
+        return;
+    }
+    let mut r = Rig::new("m3", true);
+    r.start_daemon(&[]);
+    let mut shadow = r.shadow.take().expect("shadow");
+    let (ok, total) = r.client(move |v4, _| {
+        let start = Instant::now();
+        let mut ok = 0;
+        let mut total = 0;
+        // Bounded: 2000 requests or 10 seconds, over 4 keep-alive connections in turn; the shadow
+        // is killed after the first 500.
+        let mut conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(v4).expect("connect")).collect();
+        for c in &conns {
+            c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        }
+        while total < 2000 && start.elapsed() < Duration::from_secs(10) {
+            if total == 500 {
+                let _ = shadow.child.kill();
+                let _ = shadow.child.wait();
+            }
+            let c = &mut conns[total % 4];
+            c.write_all(format!("GET /item/{total} HTTP/1.1\r\nHost: svc\r\n\r\n").as_bytes()).expect("write");
+            if read_responses(c, 1) == vec![200] {
+                ok += 1;
+            }
+            total += 1;
+            // Keep the traffic going for a while after the kill (about 1 ms a request).
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        (ok, total)
+    });
+    assert_eq!(ok, total, "every primary request succeeded while the shadow died");
+    let summary = r.stop_daemon();
+    let m = &summary["mirror"];
+    assert_eq!(m["reconciles"], true, "{m}");
+    assert_eq!(m["requests"]["captured"], total as u64, "{m}");
+    let errors: u64 = m["shadow_errors"].as_object().map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
+    assert!(errors > 0 || m["requests"]["dropped"]["queue_full"].as_u64().unwrap_or(0) > 0, "the dead shadow shows up in the counts: {m}");
+    let replayed = m["requests"]["replayed"].as_u64().unwrap_or(0);
+    assert!(replayed < total as u64, "not everything could be replayed to a dead shadow");
+    assert_eq!(r.shadow_got().len() as u64, replayed, "the shadow saw exactly what was replayed before it died");
+}
