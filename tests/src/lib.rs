@@ -101,9 +101,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: servers such as nginx take their worker processes down with them only
+        // on a signal they handle; SIGKILL on the master would orphan the workers.
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.terminate(Duration::from_secs(3));
         }
     }
 }

@@ -33,6 +33,8 @@ use shadow_tests::{
     wait_for,
 };
 
+mod mirror;
+
 const SERVICE_PORT: u16 = 8080;
 const OTHER_PORT: u16 = 5001;
 
@@ -83,11 +85,13 @@ struct CaptureResults {
 fn main() -> ExitCode {
     let mut out = PathBuf::from("bench/results");
     let mut quick = false;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = PathBuf::from(args.next().unwrap_or_default()),
             "--quick" => quick = true,
+            "--only" => only = args.next(),
             other => {
                 eprintln!("shadow-bench: unknown argument {other}");
                 return ExitCode::from(2);
@@ -102,8 +106,14 @@ fn main() -> ExitCode {
         eprintln!("shadow-bench: create {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
-    let results = capture_bench(quick);
-    write_capture(&out, &results);
+    if only.as_deref().is_none_or(|o| o == "capture") {
+        let results = capture_bench(quick);
+        write_capture(&out, &results);
+    }
+    if only.as_deref().is_none_or(|o| o == "mirror") {
+        let results = mirror::mirror_bench(quick, sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]));
+        mirror::write_mirror(&out, &results);
+    }
     ExitCode::SUCCESS
 }
 
