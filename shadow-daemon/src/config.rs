@@ -72,7 +72,8 @@ pub struct Args {
     #[arg(long, env = "SHADOW_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: SocketAddr,
 
-    /// Unix socket of the control API used by shadowctl.
+    /// Unix socket for the shadowctl control API (reserved: the control API is not implemented
+    /// yet; the flag is accepted so deployments can set it now).
     #[arg(long, env = "SHADOW_CONTROL", default_value = "/run/shadow/control.sock")]
     pub control: PathBuf,
 
@@ -303,48 +304,7 @@ pub struct Rule {
 
 /// A documented config file; `--config` reads files of this shape. Keys are the flags' names
 /// with `_` for `-`; a list key also takes a single string.
-pub const EXAMPLE_CONFIG: &str = r#"# shadow-daemon --config /etc/shadow/shadow.toml
-#
-# The file holds the capture interface and the rules. Daemon-level settings (--hook,
-# --sample-rate, --metrics-addr, --control, ...) come from flags or SHADOW_* variables;
-# rule and control flags (--port, --shadow, --allow-method, --replay-rate, ...) cannot be
-# combined with --config.
-
-# Where the services' traffic passes; --interface / SHADOW_INTERFACE wins over this.
-interface = "eth0"
-
-# Controls every rule starts from. A rule's own key replaces the default (lists are not merged).
-[defaults]
-remove_header = ["Authorization", "Cookie"]   # never send credentials to a shadow
-tag_header = "X-Shadow-Request: true"         # the default; marks replayed requests
-request_timeout = "5s"                        # seconds, "2.5s" or "500ms"
-connect_timeout = "2s"
-concurrency = 64                              # requests in flight per rule (= max connections)
-queue_capacity = 1024                         # waiting requests per rule; beyond: dropped, queue_full
-queue_bytes = "64MiB"                         # request bytes held per rule; beyond: dropped, queue_full
-pool_size = 64                                # idle keep-alive connections per rule
-max_body_bytes = "10MiB"                      # bytes after the head; larger bodies: body_too_large
-
-# One service port (or several) mirrored to one shadow.
-[[rule]]
-port = [8080, 8443]
-shadow = "api-shadow.staging.svc.cluster.local:8080"  # HOST:PORT, resolved at every connect
-allow_method = ["POST"]                       # added to the safe default GET, HEAD, OPTIONS
-host_mode = "suffix:-shadow"                  # keep | target | suffix:SUFFIX
-set_header = ["X-Env: shadow"]
-deny_path = ["/admin", "/api/**/payments"]    # prefix, or glob: * in a segment, ** across
-replay_rate = 200                             # requests/s to this shadow; omit for no limit
-
-[[rule]]
-port = 9090
-shadow = "10.0.3.7:9090"
-allow_path = ["/v1/"]
-host_mode = "target"
-
-# Capture only: no shadow, requests are counted (dropped: no_target).
-[[rule]]
-port = 7070
-"#;
+pub const EXAMPLE_CONFIG: &str = include_str!("../../deploy/shadow.example.toml");
 
 /// Flags that only make sense without --config (the file has its own rules).
 const RULE_FLAGS: [&str; 17] = [
