@@ -38,7 +38,7 @@ enum Cmd {
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
-const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "ca-certificates", "pkg-config"];
+const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "hey", "ca-certificates", "pkg-config"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

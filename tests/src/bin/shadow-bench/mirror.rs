@@ -135,6 +135,43 @@ fn wrk(ns: &NetNs, url: &str, secs: u32, pad: &str) -> Wrk {
     w
 }
 
+/// A fixed-rate run with hey: `conc` workers at `per_worker` requests/s each, for `secs`.
+fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &str) -> Wrk {
+    let out = ns
+        .command("hey")
+        .args(["-z", &format!("{secs}s"), "-c", &conc.to_string(), "-q", &per_worker.to_string(), "-t", "5"])
+        .args(["-H", &format!("X-Pad: {pad}")])
+        .arg(url)
+        .output()
+        .expect("run hey");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "hey failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut w = Wrk { requests: 0, errors: 0, rps: 0.0, p50_ms: f64::NAN, p99_ms: f64::NAN };
+    let mut in_errors = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            w.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50% in ") {
+            w.p50_ms = parse_ms(&format!("{}s", v.trim_end_matches(" secs")));
+        } else if let Some(v) = t.strip_prefix("99% in ") {
+            w.p99_ms = parse_ms(&format!("{}s", v.trim_end_matches(" secs")));
+        } else if t.starts_with("Error distribution") {
+            in_errors = true;
+        } else if let Some(rest) = t.strip_prefix('[') {
+            let (code, n) = rest.split_once(']').unwrap_or(("", ""));
+            let n: u64 = n.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if in_errors || code != "200" {
+                w.errors += n;
+            }
+            if !in_errors {
+                w.requests += n;
+            }
+        }
+    }
+    w
+}
+
 /// utime + stime of a process in seconds, and its peak RSS in MiB.
 fn cpu_and_rss(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -206,12 +243,14 @@ pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
     wait_for("slow shadow", Duration::from_secs(10), || listening(&t.server, SLOW_SHADOW));
 
     let mut arms: Vec<Arm> = Vec::new();
-    let run_arm = |name: &str, mirror_to: Option<u16>, daemon_to: Option<u16>| -> Arm {
+    let run_arm = |name: &str, mirror_to: Option<u16>, daemon_to: Option<u16>, fixed_rate: bool| -> Arm {
         let primary = nginx(&t.server, &scratch.path(&format!("primary-{}", arms_len_tag(name))), PORT, mirror_to);
         let daemon = daemon_to.map(|p| start_daemon(&t, &scratch, p, &arms_len_tag(name)));
         let cpu0 = daemon.as_ref().map(|d| cpu_and_rss(d.proc.child.id()).0);
         let started = Instant::now();
-        let w = wrk(&t.client, &url, secs, &pad);
+        // Fixed rate: 16 workers x 250/s = 4000 requests/s, well below saturation, so latency
+        // shows the cost of mirroring rather than CPU starvation.
+        let w = if fixed_rate { hey(&t.client, &url, secs, 16, 250, &pad) } else { wrk(&t.client, &url, secs, &pad) };
         let _ = started;
         let mut arm = Arm {
             arm: name.into(),
@@ -267,25 +306,43 @@ pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
         );
         arm
     };
-    let base = run_arm("no mirror (baseline)", None, None);
-    arms.push(base.clone());
-    arms.push(run_arm("shadow-daemon, capture only (no replay)", None, Some(0)));
-    arms.push(run_arm("shadow-daemon, healthy shadow", None, Some(HEALTHY_SHADOW)));
-    arms.push(run_arm("shadow-daemon, shadow answering after 1 s", None, Some(SLOW_SHADOW)));
-    arms.push(run_arm("nginx mirror (in path), healthy shadow", Some(HEALTHY_SHADOW), None));
-    arms.push(run_arm("nginx mirror (in path), shadow after 1 s", Some(SLOW_SHADOW), None));
-    // Baseline again at the end: the spread between the two is the machine's noise.
-    arms.push(run_arm("no mirror (baseline, again)", None, None));
-    let ref_rps = (arms[0].rps + arms[arms.len() - 1].rps) / 2.0;
-    let ref_p99 = (arms[0].p99_ms + arms[arms.len() - 1].p99_ms) / 2.0;
-    for a in &mut arms {
-        a.throughput_ratio = a.rps / ref_rps;
-        a.p99_ratio = a.p99_ms / ref_p99;
+    // Saturating load (wrk, closed loop): throughput when the cores are the limit.
+    let mut sat: Vec<Arm> = vec![
+        run_arm("saturating: no mirror (baseline)", None, None, false),
+        run_arm("saturating: shadow-daemon, capture only (no replay)", None, Some(0), false),
+        run_arm("saturating: shadow-daemon, healthy shadow", None, Some(HEALTHY_SHADOW), false),
+        run_arm("saturating: shadow-daemon, shadow answering after 1 s", None, Some(SLOW_SHADOW), false),
+        run_arm("saturating: nginx mirror (in path), healthy shadow", Some(HEALTHY_SHADOW), None, false),
+        run_arm("saturating: nginx mirror (in path), shadow after 1 s", Some(SLOW_SHADOW), None, false),
+        // Baseline again at the end: the spread between the two is the machine's noise.
+        run_arm("saturating: no mirror (baseline, again)", None, None, false),
+    ];
+    // Fixed rate (hey, 4000 requests/s): latency at a load the machine carries.
+    let mut fixed: Vec<Arm> = vec![
+        run_arm("4k/s: no mirror (baseline)", None, None, true),
+        run_arm("4k/s: shadow-daemon, healthy shadow", None, Some(HEALTHY_SHADOW), true),
+        run_arm("4k/s: shadow-daemon, shadow answering after 1 s", None, Some(SLOW_SHADOW), true),
+        run_arm("4k/s: nginx mirror (in path), healthy shadow", Some(HEALTHY_SHADOW), None, true),
+        run_arm("4k/s: nginx mirror (in path), shadow after 1 s", Some(SLOW_SHADOW), None, true),
+        run_arm("4k/s: no mirror (baseline, again)", None, None, true),
+    ];
+    for group in [&mut sat, &mut fixed] {
+        let n = group.len();
+        let ref_rps = (group[0].rps + group[n - 1].rps) / 2.0;
+        let ref_p99 = (group[0].p99_ms + group[n - 1].p99_ms) / 2.0;
+        for a in group.iter_mut() {
+            a.throughput_ratio = a.rps / ref_rps;
+            a.p99_ratio = a.p99_ms / ref_p99;
+        }
     }
+    arms.extend(sat);
+    arms.extend(fixed);
     MirrorResults {
         date,
         command: format!("cargo xtask bench{}", if quick { " --quick" } else { "" }),
-        load: format!("wrk -t2 -c32 -d{secs}s --latency, GET /item (1 KiB file) over IPv4 between two namespaces"),
+        load: format!(
+            "saturating: wrk -t2 -c32 -d{secs}s --latency; fixed rate: hey -z {secs}s -c 16 -q 250 (4000 requests/s); GET /item (1 KiB file) over IPv4 between two namespaces"
+        ),
         request_bytes,
         arms,
     }
@@ -299,7 +356,7 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
     let _ = std::fs::write(out.join("mirror.json"), serde_json::to_string_pretty(r).unwrap_or_default());
     let mut md = format!(
         "# Mirror cost to the primary\n\nMeasured {} by `{}`; raw figures in mirror.json.\n\nLoad: {}; requests of {} bytes. \
-         Ratios are to the mean of the two no-mirror arms (first and last), run back to back in one go.\n\n",
+         Ratios are to the mean of the two no-mirror arms (first and last) of the same load, all arms run back to back in one go.\n\n",
         r.date, r.command, r.load, r.request_bytes
     );
     md.push_str("| arm | req/s | throughput ratio | p99 ms | p99 ratio | errors | captured fraction | mirrored fraction | daemon CPU s / 10k mirrored | daemon peak RSS MiB | drops |\n");
