@@ -19,11 +19,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // On a worker, not on this thread: a future driven by `block_on` is woken through a futex from
+    // the worker that polls the I/O driver, a thread switch for every ring-buffer wake-up.
+    let outcome = rt.block_on(async { tokio::spawn(run::run(args)).await });
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("shadow-daemon: {e}");
             ExitCode::from(e.exit_code())
+        }
+        // A panic ends the process as it would have on this thread.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            eprintln!("shadow-daemon: the main task failed: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -26,19 +26,27 @@ impl EndpointId {
 /// always a safe metric label value.
 pub fn endpoint_template(method: &[u8], target: &[u8]) -> String {
     let mut out = String::with_capacity(method.len() + target.len().min(MAX_ENDPOINT_LEN) + 1);
-    push_safe(&mut out, &method[..method.len().min(MAX_METHOD_LEN)]);
+    endpoint_template_into(&mut out, method, target);
+    out
+}
+
+/// [`endpoint_template`] into `out` (cleared first), to reuse its allocation.
+pub(crate) fn endpoint_template_into(out: &mut String, method: &[u8], target: &[u8]) {
+    out.clear();
+    push_safe(out, &method[..method.len().min(MAX_METHOD_LEN)]);
     out.push(' ');
     let path = crate::replay::controls::request_path(target);
     if path.first() != Some(&b'/') {
         // `*` (OPTIONS) or an authority (CONNECT): no segments to template.
-        push_safe(&mut out, path);
+        push_safe(out, &path[..path.len().min(MAX_ENDPOINT_LEN)]);
     } else {
         for seg in path.split(|&b| b == b'/').skip(1) {
             out.push('/');
             if is_identifier(seg) {
                 out.push_str(":id");
             } else {
-                push_safe(&mut out, seg);
+                // Only what can survive the cut below, so `out` never grows past the cap.
+                push_safe(out, &seg[..seg.len().min(MAX_ENDPOINT_LEN.saturating_sub(out.len()))]);
             }
             if out.len() >= MAX_ENDPOINT_LEN {
                 break;
@@ -49,7 +57,6 @@ pub fn endpoint_template(method: &[u8], target: &[u8]) -> String {
         // Only ASCII was pushed, so any byte index is a char boundary.
         out.truncate(MAX_ENDPOINT_LEN);
     }
-    out
 }
 
 fn push_safe(out: &mut String, bytes: &[u8]) {
@@ -87,17 +94,18 @@ impl EndpointNames {
         Self { ids: HashMap::new(), names: vec![OTHER.to_owned()], max }
     }
 
-    /// The id for `name`, registering it while there is room; `(id, overflowed)`.
-    pub fn intern(&mut self, name: String) -> (EndpointId, bool) {
-        if let Some(id) = self.ids.get(&name) {
+    /// The id for `name`, registering it while there is room; `(id, overflowed)`. Allocates only
+    /// for a new name.
+    pub fn intern(&mut self, name: &str) -> (EndpointId, bool) {
+        if let Some(id) = self.ids.get(name) {
             return (*id, false);
         }
         if self.ids.len() >= self.max {
             return (EndpointId::OTHER, true);
         }
         let id = EndpointId(self.names.len() as u32);
-        self.names.push(name.clone());
-        self.ids.insert(name, id);
+        self.names.push(name.to_owned());
+        self.ids.insert(name.to_owned(), id);
         (id, false)
     }
 
@@ -131,19 +139,26 @@ mod tests {
         let long = format!("/{}", "a/".repeat(500));
         assert!(t("GET", &long).len() <= MAX_ENDPOINT_LEN);
         assert_eq!(t("AVERYLONGMETHODNAMEXX", "/").len(), MAX_METHOD_LEN + 2);
+        let huge = format!("/a/{}/b", "x".repeat(10_000));
+        assert_eq!(t("GET", &huge), format!("GET /a/{}", "x".repeat(MAX_ENDPOINT_LEN - 7)));
+        let mut reused = String::new();
+        endpoint_template_into(&mut reused, b"GET", huge.as_bytes());
+        assert!(reused.capacity() < 1024, "the scratch buffer stays small: {}", reused.capacity());
+        endpoint_template_into(&mut reused, b"GET", b"/users/1?x");
+        assert_eq!(reused, "GET /users/:id");
     }
 
     #[test]
     fn cardinality_is_bounded_and_overflow_goes_to_other() {
         let mut n = EndpointNames::new(3);
-        let (a, o) = n.intern("GET /a".into());
+        let (a, o) = n.intern("GET /a");
         assert!(!o && a != EndpointId::OTHER);
-        assert_eq!(n.intern("GET /a".into()), (a, false));
-        n.intern("GET /b".into());
-        n.intern("GET /c".into());
-        assert_eq!(n.intern("GET /d".into()), (EndpointId::OTHER, true));
-        assert_eq!(n.intern("GET /e".into()), (EndpointId::OTHER, true));
-        assert!(!n.intern("GET /b".into()).1, "known endpoints still resolve when full");
+        assert_eq!(n.intern("GET /a"), (a, false));
+        n.intern("GET /b");
+        n.intern("GET /c");
+        assert_eq!(n.intern("GET /d"), (EndpointId::OTHER, true));
+        assert_eq!(n.intern("GET /e"), (EndpointId::OTHER, true));
+        assert!(!n.intern("GET /b").1, "known endpoints still resolve when full");
         assert_eq!(n.len(), 3);
         assert_eq!(n.name(a), "GET /a");
         assert_eq!(n.name(EndpointId::OTHER), OTHER);

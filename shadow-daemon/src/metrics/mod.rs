@@ -131,13 +131,14 @@ impl ShadowErrorKind {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn status_class(status: u16) -> &'static str {
+/// Index into `STATUS_CLASSES`.
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -332,9 +333,14 @@ struct EndpointLatency {
     shadow: Option<(Box<Hdr<u32>>, Histogram)>,
 }
 
+/// Endpoint names and every latency distribution, under one lock: recording a response takes it
+/// once.
 struct Endpoints {
     names: EndpointNames,
     latency: Vec<EndpointLatency>,
+    overall: Overall,
+    /// Reused to build endpoint names, so a known endpoint is found without allocating.
+    scratch: String,
 }
 
 /// Overall latency for the summary: 3 significant digits, as there are only four of them.
@@ -360,13 +366,16 @@ pub struct Metrics {
     registry: Registry,
     ledger: Arc<Mutex<Ledger>>,
     responses: Family<ClassLabels, Counter>,
+    /// The `responses` counters by status class (`STATUS_CLASSES` order), looked up once.
+    response_counters: [Counter; 5],
     errors: Family<KindLabels, Counter>,
+    /// The `errors` counters in `ShadowErrorKind::ALL` order, looked up once.
+    error_counters: [Counter; 5],
     response_latency: HistogramFamily<LatencyLabels>,
     first_byte: [Histogram; 2],
     endpoints: Mutex<Endpoints>,
     endpoints_tracked: Gauge,
     endpoint_overflow: Counter,
-    overall: Mutex<Overall>,
     primary_unmatched: Counter,
     kernel: Vec<(&'static str, Counter)>,
     ring_buffer_dropped: Counter,
@@ -416,14 +425,10 @@ impl Metrics {
         registry.register_collector(Box::new(LedgerCollector(ledger.clone())));
 
         let responses = Family::<ClassLabels, Counter>::default();
-        for class in STATUS_CLASSES {
-            let _ = responses.get_or_create(&ClassLabels { class });
-        }
+        let response_counters = STATUS_CLASSES.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
         registry.register("shadow_responses", "Complete responses from the shadow, by status class", responses.clone());
         let errors = Family::<KindLabels, Counter>::default();
-        for kind in ShadowErrorKind::ALL {
-            let _ = errors.get_or_create(&KindLabels { kind: kind.as_str() });
-        }
+        let error_counters = ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
         registry.register("shadow_errors", "Replays that failed, by kind", errors.clone());
 
         let response_latency: HistogramFamily<LatencyLabels> = Family::new_with_constructor(latency_histogram);
@@ -523,13 +528,19 @@ impl Metrics {
             registry,
             ledger,
             responses,
+            response_counters,
             errors,
+            error_counters,
             response_latency,
             first_byte,
-            endpoints: Mutex::new(Endpoints { names: EndpointNames::new(max_endpoints), latency }),
+            endpoints: Mutex::new(Endpoints {
+                names: EndpointNames::new(max_endpoints),
+                latency,
+                overall,
+                scratch: String::with_capacity(64),
+            }),
             endpoints_tracked,
             endpoint_overflow,
-            overall: Mutex::new(overall),
             primary_unmatched,
             kernel,
             ring_buffer_dropped,
@@ -573,9 +584,10 @@ impl Metrics {
 
     /// The endpoint of a request (see [`endpoint_template`]), registered if there is room.
     pub fn endpoint(&self, method: &[u8], target: &[u8]) -> EndpointId {
-        let name = endpoint_template(method, target);
-        let mut e = lock(&self.endpoints);
-        let (id, overflowed) = e.names.intern(name);
+        let mut guard = lock(&self.endpoints);
+        let e = &mut *guard;
+        endpoint::endpoint_template_into(&mut e.scratch, method, target);
+        let (id, overflowed) = e.names.intern(&e.scratch);
         if overflowed {
             self.endpoint_overflow.inc();
         } else if e.latency.len() <= id.0 as usize {
@@ -601,30 +613,26 @@ impl Metrics {
 
     /// One complete shadow response.
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
-        self.responses.get_or_create(&ClassLabels { class: status_class(status) }).inc();
+        self.response_counters[status_class_index(status)].inc();
         self.record(Side::Shadow, Some(endpoint), first_byte, complete);
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {
-        self.errors.get_or_create(&KindLabels { kind: kind.as_str() }).inc();
+        self.error_counters[kind as usize].inc();
     }
 
     fn record(&self, side: Side, endpoint: Option<EndpointId>, first_byte: Duration, complete: Duration) {
         let idx = side as usize;
         self.first_byte[idx].observe(first_byte.as_secs_f64());
-        {
-            let mut guard = lock(&self.overall);
-            let o = &mut *guard;
-            let (fb, c) = match side {
-                Side::Primary => (&mut o.primary_first_byte, &mut o.primary_complete),
-                Side::Shadow => (&mut o.shadow_first_byte, &mut o.shadow_complete),
-            };
-            fb.saturating_record(micros(first_byte));
-            c.saturating_record(micros(complete));
-        }
-        let Some(id) = endpoint else { return };
         let mut e = lock(&self.endpoints);
-        let Endpoints { names, latency } = &mut *e;
+        let Endpoints { names, latency, overall: o, .. } = &mut *e;
+        let (fb, c) = match side {
+            Side::Primary => (&mut o.primary_first_byte, &mut o.primary_complete),
+            Side::Shadow => (&mut o.shadow_first_byte, &mut o.shadow_complete),
+        };
+        fb.saturating_record(micros(first_byte));
+        c.saturating_record(micros(complete));
+        let Some(id) = endpoint else { return };
         let Some(slot) = latency.get_mut(id.0 as usize) else { return };
         let per_side = match side {
             Side::Primary => &mut slot.primary,
@@ -701,7 +709,8 @@ impl Metrics {
             .map(|k| (k.as_str().to_owned(), self.errors.get_or_create(&KindLabels { kind: k.as_str() }).get()))
             .collect();
         let (primary, shadow) = {
-            let o = lock(&self.overall);
+            let e = lock(&self.endpoints);
+            let o = &e.overall;
             (
                 SideLatency {
                     first_byte: LatencySummary::of(&o.primary_first_byte),
@@ -958,6 +967,16 @@ mod tests {
         );
         assert_eq!(sample_of(&prom, "shadow_first_byte_latency_seconds_count{side=\"shadow\"}"), Some(101.0));
         assert_eq!(sample_of(&prom, "shadow_responses_total{class=\"5xx\"}"), Some(1.0));
+    }
+
+    #[test]
+    fn error_kinds_index_their_counters() {
+        for (i, k) in ShadowErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (status, class) in [(100, "1xx"), (204, "2xx"), (302, "3xx"), (404, "4xx"), (503, "5xx"), (599, "5xx")] {
+            assert_eq!(STATUS_CLASSES[status_class_index(status)], class);
+        }
     }
 
     #[test]

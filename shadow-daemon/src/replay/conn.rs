@@ -86,8 +86,9 @@ impl Pool {
         None
     }
 
-    pub fn put(&self, mut conn: Conn) {
-        conn.idle_since = Instant::now();
+    /// `idle_since`: when the connection's last response was complete.
+    pub fn put(&self, mut conn: Conn, idle_since: Instant) {
+        conn.idle_since = idle_since;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(conn);
@@ -148,6 +149,8 @@ pub(crate) struct Exchange {
     pub complete: Duration,
     /// The connection may carry another request.
     pub reusable: bool,
+    /// When the response was complete (`complete` after the request was written).
+    pub done_at: Instant,
 }
 
 /// A failed exchange, and whether the shadow can have seen nothing of a response yet (the only
@@ -208,7 +211,8 @@ pub(crate) async fn exchange(
             }
         }
     };
-    let first_byte = sent.elapsed();
+    let head_at = Instant::now();
+    let first_byte = head_at.saturating_duration_since(sent);
 
     let mut body = BodyDecoder::new(head.body);
     let mut leftover = false;
@@ -219,7 +223,9 @@ pub(crate) async fn exchange(
             .map_err(|what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false))?;
         leftover = used < after_head;
     }
+    let mut read_body = false;
     while !body.is_done() {
+        read_body = true;
         conn.buf.clear();
         conn.buf.reserve(READ_CHUNK);
         match conn.stream.read_buf(&mut conn.buf).await {
@@ -238,10 +244,12 @@ pub(crate) async fn exchange(
             Err(source) => return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, false)),
         }
     }
+    // A body that came with the head was complete when the head was read: no second clock read.
+    let done_at = if read_body { Instant::now() } else { head_at };
     // Bytes after the response were not asked for: the connection's state is unknown.
     let reusable = head.keep_alive && !leftover;
     if conn.buf.capacity() > 4 * READ_CHUNK {
         conn.buf = Vec::with_capacity(READ_CHUNK);
     }
-    Ok(Exchange { status: head.status, first_byte, complete: sent.elapsed(), reusable })
+    Ok(Exchange { status: head.status, first_byte, complete: done_at.saturating_duration_since(sent), reusable, done_at })
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! submit (sync, never blocks) ─ rule by service port ─ controls (method, path, body, rate)
-//!    └─ try_send ─► bounded queue per rule ─► dispatcher ─ concurrency permits ─► one task per request
+//!    └─ try_send ─► bounded queue per rule ─► dispatcher ─ `concurrency` slots ─► one replay per slot
 //!                                                            └─ keep-alive pool ─ edit ─ write ─ read by framing
 //! ```
 //!
@@ -17,6 +17,7 @@
 mod conn;
 pub mod controls;
 mod edit;
+mod slots;
 mod wire;
 
 use std::{
@@ -30,8 +31,8 @@ use std::{
 };
 
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
-    task::{JoinHandle, JoinSet},
+    sync::{mpsc, watch},
+    task::JoinHandle,
     time::Instant,
 };
 
@@ -39,6 +40,7 @@ use self::{
     conn::{Exchange, Pool, connect, exchange},
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request,
+    slots::{Slots, Work},
 };
 use crate::{
     config::Rule,
@@ -211,7 +213,7 @@ impl Lane {
                 Ok(x) => {
                     metrics.connections.sent_bytes.inc_by(wire.len() as u64);
                     if x.reusable && keep_alive {
-                        self.pool.put(conn);
+                        self.pool.put(conn, x.done_at);
                     }
                     return Ok(x);
                 }
@@ -406,21 +408,21 @@ async fn check_resolves(target: ShadowTarget, lane: String) {
     }
 }
 
-/// Feeds one lane's queue to at most `concurrency` replay tasks, until stopped.
+/// Feeds one lane's queue to at most `concurrency` replays at once, until stopped. The replays run
+/// inside this task (see [`slots`]).
 async fn dispatch(
     lane: Arc<Lane>,
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
-    let permits = Arc::new(Semaphore::new(lane.controls.concurrency.max(1)));
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut replays = Slots::new(lane.controls.concurrency);
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
     let mut drained = false;
     loop {
-        if drained && tasks.is_empty() {
+        if drained && replays.is_empty() {
             break;
         }
         let until = deadline;
@@ -430,11 +432,17 @@ async fn dispatch(
                 None => std::future::pending().await,
             }
         };
-        // The permit first: a request waits in the bounded queue, not here, while all slots are busy.
-        let next = async {
-            let permit = permits.clone().acquire_owned().await;
-            (permit, rx.recv().await)
-        };
+        // A job is taken from the bounded queue only when a slot is free: while all are busy,
+        // requests wait in the queue (and overflow it, counted), not here.
+        let work = std::future::poll_fn(|cx| {
+            replays.poll_work(
+                cx,
+                drained,
+                |cx| rx.poll_recv(cx),
+                |job| Box::pin(replay_one(lane.clone(), metrics.clone(), job)),
+                || tracing::error!("{}: replay task panicked", lane.name),
+            )
+        });
         tokio::select! {
             biased;
             () = grace_over => break,
@@ -447,29 +455,20 @@ async fn dispatch(
                 // No new requests; the queued ones are still dispatched until the deadline.
                 rx.close();
             }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done && e.is_panic() {
-                    tracing::error!("{}: replay task panicked: {e}", lane.name);
-                }
-            }
             _ = prune.tick() => lane.pool.prune(),
-            (permit, job) = next, if !drained => match (permit, job) {
-                (Ok(permit), Some(job)) => {
-                    tasks.spawn(replay_one(lane.clone(), metrics.clone(), job, permit));
-                }
-                (_, None) => drained = true,
-                // The semaphore is never closed; were it, the job's ticket settles as shutdown.
-                (Err(_), Some(_job)) => {}
+            w = work => match w {
+                Work::Drained => drained = true,
+                Work::Idle => break,
             },
         }
     }
-    // Past the grace period: in-flight tasks are aborted and queued jobs dropped with the
+    // Past the grace period: replays in flight are abandoned and queued jobs dropped with the
     // receiver; their tickets settle as `shutdown`.
-    tasks.shutdown().await;
+    drop(replays);
     drop(rx);
 }
 
-async fn replay_one(lane: Arc<Lane>, metrics: Arc<Metrics>, job: Job, _permit: OwnedSemaphorePermit) {
+async fn replay_one(lane: Arc<Lane>, metrics: Arc<Metrics>, job: Job) {
     // The job's bytes stay in the budget until the replay is over.
     let Job { req, endpoint, ticket, _held } = job;
     let wire = match edit_request(&req, &lane.controls, &lane.target) {
