@@ -118,10 +118,6 @@ impl Summary {
     }
 }
 
-fn dir_label(d: Direction) -> &'static str {
-    d.as_str()
-}
-
 fn segment_dir_label(d: Direction) -> &'static str {
     match d {
         Direction::Request => "request_segments",
@@ -141,12 +137,12 @@ fn extraction_summary(st: &ExtractorStats) -> ExtractionSummary {
         message_drops: st
             .drops()
             .filter(|(_, _, n)| *n > 0)
-            .map(|(r, d, n)| (format!("{r}/{}", dir_label(d)), n))
+            .map(|(r, d, n)| (format!("{r}/{}", d.as_str()), n))
             .collect(),
         segment_drops: st
             .segment_drops()
             .filter(|(_, _, n)| *n > 0)
-            .map(|(r, d, n)| (format!("{r}/{}", dir_label(d)), n))
+            .map(|(r, d, n)| (format!("{r}/{}", d.as_str()), n))
             .collect(),
         segments_reconcile: st.reconciles(),
     }
@@ -160,7 +156,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn publish(&mut self, metrics: &Metrics, st: &ExtractorStats, kernel: Option<&[u64; counter::COUNT]>) {
+    /// `bad_records`: ring-buffer records that did not decode, by reason; they never reach
+    /// reassembly and are published beside its drops (direction label `records`).
+    fn publish(
+        &mut self,
+        metrics: &Metrics,
+        st: &ExtractorStats,
+        bad_records: &BTreeMap<&'static str, u64>,
+        kernel: Option<&[u64; counter::COUNT]>,
+    ) {
         for (reason, dir, n) in st.drops() {
             if dir != Direction::Request {
                 continue;
@@ -172,8 +176,9 @@ impl Publisher {
             *seen = n.max(*seen);
         }
         let mut stats: Vec<(&'static str, &'static str, u64)> =
-            st.drops().map(|(r, d, n)| (r, dir_label(d), n)).collect();
+            st.drops().map(|(r, d, n)| (r, d.as_str(), n)).collect();
         stats.extend(st.segment_drops().map(|(r, d, n)| (r, segment_dir_label(d), n)));
+        stats.extend(bad_records.iter().map(|(r, n)| (*r, "records", *n)));
         metrics.set_extraction_stats(&stats);
         metrics.set_flows(st.flows_active);
         metrics.set_buffered_bytes(st.buffered_bytes);
@@ -272,7 +277,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
                 extractor.tick(monotonic_ns(), &mut events);
                 route(&mut events, &engine);
                 let k = capture.counters().ok();
-                publisher.publish(&metrics, extractor.stats(), k.as_ref());
+                publisher.publish(&metrics, extractor.stats(), &summary.bad_records, k.as_ref());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -308,7 +313,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     // Requests still being reassembled can no longer complete.
     extractor.clear(DropReason::Incomplete, &mut events);
     route(&mut events, &engine);
-    publisher.publish(&metrics, extractor.stats(), Some(&kernel));
+    publisher.publish(&metrics, extractor.stats(), &summary.bad_records, Some(&kernel));
     engine.shutdown(SHUTDOWN_GRACE).await;
     summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
     summary.extraction = extraction_summary(extractor.stats());
