@@ -168,6 +168,12 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
         payload_len = avail;
     }
 
+    // Pure ACKs (about half of a service's packets) carry nothing to reassemble: stop before the
+    // address copies and the flow-map lookup.
+    if payload_len == 0 && flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return None;
+    }
+
     let (saddr, daddr) = read_addrs(start, end, &loc)?;
     let key = if dir == direction::REQUEST {
         FlowKey { client_addr: saddr, server_addr: daddr, client_port: sport, server_port: dport, family: loc.family, _pad: [0; 3] }
@@ -185,10 +191,6 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
             None => false,
         }
     };
-    let interesting = payload_len > 0 || flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
-    if !interesting {
-        return None;
-    }
     if !sampled {
         bump(counters, counter::SEGMENTS_NOT_SAMPLED, 1);
         return None;

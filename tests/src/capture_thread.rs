@@ -88,7 +88,6 @@ impl CaptureThread {
                 let _ = ready_tx.send(Ok(()));
                 let mut segments = Vec::new();
                 let mut bad = Vec::new();
-                let mut discarded = 0usize;
                 while !stop2.load(Ordering::Relaxed) {
                     match ctl_rx.try_recv() {
                         Ok(Ctl::SetPpm(ppm)) => cap.set_sample_ppm(ppm).expect("set sample rate"),
@@ -99,13 +98,11 @@ impl CaptureThread {
                         Err(_) => {}
                     }
                     if discard && segments.len() > 100_000 {
-                        discarded += segments.len();
                         segments.clear();
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(20), src.next_batch(&mut segments, &mut bad, 1024)).await;
                 }
                 src.drain_now(&mut segments, &mut bad);
-                let _ = discarded;
                 let kernel = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();
                 Captured { segments, bad_records: bad.len(), kernel }
             })

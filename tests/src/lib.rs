@@ -152,13 +152,7 @@ pub fn unique() -> u32 {
 
 /// Path of a binary built in this workspace's target dir (next to the running test binary).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/test-xxxx or target/<profile>/<bin>
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let p = dir.join(name);
+    let p = bin_dir().join(name);
     assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
     p
 }
@@ -206,36 +200,52 @@ pub mod client {
 
         /// Send one request and read one response framed by Content-Length; returns the status.
         pub fn exchange(&mut self, request: &[u8]) -> std::io::Result<u16> {
+            self.exchange_raw(request).map(|r| status_of(&r))
+        }
+
+        /// Send one request and return the raw bytes of its response.
+        pub fn exchange_raw(&mut self, request: &[u8]) -> std::io::Result<Vec<u8>> {
             self.s.write_all(request)?;
             self.sent += request.len() as u64;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut chunk = [0u8; 65536];
-            loop {
-                if let Some(h) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&self.buf[..h]).to_ascii_lowercase();
-                    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                    let cl: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    let total = h + 4 + cl;
-                    if self.buf.len() >= total {
-                        self.buf.drain(..total);
-                        self.received += total as u64;
-                        return Ok(status);
-                    }
-                }
-                if Instant::now() > deadline {
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"));
-                }
-                let n = self.s.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
+            let r = read_response(&mut self.s, &mut self.buf, Duration::from_secs(10))?;
+            self.received += r.len() as u64;
+            Ok(r)
         }
+    }
+
+    /// Read one response framed by Content-Length from `s`, keeping bytes beyond it in `buf` for
+    /// the next call (pipelining); returns the response's raw bytes.
+    pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> std::io::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+                let cl: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let total = h + 4 + cl;
+                if buf.len() >= total {
+                    return Ok(buf.drain(..total).collect());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"));
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The status code of a raw response (0 if the status line does not parse).
+    pub fn status_of(resp: &[u8]) -> u16 {
+        let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
+        String::from_utf8_lossy(line).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
     }
 
     /// A request with a deterministic body of `body_len` bytes (GET when 0).

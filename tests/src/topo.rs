@@ -29,6 +29,11 @@ impl NetNs {
         sh(&full)
     }
 
+    /// Whether a TCP socket listens on `port` inside the namespace.
+    pub fn listening(&self, port: u16) -> bool {
+        self.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).contains(&format!(":{port}"))
+    }
+
     /// A `Command` that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

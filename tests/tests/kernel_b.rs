@@ -1,12 +1,7 @@
 //! Kernel tier B: namespaces created here, a real HTTP server and real clients, the capture
 //! attached to the server's veth; what was captured must equal what crossed the wire, byte for byte.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use shadow_common::{PPM_ALL, counter};
 use shadow_daemon::{
@@ -16,6 +11,7 @@ use shadow_daemon::{
 use shadow_tests::{
     Proc, Scratch,
     capture_thread::{CaptureThread, Captured, flows, reassemble},
+    client::{Conn, request},
     require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
 };
@@ -31,7 +27,7 @@ fn start_server(t: &TwoHosts, scratch: &Scratch, response_bytes: usize) -> Proc 
     let p = Proc::spawn("shadow-testserver", &mut cmd);
     // Listening once `ss` in the namespace shows the socket.
     shadow_tests::wait_for("test server to listen", Duration::from_secs(10), || {
-        t.server.exec(&["ss", "-Hltn", &format!("sport = :{PORT}")]).contains(&format!(":{PORT}"))
+        t.server.listening(PORT)
     });
     p
 }
@@ -42,45 +38,16 @@ fn exchange_in(ns: &NetNs, server: SocketAddr, request: Vec<u8>) -> (SocketAddr,
     let ns_name = ns.name.clone();
     std::thread::spawn(move || {
         NetNs { name: ns_name }.enter_and_forget();
-        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let local = s.local_addr().expect("local addr");
-        s.write_all(&request).expect("send request");
-        let mut resp = Vec::new();
-        let mut buf = [0u8; 65536];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "response did not complete");
-            let n = s.read(&mut buf).expect("read response");
-            assert!(n > 0, "server closed before a whole response");
-            resp.extend_from_slice(&buf[..n]);
-            if let Some(h) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&resp[..h]).to_ascii_lowercase();
-                let cl: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("content-length");
-                if resp.len() >= h + 4 + cl {
-                    break;
-                }
-            }
-        }
-        (local, resp)
+        let mut c = Conn::connect(server).expect("connect");
+        let resp = c.exchange_raw(&request).expect("exchange");
+        (c.local_addr(), resp)
     })
     .join()
     .expect("client thread")
 }
 
 fn post(target: &str, body_len: usize) -> Vec<u8> {
-    let mut r = if body_len == 0 {
-        format!("GET {target} HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\n\r\n").into_bytes()
-    } else {
-        format!("POST {target} HTTP/1.1\r\nHost: svc\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n")
-            .into_bytes()
-    };
-    r.extend((0..body_len).map(|i| (i * 7 % 251) as u8));
-    r
+    request(if body_len == 0 { "GET" } else { "POST" }, target, body_len)
 }
 
 fn flow_of(c: &Captured, client: SocketAddr) -> FlowId {
@@ -127,6 +94,7 @@ fn tc_captures_requests_and_responses_byte_for_byte_v4_and_v6() {
     // reservation buckets work on real traffic.
     let max_seg = c.segments.iter().map(|s| s.payload.len()).max().unwrap_or(0);
     eprintln!("largest captured segment: {max_seg} bytes");
+    assert!(max_seg > 8192, "expected GSO/GRO segments beyond one MSS on veth, largest was {max_seg}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! byte-identical; the daemon's counts must reconcile.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Command, Stdio},
@@ -12,7 +12,9 @@ use std::{
 };
 
 use shadow_tests::{
-    Proc, Recorded, Scratch, recorded_requests, require_kernel, require_tool,
+    Proc, Recorded, Scratch,
+    client::{read_response, status_of},
+    recorded_requests, require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
     wait_for, without_line, workspace_bin,
 };
@@ -35,10 +37,6 @@ fn testserver() -> String {
     env!("CARGO_BIN_EXE_shadow-testserver").to_string()
 }
 
-fn listening(ns: &NetNs, port: u16) -> bool {
-    ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).contains(&format!(":{port}"))
-}
-
 impl Rig {
     /// `primary`: a testserver recording to scratch/primary (None: the caller starts its own).
     fn new(tag: &str, record_primary: bool) -> Self {
@@ -54,7 +52,7 @@ impl Rig {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null()),
             );
-            wait_for("primary", Duration::from_secs(10), || listening(&t.server, PORT));
+            wait_for("primary", Duration::from_secs(10), || t.server.listening(PORT));
             p
         });
         let log = scratch.path("daemon.log");
@@ -75,7 +73,7 @@ impl Rig {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        wait_for("shadow", Duration::from_secs(10), || listening(&self.t.server, SHADOW_PORT));
+        wait_for("shadow", Duration::from_secs(10), || self.t.server.listening(SHADOW_PORT));
         self.shadow = Some(p);
     }
 
@@ -150,28 +148,12 @@ impl Rig {
     }
 }
 
-/// Read responses framed by Content-Length until `n` have arrived.
+/// Read `n` responses framed by Content-Length; returns their statuses.
 fn read_responses(s: &mut TcpStream, n: usize) -> Vec<u16> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let mut statuses = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while statuses.len() < n {
-        assert!(Instant::now() < deadline, "responses timed out");
-        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
-            let cl: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-            if buf.len() >= h + 4 + cl {
-                statuses.push(head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0));
-                buf.drain(..h + 4 + cl);
-                continue;
-            }
-        }
-        let k = s.read(&mut chunk).expect("read");
-        assert!(k > 0, "closed early");
-        buf.extend_from_slice(&chunk[..k]);
-    }
-    statuses
+    (0..n)
+        .map(|_| status_of(&read_response(s, &mut buf, Duration::from_secs(20)).expect("response")))
+        .collect()
 }
 
 fn sorted(v: impl IntoIterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
@@ -273,7 +255,7 @@ fn start_nginx(r: &Rig) -> Proc {
         "nginx",
         r.t.server.command("nginx").args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
     );
-    wait_for("nginx", Duration::from_secs(10), || listening(&r.t.server, PORT));
+    wait_for("nginx", Duration::from_secs(10), || r.t.server.listening(PORT));
     p
 }
 

@@ -116,8 +116,7 @@ impl Capture {
     /// enabled) is written before the first attach, so no packet is ever seen with an empty config.
     /// Must run inside a tokio runtime (the reader registers with its reactor).
     pub fn start(opts: &CaptureOptions) -> Result<(Self, SegmentSource, Option<KernelLog>), CaptureError> {
-        // Cheap checks first: a typo in --interface should not wait for the verifier.
-        check_privileges()?;
+        // A typo in --interface should not wait for the verifier (load checks privileges).
         interface_is_loopback(&opts.interface)?;
         let mut capture = Self::load(opts)?;
         capture.attach(opts)?;
@@ -387,13 +386,7 @@ impl SegmentSource {
 
     /// Drain whatever is buffered now without waiting (used at shutdown).
     pub fn drain_now(&mut self, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match segment::decode(&item) {
-                Ok(s) => out.push(s),
-                Err(e) => bad.push(e),
-            }
-        }
+        drain(self.ring.get_mut(), out, bad, usize::MAX);
     }
 }
 

@@ -159,7 +159,7 @@ fn spawn_server(ns: &NetNs, bin: &std::path::Path, listen: &str, record: Option<
 
 fn wait_listening(ns: &NetNs, port: u16) {
     wait_for(&format!("a server on port {port}"), Duration::from_secs(10), || {
-        ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).contains(&format!(":{port}"))
+        ns.listening(port)
     });
 }
 

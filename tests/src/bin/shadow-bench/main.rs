@@ -139,7 +139,7 @@ fn capture_bench(quick: bool) -> CaptureResults {
             .stderr(Stdio::null()),
     );
     wait_for("primary to listen", Duration::from_secs(10), || {
-        t.server.exec(&["ss", "-Hltn", &format!("sport = :{SERVICE_PORT}")]).contains(&format!(":{SERVICE_PORT}"))
+        t.server.listening(SERVICE_PORT)
     });
     let stop_echo = Arc::new(AtomicBool::new(false));
     let echo = start_echo(&t.server, stop_echo.clone());

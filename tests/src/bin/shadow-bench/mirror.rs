@@ -52,10 +52,6 @@ pub struct MirrorResults {
     pub arms: Vec<Arm>,
 }
 
-fn listening(ns: &NetNs, port: u16) -> bool {
-    ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).contains(&format!(":{port}"))
-}
-
 /// nginx on `port` serving a 1 KiB file; with `mirror_to`, nginx's in-path mirror to that port.
 fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc {
     std::fs::create_dir_all(dir.join("www")).expect("nginx dir");
@@ -78,7 +74,7 @@ fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc {
         "nginx",
         ns.command("nginx").args(["-c", path.to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
     );
-    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || listening(ns, port));
+    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || ns.listening(port));
     p
 }
 
@@ -240,7 +236,7 @@ pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    wait_for("slow shadow", Duration::from_secs(10), || listening(&t.server, SLOW_SHADOW));
+    wait_for("slow shadow", Duration::from_secs(10), || t.server.listening(SLOW_SHADOW));
 
     let mut arms: Vec<Arm> = Vec::new();
     let run_arm = |name: &str, mirror_to: Option<u16>, daemon_to: Option<u16>, fixed_rate: bool| -> Arm {
@@ -287,7 +283,7 @@ pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
         }
         let mut primary = primary;
         primary.terminate(Duration::from_secs(10));
-        wait_for("primary to stop", Duration::from_secs(10), || !listening(&t.server, PORT));
+        wait_for("primary to stop", Duration::from_secs(10), || !t.server.listening(PORT));
         println!(
             "{:<40} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>8.3} ms  errors {}{}",
             arm.arm,
