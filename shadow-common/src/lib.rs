@@ -170,8 +170,9 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub struct FlowState {
     /// 1: the current request (and its response) is captured.
     pub sampled: u32,
-    /// Requests whose decision was drawn on this connection (wraps).
-    pub requests: u32,
+    /// Sequence number of the segment the decision was drawn on: a retransmission of that
+    /// segment is the same request and keeps its decision instead of drawing (and counting) anew.
+    pub start_seq: u32,
 }
 const _: () = assert!(size_of::<FlowState>() == 8);
 
@@ -199,7 +200,10 @@ pub mod counter {
     pub const SEGMENTS_NOT_SAMPLED: usize = 10;
     /// IPv4 fragments on a service port (not captured).
     pub const IPV4_FRAGMENTS: usize = 11;
-    pub const COUNT: usize = 12;
+    /// Retransmitted request-start segments of a connection with a decision: the request was
+    /// counted once, on its first copy, and keeps that decision.
+    pub const REQUEST_START_RETRANSMITS: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Metric-friendly names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT] = [
@@ -215,6 +219,7 @@ pub mod counter {
         "unsupported_ipv6_ext",
         "segments_not_sampled",
         "ipv4_fragments",
+        "request_start_retransmits",
     ];
 }
 

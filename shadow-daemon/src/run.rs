@@ -67,7 +67,12 @@ pub fn monotonic_ns() -> u64 {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DirectionCounts {
     pub segments: u64,
+    /// Payload bytes in captured segments, every copy of a retransmitted byte included.
     pub payload_bytes: u64,
+    /// Stream bytes reassembled: each sequence number once (what the sender wrote, absent holes).
+    pub stream_bytes: u64,
+    /// Captured bytes that repeated stream bytes already taken (retransmissions, overlaps).
+    pub overlap_bytes: u64,
     pub truncated: u64,
     pub fin: u64,
     pub rst: u64,
@@ -317,6 +322,13 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     engine.shutdown(SHUTDOWN_GRACE).await;
     summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
     summary.extraction = extraction_summary(extractor.stats());
+    for (d, sc) in [
+        (&mut summary.request, &extractor.stats().request_segments),
+        (&mut summary.response, &extractor.stats().response_segments),
+    ] {
+        d.stream_bytes = sc.stream_bytes;
+        d.overlap_bytes = sc.overlap_bytes;
+    }
     let mirror = metrics.summary();
     tracing::info!("stopped:\n{mirror}");
     summary.mirror = Some(mirror);

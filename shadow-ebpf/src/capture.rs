@@ -184,7 +184,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
     let sampled = if dir == direction::REQUEST && payload_len >= 8 && starts_request(ctx, start, end, payload_off) {
         rflags |= record_flags::REQUEST_START;
-        decide(cfg, &key, counters)
+        decide(cfg, &key, seq, counters)
     } else {
         match SHADOW_FLOWS.get_ptr(&key) {
             Some(state) => unsafe { (*state).sampled != 0 },
@@ -350,9 +350,17 @@ fn starts_request<P: Packet>(ctx: &P, start: usize, end: usize, off: usize) -> b
         || w & mask(2) == 0x0316
 }
 
-/// Draw the sampling decision for a new request on this connection and remember it.
+/// Draw the sampling decision for a new request on this connection and remember it. A
+/// retransmitted copy of the segment the last decision was drawn on keeps that decision.
 #[inline(always)]
-fn decide(cfg: &Config, key: &FlowKey, counters: *mut Counters) -> bool {
+fn decide(cfg: &Config, key: &FlowKey, seq: u32, counters: *mut Counters) -> bool {
+    let state = SHADOW_FLOWS.get_ptr_mut(key);
+    if let Some(st) = state
+        && unsafe { (*st).start_seq } == seq
+    {
+        bump(counters, counter::REQUEST_START_RETRANSMITS, 1);
+        return unsafe { (*st).sampled != 0 };
+    }
     let ppm = cfg.sample_ppm;
     let sampled = if ppm >= PPM_ALL {
         true
@@ -367,15 +375,15 @@ fn decide(cfg: &Config, key: &FlowKey, counters: *mut Counters) -> bool {
         1,
     );
     let flag = sampled as u32;
-    match SHADOW_FLOWS.get_ptr_mut(key) {
-        Some(state) => unsafe {
-            (*state).sampled = flag;
-            (*state).requests = (*state).requests.wrapping_add(1);
+    match state {
+        Some(st) => unsafe {
+            (*st).sampled = flag;
+            (*st).start_seq = seq;
         },
         None => {
             // An unsampled connection needs no entry: absence already means "not sampled".
             if sampled {
-                let _ = SHADOW_FLOWS.insert(key, &FlowState { sampled: 1, requests: 1 }, 0);
+                let _ = SHADOW_FLOWS.insert(key, &FlowState { sampled: 1, start_seq: seq }, 0);
             }
         }
     }

@@ -34,7 +34,8 @@ pub struct CaptureThread {
 }
 
 enum Ctl {
-    SetPpm(u32),
+    /// Apply a sampling rate; the reply comes once the config map holds it.
+    SetPpm(u32, mpsc::Sender<()>),
     Stats(mpsc::Sender<(Vec<ProgramStats>, BTreeMap<&'static str, u64>, usize)>),
 }
 
@@ -90,7 +91,10 @@ impl CaptureThread {
                 let mut bad = Vec::new();
                 while !stop2.load(Ordering::Relaxed) {
                     match ctl_rx.try_recv() {
-                        Ok(Ctl::SetPpm(ppm)) => cap.set_sample_ppm(ppm).expect("set sample rate"),
+                        Ok(Ctl::SetPpm(ppm, done)) => {
+                            cap.set_sample_ppm(ppm).expect("set sample rate");
+                            let _ = done.send(());
+                        }
                         Ok(Ctl::Stats(reply)) => {
                             let k = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();
                             let _ = reply.send((cap.program_stats(), k, segments.len()));
@@ -115,10 +119,11 @@ impl CaptureThread {
         Self { stop, handle: Some(handle), ctl: ctl_tx }
     }
 
-    /// Change the kernel sampling rate live.
+    /// Change the kernel sampling rate live; returns once the kernel's config map holds it.
     pub fn set_sample_ppm(&self, ppm: u32) {
-        self.ctl.send(Ctl::SetPpm(ppm)).expect("capture thread alive");
-        std::thread::sleep(Duration::from_millis(100));
+        let (tx, rx) = mpsc::channel();
+        self.ctl.send(Ctl::SetPpm(ppm, tx)).expect("capture thread alive");
+        rx.recv_timeout(Duration::from_secs(10)).expect("sampling rate applied");
     }
 
     /// Program run-time stats, kernel counters and segments decoded so far (not discarded).
@@ -128,9 +133,10 @@ impl CaptureThread {
         rx.recv_timeout(Duration::from_secs(5)).expect("stats reply")
     }
 
-    /// Give the ring buffer a moment, stop, detach, and return everything captured.
+    /// Stop, drain what the ring buffer holds, detach, and return everything captured. Nothing
+    /// to wait for: the program copies a segment before the packet goes on, so every segment
+    /// whose effect a client has seen (a request answered, a response read) is in the ring.
     pub fn finish(mut self) -> Captured {
-        std::thread::sleep(Duration::from_millis(200));
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().expect("joined once").join().expect("capture thread panicked")
     }

@@ -150,15 +150,20 @@ pub fn unique() -> u32 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Path of a binary built in this workspace's target dir (next to the running test binary).
+/// Path of a release binary of this workspace: the daemon and the servers that tests, the demo
+/// and the benches drive are the ones users run, never a debug build.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --release -p shadow-daemon -p shadow-tests --bins` (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
-/// Directory of the release (or test) binaries: `SHADOW_BIN_DIR` when xtask sets it, else next to
-/// the running executable.
+/// Directory of the release binaries: `SHADOW_BIN_DIR` when xtask sets it, else `release/` of the
+/// target directory the running executable was built in (`target/{debug,release}[/deps]/exe`).
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SHADOW_BIN_DIR") {
         return PathBuf::from(d);
@@ -168,7 +173,41 @@ pub fn bin_dir() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir
+    // target/debug or target/release → target/release
+    dir.pop();
+    dir.join("release")
+}
+
+/// Prometheus text: the value of the sample whose name and labels are exactly `series`
+/// (`shadow_requests_in_flight`, `shadow_requests_dropped_total{reason="queue_full"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Wait until the daemon whose metrics listen on `addr` inside `ns` has captured at least
+/// `captured` requests and settled every one of them (replayed or dropped, none in flight).
+/// Returns the last scrape. This is what a test waits for before stopping the daemon, instead
+/// of sleeping and hoping the machine kept up.
+pub fn wait_settled(ns: &topo::NetNs, addr: std::net::SocketAddr, captured: u64, timeout: Duration) -> String {
+    let mut last = String::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(text) = ns.http_get(addr, "/metrics") {
+            let c = metric(&text, "shadow_requests_captured_total").unwrap_or(0.0);
+            let f = metric(&text, "shadow_requests_in_flight").unwrap_or(f64::MAX);
+            if c >= captured as f64 && f == 0.0 {
+                return text;
+            }
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "timed out after {timeout:?} waiting for {captured} captured requests, all settled; last scrape:\n{}",
+        last.lines().filter(|l| l.starts_with("shadow_requests") || l.starts_with("shadow_kernel")).collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// One HTTP/1.1 client connection with exact byte accounting, used by the demo and the benches.

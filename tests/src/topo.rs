@@ -53,6 +53,29 @@ impl NetNs {
 }
 
 impl NetNs {
+    /// `GET path` over HTTP/1.0 to `addr` from inside the namespace; the response body, or None
+    /// if the connection or the exchange failed (a server not up yet).
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let name = self.name.clone();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            NetNs { name }.enter_and_forget();
+            let timeout = std::time::Duration::from_secs(5);
+            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
     /// Enter the namespace on this thread without taking ownership (no delete on drop).
     pub fn enter_and_forget(self) {
         self.enter_current_thread();

@@ -278,12 +278,38 @@ fn continuation_and_response_follow_the_request_decision_and_rate_changes_apply_
     assert!(r.tc_egress(&frames::tcp(&Tcp::new(s, PORT, c, 47000, b"HTTP/1.1 201 Created\r\n\r\n"))).is_empty());
     assert_eq!(r.counter(counter::SEGMENTS_NOT_SAMPLED), 3);
 
-    // And back to 100 %: the next request is captured again.
+    // And back to 100 %: the next request (further along the stream) is captured again.
     r.cap.set_sample_ppm(PPM_ALL).expect("set rate");
-    assert_eq!(r.tc(&frames::tcp(&Tcp::new(c, 47000, s, PORT, GET))).len(), 1);
+    let mut t = Tcp::new(c, 47000, s, PORT, GET);
+    t.seq = 1000 + head.len() as u32 + 10;
+    assert_eq!(r.tc(&frames::tcp(&t)).len(), 1);
 
     // A connection never seen starting a request is not captured mid-stream.
     assert!(r.tc(&frames::tcp(&Tcp::new(c, 47999, s, PORT, b"middle of a body"))).is_empty());
+}
+
+#[test]
+fn a_retransmitted_request_start_keeps_its_decision_and_is_counted_once() {
+    if !require_kernel("a_retransmitted_request_start_keeps_its_decision") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let (c, s) = ("10.0.0.1", "10.0.0.2");
+    let first = Tcp::new(c, 47100, s, PORT, GET);
+    assert_eq!(r.tc(&frames::tcp(&first)).len(), 1);
+    // The same segment again (a retransmission): emitted, as every copy is (user space keeps
+    // the first), but the same request: neither a new draw nor a second count.
+    r.cap.set_sample_ppm(0).expect("set rate");
+    assert_eq!(r.tc(&frames::tcp(&first)).len(), 1, "the retransmission keeps the sampled decision");
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 1);
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 0);
+    assert_eq!(r.counter(counter::REQUEST_START_RETRANSMITS), 1);
+    // The next request on the connection draws anew (rate now 0).
+    let mut next = Tcp::new(c, 47100, s, PORT, GET);
+    next.seq = first.seq.wrapping_add(GET.len() as u32);
+    assert!(r.tc(&frames::tcp(&next)).is_empty());
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 1);
+    assert_eq!(r.counter(counter::REQUEST_START_RETRANSMITS), 1);
 }
 
 #[test]

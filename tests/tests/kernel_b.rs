@@ -19,7 +19,8 @@ use shadow_tests::{
 const PORT: u16 = 8080;
 
 fn start_server(t: &TwoHosts, scratch: &Scratch, response_bytes: usize) -> Proc {
-    let mut cmd = t.server.command(env!("CARGO_BIN_EXE_shadow-testserver"));
+    let bin = shadow_tests::workspace_bin("shadow-testserver");
+    let mut cmd = t.server.command(bin.to_str().expect("utf-8 path"));
     cmd.args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", &response_bytes.to_string()])
         .args(["--record", scratch.path("server").to_str().expect("utf-8 path")])
         .stdout(Stdio::null())

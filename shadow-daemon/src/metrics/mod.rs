@@ -407,6 +407,7 @@ fn kernel_help(name: &str) -> &'static str {
         "unsupported_ipv6_ext" => "IPv6 packets with extension headers that are not walked",
         "segments_not_sampled" => "Service-port segments not emitted because their request was not sampled",
         "ipv4_fragments" => "IPv4 fragments on a service port, not captured",
+        "request_start_retransmits" => "Retransmitted request-start segments that kept their request's decision",
         _ => "eBPF program counter, summed over CPUs",
     }
 }

@@ -14,6 +14,12 @@ use crate::{
 pub struct SegmentCounters {
     pub segments_in: u64,
     pub bytes_in: u64,
+    /// Sequence space handed to HTTP framing: each stream byte once, however often it was
+    /// captured. On a stream without holes this is what the sender wrote.
+    pub stream_bytes: u64,
+    /// Sequence space captured again after a first copy had been taken (retransmissions and
+    /// overlapping segments): real wire bytes, but not new stream bytes.
+    pub overlap_bytes: u64,
     pub used: u64,
     pub control: u64,
     /// Gauge: segments waiting out of order.

@@ -187,6 +187,10 @@ impl Stream {
         cfg: StreamCfg,
     ) {
         if self.ended {
+            if self.has_fin && seq_le(seg.seq.wrapping_add(seg.len), self.fin_seq) {
+                // A copy of bytes before the FIN, which was delivered after all of them.
+                sc.overlap_bytes += u64::from(seg.len);
+            }
             sc.drop(DropReason::Duplicate);
             return;
         }
@@ -213,6 +217,7 @@ impl Stream {
             let off = i64::from(seq_diff(seg.seq, self.next_seq));
             let end_off = off + i64::from(seg.len);
             if end_off <= 0 {
+                sc.overlap_bytes += u64::from(seg.len);
                 sc.drop(DropReason::Duplicate);
                 return;
             }
@@ -220,6 +225,7 @@ impl Stream {
                 if off < 0 {
                     // Overlap with delivered bytes: the first copy won.
                     let cut = (-off) as u32;
+                    sc.overlap_bytes += u64::from(cut);
                     if !seg.truncated {
                         seg.data = seg.data.slice((cut as usize).min(seg.data.len())..);
                     }
@@ -245,7 +251,7 @@ impl Stream {
                     }
                     _ => None,
                 };
-                let fate = self.deliver(&seg, seg_start, asm, cx);
+                let fate = self.deliver(&seg, seg_start, asm, cx, sc);
                 account(sc, fate);
                 if let Some(rest) = rest {
                     self.insert(rest, false, false, sc);
@@ -279,10 +285,11 @@ impl Stream {
         let end = seg.seq.wrapping_add(seg.len);
         if self.has_next && seq_le(end, self.next_seq) {
             // Already seen: resyncing on a retransmitted request would replay it twice.
+            sc.overlap_bytes += u64::from(seg.len);
             sc.drop(DropReason::Duplicate);
             return;
         }
-        let fate = self.deliver(&seg, seg_start, asm, cx);
+        let fate = self.deliver(&seg, seg_start, asm, cx, sc);
         account(sc, fate);
     }
 
@@ -293,7 +300,9 @@ impl Stream {
         seg_start: bool,
         asm: &mut A,
         cx: &mut Cx<'_>,
+        sc: &mut SegmentCounters,
     ) -> Fed {
+        sc.stream_bytes += u64::from(seg.len);
         let fate = if seg.truncated {
             Fed::Skipped(asm.truncated(seg.request_start && seg_start, cx))
         } else {
@@ -338,7 +347,10 @@ impl Stream {
             }
             let next_start = self.ooo.get(k).map_or(u32::MAX, |o| rel(o.seq));
             if next_start <= cur {
-                cur = rel(self.ooo[k].end());
+                // Covered by a piece received first: this copy of it is an overlap.
+                let covered_end = rel(self.ooo[k].end());
+                sc.overlap_bytes += u64::from(covered_end.min(e) - cur);
+                cur = covered_end;
                 k += 1;
                 continue;
             }
@@ -419,11 +431,13 @@ impl Stream {
             };
             let counted = o.flags & COUNTED != 0;
             let fate = if self.has_next && seq_le(o.end(), self.next_seq) {
+                sc.overlap_bytes += u64::from(o.len);
                 Fed::Skipped(DropReason::Duplicate)
             } else {
                 if self.has_next && seq_diff(o.seq, self.next_seq) < 0 {
                     // Partly delivered already (first copy won): only the rest is new.
                     let cut = self.next_seq.wrapping_sub(o.seq);
+                    sc.overlap_bytes += u64::from(cut);
                     if o.flags & TRUNCATED == 0 {
                         o.data = o.data.slice((cut as usize).min(o.data.len())..);
                     }
@@ -441,7 +455,7 @@ impl Stream {
                     truncated: o.flags & TRUNCATED != 0,
                     request_start: o.flags & REQUEST_START != 0,
                 };
-                self.deliver(&seg, o.flags & SEG_START != 0, asm, cx)
+                self.deliver(&seg, o.flags & SEG_START != 0, asm, cx, sc)
             };
             if counted {
                 account(sc, fate);

@@ -405,6 +405,10 @@ fn retransmission_and_overlap_first_received_bytes_win() {
         4,
         "s3 counts once although it was split"
     );
+    // Every stream byte once; the fake's 3 bytes won, so s3's first 3 and the 58-byte
+    // retransmission are overlap.
+    assert_eq!(ex.stats().request_segments.stream_bytes, POST.len() as u64);
+    assert_eq!(ex.stats().request_segments.overlap_bytes, 3 + 58);
 }
 
 #[test]

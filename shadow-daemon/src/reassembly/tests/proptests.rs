@@ -211,10 +211,15 @@ proptest! {
     #[test]
     fn reordered_duplicated_stream_yields_exactly_the_requests(plan in arb_plan(12, 0)) {
         let d = deliver(&plan, 41000, false);
+        let captured: u64 = d.starts.iter().map(|&(_, n)| n as u64).sum();
         let mut ex = Extractor::new(small_cfg());
         let ev = feed(&mut ex, d.segments);
         prop_assert_eq!(raws(&ev), plan.requests.clone());
         let st = ex.stats();
+        // Each stream byte counts once as stream, every further copy of it as overlap.
+        let stream_len = plan.requests.iter().map(|r| r.len() as u64).sum::<u64>();
+        prop_assert_eq!(st.request_segments.stream_bytes, stream_len);
+        prop_assert_eq!(st.request_segments.overlap_bytes, captured - stream_len);
         prop_assert_eq!(st.requests.dropped_total(), 0);
         prop_assert_eq!(st.requests.in_progress, 0);
         prop_assert_eq!(st.buffered_bytes, 0);
