@@ -80,6 +80,9 @@ struct CaptureResults {
     test_run_cost: Vec<TestRunCost>,
     drain: Vec<DrainStep>,
     max_drain_without_drops_per_s: f64,
+    /// The release daemon on real traffic: the highest request rate without ring-buffer drops,
+    /// next to what nginx serves alone.
+    capacity: mirror::Capacity,
 }
 
 fn main() -> ExitCode {
@@ -172,6 +175,7 @@ fn capture_bench(quick: bool) -> CaptureResults {
     let test_run_cost = test_run_costs(quick);
     let drain = drain_steps(quick);
     let max_drain = drain.iter().filter(|d| d.ringbuf_full == 0).map(|d| d.drained_per_s).fold(0.0, f64::max);
+    let capacity = mirror::capacity_ladder(quick);
 
     CaptureResults {
         date: sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
@@ -183,6 +187,7 @@ fn capture_bench(quick: bool) -> CaptureResults {
         test_run_cost,
         drain,
         max_drain_without_drops_per_s: max_drain,
+        capacity,
     }
 }
 
@@ -430,6 +435,20 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
         md.push_str(&format!("| {:.0} | {:.0} | {} |\n", d.offered_per_s, d.drained_per_s, d.ringbuf_full));
     }
     md.push_str(&format!("\nHighest drained rate with no drops: **{:.0} records/s**.\n", r.max_drain_without_drops_per_s));
+    let c = &r.capacity;
+    md.push_str(&format!(
+        "\n## Real traffic: request rate without ring-buffer drops\n\nnginx serving a 1 KiB file to {}-byte GET requests over a veth; the release \
+         `shadow-daemon` attached (TC, default 32 MiB ring, capture and extraction only), a fresh daemon per step.\n\n\
+         nginx alone, saturated (wrk -t2 -c32): **{:.0} req/s**. Highest rate with `ringbuf_full` = 0 and every request captured: **{:.0} req/s**.\n\n",
+        c.request_bytes, c.nginx_alone_rps, c.max_rps_without_ringbuf_full
+    ));
+    md.push_str("| load | served req/s | requests | captured | ringbuf_full | daemon CPU s |\n|---|---:|---:|---:|---:|---:|\n");
+    for s in &c.steps {
+        md.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {:.2} |\n",
+            s.load, s.rps, s.requests, s.captured, s.ringbuf_full, s.daemon_cpu_s
+        ));
+    }
     let _ = std::fs::write(out.join("capture.md"), md);
     println!("wrote {}/capture.md and capture.json", out.display());
 }

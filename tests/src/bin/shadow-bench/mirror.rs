@@ -377,3 +377,83 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
     let _ = std::fs::write(out.join("mirror.md"), md);
     println!("wrote {}/mirror.md and mirror.json", out.display());
 }
+
+#[derive(Serialize, Clone, Debug)]
+pub struct CapacityStep {
+    /// What was asked for: a fixed rate (hey) or saturation (wrk).
+    pub load: String,
+    /// Requests/s the primary served in this step.
+    pub rps: f64,
+    pub requests: u64,
+    /// Requests the daemon extracted whole (capture only: every one is counted as `no_target`).
+    pub captured: u64,
+    pub ringbuf_full: u64,
+    pub daemon_cpu_s: f64,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Capacity {
+    pub request_bytes: usize,
+    /// nginx alone, saturated by wrk: the most this machine serves.
+    pub nginx_alone_rps: f64,
+    pub steps: Vec<CapacityStep>,
+    /// Highest served rate of a step with `ringbuf_full` = 0 and every request captured.
+    pub max_rps_without_ringbuf_full: f64,
+}
+
+/// How fast can traffic go before the ring buffer overflows? nginx alone under wrk gives the
+/// machine's ceiling; then the release daemon (capture and extraction, no replay, default 32 MiB
+/// ring) is attached and the load stepped up at fixed rates (hey) to saturation (wrk), each step
+/// with a fresh daemon whose summary gives `ringbuf_full` and the requests it captured.
+pub fn capacity_ladder(quick: bool) -> Capacity {
+    let secs = if quick { 3 } else { 6 };
+    let t = TwoHosts::new("cap");
+    let scratch = Scratch::new("cap");
+    let pad = "p".repeat(1024 - 120);
+    let url = format!("http://{}:{PORT}/item", t.server_v4);
+    let request_bytes = format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\n\r\n", t.server_v4).len();
+    let _primary = nginx(&t.server, &scratch.path("primary"), PORT, None);
+    let alone = wrk(&t.client, &url, secs, &pad);
+    println!("capacity: nginx alone (wrk -t2 -c32)          {:>9.0} req/s", alone.rps);
+    let mut steps = Vec::new();
+    let fractions: &[f64] = if quick { &[0.5] } else { &[0.25, 0.5, 0.75] };
+    let mut loads: Vec<(String, Option<u32>)> = fractions
+        .iter()
+        .map(|f| {
+            let per_worker = ((alone.rps * f) / 16.0).max(1.0) as u32;
+            (format!("hey -c16 -q{per_worker} ({:.0}% of nginx alone)", f * 100.0), Some(per_worker))
+        })
+        .collect();
+    loads.push(("wrk -t2 -c32 (saturating)".into(), None));
+    for (i, (name, per_worker)) in loads.into_iter().enumerate() {
+        let mut d = start_daemon(&t, &scratch, 0, &format!("cap{i}"));
+        let (cpu0, _) = cpu_and_rss(d.proc.child.id());
+        let w = match per_worker {
+            Some(q) => hey(&t.client, &url, secs, 16, q, &pad),
+            None => wrk(&t.client, &url, secs, &pad),
+        };
+        let (cpu1, _) = cpu_and_rss(d.proc.child.id());
+        assert_eq!(d.proc.terminate(Duration::from_secs(20)), Some(0), "daemon exit in capacity step {name}");
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&d.summary).expect("summary")).expect("summary json");
+        let step = CapacityStep {
+            load: name,
+            rps: w.rps,
+            requests: w.requests,
+            captured: s["mirror"]["requests"]["captured"].as_u64().unwrap_or(0),
+            ringbuf_full: s["kernel"]["ringbuf_full"].as_u64().unwrap_or(u64::MAX),
+            daemon_cpu_s: cpu1 - cpu0,
+        };
+        println!(
+            "capacity: {:<42} {:>9.0} req/s  captured {}/{}  ringbuf_full {}  daemon cpu {:.2}s",
+            step.load, step.rps, step.captured, step.requests, step.ringbuf_full, step.daemon_cpu_s
+        );
+        steps.push(step);
+    }
+    let max_rps_without_ringbuf_full = steps
+        .iter()
+        .filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests)
+        .map(|s| s.rps)
+        .fold(0.0, f64::max);
+    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full }
+}
