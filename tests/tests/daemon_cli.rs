@@ -96,7 +96,17 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     assert_eq!(first.terminate(Duration::from_secs(10)), Some(0), "SIGTERM is a clean exit");
     assert!(!ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP detached on exit");
 
-    // TC: attached while running, gone after SIGTERM.
+    // TC: attached while running, gone after SIGTERM. Programs are told apart from any other
+    // process's by being new since just before this daemon started.
+    let ids = || -> Vec<String> {
+        let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show (cargo xtask setup installs bpftool)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect()
+    };
+    let before = ids();
     let mut tc = Proc::spawn(
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
@@ -107,16 +117,8 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     wait_for("the tc daemon to attach", Duration::from_secs(20), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
     });
-    let ids = || -> Vec<String> {
-        let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show (cargo xtask setup installs bpftool)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
-            .filter_map(|l| l.split(':').next().map(str::to_string))
-            .collect()
-    };
-    let running = ids();
-    assert!(!running.is_empty(), "tc programs loaded while the daemon runs");
+    let running: Vec<String> = ids().into_iter().filter(|id| !before.contains(id)).collect();
+    assert_eq!(running.len(), 2, "the daemon's tc ingress and egress programs are loaded while it runs: {running:?}");
     assert_eq!(tc.terminate(Duration::from_secs(10)), Some(0));
     let after = ids();
     for id in &running {
