@@ -37,6 +37,8 @@ pub mod names {
     pub const MAP_CONFIG: &str = "SHADOW_CONFIG";
     pub const MAP_COUNTERS: &str = "SHADOW_COUNTERS";
     pub const MAP_FLOWS: &str = "SHADOW_FLOWS";
+    pub const MAP_SERVICES: &str = "SHADOW_SERVICES";
+    pub const MAP_RULES: &str = "SHADOW_RULES";
 }
 
 /// Address family of a record or flow key.
@@ -117,8 +119,8 @@ pub const PORT_BITMAP_BYTES: usize = 65536 / 8;
 pub struct Config {
     /// 0: capture nothing (programs stay attached, counters still count packets).
     pub enabled: u32,
-    /// Per-request sampling rate in parts per million (0..=1_000_000).
-    pub sample_ppm: u32,
+    pub _pad: u32,
+    /// Every port some rule matches: the first filter, before any map lookup that costs more.
     pub ports: [u8; PORT_BITMAP_BYTES],
 }
 const _: () = assert!(size_of::<Config>() == 8 + PORT_BITMAP_BYTES);
@@ -129,7 +131,7 @@ impl Config {
     pub const fn new() -> Self {
         Self {
             enabled: 0,
-            sample_ppm: 0,
+            _pad: 0,
             ports: [0; PORT_BITMAP_BYTES],
         }
     }
@@ -149,6 +151,40 @@ impl Default for Config {
         Self::new()
     }
 }
+
+/// Most rules the kernel holds (entries of the rules array).
+pub const MAX_RULES: u32 = 64;
+/// Most (address prefix, port) entries of the service trie.
+pub const MAX_SERVICES: u32 = 1024;
+/// Bits of a [`ServiceKey`] before the address (port, family, padding): always matched whole.
+pub const SERVICE_KEY_FIXED_BITS: u32 = 32;
+/// Bits of a full-length [`ServiceKey`] lookup.
+pub const SERVICE_KEY_BITS: u32 = SERVICE_KEY_FIXED_BITS + 128;
+
+/// Data of the service LPM-trie key: which rule a request to (server address, port) belongs to
+/// is the longest address prefix registered for that port and family. An entry for "any address"
+/// has prefix length [`SERVICE_KEY_FIXED_BITS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Service port, network byte order (the trie compares bytes in order).
+    pub port_be: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
+    /// Server address, as in [`SegmentHeader`] (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// A rule as the kernel sees it: entry `rule id` of the rules array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleState {
+    /// Per-request sampling rate in parts per million (0..=1_000_000); 0 while paused.
+    pub sample_ppm: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RuleState>() == 8);
 
 /// Key of the kernel's per-connection sampling map: always the client side first, so both
 /// directions of a connection find the same entry.
@@ -203,7 +239,10 @@ pub mod counter {
     /// Retransmitted request-start segments of a connection with a decision: the request was
     /// counted once, on its first copy, and keeps that decision.
     pub const REQUEST_START_RETRANSMITS: usize = 12;
-    pub const COUNT: usize = 13;
+    /// Request starts on a service port whose server address matches no rule: another
+    /// service's traffic, not captured.
+    pub const REQUESTS_NO_RULE: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Metric-friendly names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT] = [
@@ -220,6 +259,7 @@ pub mod counter {
         "segments_not_sampled",
         "ipv4_fragments",
         "request_start_retransmits",
+        "requests_no_rule",
     ];
 }
 
@@ -242,6 +282,8 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for RuleState {}
 }
 
 #[cfg(test)]

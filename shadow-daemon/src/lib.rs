@@ -13,3 +13,4 @@ pub mod reassembly;
 pub mod replay;
 pub mod run;
 pub mod segment;
+pub mod service;

@@ -215,9 +215,8 @@ pub async fn run(args: Args) -> Result<(), RunError> {
 
     let opts = CaptureOptions {
         interface: cfg.interface.clone(),
-        ports: cfg.ports(),
         hook: cfg.hook,
-        sample_ppm: cfg.sample_ppm,
+        rules: vec![crate::capture::KernelRule::any_address(&cfg.ports(), cfg.sample_ppm)],
         ring_buffer_size: cfg.ring_buffer_size,
         verifier_log: cfg.verifier_log.clone(),
     };
@@ -235,7 +234,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     metrics.set_ready(true);
     tracing::info!(
         "capturing ports {:?} ({}), sampling {}% of requests",
-        opts.ports,
+        opts.ports(),
         capture.attached().join(", "),
         crate::config::ppm_to_percent(capture.sample_ppm())
     );

@@ -6,6 +6,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    maps::lpm_trie::Key,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_md},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
@@ -16,11 +17,11 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use shadow_common::{
     CAPTURE_BUCKETS, Config, RING_WAKEUP_BYTES as WAKEUP_BYTES, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
-    SegmentHeader, counter, direction, family, record_flags, tcp_flags,
+    SERVICE_KEY_BITS, SegmentHeader, ServiceKey, counter, direction, family, record_flags, tcp_flags,
 };
 
 use crate::{
-    SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS,
+    SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS, SHADOW_RULES, SHADOW_SERVICES,
     headers::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, ptr_at,
     },
@@ -184,7 +185,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
     let sampled = if dir == direction::REQUEST && payload_len >= 8 && starts_request(ctx, start, end, payload_off) {
         rflags |= record_flags::REQUEST_START;
-        decide(cfg, &key, seq, counters)
+        decide(&key, seq, counters)?
     } else {
         match SHADOW_FLOWS.get_ptr(&key) {
             Some(state) => unsafe { (*state).sampled != 0 },
@@ -350,18 +351,34 @@ fn starts_request<P: Packet>(ctx: &P, start: usize, end: usize, off: usize) -> b
         || w & mask(2) == 0x0316
 }
 
-/// Draw the sampling decision for a new request on this connection and remember it. A
-/// retransmitted copy of the segment the last decision was drawn on keeps that decision.
+/// The sampling rate of the rule the connection's server (address, port) belongs to; None when
+/// no rule covers it (another service on a shared port).
 #[inline(always)]
-fn decide(cfg: &Config, key: &FlowKey, seq: u32, counters: *mut Counters) -> bool {
+fn rule_ppm(key: &FlowKey) -> Option<u32> {
+    let lookup = Key::new(
+        SERVICE_KEY_BITS,
+        ServiceKey { port_be: key.server_port.to_be_bytes(), family: key.family, _pad: 0, addr: key.server_addr },
+    );
+    let rule = *SHADOW_SERVICES.get(&lookup)?;
+    SHADOW_RULES.get(rule).map(|r| r.sample_ppm)
+}
+
+/// Draw the sampling decision for a new request on this connection and remember it. A
+/// retransmitted copy of the segment the last decision was drawn on keeps that decision. None:
+/// the request belongs to no rule (counted, not captured).
+#[inline(always)]
+fn decide(key: &FlowKey, seq: u32, counters: *mut Counters) -> Option<bool> {
     let state = SHADOW_FLOWS.get_ptr_mut(key);
     if let Some(st) = state
         && unsafe { (*st).start_seq } == seq
     {
         bump(counters, counter::REQUEST_START_RETRANSMITS, 1);
-        return unsafe { (*st).sampled != 0 };
+        return Some(unsafe { (*st).sampled != 0 });
     }
-    let ppm = cfg.sample_ppm;
+    let Some(ppm) = rule_ppm(key) else {
+        bump(counters, counter::REQUESTS_NO_RULE, 1);
+        return None;
+    };
     let sampled = if ppm >= PPM_ALL {
         true
     } else if ppm == 0 {
@@ -387,7 +404,7 @@ fn decide(cfg: &Config, key: &FlowKey, seq: u32, counters: *mut Counters) -> boo
             }
         }
     }
-    sampled
+    Some(sampled)
 }
 
 #[repr(C)]

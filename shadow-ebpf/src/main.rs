@@ -12,10 +12,10 @@ mod headers;
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
-use shadow_common::{Config, Counters, FlowKey, FlowState};
+use shadow_common::{Config, Counters, FlowKey, FlowState, MAX_RULES, MAX_SERVICES, RuleState, ServiceKey};
 
 use crate::capture::{Hook, process};
 
@@ -28,6 +28,15 @@ static SHADOW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "SHADOW_COUNTERS")]
 static SHADOW_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// (port, family, server address prefix) → rule id: the longest prefix decides which rule a
+/// request belongs to. Looked up only on a request start of a service port.
+#[map(name = "SHADOW_SERVICES")]
+static SHADOW_SERVICES: LpmTrie<ServiceKey, u32> = LpmTrie::with_max_entries(MAX_SERVICES, 0);
+
+/// Rule id → the rule's sampling rate.
+#[map(name = "SHADOW_RULES")]
+static SHADOW_RULES: Array<RuleState> = Array::with_max_entries(MAX_RULES, 0);
 
 /// Per-connection sampling decision; LRU so that abandoned connections age out by themselves.
 #[map(name = "SHADOW_FLOWS")]

@@ -14,7 +14,7 @@ use std::{
 
 use shadow_common::counter;
 use shadow_daemon::{
-    capture::{Capture, CaptureOptions, ProgramStats},
+    capture::{Capture, CaptureOptions, KernelRule, ProgramStats},
     config::HookKind,
     segment::{Direction, FlowId, Segment},
 };
@@ -58,9 +58,8 @@ impl CaptureThread {
     ) -> Self {
         let opts = CaptureOptions {
             interface: iface.into(),
-            ports: ports.to_vec(),
             hook,
-            sample_ppm,
+            rules: vec![KernelRule::any_address(ports, sample_ppm)],
             ring_buffer_size: 64 * 1024 * 1024,
             verifier_log: std::env::temp_dir().join(format!("shadow-test-verifier-{}.log", std::process::id())),
         };

@@ -4,7 +4,7 @@
 use aya::maps::{MapData, RingBuf};
 use shadow_common::{PPM_ALL, counter, names, tcp_flags};
 use shadow_daemon::{
-    capture::{Capture, CaptureOptions},
+    capture::{Capture, CaptureOptions, KernelRule},
     config::HookKind,
     segment::{self, Direction, Segment},
 };
@@ -25,11 +25,14 @@ struct Rig {
 
 impl Rig {
     fn new(ppm: u32) -> Self {
+        Self::with_rules(vec![KernelRule::any_address(&[PORT, 9443], ppm)])
+    }
+
+    fn with_rules(rules: Vec<KernelRule>) -> Self {
         let opts = CaptureOptions {
             interface: "lo".into(),
-            ports: vec![PORT, 9443],
             hook: HookKind::Tc,
-            sample_ppm: ppm,
+            rules,
             ring_buffer_size: 4 * 1024 * 1024,
             verifier_log: std::env::temp_dir().join("shadow-kernel-a-verifier.log"),
         };
@@ -409,4 +412,66 @@ fn every_malformed_frame_still_gets_the_continue_verdict() {
         }
     }
     assert!(tc_ran > cases.len() / 2, "the TC program ran on only {tc_ran} of {} frames", cases.len());
+}
+
+fn rule(services: &[&str], ppm: u32) -> KernelRule {
+    KernelRule { services: services.iter().map(|s| s.parse().expect("service match")).collect(), sample_ppm: ppm }
+}
+
+#[test]
+fn rules_tell_services_on_one_port_apart_by_address_and_rates_change_per_rule() {
+    if !require_kernel("rules_tell_services_on_one_port_apart_by_address") {
+        return;
+    }
+    let mut r = Rig::with_rules(vec![
+        rule(&["10.0.0.2:8080", "[fd00::2]:8080"], PPM_ALL),
+        rule(&["10.0.1.0/24:8080"], 0),
+        // Less specific than rule 1 for 10.0.1.x, the only match for the rest of 10.0.0.0/16.
+        rule(&["10.0.0.0/16:8080"], PPM_ALL),
+    ]);
+    let get = |dst: &str, port: u16| frames::tcp(&Tcp::new(if dst.contains(':') { "fd00::1" } else { "10.9.0.1" }, port, dst, PORT, GET));
+    assert_eq!(r.tc(&get("10.0.0.2", 40001)).len(), 1, "rule 0 samples everything");
+    assert_eq!(r.tc(&get("fd00::2", 40002)).len(), 1, "rule 0 covers its IPv6 address too");
+    assert!(r.tc(&get("10.0.1.7", 40003)).is_empty(), "rule 1 (the most specific for 10.0.1.7) samples nothing");
+    assert_eq!(r.tc(&get("10.0.2.7", 40004)).len(), 1, "rule 2 covers the rest of 10.0.0.0/16");
+    assert!(r.tc(&get("10.1.0.1", 40005)).is_empty(), "no rule covers 10.1.0.1");
+    assert!(r.tc(&get("fd00::3", 40006)).is_empty(), "no rule covers fd00::3");
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 3);
+    assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 1);
+    assert_eq!(r.counter(counter::REQUESTS_NO_RULE), 2);
+
+    // Rule 1 up to 100 %, live: its next request is sampled; the others keep their rates.
+    r.cap.set_rule_ppm(1, PPM_ALL).expect("set rule 1");
+    r.cap.set_rule_ppm(0, 0).expect("set rule 0");
+    assert_eq!(r.cap.rule_ppm(1).expect("read back"), PPM_ALL);
+    assert_eq!(r.cap.rule_ppm(0).expect("read back"), 0);
+    assert_eq!(r.cap.rule_ppm(2).expect("read back"), PPM_ALL);
+    assert_eq!(r.tc(&get("10.0.1.7", 40007)).len(), 1);
+    assert!(r.tc(&get("10.0.0.2", 40008)).is_empty());
+    assert_eq!(r.tc(&get("10.0.2.7", 40009)).len(), 1);
+    assert!(r.cap.set_rule_ppm(3, 0).is_err(), "no rule 3");
+}
+
+#[test]
+fn rules_are_replaced_live_and_a_service_in_two_rules_is_refused() {
+    if !require_kernel("rules_are_replaced_live") {
+        return;
+    }
+    let mut r = Rig::with_rules(vec![rule(&["8080"], PPM_ALL)]);
+    let to = |dst: &str, port: u16, sport: u16| frames::tcp(&Tcp::new("10.9.0.1", sport, dst, port, GET));
+    assert_eq!(r.tc(&to("10.0.0.2", PORT, 41001)).len(), 1);
+    r.cap
+        .set_rules(&[rule(&["10.0.0.0/24:9443"], PPM_ALL), rule(&["10.0.5.0/24:8080"], PPM_ALL)])
+        .expect("replace rules");
+    assert!(r.tc(&to("10.0.0.2", PORT, 41002)).is_empty(), "the old any-address rule is gone");
+    assert_eq!(r.tc(&to("10.0.0.2", 9443, 41003)).len(), 1);
+    assert_eq!(r.tc(&to("10.0.5.9", PORT, 41004)).len(), 1);
+    assert_eq!(r.counter(counter::REQUESTS_NO_RULE), 1);
+    assert_eq!(r.cap.rule_ppm(0).expect("rule 0"), PPM_ALL);
+
+    let err = r.cap.set_rules(&[rule(&["10.0.0.0/24:8080"], 0), rule(&["10.0.0.9/24:8080"], 0)]).expect_err("duplicate");
+    assert!(err.to_string().contains("10.0.0.0/24:8080"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+    // The refused set changed nothing.
+    assert_eq!(r.tc(&to("10.0.5.9", PORT, 41005)).len(), 1);
 }

@@ -2,6 +2,7 @@
 //! its counters and drain its ring buffer. The only module that uses aya.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{self, ErrorKind},
     os::fd::AsRawFd,
@@ -11,15 +12,22 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{
+        Array, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use shadow_common::{Config, Counters, FlowKey, FlowState, PPM_ALL, counter, names};
+use shadow_common::{
+    Config, Counters, FlowKey, FlowState, MAX_RULES, MAX_SERVICES, PPM_ALL, RuleState, SERVICE_KEY_FIXED_BITS, ServiceKey,
+    counter, family, names,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     config::HookKind,
     segment::{self, DecodeError, Segment},
+    service::ServiceMatch,
 };
 
 /// The eBPF object built by build.rs from shadow-ebpf (empty when built with SHADOW_SKIP_EBPF=1).
@@ -29,11 +37,36 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
     pub interface: String,
-    pub ports: Vec<u16>,
     pub hook: HookKind,
-    pub sample_ppm: u32,
+    /// Rule ids are positions in this list (at most [`MAX_RULES`]).
+    pub rules: Vec<KernelRule>,
     pub ring_buffer_size: u32,
     pub verifier_log: PathBuf,
+}
+
+impl CaptureOptions {
+    /// Every port some rule covers, sorted, each once.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.rules.iter().flat_map(|r| r.services.iter().map(|s| s.port)).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+/// One rule as the kernel sees it: the services it covers and its sampling rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRule {
+    pub services: Vec<ServiceMatch>,
+    /// Parts per million of requests sampled (0 while paused).
+    pub sample_ppm: u32,
+}
+
+impl KernelRule {
+    /// `ports` on every address.
+    pub fn any_address(ports: &[u16], sample_ppm: u32) -> Self {
+        Self { services: ports.iter().map(|&p| ServiceMatch::any_address(p)).collect(), sample_ppm }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +95,15 @@ pub enum CaptureError {
     Load { op: String, source: Box<EbpfError> },
     #[error("{op}: {source}")]
     Io { op: String, source: io::Error },
+    #[error("{0}")]
+    Rules(String),
 }
 
 impl CaptureError {
     /// Exit code for the binary: 2 for what the user asked wrongly, 1 for the environment.
     pub const fn exit_code(&self) -> u8 {
         match self {
-            Self::UnknownInterface(_) | Self::XdpBusy { .. } => 2,
+            Self::UnknownInterface(_) | Self::XdpBusy { .. } | Self::Rules(_) => 2,
             _ => 1,
         }
     }
@@ -79,7 +114,12 @@ pub struct Capture {
     ebpf: Ebpf,
     config_map: Array<MapData, Config>,
     counters_map: PerCpuArray<MapData, Counters>,
+    services_map: LpmTrie<MapData, ServiceKey, u32>,
+    rules_map: Array<MapData, RuleState>,
     config: Config,
+    /// What the services trie holds now: (prefix length, key) → rule id.
+    services: BTreeMap<(u32, ServiceKeyOrd), u32>,
+    rules: Vec<KernelRule>,
     attached: Vec<String>,
     events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -150,23 +190,25 @@ impl Capture {
         let config_map: Array<MapData, Config> = take_map(&mut ebpf, names::MAP_CONFIG)?;
         let counters_map: PerCpuArray<MapData, Counters> = take_map(&mut ebpf, names::MAP_COUNTERS)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::MAP_EVENTS)?;
+        let services_map: LpmTrie<MapData, ServiceKey, u32> = take_map(&mut ebpf, names::MAP_SERVICES)?;
+        let rules_map: Array<MapData, RuleState> = take_map(&mut ebpf, names::MAP_RULES)?;
 
         let mut config = Config::new();
         config.enabled = 1;
-        config.sample_ppm = opts.sample_ppm.min(PPM_ALL);
-        for &p in &opts.ports {
-            config.set_port(p);
-        }
         let mut capture = Self {
             ebpf,
             config_map,
             counters_map,
+            services_map,
+            rules_map,
             config,
+            services: BTreeMap::new(),
+            rules: Vec::new(),
             attached: Vec::new(),
             events: Some(events),
             logger,
         };
-        capture.write_config()?;
+        capture.set_rules(&opts.rules)?;
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let prog: &mut SchedClassifier = program(&mut capture.ebpf, name)?;
             load_program(name, &opts.verifier_log, || prog.load())?;
@@ -316,14 +358,93 @@ impl Capture {
             .map_err(|e| CaptureError::Map { op: format!("write {}", names::MAP_CONFIG), source: Box::new(e) })
     }
 
-    /// Change the per-request sampling rate; applies from the next request line, no restart.
-    pub fn set_sample_ppm(&mut self, ppm: u32) -> Result<(), CaptureError> {
-        self.config.sample_ppm = ppm.min(PPM_ALL);
-        self.write_config()
+    /// Install `rules` (ids are positions) in place of the current ones, live: the services
+    /// trie gains the new entries before it loses the stale ones, and the port bitmap covers the
+    /// union meanwhile, so a request of a service present before and after never goes unmatched.
+    pub fn set_rules(&mut self, rules: &[KernelRule]) -> Result<(), CaptureError> {
+        let wanted = service_entries(rules)?;
+        for (id, r) in rules.iter().enumerate() {
+            self.write_rule(id as u32, r.sample_ppm)?;
+        }
+        let mut union = self.config;
+        for r in rules {
+            for s in &r.services {
+                union.set_port(s.port);
+            }
+        }
+        self.config = union;
+        self.write_config()?;
+        for (k, id) in &wanted {
+            if self.services.get(k) != Some(id) {
+                self.services_map
+                    .insert(&Key::new(k.0, k.1.0), id, 0)
+                    .map_err(|e| CaptureError::Map { op: format!("insert into {}", names::MAP_SERVICES), source: Box::new(e) })?;
+            }
+        }
+        for k in self.services.keys() {
+            if !wanted.contains_key(k) {
+                self.services_map
+                    .remove(&Key::new(k.0, k.1.0))
+                    .map_err(|e| CaptureError::Map { op: format!("remove from {}", names::MAP_SERVICES), source: Box::new(e) })?;
+            }
+        }
+        for id in rules.len()..self.rules.len() {
+            self.write_rule(id as u32, 0)?;
+        }
+        let mut exact = Config::new();
+        exact.enabled = self.config.enabled;
+        for r in rules {
+            for s in &r.services {
+                exact.set_port(s.port);
+            }
+        }
+        self.config = exact;
+        self.write_config()?;
+        self.services = wanted;
+        self.rules = rules.to_vec();
+        Ok(())
     }
 
+    fn write_rule(&mut self, id: u32, ppm: u32) -> Result<(), CaptureError> {
+        self.rules_map
+            .set(id, RuleState { sample_ppm: ppm.min(PPM_ALL), _pad: 0 }, 0)
+            .map_err(|e| CaptureError::Map { op: format!("write rule {id} to {}", names::MAP_RULES), source: Box::new(e) })
+    }
+
+    /// Change one rule's sampling rate; applies from its next request line, no restart, other
+    /// rules untouched.
+    pub fn set_rule_ppm(&mut self, id: usize, ppm: u32) -> Result<(), CaptureError> {
+        if id >= self.rules.len() {
+            return Err(CaptureError::Rules(format!("no rule {id} (there are {})", self.rules.len())));
+        }
+        self.write_rule(id as u32, ppm)?;
+        self.rules[id].sample_ppm = ppm.min(PPM_ALL);
+        Ok(())
+    }
+
+    /// A rule's sampling rate as the kernel's map holds it (read back, not remembered).
+    pub fn rule_ppm(&self, id: usize) -> Result<u32, CaptureError> {
+        self.rules_map
+            .get(&(id as u32), 0)
+            .map(|r| r.sample_ppm)
+            .map_err(|e| CaptureError::Map { op: format!("read rule {id} from {}", names::MAP_RULES), source: Box::new(e) })
+    }
+
+    /// Every rule to the same rate.
+    pub fn set_sample_ppm(&mut self, ppm: u32) -> Result<(), CaptureError> {
+        for id in 0..self.rules.len() {
+            self.set_rule_ppm(id, ppm)?;
+        }
+        Ok(())
+    }
+
+    /// The first rule's rate (the daemon-wide rate when there is one rule).
     pub fn sample_ppm(&self) -> u32 {
-        self.config.sample_ppm
+        self.rules.first().map_or(0, |r| r.sample_ppm)
+    }
+
+    pub fn rules(&self) -> &[KernelRule] {
+        &self.rules
     }
 
     /// Pause (false) or resume (true) capture; the programs stay attached either way.
@@ -571,4 +692,69 @@ impl AsRawFd for SegmentSource {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
     }
+}
+
+/// [`ServiceKey`] ordered by its bytes, for the map of installed trie entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ServiceKeyOrd(ServiceKey);
+
+impl ServiceKeyOrd {
+    fn bytes(&self) -> ([u8; 2], u8, [u8; 16]) {
+        (self.0.port_be, self.0.family, self.0.addr)
+    }
+}
+
+impl PartialOrd for ServiceKeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ServiceKeyOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes().cmp(&other.bytes())
+    }
+}
+
+/// The trie entries for `rules`: (prefix length, key) → rule id. An "any address" match is one
+/// entry per family. The same service in two rules is refused: which rule owns it would be a
+/// guess.
+fn service_entries(rules: &[KernelRule]) -> Result<BTreeMap<(u32, ServiceKeyOrd), u32>, CaptureError> {
+    if rules.len() > MAX_RULES as usize {
+        return Err(CaptureError::Rules(format!("{} rules; the kernel holds at most {MAX_RULES}", rules.len())));
+    }
+    let mut out = BTreeMap::new();
+    for (id, r) in rules.iter().enumerate() {
+        for s in &r.services {
+            let keys: Vec<(u32, ServiceKey)> = match s.net {
+                None => [family::IPV4, family::IPV6]
+                    .into_iter()
+                    .map(|f| (SERVICE_KEY_FIXED_BITS, ServiceKey { port_be: s.port.to_be_bytes(), family: f, _pad: 0, addr: [0; 16] }))
+                    .collect(),
+                Some(n) => {
+                    let (f, addr) = match n.addr() {
+                        std::net::IpAddr::V4(a) => {
+                            let mut b = [0u8; 16];
+                            b[..4].copy_from_slice(&a.octets());
+                            (family::IPV4, b)
+                        }
+                        std::net::IpAddr::V6(a) => (family::IPV6, a.octets()),
+                    };
+                    vec![(
+                        SERVICE_KEY_FIXED_BITS + u32::from(n.prefix()),
+                        ServiceKey { port_be: s.port.to_be_bytes(), family: f, _pad: 0, addr },
+                    )]
+                }
+            };
+            for (bits, k) in keys {
+                if let Some(other) = out.insert((bits, ServiceKeyOrd(k)), id as u32) {
+                    return Err(CaptureError::Rules(format!("service {s} is in rule {other} and rule {id}: a service belongs to one rule")));
+                }
+            }
+        }
+    }
+    if out.len() > MAX_SERVICES as usize {
+        return Err(CaptureError::Rules(format!("{} services; the kernel holds at most {MAX_SERVICES}", out.len())));
+    }
+    Ok(out)
 }

@@ -305,9 +305,8 @@ fn http_load(ns: &NetNs, addr: SocketAddr, reqs: u32, limit: Duration) -> String
 fn load_unattached(ppm: u32, ring: u32) -> Capture {
     let opts = CaptureOptions {
         interface: "lo".into(),
-        ports: vec![SERVICE_PORT],
         hook: HookKind::Tc,
-        sample_ppm: ppm,
+        rules: vec![shadow_daemon::capture::KernelRule::any_address(&[SERVICE_PORT], ppm)],
         ring_buffer_size: ring,
         verifier_log: std::env::temp_dir().join("shadow-bench-verifier.log"),
     };
