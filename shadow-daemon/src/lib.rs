@@ -6,6 +6,8 @@
 
 pub mod capture;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod http;
 pub mod message;
 pub mod metrics;
