@@ -241,7 +241,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
 
     let mut summary = Summary {
         interface: cfg.interface.clone(),
-        attached: capture.attached().to_vec(),
+        attached: capture.attached(),
         sample_percent: crate::config::ppm_to_percent(capture.sample_ppm()),
         ..Default::default()
     };

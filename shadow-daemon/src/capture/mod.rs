@@ -1,6 +1,8 @@
 //! The kernel side, seen from user space: load the eBPF object, attach it, write its config, read
 //! its counters and drain its ring buffer. The only module that uses aya.
 
+pub mod links;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -16,7 +18,7 @@ use aya::{
         Array, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 use shadow_common::{
     Config, Counters, FlowKey, FlowState, MAX_RULES, MAX_SERVICES, PPM_ALL, RuleState, SERVICE_KEY_FIXED_BITS, ServiceKey,
@@ -120,7 +122,8 @@ pub struct Capture {
     /// What the services trie holds now: (prefix length, key) → rule id.
     services: BTreeMap<(u32, ServiceKeyOrd), u32>,
     rules: Vec<KernelRule>,
-    attached: Vec<String>,
+    /// What is attached where: interface → its links.
+    links: BTreeMap<String, Vec<Attached>>,
     events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -204,7 +207,7 @@ impl Capture {
             config,
             services: BTreeMap::new(),
             rules: Vec::new(),
-            attached: Vec::new(),
+            links: BTreeMap::new(),
             events: Some(events),
             logger,
         };
@@ -220,19 +223,62 @@ impl Capture {
 
     /// Attach the loaded programs to `opts.interface` with `opts.hook`.
     pub fn attach(&mut self, opts: &CaptureOptions) -> Result<(), CaptureError> {
-        let loopback = interface_is_loopback(&opts.interface)?;
-        match opts.hook {
-            HookKind::Tc => {
+        self.attach_interface(&opts.interface, opts.hook)
+    }
+
+    /// Attach to one more interface (a no-op if already attached there). All or nothing: if
+    /// the second hook fails, the first is detached again.
+    pub fn attach_interface(&mut self, iface: &str, hook: HookKind) -> Result<(), CaptureError> {
+        if self.links.contains_key(iface) {
+            return Ok(());
+        }
+        let loopback = interface_is_loopback(iface)?;
+        let mut links = Vec::new();
+        let r = match hook {
+            HookKind::Tc => self.attach_tc(TcAttachType::Ingress, iface).map(|l| links.push(l)).and_then(|()| {
                 // On loopback every packet passes egress and then ingress of the same device:
                 // ingress alone sees each segment exactly once.
-                self.attach_tc(names::PROG_TC_INGRESS, &opts.interface, TcAttachType::Ingress)?;
-                if !loopback {
-                    self.attach_tc(names::PROG_TC_EGRESS, &opts.interface, TcAttachType::Egress)?;
-                }
+                if loopback { Ok(()) } else { self.attach_tc(TcAttachType::Egress, iface).map(|l| links.push(l)) }
+            }),
+            HookKind::Xdp => self.attach_xdp(iface).map(|l| links.push(l)),
+        };
+        if let Err(e) = r {
+            for l in links {
+                self.detach_link(l);
             }
-            HookKind::Xdp => self.attach_xdp(&opts.interface)?,
+            return Err(e);
         }
+        self.links.insert(iface.to_string(), links);
         Ok(())
+    }
+
+    /// Detach from `iface` (an interface that is gone has lost its links with it: nothing to
+    /// fail). Returns whether it was attached.
+    pub fn detach_interface(&mut self, iface: &str) -> bool {
+        let Some(links) = self.links.remove(iface) else {
+            return false;
+        };
+        for l in links {
+            self.detach_link(l);
+        }
+        true
+    }
+
+    fn detach_link(&mut self, l: Attached) {
+        let detached = match l {
+            Attached::Tc { program: name, id, .. } => {
+                program::<SchedClassifier>(&mut self.ebpf, name).is_ok_and(|p| p.detach(id).is_ok())
+            }
+            Attached::Xdp { id } => program::<Xdp>(&mut self.ebpf, names::PROG_XDP).is_ok_and(|p| p.detach(id).is_ok()),
+        };
+        if !detached {
+            tracing::debug!("detach: the link was already gone with its interface");
+        }
+    }
+
+    /// Interfaces attached now, sorted.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
     }
 
     /// Benchmarks only: attach the do-nothing program to tc ingress and egress of `iface` too, so
@@ -322,15 +368,22 @@ impl Capture {
     }
 
     /// Human-readable list of what is attached, e.g. `tc ingress on eth0`.
-    pub fn attached(&self) -> &[String] {
-        &self.attached
+    pub fn attached(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .flat_map(|(iface, links)| {
+                links.iter().map(move |l| match l {
+                    Attached::Tc { what, .. } => format!("tc {what} on {iface}"),
+                    Attached::Xdp { .. } => format!("xdp on {iface}"),
+                })
+            })
+            .collect()
     }
 
-    fn attach_tc(&mut self, name: &'static str, iface: &str, kind: TcAttachType) -> Result<(), CaptureError> {
-        let what = match kind {
-            TcAttachType::Ingress => "ingress",
-            TcAttachType::Egress => "egress",
-            TcAttachType::Custom(_) => "custom",
+    fn attach_tc(&mut self, kind: TcAttachType, iface: &str) -> Result<Attached, CaptureError> {
+        let (name, what) = match kind {
+            TcAttachType::Egress => (names::PROG_TC_EGRESS, "egress"),
+            _ => (names::PROG_TC_INGRESS, "ingress"),
         };
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0)) {
@@ -339,17 +392,17 @@ impl Capture {
                 tracing::debug!("clsact on {iface}: {e} (already present?)");
             }
         }
-        prog.attach(iface, kind).map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
-        self.attached.push(format!("tc {what} on {iface}"));
-        Ok(())
+        let id =
+            prog.attach(iface, kind).map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
+        Ok(Attached::Tc { program: name, what, id })
     }
 
-    fn attach_xdp(&mut self, iface: &str) -> Result<(), CaptureError> {
+    fn attach_xdp(&mut self, iface: &str) -> Result<Attached, CaptureError> {
         let prog: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
-        prog.attach(iface, XdpMode::Default)
+        let id = prog
+            .attach(iface, XdpMode::Default)
             .map_err(|e| classify_attach_error(format!("attach xdp to {iface}"), iface, e))?;
-        self.attached.push(format!("xdp on {iface}"));
-        Ok(())
+        Ok(Attached::Xdp { id })
     }
 
     fn write_config(&mut self) -> Result<(), CaptureError> {
@@ -757,4 +810,10 @@ fn service_entries(rules: &[KernelRule]) -> Result<BTreeMap<(u32, ServiceKeyOrd)
         return Err(CaptureError::Rules(format!("{} services; the kernel holds at most {MAX_SERVICES}", out.len())));
     }
     Ok(out)
+}
+
+/// One attachment of a program to an interface.
+enum Attached {
+    Tc { program: &'static str, what: &'static str, id: SchedClassifierLinkId },
+    Xdp { id: XdpLinkId },
 }

@@ -1,0 +1,318 @@
+//! Which interfaces to capture on, and when they come and go: name patterns (`eth0`, `veth*`,
+//! `lxc*`, `cali*`), the interfaces present now, and a netlink watcher that reports links
+//! created and deleted (a pod starting or ending on a node).
+
+use std::{
+    ffi::CStr,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use tokio::io::unix::AsyncFd;
+
+/// One `--interface` item: a name, or a glob with `*` (any run of characters) and `?` (one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfacePattern(String);
+
+impl InterfacePattern {
+    /// Interface names are at most 15 bytes (IFNAMSIZ - 1) of printable ASCII without `/`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty interface name".into());
+        }
+        if s.len() > 15 && !s.contains(['*', '?']) {
+            return Err(format!("'{s}' is longer than an interface name can be (15 bytes)"));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+            return Err(format!("'{s}' is not an interface name or pattern"));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// A comma-separated list, as `--interface eth0,veth*` takes it.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        s.split(',').filter(|p| !p.trim().is_empty()).map(Self::parse).collect::<Result<Vec<_>, _>>().and_then(|v| {
+            if v.is_empty() { Err("no interface given".into()) } else { Ok(v) }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_glob(&self) -> bool {
+        self.0.contains(['*', '?'])
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+impl std::fmt::Display for InterfacePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Does any of `patterns` match `name`?
+pub fn any_matches(patterns: &[InterfacePattern], name: &str) -> bool {
+    patterns.iter().any(|p| p.matches(name))
+}
+
+/// `*` and `?` glob, iterative with one backtrack point (linear in practice, no recursion).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The interfaces of this network namespace now: (index, name).
+pub fn list_interfaces() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    // SAFETY: walk until the terminating entry; names are NUL-terminated C strings.
+    unsafe {
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            out.push(((*p).if_index, CStr::from_ptr((*p).if_name).to_string_lossy().into_owned()));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(head);
+    }
+    Ok(out)
+}
+
+/// A link change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Created, renamed, or changed (flags): (index, current name).
+    New { index: u32, name: String },
+    Deleted { index: u32, name: String },
+    /// Messages were lost (the socket overran): the caller must re-list the interfaces.
+    Resync,
+}
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+const RTA_HDRLEN: usize = 4;
+const IFLA_IFNAME: u16 = 3;
+const RTMGRP_LINK: u32 = 1;
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Parse one datagram of rtnetlink messages. Malformed parts end the parse of that datagram
+/// (what came before it is kept): the kernel is the only sender, but nothing is trusted.
+pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            break;
+        }
+        let msg = &buf[off + NLMSG_HDRLEN..off + len];
+        if (ty == RTM_NEWLINK || ty == RTM_DELLINK) && msg.len() >= IFINFOMSG_LEN {
+            let index = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+            if let (Ok(index), Some(name)) = (u32::try_from(index), ifname(&msg[IFINFOMSG_LEN..])) {
+                out.push(if ty == RTM_NEWLINK { LinkEvent::New { index, name } } else { LinkEvent::Deleted { index, name } });
+            }
+        }
+        off += align4(len);
+    }
+    out
+}
+
+fn ifname(mut attrs: &[u8]) -> Option<String> {
+    while attrs.len() >= RTA_HDRLEN {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < RTA_HDRLEN || len > attrs.len() {
+            return None;
+        }
+        if ty == IFLA_IFNAME {
+            let v = &attrs[RTA_HDRLEN..len];
+            let v = v.split(|&b| b == 0).next().unwrap_or_default();
+            return std::str::from_utf8(v).ok().filter(|s| !s.is_empty()).map(str::to_string);
+        }
+        attrs = attrs.get(align4(len)..).unwrap_or_default();
+    }
+    None
+}
+
+/// Subscribed to the kernel's link notifications (RTMGRP_LINK) in this network namespace.
+pub struct LinkWatcher {
+    fd: AsyncFd<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl LinkWatcher {
+    /// Must run inside a tokio runtime.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain socket/bind calls on a descriptor owned right after creation.
+        let raw = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_LINK;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)?;
+        Ok(Self { fd, buf: vec![0u8; 64 * 1024] })
+    }
+
+    /// Wait for the next batch of link events.
+    pub async fn next(&mut self) -> io::Result<Vec<LinkEvent>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let fd = guard.get_inner().as_raw_fd();
+            // SAFETY: recv into our own buffer of the given length.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    Some(libc::ENOBUFS) => return Ok(vec![LinkEvent::Resync]),
+                    Some(libc::EINTR) => continue,
+                    _ => return Err(e),
+                }
+            }
+            let events = parse_link_messages(&self.buf[..n as usize]);
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names() {
+        let p = |s| InterfacePattern::parse(s).expect("pattern");
+        assert!(p("veth*").matches("veth1a2b"));
+        assert!(p("veth*").matches("veth"));
+        assert!(!p("veth*").matches("eth0"));
+        assert!(p("eth0").matches("eth0"));
+        assert!(!p("eth0").matches("eth01"));
+        assert!(p("e?h*").matches("eth12"));
+        assert!(p("*0").matches("eth0"));
+        assert!(p("*a*b*").matches("xxaxxbxx"));
+        assert!(!p("*a*b*").matches("xxbxxaxx"));
+        assert!(p("*").matches("anything"));
+        assert!(!p("lxc?").matches("lxc"));
+    }
+
+    #[test]
+    fn pattern_lists_parse_and_bad_names_are_named() {
+        let v = InterfacePattern::parse_list("eth0, veth*,lxc*").expect("list");
+        assert_eq!(v.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["eth0", "veth*", "lxc*"]);
+        assert!(any_matches(&v, "lxc9"));
+        assert!(!any_matches(&v, "cali1"));
+        for bad in ["", " , ", "a/b", "sixteen-bytes-xx", "bad name"] {
+            assert!(InterfacePattern::parse_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn msg(ty: u16, index: i32, name: Option<&[u8]>) -> Vec<u8> {
+        let mut body = vec![0u8; IFINFOMSG_LEN];
+        body[4..8].copy_from_slice(&index.to_ne_bytes());
+        // An attribute before the name, to walk past.
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&4u16.to_ne_bytes()); // IFLA_MTU
+        body.extend_from_slice(&1500u32.to_ne_bytes());
+        if let Some(n) = name {
+            let len = RTA_HDRLEN + n.len() + 1;
+            body.extend_from_slice(&(len as u16).to_ne_bytes());
+            body.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+            body.extend_from_slice(n);
+            body.push(0);
+            body.resize(align4(body.len()), 0);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn link_messages_parse_and_garbage_is_bounded() {
+        let mut d = msg(RTM_NEWLINK, 7, Some(b"veth7"));
+        d.extend(msg(RTM_DELLINK, 5, Some(b"lxc5")));
+        d.extend(msg(RTM_NEWLINK, 9, None)); // no name: ignored
+        d.extend(msg(20, 3, Some(b"addr"))); // RTM_NEWADDR: ignored
+        assert_eq!(
+            parse_link_messages(&d),
+            vec![LinkEvent::New { index: 7, name: "veth7".into() }, LinkEvent::Deleted { index: 5, name: "lxc5".into() }]
+        );
+        // Every truncation of the datagram parses without panicking and keeps a prefix.
+        for cut in 0..d.len() {
+            let got = parse_link_messages(&d[..cut]);
+            assert!(got.len() <= 2);
+        }
+        // A length field pointing past the end stops the parse.
+        let mut bad = msg(RTM_NEWLINK, 1, Some(b"x"));
+        bad[0..4].copy_from_slice(&9999u32.to_ne_bytes());
+        assert!(parse_link_messages(&bad).is_empty());
+        let mut zero = msg(RTM_NEWLINK, 1, Some(b"x"));
+        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(parse_link_messages(&zero).is_empty());
+    }
+
+    #[test]
+    fn lists_this_namespaces_interfaces() {
+        let l = list_interfaces().expect("if_nameindex");
+        assert!(l.iter().any(|(_, n)| n == "lo"), "{l:?}");
+    }
+}
