@@ -1,0 +1,1 @@
+//! Comparator tests.
