@@ -132,7 +132,7 @@ fn table_row(o: &mut String, e: &EndpointReport) {
     let _ = write!(
         o,
         "<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}% / {:.2}%</td>\
-         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"why\">{}</td></tr>",
         escape(&s.endpoint),
         s.samples,
         pct(s.status_match_percent),
@@ -282,8 +282,8 @@ fn trim_number(v: f64) -> String {
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}\
-table{border-collapse:collapse;margin:12px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}\
-td.name{text-align:left;font-family:monospace}th{background:#f3f3f3}\
+table{border-collapse:collapse;margin:12px 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}\
+td{white-space:nowrap}td.name{text-align:left;font-family:monospace;white-space:normal;max-width:280px;word-break:break-all}td.why{text-align:left;white-space:normal;max-width:260px}th{background:#f3f3f3}\
 .badge{padding:2px 8px;border-radius:4px;color:#fff}.badge.pass{background:#2e7d32}\
 .badge.fail{background:#c62828}.badge.insufficient{background:#757575}\
 td.pass{color:#2e7d32;font-weight:bold}td.fail{color:#c62828;font-weight:bold}td.insufficient{color:#757575}\
