@@ -5,6 +5,7 @@
 //! `metrics`. Stages are joined by bounded channels; a full stage drops and counts.
 
 pub mod capture;
+pub mod compare;
 pub mod config;
 pub mod control;
 pub mod ctl;

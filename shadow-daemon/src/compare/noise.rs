@@ -1,0 +1,200 @@
+//! Noise learning as Diffy does it: the primary and a `secondary` (a second instance of the same
+//! version) answer the same request; whatever differs between them is not the shadow's doing.
+//! Per endpoint, each path template that differed is counted against the primary/secondary pairs
+//! seen; once an endpoint has enough pairs, a path that differed in at least the configured share
+//! is noise and is not held against the shadow. The learned set is recomputed from counts, so a
+//! path that stops differing stops being noise, and the report lists what was learned.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::settings::NoiseSettings;
+
+/// Distinct path templates an endpoint keeps (differences and noise together).
+pub(crate) const MAX_PATHS: usize = 256;
+
+/// Path templates (`$.items[*].id`, `header:etag`, `$`) interned to small ids, at most
+/// [`MAX_PATHS`] per endpoint; a template past the cap has no id (counted).
+#[derive(Debug, Default)]
+pub(crate) struct PathTable {
+    ids: HashMap<String, u16>,
+    names: Vec<String>,
+    pub overflow: u64,
+}
+
+impl PathTable {
+    pub fn intern(&mut self, template: &str) -> Option<u16> {
+        if let Some(id) = self.ids.get(template) {
+            return Some(*id);
+        }
+        if self.names.len() >= MAX_PATHS {
+            self.overflow += 1;
+            return None;
+        }
+        let id = u16::try_from(self.names.len()).ok()?;
+        self.names.push(template.to_owned());
+        self.ids.insert(template.to_owned(), id);
+        Some(id)
+    }
+
+    pub fn get(&self, template: &str) -> Option<u16> {
+        self.ids.get(template).copied()
+    }
+
+    pub fn name(&self, id: u16) -> &str {
+        self.names.get(usize::from(id)).map_or("", String::as_str)
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        self.names.iter().map(|n| 2 * n.len() + 64).sum()
+    }
+}
+
+/// What a primary/secondary comparison found, for learning.
+pub(crate) enum SecondaryDiff<'a> {
+    /// Bodies and compared headers equal.
+    Same,
+    /// These templates differed (all of them when `complete`).
+    Differ { templates: &'a [String] },
+    /// Only lengths could be compared: says nothing about which fields vary.
+    Unusable,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct NoiseLearner {
+    samples: u64,
+    unusable: u64,
+    differed: HashMap<u16, u64>,
+}
+
+impl NoiseLearner {
+    pub fn observe(&mut self, paths: &mut PathTable, diff: SecondaryDiff<'_>) {
+        match diff {
+            SecondaryDiff::Unusable => self.unusable += 1,
+            SecondaryDiff::Same => self.samples += 1,
+            SecondaryDiff::Differ { templates } => {
+                self.samples += 1;
+                for t in templates {
+                    // A template past the table's cap cannot become noise: safe side.
+                    if let Some(id) = paths.intern(t) {
+                        *self.differed.entry(id).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn is_noise(&self, id: u16, s: &NoiseSettings) -> bool {
+        self.samples >= s.min_samples
+            && self
+                .differed
+                .get(&id)
+                .is_some_and(|&n| n as f64 * 100.0 >= s.min_differ_percent * self.samples as f64)
+    }
+
+    /// Learned paths with the share of pairs they differed in, most frequent first.
+    pub fn report(&self, paths: &PathTable, s: &NoiseSettings) -> NoiseReport {
+        let mut learned: Vec<LearnedPath> = self
+            .differed
+            .iter()
+            .filter(|(id, _)| self.is_noise(**id, s))
+            .map(|(id, n)| LearnedPath {
+                path: paths.name(*id).to_owned(),
+                differed_percent: *n as f64 * 100.0 / self.samples as f64,
+            })
+            .collect();
+        learned.sort_by(|a, b| {
+            b.differed_percent
+                .total_cmp(&a.differed_percent)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        NoiseReport {
+            samples: self.samples,
+            unusable: self.unusable,
+            learned,
+        }
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        self.differed.len() * 32
+    }
+}
+
+/// Noise learning's state for the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoiseReport {
+    /// Primary/secondary pairs compared.
+    pub samples: u64,
+    /// Pairs compared by length only, not used for learning.
+    pub unusable: u64,
+    pub learned: Vec<LearnedPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnedPath {
+    pub path: String,
+    pub differed_percent: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_becomes_noise_after_enough_samples_and_share() {
+        let s = NoiseSettings {
+            min_samples: 10,
+            min_differ_percent: 20.0,
+        };
+        let mut paths = PathTable::default();
+        let mut n = NoiseLearner::default();
+        let ts = ["$.ts".to_owned()];
+        let both = ["$.ts".to_owned(), "$.rare".to_owned()];
+        for i in 0..9 {
+            n.observe(
+                &mut paths,
+                SecondaryDiff::Differ {
+                    templates: if i == 0 { &both } else { &ts },
+                },
+            );
+        }
+        let ts_id = paths.intern("$.ts").expect("id");
+        let rare_id = paths.intern("$.rare").expect("id");
+        assert!(
+            !n.is_noise(ts_id, &s),
+            "9 samples are fewer than min_samples"
+        );
+        n.observe(&mut paths, SecondaryDiff::Same);
+        assert!(n.is_noise(ts_id, &s), "differed in 9 of 10");
+        assert!(!n.is_noise(rare_id, &s), "differed in 1 of 10, under 20 %");
+        n.observe(&mut paths, SecondaryDiff::Unusable);
+        let r = n.report(&paths, &s);
+        assert_eq!((r.samples, r.unusable), (10, 1));
+        assert_eq!(
+            r.learned,
+            [LearnedPath {
+                path: "$.ts".into(),
+                differed_percent: 90.0
+            }]
+        );
+        for _ in 0..40 {
+            n.observe(&mut paths, SecondaryDiff::Same);
+        }
+        assert!(
+            !n.is_noise(ts_id, &s),
+            "9 of 50 is under 20 %: no longer noise"
+        );
+    }
+
+    #[test]
+    fn path_table_is_bounded() {
+        let mut t = PathTable::default();
+        for i in 0..MAX_PATHS + 10 {
+            let id = t.intern(&format!("$.k{i}"));
+            assert_eq!(id.is_some(), i < MAX_PATHS);
+        }
+        assert_eq!(t.overflow, 10);
+        assert_eq!(t.intern("$.k0"), Some(0), "known templates keep their id");
+    }
+}

@@ -1,0 +1,237 @@
+//! The report `shadowctl report` prints: per endpoint and overall measurements, the gates and
+//! verdicts, learned noise. Serialisable both ways, so a saved `--json` summary can be read back
+//! and rendered again (as text or as the HTML page, see `html.rs`).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    aggregate::Percentiles,
+    diff::cut,
+    noise::NoiseReport,
+    settings::Gates,
+    verdict::{EndpointVerdict, Verdict},
+};
+
+/// Width of the endpoint column in the text table.
+const ENDPOINT_COLUMN: usize = 36;
+
+/// Latency of both sides for one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub primary: Percentiles,
+    pub shadow: Percentiles,
+    /// shadow / primary, when both sides have data.
+    pub p50_ratio: Option<f64>,
+    pub p95_ratio: Option<f64>,
+    pub p99_ratio: Option<f64>,
+    /// `[percentile, ms]` points of each side's distribution (for the chart).
+    pub primary_curve: Vec<[f64; 2]>,
+    pub shadow_curve: Vec<[f64; 2]>,
+}
+
+impl LatencySummary {
+    pub fn new(
+        primary: Percentiles,
+        shadow: Percentiles,
+        primary_curve: Vec<[f64; 2]>,
+        shadow_curve: Vec<[f64; 2]>,
+    ) -> Self {
+        let ratio = |p: f64, s: f64| {
+            (primary.count > 0 && shadow.count > 0).then(|| s / p.max(f64::MIN_POSITIVE))
+        };
+        Self {
+            p50_ratio: ratio(primary.p50_ms, shadow.p50_ms),
+            p95_ratio: ratio(primary.p95_ms, shadow.p95_ms),
+            p99_ratio: ratio(primary.p99_ms, shadow.p99_ms),
+            primary,
+            shadow,
+            primary_curve,
+            shadow_curve,
+        }
+    }
+}
+
+/// Pairs that never reached comparison, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unpaired {
+    pub primary_missing: u64,
+    pub memory_bound: u64,
+}
+
+/// What was measured for one endpoint (or all of them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointSummary {
+    pub endpoint: String,
+    /// Pairs compared, including those where the shadow failed to answer.
+    pub samples: u64,
+    /// Requests the shadow did not answer (timeout, connection, invalid response).
+    pub shadow_failures: u64,
+    pub status_matches: u64,
+    /// Bodies equal after normalisation, learned noise excused (length-only pairs with equal
+    /// lengths included; see `length_only`).
+    pub body_matches: u64,
+    pub header_matches: u64,
+    /// Pairs whose bodies were compared by status and length only (truncated, over the cap, or
+    /// an unsupported Content-Encoding).
+    pub length_only: u64,
+    pub primary_5xx: u64,
+    pub shadow_5xx: u64,
+    pub unpaired: Unpaired,
+    /// Of the pairs the shadow answered; None when it answered none.
+    pub status_match_percent: Option<f64>,
+    pub body_match_percent: Option<f64>,
+    pub header_match_percent: Option<f64>,
+    /// Of all pairs.
+    pub primary_5xx_percent: f64,
+    /// Shadow 5xx and failures, of all pairs.
+    pub shadow_error_percent: f64,
+    pub latency: LatencySummary,
+    pub noise: NoiseReport,
+    /// Mismatch samples dropped from the kept ring (oldest first).
+    pub mismatch_samples_evicted: u64,
+}
+
+impl EndpointSummary {
+    /// Fill the percentages from the counts.
+    pub(crate) fn with_rates(mut self) -> Self {
+        let responded = self.samples.saturating_sub(self.shadow_failures);
+        let pct = |n: u64, of: u64| (of > 0).then(|| n as f64 * 100.0 / of as f64);
+        self.status_match_percent = pct(self.status_matches, responded);
+        self.body_match_percent = pct(self.body_matches, responded);
+        self.header_match_percent = pct(self.header_matches, responded);
+        self.primary_5xx_percent = pct(self.primary_5xx, self.samples).unwrap_or(0.0);
+        self.shadow_error_percent =
+            pct(self.shadow_5xx + self.shadow_failures, self.samples).unwrap_or(0.0);
+        self
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointReport {
+    #[serde(flatten)]
+    pub summary: EndpointSummary,
+    pub gates: Gates,
+    pub verdict: EndpointVerdict,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The worst endpoint verdict (FAIL > INSUFFICIENT > PASS; no endpoint: INSUFFICIENT).
+    pub verdict: Verdict,
+    pub endpoints: Vec<EndpointReport>,
+    /// All endpoints together (not gated: the verdict is per endpoint).
+    pub overall: EndpointSummary,
+    /// Pairs counted under the `other` endpoint because the endpoint cap was reached.
+    pub overflow_pairs: u64,
+    /// Memory the comparator holds, approximately.
+    pub approx_bytes: u64,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> i32 {
+        self.verdict.exit_code()
+    }
+
+    /// The verdict table, one line per endpoint and one for all, then learned noise.
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  VERDICT",
+            "ENDPOINT",
+            "SAMPLES",
+            "STATUS",
+            "BODY",
+            "LEN",
+            "5XX P/S %",
+            "P99 P/S ms",
+            "RATIO",
+            w = ENDPOINT_COLUMN
+        );
+        for e in &self.endpoints {
+            row(&mut o, &e.summary, Some(&e.verdict));
+        }
+        row(&mut o, &self.overall, None);
+        let _ = writeln!(
+            o,
+            "\nverdict: {} (exit {})",
+            self.verdict.as_str(),
+            self.exit_code()
+        );
+        if self.overflow_pairs > 0 {
+            let _ = writeln!(
+                o,
+                "{} pairs beyond the endpoint cap are counted under 'other'",
+                self.overflow_pairs
+            );
+        }
+        let length_only = self.overall.length_only;
+        if length_only > 0 {
+            let _ = writeln!(
+                o,
+                "{length_only} of {} bodies compared by status and length only",
+                self.overall.samples
+            );
+        }
+        for e in &self.endpoints {
+            let n = &e.summary.noise;
+            if !n.learned.is_empty() {
+                let paths: Vec<String> = n
+                    .learned
+                    .iter()
+                    .map(|l| format!("{} ({:.0}%)", l.path, l.differed_percent))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "noise learned for {} from {} secondary pairs: {}",
+                    e.summary.endpoint,
+                    n.samples,
+                    paths.join(", ")
+                );
+            }
+        }
+        o
+    }
+}
+
+fn row(o: &mut String, s: &EndpointSummary, verdict: Option<&EndpointVerdict>) {
+    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    let name = if verdict.is_some() {
+        cut(&s.endpoint, ENDPOINT_COLUMN - 1)
+    } else {
+        "(all endpoints)".to_owned()
+    };
+    let l = &s.latency;
+    let (p99p, p99s) = if l.primary.count > 0 || l.shadow.count > 0 {
+        (
+            format!("{:.1}", l.primary.p99_ms),
+            format!("{:.1}", l.shadow.p99_ms),
+        )
+    } else {
+        ("-".into(), "-".into())
+    };
+    let verdict = verdict.map_or_else(String::new, |v| {
+        let why = v.reason();
+        if why.is_empty() {
+            v.as_str().to_owned()
+        } else {
+            format!("{} {why}", v.as_str())
+        }
+    });
+    let _ = writeln!(
+        o,
+        "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  {verdict}",
+        name,
+        s.samples,
+        pct(s.status_match_percent),
+        pct(s.body_match_percent),
+        s.length_only,
+        format!("{:.2}/{:.2}", s.primary_5xx_percent, s.shadow_error_percent),
+        format!("{p99p}/{p99s}"),
+        l.p99_ratio
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        w = ENDPOINT_COLUMN
+    );
+}
