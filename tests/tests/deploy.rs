@@ -1,0 +1,404 @@
+//! The deployment files a platform team applies (deploy/): the Kubernetes manifests validate
+//! against the API schemas (offline), the Dockerfile passes hadolint, the systemd unit passes
+//! `systemd-analyze verify`, and every flag and `SHADOW_*` variable they set is one the release
+//! daemon accepts, with the shipped TOML read by the daemon's own parser. No root needed.
+//!
+//! The linters come from `cargo xtask setup`: kubernetes-validate and hadolint in the venv at
+//! ~/.cache/shadow/venv (found there first, else on PATH), systemd-analyze from Debian. A missing
+//! tool skips the test, or fails it with SHADOW_REQUIRE_KERNEL=1.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use clap::Parser;
+use serde_json::Value;
+use shadow_daemon::config::Args;
+use shadow_tests::{Scratch, require_tool, workspace_bin};
+
+/// Kubernetes versions whose schemas the manifests must satisfy: an old supported one and the
+/// newest kubernetes-validate ships.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+/// `SHADOW_*` variables the daemon reads that are not flags (so not in `--help`).
+const NON_FLAG_ENV: [&str; 1] = ["SHADOW_LOG"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
+}
+
+fn deploy(rel: &str) -> PathBuf {
+    repo().join("deploy").join(rel)
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The tool from the venv `cargo xtask setup` fills, else its bare name (looked up on PATH).
+fn venv_tool(name: &str) -> String {
+    let p = venv_bin(name);
+    if p.exists() { p.to_string_lossy().into_owned() } else { name.to_string() }
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    Path::new(&home).join(".cache/shadow/venv/bin").join(name)
+}
+
+/// Run `cmd` to completion: (success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn kubernetes_manifests() -> Vec<PathBuf> {
+    let dir = deploy("kubernetes");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "expected the Namespace, ServiceAccount, ConfigMap and DaemonSet in {}", dir.display());
+    files
+}
+
+/// Every YAML document of every manifest, as JSON, parsed by PyYAML from the same venv as
+/// kubernetes-validate (the workspace has no YAML parser of its own).
+fn kubernetes_documents(test: &str) -> Option<Vec<Value>> {
+    // That venv's own Python: a system one need not have PyYAML.
+    let python = venv_bin("python3").to_string_lossy().into_owned();
+    if !require_tool(test, &python) {
+        return None;
+    }
+    let script = "import json, sys, yaml\n\
+                  docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d is not None]\n\
+                  print(json.dumps(docs))";
+    let (ok, out, err) = run(Command::new(&python).arg("-c").arg(script).args(kubernetes_manifests()));
+    assert!(ok, "parse the manifests with {python} (PyYAML comes with kubernetes-validate): {err}");
+    let docs: Vec<Value> = serde_json::from_str(&out).expect("JSON from the YAML dump");
+    Some(docs)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} named {name} in deploy/kubernetes/"))
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str().unwrap_or_else(|| panic!("{what} is not a string: {v}"))
+}
+
+/// What the release daemon's `--help` accepts: long flag -> its `SHADOW_*` variable.
+fn daemon_flags() -> BTreeMap<String, String> {
+    // A clean environment: clap prints the values of set variables in the help text.
+    let (ok, help, err) = run(Command::new(workspace_bin("shadow-daemon")).arg("--help").env_clear());
+    assert!(ok, "shadow-daemon --help: {err}");
+    // Option blocks start with a line indented by 2 (`-i, --interface`) or 6 (`--shadow`)
+    // spaces and a dash; deeper dashes are lists of values. The block's text (its help may wrap
+    // over several lines) carries the `[env: SHADOW_...]` of that flag.
+    let mut blocks: Vec<String> = Vec::new();
+    for line in help.lines() {
+        let head = line.trim_start();
+        if head.starts_with('-') && line.len() - head.len() <= 6 {
+            blocks.push(line.to_string());
+        } else if let Some(b) = blocks.last_mut() {
+            b.push(' ');
+            b.push_str(line.trim());
+        }
+    }
+    let mut flags = BTreeMap::new();
+    for b in blocks {
+        let Some(flag) = b.split([' ', ',', '=']).find(|w| w.starts_with("--")) else {
+            continue;
+        };
+        let Some(at) = b.find("[env: ") else {
+            assert!(matches!(flag, "--help" | "--version"), "{flag} has no SHADOW_* variable in --help: {b}");
+            continue;
+        };
+        let env: String =
+            b[at + 6..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+        // The convention the manifests rely on: SHADOW_ + the flag's name in upper snake case.
+        assert_eq!(env, format!("SHADOW_{}", flag[2..].replace('-', "_").to_ascii_uppercase()), "{b}");
+        flags.insert(flag.to_string(), env);
+    }
+    assert_eq!(flags.len(), help.matches("[env: ").count(), "a flag with a variable was not parsed from:\n{help}");
+    assert!(flags.contains_key("--config") && flags.contains_key("--interface"), "parsed no flags from:\n{help}");
+    flags
+}
+
+/// The daemon's flag for a `SHADOW_*` variable, or `None` for the documented non-flag ones
+/// (which must still be read by the binary).
+fn flag_for_env(flags: &BTreeMap<String, String>, env: &str, whence: &str) -> Option<String> {
+    if let Some((flag, _)) = flags.iter().find(|(_, e)| *e == env) {
+        return Some(flag.clone());
+    }
+    assert!(NON_FLAG_ENV.contains(&env), "{whence}: {env} is neither a daemon flag's variable nor one it reads");
+    let binary = fs::read(workspace_bin("shadow-daemon")).expect("read the release daemon");
+    assert!(binary.windows(env.len()).any(|w| w == env.as_bytes()), "{whence}: the daemon never mentions {env}");
+    None
+}
+
+/// Check `args` (flags with values) and `env` against the daemon, then resolve them with its own
+/// parser exactly as the daemon would start, `--config` pointing at `config_file`.
+fn resolve_as_daemon(
+    flags: &BTreeMap<String, String>,
+    whence: &str,
+    args: &[String],
+    env: &[(String, String)],
+    config_file: &Path,
+) -> shadow_daemon::config::DaemonConfig {
+    let mut argv = vec!["shadow-daemon".to_string()];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let flag = a.split('=').next().unwrap_or_default();
+        assert!(flag.starts_with("--"), "{whence}: argument {a:?} is not a --flag");
+        assert!(flags.contains_key(flag), "{whence}: {flag} is not a flag of shadow-daemon --help");
+        argv.push(flag.to_string());
+        let value = match a.split_once('=') {
+            Some((_, v)) => v.to_string(),
+            None => it.next().unwrap_or_else(|| panic!("{whence}: {flag} has no value")).clone(),
+        };
+        argv.push(if flag == "--config" { config_file.to_string_lossy().into_owned() } else { value });
+    }
+    for (name, value) in env {
+        assert!(name.starts_with("SHADOW_"), "{whence}: {name} is not a SHADOW_* variable");
+        if let Some(flag) = flag_for_env(flags, name, whence) {
+            assert!(flag != "--config", "{whence}: set the config file with an argument, not {name}");
+            argv.push(format!("{flag}={value}"));
+        }
+    }
+    let parsed = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{whence}: the daemon refuses {argv:?}: {e}"));
+    parsed.resolve().unwrap_or_else(|e| panic!("{whence}: the daemon's configuration check refuses {argv:?}: {e}"))
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_api_schemas() {
+    let test = "kubernetes_manifests_validate_against_the_api_schemas";
+    let tool = venv_tool("kubernetes-validate");
+    if !require_tool(test, &tool) {
+        return;
+    }
+    let files = kubernetes_manifests();
+    for version in KUBERNETES_VERSIONS {
+        // --strict: an unknown field (a typo such as `hostNetwrk`) is an error, not ignored.
+        let (ok, out, err) = run(Command::new(&tool).args(["--strict", "--kubernetes-version", version]).args(&files));
+        assert!(ok, "kubernetes-validate {version} failed:\n{out}{err}");
+        for f in &files {
+            let name = f.file_name().expect("file name").to_string_lossy();
+            assert!(
+                out.lines().any(|l| l.contains(&*name) && l.contains("passed")),
+                "{name} not reported as passing against {version}:\n{out}{err}"
+            );
+        }
+        assert!(!out.contains("WARN") && !err.contains("WARN"), "warnings against {version}:\n{out}{err}");
+    }
+}
+
+#[test]
+fn kubernetes_manifests_hold_together() {
+    let Some(docs) = kubernetes_documents("kubernetes_manifests_hold_together") else {
+        return;
+    };
+    // `kubectl -n shadow exec ds/shadow -- shadowctl ...` is the documented way to operate it.
+    find(&docs, "Namespace", "shadow");
+    for d in docs.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(d["metadata"]["namespace"], "shadow", "{} {}", d["kind"], d["metadata"]["name"]);
+    }
+    let ds = find(&docs, "DaemonSet", "shadow");
+    let pod = &ds["spec"]["template"]["spec"];
+    find(&docs, "ServiceAccount", str_of(&pod["serviceAccountName"], "serviceAccountName"));
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["hostPID"], false);
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+    let c = &pod["containers"][0];
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|v| str_of(v, "cap"))
+        .collect();
+    assert_eq!(caps, ["BPF", "NET_ADMIN", "PERFMON"], "exactly what the daemon checks for");
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_ne!(c["securityContext"]["privileged"], true);
+    for r in ["requests", "limits"] {
+        assert!(c["resources"][r]["memory"].is_string() && c["resources"][r]["cpu"].is_string(), "resources.{r}");
+    }
+
+    // Host paths: bpffs and the control socket's directory.
+    let host_path = |path: &str| {
+        let v = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["hostPath"]["path"] == path)
+            .unwrap_or_else(|| panic!("no hostPath volume {path}"));
+        assert_eq!(v["hostPath"]["type"], "DirectoryOrCreate", "{path}");
+        let name = &v["name"];
+        let m = c["volumeMounts"].as_array().expect("volumeMounts").iter().find(|m| m["name"] == *name);
+        assert_eq!(m.map(|m| &m["mountPath"]), Some(&Value::from(path)), "{path} mounted at the same path");
+    };
+    host_path("/sys/fs/bpf");
+    host_path("/run/shadow");
+
+    // Probes, the container port and the scrape annotation all name the metrics endpoint's port.
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| str_of(&e["value"], name).to_string())
+    };
+    let metrics_addr: std::net::SocketAddr =
+        env("SHADOW_METRICS_ADDR").expect("SHADOW_METRICS_ADDR").parse().expect("SHADOW_METRICS_ADDR is ADDR:PORT");
+    assert!(metrics_addr.ip().is_unspecified(), "kubelet probes the node IP: the endpoint cannot be on loopback");
+    let port = metrics_addr.port();
+    let named =
+        c["ports"].as_array().expect("ports").iter().find(|p| p["containerPort"] == port).expect("metrics port");
+    assert_eq!(named["hostPort"], port);
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert!(get["port"] == port || get["port"] == named["name"], "{probe} port {}", get["port"]);
+    }
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(env("SHADOW_CONTROL").as_deref(), Some("/run/shadow/control.sock"), "shadowctl's default socket");
+}
+
+#[test]
+fn kubernetes_args_env_and_config_are_accepted_by_the_daemon() {
+    let Some(docs) = kubernetes_documents("kubernetes_args_env_and_config_are_accepted_by_the_daemon") else {
+        return;
+    };
+    let flags = daemon_flags();
+    let ds = find(&docs, "DaemonSet", "shadow");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(c["command"].is_null(), "the image's ENTRYPOINT is the daemon; set args, not command");
+    let args: Vec<String> = c["args"].as_array().expect("args").iter().map(|a| str_of(a, "args").to_string()).collect();
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (str_of(&e["name"], "env name").to_string(), str_of(&e["value"], "env value").to_string()))
+        .collect();
+
+    // The file --config names is the ConfigMap's key, mounted from the shipped ConfigMap, whose
+    // text is deploy/kubernetes/shadow.toml byte for byte.
+    let config_path = args.iter().skip_while(|a| *a != "--config").nth(1).expect("--config FILE in args");
+    let (dir, key) = config_path.rsplit_once('/').expect("--config is a path");
+    let mount = c["volumeMounts"].as_array().expect("volumeMounts").iter().find(|m| m["mountPath"] == dir);
+    let mount = mount.unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let volume =
+        pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == mount["name"]).expect("volume");
+    let cm = find(&docs, "ConfigMap", str_of(&volume["configMap"]["name"], "configMap.name"));
+    let shipped = deploy("kubernetes/shadow.toml");
+    assert_eq!(
+        str_of(&cm["data"][key], "ConfigMap data"),
+        read(&shipped),
+        "20-configmap.yaml's {key} differs from deploy/kubernetes/shadow.toml"
+    );
+
+    let cfg = resolve_as_daemon(&flags, "30-daemonset.yaml", &args, &env, &shipped);
+    assert_eq!(cfg.interface, "eth0");
+    assert!(!cfg.rules.is_empty() && cfg.rules.iter().all(|r| r.shadow.is_some()), "{:?}", cfg.rules);
+    assert_eq!(cfg.control, Path::new("/run/shadow/control.sock"));
+    assert_eq!(cfg.sample_ppm, 50_000, "SHADOW_SAMPLE_RATE=5 is read as 5 %");
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze() {
+    let test = "systemd_unit_passes_systemd_analyze";
+    if !require_tool(test, "systemd-analyze") {
+        return;
+    }
+    let unit = read(&deploy("systemd/shadow.service"));
+    // verify checks that ExecStart's binary exists: point it at the release build.
+    let daemon = workspace_bin("shadow-daemon");
+    let scratch = Scratch::new("deploy-unit");
+    let copy = scratch.path("shadow.service");
+    fs::write(&copy, unit.replace("/usr/local/bin/shadow-daemon", &daemon.to_string_lossy())).expect("write unit copy");
+    let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    // Unknown keys and unparsable values are warnings with exit 0: any output is a failure.
+    assert!(ok && out.trim().is_empty() && err.trim().is_empty(), "systemd-analyze verify:\n{out}{err}");
+
+    // The hardening holds: the overall exposure stays "OK" (systemd's scale, 0 to 10).
+    let (ok, out, err) =
+        run(Command::new("systemd-analyze").args(["security", "--offline=yes", "--threshold=30"]).arg(&copy));
+    let overall = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().to_string();
+    assert!(ok, "systemd-analyze security: exposure above 3.0 ({overall}):\n{out}{err}");
+    eprintln!("{overall}");
+}
+
+#[test]
+fn systemd_unit_args_and_env_are_accepted_by_the_daemon() {
+    let unit = read(&deploy("systemd/shadow.service"));
+    let directive = |key: &str| -> Vec<String> {
+        unit.lines().filter_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).collect()
+    };
+    let exec = directive("ExecStart=");
+    assert_eq!(exec.len(), 1, "one ExecStart: {exec:?}");
+    let mut words = exec[0].split_whitespace().map(str::to_string);
+    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/shadow-daemon"));
+    let args: Vec<String> = words.collect();
+    let env: Vec<(String, String)> = directive("Environment=")
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').unwrap_or_else(|| panic!("Environment={e} is not NAME=VALUE"));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    // The unit's install steps copy deploy/shadow.example.toml to /etc/shadow/shadow.toml.
+    assert!(unit.contains("deploy/shadow.example.toml /etc/shadow/shadow.toml"), "install steps changed");
+    let cfg = resolve_as_daemon(&daemon_flags(), "shadow.service", &args, &env, &deploy("shadow.example.toml"));
+    assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:9477");
+    assert_eq!(cfg.sample_ppm, 100_000);
+    for cap in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+        assert_eq!(directive(cap), ["CAP_BPF CAP_NET_ADMIN CAP_PERFMON"], "{cap}");
+    }
+    assert!(directive("RuntimeDirectory=") == ["shadow"], "/run/shadow holds the control socket");
+    assert!(directive("PrivateNetwork=").is_empty(), "the daemon captures on the host's interfaces");
+}
+
+#[test]
+fn dockerfile_passes_hadolint_and_builds_as_xtask_does() {
+    let test = "dockerfile_passes_hadolint_and_builds_as_xtask_does";
+    let file = deploy("Dockerfile");
+    let text = read(&file);
+    // The build is the project's own: setup, then the release binaries; the runtime stage ships
+    // the daemon where the DaemonSet and the unit expect it.
+    for needle in [
+        "FROM rust:1.95.0-bookworm AS build",
+        "cargo xtask setup",
+        "cargo build --release --locked -p shadow-daemon --bins",
+        "target/release/shadowctl",
+        "FROM debian:bookworm-slim",
+        "ENTRYPOINT [\"/usr/local/bin/shadow-daemon\"]",
+    ] {
+        assert!(text.contains(needle), "deploy/Dockerfile lost {needle:?}");
+    }
+    let flags = daemon_flags();
+    for line in text.lines().filter_map(|l| l.strip_prefix("ENV ")) {
+        let name = line.split(['=', ' ']).next().unwrap_or_default();
+        flag_for_env(&flags, name, "deploy/Dockerfile");
+    }
+    let tool = venv_tool("hadolint");
+    if !require_tool(test, &tool) {
+        return;
+    }
+    // From the repository root: hadolint's default rules (a .hadolint.yaml there would apply).
+    let (ok, out, err) = run(Command::new(&tool).arg("--no-color").arg(&file).current_dir(repo()));
+    assert!(ok && out.trim().is_empty(), "hadolint deploy/Dockerfile:\n{out}{err}");
+}
