@@ -39,7 +39,9 @@ enum Cmd {
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
-const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "hey", "ca-certificates", "pkg-config"];
+const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "hey", "ca-certificates", "pkg-config",
+    // Headless browser for the HTML report test.
+    "chromium"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
