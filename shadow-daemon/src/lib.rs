@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod http;
 pub mod message;
 pub mod metrics;
+pub mod operate;
 pub mod reassembly;
 pub mod replay;
 pub mod run;

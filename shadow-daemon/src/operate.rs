@@ -1,0 +1,217 @@
+//! What operators change while the daemon runs, and what they ask: the control socket's
+//! commands applied to the capture (per-rule rates, pause, resume) and answered from the kernel
+//! maps and the metrics. The daemon's loop owns one [`Operations`] beside the capture, so a
+//! change and the answer that reads it back are one step.
+
+use std::time::Instant;
+
+use crate::{
+    capture::{Capture, KernelRule},
+    control::{Command, ErrorKind, Response, RuleStatus, Status},
+    metrics::Metrics,
+    service::ServiceMatch,
+};
+
+/// One rule as operators see it: its services and shadow, the rate set for it, and whether it
+/// is paused (then the kernel samples nothing for it; the set rate comes back on resume).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleRuntime {
+    pub name: String,
+    pub services: Vec<ServiceMatch>,
+    pub shadow: Option<String>,
+    pub rate_ppm: u32,
+    pub paused: bool,
+}
+
+impl RuleRuntime {
+    fn kernel_ppm(&self) -> u32 {
+        if self.paused { 0 } else { self.rate_ppm }
+    }
+}
+
+/// Daemon facts that `status` reports and operators cannot change.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub hook: String,
+    pub interfaces: Vec<String>,
+    pub ring_buffer_bytes: u64,
+}
+
+pub struct Operations {
+    started: Instant,
+    facts: Facts,
+    rules: Vec<RuleRuntime>,
+}
+
+pub fn percent_to_ppm(percent: f64) -> Option<u32> {
+    (percent.is_finite() && (0.0..=100.0).contains(&percent)).then(|| (percent * 10_000.0).round() as u32)
+}
+
+pub fn ppm_to_percent(ppm: u32) -> f64 {
+    f64::from(ppm) / 10_000.0
+}
+
+impl Operations {
+    pub fn new(facts: Facts, rules: Vec<RuleRuntime>) -> Self {
+        Self { started: Instant::now(), facts, rules }
+    }
+
+    pub fn rules(&self) -> &[RuleRuntime] {
+        &self.rules
+    }
+
+    /// What the kernel must hold for these rules (a paused rule samples nothing).
+    pub fn kernel_rules(rules: &[RuleRuntime]) -> Vec<KernelRule> {
+        rules.iter().map(|r| KernelRule { services: r.services.clone(), sample_ppm: r.kernel_ppm() }).collect()
+    }
+
+    /// Replace the rules after a reload: a rule that keeps its name keeps its paused state and,
+    /// when the new file does not change its rate, the rate an operator set live.
+    pub fn replace_rules(&mut self, old_file: &[RuleRuntime], new: Vec<RuleRuntime>) -> Vec<RuleRuntime> {
+        let merged: Vec<RuleRuntime> = new
+            .into_iter()
+            .map(|mut r| {
+                if let Some(cur) = self.rules.iter().find(|c| c.name == r.name) {
+                    r.paused = cur.paused;
+                    let file_unchanged = old_file.iter().any(|o| o.name == r.name && o.rate_ppm == r.rate_ppm);
+                    if file_unchanged {
+                        r.rate_ppm = cur.rate_ppm;
+                    }
+                }
+                r
+            })
+            .collect();
+        self.rules = merged.clone();
+        merged
+    }
+
+    /// Apply `rate`, `pause`, `resume`; answer `status` and `stats`. Other commands are the
+    /// loop's (they need the config file, the comparator, the replay engine).
+    pub fn handle(&mut self, cmd: &Command, capture: &mut Capture, metrics: &Metrics) -> Response {
+        let result = match cmd {
+            Command::Status => Ok(()),
+            Command::Rate { percent, rule } => match percent_to_ppm(*percent) {
+                None => Err((ErrorKind::InvalidArgument, format!("rate: {percent} is not a percentage (0-100)"))),
+                Some(ppm) => self.change(capture, rule.as_deref(), |r| r.rate_ppm = ppm),
+            },
+            Command::Pause { rule } => self.change(capture, rule.as_deref(), |r| r.paused = true),
+            Command::Resume { rule } => self.change(capture, rule.as_deref(), |r| r.paused = false),
+            Command::Stats => return Response::ok(serde_json::to_value(metrics.summary()).unwrap_or_default()),
+            Command::Reload | Command::Report | Command::Diffs { .. } => {
+                return Response::error(ErrorKind::Internal, format!("{} is not handled here", cmd.as_str()));
+            }
+        };
+        match result {
+            Ok(()) => Response::ok(serde_json::to_value(self.status(capture, metrics)).unwrap_or_default()),
+            Err((kind, msg)) => Response::error(kind, msg),
+        }
+    }
+
+    /// Change one rule (by name) or all, and write each changed rule's rate to the kernel.
+    fn change(
+        &mut self,
+        capture: &mut Capture,
+        rule: Option<&str>,
+        f: impl Fn(&mut RuleRuntime),
+    ) -> Result<(), (ErrorKind, String)> {
+        let ids: Vec<usize> = match rule {
+            None => (0..self.rules.len()).collect(),
+            Some(name) => match self.rules.iter().position(|r| r.name == name) {
+                Some(i) => vec![i],
+                None => {
+                    let known: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+                    return Err((ErrorKind::NoSuchRule, format!("no rule named '{name}' (rules: {})", known.join(", "))));
+                }
+            },
+        };
+        for i in ids {
+            f(&mut self.rules[i]);
+            let ppm = self.rules[i].kernel_ppm();
+            capture.set_rule_ppm(i, ppm).map_err(|e| (ErrorKind::Internal, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The status answer; each rule's kernel rate is read back from the kernel's map.
+    pub fn status(&self, capture: &Capture, metrics: &Metrics) -> Status {
+        let summary = metrics.summary();
+        let mut counters: std::collections::BTreeMap<String, u64> = [
+            ("requests_captured", summary.requests.captured),
+            ("requests_replayed", summary.requests.replayed),
+            ("requests_dropped", summary.requests.dropped_total()),
+            ("requests_in_flight", summary.requests.in_flight),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Ok(k) = capture.counters() {
+            for (name, v) in shadow_common::counter::NAMES.iter().zip(k) {
+                if matches!(*name, "ringbuf_full" | "requests_sampled" | "requests_skipped" | "requests_no_rule") {
+                    counters.insert(format!("kernel_{name}"), v);
+                }
+            }
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            hook: self.facts.hook.clone(),
+            interfaces: self.facts.interfaces.clone(),
+            attached: capture.attached(),
+            ring_buffer_bytes: self.facts.ring_buffer_bytes,
+            rules: self
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| RuleStatus {
+                    name: r.name.clone(),
+                    matches: r.services.iter().map(ToString::to_string).collect(),
+                    shadow: r.shadow.clone(),
+                    sample_percent: ppm_to_percent(r.rate_ppm),
+                    kernel_percent: capture.rule_ppm(i).map_or(f64::NAN, ppm_to_percent),
+                    paused: r.paused,
+                })
+                .collect(),
+            counters,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, ppm: u32, paused: bool) -> RuleRuntime {
+        RuleRuntime { name: name.into(), services: vec![ServiceMatch::any_address(80)], shadow: None, rate_ppm: ppm, paused }
+    }
+
+    #[test]
+    fn percent_conversion_is_bounded_and_exact() {
+        assert_eq!(percent_to_ppm(100.0), Some(1_000_000));
+        assert_eq!(percent_to_ppm(0.0), Some(0));
+        assert_eq!(percent_to_ppm(12.5), Some(125_000));
+        assert_eq!(percent_to_ppm(0.0001), Some(1));
+        for bad in [100.01, -0.1, f64::NAN, f64::INFINITY] {
+            assert_eq!(percent_to_ppm(bad), None, "{bad}");
+        }
+        assert_eq!(ppm_to_percent(125_000), 12.5);
+    }
+
+    #[test]
+    fn paused_rules_sample_nothing_in_the_kernel() {
+        let k = Operations::kernel_rules(&[rule("a", 500_000, false), rule("b", 500_000, true)]);
+        assert_eq!(k.iter().map(|r| r.sample_ppm).collect::<Vec<_>>(), vec![500_000, 0]);
+    }
+
+    #[test]
+    fn reload_keeps_live_rates_and_pauses_unless_the_file_changed_the_rate() {
+        let facts = Facts { hook: "tc".into(), interfaces: vec!["eth0".into()], ring_buffer_bytes: 1 };
+        let file = vec![rule("a", 100_000, false), rule("b", 100_000, false)];
+        let mut ops = Operations::new(facts, vec![rule("a", 500_000, true), rule("b", 20_000, false)]);
+        // New file: a unchanged (10 %), b changed to 30 %, c new.
+        let merged = ops.replace_rules(&file, vec![rule("a", 100_000, false), rule("b", 300_000, false), rule("c", 1, false)]);
+        assert_eq!(merged[0], rule("a", 500_000, true), "live rate and pause survive an unchanged file");
+        assert_eq!(merged[1], rule("b", 300_000, false), "the file's new rate wins");
+        assert_eq!(merged[2], rule("c", 1, false));
+        assert_eq!(ops.rules(), &merged[..]);
+    }
+}
