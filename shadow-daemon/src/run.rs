@@ -219,6 +219,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         rules: vec![crate::capture::KernelRule::any_address(&cfg.ports(), cfg.sample_ppm)],
         ring_buffer_size: cfg.ring_buffer_size,
         verifier_log: cfg.verifier_log.clone(),
+        allow_shared: false,
     };
     let (capture, mut source, kernel_log) = Capture::start(&opts)?;
     if let Some(l) = kernel_log {

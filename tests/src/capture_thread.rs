@@ -62,6 +62,7 @@ impl CaptureThread {
             rules: vec![KernelRule::any_address(ports, sample_ppm)],
             ring_buffer_size: 64 * 1024 * 1024,
             verifier_log: std::env::temp_dir().join(format!("shadow-test-verifier-{}.log", std::process::id())),
+            allow_shared: false,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();

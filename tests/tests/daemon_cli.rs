@@ -126,3 +126,40 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_interface_and_port_is_refused() {
+    if !require_kernel("a_second_daemon_on_the_same_interface_and_port") {
+        return;
+    }
+    let ns = NetNs::new("cli2");
+    ns.exec(&["ip", "link", "add", "sa0", "type", "veth", "peer", "name", "sa1"]);
+    ns.exec(&["ip", "link", "set", "sa0", "up"]);
+    let log = std::env::temp_dir().join(format!("shadow-cli2-{}.log", std::process::id()));
+    let mut first = Proc::spawn(
+        "shadow-daemon",
+        ns.command(daemon_path().to_str().expect("utf-8 path"))
+            .args(["--interface", "sa0", "--port", "80,8080", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--control", &format!("{}.sock", log.display())])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
+    wait_for("the first daemon to attach", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
+    });
+    let second = |ports: &str| {
+        run(ns
+            .command(daemon_path().to_str().expect("utf-8 path"))
+            .args(["--interface", "sa0", "--port", ports, "--metrics-addr", "127.0.0.1:0", "--duration", "0.2"])
+            .args(["--control", &format!("{}.2.sock", log.display())]))
+    };
+    let (code, err) = second("8080");
+    assert_eq!(code, 2, "{err}");
+    assert_one_line(&err, "already has a shadow capture");
+    assert_one_line(&err, "port(s) 8080");
+    // Other ports on the same interface are another service: allowed.
+    let (code, err) = second("9090");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first.terminate(Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_file(&log);
+}

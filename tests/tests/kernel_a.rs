@@ -35,6 +35,7 @@ impl Rig {
             rules,
             ring_buffer_size: 4 * 1024 * 1024,
             verifier_log: std::env::temp_dir().join("shadow-kernel-a-verifier.log"),
+            allow_shared: false,
         };
         let mut cap = Capture::load(&opts).unwrap_or_else(|e| panic!("load: {e}"));
         let ring = cap.take_ring().expect("ring");

@@ -44,6 +44,9 @@ pub struct CaptureOptions {
     pub rules: Vec<KernelRule>,
     pub ring_buffer_size: u32,
     pub verifier_log: PathBuf,
+    /// Attach even where another shadow capture already covers one of our ports (it would
+    /// replay every request a second time).
+    pub allow_shared: bool,
 }
 
 impl CaptureOptions {
@@ -99,13 +102,17 @@ pub enum CaptureError {
     Io { op: String, source: io::Error },
     #[error("{0}")]
     Rules(String),
+    #[error(
+        "interface '{interface}' already has a shadow capture (program {program} id {id}, {hook}) on port(s) {ports}: every request would be replayed twice; stop that daemon, or pass --allow-shared-capture"
+    )]
+    SharedCapture { interface: String, program: String, id: u32, hook: &'static str, ports: String },
 }
 
 impl CaptureError {
     /// Exit code for the binary: 2 for what the user asked wrongly, 1 for the environment.
     pub const fn exit_code(&self) -> u8 {
         match self {
-            Self::UnknownInterface(_) | Self::XdpBusy { .. } | Self::Rules(_) => 2,
+            Self::UnknownInterface(_) | Self::XdpBusy { .. } | Self::Rules(_) | Self::SharedCapture { .. } => 2,
             _ => 1,
         }
     }
@@ -124,6 +131,7 @@ pub struct Capture {
     rules: Vec<KernelRule>,
     /// What is attached where: interface → its links.
     links: BTreeMap<String, Vec<Attached>>,
+    allow_shared: bool,
     events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -208,6 +216,7 @@ impl Capture {
             services: BTreeMap::new(),
             rules: Vec::new(),
             links: BTreeMap::new(),
+            allow_shared: false,
             events: Some(events),
             logger,
         };
@@ -223,6 +232,7 @@ impl Capture {
 
     /// Attach the loaded programs to `opts.interface` with `opts.hook`.
     pub fn attach(&mut self, opts: &CaptureOptions) -> Result<(), CaptureError> {
+        self.allow_shared = opts.allow_shared;
         self.attach_interface(&opts.interface, opts.hook)
     }
 
@@ -385,8 +395,12 @@ impl Capture {
             TcAttachType::Egress => (names::PROG_TC_EGRESS, "egress"),
             _ => (names::PROG_TC_INGRESS, "ingress"),
         };
+        let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        if tcx && !self.allow_shared {
+            self.refuse_shared(iface, kind, what)?;
+        }
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        if aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0)) {
+        if !tcx {
             // Before TCX, classifiers hang off the clsact qdisc; it may already exist.
             if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
                 tracing::debug!("clsact on {iface}: {e} (already present?)");
@@ -395,6 +409,40 @@ impl Capture {
         let id =
             prog.attach(iface, kind).map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
         Ok(Attached::Tc { program: name, what, id })
+    }
+
+    /// Refuse to attach where another shadow capture (a program of ours, loaded by another
+    /// process) covers one of our ports. TCX lists what is attached; reading the other
+    /// program's config needs CAP_SYS_ADMIN, and without it the check is skipped with a warning.
+    fn refuse_shared(&self, iface: &str, kind: TcAttachType, hook: &'static str) -> Result<(), CaptureError> {
+        let ours = |n: &str| n.starts_with("shadow_tc_ingre") || n.starts_with("shadow_tc_egres");
+        let infos = match SchedClassifier::query_tcx(iface, kind) {
+            Ok((_, infos)) => infos,
+            Err(e) => {
+                tracing::warn!("{iface}: cannot list the programs attached to tc {hook} ({e}); not checking for another shadow capture");
+                return Ok(());
+            }
+        };
+        for info in infos {
+            let name = info.name_as_str().unwrap_or_default().to_string();
+            if !ours(&name) {
+                continue;
+            }
+            let theirs = other_config(&info);
+            let shared: Vec<u16> = match &theirs {
+                Some(t) => (0..=u16::MAX).filter(|&p| t.has_port(p) && self.config.has_port(p)).collect(),
+                None => Vec::new(),
+            };
+            if theirs.is_none() || !shared.is_empty() {
+                // Unreadable: assume the worst rather than replay twice.
+                let ports = match theirs {
+                    None => "unknown".to_string(),
+                    Some(_) => shared.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+                };
+                return Err(CaptureError::SharedCapture { interface: iface.into(), program: name, id: info.id(), hook, ports });
+            }
+        }
+        Ok(())
     }
 
     fn attach_xdp(&mut self, iface: &str) -> Result<Attached, CaptureError> {
@@ -816,4 +864,17 @@ fn service_entries(rules: &[KernelRule]) -> Result<BTreeMap<(u32, ServiceKeyOrd)
 enum Attached {
     Tc { program: &'static str, what: &'static str, id: SchedClassifierLinkId },
     Xdp { id: XdpLinkId },
+}
+
+/// The config map of another process's shadow program, if it can be read.
+fn other_config(info: &aya::programs::ProgramInfo) -> Option<Config> {
+    for id in info.map_ids().ok()??.into_iter() {
+        let Ok(data) = MapData::from_id(id) else { continue };
+        if data.info().ok().and_then(|i| i.name_as_str().map(|n| n == names::MAP_CONFIG)) != Some(true) {
+            continue;
+        }
+        let map: Array<MapData, Config> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+        return map.get(&0, 0).ok();
+    }
+    None
 }

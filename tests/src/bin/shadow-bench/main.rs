@@ -309,6 +309,7 @@ fn load_unattached(ppm: u32, ring: u32) -> Capture {
         rules: vec![shadow_daemon::capture::KernelRule::any_address(&[SERVICE_PORT], ppm)],
         ring_buffer_size: ring,
         verifier_log: std::env::temp_dir().join("shadow-bench-verifier.log"),
+        allow_shared: false,
     };
     Capture::load(&opts).expect("load eBPF object")
 }
