@@ -13,6 +13,7 @@ mod diff;
 mod html;
 mod noise;
 mod normalize;
+pub mod pairs;
 mod path;
 mod report;
 pub mod settings;

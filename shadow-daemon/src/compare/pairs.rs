@@ -1,0 +1,291 @@
+//! Where the two halves of a pair meet: the primary's response arrives from capture, the
+//! shadow's from replay, in either order. The first one waits here, keyed by request id, until
+//! the other comes, the wait times out, or the memory bound evicts it (oldest first); every
+//! half that leaves without its partner is reported with a reason, never dropped silently.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
+
+use super::{ResponseSample, ShadowFailure, UnpairedReason};
+
+/// The shadow's half: a response, or why there is none.
+#[derive(Clone, Debug)]
+pub enum ShadowHalf {
+    Response(ResponseSample),
+    Failed(ShadowFailure),
+}
+
+/// A waiting half, with what it needs to be compared or counted later.
+#[derive(Clone, Debug)]
+enum Half {
+    Primary(ResponseSample),
+    Shadow(ShadowHalf),
+}
+
+#[derive(Clone, Debug)]
+struct Waiting {
+    rule: usize,
+    endpoint: String,
+    half: Half,
+    since_ns: u64,
+    bytes: usize,
+}
+
+/// What leaves the table.
+#[derive(Clone, Debug)]
+pub enum PairEvent {
+    /// Both halves: compare them.
+    Pair { rule: usize, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
+    /// A shadow half whose primary never came (or was evicted): count, do not compare.
+    Unpaired { rule: usize, endpoint: String, reason: UnpairedReason },
+}
+
+/// Limits of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct PairLimits {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    /// How long a half waits for the other.
+    pub timeout: Duration,
+}
+
+impl Default for PairLimits {
+    fn default() -> Self {
+        Self { max_entries: 4096, max_bytes: 32 << 20, timeout: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug)]
+pub struct PairTable {
+    limits: PairLimits,
+    waiting: BTreeMap<u64, Waiting>,
+    /// Arrival order, for the oldest-first eviction and expiry (may hold ids already gone).
+    order: VecDeque<u64>,
+    bytes: usize,
+    /// Primary halves that left alone: no shadow result ever came for them (not replayed:
+    /// method not allowed, queue full, ...). Expected, counted for the record.
+    pub primary_alone: u64,
+}
+
+fn sample_bytes(s: &ResponseSample) -> usize {
+    s.body.len() + s.headers.iter().map(|(n, v)| n.len() + v.len() + 16).sum::<usize>() + 96
+}
+
+impl PairTable {
+    pub fn new(limits: PairLimits) -> Self {
+        Self { limits, waiting: BTreeMap::new(), order: VecDeque::new(), bytes: 0, primary_alone: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Bytes held by waiting halves (bodies and headers).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn primary(&mut self, id: u64, rule: usize, endpoint: &str, s: ResponseSample, now_ns: u64, out: &mut Vec<PairEvent>) {
+        match self.take(id) {
+            Some(Waiting { half: Half::Shadow(sh), rule, endpoint, .. }) => {
+                out.push(PairEvent::Pair { rule, endpoint, primary: s, shadow: sh });
+            }
+            // A second primary for the same id cannot happen (ids are unique); keep the first.
+            Some(w) => self.put(id, w, now_ns, out),
+            None => {
+                let bytes = sample_bytes(&s);
+                self.put(id, Waiting { rule, endpoint: endpoint.to_string(), half: Half::Primary(s), since_ns: now_ns, bytes }, now_ns, out);
+            }
+        }
+    }
+
+    pub fn shadow(&mut self, id: u64, rule: usize, endpoint: &str, s: ShadowHalf, now_ns: u64, out: &mut Vec<PairEvent>) {
+        match self.take(id) {
+            Some(Waiting { half: Half::Primary(p), rule, endpoint, .. }) => {
+                out.push(PairEvent::Pair { rule, endpoint, primary: p, shadow: s });
+            }
+            Some(w) => self.put(id, w, now_ns, out),
+            None => {
+                let bytes = match &s {
+                    ShadowHalf::Response(r) => sample_bytes(r),
+                    ShadowHalf::Failed(_) => 96,
+                };
+                self.put(id, Waiting { rule, endpoint: endpoint.to_string(), half: Half::Shadow(s), since_ns: now_ns, bytes }, now_ns, out);
+            }
+        }
+    }
+
+    /// Halves that waited longer than the timeout leave.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<PairEvent>) {
+        let timeout = u64::try_from(self.limits.timeout.as_nanos()).unwrap_or(u64::MAX);
+        while let Some(&id) = self.order.front() {
+            match self.waiting.get(&id) {
+                None => {
+                    self.order.pop_front();
+                }
+                Some(w) if now_ns.saturating_sub(w.since_ns) >= timeout => {
+                    self.order.pop_front();
+                    if let Some(w) = self.take(id) {
+                        self.leave(w, UnpairedReason::PrimaryMissing, out);
+                    }
+                }
+                Some(_) => break,
+            }
+        }
+    }
+
+    /// Everything waiting leaves (shutdown).
+    pub fn drain(&mut self, out: &mut Vec<PairEvent>) {
+        let all: Vec<u64> = self.waiting.keys().copied().collect();
+        for id in all {
+            if let Some(w) = self.take(id) {
+                self.leave(w, UnpairedReason::PrimaryMissing, out);
+            }
+        }
+        self.order.clear();
+    }
+
+    fn take(&mut self, id: u64) -> Option<Waiting> {
+        let w = self.waiting.remove(&id)?;
+        self.bytes -= w.bytes;
+        Some(w)
+    }
+
+    fn put(&mut self, id: u64, w: Waiting, _now_ns: u64, out: &mut Vec<PairEvent>) {
+        // Make room first: the oldest leave, counted as evicted by the memory bound.
+        while !self.waiting.is_empty()
+            && (self.waiting.len() >= self.limits.max_entries || self.bytes + w.bytes > self.limits.max_bytes)
+        {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(ow) = self.take(old) {
+                self.leave(ow, UnpairedReason::MemoryBound, out);
+            }
+        }
+        if w.bytes > self.limits.max_bytes {
+            self.leave(w, UnpairedReason::MemoryBound, out);
+            return;
+        }
+        self.bytes += w.bytes;
+        self.waiting.insert(id, w);
+        self.order.push_back(id);
+    }
+
+    fn leave(&mut self, w: Waiting, reason: UnpairedReason, out: &mut Vec<PairEvent>) {
+        match w.half {
+            Half::Shadow(_) => out.push(PairEvent::Unpaired { rule: w.rule, endpoint: w.endpoint, reason }),
+            Half::Primary(_) => self.primary_alone += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn sample(status: u16, body: &'static [u8]) -> ResponseSample {
+        ResponseSample {
+            status,
+            headers: vec![],
+            body: Bytes::from_static(body),
+            body_complete: true,
+            body_len: body.len() as u64,
+            latency: Duration::from_millis(1),
+        }
+    }
+
+    fn limits(entries: usize, bytes: usize) -> PairLimits {
+        PairLimits { max_entries: entries, max_bytes: bytes, timeout: Duration::from_secs(1) }
+    }
+
+    fn pairs(ev: &[PairEvent]) -> usize {
+        ev.iter().filter(|e| matches!(e, PairEvent::Pair { .. })).count()
+    }
+
+    #[test]
+    fn halves_meet_in_either_order() {
+        let mut t = PairTable::new(PairLimits::default());
+        let mut ev = Vec::new();
+        t.primary(1, 0, "GET /a", sample(200, b"x"), 0, &mut ev);
+        t.shadow(2, 1, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
+        assert!(ev.is_empty());
+        assert_eq!((t.len(), t.bytes() > 0), (2, true));
+        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
+        t.primary(2, 1, "GET /b", sample(200, b"y"), 1, &mut ev);
+        assert_eq!(pairs(&ev), 2);
+        match &ev[0] {
+            PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(s) } => {
+                assert_eq!((*rule, endpoint.as_str(), primary.status, s.status), (0, "GET /a", 200, 500));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((t.len(), t.bytes()), (0, 0), "nothing held once paired");
+    }
+
+    #[test]
+    fn a_shadow_half_without_primary_times_out_as_primary_missing() {
+        let mut t = PairTable::new(limits(10, 1 << 20));
+        let mut ev = Vec::new();
+        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.primary(2, 0, "GET /b", sample(200, b""), 500_000_000, &mut ev);
+        t.expire(999_999_999, &mut ev);
+        assert!(ev.is_empty(), "not yet");
+        t.expire(1_000_000_000, &mut ev);
+        assert!(matches!(&ev[..], [PairEvent::Unpaired { reason: UnpairedReason::PrimaryMissing, .. }]), "{ev:?}");
+        t.expire(1_500_000_000, &mut ev);
+        assert_eq!(ev.len(), 1, "a primary alone leaves without an event");
+        assert_eq!(t.primary_alone, 1);
+        assert!(t.is_empty());
+        assert_eq!(t.bytes(), 0);
+    }
+
+    #[test]
+    fn the_bounds_evict_the_oldest_and_say_so() {
+        let mut t = PairTable::new(limits(2, 1 << 20));
+        let mut ev = Vec::new();
+        for id in 0..3 {
+            t.shadow(id, 0, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
+        }
+        assert!(matches!(&ev[..], [PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. }]), "{ev:?}");
+        assert_eq!(t.len(), 2);
+        // Id 0 was evicted: its primary now waits alone instead of pairing.
+        t.primary(0, 0, "GET /a", sample(200, b"body"), 4, &mut ev);
+        assert_eq!(pairs(&ev), 0);
+
+        // Byte bound: each half ~100 bytes; a bound of 250 holds two.
+        let mut t = PairTable::new(limits(100, 250));
+        let mut ev = Vec::new();
+        for id in 0..5 {
+            t.primary(id, 0, "GET /a", sample(200, b"0123"), id, &mut ev);
+            assert!(t.bytes() <= 250, "{}", t.bytes());
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.primary_alone, 3);
+        // A half larger than the whole bound never enters.
+        let big = ResponseSample { body: Bytes::from(vec![0u8; 1000]), ..sample(200, b"") };
+        t.shadow(9, 0, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
+        assert!(matches!(ev.last(), Some(PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. })));
+        assert!(t.bytes() <= 250);
+    }
+
+    #[test]
+    fn drain_reports_every_waiting_shadow_half() {
+        let mut t = PairTable::new(PairLimits::default());
+        let mut ev = Vec::new();
+        t.shadow(1, 0, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, 0, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.primary(3, 0, "a", sample(200, b""), 0, &mut ev);
+        t.drain(&mut ev);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(t.primary_alone, 1);
+        assert!(t.is_empty());
+        assert_eq!(t.bytes(), 0);
+    }
+}
