@@ -387,3 +387,56 @@ fn killing_the_shadow_mid_run_never_touches_the_primary() {
     assert_eq!(replayed, 500, "everything before the kill was replayed, nothing after it: {m}");
     assert_eq!(r.shadow_got().len() as u64, replayed, "the shadow saw exactly what was replayed before it died");
 }
+
+/// Program ids of our tc programs loaded now (bpftool lists every program on the machine).
+fn shadow_tc_programs() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
+        .filter_map(|l| l.split(':').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_request() {
+    if !require_kernel("sigkill_under_load") || !require_tool("sigkill_under_load", "bpftool") {
+        return;
+    }
+    let mut r = Rig::new("m4", true);
+    let before = shadow_tc_programs();
+    r.start_daemon(&[]);
+    let ours: Vec<String> = shadow_tc_programs().into_iter().filter(|id| !before.contains(id)).collect();
+    assert_eq!(ours.len(), 2, "tc ingress and egress loaded: {ours:?}");
+    let mut daemon = r.daemon.take().expect("daemon");
+    let (ok, total) = r.client(move |v4, _| {
+        let start = Instant::now();
+        let (mut ok, mut total) = (0, 0);
+        // Bounded: 2000 requests or 20 seconds over 4 keep-alive connections; SIGKILL after 500.
+        let mut conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(v4).expect("connect")).collect();
+        for c in &conns {
+            c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        }
+        while total < 2000 && start.elapsed() < Duration::from_secs(20) {
+            if total == 500 {
+                let _ = daemon.child.kill();
+                let _ = daemon.child.wait();
+            }
+            let c = &mut conns[total % 4];
+            c.write_all(format!("GET /k/{total} HTTP/1.1\r\nHost: svc\r\n\r\n").as_bytes()).expect("write");
+            if read_responses(c, 1) == vec![200] {
+                ok += 1;
+            }
+            total += 1;
+        }
+        (ok, total)
+    });
+    assert_eq!(ok, total, "every primary request succeeded, before and after the kill");
+    assert!(total > 500, "traffic went on after the kill");
+    assert_eq!(r.primary_got().len(), total, "the primary served every request");
+    // TCX links belong to the daemon's file descriptors: gone with the process.
+    wait_for("the killed daemon's programs to be gone", Duration::from_secs(20), || {
+        let now = shadow_tc_programs();
+        ours.iter().all(|id| !now.contains(id))
+    });
+}
