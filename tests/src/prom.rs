@@ -328,7 +328,7 @@ impl PromServer {
 
     /// Wait until the rules have seen exactly these per-endpoint sample totals (every target
     /// scraped, the rules evaluated on them). Returns when `shadow:endpoint_samples:total` equals
-    /// `expected`.
+    /// `expected`, and the rules downstream have been evaluated on them (see `wait_settled`).
     pub fn wait_for_samples(&self, expected: &BTreeMap<(String, String), u64>, timeout: Duration) {
         let want: BTreeMap<(String, String), f64> = expected.iter().map(|(k, v)| (k.clone(), *v as f64)).collect();
         let mut last = BTreeMap::new();
@@ -336,13 +336,35 @@ impl PromServer {
         while Instant::now() < deadline {
             last = self.by_endpoint("shadow:endpoint_samples:total");
             if last == want {
-                return;
+                return self.wait_settled(deadline);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("timed out after {timeout:?}: shadow:endpoint_samples:total is {last:?}, want {want:?}\n{}", self.log());
     }
 }
+
+impl PromServer {
+    /// After the totals are complete: wait until the last recorded series (the verdicts) were
+    /// evaluated `SETTLE_EVALUATIONS` intervals later, so every rule downstream of the totals has
+    /// been computed on complete data, whatever lag a chain of rules has (observed: a verdict one
+    /// evaluation behind the totals it derives from). The inputs are constant, so it then holds.
+    fn wait_settled(&self, deadline: Instant) {
+        let newest = |q: &str| self.query(q).first().map_or(f64::NAN, |s| s.1);
+        let complete_at = newest("max(timestamp(shadow:endpoint_samples:total))");
+        while Instant::now() < deadline {
+            let verdicts_at = newest("min(timestamp(shadow:endpoint_verdict))");
+            if verdicts_at >= complete_at + SETTLE_EVALUATIONS {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("rules not evaluated {SETTLE_EVALUATIONS} times after the totals were complete\n{}", self.log());
+    }
+}
+
+/// Evaluations (of 1 s) to wait after complete inputs: more than the depth of the rule chain.
+const SETTLE_EVALUATIONS: f64 = 8.0;
 
 fn key(l: &BTreeMap<String, String>) -> (String, String) {
     let get = |k: &str| l.get(k).cloned().unwrap_or_default();
