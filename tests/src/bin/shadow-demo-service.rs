@@ -1,0 +1,482 @@
+//! The demo's sample service: v1 plays the primary, v2 the shadow with four injected changes,
+//! three of them regressions compare must catch and one it must not flag.
+//!
+//! shadow-demo-service --listen ADDR --version v1|v2 [--record DIR]
+//!
+//!   GET /api/users/{id}    same in v1 and v2                                  PASS
+//!   GET /api/search?q=..   same body; v2 takes 10x longer (20 ms vs 2 ms)     FAIL p99_ratio
+//!   GET /api/orders/{id}   v2 writes the currency in lower case               FAIL body_match
+//!   GET /api/pay/{id}      v2 answers 500 when id % 5 == 0                    FAIL shadow_5xx
+//!   GET /api/time          differs on every response, but only in `timestamp` and `request_id`,
+//!                          fields compare ignores by default                  PASS
+//!
+//! Everything else is deterministic. With --record, requests are recorded as shadow-testserver
+//! records them (DIR/raw-N.bin, DIR/index.jsonl), for `shadow_tests::recorded_requests`.
+//! HTTP/1.1 keep-alive, Content-Length framing, one thread per connection, std only.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// What the service answers to one request.
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    body: String,
+    /// How long the service "works" before answering.
+    delay: Duration,
+}
+
+/// Values that change on every response: only ever written to fields compare ignores.
+struct Volatile {
+    timestamp_ms: u128,
+    request_id: String,
+}
+
+fn main() {
+    let mut listen = None;
+    let mut version = None;
+    let mut record: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--listen" => listen = Some(val()),
+            "--version" => {
+                version = Some(match val().as_str() {
+                    "v1" => Version::V1,
+                    "v2" => Version::V2,
+                    other => die(&format!("--version {other}: expected v1 or v2")),
+                })
+            }
+            "--record" => record = Some(PathBuf::from(val())),
+            other => die(&format!("unknown argument {other}")),
+        }
+    }
+    let listen = listen.unwrap_or_else(|| die("--listen ADDR is required"));
+    let version = version.unwrap_or_else(|| die("--version v1|v2 is required"));
+    if let Some(dir) = &record {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| die(&format!("--record {}: {e}", dir.display())));
+    }
+    let index = record.as_ref().map(|d| {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("index.jsonl"))
+            .unwrap_or_else(|e| die(&format!("open index.jsonl: {e}")));
+        Arc::new(Mutex::new(f))
+    });
+    let listener =
+        TcpListener::bind(&listen).unwrap_or_else(|e| die(&format!("--listen {listen}: {e}")));
+    eprintln!(
+        "shadow-demo-service {version:?} listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let next_conn = AtomicU64::new(0);
+    let served = Arc::new(AtomicU64::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let (record, index, served) = (record.clone(), index.clone(), served.clone());
+        thread::spawn(move || {
+            let _ = serve(
+                stream,
+                conn,
+                version,
+                record.as_deref(),
+                index.as_deref(),
+                &served,
+            );
+        });
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("shadow-demo-service: {msg}");
+    std::process::exit(2);
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+
+fn serve(
+    mut s: TcpStream,
+    conn: u64,
+    version: Version,
+    record: Option<&std::path::Path>,
+    index: Option<&Mutex<File>>,
+    served: &AtomicU64,
+) -> std::io::Result<()> {
+    let _ = s.set_nodelay(true);
+    let mut raw = match record {
+        Some(d) => Some(BufWriter::new(File::create(
+            d.join(format!("raw-{conn}.bin")),
+        )?)),
+        None => None,
+    };
+    let mut offset = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let head_len = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return Ok(());
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(_)) = req.parse(&buf[..head_len]) else {
+            s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )?;
+            return Ok(());
+        };
+        let method = req.method.unwrap_or("").to_string();
+        let target = req.path.unwrap_or("").to_string();
+        let mut content_length = 0usize;
+        let mut tagged = false;
+        let mut close = req.version == Some(0);
+        for h in req.headers.iter() {
+            let v = String::from_utf8_lossy(h.value).trim().to_ascii_lowercase();
+            match h.name.to_ascii_lowercase().as_str() {
+                "content-length" => match v.parse() {
+                    Ok(n) if n <= MAX_BODY => content_length = n,
+                    _ => {
+                        s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+                        return Ok(());
+                    }
+                },
+                // Chunked request bodies are not part of the demo's traffic.
+                "transfer-encoding" => {
+                    s.write_all(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+                    return Ok(());
+                }
+                "x-shadow-request" => tagged = true,
+                "connection" => close = v == "close",
+                _ => {}
+            }
+        }
+        while buf.len() < head_len + content_length {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let total = head_len + content_length;
+        if let Some(w) = raw.as_mut() {
+            w.write_all(&buf[..total])?;
+            w.flush()?;
+        }
+        if let Some(ix) = index
+            && let Ok(mut f) = ix.lock()
+        {
+            let line = format!(
+                "{{\"conn\":{conn},\"offset\":{offset},\"len\":{total},\"method\":{},\"target\":{},\"tagged\":{tagged}}}\n",
+                json_str(&method),
+                json_str(&target)
+            );
+            let _ = f.write_all(line.as_bytes());
+        }
+        offset += total as u64;
+        buf.drain(..total);
+
+        let n = served.fetch_add(1, Ordering::Relaxed);
+        let r = respond(version, &method, &target, &volatile(n));
+        if !r.delay.is_zero() {
+            thread::sleep(r.delay);
+        }
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-demo-version: {}\r\n{}\r\n",
+            r.status,
+            reason(r.status),
+            r.body.len(),
+            match version {
+                Version::V1 => "v1",
+                Version::V2 => "v2",
+            },
+            if close { "connection: close\r\n" } else { "" }
+        );
+        s.write_all(head.as_bytes())?;
+        if method != "HEAD" {
+            s.write_all(r.body.as_bytes())?;
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn volatile(n: u64) -> Volatile {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // Unique per response and unpredictable enough to differ between v1 and v2.
+    let mixed = (now.as_nanos() as u64 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    Volatile {
+        timestamp_ms: now.as_millis(),
+        request_id: format!("req-{mixed:016x}"),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        _ => "Unknown",
+    }
+}
+
+const NAMES: [&str; 8] = [
+    "ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken",
+];
+
+/// The whole behaviour of both versions: a pure function of the request (and, for /api/time,
+/// of the volatile values).
+fn respond(version: Version, method: &str, target: &str, v: &Volatile) -> Response {
+    let ok = |body: String| Response {
+        status: 200,
+        body,
+        delay: Duration::ZERO,
+    };
+    let not_found = || Response {
+        status: 404,
+        body: r#"{"error":"not found"}"#.into(),
+        delay: Duration::ZERO,
+    };
+    if method != "GET" && method != "HEAD" {
+        return Response {
+            status: 405,
+            body: r#"{"error":"method not allowed"}"#.into(),
+            delay: Duration::ZERO,
+        };
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let id = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    if let Some(id) = id("/api/users/") {
+        let name = NAMES[(id % NAMES.len() as u64) as usize];
+        return ok(format!(
+            r#"{{"id":{id},"name":"{name}","email":"{name}{id}@example.com"}}"#
+        ));
+    }
+    if path == "/api/search" {
+        let q = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("q="))
+            .unwrap_or("")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(64)
+            .collect::<String>();
+        let hits: Vec<String> = (0..q.len() % 4 + 1)
+            .map(|i| format!(r#"{{"rank":{},"title":"{q} result {}"}}"#, i + 1, i + 1))
+            .collect();
+        let delay = match version {
+            Version::V1 => Duration::from_millis(2),
+            Version::V2 => Duration::from_millis(20),
+        };
+        return Response {
+            status: 200,
+            body: format!(r#"{{"q":"{q}","hits":[{}]}}"#, hits.join(",")),
+            delay,
+        };
+    }
+    if let Some(id) = id("/api/orders/") {
+        let currency = match version {
+            Version::V1 => "EUR",
+            Version::V2 => "eur",
+        };
+        let total = (id % 97 + 1) * 125;
+        return ok(format!(
+            r#"{{"id":{id},"items":{},"total_cents":{total},"currency":"{currency}","status":"shipped"}}"#,
+            id % 5 + 1
+        ));
+    }
+    if let Some(id) = id("/api/pay/") {
+        if version == Version::V2 && id % 5 == 0 {
+            return Response {
+                status: 500,
+                body: r#"{"error":"payment backend unavailable"}"#.into(),
+                delay: Duration::ZERO,
+            };
+        }
+        return ok(format!(
+            r#"{{"id":{id},"paid":true,"amount_cents":{}}}"#,
+            (id % 50 + 1) * 100
+        ));
+    }
+    if path == "/api/time" {
+        return ok(format!(
+            r#"{{"timestamp":{},"request_id":"{}","status":"ok"}}"#,
+            v.timestamp_ms, v.request_id
+        ));
+    }
+    not_found()
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(n: u64) -> Volatile {
+        Volatile {
+            timestamp_ms: 1_700_000_000_000 + u128::from(n),
+            request_id: format!("req-{n}"),
+        }
+    }
+
+    fn both(target: &str) -> (Response, Response) {
+        (
+            respond(Version::V1, "GET", target, &vol(1)),
+            respond(Version::V2, "GET", target, &vol(2)),
+        )
+    }
+
+    fn json(r: &Response) -> serde_json::Value {
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{}: {e}", r.body))
+    }
+
+    #[test]
+    fn users_are_identical() {
+        for id in [0, 1, 7, 123_456] {
+            let (a, b) = both(&format!("/api/users/{id}"));
+            assert_eq!(a, b);
+            assert_eq!(a.status, 200);
+            assert_eq!(json(&a)["id"], id);
+        }
+    }
+
+    #[test]
+    fn search_is_the_same_body_ten_times_slower() {
+        let (a, b) = both("/api/search?q=shoes&page=2");
+        assert_eq!((a.status, &a.body), (b.status, &b.body));
+        assert_eq!(json(&a)["q"], "shoes");
+        assert_eq!(b.delay, a.delay * 10);
+        assert!(!a.delay.is_zero());
+        let (a, _) = both("/api/search?q=%22%3Cx%3E");
+        assert_eq!(
+            json(&a)["q"],
+            "223Cx3E",
+            "only alphanumerics reach the JSON"
+        );
+    }
+
+    #[test]
+    fn orders_differ_in_one_field() {
+        let (a, b) = both("/api/orders/42");
+        let (mut ja, mut jb) = (json(&a), json(&b));
+        assert_eq!(
+            (ja["currency"].take(), jb["currency"].take()),
+            ("EUR".into(), "eur".into())
+        );
+        assert_eq!(ja, jb, "nothing else differs");
+    }
+
+    #[test]
+    fn pay_fails_in_v2_for_one_id_in_five() {
+        let mut failed = 0;
+        for id in 0..100u64 {
+            let (a, b) = both(&format!("/api/pay/{id}"));
+            assert_eq!(a.status, 200);
+            if id % 5 == 0 {
+                assert_eq!(b.status, 500);
+                failed += 1;
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(failed, 20);
+    }
+
+    #[test]
+    fn time_differs_only_in_fields_compare_ignores() {
+        let (a, b) = both("/api/time");
+        assert_ne!(a.body, b.body);
+        let ignored = shadow_daemon::compare::settings::DEFAULT_IGNORE_FIELDS;
+        let (mut ja, mut jb) = (json(&a), json(&b));
+        for k in ["timestamp", "request_id"] {
+            assert!(
+                ignored.contains(&k),
+                "{k} is not in compare's default ignore list {ignored:?}"
+            );
+            assert_ne!(ja[k], jb[k]);
+            ja[k].take();
+            jb[k].take();
+        }
+        assert_eq!(ja, jb);
+        let (x, y) = (volatile(1), volatile(2));
+        assert_ne!(
+            x.request_id, y.request_id,
+            "request ids are unique per response"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_answered_the_same_by_both() {
+        for t in [
+            "/",
+            "/api/users/x",
+            "/api/users/",
+            "/api/orders/-1",
+            "/api/pay/1/2",
+            "/nope?q",
+            "\u{0}",
+        ] {
+            let (a, b) = both(t);
+            assert_eq!(a, b, "{t:?}");
+            assert_eq!(a.status, 404, "{t:?}");
+        }
+        let r = respond(Version::V2, "POST", "/api/pay/5", &vol(0));
+        assert_eq!(r.status, 405);
+    }
+}

@@ -1,0 +1,559 @@
+//! A real Prometheus server (Debian's `prometheus`) inside a test's network namespace, loaded with
+//! the rules of deploy/prometheus/, and the metric contract those rules read
+//! (deploy/prometheus/README.md): an exposition builder for fixtures and a tiny metrics server.
+//!
+//! For the daemon's tests: start [`PromServer`] in the daemon's namespace with the daemon's metrics
+//! address as a target, wait with [`PromServer::wait_for_samples`], then compare [`verdicts`]
+//! with `shadowctl report --json` through [`agree_with_report`].
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use shadow_daemon::compare::{Report, Verdict};
+
+use crate::{Proc, Scratch, topo::NetNs};
+
+/// Largest ratio between consecutive latency bucket bounds (README: r).
+pub const BUCKET_RATIO: f64 = 1.0914;
+/// hdrhistogram's relative error in compare's p99 (2 significant figures).
+pub const HDR_ERROR: f64 = 1.01;
+
+/// The contract's latency bucket bounds in seconds: `1e-4 * 2^(k/8)`, k = 0..=146, rounded to 4
+/// significant digits (then `+Inf`).
+pub fn latency_buckets() -> Vec<f64> {
+    (0..=146)
+        .map(|k| {
+            let v = 1e-4 * 2f64.powf(f64::from(k) / 8.0);
+            format!("{v:.3e}")
+                .parse()
+                .expect("a formatted float parses")
+        })
+        .collect()
+}
+
+/// An `le` label value as prometheus-client prints it (shortest round trip, `1.0` not `1`).
+pub fn le_label(bound: f64) -> String {
+    format!("{bound:?}")
+}
+
+/// Whether the rules' p99_ratio gate may legitimately disagree with compare's for an endpoint
+/// whose compare ratio is `compare_ratio`: both p99s within one bucket each (r² on the ratio) and
+/// hdrhistogram's 1 %, around the `limit` (README, "How close").
+pub fn p99_verdicts_may_differ(compare_ratio: f64, limit: f64) -> bool {
+    let band = BUCKET_RATIO * BUCKET_RATIO * HDR_ERROR;
+    compare_ratio > limit / band && compare_ratio < limit * band
+}
+
+/// One endpoint's comparison counters on one node, as the daemon exports them.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointCounts {
+    pub rule: String,
+    pub endpoint: String,
+    /// `compare::Outcome::as_str()` → pairs.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Class (`2xx`, `5xx`, ...) → responses, per side.
+    pub primary: BTreeMap<String, u64>,
+    pub shadow: BTreeMap<String, u64>,
+    /// Observed latencies in seconds, per side.
+    pub primary_latencies: Vec<f64>,
+    pub shadow_latencies: Vec<f64>,
+}
+
+impl EndpointCounts {
+    pub fn new(rule: &str, endpoint: &str) -> Self {
+        Self {
+            rule: rule.into(),
+            endpoint: endpoint.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Add `n` pairs with this outcome, primary and shadow classes (`error`: the shadow failed)
+    /// and latencies (the shadow's ignored when it failed, as compare records them).
+    pub fn pairs(
+        mut self,
+        n: u64,
+        outcome: &str,
+        classes: (&str, &str),
+        latency: (f64, f64),
+    ) -> Self {
+        *self.outcomes.entry(outcome.into()).or_default() += n;
+        *self.primary.entry(classes.0.into()).or_default() += n;
+        *self.shadow.entry(classes.1.into()).or_default() += n;
+        for _ in 0..n {
+            self.primary_latencies.push(latency.0);
+            if classes.1 != "error" {
+                self.shadow_latencies.push(latency.1);
+            }
+        }
+        self
+    }
+}
+
+const OUTCOMES: [&str; 7] = [
+    "match",
+    "match_length_only",
+    "status_mismatch",
+    "body_mismatch",
+    "length_mismatch",
+    "header_mismatch",
+    "shadow_failed",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The exposition text of the contract for these endpoints, zeros included, as the daemon emits it.
+pub fn exposition(endpoints: &[EndpointCounts]) -> String {
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut o = String::new();
+    o.push_str("# HELP shadow_comparisons_total Compared primary/shadow pairs by outcome.\n");
+    o.push_str("# TYPE shadow_comparisons_total counter\n");
+    for e in endpoints {
+        for oc in OUTCOMES {
+            let n = e.outcomes.get(oc).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "shadow_comparisons_total{{rule=\"{}\",endpoint=\"{}\",outcome=\"{oc}\"}} {n}",
+                esc(&e.rule),
+                esc(&e.endpoint)
+            );
+        }
+    }
+    o.push_str(
+        "# HELP shadow_compared_responses_total Responses of compared pairs by side and class.\n",
+    );
+    o.push_str("# TYPE shadow_compared_responses_total counter\n");
+    for e in endpoints {
+        for (side, classes) in [("primary", &e.primary), ("shadow", &e.shadow)] {
+            for c in CLASSES
+                .iter()
+                .filter(|c| side == "shadow" || **c != "error")
+            {
+                let n = classes.get(*c).copied().unwrap_or(0);
+                let _ = writeln!(
+                    o,
+                    "shadow_compared_responses_total{{rule=\"{}\",endpoint=\"{}\",side=\"{side}\",class=\"{c}\"}} {n}",
+                    esc(&e.rule),
+                    esc(&e.endpoint)
+                );
+            }
+        }
+    }
+    o.push_str("# HELP shadow_compared_latency_seconds Latencies of compared pairs.\n");
+    o.push_str("# TYPE shadow_compared_latency_seconds histogram\n");
+    let bounds = latency_buckets();
+    for e in endpoints {
+        for (side, lat) in [
+            ("primary", &e.primary_latencies),
+            ("shadow", &e.shadow_latencies),
+        ] {
+            let labels = format!(
+                "rule=\"{}\",endpoint=\"{}\",side=\"{side}\"",
+                esc(&e.rule),
+                esc(&e.endpoint)
+            );
+            for b in &bounds {
+                let n = lat.iter().filter(|v| **v <= *b).count();
+                let _ = writeln!(
+                    o,
+                    "shadow_compared_latency_seconds_bucket{{{labels},le=\"{}\"}} {n}",
+                    le_label(*b)
+                );
+            }
+            let _ = writeln!(
+                o,
+                "shadow_compared_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                lat.len()
+            );
+            let _ = writeln!(
+                o,
+                "shadow_compared_latency_seconds_sum{{{labels}}} {:?}",
+                lat.iter().sum::<f64>()
+            );
+            let _ = writeln!(
+                o,
+                "shadow_compared_latency_seconds_count{{{labels}}} {}",
+                lat.len()
+            );
+        }
+    }
+    o
+}
+
+/// A tiny HTTP server inside a namespace that answers every request with a fixed metrics text;
+/// stops on drop.
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    ns_name: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl MetricsServer {
+    pub fn start(ns: &NetNs, addr: SocketAddr, text: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = ns.name.clone();
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            NetNs { name }.enter_and_forget();
+            let listener = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut s) = conn else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                // Read the request head, then answer and close: Prometheus opens a new connection.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    text.len()
+                );
+                let _ = s
+                    .write_all(head.as_bytes())
+                    .and_then(|()| s.write_all(text.as_bytes()));
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("metrics server bind {addr} in {}: {e}", ns.name),
+            Err(e) => panic!("metrics server in {}: {e}", ns.name),
+        }
+        Self {
+            addr,
+            ns_name: ns.name.clone(),
+            stop,
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept so the thread sees the flag.
+        let _ = get(&self.ns_name, self.addr, "/");
+    }
+}
+
+/// `GET path` over HTTP/1.0 from inside namespace `ns_name`: (status, body), or None when the
+/// connection or the exchange failed. Any HTTP version in the status line (Go answers 1.0 with 1.0).
+pub fn get(ns_name: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let name = ns_name.to_string();
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        NetNs { name }.enter_and_forget();
+        let timeout = Duration::from_secs(5);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Percent-encode a query-string value (RFC 3986 unreserved characters kept).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One sample of an instant query: its labels (with `__name__` when it has one) and value.
+pub type Sample = (BTreeMap<String, String>, f64);
+
+/// Debian's `prometheus` running inside a namespace with the rules of deploy/prometheus/,
+/// scraping its targets and evaluating rules every second. Killed on drop.
+pub struct PromServer {
+    pub addr: SocketAddr,
+    ns_name: String,
+    process: Proc,
+    scratch: Scratch,
+}
+
+impl PromServer {
+    /// Start it on `127.0.0.1:port` inside `ns`, scraping `targets` (`host:port`, job `shadow`),
+    /// and wait until `/-/ready` answers.
+    pub fn start(ns: &NetNs, port: u16, targets: &[SocketAddr]) -> Self {
+        let scratch = Scratch::new("prom");
+        let rules = rules_dir().join("*.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - '{}'\n\
+             scrape_configs:\n  - job_name: shadow\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            targets.join(", ")
+        );
+        let config_path = scratch.path("prometheus.yml");
+        fs::write(&config_path, config)
+            .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        let log = fs::File::create(scratch.path("prometheus.log")).expect("prometheus log");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let proc = Proc::spawn(
+            "prometheus",
+            ns.command("prometheus")
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    scratch.path("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        let mut server = Self {
+            addr,
+            ns_name: ns.name.clone(),
+            process: proc,
+            scratch,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if get(&server.ns_name, addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
+                return server;
+            }
+            if let Ok(Some(st)) = server.process.child.try_wait() {
+                panic!("prometheus exited ({st}) before ready: {}", server.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("prometheus not ready after 60 s: {}", server.log())
+    }
+
+    /// Prometheus's own log so far (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.scratch.path("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query at the server's now; panics on an API error.
+    pub fn query(&self, q: &str) -> Vec<Sample> {
+        let path = format!("/api/v1/query?query={}", url_encode(q));
+        let (status, body) = get(&self.ns_name, self.addr, &path)
+            .unwrap_or_else(|| panic!("query {q}: no answer from prometheus"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {q}: {e}: {body}"));
+        assert!(
+            status == 200 && v["status"] == "success",
+            "query {q}: HTTP {status}: {body}"
+        );
+        v["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("query {q}: not a vector: {body}"))
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = r["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// `query` keyed by (rule, endpoint).
+    pub fn by_endpoint(&self, q: &str) -> BTreeMap<(String, String), f64> {
+        self.query(q)
+            .into_iter()
+            .map(|(l, v)| (key(&l), v))
+            .collect()
+    }
+
+    /// Wait until the rules have seen exactly these per-endpoint sample totals (every target
+    /// scraped, the rules evaluated on them). Returns when `shadow:endpoint_samples:total` equals
+    /// `expected`, and the rules downstream have been evaluated on them (see `wait_settled`).
+    pub fn wait_for_samples(&self, expected: &BTreeMap<(String, String), u64>, timeout: Duration) {
+        let want: BTreeMap<(String, String), f64> = expected
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        let mut last = BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            last = self.by_endpoint("shadow:endpoint_samples:total");
+            if last == want {
+                return self.wait_settled(deadline);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out after {timeout:?}: shadow:endpoint_samples:total is {last:?}, want {want:?}\n{}",
+            self.log()
+        );
+    }
+}
+
+impl PromServer {
+    /// After the totals are complete: wait until the last recorded series (the verdicts) were
+    /// evaluated `SETTLE_EVALUATIONS` intervals later, so every rule downstream of the totals has
+    /// been computed on complete data, whatever lag a chain of rules has (observed: a verdict one
+    /// evaluation behind the totals it derives from). The inputs are constant, so it then holds.
+    fn wait_settled(&self, deadline: Instant) {
+        let newest = |q: &str| self.query(q).first().map_or(f64::NAN, |s| s.1);
+        let complete_at = newest("max(timestamp(shadow:endpoint_samples:total))");
+        while Instant::now() < deadline {
+            let verdicts_at = newest("min(timestamp(shadow:endpoint_verdict))");
+            if verdicts_at >= complete_at + SETTLE_EVALUATIONS {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "rules not evaluated {SETTLE_EVALUATIONS} times after the totals were complete\n{}",
+            self.log()
+        );
+    }
+}
+
+/// Evaluations (of 1 s) to wait after complete inputs: more than the depth of the rule chain.
+const SETTLE_EVALUATIONS: f64 = 8.0;
+
+fn key(l: &BTreeMap<String, String>) -> (String, String) {
+    let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+    (get("rule"), get("endpoint"))
+}
+
+/// deploy/prometheus/ of this repository.
+pub fn rules_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+/// The per-endpoint verdicts the rules computed (`shadow:endpoint_verdict`), keyed by
+/// (rule, endpoint).
+pub fn verdicts(server: &PromServer) -> BTreeMap<(String, String), Verdict> {
+    server
+        .by_endpoint("shadow:endpoint_verdict")
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                verdict_of(v)
+                    .unwrap_or_else(|| panic!("shadow:endpoint_verdict {v} is no verdict")),
+            )
+        })
+        .collect()
+}
+
+/// The failing gates per (rule, endpoint), sorted (`shadow:endpoint_gate_failing == 1`).
+pub fn failing_gates(server: &PromServer) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (l, _) in server.query("shadow:endpoint_gate_failing == 1") {
+        out.entry(key(&l))
+            .or_default()
+            .push(l.get("gate").cloned().unwrap_or_default());
+    }
+    out.values_mut().for_each(|g| g.sort());
+    out
+}
+
+/// The rules' encoding: 0 PASS, 1 FAIL, 2 INSUFFICIENT.
+pub fn verdict_of(v: f64) -> Option<Verdict> {
+    [Verdict::Pass, Verdict::Fail, Verdict::Insufficient]
+        .into_iter()
+        .zip([0.0, 1.0, 2.0])
+        .find_map(|(verdict, code)| (v == code).then_some(verdict))
+}
+
+/// Whether the rules' verdicts for `rule` are the ones `shadowctl report --json` gave (one
+/// daemon's report, or the only node of a test): the same endpoints, the same verdict each,
+/// except that an endpoint whose p99 ratio lies in [`p99_verdicts_may_differ`]'s band may differ.
+/// Err lists every disagreement.
+pub fn agree_with_report(
+    prom: &BTreeMap<(String, String), Verdict>,
+    rule: &str,
+    report: &Report,
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let ours: BTreeMap<&str, Verdict> = prom
+        .iter()
+        .filter(|((r, _), _)| r == rule)
+        .map(|((_, e), v)| (e.as_str(), *v))
+        .collect();
+    for e in &report.endpoints {
+        let name = e.summary.endpoint.as_str();
+        let theirs = e.verdict.verdict();
+        match ours.get(name) {
+            None => problems.push(format!(
+                "{name}: no verdict from the rules (report: {})",
+                theirs.as_str()
+            )),
+            Some(v) if *v == theirs => {}
+            Some(v) => {
+                let band = e
+                    .summary
+                    .latency
+                    .p99_ratio
+                    .is_some_and(|r| p99_verdicts_may_differ(r, e.gates.max_p99_ratio));
+                if !band {
+                    problems.push(format!(
+                        "{name}: rules {} but report {} ({})",
+                        v.as_str(),
+                        theirs.as_str(),
+                        e.verdict.reason()
+                    ));
+                }
+            }
+        }
+    }
+    for name in ours.keys() {
+        if !report.endpoints.iter().any(|e| e.summary.endpoint == *name) {
+            problems.push(format!(
+                "{name}: the rules judge it, the report does not know it"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
