@@ -39,7 +39,10 @@ fn main() {
     let cpu = ENGINE_CPU.lock().unwrap();
     for (batch, ns, n) in cpu.iter() {
         if *n > 0 {
-            println!("engine CPU per replayed request, batch {batch}: {:.2} µs ({n} requests)", *ns as f64 / *n as f64 / 1000.0);
+            println!(
+                "engine CPU per replayed request, batch {batch}: {:.2} µs ({n} requests)",
+                *ns as f64 / *n as f64 / 1000.0
+            );
         }
     }
 }
@@ -133,7 +136,8 @@ impl Shadow {
 async fn serve(mut s: TcpStream) {
     let _ = s.set_nodelay(true);
     let body = "x".repeat(1024);
-    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending = 0;
     let mut out = Vec::new();

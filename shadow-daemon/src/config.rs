@@ -21,8 +21,8 @@ use shadow_common::PPM_ALL;
 use crate::{
     metrics::DEFAULT_MAX_ENDPOINTS,
     replay::controls::{
-        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, PathPattern, ReplayControls,
-        ShadowTarget, parse_bytes, parse_count, parse_duration, parse_rate,
+        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, PathPattern,
+        ReplayControls, ShadowTarget, parse_bytes, parse_count, parse_duration, parse_rate,
     },
 };
 
@@ -524,11 +524,14 @@ fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageError> {
             match k.as_str() {
                 "port" => rule.ports = parse_ports(v).map_err(|e| fail(&field(k), e))?,
                 "shadow" => {
-                    let s =
-                        v.as_str().ok_or_else(|| fail(&field(k), format!("expected \"HOST:PORT\", found {}", v.type_str())))?;
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| fail(&field(k), format!("expected \"HOST:PORT\", found {}", v.type_str())))?;
                     rule.shadow = Some(s.parse().map_err(|e| fail(&field(k), e))?);
                 }
-                k if CONTROL_KEYS.contains(&k) => apply_control(&mut rule.controls, k, v).map_err(|e| fail(&field(k), e))?,
+                k if CONTROL_KEYS.contains(&k) => {
+                    apply_control(&mut rule.controls, k, v).map_err(|e| fail(&field(k), e))?
+                }
                 _ => return Err(fail(&field(k), "unknown key".into())),
             }
         }
@@ -843,7 +846,10 @@ mod tests {
             ("[defaults]\nport = 80\n[[rule]]\nport = 80\n", "defaults.port: unknown key (it belongs in a [[rule]])"),
             ("[[rule]]\nport = 80\nhost_mode = \"sideways\"\n", "rule[0].host_mode: 'sideways' is not keep"),
             ("[[rule]]\nport = 80\nset_header = [\"X-A: 1\", 2]\n", "rule[0].set_header: expected a list of strings"),
-            ("[[rule]]\nport = 80\nrequest_timeout = true\n", "rule[0].request_timeout: expected a duration, found boolean"),
+            (
+                "[[rule]]\nport = 80\nrequest_timeout = true\n",
+                "rule[0].request_timeout: expected a duration, found boolean",
+            ),
             ("[[rule]]\nport = 80\nconcurrency = 0\n", "rule[0].concurrency: 0 is not between 1 and"),
             ("interface = \"lo\"\n", "config /etc/shadow.toml: rule: no [[rule]]"),
             ("hook = \"xdp\"\n[[rule]]\nport = 80\n", "config /etc/shadow.toml: hook: unknown key"),

@@ -216,6 +216,10 @@ fn cargo() -> Command {
 }
 
 fn test() -> Result<()> {
+    // The shape first: formatting (nightly rustfmt, for the import options in rustfmt.toml) and
+    // clippy over every crate and target, warnings denied.
+    run(Command::new("rustup").args(["run", "nightly", "cargo", "fmt", "--all", "--check"]).current_dir(workspace_root()))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // Unit, property and no-root integration tests of every crate but the kernel tiers.
     run(cargo().args(["test", "--workspace", "--exclude", "shadow-tests", "--exclude", "shadow-ebpf"]))?;
     if !is_root() && env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {

@@ -64,11 +64,7 @@ pub fn unsupported_preface(buf: &[u8]) -> Preface {
     let line = &H2_PREFACE[..14];
     let n = buf.len().min(line.len());
     if n > 0 && buf.get(..n) == line.get(..n) {
-        return if n == line.len() {
-            Preface::Unsupported(HttpError::Http2Preface)
-        } else {
-            Preface::NeedMore
-        };
+        return if n == line.len() { Preface::Unsupported(HttpError::Http2Preface) } else { Preface::NeedMore };
     }
     Preface::Other
 }
@@ -156,10 +152,7 @@ pub fn looks_like_request_line(buf: &[u8]) -> bool {
     let Some(rest) = line.get(sp + 1..) else {
         return false;
     };
-    let Some(target) = rest
-        .strip_suffix(b" HTTP/1.1")
-        .or_else(|| rest.strip_suffix(b" HTTP/1.0"))
-    else {
+    let Some(target) = rest.strip_suffix(b" HTTP/1.1").or_else(|| rest.strip_suffix(b" HTTP/1.0")) else {
         return false;
     };
     !target.is_empty() && target.iter().all(|&b| b > b' ' && b != 0x7f)
@@ -167,10 +160,7 @@ pub fn looks_like_request_line(buf: &[u8]) -> bool {
 
 /// Does `buf` begin like a status line?
 pub fn looks_like_response_line(buf: &[u8]) -> bool {
-    buf.len() >= 12
-        && buf.starts_with(b"HTTP/1.")
-        && matches!(buf[7], b'0' | b'1')
-        && buf[8] == b' '
+    buf.len() >= 12 && buf.starts_with(b"HTTP/1.") && matches!(buf[7], b'0' | b'1') && buf[8] == b' '
 }
 
 fn span(base: &[u8], part: &[u8]) -> Range<usize> {
@@ -185,9 +175,7 @@ fn max_slots(limits: &Limits) -> usize {
 
 fn map_httparse(e: httparse::Error, limits: &Limits) -> HttpError {
     match e {
-        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders {
-            limit: max_slots(limits),
-        },
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders { limit: max_slots(limits) },
         other => HttpError::Malformed(other),
     }
 }
@@ -205,29 +193,21 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
             if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    limit: limits.max_header_bytes,
-                });
+                return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
             }
             return Ok(None);
         }
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadTooLarge {
-            limit: limits.max_header_bytes,
-        });
+        return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
     }
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
-    else {
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed(httparse::Error::Token));
     };
     let mut fields = FramingFields::default();
     let mut headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        headers.push(HeaderSpan {
-            name: span(buf, h.name.as_bytes()),
-            value: span(buf, h.value),
-        });
+        headers.push(HeaderSpan { name: span(buf, h.name.as_bytes()), value: span(buf, h.value) });
         fields.observe(h.name.as_bytes(), h.value)?;
     }
     let kind = match method {
@@ -282,17 +262,13 @@ pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<Respons
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
             if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    limit: limits.max_header_bytes,
-                });
+                return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
             }
             return Ok(None);
         }
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadTooLarge {
-            limit: limits.max_header_bytes,
-        });
+        return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
     }
     let (Some(status), Some(minor_version)) = (resp.code, resp.version) else {
         return Err(HttpError::Malformed(httparse::Error::Status));
@@ -306,11 +282,7 @@ pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<Respons
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         BodyFraming::None
     } else if fields.te_present {
-        if fields.te_last_chunked {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::UntilClose
-        }
+        if fields.te_last_chunked { BodyFraming::Chunked } else { BodyFraming::UntilClose }
     } else {
         match fields.content_length {
             Some(0) => BodyFraming::None,
@@ -318,12 +290,7 @@ pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<Respons
             None => BodyFraming::UntilClose,
         }
     };
-    Ok(Some(ResponseHead {
-        head_len,
-        status,
-        minor_version,
-        framing,
-    }))
+    Ok(Some(ResponseHead { head_len, status, minor_version, framing }))
 }
 
 /// The header fields that decide framing, gathered in one pass.
@@ -338,14 +305,8 @@ struct FramingFields {
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
     v.get(start..end).unwrap_or_default()
 }
 
@@ -376,9 +337,8 @@ impl FramingFields {
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.upgrade = !trim_ows(value).is_empty();
         } else if name.eq_ignore_ascii_case(b"connection") {
-            self.connection_upgrade |= value
-                .split(|&b| b == b',')
-                .any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"));
+            self.connection_upgrade |=
+                value.split(|&b| b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"));
         }
         Ok(())
     }
@@ -390,11 +350,7 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
         return None;
     }
     v.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
+        if b.is_ascii_digit() { acc.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None }
     })
 }
 
@@ -415,63 +371,24 @@ mod tests {
         use BodyFraming::*;
         let cases: &[(&str, Result<BodyFraming, HttpError>)] = &[
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(None)),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", Ok(ContentLength(5))),
             ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Ok(None)),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", Ok(ContentLength(5))),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Ok(ContentLength(5))),
             (
                 "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
                 Err(HttpError::ConflictingContentLength),
             ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                Err(HttpError::BadTransferEncoding),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-                Err(HttpError::BadTransferEncoding),
-            ),
-            (
-                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Err(HttpError::TransferEncodingHttp10),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                Ok(Chunked),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Err(HttpError::BadTransferEncoding)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Err(HttpError::BadTransferEncoding)),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Err(HttpError::TransferEncodingHttp10)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Ok(Chunked)),
         ];
         for (input, want) in cases {
             let got = req(input).map(|h| h.expect("complete").framing);
@@ -493,11 +410,7 @@ mod tests {
         assert_eq!(&s[h.target.clone()], "/a?b=c");
         assert_eq!(h.minor_version, 0);
         assert_eq!(h.head_len, s.len() - 4);
-        let hs: Vec<_> = h
-            .headers
-            .iter()
-            .map(|x| (&s[x.name.clone()], &s[x.value.clone()]))
-            .collect();
+        let hs: Vec<_> = h.headers.iter().map(|x| (&s[x.name.clone()], &s[x.value.clone()])).collect();
         assert_eq!(hs, [("X-One", "v1"), ("x-two", "v2")]);
     }
 
@@ -511,38 +424,19 @@ mod tests {
             RequestKind::Upgrade
         );
         // Upgrade without the Connection token is ignored by servers, so it is a plain request.
-        assert_eq!(
-            k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
-            RequestKind::Normal
-        );
+        assert_eq!(k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), RequestKind::Normal);
     }
 
     #[test]
     fn limits_on_head_size_and_header_count() {
-        let l = Limits {
-            max_header_bytes: 64,
-            max_headers: 2,
-            max_body_bytes: 10,
-        };
+        let l = Limits { max_header_bytes: 64, max_headers: 2, max_body_bytes: 10 };
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
-        assert_eq!(
-            parse_request_head(long.as_bytes(), &l),
-            Err(HttpError::HeadTooLarge { limit: 64 })
-        );
+        assert_eq!(parse_request_head(long.as_bytes(), &l), Err(HttpError::HeadTooLarge { limit: 64 }));
         let partial = format!("GET /{}", "a".repeat(100));
-        assert_eq!(
-            parse_request_head(partial.as_bytes(), &l),
-            Err(HttpError::HeadTooLarge { limit: 64 })
-        );
+        assert_eq!(parse_request_head(partial.as_bytes(), &l), Err(HttpError::HeadTooLarge { limit: 64 }));
         let many = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
-        assert_eq!(
-            parse_request_head(many.as_bytes(), &l),
-            Err(HttpError::TooManyHeaders { limit: 2 })
-        );
-        assert_eq!(
-            parse_request_head(b"GET / HTTP/1.1\r\na: 1\r\n", &l),
-            Ok(None)
-        );
+        assert_eq!(parse_request_head(many.as_bytes(), &l), Err(HttpError::TooManyHeaders { limit: 2 }));
+        assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\na: 1\r\n", &l), Ok(None));
     }
 
     #[test]
@@ -561,56 +455,25 @@ mod tests {
     fn response_framing_table() {
         use BodyFraming::*;
         let cases: &[(&str, u16, BodyFraming)] = &[
-            (
-                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
-                200,
-                ContentLength(12),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n",
-                200,
-                Chunked,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                200,
-                UntilClose,
-            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", 200, ContentLength(12)),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n", 200, Chunked),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 200, UntilClose),
             ("HTTP/1.0 200 OK\r\n\r\n", 200, UntilClose),
-            (
-                "HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n",
-                204,
-                None,
-            ),
-            (
-                "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n",
-                304,
-                None,
-            ),
+            ("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n", 204, None),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n", 304, None),
             ("HTTP/1.1 100 Continue\r\n\r\n", 100, None),
             ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, None),
-            (
-                "HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n",
-                404,
-                ContentLength(3),
-            ),
+            ("HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n", 404, ContentLength(3)),
         ];
         for (s, status, framing) in cases {
             let h = parse_response_head(s.as_bytes(), &lim()).unwrap().unwrap();
-            assert_eq!(
-                (h.status, h.framing, h.head_len),
-                (*status, *framing, s.len()),
-                "{s:?}"
-            );
+            assert_eq!((h.status, h.framing, h.head_len), (*status, *framing, s.len()), "{s:?}");
         }
     }
 
     #[test]
     fn preface_detection() {
-        assert_eq!(
-            unsupported_preface(b"\x16\x03\x01\x02\x00"),
-            Preface::Unsupported(HttpError::Tls)
-        );
+        assert_eq!(unsupported_preface(b"\x16\x03\x01\x02\x00"), Preface::Unsupported(HttpError::Tls));
         assert_eq!(
             unsupported_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Preface::Unsupported(HttpError::Http2Preface)
@@ -635,14 +498,8 @@ mod tests {
     fn message_start_heuristics() {
         assert!(looks_like_request_line(b"GET / HTTP/1.1\r\nHost: a"));
         assert!(looks_like_request_line(b"PROPFIND /x HTTP/1.0\n"));
-        assert!(
-            !looks_like_request_line(b"GET / HTTP/1.1"),
-            "the line must be whole"
-        );
-        assert!(
-            !looks_like_request_line(b"IND /x HTTP/1.1\r\n"),
-            "not a method: a cut one"
-        );
+        assert!(!looks_like_request_line(b"GET / HTTP/1.1"), "the line must be whole");
+        assert!(!looks_like_request_line(b"IND /x HTTP/1.1\r\n"), "not a method: a cut one");
         assert!(!looks_like_request_line(b"get / HTTP/1.1\r\n"));
         assert!(!looks_like_request_line(b"GET  / HTTP/1.1\r\n"));
         assert!(!looks_like_request_line(b"GET / HTTP/2\r\n"));

@@ -53,11 +53,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_body_bytes: 10 * 1024 * 1024,
-        }
+        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024 }
     }
 }
 
@@ -187,9 +183,9 @@ pub enum HttpError {
 impl HttpError {
     pub const fn reason(&self) -> DropReason {
         match self {
-            Self::HeadTooLarge { .. }
-            | Self::TooManyHeaders { .. }
-            | Self::TrailersTooLarge { .. } => DropReason::OversizeHeaders,
+            Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } | Self::TrailersTooLarge { .. } => {
+                DropReason::OversizeHeaders
+            }
             Self::BodyTooLarge { .. } => DropReason::OversizeBody,
             Self::Http2Preface | Self::Tls => DropReason::UnsupportedProtocol,
             Self::Malformed(httparse::Error::TooManyHeaders) => DropReason::OversizeHeaders,
@@ -306,10 +302,7 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
             let s = r.as_str();
-            assert!(
-                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{s}"
-            );
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
             for o in &DropReason::ALL[i + 1..] {
                 assert_ne!(s, o.as_str());
             }
@@ -326,19 +319,10 @@ mod tests {
 
     #[test]
     fn every_error_has_a_reason() {
-        assert_eq!(
-            HttpError::HeadTooLarge { limit: 1 }.reason(),
-            DropReason::OversizeHeaders
-        );
-        assert_eq!(
-            HttpError::Malformed(httparse::Error::TooManyHeaders).reason(),
-            DropReason::OversizeHeaders
-        );
+        assert_eq!(HttpError::HeadTooLarge { limit: 1 }.reason(), DropReason::OversizeHeaders);
+        assert_eq!(HttpError::Malformed(httparse::Error::TooManyHeaders).reason(), DropReason::OversizeHeaders);
         assert_eq!(HttpError::Tls.reason(), DropReason::UnsupportedProtocol);
-        assert_eq!(
-            HttpError::BodyTooLarge { limit: 1 }.reason(),
-            DropReason::OversizeBody
-        );
+        assert_eq!(HttpError::BodyTooLarge { limit: 1 }.reason(), DropReason::OversizeBody);
         assert_eq!(HttpError::AmbiguousFraming.reason(), DropReason::ParseError);
     }
 }

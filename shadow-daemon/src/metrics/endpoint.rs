@@ -78,7 +78,10 @@ fn is_identifier(seg: &[u8]) -> bool {
 
 fn is_uuid(seg: &[u8]) -> bool {
     seg.len() == 36
-        && seg.iter().enumerate().all(|(i, &b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+        && seg
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 /// Endpoint names to ids, at most `max` of them besides [`OTHER`].

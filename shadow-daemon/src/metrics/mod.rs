@@ -87,7 +87,8 @@ pub mod reason {
 
 /// Prometheus histogram buckets for latencies, in seconds: sub-millisecond to the longest
 /// sensible request timeout.
-const LATENCY_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// hdrhistogram range in microseconds: 1 µs to 1 h (larger values are clamped).
 const HDR_HIGH_US: u64 = 3_600_000_000;
 
@@ -422,14 +423,18 @@ impl Metrics {
     /// `max_endpoints`: distinct endpoints with their own latency series; the rest are `other`.
     pub fn new(max_endpoints: usize) -> Self {
         let mut registry = Registry::default();
-        let ledger = Arc::new(Mutex::new(Ledger { dropped: reason::ALL.iter().map(|r| (*r, 0)).collect(), ..Ledger::default() }));
+        let ledger = Arc::new(Mutex::new(Ledger {
+            dropped: reason::ALL.iter().map(|r| (*r, 0)).collect(),
+            ..Ledger::default()
+        }));
         registry.register_collector(Box::new(LedgerCollector(ledger.clone())));
 
         let responses = Family::<ClassLabels, Counter>::default();
         let response_counters = STATUS_CLASSES.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
         registry.register("shadow_responses", "Complete responses from the shadow, by status class", responses.clone());
         let errors = Family::<KindLabels, Counter>::default();
-        let error_counters = ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
+        let error_counters =
+            ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
         registry.register("shadow_errors", "Replays that failed, by kind", errors.clone());
 
         let response_latency: HistogramFamily<LatencyLabels> = Family::new_with_constructor(latency_histogram);
@@ -441,8 +446,8 @@ impl Metrics {
             response_latency.clone(),
         );
         let first_byte_family: HistogramFamily<SideLabels> = Family::new_with_constructor(latency_histogram);
-        let first_byte =
-            [Side::Primary, Side::Shadow].map(|s| first_byte_family.get_or_create(&SideLabels { side: s.as_str() }).clone());
+        let first_byte = [Side::Primary, Side::Shadow]
+            .map(|s| first_byte_family.get_or_create(&SideLabels { side: s.as_str() }).clone());
         registry.register_with_unit(
             "shadow_first_byte_latency",
             "Request to the response head (shadow) or to the first response byte (primary)",
@@ -469,7 +474,8 @@ impl Metrics {
             primary_unmatched.clone(),
         );
 
-        let kernel: Vec<(&'static str, Counter)> = KERNEL_COUNTER_NAMES.iter().map(|n| (*n, Counter::default())).collect();
+        let kernel: Vec<(&'static str, Counter)> =
+            KERNEL_COUNTER_NAMES.iter().map(|n| (*n, Counter::default())).collect();
         for (name, c) in &kernel {
             registry.register(format!("shadow_kernel_{name}"), kernel_help(name), c.clone());
         }
@@ -496,7 +502,11 @@ impl Metrics {
         );
 
         let connections = ConnectionMetrics::default();
-        registry.register("shadow_replay_connections_opened", "Connections opened to shadow targets", connections.opened.clone());
+        registry.register(
+            "shadow_replay_connections_opened",
+            "Connections opened to shadow targets",
+            connections.opened.clone(),
+        );
         registry.register(
             "shadow_replay_connection_reuses",
             "Requests sent on a kept-alive connection",
@@ -507,7 +517,11 @@ impl Metrics {
             "Requests sent again on a new connection after a kept-alive one turned out closed",
             connections.retries.clone(),
         );
-        registry.register("shadow_replay_connections", "Connections to shadow targets open now", connections.open.clone());
+        registry.register(
+            "shadow_replay_connections",
+            "Connections to shadow targets open now",
+            connections.open.clone(),
+        );
         registry.register_with_unit(
             "shadow_replay_sent",
             "Request bytes written to shadow targets",
@@ -521,8 +535,12 @@ impl Metrics {
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("shadow_build_info", "Version of the running daemon", build);
 
-        let overall =
-            Overall { primary_first_byte: hdr(3), primary_complete: hdr(3), shadow_first_byte: hdr(3), shadow_complete: hdr(3) };
+        let overall = Overall {
+            primary_first_byte: hdr(3),
+            primary_complete: hdr(3),
+            shadow_first_byte: hdr(3),
+            shadow_complete: hdr(3),
+        };
         // Slot 0 is `other`.
         let latency = vec![EndpointLatency::default()];
         Self {
@@ -737,7 +755,9 @@ impl Metrics {
                 .collect()
         };
         endpoints.sort_by(|a, b| {
-            (b.primary.count + b.shadow.count).cmp(&(a.primary.count + a.shadow.count)).then(a.endpoint.cmp(&b.endpoint))
+            (b.primary.count + b.shadow.count)
+                .cmp(&(a.primary.count + a.shadow.count))
+                .then(a.endpoint.cmp(&b.endpoint))
         });
         Summary {
             reconciles: requests.reconciles(),
@@ -844,9 +864,11 @@ impl fmt::Display for Summary {
         let nonzero = |m: &BTreeMap<String, u64>| {
             m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         };
-        for (label, m) in
-            [("dropped", &r.dropped), ("shadow responses", &self.shadow_responses), ("shadow errors", &self.shadow_errors)]
-        {
+        for (label, m) in [
+            ("dropped", &r.dropped),
+            ("shadow responses", &self.shadow_responses),
+            ("shadow errors", &self.shadow_errors),
+        ] {
             let s = nonzero(m);
             if !s.is_empty() {
                 writeln!(f, "{label}: {s}")?;
@@ -854,7 +876,11 @@ impl fmt::Display for Summary {
         }
         writeln!(f, "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p90", "p99", "max")?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, l: &LatencySummary| {
-            writeln!(f, "{:<40} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}", name, l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms)
+            writeln!(
+                f,
+                "{:<40} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                name, l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            )
         };
         row(f, "primary (complete)", &self.primary.complete)?;
         row(f, "shadow (complete)", &self.shadow.complete)?;
@@ -901,8 +927,9 @@ mod tests {
     }
 
     fn sample_of(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
     }
 
     #[test]

@@ -23,26 +23,13 @@ pub(super) mod support {
         } else {
             ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())
         };
-        FlowId {
-            client: SocketAddr::new(c, client_port),
-            server: SocketAddr::new(s, 8080),
-        }
+        FlowId { client: SocketAddr::new(c, client_port), server: SocketAddr::new(s, 8080) }
     }
 
     /// What the kernel program flags as a request start (capture.rs `starts_request`).
     pub fn kernel_request_start(p: &[u8]) -> bool {
-        const TOKENS: [&[u8]; 10] = [
-            b"GET ",
-            b"PUT ",
-            b"POST ",
-            b"HEAD ",
-            b"DELETE ",
-            b"OPTIONS ",
-            b"PATCH ",
-            b"TRACE ",
-            b"CONNECT ",
-            b"PRI ",
-        ];
+        const TOKENS: [&[u8]; 10] =
+            [b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT ", b"PRI "];
         p.len() >= 8 && (TOKENS.iter().any(|t| p.starts_with(t)) || p.starts_with(&[0x16, 0x03]))
     }
 
@@ -58,12 +45,7 @@ pub(super) mod support {
 
     impl Conn {
         pub fn new(v6: bool, port: u16, c_isn: u32, s_isn: u32) -> Self {
-            Self {
-                flow: flow_id(v6, port),
-                c_seq: c_isn,
-                s_seq: s_isn,
-                ts: 1_000_000,
-            }
+            Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000 }
         }
 
         fn seg(&mut self, dir: Direction, seq: u32, ack: u32, flags: u8, bytes: &[u8]) -> Segment {
@@ -84,25 +66,13 @@ pub(super) mod support {
         }
 
         pub fn client(&mut self, bytes: &[u8]) -> Segment {
-            let s = self.seg(
-                Direction::Request,
-                self.c_seq,
-                self.s_seq,
-                tcp_flags::ACK | tcp_flags::PSH,
-                bytes,
-            );
+            let s = self.seg(Direction::Request, self.c_seq, self.s_seq, tcp_flags::ACK | tcp_flags::PSH, bytes);
             self.c_seq = self.c_seq.wrapping_add(bytes.len() as u32);
             s
         }
 
         pub fn server(&mut self, bytes: &[u8]) -> Segment {
-            let s = self.seg(
-                Direction::Response,
-                self.s_seq,
-                self.c_seq,
-                tcp_flags::ACK | tcp_flags::PSH,
-                bytes,
-            );
+            let s = self.seg(Direction::Response, self.s_seq, self.c_seq, tcp_flags::ACK | tcp_flags::PSH, bytes);
             self.s_seq = self.s_seq.wrapping_add(bytes.len() as u32);
             s
         }
@@ -121,24 +91,12 @@ pub(super) mod support {
         }
 
         pub fn client_fin(&mut self) -> Segment {
-            let s = self.seg(
-                Direction::Request,
-                self.c_seq,
-                self.s_seq,
-                tcp_flags::ACK | tcp_flags::FIN,
-                b"",
-            );
+            let s = self.seg(Direction::Request, self.c_seq, self.s_seq, tcp_flags::ACK | tcp_flags::FIN, b"");
             self.c_seq = self.c_seq.wrapping_add(1);
             s
         }
         pub fn server_fin(&mut self) -> Segment {
-            let s = self.seg(
-                Direction::Response,
-                self.s_seq,
-                self.c_seq,
-                tcp_flags::ACK | tcp_flags::FIN,
-                b"",
-            );
+            let s = self.seg(Direction::Response, self.s_seq, self.c_seq, tcp_flags::ACK | tcp_flags::FIN, b"");
             self.s_seq = self.s_seq.wrapping_add(1);
             s
         }
@@ -148,10 +106,7 @@ pub(super) mod support {
     }
 
     pub fn small_cfg() -> ExtractorConfig {
-        ExtractorConfig {
-            gap_timeout_ns: 50_000_000,
-            ..ExtractorConfig::default()
-        }
+        ExtractorConfig { gap_timeout_ns: 50_000_000, ..ExtractorConfig::default() }
     }
 
     /// Push everything at the segments' own timestamps, checking the bounds after each push.
@@ -161,11 +116,7 @@ pub(super) mod support {
             let now = s.ts_ns;
             ex.push(s, now, &mut out);
             let st = ex.stats();
-            assert!(
-                st.memory_bytes <= ex.config().memory_cap_bytes as u64,
-                "memory {} over cap",
-                st.memory_bytes
-            );
+            assert!(st.memory_bytes <= ex.config().memory_cap_bytes as u64, "memory {} over cap", st.memory_bytes);
             assert!(st.reconciles(), "counters do not reconcile: {st:#?}");
         }
         out
@@ -242,21 +193,9 @@ fn bodies_content_length_chunked_and_none_in_every_segmentation() {
     let cases: &[(&[u8], BodyFraming, &[u8])] = &[
         (GET, BodyFraming::None, b""),
         (POST, BodyFraming::ContentLength(11), b"hello world"),
-        (
-            CHUNKED,
-            BodyFraming::Chunked,
-            b"5;name=val\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: 1\r\n\r\n",
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            BodyFraming::None,
-            b"",
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            BodyFraming::Chunked,
-            b"0\r\n\r\n",
-        ),
+        (CHUNKED, BodyFraming::Chunked, b"5;name=val\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: 1\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", BodyFraming::None, b""),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", BodyFraming::Chunked, b"0\r\n\r\n"),
         (b"GET /old HTTP/1.0\r\n\r\n", BodyFraming::None, b""),
     ];
     for v6 in [false, true] {
@@ -286,9 +225,7 @@ fn bodies_content_length_chunked_and_none_in_every_segmentation() {
 fn many_small_chunks_split_across_segments() {
     let mut raw = b"PUT /many HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
     for i in 0..500 {
-        raw.extend_from_slice(
-            format!("{:x}\r\n{}\r\n", i % 7 + 1, &"abcdefg"[..i % 7 + 1]).as_bytes(),
-        );
+        raw.extend_from_slice(format!("{:x}\r\n{}\r\n", i % 7 + 1, &"abcdefg"[..i % 7 + 1]).as_bytes());
     }
     raw.extend_from_slice(b"0\r\n\r\n");
     for size in [1, 5, 1460] {
@@ -311,15 +248,8 @@ fn pipelined_requests_in_one_segment_are_zero_copy_slices() {
         let base = seg.payload.as_ptr();
         let ev = feed(&mut ex, [seg]);
         let r = requests(&ev);
-        assert_eq!(
-            raws(&ev),
-            vec![GET.to_vec(), POST.to_vec(), CHUNKED.to_vec(), GET.to_vec()]
-        );
-        assert_eq!(
-            r[1].raw.as_ptr(),
-            base.wrapping_add(GET.len()),
-            "a slice of the segment, not a copy"
-        );
+        assert_eq!(raws(&ev), vec![GET.to_vec(), POST.to_vec(), CHUNKED.to_vec(), GET.to_vec()]);
+        assert_eq!(r[1].raw.as_ptr(), base.wrapping_add(GET.len()), "a slice of the segment, not a copy");
         let ids: Vec<u64> = r.iter().map(|r| r.id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
     });
@@ -367,10 +297,7 @@ fn out_of_order_within_window_is_reordered() {
         }
         let mut ex = Extractor::new(small_cfg());
         let ev = feed(&mut ex, order);
-        assert_eq!(
-            raws(&ev),
-            vec![POST.to_vec(), GET.to_vec(), CHUNKED.to_vec()]
-        );
+        assert_eq!(raws(&ev), vec![POST.to_vec(), GET.to_vec(), CHUNKED.to_vec()]);
         assert_eq!(ex.stats().buffered_bytes, 0);
         assert_eq!(ex.stats().request_segments.buffered, 0);
     });
@@ -396,15 +323,8 @@ fn retransmission_and_overlap_first_received_bytes_win() {
     let mut expect = POST.to_vec();
     expect[58..61].copy_from_slice(b"XXX");
     assert_eq!(raws(&ev), vec![expect]);
-    assert_eq!(
-        ex.stats().request_segments.dropped(DropReason::Duplicate),
-        1
-    );
-    assert_eq!(
-        ex.stats().request_segments.used,
-        4,
-        "s3 counts once although it was split"
-    );
+    assert_eq!(ex.stats().request_segments.dropped(DropReason::Duplicate), 1);
+    assert_eq!(ex.stats().request_segments.used, 4, "s3 counts once although it was split");
     // Every stream byte once; the fake's 3 bytes won, so s3's first 3 and the 58-byte
     // retransmission are overlap.
     assert_eq!(ex.stats().request_segments.stream_bytes, POST.len() as u64);
@@ -422,20 +342,13 @@ fn hole_mid_request_is_dropped_as_gap_after_timeout_and_next_request_survives() 
         let d = c.client(GET);
         let now = d.ts_ns;
         let mut ev = feed(&mut ex, [a, b, d]);
-        assert!(
-            requests(&ev).is_empty(),
-            "nothing emitted while the hole may still fill"
-        );
+        assert!(requests(&ev).is_empty(), "nothing emitted while the hole may still fill");
         ex.tick(now + 10_000_000, &mut ev);
         assert!(requests(&ev).is_empty());
         ex.tick(now + 60_000_000, &mut ev);
         assert_eq!(raws(&ev), vec![GET.to_vec()]);
         assert_eq!(req_drops(&ex, DropReason::Gap), 1);
-        assert_eq!(
-            ex.stats().request_segments.dropped(DropReason::Gap),
-            1,
-            "the tail of the damaged request"
-        );
+        assert_eq!(ex.stats().request_segments.dropped(DropReason::Gap), 1, "the tail of the damaged request");
         assert!(ex.stats().reconciles());
     });
 }
@@ -498,10 +411,7 @@ fn sampling_skip_without_responses_resolves_on_timeout() {
 
 #[test]
 fn segment_beyond_the_window_gives_up_the_hole_at_once() {
-    let cfg = ExtractorConfig {
-        ooo_window_bytes: 1000,
-        ..small_cfg()
-    };
+    let cfg = ExtractorConfig { ooo_window_bytes: 1000, ..small_cfg() };
     let mut ex = Extractor::new(cfg);
     let mut c = Conn::new(true, 40012, 7, 7);
     let a = c.client(&POST[..10]);
@@ -559,12 +469,7 @@ fn truncated_segments_drop_what_they_touch() {
         let ev = feed(&mut ex, [head, trunc, trunc_req, ok]);
         assert_eq!(raws(&ev), vec![POST.to_vec()]);
         assert_eq!(req_drops(&ex, DropReason::TruncatedCapture), 2);
-        assert_eq!(
-            ex.stats()
-                .request_segments
-                .dropped(DropReason::TruncatedCapture),
-            2
-        );
+        assert_eq!(ex.stats().request_segments.dropped(DropReason::TruncatedCapture), 2);
     });
 }
 
@@ -594,10 +499,7 @@ fn fin_and_rst_tear_flows_down() {
         let r = c.client_rst();
         let _ = feed(&mut ex, [a, b, r]);
         assert_eq!(req_drops(&ex, DropReason::Incomplete), 1);
-        assert_eq!(
-            ex.stats().request_segments.dropped(DropReason::Incomplete),
-            1
-        );
+        assert_eq!(ex.stats().request_segments.dropped(DropReason::Incomplete), 1);
         assert_eq!(ex.stats().flows_active, 0);
         assert_eq!(ex.stats().memory_bytes, 0);
         assert_eq!(ex.stats().buffered_bytes, 0);
@@ -656,10 +558,7 @@ fn idle_flows_expire_and_drop_what_is_in_progress() {
 #[test]
 fn memory_cap_evicts_least_recently_used_flows() {
     let cap = 200 * 1024;
-    let cfg = ExtractorConfig {
-        memory_cap_bytes: cap,
-        ..small_cfg()
-    };
+    let cfg = ExtractorConfig { memory_cap_bytes: cap, ..small_cfg() };
     let mut ex = Extractor::new(cfg);
     let big = format!("POST /big HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 1 << 20);
     let mut out = Vec::new();
@@ -679,14 +578,9 @@ fn memory_cap_evicts_least_recently_used_flows() {
 
 #[test]
 fn flow_limit_evicts_oldest_flow() {
-    let cfg = ExtractorConfig {
-        max_flows: 3,
-        ..small_cfg()
-    };
+    let cfg = ExtractorConfig { max_flows: 3, ..small_cfg() };
     let mut ex = Extractor::new(cfg);
-    let mut conns: Vec<Conn> = (0..4)
-        .map(|i| Conn::new(i % 2 == 1, 30000 + i, 1, 1))
-        .collect();
+    let mut conns: Vec<Conn> = (0..4).map(|i| Conn::new(i % 2 == 1, 30000 + i, 1, 1)).collect();
     let mut out = Vec::new();
     for c in &mut conns[..3] {
         ex.push(c.client(&GET[..10]), c.ts, &mut out);
@@ -696,21 +590,13 @@ fn flow_limit_evicts_oldest_flow() {
     let st = ex.stats();
     assert_eq!(st.flows_active, 3);
     assert_eq!(st.flows_evicted, 1);
-    assert_eq!(
-        st.requests.dropped(DropReason::Evicted),
-        1,
-        "the least recently used, not flow 0"
-    );
+    assert_eq!(st.requests.dropped(DropReason::Evicted), 1, "the least recently used, not flow 0");
     assert_eq!(raws(&out), vec![GET.to_vec(), GET.to_vec()]);
 }
 
 #[test]
 fn idle_flow_costs_at_most_512_bytes() {
-    assert!(
-        Extractor::idle_flow_bytes() <= 512,
-        "idle flow costs {} bytes",
-        Extractor::idle_flow_bytes()
-    );
+    assert!(Extractor::idle_flow_bytes() <= 512, "idle flow costs {} bytes", Extractor::idle_flow_bytes());
     both_families(|v6| {
         let mut ex = Extractor::new(small_cfg());
         let mut c = Conn::new(v6, 40021, 1, 1);
@@ -796,16 +682,9 @@ fn declined_upgrade_lets_http1_go_on() {
         let ev = feed(&mut ex, segs);
         assert_eq!(raws(&ev), vec![POST.to_vec()]);
         let r = responses(&ev);
-        assert_eq!(
-            (r.len(), r[0].status, r[0].request_id),
-            (1, 201, requests(&ev)[0].id)
-        );
+        assert_eq!((r.len(), r[0].status, r[0].request_id), (1, 201, requests(&ev)[0].id));
         let st = ex.stats();
-        assert_eq!(
-            st.requests.dropped(DropReason::Upgrade),
-            1,
-            "the upgrade request itself is not replayed"
-        );
+        assert_eq!(st.requests.dropped(DropReason::Upgrade), 1, "the upgrade request itself is not replayed");
         assert_eq!(st.responses.dropped(DropReason::UnpairedResponse), 1);
     });
 }
@@ -834,18 +713,10 @@ fn http2_prior_knowledge_and_tls_are_unsupported_not_misparsed() {
     for v6 in [false, true] {
         // (bytes, segment size, an HTTP/1.1 exchange first): a split preface is only seen
         // after a request boundary, where the stream is already in sync.
-        for (payload, split, after_get) in [
-            (&h2[..], 100, false),
-            (&h2[..], 4, true),
-            (&hello[..], 100, false),
-        ] {
+        for (payload, split, after_get) in [(&h2[..], 100, false), (&h2[..], 4, true), (&hello[..], 100, false)] {
             let mut ex = Extractor::new(small_cfg());
             let mut c = Conn::new(v6, 40025, 1, 1);
-            let mut segs = if after_get {
-                vec![c.client(GET), c.server(OK)]
-            } else {
-                vec![]
-            };
+            let mut segs = if after_get { vec![c.client(GET), c.server(OK)] } else { vec![] };
             segs.extend(c.client_split(payload, split));
             segs.push(c.server(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"));
             segs.push(c.client(GET));
@@ -854,30 +725,17 @@ fn http2_prior_knowledge_and_tls_are_unsupported_not_misparsed() {
             let st = ex.stats();
             assert_eq!(st.requests.dropped(DropReason::UnsupportedProtocol), 1);
             assert_eq!(st.requests.seen, 1 + u64::from(after_get));
-            assert!(
-                st.response_segments
-                    .dropped(DropReason::UnsupportedProtocol)
-                    >= 1
-            );
+            assert!(st.response_segments.dropped(DropReason::UnsupportedProtocol) >= 1);
         }
     }
 }
 
 #[test]
 fn oversize_headers_drop_and_resync() {
-    let cfg = ExtractorConfig {
-        max_header_bytes: 256,
-        max_headers: 4,
-        ..small_cfg()
-    };
+    let cfg = ExtractorConfig { max_header_bytes: 256, max_headers: 4, ..small_cfg() };
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
     let many = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n";
-    for (bad, split) in [
-        (long.as_bytes(), 1000),
-        (long.as_bytes(), 7),
-        (many.as_bytes(), 1000),
-        (many.as_bytes(), 3),
-    ] {
+    for (bad, split) in [(long.as_bytes(), 1000), (long.as_bytes(), 7), (many.as_bytes(), 1000), (many.as_bytes(), 3)] {
         let mut ex = Extractor::new(cfg.clone());
         let mut c = Conn::new(false, 40026, 1, 1);
         let mut segs = vec![c.client(GET)];
@@ -891,15 +749,8 @@ fn oversize_headers_drop_and_resync() {
 
 #[test]
 fn oversize_body_is_framed_through_and_never_buffered_whole() {
-    let cfg = ExtractorConfig {
-        max_body_bytes: 1000,
-        ..small_cfg()
-    };
-    let big_cl = [
-        b"POST /big HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".as_slice(),
-        &[b'b'; 5000],
-    ]
-    .concat();
+    let cfg = ExtractorConfig { max_body_bytes: 1000, ..small_cfg() };
+    let big_cl = [b"POST /big HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".as_slice(), &[b'b'; 5000]].concat();
     let mut big_chunked = b"POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..20 {
         big_chunked.extend_from_slice(b"64\r\n");
@@ -922,28 +773,18 @@ fn oversize_body_is_framed_through_and_never_buffered_whole() {
             let r = responses(&ev);
             assert_eq!(r.len(), 1);
             assert_eq!((r[0].status, r[0].request_id), (200, requests(&ev)[0].id));
-            assert_eq!(
-                ex.stats().responses.dropped(DropReason::UnpairedResponse),
-                1
-            );
+            assert_eq!(ex.stats().responses.dropped(DropReason::UnpairedResponse), 1);
         }
     }
 }
 
 #[test]
 fn huge_content_length_allocates_nothing_up_front() {
-    let mut ex = Extractor::new(ExtractorConfig {
-        max_body_bytes: u64::MAX,
-        ..small_cfg()
-    });
+    let mut ex = Extractor::new(ExtractorConfig { max_body_bytes: u64::MAX, ..small_cfg() });
     let mut c = Conn::new(false, 40028, 1, 1);
     let head = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", u64::MAX);
     let _ = feed(&mut ex, [c.client(head.as_bytes()), c.client(b"abc")]);
-    assert!(
-        ex.stats().memory_bytes < 200 * 1024,
-        "{}",
-        ex.stats().memory_bytes
-    );
+    assert!(ex.stats().memory_bytes < 200 * 1024, "{}", ex.stats().memory_bytes);
     assert_eq!(ex.stats().requests.in_progress, 1);
 }
 
@@ -961,12 +802,7 @@ fn parse_errors_drop_and_resync_at_the_next_request_start() {
         let mut c = Conn::new(true, 40029, 1, 1);
         let segs = [c.client(b), c.client(b"trailing garbage"), c.client(GET)];
         let ev = feed(&mut ex, segs);
-        assert_eq!(
-            raws(&ev),
-            vec![GET.to_vec()],
-            "{}",
-            String::from_utf8_lossy(b)
-        );
+        assert_eq!(raws(&ev), vec![GET.to_vec()], "{}", String::from_utf8_lossy(b));
         assert_eq!(req_drops(&ex, DropReason::ParseError), 1);
     }
 }
@@ -975,8 +811,7 @@ fn parse_errors_drop_and_resync_at_the_next_request_start() {
 fn te_and_cl_together_is_dropped_but_framed_by_chunked() {
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 40030, 1, 1);
-    let smuggle =
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let smuggle = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     let ev = feed(&mut ex, [c.client(&[smuggle.as_slice(), GET].concat())]);
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
     assert_eq!(req_drops(&ex, DropReason::ParseError), 1);
@@ -990,14 +825,10 @@ fn responses_framing_and_fifo_pairing() {
         // Pipelined: four requests, then their responses, one of them split byte by byte.
         let reqs = [GET, b"HEAD /h HTTP/1.1\r\n\r\n".as_slice(), POST, GET].concat();
         let mut segs = vec![c.client(&reqs)];
-        segs.push(
-            c.server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
-        );
+        segs.push(c.server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
         segs.push(c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"));
         let mut tail = Vec::new();
-        for b in
-            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"
-        {
+        for b in b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n" {
             tail.push(c.server(&[*b]));
         }
         segs.extend(tail);
@@ -1005,10 +836,7 @@ fn responses_framing_and_fifo_pairing() {
         let q = requests(&ev);
         let r = responses(&ev);
         assert_eq!(q.len(), 4);
-        let got: Vec<_> = r
-            .iter()
-            .map(|r| (r.request_id, r.status, r.framing, r.body_len))
-            .collect();
+        let got: Vec<_> = r.iter().map(|r| (r.request_id, r.status, r.framing, r.body_len)).collect();
         assert_eq!(
             got,
             vec![
@@ -1035,19 +863,12 @@ fn response_without_a_captured_request_is_unpaired_not_mispaired() {
     c.skip_client(GET.len());
     let orphan = c.server(OK);
     // ...then a sampled request and its response.
-    let segs = [
-        orphan,
-        c.client(POST),
-        c.server(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
-    ];
+    let segs = [orphan, c.client(POST), c.server(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")];
     let ev = feed(&mut ex, segs);
     let r = responses(&ev);
     assert_eq!(r.len(), 1);
     assert_eq!((r[0].status, r[0].request_id), (201, requests(&ev)[0].id));
-    assert_eq!(
-        ex.stats().responses.dropped(DropReason::UnpairedResponse),
-        1
-    );
+    assert_eq!(ex.stats().responses.dropped(DropReason::UnpairedResponse), 1);
 }
 
 #[test]
@@ -1078,10 +899,7 @@ fn retransmitted_request_start_after_desync_is_not_replayed_twice() {
     let bad = c.client(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n");
     let ev = feed(&mut ex, [a.clone(), bad, a]);
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
-    assert_eq!(
-        ex.stats().request_segments.dropped(DropReason::Duplicate),
-        1
-    );
+    assert_eq!(ex.stats().request_segments.dropped(DropReason::Duplicate), 1);
 }
 
 #[test]
@@ -1089,14 +907,8 @@ fn drop_labels_cover_every_reason_and_direction() {
     let ex = Extractor::new(small_cfg());
     let d: Vec<_> = ex.stats().drops().collect();
     assert_eq!(d.len(), 2 * DropReason::COUNT);
-    assert!(
-        d.iter()
-            .any(|(l, dir, _)| *l == "gap" && *dir == Direction::Request)
-    );
-    assert!(
-        d.iter()
-            .any(|(l, dir, _)| *l == "unpaired_response" && *dir == Direction::Response)
-    );
+    assert!(d.iter().any(|(l, dir, _)| *l == "gap" && *dir == Direction::Request));
+    assert!(d.iter().any(|(l, dir, _)| *l == "unpaired_response" && *dir == Direction::Response));
     assert_eq!(ex.stats().segment_drops().count(), 2 * DropReason::COUNT);
 }
 

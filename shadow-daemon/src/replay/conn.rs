@@ -105,7 +105,11 @@ impl Pool {
 
 /// Resolve the target (names are resolved at every connect, so DNS changes are followed) and
 /// connect to the first address that accepts, all within `timeout`.
-pub(crate) async fn connect(target: &ShadowTarget, timeout: Duration, metrics: &ConnectionMetrics) -> Result<Conn, ReplayError> {
+pub(crate) async fn connect(
+    target: &ShadowTarget,
+    timeout: Duration,
+    metrics: &ConnectionMetrics,
+) -> Result<Conn, ReplayError> {
     let attempt = async {
         let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -251,5 +255,11 @@ pub(crate) async fn exchange(
     if conn.buf.capacity() > 4 * READ_CHUNK {
         conn.buf = Vec::with_capacity(READ_CHUNK);
     }
-    Ok(Exchange { status: head.status, first_byte, complete: done_at.saturating_duration_since(sent), reusable, done_at })
+    Ok(Exchange {
+        status: head.status,
+        first_byte,
+        complete: done_at.saturating_duration_since(sent),
+        reusable,
+        done_at,
+    })
 }

@@ -50,7 +50,11 @@ impl ShadowTarget {
 
 impl fmt::Display for ShadowTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_ipv6() { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+        if self.is_ipv6() {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -99,7 +103,20 @@ pub fn is_token(s: &[u8]) -> bool {
             b.is_ascii_alphanumeric()
                 || matches!(
                     b,
-                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
                 )
         })
 }
@@ -183,7 +200,8 @@ impl std::str::FromStr for HostMode {
             "target" => Ok(Self::Target),
             t => match t.strip_prefix("suffix:") {
                 Some(sfx)
-                    if !sfx.is_empty() && sfx.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+                    if !sfx.is_empty()
+                        && sfx.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
                 {
                     Ok(Self::Suffix(sfx.to_owned()))
                 }
@@ -319,7 +337,8 @@ pub fn normalize_path(target: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < path.len() {
         if path[i] == b'%'
-            && let (Some(h), Some(l)) = (path.get(i + 1).and_then(|&c| hex_val(c)), path.get(i + 2).and_then(|&c| hex_val(c)))
+            && let (Some(h), Some(l)) =
+                (path.get(i + 1).and_then(|&c| hex_val(c)), path.get(i + 2).and_then(|&c| hex_val(c)))
         {
             let c = (h << 4) | l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
@@ -341,7 +360,8 @@ pub fn normalize_path(target: &[u8]) -> Vec<u8> {
             s => segments.push(s),
         }
     }
-    let trailing = decoded.len() > 1 && (decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/.."));
+    let trailing =
+        decoded.len() > 1 && (decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/.."));
     let mut out = Vec::with_capacity(decoded.len() + 1);
     for s in &segments {
         out.push(b'/');
@@ -526,12 +546,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
-    let (num, mult) = [("gib", 1u64 << 30), ("mib", 1 << 20), ("kib", 1 << 10), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)]
-        .iter()
-        .find_map(|(sfx, m)| lower.strip_suffix(sfx).map(|n| (n.trim().to_owned(), *m)))
-        .unwrap_or((lower.clone(), 1));
+    let (num, mult) =
+        [("gib", 1u64 << 30), ("mib", 1 << 20), ("kib", 1 << 10), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)]
+            .iter()
+            .find_map(|(sfx, m)| lower.strip_suffix(sfx).map(|n| (n.trim().to_owned(), *m)))
+            .unwrap_or((lower.clone(), 1));
     let v: u64 = num.parse().map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 10MiB)"))?;
-    let v = v.checked_mul(mult).filter(|v| *v <= MAX_BODY_BYTES_LIMIT).ok_or_else(|| format!("'{s}' is more than 1GiB"))?;
+    let v =
+        v.checked_mul(mult).filter(|v| *v <= MAX_BODY_BYTES_LIMIT).ok_or_else(|| format!("'{s}' is more than 1GiB"))?;
     Ok(v)
 }
 
@@ -579,12 +601,17 @@ mod tests {
 
     #[test]
     fn shadow_target_parses_names_ipv4_and_bracketed_ipv6() {
-        assert_eq!("shadow.svc:8080".parse::<ShadowTarget>(), Ok(ShadowTarget { host: "shadow.svc".into(), port: 8080 }));
+        assert_eq!(
+            "shadow.svc:8080".parse::<ShadowTarget>(),
+            Ok(ShadowTarget { host: "shadow.svc".into(), port: 8080 })
+        );
         assert_eq!("127.0.0.1:9".parse::<ShadowTarget>().map(|t| t.to_string()), Ok("127.0.0.1:9".into()));
         let v6: ShadowTarget = "[::1]:8080".parse().unwrap();
         assert_eq!(v6.host, "::1");
         assert_eq!(v6.authority(), "[::1]:8080");
-        for bad in ["x", "x:", ":80", "x:0", "x:65536", "::1:80", "[::1:80", "[zz]:80", "http://x:80", "a b:80", "a..b:1"] {
+        for bad in
+            ["x", "x:", ":80", "x:0", "x:65536", "::1:80", "[::1:80", "[zz]:80", "http://x:80", "a b:80", "a..b:1"]
+        {
             assert!(bad.parse::<ShadowTarget>().is_err(), "{bad} accepted");
         }
         assert!("x".parse::<ShadowTarget>().unwrap_err().contains("'x' is not HOST:PORT"));

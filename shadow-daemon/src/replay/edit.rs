@@ -92,7 +92,8 @@ pub(crate) fn edit_request(
         edits.push((line, value, edit));
     }
 
-    let added: usize = setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
+    let added: usize =
+        setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
     let mut out = Vec::with_capacity(raw.len() + added);
     let mut copied = 0;
     for (line, value, edit) in edits {
@@ -304,7 +305,10 @@ pub(crate) mod tests {
     fn inconsistent_spans_are_refused_not_guessed() {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
         r.headers.swap(0, 1);
-        assert!(matches!(edit_request(&r, &ReplayControls::default(), &target()), Err(ReplayError::InvalidCapture { .. })));
+        assert!(matches!(
+            edit_request(&r, &ReplayControls::default(), &target()),
+            Err(ReplayError::InvalidCapture { .. })
+        ));
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.head_len += 100;
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err());

@@ -72,7 +72,9 @@ pub enum ReplayError {
     Write { id: u64, target: String, source: io::Error },
     #[error("read the response to request {id} from shadow {target}: {source}")]
     Read { id: u64, target: String, source: io::Error },
-    #[error("read the response to request {id} from shadow {target}: connection closed before the response was complete")]
+    #[error(
+        "read the response to request {id} from shadow {target}: connection closed before the response was complete"
+    )]
     Closed { id: u64, target: String },
     #[error("read the response to request {id} from shadow {target}: {what}")]
     BadResponse { id: u64, target: String, what: &'static str },
@@ -522,7 +524,10 @@ mod tests {
             Some(ShadowErrorKind::Reset)
         );
         assert_eq!(ReplayError::Closed { id: 1, target: t() }.kind(), Some(ShadowErrorKind::Reset));
-        assert_eq!(ReplayError::BadResponse { id: 1, target: t(), what: "x" }.kind(), Some(ShadowErrorKind::BadResponse));
+        assert_eq!(
+            ReplayError::BadResponse { id: 1, target: t(), what: "x" }.kind(),
+            Some(ShadowErrorKind::BadResponse)
+        );
         assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.kind(), None);
     }

@@ -47,7 +47,9 @@ pub(crate) fn parse_head(buf: &[u8], request_method: &[u8]) -> Result<Option<Res
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => return Err("response head larger than 64 KiB"),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err("response head larger than 64 KiB");
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("more than 128 response headers"),
         Err(_) => return Err("not an HTTP/1.x response head"),
@@ -166,7 +168,9 @@ impl BodyDecoder {
         match kind {
             BodyKind::None | BodyKind::Length(0) => Self::Done,
             BodyKind::Length(n) => Self::Length(n),
-            BodyKind::Chunked => Self::Chunked(Chunked { state: ChunkState::Size { value: 0, digits: 0 }, line_bytes: 0 }),
+            BodyKind::Chunked => {
+                Self::Chunked(Chunked { state: ChunkState::Size { value: 0, digits: 0 }, line_bytes: 0 })
+            }
             BodyKind::UntilClose => Self::UntilClose,
         }
     }
@@ -229,7 +233,9 @@ impl Chunked {
                 ChunkState::Size { value, digits } => {
                     self.bump(MAX_CHUNK_LINE, "chunk size line longer than 4 KiB")?;
                     match (b as char).to_digit(16) {
-                        Some(d) if digits < 15 => ChunkState::Size { value: value * 16 + u64::from(d), digits: digits + 1 },
+                        Some(d) if digits < 15 => {
+                            ChunkState::Size { value: value * 16 + u64::from(d), digits: digits + 1 }
+                        }
                         Some(_) => return Err("chunk size too large"),
                         None if digits == 0 => return Err("invalid chunk size"),
                         None => match b {
