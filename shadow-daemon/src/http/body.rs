@@ -43,6 +43,18 @@ impl BodyDecoder {
         }
     }
 
+    /// The connection closed: the end of an until-close body, and fine for a body already done;
+    /// any other body is cut short (false).
+    pub fn finish_at_eof(&mut self) -> bool {
+        match self {
+            Self::UntilClose => {
+                *self = Self::Length { remaining: 0 };
+                true
+            }
+            _ => self.is_done(),
+        }
+    }
+
     /// The body has ended (an until-close body ends only with the connection).
     pub fn is_done(&self) -> bool {
         match self {
@@ -291,6 +303,37 @@ mod tests {
         assert_eq!(run(&long_trailer, 7), Err(HttpError::TrailersTooLarge { limit: 64 }));
         let long_ext = [b"1;".as_slice(), &[b'e'; 5000], b"\r\n"].concat();
         assert_eq!(run(&long_ext, 100), Err(HttpError::BadChunkSize));
+    }
+
+    #[test]
+    fn eof_ends_only_an_until_close_body() {
+        let mut d = BodyDecoder::new(BodyFraming::UntilClose);
+        assert!(d.finish_at_eof() && d.is_done());
+        assert!(!BodyDecoder::new(BodyFraming::ContentLength(4)).finish_at_eof());
+        assert!(BodyDecoder::new(BodyFraming::None).finish_at_eof());
+        assert!(!BodyDecoder::new(BodyFraming::Chunked).finish_at_eof());
+    }
+
+    proptest::proptest! {
+        /// Any chunking of any body, split at any points, is followed exactly to its end.
+        #[test]
+        fn chunked_end_found_for_any_split(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40), 0..6),
+            step in 1usize..50,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for c in &chunks {
+                wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                wire.extend_from_slice(c);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let end = wire.len();
+            let decoded: usize = chunks.iter().map(Vec::len).sum();
+            wire.extend_from_slice(&tail);
+            proptest::prop_assert_eq!(run(&wire, step), Ok((end, true, decoded as u64)));
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use bytes::Bytes;
 pub use self::{
     body::{BodyDecoder, ChunkedDecoder},
     head::{
-        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, looks_like_request_line,
-        looks_like_response_line, parse_request_head, parse_response_head, unsupported_preface,
+        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_request_line,
+        looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
     pairing::{PairOutcome, Pending, PendingQueue},
     request::RequestAssembler,
@@ -158,8 +158,10 @@ pub enum HttpError {
     BadContentLength,
     #[error("parse Content-Length: conflicting values")]
     ConflictingContentLength,
-    #[error("parse Transfer-Encoding: request codings do not end with a single chunked")]
+    #[error("parse Transfer-Encoding: chunked is not the single, final coding")]
     BadTransferEncoding,
+    #[error("parse status line: status code outside 100-599")]
+    BadStatus,
     #[error("parse Transfer-Encoding: not allowed in HTTP/1.0")]
     TransferEncodingHttp10,
     #[error("frame request body: both Transfer-Encoding and Content-Length (smuggling risk)")]
@@ -193,6 +195,7 @@ impl HttpError {
             | Self::BadContentLength
             | Self::ConflictingContentLength
             | Self::BadTransferEncoding
+            | Self::BadStatus
             | Self::TransferEncodingHttp10
             | Self::AmbiguousFraming
             | Self::BadChunkSize

@@ -207,7 +207,7 @@ impl ResponseAssembler {
         cx: &mut Cx<'_>,
     ) -> Step {
         self.buf = BytesMut::new();
-        if (100..200).contains(&head.status) && head.status != 101 {
+        if head.is_interim() {
             // Interim (100 Continue, 103 Early Hints): not a response to pair or count; the
             // final response follows.
             cx.responses.seen = cx.responses.seen.saturating_sub(1);
@@ -246,7 +246,7 @@ impl ResponseAssembler {
         if emit.is_none() {
             cx.responses.drop_started(DropReason::UnpairedResponse);
         }
-        let framing = if kind == RequestKind::Head { BodyFraming::None } else { head.framing };
+        let framing = head.framing_for(kind);
         self.progress = Some(Box::new(Progress {
             head: head_bytes,
             status: head.status,

@@ -18,7 +18,7 @@ mod flow;
 mod stats;
 mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use self::flow::{FLOW_STATE_BYTES, Flow, FlowIdx, FlowIndex, NIL, Shared};
 pub use self::{

@@ -14,7 +14,7 @@ use crate::{
 mod proptests;
 
 /// Test plumbing shared with the property tests.
-pub(super) mod support {
+pub(crate) mod support {
     use super::*;
 
     pub fn flow_id(v6: bool, client_port: u16) -> FlowId {

@@ -18,7 +18,6 @@ mod conn;
 pub mod controls;
 mod edit;
 mod slots;
-mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -44,6 +43,7 @@ use self::{
 };
 use crate::{
     config::Rule,
+    http::{HttpError, keeps_alive},
     message::{CapturedRequest, CapturedResponse},
     metrics::{EndpointId, Metrics, RequestTicket, ShadowErrorKind, reason},
 };
@@ -77,7 +77,9 @@ pub enum ReplayError {
     )]
     Closed { id: u64, target: String },
     #[error("read the response to request {id} from shadow {target}: {what}")]
-    BadResponse { id: u64, target: String, what: &'static str },
+    BadResponse { id: u64, target: String, what: HttpError },
+    #[error("read the response to request {id} from shadow {target}: more than 8 interim (1xx) responses")]
+    TooManyInterim { id: u64, target: String },
     #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
     Timeout { id: u64, target: String, timeout: Duration },
     #[error("edit request {id} for the shadow: the captured head is inconsistent: {what}")]
@@ -102,7 +104,7 @@ impl ReplayError {
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
             Self::Closed { .. } => ShadowErrorKind::Reset,
-            Self::BadResponse { .. } => ShadowErrorKind::BadResponse,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } => ShadowErrorKind::BadResponse,
         })
     }
 }
@@ -235,21 +237,9 @@ impl Lane {
     }
 }
 
-/// Whether the client asked to keep the connection open (so the shadow will too): HTTP/1.1
-/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+/// Whether the client asked to keep the connection open (so the shadow will too).
 fn request_keep_alive(req: &CapturedRequest) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for (name, value) in req.headers() {
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let t = token.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-    }
-    if req.minor_version == 0 { keep && !close } else { !close }
+    keeps_alive(req.minor_version, req.headers())
 }
 
 /// The replay stage. Create it inside the tokio runtime; [`submit`](Self::submit) from anywhere.
@@ -525,7 +515,7 @@ mod tests {
         );
         assert_eq!(ReplayError::Closed { id: 1, target: t() }.kind(), Some(ShadowErrorKind::Reset));
         assert_eq!(
-            ReplayError::BadResponse { id: 1, target: t(), what: "x" }.kind(),
+            ReplayError::BadResponse { id: 1, target: t(), what: HttpError::BadStatus }.kind(),
             Some(ShadowErrorKind::BadResponse)
         );
         assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
