@@ -27,10 +27,19 @@ use shadow_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    config::HookKind,
     segment::{self, DecodeError, Segment},
     service::ServiceMatch,
 };
+
+/// Which kernel hook captures traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    /// TC ingress and egress (TCX on Linux >= 6.6): requests and responses.
+    Tc,
+    /// XDP on ingress only: for physical NICs where the service's traffic arrives; sees requests
+    /// (and responses only if they also arrive on this interface).
+    Xdp,
+}
 
 /// The eBPF object built by build.rs from shadow-ebpf (empty when built with SHADOW_SKIP_EBPF=1).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow"));

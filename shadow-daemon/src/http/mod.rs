@@ -9,6 +9,7 @@
 mod body;
 mod head;
 mod pairing;
+mod path;
 mod request;
 mod response;
 
@@ -23,6 +24,7 @@ pub use self::{
         looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
     pairing::{PairOutcome, Pending, PendingQueue},
+    path::{PathPattern, normalize_path, request_path},
     request::RequestAssembler,
     response::ResponseAssembler,
 };

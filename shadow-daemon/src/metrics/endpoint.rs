@@ -35,7 +35,7 @@ pub(crate) fn endpoint_template_into(out: &mut String, method: &[u8], target: &[
     out.clear();
     push_safe(out, &method[..method.len().min(MAX_METHOD_LEN)]);
     out.push(' ');
-    let path = crate::replay::controls::request_path(target);
+    let path = crate::http::request_path(target);
     if path.first() != Some(&b'/') {
         // `*` (OPTIONS) or an authority (CONNECT): no segments to template.
         push_safe(out, &path[..path.len().min(MAX_ENDPOINT_LEN)]);

@@ -19,6 +19,7 @@
 //! count.
 
 pub mod endpoint;
+mod ledger;
 mod server;
 mod text;
 
@@ -34,56 +35,16 @@ use std::{
 
 use endpoint::EndpointNames;
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
+pub use ledger::{DropCounts, RequestCounts, RequestDrop, RequestTicket, reason};
+use ledger::{Ledger, LedgerCollector};
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::Histogram,
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use serde::{Deserialize, Serialize};
 pub use server::MetricsServer;
 use shadow_common::counter::NAMES as KERNEL_COUNTER_NAMES;
-
-/// Drop reasons of the replay stage (labels of `shadow_requests_dropped_total`). The extraction
-/// stage adds its own through [`Metrics::record_extraction_drop`].
-pub mod reason {
-    /// No rule with a shadow target covers the request's service port (capture-only rule).
-    pub const NO_TARGET: &str = "no_target";
-    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    /// Matched a deny pattern.
-    pub const PATH_DENIED: &str = "path_denied";
-    /// Allow patterns are configured and none matched.
-    pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const QUEUE_FULL: &str = "queue_full";
-    /// Sent, but the shadow failed (see `shadow_errors_total{kind}` for which way).
-    pub const SHADOW_ERROR: &str = "shadow_error";
-    /// The captured request's spans did not describe a well-formed head: not replayed rather
-    /// than repaired.
-    pub const INVALID_CAPTURE: &str = "invalid_capture";
-    /// Still queued or in flight when the daemon stopped.
-    pub const SHUTDOWN: &str = "shutdown";
-
-    pub const ALL: [&str; 10] = [
-        NO_TARGET,
-        METHOD_NOT_ALLOWED,
-        PATH_DENIED,
-        PATH_NOT_ALLOWED,
-        BODY_TOO_LARGE,
-        RATE_LIMITED,
-        QUEUE_FULL,
-        SHADOW_ERROR,
-        INVALID_CAPTURE,
-        SHUTDOWN,
-    ];
-}
 
 /// Prometheus histogram buckets for latencies, in seconds: sub-millisecond to the longest
 /// sensible request timeout.
@@ -147,120 +108,6 @@ fn status_class_index(status: u16) -> usize {
 /// still the best we have, and metrics must not take the daemon down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[derive(Clone, Debug, Default)]
-struct Ledger {
-    captured: u64,
-    replayed: u64,
-    in_flight: u64,
-    dropped: BTreeMap<&'static str, u64>,
-}
-
-impl Ledger {
-    fn drop_one(&mut self, reason: &'static str) {
-        *self.dropped.entry(reason).or_default() += 1;
-    }
-}
-
-/// One admitted request's place in the ledger; settle it with [`replayed`](Self::replayed) or
-/// [`dropped`](Self::dropped). Dropping it unsettled counts it as dropped for `shutdown`.
-#[derive(Debug)]
-#[must_use = "an unsettled ticket counts as dropped (shutdown)"]
-pub struct RequestTicket {
-    ledger: Arc<Mutex<Ledger>>,
-    settled: bool,
-}
-
-impl RequestTicket {
-    pub fn replayed(mut self) {
-        self.settled = true;
-        let mut l = lock(&self.ledger);
-        l.in_flight = l.in_flight.saturating_sub(1);
-        l.replayed += 1;
-    }
-
-    pub fn dropped(mut self, reason: &'static str) {
-        self.settled = true;
-        self.settle_dropped(reason);
-    }
-
-    fn settle_dropped(&self, reason: &'static str) {
-        let mut l = lock(&self.ledger);
-        l.in_flight = l.in_flight.saturating_sub(1);
-        l.drop_one(reason);
-    }
-}
-
-impl Drop for RequestTicket {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.settle_dropped(reason::SHUTDOWN);
-        }
-    }
-}
-
-/// The ledger as numbers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestCounts {
-    pub captured: u64,
-    pub replayed: u64,
-    pub in_flight: u64,
-    /// By reason; every known replay reason is present, zero or not.
-    pub dropped: BTreeMap<String, u64>,
-}
-
-impl RequestCounts {
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.values().sum()
-    }
-
-    /// `captured = replayed + dropped + in_flight`.
-    pub fn reconciles(&self) -> bool {
-        self.captured == self.replayed + self.dropped_total() + self.in_flight
-    }
-}
-
-/// Publishes the ledger from one snapshot, so the identity holds within every scrape.
-#[derive(Debug)]
-struct LedgerCollector(Arc<Mutex<Ledger>>);
-
-impl Collector for LedgerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snap = lock(&self.0).clone();
-        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
-        };
-        counter(
-            &mut encoder,
-            "shadow_requests_captured",
-            "HTTP requests seen by the extraction stage, whatever became of them.",
-            snap.captured,
-        )?;
-        counter(
-            &mut encoder,
-            "shadow_requests_replayed",
-            "Requests replayed to the shadow and answered with a complete response.",
-            snap.replayed,
-        )?;
-        let mut family = encoder.encode_descriptor(
-            "shadow_requests_dropped",
-            "Requests not replayed (or replayed without a usable response), by reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, v) in &snap.dropped {
-            ConstCounter::new(*v).encode(family.encode_family(&[("reason", *reason)])?)?;
-        }
-        let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
-        g.encode(encoder.encode_descriptor(
-            "shadow_requests_in_flight",
-            "Requests admitted for replay and not settled yet (queued or being replayed).",
-            None,
-            g.metric_type(),
-        )?)
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -423,10 +270,7 @@ impl Metrics {
     /// `max_endpoints`: distinct endpoints with their own latency series; the rest are `other`.
     pub fn new(max_endpoints: usize) -> Self {
         let mut registry = Registry::default();
-        let ledger = Arc::new(Mutex::new(Ledger {
-            dropped: reason::ALL.iter().map(|r| (*r, 0)).collect(),
-            ..Ledger::default()
-        }));
+        let ledger = Ledger::shared();
         registry.register_collector(Box::new(LedgerCollector(ledger.clone())));
 
         let responses = Family::<ClassLabels, Counter>::default();
@@ -574,31 +418,18 @@ impl Metrics {
 
     /// Admit one captured request into the ledger (captured and in flight); the ticket settles it.
     pub fn admit(&self) -> RequestTicket {
-        {
-            let mut l = lock(&self.ledger);
-            l.captured += 1;
-            l.in_flight += 1;
-        }
-        RequestTicket { ledger: self.ledger.clone(), settled: false }
+        Ledger::admit(&self.ledger)
     }
 
     /// A request the extraction stage saw but could not deliver (a gap, a parse error, ...):
     /// counted as captured and dropped for `reason` in one step.
     pub fn record_extraction_drop(&self, reason: &'static str) {
-        let mut l = lock(&self.ledger);
-        l.captured += 1;
-        l.drop_one(reason);
+        lock(&self.ledger).captured_and_dropped(reason);
     }
 
     /// The ledger now.
     pub fn requests(&self) -> RequestCounts {
-        let l = lock(&self.ledger).clone();
-        RequestCounts {
-            captured: l.captured,
-            replayed: l.replayed,
-            in_flight: l.in_flight,
-            dropped: l.dropped.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        }
+        lock(&self.ledger).counts()
     }
 
     /// The endpoint of a request (see [`endpoint_template`]), registered if there is room.
@@ -865,7 +696,7 @@ impl fmt::Display for Summary {
             m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         };
         for (label, m) in [
-            ("dropped", &r.dropped),
+            ("dropped", &r.dropped.0),
             ("shadow responses", &self.shadow_responses),
             ("shadow errors", &self.shadow_errors),
         ] {

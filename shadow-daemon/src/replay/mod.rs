@@ -42,10 +42,9 @@ use self::{
     slots::{Slots, Work},
 };
 use crate::{
-    config::Rule,
     http::{HttpError, keeps_alive},
     message::{CapturedRequest, CapturedResponse},
-    metrics::{EndpointId, Metrics, RequestTicket, ShadowErrorKind, reason},
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
 };
 
 /// Requests remembered for pairing with their primary response (for per-endpoint primary
@@ -109,12 +108,22 @@ impl ReplayError {
     }
 }
 
+/// What the replay stage is told about one rule: the service ports whose requests it takes, where
+/// they go and under which controls. The config's rules are lanes (`config::Rule`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lane {
+    pub ports: Vec<u16>,
+    /// `None`: capture only (requests are counted as dropped, `no_target`).
+    pub shadow: Option<ShadowTarget>,
+    pub controls: ReplayControls,
+}
+
 /// What [`ReplayEngine::submit`] did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submission {
     Queued,
     /// Not replayed; the reason is the `shadow_requests_dropped_total` label it was counted under.
-    Dropped(&'static str),
+    Dropped(RequestDrop),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,7 +139,7 @@ struct Job {
 
 /// The request's bytes in its lane's budget, released however the job ends.
 struct HeldBytes {
-    lane: Arc<Lane>,
+    lane: Arc<LaneState>,
     bytes: u64,
 }
 
@@ -140,8 +149,8 @@ impl Drop for HeldBytes {
     }
 }
 
-/// One rule with a shadow target: its controls, queue, rate limit and connections.
-struct Lane {
+/// One lane at run time: its controls, queue, rate limit and connections.
+struct LaneState {
     name: String,
     target: ShadowTarget,
     controls: ReplayControls,
@@ -158,9 +167,9 @@ struct WarnThrottle {
     suppressed: u64,
 }
 
-impl Lane {
+impl LaneState {
     /// Method, path and body checks, then the rate limit (so refused requests spend no tokens).
-    fn refuse(&self, req: &CapturedRequest) -> Option<&'static str> {
+    fn refuse(&self, req: &CapturedRequest) -> Option<RequestDrop> {
         if let Some(r) = self.controls.refuse(req.method(), req.target(), req.body().len()) {
             return Some(r);
         }
@@ -245,7 +254,7 @@ fn request_keep_alive(req: &CapturedRequest) -> bool {
 /// The replay stage. Create it inside the tokio runtime; [`submit`](Self::submit) from anywhere.
 pub struct ReplayEngine {
     metrics: Arc<Metrics>,
-    lanes: Vec<Arc<Lane>>,
+    lanes: Vec<Arc<LaneState>>,
     lane_by_port: HashMap<u16, usize>,
     pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
     stop: watch::Sender<Option<Instant>>,
@@ -264,7 +273,7 @@ impl ReplayEngine {
     /// One lane per rule with a shadow target. Rules without one capture only: their requests are
     /// counted as dropped (`no_target`). Spawns one dispatcher task per lane on the current
     /// runtime.
-    pub fn start(rules: &[Rule], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
+    pub fn start(rules: &[Lane], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
         let (stop, _) = watch::channel(None);
         let mut lanes = Vec::new();
@@ -283,7 +292,7 @@ impl ReplayEngine {
             // Zero would make a channel that panics or a semaphore that never opens; the config
             // refuses it, this keeps the engine safe when built by hand.
             let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
-            let lane = Arc::new(Lane {
+            let lane = Arc::new(LaneState {
                 name: format!("rule[{i}] ports {:?} -> shadow {target}", rule.ports),
                 target: target.clone(),
                 bucket: rule.controls.replay_rate.map(|r| Mutex::new(TokenBucket::new(r, Instant::now()))),
@@ -403,7 +412,7 @@ async fn check_resolves(target: ShadowTarget, lane: String) {
 /// Feeds one lane's queue to at most `concurrency` replays at once, until stopped. The replays run
 /// inside this task (see [`slots`]).
 async fn dispatch(
-    lane: Arc<Lane>,
+    lane: Arc<LaneState>,
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<Option<Instant>>,
@@ -460,7 +469,7 @@ async fn dispatch(
     drop(rx);
 }
 
-async fn replay_one(lane: Arc<Lane>, metrics: Arc<Metrics>, job: Job) {
+async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
     // The job's bytes stay in the budget until the replay is over.
     let Job { req, endpoint, ticket, _held } = job;
     let wire = match edit_request(&req, &lane.controls, &lane.target) {

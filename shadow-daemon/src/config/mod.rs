@@ -15,26 +15,33 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{
+    Parser,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 use shadow_common::PPM_ALL;
 
+pub use self::units::{
+    MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds,
+};
+// The hook is the capture layer's; the CLI only names it.
+pub use crate::capture::HookKind;
 use crate::{
+    http::PathPattern,
     metrics::DEFAULT_MAX_ENDPOINTS,
     replay::controls::{
-        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, PathPattern,
-        ReplayControls, ShadowTarget, parse_bytes, parse_count, parse_duration, parse_rate,
+        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, ReplayControls,
+        ShadowTarget,
     },
 };
 
-/// Which kernel hook captures traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HookKind {
-    /// TC ingress and egress (TCX on Linux >= 6.6): requests and responses.
-    Tc,
-    /// XDP on ingress only: for physical NICs where the service's traffic arrives; sees requests
-    /// (and responses only if they also arrive on this interface).
-    Xdp,
+mod units;
+
+fn parse_hook(s: &str) -> HookKind {
+    match s {
+        "xdp" => HookKind::Xdp,
+        _ => HookKind::Tc,
+    }
 }
 
 #[derive(Debug, Parser, Clone)]
@@ -61,7 +68,7 @@ pub struct Args {
     pub sample_rate: u32,
 
     /// Kernel hook: tc (ingress+egress) or xdp (ingress only).
-    #[arg(long, env = "SHADOW_HOOK", value_enum, default_value_t = HookKind::Tc)]
+    #[arg(long, env = "SHADOW_HOOK", default_value = "tc", value_parser = PossibleValuesParser::new(["tc", "xdp"]).map(|s| parse_hook(&s)))]
     pub hook: HookKind,
 
     /// Methods replayed besides the safe default (GET, HEAD, OPTIONS), comma separated.
@@ -94,8 +101,8 @@ pub struct Args {
     pub summary_file: Option<PathBuf>,
 
     /// Exit by itself after this many seconds (for demos and tests; default: run until signalled).
-    #[arg(long, env = "SHADOW_DURATION")]
-    pub duration: Option<f64>,
+    #[arg(long, env = "SHADOW_DURATION", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
 
     /// Header added to every replayed request, replacing one of that name
     /// [default: "X-Shadow-Request: true"].
@@ -158,7 +165,7 @@ pub struct Args {
 
     /// Request bytes held for replay (queued and in flight) per rule; beyond this requests are
     /// dropped and counted as queue_full [default: 64MiB].
-    #[arg(long, env = "SHADOW_QUEUE_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    #[arg(long, env = "SHADOW_QUEUE_BYTES", value_name = "BYTES", value_parser = parse_byte_size)]
     pub queue_bytes: Option<u64>,
 
     /// Idle keep-alive connections kept per shadow target [default: 64].
@@ -176,7 +183,7 @@ pub struct Args {
 }
 
 fn parse_memory_cap(s: &str) -> Result<u64, String> {
-    let v = parse_bytes(s)?;
+    let v = parse_byte_size(s)?;
     if v < 1024 * 1024 {
         return Err(format!("{v} bytes is below the 1 MiB minimum"));
     }
@@ -254,11 +261,6 @@ impl Args {
                 return Err(UsageError("--port is required (or give --config FILE)".into()));
             }
         }
-        if let Some(d) = self.duration
-            && (!d.is_finite() || d <= 0.0)
-        {
-            return Err(UsageError(format!("--duration {d}: must be a positive number of seconds")));
-        }
         Ok(())
     }
 }
@@ -293,18 +295,13 @@ impl DaemonConfig {
     }
 }
 
-/// Service ports whose requests go to one shadow target under one set of controls.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    pub ports: Vec<u16>,
-    /// `None`: capture only (requests are counted as dropped, `no_target`).
-    pub shadow: Option<ShadowTarget>,
-    pub controls: ReplayControls,
-}
+/// Service ports whose requests go to one shadow target under one set of controls: a rule is
+/// what the replay stage calls a lane, and is handed to it as it is.
+pub use crate::replay::Lane as Rule;
 
 /// A documented config file; `--config` reads files of this shape. Keys are the flags' names
 /// with `_` for `-`; a list key also takes a single string.
-pub const EXAMPLE_CONFIG: &str = include_str!("../../deploy/shadow.example.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/shadow.example.toml");
 
 /// Flags that only make sense without --config (the file has its own rules).
 const RULE_FLAGS: [&str; 17] = [
@@ -389,7 +386,7 @@ impl Args {
             ring_buffer_size: self.ring_buffer_size,
             verifier_log: self.verifier_log,
             summary_file: self.summary_file,
-            duration: self.duration.map(Duration::from_secs_f64),
+            duration: self.duration,
             max_endpoints: self.max_endpoints,
             memory_cap: self.memory_cap,
         })
@@ -603,7 +600,7 @@ fn apply_control(c: &mut ReplayControls, key: &str, v: &toml::Value) -> Result<(
         "connect_timeout" => c.connect_timeout = parse_duration(&scalar_text(v, "a duration")?)?,
         "concurrency" => c.concurrency = parse_concurrency(&scalar_text(v, "a number")?)?,
         "queue_capacity" => c.queue_capacity = parse_queue_capacity(&scalar_text(v, "a number")?)?,
-        "queue_bytes" => c.queue_bytes = parse_bytes(&scalar_text(v, "a byte count")?)?,
+        "queue_bytes" => c.queue_bytes = parse_byte_size(&scalar_text(v, "a byte count")?)?,
         "pool_size" => c.pool_size = parse_pool_size(&scalar_text(v, "a number")?)?,
         _ => return Err("unknown key".into()),
     }
@@ -774,6 +771,22 @@ mod tests {
         assert!(e.starts_with("--set-header: ") && !e.contains("s3cret"), "a header value is never echoed: {e}");
         let e = file("[[rule]]\nport = 80\nset_header = \"X-Token: s3cret\\u0000\"\n").unwrap_err();
         assert!(e.contains("rule[0].set_header") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn caps_on_memory_take_gib_and_durations_are_bounded() {
+        let c = resolve(&["-i", "lo", "-p", "80", "--memory-cap", "2GiB", "--queue-bytes", "2GiB"]).unwrap();
+        assert_eq!((c.memory_cap, c.rules[0].controls.queue_bytes), (2 << 30, 2 << 30));
+        let f = file("[[rule]]\nport = 80\nqueue_bytes = \"4GiB\"\n").unwrap();
+        assert_eq!(f.rules[0].controls.queue_bytes, 4 << 30);
+        let e = resolve(&["-i", "lo", "-p", "80", "--max-body-bytes", "2GiB"]).unwrap_err();
+        assert!(e.contains("--max-body-bytes") && e.contains("1GiB"), "a body is still capped at 1 GiB: {e}");
+        for d in ["1e20", "inf", "0", "-2", "x"] {
+            let d = &format!("--duration={d}");
+            let e = parse(&["-i", "lo", "-p", "80", d]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{d}");
+            assert!(e.to_string().contains("--duration"), "{d}: {e}");
+        }
     }
 
     #[test]
