@@ -2,7 +2,7 @@
 
 use proptest::{prelude::*, sample::Index, test_runner::FileFailurePersistence};
 
-use super::{support::*, *};
+use super::{super::*, support::*};
 use crate::http::looks_like_request_line;
 
 const METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE"];
