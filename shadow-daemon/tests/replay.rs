@@ -16,13 +16,12 @@ use std::{
 use bytes::Bytes;
 use shadow_daemon::{
     config::Rule,
-    message::{BodyFraming, CapturedRequest, HeaderSpan},
+    message::{BodyFraming, CapturedRequest},
     metrics::{Metrics, MetricsServer, RequestCounts, reason},
     replay::{
         ReplayEngine, Submission,
         controls::{MethodAllowlist, PathPattern, ReplayControls, ShadowTarget},
     },
-    segment::FlowId,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -34,49 +33,13 @@ const SERVICE_PORT: u16 = 8080;
 /// Longest any test waits for the engine to settle everything.
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// A CapturedRequest from wire bytes, spans from httparse as the extraction stage computes them.
+/// A CapturedRequest from wire bytes (the shared builder: spans as the extraction stage computes them).
 fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
     captured_on(id, raw, SERVICE_PORT)
 }
 
 fn captured_on(id: u64, raw: &[u8], port: u16) -> CapturedRequest {
-    let raw = Bytes::copy_from_slice(raw);
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Request::new(&mut hs);
-    let head_len = match r.parse(&raw).expect("test request parses") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => panic!("test request is incomplete"),
-    };
-    let base = raw.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let o = s.as_ptr() as usize - base;
-        o..o + s.len()
-    };
-    let headers = r
-        .headers
-        .iter()
-        .map(|h| {
-            let name = span(h.name.as_bytes());
-            let value = if h.value.is_empty() { name.end + 1..name.end + 1 } else { span(h.value) };
-            HeaderSpan { name, value }
-        })
-        .collect();
-    let method = span(r.method.expect("method").as_bytes());
-    let target = span(r.path.expect("path").as_bytes());
-    let minor_version = r.version.unwrap_or(1);
-    CapturedRequest {
-        id,
-        flow: FlowId { client: "127.0.0.1:50000".parse().unwrap(), server: SocketAddr::from(([127, 0, 0, 1], port)) },
-        raw: raw.clone(),
-        head_len,
-        method,
-        target,
-        minor_version,
-        headers,
-        framing: BodyFraming::None,
-        first_ts_ns: 1_000,
-        last_ts_ns: 2_000,
-    }
+    CapturedRequest::builder(raw).id(id).server_port(port).build()
 }
 
 /// The bytes the shadow must receive for `raw` with default controls: the tag line before the

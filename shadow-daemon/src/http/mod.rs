@@ -12,11 +12,15 @@ mod pairing;
 mod path;
 mod request;
 mod response;
+#[cfg(any(test, feature = "test-util"))]
+mod test_util;
 
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "test-util"))]
+pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
     body::{BodyDecoder, ChunkedDecoder},
     head::{
