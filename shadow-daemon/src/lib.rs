@@ -1,7 +1,8 @@
 //! shadow-daemon: mirror live HTTP traffic to a shadow service, passively, from the kernel.
 //!
 //! Modules, in data-flow order; none imports one that imports it back:
-//! - `capture`: load and attach the eBPF programs, the ring-buffer reader (the only aya user);
+//! - `capture`: load and attach the eBPF programs, the ring-buffer reader (the only aya user),
+//!   the hook kind;
 //! - `segment`: ring-buffer records decoded into TCP segments;
 //! - `reassembly`: per-flow byte streams, gaps, the memory cap (pure, no I/O);
 //! - `http`: HTTP/1.x framing (the one used by extraction and by the replay client alike),
@@ -11,6 +12,10 @@
 //!   pooled keep-alive connections to the shadow;
 //! - `metrics`: the request ledger, latency, Prometheus registry and HTTP endpoint (a sink: it
 //!   knows no stage, only `http`'s path normal form for endpoint names);
+//! - `compare`: primary against shadow per endpoint, noise, gates, verdict, report (pure);
+//! - `service`: what a rule matches (a port, on any address or an address prefix);
+//! - `control`, `operate`: the control socket, and the commands it applies to the capture;
+//! - `ctl`: `shadowctl`, the client;
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
 //! - `run`: `run(config, shutdown)`, the loop that joins them.
 //!
