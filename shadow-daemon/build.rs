@@ -23,7 +23,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(shadow_skip_ebpf)");
 
     if let Err(missing) = prerequisites() {
-        println!("cargo::error={missing}: run `cargo xtask setup` first (or set {SKIP_ENV}=1 to build without the eBPF object)");
+        println!(
+            "cargo::error={missing}: run `cargo xtask setup` first (or set {SKIP_ENV}=1 to build without the eBPF object)"
+        );
         return;
     }
 

@@ -75,26 +75,18 @@ struct Side {
 
 fn flow(i: u8) -> FlowId {
     let (c, s): (IpAddr, IpAddr) = if i % 2 == 0 {
-        (
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 200)),
-        )
+        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 200)))
     } else {
         (
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(i))),
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xff)),
         )
     };
-    FlowId {
-        client: SocketAddr::new(c, 40000 + u16::from(i)),
-        server: SocketAddr::new(s, 80),
-    }
+    FlowId { client: SocketAddr::new(c, 40000 + u16::from(i)), server: SocketAddr::new(s, 80) }
 }
 
 fn check_request(raw: &[u8], head_len: usize, framing: BodyFraming, limits: &Limits) {
-    let head = parse_request_head(raw, limits)
-        .expect("emitted head parses")
-        .expect("emitted head is complete");
+    let head = parse_request_head(raw, limits).expect("emitted head parses").expect("emitted head is complete");
     assert_eq!(head.head_len, head_len);
     assert_eq!(head.framing, framing);
     let body = &raw[head_len..];
@@ -111,9 +103,7 @@ fn check_request(raw: &[u8], head_len: usize, framing: BodyFraming, limits: &Lim
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    let (Some(a), Some(b), Some(c), Some(d)) =
-        (input.byte(), input.byte(), input.byte(), input.byte())
-    else {
+    let (Some(a), Some(b), Some(c), Some(d)) = (input.byte(), input.byte(), input.byte(), input.byte()) else {
         return;
     };
     let cfg = ExtractorConfig {
@@ -149,11 +139,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let Some(sel) = input.byte() else { break };
         let f = (sel & 3) as usize;
-        let dir = if sel & 4 == 0 {
-            Direction::Request
-        } else {
-            Direction::Response
-        };
+        let dir = if sel & 4 == 0 { Direction::Request } else { Direction::Response };
         let d = usize::from(dir == Direction::Response);
         // Payload: raw bytes or fragments.
         let mut payload = Vec::new();
@@ -193,18 +179,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let truncated = flags_in & 0x1e == 0x06;
         let other = sides[f][1 - d].next;
-        let ack = if flags_in & 0x08 != 0 {
-            other.wrapping_sub(u32::from(pos & 0xff))
-        } else {
-            other
-        };
-        let wire_len = if truncated {
-            payload.len() as u32 + u32::from(pos & 0x3ff)
-        } else {
-            payload.len() as u32
-        };
-        let request_start =
-            dir == Direction::Request && (flags_in & 0x10 != 0 || payload.first() == Some(&b'G'));
+        let ack = if flags_in & 0x08 != 0 { other.wrapping_sub(u32::from(pos & 0xff)) } else { other };
+        let wire_len = if truncated { payload.len() as u32 + u32::from(pos & 0x3ff) } else { payload.len() as u32 };
+        let request_start = dir == Direction::Request && (flags_in & 0x10 != 0 || payload.first() == Some(&b'G'));
         let seg = Segment {
             flow: flow(f as u8),
             direction: dir,
@@ -213,11 +190,7 @@ fuzz_target!(|data: &[u8]| {
             tcp_flags: flags,
             ts_ns: now,
             wire_len,
-            payload: if truncated {
-                Bytes::new()
-            } else {
-                Bytes::from(payload)
-            },
+            payload: if truncated { Bytes::new() } else { Bytes::from(payload) },
             truncated,
             request_start,
             ifindex: 1,
@@ -229,11 +202,7 @@ fuzz_target!(|data: &[u8]| {
         ex.push(seg, now, &mut out);
 
         let st = ex.stats();
-        assert!(
-            st.memory_bytes <= cap,
-            "memory {} over cap {cap}",
-            st.memory_bytes
-        );
+        assert!(st.memory_bytes <= cap, "memory {} over cap {cap}", st.memory_bytes);
         assert!(st.buffered_bytes <= st.memory_bytes);
         assert!(st.reconciles(), "{st:#?}");
         for ev in out.drain(..) {
@@ -241,9 +210,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r.id > last_id, "ids increase");
                 last_id = r.id;
                 check_request(&r.raw, r.head_len, r.framing, &limits);
-                assert!(
-                    r.raw.get(r.method.clone()).is_some() && r.raw.get(r.target.clone()).is_some()
-                );
+                assert!(r.raw.get(r.method.clone()).is_some() && r.raw.get(r.target.clone()).is_some());
                 assert!(r.first_ts_ns <= r.last_ts_ns);
             }
         }

@@ -129,11 +129,7 @@ pub const PPM_ALL: u32 = 1_000_000;
 
 impl Config {
     pub const fn new() -> Self {
-        Self {
-            enabled: 0,
-            _pad: 0,
-            ports: [0; PORT_BITMAP_BYTES],
-        }
+        Self { enabled: 0, _pad: 0, ports: [0; PORT_BITMAP_BYTES] }
     }
 
     pub const fn set_port(&mut self, port: u16) {
@@ -316,10 +312,6 @@ mod tests {
     fn buckets_ascend_and_end_at_max_capture() {
         assert!(CAPTURE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(CAPTURE_BUCKETS[CAPTURE_BUCKETS.len() - 1], MAX_CAPTURE);
-        assert!(
-            CAPTURE_BUCKETS
-                .iter()
-                .all(|b| (SEGMENT_HEADER_LEN + b).is_multiple_of(8))
-        );
+        assert!(CAPTURE_BUCKETS.iter().all(|b| (SEGMENT_HEADER_LEN + b).is_multiple_of(8)));
     }
 }

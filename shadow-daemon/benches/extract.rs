@@ -52,20 +52,9 @@ fn request(size: usize) -> Vec<u8> {
 
 fn flow(i: u16) -> FlowId {
     let v4 = i.is_multiple_of(2);
-    let c: IpAddr = if v4 {
-        "10.1.0.1".parse().unwrap()
-    } else {
-        "fd00::1".parse().unwrap()
-    };
-    let s: IpAddr = if v4 {
-        "10.1.0.2".parse().unwrap()
-    } else {
-        "fd00::2".parse().unwrap()
-    };
-    FlowId {
-        client: SocketAddr::new(c, 30000 + i),
-        server: SocketAddr::new(s, 8080),
-    }
+    let c: IpAddr = if v4 { "10.1.0.1".parse().unwrap() } else { "fd00::1".parse().unwrap() };
+    let s: IpAddr = if v4 { "10.1.0.2".parse().unwrap() } else { "fd00::2".parse().unwrap() };
+    FlowId { client: SocketAddr::new(c, 30000 + i), server: SocketAddr::new(s, 8080) }
 }
 
 /// `n` requests of `size` bytes, round-robin over the flows, each cut into GRO-sized segments.

@@ -16,17 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use divan::{Bencher, counter::ItemsCount};
 use shadow_daemon::{
     config::Rule,
-    message::{BodyFraming, CapturedRequest, HeaderSpan},
+    message::CapturedRequest,
     metrics::Metrics,
     replay::{
         ReplayEngine, Submission,
         controls::{ReplayControls, ShadowTarget},
     },
-    segment::FlowId,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -39,7 +37,10 @@ fn main() {
     let cpu = ENGINE_CPU.lock().unwrap();
     for (batch, ns, n) in cpu.iter() {
         if *n > 0 {
-            println!("engine CPU per replayed request, batch {batch}: {:.2} µs ({n} requests)", *ns as f64 / *n as f64 / 1000.0);
+            println!(
+                "engine CPU per replayed request, batch {batch}: {:.2} µs ({n} requests)",
+                *ns as f64 / *n as f64 / 1000.0
+            );
         }
     }
 }
@@ -76,38 +77,9 @@ fn request_bytes(i: usize) -> Vec<u8> {
     format!("{base}Cookie: {}\r\n\r\n", "s".repeat(pad)).into_bytes()
 }
 
-/// Spans computed by httparse, as the extraction stage does.
+/// The shared builder: spans and framing as the extraction stage computes them.
 fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
-    let raw = Bytes::copy_from_slice(raw);
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Request::new(&mut hs);
-    let head_len = match r.parse(&raw).expect("bench request parses") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => panic!("bench request is incomplete"),
-    };
-    let base = raw.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let o = s.as_ptr() as usize - base;
-        o..o + s.len()
-    };
-    let headers =
-        r.headers.iter().map(|h| HeaderSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
-    CapturedRequest {
-        id,
-        flow: FlowId {
-            client: "10.0.0.1:50000".parse().unwrap(),
-            server: SocketAddr::from(([10, 0, 0, 2], SERVICE_PORT)),
-        },
-        head_len,
-        method: span(r.method.expect("method").as_bytes()),
-        target: span(r.path.expect("path").as_bytes()),
-        minor_version: r.version.unwrap_or(1),
-        headers,
-        framing: BodyFraming::None,
-        first_ts_ns: 1_000,
-        last_ts_ns: 2_000,
-        raw,
-    }
+    CapturedRequest::builder(raw).id(id).server_port(SERVICE_PORT).build()
 }
 
 /// A keep-alive shadow answering every request with 1 KiB, on a runtime of its own.
@@ -133,7 +105,8 @@ impl Shadow {
 async fn serve(mut s: TcpStream) {
     let _ = s.set_nodelay(true);
     let body = "x".repeat(1024);
-    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending = 0;
     let mut out = Vec::new();

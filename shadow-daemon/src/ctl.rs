@@ -97,7 +97,11 @@ pub fn main() -> ExitCode {
             use clap::error::ErrorKind as K;
             if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
                 let _ = e.print();
-                return ExitCode::from(if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { EXIT_OK });
+                return ExitCode::from(if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+                    EXIT_USAGE
+                } else {
+                    EXIT_OK
+                });
             }
             eprintln!("shadowctl: {} (see shadowctl --help)", one_line(&e.to_string()));
             return ExitCode::from(EXIT_USAGE);
@@ -137,7 +141,9 @@ pub fn run(cli: &Cli) -> (u8, String) {
 fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
     if let Some(e) = r.error {
         let code = match e.kind {
-            ErrorKind::InvalidArgument | ErrorKind::NoSuchRule | ErrorKind::BadRequest | ErrorKind::Version => EXIT_USAGE,
+            ErrorKind::InvalidArgument | ErrorKind::NoSuchRule | ErrorKind::BadRequest | ErrorKind::Version => {
+                EXIT_USAGE
+            }
             ErrorKind::Refused => EXIT_NOT_PERMITTED,
             _ => EXIT_FAILED,
         };
@@ -195,7 +201,11 @@ pub fn status_text(s: &Status) -> String {
         s.hook,
         s.interfaces.join(",")
     );
-    let _ = writeln!(out, "attached: {}", if s.attached.is_empty() { "(nothing)".to_string() } else { s.attached.join(", ") });
+    let _ = writeln!(
+        out,
+        "attached: {}",
+        if s.attached.is_empty() { "(nothing)".to_string() } else { s.attached.join(", ") }
+    );
     let _ = writeln!(out, "ring buffer: {} MiB", s.ring_buffer_bytes / (1024 * 1024));
     let _ = writeln!(out);
     let rows: Vec<[String; 6]> = s

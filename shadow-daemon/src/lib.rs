@@ -1,8 +1,28 @@
 //! shadow-daemon: mirror live HTTP traffic to a shadow service, passively, from the kernel.
 //!
-//! Stages, in data-flow order: `capture` (the only module that touches aya) → `segment` (decoded
-//! records) → `reassembly` (byte streams) → `http` (messages) → `replay` (to the shadow) →
-//! `metrics`. Stages are joined by bounded channels; a full stage drops and counts.
+//! Modules, in data-flow order; none imports one that imports it back:
+//! - `capture`: load and attach the eBPF programs, the ring-buffer reader (the only aya user),
+//!   the hook kind;
+//! - `segment`: ring-buffer records decoded into TCP segments;
+//! - `reassembly`: per-flow byte streams, gaps, the memory cap (pure, no I/O);
+//! - `http`: HTTP/1.x framing (the one used by extraction and by the replay client alike),
+//!   message assembly, request/response pairing, path normalisation and patterns (pure);
+//! - `message`: the extracted requests and responses handed from `http` to `replay`;
+//! - `replay`: lanes (one per rule with a shadow) with a bounded queue each, safety controls,
+//!   pooled keep-alive connections to the shadow;
+//! - `metrics`: the request ledger, latency, Prometheus registry and HTTP endpoint (a sink: it
+//!   knows no stage, only `http`'s path normal form for endpoint names);
+//! - `compare`: primary against shadow per endpoint, noise, gates, verdict, report (pure);
+//! - `service`: what a rule matches (a port, on any address or an address prefix);
+//! - `control`, `operate`: the control socket, and the commands it applies to the capture;
+//! - `ctl`: `shadowctl`, the client;
+//! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
+//! - `run`: `run(config, shutdown)`, the loop that joins them.
+//!
+//! Capture, reassembly and extraction run on one task, a ring-buffer batch at a time: nothing
+//! queues between them, so their memory is the reassembly cap. Replay is the only stage behind a
+//! queue, bounded per lane in requests and bytes; what does not fit is dropped and counted, so a
+//! slow shadow never slows capture.
 
 pub mod capture;
 pub mod compare;

@@ -1,4 +1,6 @@
-//! shadow-daemon: parse the command line, then hand over to `shadow_daemon::run`.
+//! shadow-daemon: parse the command line, resolve it into a configuration (usage errors exit 2
+//! here, before anything starts), then hand over to `shadow_daemon::run::run` with SIGINT/SIGTERM
+//! as the shutdown.
 
 use std::process::ExitCode;
 
@@ -8,10 +10,13 @@ use shadow_daemon::{config::Args, run};
 fn main() -> ExitCode {
     let args = Args::parse();
     run::init_logging();
-    if let Err(e) = args.validate() {
-        eprintln!("shadow-daemon: {e}");
-        return ExitCode::from(2);
-    }
+    let cfg = match args.resolve() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("shadow-daemon: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -21,16 +26,26 @@ fn main() -> ExitCode {
     };
     // On a worker, not on this thread: a future driven by `block_on` is woken through a futex from
     // the worker that polls the I/O driver, a thread switch for every ring-buffer wake-up.
-    let outcome = rt.block_on(async { tokio::spawn(run::run(args)).await });
+    let outcome = rt.block_on(async {
+        let shutdown = match run::shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
+        Ok(tokio::spawn(run::run(cfg, shutdown)).await)
+    });
     match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
+        Err(e) => {
+            eprintln!("shadow-daemon: install the SIGINT/SIGTERM handlers: {e}");
+            ExitCode::from(1)
+        }
+        Ok(Ok(Ok(_summary))) => ExitCode::SUCCESS,
+        Ok(Ok(Err(e))) => {
             eprintln!("shadow-daemon: {e}");
             ExitCode::from(e.exit_code())
         }
         // A panic ends the process as it would have on this thread.
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => {
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => {
             eprintln!("shadow-daemon: the main task failed: {e}");
             ExitCode::from(1)
         }

@@ -61,10 +61,7 @@ impl CapturedRequest {
     /// Iterate over (name, value) pairs in wire order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.headers.iter().map(|h| {
-            (
-                self.raw.get(h.name.clone()).unwrap_or_default(),
-                self.raw.get(h.value.clone()).unwrap_or_default(),
-            )
+            (self.raw.get(h.name.clone()).unwrap_or_default(), self.raw.get(h.value.clone()).unwrap_or_default())
         })
     }
     pub fn header(&self, name: &str) -> Option<&[u8]> {

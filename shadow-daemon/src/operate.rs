@@ -120,7 +120,10 @@ impl Operations {
                 Some(i) => vec![i],
                 None => {
                     let known: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-                    return Err((ErrorKind::NoSuchRule, format!("no rule named '{name}' (rules: {})", known.join(", "))));
+                    return Err((
+                        ErrorKind::NoSuchRule,
+                        format!("no rule named '{name}' (rules: {})", known.join(", ")),
+                    ));
                 }
             },
         };
@@ -181,7 +184,13 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, ppm: u32, paused: bool) -> RuleRuntime {
-        RuleRuntime { name: name.into(), services: vec![ServiceMatch::any_address(80)], shadow: None, rate_ppm: ppm, paused }
+        RuleRuntime {
+            name: name.into(),
+            services: vec![ServiceMatch::any_address(80)],
+            shadow: None,
+            rate_ppm: ppm,
+            paused,
+        }
     }
 
     #[test]
@@ -208,7 +217,8 @@ mod tests {
         let file = vec![rule("a", 100_000, false), rule("b", 100_000, false)];
         let mut ops = Operations::new(facts, vec![rule("a", 500_000, true), rule("b", 20_000, false)]);
         // New file: a unchanged (10 %), b changed to 30 %, c new.
-        let merged = ops.replace_rules(&file, vec![rule("a", 100_000, false), rule("b", 300_000, false), rule("c", 1, false)]);
+        let merged =
+            ops.replace_rules(&file, vec![rule("a", 100_000, false), rule("b", 300_000, false), rule("c", 1, false)]);
         assert_eq!(merged[0], rule("a", 500_000, true), "live rate and pause survive an unchanged file");
         assert_eq!(merged[1], rule("b", 300_000, false), "the file's new rate wins");
         assert_eq!(merged[2], rule("c", 1, false));

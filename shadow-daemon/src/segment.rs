@@ -3,9 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
-use shadow_common::{
-    RECORD_VERSION, SEGMENT_HEADER_LEN, SegmentHeader, direction, family, record_flags, tcp_flags,
-};
+use shadow_common::{RECORD_VERSION, SEGMENT_HEADER_LEN, SegmentHeader, direction, family, record_flags, tcp_flags};
 
 /// Which way a segment travels relative to the service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,10 +123,7 @@ pub fn decode(record: &[u8]) -> Result<Segment, DecodeError> {
             let d = Ipv4Addr::new(hdr.dst_addr[0], hdr.dst_addr[1], hdr.dst_addr[2], hdr.dst_addr[3]);
             (IpAddr::V4(s), IpAddr::V4(d))
         }
-        family::IPV6 => (
-            IpAddr::V6(Ipv6Addr::from(hdr.src_addr)),
-            IpAddr::V6(Ipv6Addr::from(hdr.dst_addr)),
-        ),
+        family::IPV6 => (IpAddr::V6(Ipv6Addr::from(hdr.src_addr)), IpAddr::V6(Ipv6Addr::from(hdr.dst_addr))),
         other => return Err(DecodeError::Family(other)),
     };
     let src = SocketAddr::new(src, hdr.src_port);

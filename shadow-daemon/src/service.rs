@@ -45,7 +45,9 @@ impl IpNet {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => Self::new(ip, self.prefix).addr == self.addr,
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Self::new(ip, self.prefix).addr == self.addr
+            }
             _ => false,
         }
     }
@@ -122,9 +124,7 @@ impl FromStr for ServiceMatch {
             _ => Err(format!("'{p}' is not a port (1-65535)")),
         };
         if let Some(rest) = s.strip_prefix('[') {
-            let (net, port) = rest
-                .split_once("]:")
-                .ok_or_else(|| format!("'{s}': expected [IPV6/PREFIX]:PORT"))?;
+            let (net, port) = rest.split_once("]:").ok_or_else(|| format!("'{s}': expected [IPV6/PREFIX]:PORT"))?;
             let net: IpNet = net.parse()?;
             if !net.addr().is_ipv6() {
                 return Err(format!("'{s}': brackets are for IPv6 addresses"));
@@ -134,7 +134,8 @@ impl FromStr for ServiceMatch {
         match s.rsplit_once(':') {
             None => Ok(Self::any_address(parse_port(s)?)),
             Some((net, port)) => {
-                let net: IpNet = net.parse().map_err(|e| format!("'{s}': {e} (IPv6 goes in brackets: [fd00::/64]:8080)"))?;
+                let net: IpNet =
+                    net.parse().map_err(|e| format!("'{s}': {e} (IPv6 goes in brackets: [fd00::/64]:8080)"))?;
                 if net.addr().is_ipv6() {
                     return Err(format!("'{s}': write IPv6 in brackets: [{net}]:{port}"));
                 }
@@ -150,11 +151,7 @@ pub fn most_specific<'a, T>(
     server: IpAddr,
     port: u16,
 ) -> Option<T> {
-    candidates
-        .into_iter()
-        .filter(|(m, _)| m.matches(server, port))
-        .max_by_key(|(m, _)| m.specificity())
-        .map(|(_, v)| v)
+    candidates.into_iter().filter(|(m, _)| m.matches(server, port)).max_by_key(|(m, _)| m.specificity()).map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -172,7 +169,17 @@ mod tests {
         assert_eq!(m("10.42.7.9:80").to_string(), "10.42.7.9/32:80");
         assert_eq!(m("[fd00::1234/64]:8080").to_string(), "[fd00::/64]:8080");
         assert_eq!(m("[fd00::1]:443").to_string(), "[fd00::1/128]:443");
-        for bad in ["0", "70000", "x", "10.0.0.0/33:80", "fd00::/64:80", "[10.0.0.1]:80", "10.0.0.1:", "[fd00::1]80", "300.1.1.1:80"] {
+        for bad in [
+            "0",
+            "70000",
+            "x",
+            "10.0.0.0/33:80",
+            "fd00::/64:80",
+            "[10.0.0.1]:80",
+            "10.0.0.1:",
+            "[fd00::1]80",
+            "300.1.1.1:80",
+        ] {
             assert!(bad.parse::<ServiceMatch>().is_err(), "{bad} should not parse");
         }
     }

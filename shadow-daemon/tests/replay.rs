@@ -16,13 +16,12 @@ use std::{
 use bytes::Bytes;
 use shadow_daemon::{
     config::Rule,
-    message::{BodyFraming, CapturedRequest, HeaderSpan},
+    message::{BodyFraming, CapturedRequest},
     metrics::{Metrics, MetricsServer, RequestCounts, reason},
     replay::{
         ReplayEngine, Submission,
         controls::{MethodAllowlist, PathPattern, ReplayControls, ShadowTarget},
     },
-    segment::FlowId,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -34,49 +33,13 @@ const SERVICE_PORT: u16 = 8080;
 /// Longest any test waits for the engine to settle everything.
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// A CapturedRequest from wire bytes, spans from httparse as the extraction stage computes them.
+/// A CapturedRequest from wire bytes (the shared builder: spans as the extraction stage computes them).
 fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
     captured_on(id, raw, SERVICE_PORT)
 }
 
 fn captured_on(id: u64, raw: &[u8], port: u16) -> CapturedRequest {
-    let raw = Bytes::copy_from_slice(raw);
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Request::new(&mut hs);
-    let head_len = match r.parse(&raw).expect("test request parses") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => panic!("test request is incomplete"),
-    };
-    let base = raw.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let o = s.as_ptr() as usize - base;
-        o..o + s.len()
-    };
-    let headers = r
-        .headers
-        .iter()
-        .map(|h| {
-            let name = span(h.name.as_bytes());
-            let value = if h.value.is_empty() { name.end + 1..name.end + 1 } else { span(h.value) };
-            HeaderSpan { name, value }
-        })
-        .collect();
-    let method = span(r.method.expect("method").as_bytes());
-    let target = span(r.path.expect("path").as_bytes());
-    let minor_version = r.version.unwrap_or(1);
-    CapturedRequest {
-        id,
-        flow: FlowId { client: "127.0.0.1:50000".parse().unwrap(), server: SocketAddr::from(([127, 0, 0, 1], port)) },
-        raw: raw.clone(),
-        head_len,
-        method,
-        target,
-        minor_version,
-        headers,
-        framing: BodyFraming::None,
-        first_ts_ns: 1_000,
-        last_ts_ns: 2_000,
-    }
+    CapturedRequest::builder(raw).id(id).server_port(port).build()
 }
 
 /// The bytes the shadow must receive for `raw` with default controls: the tag line before the
@@ -180,7 +143,10 @@ fn complete_request_len(buf: &[u8]) -> Option<usize> {
         httparse::Status::Partial => return None,
     };
     let header = |name: &str| {
-        r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).to_string())
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
     };
     if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         let mut i = head;
@@ -348,7 +314,8 @@ async fn chunked_request_bodies_arrive_byte_for_byte() {
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { methods: MethodAllowlist::with_extra(&["POST".into()]), ..Default::default() };
     let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
-    let mut raw = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Shadow-Request: spoofed\r\n\r\n".to_vec();
+    let mut raw =
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Shadow-Request: spoofed\r\n\r\n".to_vec();
     let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
     for (i, piece) in payload.chunks(1234).enumerate() {
         raw.extend_from_slice(format!("{:X};n={i}\r\n", piece.len()).as_bytes());
@@ -415,8 +382,12 @@ async fn shadow_host_name_is_resolved_at_connect() {
 async fn slow_shadow_fills_the_queue_without_blocking_and_times_out() {
     let shadow = Shadow::start(Mode::Slow(Duration::from_secs(2))).await;
     let metrics = Arc::new(Metrics::new(10));
-    let controls =
-        ReplayControls { concurrency: 1, queue_capacity: 2, request_timeout: Duration::from_millis(300), ..Default::default() };
+    let controls = ReplayControls {
+        concurrency: 1,
+        queue_capacity: 2,
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
     let start = Instant::now();
     let outcomes: Vec<Submission> = (0..20).map(|i| engine.submit(captured(i, &get("/slow")))).collect();
@@ -569,7 +540,10 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     };
     let started = Instant::now();
     let engine = ReplayEngine::start(
-        &[rule(shadow.target(), controls), Rule { ports: vec![9999], shadow: None, controls: ReplayControls::default() }],
+        &[
+            rule(shadow.target(), controls),
+            Rule { ports: vec![9999], shadow: None, controls: ReplayControls::default() },
+        ],
         metrics.clone(),
     )
     .unwrap();
@@ -704,9 +678,11 @@ async fn metrics_endpoint_passes_promtool_and_reconciles() {
     assert_eq!(sample(&body, "shadow_requests_dropped_total{reason=\"method_not_allowed\"}"), 1.0);
     promtool_check(&body);
 
-    let (status, headers, body) =
-        http_get(addr, "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n")
-            .await;
+    let (status, headers, body) = http_get(
+        addr,
+        "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(headers.contains("application/openmetrics-text"), "{headers}");
     assert!(body.ends_with("# EOF\n"));

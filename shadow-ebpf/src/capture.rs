@@ -6,25 +6,24 @@
 
 use aya_ebpf::{
     EbpfContext,
-    maps::lpm_trie::Key,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_md},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     },
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use shadow_common::{
-    CAPTURE_BUCKETS, Config, RING_WAKEUP_BYTES as WAKEUP_BYTES, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
-    SERVICE_KEY_BITS, SegmentHeader, ServiceKey, counter, direction, family, record_flags, tcp_flags,
+    CAPTURE_BUCKETS, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
+    RING_WAKEUP_BYTES as WAKEUP_BYTES, SERVICE_KEY_BITS, SegmentHeader, ServiceKey, counter, direction, family,
+    record_flags, tcp_flags,
 };
 
 use crate::{
     SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS, SHADOW_RULES, SHADOW_SERVICES,
-    headers::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, ptr_at,
-    },
+    headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, ptr_at},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,7 +88,7 @@ impl Packet for XdpContext {
     }
     #[inline(always)]
     unsafe fn copy_out(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
-        unsafe { bpf_xdp_load_bytes(self.ctx as *mut xdp_md, offset, dst.cast(), len) }
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) }
     }
 }
 
@@ -177,9 +176,23 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
 
     let (saddr, daddr) = read_addrs(start, end, &loc)?;
     let key = if dir == direction::REQUEST {
-        FlowKey { client_addr: saddr, server_addr: daddr, client_port: sport, server_port: dport, family: loc.family, _pad: [0; 3] }
+        FlowKey {
+            client_addr: saddr,
+            server_addr: daddr,
+            client_port: sport,
+            server_port: dport,
+            family: loc.family,
+            _pad: [0; 3],
+        }
     } else {
-        FlowKey { client_addr: daddr, server_addr: saddr, client_port: dport, server_port: sport, family: loc.family, _pad: [0; 3] }
+        FlowKey {
+            client_addr: daddr,
+            server_addr: saddr,
+            client_port: dport,
+            server_port: sport,
+            family: loc.family,
+            _pad: [0; 3],
+        }
     };
 
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
@@ -187,7 +200,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
         rflags |= record_flags::REQUEST_START;
         decide(&key, seq, counters)?
     } else {
-        match SHADOW_FLOWS.get_ptr(&key) {
+        match SHADOW_FLOWS.get_ptr(key) {
             Some(state) => unsafe { (*state).sampled != 0 },
             None => false,
         }
@@ -386,11 +399,7 @@ fn decide(key: &FlowKey, seq: u32, counters: *mut Counters) -> Option<bool> {
     } else {
         (unsafe { bpf_get_prandom_u32() }) % PPM_ALL < ppm
     };
-    bump(
-        counters,
-        if sampled { counter::REQUESTS_SAMPLED } else { counter::REQUESTS_SKIPPED },
-        1,
-    );
+    bump(counters, if sampled { counter::REQUESTS_SAMPLED } else { counter::REQUESTS_SKIPPED }, 1);
     let flag = sampled as u32;
     match state {
         Some(st) => unsafe {
@@ -400,7 +409,7 @@ fn decide(key: &FlowKey, seq: u32, counters: *mut Counters) -> Option<bool> {
         None => {
             // An unsampled connection needs no entry: absence already means "not sampled".
             if sampled {
-                let _ = SHADOW_FLOWS.insert(key, &FlowState { sampled: 1, start_seq: seq }, 0);
+                let _ = SHADOW_FLOWS.insert(key, FlowState { sampled: 1, start_seq: seq }, 0);
             }
         }
     }
@@ -414,13 +423,7 @@ struct Record<const N: usize> {
 }
 
 #[inline(always)]
-fn emit<P: Packet>(
-    ctx: &P,
-    hdr: &mut SegmentHeader,
-    off: usize,
-    len: usize,
-    counters: *mut Counters,
-) {
+fn emit<P: Packet>(ctx: &P, hdr: &mut SegmentHeader, off: usize, len: usize, counters: *mut Counters) {
     if len == 0 {
         emit_sized::<P, 0>(ctx, hdr, off, 0, counters);
     } else if len > MAX_CAPTURE {

@@ -68,7 +68,9 @@ pub fn shadow_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-#[cfg(not(test))]
+// Only for the BPF target: a host build (clippy over the workspace) gets std's through the
+// aya-ebpf dependencies, and a second one would be a duplicate lang item.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // Unreachable in a verified program: the verifier rejects any path that could get here.

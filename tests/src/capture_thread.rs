@@ -80,9 +80,7 @@ impl CaptureThread {
                         return Captured { segments: vec![], bad_records: 0, kernel: BTreeMap::new() };
                     }
                 };
-                if baseline
-                    && let Err(e) = cap.attach_baseline(&opts.interface, &opts.verifier_log)
-                {
+                if baseline && let Err(e) = cap.attach_baseline(&opts.interface, &opts.verifier_log) {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return Captured { segments: vec![], bad_records: 0, kernel: BTreeMap::new() };
                 }
@@ -104,7 +102,9 @@ impl CaptureThread {
                     if discard && segments.len() > 100_000 {
                         segments.clear();
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(20), src.next_batch(&mut segments, &mut bad, 1024)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(20), src.next_batch(&mut segments, &mut bad, 1024))
+                            .await;
                 }
                 src.drain_now(&mut segments, &mut bad);
                 let kernel = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();

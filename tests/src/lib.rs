@@ -59,10 +59,7 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
 
 /// Run a command to completion and panic with its output if it fails.
 pub fn sh(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}): {}{}",
@@ -208,7 +205,10 @@ pub fn wait_settled(ns: &topo::NetNs, addr: std::net::SocketAddr, captured: u64,
     }
     panic!(
         "timed out after {timeout:?} waiting for {captured} captured requests, all settled; last scrape:\n{}",
-        last.lines().filter(|l| l.starts_with("shadow_requests") || l.starts_with("shadow_kernel")).collect::<Vec<_>>().join("\n")
+        last.lines()
+            .filter(|l| l.starts_with("shadow_requests") || l.starts_with("shadow_kernel"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -292,7 +292,8 @@ pub mod client {
     /// A request with a deterministic body of `body_len` bytes (GET when 0).
     pub fn request(method: &str, target: &str, body_len: usize) -> Vec<u8> {
         let mut r = if body_len == 0 {
-            format!("{method} {target} HTTP/1.1\r\nHost: demo.svc\r\nUser-Agent: shadow-demo\r\nAccept: */*\r\n\r\n").into_bytes()
+            format!("{method} {target} HTTP/1.1\r\nHost: demo.svc\r\nUser-Agent: shadow-demo\r\nAccept: */*\r\n\r\n")
+                .into_bytes()
         } else {
             format!(
                 "{method} {target} HTTP/1.1\r\nHost: demo.svc\r\nUser-Agent: shadow-demo\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n"
@@ -323,7 +324,8 @@ pub fn recorded_requests(dir: &std::path::Path) -> Vec<Recorded> {
         let conn = v["conn"].as_u64().expect("conn");
         let off = v["offset"].as_u64().expect("offset") as usize;
         let len = v["len"].as_u64().expect("len") as usize;
-        let data = files.entry(conn).or_insert_with(|| fs::read(dir.join(format!("raw-{conn}.bin"))).unwrap_or_default());
+        let data =
+            files.entry(conn).or_insert_with(|| fs::read(dir.join(format!("raw-{conn}.bin"))).unwrap_or_default());
         let raw = data.get(off..off + len).unwrap_or_else(|| panic!("raw-{conn}.bin shorter than its index")).to_vec();
         out.push(Recorded {
             method: v["method"].as_str().unwrap_or_default().to_string(),

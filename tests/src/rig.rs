@@ -11,7 +11,6 @@ use std::{
 
 use crate::{Proc, Recorded, Scratch, metric, recorded_requests, topo::TwoHosts, wait_for, workspace_bin};
 
-
 pub const METRICS: &str = "127.0.0.1:9477";
 
 pub struct OpsRig {
@@ -35,7 +34,8 @@ pub struct CtlOut {
 impl CtlOut {
     pub fn json(&self) -> serde_json::Value {
         assert_eq!(self.code, 0, "shadowctl failed: {self:?}");
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("shadowctl --json output does not parse ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("shadowctl --json output does not parse ({e}): {}", self.stdout))
     }
 }
 
@@ -89,7 +89,8 @@ impl OpsRig {
         let log = self.log.clone();
         let mut d = d;
         wait_for("daemon to attach", Duration::from_secs(30), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing")) || d.child.try_wait().ok().flatten().is_some()
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing"))
+                || d.child.try_wait().ok().flatten().is_some()
         });
         if let Ok(Some(st)) = d.child.try_wait() {
             panic!("daemon exited early ({st}):\n{}", self.daemon_log());
@@ -142,7 +143,8 @@ impl OpsRig {
         let ok = (0..3000).any(|_| {
             let quiet = self.t.server.http_get(addr, "/metrics").is_some_and(|text| {
                 let m = |s: &str| metric(&text, s).unwrap_or(-1.0);
-                let (sampled, skipped) = (m("shadow_kernel_requests_sampled_total"), m("shadow_kernel_requests_skipped_total"));
+                let (sampled, skipped) =
+                    (m("shadow_kernel_requests_sampled_total"), m("shadow_kernel_requests_skipped_total"));
                 let (captured, in_flight) = (m("shadow_requests_captured_total"), m("shadow_requests_in_flight"));
                 last = format!("sampled {sampled} skipped {skipped} captured {captured} in flight {in_flight}");
                 sampled + skipped == requests as f64 && captured == sampled && in_flight == 0.0

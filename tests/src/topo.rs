@@ -1,10 +1,6 @@
 //! Network namespaces and a two-host topology (client ns ↔ veth ↔ server ns), removed on drop.
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    process::Command,
-};
+use std::{fs::File, os::fd::AsRawFd, process::Command};
 
 use crate::{sh, unique};
 
@@ -116,13 +112,23 @@ impl TwoHosts {
         let client_v6 = format!("fd00:5ad0:{subnet:x}::1");
         let server_v6 = format!("fd00:5ad0:{subnet:x}::2");
         sh(&[
-            "ip", "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name",
-            &server_if, "netns", &server.name,
+            "ip",
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_if,
+            "netns",
+            &server.name,
         ]);
-        for (ns, ifname, v4, v6) in [
-            (&client, &client_if, &client_v4, &client_v6),
-            (&server, &server_if, &server_v4, &server_v6),
-        ] {
+        for (ns, ifname, v4, v6) in
+            [(&client, &client_if, &client_v4, &client_v6), (&server, &server_if, &server_v4, &server_v6)]
+        {
             ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname]);
             ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
             ns.exec(&["ip", "link", "set", ifname, "up"]);

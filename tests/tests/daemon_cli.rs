@@ -87,9 +87,16 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     });
     assert!(ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP attached");
 
-    let (code, err) = run(ns
-        .command(daemon_path().to_str().expect("utf-8 path"))
-        .args(["--interface", "xa0", "--port", "80", "--hook", "xdp", "--metrics-addr", "127.0.0.1:0"]));
+    let (code, err) = run(ns.command(daemon_path().to_str().expect("utf-8 path")).args([
+        "--interface",
+        "xa0",
+        "--port",
+        "80",
+        "--hook",
+        "xdp",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]));
     assert_eq!(code, 2, "{err}");
     assert_one_line(&err, "already has an XDP program attached");
 
@@ -99,7 +106,10 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     // TC: attached while running, gone after SIGTERM. Programs are told apart from any other
     // process's by being new since just before this daemon started.
     let ids = || -> Vec<String> {
-        let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show (cargo xtask setup installs bpftool)");
+        let out = Command::new("bpftool")
+            .args(["prog", "show"])
+            .output()
+            .expect("bpftool prog show (cargo xtask setup installs bpftool)");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))

@@ -430,7 +430,9 @@ fn rules_tell_services_on_one_port_apart_by_address_and_rates_change_per_rule() 
         // Less specific than rule 1 for 10.0.1.x, the only match for the rest of 10.0.0.0/16.
         rule(&["10.0.0.0/16:8080"], PPM_ALL),
     ]);
-    let get = |dst: &str, port: u16| frames::tcp(&Tcp::new(if dst.contains(':') { "fd00::1" } else { "10.9.0.1" }, port, dst, PORT, GET));
+    let get = |dst: &str, port: u16| {
+        frames::tcp(&Tcp::new(if dst.contains(':') { "fd00::1" } else { "10.9.0.1" }, port, dst, PORT, GET))
+    };
     assert_eq!(r.tc(&get("10.0.0.2", 40001)).len(), 1, "rule 0 samples everything");
     assert_eq!(r.tc(&get("fd00::2", 40002)).len(), 1, "rule 0 covers its IPv6 address too");
     assert!(r.tc(&get("10.0.1.7", 40003)).is_empty(), "rule 1 (the most specific for 10.0.1.7) samples nothing");
@@ -470,7 +472,8 @@ fn rules_are_replaced_live_and_a_service_in_two_rules_is_refused() {
     assert_eq!(r.counter(counter::REQUESTS_NO_RULE), 1);
     assert_eq!(r.cap.rule_ppm(0).expect("rule 0"), PPM_ALL);
 
-    let err = r.cap.set_rules(&[rule(&["10.0.0.0/24:8080"], 0), rule(&["10.0.0.9/24:8080"], 0)]).expect_err("duplicate");
+    let err =
+        r.cap.set_rules(&[rule(&["10.0.0.0/24:8080"], 0), rule(&["10.0.0.9/24:8080"], 0)]).expect_err("duplicate");
     assert!(err.to_string().contains("10.0.0.0/24:8080"), "{err}");
     assert_eq!(err.exit_code(), 2);
     // The refused set changed nothing.

@@ -27,9 +27,7 @@ fn start_server(t: &TwoHosts, scratch: &Scratch, response_bytes: usize) -> Proc 
         .stderr(Stdio::null());
     let p = Proc::spawn("shadow-testserver", &mut cmd);
     // Listening once `ss` in the namespace shows the socket.
-    shadow_tests::wait_for("test server to listen", Duration::from_secs(10), || {
-        t.server.listening(PORT)
-    });
+    shadow_tests::wait_for("test server to listen", Duration::from_secs(10), || t.server.listening(PORT));
     p
 }
 

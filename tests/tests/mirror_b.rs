@@ -158,9 +158,7 @@ impl Rig {
 /// Read `n` responses framed by Content-Length; returns their statuses.
 fn read_responses(s: &mut TcpStream, n: usize) -> Vec<u16> {
     let mut buf = Vec::new();
-    (0..n)
-        .map(|_| status_of(&read_response(s, &mut buf, Duration::from_secs(20)).expect("response")))
-        .collect()
+    (0..n).map(|_| status_of(&read_response(s, &mut buf, Duration::from_secs(20)).expect("response"))).collect()
 }
 
 fn sorted(v: impl IntoIterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
@@ -175,8 +173,13 @@ fn assert_same_requests(primary: &[Recorded], shadow: &[Recorded]) {
     let s = sorted(shadow.iter().map(|r| without_line(&r.raw, TAG_LINE)));
     assert_eq!(p.len(), s.len(), "shadow received {} requests, primary {}", s.len(), p.len());
     for (a, b) in p.iter().zip(&s) {
-        assert!(a == b, "a mirrored request differs from the original ({} vs {} bytes): {:?}", a.len(), b.len(),
-            String::from_utf8_lossy(&a[..a.len().min(120)]));
+        assert!(
+            a == b,
+            "a mirrored request differs from the original ({} vs {} bytes): {:?}",
+            a.len(),
+            b.len(),
+            String::from_utf8_lossy(&a[..a.len().min(120)])
+        );
     }
 }
 
@@ -195,7 +198,13 @@ fn every_kind_of_client_traffic_is_mirrored_byte_for_byte() {
     r.curl(&[&format!("{base6}/v6/items/42")]);
     let small = r.scratch.path("small.bin");
     std::fs::write(&small, (0..70_000u32).map(|i| (i % 256) as u8).collect::<Vec<u8>>()).expect("write");
-    r.curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", small.display()), &format!("{base4}/chunked")]);
+    r.curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", small.display()),
+        &format!("{base4}/chunked"),
+    ]);
     let big = r.scratch.path("big.bin");
     std::fs::write(&big, (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).expect("write");
     r.curl(&["--data-binary", &format!("@{}", big.display()), &format!("{base4}/big")]);
@@ -223,7 +232,10 @@ fn every_kind_of_client_traffic_is_mirrored_byte_for_byte() {
                     let addr = if i % 2 == 0 { v4 } else { v6 };
                     let mut s = TcpStream::connect(addr).expect("connect");
                     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-                    s.write_all(format!("GET /concurrent/{i} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
+                    s.write_all(
+                        format!("GET /concurrent/{i} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .expect("write");
                     read_responses(&mut s, 1)
                 })
             })
@@ -260,7 +272,11 @@ fn start_nginx(r: &Rig) -> Proc {
     std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
     let p = Proc::spawn(
         "nginx",
-        r.t.server.command("nginx").args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
+        r.t.server
+            .command("nginx")
+            .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
     wait_for("nginx", Duration::from_secs(10), || r.t.server.listening(PORT));
     p
@@ -300,7 +316,12 @@ fn nginx_primary_safe_defaults_metrics_reconcile_and_promtool_passes() {
     // 512-byte bucket: request and response are one small segment each), so the whole burst
     // (~24 MB) fits the default 32 MiB ring even if the daemon read nothing while it ran:
     // "captured == served" does not depend on this machine keeping up.
-    let out = r.t.client.command("hey").args(["-n", &BURST.to_string(), "-c", "8", &format!("{base}/burst")]).output().expect("hey");
+    let out =
+        r.t.client
+            .command("hey")
+            .args(["-n", &BURST.to_string(), "-c", "8", &format!("{base}/burst")])
+            .output()
+            .expect("hey");
     assert!(out.status.success(), "hey: {}", String::from_utf8_lossy(&out.stderr));
     let expected = 20 + 10 + 1 + BURST;
     wait_for("nginx to log every request", Duration::from_secs(30), || nginx_requests(&r).len() >= expected);
@@ -308,8 +329,17 @@ fn nginx_primary_safe_defaults_metrics_reconcile_and_promtool_passes() {
     let metrics = r.scrape();
     let mfile = r.scratch.path("metrics.txt");
     std::fs::write(&mfile, &metrics).expect("write metrics");
-    let check = Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", mfile.display())).output().expect("promtool");
-    assert!(check.status.success(), "promtool: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let check = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", mfile.display()))
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(metrics.contains("shadow_requests_captured_total"), "{metrics}");
 
     let served = nginx_requests(&r);
@@ -382,7 +412,10 @@ fn killing_the_shadow_mid_run_never_touches_the_primary() {
     assert_eq!(m["reconciles"], true, "{m}");
     assert_eq!(m["requests"]["captured"], total as u64, "{m}");
     let errors: u64 = m["shadow_errors"].as_object().map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
-    assert!(errors > 0 || m["requests"]["dropped"]["queue_full"].as_u64().unwrap_or(0) > 0, "the dead shadow shows up in the counts: {m}");
+    assert!(
+        errors > 0 || m["requests"]["dropped"]["queue_full"].as_u64().unwrap_or(0) > 0,
+        "the dead shadow shows up in the counts: {m}"
+    );
     let replayed = m["requests"]["replayed"].as_u64().unwrap_or(0);
     assert_eq!(replayed, 500, "everything before the kill was replayed, nothing after it: {m}");
     assert_eq!(r.shadow_got().len() as u64, replayed, "the shadow saw exactly what was replayed before it died");

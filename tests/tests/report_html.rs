@@ -36,31 +36,15 @@ fn report() -> Report {
     for i in 0..400u64 {
         let body = format!("{{\"id\":{i}}}");
         let base = 2_000 + (i * 37) % 8_000;
-        c.observe(
-            ENDPOINTS[0],
-            &response(200, &body, base),
-            &response(200, &body, base + 300),
-        );
-        c.observe(
-            ENDPOINTS[1],
-            &response(201, &body, base * 2),
-            &response(201, &body, base * 4),
-        );
+        c.observe(ENDPOINTS[0], &response(200, &body, base), &response(200, &body, base + 300));
+        c.observe(ENDPOINTS[1], &response(201, &body, base * 2), &response(201, &body, base * 4));
         if i < 50 {
-            c.observe(
-                ENDPOINTS[2],
-                &response(200, &body, base),
-                &response(200, "{}", base / 2),
-            );
+            c.observe(ENDPOINTS[2], &response(200, &body, base), &response(200, "{}", base / 2));
         }
     }
     let r = c.report();
     assert_eq!(r.endpoints.len(), 3);
-    assert_eq!(
-        r.verdict,
-        Verdict::Fail,
-        "the slow shadow endpoint fails its p99 gate"
-    );
+    assert_eq!(r.verdict, Verdict::Fail, "the slow shadow endpoint fails its p99 gate");
     r
 }
 
@@ -73,14 +57,7 @@ fn scratch_dir() -> PathBuf {
 fn chromium(dir: &Path, args: &[&str]) -> std::process::Output {
     let profile = format!("--user-data-dir={}", dir.join("profile").display());
     let out = Command::new("timeout")
-        .args([
-            "120",
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
+        .args(["120", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
         .arg("--disable-extensions")
         .arg(profile)
         .args(args)
@@ -102,9 +79,7 @@ fn rgb(hex: &str) -> [u8; 3] {
 
 /// Escaped as the DOM serialiser writes text content.
 fn as_text(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[test]
@@ -118,35 +93,18 @@ fn report_html_renders_in_headless_chromium() {
     let url = format!("file://{}", page.display());
 
     let shot = dir.join("shot.png");
-    chromium(
-        &dir,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,900",
-            &url,
-        ],
-    );
+    chromium(&dir, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,900", &url]);
     let decoder = png::Decoder::new(std::fs::File::open(&shot).expect("screenshot written"));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG frame");
     assert_eq!((info.width, info.height), (1200, 900));
     let channels = info.color_type.samples();
-    assert!(
-        channels >= 3,
-        "colour screenshot expected, got {:?}",
-        info.color_type
-    );
-    let pixels: Vec<[u8; 3]> = buf[..info.buffer_size()]
-        .chunks_exact(channels)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
+    assert!(channels >= 3, "colour screenshot expected, got {:?}", info.color_type);
+    let pixels: Vec<[u8; 3]> = buf[..info.buffer_size()].chunks_exact(channels).map(|p| [p[0], p[1], p[2]]).collect();
     let first = pixels[0];
     let differing = pixels.iter().filter(|p| **p != first).count();
-    assert!(
-        differing > pixels.len() / 100,
-        "the screenshot is (nearly) blank: {differing} pixels differ"
-    );
+    assert!(differing > pixels.len() / 100, "the screenshot is (nearly) blank: {differing} pixels differ");
     let near = |a: [u8; 3], b: [u8; 3]| a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 6);
     for (name, colour) in [("primary", PRIMARY_COLOUR), ("shadow", SHADOW_COLOUR)] {
         let want = rgb(colour);
@@ -154,29 +112,16 @@ fn report_html_renders_in_headless_chromium() {
         assert!(n >= 100, "{name} series colour {colour} on only {n} pixels");
     }
 
-    let dom =
-        String::from_utf8(chromium(&dir, &["--dump-dom", &url]).stdout).expect("DOM is UTF-8");
+    let dom = String::from_utf8(chromium(&dir, &["--dump-dom", &url]).stdout).expect("DOM is UTF-8");
     assert!(dom.contains("id=\"verdicts\""), "verdict table missing");
     for e in ENDPOINTS {
-        assert!(
-            dom.contains(&as_text(e)),
-            "endpoint {e:?} missing from the DOM"
-        );
+        assert!(dom.contains(&as_text(e)), "endpoint {e:?} missing from the DOM");
     }
-    assert_eq!(
-        dom.matches("<section class=\"endpoint\"").count(),
-        ENDPOINTS.len()
-    );
+    assert_eq!(dom.matches("<section class=\"endpoint\"").count(), ENDPOINTS.len());
     assert_eq!(dom.matches("<svg class=\"chart\"").count(), ENDPOINTS.len());
-    assert!(
-        !dom.contains("<b id="),
-        "markup from an endpoint name became an element"
-    );
+    assert!(!dom.contains("<b id="), "markup from an endpoint name became an element");
     assert!(!dom.contains("<script"), "a script element reached the DOM");
-    assert!(
-        dom.contains("<title>shadow report: FAIL</title>"),
-        "title changed or missing"
-    );
+    assert!(dom.contains("<title>shadow report: FAIL</title>"), "title changed or missing");
     if std::env::var_os("SHADOW_KEEP_REPORT").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

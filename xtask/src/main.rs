@@ -39,9 +39,20 @@ enum Cmd {
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
-const APT_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "curl", "nginx", "prometheus", "wrk", "hey", "ca-certificates", "pkg-config",
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "bpftool",
+    "curl",
+    "nginx",
+    "prometheus",
+    "wrk",
+    "hey",
+    "ca-certificates",
+    "pkg-config",
     // Headless browser for the HTML report test.
-    "chromium"];
+    "chromium",
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -111,13 +122,15 @@ fn apt_packages() -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     // The nginx package starts a system-wide server on port 80; the tests start their own.
-    let _ = Command::new("sh").args(["-c", "systemctl stop nginx 2>/dev/null; nginx -s stop 2>/dev/null; true"]).status();
+    let _ =
+        Command::new("sh").args(["-c", "systemctl stop nginx 2>/dev/null; nginx -s stop 2>/dev/null; true"]).status();
     Ok(())
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
-        .context("the nightly toolchain is needed to build the eBPF programs and is not installed (rustup toolchain list)")?;
+    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"])).context(
+        "the nightly toolchain is needed to build the eBPF programs and is not installed (rustup toolchain list)",
+    )?;
     if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
@@ -216,6 +229,12 @@ fn cargo() -> Command {
 }
 
 fn test() -> Result<()> {
+    // The shape first: formatting (nightly rustfmt, for the import options in rustfmt.toml) and
+    // clippy over every crate and target, warnings denied.
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
+        .current_dir(workspace_root()))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // Unit, property and no-root integration tests of every crate but the kernel tiers.
     run(cargo().args(["test", "--workspace", "--exclude", "shadow-tests", "--exclude", "shadow-ebpf"]))?;
     if !is_root() && env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {

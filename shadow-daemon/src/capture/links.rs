@@ -32,9 +32,11 @@ impl InterfacePattern {
 
     /// A comma-separated list, as `--interface eth0,veth*` takes it.
     pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
-        s.split(',').filter(|p| !p.trim().is_empty()).map(Self::parse).collect::<Result<Vec<_>, _>>().and_then(|v| {
-            if v.is_empty() { Err("no interface given".into()) } else { Ok(v) }
-        })
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|v| if v.is_empty() { Err("no interface given".into()) } else { Ok(v) })
     }
 
     pub fn as_str(&self) -> &str {
@@ -112,8 +114,14 @@ pub fn list_interfaces() -> io::Result<Vec<(u32, String)>> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
     /// Created, renamed, or changed (flags): (index, current name).
-    New { index: u32, name: String },
-    Deleted { index: u32, name: String },
+    New {
+        index: u32,
+        name: String,
+    },
+    Deleted {
+        index: u32,
+        name: String,
+    },
     /// Messages were lost (the socket overran): the caller must re-list the interfaces.
     Resync,
 }
@@ -145,7 +153,11 @@ pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
         if (ty == RTM_NEWLINK || ty == RTM_DELLINK) && msg.len() >= IFINFOMSG_LEN {
             let index = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
             if let (Ok(index), Some(name)) = (u32::try_from(index), ifname(&msg[IFINFOMSG_LEN..])) {
-                out.push(if ty == RTM_NEWLINK { LinkEvent::New { index, name } } else { LinkEvent::Deleted { index, name } });
+                out.push(if ty == RTM_NEWLINK {
+                    LinkEvent::New { index, name }
+                } else {
+                    LinkEvent::Deleted { index, name }
+                });
             }
         }
         off += align4(len);
@@ -181,7 +193,11 @@ impl LinkWatcher {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain socket/bind calls on a descriptor owned right after creation.
         let raw = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
         };
         if raw < 0 {
             return Err(io::Error::last_os_error());
@@ -201,7 +217,8 @@ impl LinkWatcher {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the AsyncFd owns the socket for as long as it is registered.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)?;
+        let fd =
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)?;
         Ok(Self { fd, buf: vec![0u8; 64 * 1024] })
     }
 
@@ -294,7 +311,10 @@ mod tests {
         d.extend(msg(20, 3, Some(b"addr"))); // RTM_NEWADDR: ignored
         assert_eq!(
             parse_link_messages(&d),
-            vec![LinkEvent::New { index: 7, name: "veth7".into() }, LinkEvent::Deleted { index: 5, name: "lxc5".into() }]
+            vec![
+                LinkEvent::New { index: 7, name: "veth7".into() },
+                LinkEvent::Deleted { index: 5, name: "lxc5".into() }
+            ]
         );
         // Every truncation of the datagram parses without panicking and keeps a prefix.
         for cut in 0..d.len() {

@@ -21,16 +21,25 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 use shadow_common::{
-    Config, Counters, FlowKey, FlowState, MAX_RULES, MAX_SERVICES, PPM_ALL, RuleState, SERVICE_KEY_FIXED_BITS, ServiceKey,
-    counter, family, names,
+    Config, Counters, FlowKey, FlowState, MAX_RULES, MAX_SERVICES, PPM_ALL, RuleState, SERVICE_KEY_FIXED_BITS,
+    ServiceKey, counter, family, names,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    config::HookKind,
     segment::{self, DecodeError, Segment},
     service::ServiceMatch,
 };
+
+/// Which kernel hook captures traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    /// TC ingress and egress (TCX on Linux >= 6.6): requests and responses.
+    Tc,
+    /// XDP on ingress only: for physical NICs where the service's traffic arrives; sees requests
+    /// (and responses only if they also arrive on this interface).
+    Xdp,
+}
 
 /// The eBPF object built by build.rs from shadow-ebpf (empty when built with SHADOW_SKIP_EBPF=1).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow"));
@@ -78,9 +87,7 @@ impl KernelRule {
 pub enum CaptureError {
     #[error("this binary was built with SHADOW_SKIP_EBPF=1 and has no eBPF object: rebuild without it")]
     NoObject,
-    #[error(
-        "insufficient privileges to {op}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON{detail}"
-    )]
+    #[error("insufficient privileges to {op}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON{detail}")]
     Privileges { op: String, detail: String },
     #[error("unknown interface '{0}' (see `ip link`)")]
     UnknownInterface(String),
@@ -348,7 +355,8 @@ impl Capture {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
             prog.test_run(opts)
         };
-        let r = r.map_err(|e| CaptureError::Program { op: format!("BPF_PROG_TEST_RUN {name}"), source: Box::new(e) })?;
+        let r =
+            r.map_err(|e| CaptureError::Program { op: format!("BPF_PROG_TEST_RUN {name}"), source: Box::new(e) })?;
         Ok((r.return_value, r.duration))
     }
 
@@ -406,8 +414,9 @@ impl Capture {
                 tracing::debug!("clsact on {iface}: {e} (already present?)");
             }
         }
-        let id =
-            prog.attach(iface, kind).map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
+        let id = prog
+            .attach(iface, kind)
+            .map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
         Ok(Attached::Tc { program: name, what, id })
     }
 
@@ -419,7 +428,9 @@ impl Capture {
         let infos = match SchedClassifier::query_tcx(iface, kind) {
             Ok((_, infos)) => infos,
             Err(e) => {
-                tracing::warn!("{iface}: cannot list the programs attached to tc {hook} ({e}); not checking for another shadow capture");
+                tracing::warn!(
+                    "{iface}: cannot list the programs attached to tc {hook} ({e}); not checking for another shadow capture"
+                );
                 return Ok(());
             }
         };
@@ -439,7 +450,13 @@ impl Capture {
                     None => "unknown".to_string(),
                     Some(_) => shared.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
                 };
-                return Err(CaptureError::SharedCapture { interface: iface.into(), program: name, id: info.id(), hook, ports });
+                return Err(CaptureError::SharedCapture {
+                    interface: iface.into(),
+                    program: name,
+                    id: info.id(),
+                    hook,
+                    ports,
+                });
             }
         }
         Ok(())
@@ -477,16 +494,18 @@ impl Capture {
         self.write_config()?;
         for (k, id) in &wanted {
             if self.services.get(k) != Some(id) {
-                self.services_map
-                    .insert(&Key::new(k.0, k.1.0), id, 0)
-                    .map_err(|e| CaptureError::Map { op: format!("insert into {}", names::MAP_SERVICES), source: Box::new(e) })?;
+                self.services_map.insert(&Key::new(k.0, k.1.0), id, 0).map_err(|e| CaptureError::Map {
+                    op: format!("insert into {}", names::MAP_SERVICES),
+                    source: Box::new(e),
+                })?;
             }
         }
         for k in self.services.keys() {
             if !wanted.contains_key(k) {
-                self.services_map
-                    .remove(&Key::new(k.0, k.1.0))
-                    .map_err(|e| CaptureError::Map { op: format!("remove from {}", names::MAP_SERVICES), source: Box::new(e) })?;
+                self.services_map.remove(&Key::new(k.0, k.1.0)).map_err(|e| CaptureError::Map {
+                    op: format!("remove from {}", names::MAP_SERVICES),
+                    source: Box::new(e),
+                })?;
             }
         }
         for id in rules.len()..self.rules.len() {
@@ -507,9 +526,10 @@ impl Capture {
     }
 
     fn write_rule(&mut self, id: u32, ppm: u32) -> Result<(), CaptureError> {
-        self.rules_map
-            .set(id, RuleState { sample_ppm: ppm.min(PPM_ALL), _pad: 0 }, 0)
-            .map_err(|e| CaptureError::Map { op: format!("write rule {id} to {}", names::MAP_RULES), source: Box::new(e) })
+        self.rules_map.set(id, RuleState { sample_ppm: ppm.min(PPM_ALL), _pad: 0 }, 0).map_err(|e| CaptureError::Map {
+            op: format!("write rule {id} to {}", names::MAP_RULES),
+            source: Box::new(e),
+        })
     }
 
     /// Change one rule's sampling rate; applies from its next request line, no restart, other
@@ -525,10 +545,10 @@ impl Capture {
 
     /// A rule's sampling rate as the kernel's map holds it (read back, not remembered).
     pub fn rule_ppm(&self, id: usize) -> Result<u32, CaptureError> {
-        self.rules_map
-            .get(&(id as u32), 0)
-            .map(|r| r.sample_ppm)
-            .map_err(|e| CaptureError::Map { op: format!("read rule {id} from {}", names::MAP_RULES), source: Box::new(e) })
+        self.rules_map.get(&(id as u32), 0).map(|r| r.sample_ppm).map_err(|e| CaptureError::Map {
+            op: format!("read rule {id} from {}", names::MAP_RULES),
+            source: Box::new(e),
+        })
     }
 
     /// Every rule to the same rate.
@@ -830,7 +850,12 @@ fn service_entries(rules: &[KernelRule]) -> Result<BTreeMap<(u32, ServiceKeyOrd)
             let keys: Vec<(u32, ServiceKey)> = match s.net {
                 None => [family::IPV4, family::IPV6]
                     .into_iter()
-                    .map(|f| (SERVICE_KEY_FIXED_BITS, ServiceKey { port_be: s.port.to_be_bytes(), family: f, _pad: 0, addr: [0; 16] }))
+                    .map(|f| {
+                        (
+                            SERVICE_KEY_FIXED_BITS,
+                            ServiceKey { port_be: s.port.to_be_bytes(), family: f, _pad: 0, addr: [0; 16] },
+                        )
+                    })
                     .collect(),
                 Some(n) => {
                     let (f, addr) = match n.addr() {
@@ -849,7 +874,9 @@ fn service_entries(rules: &[KernelRule]) -> Result<BTreeMap<(u32, ServiceKeyOrd)
             };
             for (bits, k) in keys {
                 if let Some(other) = out.insert((bits, ServiceKeyOrd(k)), id as u32) {
-                    return Err(CaptureError::Rules(format!("service {s} is in rule {other} and rule {id}: a service belongs to one rule")));
+                    return Err(CaptureError::Rules(format!(
+                        "service {s} is in rule {other} and rule {id}: a service belongs to one rule"
+                    )));
                 }
             }
         }

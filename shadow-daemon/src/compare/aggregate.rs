@@ -25,10 +25,8 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// about 20 KiB instead of 150 KiB with three.
 const LATENCY_SIGFIG: u8 = 2;
 /// Percentiles the report's latency curves are drawn through.
-pub const CURVE_PERCENTILES: [f64; 17] = [
-    0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.0, 99.0, 99.5, 99.9, 99.99,
-    100.0,
-];
+pub const CURVE_PERCENTILES: [f64; 17] =
+    [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.0, 99.0, 99.5, 99.9, 99.99, 100.0];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Signature {
@@ -63,14 +61,11 @@ pub(crate) struct EndpointStats {
 }
 
 pub(crate) fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
-        .expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).expect("constant histogram bounds are valid")
 }
 
 pub(crate) fn record_latency(h: &mut Histogram<u64>, latency: std::time::Duration) {
-    let us = u64::try_from(latency.as_micros())
-        .unwrap_or(u64::MAX)
-        .clamp(1, LATENCY_MAX_US);
+    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
     h.saturating_record(us);
 }
 
@@ -99,11 +94,7 @@ impl EndpointStats {
         }
     }
 
-    pub fn record_latencies(
-        &mut self,
-        primary: std::time::Duration,
-        shadow: Option<std::time::Duration>,
-    ) {
+    pub fn record_latencies(&mut self, primary: std::time::Duration, shadow: Option<std::time::Duration>) {
         record_latency(&mut self.latency_primary, primary);
         if let Some(s) = shadow {
             record_latency(&mut self.latency_shadow, s);
@@ -113,10 +104,7 @@ impl EndpointStats {
     /// Count a pair whose body and/or compared headers differed in these templates.
     pub fn record_difference(&mut self, body: &[String], body_complete: bool, headers: &[String]) {
         let intern_all = |paths: &mut PathTable, ts: &[String]| -> Option<Box<[u16]>> {
-            let mut ids = ts
-                .iter()
-                .map(|t| paths.intern(t))
-                .collect::<Option<Vec<u16>>>()?;
+            let mut ids = ts.iter().map(|t| paths.intern(t)).collect::<Option<Vec<u16>>>()?;
             ids.sort_unstable();
             ids.dedup();
             Some(ids.into_boxed_slice())
@@ -124,17 +112,11 @@ impl EndpointStats {
         let b = intern_all(&mut self.paths, body);
         let h = intern_all(&mut self.paths, headers);
         let sig = match (b, h) {
-            (Some(body), Some(headers)) => Some(Signature {
-                body,
-                headers,
-                complete: body_complete,
-            }),
+            (Some(body), Some(headers)) => Some(Signature { body, headers, complete: body_complete }),
             _ => None,
         };
         let kept = match sig {
-            Some(sig)
-                if self.signatures.contains_key(&sig) || self.signatures.len() < MAX_SIGNATURES =>
-            {
+            Some(sig) if self.signatures.contains_key(&sig) || self.signatures.len() < MAX_SIGNATURES => {
                 *self.signatures.entry(sig).or_insert(0) += 1;
                 true
             }
@@ -147,16 +129,8 @@ impl EndpointStats {
     }
 
     /// Whether every template is known noise (so a difference in only these is no mismatch).
-    pub fn all_noise<'t>(
-        &self,
-        mut templates: impl Iterator<Item = &'t String>,
-        s: &NoiseSettings,
-    ) -> bool {
-        templates.all(|t| {
-            self.paths
-                .get(t)
-                .is_some_and(|id| self.noise.is_noise(id, s))
-        })
+    pub fn all_noise<'t>(&self, mut templates: impl Iterator<Item = &'t String>, s: &NoiseSettings) -> bool {
+        templates.all(|t| self.paths.get(t).is_some_and(|id| self.noise.is_noise(id, s)))
     }
 
     /// (body mismatches, header mismatches) with the noise learned so far excused.
@@ -196,37 +170,20 @@ impl EndpointStats {
     }
 
     pub fn approx_bytes(&self) -> usize {
-        let hist =
-            (self.latency_primary.distinct_values() + self.latency_shadow.distinct_values()) * 8;
-        let sigs: usize = self
-            .signatures
-            .keys()
-            .map(|s| 2 * (s.body.len() + s.headers.len()) + 64)
-            .sum();
+        let hist = (self.latency_primary.distinct_values() + self.latency_shadow.distinct_values()) * 8;
+        let sigs: usize = self.signatures.keys().map(|s| 2 * (s.body.len() + s.headers.len()) + 64).sum();
         let samples: usize = self.mismatches.iter().map(sample_bytes).sum();
-        std::mem::size_of::<Self>()
-            + hist
-            + sigs
-            + samples
-            + self.paths.approx_bytes()
-            + self.noise.approx_bytes()
+        std::mem::size_of::<Self>() + hist + sigs + samples + self.paths.approx_bytes() + self.noise.approx_bytes()
     }
 }
 
 fn sample_bytes(m: &MismatchSample) -> usize {
-    let diffs: usize = m
-        .body
-        .iter()
-        .map(|d| d.path.len() + d.primary.len() + d.shadow.len() + 72)
-        .sum();
+    let diffs: usize = m.body.iter().map(|d| d.path.len() + d.primary.len() + d.shadow.len() + 72).sum();
     let headers: usize = m
         .headers
         .iter()
         .map(|h| {
-            h.name.len()
-                + 96
-                + h.primary.as_ref().map_or(0, String::len)
-                + h.shadow.as_ref().map_or(0, String::len)
+            h.name.len() + 96 + h.primary.as_ref().map_or(0, String::len) + h.shadow.as_ref().map_or(0, String::len)
         })
         .sum();
     let paths: usize = m.paths.iter().map(|p| p.len() + 24).sum();
@@ -276,19 +233,7 @@ pub(crate) fn curve(h: &Histogram<u64>) -> Vec<[f64; 2]> {
     if h.is_empty() {
         return Vec::new();
     }
-    CURVE_PERCENTILES
-        .iter()
-        .map(|&p| {
-            [
-                p,
-                if p == 0.0 {
-                    h.min() as f64 / 1000.0
-                } else {
-                    quantile_ms(h, p)
-                },
-            ]
-        })
-        .collect()
+    CURVE_PERCENTILES.iter().map(|&p| [p, if p == 0.0 { h.min() as f64 / 1000.0 } else { quantile_ms(h, p) }]).collect()
 }
 
 #[cfg(test)]
@@ -303,10 +248,7 @@ mod tests {
 
     #[test]
     fn signatures_are_excused_retroactively_by_noise() {
-        let s = NoiseSettings {
-            min_samples: 2,
-            min_differ_percent: 50.0,
-        };
+        let s = NoiseSettings { min_samples: 2, min_differ_percent: 50.0 };
         let mut e = EndpointStats::new(0);
         e.record_difference(&t(&["$.ts"]), true, &[]);
         e.record_difference(&t(&["$.ts", "$.user"]), true, &[]);
@@ -314,22 +256,11 @@ mod tests {
         assert_eq!(e.mismatches(&s), (2, 1));
         let ts = t(&["$.ts"]);
         for _ in 0..2 {
-            e.noise.observe(
-                &mut e.paths,
-                crate::compare::noise::SecondaryDiff::Differ { templates: &ts },
-            );
+            e.noise.observe(&mut e.paths, crate::compare::noise::SecondaryDiff::Differ { templates: &ts });
         }
-        assert_eq!(
-            e.mismatches(&s),
-            (1, 1),
-            "the $.ts-only pair now matches; the one with $.user does not"
-        );
+        assert_eq!(e.mismatches(&s), (1, 1), "the $.ts-only pair now matches; the one with $.user does not");
         e.record_difference(&t(&["$.ts"]), false, &[]);
-        assert_eq!(
-            e.mismatches(&s),
-            (2, 1),
-            "an incomplete difference is never excused"
-        );
+        assert_eq!(e.mismatches(&s), (2, 1), "an incomplete difference is never excused");
         assert!(e.all_noise(ts.iter(), &s));
         assert!(!e.all_noise(t(&["$.user"]).iter(), &s));
     }
@@ -342,11 +273,7 @@ mod tests {
             e.record_difference(&[format!("$.k{i}")], true, &[]);
         }
         assert_eq!(e.signatures.len(), MAX_SIGNATURES);
-        assert_eq!(
-            e.mismatches(&s).0,
-            (MAX_SIGNATURES + 5) as u64,
-            "the overflow still counts as mismatches"
-        );
+        assert_eq!(e.mismatches(&s).0, (MAX_SIGNATURES + 5) as u64, "the overflow still counts as mismatches");
         let before = e.approx_bytes();
         let sample = MismatchSample {
             endpoint: "GET /".into(),
@@ -383,14 +310,8 @@ mod tests {
         assert_eq!(p.count, 101);
         assert!((p.p50_ms - 51.0).abs() <= 1.0, "{p:?}");
         assert!((p.p99_ms - 100.0).abs() <= 1.0, "{p:?}");
-        assert!(
-            p.max_ms >= 3_500_000.0,
-            "clamped at one hour, not dropped: {p:?}"
-        );
+        assert!(p.max_ms >= 3_500_000.0, "clamped at one hour, not dropped: {p:?}");
         assert_eq!(curve(&h).len(), CURVE_PERCENTILES.len());
-        assert_eq!(
-            Percentiles::of(&latency_histogram()),
-            Percentiles::default()
-        );
+        assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
     }
 }

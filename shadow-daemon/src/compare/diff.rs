@@ -65,42 +65,23 @@ pub(crate) struct BodyDiff {
     pub complete: bool,
 }
 
-pub(crate) fn compare_bodies(
-    p: &Body,
-    s: &Body,
-    p_len: u64,
-    s_len: u64,
-    shown: usize,
-) -> BodyComparison {
+pub(crate) fn compare_bodies(p: &Body, s: &Body, p_len: u64, s_len: u64, shown: usize) -> BodyComparison {
     match (p, s) {
         (Body::LengthOnly(reason), _) | (_, Body::LengthOnly(reason)) => {
-            BodyComparison::LengthOnly {
-                reason: *reason,
-                equal: p_len == s_len,
-            }
+            BodyComparison::LengthOnly { reason: *reason, equal: p_len == s_len }
         }
         (Body::Json(a), Body::Json(b)) => {
             if a == b {
                 return BodyComparison::Equal;
             }
-            let mut c = Collector {
-                diff: BodyDiff {
-                    complete: true,
-                    ..BodyDiff::default()
-                },
-                shown_cap: shown,
-            };
+            let mut c = Collector { diff: BodyDiff { complete: true, ..BodyDiff::default() }, shown_cap: shown };
             let mut at = Vec::new();
             walk(a, b, &mut at, &mut c);
             BodyComparison::Differ(c.diff)
         }
         (Body::Bytes(a), Body::Bytes(b)) if a == b => BodyComparison::Equal,
         _ => {
-            let diff = PathDiff {
-                path: WHOLE_BODY.into(),
-                primary: describe(p),
-                shadow: describe(s),
-            };
+            let diff = PathDiff { path: WHOLE_BODY.into(), primary: describe(p), shadow: describe(s) };
             BodyComparison::Differ(BodyDiff {
                 shown: if shown > 0 { vec![diff] } else { Vec::new() },
                 total: 1,
@@ -125,11 +106,7 @@ impl Collector {
     fn record(&mut self, at: &[Step<'_>], p: Option<&Value>, s: Option<&Value>) {
         self.diff.total += 1;
         if self.diff.shown.len() < self.shown_cap {
-            self.diff.shown.push(PathDiff {
-                path: path::render(at, false),
-                primary: preview(p),
-                shadow: preview(s),
-            });
+            self.diff.shown.push(PathDiff { path: path::render(at, false), primary: preview(p), shadow: preview(s) });
         }
         let t = path::render(at, true);
         if !self.diff.templates.contains(&t) {
@@ -187,11 +164,7 @@ fn walk<'a>(p: &'a Value, s: &'a Value, at: &mut Vec<Step<'a>>, c: &mut Collecto
                 at.pop();
             }
             // Extra elements all share one template: a few are shown, the rest counted.
-            let (longer, p_side) = if a.len() > b.len() {
-                (a, true)
-            } else {
-                (b, false)
-            };
+            let (longer, p_side) = if a.len() > b.len() { (a, true) } else { (b, false) };
             let common = a.len().min(b.len());
             for (i, v) in longer.iter().enumerate().skip(common) {
                 if c.diff.shown.len() >= c.shown_cap && i > common {
@@ -222,11 +195,9 @@ fn preview(v: Option<&Value>) -> String {
 fn describe(b: &Body) -> String {
     match b {
         Body::Json(v) => format!("JSON {}", cut(&canonical(v), MAX_VALUE_CHARS)),
-        Body::Bytes(bytes) => format!(
-            "{} bytes: {}",
-            bytes.len(),
-            cut(&String::from_utf8_lossy(bytes), MAX_VALUE_CHARS)
-        ),
+        Body::Bytes(bytes) => {
+            format!("{} bytes: {}", bytes.len(), cut(&String::from_utf8_lossy(bytes), MAX_VALUE_CHARS))
+        }
         Body::LengthOnly(r) => format!("({})", r.as_str()),
     }
 }
@@ -278,9 +249,7 @@ pub(crate) fn compare_headers(
 }
 
 pub(crate) fn is_sensitive(name: &str, redact: &[String]) -> bool {
-    ALWAYS_REDACTED_HEADERS
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+    ALWAYS_REDACTED_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
         || redact.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
@@ -324,40 +293,17 @@ impl MismatchSample {
     /// `+` shadow lines, then both normalised bodies.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "=== {} (pair #{}): {}",
-            self.endpoint,
-            self.seq,
-            self.outcome.as_str()
-        );
-        let mark = if self.primary_status == self.shadow_status {
-            ""
-        } else {
-            "   <- differs"
-        };
-        let _ = writeln!(
-            o,
-            "  status: primary {} shadow {}{mark}",
-            self.primary_status, self.shadow_status
-        );
-        let _ = writeln!(
-            o,
-            "  latency: primary {:.3} ms shadow {:.3} ms",
-            self.primary_latency_ms, self.shadow_latency_ms
-        );
+        let _ = writeln!(o, "=== {} (pair #{}): {}", self.endpoint, self.seq, self.outcome.as_str());
+        let mark = if self.primary_status == self.shadow_status { "" } else { "   <- differs" };
+        let _ = writeln!(o, "  status: primary {} shadow {}{mark}", self.primary_status, self.shadow_status);
+        let _ =
+            writeln!(o, "  latency: primary {:.3} ms shadow {:.3} ms", self.primary_latency_ms, self.shadow_latency_ms);
         if let Some(n) = &self.note {
             let _ = writeln!(o, "  note: {n}");
         }
         let absent = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
         for h in &self.headers {
-            let _ = writeln!(
-                o,
-                "  header {}\n    - {}\n    + {}",
-                h.name,
-                absent(&h.primary),
-                absent(&h.shadow)
-            );
+            let _ = writeln!(o, "  header {}\n    - {}\n    + {}", h.name, absent(&h.primary), absent(&h.shadow));
         }
         for d in &self.body {
             let _ = writeln!(o, "  {}\n    - {}\n    + {}", d.path, d.primary, d.shadow);
@@ -376,10 +322,7 @@ impl MismatchSample {
 pub(crate) fn body_text(b: &Body, max: usize) -> String {
     match b {
         Body::Json(v) => cut(&canonical(v), max),
-        Body::Bytes(bytes) => cut(
-            &String::from_utf8_lossy(&bytes[..bytes.len().min(max.saturating_mul(4))]),
-            max,
-        ),
+        Body::Bytes(bytes) => cut(&String::from_utf8_lossy(&bytes[..bytes.len().min(max.saturating_mul(4))]), max),
         Body::LengthOnly(r) => format!("(not kept: {})", r.as_str()),
     }
 }
@@ -407,11 +350,8 @@ mod tests {
             r#"{"user":{"email":"a@x","tags":[1,2]},"gone":1}"#,
             r#"{"user":{"email":"b@x","tags":[1,3,4]},"new":true}"#,
         );
-        let shown: Vec<(&str, &str, &str)> = d
-            .shown
-            .iter()
-            .map(|x| (x.path.as_str(), x.primary.as_str(), x.shadow.as_str()))
-            .collect();
+        let shown: Vec<(&str, &str, &str)> =
+            d.shown.iter().map(|x| (x.path.as_str(), x.primary.as_str(), x.shadow.as_str())).collect();
         assert_eq!(
             shown,
             [
@@ -422,37 +362,22 @@ mod tests {
                 ("$.user.tags[2]", "(absent)", "4"),
             ]
         );
-        assert_eq!(
-            d.templates,
-            ["$.gone", "$.new", "$.user.email", "$.user.tags[*]"]
-        );
+        assert_eq!(d.templates, ["$.gone", "$.new", "$.user.email", "$.user.tags[*]"]);
         assert!(d.complete);
-        assert_eq!(
-            compare_bodies(&j(r#"{"a":[1]}"#), &j(r#"{"a":[1]}"#), 0, 0, 16),
-            BodyComparison::Equal
-        );
+        assert_eq!(compare_bodies(&j(r#"{"a":[1]}"#), &j(r#"{"a":[1]}"#), 0, 0, 16), BodyComparison::Equal);
     }
 
     #[test]
     fn diff_is_bounded() {
-        let a: Value = (0..10_000)
-            .map(|i| (format!("k{i}"), Value::from(i)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-        let b: Value = (0..10_000)
-            .map(|i| (format!("k{i}"), Value::from(-i)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-        let BodyComparison::Differ(d) = compare_bodies(&Body::Json(a), &Body::Json(b), 0, 0, 16)
-        else {
+        let a: Value = (0..10_000).map(|i| (format!("k{i}"), Value::from(i))).collect::<serde_json::Map<_, _>>().into();
+        let b: Value =
+            (0..10_000).map(|i| (format!("k{i}"), Value::from(-i))).collect::<serde_json::Map<_, _>>().into();
+        let BodyComparison::Differ(d) = compare_bodies(&Body::Json(a), &Body::Json(b), 0, 0, 16) else {
             panic!("differ")
         };
         assert_eq!(d.shown.len(), 16);
         assert_eq!(d.templates.len(), MAX_TEMPLATES);
-        assert!(
-            !d.complete,
-            "more distinct paths than kept: the difference is marked incomplete"
-        );
+        assert!(!d.complete, "more distinct paths than kept: the difference is marked incomplete");
         let long = differ(&format!("[\"{}\"]", "x".repeat(10_000)), "[\"y\"]");
         assert!(long.shown[0].primary.chars().count() <= MAX_VALUE_CHARS + 1);
         let extra = differ("[]", &format!("[{}]", vec!["1"; 100_000].join(",")));
@@ -465,61 +390,31 @@ mod tests {
     fn bytes_and_mixed_bodies_differ_as_a_whole() {
         let a = Body::Bytes(Bytes::from_static(b"<html>a</html>"));
         let b = Body::Bytes(Bytes::from_static(b"<html>b</html>"));
-        assert_eq!(
-            compare_bodies(&a, &a.clone(), 14, 14, 4),
-            BodyComparison::Equal
-        );
-        let BodyComparison::Differ(d) = compare_bodies(&a, &b, 14, 14, 4) else {
-            panic!("differ")
-        };
+        assert_eq!(compare_bodies(&a, &a.clone(), 14, 14, 4), BodyComparison::Equal);
+        let BodyComparison::Differ(d) = compare_bodies(&a, &b, 14, 14, 4) else { panic!("differ") };
         assert_eq!(d.templates, [WHOLE_BODY]);
-        let BodyComparison::Differ(d) = compare_bodies(&j("{}"), &a, 2, 14, 4) else {
-            panic!("differ")
-        };
+        let BodyComparison::Differ(d) = compare_bodies(&j("{}"), &a, 2, 14, 4) else { panic!("differ") };
         assert_eq!(d.templates, [WHOLE_BODY]);
         let lo = Body::LengthOnly(LengthOnlyReason::OverCap);
         assert_eq!(
             compare_bodies(&lo, &a, 14, 14, 4),
-            BodyComparison::LengthOnly {
-                reason: LengthOnlyReason::OverCap,
-                equal: true
-            }
+            BodyComparison::LengthOnly { reason: LengthOnlyReason::OverCap, equal: true }
         );
         assert_eq!(
             compare_bodies(&a, &lo, 14, 15, 4),
-            BodyComparison::LengthOnly {
-                reason: LengthOnlyReason::OverCap,
-                equal: false
-            }
+            BodyComparison::LengthOnly { reason: LengthOnlyReason::OverCap, equal: false }
         );
     }
 
     #[test]
     fn headers_compare_configured_names_only_and_redact() {
-        let h = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
-                .collect::<Vec<_>>()
-        };
-        let p = h(&[
-            ("Content-Type", "application/json"),
-            ("Date", "x"),
-            ("Set-Cookie", "s=1"),
-            ("X-Key", "k1"),
-        ]);
-        let s = h(&[
-            ("content-type", " application/json "),
-            ("Date", "y"),
-            ("Set-Cookie", "s=2"),
-            ("X-Key", "k2"),
-        ]);
+        let h =
+            |v: &[(&str, &str)]| v.iter().map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())).collect::<Vec<_>>();
+        let p = h(&[("Content-Type", "application/json"), ("Date", "x"), ("Set-Cookie", "s=1"), ("X-Key", "k1")]);
+        let s = h(&[("content-type", " application/json "), ("Date", "y"), ("Set-Cookie", "s=2"), ("X-Key", "k2")]);
         let names = ["content-type", "set-cookie", "x-key", "vary"].map(String::from);
         let d = compare_headers(&p, &s, &names, &["X-KEY".to_owned()]);
-        assert_eq!(
-            d.len(),
-            2,
-            "equal after trimming, Date not configured, Vary absent on both: {d:?}"
-        );
+        assert_eq!(d.len(), 2, "equal after trimming, Date not configured, Vary absent on both: {d:?}");
         assert_eq!(d[0].name, "set-cookie");
         assert_eq!(d[0].primary.as_deref(), Some("<redacted, 3 bytes>"));
         assert_eq!(d[1].shadow.as_deref(), Some("<redacted, 2 bytes>"));
@@ -545,11 +440,7 @@ mod tests {
                 primary: Some("<redacted, 3 bytes>".into()),
                 shadow: None,
             }],
-            body: vec![PathDiff {
-                path: "$.a".into(),
-                primary: "1".into(),
-                shadow: "2".into(),
-            }],
+            body: vec![PathDiff { path: "$.a".into(), primary: "1".into(), shadow: "2".into() }],
             body_differences: 3,
             paths: vec!["$.a".into()],
             paths_complete: true,

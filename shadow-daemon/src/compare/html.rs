@@ -67,11 +67,7 @@ impl Report {
             v.exit_code()
         );
         if self.overflow_pairs > 0 {
-            let _ = write!(
-                o,
-                "<p>{} pairs past the endpoint cap are counted under 'other'.</p>",
-                self.overflow_pairs
-            );
+            let _ = write!(o, "<p>{} pairs past the endpoint cap are counted under 'other'.</p>", self.overflow_pairs);
         }
         o.push_str(
             "<table id=\"verdicts\"><thead><tr><th>Endpoint</th><th>Samples</th><th>Status match</th>\
@@ -94,24 +90,14 @@ impl Report {
             chart(&mut o, &e.summary.latency);
             let n = &e.summary.noise;
             if n.samples > 0 {
-                let _ = write!(
-                    o,
-                    "<p>Noise learned from {} primary/secondary pairs: ",
-                    n.samples
-                );
+                let _ = write!(o, "<p>Noise learned from {} primary/secondary pairs: ", n.samples);
                 if n.learned.is_empty() {
                     o.push_str("none.");
                 } else {
                     let list: Vec<String> = n
                         .learned
                         .iter()
-                        .map(|l| {
-                            format!(
-                                "<code>{}</code> ({:.0}%)",
-                                escape(&l.path),
-                                l.differed_percent
-                            )
-                        })
+                        .map(|l| format!("<code>{}</code> ({:.0}%)", escape(&l.path), l.differed_percent))
                         .collect();
                     o.push_str(&list.join(", "));
                 }
@@ -143,8 +129,7 @@ fn table_row(o: &mut String, e: &EndpointReport) {
         pair(l.primary.p50_ms, l.shadow.p50_ms),
         pair(l.primary.p95_ms, l.shadow.p95_ms),
         pair(l.primary.p99_ms, l.shadow.p99_ms),
-        l.p99_ratio
-            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        l.p99_ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
         verdict_class(e.verdict.verdict()),
         e.verdict.as_str(),
         escape(&e.verdict.reason())
@@ -161,23 +146,12 @@ fn x_of(percentile: f64) -> f64 {
 fn tick_step(max: f64) -> f64 {
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag)
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
 }
 
 fn chart(o: &mut String, l: &LatencySummary) {
-    let finite = |c: &[[f64; 2]]| {
-        c.iter()
-            .map(|p| p[1])
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max)
-    };
-    let top = finite(&l.primary_curve)
-        .max(finite(&l.shadow_curve))
-        .max(0.001);
+    let finite = |c: &[[f64; 2]]| c.iter().map(|p| p[1]).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let top = finite(&l.primary_curve).max(finite(&l.shadow_curve)).max(0.001);
     let step = tick_step(top);
     let ymax = (top / step).ceil() * step;
     let y_of = |ms: f64| H - BOTTOM - (ms.clamp(0.0, ymax) / ymax) * (H - TOP - BOTTOM);
@@ -202,14 +176,7 @@ fn chart(o: &mut String, l: &LatencySummary) {
         );
         t += step;
     }
-    for (p, label) in [
-        (0.0, "p0"),
-        (90.0, "p90"),
-        (99.0, "p99"),
-        (99.9, "p99.9"),
-        (99.99, "p99.99"),
-        (100.0, "max"),
-    ] {
+    for (p, label) in [(0.0, "p0"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9"), (99.99, "p99.99"), (100.0, "max")] {
         let x = x_of(p);
         let _ = write!(
             o,
@@ -231,10 +198,9 @@ fn chart(o: &mut String, l: &LatencySummary) {
         cx = (LEFT + W - RIGHT) / 2.0,
         cy = (TOP + H - BOTTOM) / 2.0
     );
-    for (curve, colour, class) in [
-        (&l.primary_curve, PRIMARY_COLOUR, "primary"),
-        (&l.shadow_curve, SHADOW_COLOUR, "shadow"),
-    ] {
+    for (curve, colour, class) in
+        [(&l.primary_curve, PRIMARY_COLOUR, "primary"), (&l.shadow_curve, SHADOW_COLOUR, "shadow")]
+    {
         if curve.is_empty() {
             continue;
         }
@@ -253,11 +219,7 @@ fn chart(o: &mut String, l: &LatencySummary) {
     // Legend, with solid swatches.
     let lx = LEFT + 14.0;
     let summary = |c: &[[f64; 2]], name: &str, p99: f64| {
-        if c.is_empty() {
-            format!("{name}: no data")
-        } else {
-            format!("{name} (p99 {p99:.2} ms)")
-        }
+        if c.is_empty() { format!("{name}: no data") } else { format!("{name} (p99 {p99:.2} ms)") }
     };
     let _ = write!(
         o,

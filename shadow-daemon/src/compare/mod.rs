@@ -71,10 +71,7 @@ pub struct ResponseSample {
 
 impl ResponseSample {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 }
 
@@ -173,54 +170,30 @@ pub struct Comparator {
 
 impl Comparator {
     pub fn new(settings: &CompareSettings) -> Result<Self, CompareError> {
-        Ok(Self {
-            settings: settings.compile()?,
-            endpoints: HashMap::new(),
-            overflow_pairs: 0,
-        })
+        Ok(Self { settings: settings.compile()?, endpoints: HashMap::new(), overflow_pairs: 0 })
     }
 
     /// The stats of `endpoint`, created while under the cap; past it, the `other` endpoint's.
     fn endpoint(&mut self, endpoint: &str) -> (&mut EndpointStats, &Profile, String) {
         let name = diff::cut(endpoint, MAX_ENDPOINT_NAME);
-        let name = if self.endpoints.contains_key(&name)
-            || self.endpoints.len() < self.settings.limits.max_endpoints
-        {
+        let name = if self.endpoints.contains_key(&name) || self.endpoints.len() < self.settings.limits.max_endpoints {
             name
         } else {
             self.overflow_pairs += 1;
             OTHER_ENDPOINT.to_owned()
         };
-        let profile_of = |n: &str| {
-            self.settings
-                .overrides
-                .iter()
-                .position(|(o, _)| o == n)
-                .map_or(0, |i| i + 1)
-        };
+        let profile_of = |n: &str| self.settings.overrides.iter().position(|(o, _)| o == n).map_or(0, |i| i + 1);
         let profile = profile_of(&name);
-        let stats = self
-            .endpoints
-            .entry(name.clone())
-            .or_insert_with(|| EndpointStats::new(profile));
+        let stats = self.endpoints.entry(name.clone()).or_insert_with(|| EndpointStats::new(profile));
         let profile = match stats.profile {
             0 => &self.settings.default,
-            i => self
-                .settings
-                .overrides
-                .get(i - 1)
-                .map_or(&self.settings.default, |(_, p)| p),
+            i => self.settings.overrides.get(i - 1).map_or(&self.settings.default, |(_, p)| p),
         };
         (stats, profile, name)
     }
 
     /// Compare one primary/shadow pair and count it.
-    pub fn observe(
-        &mut self,
-        endpoint: &str,
-        primary: &ResponseSample,
-        shadow: &ResponseSample,
-    ) -> Outcome {
+    pub fn observe(&mut self, endpoint: &str, primary: &ResponseSample, shadow: &ResponseSample) -> Outcome {
         let redact = self.settings.redact_headers.clone();
         let noise = self.settings.noise;
         let limits = self.settings.limits;
@@ -233,27 +206,10 @@ impl Comparator {
         let status_equal = primary.status == shadow.status;
         stats.status_matches += u64::from(status_equal);
 
-        let (pb, sb) = (
-            normalize(&raw(primary), rules),
-            normalize(&raw(shadow), rules),
-        );
-        let body = compare_bodies(
-            &pb,
-            &sb,
-            primary.body_len,
-            shadow.body_len,
-            limits.diff_paths,
-        );
-        let headers = compare_headers(
-            &primary.headers,
-            &shadow.headers,
-            &rules.compare_headers,
-            &redact,
-        );
-        let header_templates: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{HEADER_PREFIX}{}", h.name))
-            .collect();
+        let (pb, sb) = (normalize(&raw(primary), rules), normalize(&raw(shadow), rules));
+        let body = compare_bodies(&pb, &sb, primary.body_len, shadow.body_len, limits.diff_paths);
+        let headers = compare_headers(&primary.headers, &shadow.headers, &rules.compare_headers, &redact);
+        let header_templates: Vec<String> = headers.iter().map(|h| format!("{HEADER_PREFIX}{}", h.name)).collect();
 
         let (body_templates, complete) = match &body {
             BodyComparison::Differ(d) => (d.templates.as_slice(), d.complete),
@@ -274,13 +230,10 @@ impl Comparator {
             ));
         }
         let body_bad = match &body {
-            BodyComparison::Differ(d) => {
-                !d.complete || !stats.all_noise(d.templates.iter(), &noise)
-            }
+            BodyComparison::Differ(d) => !d.complete || !stats.all_noise(d.templates.iter(), &noise),
             _ => false,
         };
-        let header_bad =
-            !header_templates.is_empty() && !stats.all_noise(header_templates.iter(), &noise);
+        let header_bad = !header_templates.is_empty() && !stats.all_noise(header_templates.iter(), &noise);
         let outcome = match &body {
             _ if !status_equal => Outcome::StatusMismatch,
             BodyComparison::LengthOnly { equal: false, .. } => Outcome::LengthMismatch,
@@ -306,11 +259,7 @@ impl Comparator {
                 headers,
                 body: shown,
                 body_differences: total,
-                paths: body_templates
-                    .iter()
-                    .chain(&header_templates)
-                    .cloned()
-                    .collect(),
+                paths: body_templates.iter().chain(&header_templates).cloned().collect(),
                 paths_complete: complete,
                 note,
                 primary_body: body_text(&pb, limits.sample_body_bytes),
@@ -364,29 +313,13 @@ impl Comparator {
 
     /// Learn noise from the primary and a secondary (same version) answering the same request.
     /// Status differences between them are not noise (a status is never ignored).
-    pub fn observe_secondary(
-        &mut self,
-        endpoint: &str,
-        primary: &ResponseSample,
-        secondary: &ResponseSample,
-    ) {
+    pub fn observe_secondary(&mut self, endpoint: &str, primary: &ResponseSample, secondary: &ResponseSample) {
         let redact = self.settings.redact_headers.clone();
         let (stats, profile, _) = self.endpoint(endpoint);
         let rules = &profile.rules;
-        let (pb, sb) = (
-            normalize(&raw(primary), rules),
-            normalize(&raw(secondary), rules),
-        );
-        let headers = compare_headers(
-            &primary.headers,
-            &secondary.headers,
-            &rules.compare_headers,
-            &redact,
-        );
-        let mut templates: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{HEADER_PREFIX}{}", h.name))
-            .collect();
+        let (pb, sb) = (normalize(&raw(primary), rules), normalize(&raw(secondary), rules));
+        let headers = compare_headers(&primary.headers, &secondary.headers, &rules.compare_headers, &redact);
+        let mut templates: Vec<String> = headers.iter().map(|h| format!("{HEADER_PREFIX}{}", h.name)).collect();
         let usable = match compare_bodies(&pb, &sb, primary.body_len, secondary.body_len, 0) {
             BodyComparison::Equal => true,
             BodyComparison::Differ(d) => {
@@ -398,9 +331,7 @@ impl Comparator {
         let diff = match (usable, templates.is_empty()) {
             (false, _) => SecondaryDiff::Unusable,
             (true, true) => SecondaryDiff::Same,
-            (true, false) => SecondaryDiff::Differ {
-                templates: &templates,
-            },
+            (true, false) => SecondaryDiff::Differ { templates: &templates },
         };
         stats.noise.observe(&mut stats.paths, diff);
     }
@@ -411,10 +342,7 @@ impl Comparator {
         let mut names: Vec<&String> = self.endpoints.keys().collect();
         names.sort();
         let mut endpoints = Vec::with_capacity(names.len());
-        let mut overall = EndpointSummary {
-            endpoint: "(all endpoints)".into(),
-            ..EndpointSummary::default()
-        };
+        let mut overall = EndpointSummary { endpoint: "(all endpoints)".into(), ..EndpointSummary::default() };
         let (mut all_p, mut all_s) = (latency_histogram(), latency_histogram());
         for name in names {
             let Some(e) = self.endpoints.get(name) else {
@@ -440,12 +368,7 @@ impl Comparator {
                     primary_missing: e.unpaired[UnpairedReason::PrimaryMissing as usize],
                     memory_bound: e.unpaired[UnpairedReason::MemoryBound as usize],
                 },
-                latency: LatencySummary::new(
-                    Percentiles::of(hp),
-                    Percentiles::of(hs),
-                    curve(hp),
-                    curve(hs),
-                ),
+                latency: LatencySummary::new(Percentiles::of(hp), Percentiles::of(hs), curve(hp), curve(hs)),
                 noise: e.noise.report(&e.paths, noise),
                 mismatch_samples_evicted: e.mismatches_evicted,
                 ..EndpointSummary::default()
@@ -454,18 +377,10 @@ impl Comparator {
             add_counts(&mut overall, &summary);
             let gates = self.profile(e.profile).gates;
             let verdict = evaluate(&summary, &gates);
-            endpoints.push(EndpointReport {
-                summary,
-                gates,
-                verdict,
-            });
+            endpoints.push(EndpointReport { summary, gates, verdict });
         }
-        overall.latency = LatencySummary::new(
-            Percentiles::of(&all_p),
-            Percentiles::of(&all_s),
-            curve(&all_p),
-            curve(&all_s),
-        );
+        overall.latency =
+            LatencySummary::new(Percentiles::of(&all_p), Percentiles::of(&all_s), curve(&all_p), curve(&all_s));
         Report {
             verdict: Verdict::overall(endpoints.iter().map(|e| &e.verdict)),
             endpoints,
@@ -485,8 +400,7 @@ impl Comparator {
             .filter(|(n, _)| endpoint.is_none_or(|e| e == n.as_str()))
             .flat_map(|(_, e)| {
                 e.mismatches.iter().filter(|m| {
-                    let excusable =
-                        matches!(m.outcome, Outcome::BodyMismatch | Outcome::HeaderMismatch);
+                    let excusable = matches!(m.outcome, Outcome::BodyMismatch | Outcome::HeaderMismatch);
                     !excusable || !m.paths_complete || !e.all_noise(m.paths.iter(), noise)
                 })
             })
@@ -509,22 +423,13 @@ impl Comparator {
 
     /// Memory held, approximately: what a memory bound on the comparator should watch.
     pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self
-                .endpoints
-                .iter()
-                .map(|(n, e)| n.len() + 48 + e.approx_bytes())
-                .sum::<usize>()
+        std::mem::size_of::<Self>() + self.endpoints.iter().map(|(n, e)| n.len() + 48 + e.approx_bytes()).sum::<usize>()
     }
 
     fn profile(&self, i: usize) -> &Profile {
         match i {
             0 => &self.settings.default,
-            i => self
-                .settings
-                .overrides
-                .get(i - 1)
-                .map_or(&self.settings.default, |(_, p)| p),
+            i => self.settings.overrides.get(i - 1).map_or(&self.settings.default, |(_, p)| p),
         }
     }
 }

@@ -87,10 +87,7 @@ impl NoiseLearner {
 
     pub fn is_noise(&self, id: u16, s: &NoiseSettings) -> bool {
         self.samples >= s.min_samples
-            && self
-                .differed
-                .get(&id)
-                .is_some_and(|&n| n as f64 * 100.0 >= s.min_differ_percent * self.samples as f64)
+            && self.differed.get(&id).is_some_and(|&n| n as f64 * 100.0 >= s.min_differ_percent * self.samples as f64)
     }
 
     /// Learned paths with the share of pairs they differed in, most frequent first.
@@ -104,16 +101,8 @@ impl NoiseLearner {
                 differed_percent: *n as f64 * 100.0 / self.samples as f64,
             })
             .collect();
-        learned.sort_by(|a, b| {
-            b.differed_percent
-                .total_cmp(&a.differed_percent)
-                .then_with(|| a.path.cmp(&b.path))
-        });
-        NoiseReport {
-            samples: self.samples,
-            unusable: self.unusable,
-            learned,
-        }
+        learned.sort_by(|a, b| b.differed_percent.total_cmp(&a.differed_percent).then_with(|| a.path.cmp(&b.path)));
+        NoiseReport { samples: self.samples, unusable: self.unusable, learned }
     }
 
     pub fn approx_bytes(&self) -> usize {
@@ -143,48 +132,28 @@ mod tests {
 
     #[test]
     fn a_path_becomes_noise_after_enough_samples_and_share() {
-        let s = NoiseSettings {
-            min_samples: 10,
-            min_differ_percent: 20.0,
-        };
+        let s = NoiseSettings { min_samples: 10, min_differ_percent: 20.0 };
         let mut paths = PathTable::default();
         let mut n = NoiseLearner::default();
         let ts = ["$.ts".to_owned()];
         let both = ["$.ts".to_owned(), "$.rare".to_owned()];
         for i in 0..9 {
-            n.observe(
-                &mut paths,
-                SecondaryDiff::Differ {
-                    templates: if i == 0 { &both } else { &ts },
-                },
-            );
+            n.observe(&mut paths, SecondaryDiff::Differ { templates: if i == 0 { &both } else { &ts } });
         }
         let ts_id = paths.intern("$.ts").expect("id");
         let rare_id = paths.intern("$.rare").expect("id");
-        assert!(
-            !n.is_noise(ts_id, &s),
-            "9 samples are fewer than min_samples"
-        );
+        assert!(!n.is_noise(ts_id, &s), "9 samples are fewer than min_samples");
         n.observe(&mut paths, SecondaryDiff::Same);
         assert!(n.is_noise(ts_id, &s), "differed in 9 of 10");
         assert!(!n.is_noise(rare_id, &s), "differed in 1 of 10, under 20 %");
         n.observe(&mut paths, SecondaryDiff::Unusable);
         let r = n.report(&paths, &s);
         assert_eq!((r.samples, r.unusable), (10, 1));
-        assert_eq!(
-            r.learned,
-            [LearnedPath {
-                path: "$.ts".into(),
-                differed_percent: 90.0
-            }]
-        );
+        assert_eq!(r.learned, [LearnedPath { path: "$.ts".into(), differed_percent: 90.0 }]);
         for _ in 0..40 {
             n.observe(&mut paths, SecondaryDiff::Same);
         }
-        assert!(
-            !n.is_noise(ts_id, &s),
-            "9 of 50 is under 20 %: no longer noise"
-        );
+        assert!(!n.is_noise(ts_id, &s), "9 of 50 is under 20 %: no longer noise");
     }
 
     #[test]

@@ -86,32 +86,16 @@ pub(crate) enum Undecodable {
 }
 
 /// Undo the Content-Encoding codings, last applied first, producing at most `cap` bytes.
-pub(crate) fn decode(
-    encoding: Option<&[u8]>,
-    body: &Bytes,
-    cap: usize,
-) -> Result<Bytes, Undecodable> {
+pub(crate) fn decode(encoding: Option<&[u8]>, body: &Bytes, cap: usize) -> Result<Bytes, Undecodable> {
     let codings: Vec<&[u8]> = encoding
-        .map(|e| {
-            e.split(|&b| b == b',')
-                .map(|c| c.trim_ascii())
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
+        .map(|e| e.split(|&b| b == b',').map(|c| c.trim_ascii()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
-    let codings: Vec<&[u8]> = codings
-        .into_iter()
-        .filter(|c| !c.eq_ignore_ascii_case(b"identity"))
-        .collect();
+    let codings: Vec<&[u8]> = codings.into_iter().filter(|c| !c.eq_ignore_ascii_case(b"identity")).collect();
     if codings.len() > MAX_CODINGS {
         return Err(Undecodable::Unsupported);
     }
     if codings.is_empty() {
-        return if body.len() > cap {
-            Err(Undecodable::OverCap)
-        } else {
-            Ok(body.clone())
-        };
+        return if body.len() > cap { Err(Undecodable::OverCap) } else { Ok(body.clone()) };
     }
     let mut cur = body.clone();
     for c in codings.iter().rev() {
@@ -120,9 +104,7 @@ pub(crate) fn decode(
         } else if c.eq_ignore_ascii_case(b"deflate") {
             // RFC 9110 deflate is zlib-wrapped; some servers send raw deflate anyway.
             match inflate(flate2::read::ZlibDecoder::new(&cur[..]), cap) {
-                Err(Undecodable::Corrupt) => {
-                    inflate(flate2::read::DeflateDecoder::new(&cur[..]), cap)?
-                }
+                Err(Undecodable::Corrupt) => inflate(flate2::read::DeflateDecoder::new(&cur[..]), cap)?,
                 other => other?,
             }
         } else {
@@ -136,10 +118,7 @@ pub(crate) fn decode(
 fn inflate(decoder: impl Read, cap: usize) -> Result<Bytes, Undecodable> {
     let mut out = Vec::new();
     let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    decoder
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|_| Undecodable::Corrupt)?;
+    decoder.take(limit).read_to_end(&mut out).map_err(|_| Undecodable::Corrupt)?;
     if out.len() > cap {
         return Err(Undecodable::OverCap);
     }
@@ -151,11 +130,7 @@ fn inflate(decoder: impl Read, cap: usize) -> Result<Bytes, Undecodable> {
 fn looks_like_json(content_type: Option<&[u8]>, body: &[u8]) -> bool {
     match content_type {
         Some(ct) => {
-            let media = ct
-                .split(|&b| b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
+            let media = ct.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
             let lower = media.to_ascii_lowercase();
             lower.ends_with(b"/json") || lower.ends_with(b"+json")
         }
@@ -200,17 +175,13 @@ fn apply_rules(v: &mut Value, at: &mut Vec<At>, rules: &NormRules) {
                 at.pop();
             }
             if rules.array_order_insensitive && items.len() > 1 {
-                let mut keyed: Vec<(String, Value)> =
-                    items.drain(..).map(|x| (canonical(&x), x)).collect();
+                let mut keyed: Vec<(String, Value)> = items.drain(..).map(|x| (canonical(&x), x)).collect();
                 keyed.sort_by(|a, b| a.0.cmp(&b.0));
                 items.extend(keyed.into_iter().map(|(_, x)| x));
             }
         }
         Value::Number(n) => {
-            if let Some(f) = n
-                .as_f64()
-                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT_F64_INT)
-            {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT_F64_INT) {
                 *n = serde_json::Number::from(f as i64);
             }
         }
@@ -286,23 +257,13 @@ mod tests {
     use crate::compare::CompareSettings;
 
     fn rules(toml: &str) -> NormRules {
-        CompareSettings::from_toml(toml)
-            .expect("settings")
-            .compile()
-            .expect("compile")
-            .default
-            .rules
+        CompareSettings::from_toml(toml).expect("settings").compile().expect("compile").default.rules
     }
 
     fn json(rules: &NormRules, text: &str) -> Value {
         let b = Bytes::copy_from_slice(text.as_bytes());
         match normalize(
-            &RawBody {
-                bytes: &b,
-                complete: true,
-                content_type: Some(b"application/json"),
-                content_encoding: None,
-            },
+            &RawBody { bytes: &b, complete: true, content_type: Some(b"application/json"), content_encoding: None },
             rules,
         ) {
             Body::Json(v) => v,
@@ -325,27 +286,20 @@ mod tests {
     #[test]
     fn ignore_fields_apply_at_any_depth() {
         let r = rules("");
-        let v = json(
-            &r,
-            r#"{"a":{"b":[{"timestamp":1,"x":2}],"request_id":"r"},"trace_id":"t","generated_at":0,"y":3}"#,
-        );
+        let v =
+            json(&r, r#"{"a":{"b":[{"timestamp":1,"x":2}],"request_id":"r"},"trace_id":"t","generated_at":0,"y":3}"#);
         assert_eq!(canonical(&v), r#"{"a":{"b":[{"x":2}]},"y":3}"#);
     }
 
     #[test]
     fn wildcard_paths_remove_only_what_they_name() {
-        let r = rules(
-            r#"ignore_paths = ["$.items[*].updated", "$.meta.*", "$.list[1]", "$[\"odd.key\"]"]"#,
-        );
+        let r = rules(r#"ignore_paths = ["$.items[*].updated", "$.meta.*", "$.list[1]", "$[\"odd.key\"]"]"#);
         let v = json(
             &r,
             r#"{"items":[{"id":1,"updated":"x"},{"id":2,"updated":"y"}],"meta":{"a":1,"b":{"c":2}},
                 "list":[1,2,3],"odd.key":1,"updated":"kept"}"#,
         );
-        assert_eq!(
-            canonical(&v),
-            r#"{"items":[{"id":1},{"id":2}],"list":[1,null,3],"meta":{},"updated":"kept"}"#
-        );
+        assert_eq!(canonical(&v), r#"{"items":[{"id":1},{"id":2}],"list":[1,null,3],"meta":{},"updated":"kept"}"#);
     }
 
     #[test]
@@ -353,24 +307,14 @@ mod tests {
         let ordered = rules("");
         assert_ne!(json(&ordered, "[3,1,2]"), json(&ordered, "[1,2,3]"));
         let any = rules("array_order_insensitive = true");
-        assert_eq!(
-            json(&any, r#"[{"b":1,"a":[2,1]},3,"x"]"#),
-            json(&any, r#"["x",3,{"a":[1,2],"b":1}]"#)
-        );
-        assert_ne!(
-            json(&any, "[1,1,2]"),
-            json(&any, "[1,2,2]"),
-            "a multiset, not a set"
-        );
+        assert_eq!(json(&any, r#"[{"b":1,"a":[2,1]},3,"x"]"#), json(&any, r#"["x",3,{"a":[1,2],"b":1}]"#));
+        assert_ne!(json(&any, "[1,1,2]"), json(&any, "[1,2,2]"), "a multiset, not a set");
     }
 
     #[test]
     fn numbers_compare_by_value() {
         let r = rules("");
-        assert_eq!(
-            json(&r, r#"{"n":2.0,"m":-0.0}"#),
-            json(&r, r#"{"n":2,"m":0}"#)
-        );
+        assert_eq!(json(&r, r#"{"n":2.0,"m":-0.0}"#), json(&r, r#"{"n":2,"m":0}"#));
         assert_ne!(json(&r, r#"{"n":2.5}"#), json(&r, r#"{"n":2}"#));
     }
 
@@ -388,12 +332,7 @@ mod tests {
         };
         let body = |b: &Bytes, enc: Option<&'static [u8]>| {
             normalize(
-                &RawBody {
-                    bytes: b,
-                    complete: true,
-                    content_type: Some(b"application/json"),
-                    content_encoding: enc,
-                },
+                &RawBody { bytes: b, complete: true, content_type: Some(b"application/json"), content_encoding: enc },
                 &r,
             )
         };
@@ -405,14 +344,8 @@ mod tests {
         assert_eq!(body(&raw_deflate, Some(b"deflate")), want);
         let double = Bytes::from(gzip(&zlib(text)));
         assert_eq!(body(&double, Some(b"deflate, gzip")), want);
-        assert_eq!(
-            body(&gz, Some(b"br")),
-            Body::LengthOnly(LengthOnlyReason::UnsupportedEncoding)
-        );
-        assert_eq!(
-            body(&gz, Some(b"gzip, gzip, gzip")),
-            Body::LengthOnly(LengthOnlyReason::UnsupportedEncoding)
-        );
+        assert_eq!(body(&gz, Some(b"br")), Body::LengthOnly(LengthOnlyReason::UnsupportedEncoding));
+        assert_eq!(body(&gz, Some(b"gzip, gzip, gzip")), Body::LengthOnly(LengthOnlyReason::UnsupportedEncoding));
         // Not gzip at all: compared as the bytes it is.
         assert_eq!(body(&plain, Some(b"gzip")), Body::Bytes(plain.clone()));
     }
@@ -427,21 +360,10 @@ mod tests {
         }
         let bomb = Bytes::from(e.finish().expect("gzip"));
         assert!(bomb.len() < 1 << 20);
-        assert_eq!(
-            decode(Some(b"gzip"), &bomb, 1024),
-            Err(Undecodable::OverCap)
-        );
+        assert_eq!(decode(Some(b"gzip"), &bomb, 1024), Err(Undecodable::OverCap));
         let r = rules("max_body_bytes = 1024");
-        let raw = RawBody {
-            bytes: &bomb,
-            complete: true,
-            content_type: None,
-            content_encoding: Some(b"gzip"),
-        };
-        assert_eq!(
-            normalize(&raw, &r),
-            Body::LengthOnly(LengthOnlyReason::OverCap)
-        );
+        let raw = RawBody { bytes: &bomb, complete: true, content_type: None, content_encoding: Some(b"gzip") };
+        assert_eq!(normalize(&raw, &r), Body::LengthOnly(LengthOnlyReason::OverCap));
         let plain = Bytes::from(vec![b'a'; 1025]);
         assert_eq!(decode(None, &plain, 1024), Err(Undecodable::OverCap));
         assert_eq!(decode(None, &plain, 1025).map(|b| b.len()), Ok(1025));
@@ -451,34 +373,14 @@ mod tests {
     fn truncated_bodies_are_length_only_and_non_json_is_bytes() {
         let r = rules("");
         let b = Bytes::from_static(b"{\"a\":1}");
-        let raw = RawBody {
-            bytes: &b,
-            complete: false,
-            content_type: None,
-            content_encoding: None,
-        };
-        assert_eq!(
-            normalize(&raw, &r),
-            Body::LengthOnly(LengthOnlyReason::Truncated)
-        );
-        let raw = RawBody {
-            bytes: &b,
-            complete: true,
-            content_type: Some(b"text/plain"),
-            content_encoding: None,
-        };
+        let raw = RawBody { bytes: &b, complete: false, content_type: None, content_encoding: None };
+        assert_eq!(normalize(&raw, &r), Body::LengthOnly(LengthOnlyReason::Truncated));
+        let raw = RawBody { bytes: &b, complete: true, content_type: Some(b"text/plain"), content_encoding: None };
         assert_eq!(normalize(&raw, &r), Body::Bytes(b.clone()));
         let deep = Bytes::from(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)));
-        let raw = RawBody {
-            bytes: &deep,
-            complete: true,
-            content_type: Some(b"application/json"),
-            content_encoding: None,
-        };
-        assert!(
-            matches!(normalize(&raw, &r), Body::Bytes(_)),
-            "too deep for the parser: compared byte-wise"
-        );
+        let raw =
+            RawBody { bytes: &deep, complete: true, content_type: Some(b"application/json"), content_encoding: None };
+        assert!(matches!(normalize(&raw, &r), Body::Bytes(_)), "too deep for the parser: compared byte-wise");
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
@@ -509,10 +411,7 @@ mod tests {
                 parts.reverse();
                 format!("{{{}}}", parts.join(", "))
             }
-            Value::Array(a) => format!(
-                "[{}]",
-                a.iter().map(reversed_text).collect::<Vec<_>>().join(" , ")
-            ),
+            Value::Array(a) => format!("[{}]", a.iter().map(reversed_text).collect::<Vec<_>>().join(" , ")),
             s => s.to_string(),
         }
     }

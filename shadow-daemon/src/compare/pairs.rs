@@ -91,7 +91,15 @@ impl PairTable {
         self.bytes
     }
 
-    pub fn primary(&mut self, id: u64, rule: usize, endpoint: &str, s: ResponseSample, now_ns: u64, out: &mut Vec<PairEvent>) {
+    pub fn primary(
+        &mut self,
+        id: u64,
+        rule: usize,
+        endpoint: &str,
+        s: ResponseSample,
+        now_ns: u64,
+        out: &mut Vec<PairEvent>,
+    ) {
         match self.take(id) {
             Some(Waiting { half: Half::Shadow(sh), rule, endpoint, .. }) => {
                 out.push(PairEvent::Pair { rule, endpoint, primary: s, shadow: sh });
@@ -100,12 +108,25 @@ impl PairTable {
             Some(w) => self.put(id, w, now_ns, out),
             None => {
                 let bytes = sample_bytes(&s);
-                self.put(id, Waiting { rule, endpoint: endpoint.to_string(), half: Half::Primary(s), since_ns: now_ns, bytes }, now_ns, out);
+                self.put(
+                    id,
+                    Waiting { rule, endpoint: endpoint.to_string(), half: Half::Primary(s), since_ns: now_ns, bytes },
+                    now_ns,
+                    out,
+                );
             }
         }
     }
 
-    pub fn shadow(&mut self, id: u64, rule: usize, endpoint: &str, s: ShadowHalf, now_ns: u64, out: &mut Vec<PairEvent>) {
+    pub fn shadow(
+        &mut self,
+        id: u64,
+        rule: usize,
+        endpoint: &str,
+        s: ShadowHalf,
+        now_ns: u64,
+        out: &mut Vec<PairEvent>,
+    ) {
         match self.take(id) {
             Some(Waiting { half: Half::Primary(p), rule, endpoint, .. }) => {
                 out.push(PairEvent::Pair { rule, endpoint, primary: p, shadow: s });
@@ -116,7 +137,12 @@ impl PairTable {
                     ShadowHalf::Response(r) => sample_bytes(r),
                     ShadowHalf::Failed(_) => 96,
                 };
-                self.put(id, Waiting { rule, endpoint: endpoint.to_string(), half: Half::Shadow(s), since_ns: now_ns, bytes }, now_ns, out);
+                self.put(
+                    id,
+                    Waiting { rule, endpoint: endpoint.to_string(), half: Half::Shadow(s), since_ns: now_ns, bytes },
+                    now_ns,
+                    out,
+                );
             }
         }
     }

@@ -35,9 +35,7 @@ pub struct JsonPath {
 impl JsonPath {
     pub fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let rest = t
-            .strip_prefix('$')
-            .ok_or_else(|| format!("'{s}' is not a JSON path (it starts with '$')"))?;
+        let rest = t.strip_prefix('$').ok_or_else(|| format!("'{s}' is not a JSON path (it starts with '$')"))?;
         let b = rest.as_bytes();
         let mut segments = Vec::new();
         let mut i = 0;
@@ -48,19 +46,12 @@ impl JsonPath {
             match b[i] {
                 b'.' => {
                     let start = i + 1;
-                    let end = b[start..]
-                        .iter()
-                        .position(|&c| c == b'.' || c == b'[')
-                        .map_or(b.len(), |p| start + p);
+                    let end = b[start..].iter().position(|&c| c == b'.' || c == b'[').map_or(b.len(), |p| start + p);
                     let name = &rest[start..end];
                     if name.is_empty() {
                         return Err(format!("'{s}': empty member name at byte {}", start + 1));
                     }
-                    segments.push(if name == "*" {
-                        Segment::AnyChild
-                    } else {
-                        Segment::Key(name.to_owned())
-                    });
+                    segments.push(if name == "*" { Segment::AnyChild } else { Segment::Key(name.to_owned()) });
                     i = end;
                 }
                 b'[' => {
@@ -86,19 +77,16 @@ impl JsonPath {
                     let inner = &rest[i + 1..close];
                     segments.push(match inner {
                         "*" => Segment::AnyIndex,
-                        n => Segment::Index(n.parse().map_err(|_| {
-                            format!("'{s}': [{n}] is not an index, [*] or [\"name\"]")
-                        })?),
+                        n => Segment::Index(
+                            n.parse().map_err(|_| format!("'{s}': [{n}] is not an index, [*] or [\"name\"]"))?,
+                        ),
                     });
                     i = close + 1;
                 }
                 _ => return Err(format!("'{s}': expected '.' or '[' at byte {}", i + 2)),
             }
         }
-        Ok(Self {
-            source: t.to_owned(),
-            segments,
-        })
+        Ok(Self { source: t.to_owned(), segments })
     }
 
     pub fn as_str(&self) -> &str {
@@ -108,17 +96,13 @@ impl JsonPath {
     /// Whether the pattern names exactly this node (its subtree goes with it).
     pub(crate) fn matches(&self, path: &[Step<'_>]) -> bool {
         self.segments.len() == path.len()
-            && self
-                .segments
-                .iter()
-                .zip(path)
-                .all(|(seg, step)| match (seg, step) {
-                    (Segment::AnyChild, _) => true,
-                    (Segment::AnyIndex, Step::Index(_)) => true,
-                    (Segment::Key(k), Step::Key(s)) => k == s,
-                    (Segment::Index(n), Step::Index(i)) => n == i,
-                    _ => false,
-                })
+            && self.segments.iter().zip(path).all(|(seg, step)| match (seg, step) {
+                (Segment::AnyChild, _) => true,
+                (Segment::AnyIndex, Step::Index(_)) => true,
+                (Segment::Key(k), Step::Key(s)) => k == s,
+                (Segment::Index(n), Step::Index(i)) => n == i,
+                _ => false,
+            })
     }
 }
 
@@ -158,10 +142,7 @@ pub(crate) fn render(path: &[Step<'_>], template: bool) -> String {
 }
 
 fn is_plain(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 64
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -173,32 +154,17 @@ mod tests {
         let p = |s: &str| JsonPath::parse(s).unwrap_or_else(|e| panic!("{e}"));
         use Step::{Index as I, Key as K};
         assert!(p("$.items[*].updated").matches(&[K("items"), I(3), K("updated")]));
-        assert!(
-            !p("$.items[*].updated").matches(&[K("items"), K("x"), K("updated")]),
-            "[*] is only for arrays"
-        );
+        assert!(!p("$.items[*].updated").matches(&[K("items"), K("x"), K("updated")]), "[*] is only for arrays");
         assert!(p("$.meta.*").matches(&[K("meta"), K("anything")]));
         assert!(p("$.meta.*").matches(&[K("meta"), I(0)]));
-        assert!(
-            !p("$.meta.*").matches(&[K("meta")]),
-            "the pattern names children, not meta itself"
-        );
+        assert!(!p("$.meta.*").matches(&[K("meta")]), "the pattern names children, not meta itself");
         assert!(!p("$.meta.*").matches(&[K("meta"), K("a"), K("b")]));
         assert!(p("$.list[0]").matches(&[K("list"), I(0)]));
         assert!(!p("$.list[0]").matches(&[K("list"), I(1)]));
         assert!(p("$[\"a.b\"].c").matches(&[K("a.b"), K("c")]));
         assert!(p("$['x[y]']").matches(&[K("x[y]")]));
         assert!(p("$").matches(&[]));
-        for bad in [
-            "items",
-            "$.",
-            "$..a",
-            "$.a[",
-            "$.a[x]",
-            "$[\"a]",
-            "$a",
-            "$.a[\"b\"x",
-        ] {
+        for bad in ["items", "$.", "$..a", "$.a[", "$.a[x]", "$[\"a]", "$a", "$.a[\"b\"x"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -38,9 +38,7 @@ impl LatencySummary {
         primary_curve: Vec<[f64; 2]>,
         shadow_curve: Vec<[f64; 2]>,
     ) -> Self {
-        let ratio = |p: f64, s: f64| {
-            (primary.count > 0 && shadow.count > 0).then(|| s / p.max(f64::MIN_POSITIVE))
-        };
+        let ratio = |p: f64, s: f64| (primary.count > 0 && shadow.count > 0).then(|| s / p.max(f64::MIN_POSITIVE));
         Self {
             p50_ratio: ratio(primary.p50_ms, shadow.p50_ms),
             p95_ratio: ratio(primary.p95_ms, shadow.p95_ms),
@@ -102,8 +100,7 @@ impl EndpointSummary {
         self.body_match_percent = pct(self.body_matches, responded);
         self.header_match_percent = pct(self.header_matches, responded);
         self.primary_5xx_percent = pct(self.primary_5xx, self.samples).unwrap_or(0.0);
-        self.shadow_error_percent =
-            pct(self.shadow_5xx + self.shadow_failures, self.samples).unwrap_or(0.0);
+        self.shadow_error_percent = pct(self.shadow_5xx + self.shadow_failures, self.samples).unwrap_or(0.0);
         self
     }
 }
@@ -154,35 +151,19 @@ impl Report {
             row(&mut o, &e.summary, Some(&e.verdict));
         }
         row(&mut o, &self.overall, None);
-        let _ = writeln!(
-            o,
-            "\nverdict: {} (exit {})",
-            self.verdict.as_str(),
-            self.exit_code()
-        );
+        let _ = writeln!(o, "\nverdict: {} (exit {})", self.verdict.as_str(), self.exit_code());
         if self.overflow_pairs > 0 {
-            let _ = writeln!(
-                o,
-                "{} pairs beyond the endpoint cap are counted under 'other'",
-                self.overflow_pairs
-            );
+            let _ = writeln!(o, "{} pairs beyond the endpoint cap are counted under 'other'", self.overflow_pairs);
         }
         let length_only = self.overall.length_only;
         if length_only > 0 {
-            let _ = writeln!(
-                o,
-                "{length_only} of {} bodies compared by status and length only",
-                self.overall.samples
-            );
+            let _ = writeln!(o, "{length_only} of {} bodies compared by status and length only", self.overall.samples);
         }
         for e in &self.endpoints {
             let n = &e.summary.noise;
             if !n.learned.is_empty() {
-                let paths: Vec<String> = n
-                    .learned
-                    .iter()
-                    .map(|l| format!("{} ({:.0}%)", l.path, l.differed_percent))
-                    .collect();
+                let paths: Vec<String> =
+                    n.learned.iter().map(|l| format!("{} ({:.0}%)", l.path, l.differed_percent)).collect();
                 let _ = writeln!(
                     o,
                     "noise learned for {} from {} secondary pairs: {}",
@@ -198,27 +179,16 @@ impl Report {
 
 fn row(o: &mut String, s: &EndpointSummary, verdict: Option<&EndpointVerdict>) {
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
-    let name = if verdict.is_some() {
-        cut(&s.endpoint, ENDPOINT_COLUMN - 1)
-    } else {
-        "(all endpoints)".to_owned()
-    };
+    let name = if verdict.is_some() { cut(&s.endpoint, ENDPOINT_COLUMN - 1) } else { "(all endpoints)".to_owned() };
     let l = &s.latency;
     let (p99p, p99s) = if l.primary.count > 0 || l.shadow.count > 0 {
-        (
-            format!("{:.1}", l.primary.p99_ms),
-            format!("{:.1}", l.shadow.p99_ms),
-        )
+        (format!("{:.1}", l.primary.p99_ms), format!("{:.1}", l.shadow.p99_ms))
     } else {
         ("-".into(), "-".into())
     };
     let verdict = verdict.map_or_else(String::new, |v| {
         let why = v.reason();
-        if why.is_empty() {
-            v.as_str().to_owned()
-        } else {
-            format!("{} {why}", v.as_str())
-        }
+        if why.is_empty() { v.as_str().to_owned() } else { format!("{} {why}", v.as_str()) }
     });
     let _ = writeln!(
         o,
@@ -230,8 +200,7 @@ fn row(o: &mut String, s: &EndpointSummary, verdict: Option<&EndpointVerdict>) {
         s.length_only,
         format!("{:.2}/{:.2}", s.primary_5xx_percent, s.shadow_error_percent),
         format!("{p99p}/{p99s}"),
-        l.p99_ratio
-            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        l.p99_ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
         w = ENDPOINT_COLUMN
     );
 }

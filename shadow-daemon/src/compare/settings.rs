@@ -40,15 +40,9 @@ use serde::{Deserialize, Serialize};
 use super::{CompareError, path::JsonPath};
 
 /// Field names ignored at any depth unless a rule says otherwise: they differ on every response.
-pub const DEFAULT_IGNORE_FIELDS: [&str; 4] =
-    ["timestamp", "request_id", "trace_id", "generated_at"];
+pub const DEFAULT_IGNORE_FIELDS: [&str; 4] = ["timestamp", "request_id", "trace_id", "generated_at"];
 /// Headers whose values never appear in a report or a diff.
-pub const ALWAYS_REDACTED_HEADERS: [&str; 4] = [
-    "authorization",
-    "cookie",
-    "set-cookie",
-    "proxy-authorization",
-];
+pub const ALWAYS_REDACTED_HEADERS: [&str; 4] = ["authorization", "cookie", "set-cookie", "proxy-authorization"];
 
 const MAX_RULE_ENTRIES: usize = 64;
 const MAX_ENDPOINT_OVERRIDES: usize = 256;
@@ -81,10 +75,7 @@ pub struct CompareSettings {
 impl Default for CompareSettings {
     fn default() -> Self {
         Self {
-            ignore_fields: DEFAULT_IGNORE_FIELDS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            ignore_fields: DEFAULT_IGNORE_FIELDS.iter().map(|s| (*s).to_owned()).collect(),
             ignore_paths: Vec::new(),
             array_order_insensitive: false,
             compare_headers: Vec::new(),
@@ -147,18 +138,10 @@ pub struct GatesOverride {
 impl Gates {
     fn with(mut self, o: &GatesOverride) -> Self {
         self.min_samples = o.min_samples.unwrap_or(self.min_samples);
-        self.min_body_match_percent = o
-            .min_body_match_percent
-            .unwrap_or(self.min_body_match_percent);
-        self.min_status_match_percent = o
-            .min_status_match_percent
-            .unwrap_or(self.min_status_match_percent);
-        self.min_header_match_percent = o
-            .min_header_match_percent
-            .unwrap_or(self.min_header_match_percent);
-        self.max_5xx_increase_points = o
-            .max_5xx_increase_points
-            .unwrap_or(self.max_5xx_increase_points);
+        self.min_body_match_percent = o.min_body_match_percent.unwrap_or(self.min_body_match_percent);
+        self.min_status_match_percent = o.min_status_match_percent.unwrap_or(self.min_status_match_percent);
+        self.min_header_match_percent = o.min_header_match_percent.unwrap_or(self.min_header_match_percent);
+        self.max_5xx_increase_points = o.max_5xx_increase_points.unwrap_or(self.max_5xx_increase_points);
         self.max_p99_ratio = o.max_p99_ratio.unwrap_or(self.max_p99_ratio);
         self.p99_tolerance_ms = o.p99_tolerance_ms.unwrap_or(self.p99_tolerance_ms);
         self
@@ -169,10 +152,7 @@ impl Gates {
             if (0.0..=100.0).contains(&v) {
                 Ok(())
             } else {
-                Err(invalid(
-                    format!("{at}.{name}"),
-                    format!("{v} is not a percentage between 0 and 100"),
-                ))
+                Err(invalid(format!("{at}.{name}"), format!("{v} is not a percentage between 0 and 100")))
             }
         };
         percent("min_body_match_percent", self.min_body_match_percent)?;
@@ -182,17 +162,11 @@ impl Gates {
         if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.0) {
             return Err(invalid(
                 format!("{at}.max_p99_ratio"),
-                format!(
-                    "{} must be a number >= 1.0 (shadow p99 / primary p99)",
-                    self.max_p99_ratio
-                ),
+                format!("{} must be a number >= 1.0 (shadow p99 / primary p99)", self.max_p99_ratio),
             ));
         }
         if !(self.p99_tolerance_ms.is_finite() && self.p99_tolerance_ms >= 0.0) {
-            return Err(invalid(
-                format!("{at}.p99_tolerance_ms"),
-                format!("{} must be >= 0", self.p99_tolerance_ms),
-            ));
+            return Err(invalid(format!("{at}.p99_tolerance_ms"), format!("{} must be >= 0", self.p99_tolerance_ms)));
         }
         Ok(())
     }
@@ -210,10 +184,7 @@ pub struct NoiseSettings {
 
 impl Default for NoiseSettings {
     fn default() -> Self {
-        Self {
-            min_samples: 20,
-            min_differ_percent: 5.0,
-        }
+        Self { min_samples: 20, min_differ_percent: 5.0 }
     }
 }
 
@@ -233,12 +204,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_endpoints: 200,
-            mismatch_samples: 10,
-            sample_body_bytes: 2048,
-            diff_paths: 16,
-        }
+        Self { max_endpoints: 200, mismatch_samples: 10, sample_body_bytes: 2048, diff_paths: 16 }
     }
 }
 
@@ -293,8 +259,8 @@ pub(crate) struct Profile {
 impl CompareSettings {
     /// Parse a `[rule.compare]` table given as TOML text and validate it.
     pub fn from_toml(text: &str) -> Result<Self, CompareError> {
-        let s: Self = toml::from_str(text)
-            .map_err(|e| invalid("compare".into(), e.message().trim().replace('\n', " ")))?;
+        let s: Self =
+            toml::from_str(text).map_err(|e| invalid("compare".into(), e.message().trim().replace('\n', " ")))?;
         s.validate()?;
         Ok(s)
     }
@@ -308,11 +274,8 @@ impl CompareSettings {
     /// the comparison reads (Content-Type, Content-Encoding) and the compared ones.
     pub fn headers_needed(&self) -> Vec<String> {
         let mut v = vec!["content-type".to_owned(), "content-encoding".to_owned()];
-        let all = self.compare_headers.iter().chain(
-            self.endpoints
-                .iter()
-                .flat_map(|e| e.compare_headers.iter().flatten()),
-        );
+        let all =
+            self.compare_headers.iter().chain(self.endpoints.iter().flat_map(|e| e.compare_headers.iter().flatten()));
         for h in all {
             let h = h.trim().to_ascii_lowercase();
             if !v.contains(&h) {
@@ -326,10 +289,7 @@ impl CompareSettings {
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES_LIMIT {
             return Err(invalid(
                 "compare.max_body_bytes".into(),
-                format!(
-                    "{} must be between 1 and {MAX_BODY_BYTES_LIMIT}",
-                    self.max_body_bytes
-                ),
+                format!("{} must be between 1 and {MAX_BODY_BYTES_LIMIT}", self.max_body_bytes),
             ));
         }
         let max_body_bytes = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
@@ -338,27 +298,18 @@ impl CompareSettings {
         if !(n.min_differ_percent > 0.0 && n.min_differ_percent <= 100.0) {
             return Err(invalid(
                 "compare.noise.min_differ_percent".into(),
-                format!(
-                    "{} must be a percentage above 0 and at most 100",
-                    n.min_differ_percent
-                ),
+                format!("{} must be a percentage above 0 and at most 100", n.min_differ_percent),
             ));
         }
         if n.min_samples == 0 {
-            return Err(invalid(
-                "compare.noise.min_samples".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(invalid("compare.noise.min_samples".into(), "must be at least 1".into()));
         }
         let l = &self.limits;
         let range = |name: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
             } else {
-                Err(invalid(
-                    format!("compare.limits.{name}"),
-                    format!("{v} must be between {lo} and {hi}"),
-                ))
+                Err(invalid(format!("compare.limits.{name}"), format!("{v} must be between {lo} and {hi}")))
             }
         };
         range("max_endpoints", l.max_endpoints, 1, 10_000)?;
@@ -374,32 +325,21 @@ impl CompareSettings {
             compare_headers: header_names(&self.compare_headers, "compare.compare_headers")?,
             max_body_bytes,
         };
-        let default = Profile {
-            rules,
-            gates: self.gates,
-        };
+        let default = Profile { rules, gates: self.gates };
         if self.endpoints.len() > MAX_ENDPOINT_OVERRIDES {
-            return Err(invalid(
-                "compare.endpoint".into(),
-                format!("more than {MAX_ENDPOINT_OVERRIDES} overrides"),
-            ));
+            return Err(invalid("compare.endpoint".into(), format!("more than {MAX_ENDPOINT_OVERRIDES} overrides")));
         }
         let mut overrides: Vec<(String, Profile)> = Vec::with_capacity(self.endpoints.len());
         for (i, o) in self.endpoints.iter().enumerate() {
             let at = format!("compare.endpoint[{i}]");
             let name = o.endpoint.trim();
             let well_formed = name.split_once(' ').is_some_and(|(m, p)| {
-                !m.is_empty()
-                    && m.bytes().all(|b| b.is_ascii_graphic())
-                    && (p.starts_with('/') || p == "*")
+                !m.is_empty() && m.bytes().all(|b| b.is_ascii_graphic()) && (p.starts_with('/') || p == "*")
             });
             if !well_formed {
                 return Err(invalid(
                     format!("{at}.match"),
-                    format!(
-                        "'{}' is not an endpoint like \"GET /api/users/:id\"",
-                        o.endpoint
-                    ),
+                    format!("'{}' is not an endpoint like \"GET /api/users/:id\"", o.endpoint),
                 ));
             }
             if let Some(j) = overrides.iter().position(|(n, _)| n == name) {
@@ -425,22 +365,13 @@ impl CompareSettings {
             p.gates.validate(&format!("{at}.gates"))?;
             overrides.push((name.to_owned(), p));
         }
-        Ok(Compiled {
-            default,
-            overrides,
-            redact_headers,
-            noise: self.noise,
-            limits: self.limits,
-        })
+        Ok(Compiled { default, overrides, redact_headers, noise: self.noise, limits: self.limits })
     }
 }
 
 fn bounded<'a>(list: &'a [String], at: &str) -> Result<&'a [String], CompareError> {
     if list.len() > MAX_RULE_ENTRIES {
-        return Err(invalid(
-            at.to_owned(),
-            format!("{} entries, at most {MAX_RULE_ENTRIES}", list.len()),
-        ));
+        return Err(invalid(at.to_owned(), format!("{} entries, at most {MAX_RULE_ENTRIES}", list.len())));
     }
     Ok(list)
 }
@@ -451,10 +382,7 @@ fn field_names(list: &[String], at: &str) -> Result<HashSet<String>, CompareErro
         .enumerate()
         .map(|(i, f)| {
             if f.is_empty() || f.len() > 256 {
-                Err(invalid(
-                    format!("{at}[{i}]"),
-                    "a field name is 1 to 256 bytes".into(),
-                ))
+                Err(invalid(format!("{at}[{i}]"), "a field name is 1 to 256 bytes".into()))
             } else {
                 Ok(f.clone())
             }
@@ -475,14 +403,9 @@ fn header_names(list: &[String], at: &str) -> Result<Vec<String>, CompareError> 
     for (i, h) in bounded(list, at)?.iter().enumerate() {
         let h = h.trim();
         // RFC 9110 token characters.
-        let token = !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let token = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
-            return Err(invalid(
-                format!("{at}[{i}]"),
-                format!("'{h}' is not a header name"),
-            ));
+            return Err(invalid(format!("{at}[{i}]"), format!("'{h}' is not a header name")));
         }
         let h = h.to_ascii_lowercase();
         if !out.contains(&h) {
@@ -518,10 +441,7 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
     #[test]
     fn defaults_are_the_documented_ones() {
         let s = CompareSettings::default();
-        assert_eq!(
-            s.ignore_fields,
-            ["timestamp", "request_id", "trace_id", "generated_at"]
-        );
+        assert_eq!(s.ignore_fields, ["timestamp", "request_id", "trace_id", "generated_at"]);
         assert_eq!(s.gates.min_samples, 100);
         assert_eq!(s.gates.min_body_match_percent, 99.0);
         assert_eq!(s.gates.max_5xx_increase_points, 0.1);
@@ -537,10 +457,7 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
         let c = s.compile().expect("compiles");
         assert_eq!(c.default.gates.min_samples, 50);
         assert_eq!(c.default.gates.max_p99_ratio, 1.5);
-        assert_eq!(
-            c.default.gates.min_body_match_percent, 99.0,
-            "unset gate keeps its default"
-        );
+        assert_eq!(c.default.gates.min_body_match_percent, 99.0, "unset gate keeps its default");
         assert_eq!(c.default.rules.compare_headers, ["content-type"]);
         let (name, p) = &c.overrides[0];
         assert_eq!(name, "GET /api/users/:id");
@@ -556,15 +473,8 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
     #[test]
     fn errors_name_the_field() {
         let err = |t: &str| CompareSettings::from_toml(t).expect_err(t).to_string();
-        assert!(
-            err("ignore_feilds = []").contains("ignore_feilds"),
-            "{}",
-            err("ignore_feilds = []")
-        );
-        assert!(
-            err("[gates]\nmin_body_match_percent = 150.0")
-                .contains("compare.gates.min_body_match_percent")
-        );
+        assert!(err("ignore_feilds = []").contains("ignore_feilds"), "{}", err("ignore_feilds = []"));
+        assert!(err("[gates]\nmin_body_match_percent = 150.0").contains("compare.gates.min_body_match_percent"));
         assert!(err("[gates]\nmax_p99_ratio = 0.5").contains("compare.gates.max_p99_ratio"));
         assert!(err("ignore_paths = [\"items\"]").contains("compare.ignore_paths[0]"));
         assert!(err("compare_headers = [\"Bad Header\"]").contains("compare.compare_headers[0]"));
@@ -575,9 +485,7 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
         let g = "[[endpoint]]\nmatch = \"GET /a\"\ngates = { max_p99_ratio = -1.0 }";
         assert!(err(g).contains("compare.endpoint[0].gates.max_p99_ratio"));
         assert!(err("[[endpoint]]\nmatch = \"GET /a\"\nbogus = 1").contains("bogus"));
-        assert!(
-            err("[noise]\nmin_differ_percent = 0.0").contains("compare.noise.min_differ_percent")
-        );
+        assert!(err("[noise]\nmin_differ_percent = 0.0").contains("compare.noise.min_differ_percent"));
         assert!(err("[limits]\nmax_endpoints = 0").contains("compare.limits.max_endpoints"));
     }
 }

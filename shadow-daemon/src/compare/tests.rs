@@ -23,10 +23,7 @@ fn comparator(toml: &str) -> Comparator {
 }
 
 fn endpoint<'r>(r: &'r Report, name: &str) -> &'r EndpointReport {
-    r.endpoints
-        .iter()
-        .find(|e| e.summary.endpoint == name)
-        .unwrap_or_else(|| panic!("{name} not in the report"))
+    r.endpoints.iter().find(|e| e.summary.endpoint == name).unwrap_or_else(|| panic!("{name} not in the report"))
 }
 
 #[test]
@@ -34,30 +31,12 @@ fn outcomes_of_single_pairs() {
     let mut c = comparator("");
     let e = "GET /api/users/:id";
     let p = json_resp(200, r#"{"id":1,"name":"ada","timestamp":"t1"}"#, 5);
-    assert_eq!(
-        c.observe(
-            e,
-            &p,
-            &json_resp(200, r#"{"name":"ada","id":1,"timestamp":"t2"}"#, 5)
-        ),
-        Outcome::Match
-    );
-    assert_eq!(
-        c.observe(e, &p, &json_resp(200, r#"{"id":1,"name":"bob"}"#, 5)),
-        Outcome::BodyMismatch
-    );
-    assert_eq!(
-        c.observe(e, &p, &json_resp(404, r#"{"id":1,"name":"ada"}"#, 5)),
-        Outcome::StatusMismatch
-    );
-    assert_eq!(
-        c.observe_shadow_failure(e, &p, ShadowFailure::Timeout),
-        Outcome::ShadowFailed
-    );
-    let mut counts: Vec<(String, &str, u64)> = c
-        .outcome_counts()
-        .map(|(n, o, k)| (n.to_owned(), o.as_str(), k))
-        .collect();
+    assert_eq!(c.observe(e, &p, &json_resp(200, r#"{"name":"ada","id":1,"timestamp":"t2"}"#, 5)), Outcome::Match);
+    assert_eq!(c.observe(e, &p, &json_resp(200, r#"{"id":1,"name":"bob"}"#, 5)), Outcome::BodyMismatch);
+    assert_eq!(c.observe(e, &p, &json_resp(404, r#"{"id":1,"name":"ada"}"#, 5)), Outcome::StatusMismatch);
+    assert_eq!(c.observe_shadow_failure(e, &p, ShadowFailure::Timeout), Outcome::ShadowFailed);
+    let mut counts: Vec<(String, &str, u64)> =
+        c.outcome_counts().map(|(n, o, k)| (n.to_owned(), o.as_str(), k)).collect();
     counts.sort();
     assert_eq!(
         counts,
@@ -70,20 +49,8 @@ fn outcomes_of_single_pairs() {
     );
     let r = c.report();
     let s = &endpoint(&r, e).summary;
-    assert_eq!(
-        (
-            s.samples,
-            s.shadow_failures,
-            s.status_matches,
-            s.body_matches
-        ),
-        (4, 1, 2, 2)
-    );
-    assert_eq!(
-        s.body_match_percent,
-        Some(200.0 / 3.0),
-        "of the 3 pairs the shadow answered"
-    );
+    assert_eq!((s.samples, s.shadow_failures, s.status_matches, s.body_matches), (4, 1, 2, 2));
+    assert_eq!(s.body_match_percent, Some(200.0 / 3.0), "of the 3 pairs the shadow answered");
     assert_eq!(s.shadow_error_percent, 25.0);
 }
 
@@ -97,9 +64,7 @@ fn encoded_bodies_compare_decoded() {
     let mut shadow = json_resp(200, "", 1);
     shadow.body = Bytes::from(gz.clone());
     shadow.body_len = gz.len() as u64;
-    shadow
-        .headers
-        .push(("content-encoding".into(), b"gzip".to_vec()));
+    shadow.headers.push(("content-encoding".into(), b"gzip".to_vec()));
     let primary = json_resp(200, std::str::from_utf8(text).expect("utf8"), 1);
     assert_eq!(c.observe("GET /a", &primary, &shadow), Outcome::Match);
 }
@@ -110,108 +75,54 @@ fn length_only_comparisons_are_counted_and_said() {
     let e = "GET /big";
     let big = "x".repeat(100);
     let p = json_resp(200, &big, 1);
-    assert_eq!(
-        c.observe(e, &p, &json_resp(200, &"y".repeat(100), 1)),
-        Outcome::MatchLengthOnly
-    );
-    assert_eq!(
-        c.observe(e, &p, &json_resp(200, &"y".repeat(101), 1)),
-        Outcome::LengthMismatch
-    );
+    assert_eq!(c.observe(e, &p, &json_resp(200, &"y".repeat(100), 1)), Outcome::MatchLengthOnly);
+    assert_eq!(c.observe(e, &p, &json_resp(200, &"y".repeat(101), 1)), Outcome::LengthMismatch);
     let mut truncated = json_resp(200, "{\"a\":", 1);
     truncated.body_complete = false;
     truncated.body_len = 5000;
-    assert_eq!(
-        c.observe("GET /cut", &truncated, &truncated.clone()),
-        Outcome::MatchLengthOnly
-    );
+    assert_eq!(c.observe("GET /cut", &truncated, &truncated.clone()), Outcome::MatchLengthOnly);
     let r = c.report();
     let s = &endpoint(&r, e).summary;
     assert_eq!((s.length_only, s.body_matches), (2, 1));
-    assert!(
-        r.render_text()
-            .contains("3 of 3 bodies compared by status and length only"),
-        "{}",
-        r.render_text()
-    );
+    assert!(r.render_text().contains("3 of 3 bodies compared by status and length only"), "{}", r.render_text());
     let d = c.diffs(Some(e));
     assert_eq!(d.len(), 1);
-    assert!(
-        d[0].note
-            .as_deref()
-            .is_some_and(|n| n.contains("over_cap") && n.contains("101")),
-        "{:?}",
-        d[0].note
-    );
+    assert!(d[0].note.as_deref().is_some_and(|n| n.contains("over_cap") && n.contains("101")), "{:?}", d[0].note);
 }
 
 #[test]
 fn noise_learned_from_a_secondary_is_excused_even_retroactively() {
     let mut c = comparator("[noise]\nmin_samples = 5\nmin_differ_percent = 50.0");
     let e = "GET /feed";
-    let body = |nonce: u32, title: &str| {
-        format!(r#"{{"nonce":{nonce},"items":[{{"title":"{title}","rank":{nonce}}}]}}"#)
-    };
+    let body =
+        |nonce: u32, title: &str| format!(r#"{{"nonce":{nonce},"items":[{{"title":"{title}","rank":{nonce}}}]}}"#);
     // Before any noise is known, a nonce difference is a mismatch.
     assert_eq!(
-        c.observe(
-            e,
-            &json_resp(200, &body(1, "a"), 1),
-            &json_resp(200, &body(2, "a"), 1)
-        ),
+        c.observe(e, &json_resp(200, &body(1, "a"), 1), &json_resp(200, &body(2, "a"), 1)),
         Outcome::BodyMismatch
     );
     for i in 0..5 {
-        c.observe_secondary(
-            e,
-            &json_resp(200, &body(i, "a"), 1),
-            &json_resp(200, &body(i + 100, "a"), 1),
-        );
+        c.observe_secondary(e, &json_resp(200, &body(i, "a"), 1), &json_resp(200, &body(i + 100, "a"), 1));
     }
     let r = c.report();
     let s = &endpoint(&r, e).summary;
     let learned: Vec<&str> = s.noise.learned.iter().map(|l| l.path.as_str()).collect();
     assert_eq!(learned, ["$.items[*].rank", "$.nonce"]);
-    assert_eq!(
-        s.body_matches, 1,
-        "the earlier pair differed only in noise: now a match"
-    );
-    assert!(
-        c.diffs(Some(e)).is_empty(),
-        "its kept sample is no longer shown as a mismatch"
-    );
+    assert_eq!(s.body_matches, 1, "the earlier pair differed only in noise: now a match");
+    assert!(c.diffs(Some(e)).is_empty(), "its kept sample is no longer shown as a mismatch");
     // Noise excused, and a field that never differed between primary and secondary still counts.
+    assert_eq!(c.observe(e, &json_resp(200, &body(3, "a"), 1), &json_resp(200, &body(4, "a"), 1)), Outcome::Match);
     assert_eq!(
-        c.observe(
-            e,
-            &json_resp(200, &body(3, "a"), 1),
-            &json_resp(200, &body(4, "a"), 1)
-        ),
-        Outcome::Match
-    );
-    assert_eq!(
-        c.observe(
-            e,
-            &json_resp(200, &body(3, "a"), 1),
-            &json_resp(200, &body(4, "b"), 1)
-        ),
+        c.observe(e, &json_resp(200, &body(3, "a"), 1), &json_resp(200, &body(4, "b"), 1)),
         Outcome::BodyMismatch
     );
     let d = c.diffs(Some(e));
     assert_eq!(d.len(), 1);
     assert!(d[0].paths.contains(&"$.items[*].title".to_owned()));
-    assert!(
-        c.report()
-            .render_text()
-            .contains("noise learned for GET /feed from 5 secondary pairs: ")
-    );
+    assert!(c.report().render_text().contains("noise learned for GET /feed from 5 secondary pairs: "));
     // Another endpoint learned nothing.
     assert_eq!(
-        c.observe(
-            "GET /other",
-            &json_resp(200, &body(1, "a"), 1),
-            &json_resp(200, &body(2, "a"), 1)
-        ),
+        c.observe("GET /other", &json_resp(200, &body(1, "a"), 1), &json_resp(200, &body(2, "a"), 1)),
         Outcome::BodyMismatch
     );
 }
@@ -232,21 +143,12 @@ fn headers_compared_and_redacted_in_diffs() {
     let d = c.diffs(None);
     let text = d[0].render();
     assert!(!text.contains("SECRET"), "sensitive values leaked:\n{text}");
-    assert!(
-        text.contains("header set-cookie\n    - (absent)\n    + <redacted, 15 bytes>"),
-        "{text}"
-    );
+    assert!(text.contains("header set-cookie\n    - (absent)\n    + <redacted, 15 bytes>"), "{text}");
     let json = serde_json::to_string(&d).expect("json");
     assert!(!json.contains("SECRET"));
     let r = c.report();
-    assert_eq!(
-        endpoint(&r, "GET /h").summary.header_match_percent,
-        Some(0.0)
-    );
-    assert_eq!(
-        endpoint(&r, "GET /h").summary.body_match_percent,
-        Some(100.0)
-    );
+    assert_eq!(endpoint(&r, "GET /h").summary.header_match_percent, Some(0.0));
+    assert_eq!(endpoint(&r, "GET /h").summary.body_match_percent, Some(100.0));
 }
 
 #[test]
@@ -264,18 +166,11 @@ gates = { min_samples = 1 }
     assert_eq!(c.observe("GET /users/:id", &p, &s), Outcome::Match);
     assert_eq!(c.observe("GET /orders/:id", &p, &s), Outcome::BodyMismatch);
     let r = c.report();
-    assert_eq!(
-        endpoint(&r, "GET /users/:id").verdict,
-        EndpointVerdict::Pass
-    );
+    assert_eq!(endpoint(&r, "GET /users/:id").verdict, EndpointVerdict::Pass);
     assert_eq!(endpoint(&r, "GET /users/:id").gates.min_samples, 1);
     assert!(matches!(
         endpoint(&r, "GET /orders/:id").verdict,
-        EndpointVerdict::Insufficient {
-            samples: 1,
-            needed: 100,
-            ..
-        }
+        EndpointVerdict::Insufficient { samples: 1, needed: 100, .. }
     ));
 }
 
@@ -284,11 +179,7 @@ fn verdicts_from_traffic() {
     let healthy = |c: &mut Comparator, e: &str, n: u64| {
         for i in 0..n {
             let b = format!(r#"{{"id":{i}}}"#);
-            c.observe(
-                e,
-                &json_resp(200, &b, 10 + i % 10),
-                &json_resp(200, &b, 10 + i % 10),
-            );
+            c.observe(e, &json_resp(200, &b, 10 + i % 10), &json_resp(200, &b, 10 + i % 10));
         }
     };
     let mut c = comparator("");
@@ -297,29 +188,17 @@ fn verdicts_from_traffic() {
     assert_eq!((r.verdict, r.exit_code()), (Verdict::Pass, 0));
 
     healthy(&mut c, "GET /b", 99);
-    assert_eq!(
-        (c.report().verdict, c.report().exit_code()),
-        (Verdict::Insufficient, 3)
-    );
+    assert_eq!((c.report().verdict, c.report().exit_code()), (Verdict::Insufficient, 3));
 
     // 2 % of /c's bodies differ: FAIL, which beats /b's INSUFFICIENT.
     healthy(&mut c, "GET /c", 98);
     for _ in 0..2 {
-        c.observe(
-            "GET /c",
-            &json_resp(200, "{\"v\":1}", 10),
-            &json_resp(200, "{\"v\":2}", 10),
-        );
+        c.observe("GET /c", &json_resp(200, "{\"v\":1}", 10), &json_resp(200, "{\"v\":2}", 10));
     }
     let r = c.report();
     assert_eq!((r.verdict, r.exit_code()), (Verdict::Fail, 1));
-    let EndpointVerdict::Fail { failed } = &endpoint(&r, "GET /c").verdict else {
-        panic!("FAIL")
-    };
-    assert_eq!(
-        failed.iter().map(|f| f.gate).collect::<Vec<_>>(),
-        [Gate::BodyMatch]
-    );
+    let EndpointVerdict::Fail { failed } = &endpoint(&r, "GET /c").verdict else { panic!("FAIL") };
+    assert_eq!(failed.iter().map(|f| f.gate).collect::<Vec<_>>(), [Gate::BodyMatch]);
     let text = r.render_text();
     assert!(text.contains("FAIL body_match 98.00% < 99.00%"), "{text}");
     assert!(text.contains("INSUFFICIENT 99 of 100 samples"), "{text}");
@@ -329,16 +208,8 @@ fn verdicts_from_traffic() {
     let mut c = comparator("");
     for i in 0..200 {
         let b = format!(r#"{{"id":{i}}}"#);
-        c.observe(
-            "GET /slow",
-            &json_resp(200, &b, 10),
-            &json_resp(200, &b, 20),
-        );
-        let shadow = if i % 50 == 0 {
-            json_resp(503, &b, 10)
-        } else {
-            json_resp(200, &b, 10)
-        };
+        c.observe("GET /slow", &json_resp(200, &b, 10), &json_resp(200, &b, 20));
+        let shadow = if i % 50 == 0 { json_resp(503, &b, 10) } else { json_resp(200, &b, 10) };
         c.observe("GET /err", &json_resp(200, &b, 10), &shadow);
     }
     let r = c.report();
@@ -347,34 +218,18 @@ fn verdicts_from_traffic() {
         other => panic!("{name}: {other:?}"),
     };
     assert_eq!(gates("GET /slow"), [Gate::P99Ratio]);
-    assert_eq!(
-        gates("GET /err"),
-        [Gate::StatusMatch, Gate::Shadow5xx],
-        "same body, other status"
-    );
-    assert_eq!(
-        comparator("").report().verdict,
-        Verdict::Insufficient,
-        "no data"
-    );
+    assert_eq!(gates("GET /err"), [Gate::StatusMatch, Gate::Shadow5xx], "same body, other status");
+    assert_eq!(comparator("").report().verdict, Verdict::Insufficient, "no data");
 }
 
 #[test]
 fn report_round_trips_through_json() {
     let mut c = comparator("");
-    c.observe(
-        "GET /a",
-        &json_resp(200, "{\"a\":1}", 3),
-        &json_resp(200, "{\"a\":2}", 4),
-    );
+    c.observe("GET /a", &json_resp(200, "{\"a\":1}", 3), &json_resp(200, "{\"a\":2}", 4));
     c.observe_shadow_failure("GET /b", &json_resp(500, "{}", 3), ShadowFailure::Connect);
     c.record_unpaired("GET /b", UnpairedReason::PrimaryMissing);
     for i in 0..10 {
-        c.observe_secondary(
-            "GET /a",
-            &json_resp(200, &format!("{{\"n\":{i}}}"), 1),
-            &json_resp(200, "{\"n\":-1}", 1),
-        );
+        c.observe_secondary("GET /a", &json_resp(200, &format!("{{\"n\":{i}}}"), 1), &json_resp(200, "{\"n\":-1}", 1));
     }
     let r = c.report();
     assert_eq!(endpoint(&r, "GET /b").summary.unpaired.primary_missing, 1);
@@ -386,10 +241,7 @@ fn report_round_trips_through_json() {
     let v: Value = serde_json::from_str(&json).expect("json");
     assert_eq!(v["verdict"], "INSUFFICIENT");
     assert_eq!(v["endpoints"][0]["verdict"]["verdict"], "INSUFFICIENT");
-    assert_eq!(
-        v["endpoints"][0]["samples"], 1,
-        "summary fields sit at the endpoint's top level"
-    );
+    assert_eq!(v["endpoints"][0]["samples"], 1, "summary fields sit at the endpoint's top level");
 }
 
 #[test]
@@ -398,52 +250,31 @@ fn hostile_endpoint_names_are_escaped_in_html() {
     let evil = "GET /<script>alert(\"x\")</script>&<img src=x onerror=alert(1)>";
     c.observe(evil, &json_resp(200, "{}", 1), &json_resp(200, "{}", 2));
     let html = c.report().render_html();
-    assert!(
-        !html.contains("<script>"),
-        "raw markup from the wire in the page"
-    );
+    assert!(!html.contains("<script>"), "raw markup from the wire in the page");
     assert!(!html.contains("<img"));
-    assert!(html.contains("GET /&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&lt;img src=x onerror=alert(1)&gt;"));
     assert!(
-        !html.contains("http://") && !html.contains("https://"),
-        "nothing fetched from the network"
+        html.contains("GET /&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&lt;img src=x onerror=alert(1)&gt;")
     );
+    assert!(!html.contains("http://") && !html.contains("https://"), "nothing fetched from the network");
     assert!(html.contains(html::PRIMARY_COLOUR) && html.contains(html::SHADOW_COLOUR));
 }
 
 #[test]
 fn memory_is_bounded_and_counted() {
-    let mut c =
-        comparator("[limits]\nmax_endpoints = 3\nmismatch_samples = 2\nsample_body_bytes = 64");
+    let mut c = comparator("[limits]\nmax_endpoints = 3\nmismatch_samples = 2\nsample_body_bytes = 64");
     let big = format!("{{\"v\":\"{}\"}}", "x".repeat(10_000));
     for i in 0..50 {
-        c.observe(
-            &format!("GET /e{i}"),
-            &json_resp(200, &big, 1),
-            &json_resp(200, "{\"v\":1}", 1),
-        );
+        c.observe(&format!("GET /e{i}"), &json_resp(200, &big, 1), &json_resp(200, "{\"v\":1}", 1));
     }
     let r = c.report();
-    let names: Vec<&str> = r
-        .endpoints
-        .iter()
-        .map(|e| e.summary.endpoint.as_str())
-        .collect();
+    let names: Vec<&str> = r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect();
     assert_eq!(names.len(), 4, "3 endpoints and 'other': {names:?}");
     assert!(names.contains(&OTHER_ENDPOINT));
     assert_eq!(r.overflow_pairs, 47);
-    assert_eq!(
-        endpoint(&r, OTHER_ENDPOINT)
-            .summary
-            .mismatch_samples_evicted,
-        45
-    );
+    assert_eq!(endpoint(&r, OTHER_ENDPOINT).summary.mismatch_samples_evicted, 45);
     let d = c.diffs(Some(OTHER_ENDPOINT));
     assert_eq!(d.len(), 2);
-    assert!(
-        d[0].primary_body.chars().count() <= 65,
-        "sample bodies are cut"
-    );
+    assert!(d[0].primary_body.chars().count() <= 65, "sample bodies are cut");
     assert!(c.approx_bytes() < 512 * 1024, "{} bytes", c.approx_bytes());
     let long = "GET /".to_owned() + &"é".repeat(1000);
     let mut c = comparator("");
@@ -461,8 +292,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z]{1,8}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z]{1,8}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -470,13 +300,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
 /// JSON pointers of every leaf (scalars and empty containers).
 fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
     match v {
-        Value::Object(m) if !m.is_empty() => m
-            .iter()
-            .for_each(|(k, c)| leaves(c, format!("{at}/{k}"), out)),
-        Value::Array(a) if !a.is_empty() => a
-            .iter()
-            .enumerate()
-            .for_each(|(i, c)| leaves(c, format!("{at}/{i}"), out)),
+        Value::Object(m) if !m.is_empty() => m.iter().for_each(|(k, c)| leaves(c, format!("{at}/{k}"), out)),
+        Value::Array(a) if !a.is_empty() => a.iter().enumerate().for_each(|(i, c)| leaves(c, format!("{at}/{i}"), out)),
         _ => out.push(at),
     }
 }

@@ -69,14 +69,8 @@ impl fmt::Display for GateFailure {
 #[serde(tag = "verdict", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EndpointVerdict {
     Pass,
-    Fail {
-        failed: Vec<GateFailure>,
-    },
-    Insufficient {
-        samples: u64,
-        needed: u64,
-        failing_so_far: Vec<GateFailure>,
-    },
+    Fail { failed: Vec<GateFailure> },
+    Insufficient { samples: u64, needed: u64, failing_so_far: Vec<GateFailure> },
 }
 
 impl EndpointVerdict {
@@ -94,18 +88,11 @@ impl EndpointVerdict {
 
     /// One line on why: the failed gates, or how many samples are missing.
     pub fn reason(&self) -> String {
-        let list = |v: &[GateFailure]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+        let list = |v: &[GateFailure]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
         match self {
             Self::Pass => String::new(),
             Self::Fail { failed } => list(failed),
-            Self::Insufficient {
-                samples, needed, ..
-            } => format!("{samples} of {needed} samples"),
+            Self::Insufficient { samples, needed, .. } => format!("{samples} of {needed} samples"),
         }
     }
 }
@@ -140,11 +127,7 @@ impl Verdict {
 
     /// The worst of the endpoints' verdicts; INSUFFICIENT when there are none.
     pub fn overall<'a>(endpoints: impl IntoIterator<Item = &'a EndpointVerdict>) -> Self {
-        endpoints
-            .into_iter()
-            .map(EndpointVerdict::verdict)
-            .max()
-            .unwrap_or(Self::Insufficient)
+        endpoints.into_iter().map(EndpointVerdict::verdict).max().unwrap_or(Self::Insufficient)
     }
 }
 
@@ -153,35 +136,15 @@ pub fn evaluate(m: &EndpointSummary, g: &Gates) -> EndpointVerdict {
     let mut failed = Vec::new();
     let mut at_least = |gate: Gate, observed: Option<f64>, limit: f64| match observed {
         Some(o) if o + EPSILON >= limit => {}
-        observed => failed.push(GateFailure {
-            gate,
-            observed,
-            limit,
-        }),
+        observed => failed.push(GateFailure { gate, observed, limit }),
     };
-    at_least(
-        Gate::StatusMatch,
-        m.status_match_percent,
-        g.min_status_match_percent,
-    );
-    at_least(
-        Gate::BodyMatch,
-        m.body_match_percent,
-        g.min_body_match_percent,
-    );
-    at_least(
-        Gate::HeaderMatch,
-        m.header_match_percent,
-        g.min_header_match_percent,
-    );
+    at_least(Gate::StatusMatch, m.status_match_percent, g.min_status_match_percent);
+    at_least(Gate::BodyMatch, m.body_match_percent, g.min_body_match_percent);
+    at_least(Gate::HeaderMatch, m.header_match_percent, g.min_header_match_percent);
     if m.samples > 0 {
         let limit = m.primary_5xx_percent + g.max_5xx_increase_points;
         if m.shadow_error_percent > limit + EPSILON {
-            failed.push(GateFailure {
-                gate: Gate::Shadow5xx,
-                observed: Some(m.shadow_error_percent),
-                limit,
-            });
+            failed.push(GateFailure { gate: Gate::Shadow5xx, observed: Some(m.shadow_error_percent), limit });
         }
     }
     let (p, s) = (m.latency.primary.p99_ms, m.latency.shadow.p99_ms);
@@ -189,25 +152,13 @@ pub fn evaluate(m: &EndpointSummary, g: &Gates) -> EndpointVerdict {
         let ratio = s / p.max(f64::MIN_POSITIVE);
         let within_tolerance = g.p99_tolerance_ms > 0.0 && s - p <= g.p99_tolerance_ms;
         if ratio > g.max_p99_ratio + EPSILON && !within_tolerance {
-            failed.push(GateFailure {
-                gate: Gate::P99Ratio,
-                observed: Some(ratio),
-                limit: g.max_p99_ratio,
-            });
+            failed.push(GateFailure { gate: Gate::P99Ratio, observed: Some(ratio), limit: g.max_p99_ratio });
         }
     }
     if m.samples < g.min_samples {
-        return EndpointVerdict::Insufficient {
-            samples: m.samples,
-            needed: g.min_samples,
-            failing_so_far: failed,
-        };
+        return EndpointVerdict::Insufficient { samples: m.samples, needed: g.min_samples, failing_so_far: failed };
     }
-    if failed.is_empty() {
-        EndpointVerdict::Pass
-    } else {
-        EndpointVerdict::Fail { failed }
-    }
+    if failed.is_empty() { EndpointVerdict::Pass } else { EndpointVerdict::Fail { failed } }
 }
 
 #[cfg(test)]
@@ -217,13 +168,7 @@ mod tests {
 
     /// An endpoint that passes the default gates: 1000 pairs, all matching, same latency.
     fn healthy() -> EndpointSummary {
-        let lat = Percentiles {
-            count: 1000,
-            p50_ms: 5.0,
-            p95_ms: 9.0,
-            p99_ms: 10.0,
-            max_ms: 20.0,
-        };
+        let lat = Percentiles { count: 1000, p50_ms: 5.0, p95_ms: 9.0, p99_ms: 10.0, max_ms: 20.0 };
         EndpointSummary {
             endpoint: "GET /a".into(),
             samples: 1000,
@@ -253,20 +198,13 @@ mod tests {
 
     #[test]
     fn healthy_passes_and_each_gate_fails_alone() {
-        assert_eq!(
-            evaluate(&healthy(), &Gates::default()),
-            EndpointVerdict::Pass
-        );
+        assert_eq!(evaluate(&healthy(), &Gates::default()), EndpointVerdict::Pass);
 
         let mut m = healthy();
         m.body_match_percent = Some(98.9);
         assert_eq!(gates_failed(&m), [Gate::BodyMatch]);
         m.body_match_percent = Some(99.0);
-        assert_eq!(
-            evaluate(&m, &Gates::default()),
-            EndpointVerdict::Pass,
-            "the limit itself passes"
-        );
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass, "the limit itself passes");
 
         let mut m = healthy();
         m.status_match_percent = Some(90.0);
@@ -279,32 +217,17 @@ mod tests {
         let mut m = healthy();
         m.primary_5xx_percent = 1.0;
         m.shadow_error_percent = 1.1;
-        assert_eq!(
-            evaluate(&m, &Gates::default()),
-            EndpointVerdict::Pass,
-            "1.1 % <= 1.0 % + 0.1 points"
-        );
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass, "1.1 % <= 1.0 % + 0.1 points");
         m.shadow_error_percent = 1.2;
         assert_eq!(gates_failed(&m), [Gate::Shadow5xx]);
 
         let mut m = healthy();
         m.latency.shadow.p99_ms = 12.0;
-        assert_eq!(
-            evaluate(&m, &Gates::default()),
-            EndpointVerdict::Pass,
-            "ratio 1.2 passes"
-        );
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass, "ratio 1.2 passes");
         m.latency.shadow.p99_ms = 12.5;
         assert_eq!(gates_failed(&m), [Gate::P99Ratio]);
-        let tolerant = Gates {
-            p99_tolerance_ms: 3.0,
-            ..Gates::default()
-        };
-        assert_eq!(
-            evaluate(&m, &tolerant),
-            EndpointVerdict::Pass,
-            "2.5 ms slower is within 3 ms"
-        );
+        let tolerant = Gates { p99_tolerance_ms: 3.0, ..Gates::default() };
+        assert_eq!(evaluate(&m, &tolerant), EndpointVerdict::Pass, "2.5 ms slower is within 3 ms");
 
         let mut m = healthy();
         m.body_match_percent = None;
@@ -323,15 +246,10 @@ mod tests {
         m.samples = 99;
         assert_eq!(
             evaluate(&m, &Gates::default()),
-            EndpointVerdict::Insufficient {
-                samples: 99,
-                needed: 100,
-                failing_so_far: Vec::new()
-            }
+            EndpointVerdict::Insufficient { samples: 99, needed: 100, failing_so_far: Vec::new() }
         );
         m.body_match_percent = Some(10.0);
-        let EndpointVerdict::Insufficient { failing_so_far, .. } = evaluate(&m, &Gates::default())
-        else {
+        let EndpointVerdict::Insufficient { failing_so_far, .. } = evaluate(&m, &Gates::default()) else {
             panic!("INSUFFICIENT")
         };
         assert_eq!(failing_so_far[0].gate, Gate::BodyMatch);
@@ -343,50 +261,22 @@ mod tests {
     fn overall_is_the_worst_endpoint_and_exit_codes() {
         use EndpointVerdict as E;
         let fail = E::Fail { failed: Vec::new() };
-        let insufficient = E::Insufficient {
-            samples: 1,
-            needed: 100,
-            failing_so_far: Vec::new(),
-        };
+        let insufficient = E::Insufficient { samples: 1, needed: 100, failing_so_far: Vec::new() };
         assert_eq!(Verdict::overall(&[E::Pass, E::Pass]), Verdict::Pass);
-        assert_eq!(
-            Verdict::overall(&[E::Pass, insufficient.clone()]),
-            Verdict::Insufficient
-        );
-        assert_eq!(
-            Verdict::overall(&[insufficient.clone(), fail.clone(), E::Pass]),
-            Verdict::Fail
-        );
+        assert_eq!(Verdict::overall(&[E::Pass, insufficient.clone()]), Verdict::Insufficient);
+        assert_eq!(Verdict::overall(&[insufficient.clone(), fail.clone(), E::Pass]), Verdict::Fail);
         assert_eq!(Verdict::overall(&[fail, insufficient]), Verdict::Fail);
-        assert_eq!(
-            Verdict::overall(&[]),
-            Verdict::Insufficient,
-            "no data never passes"
-        );
-        assert_eq!(
-            [Verdict::Pass, Verdict::Fail, Verdict::Insufficient].map(Verdict::exit_code),
-            [0, 1, 3]
-        );
+        assert_eq!(Verdict::overall(&[]), Verdict::Insufficient, "no data never passes");
+        assert_eq!([Verdict::Pass, Verdict::Fail, Verdict::Insufficient].map(Verdict::exit_code), [0, 1, 3]);
     }
 
     #[test]
     fn failures_read_well() {
-        let f = GateFailure {
-            gate: Gate::BodyMatch,
-            observed: Some(97.25),
-            limit: 99.0,
-        };
+        let f = GateFailure { gate: Gate::BodyMatch, observed: Some(97.25), limit: 99.0 };
         assert_eq!(f.to_string(), "body_match 97.25% < 99.00%");
-        let f = GateFailure {
-            gate: Gate::P99Ratio,
-            observed: Some(1.5),
-            limit: 1.2,
-        };
+        let f = GateFailure { gate: Gate::P99Ratio, observed: Some(1.5), limit: 1.2 };
         assert_eq!(f.to_string(), "p99_ratio 1.50 > 1.20");
         let json = serde_json::to_string(&EndpointVerdict::Fail { failed: vec![f] }).expect("json");
-        assert!(
-            json.starts_with(r#"{"verdict":"FAIL","failed":[{"gate":"p99_ratio""#),
-            "{json}"
-        );
+        assert!(json.starts_with(r#"{"verdict":"FAIL","failed":[{"gate":"p99_ratio""#), "{json}");
     }
 }

@@ -44,7 +44,10 @@ pub fn call(path: &Path, command: Command) -> Result<Response, ClientError> {
     let mut answer = Vec::new();
     reader.read_until(b'\n', &mut answer).map_err(io_err("read the answer"))?;
     if answer.is_empty() {
-        return Err(ClientError::Protocol { path: p(), message: "the daemon closed the connection without an answer".into() });
+        return Err(ClientError::Protocol {
+            path: p(),
+            message: "the daemon closed the connection without an answer".into(),
+        });
     }
     let r: Response = serde_json::from_slice(&answer)
         .map_err(|e| ClientError::Protocol { path: p(), message: format!("unreadable answer: {e}") })?;

@@ -185,7 +185,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Response> {
     };
     match fields.remove("v").as_ref().and_then(serde_json::Value::as_u64) {
         Some(n) if n == u64::from(VERSION) => {}
-        Some(n) => return Err(Response::error(ErrorKind::Version, format!("protocol version {n}; this daemon speaks {VERSION}"))),
+        Some(n) => {
+            return Err(Response::error(
+                ErrorKind::Version,
+                format!("protocol version {n}; this daemon speaks {VERSION}"),
+            ));
+        }
         None => return Err(Response::error(ErrorKind::BadRequest, "missing protocol version \"v\"")),
     }
     // The command alone, so that its own field checks (deny_unknown_fields) see every field.
@@ -208,7 +213,10 @@ mod tests {
         for (line, cmd) in [
             (r#"{"v":1,"cmd":"status"}"#, Command::Status),
             (r#"{"v":1,"cmd":"rate","percent":10}"#, Command::Rate { percent: 10.0, rule: None }),
-            (r#"{"v":1,"cmd":"rate","percent":2.5,"rule":"api"}"#, Command::Rate { percent: 2.5, rule: Some("api".into()) }),
+            (
+                r#"{"v":1,"cmd":"rate","percent":2.5,"rule":"api"}"#,
+                Command::Rate { percent: 2.5, rule: Some("api".into()) },
+            ),
             (r#"{"v":1,"cmd":"pause"}"#, Command::Pause { rule: None }),
             (r#"{"v":1,"cmd":"resume","rule":"web"}"#, Command::Resume { rule: Some("web".into()) }),
             (r#"{"v":1,"cmd":"stats"}"#, Command::Stats),

@@ -134,7 +134,10 @@ impl ControlServer {
             let stats = self.stats.clone();
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 stats.error(ErrorKind::Busy);
-                tokio::spawn(answer_and_close(stream, Response::error(ErrorKind::Busy, "too many control connections")));
+                tokio::spawn(answer_and_close(
+                    stream,
+                    Response::error(ErrorKind::Busy, "too many control connections"),
+                ));
                 continue;
             };
             let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == own_uid);
@@ -187,7 +190,11 @@ async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>, stats: 
         let response = match read {
             Err(_elapsed) => {
                 stats.error(ErrorKind::Timeout);
-                let _ = write_response(&mut write, &Response::error(ErrorKind::Timeout, "no complete request line in time")).await;
+                let _ = write_response(
+                    &mut write,
+                    &Response::error(ErrorKind::Timeout, "no complete request line in time"),
+                )
+                .await;
                 return;
             }
             Ok(Err(_)) | Ok(Ok(0)) => return,

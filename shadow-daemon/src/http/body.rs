@@ -34,14 +34,24 @@ impl BodyDecoder {
     pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
         match self {
             Self::Length { remaining } => {
-                let n = usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(data.len());
                 *remaining -= n as u64;
                 Ok((n, *remaining == 0))
             }
             Self::Chunked(c) => c.advance(data, limits),
             Self::UntilClose => Ok((data.len(), false)),
+        }
+    }
+
+    /// The connection closed: the end of an until-close body, and fine for a body already done;
+    /// any other body is cut short (false).
+    pub fn finish_at_eof(&mut self) -> bool {
+        match self {
+            Self::UntilClose => {
+                *self = Self::Length { remaining: 0 };
+                true
+            }
+            _ => self.is_done(),
         }
     }
 
@@ -103,9 +113,7 @@ impl ChunkedDecoder {
         let mut i = 0;
         while i < data.len() {
             if self.state == Data {
-                let n = usize::try_from(self.size)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len() - i);
+                let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(data.len() - i);
                 self.size -= n as u64;
                 self.decoded += n as u64;
                 i += n;
@@ -200,9 +208,7 @@ impl ChunkedDecoder {
     fn count_trailer(&mut self, limits: &Limits) -> Result<(), HttpError> {
         self.trailer_len += 1;
         if self.trailer_len > limits.max_header_bytes {
-            return Err(HttpError::TrailersTooLarge {
-                limit: limits.max_header_bytes,
-            });
+            return Err(HttpError::TrailersTooLarge { limit: limits.max_header_bytes });
         }
         Ok(())
     }
@@ -222,11 +228,7 @@ impl ChunkedDecoder {
 
     fn end_size_line(&mut self) {
         self.line_len = 0;
-        self.state = if self.size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            ChunkState::Data
-        };
+        self.state = if self.size == 0 { ChunkState::TrailerStart } else { ChunkState::Data };
     }
 
     fn next_chunk(&mut self) {
@@ -244,10 +246,7 @@ mod tests {
     type Outcome = Result<(usize, bool, u64), HttpError>;
 
     fn run(input: &[u8], split: usize) -> Outcome {
-        let lim = Limits {
-            max_header_bytes: 64,
-            ..Limits::default()
-        };
+        let lim = Limits { max_header_bytes: 64, ..Limits::default() };
         let mut d = ChunkedDecoder::default();
         let mut used = 0;
         for part in input.chunks(split.max(1)) {
@@ -269,19 +268,10 @@ mod tests {
             (b"5;ext=1;x=\"q\"\r\nhello\r\n0\r\n\r\n", Ok((27, true, 5))),
             (b"5 ;ext\r\nhello\r\n0\r\n\r\n", Ok((20, true, 5))),
             (b"A\r\n0123456789\r\n0\r\n\r\n", Ok((20, true, 10))),
-            (
-                b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n",
-                Ok((23, true, 3)),
-            ),
-            (
-                b"3\r\nabc\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n",
-                Ok((27, true, 3)),
-            ),
+            (b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n", Ok((23, true, 3))),
+            (b"3\r\nabc\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n", Ok((27, true, 3))),
             (b"3\nabc\n0\n\n", Ok((9, true, 3))),
-            (
-                b"0000000000000000000003\r\nabc\r\n0\r\n\r\n",
-                Ok((34, true, 3)),
-            ),
+            (b"0000000000000000000003\r\nabc\r\n0\r\n\r\n", Ok((34, true, 3))),
             (b"5\r\nhel", Ok((6, false, 3))),
             (b"x\r\n", Err(HttpError::BadChunkSize)),
             (b"\r\n", Err(HttpError::BadChunkSize)),
@@ -294,12 +284,7 @@ mod tests {
         ];
         for (input, want) in cases {
             for split in [input.len(), 1, 2, 3] {
-                assert_eq!(
-                    &run(input, split),
-                    want,
-                    "{:?} split {split}",
-                    String::from_utf8_lossy(input)
-                );
+                assert_eq!(&run(input, split), want, "{:?} split {split}", String::from_utf8_lossy(input));
             }
         }
     }
@@ -315,12 +300,40 @@ mod tests {
     #[test]
     fn trailer_and_extension_bounds() {
         let long_trailer = [b"0\r\n".as_slice(), &[b'a'; 100], b"\r\n\r\n"].concat();
-        assert_eq!(
-            run(&long_trailer, 7),
-            Err(HttpError::TrailersTooLarge { limit: 64 })
-        );
+        assert_eq!(run(&long_trailer, 7), Err(HttpError::TrailersTooLarge { limit: 64 }));
         let long_ext = [b"1;".as_slice(), &[b'e'; 5000], b"\r\n"].concat();
         assert_eq!(run(&long_ext, 100), Err(HttpError::BadChunkSize));
+    }
+
+    #[test]
+    fn eof_ends_only_an_until_close_body() {
+        let mut d = BodyDecoder::new(BodyFraming::UntilClose);
+        assert!(d.finish_at_eof() && d.is_done());
+        assert!(!BodyDecoder::new(BodyFraming::ContentLength(4)).finish_at_eof());
+        assert!(BodyDecoder::new(BodyFraming::None).finish_at_eof());
+        assert!(!BodyDecoder::new(BodyFraming::Chunked).finish_at_eof());
+    }
+
+    proptest::proptest! {
+        /// Any chunking of any body, split at any points, is followed exactly to its end.
+        #[test]
+        fn chunked_end_found_for_any_split(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40), 0..6),
+            step in 1usize..50,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for c in &chunks {
+                wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                wire.extend_from_slice(c);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let end = wire.len();
+            let decoded: usize = chunks.iter().map(Vec::len).sum();
+            wire.extend_from_slice(&tail);
+            proptest::prop_assert_eq!(run(&wire, step), Ok((end, true, decoded as u64)));
+        }
     }
 
     #[test]

@@ -32,13 +32,90 @@ pub struct RequestHead {
     pub ambiguous: bool,
 }
 
-/// A parsed response head. `framing` ignores the request method: the caller applies HEAD.
+/// A parsed response head. `framing` ignores the request method: [`ResponseHead::framing_for`]
+/// applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseHead {
     pub head_len: usize,
     pub status: u16,
     pub minor_version: u8,
     pub framing: BodyFraming,
+    /// The server means to keep the connection open: its version and `Connection` header say so
+    /// and the framing is not ambiguous (Transfer-Encoding with Content-Length is followed as
+    /// chunked, but the connection is not trusted after it).
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    /// A 1xx other than 101: the final response follows on the same connection.
+    pub const fn is_interim(&self) -> bool {
+        self.status >= 100 && self.status < 200 && self.status != 101
+    }
+
+    /// The body framing of this response to a request of `kind` (RFC 9112 §6.3: the answer to
+    /// HEAD, and a 2xx to CONNECT, have no body whatever their fields say).
+    pub fn framing_for(&self, kind: RequestKind) -> BodyFraming {
+        match kind {
+            RequestKind::Head => BodyFraming::None,
+            RequestKind::Connect if (200..300).contains(&self.status) => BodyFraming::None,
+            _ => self.framing,
+        }
+    }
+
+    /// May the connection carry another request after this response to a request of `kind`? Not
+    /// after a body that runs to the close, a protocol switch or a tunnel.
+    pub fn reusable_after(&self, kind: RequestKind) -> bool {
+        self.keep_alive
+            && self.framing_for(kind) != BodyFraming::UntilClose
+            && self.status != 101
+            && kind != RequestKind::Connect
+    }
+}
+
+impl RequestKind {
+    /// What the method alone says (an upgrade also needs the request's fields).
+    pub fn of_method(method: &[u8]) -> Self {
+        match method {
+            b"HEAD" => Self::Head,
+            b"CONNECT" => Self::Connect,
+            _ => Self::Normal,
+        }
+    }
+}
+
+/// RFC 9112 §9.3: an HTTP/1.1 connection persists unless `Connection: close`; an HTTP/1.0 one
+/// only with `Connection: keep-alive` (and no `close`).
+pub const fn persistent(minor_version: u8, close: bool, keep_alive: bool) -> bool {
+    if minor_version == 0 { keep_alive && !close } else { !close }
+}
+
+/// [`persistent`] for a message given as (name, value) header pairs.
+pub fn keeps_alive<'a>(minor_version: u8, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    let mut tokens = ConnectionTokens::default();
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"connection") {
+            tokens.observe(value);
+        }
+    }
+    persistent(minor_version, tokens.close, tokens.keep_alive)
+}
+
+/// The `Connection` options that matter to framing, across all its field lines.
+#[derive(Clone, Copy, Debug, Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl ConnectionTokens {
+    fn observe(&mut self, value: &[u8]) {
+        for t in value.split(|&b| b == b',').map(trim_ows) {
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -64,11 +141,7 @@ pub fn unsupported_preface(buf: &[u8]) -> Preface {
     let line = &H2_PREFACE[..14];
     let n = buf.len().min(line.len());
     if n > 0 && buf.get(..n) == line.get(..n) {
-        return if n == line.len() {
-            Preface::Unsupported(HttpError::Http2Preface)
-        } else {
-            Preface::NeedMore
-        };
+        return if n == line.len() { Preface::Unsupported(HttpError::Http2Preface) } else { Preface::NeedMore };
     }
     Preface::Other
 }
@@ -156,10 +229,7 @@ pub fn looks_like_request_line(buf: &[u8]) -> bool {
     let Some(rest) = line.get(sp + 1..) else {
         return false;
     };
-    let Some(target) = rest
-        .strip_suffix(b" HTTP/1.1")
-        .or_else(|| rest.strip_suffix(b" HTTP/1.0"))
-    else {
+    let Some(target) = rest.strip_suffix(b" HTTP/1.1").or_else(|| rest.strip_suffix(b" HTTP/1.0")) else {
         return false;
     };
     !target.is_empty() && target.iter().all(|&b| b > b' ' && b != 0x7f)
@@ -167,10 +237,7 @@ pub fn looks_like_request_line(buf: &[u8]) -> bool {
 
 /// Does `buf` begin like a status line?
 pub fn looks_like_response_line(buf: &[u8]) -> bool {
-    buf.len() >= 12
-        && buf.starts_with(b"HTTP/1.")
-        && matches!(buf[7], b'0' | b'1')
-        && buf[8] == b' '
+    buf.len() >= 12 && buf.starts_with(b"HTTP/1.") && matches!(buf[7], b'0' | b'1') && buf[8] == b' '
 }
 
 fn span(base: &[u8], part: &[u8]) -> Range<usize> {
@@ -185,9 +252,7 @@ fn max_slots(limits: &Limits) -> usize {
 
 fn map_httparse(e: httparse::Error, limits: &Limits) -> HttpError {
     match e {
-        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders {
-            limit: max_slots(limits),
-        },
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders { limit: max_slots(limits) },
         other => HttpError::Malformed(other),
     }
 }
@@ -195,6 +260,23 @@ fn map_httparse(e: httparse::Error, limits: &Limits) -> HttpError {
 /// Parse a request head at the start of `buf`. `Ok(None)`: incomplete, more bytes needed.
 /// The caller strips empty lines before a request, so ranges start at the method.
 pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpError> {
+    match parse_request_parts(buf, limits)? {
+        None => Ok(None),
+        Some((head, Ok(()))) => Ok(Some(head)),
+        Some((_, Err(e))) => Err(e),
+    }
+}
+
+/// Whether a parsed head's framing is acceptable, and if not, why.
+pub(crate) type FramingVerdict = Result<(), HttpError>;
+
+/// [`parse_request_head`] in two parts: the head's syntax and spans (errors here end the parse),
+/// and whether its framing is acceptable (when not, `framing` is `None`). The test builder of
+/// captured requests uses the spans of heads whose framing extraction refuses.
+pub(crate) fn parse_request_parts(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(RequestHead, FramingVerdict)>, HttpError> {
     let mut slots = header_slots();
     let n = max_slots(limits);
     let mut req = httparse::Request::new(&mut []);
@@ -205,112 +287,116 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
             if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    limit: limits.max_header_bytes,
-                });
+                return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
             }
             return Ok(None);
         }
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadTooLarge {
-            limit: limits.max_header_bytes,
-        });
+        return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
     }
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
-    else {
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed(httparse::Error::Token));
     };
     let mut fields = FramingFields::default();
     let mut headers = Vec::with_capacity(req.headers.len());
+    let mut framing_error = None;
     for h in req.headers.iter() {
-        headers.push(HeaderSpan {
-            name: span(buf, h.name.as_bytes()),
-            value: span(buf, h.value),
-        });
-        fields.observe(h.name.as_bytes(), h.value)?;
+        headers.push(HeaderSpan { name: span(buf, h.name.as_bytes()), value: span(buf, h.value) });
+        if let Err(e) = fields.observe(h.name.as_bytes(), h.value) {
+            framing_error.get_or_insert(e);
+        }
     }
     let kind = match method {
         "HEAD" => RequestKind::Head,
         "CONNECT" => RequestKind::Connect,
-        _ if fields.upgrade && fields.connection_upgrade => RequestKind::Upgrade,
+        _ if fields.upgrade && fields.connection.upgrade => RequestKind::Upgrade,
         _ => RequestKind::Normal,
     };
     let mut ambiguous = false;
     // RFC 9112 §6.3: a request body is framed by Transfer-Encoding (which must end in chunked),
     // else by Content-Length, else there is none.
-    let framing = if fields.te_present {
-        if minor_version == 0 {
-            return Err(HttpError::TransferEncodingHttp10);
+    let framing = match framing_error {
+        Some(e) => Err(e),
+        None if fields.te_present => {
+            if minor_version == 0 {
+                Err(HttpError::TransferEncodingHttp10)
+            } else if !fields.te_last_chunked || fields.te_chunked_count != 1 {
+                Err(HttpError::BadTransferEncoding)
+            } else {
+                ambiguous = fields.content_length.is_some();
+                Ok(BodyFraming::Chunked)
+            }
         }
-        if !fields.te_last_chunked || fields.te_chunked_count != 1 {
-            return Err(HttpError::BadTransferEncoding);
-        }
-        ambiguous = fields.content_length.is_some();
-        BodyFraming::Chunked
-    } else {
-        match fields.content_length {
+        None => Ok(match fields.content_length {
             Some(0) | None => BodyFraming::None,
             Some(n) => BodyFraming::ContentLength(n),
-        }
+        }),
     };
-    Ok(Some(RequestHead {
-        head_len,
-        method: span(buf, method.as_bytes()),
-        target: span(buf, target.as_bytes()),
-        minor_version,
-        headers,
-        framing,
-        kind,
-        ambiguous,
-    }))
+    let (framing, verdict) = match framing {
+        Ok(f) => (f, Ok(())),
+        Err(e) => (BodyFraming::None, Err(e)),
+    };
+    Ok(Some((
+        RequestHead {
+            head_len,
+            method: span(buf, method.as_bytes()),
+            target: span(buf, target.as_bytes()),
+            minor_version,
+            headers,
+            framing,
+            kind,
+            ambiguous,
+        },
+        verdict,
+    )))
 }
 
-/// Parse a response head at the start of `buf`. `Ok(None)`: incomplete.
+/// Parse a response head at the start of `buf`. `Ok(None)`: incomplete. The one response
+/// framing of the daemon: extraction (the primary's responses) and the replay client (the
+/// shadow's) both read responses through it.
 pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<ResponseHead>, HttpError> {
     let mut slots = header_slots();
     let n = max_slots(limits);
     let mut resp = httparse::Response::new(&mut []);
-    // Responses are never replayed, so be as lenient as real clients are.
+    // httparse's strict defaults: a byte stream the replay client would refuse is not one that
+    // extraction should guess about either.
     let status = httparse::ParserConfig::default()
-        .allow_spaces_after_header_name_in_responses(true)
-        .allow_obsolete_multiline_headers_in_responses(true)
-        .allow_multiple_spaces_in_response_status_delimiters(true)
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots[..n])
         .map_err(|e| map_httparse(e, limits))?;
     let head_len = match status {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
             if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    limit: limits.max_header_bytes,
-                });
+                return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
             }
             return Ok(None);
         }
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadTooLarge {
-            limit: limits.max_header_bytes,
-        });
+        return Err(HttpError::HeadTooLarge { limit: limits.max_header_bytes });
     }
     let (Some(status), Some(minor_version)) = (resp.code, resp.version) else {
         return Err(HttpError::Malformed(httparse::Error::Status));
     };
+    if !(100..=599).contains(&status) {
+        return Err(HttpError::BadStatus);
+    }
     let mut fields = FramingFields::default();
     for h in resp.headers.iter() {
         fields.observe(h.name.as_bytes(), h.value)?;
     }
     // RFC 9112 §6.3 for responses: status codes without a body first, then Transfer-Encoding
-    // (chunked last, else until close), then Content-Length, else until close.
+    // (chunked last, else until close), then Content-Length, else until close. A chunked coding
+    // anywhere but once at the end is refused: there is no reading of it both ends agree on.
+    let chunked_ok = fields.te_last_chunked && fields.te_chunked_count == 1;
+    if fields.te_present && fields.te_chunked_count > 0 && !chunked_ok {
+        return Err(HttpError::BadTransferEncoding);
+    }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         BodyFraming::None
     } else if fields.te_present {
-        if fields.te_last_chunked {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::UntilClose
-        }
+        if chunked_ok { BodyFraming::Chunked } else { BodyFraming::UntilClose }
     } else {
         match fields.content_length {
             Some(0) => BodyFraming::None,
@@ -318,12 +404,9 @@ pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<Respons
             None => BodyFraming::UntilClose,
         }
     };
-    Ok(Some(ResponseHead {
-        head_len,
-        status,
-        minor_version,
-        framing,
-    }))
+    let ambiguous = fields.te_present && fields.content_length.is_some();
+    let keep_alive = persistent(minor_version, fields.connection.close, fields.connection.keep_alive) && !ambiguous;
+    Ok(Some(ResponseHead { head_len, status, minor_version, framing, keep_alive }))
 }
 
 /// The header fields that decide framing, gathered in one pass.
@@ -334,18 +417,12 @@ struct FramingFields {
     te_last_chunked: bool,
     te_chunked_count: u32,
     upgrade: bool,
-    connection_upgrade: bool,
+    connection: ConnectionTokens,
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
     v.get(start..end).unwrap_or_default()
 }
 
@@ -376,25 +453,23 @@ impl FramingFields {
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.upgrade = !trim_ows(value).is_empty();
         } else if name.eq_ignore_ascii_case(b"connection") {
-            self.connection_upgrade |= value
-                .split(|&b| b == b',')
-                .any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"));
+            self.connection.observe(value);
         }
         Ok(())
     }
 }
 
-/// `1*DIGIT` as a u64, refusing signs, spaces and overflow.
+/// Most digits of a Content-Length: those of u64::MAX. Longer runs (leading zeros) are refused,
+/// as the replay client's reader always did; what overflows is refused by the arithmetic.
+const MAX_LENGTH_DIGITS: usize = 20;
+
+/// `1*DIGIT` as a u64, refusing signs, spaces, overflow and more than 20 digits.
 fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() {
+    if v.is_empty() || v.len() > MAX_LENGTH_DIGITS {
         return None;
     }
     v.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
+        if b.is_ascii_digit() { acc.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None }
     })
 }
 
@@ -415,63 +490,24 @@ mod tests {
         use BodyFraming::*;
         let cases: &[(&str, Result<BodyFraming, HttpError>)] = &[
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(None)),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", Ok(ContentLength(5))),
             ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Ok(None)),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-                Ok(ContentLength(5)),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", Ok(ContentLength(5))),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Ok(ContentLength(5))),
             (
                 "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
                 Err(HttpError::ConflictingContentLength),
             ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-                Err(HttpError::BadContentLength),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Ok(Chunked),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                Err(HttpError::BadTransferEncoding),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-                Err(HttpError::BadTransferEncoding),
-            ),
-            (
-                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Err(HttpError::TransferEncodingHttp10),
-            ),
-            (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                Ok(Chunked),
-            ),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", Err(HttpError::BadContentLength)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Chunked)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Err(HttpError::BadTransferEncoding)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Err(HttpError::BadTransferEncoding)),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Err(HttpError::TransferEncodingHttp10)),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Ok(Chunked)),
         ];
         for (input, want) in cases {
             let got = req(input).map(|h| h.expect("complete").framing);
@@ -493,11 +529,7 @@ mod tests {
         assert_eq!(&s[h.target.clone()], "/a?b=c");
         assert_eq!(h.minor_version, 0);
         assert_eq!(h.head_len, s.len() - 4);
-        let hs: Vec<_> = h
-            .headers
-            .iter()
-            .map(|x| (&s[x.name.clone()], &s[x.value.clone()]))
-            .collect();
+        let hs: Vec<_> = h.headers.iter().map(|x| (&s[x.name.clone()], &s[x.value.clone()])).collect();
         assert_eq!(hs, [("X-One", "v1"), ("x-two", "v2")]);
     }
 
@@ -511,38 +543,19 @@ mod tests {
             RequestKind::Upgrade
         );
         // Upgrade without the Connection token is ignored by servers, so it is a plain request.
-        assert_eq!(
-            k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
-            RequestKind::Normal
-        );
+        assert_eq!(k("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"), RequestKind::Normal);
     }
 
     #[test]
     fn limits_on_head_size_and_header_count() {
-        let l = Limits {
-            max_header_bytes: 64,
-            max_headers: 2,
-            max_body_bytes: 10,
-        };
+        let l = Limits { max_header_bytes: 64, max_headers: 2, max_body_bytes: 10 };
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
-        assert_eq!(
-            parse_request_head(long.as_bytes(), &l),
-            Err(HttpError::HeadTooLarge { limit: 64 })
-        );
+        assert_eq!(parse_request_head(long.as_bytes(), &l), Err(HttpError::HeadTooLarge { limit: 64 }));
         let partial = format!("GET /{}", "a".repeat(100));
-        assert_eq!(
-            parse_request_head(partial.as_bytes(), &l),
-            Err(HttpError::HeadTooLarge { limit: 64 })
-        );
+        assert_eq!(parse_request_head(partial.as_bytes(), &l), Err(HttpError::HeadTooLarge { limit: 64 }));
         let many = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
-        assert_eq!(
-            parse_request_head(many.as_bytes(), &l),
-            Err(HttpError::TooManyHeaders { limit: 2 })
-        );
-        assert_eq!(
-            parse_request_head(b"GET / HTTP/1.1\r\na: 1\r\n", &l),
-            Ok(None)
-        );
+        assert_eq!(parse_request_head(many.as_bytes(), &l), Err(HttpError::TooManyHeaders { limit: 2 }));
+        assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\na: 1\r\n", &l), Ok(None));
     }
 
     #[test]
@@ -561,56 +574,82 @@ mod tests {
     fn response_framing_table() {
         use BodyFraming::*;
         let cases: &[(&str, u16, BodyFraming)] = &[
-            (
-                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
-                200,
-                ContentLength(12),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n",
-                200,
-                Chunked,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                200,
-                UntilClose,
-            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", 200, ContentLength(12)),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n", 200, Chunked),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 200, UntilClose),
             ("HTTP/1.0 200 OK\r\n\r\n", 200, UntilClose),
-            (
-                "HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n",
-                204,
-                None,
-            ),
-            (
-                "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n",
-                304,
-                None,
-            ),
+            ("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n", 204, None),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n", 304, None),
             ("HTTP/1.1 100 Continue\r\n\r\n", 100, None),
             ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, None),
-            (
-                "HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n",
-                404,
-                ContentLength(3),
-            ),
+            ("HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n", 404, ContentLength(3)),
         ];
         for (s, status, framing) in cases {
             let h = parse_response_head(s.as_bytes(), &lim()).unwrap().unwrap();
-            assert_eq!(
-                (h.status, h.framing, h.head_len),
-                (*status, *framing, s.len()),
-                "{s:?}"
-            );
+            assert_eq!((h.status, h.framing, h.head_len), (*status, *framing, s.len()), "{s:?}");
         }
+    }
+
+    fn resp(s: &str) -> Result<Option<ResponseHead>, HttpError> {
+        parse_response_head(s.as_bytes(), &lim())
+    }
+
+    #[test]
+    fn response_keep_alive_and_reuse() {
+        let h = |s: &str| resp(s).unwrap().unwrap();
+        assert!(!h("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!h("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(h("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(h("HTTP/1.1 200 OK\r\nConnection: upgrade, x\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        let te_cl = h("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((te_cl.framing, te_cl.keep_alive), (BodyFraming::Chunked, false));
+        let bare = h("HTTP/1.1 200 OK\r\n\r\n");
+        assert!(bare.keep_alive && !bare.reusable_after(RequestKind::Normal), "until close");
+        assert!(bare.reusable_after(RequestKind::Head), "no body after HEAD");
+        assert_eq!(bare.framing_for(RequestKind::Head), BodyFraming::None);
+        let up = h("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(!up.is_interim() && !up.reusable_after(RequestKind::Upgrade));
+        assert!(h("HTTP/1.1 103 Early Hints\r\n\r\n").is_interim());
+        let tunnel = h("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(tunnel.framing_for(RequestKind::Connect), BodyFraming::None);
+        assert!(!tunnel.reusable_after(RequestKind::Connect));
+        assert!(keeps_alive(1, [(&b"Host"[..], &b"a"[..])]));
+        assert!(!keeps_alive(1, [(&b"connection"[..], &b"x, CLOSE"[..])]));
+        assert!(!keeps_alive(0, []));
+        assert!(keeps_alive(0, [(&b"Connection"[..], &b"Keep-Alive"[..])]));
+    }
+
+    #[test]
+    fn bad_response_heads() {
+        assert_eq!(resp("HTTP/1.1 700 Odd\r\n\r\n"), Err(HttpError::BadStatus));
+        assert_eq!(resp("HTTP/1.1 099 Low\r\n\r\n"), Err(HttpError::BadStatus));
+        for te in ["chunked, chunked", "chunked, gzip", "chunked\r\nTransfer-Encoding: chunked"] {
+            let s = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(resp(&s), Err(HttpError::BadTransferEncoding), "{te}");
+        }
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(HttpError::ConflictingContentLength)
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 000000000000000000001\r\n\r\n"),
+            Err(HttpError::BadContentLength)
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 00000000000000000001\r\n\r\n").map(|h| h.unwrap().framing),
+            Ok(BodyFraming::ContentLength(1))
+        );
+        assert!(matches!(resp("HTTP/1.1  200 OK\r\n\r\n"), Err(HttpError::Malformed(_))), "strict status line");
+        let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(resp(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")), Err(HttpError::TooManyHeaders { limit: 100 }));
+        let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(64 * 1024 + 1));
+        assert_eq!(resp(&huge), Err(HttpError::HeadTooLarge { limit: 64 * 1024 }));
+        assert_eq!(resp("HTTP/1.1 200 OK\r\nContent-Le"), Ok(None));
     }
 
     #[test]
     fn preface_detection() {
-        assert_eq!(
-            unsupported_preface(b"\x16\x03\x01\x02\x00"),
-            Preface::Unsupported(HttpError::Tls)
-        );
+        assert_eq!(unsupported_preface(b"\x16\x03\x01\x02\x00"), Preface::Unsupported(HttpError::Tls));
         assert_eq!(
             unsupported_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Preface::Unsupported(HttpError::Http2Preface)
@@ -635,14 +674,8 @@ mod tests {
     fn message_start_heuristics() {
         assert!(looks_like_request_line(b"GET / HTTP/1.1\r\nHost: a"));
         assert!(looks_like_request_line(b"PROPFIND /x HTTP/1.0\n"));
-        assert!(
-            !looks_like_request_line(b"GET / HTTP/1.1"),
-            "the line must be whole"
-        );
-        assert!(
-            !looks_like_request_line(b"IND /x HTTP/1.1\r\n"),
-            "not a method: a cut one"
-        );
+        assert!(!looks_like_request_line(b"GET / HTTP/1.1"), "the line must be whole");
+        assert!(!looks_like_request_line(b"IND /x HTTP/1.1\r\n"), "not a method: a cut one");
         assert!(!looks_like_request_line(b"get / HTTP/1.1\r\n"));
         assert!(!looks_like_request_line(b"GET  / HTTP/1.1\r\n"));
         assert!(!looks_like_request_line(b"GET / HTTP/2\r\n"));

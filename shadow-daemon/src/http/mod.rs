@@ -9,20 +9,26 @@
 mod body;
 mod head;
 mod pairing;
+mod path;
 mod request;
 mod response;
+#[cfg(any(test, feature = "test-util"))]
+mod test_util;
 
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "test-util"))]
+pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
     body::{BodyDecoder, ChunkedDecoder},
     head::{
-        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, looks_like_request_line,
-        looks_like_response_line, parse_request_head, parse_response_head, unsupported_preface,
+        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_request_line,
+        looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
     pairing::{PairOutcome, Pending, PendingQueue},
+    path::{PathPattern, normalize_path, request_path},
     request::RequestAssembler,
     response::ResponseAssembler,
 };
@@ -53,11 +59,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_body_bytes: 10 * 1024 * 1024,
-        }
+        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024 }
     }
 }
 
@@ -162,8 +164,10 @@ pub enum HttpError {
     BadContentLength,
     #[error("parse Content-Length: conflicting values")]
     ConflictingContentLength,
-    #[error("parse Transfer-Encoding: request codings do not end with a single chunked")]
+    #[error("parse Transfer-Encoding: chunked is not the single, final coding")]
     BadTransferEncoding,
+    #[error("parse status line: status code outside 100-599")]
+    BadStatus,
     #[error("parse Transfer-Encoding: not allowed in HTTP/1.0")]
     TransferEncodingHttp10,
     #[error("frame request body: both Transfer-Encoding and Content-Length (smuggling risk)")]
@@ -187,9 +191,9 @@ pub enum HttpError {
 impl HttpError {
     pub const fn reason(&self) -> DropReason {
         match self {
-            Self::HeadTooLarge { .. }
-            | Self::TooManyHeaders { .. }
-            | Self::TrailersTooLarge { .. } => DropReason::OversizeHeaders,
+            Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } | Self::TrailersTooLarge { .. } => {
+                DropReason::OversizeHeaders
+            }
             Self::BodyTooLarge { .. } => DropReason::OversizeBody,
             Self::Http2Preface | Self::Tls => DropReason::UnsupportedProtocol,
             Self::Malformed(httparse::Error::TooManyHeaders) => DropReason::OversizeHeaders,
@@ -197,6 +201,7 @@ impl HttpError {
             | Self::BadContentLength
             | Self::ConflictingContentLength
             | Self::BadTransferEncoding
+            | Self::BadStatus
             | Self::TransferEncodingHttp10
             | Self::AmbiguousFraming
             | Self::BadChunkSize
@@ -306,10 +311,7 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
             let s = r.as_str();
-            assert!(
-                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{s}"
-            );
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
             for o in &DropReason::ALL[i + 1..] {
                 assert_ne!(s, o.as_str());
             }
@@ -326,19 +328,10 @@ mod tests {
 
     #[test]
     fn every_error_has_a_reason() {
-        assert_eq!(
-            HttpError::HeadTooLarge { limit: 1 }.reason(),
-            DropReason::OversizeHeaders
-        );
-        assert_eq!(
-            HttpError::Malformed(httparse::Error::TooManyHeaders).reason(),
-            DropReason::OversizeHeaders
-        );
+        assert_eq!(HttpError::HeadTooLarge { limit: 1 }.reason(), DropReason::OversizeHeaders);
+        assert_eq!(HttpError::Malformed(httparse::Error::TooManyHeaders).reason(), DropReason::OversizeHeaders);
         assert_eq!(HttpError::Tls.reason(), DropReason::UnsupportedProtocol);
-        assert_eq!(
-            HttpError::BodyTooLarge { limit: 1 }.reason(),
-            DropReason::OversizeBody
-        );
+        assert_eq!(HttpError::BodyTooLarge { limit: 1 }.reason(), DropReason::OversizeBody);
         assert_eq!(HttpError::AmbiguousFraming.reason(), DropReason::ParseError);
     }
 }

@@ -127,27 +127,16 @@ impl PendingQueue {
                 // request: the response answers something we never captured.
                 return (PairOutcome::Unpaired, 0);
             }
-            return (
-                self.pop_front()
-                    .map_or(PairOutcome::Unpaired, PairOutcome::Paired),
-                0,
-            );
+            return (self.pop_front().map_or(PairOutcome::Unpaired, PairOutcome::Paired), 0);
         }
-        let Some(i) = self
-            .iter()
-            .position(|p| p.client_ack == s && seq_le(p.req_end, a))
-        else {
+        let Some(i) = self.iter().position(|p| p.client_ack == s && seq_le(p.req_end, a)) else {
             return (PairOutcome::Unpaired, 0);
         };
         let mut passed = 0;
         for _ in 0..i {
             passed += self.pop_front().map_or(0, |o| u64::from(o.emitted()));
         }
-        (
-            self.pop_front()
-                .map_or(PairOutcome::Unpaired, PairOutcome::Paired),
-            passed,
-        )
+        (self.pop_front().map_or(PairOutcome::Unpaired, PairOutcome::Paired), passed)
     }
 }
 
@@ -156,14 +145,7 @@ mod tests {
     use super::*;
 
     fn p(id: u64, req_end: u32, client_ack: u32, after_skip: bool) -> Pending {
-        Pending {
-            id,
-            kind: RequestKind::Normal,
-            req_end,
-            client_ack,
-            last_ts_ns: id,
-            after_skip,
-        }
+        Pending { id, kind: RequestKind::Normal, req_end, client_ack, last_ts_ns: id, after_skip }
     }
 
     fn paired_id(o: (PairOutcome, u64)) -> Option<u64> {
@@ -180,11 +162,7 @@ mod tests {
         q.push(p(1, 100, 5000, false));
         q.push(p(2, 200, 5000, false));
         q.push(p(3, 300, 5000, false));
-        assert_eq!(
-            paired_id(q.pair(5000, 300, false)),
-            Some(1),
-            "first response: oldest exact match"
-        );
+        assert_eq!(paired_id(q.pair(5000, 300, false)), Some(1), "first response: oldest exact match");
         assert_eq!(paired_id(q.pair(5100, 300, true)), Some(2));
         assert_eq!(paired_id(q.pair(5200, 300, true)), Some(3));
         assert_eq!(q.pair(5300, 300, true).0, PairOutcome::Unpaired);
@@ -239,20 +217,11 @@ mod tests {
         let mut q = PendingQueue::default();
         let mut lost = 0;
         for i in 0..(MAX_PENDING as u64 + 3) {
-            lost += q.push(p(
-                i + 1,
-                (u32::MAX - 10).wrapping_add(i as u32),
-                u32::MAX - 2,
-                false,
-            ));
+            lost += q.push(p(i + 1, (u32::MAX - 10).wrapping_add(i as u32), u32::MAX - 2, false));
         }
         assert_eq!(lost, 3);
         assert_eq!(q.len(), MAX_PENDING);
-        assert_eq!(
-            paired_id(q.pair(5, 40, true)),
-            Some(4),
-            "ack and seq compare across the wrap"
-        );
+        assert_eq!(paired_id(q.pair(5, 40, true)), Some(4), "ack and seq compare across the wrap");
         assert_eq!(q.clear(), MAX_PENDING as u64 - 1);
     }
 }

@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, Pending, Piece, Preface, RequestHead,
-    RequestKind, find_head_end, looks_like_request_line, parse_request_head, unsupported_preface,
+    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, Pending, Piece, Preface, RequestHead, RequestKind,
+    find_head_end, looks_like_request_line, parse_request_head, unsupported_preface,
 };
 use crate::message::{BodyFraming, CapturedRequest};
 
@@ -112,9 +112,7 @@ impl RequestAssembler {
         self.buf.capacity()
             + self.progress.as_ref().map_or(0, |p| {
                 size_of::<Progress>()
-                    + p.head.as_ref().map_or(0, |h| {
-                        h.headers.capacity() * size_of::<crate::message::HeaderSpan>()
-                    })
+                    + p.head.as_ref().map_or(0, |h| h.headers.capacity() * size_of::<crate::message::HeaderSpan>())
             })
     }
 
@@ -168,13 +166,9 @@ impl RequestAssembler {
             // A known remaining length lets the buffer grow once instead of doubling, but only
             // up to a bounded look-ahead: a Content-Length alone never allocates.
             let ahead = match self.progress.as_deref() {
-                Some(Progress {
-                    body: BodyDecoder::Length { remaining },
-                    head: Some(_),
-                    ..
-                }) => usize::try_from(*remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(RESERVE_AHEAD),
+                Some(Progress { body: BodyDecoder::Length { remaining }, head: Some(_), .. }) => {
+                    usize::try_from(*remaining).unwrap_or(usize::MAX).min(RESERVE_AHEAD)
+                }
                 _ => 0,
             };
             self.buf.reserve(rest.len() + ahead);
@@ -234,12 +228,7 @@ impl RequestAssembler {
         }
         let Some(end) = find_head_end(&self.buf, self.scan_from as usize) else {
             if self.buf.len() > limits.max_header_bytes {
-                return self.fail(
-                    HttpError::HeadTooLarge {
-                        limit: limits.max_header_bytes,
-                    },
-                    cx,
-                );
+                return self.fail(HttpError::HeadTooLarge { limit: limits.max_header_bytes }, cx);
             }
             self.scan_from = self.buf.len().saturating_sub(3) as u32;
             *copied = i + take;
@@ -273,11 +262,7 @@ impl RequestAssembler {
             RequestKind::Upgrade | RequestKind::Connect => {
                 // Replaying a protocol switch or a tunnel to the shadow makes no sense, and the
                 // bytes that follow are not HTTP/1.x: stop extracting from this stream.
-                let reason = if head.kind == RequestKind::Upgrade {
-                    DropReason::Upgrade
-                } else {
-                    DropReason::Connect
-                };
+                let reason = if head.kind == RequestKind::Upgrade { DropReason::Upgrade } else { DropReason::Connect };
                 cx.requests.drop_started(reason);
                 self.push_pending(Pending::DROPPED, head.kind, piece, body_at, cx);
                 self.reset(State::Closed(reason));
@@ -285,14 +270,9 @@ impl RequestAssembler {
             }
             RequestKind::Normal | RequestKind::Head => {}
         }
-        let too_big =
-            matches!(head.framing, BodyFraming::ContentLength(n) if n > limits.max_body_bytes);
+        let too_big = matches!(head.framing, BodyFraming::ContentLength(n) if n > limits.max_body_bytes);
         if head.ambiguous || too_big {
-            let reason = if too_big {
-                DropReason::OversizeBody
-            } else {
-                DropReason::ParseError
-            };
+            let reason = if too_big { DropReason::OversizeBody } else { DropReason::ParseError };
             cx.requests.drop_started(reason);
             self.buf = BytesMut::new();
             self.state = State::Discard;
@@ -319,13 +299,8 @@ impl RequestAssembler {
             return Step::At(end);
         }
         self.state = State::Body;
-        self.progress = Some(Box::new(Progress {
-            kind: head.kind,
-            head: Some(head),
-            body,
-            body_wire: n as u64,
-            tombstone: false,
-        }));
+        self.progress =
+            Some(Box::new(Progress { kind: head.kind, head: Some(head), body, body_wire: n as u64, tombstone: false }));
         self.settle(piece, end, done, copied, cx)
     }
 
@@ -342,14 +317,7 @@ impl RequestAssembler {
     }
 
     /// Body bytes up to `data[end]` are framed: apply the cap, and finish the request if `done`.
-    fn settle(
-        &mut self,
-        piece: &Piece,
-        end: usize,
-        done: bool,
-        copied: &mut usize,
-        cx: &mut Cx<'_>,
-    ) -> Step {
+    fn settle(&mut self, piece: &Piece, end: usize, done: bool, copied: &mut usize, cx: &mut Cx<'_>) -> Step {
         let Some(progress) = self.progress.as_mut() else {
             return self.fail(HttpError::Malformed(httparse::Error::Token), cx);
         };
@@ -372,9 +340,7 @@ impl RequestAssembler {
         let head = progress.head.take();
         self.progress = None;
         match head {
-            Some(head) if self.state == State::Body => {
-                self.emit(head, kind, piece, *copied, end, cx)
-            }
+            Some(head) if self.state == State::Body => self.emit(head, kind, piece, *copied, end, cx),
             _ => {
                 if tombstone {
                     self.push_pending(Pending::DROPPED, kind, piece, end, cx);
@@ -426,14 +392,7 @@ impl RequestAssembler {
         self.reset(State::Boundary);
     }
 
-    fn push_pending(
-        &mut self,
-        id: u64,
-        kind: RequestKind,
-        piece: &Piece,
-        end: usize,
-        cx: &mut Cx<'_>,
-    ) {
+    fn push_pending(&mut self, id: u64, kind: RequestKind, piece: &Piece, end: usize, cx: &mut Cx<'_>) {
         let p = Pending {
             id,
             kind,
@@ -462,11 +421,8 @@ impl RequestAssembler {
             cx.requests.drop_started(reason);
         }
         // Neither HTTP/2 nor TLS will turn back into HTTP/1.x on this connection.
-        let next = if reason == DropReason::UnsupportedProtocol {
-            State::Closed(reason)
-        } else {
-            State::Unsynced(reason)
-        };
+        let next =
+            if reason == DropReason::UnsupportedProtocol { State::Closed(reason) } else { State::Unsynced(reason) };
         self.reset(next);
         Step::Stop
     }
@@ -504,9 +460,7 @@ impl RequestAssembler {
         match self.state {
             State::Closed(reason) => return reason,
             State::Head | State::Body => cx.requests.drop_started(r),
-            State::Boundary | State::Unsynced(_) if request_start => {
-                cx.requests.seen_and_dropped(r)
-            }
+            State::Boundary | State::Unsynced(_) if request_start => cx.requests.seen_and_dropped(r),
             State::Boundary | State::Unsynced(_) | State::Discard => {}
         }
         self.reset(State::Unsynced(r));

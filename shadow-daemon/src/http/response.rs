@@ -4,8 +4,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, PairOutcome, Piece, RequestKind,
-    ResponseHead, find_head_end, looks_like_response_line, parse_response_head,
+    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, PairOutcome, Piece, RequestKind, ResponseHead,
+    find_head_end, looks_like_response_line, parse_response_head,
 };
 use crate::message::{BodyFraming, CapturedResponse};
 
@@ -100,11 +100,7 @@ impl ResponseAssembler {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity()
-            + self
-                .progress
-                .as_ref()
-                .map_or(0, |p| size_of::<Progress>() + p.head.len())
+        self.buf.capacity() + self.progress.as_ref().map_or(0, |p| size_of::<Progress>() + p.head.len())
     }
 
     pub fn take_unpaired_ack(&mut self) -> Option<u32> {
@@ -135,8 +131,7 @@ impl ResponseAssembler {
         while i < data.len() {
             let step = match self.state {
                 State::Boundary => {
-                    let Some(skip) = data[i..].iter().position(|b| !matches!(b, b'\r' | b'\n'))
-                    else {
+                    let Some(skip) = data[i..].iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
                         break;
                     };
                     i += skip;
@@ -183,12 +178,7 @@ impl ResponseAssembler {
         self.buf.extend_from_slice(&data[i..i + take]);
         let Some(end) = find_head_end(&self.buf, self.scan_from as usize) else {
             if self.buf.len() > limits.max_header_bytes {
-                return self.fail(
-                    HttpError::HeadTooLarge {
-                        limit: limits.max_header_bytes,
-                    },
-                    cx,
-                );
+                return self.fail(HttpError::HeadTooLarge { limit: limits.max_header_bytes }, cx);
             }
             self.scan_from = self.buf.len().saturating_sub(3) as u32;
             return Step::At(i + take);
@@ -217,7 +207,7 @@ impl ResponseAssembler {
         cx: &mut Cx<'_>,
     ) -> Step {
         self.buf = BytesMut::new();
-        if (100..200).contains(&head.status) && head.status != 101 {
+        if head.is_interim() {
             // Interim (100 Continue, 103 Early Hints): not a response to pair or count; the
             // final response follows.
             cx.responses.seen = cx.responses.seen.saturating_sub(1);
@@ -225,9 +215,7 @@ impl ResponseAssembler {
             self.state = State::Boundary;
             return Step::At(body_at);
         }
-        let (outcome, passed) = cx
-            .pending
-            .pair(self.start_seq, self.start_ack, self.aligned);
+        let (outcome, passed) = cx.pending.pair(self.start_seq, self.start_ack, self.aligned);
         *cx.unanswered += passed;
         let (kind, emit) = match outcome {
             PairOutcome::Paired(p) => {
@@ -249,11 +237,8 @@ impl ResponseAssembler {
             self.declined_upgrade = true;
         }
         if let Some(reason) = tunnel {
-            let reason = if emit.is_some() || kind != RequestKind::Normal {
-                reason
-            } else {
-                DropReason::UnpairedResponse
-            };
+            let reason =
+                if emit.is_some() || kind != RequestKind::Normal { reason } else { DropReason::UnpairedResponse };
             cx.responses.drop_started(reason);
             self.close_quiet(reason);
             return Step::Stop;
@@ -261,11 +246,7 @@ impl ResponseAssembler {
         if emit.is_none() {
             cx.responses.drop_started(DropReason::UnpairedResponse);
         }
-        let framing = if kind == RequestKind::Head {
-            BodyFraming::None
-        } else {
-            head.framing
-        };
+        let framing = head.framing_for(kind);
         self.progress = Some(Box::new(Progress {
             head: head_bytes,
             status: head.status,
@@ -383,12 +364,7 @@ impl ResponseAssembler {
 
     /// The server closed its side (FIN in order): an until-close body ends here.
     pub fn fin(&mut self, last_ts_ns: u64, cx: &mut Cx<'_>) {
-        if self.state == State::Body
-            && self
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.framing == BodyFraming::UntilClose)
-        {
+        if self.state == State::Body && self.progress.as_ref().is_some_and(|p| p.framing == BodyFraming::UntilClose) {
             self.finish(last_ts_ns, cx);
         }
         self.end(DropReason::Incomplete, cx);

@@ -35,7 +35,7 @@ pub(crate) fn endpoint_template_into(out: &mut String, method: &[u8], target: &[
     out.clear();
     push_safe(out, &method[..method.len().min(MAX_METHOD_LEN)]);
     out.push(' ');
-    let path = crate::replay::controls::request_path(target);
+    let path = crate::http::request_path(target);
     if path.first() != Some(&b'/') {
         // `*` (OPTIONS) or an authority (CONNECT): no segments to template.
         push_safe(out, &path[..path.len().min(MAX_ENDPOINT_LEN)]);
@@ -78,7 +78,10 @@ fn is_identifier(seg: &[u8]) -> bool {
 
 fn is_uuid(seg: &[u8]) -> bool {
     seg.len() == 36
-        && seg.iter().enumerate().all(|(i, &b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+        && seg
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 /// Endpoint names to ids, at most `max` of them besides [`OTHER`].

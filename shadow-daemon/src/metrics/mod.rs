@@ -1,25 +1,19 @@
 //! What the daemon counts and measures, for Prometheus (`/metrics`) and for the summary printed
-//! at exit.
+//! at exit. A sink: it knows no stage; stages call it with their own reasons as label values.
 //!
-//! Request accounting is a ledger: every request the extraction stage saw ends in exactly one
-//! outcome, so that at every scrape
-//!
-//! ```text
-//! shadow_requests_captured_total = shadow_requests_replayed_total
-//!     + sum(shadow_requests_dropped_total) + shadow_requests_in_flight
-//! ```
-//!
-//! The four values are kept under one lock and published from one snapshot; a request that is
-//! admitted carries a [`RequestTicket`] that settles it exactly once, and a ticket that is dropped
-//! unsettled (shutdown, an aborted task) settles as `shutdown`, so nothing leaves the ledger
-//! silently.
-//!
-//! Latency is recorded twice: Prometheus histograms (fixed buckets, aggregatable) and
-//! hdrhistograms (exact percentiles for the summary), both per endpoint with a bounded endpoint
-//! count.
+//! [`Metrics`] wires the registry; the parts live beside it: [`ledger`] (every request's one
+//! outcome, so that captured = replayed + dropped + in flight at every scrape), `latency`
+//! (Prometheus histograms and hdrhistograms per endpoint), `absolute` (totals counted elsewhere,
+//! such as the kernel's counters, published by a collector), [`summary`] (the exit summary),
+//! [`endpoint`] (endpoint names), `server` (the HTTP endpoint) and `text` (exposition formats).
 
+//!
+mod absolute;
 pub mod endpoint;
+mod latency;
+pub mod ledger;
 mod server;
+pub mod summary;
 mod text;
 
 use std::{
@@ -32,64 +26,18 @@ use std::{
     time::Duration,
 };
 
-use endpoint::EndpointNames;
+use absolute::{AbsoluteCollector, Absolutes};
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
+use latency::{Latency, Side};
+pub use ledger::{DropCounts, RequestCounts, RequestDrop, RequestTicket, reason};
+use ledger::{Ledger, LedgerCollector};
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::Histogram,
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
-use serde::{Deserialize, Serialize};
 pub use server::MetricsServer;
-use shadow_common::counter::NAMES as KERNEL_COUNTER_NAMES;
-
-/// Drop reasons of the replay stage (labels of `shadow_requests_dropped_total`). The extraction
-/// stage adds its own through [`Metrics::record_extraction_drop`].
-pub mod reason {
-    /// No rule with a shadow target covers the request's service port (capture-only rule).
-    pub const NO_TARGET: &str = "no_target";
-    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    /// Matched a deny pattern.
-    pub const PATH_DENIED: &str = "path_denied";
-    /// Allow patterns are configured and none matched.
-    pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const QUEUE_FULL: &str = "queue_full";
-    /// Sent, but the shadow failed (see `shadow_errors_total{kind}` for which way).
-    pub const SHADOW_ERROR: &str = "shadow_error";
-    /// The captured request's spans did not describe a well-formed head: not replayed rather
-    /// than repaired.
-    pub const INVALID_CAPTURE: &str = "invalid_capture";
-    /// Still queued or in flight when the daemon stopped.
-    pub const SHUTDOWN: &str = "shutdown";
-
-    pub const ALL: [&str; 10] = [
-        NO_TARGET,
-        METHOD_NOT_ALLOWED,
-        PATH_DENIED,
-        PATH_NOT_ALLOWED,
-        BODY_TOO_LARGE,
-        RATE_LIMITED,
-        QUEUE_FULL,
-        SHADOW_ERROR,
-        INVALID_CAPTURE,
-        SHUTDOWN,
-    ];
-}
-
-/// Prometheus histogram buckets for latencies, in seconds: sub-millisecond to the longest
-/// sensible request timeout.
-const LATENCY_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-/// hdrhistogram range in microseconds: 1 µs to 1 h (larger values are clamped).
-const HDR_HIGH_US: u64 = 3_600_000_000;
+pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -148,120 +96,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-#[derive(Clone, Debug, Default)]
-struct Ledger {
-    captured: u64,
-    replayed: u64,
-    in_flight: u64,
-    dropped: BTreeMap<&'static str, u64>,
-}
-
-impl Ledger {
-    fn drop_one(&mut self, reason: &'static str) {
-        *self.dropped.entry(reason).or_default() += 1;
-    }
-}
-
-/// One admitted request's place in the ledger; settle it with [`replayed`](Self::replayed) or
-/// [`dropped`](Self::dropped). Dropping it unsettled counts it as dropped for `shutdown`.
-#[derive(Debug)]
-#[must_use = "an unsettled ticket counts as dropped (shutdown)"]
-pub struct RequestTicket {
-    ledger: Arc<Mutex<Ledger>>,
-    settled: bool,
-}
-
-impl RequestTicket {
-    pub fn replayed(mut self) {
-        self.settled = true;
-        let mut l = lock(&self.ledger);
-        l.in_flight = l.in_flight.saturating_sub(1);
-        l.replayed += 1;
-    }
-
-    pub fn dropped(mut self, reason: &'static str) {
-        self.settled = true;
-        self.settle_dropped(reason);
-    }
-
-    fn settle_dropped(&self, reason: &'static str) {
-        let mut l = lock(&self.ledger);
-        l.in_flight = l.in_flight.saturating_sub(1);
-        l.drop_one(reason);
-    }
-}
-
-impl Drop for RequestTicket {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.settle_dropped(reason::SHUTDOWN);
-        }
-    }
-}
-
-/// The ledger as numbers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestCounts {
-    pub captured: u64,
-    pub replayed: u64,
-    pub in_flight: u64,
-    /// By reason; every known replay reason is present, zero or not.
-    pub dropped: BTreeMap<String, u64>,
-}
-
-impl RequestCounts {
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.values().sum()
-    }
-
-    /// `captured = replayed + dropped + in_flight`.
-    pub fn reconciles(&self) -> bool {
-        self.captured == self.replayed + self.dropped_total() + self.in_flight
-    }
-}
-
-/// Publishes the ledger from one snapshot, so the identity holds within every scrape.
-#[derive(Debug)]
-struct LedgerCollector(Arc<Mutex<Ledger>>);
-
-impl Collector for LedgerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snap = lock(&self.0).clone();
-        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
-        };
-        counter(
-            &mut encoder,
-            "shadow_requests_captured",
-            "HTTP requests seen by the extraction stage, whatever became of them.",
-            snap.captured,
-        )?;
-        counter(
-            &mut encoder,
-            "shadow_requests_replayed",
-            "Requests replayed to the shadow and answered with a complete response.",
-            snap.replayed,
-        )?;
-        let mut family = encoder.encode_descriptor(
-            "shadow_requests_dropped",
-            "Requests not replayed (or replayed without a usable response), by reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, v) in &snap.dropped {
-            ConstCounter::new(*v).encode(family.encode_family(&[("reason", *reason)])?)?;
-        }
-        let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
-        g.encode(encoder.encode_descriptor(
-            "shadow_requests_in_flight",
-            "Requests admitted for replay and not settled yet (queued or being replayed).",
-            None,
-            g.metric_type(),
-        )?)
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     class: &'static str,
@@ -273,82 +107,8 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SideLabels {
-    side: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LatencyLabels {
-    side: &'static str,
-    endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ExtractionLabels {
-    reason: &'static str,
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Primary,
-    Shadow,
-}
-
-impl Side {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::Primary => "primary",
-            Self::Shadow => "shadow",
-        }
-    }
-}
-
-type Hdr<T> = hdrhistogram::Histogram<T>;
-
-fn hdr<T: hdrhistogram::Counter>(sigfig: u8) -> Hdr<T> {
-    Hdr::new_with_bounds(1, HDR_HIGH_US, sigfig).unwrap_or_else(|_| unreachable!("constant bounds are valid"))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Per-endpoint latency. Allocated on first use: most of the endpoint cap is usually unused, and
-/// an endpoint seen only on one side costs nothing for the other.
-#[derive(Default)]
-struct EndpointLatency {
-    primary: Option<(Box<Hdr<u32>>, Histogram)>,
-    shadow: Option<(Box<Hdr<u32>>, Histogram)>,
-}
-
-/// Endpoint names and every latency distribution, under one lock: recording a response takes it
-/// once.
-struct Endpoints {
-    names: EndpointNames,
-    latency: Vec<EndpointLatency>,
-    overall: Overall,
-    /// Reused to build endpoint names, so a known endpoint is found without allocating.
-    scratch: String,
-}
-
-/// Overall latency for the summary: 3 significant digits, as there are only four of them.
-struct Overall {
-    primary_first_byte: Hdr<u64>,
-    primary_complete: Hdr<u64>,
-    shadow_first_byte: Hdr<u64>,
-    shadow_complete: Hdr<u64>,
 }
 
 /// Counters the replay engine updates per connection.
@@ -371,17 +131,11 @@ pub struct Metrics {
     errors: Family<KindLabels, Counter>,
     /// The `errors` counters in `ShadowErrorKind::ALL` order, looked up once.
     error_counters: [Counter; 5],
-    response_latency: HistogramFamily<LatencyLabels>,
-    first_byte: [Histogram; 2],
-    endpoints: Mutex<Endpoints>,
-    endpoints_tracked: Gauge,
-    endpoint_overflow: Counter,
+    latency: Latency,
     primary_unmatched: Counter,
-    kernel: Vec<(&'static str, Counter)>,
-    ring_buffer_dropped: Counter,
+    absolutes: Arc<Mutex<Absolutes>>,
     flows: Gauge,
     buffered_bytes: Gauge,
-    extraction: Family<ExtractionLabels, Counter>,
     pub(crate) connections: ConnectionMetrics,
     ready: AtomicBool,
     ready_gauge: Gauge,
@@ -390,25 +144,6 @@ pub struct Metrics {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").field("requests", &self.requests()).finish_non_exhaustive()
-    }
-}
-
-fn kernel_help(name: &str) -> &'static str {
-    match name {
-        "packets_seen" => "Packets the eBPF programs ran on",
-        "service_port_segments" => "TCP segments to or from a service port",
-        "requests_sampled" => "Requests the kernel sampled for capture",
-        "requests_skipped" => "Requests the kernel did not sample",
-        "segments_emitted" => "Segments copied into the ring buffer",
-        "bytes_emitted" => "Payload bytes copied into the ring buffer",
-        "ringbuf_full" => "Segments lost because the ring buffer was full",
-        "copy_failed" => "Segments lost because the payload copy failed",
-        "truncated" => "Segments too large to copy, emitted header-only",
-        "unsupported_ipv6_ext" => "IPv6 packets with extension headers that are not walked",
-        "segments_not_sampled" => "Service-port segments not emitted because their request was not sampled",
-        "ipv4_fragments" => "IPv4 fragments on a service port, not captured",
-        "request_start_retransmits" => "Retransmitted request-start segments that kept their request's decision",
-        _ => "eBPF program counter, summed over CPUs",
     }
 }
 
@@ -422,46 +157,18 @@ impl Metrics {
     /// `max_endpoints`: distinct endpoints with their own latency series; the rest are `other`.
     pub fn new(max_endpoints: usize) -> Self {
         let mut registry = Registry::default();
-        let ledger = Arc::new(Mutex::new(Ledger { dropped: reason::ALL.iter().map(|r| (*r, 0)).collect(), ..Ledger::default() }));
+        let ledger = Ledger::shared();
         registry.register_collector(Box::new(LedgerCollector(ledger.clone())));
 
         let responses = Family::<ClassLabels, Counter>::default();
         let response_counters = STATUS_CLASSES.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
         registry.register("shadow_responses", "Complete responses from the shadow, by status class", responses.clone());
         let errors = Family::<KindLabels, Counter>::default();
-        let error_counters = ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
+        let error_counters =
+            ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
         registry.register("shadow_errors", "Replays that failed, by kind", errors.clone());
 
-        let response_latency: HistogramFamily<LatencyLabels> = Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
-            "shadow_response_latency",
-            "Request to complete response, per endpoint: for the primary from the captured request's last byte to the \
-             response's last byte, for the shadow from the request written to the response read",
-            Unit::Seconds,
-            response_latency.clone(),
-        );
-        let first_byte_family: HistogramFamily<SideLabels> = Family::new_with_constructor(latency_histogram);
-        let first_byte =
-            [Side::Primary, Side::Shadow].map(|s| first_byte_family.get_or_create(&SideLabels { side: s.as_str() }).clone());
-        registry.register_with_unit(
-            "shadow_first_byte_latency",
-            "Request to the response head (shadow) or to the first response byte (primary)",
-            Unit::Seconds,
-            first_byte_family,
-        );
-
-        let endpoints_tracked = Gauge::default();
-        registry.register(
-            "shadow_endpoints",
-            "Endpoints with their own latency series (the cap excludes `other`)",
-            endpoints_tracked.clone(),
-        );
-        let endpoint_overflow = Counter::default();
-        registry.register(
-            "shadow_endpoint_overflow",
-            "Requests counted under endpoint `other` because the endpoint cap was reached",
-            endpoint_overflow.clone(),
-        );
+        let latency = Latency::register(&mut registry, max_endpoints);
         let primary_unmatched = Counter::default();
         registry.register(
             "shadow_primary_responses_unmatched",
@@ -469,16 +176,8 @@ impl Metrics {
             primary_unmatched.clone(),
         );
 
-        let kernel: Vec<(&'static str, Counter)> = KERNEL_COUNTER_NAMES.iter().map(|n| (*n, Counter::default())).collect();
-        for (name, c) in &kernel {
-            registry.register(format!("shadow_kernel_{name}"), kernel_help(name), c.clone());
-        }
-        let ring_buffer_dropped = Counter::default();
-        registry.register(
-            "shadow_ring_buffer_dropped_records",
-            "Records lost between the kernel and the daemon",
-            ring_buffer_dropped.clone(),
-        );
+        let absolutes = Absolutes::shared();
+        registry.register_collector(Box::new(AbsoluteCollector(absolutes.clone())));
         let flows = Gauge::default();
         registry.register("shadow_flows", "Connections tracked by reassembly", flows.clone());
         let buffered_bytes = Gauge::default();
@@ -488,15 +187,12 @@ impl Metrics {
             Unit::Bytes,
             buffered_bytes.clone(),
         );
-        let extraction = Family::<ExtractionLabels, Counter>::default();
-        registry.register(
-            "shadow_extraction_events",
-            "Stream and message events of the extraction stage, by reason and direction",
-            extraction.clone(),
-        );
-
         let connections = ConnectionMetrics::default();
-        registry.register("shadow_replay_connections_opened", "Connections opened to shadow targets", connections.opened.clone());
+        registry.register(
+            "shadow_replay_connections_opened",
+            "Connections opened to shadow targets",
+            connections.opened.clone(),
+        );
         registry.register(
             "shadow_replay_connection_reuses",
             "Requests sent on a kept-alive connection",
@@ -507,7 +203,11 @@ impl Metrics {
             "Requests sent again on a new connection after a kept-alive one turned out closed",
             connections.retries.clone(),
         );
-        registry.register("shadow_replay_connections", "Connections to shadow targets open now", connections.open.clone());
+        registry.register(
+            "shadow_replay_connections",
+            "Connections to shadow targets open now",
+            connections.open.clone(),
+        );
         registry.register_with_unit(
             "shadow_replay_sent",
             "Request bytes written to shadow targets",
@@ -521,10 +221,6 @@ impl Metrics {
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("shadow_build_info", "Version of the running daemon", build);
 
-        let overall =
-            Overall { primary_first_byte: hdr(3), primary_complete: hdr(3), shadow_first_byte: hdr(3), shadow_complete: hdr(3) };
-        // Slot 0 is `other`.
-        let latency = vec![EndpointLatency::default()];
         Self {
             registry,
             ledger,
@@ -532,22 +228,11 @@ impl Metrics {
             response_counters,
             errors,
             error_counters,
-            response_latency,
-            first_byte,
-            endpoints: Mutex::new(Endpoints {
-                names: EndpointNames::new(max_endpoints),
-                latency,
-                overall,
-                scratch: String::with_capacity(64),
-            }),
-            endpoints_tracked,
-            endpoint_overflow,
+            latency,
             primary_unmatched,
-            kernel,
-            ring_buffer_dropped,
+            absolutes,
             flows,
             buffered_bytes,
-            extraction,
             connections,
             ready: AtomicBool::new(false),
             ready_gauge,
@@ -556,51 +241,28 @@ impl Metrics {
 
     /// Admit one captured request into the ledger (captured and in flight); the ticket settles it.
     pub fn admit(&self) -> RequestTicket {
-        {
-            let mut l = lock(&self.ledger);
-            l.captured += 1;
-            l.in_flight += 1;
-        }
-        RequestTicket { ledger: self.ledger.clone(), settled: false }
+        Ledger::admit(&self.ledger)
     }
 
     /// A request the extraction stage saw but could not deliver (a gap, a parse error, ...):
     /// counted as captured and dropped for `reason` in one step.
     pub fn record_extraction_drop(&self, reason: &'static str) {
-        let mut l = lock(&self.ledger);
-        l.captured += 1;
-        l.drop_one(reason);
+        lock(&self.ledger).captured_and_dropped(reason);
     }
 
     /// The ledger now.
     pub fn requests(&self) -> RequestCounts {
-        let l = lock(&self.ledger).clone();
-        RequestCounts {
-            captured: l.captured,
-            replayed: l.replayed,
-            in_flight: l.in_flight,
-            dropped: l.dropped.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        }
+        lock(&self.ledger).counts()
     }
 
     /// The endpoint of a request (see [`endpoint_template`]), registered if there is room.
     pub fn endpoint(&self, method: &[u8], target: &[u8]) -> EndpointId {
-        let mut guard = lock(&self.endpoints);
-        let e = &mut *guard;
-        endpoint::endpoint_template_into(&mut e.scratch, method, target);
-        let (id, overflowed) = e.names.intern(&e.scratch);
-        if overflowed {
-            self.endpoint_overflow.inc();
-        } else if e.latency.len() <= id.0 as usize {
-            e.latency.push(EndpointLatency::default());
-            self.endpoints_tracked.set(i64::try_from(e.names.len()).unwrap_or(i64::MAX));
-        }
-        id
+        self.latency.endpoint(method, target)
     }
 
     /// The name of an endpoint id.
     pub fn endpoint_name(&self, id: EndpointId) -> String {
-        lock(&self.endpoints).names.name(id).to_owned()
+        self.latency.endpoint_name(id)
     }
 
     /// Primary latency of one exchange, from the captured timestamps. `None`: the request is not
@@ -609,57 +271,28 @@ impl Metrics {
         if endpoint.is_none() {
             self.primary_unmatched.inc();
         }
-        self.record(Side::Primary, endpoint, first_byte, complete);
+        self.latency.record(Side::Primary, endpoint, first_byte, complete);
     }
 
     /// One complete shadow response.
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
         self.response_counters[status_class_index(status)].inc();
-        self.record(Side::Shadow, Some(endpoint), first_byte, complete);
+        self.latency.record(Side::Shadow, Some(endpoint), first_byte, complete);
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {
         self.error_counters[kind as usize].inc();
     }
 
-    fn record(&self, side: Side, endpoint: Option<EndpointId>, first_byte: Duration, complete: Duration) {
-        let idx = side as usize;
-        self.first_byte[idx].observe(first_byte.as_secs_f64());
-        let mut e = lock(&self.endpoints);
-        let Endpoints { names, latency, overall: o, .. } = &mut *e;
-        let (fb, c) = match side {
-            Side::Primary => (&mut o.primary_first_byte, &mut o.primary_complete),
-            Side::Shadow => (&mut o.shadow_first_byte, &mut o.shadow_complete),
-        };
-        fb.saturating_record(micros(first_byte));
-        c.saturating_record(micros(complete));
-        let Some(id) = endpoint else { return };
-        let Some(slot) = latency.get_mut(id.0 as usize) else { return };
-        let per_side = match side {
-            Side::Primary => &mut slot.primary,
-            Side::Shadow => &mut slot.shadow,
-        };
-        let (h, prom) = per_side.get_or_insert_with(|| {
-            let labels = LatencyLabels { side: side.as_str(), endpoint: names.name(id).to_owned() };
-            (Box::new(hdr(2)), self.response_latency.get_or_create(&labels).clone())
-        });
-        h.saturating_record(micros(complete));
-        prom.observe(complete.as_secs_f64());
-    }
-
     /// The eBPF per-CPU counters, summed: names from `shadow_common::counter::NAMES`, absolute
     /// values. Unknown names are ignored (a newer kernel object with an older daemon).
     pub fn set_kernel_counters(&self, values: &[(&'static str, u64)]) {
-        for (name, v) in values {
-            if let Some((_, c)) = self.kernel.iter().find(|(n, _)| n == name) {
-                c.inner().store(*v, Ordering::Relaxed);
-            }
-        }
+        lock(&self.absolutes).set_kernel(values);
     }
 
     /// Records lost between the kernel and the daemon, absolute.
     pub fn set_ring_buffer_dropped(&self, total: u64) {
-        self.ring_buffer_dropped.inner().store(total, Ordering::Relaxed);
+        lock(&self.absolutes).ring_buffer_dropped = total;
     }
 
     pub fn set_flows(&self, flows: u64) {
@@ -670,10 +303,12 @@ impl Metrics {
         self.buffered_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Extraction-stage event totals as (reason, direction, absolute count).
+    /// Extraction-stage event totals as (reason, direction, absolute count); totals not given
+    /// keep their last value.
     pub fn set_extraction_stats(&self, stats: &[(&'static str, &'static str, u64)]) {
+        let mut a = lock(&self.absolutes);
         for (reason, direction, v) in stats {
-            self.extraction.get_or_create(&ExtractionLabels { reason, direction }).inner().store(*v, Ordering::Relaxed);
+            a.extraction.insert((reason, direction), *v);
         }
     }
 
@@ -709,36 +344,8 @@ impl Metrics {
             .iter()
             .map(|k| (k.as_str().to_owned(), self.errors.get_or_create(&KindLabels { kind: k.as_str() }).get()))
             .collect();
-        let (primary, shadow) = {
-            let e = lock(&self.endpoints);
-            let o = &e.overall;
-            (
-                SideLatency {
-                    first_byte: LatencySummary::of(&o.primary_first_byte),
-                    complete: LatencySummary::of(&o.primary_complete),
-                },
-                SideLatency {
-                    first_byte: LatencySummary::of(&o.shadow_first_byte),
-                    complete: LatencySummary::of(&o.shadow_complete),
-                },
-            )
-        };
-        let mut endpoints: Vec<EndpointSummary> = {
-            let e = lock(&self.endpoints);
-            e.latency
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.primary.is_some() || l.shadow.is_some())
-                .map(|(i, l)| EndpointSummary {
-                    endpoint: e.names.name(EndpointId(i as u32)).to_owned(),
-                    primary: l.primary.as_ref().map(|(h, _)| LatencySummary::of(h)).unwrap_or_default(),
-                    shadow: l.shadow.as_ref().map(|(h, _)| LatencySummary::of(h)).unwrap_or_default(),
-                })
-                .collect()
-        };
-        endpoints.sort_by(|a, b| {
-            (b.primary.count + b.shadow.count).cmp(&(a.primary.count + a.shadow.count)).then(a.endpoint.cmp(&b.endpoint))
-        });
+        let (primary, shadow) = self.latency.overall();
+        let endpoints = self.latency.by_endpoint();
         Summary {
             reconciles: requests.reconciles(),
             requests,
@@ -747,9 +354,9 @@ impl Metrics {
             primary,
             shadow,
             endpoints,
-            endpoint_overflow: self.endpoint_overflow.get(),
+            endpoint_overflow: self.latency.overflow(),
             primary_unmatched: self.primary_unmatched.get(),
-            kernel: self.kernel.iter().map(|(n, c)| ((*n).to_owned(), c.get())).collect(),
+            kernel: lock(&self.absolutes).kernel.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
         }
     }
 }
@@ -769,107 +376,6 @@ impl TextFormat {
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
         }
-    }
-}
-
-/// Percentiles of one latency distribution, in milliseconds (0 when empty).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatencySummary {
-    pub count: u64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl LatencySummary {
-    fn of<T: hdrhistogram::Counter>(h: &Hdr<T>) -> Self {
-        if h.is_empty() {
-            return Self::default();
-        }
-        let ms = |us: u64| us as f64 / 1000.0;
-        Self {
-            count: h.len(),
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            max_ms: ms(h.max()),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SideLatency {
-    pub first_byte: LatencySummary,
-    pub complete: LatencySummary,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EndpointSummary {
-    pub endpoint: String,
-    /// Request to complete response.
-    pub primary: LatencySummary,
-    pub shadow: LatencySummary,
-}
-
-/// What the daemon prints at exit and the demo shows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub requests: RequestCounts,
-    /// `captured = replayed + dropped + in_flight` held for these numbers.
-    pub reconciles: bool,
-    pub shadow_responses: BTreeMap<String, u64>,
-    pub shadow_errors: BTreeMap<String, u64>,
-    pub primary: SideLatency,
-    pub shadow: SideLatency,
-    /// Busiest first.
-    pub endpoints: Vec<EndpointSummary>,
-    pub endpoint_overflow: u64,
-    pub primary_unmatched: u64,
-    pub kernel: BTreeMap<String, u64>,
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.requests;
-        writeln!(
-            f,
-            "requests: captured {}  replayed {}  dropped {}  in flight {}{}",
-            r.captured,
-            r.replayed,
-            r.dropped_total(),
-            r.in_flight,
-            if self.reconciles { "" } else { "  (DOES NOT RECONCILE)" }
-        )?;
-        let nonzero = |m: &BTreeMap<String, u64>| {
-            m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-        };
-        for (label, m) in
-            [("dropped", &r.dropped), ("shadow responses", &self.shadow_responses), ("shadow errors", &self.shadow_errors)]
-        {
-            let s = nonzero(m);
-            if !s.is_empty() {
-                writeln!(f, "{label}: {s}")?;
-            }
-        }
-        writeln!(f, "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p90", "p99", "max")?;
-        let row = |f: &mut fmt::Formatter<'_>, name: &str, l: &LatencySummary| {
-            writeln!(f, "{:<40} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}", name, l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms)
-        };
-        row(f, "primary (complete)", &self.primary.complete)?;
-        row(f, "shadow (complete)", &self.shadow.complete)?;
-        row(f, "primary (first byte)", &self.primary.first_byte)?;
-        row(f, "shadow (first byte)", &self.shadow.first_byte)?;
-        for e in &self.endpoints {
-            let mut name = e.endpoint.clone();
-            name.truncate(30);
-            row(f, &format!("  {name} primary"), &e.primary)?;
-            row(f, &format!("  {name} shadow"), &e.shadow)?;
-        }
-        if self.endpoint_overflow > 0 {
-            writeln!(f, "{} requests past the endpoint cap are under `other`", self.endpoint_overflow)?;
-        }
-        Ok(())
     }
 }
 
@@ -901,8 +407,9 @@ mod tests {
     }
 
     fn sample_of(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
     }
 
     #[test]

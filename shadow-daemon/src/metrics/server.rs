@@ -165,7 +165,8 @@ fn route(req: &httparse::Request<'_, '_>, metrics: &Metrics) -> Reply {
         "/metrics" => {
             // Scrapers that can read OpenMetrics say so; everything else gets the classic format.
             let accept_om = req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("accept") && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
+                h.name.eq_ignore_ascii_case("accept")
+                    && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
             });
             let format = if accept_om { TextFormat::OpenMetrics } else { TextFormat::Prometheus };
             match metrics.encode(format) {

@@ -40,10 +40,8 @@ pub(crate) struct Flow {
 /// map (hashbrown keeps one control byte per bucket and at most 7/8 of the buckets full), and
 /// its places in the free and hole lists. Buffers and queues come on top, accounted as they
 /// grow ([`Flow::footprint`]).
-pub(crate) const FLOW_STATE_BYTES: usize = size_of::<Option<Flow>>()
-    + (size_of::<(FlowId, FlowIdx)>() + 1) * 8 / 7
-    + 1
-    + 2 * size_of::<FlowIdx>();
+pub(crate) const FLOW_STATE_BYTES: usize =
+    size_of::<Option<Flow>>() + (size_of::<(FlowId, FlowIdx)>() + 1) * 8 / 7 + 1 + 2 * size_of::<FlowIdx>();
 
 // The budget promised for an idle flow (see `Extractor::idle_flow_bytes`).
 const _: () = assert!(FLOW_STATE_BYTES <= 512);
@@ -61,14 +59,8 @@ pub(crate) struct Shared<'a> {
 /// segment counters.
 macro_rules! split {
     ($flow:expr, $sh:expr, |$cx:ident, $req_sc:ident, $resp_sc:ident| $body:block) => {{
-        let ExtractorStats {
-            requests,
-            responses,
-            request_segments,
-            response_segments,
-            unanswered_requests,
-            ..
-        } = &mut *$sh.stats;
+        let ExtractorStats { requests, responses, request_segments, response_segments, unanswered_requests, .. } =
+            &mut *$sh.stats;
         let $req_sc = request_segments;
         let $resp_sc = response_segments;
         let mut $cx = Cx {
@@ -105,19 +97,12 @@ impl Flow {
     }
 
     pub fn handle(&mut self, seg: Segment, now_ns: u64, sh: &mut Shared<'_>) {
-        let cfg = StreamCfg {
-            window: sh.window,
-            now_ns,
-        };
+        let cfg = StreamCfg { window: sh.window, now_ns };
         let ack = (seg.tcp_flags & tcp_flags::ACK != 0).then_some(seg.ack);
         let rst = seg.rst();
         let fin = seg.fin();
         let dir = seg.direction;
-        let len = if seg.truncated {
-            seg.wire_len
-        } else {
-            u32::try_from(seg.payload.len()).unwrap_or(u32::MAX)
-        };
+        let len = if seg.truncated { seg.wire_len } else { u32::try_from(seg.payload.len()).unwrap_or(u32::MAX) };
         let s = SegIn {
             seq: seg.seq,
             ack: seg.ack,
@@ -128,13 +113,7 @@ impl Flow {
             truncated: seg.truncated,
             request_start: seg.request_start,
         };
-        let Self {
-            req_stream,
-            resp_stream,
-            req,
-            resp,
-            ..
-        } = self;
+        let Self { req_stream, resp_stream, req, resp, .. } = self;
         split!(self, sh, |cx, req_sc, resp_sc| {
             match dir {
                 Direction::Request => {
@@ -171,13 +150,7 @@ impl Flow {
 
     /// Give up holes that waited too long.
     pub fn expire_holes(&mut self, now_ns: u64, gap_timeout_ns: u64, sh: &mut Shared<'_>) {
-        let Self {
-            req_stream,
-            resp_stream,
-            req,
-            resp,
-            ..
-        } = self;
+        let Self { req_stream, resp_stream, req, resp, .. } = self;
         split!(self, sh, |cx, req_sc, resp_sc| {
             if req_stream.hole_overdue(now_ns, gap_timeout_ns) {
                 req_stream.expire_hole(req, &mut cx, req_sc, now_ns);
@@ -193,13 +166,7 @@ impl Flow {
 
     /// The flow goes away: whatever is in progress or waiting is dropped for `reason`.
     pub fn teardown(&mut self, reason: DropReason, sh: &mut Shared<'_>) {
-        let Self {
-            req_stream,
-            resp_stream,
-            req,
-            resp,
-            ..
-        } = self;
+        let Self { req_stream, resp_stream, req, resp, .. } = self;
         split!(self, sh, |cx, req_sc, resp_sc| {
             req.end(reason, &mut cx);
             resp.end(reason, &mut cx);
@@ -237,10 +204,8 @@ impl Flow {
 
     /// (memory accounted against the cap, payload bytes held).
     pub fn footprint(&self) -> (usize, usize) {
-        let buffered = self.req_stream.buffered()
-            + self.resp_stream.buffered()
-            + self.req.buffered()
-            + self.resp.buffered();
+        let buffered =
+            self.req_stream.buffered() + self.resp_stream.buffered() + self.req.buffered() + self.resp.buffered();
         let mem = FLOW_STATE_BYTES
             + self.req_stream.heap_bytes()
             + self.resp_stream.heap_bytes()

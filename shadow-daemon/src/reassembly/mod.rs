@@ -18,7 +18,7 @@ mod flow;
 mod stats;
 mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use self::flow::{FLOW_STATE_BYTES, Flow, FlowIdx, FlowIndex, NIL, Shared};
 pub use self::{
@@ -192,9 +192,8 @@ impl Extractor {
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<HttpEvent>) {
         while self.lru_tail != NIL {
             let idx = self.lru_tail;
-            let idle = self
-                .flow(idx)
-                .is_some_and(|f| now_ns.saturating_sub(f.last_seen_ns) >= self.cfg.idle_timeout_ns);
+            let idle =
+                self.flow(idx).is_some_and(|f| now_ns.saturating_sub(f.last_seen_ns) >= self.cfg.idle_timeout_ns);
             if !idle {
                 break;
             }
@@ -252,18 +251,12 @@ impl Extractor {
     fn account(stats: &mut ExtractorStats, flow: &mut Flow) {
         let (mem, buffered) = flow.footprint();
         stats.memory_bytes = (stats.memory_bytes + mem as u64).saturating_sub(flow.mem as u64);
-        stats.buffered_bytes =
-            (stats.buffered_bytes + buffered as u64).saturating_sub(flow.buffered as u64);
+        stats.buffered_bytes = (stats.buffered_bytes + buffered as u64).saturating_sub(flow.buffered as u64);
         flow.mem = mem;
         flow.buffered = buffered;
     }
 
-    fn create(
-        &mut self,
-        id: crate::segment::FlowId,
-        now_ns: u64,
-        out: &mut Vec<HttpEvent>,
-    ) -> FlowIdx {
+    fn create(&mut self, id: crate::segment::FlowId, now_ns: u64, out: &mut Vec<HttpEvent>) -> FlowIdx {
         while self.index.len() >= self.cfg.max_flows.max(1) && self.lru_tail != NIL {
             self.remove(self.lru_tail, DropReason::Evicted, out);
         }
@@ -300,10 +293,7 @@ impl Extractor {
         };
         flow.teardown(reason, &mut sh);
         self.stats.memory_bytes = self.stats.memory_bytes.saturating_sub(flow.mem as u64);
-        self.stats.buffered_bytes = self
-            .stats
-            .buffered_bytes
-            .saturating_sub(flow.buffered as u64);
+        self.stats.buffered_bytes = self.stats.buffered_bytes.saturating_sub(flow.buffered as u64);
         self.index.remove(&flow.id);
         self.free.push(idx);
         self.stats.flows_active = self.stats.flows_active.saturating_sub(1);

@@ -111,26 +111,18 @@ impl ExtractorStats {
     /// Dropped messages as (reason label, direction, count), every label and direction listed,
     /// zeros included, so that a metrics exporter can create its series up front.
     pub fn drops(&self) -> impl Iterator<Item = (&'static str, Direction, u64)> + '_ {
-        [Direction::Request, Direction::Response]
-            .into_iter()
-            .flat_map(move |dir| {
-                let m = self.messages(dir);
-                DropReason::ALL
-                    .iter()
-                    .map(move |r| (r.as_str(), dir, m.dropped(*r)))
-            })
+        [Direction::Request, Direction::Response].into_iter().flat_map(move |dir| {
+            let m = self.messages(dir);
+            DropReason::ALL.iter().map(move |r| (r.as_str(), dir, m.dropped(*r)))
+        })
     }
 
     /// Dropped segments as (reason label, direction, count), likewise.
     pub fn segment_drops(&self) -> impl Iterator<Item = (&'static str, Direction, u64)> + '_ {
-        [Direction::Request, Direction::Response]
-            .into_iter()
-            .flat_map(move |dir| {
-                let s = self.segments(dir);
-                DropReason::ALL
-                    .iter()
-                    .map(move |r| (r.as_str(), dir, s.dropped(*r)))
-            })
+        [Direction::Request, Direction::Response].into_iter().flat_map(move |dir| {
+            let s = self.segments(dir);
+            DropReason::ALL.iter().map(move |r| (r.as_str(), dir, s.dropped(*r)))
+        })
     }
 
     /// Does every message and every segment have exactly one outcome?
@@ -140,7 +132,6 @@ impl ExtractorStats {
             && msg(&self.responses)
             && self.request_segments.reconciles()
             && self.response_segments.reconciles()
-            && self.segments_in
-                == self.request_segments.segments_in + self.response_segments.segments_in
+            && self.segments_in == self.request_segments.segments_in + self.response_segments.segments_in
     }
 }

@@ -22,9 +22,7 @@
 use bytes::Bytes;
 
 use super::stats::SegmentCounters;
-use crate::http::{
-    Cx, DropReason, Fed, Piece, RequestAssembler, ResponseAssembler, seq_diff, seq_le, seq_lt,
-};
+use crate::http::{Cx, DropReason, Fed, Piece, RequestAssembler, ResponseAssembler, seq_diff, seq_le, seq_lt};
 
 /// Most pieces waiting out of order per direction: bounds the bookkeeping for a window filled
 /// with tiny segments.
@@ -378,14 +376,7 @@ impl Stream {
             self.ooo_bytes += data.len() as u32;
             self.ooo.insert(
                 k,
-                Ooo {
-                    seq: base.wrapping_add(cur),
-                    len: piece_end - cur,
-                    ack: seg.ack,
-                    ts_ns: seg.ts_ns,
-                    data,
-                    flags,
-                },
+                Ooo { seq: base.wrapping_add(cur), len: piece_end - cur, ack: seg.ack, ts_ns: seg.ts_ns, data, flags },
             );
             if !counted {
                 sc.buffered += 1;
@@ -414,13 +405,7 @@ impl Stream {
 
     /// Deliver the waiting pieces that have become next in line; while the assembler is out of
     /// sync, walk them all through its gate (holes no longer matter until a message start).
-    fn drain<A: Assemble>(
-        &mut self,
-        asm: &mut A,
-        cx: &mut Cx<'_>,
-        sc: &mut SegmentCounters,
-        now_ns: u64,
-    ) {
+    fn drain<A: Assemble>(&mut self, asm: &mut A, cx: &mut Cx<'_>, sc: &mut SegmentCounters, now_ns: u64) {
         let before = self.next_seq;
         while let Some(first) = self.ooo.first() {
             if asm.synced() && seq_diff(first.seq, self.next_seq) > 0 {
@@ -471,13 +456,7 @@ impl Stream {
 
     /// The hole at `next_seq` is final: let the assembler drop or skip, then go on with what
     /// waits behind it.
-    fn give_up_hole<A: Assemble>(
-        &mut self,
-        asm: &mut A,
-        cx: &mut Cx<'_>,
-        sc: &mut SegmentCounters,
-        now_ns: u64,
-    ) {
+    fn give_up_hole<A: Assemble>(&mut self, asm: &mut A, cx: &mut Cx<'_>, sc: &mut SegmentCounters, now_ns: u64) {
         // With nothing behind the hole yet, the next segment decides; most likely it starts a
         // message (sampling), and if not it is skipped and counted then.
         let next_starts = self.ooo.first().is_none_or(|o| {
@@ -527,13 +506,7 @@ impl Stream {
     }
 
     /// `tick`: give up a hole that waited `gap_timeout_ns`.
-    pub fn expire_hole<A: Assemble>(
-        &mut self,
-        asm: &mut A,
-        cx: &mut Cx<'_>,
-        sc: &mut SegmentCounters,
-        now_ns: u64,
-    ) {
+    pub fn expire_hole<A: Assemble>(&mut self, asm: &mut A, cx: &mut Cx<'_>, sc: &mut SegmentCounters, now_ns: u64) {
         if self.hole_since_ns == 0 {
             return;
         }

@@ -14,18 +14,20 @@ use tokio::{
     time::Instant,
 };
 
-use super::{
-    ReplayError,
-    controls::ShadowTarget,
-    wire::{BodyDecoder, parse_head},
+use super::{ReplayError, controls::ShadowTarget};
+use crate::{
+    http::{BodyDecoder, Limits, RequestKind, parse_response_head},
+    metrics::ConnectionMetrics,
 };
-use crate::metrics::ConnectionMetrics;
 
 /// An idle connection older than this is closed rather than reused: below the keep-alive timeout
 /// of common servers (gunicorn 2 s aside, Node.js 5 s, nginx 75 s), so a reused connection is
 /// rarely one the server is closing at that very moment.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const READ_CHUNK: usize = 16 * 1024;
+/// Bounds on the shadow's responses: the same as on the primary's (64 KiB heads and trailers,
+/// 100 fields), so the read buffer stays bounded whatever the shadow sends.
+const RESPONSE_LIMITS: Limits = Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: u64::MAX };
 /// 1xx responses tolerated before the final one.
 const MAX_INTERIM: usize = 8;
 
@@ -105,7 +107,11 @@ impl Pool {
 
 /// Resolve the target (names are resolved at every connect, so DNS changes are followed) and
 /// connect to the first address that accepts, all within `timeout`.
-pub(crate) async fn connect(target: &ShadowTarget, timeout: Duration, metrics: &ConnectionMetrics) -> Result<Conn, ReplayError> {
+pub(crate) async fn connect(
+    target: &ShadowTarget,
+    timeout: Duration,
+    metrics: &ConnectionMetrics,
+) -> Result<Conn, ReplayError> {
     let attempt = async {
         let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -178,25 +184,24 @@ pub(crate) async fn exchange(
     let sent = Instant::now();
     conn.buf.clear();
 
+    let kind = RequestKind::of_method(method);
+    let bad = |what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false);
     let mut interim = 0;
     let head = loop {
-        match parse_head(&conn.buf, method) {
+        match parse_response_head(&conn.buf, &RESPONSE_LIMITS) {
             Ok(Some(h)) if h.is_interim() => {
                 interim += 1;
                 if interim > MAX_INTERIM {
-                    return Err(fail(
-                        ReplayError::BadResponse { id, target: target.to_string(), what: "too many 1xx responses" },
-                        false,
-                    ));
+                    return Err(fail(ReplayError::TooManyInterim { id, target: target.to_string() }, false));
                 }
-                conn.buf.drain(..h.len);
+                conn.buf.drain(..h.head_len);
                 continue;
             }
             Ok(Some(h)) => break h,
             Ok(None) => {}
-            Err(what) => return Err(fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false)),
+            Err(what) => return Err(bad(what)),
         }
-        // parse_head refuses a partial head past MAX_RESPONSE_HEAD, so this stays bounded.
+        // parse_response_head refuses a partial head past the limit, so this stays bounded.
         let before = conn.buf.len();
         conn.buf.reserve(READ_CHUNK);
         match conn.stream.read_buf(&mut conn.buf).await {
@@ -214,13 +219,11 @@ pub(crate) async fn exchange(
     let head_at = Instant::now();
     let first_byte = head_at.saturating_duration_since(sent);
 
-    let mut body = BodyDecoder::new(head.body);
+    let mut body = BodyDecoder::new(head.framing_for(kind));
     let mut leftover = false;
-    let after_head = conn.buf.len() - head.len;
+    let after_head = conn.buf.len() - head.head_len;
     if after_head > 0 {
-        let used = body
-            .feed(&conn.buf[head.len..])
-            .map_err(|what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false))?;
+        let (used, _) = body.advance(&conn.buf[head.head_len..], &RESPONSE_LIMITS).map_err(bad)?;
         leftover = used < after_head;
     }
     let mut read_body = false;
@@ -236,9 +239,7 @@ pub(crate) async fn exchange(
                 return Err(fail(ReplayError::Closed { id, target: target.to_string() }, false));
             }
             Ok(n) => {
-                let used = body
-                    .feed(&conn.buf[..n])
-                    .map_err(|what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false))?;
+                let (used, _) = body.advance(&conn.buf[..n], &RESPONSE_LIMITS).map_err(bad)?;
                 leftover = used < n;
             }
             Err(source) => return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, false)),
@@ -247,9 +248,149 @@ pub(crate) async fn exchange(
     // A body that came with the head was complete when the head was read: no second clock read.
     let done_at = if read_body { Instant::now() } else { head_at };
     // Bytes after the response were not asked for: the connection's state is unknown.
-    let reusable = head.keep_alive && !leftover;
+    let reusable = head.reusable_after(kind) && !leftover;
     if conn.buf.capacity() > 4 * READ_CHUNK {
         conn.buf = Vec::with_capacity(READ_CHUNK);
     }
-    Ok(Exchange { status: head.status, first_byte, complete: done_at.saturating_duration_since(sent), reusable, done_at })
+    Ok(Exchange {
+        status: head.status,
+        first_byte,
+        complete: done_at.saturating_duration_since(sent),
+        reusable,
+        done_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! One framing, two uses: the same response bytes go to extraction (as the primary's answer
+    //! on a captured connection) and to the replay client (as the shadow's answer on a socket),
+    //! and the two must agree on whether the response is whole, and where it ends.
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        reassembly::{
+            Extractor,
+            tests::support::{Conn as Tcp, feed, responses, small_cfg},
+        },
+    };
+
+    /// What extraction made of `resp` answering `method`, the server closing after it: the
+    /// status and de-chunked body length of the response emitted, or None if it was dropped.
+    fn extracted(method: &str, resp: &[u8]) -> Option<(u16, u64)> {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Tcp::new(false, 40100, 1, 1);
+        let req = format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let segs = [c.client(req.as_bytes()), c.server(resp), c.server_fin()];
+        let ev = feed(&mut ex, segs);
+        responses(&ev).first().map(|r| (r.status, r.body_len))
+    }
+
+    /// What the replay client made of `resp` from a shadow that closes after writing it: the
+    /// status and whether the connection would be reused, or the error.
+    async fn replayed(method: &str, resp: &'static [u8]) -> Result<(u16, bool), ReplayError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(resp).await;
+            let _ = s.shutdown().await;
+        });
+        let metrics = Metrics::default();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let req = format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            exchange(&mut conn, req.as_bytes(), method.as_bytes(), 1, &target),
+        )
+        .await
+        .expect("the exchange ends by the framing or the close");
+        server.await.unwrap();
+        out.map(|x| (x.status, x.reusable)).map_err(|f| f.error)
+    }
+
+    type Case = (&'static str, &'static [u8], (u16, u64), bool);
+
+    #[tokio::test]
+    async fn extraction_and_replay_agree_on_the_same_bytes() {
+        // (method, response bytes, extracted (status, body length), reused by the replay client)
+        let whole: &[Case] = &[
+            ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", (200, 5), true),
+            ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello", (200, 5), true),
+            (
+                "GET",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n",
+                (200, 15),
+                true,
+            ),
+            ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n", (200, 3), true),
+            ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", (200, 0), true),
+            ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", (200, 0), true),
+            // Both framings: followed as chunked, the connection not trusted after.
+            ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", (200, 1), false),
+            // Until the close: a coding other than chunked, or no length at all.
+            ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", (200, 3), false),
+            ("GET", b"HTTP/1.1 200 OK\r\n\r\nabcd", (200, 4), false),
+            ("GET", b"HTTP/1.0 200 OK\r\n\r\nab", (200, 2), false),
+            // No body whatever the fields say.
+            ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", (200, 0), true),
+            ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", (200, 0), true),
+            ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", (204, 0), true),
+            ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", (304, 0), true),
+            // Keep-alive by version and Connection.
+            ("GET", b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 0\r\n\r\n", (200, 0), false),
+            ("GET", b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", (200, 0), false),
+            ("GET", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", (200, 0), true),
+        ];
+        for &(method, resp, want, reused) in whole {
+            let text = String::from_utf8_lossy(resp);
+            assert_eq!(extracted(method, resp), Some(want), "extraction: {method} {text:?}");
+            match replayed(method, resp).await {
+                Ok(got) => assert_eq!(got, (want.0, reused), "replay: {method} {text:?}"),
+                Err(e) => panic!("replay: {method} {text:?}: {e}"),
+            }
+        }
+
+        // Interim responses are skipped (extraction's side: `expect_100_continue_skips_the_interim_response`;
+        // there the final response pairs by the request's last ack, which this harness does not send).
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(replayed("GET", interim).await.unwrap(), (200, true));
+
+        // Refused by both (bad framing), or cut short by the close.
+        let refused: &[&'static [u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 000000000000000000001\r\n\r\na",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
+            b"HTTP/1.1 700 Odd\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nx\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1234567890abcdef01\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            b"HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"garbage garbage\r\n\r\n",
+        ];
+        for &resp in refused {
+            let text = String::from_utf8_lossy(resp);
+            assert_eq!(extracted("GET", resp), None, "extraction: {text:?}");
+            assert!(replayed("GET", resp).await.is_err(), "replay: {text:?}");
+        }
+    }
 }

@@ -92,7 +92,8 @@ pub(crate) fn edit_request(
         edits.push((line, value, edit));
     }
 
-    let added: usize = setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
+    let added: usize =
+        setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
     let mut out = Vec::with_capacity(raw.len() + added);
     let mut copied = 0;
     for (line, value, edit) in edits {
@@ -190,53 +191,15 @@ fn suffixed_host(value: &[u8], suffix: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use bytes::Bytes;
+
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{
-        message::{BodyFraming, HeaderSpan},
-        replay::controls::{HeaderField, HeaderName},
-        segment::FlowId,
-    };
+    use crate::replay::controls::{HeaderField, HeaderName};
 
-    /// A CapturedRequest from wire bytes, spans computed by httparse as the http stage does.
+    /// A CapturedRequest from wire bytes, through the shared builder.
     pub(crate) fn captured(raw: &[u8]) -> CapturedRequest {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let mut r = httparse::Request::new(&mut hs);
-        let head_len = match r.parse(raw).expect("test request parses") {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("test request is incomplete"),
-        };
-        let base = raw.as_ptr() as usize;
-        let off = |s: &[u8]| s.as_ptr() as usize - base;
-        let span = |s: &[u8]| off(s)..off(s) + s.len();
-        let method = r.method.expect("method");
-        let path = r.path.expect("path");
-        // An empty value slice may not point into `raw`; the editor does not rely on it.
-        let headers = r
-            .headers
-            .iter()
-            .map(|h| {
-                let name = span(h.name.as_bytes());
-                let value = if h.value.is_empty() { name.end + 1..name.end + 1 } else { span(h.value) };
-                HeaderSpan { name, value }
-            })
-            .collect();
-        let flow = FlowId { client: "127.0.0.1:40000".parse().unwrap(), server: "127.0.0.1:80".parse().unwrap() };
-        CapturedRequest {
-            id: 1,
-            flow,
-            raw: Bytes::copy_from_slice(raw),
-            head_len,
-            method: span(method.as_bytes()),
-            target: span(path.as_bytes()),
-            minor_version: r.version.unwrap_or(1),
-            headers,
-            framing: BodyFraming::None,
-            first_ts_ns: 0,
-            last_ts_ns: 0,
-        }
+        CapturedRequest::builder(raw).build()
     }
 
     fn target() -> ShadowTarget {
@@ -304,7 +267,10 @@ pub(crate) mod tests {
     fn inconsistent_spans_are_refused_not_guessed() {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
         r.headers.swap(0, 1);
-        assert!(matches!(edit_request(&r, &ReplayControls::default(), &target()), Err(ReplayError::InvalidCapture { .. })));
+        assert!(matches!(
+            edit_request(&r, &ReplayControls::default(), &target()),
+            Err(ReplayError::InvalidCapture { .. })
+        ));
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.head_len += 100;
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err());

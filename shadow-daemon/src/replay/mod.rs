@@ -18,7 +18,8 @@ mod conn;
 pub mod controls;
 mod edit;
 mod slots;
-mod wire;
+#[cfg(feature = "futures-unordered")]
+mod unordered;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,16 +37,20 @@ use tokio::{
     time::Instant,
 };
 
+#[cfg(not(feature = "futures-unordered"))]
+use self::slots::Slots;
+#[cfg(feature = "futures-unordered")]
+use self::unordered::Slots;
 use self::{
     conn::{Exchange, Pool, connect, exchange},
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request,
-    slots::{Slots, Work},
+    slots::Work,
 };
 use crate::{
-    config::Rule,
+    http::{HttpError, keeps_alive},
     message::{CapturedRequest, CapturedResponse},
-    metrics::{EndpointId, Metrics, RequestTicket, ShadowErrorKind, reason},
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
 };
 
 /// Requests remembered for pairing with their primary response (for per-endpoint primary
@@ -72,10 +77,14 @@ pub enum ReplayError {
     Write { id: u64, target: String, source: io::Error },
     #[error("read the response to request {id} from shadow {target}: {source}")]
     Read { id: u64, target: String, source: io::Error },
-    #[error("read the response to request {id} from shadow {target}: connection closed before the response was complete")]
+    #[error(
+        "read the response to request {id} from shadow {target}: connection closed before the response was complete"
+    )]
     Closed { id: u64, target: String },
     #[error("read the response to request {id} from shadow {target}: {what}")]
-    BadResponse { id: u64, target: String, what: &'static str },
+    BadResponse { id: u64, target: String, what: HttpError },
+    #[error("read the response to request {id} from shadow {target}: more than 8 interim (1xx) responses")]
+    TooManyInterim { id: u64, target: String },
     #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
     Timeout { id: u64, target: String, timeout: Duration },
     #[error("edit request {id} for the shadow: the captured head is inconsistent: {what}")]
@@ -100,9 +109,19 @@ impl ReplayError {
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
             Self::Closed { .. } => ShadowErrorKind::Reset,
-            Self::BadResponse { .. } => ShadowErrorKind::BadResponse,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } => ShadowErrorKind::BadResponse,
         })
     }
+}
+
+/// What the replay stage is told about one rule: the service ports whose requests it takes, where
+/// they go and under which controls. The config's rules are lanes (`config::Rule`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lane {
+    pub ports: Vec<u16>,
+    /// `None`: capture only (requests are counted as dropped, `no_target`).
+    pub shadow: Option<ShadowTarget>,
+    pub controls: ReplayControls,
 }
 
 /// What [`ReplayEngine::submit`] did with a request.
@@ -110,7 +129,7 @@ impl ReplayError {
 pub enum Submission {
     Queued,
     /// Not replayed; the reason is the `shadow_requests_dropped_total` label it was counted under.
-    Dropped(&'static str),
+    Dropped(RequestDrop),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,7 +145,7 @@ struct Job {
 
 /// The request's bytes in its lane's budget, released however the job ends.
 struct HeldBytes {
-    lane: Arc<Lane>,
+    lane: Arc<LaneState>,
     bytes: u64,
 }
 
@@ -136,8 +155,8 @@ impl Drop for HeldBytes {
     }
 }
 
-/// One rule with a shadow target: its controls, queue, rate limit and connections.
-struct Lane {
+/// One lane at run time: its controls, queue, rate limit and connections.
+struct LaneState {
     name: String,
     target: ShadowTarget,
     controls: ReplayControls,
@@ -154,9 +173,9 @@ struct WarnThrottle {
     suppressed: u64,
 }
 
-impl Lane {
+impl LaneState {
     /// Method, path and body checks, then the rate limit (so refused requests spend no tokens).
-    fn refuse(&self, req: &CapturedRequest) -> Option<&'static str> {
+    fn refuse(&self, req: &CapturedRequest) -> Option<RequestDrop> {
         if let Some(r) = self.controls.refuse(req.method(), req.target(), req.body().len()) {
             return Some(r);
         }
@@ -233,27 +252,15 @@ impl Lane {
     }
 }
 
-/// Whether the client asked to keep the connection open (so the shadow will too): HTTP/1.1
-/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+/// Whether the client asked to keep the connection open (so the shadow will too).
 fn request_keep_alive(req: &CapturedRequest) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for (name, value) in req.headers() {
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let t = token.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-    }
-    if req.minor_version == 0 { keep && !close } else { !close }
+    keeps_alive(req.minor_version, req.headers())
 }
 
 /// The replay stage. Create it inside the tokio runtime; [`submit`](Self::submit) from anywhere.
 pub struct ReplayEngine {
     metrics: Arc<Metrics>,
-    lanes: Vec<Arc<Lane>>,
+    lanes: Vec<Arc<LaneState>>,
     lane_by_port: HashMap<u16, usize>,
     pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
     stop: watch::Sender<Option<Instant>>,
@@ -272,7 +279,7 @@ impl ReplayEngine {
     /// One lane per rule with a shadow target. Rules without one capture only: their requests are
     /// counted as dropped (`no_target`). Spawns one dispatcher task per lane on the current
     /// runtime.
-    pub fn start(rules: &[Rule], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
+    pub fn start(rules: &[Lane], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
         let (stop, _) = watch::channel(None);
         let mut lanes = Vec::new();
@@ -291,7 +298,7 @@ impl ReplayEngine {
             // Zero would make a channel that panics or a semaphore that never opens; the config
             // refuses it, this keeps the engine safe when built by hand.
             let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
-            let lane = Arc::new(Lane {
+            let lane = Arc::new(LaneState {
                 name: format!("rule[{i}] ports {:?} -> shadow {target}", rule.ports),
                 target: target.clone(),
                 bucket: rule.controls.replay_rate.map(|r| Mutex::new(TokenBucket::new(r, Instant::now()))),
@@ -411,7 +418,7 @@ async fn check_resolves(target: ShadowTarget, lane: String) {
 /// Feeds one lane's queue to at most `concurrency` replays at once, until stopped. The replays run
 /// inside this task (see [`slots`]).
 async fn dispatch(
-    lane: Arc<Lane>,
+    lane: Arc<LaneState>,
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<Option<Instant>>,
@@ -468,7 +475,7 @@ async fn dispatch(
     drop(rx);
 }
 
-async fn replay_one(lane: Arc<Lane>, metrics: Arc<Metrics>, job: Job) {
+async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
     // The job's bytes stay in the budget until the replay is over.
     let Job { req, endpoint, ticket, _held } = job;
     let wire = match edit_request(&req, &lane.controls, &lane.target) {
@@ -522,7 +529,10 @@ mod tests {
             Some(ShadowErrorKind::Reset)
         );
         assert_eq!(ReplayError::Closed { id: 1, target: t() }.kind(), Some(ShadowErrorKind::Reset));
-        assert_eq!(ReplayError::BadResponse { id: 1, target: t(), what: "x" }.kind(), Some(ShadowErrorKind::BadResponse));
+        assert_eq!(
+            ReplayError::BadResponse { id: 1, target: t(), what: HttpError::BadStatus }.kind(),
+            Some(ShadowErrorKind::BadResponse)
+        );
         assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.kind(), None);
     }

@@ -213,30 +213,32 @@ mod tests {
         let mut jobs: std::collections::VecDeque<u32> = (0..20).collect();
         let mut slots = Slots::new(3);
         let mut drained = false;
-        std::future::poll_fn(|cx| loop {
-            let r = slots.poll_work(
-                cx,
-                drained,
-                |_| Poll::Ready(jobs.pop_front()),
-                |j| {
-                    let (running, most, finished) = (running.clone(), most.clone(), finished.clone());
-                    Box::pin(async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(std::time::Duration::from_millis(u64::from(j % 3))).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        assert!(j != 7, "job 7 panics");
-                        finished.fetch_add(1, Ordering::SeqCst);
-                    })
-                },
-                || {
-                    panics.fetch_add(1, Ordering::SeqCst);
-                },
-            );
-            match r {
-                Poll::Ready(Work::Drained) => drained = true,
-                Poll::Ready(Work::Idle) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+        std::future::poll_fn(|cx| {
+            loop {
+                let r = slots.poll_work(
+                    cx,
+                    drained,
+                    |_| Poll::Ready(jobs.pop_front()),
+                    |j| {
+                        let (running, most, finished) = (running.clone(), most.clone(), finished.clone());
+                        Box::pin(async move {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(u64::from(j % 3))).await;
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            assert!(j != 7, "job 7 panics");
+                            finished.fetch_add(1, Ordering::SeqCst);
+                        })
+                    },
+                    || {
+                        panics.fetch_add(1, Ordering::SeqCst);
+                    },
+                );
+                match r {
+                    Poll::Ready(Work::Drained) => drained = true,
+                    Poll::Ready(Work::Idle) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
         })
         .await;

@@ -111,7 +111,10 @@ fn demo() -> Result<bool, String> {
     wait_settled(&t.server, METRICS.parse().map_err(|e| format!("{e}"))?, traffic.requests, Duration::from_secs(60));
     let code = daemon.terminate(Duration::from_secs(10));
     if code != Some(0) {
-        return Err(format!("daemon exited with {code:?}:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+        return Err(format!(
+            "daemon exited with {code:?}:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        ));
     }
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&summary_path).map_err(|e| format!("read {}: {e}", summary_path.display()))?,
@@ -161,9 +164,7 @@ fn spawn_server(ns: &NetNs, bin: &std::path::Path, listen: &str, record: Option<
 }
 
 fn wait_listening(ns: &NetNs, port: u16) {
-    wait_for(&format!("a server on port {port}"), Duration::from_secs(10), || {
-        ns.listening(port)
-    });
+    wait_for(&format!("a server on port {port}"), Duration::from_secs(10), || ns.listening(port));
 }
 
 /// The demo's traffic: keep-alive GETs over IPv4, small POSTs over IPv6, a few 1 MiB uploads.
@@ -201,7 +202,8 @@ fn send_traffic(t: &TwoHosts) -> Result<Traffic, String> {
             Ok(())
         };
         for conn in 0..20 {
-            let reqs = (0..10).map(|i| request("GET", &format!("/api/users/{}/orders?page={i}", conn * 10 + i), 0)).collect();
+            let reqs =
+                (0..10).map(|i| request("GET", &format!("/api/users/{}/orders?page={i}", conn * 10 + i), 0)).collect();
             run(v4, reqs)?;
         }
         for i in 0..10 {
@@ -240,11 +242,19 @@ fn report(s: &serde_json::Value, tr: &Traffic, sh: &ShadowSeen) -> bool {
         ("requests (sampled by the kernel)", tr.requests, get(&["kernel", "requests_sampled"])),
         ("requests extracted whole", tr.requests, get(&["extraction", "requests_extracted"])),
         ("GETs replayed (default allowlist)", tr.safe_requests, get(&["mirror", "requests", "replayed"])),
-        ("others dropped: method_not_allowed", tr.requests - tr.safe_requests, get(&["mirror", "requests", "dropped", "method_not_allowed"])),
+        (
+            "others dropped: method_not_allowed",
+            tr.requests - tr.safe_requests,
+            get(&["mirror", "requests", "dropped", "method_not_allowed"]),
+        ),
         ("requests the shadow received", tr.safe_requests, sh.requests),
         ("  ... carrying X-Shadow-Request", tr.safe_requests, sh.tagged),
         ("  ... that were not GET", 0, sh.non_get),
-        ("  ... bytes (original + tag line)", tr.safe_request_bytes + tr.safe_requests * TAG_LINE.len() as u64, sh.bytes),
+        (
+            "  ... bytes (original + tag line)",
+            tr.safe_request_bytes + tr.safe_requests * TAG_LINE.len() as u64,
+            sh.bytes,
+        ),
     ];
     println!();
     println!("{:<38} {:>14} {:>14}", "", "on the wire", "captured");

@@ -39,8 +39,12 @@ fn main() {
         match a.as_str() {
             "--listen" => listen = val(),
             "--record" => opts.record = Some(PathBuf::from(val())),
-            "--delay-ms" => opts.delay = Duration::from_millis(val().parse().unwrap_or_else(|_| die("--delay-ms: not a number"))),
-            "--response-bytes" => opts.response_bytes = val().parse().unwrap_or_else(|_| die("--response-bytes: not a number")),
+            "--delay-ms" => {
+                opts.delay = Duration::from_millis(val().parse().unwrap_or_else(|_| die("--delay-ms: not a number")))
+            }
+            "--response-bytes" => {
+                opts.response_bytes = val().parse().unwrap_or_else(|_| die("--response-bytes: not a number"))
+            }
             "--max-conns" => max_conns = val().parse().unwrap_or_else(|_| die("--max-conns: not a number")),
             "--mode" => opts.mode = val(),
             other => die(&format!("unknown argument {other}")),
@@ -52,7 +56,10 @@ fn main() {
     let listener = TcpListener::bind(&listen).unwrap_or_else(|e| die(&format!("--listen {listen}: {e}")));
     eprintln!("shadow-testserver listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let index = opts.record.as_ref().map(|d| {
-        let f = OpenOptions::new().create(true).append(true).open(d.join("index.jsonl"))
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("index.jsonl"))
             .unwrap_or_else(|e| die(&format!("open index.jsonl: {e}")));
         Arc::new(Mutex::new(f))
     });

@@ -2,12 +2,10 @@
 
 use proptest::{prelude::*, sample::Index, test_runner::FileFailurePersistence};
 
-use super::{support::*, *};
+use super::{super::*, support::*};
 use crate::http::looks_like_request_line;
 
-const METHODS: [&str; 9] = [
-    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE",
-];
+const METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE"];
 
 #[derive(Clone, Debug)]
 enum Body {
@@ -20,10 +18,7 @@ enum Body {
 fn body_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     // Lowercase only: a body never looks like a request line to the resync heuristics, as is
     // the case for real bodies with overwhelming probability.
-    prop::collection::vec(
-        prop::sample::select(b"abcdefghijklmnopqrstuvwxyz0123456789 ".to_vec()),
-        0..max,
-    )
+    prop::collection::vec(prop::sample::select(b"abcdefghijklmnopqrstuvwxyz0123456789 ".to_vec()), 0..max)
 }
 
 fn arb_body() -> impl Strategy<Value = Body> {
@@ -133,10 +128,7 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
         let mut n = plan.cuts[i % plan.cuts.len()];
         if at == 0 {
             // The first record of a sampled flow is a request start the kernel recognised.
-            let line = stream
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(16, |p| p + 1);
+            let line = stream.iter().position(|&b| b == b'\n').map_or(16, |p| p + 1);
             n = n.max(line);
         }
         let n = n.min(stream.len() - at);
@@ -156,11 +148,7 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
         if lost[k] {
             continue;
         }
-        let key = if k == 0 {
-            0
-        } else {
-            (k + plan.delays[k % plan.delays.len()]) * 2 + 1
-        };
+        let key = if k == 0 { 0 } else { (k + plan.delays[k % plan.delays.len()]) * 2 + 1 };
         items.push((key, *r));
     }
     if !with_holes {
@@ -181,11 +169,7 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
         segments.push(c.client(&stream[start..start + len]));
         starts.push((start, len));
     }
-    Delivery {
-        segments,
-        starts,
-        last_ts: c.ts,
-    }
+    Delivery { segments, starts, last_ts: c.ts }
 }
 
 fn is_subsequence(got: &[Vec<u8>], all: &[Vec<u8>]) -> bool {

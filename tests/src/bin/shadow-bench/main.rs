@@ -141,9 +141,7 @@ fn capture_bench(quick: bool) -> CaptureResults {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    wait_for("primary to listen", Duration::from_secs(10), || {
-        t.server.listening(SERVICE_PORT)
-    });
+    wait_for("primary to listen", Duration::from_secs(10), || t.server.listening(SERVICE_PORT));
     let stop_echo = Arc::new(AtomicBool::new(false));
     let echo = start_echo(&t.server, stop_echo.clone());
 
@@ -323,7 +321,10 @@ fn test_run_costs(quick: bool) -> Vec<TestRunCost> {
         ("udp (not tcp)", frames::udp("10.0.0.1", "10.0.0.2", 53, b"0123456789")),
         ("tcp, other port", frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", 5001, &[b'x'; 100]))),
         ("tcp ipv6, other port", frames::tcp(&Tcp::new("fd00::1", 40000, "fd00::2", 5001, &[b'x'; 100]))),
-        ("tcp, service port, request at 0% (decision only)", frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, get))),
+        (
+            "tcp, service port, request at 0% (decision only)",
+            frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, get)),
+        ),
     ];
     let mut out = Vec::new();
     for (name, f) in cases {
@@ -348,8 +349,9 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
     let reader = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let mut fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .expect("register ring");
+            let mut fd =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                    .expect("register ring");
             while !s2.load(Ordering::Relaxed) {
                 let Ok(Ok(mut g)) = tokio::time::timeout(Duration::from_millis(20), fd.readable_mut()).await else {
                     continue;
@@ -367,7 +369,8 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
             }
         });
     });
-    let frame = frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, &request("GET", "/api/items/42", 0)));
+    let frame =
+        frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, &request("GET", "/api/items/42", 0)));
     let rates: &[f64] = if quick { &[100e3, 400e3, 1.6e6] } else { &[100e3, 200e3, 400e3, 800e3, 1.6e6, 3.2e6] };
     let step = Duration::from_millis(if quick { 500 } else { 1500 });
     let mut out = Vec::new();
@@ -421,7 +424,14 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
     for p in &r.attached_cost {
         md.push_str(&format!(
             "| {} | {} | **{:.1}** | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-            p.phase, p.packets, p.net_ns_per_packet, p.ns_per_packet, p.baseline_ns_per_packet, p.ingress_ns, p.egress_ns, p.traffic
+            p.phase,
+            p.packets,
+            p.net_ns_per_packet,
+            p.ns_per_packet,
+            p.baseline_ns_per_packet,
+            p.ingress_ns,
+            p.egress_ns,
+            p.traffic
         ));
     }
     md.push_str("\nrun_time_ns / run_cnt with BPF stats on (BPF_ENABLE_STATS). The stats themselves add two clock reads per run, so a do-nothing program is attached beside ours on the same hooks; net = ours - no-op, same packets.\n\n");
@@ -434,7 +444,10 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
     for d in &r.drain {
         md.push_str(&format!("| {:.0} | {:.0} | {} |\n", d.offered_per_s, d.drained_per_s, d.ringbuf_full));
     }
-    md.push_str(&format!("\nHighest drained rate with no drops: **{:.0} records/s**.\n", r.max_drain_without_drops_per_s));
+    md.push_str(&format!(
+        "\nHighest drained rate with no drops: **{:.0} records/s**.\n",
+        r.max_drain_without_drops_per_s
+    ));
     let c = &r.capacity;
     md.push_str(&format!(
         "\n## Real traffic: request rate without ring-buffer drops\n\nnginx serving a 1 KiB file to {}-byte GET requests over a veth; the release \
@@ -442,7 +455,9 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
          nginx alone, saturated (wrk -t2 -c32): **{:.0} req/s**. Highest rate with `ringbuf_full` = 0 and every request captured: **{:.0} req/s**.\n\n",
         c.request_bytes, c.nginx_alone_rps, c.max_rps_without_ringbuf_full
     ));
-    md.push_str("| load | served req/s | requests | captured | ringbuf_full | daemon CPU s |\n|---|---:|---:|---:|---:|---:|\n");
+    md.push_str(
+        "| load | served req/s | requests | captured | ringbuf_full | daemon CPU s |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     for s in &c.steps {
         md.push_str(&format!(
             "| {} | {:.0} | {} | {} | {} | {:.2} |\n",

@@ -122,10 +122,7 @@ fn wrk(ns: &NetNs, url: &str, secs: u32, pad: &str) -> Wrk {
         } else if t.contains(" requests in ") {
             w.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
         } else if t.starts_with("Socket errors:") || t.starts_with("Non-2xx") {
-            w.errors += t
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|n| n.parse::<u64>().ok())
-                .sum::<u64>();
+            w.errors += t.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
         }
     }
     w
@@ -277,7 +274,9 @@ pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
             arm.peak_rss_mib = Some(rss);
             let drops: serde_json::Map<String, serde_json::Value> = m["dropped"]
                 .as_object()
-                .map(|o| o.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|o| {
+                    o.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| (k.clone(), v.clone())).collect()
+                })
                 .unwrap_or_default();
             arm.drops = Some(serde_json::Value::Object(drops));
         }
@@ -450,10 +449,7 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         );
         steps.push(step);
     }
-    let max_rps_without_ringbuf_full = steps
-        .iter()
-        .filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests)
-        .map(|s| s.rps)
-        .fold(0.0, f64::max);
+    let max_rps_without_ringbuf_full =
+        steps.iter().filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests).map(|s| s.rps).fold(0.0, f64::max);
     Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full }
 }

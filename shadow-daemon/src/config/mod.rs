@@ -7,34 +7,43 @@
 //!   [`EXAMPLE_CONFIG`]; rule and control flags are then refused rather than silently merged.
 //!
 //! Daemon-level settings (hook, sample rate, metrics address, control socket, ring buffer, ...)
-//! always come from flags or `SHADOW_*` variables.
+//! always come from flags or `SHADOW_*` variables. Rule settings (what a rule matches, where it
+//! sends, its controls) are defined once in [`settings`], as flags and as TOML keys alike;
+//! [`file`] reads the TOML; [`units`] has the value parsers both use.
 
 use std::{
     net::SocketAddr,
+    ops::Deref,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{
+    Parser,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 use shadow_common::PPM_ALL;
 
-use crate::{
-    metrics::DEFAULT_MAX_ENDPOINTS,
-    replay::controls::{
-        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, PathPattern, ReplayControls,
-        ShadowTarget, parse_bytes, parse_count, parse_duration, parse_rate,
-    },
+use self::file::{FileConfig, parse_config};
+pub use self::{
+    settings::{ControlArgs, RuleArgs, Setting},
+    units::{MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds},
 };
+// The hook is the capture layer's; the CLI only names it.
+pub use crate::capture::HookKind;
+#[cfg(test)]
+use crate::replay::controls::{HeaderField, HostMode, ShadowTarget};
+use crate::{metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls};
 
-/// Which kernel hook captures traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HookKind {
-    /// TC ingress and egress (TCX on Linux >= 6.6): requests and responses.
-    Tc,
-    /// XDP on ingress only: for physical NICs where the service's traffic arrives; sees requests
-    /// (and responses only if they also arrive on this interface).
-    Xdp,
+mod file;
+mod settings;
+mod units;
+
+fn parse_hook(s: &str) -> HookKind {
+    match s {
+        "xdp" => HookKind::Xdp,
+        _ => HookKind::Tc,
+    }
 }
 
 #[derive(Debug, Parser, Clone)]
@@ -48,25 +57,17 @@ pub struct Args {
     #[arg(long, short = 'i', env = "SHADOW_INTERFACE")]
     pub interface: Option<String>,
 
-    /// Service port(s) whose traffic is mirrored, comma separated.
-    #[arg(long, short = 'p', env = "SHADOW_PORT", value_delimiter = ',', value_parser = parse_port)]
-    pub port: Vec<u16>,
-
-    /// Shadow target HOST:PORT that receives the mirrored requests (omit to capture only).
-    #[arg(long, env = "SHADOW_SHADOW")]
-    pub shadow: Option<String>,
+    /// What the one rule of the flags matches and where it sends (not with --config).
+    #[command(flatten)]
+    pub rule: RuleArgs,
 
     /// Percentage of requests to mirror, 0 to 100 (fractions allowed, e.g. 0.5).
     #[arg(long, env = "SHADOW_SAMPLE_RATE", default_value = "100", value_parser = parse_percent)]
     pub sample_rate: u32,
 
     /// Kernel hook: tc (ingress+egress) or xdp (ingress only).
-    #[arg(long, env = "SHADOW_HOOK", value_enum, default_value_t = HookKind::Tc)]
+    #[arg(long, env = "SHADOW_HOOK", default_value = "tc", value_parser = PossibleValuesParser::new(["tc", "xdp"]).map(|s| parse_hook(&s)))]
     pub hook: HookKind,
-
-    /// Methods replayed besides the safe default (GET, HEAD, OPTIONS), comma separated.
-    #[arg(long, env = "SHADOW_ALLOW_METHOD", value_delimiter = ',')]
-    pub allow_method: Vec<String>,
 
     /// Address of the metrics endpoint (/metrics, /healthz, /readyz).
     #[arg(long, env = "SHADOW_METRICS_ADDR", default_value = "127.0.0.1:9477")]
@@ -94,76 +95,12 @@ pub struct Args {
     pub summary_file: Option<PathBuf>,
 
     /// Exit by itself after this many seconds (for demos and tests; default: run until signalled).
-    #[arg(long, env = "SHADOW_DURATION")]
-    pub duration: Option<f64>,
+    #[arg(long, env = "SHADOW_DURATION", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
 
-    /// Header added to every replayed request, replacing one of that name
-    /// [default: "X-Shadow-Request: true"].
-    // Header values are validated in `resolve`, whose errors never repeat a value (clap's would),
-    // and hidden from --help, since a set header may carry a credential.
-    #[arg(long, env = "SHADOW_TAG_HEADER", value_name = "NAME: VALUE", hide_env_values = true)]
-    pub tag_header: Option<String>,
-
-    /// Host header sent to the shadow: keep (the original), target (the shadow's HOST:PORT) or
-    /// suffix:SUFFIX (appended to the original host name, before any port) [default: keep].
-    #[arg(long, env = "SHADOW_HOST_MODE", value_name = "keep|target|suffix:SUFFIX", value_parser = parse_host_mode)]
-    pub host_mode: Option<HostMode>,
-
-    /// Headers removed before replaying (e.g. Authorization,Cookie), comma separated.
-    #[arg(long, env = "SHADOW_REMOVE_HEADER", value_name = "NAME", value_delimiter = ',', value_parser = HeaderName::parse)]
-    pub remove_header: Vec<HeaderName>,
-
-    /// Header set on every replayed request, replacing one of that name; repeat the flag for
-    /// several (in SHADOW_SET_HEADER, one per line).
-    #[arg(long, env = "SHADOW_SET_HEADER", value_name = "NAME: VALUE", value_delimiter = '\n', hide_env_values = true)]
-    pub set_header: Vec<String>,
-
-    /// Only paths matching one of these are replayed, comma separated. A pattern without `*` is a
-    /// path prefix; with `*` it is a glob over the whole path (`*` within a segment, `**` across
-    /// segments). The query string is ignored; the path is normalized first (dot segments,
-    /// duplicate slashes, percent-encoded unreserved characters).
-    #[arg(long, env = "SHADOW_ALLOW_PATH", value_name = "PATTERN", value_delimiter = ',', value_parser = PathPattern::parse)]
-    pub allow_path: Vec<PathPattern>,
-
-    /// Paths never replayed (same patterns as --allow-path); checked first, deny wins.
-    #[arg(long, env = "SHADOW_DENY_PATH", value_name = "PATTERN", value_delimiter = ',', value_parser = PathPattern::parse)]
-    pub deny_path: Vec<PathPattern>,
-
-    /// Most requests per second replayed to the shadow, independent of --sample-rate
-    /// [default: no limit].
-    #[arg(long, env = "SHADOW_REPLAY_RATE", value_name = "RPS", value_parser = parse_rate)]
-    pub replay_rate: Option<f64>,
-
-    /// Largest request body replayed (bytes after the head, chunk framing included; KiB/MiB
-    /// suffixes allowed) [default: 10MiB].
-    #[arg(long, env = "SHADOW_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
-    pub max_body_bytes: Option<u64>,
-
-    /// Time for the shadow to answer completely, from the request written (e.g. 5, 2.5s, 500ms)
-    /// [default: 5s].
-    #[arg(long, env = "SHADOW_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub request_timeout: Option<Duration>,
-
-    /// Time to resolve and connect to the shadow [default: 2s].
-    #[arg(long, env = "SHADOW_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
-
-    /// Requests replayed at once (and so connections open to the shadow) [default: 64].
-    #[arg(long, env = "SHADOW_CONCURRENCY", value_name = "N", value_parser = parse_concurrency)]
-    pub concurrency: Option<usize>,
-
-    /// Requests waiting for a replay slot; beyond this they are dropped and counted [default: 1024].
-    #[arg(long, env = "SHADOW_QUEUE_CAPACITY", value_name = "N", value_parser = parse_queue_capacity)]
-    pub queue_capacity: Option<usize>,
-
-    /// Request bytes held for replay (queued and in flight) per rule; beyond this requests are
-    /// dropped and counted as queue_full [default: 64MiB].
-    #[arg(long, env = "SHADOW_QUEUE_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
-    pub queue_bytes: Option<u64>,
-
-    /// Idle keep-alive connections kept per shadow target [default: 64].
-    #[arg(long, env = "SHADOW_POOL_SIZE", value_name = "N", value_parser = parse_pool_size)]
-    pub pool_size: Option<usize>,
+    /// The controls of the one rule of the flags (not with --config).
+    #[command(flatten)]
+    pub controls: ControlArgs,
 
     /// Endpoints (method + path template) with their own latency series; the rest are `other`.
     #[arg(long, env = "SHADOW_MAX_ENDPOINTS", value_name = "N", default_value_t = DEFAULT_MAX_ENDPOINTS, value_parser = parse_max_endpoints)]
@@ -176,39 +113,15 @@ pub struct Args {
 }
 
 fn parse_memory_cap(s: &str) -> Result<u64, String> {
-    let v = parse_bytes(s)?;
+    let v = parse_byte_size(s)?;
     if v < 1024 * 1024 {
         return Err(format!("{v} bytes is below the 1 MiB minimum"));
     }
     Ok(v)
 }
 
-fn parse_host_mode(s: &str) -> Result<HostMode, String> {
-    s.parse()
-}
-
-fn parse_concurrency(s: &str) -> Result<usize, String> {
-    parse_count(s, 1, MAX_CONCURRENCY)
-}
-
-fn parse_queue_capacity(s: &str) -> Result<usize, String> {
-    parse_count(s, 1, MAX_QUEUE_CAPACITY)
-}
-
-fn parse_pool_size(s: &str) -> Result<usize, String> {
-    parse_count(s, 0, MAX_CONCURRENCY)
-}
-
 fn parse_max_endpoints(s: &str) -> Result<usize, String> {
     parse_count(s, 1, 10_000)
-}
-
-fn parse_port(s: &str) -> Result<u16, String> {
-    match s.trim().parse::<u16>() {
-        Ok(0) => Err("port 0 is not a service port".into()),
-        Ok(p) => Ok(p),
-        Err(_) => Err(format!("'{s}' is not a TCP port (1-65535)")),
-    }
 }
 
 /// Percent (0..=100, fractions allowed) to parts per million, rounded to the nearest ppm.
@@ -238,6 +151,15 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+impl Deref for Args {
+    type Target = RuleArgs;
+
+    /// The flags' rule settings read as the arguments' own (`args.port`).
+    fn deref(&self) -> &RuleArgs {
+        &self.rule
+    }
+}
+
 /// A usage or configuration problem: one line naming the flag, field or file; exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -253,11 +175,6 @@ impl Args {
             if self.port.is_empty() {
                 return Err(UsageError("--port is required (or give --config FILE)".into()));
             }
-        }
-        if let Some(d) = self.duration
-            && (!d.is_finite() || d <= 0.0)
-        {
-            return Err(UsageError(format!("--duration {d}: must be a positive number of seconds")));
         }
         Ok(())
     }
@@ -293,71 +210,23 @@ impl DaemonConfig {
     }
 }
 
-/// Service ports whose requests go to one shadow target under one set of controls.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    pub ports: Vec<u16>,
-    /// `None`: capture only (requests are counted as dropped, `no_target`).
-    pub shadow: Option<ShadowTarget>,
-    pub controls: ReplayControls,
-}
+/// Service ports whose requests go to one shadow target under one set of controls: a rule is
+/// what the replay stage calls a lane, and is handed to it as it is.
+pub use crate::replay::Lane as Rule;
 
 /// A documented config file; `--config` reads files of this shape. Keys are the flags' names
 /// with `_` for `-`; a list key also takes a single string.
-pub const EXAMPLE_CONFIG: &str = include_str!("../../deploy/shadow.example.toml");
-
-/// Flags that only make sense without --config (the file has its own rules).
-const RULE_FLAGS: [&str; 17] = [
-    "--port",
-    "--shadow",
-    "--allow-method",
-    "--tag-header",
-    "--host-mode",
-    "--remove-header",
-    "--set-header",
-    "--allow-path",
-    "--deny-path",
-    "--replay-rate",
-    "--max-body-bytes",
-    "--request-timeout",
-    "--connect-timeout",
-    "--concurrency",
-    "--queue-capacity",
-    "--queue-bytes",
-    "--pool-size",
-];
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/shadow.example.toml");
 
 impl Args {
-    fn rule_flags_given(&self) -> Vec<&'static str> {
-        let given = [
-            !self.port.is_empty(),
-            self.shadow.is_some(),
-            !self.allow_method.is_empty(),
-            self.tag_header.is_some(),
-            self.host_mode.is_some(),
-            !self.remove_header.is_empty(),
-            !self.set_header.is_empty(),
-            !self.allow_path.is_empty(),
-            !self.deny_path.is_empty(),
-            self.replay_rate.is_some(),
-            self.max_body_bytes.is_some(),
-            self.request_timeout.is_some(),
-            self.connect_timeout.is_some(),
-            self.concurrency.is_some(),
-            self.queue_capacity.is_some(),
-            self.queue_bytes.is_some(),
-            self.pool_size.is_some(),
-        ];
-        RULE_FLAGS.iter().zip(given).filter(|(_, g)| *g).map(|(f, _)| *f).collect()
-    }
-
     /// Validate everything and produce the daemon's configuration. A problem is one line naming
     /// the flag, or the file and field; the caller exits with code 2.
     pub fn resolve(self) -> Result<DaemonConfig, UsageError> {
         self.validate()?;
         let (interface, rules) = match &self.config {
             Some(path) => {
-                if let Some(flag) = self.rule_flags_given().first() {
+                if let Some(key) = self.rule.given().into_iter().chain(self.controls.given()).next() {
+                    let flag = flag_of(key);
                     return Err(UsageError(format!(
                         "{flag} cannot be combined with --config: set it in the file ([defaults] or a [[rule]])"
                     )));
@@ -389,7 +258,7 @@ impl Args {
             ring_buffer_size: self.ring_buffer_size,
             verifier_log: self.verifier_log,
             summary_file: self.summary_file,
-            duration: self.duration.map(Duration::from_secs_f64),
+            duration: self.duration,
             max_endpoints: self.max_endpoints,
             memory_cap: self.memory_cap,
         })
@@ -397,214 +266,21 @@ impl Args {
 
     /// The one rule the flags describe.
     fn flag_rule(&self) -> Result<Rule, UsageError> {
-        let shadow = match &self.shadow {
-            Some(s) => Some(s.parse::<ShadowTarget>().map_err(|e| UsageError(format!("--shadow: {e}")))?),
-            None => None,
-        };
-        let mut methods = Vec::with_capacity(self.allow_method.len());
-        for m in &self.allow_method {
-            methods.push(MethodAllowlist::parse_method(m).map_err(|e| UsageError(format!("--allow-method: {e}")))?);
-        }
-        let tag_header = match &self.tag_header {
-            Some(t) => Some(HeaderField::parse(t).map_err(|e| UsageError(format!("--tag-header: {e}")))?),
-            None => None,
-        };
-        let set_headers = self
-            .set_header
-            .iter()
-            .map(|h| HeaderField::parse(h).map_err(|e| UsageError(format!("--set-header: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let d = ReplayControls::default();
-        let controls = ReplayControls {
-            methods: MethodAllowlist::with_extra(&methods),
-            tag_header: tag_header.unwrap_or(d.tag_header),
-            host: self.host_mode.clone().unwrap_or(d.host),
-            remove_headers: self.remove_header.clone(),
-            set_headers,
-            allow_paths: self.allow_path.clone(),
-            deny_paths: self.deny_path.clone(),
-            replay_rate: self.replay_rate,
-            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
-            request_timeout: self.request_timeout.unwrap_or(d.request_timeout),
-            connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
-            concurrency: self.concurrency.unwrap_or(d.concurrency),
-            queue_capacity: self.queue_capacity.unwrap_or(d.queue_capacity),
-            queue_bytes: self.queue_bytes.unwrap_or(d.queue_bytes),
-            pool_size: self.pool_size.unwrap_or(d.pool_size),
-        };
-        let mut ports = self.port.clone();
-        ports.sort_unstable();
-        ports.dedup();
-        Ok(Rule { ports, shadow, controls })
+        let name = |k: &str| flag_of(k);
+        let mut controls = ReplayControls::default();
+        self.controls.clone().apply(&mut controls, &name)?;
+        self.rule.clone().into_rule(controls, &name)
     }
 }
 
-/// What a config file says.
-#[derive(Debug)]
-struct FileConfig {
-    interface: Option<String>,
-    rules: Vec<Rule>,
+/// `--replay-rate` for the key `replay_rate`.
+fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
 fn load_config_file(path: &Path) -> Result<FileConfig, UsageError> {
     let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("config {}: {e}", path.display())))?;
     parse_config(&path.display().to_string(), &text)
-}
-
-const CONTROL_KEYS: [&str; 15] = [
-    "allow_method",
-    "tag_header",
-    "host_mode",
-    "remove_header",
-    "set_header",
-    "allow_path",
-    "deny_path",
-    "replay_rate",
-    "max_body_bytes",
-    "request_timeout",
-    "connect_timeout",
-    "concurrency",
-    "queue_capacity",
-    "queue_bytes",
-    "pool_size",
-];
-
-/// Parse a config file's text; `name` is how errors refer to the file.
-fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageError> {
-    let fail = |field: &str, msg: String| UsageError(format!("config {name}: {field}: {msg}"));
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let at = e.span().map(|s| {
-            let before = &text[..s.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
-            format!("line {line}, column {col}: ")
-        });
-        UsageError(format!("config {name}: {}{}", at.unwrap_or_default(), e.message().trim().replace('\n', " ")))
-    })?;
-
-    let mut interface = None;
-    let mut defaults = ReplayControls::default();
-    let mut rule_values: Option<&Vec<toml::Value>> = None;
-    // [defaults] first, whatever its place in the file, since rules start from it.
-    if let Some(v) = table.get("defaults") {
-        let t = v.as_table().ok_or_else(|| fail("defaults", format!("expected a table, found {}", v.type_str())))?;
-        for (k, v) in t {
-            if !CONTROL_KEYS.contains(&k.as_str()) {
-                let hint = if k == "port" || k == "shadow" { " (it belongs in a [[rule]])" } else { "" };
-                return Err(fail(&format!("defaults.{k}"), format!("unknown key{hint}")));
-            }
-            apply_control(&mut defaults, k, v).map_err(|e| fail(&format!("defaults.{k}"), e))?;
-        }
-    }
-    for (k, v) in &table {
-        match k.as_str() {
-            "defaults" => {}
-            "interface" => {
-                let i = v
-                    .as_str()
-                    .filter(|i| !i.trim().is_empty())
-                    .ok_or_else(|| fail("interface", "expected an interface name".into()))?;
-                interface = Some(i.trim().to_owned());
-            }
-            "rule" => {
-                rule_values = Some(v.as_array().ok_or_else(|| fail("rule", "expected [[rule]] tables".into()))?);
-            }
-            _ => return Err(fail(k, "unknown key (expected interface, [defaults] or [[rule]])".into())),
-        }
-    }
-    let rule_values =
-        rule_values.filter(|r| !r.is_empty()).ok_or_else(|| fail("rule", "no [[rule]]: add at least one".into()))?;
-
-    let mut rules: Vec<Rule> = Vec::with_capacity(rule_values.len());
-    for (i, rv) in rule_values.iter().enumerate() {
-        let field = |k: &str| format!("rule[{i}].{k}");
-        let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
-        let mut rule = Rule { ports: Vec::new(), shadow: None, controls: defaults.clone() };
-        for (k, v) in t {
-            match k.as_str() {
-                "port" => rule.ports = parse_ports(v).map_err(|e| fail(&field(k), e))?,
-                "shadow" => {
-                    let s =
-                        v.as_str().ok_or_else(|| fail(&field(k), format!("expected \"HOST:PORT\", found {}", v.type_str())))?;
-                    rule.shadow = Some(s.parse().map_err(|e| fail(&field(k), e))?);
-                }
-                k if CONTROL_KEYS.contains(&k) => apply_control(&mut rule.controls, k, v).map_err(|e| fail(&field(k), e))?,
-                _ => return Err(fail(&field(k), "unknown key".into())),
-            }
-        }
-        if rule.ports.is_empty() {
-            return Err(fail(&field("port"), "missing: every rule needs its service port(s)".into()));
-        }
-        for &p in &rule.ports {
-            if let Some(j) = rules.iter().position(|r| r.ports.contains(&p)) {
-                return Err(fail(&field("port"), format!("port {p} is already in rule[{j}]")));
-            }
-        }
-        rules.push(rule);
-    }
-    Ok(FileConfig { interface, rules })
-}
-
-fn parse_ports(v: &toml::Value) -> Result<Vec<u16>, String> {
-    let one = |v: &toml::Value| match v.as_integer() {
-        Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        Some(p) => Err(format!("{p} is not a TCP port (1-65535)")),
-        None => Err(format!("expected a port number, found {}", v.type_str())),
-    };
-    let mut ports = match v {
-        toml::Value::Array(a) => a.iter().map(one).collect::<Result<Vec<_>, _>>()?,
-        v => vec![one(v)?],
-    };
-    ports.sort_unstable();
-    ports.dedup();
-    Ok(ports)
-}
-
-/// A string, or for numbers given as TOML numbers, their decimal text, so `5` and `"5s"` go
-/// through the same parser.
-fn scalar_text(v: &toml::Value, expected: &str) -> Result<String, String> {
-    match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        other => Err(format!("expected {expected}, found {}", other.type_str())),
-    }
-}
-
-fn string_list(v: &toml::Value) -> Result<Vec<&str>, String> {
-    match v {
-        toml::Value::String(s) => Ok(vec![s.as_str()]),
-        toml::Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().ok_or_else(|| format!("expected a list of strings, found a {} in it", x.type_str())))
-            .collect(),
-        other => Err(format!("expected a string or a list of strings, found {}", other.type_str())),
-    }
-}
-
-fn apply_control(c: &mut ReplayControls, key: &str, v: &toml::Value) -> Result<(), String> {
-    fn each<T>(v: &toml::Value, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-        string_list(v)?.into_iter().map(parse).collect()
-    }
-    match key {
-        "allow_method" => c.methods = MethodAllowlist::with_extra(&each(v, MethodAllowlist::parse_method)?),
-        "tag_header" => c.tag_header = HeaderField::parse(v.as_str().ok_or("expected \"Name: value\"")?)?,
-        "host_mode" => c.host = v.as_str().ok_or("expected keep, target or suffix:SUFFIX")?.parse()?,
-        "remove_header" => c.remove_headers = each(v, HeaderName::parse)?,
-        "set_header" => c.set_headers = each(v, HeaderField::parse)?,
-        "allow_path" => c.allow_paths = each(v, PathPattern::parse)?,
-        "deny_path" => c.deny_paths = each(v, PathPattern::parse)?,
-        "replay_rate" => c.replay_rate = Some(parse_rate(&scalar_text(v, "requests per second")?)?),
-        "max_body_bytes" => c.max_body_bytes = parse_bytes(&scalar_text(v, "a byte count")?)?,
-        "request_timeout" => c.request_timeout = parse_duration(&scalar_text(v, "a duration")?)?,
-        "connect_timeout" => c.connect_timeout = parse_duration(&scalar_text(v, "a duration")?)?,
-        "concurrency" => c.concurrency = parse_concurrency(&scalar_text(v, "a number")?)?,
-        "queue_capacity" => c.queue_capacity = parse_queue_capacity(&scalar_text(v, "a number")?)?,
-        "queue_bytes" => c.queue_bytes = parse_bytes(&scalar_text(v, "a byte count")?)?,
-        "pool_size" => c.pool_size = parse_pool_size(&scalar_text(v, "a number")?)?,
-        _ => return Err("unknown key".into()),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -774,6 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn caps_on_memory_take_gib_and_durations_are_bounded() {
+        let c = resolve(&["-i", "lo", "-p", "80", "--memory-cap", "2GiB", "--queue-bytes", "2GiB"]).unwrap();
+        assert_eq!((c.memory_cap, c.rules[0].controls.queue_bytes), (2 << 30, 2 << 30));
+        let f = file("[[rule]]\nport = 80\nqueue_bytes = \"4GiB\"\n").unwrap();
+        assert_eq!(f.rules[0].controls.queue_bytes, 4 << 30);
+        let e = resolve(&["-i", "lo", "-p", "80", "--max-body-bytes", "2GiB"]).unwrap_err();
+        assert!(e.contains("--max-body-bytes") && e.contains("1GiB"), "a body is still capped at 1 GiB: {e}");
+        for d in ["1e20", "inf", "0", "-2", "x"] {
+            let d = &format!("--duration={d}");
+            let e = parse(&["-i", "lo", "-p", "80", d]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{d}");
+            assert!(e.to_string().contains("--duration"), "{d}: {e}");
+        }
+    }
+
+    #[test]
     fn config_and_rule_flags_are_not_mixed() {
         for (flag, value) in [("--port", "80"), ("--shadow", "a:1"), ("--replay-rate", "5"), ("--pool-size", "1")] {
             let e = resolve(&["--config", "/nonexistent.toml", flag, value]).unwrap_err();
@@ -843,7 +535,10 @@ mod tests {
             ("[defaults]\nport = 80\n[[rule]]\nport = 80\n", "defaults.port: unknown key (it belongs in a [[rule]])"),
             ("[[rule]]\nport = 80\nhost_mode = \"sideways\"\n", "rule[0].host_mode: 'sideways' is not keep"),
             ("[[rule]]\nport = 80\nset_header = [\"X-A: 1\", 2]\n", "rule[0].set_header: expected a list of strings"),
-            ("[[rule]]\nport = 80\nrequest_timeout = true\n", "rule[0].request_timeout: expected a duration, found boolean"),
+            (
+                "[[rule]]\nport = 80\nrequest_timeout = true\n",
+                "rule[0].request_timeout: expected a duration, found boolean",
+            ),
             ("[[rule]]\nport = 80\nconcurrency = 0\n", "rule[0].concurrency: 0 is not between 1 and"),
             ("interface = \"lo\"\n", "config /etc/shadow.toml: rule: no [[rule]]"),
             ("hook = \"xdp\"\n[[rule]]\nport = 80\n", "config /etc/shadow.toml: hook: unknown key"),

@@ -1,0 +1,112 @@
+//! The TOML config file: `interface`, `[defaults]` and `[[rule]]` tables. The file's keys are the
+//! settings of [`RuleArgs`] and [`ControlArgs`], deserialized by serde through the same parsers
+//! as the flags; each key is first read alone, so that an error names the file and the field.
+
+use serde::de::DeserializeOwned;
+
+use super::{
+    Rule, UsageError,
+    settings::{ControlArgs, RuleArgs},
+};
+use crate::replay::controls::ReplayControls;
+
+/// What a config file says.
+#[derive(Debug)]
+pub(super) struct FileConfig {
+    pub interface: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// Parse a config file's text; `name` is how errors refer to the file.
+pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageError> {
+    let fail = |field: &str, msg: String| UsageError(format!("config {name}: {field}: {msg}"));
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
+            format!("line {line}, column {col}: ")
+        });
+        UsageError(format!("config {name}: {}{}", at.unwrap_or_default(), e.message().trim().replace('\n', " ")))
+    })?;
+
+    let mut interface = None;
+    let mut defaults = ReplayControls::default();
+    let mut rule_values: Option<&Vec<toml::Value>> = None;
+    // [defaults] first, whatever its place in the file, since rules start from it.
+    if let Some(v) = table.get("defaults") {
+        let t = v.as_table().ok_or_else(|| fail("defaults", format!("expected a table, found {}", v.type_str())))?;
+        let field = |k: &str| format!("defaults.{k}");
+        if let Some(k) = t.keys().find(|k| !ControlArgs::KEYS.contains(&k.as_str())) {
+            let hint = if RuleArgs::KEYS.contains(&k.as_str()) { " (it belongs in a [[rule]])" } else { "" };
+            return Err(fail(&field(k), format!("unknown key{hint}")));
+        }
+        let controls: ControlArgs = read(t, &field, &fail)?;
+        controls.apply(&mut defaults, &|k| format!("config {name}: {}", field(k)))?;
+    }
+    for (k, v) in &table {
+        match k.as_str() {
+            "defaults" => {}
+            "interface" => {
+                let i = v
+                    .as_str()
+                    .filter(|i| !i.trim().is_empty())
+                    .ok_or_else(|| fail("interface", "expected an interface name".into()))?;
+                interface = Some(i.trim().to_owned());
+            }
+            "rule" => {
+                rule_values = Some(v.as_array().ok_or_else(|| fail("rule", "expected [[rule]] tables".into()))?);
+            }
+            _ => return Err(fail(k, "unknown key (expected interface, [defaults] or [[rule]])".into())),
+        }
+    }
+    let rule_values =
+        rule_values.filter(|r| !r.is_empty()).ok_or_else(|| fail("rule", "no [[rule]]: add at least one".into()))?;
+
+    let mut rules: Vec<Rule> = Vec::with_capacity(rule_values.len());
+    for (i, rv) in rule_values.iter().enumerate() {
+        let field = |k: &str| format!("rule[{i}].{k}");
+        let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
+        let (mut matching, mut controls) = (toml::Table::new(), toml::Table::new());
+        for (k, v) in t {
+            let part = if RuleArgs::KEYS.contains(&k.as_str()) {
+                &mut matching
+            } else if ControlArgs::KEYS.contains(&k.as_str()) {
+                &mut controls
+            } else {
+                return Err(fail(&field(k), "unknown key".into()));
+            };
+            part.insert(k.clone(), v.clone());
+        }
+        let matching: RuleArgs = read(&matching, &field, &fail)?;
+        let controls: ControlArgs = read(&controls, &field, &fail)?;
+        let name = |k: &str| format!("config {name}: {}", field(k));
+        let mut own = defaults.clone();
+        controls.apply(&mut own, &name)?;
+        let rule = matching.into_rule(own, &name)?;
+        if rule.ports.is_empty() {
+            return Err(fail(&field("port"), "missing: every rule needs its service port(s)".into()));
+        }
+        for &p in &rule.ports {
+            if let Some(j) = rules.iter().position(|r| r.ports.contains(&p)) {
+                return Err(fail(&field("port"), format!("port {p} is already in rule[{j}]")));
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(FileConfig { interface, rules })
+}
+
+/// Settings from a table of their keys: each key alone first, so that a type or value error
+/// names its field, then the whole table.
+fn read<S: DeserializeOwned>(
+    t: &toml::Table,
+    field: &dyn Fn(&str) -> String,
+    fail: &dyn Fn(&str, String) -> UsageError,
+) -> Result<S, UsageError> {
+    for (k, v) in t {
+        let alone: toml::Table = [(k.clone(), v.clone())].into_iter().collect();
+        S::deserialize(toml::Value::Table(alone)).map_err(|e| fail(&field(k), e.message().to_owned()))?;
+    }
+    S::deserialize(toml::Value::Table(t.clone())).map_err(|e| fail(&field("?"), e.message().to_owned()))
+}

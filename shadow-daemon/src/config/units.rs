@@ -1,0 +1,109 @@
+//! Value parsers shared by the flags and the config file: one parser per kind of value, so
+//! `--request-timeout 500ms` and `request_timeout = "500ms"` mean the same and fail the same way.
+
+use std::time::Duration;
+
+use crate::replay::controls::MAX_BODY_BYTES_LIMIT;
+
+/// Longest timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Parse a request rate: positive requests per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of requests per second"))?;
+    if !v.is_finite() || v <= 0.0 || v > 10_000_000.0 {
+        return Err(format!("{v} is not a rate between 0 (exclusive) and 10000000 requests/s (omit it for no limit)"));
+    }
+    Ok(v)
+}
+
+/// Parse a duration: seconds (`5`, `0.25`, `5s`) or milliseconds (`250ms`), above 0 and at most an
+/// hour.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a duration (e.g. 5, 0.5s, 250ms)"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || secs <= 0.0 || secs > MAX_TIMEOUT.as_secs_f64() {
+        return Err(format!("'{s}' is not a duration above 0 and at most {}s", MAX_TIMEOUT.as_secs()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse a byte count for a body: [`parse_byte_size`], at most 1 GiB.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let v = parse_byte_size(s)?;
+    if v > MAX_BODY_BYTES_LIMIT {
+        return Err(format!("'{s}' is more than 1GiB"));
+    }
+    Ok(v)
+}
+
+/// Parse a byte count: a plain number or with a binary suffix (`KiB`, `MiB`, `GiB`); any size a
+/// u64 holds (caps on memory, such as --memory-cap and --queue-bytes, may be several GiB).
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (num, mult) =
+        [("gib", 1u64 << 30), ("mib", 1 << 20), ("kib", 1 << 10), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)]
+            .iter()
+            .find_map(|(sfx, m)| lower.strip_suffix(sfx).map(|n| (n.trim().to_owned(), *m)))
+            .unwrap_or((lower.clone(), 1));
+    let v: u64 = num.parse().map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 10MiB)"))?;
+    v.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large a byte count"))
+}
+
+/// Parse a positive number of seconds (fractions allowed) that a [`Duration`] can hold: `1e20`
+/// is a usage error, not a panic.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{v}: must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{v}: more seconds than a duration can hold"))
+}
+
+/// Parse a count between `min` and `max` inclusive.
+pub fn parse_count(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    let v: usize = s.trim().parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if !(min..=max).contains(&v) {
+        return Err(format!("{v} is not between {min} and {max}"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "-1", "x", "4000", "nan"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_bytes("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_bytes("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert!(parse_bytes("2GiB").is_err() && parse_bytes("x").is_err() && parse_bytes("-1").is_err());
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        assert!(parse_rate("0").is_err() && parse_rate("inf").is_err());
+        assert_eq!(parse_count("3", 1, 5), Ok(3));
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30), "caps on memory may pass 1 GiB");
+        assert_eq!(parse_byte_size("16 GiB"), Ok(16 << 30));
+        assert!(parse_byte_size("99999999999GiB").is_err());
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        for bad in ["0", "-1", "nan", "inf", "1e20", "x"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert!(parse_count("0", 1, 5).is_err());
+    }
+}

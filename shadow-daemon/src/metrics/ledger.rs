@@ -1,0 +1,290 @@
+//! The request ledger: every request the extraction stage saw ends in exactly one outcome, so that
+//! at every scrape
+//!
+//! ```text
+//! shadow_requests_captured_total = shadow_requests_replayed_total
+//!     + sum(shadow_requests_dropped_total) + shadow_requests_in_flight
+//! ```
+//!
+//! The four values are kept under one lock and published from one snapshot; a request that is
+//! admitted carries a [`RequestTicket`] that settles it exactly once, and a ticket that is dropped
+//! unsettled (shutdown, an aborted task) settles as `shutdown`, so nothing leaves the ledger
+//! silently.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    ops::{Deref, Index},
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+use serde::{Deserialize, Serialize};
+
+use super::lock;
+
+/// Why the replay stage did not replay a request (the `reason` of `shadow_requests_dropped_total`
+/// besides the extraction stage's own, which it passes as their labels). Labels are stable:
+/// extend, never rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestDrop {
+    /// No rule with a shadow target covers the request's service port (capture-only rule).
+    NoTarget,
+    MethodNotAllowed,
+    /// Matched a deny pattern.
+    PathDenied,
+    /// Allow patterns are configured and none matched.
+    PathNotAllowed,
+    BodyTooLarge,
+    RateLimited,
+    QueueFull,
+    /// Sent, but the shadow failed (see `shadow_errors_total{kind}` for which way).
+    ShadowError,
+    /// The captured request's spans did not describe a well-formed head: not replayed rather
+    /// than repaired.
+    InvalidCapture,
+    /// Still queued or in flight when the daemon stopped.
+    Shutdown,
+}
+
+impl RequestDrop {
+    pub const ALL: [Self; 10] = [
+        Self::NoTarget,
+        Self::MethodNotAllowed,
+        Self::PathDenied,
+        Self::PathNotAllowed,
+        Self::BodyTooLarge,
+        Self::RateLimited,
+        Self::QueueFull,
+        Self::ShadowError,
+        Self::InvalidCapture,
+        Self::Shutdown,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoTarget => "no_target",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PathDenied => "path_denied",
+            Self::PathNotAllowed => "path_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::QueueFull => "queue_full",
+            Self::ShadowError => "shadow_error",
+            Self::InvalidCapture => "invalid_capture",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for RequestDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Short names for the replay drop reasons, as callers have written them (`reason::QUEUE_FULL`).
+pub mod reason {
+    use super::RequestDrop;
+
+    pub const NO_TARGET: RequestDrop = RequestDrop::NoTarget;
+    pub const METHOD_NOT_ALLOWED: RequestDrop = RequestDrop::MethodNotAllowed;
+    pub const PATH_DENIED: RequestDrop = RequestDrop::PathDenied;
+    pub const PATH_NOT_ALLOWED: RequestDrop = RequestDrop::PathNotAllowed;
+    pub const BODY_TOO_LARGE: RequestDrop = RequestDrop::BodyTooLarge;
+    pub const RATE_LIMITED: RequestDrop = RequestDrop::RateLimited;
+    pub const QUEUE_FULL: RequestDrop = RequestDrop::QueueFull;
+    pub const SHADOW_ERROR: RequestDrop = RequestDrop::ShadowError;
+    pub const INVALID_CAPTURE: RequestDrop = RequestDrop::InvalidCapture;
+    pub const SHUTDOWN: RequestDrop = RequestDrop::Shutdown;
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct Ledger {
+    captured: u64,
+    replayed: u64,
+    in_flight: u64,
+    /// By label: the replay stage's [`RequestDrop`]s and the extraction stage's reasons.
+    dropped: BTreeMap<&'static str, u64>,
+}
+
+impl Ledger {
+    /// Every replay reason present at zero, so a scrape shows what can happen before it does.
+    pub(super) fn shared() -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            dropped: RequestDrop::ALL.iter().map(|r| (r.as_str(), 0)).collect(),
+            ..Self::default()
+        }))
+    }
+
+    fn drop_one(&mut self, label: &'static str) {
+        *self.dropped.entry(label).or_default() += 1;
+    }
+
+    /// Admit one captured request (captured and in flight); the ticket settles it.
+    pub(super) fn admit(ledger: &Arc<Mutex<Self>>) -> RequestTicket {
+        {
+            let mut l = lock(ledger);
+            l.captured += 1;
+            l.in_flight += 1;
+        }
+        RequestTicket { ledger: ledger.clone(), settled: false }
+    }
+
+    /// A request seen and dropped in one step (by the extraction stage, under its own label).
+    pub(super) fn captured_and_dropped(&mut self, label: &'static str) {
+        self.captured += 1;
+        self.drop_one(label);
+    }
+
+    pub(super) fn counts(&self) -> RequestCounts {
+        RequestCounts {
+            captured: self.captured,
+            replayed: self.replayed,
+            in_flight: self.in_flight,
+            dropped: DropCounts(self.dropped.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+        }
+    }
+}
+
+/// One admitted request's place in the ledger; settle it with [`replayed`](Self::replayed) or
+/// [`dropped`](Self::dropped). Dropping it unsettled counts it as dropped for `shutdown`.
+#[derive(Debug)]
+#[must_use = "an unsettled ticket counts as dropped (shutdown)"]
+pub struct RequestTicket {
+    ledger: Arc<Mutex<Ledger>>,
+    settled: bool,
+}
+
+impl RequestTicket {
+    pub fn replayed(mut self) {
+        self.settled = true;
+        let mut l = lock(&self.ledger);
+        l.in_flight = l.in_flight.saturating_sub(1);
+        l.replayed += 1;
+    }
+
+    pub fn dropped(mut self, reason: RequestDrop) {
+        self.settled = true;
+        self.settle_dropped(reason);
+    }
+
+    fn settle_dropped(&self, reason: RequestDrop) {
+        let mut l = lock(&self.ledger);
+        l.in_flight = l.in_flight.saturating_sub(1);
+        l.drop_one(reason.as_str());
+    }
+}
+
+impl Drop for RequestTicket {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle_dropped(RequestDrop::Shutdown);
+        }
+    }
+}
+
+/// Dropped requests by label; indexed by a label or by a [`RequestDrop`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DropCounts(pub BTreeMap<String, u64>);
+
+impl Deref for DropCounts {
+    type Target = BTreeMap<String, u64>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Index<&str> for DropCounts {
+    type Output = u64;
+
+    fn index(&self, label: &str) -> &u64 {
+        &self.0[label]
+    }
+}
+
+impl Index<RequestDrop> for DropCounts {
+    type Output = u64;
+
+    fn index(&self, reason: RequestDrop) -> &u64 {
+        &self.0[reason.as_str()]
+    }
+}
+
+impl<'a> IntoIterator for &'a DropCounts {
+    type IntoIter = std::collections::btree_map::Iter<'a, String, u64>;
+    type Item = (&'a String, &'a u64);
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// The ledger as numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub captured: u64,
+    pub replayed: u64,
+    pub in_flight: u64,
+    /// By reason; every known replay reason is present, zero or not.
+    pub dropped: DropCounts,
+}
+
+impl RequestCounts {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+
+    /// `captured = replayed + dropped + in_flight`.
+    pub fn reconciles(&self) -> bool {
+        self.captured == self.replayed + self.dropped_total() + self.in_flight
+    }
+}
+
+/// Publishes the ledger from one snapshot, so the identity holds within every scrape.
+#[derive(Debug)]
+pub(super) struct LedgerCollector(pub(super) Arc<Mutex<Ledger>>);
+
+impl Collector for LedgerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snap = lock(&self.0).clone();
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+        };
+        counter(
+            &mut encoder,
+            "shadow_requests_captured",
+            "HTTP requests seen by the extraction stage, whatever became of them.",
+            snap.captured,
+        )?;
+        counter(
+            &mut encoder,
+            "shadow_requests_replayed",
+            "Requests replayed to the shadow and answered with a complete response.",
+            snap.replayed,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "shadow_requests_dropped",
+            "Requests not replayed (or replayed without a usable response), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, v) in &snap.dropped {
+            ConstCounter::new(*v).encode(family.encode_family(&[("reason", *reason)])?)?;
+        }
+        let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor(
+            "shadow_requests_in_flight",
+            "Requests admitted for replay and not settled yet (queued or being replayed).",
+            None,
+            g.metric_type(),
+        )?)
+    }
+}

@@ -1,0 +1,9 @@
+//! Extractor tests: segments in, messages and counters out, for both IP families; by topic, on
+//! one shared [`support`] module (also used by the replay client's framing test).
+
+mod framing;
+mod limits;
+mod proptests;
+mod responses;
+mod streams;
+pub(crate) mod support;

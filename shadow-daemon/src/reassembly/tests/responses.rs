@@ -1,0 +1,170 @@
+//! Responses: framing, FIFO pairing with requests, interim responses, upgrades and tunnels.
+
+use super::{super::*, support::*};
+
+#[test]
+fn until_close_response_ends_with_the_servers_fin() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40019, 3, 3);
+    let segs = [
+        c.client(b"GET /stream HTTP/1.0\r\n\r\n"),
+        c.server(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nabc"),
+        c.server(b"defgh"),
+        c.server_fin(),
+    ];
+    let ev = feed(&mut ex, segs);
+    let r = responses(&ev);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].framing, r[0].body_len), (BodyFraming::UntilClose, 8));
+}
+
+#[test]
+fn expect_100_continue_skips_the_interim_response() {
+    both_families(|v6| {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(v6, 40022, 1, 1);
+        let head = b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+        let segs = [
+            c.client(head),
+            c.server(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            c.client(b"data"),
+            c.server(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ];
+        let ev = feed(&mut ex, segs);
+        assert_eq!(raws(&ev), vec![[head.as_slice(), b"data"].concat()]);
+        let r = responses(&ev);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].status, r[0].request_id), (201, requests(&ev)[0].id));
+        assert_eq!(ex.stats().responses.seen, 1);
+    });
+}
+
+#[test]
+fn upgrade_and_connect_end_extraction() {
+    both_families(|v6| {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(v6, 40023, 1, 1);
+        let segs = [
+            c.client(GET),
+            c.server(OK),
+            c.client(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            c.server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            c.client(b"\x81\x85frame-bytes"),
+            c.server(b"\x81\x05hello"),
+            c.client(GET),
+        ];
+        let ev = feed(&mut ex, segs);
+        assert_eq!(raws(&ev), vec![GET.to_vec()]);
+        let st = ex.stats();
+        assert_eq!(st.requests.dropped(DropReason::Upgrade), 1);
+        assert_eq!(st.responses.dropped(DropReason::Upgrade), 1);
+        assert_eq!(st.request_segments.dropped(DropReason::Upgrade), 2);
+        assert_eq!(st.response_segments.dropped(DropReason::Upgrade), 1);
+
+        let mut c = Conn::new(v6, 40024, 1, 1);
+        let segs = [
+            c.client(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n"),
+            c.server(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            c.client(b"GET / HTTP/1.1\r\n\r\n"),
+        ];
+        let ev = feed(&mut ex, segs);
+        assert!(ev.is_empty());
+        assert_eq!(ex.stats().requests.dropped(DropReason::Connect), 1);
+        assert_eq!(ex.stats().responses.dropped(DropReason::Connect), 1);
+    });
+}
+
+#[test]
+fn declined_upgrade_lets_http1_go_on() {
+    both_families(|v6| {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(v6, 40037, 1, 1);
+        let segs = [
+            c.client(b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
+            c.server(OK),
+            c.client(POST),
+            c.server(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ];
+        let ev = feed(&mut ex, segs);
+        assert_eq!(raws(&ev), vec![POST.to_vec()]);
+        let r = responses(&ev);
+        assert_eq!((r.len(), r[0].status, r[0].request_id), (1, 201, requests(&ev)[0].id));
+        let st = ex.stats();
+        assert_eq!(st.requests.dropped(DropReason::Upgrade), 1, "the upgrade request itself is not replayed");
+        assert_eq!(st.responses.dropped(DropReason::UnpairedResponse), 1);
+    });
+}
+
+#[test]
+fn responses_framing_and_fifo_pairing() {
+    both_families(|v6| {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(v6, 40031, 1, 1);
+        // Pipelined: four requests, then their responses, one of them split byte by byte.
+        let reqs = [GET, b"HEAD /h HTTP/1.1\r\n\r\n".as_slice(), POST, GET].concat();
+        let mut segs = vec![c.client(&reqs)];
+        segs.push(c.server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
+        segs.push(c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"));
+        let mut tail = Vec::new();
+        for b in b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n" {
+            tail.push(c.server(&[*b]));
+        }
+        segs.extend(tail);
+        let ev = feed(&mut ex, segs);
+        let q = requests(&ev);
+        let r = responses(&ev);
+        assert_eq!(q.len(), 4);
+        let got: Vec<_> = r.iter().map(|r| (r.request_id, r.status, r.framing, r.body_len)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (q[0].id, 200, BodyFraming::Chunked, 3),
+                (q[1].id, 200, BodyFraming::None, 0),
+                (q[2].id, 204, BodyFraming::None, 0),
+                (q[3].id, 304, BodyFraming::None, 0),
+            ]
+        );
+        for (resp, req) in r.iter().zip(&q) {
+            assert_eq!(resp.request_last_ts_ns, req.last_ts_ns);
+            assert!(resp.first_ts_ns >= req.last_ts_ns);
+            assert!(resp.time_to_last_byte_ns() >= resp.time_to_first_byte_ns());
+        }
+        assert!(r[0].head.starts_with(b"HTTP/1.1 200 OK\r\n") && r[0].head.ends_with(b"\r\n\r\n"));
+    });
+}
+
+#[test]
+fn response_without_a_captured_request_is_unpaired_not_mispaired() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40032, 1, 1);
+    // The flow is first seen at a response (its request was not sampled)...
+    c.skip_client(GET.len());
+    let orphan = c.server(OK);
+    // ...then a sampled request and its response.
+    let segs = [orphan, c.client(POST), c.server(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")];
+    let ev = feed(&mut ex, segs);
+    let r = responses(&ev);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].status, r[0].request_id), (201, requests(&ev)[0].id));
+    assert_eq!(ex.stats().responses.dropped(DropReason::UnpairedResponse), 1);
+}
+
+#[test]
+fn early_response_before_the_request_ends_is_not_paired_with_the_next() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40033, 1, 1);
+    let head = b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+    let segs = [
+        c.client(head),
+        c.server(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+        c.client(b"0123456789"),
+        c.client(GET),
+        c.server(OK),
+    ];
+    let ev = feed(&mut ex, segs);
+    let q = requests(&ev);
+    let r = responses(&ev);
+    assert_eq!(q.len(), 2);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].status, r[0].request_id), (200, q[1].id));
+}

@@ -1,0 +1,96 @@
+//! What the daemon prints and writes (`--summary-file`) when it stops: what reached user space per
+//! direction, what extraction made of it, the kernel's counters and the mirror's own summary.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    metrics::Summary as MirrorSummary,
+    reassembly::ExtractorStats,
+    segment::{Direction, Segment},
+};
+
+/// Per-direction counts of what reached user space.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DirectionCounts {
+    pub segments: u64,
+    /// Payload bytes in captured segments, every copy of a retransmitted byte included.
+    pub payload_bytes: u64,
+    /// Stream bytes reassembled: each sequence number once (what the sender wrote, absent holes).
+    pub stream_bytes: u64,
+    /// Captured bytes that repeated stream bytes already taken (retransmissions, overlaps).
+    pub overlap_bytes: u64,
+    pub truncated: u64,
+    pub fin: u64,
+    pub rst: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExtractionSummary {
+    pub requests_extracted: u64,
+    pub responses_extracted: u64,
+    pub flows_active: u64,
+    pub flows_created: u64,
+    pub flows_evicted: u64,
+    pub buffered_bytes: u64,
+    pub memory_bytes: u64,
+    /// (reason, direction) → messages dropped.
+    pub message_drops: BTreeMap<String, u64>,
+    /// (reason, direction) → segments not used.
+    pub segment_drops: BTreeMap<String, u64>,
+    /// Every segment accounted for: used + dropped + buffered == in.
+    pub segments_reconcile: bool,
+}
+
+/// What the daemon prints and writes (`--summary-file`) when it stops.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub interface: String,
+    pub attached: Vec<String>,
+    pub sample_percent: f64,
+    pub request: DirectionCounts,
+    pub response: DirectionCounts,
+    pub bad_records: BTreeMap<&'static str, u64>,
+    pub kernel: BTreeMap<&'static str, u64>,
+    pub extraction: ExtractionSummary,
+    pub mirror: Option<MirrorSummary>,
+}
+
+impl Summary {
+    /// One segment that reached user space.
+    pub(super) fn count(&mut self, s: &Segment) {
+        let d = match s.direction {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        };
+        d.segments += 1;
+        d.payload_bytes += s.payload.len() as u64;
+        d.truncated += u64::from(s.truncated);
+        d.fin += u64::from(s.fin());
+        d.rst += u64::from(s.rst());
+    }
+}
+
+pub(super) fn extraction_summary(st: &ExtractorStats) -> ExtractionSummary {
+    ExtractionSummary {
+        requests_extracted: st.requests_extracted(),
+        responses_extracted: st.responses_extracted(),
+        flows_active: st.flows_active,
+        flows_created: st.flows_created,
+        flows_evicted: st.flows_evicted,
+        buffered_bytes: st.buffered_bytes,
+        memory_bytes: st.memory_bytes,
+        message_drops: st
+            .drops()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(r, d, n)| (format!("{r}/{}", d.as_str()), n))
+            .collect(),
+        segment_drops: st
+            .segment_drops()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(r, d, n)| (format!("{r}/{}", d.as_str()), n))
+            .collect(),
+        segments_reconcile: st.reconciles(),
+    }
+}
