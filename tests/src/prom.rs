@@ -36,9 +36,7 @@ pub fn latency_buckets() -> Vec<f64> {
     (0..=146)
         .map(|k| {
             let v = 1e-4 * 2f64.powf(f64::from(k) / 8.0);
-            format!("{v:.3e}")
-                .parse()
-                .expect("a formatted float parses")
+            format!("{v:.3e}").parse().expect("a formatted float parses")
         })
         .collect()
 }
@@ -73,22 +71,12 @@ pub struct EndpointCounts {
 
 impl EndpointCounts {
     pub fn new(rule: &str, endpoint: &str) -> Self {
-        Self {
-            rule: rule.into(),
-            endpoint: endpoint.into(),
-            ..Self::default()
-        }
+        Self { rule: rule.into(), endpoint: endpoint.into(), ..Self::default() }
     }
 
     /// Add `n` pairs with this outcome, primary and shadow classes (`error`: the shadow failed)
     /// and latencies (the shadow's ignored when it failed, as compare records them).
-    pub fn pairs(
-        mut self,
-        n: u64,
-        outcome: &str,
-        classes: (&str, &str),
-        latency: (f64, f64),
-    ) -> Self {
+    pub fn pairs(mut self, n: u64, outcome: &str, classes: (&str, &str), latency: (f64, f64)) -> Self {
         *self.outcomes.entry(outcome.into()).or_default() += n;
         *self.primary.entry(classes.0.into()).or_default() += n;
         *self.shadow.entry(classes.1.into()).or_default() += n;
@@ -115,11 +103,7 @@ const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 /// The exposition text of the contract for these endpoints, zeros included, as the daemon emits it.
 pub fn exposition(endpoints: &[EndpointCounts]) -> String {
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     let mut o = String::new();
     o.push_str("# HELP shadow_comparisons_total Compared primary/shadow pairs by outcome.\n");
     o.push_str("# TYPE shadow_comparisons_total counter\n");
@@ -134,16 +118,11 @@ pub fn exposition(endpoints: &[EndpointCounts]) -> String {
             );
         }
     }
-    o.push_str(
-        "# HELP shadow_compared_responses_total Responses of compared pairs by side and class.\n",
-    );
+    o.push_str("# HELP shadow_compared_responses_total Responses of compared pairs by side and class.\n");
     o.push_str("# TYPE shadow_compared_responses_total counter\n");
     for e in endpoints {
         for (side, classes) in [("primary", &e.primary), ("shadow", &e.shadow)] {
-            for c in CLASSES
-                .iter()
-                .filter(|c| side == "shadow" || **c != "error")
-            {
+            for c in CLASSES.iter().filter(|c| side == "shadow" || **c != "error") {
                 let n = classes.get(*c).copied().unwrap_or(0);
                 let _ = writeln!(
                     o,
@@ -158,38 +137,15 @@ pub fn exposition(endpoints: &[EndpointCounts]) -> String {
     o.push_str("# TYPE shadow_compared_latency_seconds histogram\n");
     let bounds = latency_buckets();
     for e in endpoints {
-        for (side, lat) in [
-            ("primary", &e.primary_latencies),
-            ("shadow", &e.shadow_latencies),
-        ] {
-            let labels = format!(
-                "rule=\"{}\",endpoint=\"{}\",side=\"{side}\"",
-                esc(&e.rule),
-                esc(&e.endpoint)
-            );
+        for (side, lat) in [("primary", &e.primary_latencies), ("shadow", &e.shadow_latencies)] {
+            let labels = format!("rule=\"{}\",endpoint=\"{}\",side=\"{side}\"", esc(&e.rule), esc(&e.endpoint));
             for b in &bounds {
                 let n = lat.iter().filter(|v| **v <= *b).count();
-                let _ = writeln!(
-                    o,
-                    "shadow_compared_latency_seconds_bucket{{{labels},le=\"{}\"}} {n}",
-                    le_label(*b)
-                );
+                let _ = writeln!(o, "shadow_compared_latency_seconds_bucket{{{labels},le=\"{}\"}} {n}", le_label(*b));
             }
-            let _ = writeln!(
-                o,
-                "shadow_compared_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                lat.len()
-            );
-            let _ = writeln!(
-                o,
-                "shadow_compared_latency_seconds_sum{{{labels}}} {:?}",
-                lat.iter().sum::<f64>()
-            );
-            let _ = writeln!(
-                o,
-                "shadow_compared_latency_seconds_count{{{labels}}} {}",
-                lat.len()
-            );
+            let _ = writeln!(o, "shadow_compared_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}", lat.len());
+            let _ = writeln!(o, "shadow_compared_latency_seconds_sum{{{labels}}} {:?}", lat.iter().sum::<f64>());
+            let _ = writeln!(o, "shadow_compared_latency_seconds_count{{{labels}}} {}", lat.len());
         }
     }
     o
@@ -238,9 +194,7 @@ impl MetricsServer {
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     text.len()
                 );
-                let _ = s
-                    .write_all(head.as_bytes())
-                    .and_then(|()| s.write_all(text.as_bytes()));
+                let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(text.as_bytes()));
             }
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
@@ -248,11 +202,7 @@ impl MetricsServer {
             Ok(Err(e)) => panic!("metrics server bind {addr} in {}: {e}", ns.name),
             Err(e) => panic!("metrics server in {}: {e}", ns.name),
         }
-        Self {
-            addr,
-            ns_name: ns.name.clone(),
-            stop,
-        }
+        Self { addr, ns_name: ns.name.clone(), stop }
     }
 }
 
@@ -274,8 +224,7 @@ pub fn get(ns_name: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)>
         let timeout = Duration::from_secs(5);
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
         s.set_read_timeout(Some(timeout)).ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
@@ -292,9 +241,7 @@ pub fn get(ns_name: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)>
 pub fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -327,28 +274,19 @@ impl PromServer {
             targets.join(", ")
         );
         let config_path = scratch.path("prometheus.yml");
-        fs::write(&config_path, config)
-            .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        fs::write(&config_path, config).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
         let log = fs::File::create(scratch.path("prometheus.log")).expect("prometheus log");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
         let proc = Proc::spawn(
             "prometheus",
             ns.command("prometheus")
                 .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    scratch.path("data").display()
-                ))
+                .arg(format!("--storage.tsdb.path={}", scratch.path("data").display()))
                 .arg(format!("--web.listen-address={addr}"))
                 .stdout(Stdio::null())
                 .stderr(log),
         );
-        let mut server = Self {
-            addr,
-            ns_name: ns.name.clone(),
-            process: proc,
-            scratch,
-        };
+        let mut server = Self { addr, ns_name: ns.name.clone(), process: proc, scratch };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if get(&server.ns_name, addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
@@ -370,14 +308,10 @@ impl PromServer {
     /// An instant query at the server's now; panics on an API error.
     pub fn query(&self, q: &str) -> Vec<Sample> {
         let path = format!("/api/v1/query?query={}", url_encode(q));
-        let (status, body) = get(&self.ns_name, self.addr, &path)
-            .unwrap_or_else(|| panic!("query {q}: no answer from prometheus"));
-        let v: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {q}: {e}: {body}"));
-        assert!(
-            status == 200 && v["status"] == "success",
-            "query {q}: HTTP {status}: {body}"
-        );
+        let (status, body) =
+            get(&self.ns_name, self.addr, &path).unwrap_or_else(|| panic!("query {q}: no answer from prometheus"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {q}: {e}: {body}"));
+        assert!(status == 200 && v["status"] == "success", "query {q}: HTTP {status}: {body}");
         v["data"]["result"]
             .as_array()
             .unwrap_or_else(|| panic!("query {q}: not a vector: {body}"))
@@ -385,16 +319,9 @@ impl PromServer {
             .map(|r| {
                 let labels = r["metric"]
                     .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                            .collect()
-                    })
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
                     .unwrap_or_default();
-                let value = r["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN);
+                let value = r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
                 (labels, value)
             })
             .collect()
@@ -402,20 +329,14 @@ impl PromServer {
 
     /// `query` keyed by (rule, endpoint).
     pub fn by_endpoint(&self, q: &str) -> BTreeMap<(String, String), f64> {
-        self.query(q)
-            .into_iter()
-            .map(|(l, v)| (key(&l), v))
-            .collect()
+        self.query(q).into_iter().map(|(l, v)| (key(&l), v)).collect()
     }
 
     /// Wait until the rules have seen exactly these per-endpoint sample totals (every target
     /// scraped, the rules evaluated on them). Returns when `shadow:endpoint_samples:total` equals
     /// `expected`, and the rules downstream have been evaluated on them (see `wait_settled`).
     pub fn wait_for_samples(&self, expected: &BTreeMap<(String, String), u64>, timeout: Duration) {
-        let want: BTreeMap<(String, String), f64> = expected
-            .iter()
-            .map(|(k, v)| (k.clone(), *v as f64))
-            .collect();
+        let want: BTreeMap<(String, String), f64> = expected.iter().map(|(k, v)| (k.clone(), *v as f64)).collect();
         let mut last = BTreeMap::new();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -425,10 +346,7 @@ impl PromServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "timed out after {timeout:?}: shadow:endpoint_samples:total is {last:?}, want {want:?}\n{}",
-            self.log()
-        );
+        panic!("timed out after {timeout:?}: shadow:endpoint_samples:total is {last:?}, want {want:?}\n{}", self.log());
     }
 }
 
@@ -447,10 +365,7 @@ impl PromServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "rules not evaluated {SETTLE_EVALUATIONS} times after the totals were complete\n{}",
-            self.log()
-        );
+        panic!("rules not evaluated {SETTLE_EVALUATIONS} times after the totals were complete\n{}", self.log());
     }
 }
 
@@ -473,13 +388,7 @@ pub fn verdicts(server: &PromServer) -> BTreeMap<(String, String), Verdict> {
     server
         .by_endpoint("shadow:endpoint_verdict")
         .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                verdict_of(v)
-                    .unwrap_or_else(|| panic!("shadow:endpoint_verdict {v} is no verdict")),
-            )
-        })
+        .map(|(k, v)| (k, verdict_of(v).unwrap_or_else(|| panic!("shadow:endpoint_verdict {v} is no verdict"))))
         .collect()
 }
 
@@ -487,9 +396,7 @@ pub fn verdicts(server: &PromServer) -> BTreeMap<(String, String), Verdict> {
 pub fn failing_gates(server: &PromServer) -> BTreeMap<(String, String), Vec<String>> {
     let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (l, _) in server.query("shadow:endpoint_gate_failing == 1") {
-        out.entry(key(&l))
-            .or_default()
-            .push(l.get("gate").cloned().unwrap_or_default());
+        out.entry(key(&l)).or_default().push(l.get("gate").cloned().unwrap_or_default());
     }
     out.values_mut().for_each(|g| g.sort());
     out
@@ -513,26 +420,17 @@ pub fn agree_with_report(
     report: &Report,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
-    let ours: BTreeMap<&str, Verdict> = prom
-        .iter()
-        .filter(|((r, _), _)| r == rule)
-        .map(|((_, e), v)| (e.as_str(), *v))
-        .collect();
+    let ours: BTreeMap<&str, Verdict> =
+        prom.iter().filter(|((r, _), _)| r == rule).map(|((_, e), v)| (e.as_str(), *v)).collect();
     for e in &report.endpoints {
         let name = e.summary.endpoint.as_str();
         let theirs = e.verdict.verdict();
         match ours.get(name) {
-            None => problems.push(format!(
-                "{name}: no verdict from the rules (report: {})",
-                theirs.as_str()
-            )),
+            None => problems.push(format!("{name}: no verdict from the rules (report: {})", theirs.as_str())),
             Some(v) if *v == theirs => {}
             Some(v) => {
-                let band = e
-                    .summary
-                    .latency
-                    .p99_ratio
-                    .is_some_and(|r| p99_verdicts_may_differ(r, e.gates.max_p99_ratio));
+                let band =
+                    e.summary.latency.p99_ratio.is_some_and(|r| p99_verdicts_may_differ(r, e.gates.max_p99_ratio));
                 if !band {
                     problems.push(format!(
                         "{name}: rules {} but report {} ({})",
@@ -546,14 +444,8 @@ pub fn agree_with_report(
     }
     for name in ours.keys() {
         if !report.endpoints.iter().any(|e| e.summary.endpoint == *name) {
-            problems.push(format!(
-                "{name}: the rules judge it, the report does not know it"
-            ));
+            problems.push(format!("{name}: the rules judge it, the report does not know it"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }

@@ -13,9 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use shadow_daemon::compare::{
-    Comparator, CompareSettings, Outcome, ResponseSample, ShadowFailure, Verdict,
-};
+use shadow_daemon::compare::{Comparator, CompareSettings, Outcome, ResponseSample, ShadowFailure, Verdict};
 use shadow_tests::{
     Scratch,
     prom::{self, EndpointCounts, MetricsServer, PromServer},
@@ -41,17 +39,8 @@ fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 
 /// Run promtool with `args` in `dir`: (success, stdout + stderr).
 fn promtool(dir: &Path, args: &[&str], paths: &[PathBuf]) -> (bool, String) {
-    let out = Command::new("promtool")
-        .current_dir(dir)
-        .args(args)
-        .args(paths)
-        .output()
-        .expect("spawn promtool");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("promtool").current_dir(dir).args(args).args(paths).output().expect("spawn promtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -84,10 +73,7 @@ fn unit_tests_fail_on_a_broken_rule() {
         return;
     }
     let scratch = Scratch::new("promtool");
-    let (rules_to, tests_to) = (
-        scratch.path("deploy/prometheus"),
-        scratch.path("tests/prometheus"),
-    );
+    let (rules_to, tests_to) = (scratch.path("deploy/prometheus"), scratch.path("tests/prometheus"));
     fs::create_dir_all(&rules_to).expect("mkdir");
     fs::create_dir_all(&tests_to).expect("mkdir");
     let good = "shadow:endpoint_body_match:ratio < bool (0.99 - 1e-11)";
@@ -102,10 +88,7 @@ fn unit_tests_fail_on_a_broken_rule() {
     }
     let copied = files(&tests_to, ".test.yml");
     let (ok, text) = promtool(&tests_to, &["test", "rules"], &copied);
-    assert!(
-        !ok,
-        "promtool passed rules with a broken body gate:\n{text}"
-    );
+    assert!(!ok, "promtool passed rules with a broken body gate:\n{text}");
     assert!(text.contains("shadow:endpoint_gate_failing"), "{text}");
 }
 
@@ -146,49 +129,21 @@ fn pairs() -> Vec<Pair> {
     let mut add = |endpoint, n: usize, f: &dyn Fn(usize) -> PairOf| {
         for i in 0..n {
             let (ps, pl, shadow, body_differs) = f(i);
-            v.push(Pair {
-                endpoint,
-                node: i % 2,
-                primary: (ps, pl),
-                shadow,
-                body_differs,
-            });
+            v.push(Pair { endpoint, node: i % 2, primary: (ps, pl), shadow, body_differs });
         }
     };
     let jitter = |i: usize| (i % 10) as f64 * 0.1;
-    add("GET /api/users/:id", 150, &|i| {
-        (200, 5.0 + jitter(i), Some((200, 5.0 + jitter(i))), false)
-    });
-    add("GET /api/search", 150, &|i| {
-        (
-            200,
-            2.0 + jitter(i),
-            Some((200, 20.0 + 10.0 * jitter(i))),
-            false,
-        )
-    });
-    add("GET /api/orders/:id", 150, &|i| {
-        (
-            200,
-            3.0 + jitter(i),
-            Some((200, 3.0 + jitter(i))),
-            i % 5 == 0,
-        )
-    });
+    add("GET /api/users/:id", 150, &|i| (200, 5.0 + jitter(i), Some((200, 5.0 + jitter(i))), false));
+    add("GET /api/search", 150, &|i| (200, 2.0 + jitter(i), Some((200, 20.0 + 10.0 * jitter(i))), false));
+    add("GET /api/orders/:id", 150, &|i| (200, 3.0 + jitter(i), Some((200, 3.0 + jitter(i))), i % 5 == 0));
     add("GET /api/pay/:id", 150, &|i| {
         let s = if i % 5 == 0 { 500 } else { 200 };
         (200, 4.0 + jitter(i), Some((s, 4.0 + jitter(i))), s == 500)
     });
-    add("GET /api/time", 120, &|i| {
-        (200, 1.0 + jitter(i), Some((200, 1.0 + jitter(i))), false)
-    });
-    add("GET /api/new", 40, &|i| {
-        (200, 1.0 + jitter(i), Some((200, 1.0 + jitter(i))), false)
-    });
+    add("GET /api/time", 120, &|i| (200, 1.0 + jitter(i), Some((200, 1.0 + jitter(i))), false));
+    add("GET /api/new", 40, &|i| (200, 1.0 + jitter(i), Some((200, 1.0 + jitter(i))), false));
     // The shadow never answers: nothing to compare (status, body, header fail) and 100 % errors.
-    add("GET /api/down", 120, &|i| {
-        (200, 2.0 + jitter(i), None, false)
-    });
+    add("GET /api/down", 120, &|i| (200, 2.0 + jitter(i), None, false));
     v
 }
 
@@ -208,23 +163,15 @@ fn real_prometheus_reaches_compares_verdicts() {
         let primary = sample(p.primary.0, p.primary.1, r#"{"id":1,"name":"a"}"#);
         let (outcome, shadow_class, shadow_ms) = match p.shadow {
             Some((status, ms)) => {
-                let body = if p.body_differs {
-                    r#"{"id":1,"name":"b"}"#
-                } else {
-                    r#"{"id":1,"name":"a"}"#
-                };
+                let body = if p.body_differs { r#"{"id":1,"name":"b"}"# } else { r#"{"id":1,"name":"a"}"# };
                 let o = comparator.observe(p.endpoint, &primary, &sample(status, ms, body));
                 (o, class(status), ms)
             }
-            None => (
-                comparator.observe_shadow_failure(p.endpoint, &primary, ShadowFailure::Timeout),
-                "error".into(),
-                0.0,
-            ),
+            None => {
+                (comparator.observe_shadow_failure(p.endpoint, &primary, ShadowFailure::Timeout), "error".into(), 0.0)
+            }
         };
-        let e = nodes[p.node]
-            .entry(p.endpoint)
-            .or_insert_with(|| EndpointCounts::new(RULE, p.endpoint));
+        let e = nodes[p.node].entry(p.endpoint).or_insert_with(|| EndpointCounts::new(RULE, p.endpoint));
         *e = std::mem::take(e).pairs(
             1,
             outcome.as_str(),
@@ -236,22 +183,12 @@ fn real_prometheus_reaches_compares_verdicts() {
         }
     }
     let report = comparator.report();
-    let expected_total: BTreeMap<(String, String), u64> = report
-        .endpoints
-        .iter()
-        .map(|e| {
-            (
-                (RULE.to_owned(), e.summary.endpoint.clone()),
-                e.summary.samples,
-            )
-        })
-        .collect();
+    let expected_total: BTreeMap<(String, String), u64> =
+        report.endpoints.iter().map(|e| ((RULE.to_owned(), e.summary.endpoint.clone()), e.summary.samples)).collect();
 
     let ns = NetNs::new("prom");
-    let targets: Vec<SocketAddr> = ["127.0.0.1:9101", "127.0.0.1:9102"]
-        .iter()
-        .map(|a| a.parse().expect("addr"))
-        .collect();
+    let targets: Vec<SocketAddr> =
+        ["127.0.0.1:9101", "127.0.0.1:9102"].iter().map(|a| a.parse().expect("addr")).collect();
     let _servers: Vec<MetricsServer> = nodes
         .iter()
         .zip(&targets)
@@ -284,14 +221,8 @@ fn real_prometheus_reaches_compares_verdicts() {
     let want_gates: BTreeMap<(String, String), Vec<String>> = [
         ("GET /api/search", g(&["p99_ratio"])),
         ("GET /api/orders/:id", g(&["body_match"])),
-        (
-            "GET /api/pay/:id",
-            g(&["body_match", "shadow_5xx", "status_match"]),
-        ),
-        (
-            "GET /api/down",
-            g(&["body_match", "header_match", "shadow_5xx", "status_match"]),
-        ),
+        ("GET /api/pay/:id", g(&["body_match", "shadow_5xx", "status_match"])),
+        ("GET /api/down", g(&["body_match", "header_match", "shadow_5xx", "status_match"])),
     ]
     .into_iter()
     .map(|(e, v)| (k(e), v))
@@ -299,14 +230,10 @@ fn real_prometheus_reaches_compares_verdicts() {
     assert_eq!(gates, want_gates);
 
     // The same verdict as compare on the same pairs, endpoint by endpoint and overall.
-    prom::agree_with_report(&verdicts, RULE, &report)
-        .unwrap_or_else(|e| panic!("rules and compare disagree:\n{e}"));
+    prom::agree_with_report(&verdicts, RULE, &report).unwrap_or_else(|e| panic!("rules and compare disagree:\n{e}"));
     assert_eq!(report.verdict, Verdict::Fail);
     let overall = server.by_endpoint("shadow:verdict");
-    assert_eq!(
-        overall,
-        BTreeMap::from([((RULE.to_owned(), String::new()), 1.0)])
-    );
+    assert_eq!(overall, BTreeMap::from([((RULE.to_owned(), String::new()), 1.0)]));
     let fleet = server.query("shadow:fleet_verdict");
     assert_eq!(fleet.iter().map(|s| s.1).collect::<Vec<_>>(), [1.0]);
 
@@ -316,10 +243,7 @@ fn real_prometheus_reaches_compares_verdicts() {
         let Some(theirs) = e.summary.latency.p99_ratio else {
             continue;
         };
-        let ours = ratios
-            .get(&k(&e.summary.endpoint))
-            .copied()
-            .unwrap_or(f64::NAN);
+        let ours = ratios.get(&k(&e.summary.endpoint)).copied().unwrap_or(f64::NAN);
         let band = prom::BUCKET_RATIO * prom::BUCKET_RATIO * prom::HDR_ERROR;
         assert!(
             ours >= theirs / band && ours <= theirs * band,
@@ -333,22 +257,13 @@ fn real_prometheus_reaches_compares_verdicts() {
         let mut v: Vec<(String, String)> = server
             .query(r#"ALERTS{alertname="ShadowEndpointRegression"}"#)
             .into_iter()
-            .map(|(l, _)| {
-                (
-                    l.get("endpoint").cloned().unwrap_or_default(),
-                    l.get("gate").cloned().unwrap_or_default(),
-                )
-            })
+            .map(|(l, _)| (l.get("endpoint").cloned().unwrap_or_default(), l.get("gate").cloned().unwrap_or_default()))
             .collect();
         v.sort();
         v
     };
-    let mut want_alerts: Vec<(String, String)> = want_gates
-        .iter()
-        .flat_map(|((_, e), gs)| gs.iter().map(move |g| (e.clone(), g.clone())))
-        .collect();
+    let mut want_alerts: Vec<(String, String)> =
+        want_gates.iter().flat_map(|((_, e), gs)| gs.iter().map(move |g| (e.clone(), g.clone()))).collect();
     want_alerts.sort();
-    wait_for("the regression alerts", Duration::from_secs(30), || {
-        alerts() == want_alerts
-    });
+    wait_for("the regression alerts", Duration::from_secs(30), || alerts() == want_alerts);
 }

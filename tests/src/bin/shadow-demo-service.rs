@@ -54,10 +54,7 @@ fn main() {
     let mut record: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| die(&format!("{a} needs a value")))
-        };
+        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
         match a.as_str() {
             "--listen" => listen = Some(val()),
             "--version" => {
@@ -74,8 +71,7 @@ fn main() {
     let listen = listen.unwrap_or_else(|| die("--listen ADDR is required"));
     let version = version.unwrap_or_else(|| die("--version v1|v2 is required"));
     if let Some(dir) = &record {
-        std::fs::create_dir_all(dir)
-            .unwrap_or_else(|e| die(&format!("--record {}: {e}", dir.display())));
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| die(&format!("--record {}: {e}", dir.display())));
     }
     let index = record.as_ref().map(|d| {
         let f = OpenOptions::new()
@@ -85,14 +81,10 @@ fn main() {
             .unwrap_or_else(|e| die(&format!("open index.jsonl: {e}")));
         Arc::new(Mutex::new(f))
     });
-    let listener =
-        TcpListener::bind(&listen).unwrap_or_else(|e| die(&format!("--listen {listen}: {e}")));
+    let listener = TcpListener::bind(&listen).unwrap_or_else(|e| die(&format!("--listen {listen}: {e}")));
     eprintln!(
         "shadow-demo-service {version:?} listening on {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let next_conn = AtomicU64::new(0);
     let served = Arc::new(AtomicU64::new(0));
@@ -101,14 +93,7 @@ fn main() {
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let (record, index, served) = (record.clone(), index.clone(), served.clone());
         thread::spawn(move || {
-            let _ = serve(
-                stream,
-                conn,
-                version,
-                record.as_deref(),
-                index.as_deref(),
-                &served,
-            );
+            let _ = serve(stream, conn, version, record.as_deref(), index.as_deref(), &served);
         });
     }
 }
@@ -131,9 +116,7 @@ fn serve(
 ) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let mut raw = match record {
-        Some(d) => Some(BufWriter::new(File::create(
-            d.join(format!("raw-{conn}.bin")),
-        )?)),
+        Some(d) => Some(BufWriter::new(File::create(d.join(format!("raw-{conn}.bin")))?)),
         None => None,
     };
     let mut offset = 0u64;
@@ -156,9 +139,7 @@ fn serve(
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut req = httparse::Request::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = req.parse(&buf[..head_len]) else {
-            s.write_all(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            )?;
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
             return Ok(());
         };
         let method = req.method.unwrap_or("").to_string();
@@ -238,16 +219,10 @@ fn serve(
 }
 
 fn volatile(n: u64) -> Volatile {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     // Unique per response and unpredictable enough to differ between v1 and v2.
-    let mixed = (now.as_nanos() as u64 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    Volatile {
-        timestamp_ms: now.as_millis(),
-        request_id: format!("req-{mixed:016x}"),
-    }
+    let mixed = (now.as_nanos() as u64 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    Volatile { timestamp_ms: now.as_millis(), request_id: format!("req-{mixed:016x}") }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -260,40 +235,21 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-const NAMES: [&str; 8] = [
-    "ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken",
-];
+const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
 
 /// The whole behaviour of both versions: a pure function of the request (and, for /api/time,
 /// of the volatile values).
 fn respond(version: Version, method: &str, target: &str, v: &Volatile) -> Response {
-    let ok = |body: String| Response {
-        status: 200,
-        body,
-        delay: Duration::ZERO,
-    };
-    let not_found = || Response {
-        status: 404,
-        body: r#"{"error":"not found"}"#.into(),
-        delay: Duration::ZERO,
-    };
+    let ok = |body: String| Response { status: 200, body, delay: Duration::ZERO };
+    let not_found = || Response { status: 404, body: r#"{"error":"not found"}"#.into(), delay: Duration::ZERO };
     if method != "GET" && method != "HEAD" {
-        return Response {
-            status: 405,
-            body: r#"{"error":"method not allowed"}"#.into(),
-            delay: Duration::ZERO,
-        };
+        return Response { status: 405, body: r#"{"error":"method not allowed"}"#.into(), delay: Duration::ZERO };
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let id = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .and_then(|s| s.parse::<u64>().ok())
-    };
+    let id = |prefix: &str| path.strip_prefix(prefix).and_then(|s| s.parse::<u64>().ok());
     if let Some(id) = id("/api/users/") {
         let name = NAMES[(id % NAMES.len() as u64) as usize];
-        return ok(format!(
-            r#"{{"id":{id},"name":"{name}","email":"{name}{id}@example.com"}}"#
-        ));
+        return ok(format!(r#"{{"id":{id},"name":"{name}","email":"{name}{id}@example.com"}}"#));
     }
     if path == "/api/search" {
         let q = query
@@ -304,18 +260,13 @@ fn respond(version: Version, method: &str, target: &str, v: &Volatile) -> Respon
             .filter(char::is_ascii_alphanumeric)
             .take(64)
             .collect::<String>();
-        let hits: Vec<String> = (0..q.len() % 4 + 1)
-            .map(|i| format!(r#"{{"rank":{},"title":"{q} result {}"}}"#, i + 1, i + 1))
-            .collect();
+        let hits: Vec<String> =
+            (0..q.len() % 4 + 1).map(|i| format!(r#"{{"rank":{},"title":"{q} result {}"}}"#, i + 1, i + 1)).collect();
         let delay = match version {
             Version::V1 => Duration::from_millis(2),
             Version::V2 => Duration::from_millis(20),
         };
-        return Response {
-            status: 200,
-            body: format!(r#"{{"q":"{q}","hits":[{}]}}"#, hits.join(",")),
-            delay,
-        };
+        return Response { status: 200, body: format!(r#"{{"q":"{q}","hits":[{}]}}"#, hits.join(",")), delay };
     }
     if let Some(id) = id("/api/orders/") {
         let currency = match version {
@@ -336,16 +287,10 @@ fn respond(version: Version, method: &str, target: &str, v: &Volatile) -> Respon
                 delay: Duration::ZERO,
             };
         }
-        return ok(format!(
-            r#"{{"id":{id},"paid":true,"amount_cents":{}}}"#,
-            (id % 50 + 1) * 100
-        ));
+        return ok(format!(r#"{{"id":{id},"paid":true,"amount_cents":{}}}"#, (id % 50 + 1) * 100));
     }
     if path == "/api/time" {
-        return ok(format!(
-            r#"{{"timestamp":{},"request_id":"{}","status":"ok"}}"#,
-            v.timestamp_ms, v.request_id
-        ));
+        return ok(format!(r#"{{"timestamp":{},"request_id":"{}","status":"ok"}}"#, v.timestamp_ms, v.request_id));
     }
     not_found()
 }
@@ -369,17 +314,11 @@ mod tests {
     use super::*;
 
     fn vol(n: u64) -> Volatile {
-        Volatile {
-            timestamp_ms: 1_700_000_000_000 + u128::from(n),
-            request_id: format!("req-{n}"),
-        }
+        Volatile { timestamp_ms: 1_700_000_000_000 + u128::from(n), request_id: format!("req-{n}") }
     }
 
     fn both(target: &str) -> (Response, Response) {
-        (
-            respond(Version::V1, "GET", target, &vol(1)),
-            respond(Version::V2, "GET", target, &vol(2)),
-        )
+        (respond(Version::V1, "GET", target, &vol(1)), respond(Version::V2, "GET", target, &vol(2)))
     }
 
     fn json(r: &Response) -> serde_json::Value {
@@ -404,21 +343,14 @@ mod tests {
         assert_eq!(b.delay, a.delay * 10);
         assert!(!a.delay.is_zero());
         let (a, _) = both("/api/search?q=%22%3Cx%3E");
-        assert_eq!(
-            json(&a)["q"],
-            "223Cx3E",
-            "only alphanumerics reach the JSON"
-        );
+        assert_eq!(json(&a)["q"], "223Cx3E", "only alphanumerics reach the JSON");
     }
 
     #[test]
     fn orders_differ_in_one_field() {
         let (a, b) = both("/api/orders/42");
         let (mut ja, mut jb) = (json(&a), json(&b));
-        assert_eq!(
-            (ja["currency"].take(), jb["currency"].take()),
-            ("EUR".into(), "eur".into())
-        );
+        assert_eq!((ja["currency"].take(), jb["currency"].take()), ("EUR".into(), "eur".into()));
         assert_eq!(ja, jb, "nothing else differs");
     }
 
@@ -445,33 +377,19 @@ mod tests {
         let ignored = shadow_daemon::compare::settings::DEFAULT_IGNORE_FIELDS;
         let (mut ja, mut jb) = (json(&a), json(&b));
         for k in ["timestamp", "request_id"] {
-            assert!(
-                ignored.contains(&k),
-                "{k} is not in compare's default ignore list {ignored:?}"
-            );
+            assert!(ignored.contains(&k), "{k} is not in compare's default ignore list {ignored:?}");
             assert_ne!(ja[k], jb[k]);
             ja[k].take();
             jb[k].take();
         }
         assert_eq!(ja, jb);
         let (x, y) = (volatile(1), volatile(2));
-        assert_ne!(
-            x.request_id, y.request_id,
-            "request ids are unique per response"
-        );
+        assert_ne!(x.request_id, y.request_id, "request ids are unique per response");
     }
 
     #[test]
     fn bad_input_is_answered_the_same_by_both() {
-        for t in [
-            "/",
-            "/api/users/x",
-            "/api/users/",
-            "/api/orders/-1",
-            "/api/pay/1/2",
-            "/nope?q",
-            "\u{0}",
-        ] {
+        for t in ["/", "/api/users/x", "/api/users/", "/api/orders/-1", "/api/pay/1/2", "/nope?q", "\u{0}"] {
             let (a, b) = both(t);
             assert_eq!(a, b, "{t:?}");
             assert_eq!(a.status, 404, "{t:?}");
