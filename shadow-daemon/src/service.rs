@@ -134,8 +134,10 @@ impl FromStr for ServiceMatch {
         match s.rsplit_once(':') {
             None => Ok(Self::any_address(parse_port(s)?)),
             Some((net, port)) => {
-                let net: IpNet =
-                    net.parse().map_err(|e| format!("'{s}': {e} (IPv6 goes in brackets: [fd00::/64]:8080)"))?;
+                let net: IpNet = net.parse().map_err(|e| {
+                    let hint = if net.contains(':') { " (IPv6 goes in brackets: [fd00::/64]:8080)" } else { "" };
+                    format!("'{s}': {e}{hint}")
+                })?;
                 if net.addr().is_ipv6() {
                     return Err(format!("'{s}': write IPv6 in brackets: [{net}]:{port}"));
                 }

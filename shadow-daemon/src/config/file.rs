@@ -1,20 +1,29 @@
 //! The TOML config file: `interface`, `[defaults]` and `[[rule]]` tables. The file's keys are the
 //! settings of [`RuleArgs`] and [`ControlArgs`], deserialized by serde through the same parsers
 //! as the flags; each key is first read alone, so that an error names the file and the field.
+//! Three keys exist only in a `[[rule]]`, because only a file has several rules: `name` (how
+//! shadowctl and the metrics call the rule), `match` (services by address and port, besides or
+//! instead of `port`) and `sample_rate` (the rule's own rate; `--sample-rate` is the default).
 
 use serde::de::DeserializeOwned;
 
 use super::{
-    Rule, UsageError,
+    Rule, UsageError, parse_percent,
     settings::{ControlArgs, RuleArgs},
 };
-use crate::replay::controls::ReplayControls;
+use crate::{replay::controls::ReplayControls, service::ServiceMatch};
 
-/// What a config file says.
+/// Keys of a `[[rule]]` that are not flags.
+const RULE_ONLY_KEYS: [&str; 3] = ["name", "match", "sample_rate"];
+
+/// What a config file says. A rule whose `sample_rate` is not set has `sample_ppm` None: the
+/// daemon's `--sample-rate` applies.
 #[derive(Debug)]
 pub(super) struct FileConfig {
     pub interface: Option<String>,
     pub rules: Vec<Rule>,
+    /// Each rule's own `sample_rate`, index-aligned with `rules`.
+    pub rates: Vec<Option<u32>>,
 }
 
 /// Parse a config file's text; `name` is how errors refer to the file.
@@ -64,17 +73,56 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         rule_values.filter(|r| !r.is_empty()).ok_or_else(|| fail("rule", "no [[rule]]: add at least one".into()))?;
 
     let mut rules: Vec<Rule> = Vec::with_capacity(rule_values.len());
+    let mut rates: Vec<Option<u32>> = Vec::with_capacity(rule_values.len());
     for (i, rv) in rule_values.iter().enumerate() {
         let field = |k: &str| format!("rule[{i}].{k}");
         let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
         let (mut matching, mut controls) = (toml::Table::new(), toml::Table::new());
+        let mut rule_name = format!("rule{i}");
+        let mut services: Vec<ServiceMatch> = Vec::new();
+        let mut sample_ppm = None;
         for (k, v) in t {
+            match k.as_str() {
+                "name" => {
+                    rule_name = v
+                        .as_str()
+                        .map(str::trim)
+                        .filter(|n| valid_name(n))
+                        .ok_or_else(|| fail(&field(k), "expected a name of letters, digits, '-', '_' or '.' (at most 64)".into()))?
+                        .to_owned();
+                    continue;
+                }
+                "match" => {
+                    let items: Vec<&toml::Value> = match v {
+                        toml::Value::Array(a) => a.iter().collect(),
+                        one => vec![one],
+                    };
+                    for item in items {
+                        let text = item
+                            .as_str()
+                            .ok_or_else(|| fail(&field(k), format!("expected ADDR[/PREFIX]:PORT strings, found {}", item.type_str())))?;
+                        services.push(text.parse().map_err(|e: String| fail(&field(k), e))?);
+                    }
+                    continue;
+                }
+                "sample_rate" => {
+                    let text = match v {
+                        toml::Value::Integer(n) => n.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        toml::Value::String(s) => s.clone(),
+                        other => return Err(fail(&field(k), format!("expected a percentage, found {}", other.type_str()))),
+                    };
+                    sample_ppm = Some(parse_percent(&text).map_err(|e| fail(&field(k), e))?);
+                    continue;
+                }
+                _ => {}
+            }
             let part = if RuleArgs::KEYS.contains(&k.as_str()) {
                 &mut matching
             } else if ControlArgs::KEYS.contains(&k.as_str()) {
                 &mut controls
             } else {
-                return Err(fail(&field(k), "unknown key".into()));
+                return Err(fail(&field(k), format!("unknown key (known: {})", known_rule_keys())));
             };
             part.insert(k.clone(), v.clone());
         }
@@ -83,18 +131,33 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         let name = |k: &str| format!("config {name}: {}", field(k));
         let mut own = defaults.clone();
         controls.apply(&mut own, &name)?;
-        let rule = matching.into_rule(own, &name)?;
-        if rule.ports.is_empty() {
-            return Err(fail(&field("port"), "missing: every rule needs its service port(s)".into()));
+        let mut rule = matching.into_rule(own, &name)?;
+        rule.name = rule_name;
+        rule.matches = services;
+        if rule.services().is_empty() {
+            return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
         }
-        for &p in &rule.ports {
-            if let Some(j) = rules.iter().position(|r| r.ports.contains(&p)) {
-                return Err(fail(&field("port"), format!("port {p} is already in rule[{j}]")));
+        if let Some(j) = rules.iter().position(|r| r.name == rule.name) {
+            return Err(fail(&field("name"), format!("'{}' is already the name of rule[{j}]", rule.name)));
+        }
+        for s in rule.services() {
+            if let Some(j) = rules.iter().position(|r| r.services().contains(&s)) {
+                let (key, what) = match s.net {
+                    None => ("port", format!("port {}", s.port)),
+                    Some(_) => ("match", s.to_string()),
+                };
+                return Err(fail(&field(key), format!("{what} is already in rule[{j}]")));
             }
         }
         rules.push(rule);
+        rates.push(sample_ppm);
     }
-    Ok(FileConfig { interface, rules })
+    Ok(FileConfig { interface, rules, rates })
+}
+
+/// Rule names appear in metric labels and on command lines: keep them plain.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Settings from a table of their keys: each key alone first, so that a type or value error
@@ -109,4 +172,10 @@ fn read<S: DeserializeOwned>(
         S::deserialize(toml::Value::Table(alone)).map_err(|e| fail(&field(k), e.message().to_owned()))?;
     }
     S::deserialize(toml::Value::Table(t.clone())).map_err(|e| fail(&field("?"), e.message().to_owned()))
+}
+
+fn known_rule_keys() -> String {
+    let mut k: Vec<&str> = RULE_ONLY_KEYS.iter().chain(RuleArgs::KEYS).chain(ControlArgs::KEYS).copied().collect();
+    k.sort_unstable();
+    k.join(", ")
 }

@@ -31,6 +31,7 @@ pub use self::{
 };
 // The hook is the capture layer's; the CLI only names it.
 pub use crate::capture::HookKind;
+use crate::capture::links::InterfacePattern;
 #[cfg(test)]
 use crate::replay::controls::{HeaderField, HostMode, ShadowTarget};
 use crate::{metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls};
@@ -46,14 +47,15 @@ fn parse_hook(s: &str) -> HookKind {
     }
 }
 
-#[derive(Debug, Parser, Clone)]
+#[derive(Debug, Parser, Clone, PartialEq)]
 #[command(
     name = "shadow-daemon",
     version,
     about = "Mirror live HTTP traffic of a service to a shadow version of it, passively, from the kernel (eBPF)."
 )]
 pub struct Args {
-    /// Network interface to capture on (the one the service's traffic crosses; `lo` for local).
+    /// Network interface(s) to capture on, comma separated; names or globs with `*` and `?`
+    /// (`eth0,veth*`, `lxc*`): interfaces that appear later and match are attached too.
     #[arg(long, short = 'i', env = "SHADOW_INTERFACE")]
     pub interface: Option<String>,
 
@@ -61,7 +63,8 @@ pub struct Args {
     #[command(flatten)]
     pub rule: RuleArgs,
 
-    /// Percentage of requests to mirror, 0 to 100 (fractions allowed, e.g. 0.5).
+    /// Percentage of requests to mirror, 0 to 100 (fractions allowed, e.g. 0.5); with --config,
+    /// the rate of every rule that sets no `sample_rate` of its own. Live: `shadowctl rate`.
     #[arg(long, env = "SHADOW_SAMPLE_RATE", default_value = "100", value_parser = parse_percent)]
     pub sample_rate: u32,
 
@@ -73,10 +76,15 @@ pub struct Args {
     #[arg(long, env = "SHADOW_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: SocketAddr,
 
-    /// Unix socket for the shadowctl control API (reserved: the control API is not implemented
-    /// yet; the flag is accepted so deployments can set it now).
+    /// Unix socket of the control API that `shadowctl` uses (created 0600; the directory is
+    /// created if missing).
     #[arg(long, env = "SHADOW_CONTROL", default_value = "/run/shadow/control.sock")]
     pub control: PathBuf,
+
+    /// Attach even where another shadow daemon already captures one of these ports on the same
+    /// interface (every request would then be replayed by both).
+    #[arg(long, env = "SHADOW_ALLOW_SHARED_CAPTURE")]
+    pub allow_shared_capture: bool,
 
     /// TOML file with several rules (service port, shadow target, controls).
     #[arg(long, env = "SHADOW_CONFIG")]
@@ -137,7 +145,7 @@ pub fn ppm_to_percent(ppm: u32) -> f64 {
     f64::from(ppm) / 10_000.0
 }
 
-fn parse_percent(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_percent(s: &str) -> Result<u32, String> {
     let t = s.trim().trim_end_matches('%');
     let v: f64 = t.parse().map_err(|_| format!("'{s}' is not a number"))?;
     percent_to_ppm(v)
@@ -183,9 +191,15 @@ impl Args {
 /// Everything the daemon needs, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DaemonConfig {
+    /// As given (names and globs, comma separated).
     pub interface: String,
+    pub interfaces: Vec<InterfacePattern>,
+    pub allow_shared: bool,
+    /// The arguments this came from, when a config file is involved: `reload` resolves them
+    /// again to read the file anew.
+    pub source: Option<Box<Args>>,
     pub hook: HookKind,
-    /// Kernel per-request sampling rate in parts per million.
+    /// Default per-request sampling rate in parts per million (each rule has its own).
     pub sample_ppm: u32,
     /// At least one; no port is in two rules.
     pub rules: Vec<Rule>,
@@ -241,15 +255,32 @@ impl Args {
                         )));
                     }
                 };
-                (interface, file.rules)
+                let rules = file
+                    .rules
+                    .into_iter()
+                    .zip(file.rates)
+                    .map(|(mut r, ppm)| {
+                        r.sample_ppm = ppm.unwrap_or(self.sample_rate);
+                        r
+                    })
+                    .collect();
+                (interface, rules)
             }
             None => {
                 let interface = self.interface.clone().unwrap_or_default();
-                (interface, vec![self.flag_rule()?])
+                let mut rule = self.flag_rule()?;
+                rule.sample_ppm = self.sample_rate;
+                (interface, vec![rule])
             }
         };
+        let interfaces = InterfacePattern::parse_list(&interface)
+            .map_err(|e| UsageError(format!("--interface: {e}")))?;
+        let source = self.config.is_some().then(|| Box::new(self.clone()));
         Ok(DaemonConfig {
             interface,
+            interfaces,
+            allow_shared: self.allow_shared_capture,
+            source,
             hook: self.hook,
             sample_ppm: self.sample_rate,
             rules,
@@ -563,5 +594,56 @@ mod tests {
         assert_eq!(k.max_body_bytes, 1024);
         assert_eq!(k.replay_rate, Some(2.5));
         assert!(k.methods.allows(b"PUT"));
+    }
+}
+
+#[cfg(test)]
+mod rule_keys_tests {
+    use super::{file::parse_config, *};
+
+    fn file(text: &str) -> Result<FileConfig, String> {
+        parse_config("/etc/shadow.toml", text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rules_have_names_matches_and_their_own_rates() {
+        let f = file(
+            "[[rule]]\nname = \"api\"\nmatch = [\"10.42.0.0/16:8080\", \"[fd00::/64]:8080\"]\nsample_rate = 2.5\n\n\
+             [[rule]]\nport = 8080\n\n[[rule]]\nname = \"web\"\nmatch = \"10.42.1.0/24:8080\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["api", "rule1", "web"]);
+        assert_eq!(f.rules[0].services().iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.42.0.0/16:8080", "[fd00::/64]:8080"]);
+        assert_eq!(f.rates, vec![Some(25_000), None, None]);
+        // The default rate comes from --sample-rate.
+        let dir = std::env::temp_dir().join(format!("shadow-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.toml");
+        std::fs::write(&path, "[[rule]]\nport = 80\n[[rule]]\nport = 81\nsample_rate = 50\n").unwrap();
+        let a = Args::try_parse_from(["shadow-daemon", "-i", "eth0,veth*", "--config", path.to_str().unwrap(), "--sample-rate", "10"]).unwrap();
+        let c = a.clone().resolve().unwrap();
+        assert_eq!(c.rules.iter().map(|r| r.sample_ppm).collect::<Vec<_>>(), vec![100_000, 500_000]);
+        assert_eq!(c.interfaces.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["eth0", "veth*"]);
+        assert_eq!(c.source.as_deref(), Some(&a), "a file-based config can be resolved again on reload");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rule_key_errors_name_the_field() {
+        for (text, want) in [
+            ("[[rule]]\nname = \"a b\"\nport = 80\n", "rule[0].name: expected a name"),
+            ("[[rule]]\nname = \"x\"\nport = 80\n[[rule]]\nname = \"x\"\nport = 81\n", "rule[1].name: 'x' is already the name of rule[0]"),
+            ("[[rule]]\nmatch = [\"10.0.0.0/33:80\"]\n", "rule[0].match: '10.0.0.0/33:80': '/33' is not a prefix length"),
+            ("[[rule]]\nmatch = [80]\n", "rule[0].match: expected ADDR[/PREFIX]:PORT strings, found integer"),
+            ("[[rule]]\nmatch = \"10.0.0.0/8:80\"\n[[rule]]\nmatch = \"10.1.0.0/8:80\"\n", "rule[1].match: 10.0.0.0/8:80 is already in rule[0]"),
+            ("[[rule]]\nport = 80\nsample_rate = 101\n", "rule[0].sample_rate: 101 is not a percentage"),
+            ("[[rule]]\nport = 80\nsample_rate = true\n", "rule[0].sample_rate: expected a percentage, found boolean"),
+            ("[[rule]]\nname = \"x\"\n", "rule[0].port: missing: every rule needs its service port(s) or a match"),
+        ] {
+            let e = file(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}\n  got:  {e}\n  want: {want}");
+        }
+        // Same port, different addresses: two services, allowed.
+        file("[[rule]]\nport = 80\n[[rule]]\nmatch = \"10.0.0.0/8:80\"\n").unwrap();
     }
 }

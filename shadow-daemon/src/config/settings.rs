@@ -279,7 +279,7 @@ settings! {
 impl RuleArgs {
     /// The rule these settings describe over `controls`.
     pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Lane, UsageError> {
-        let mut rule = Lane { ports: Vec::new(), shadow: None, controls };
+        let mut rule = Lane::new(Vec::new(), None, controls);
         self.apply(&mut rule, name)?;
         Ok(rule)
     }

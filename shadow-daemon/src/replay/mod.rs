@@ -51,6 +51,7 @@ use crate::{
     http::{HttpError, keeps_alive},
     message::{CapturedRequest, CapturedResponse},
     metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
+    service::{ServiceMatch, most_specific},
 };
 
 /// Requests remembered for pairing with their primary response (for per-endpoint primary
@@ -63,8 +64,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub enum ReplayError {
     #[error("start the replay engine: not inside a tokio runtime")]
     NoRuntime,
-    #[error("start the replay engine: port {port} is in rule[{first}] and rule[{second}]")]
-    DuplicatePort { port: u16, first: usize, second: usize },
+    #[error("start the replay engine: service {service} is in rule[{first}] and rule[{second}]")]
+    DuplicateService { service: String, first: usize, second: usize },
     #[error("resolve shadow {target}: {source}")]
     Resolve { target: String, source: io::Error },
     #[error("resolve shadow {target}: no address")]
@@ -104,7 +105,7 @@ impl ReplayError {
             _ => ShadowErrorKind::Other,
         };
         Some(match self {
-            Self::NoRuntime | Self::DuplicatePort { .. } | Self::InvalidCapture { .. } => return None,
+            Self::NoRuntime | Self::DuplicateService { .. } | Self::InvalidCapture { .. } => return None,
             Self::Resolve { .. } | Self::NoAddress { .. } => ShadowErrorKind::Other,
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
@@ -118,10 +119,29 @@ impl ReplayError {
 /// they go and under which controls. The config's rules are lanes (`config::Rule`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lane {
+    /// How operators and metrics call the rule (unique).
+    pub name: String,
+    /// Ports on every server address.
     pub ports: Vec<u16>,
+    /// Services by address prefix and port, besides `ports`.
+    pub matches: Vec<ServiceMatch>,
     /// `None`: capture only (requests are counted as dropped, `no_target`).
     pub shadow: Option<ShadowTarget>,
     pub controls: ReplayControls,
+    /// Requests sampled by the kernel, parts per million.
+    pub sample_ppm: u32,
+}
+
+impl Lane {
+    /// A rule named `default` on `ports`, sampling everything.
+    pub fn new(ports: Vec<u16>, shadow: Option<ShadowTarget>, controls: ReplayControls) -> Self {
+        Self { name: "default".into(), ports, matches: Vec::new(), shadow, controls, sample_ppm: shadow_common::PPM_ALL }
+    }
+
+    /// Everything the rule covers: `ports` on any address, then `matches`.
+    pub fn services(&self) -> Vec<ServiceMatch> {
+        self.ports.iter().map(|&p| ServiceMatch::any_address(p)).chain(self.matches.iter().copied()).collect()
+    }
 }
 
 /// What [`ReplayEngine::submit`] did with a request.
@@ -261,7 +281,9 @@ fn request_keep_alive(req: &CapturedRequest) -> bool {
 pub struct ReplayEngine {
     metrics: Arc<Metrics>,
     lanes: Vec<Arc<LaneState>>,
-    lane_by_port: HashMap<u16, usize>,
+    /// Every rule's services and its lane (None: capture only); a request goes to the most
+    /// specific service of its server address and port, as in the kernel.
+    routes: Vec<(ServiceMatch, Option<usize>)>,
     pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
     stop: watch::Sender<Option<Instant>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
@@ -283,23 +305,26 @@ impl ReplayEngine {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
         let (stop, _) = watch::channel(None);
         let mut lanes = Vec::new();
-        let mut lane_by_port = HashMap::new();
-        let mut port_rule: HashMap<u16, usize> = HashMap::new();
+        let mut routes: Vec<(ServiceMatch, Option<usize>)> = Vec::new();
+        let mut service_rule: HashMap<ServiceMatch, usize> = HashMap::new();
         let mut dispatchers = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            for &port in &rule.ports {
-                if let Some(first) = port_rule.insert(port, i)
+            for s in rule.services() {
+                if let Some(first) = service_rule.insert(s, i)
                     && first != i
                 {
-                    return Err(ReplayError::DuplicatePort { port, first, second: i });
+                    return Err(ReplayError::DuplicateService { service: s.to_string(), first, second: i });
                 }
             }
-            let Some(target) = &rule.shadow else { continue };
+            let Some(target) = &rule.shadow else {
+                routes.extend(rule.services().into_iter().map(|s| (s, None)));
+                continue;
+            };
             // Zero would make a channel that panics or a semaphore that never opens; the config
             // refuses it, this keeps the engine safe when built by hand.
             let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
             let lane = Arc::new(LaneState {
-                name: format!("rule[{i}] ports {:?} -> shadow {target}", rule.ports),
+                name: format!("rule {} -> shadow {target}", rule.name),
                 target: target.clone(),
                 bucket: rule.controls.replay_rate.map(|r| Mutex::new(TokenBucket::new(r, Instant::now()))),
                 pool: Pool::new(rule.controls.pool_size),
@@ -308,9 +333,7 @@ impl ReplayEngine {
                 held_bytes: AtomicU64::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
             });
-            for &port in &rule.ports {
-                lane_by_port.insert(port, lanes.len());
-            }
+            routes.extend(rule.services().into_iter().map(|s| (s, Some(lanes.len()))));
             tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
             runtime.spawn(check_resolves(lane.target.clone(), lane.name.clone()));
             dispatchers.push(runtime.spawn(dispatch(lane.clone(), rx, metrics.clone(), stop.subscribe())));
@@ -319,7 +342,7 @@ impl ReplayEngine {
         Ok(Self {
             metrics,
             lanes,
-            lane_by_port,
+            routes,
             pending_primary: Mutex::new(BTreeMap::new()),
             stop,
             dispatchers: Mutex::new(dispatchers),
@@ -342,7 +365,8 @@ impl ReplayEngine {
             }
         }
         let ticket = self.metrics.admit();
-        let Some(lane) = self.lane_by_port.get(&req.flow.server.port()).and_then(|i| self.lanes.get(*i)) else {
+        let route = most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
+        let Some(lane) = route.flatten().and_then(|i| self.lanes.get(i)) else {
             ticket.dropped(reason::NO_TARGET);
             return Submission::Dropped(reason::NO_TARGET);
         };
