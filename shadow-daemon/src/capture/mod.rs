@@ -223,7 +223,7 @@ impl Capture {
             services: BTreeMap::new(),
             rules: Vec::new(),
             links: BTreeMap::new(),
-            allow_shared: false,
+            allow_shared: opts.allow_shared,
             events: Some(events),
             logger,
         };
@@ -239,7 +239,6 @@ impl Capture {
 
     /// Attach the loaded programs to `opts.interface` with `opts.hook`.
     pub fn attach(&mut self, opts: &CaptureOptions) -> Result<(), CaptureError> {
-        self.allow_shared = opts.allow_shared;
         self.attach_interface(&opts.interface, opts.hook)
     }
 
@@ -793,6 +792,11 @@ fn check_privileges() -> Result<(), CaptureError> {
 }
 
 /// Whether `iface` exists and is a loopback device.
+/// Does `iface` exist in this network namespace? (`UnknownInterface` if not.)
+pub fn check_interface(iface: &str) -> Result<(), CaptureError> {
+    interface_is_loopback(iface).map(|_| ())
+}
+
 fn interface_is_loopback(iface: &str) -> Result<bool, CaptureError> {
     let Ok(c) = std::ffi::CString::new(iface) else {
         return Err(CaptureError::UnknownInterface(iface.into()));

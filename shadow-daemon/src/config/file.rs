@@ -88,7 +88,9 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
                         .as_str()
                         .map(str::trim)
                         .filter(|n| valid_name(n))
-                        .ok_or_else(|| fail(&field(k), "expected a name of letters, digits, '-', '_' or '.' (at most 64)".into()))?
+                        .ok_or_else(|| {
+                            fail(&field(k), "expected a name of letters, digits, '-', '_' or '.' (at most 64)".into())
+                        })?
                         .to_owned();
                     continue;
                 }
@@ -98,9 +100,9 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
                         one => vec![one],
                     };
                     for item in items {
-                        let text = item
-                            .as_str()
-                            .ok_or_else(|| fail(&field(k), format!("expected ADDR[/PREFIX]:PORT strings, found {}", item.type_str())))?;
+                        let text = item.as_str().ok_or_else(|| {
+                            fail(&field(k), format!("expected ADDR[/PREFIX]:PORT strings, found {}", item.type_str()))
+                        })?;
                         services.push(text.parse().map_err(|e: String| fail(&field(k), e))?);
                     }
                     continue;
@@ -110,7 +112,9 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
                         toml::Value::Integer(n) => n.to_string(),
                         toml::Value::Float(f) => f.to_string(),
                         toml::Value::String(s) => s.clone(),
-                        other => return Err(fail(&field(k), format!("expected a percentage, found {}", other.type_str()))),
+                        other => {
+                            return Err(fail(&field(k), format!("expected a percentage, found {}", other.type_str())));
+                        }
                     };
                     sample_ppm = Some(parse_percent(&text).map_err(|e| fail(&field(k), e))?);
                     continue;

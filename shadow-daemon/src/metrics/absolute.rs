@@ -62,6 +62,7 @@ fn kernel_help(name: &str) -> &'static str {
         "segments_not_sampled" => "Service-port segments not emitted because their request was not sampled.",
         "ipv4_fragments" => "IPv4 fragments on a service port, not captured.",
         "request_start_retransmits" => "Retransmitted request-start segments that kept their request's decision.",
+        "requests_no_rule" => "Request starts on a service port whose server address matches no rule (not captured).",
         _ => "eBPF program counter, summed over CPUs.",
     }
 }

@@ -12,6 +12,7 @@ mod absolute;
 pub mod endpoint;
 mod latency;
 pub mod ledger;
+pub mod ops;
 mod server;
 pub mod summary;
 mod text;
@@ -139,6 +140,7 @@ pub struct Metrics {
     pub(crate) connections: ConnectionMetrics,
     ready: AtomicBool,
     ready_gauge: Gauge,
+    ops: Arc<Mutex<ops::Operations>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -215,6 +217,8 @@ impl Metrics {
             connections.sent_bytes.clone(),
         );
 
+        let ops = Arc::new(Mutex::new(ops::Operations::default()));
+        registry.register_collector(Box::new(ops::OpsCollector(ops.clone())));
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
@@ -236,6 +240,7 @@ impl Metrics {
             connections,
             ready: AtomicBool::new(false),
             ready_gauge,
+            ops,
         }
     }
 
@@ -313,6 +318,11 @@ impl Metrics {
     }
 
     /// Ready once capture is attached (`/readyz`, `shadow_ready`).
+    /// The operations snapshot (interfaces, control socket, reloads, rule rates).
+    pub fn set_operations(&self, snapshot: ops::Operations) {
+        *lock(&self.ops) = snapshot;
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
         self.ready_gauge.set(i64::from(ready));

@@ -12,15 +12,23 @@ mod summary;
 use std::{collections::BTreeMap, future::Future, io, sync::Arc, time::Duration};
 
 use shadow_common::counter;
-use tokio::{signal::unix::SignalKind, time::Instant};
+use tokio::{signal::unix::SignalKind, sync::mpsc, time::Instant};
 
 pub use self::summary::{DirectionCounts, ExtractionSummary, Summary};
 use self::{publish::Publisher, summary::extraction_summary};
 use crate::{
-    capture::{Capture, CaptureError, CaptureOptions},
-    config::{DaemonConfig, ppm_to_percent},
+    capture::{
+        Capture, CaptureError, CaptureOptions, check_interface,
+        links::{InterfacePattern, LinkEvent, LinkWatcher, any_matches, list_interfaces},
+    },
+    config::{DaemonConfig, HookKind, ppm_to_percent},
+    control::{
+        Command, ErrorKind, Response,
+        server::{Call, ControlError, ControlServer, ControlStats},
+    },
     http::DropReason,
-    metrics::{Metrics, MetricsError, MetricsServer},
+    metrics::{Metrics, MetricsError, MetricsServer, ops::Operations as OpsSnapshot},
+    operate::{Facts, Operations, RuleRuntime},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
     replay::{ReplayEngine, ReplayError},
     segment::{DecodeError, Segment},
@@ -30,6 +38,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// How long in-flight replays may finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long the replays queued under the old rules may finish after a reload.
+const RELOAD_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -39,6 +49,8 @@ pub enum RunError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
 }
@@ -47,6 +59,7 @@ impl RunError {
     pub const fn exit_code(&self) -> u8 {
         match self {
             Self::Capture(e) => e.exit_code(),
+            Self::Control(e) => e.exit_code(),
             Self::Metrics(_) | Self::Replay(_) | Self::Io { .. } => 1,
         }
     }
@@ -123,37 +136,74 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let server = MetricsServer::bind(cfg.metrics_addr, metrics.clone()).await?;
     tracing::info!("metrics on http://{}/metrics", server.local_addr());
 
+    let mut ops = Operations::new(
+        Facts {
+            hook: match cfg.hook {
+                HookKind::Tc => "tc".into(),
+                HookKind::Xdp => "xdp".into(),
+            },
+            interfaces: cfg.interfaces.iter().map(ToString::to_string).collect(),
+            ring_buffer_bytes: u64::from(cfg.ring_buffer_size),
+        },
+        rule_runtimes(&cfg),
+    );
+    // The rules as the file last said them: what a reload compares against.
+    let mut file_rules = ops.rules().to_vec();
+    // A typo in --interface should not wait for the verifier.
+    for p in cfg.interfaces.iter().filter(|p| !p.is_glob()) {
+        check_interface(p.as_str())?;
+    }
     let opts = CaptureOptions {
         interface: cfg.interface.clone(),
         hook: cfg.hook,
-        rules: vec![crate::capture::KernelRule::any_address(&cfg.ports(), cfg.sample_ppm)],
+        rules: Operations::kernel_rules(ops.rules()),
         ring_buffer_size: cfg.ring_buffer_size,
         verifier_log: cfg.verifier_log.clone(),
-        allow_shared: false,
+        allow_shared: cfg.allow_shared,
     };
-    let (capture, mut source, kernel_log) = Capture::start(&opts)?;
-    if let Some(l) = kernel_log {
+    let mut capture = Capture::load(&opts)?;
+    let mut interfaces = Interfaces { patterns: cfg.interfaces.clone(), hook: cfg.hook, events: [0; 3] };
+    interfaces.attach_present(&mut capture, true)?;
+    let mut source = capture.take_source()?;
+    if let Some(l) = capture.take_kernel_log() {
         tokio::spawn(l.run());
     }
-    let engine = ReplayEngine::start(&cfg.rules, metrics.clone())?;
-    for r in &cfg.rules {
-        match &r.shadow {
-            Some(t) => tracing::info!("ports {:?} mirrored to {t}", r.ports),
-            None => tracing::warn!("ports {:?} have no --shadow: capture only, requests counted as no_target", r.ports),
-        }
-    }
+    // Globs follow interfaces as they come and go (pods on a node).
+    let mut links = if cfg.interfaces.iter().any(InterfacePattern::is_glob) {
+        Some(
+            LinkWatcher::new()
+                .map_err(|e| RunError::Io { op: "watch network interfaces (netlink)".into(), source: e })?,
+        )
+    } else {
+        None
+    };
+    let control = ControlServer::bind(&cfg.control).await?;
+    tracing::info!("control socket {}", control.path().display());
+    let control_stats = control.stats();
+    let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
+    let control_task = tokio::spawn(control.serve(calls_tx));
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())
+        .map_err(|e| RunError::Io { op: "install the SIGHUP handler".into(), source: e })?;
+    let mut reloads = [0u64; 2];
+
+    let mut engine = ReplayEngine::start(&cfg.rules, metrics.clone())?;
+    log_rules(ops.rules());
     metrics.set_ready(true);
     tracing::info!(
-        "capturing ports {:?} ({}), sampling {}% of requests",
+        "capturing ports {:?} ({}), {} rule(s)",
         opts.ports(),
-        capture.attached().join(", "),
-        ppm_to_percent(capture.sample_ppm())
+        if capture.attached().is_empty() {
+            "no interface matches yet".to_string()
+        } else {
+            capture.attached().join(", ")
+        },
+        ops.rules().len()
     );
 
     let mut summary = Summary {
         interface: cfg.interface.clone(),
         attached: capture.attached(),
-        sample_percent: ppm_to_percent(capture.sample_ppm()),
+        sample_percent: ppm_to_percent(cfg.sample_ppm),
         ..Default::default()
     };
     let max_body = cfg.rules.iter().map(|r| r.controls.max_body_bytes).max().unwrap_or(10 * 1024 * 1024);
@@ -181,6 +231,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     tokio::pin!(shutdown, stop);
     loop {
+        let link_events = async {
+            match links.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = source.next_batch(&mut batch, &mut bad, 512) => {
                 r.map_err(|e| RunError::Io { op: "read the ring buffer".into(), source: e })?;
@@ -190,12 +246,48 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 route(&mut events, &engine);
                 let k = capture.counters().ok();
                 publisher.publish(&metrics, extractor.stats(), &summary.bad_records, k.as_ref());
+                metrics.set_operations(ops_snapshot(&ops, &capture, &interfaces, &control_stats, reloads));
             }
+            Some(call) = calls_rx.recv() => {
+                let response = match &call.command {
+                    Command::Reload => {
+                        let mut ctx = Reload { cfg: &cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, interfaces: &mut interfaces, metrics: &metrics };
+                        let r = ctx.apply();
+                        reloads[usize::from(r.is_err())] += 1;
+                        match r {
+                            Ok(()) => Response::ok(serde_json::to_value(ops.status(&capture, &metrics)).unwrap_or_default()),
+                            Err(msg) => Response::error(ErrorKind::Rejected, msg),
+                        }
+                    }
+                    Command::Report => Response::ok(serde_json::to_value(metrics.summary()).unwrap_or_default()),
+                    Command::Diffs { .. } => Response::error(ErrorKind::Rejected, "no comparison data: response comparison is not enabled"),
+                    other => ops.handle(other, &mut capture, &metrics),
+                };
+                let _ = call.reply.send(response);
+            }
+            _ = sighup.recv() => {
+                let mut ctx = Reload { cfg: &cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, interfaces: &mut interfaces, metrics: &metrics };
+                let r = ctx.apply();
+                reloads[usize::from(r.is_err())] += 1;
+                if let Err(msg) = r {
+                    tracing::error!("reload (SIGHUP) refused, the running config stays: {msg}");
+                }
+            }
+            ev = link_events => match ev {
+                Ok(evs) => interfaces.follow(&mut capture, &evs),
+                Err(e) => {
+                    tracing::error!("netlink link watch failed ({e}); interfaces are no longer followed");
+                    links = None;
+                }
+            },
             () = &mut shutdown => break,
             () = &mut stop => break,
         }
         ingest(&mut batch, &mut bad, &mut summary, &mut extractor, &mut events, &engine);
     }
+    // The control socket closes first: nothing changes the daemon while it stops.
+    drop(calls_rx);
+    let _ = control_task.await;
 
     // Whatever the kernel emitted before we stopped is still processed.
     source.drain_now(&mut batch, &mut bad);
@@ -228,4 +320,178 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             .map_err(|e| RunError::Io { op: format!("write summary to {}", path.display()), source: e })?;
     }
     Ok(summary)
+}
+
+/// The rules as operators see them, from the config.
+fn rule_runtimes(cfg: &DaemonConfig) -> Vec<RuleRuntime> {
+    cfg.rules
+        .iter()
+        .map(|r| RuleRuntime {
+            name: r.name.clone(),
+            services: r.services(),
+            shadow: r.shadow.as_ref().map(ToString::to_string),
+            rate_ppm: r.sample_ppm,
+            paused: false,
+        })
+        .collect()
+}
+
+fn log_rules(rules: &[RuleRuntime]) {
+    for r in rules {
+        let services: Vec<String> = r.services.iter().map(ToString::to_string).collect();
+        match &r.shadow {
+            Some(t) => tracing::info!(
+                "rule {}: {} mirrored to {t} at {}%",
+                r.name,
+                services.join(","),
+                ppm_to_percent(r.rate_ppm)
+            ),
+            None => tracing::warn!(
+                "rule {}: {} has no shadow: capture only, requests counted as no_target",
+                r.name,
+                services.join(",")
+            ),
+        }
+    }
+}
+
+fn ops_snapshot(
+    ops: &Operations,
+    capture: &Capture,
+    interfaces: &Interfaces,
+    control: &ControlStats,
+    reloads: [u64; 2],
+) -> OpsSnapshot {
+    OpsSnapshot {
+        interfaces_attached: capture.interfaces().len() as u64,
+        interface_events: interfaces.events,
+        control_requests: control.requests.load(std::sync::atomic::Ordering::Relaxed),
+        control_errors: control.errors(),
+        reloads,
+        rule_sample_ratio: ops
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), capture.rule_ppm(i).map_or(f64::NAN, |p| f64::from(p) / 1e6)))
+            .collect(),
+    }
+}
+
+/// Which interfaces to capture on, followed as they come and go.
+struct Interfaces {
+    patterns: Vec<InterfacePattern>,
+    hook: HookKind,
+    /// attached, detached, attach_failed.
+    events: [u64; 3],
+}
+
+impl Interfaces {
+    /// Attach to every present interface that matches and is not attached, and detach from
+    /// attached ones that no longer match or exist. `strict`: an attach failure is an error
+    /// (at start), rather than logged and counted (later).
+    fn attach_present(&mut self, capture: &mut Capture, strict: bool) -> Result<(), CaptureError> {
+        let present: Vec<String> = match list_interfaces() {
+            Ok(l) => l.into_iter().map(|(_, n)| n).collect(),
+            Err(e) => {
+                tracing::warn!("list network interfaces: {e}");
+                return Ok(());
+            }
+        };
+        for name in capture.interfaces() {
+            if !present.contains(&name) || !any_matches(&self.patterns, &name) {
+                self.detach(capture, &name);
+            }
+        }
+        for name in present.iter().filter(|n| any_matches(&self.patterns, n)) {
+            if capture.interfaces().contains(name) {
+                continue;
+            }
+            match capture.attach_interface(name, self.hook) {
+                Ok(()) => {
+                    self.events[0] += 1;
+                    tracing::info!("attached to {name}");
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => {
+                    self.events[2] += 1;
+                    tracing::warn!("attach to {name}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, capture: &mut Capture, name: &str) {
+        if capture.detach_interface(name) {
+            self.events[1] += 1;
+            tracing::info!("detached from {name}");
+        }
+    }
+
+    /// Netlink told us about links: attach new matches, forget deleted ones.
+    fn follow(&mut self, capture: &mut Capture, evs: &[LinkEvent]) {
+        for ev in evs {
+            match ev {
+                LinkEvent::New { name, .. } => {
+                    if any_matches(&self.patterns, name) && !capture.interfaces().contains(name) {
+                        match capture.attach_interface(name, self.hook) {
+                            Ok(()) => {
+                                self.events[0] += 1;
+                                tracing::info!("attached to {name} (new interface)");
+                            }
+                            Err(e) => {
+                                self.events[2] += 1;
+                                tracing::warn!("attach to new interface {name}: {e}");
+                            }
+                        }
+                    }
+                }
+                LinkEvent::Deleted { name, .. } => self.detach(capture, name),
+                LinkEvent::Resync => {
+                    let _ = self.attach_present(capture, false);
+                }
+            }
+        }
+    }
+}
+
+/// A reload (SIGHUP or `shadowctl reload`): read the config file again, validate everything,
+/// then apply the rules to the kernel, the replay lanes and the interfaces. Flow state is kept;
+/// replays queued under the old rules finish (up to [`RELOAD_GRACE`]). Refused as a whole, with
+/// the reason, when anything is invalid: the running config stays.
+struct Reload<'a> {
+    cfg: &'a DaemonConfig,
+    ops: &'a mut Operations,
+    file_rules: &'a mut Vec<RuleRuntime>,
+    capture: &'a mut Capture,
+    engine: &'a mut ReplayEngine,
+    interfaces: &'a mut Interfaces,
+    metrics: &'a Arc<Metrics>,
+}
+
+impl Reload<'_> {
+    fn apply(&mut self) -> Result<(), String> {
+        let Some(args) = &self.cfg.source else {
+            return Err("started without --config: there is no file to reload".into());
+        };
+        let new = args.as_ref().clone().resolve().map_err(|e| e.to_string())?;
+        let new_engine = ReplayEngine::start(&new.rules, self.metrics.clone()).map_err(|e| e.to_string())?;
+        let new_file = rule_runtimes(&new);
+        let before = self.ops.rules().to_vec();
+        let merged = self.ops.replace_rules(self.file_rules, new_file.clone());
+        if let Err(e) = self.capture.set_rules(&Operations::kernel_rules(&merged)) {
+            self.ops.replace_rules(&[], before);
+            return Err(e.to_string());
+        }
+        *self.file_rules = new_file;
+        let old = std::mem::replace(self.engine, new_engine);
+        tokio::spawn(async move { old.shutdown(RELOAD_GRACE).await });
+        if new.interfaces != self.interfaces.patterns {
+            self.interfaces.patterns = new.interfaces.clone();
+            let _ = self.interfaces.attach_present(self.capture, false);
+        }
+        log_rules(self.ops.rules());
+        tracing::info!("reloaded: {} rule(s)", self.ops.rules().len());
+        Ok(())
+    }
 }

@@ -1,0 +1,95 @@
+//! What operating the daemon changes and counts: interfaces attached as they come and go, the
+//! control socket's requests and refusals, reloads, and each rule's sampling rate as the kernel
+//! applies it. Set by the daemon's loop as a snapshot, published by a collector at scrape time.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::lock;
+
+/// Interface events, by `event` label.
+pub const INTERFACE_EVENTS: [&str; 3] = ["attached", "detached", "attach_failed"];
+/// Reload outcomes, by `result` label.
+pub const RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Operations {
+    pub interfaces_attached: u64,
+    /// In [`INTERFACE_EVENTS`] order.
+    pub interface_events: [u64; 3],
+    pub control_requests: u64,
+    /// (kind label, count), every kind listed.
+    pub control_errors: Vec<(&'static str, u64)>,
+    /// In [`RELOAD_RESULTS`] order.
+    pub reloads: [u64; 2],
+    /// (rule name, fraction of requests the kernel samples now, 0..=1).
+    pub rule_sample_ratio: Vec<(String, f64)>,
+}
+
+#[derive(Debug)]
+pub(super) struct OpsCollector(pub(super) Arc<Mutex<Operations>>);
+
+impl Collector for OpsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = lock(&self.0).clone();
+        let g = ConstGauge::new(i64::try_from(s.interfaces_attached).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor(
+            "shadow_interfaces_attached",
+            "Interfaces captured on now",
+            None,
+            g.metric_type(),
+        )?)?;
+        let mut f = encoder.encode_descriptor(
+            "shadow_interface_events",
+            "Interfaces attached and detached as they appeared and went, and attaches that failed",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in INTERFACE_EVENTS.iter().zip(s.interface_events) {
+            ConstCounter::new(n).encode(f.encode_family(&[("event", *event)])?)?;
+        }
+        let c = ConstCounter::new(s.control_requests);
+        c.encode(encoder.encode_descriptor(
+            "shadow_control_requests",
+            "Well-formed requests served on the control socket",
+            None,
+            c.metric_type(),
+        )?)?;
+        let mut f = encoder.encode_descriptor(
+            "shadow_control_errors",
+            "Control socket requests answered with an error, by kind (refused: a peer not allowed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in &s.control_errors {
+            ConstCounter::new(*n).encode(f.encode_family(&[("kind", *kind)])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "shadow_config_reloads",
+            "Config reloads (SIGHUP or shadowctl reload), applied or refused",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in RELOAD_RESULTS.iter().zip(s.reloads) {
+            ConstCounter::new(n).encode(f.encode_family(&[("result", *result)])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "shadow_rule_sample_ratio",
+            "Fraction of requests the kernel samples for each rule now (0 while paused)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (rule, r) in &s.rule_sample_ratio {
+            ConstGauge::new(*r).encode(f.encode_family(&[("rule", rule.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
