@@ -211,3 +211,207 @@ fn reload_applies_a_new_rule_and_refuses_an_invalid_file() {
     assert_eq!(counts(&r, 20), (5, 10), "the old rules still run");
     assert_eq!(r.stop_daemon(), Some(0));
 }
+
+/// A veth pair between the client and server namespaces, created by the test after the daemon
+/// started, with its own subnet; removed on drop.
+struct LateLink<'a> {
+    r: &'a OpsRig,
+    server_if: String,
+    server_ip: String,
+}
+
+impl<'a> LateLink<'a> {
+    fn new(r: &'a OpsRig, server_if: &str, client_if: &str, subnet: u8) -> Self {
+        shadow_tests::sh(&[
+            "ip",
+            "link",
+            "add",
+            client_if,
+            "netns",
+            &r.t.client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            server_if,
+            "netns",
+            &r.t.server.name,
+        ]);
+        r.t.client.exec(&["ip", "addr", "add", &format!("10.214.{subnet}.1/24"), "dev", client_if]);
+        r.t.server.exec(&["ip", "addr", "add", &format!("10.214.{subnet}.2/24"), "dev", server_if]);
+        r.t.client.exec(&["ip", "link", "set", client_if, "up"]);
+        r.t.server.exec(&["ip", "link", "set", server_if, "up"]);
+        Self { r, server_if: server_if.into(), server_ip: format!("10.214.{subnet}.2") }
+    }
+
+    fn delete(self) {
+        self.r.t.server.exec(&["ip", "link", "del", &self.server_if]);
+    }
+}
+
+fn attached(r: &OpsRig) -> Vec<String> {
+    r.ctl(&["status", "--json"]).json()["attached"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn interfaces_that_appear_later_are_attached_mirrored_and_forgotten_when_deleted() {
+    if !require_kernel("interfaces_that_appear_later") {
+        return;
+    }
+    let mut r = OpsRig::new("o4");
+    r.server(&format!("[::]:{PORT}"), "primary");
+    r.server("127.0.0.1:9090", "shadow-api");
+    r.server("127.0.0.1:9091", "shadow-web");
+    r.write_config(&format!("[[rule]]\nname = \"api\"\nport = {PORT}\nshadow = \"127.0.0.1:9090\"\n"));
+    let id = std::process::id() % 10_000;
+    let (srv_if, cli_if) = (format!("shq{id}"), format!("shc{id}q"));
+    // Nothing matches the glob yet: the daemon starts and waits for interfaces.
+    r.start_daemon("shq*", &[]);
+    assert!(attached(&r).is_empty(), "{:?}", attached(&r));
+
+    let link = LateLink::new(&r, &srv_if, &cli_if, (id % 200) as u8 + 20);
+    wait_for("the new veth to be attached", Duration::from_secs(20), || {
+        attached(&r).iter().any(|a| a.ends_with(&srv_if))
+    });
+    assert_eq!(attached(&r).len(), 2, "tc ingress and egress: {:?}", attached(&r));
+    get_many(&r.t, SocketAddr::new(link.server_ip.parse().expect("ip"), PORT), "/late", 10);
+    r.wait_quiet(10);
+    assert_eq!(r.recorded("shadow-api").len(), 10, "its traffic is mirrored");
+    // The original veth does not match the glob: its traffic is not ours.
+    get_many(&r.t, SocketAddr::new(r.t.server_v4.parse().expect("ip"), PORT), "/other", 5);
+    r.wait_quiet(10);
+    assert_eq!(r.recorded("shadow-api").len(), 10);
+
+    link.delete();
+    wait_for("the deleted veth to be forgotten", Duration::from_secs(20), || attached(&r).is_empty());
+    // Published on the daemon's next tick.
+    wait_for("the detach in /metrics", Duration::from_secs(10), || {
+        shadow_tests::metric(&r.scrape(), "shadow_interfaces_attached") == Some(0.0)
+    });
+    let m = r.scrape();
+    assert_eq!(shadow_tests::metric(&m, "shadow_interface_events_total{event=\"attached\"}"), Some(1.0), "{m}");
+    assert_eq!(shadow_tests::metric(&m, "shadow_interface_events_total{event=\"detached\"}"), Some(1.0));
+    assert_eq!(r.stop_daemon(), Some(0));
+}
+
+#[test]
+fn a_flow_seen_on_two_attached_interfaces_is_replayed_once() {
+    if !require_kernel("a_flow_seen_on_two_attached_interfaces") {
+        return;
+    }
+    // client ns --(veth A)-- router ns --(veth B)-- server ns; the daemon in the router, on both
+    // of its veths: every segment passes it twice (A ingress, B egress; B ingress, A egress).
+    let mut r = OpsRig::new("o5");
+    let router = shadow_tests::topo::NetNs::new("o5r");
+    let id = std::process::id() % 10_000;
+    let (ra, rb, srv) = (format!("shra{id}"), format!("shrb{id}"), format!("shsv{id}"));
+    let cli = format!("shcl{id}");
+    let net = (id % 200) as u8 + 20;
+    shadow_tests::sh(&[
+        "ip",
+        "link",
+        "add",
+        &cli,
+        "netns",
+        &r.t.client.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ra,
+        "netns",
+        &router.name,
+    ]);
+    shadow_tests::sh(&[
+        "ip",
+        "link",
+        "add",
+        &rb,
+        "netns",
+        &router.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &srv,
+        "netns",
+        &r.t.server.name,
+    ]);
+    r.t.client.exec(&["ip", "addr", "add", &format!("10.215.{net}.1/24"), "dev", &cli]);
+    router.exec(&["ip", "addr", "add", &format!("10.215.{net}.254/24"), "dev", &ra]);
+    router.exec(&["ip", "addr", "add", &format!("10.216.{net}.254/24"), "dev", &rb]);
+    r.t.server.exec(&["ip", "addr", "add", &format!("10.216.{net}.2/24"), "dev", &srv]);
+    for (ns, dev) in [(&r.t.client, &cli), (&router, &ra), (&router, &rb), (&r.t.server, &srv)] {
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+    }
+    router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    r.t.client.exec(&["ip", "route", "add", &format!("10.216.{net}.0/24"), "via", &format!("10.215.{net}.254")]);
+    r.t.server.exec(&["ip", "route", "add", &format!("10.215.{net}.0/24"), "via", &format!("10.216.{net}.254")]);
+    r.server(&format!("[::]:{PORT}"), "primary");
+
+    // The daemon and its shadow live in the router namespace.
+    let shadow_bin = shadow_tests::workspace_bin("shadow-testserver");
+    let _shadow = shadow_tests::Proc::spawn(
+        "shadow",
+        router
+            .command(shadow_bin.to_str().expect("utf-8"))
+            .args(["--listen", "127.0.0.1:9090", "--response-bytes", "10"])
+            .args(["--record", r.scratch.path("shadow-router").to_str().expect("utf-8")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for("router shadow", Duration::from_secs(10), || router.listening(9090));
+    r.write_config(&format!("[[rule]]\nname = \"svc\"\nport = {PORT}\nshadow = \"127.0.0.1:9090\"\n"));
+    let log = r.scratch.path("router-daemon.log");
+    let summary = r.scratch.path("router-summary.json");
+    let mut d = shadow_tests::Proc::spawn(
+        "shadow-daemon",
+        router
+            .command(shadow_tests::workspace_bin("shadow-daemon").to_str().expect("utf-8"))
+            .args(["--interface", &format!("shra{id},shrb{id}"), "--config", r.config.to_str().expect("utf-8")])
+            .args(["--metrics-addr", "127.0.0.1:9477", "--control", r.control.to_str().expect("utf-8")])
+            .args(["--summary-file", summary.to_str().expect("utf-8")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log")),
+    );
+    wait_for("daemon to attach", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing"))
+    });
+
+    let server = SocketAddr::new(format!("10.216.{net}.2").parse().expect("ip"), PORT);
+    get_many(&r.t, server, "/twice", 30);
+    let metrics: SocketAddr = "127.0.0.1:9477".parse().expect("addr");
+    wait_for("30 requests settled", Duration::from_secs(30), || {
+        router.http_get(metrics, "/metrics").is_some_and(|m| {
+            shadow_tests::metric(&m, "shadow_requests_captured_total") == Some(30.0)
+                && shadow_tests::metric(&m, "shadow_requests_in_flight") == Some(0.0)
+                // Kernel counters are published on the daemon's tick.
+                && shadow_tests::metric(&m, "shadow_kernel_requests_sampled_total").is_some_and(|v| v >= 30.0)
+        })
+    });
+    let m = router.http_get(metrics, "/metrics").expect("scrape");
+    assert_eq!(
+        shadow_tests::metric(&m, "shadow_kernel_requests_sampled_total"),
+        Some(30.0),
+        "one decision per request"
+    );
+    assert_eq!(
+        shadow_tests::metric(&m, "shadow_kernel_request_start_retransmits_total"),
+        Some(30.0),
+        "the second sighting of each request start kept the first one's decision"
+    );
+    assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
+    let got = shadow_tests::recorded_requests(&r.scratch.path("shadow-router"));
+    assert_eq!(got.len(), 30, "each request replayed once, though captured on two interfaces");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    assert!(
+        s["request"]["overlap_bytes"].as_u64().unwrap_or(0) > 0,
+        "the second copies were overlap: {}",
+        s["request"]
+    );
+    assert_eq!(s["request"]["stream_bytes"], s["request"]["overlap_bytes"], "every request byte seen exactly twice");
+}
