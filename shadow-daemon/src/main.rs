@@ -9,7 +9,10 @@ use shadow_daemon::{config::Args, run};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    run::init_logging();
+    if let Err(e) = run::init_logging(args.log_format == "json", &args.log_level) {
+        eprintln!("shadow-daemon: {e}");
+        return ExitCode::from(2);
+    }
     let cfg = match args.resolve() {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -173,3 +173,28 @@ fn a_second_daemon_on_the_same_interface_and_port_is_refused() {
     assert_eq!(first.terminate(Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_a_bad_level_is_a_usage_error() {
+    if !require_kernel("json_logs_are_one_object_per_line") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("shadow-cli-json-{}.sock", std::process::id()));
+    let (code, err) = run(daemon().args(["--interface", "lo", "--port", "39999", "--duration", "0.3"]).args([
+        "--log-format",
+        "json",
+        "--control",
+        sock.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{err}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("capturing ports")), "{err}");
+    let (code, err) = run(daemon().args(["--interface", "lo", "--port", "80", "--log-level", "info,=x=y"]));
+    assert_eq!(code, 2, "{err}");
+    assert_one_line(&err, "--log-level");
+}

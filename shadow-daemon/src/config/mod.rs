@@ -80,6 +80,14 @@ pub struct Args {
     #[arg(long, env = "SHADOW_CONTROL", default_value = "/run/shadow/control.sock")]
     pub control: PathBuf,
 
+    /// Log line format: text (for people) or json (one object per line, for log pipelines).
+    #[arg(long, env = "SHADOW_LOG_FORMAT", default_value = "text", value_parser = PossibleValuesParser::new(["text", "json"]))]
+    pub log_format: String,
+
+    /// Log level or filter (error, warn, info, debug, trace, or tracing's `target=level` list).
+    #[arg(long, env = "SHADOW_LOG", default_value = "info")]
+    pub log_level: String,
+
     /// Attach even where another shadow daemon already captures one of these ports on the same
     /// interface (every request would then be replayed by both).
     #[arg(long, env = "SHADOW_ALLOW_SHARED_CAPTURE")]

@@ -65,12 +65,16 @@ impl RunError {
     }
 }
 
-pub fn init_logging() {
+/// Logs go to stderr, as text or as JSON lines, filtered by `level` (`--log-level` /
+/// `SHADOW_LOG`). Nothing logged carries a header value or a body: errors name requests by id.
+pub fn init_logging(json: bool, level: &str) -> Result<(), String> {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("SHADOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level: '{level}' is not a log filter: {e}"))?;
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = if json { b.json().flatten_event(true).try_init() } else { b.try_init() };
     // aya-log emits through the `log` facade.
     let _ = tracing_log::LogTracer::init();
+    Ok(())
 }
 
 /// Completes at the first SIGINT or SIGTERM: the daemon's shutdown. Call it inside the runtime.
