@@ -9,7 +9,8 @@ use shadow_daemon::{config::Args, run};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = run::init_logging(args.log_format == "json", &args.log_level) {
+    let level = args.log_level.clone().or_else(|| std::env::var("SHADOW_LOG").ok()).unwrap_or_else(|| "info".into());
+    if let Err(e) = run::init_logging(args.log_format == "json", &level) {
         eprintln!("shadow-daemon: {e}");
         return ExitCode::from(2);
     }

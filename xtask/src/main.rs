@@ -131,10 +131,18 @@ fn nightly_rust_src() -> Result<()> {
     let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"])).context(
         "the nightly toolchain is needed to build the eBPF programs and is not installed (rustup toolchain list)",
     )?;
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
-        return Ok(());
+    if !Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    // `cargo xtask test` checks formatting with the nightly's rustfmt (for the import options in
+    // rustfmt.toml) and runs clippy with the stable toolchain: a minimal profile lacks both.
+    if output(Command::new("rustup").args(["run", "nightly", "rustfmt", "--version"])).is_none() {
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "--toolchain", "nightly"]))?;
+    }
+    if output(Command::new("cargo").args(["clippy", "--version"])).is_none() {
+        run(Command::new("rustup").args(["component", "add", "clippy"]))?;
+    }
+    Ok(())
 }
 
 /// bpf-linker must link the same LLVM major as the nightly's rustc. Build it against the

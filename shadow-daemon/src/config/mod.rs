@@ -84,9 +84,10 @@ pub struct Args {
     #[arg(long, env = "SHADOW_LOG_FORMAT", default_value = "text", value_parser = PossibleValuesParser::new(["text", "json"]))]
     pub log_format: String,
 
-    /// Log level or filter (error, warn, info, debug, trace, or tracing's `target=level` list).
-    #[arg(long, env = "SHADOW_LOG", default_value = "info")]
-    pub log_level: String,
+    /// Log level or filter (error, warn, info, debug, trace, or tracing's `target=level` list)
+    /// [default: SHADOW_LOG, else info].
+    #[arg(long, env = "SHADOW_LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     /// Attach even where another shadow daemon already captures one of these ports on the same
     /// interface (every request would then be replayed by both).
