@@ -540,10 +540,7 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     };
     let started = Instant::now();
     let engine = ReplayEngine::start(
-        &[
-            rule(shadow.target(), controls),
-            Rule::new(vec![9999], None, ReplayControls::default()),
-        ],
+        &[rule(shadow.target(), controls), Rule::new(vec![9999], None, ReplayControls::default())],
         metrics.clone(),
     )
     .unwrap();
@@ -593,11 +590,9 @@ async fn shutdown_settles_everything_and_refuses_new_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_latency_is_recorded_per_endpoint() {
     let metrics = Arc::new(Metrics::new(10));
-    let engine = ReplayEngine::start(
-        &[Rule::new(vec![SERVICE_PORT], None, ReplayControls::default())],
-        metrics.clone(),
-    )
-    .unwrap();
+    let engine =
+        ReplayEngine::start(&[Rule::new(vec![SERVICE_PORT], None, ReplayControls::default())], metrics.clone())
+            .unwrap();
     let req = captured(7, &get("/orders/123"));
     let flow = req.flow;
     engine.submit(req);

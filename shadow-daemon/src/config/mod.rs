@@ -26,15 +26,14 @@ use shadow_common::PPM_ALL;
 
 use self::file::{FileConfig, parse_config};
 pub use self::{
-    settings::{ControlArgs, RuleArgs, Setting},
+    settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs, Setting},
     units::{MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds},
 };
 // The hook is the capture layer's; the CLI only names it.
 pub use crate::capture::HookKind;
-use crate::capture::links::InterfacePattern;
 #[cfg(test)]
 use crate::replay::controls::{HeaderField, HostMode, ShadowTarget};
-use crate::{metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls};
+use crate::{capture::links::InterfacePattern, metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls};
 
 mod file;
 mod settings;
@@ -273,8 +272,8 @@ impl Args {
                 (interface, vec![rule])
             }
         };
-        let interfaces = InterfacePattern::parse_list(&interface)
-            .map_err(|e| UsageError(format!("--interface: {e}")))?;
+        let interfaces =
+            InterfacePattern::parse_list(&interface).map_err(|e| UsageError(format!("--interface: {e}")))?;
         let source = self.config.is_some().then(|| Box::new(self.clone()));
         Ok(DaemonConfig {
             interface,
@@ -613,14 +612,26 @@ mod rule_keys_tests {
         )
         .unwrap();
         assert_eq!(f.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["api", "rule1", "web"]);
-        assert_eq!(f.rules[0].services().iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.42.0.0/16:8080", "[fd00::/64]:8080"]);
+        assert_eq!(
+            f.rules[0].services().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.42.0.0/16:8080", "[fd00::/64]:8080"]
+        );
         assert_eq!(f.rates, vec![Some(25_000), None, None]);
         // The default rate comes from --sample-rate.
         let dir = std::env::temp_dir().join(format!("shadow-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rules.toml");
         std::fs::write(&path, "[[rule]]\nport = 80\n[[rule]]\nport = 81\nsample_rate = 50\n").unwrap();
-        let a = Args::try_parse_from(["shadow-daemon", "-i", "eth0,veth*", "--config", path.to_str().unwrap(), "--sample-rate", "10"]).unwrap();
+        let a = Args::try_parse_from([
+            "shadow-daemon",
+            "-i",
+            "eth0,veth*",
+            "--config",
+            path.to_str().unwrap(),
+            "--sample-rate",
+            "10",
+        ])
+        .unwrap();
         let c = a.clone().resolve().unwrap();
         assert_eq!(c.rules.iter().map(|r| r.sample_ppm).collect::<Vec<_>>(), vec![100_000, 500_000]);
         assert_eq!(c.interfaces.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["eth0", "veth*"]);
@@ -632,10 +643,19 @@ mod rule_keys_tests {
     fn rule_key_errors_name_the_field() {
         for (text, want) in [
             ("[[rule]]\nname = \"a b\"\nport = 80\n", "rule[0].name: expected a name"),
-            ("[[rule]]\nname = \"x\"\nport = 80\n[[rule]]\nname = \"x\"\nport = 81\n", "rule[1].name: 'x' is already the name of rule[0]"),
-            ("[[rule]]\nmatch = [\"10.0.0.0/33:80\"]\n", "rule[0].match: '10.0.0.0/33:80': '/33' is not a prefix length"),
+            (
+                "[[rule]]\nname = \"x\"\nport = 80\n[[rule]]\nname = \"x\"\nport = 81\n",
+                "rule[1].name: 'x' is already the name of rule[0]",
+            ),
+            (
+                "[[rule]]\nmatch = [\"10.0.0.0/33:80\"]\n",
+                "rule[0].match: '10.0.0.0/33:80': '/33' is not a prefix length",
+            ),
             ("[[rule]]\nmatch = [80]\n", "rule[0].match: expected ADDR[/PREFIX]:PORT strings, found integer"),
-            ("[[rule]]\nmatch = \"10.0.0.0/8:80\"\n[[rule]]\nmatch = \"10.1.0.0/8:80\"\n", "rule[1].match: 10.0.0.0/8:80 is already in rule[0]"),
+            (
+                "[[rule]]\nmatch = \"10.0.0.0/8:80\"\n[[rule]]\nmatch = \"10.1.0.0/8:80\"\n",
+                "rule[1].match: 10.0.0.0/8:80 is already in rule[0]",
+            ),
             ("[[rule]]\nport = 80\nsample_rate = 101\n", "rule[0].sample_rate: 101 is not a percentage"),
             ("[[rule]]\nport = 80\nsample_rate = true\n", "rule[0].sample_rate: expected a percentage, found boolean"),
             ("[[rule]]\nname = \"x\"\n", "rule[0].port: missing: every rule needs its service port(s) or a match"),

@@ -129,7 +129,14 @@ pub struct Lane {
 impl Lane {
     /// A rule named `default` on `ports`, sampling everything.
     pub fn new(ports: Vec<u16>, shadow: Option<ShadowTarget>, controls: ReplayControls) -> Self {
-        Self { name: "default".into(), ports, matches: Vec::new(), shadow, controls, sample_ppm: shadow_common::PPM_ALL }
+        Self {
+            name: "default".into(),
+            ports,
+            matches: Vec::new(),
+            shadow,
+            controls,
+            sample_ppm: shadow_common::PPM_ALL,
+        }
     }
 
     /// Everything the rule covers: `ports` on any address, then `matches`.
@@ -359,7 +366,8 @@ impl ReplayEngine {
             }
         }
         let ticket = self.metrics.admit();
-        let route = most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
+        let route =
+            most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
         let Some(lane) = route.flatten().and_then(|i| self.lanes.get(i)) else {
             ticket.dropped(reason::NO_TARGET);
             return Submission::Dropped(reason::NO_TARGET);
