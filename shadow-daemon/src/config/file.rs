@@ -1,20 +1,17 @@
 //! The TOML config file: `interface`, `[defaults]` and `[[rule]]` tables. The file's keys are the
 //! settings of [`RuleArgs`] and [`ControlArgs`], deserialized by serde through the same parsers
 //! as the flags; each key is first read alone, so that an error names the file and the field.
-//! Three keys exist only in a `[[rule]]`, because only a file has several rules: `name` (how
-//! shadowctl and the metrics call the rule), `match` (services by address and port, besides or
-//! instead of `port`) and `sample_rate` (the rule's own rate; `--sample-rate` is the default).
+//! Some keys exist only in a `[[rule]]`, because only a file has several rules: the settings of
+//! [`FileRuleArgs`] (`name`, `match`, `sample_rate`). What is checked across rules (unique names,
+//! no service in two rules) is checked here.
 
 use serde::de::DeserializeOwned;
 
 use super::{
-    Rule, UsageError, parse_percent,
-    settings::{ControlArgs, RuleArgs},
+    Rule, UsageError,
+    settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs},
 };
-use crate::{replay::controls::ReplayControls, service::ServiceMatch};
-
-/// Keys of a `[[rule]]` that are not flags.
-const RULE_ONLY_KEYS: [&str; 3] = ["name", "match", "sample_rate"];
+use crate::replay::controls::ReplayControls;
 
 /// What a config file says. A rule whose `sample_rate` is not set has `sample_ppm` None: the
 /// daemon's `--sample-rate` applies.
@@ -47,7 +44,8 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         let t = v.as_table().ok_or_else(|| fail("defaults", format!("expected a table, found {}", v.type_str())))?;
         let field = |k: &str| format!("defaults.{k}");
         if let Some(k) = t.keys().find(|k| !ControlArgs::KEYS.contains(&k.as_str())) {
-            let hint = if RuleArgs::KEYS.contains(&k.as_str()) { " (it belongs in a [[rule]])" } else { "" };
+            let in_rule = RuleArgs::KEYS.contains(&k.as_str()) || FileRuleArgs::KEYS.contains(&k.as_str());
+            let hint = if in_rule { " (it belongs in a [[rule]])" } else { "" };
             return Err(fail(&field(k), format!("unknown key{hint}")));
         }
         let controls: ControlArgs = read(t, &field, &fail)?;
@@ -77,52 +75,12 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
     for (i, rv) in rule_values.iter().enumerate() {
         let field = |k: &str| format!("rule[{i}].{k}");
         let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
-        let (mut matching, mut controls) = (toml::Table::new(), toml::Table::new());
-        let mut rule_name = format!("rule{i}");
-        let mut services: Vec<ServiceMatch> = Vec::new();
-        let mut sample_ppm = None;
+        let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
         for (k, v) in t {
-            match k.as_str() {
-                "name" => {
-                    rule_name = v
-                        .as_str()
-                        .map(str::trim)
-                        .filter(|n| valid_name(n))
-                        .ok_or_else(|| {
-                            fail(&field(k), "expected a name of letters, digits, '-', '_' or '.' (at most 64)".into())
-                        })?
-                        .to_owned();
-                    continue;
-                }
-                "match" => {
-                    let items: Vec<&toml::Value> = match v {
-                        toml::Value::Array(a) => a.iter().collect(),
-                        one => vec![one],
-                    };
-                    for item in items {
-                        let text = item.as_str().ok_or_else(|| {
-                            fail(&field(k), format!("expected ADDR[/PREFIX]:PORT strings, found {}", item.type_str()))
-                        })?;
-                        services.push(text.parse().map_err(|e: String| fail(&field(k), e))?);
-                    }
-                    continue;
-                }
-                "sample_rate" => {
-                    let text = match v {
-                        toml::Value::Integer(n) => n.to_string(),
-                        toml::Value::Float(f) => f.to_string(),
-                        toml::Value::String(s) => s.clone(),
-                        other => {
-                            return Err(fail(&field(k), format!("expected a percentage, found {}", other.type_str())));
-                        }
-                    };
-                    sample_ppm = Some(parse_percent(&text).map_err(|e| fail(&field(k), e))?);
-                    continue;
-                }
-                _ => {}
-            }
             let part = if RuleArgs::KEYS.contains(&k.as_str()) {
                 &mut matching
+            } else if FileRuleArgs::KEYS.contains(&k.as_str()) {
+                &mut file_only
             } else if ControlArgs::KEYS.contains(&k.as_str()) {
                 &mut controls
             } else {
@@ -131,13 +89,16 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
             part.insert(k.clone(), v.clone());
         }
         let matching: RuleArgs = read(&matching, &field, &fail)?;
+        let file_only: FileRuleArgs = read(&file_only, &field, &fail)?;
         let controls: ControlArgs = read(&controls, &field, &fail)?;
         let name = |k: &str| format!("config {name}: {}", field(k));
         let mut own = defaults.clone();
         controls.apply(&mut own, &name)?;
-        let mut rule = matching.into_rule(own, &name)?;
-        rule.name = rule_name;
-        rule.matches = services;
+        let mut lane = matching.into_rule(own, &name)?;
+        lane.name = format!("rule{i}");
+        let mut file_rule = FileRule { lane, sample_ppm: None };
+        file_only.apply(&mut file_rule, &name)?;
+        let FileRule { lane: rule, sample_ppm } = file_rule;
         if rule.services().is_empty() {
             return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
         }
@@ -159,11 +120,6 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
     Ok(FileConfig { interface, rules, rates })
 }
 
-/// Rule names appear in metric labels and on command lines: keep them plain.
-fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 /// Settings from a table of their keys: each key alone first, so that a type or value error
 /// names its field, then the whole table.
 fn read<S: DeserializeOwned>(
@@ -179,7 +135,7 @@ fn read<S: DeserializeOwned>(
 }
 
 fn known_rule_keys() -> String {
-    let mut k: Vec<&str> = RULE_ONLY_KEYS.iter().chain(RuleArgs::KEYS).chain(ControlArgs::KEYS).copied().collect();
+    let mut k: Vec<&str> = FileRuleArgs::KEYS.iter().chain(RuleArgs::KEYS).chain(ControlArgs::KEYS).copied().collect();
     k.sort_unstable();
     k.join(", ")
 }

@@ -26,7 +26,7 @@ use shadow_common::PPM_ALL;
 
 use self::file::{FileConfig, parse_config};
 pub use self::{
-    settings::{ControlArgs, RuleArgs, Setting},
+    settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs, Setting},
     units::{MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds},
 };
 // The hook is the capture layer's; the CLI only names it.

@@ -12,7 +12,7 @@ use std::{fmt, marker::PhantomData, time::Duration};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{
-    UsageError,
+    UsageError, parse_percent,
     units::{parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate},
 };
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
             ShadowTarget,
         },
     },
+    service::ServiceMatch,
 };
 
 /// A kind of setting value: how it is parsed from text (a flag, a variable, a TOML string) and
@@ -35,6 +36,9 @@ pub trait Setting: Sized + Clone + Send + Sync + 'static {
     const NUMBERS: bool = true;
     /// TOML strings are taken (false for port numbers, which are integers in the file).
     const STRINGS: bool = true;
+    /// What a list of these is called when an item has the wrong type ("expected {LIST_OF},
+    /// found integer"); `None`: "expected a list of strings, found a integer in it".
+    const LIST_OF: Option<&'static str> = None;
     fn parse(s: &str) -> Result<Self, String>;
 }
 
@@ -103,14 +107,22 @@ impl<T> Given for Vec<T> {
 
 /// Declares a settings struct: its fields (each with its clap and serde attributes) and, per
 /// field, the statement that puts the field's value into the target (`|target, value| ...`;
-/// `?` on a `Result<_, String>` names the setting in the error).
+/// `?` on a `Result<_, String>` names the setting in the error). `field as "key"` names a key
+/// that is not a Rust identifier (with the matching `#[serde(rename)]`); `#[arg(skip)]` makes a
+/// file-only key.
 macro_rules! settings {
+    (@key $field:ident) => {
+        stringify!($field)
+    };
+    (@key $field:ident $key:literal) => {
+        $key
+    };
     (
         $(#[$smeta:meta])*
         pub struct $name:ident => $target:ty {
             $(
                 $(#[$fmeta:meta])*
-                $field:ident : $ty:ty => |$t:ident, $v:ident| $apply:expr;
+                $field:ident $(as $key:literal)? : $ty:ty => |$t:ident, $v:ident| $apply:expr;
             )*
         }
     ) => {
@@ -126,14 +138,14 @@ macro_rules! settings {
 
         impl $name {
             /// The TOML keys, which are the flags' names with `_` for `-`.
-            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+            pub const KEYS: &'static [&'static str] = &[$(settings!(@key $field $($key)?)),*];
 
             /// The keys of the settings given (by flag, variable or file).
             pub fn given(&self) -> Vec<&'static str> {
                 let mut g = Vec::new();
                 $(
                     if Given::given(&self.$field) {
-                        g.push(stringify!($field));
+                        g.push(settings!(@key $field $($key)?));
                     }
                 )*
                 g
@@ -150,7 +162,7 @@ macro_rules! settings {
                             $apply;
                             Ok(())
                         })(target)
-                        .map_err(|e| UsageError(format!("{}: {e}", name(stringify!($field)))))?;
+                        .map_err(|e| UsageError(format!("{}: {e}", name(settings!(@key $field $($key)?)))))?;
                     }
                 )*
                 Ok(())
@@ -177,6 +189,35 @@ settings! {
         #[serde(deserialize_with = "one")]
         shadow: Option<Raw<ShadowTarget>> => |r, v| r.shadow = Some(v.parse()?);
     }
+}
+
+settings! {
+    /// Keys only a config file has, since only a file has several rules.
+    pub struct FileRuleArgs => FileRule {
+        /// How shadowctl and the metrics call the rule [default: rule<N>, its position].
+        #[arg(skip)]
+        #[serde(deserialize_with = "one")]
+        name: Option<RuleName> => |r, v| r.lane.name = v.0;
+
+        /// Services by address prefix and port (`10.42.0.0/16:8080`, `[fd00::/64]:8080`), besides
+        /// or instead of `port`.
+        #[arg(skip)]
+        #[serde(rename = "match", deserialize_with = "list")]
+        matches as "match": Vec<ServiceMatch> => |r, v| r.lane.matches = v;
+
+        /// The rule's own sampling rate, in percent [default: --sample-rate].
+        #[arg(skip)]
+        #[serde(deserialize_with = "one")]
+        sample_rate: Option<Percent> => |r, v| r.sample_ppm = Some(v.0);
+    }
+}
+
+/// A rule of the file as its own keys leave it.
+#[derive(Debug)]
+pub struct FileRule {
+    pub lane: Lane,
+    /// `None`: the daemon's --sample-rate applies.
+    pub sample_ppm: Option<u32>,
 }
 
 settings! {
@@ -307,6 +348,14 @@ pub struct ByteSize(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeout(pub Duration);
 
+/// A rule's name: it appears in metric labels and on command lines, so it stays plain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleName(pub String);
+
+/// A sampling rate in percent, held in parts per million.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percent(pub u32);
+
 /// A count between `MIN` and `MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Count<const MIN: usize, const MAX: usize>(pub usize);
@@ -357,6 +406,25 @@ setting!(Rate, "requests per second", |s| parse_rate(s).map(Rate));
 setting!(BodyBytes, "a byte count", |s| parse_bytes(s).map(BodyBytes));
 setting!(ByteSize, "a byte count", |s| parse_byte_size(s).map(ByteSize));
 setting!(Timeout, "a duration", |s| parse_duration(s).map(Timeout));
+setting!(Percent, "a percentage", |s| parse_percent(s).map(Percent));
+setting!(RuleName, "a name", text, |s: &str| {
+    let n = s.trim();
+    let plain = n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if n.is_empty() || n.len() > 64 || !plain {
+        return Err("expected a name of letters, digits, '-', '_' or '.' (at most 64)".to_owned());
+    }
+    Ok(RuleName(n.to_owned()))
+});
+
+impl Setting for ServiceMatch {
+    const EXPECTED: &'static str = "ADDR[/PREFIX]:PORT";
+    const NUMBERS: bool = false;
+    const LIST_OF: Option<&'static str> = Some("ADDR[/PREFIX]:PORT strings");
+
+    fn parse(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+}
 
 impl<const MIN: usize, const MAX: usize> Setting for Count<MIN, MAX> {
     const EXPECTED: &'static str = "a number";
@@ -372,6 +440,7 @@ trait FromText: Sized {
     const EXPECTED: &'static str;
     const NUMBERS: bool;
     const STRINGS: bool;
+    const LIST_OF: Option<&'static str>;
     fn from_text(s: &str) -> Result<Self, String>;
 }
 
@@ -379,6 +448,7 @@ impl<T: Setting> FromText for T {
     const EXPECTED: &'static str = T::EXPECTED;
     const NUMBERS: bool = T::NUMBERS;
     const STRINGS: bool = T::STRINGS;
+    const LIST_OF: Option<&'static str> = T::LIST_OF;
 
     fn from_text(s: &str) -> Result<Self, String> {
         T::parse(s)
@@ -389,6 +459,7 @@ impl<T: Setting> FromText for Raw<T> {
     const EXPECTED: &'static str = T::EXPECTED;
     const NUMBERS: bool = T::NUMBERS;
     const STRINGS: bool = T::STRINGS;
+    const LIST_OF: Option<&'static str> = T::LIST_OF;
 
     fn from_text(s: &str) -> Result<Self, String> {
         Ok(Self(s.to_owned(), PhantomData))
@@ -503,6 +574,9 @@ fn list<'de, D: Deserializer<'de>, T: FromText>(d: D) -> Result<Vec<T>, D::Error
 
     impl<T: FromText> ItemVisitor<T> {
         fn refuse<E: de::Error>(found: &str) -> E {
+            if let Some(list) = T::LIST_OF {
+                return E::custom(format!("expected {list}, found {found}"));
+            }
             let what = if T::STRINGS { "strings" } else { "numbers" };
             E::custom(format!("expected a list of {what}, found a {found} in it"))
         }

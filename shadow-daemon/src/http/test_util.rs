@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{Limits, head::parse_request_parts};
+use super::{Limits, head::parse_request_spans};
 use crate::{
     message::{BodyFraming, CapturedRequest},
     segment::FlowId,
@@ -60,7 +60,7 @@ impl CapturedRequestBuilder {
     /// whose framing extraction would refuse (a bad Content-Length...) is still built, with no
     /// body framing: the replay editor's tests feed such heads on purpose.
     pub fn build(self) -> CapturedRequest {
-        let (head, _framing) = parse_request_parts(&self.raw, &Limits::default())
+        let head = parse_request_spans(&self.raw, &Limits::default())
             .expect("test request head parses")
             .expect("test request head is complete");
         let framing = match head.framing {

@@ -18,8 +18,6 @@ mod conn;
 pub mod controls;
 mod edit;
 mod slots;
-#[cfg(feature = "futures-unordered")]
-mod unordered;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -37,15 +35,11 @@ use tokio::{
     time::Instant,
 };
 
-#[cfg(not(feature = "futures-unordered"))]
-use self::slots::Slots;
-#[cfg(feature = "futures-unordered")]
-use self::unordered::Slots;
 use self::{
     conn::{Exchange, Pool, connect, exchange},
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request,
-    slots::Work,
+    slots::{Slots, Work},
 };
 use crate::{
     http::{HttpError, keeps_alive},

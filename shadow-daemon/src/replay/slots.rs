@@ -1,70 +1,38 @@
 //! The replays of one lane, driven inside the lane's dispatcher task rather than as one spawned
-//! task each.
+//! task each, on futures-util's `FuturesUnordered`.
 //!
 //! A spawned task per request costs a task allocation, a trip through the scheduler, usually a
 //! wake-up of the other worker thread, and one more wake-up of the dispatcher when it ends (to
 //! return the concurrency permit and reap the handle). Here the dispatcher owns at most
-//! `concurrency` replay futures in fixed slots; each slot has its own waker that queues the slot
-//! and wakes the dispatcher, so a wake-up polls only the replays that can progress, and a burst of
-//! responses is handled in one wake-up of one task.
+//! `concurrency` replay futures; `FuturesUnordered` gives each its own waker, so a wake-up polls
+//! only the replays that can progress, and a burst of responses is handled in one wake-up of one
+//! task.
 //!
-//! What a task gave us is kept: at most `concurrency` replays at once (one per slot), a panicking
-//! replay is contained (logged, its slot freed, its ticket settled by its drop as `shutdown`),
-//! and dropping the slots abandons every replay in flight, as aborting the tasks did.
+//! What a task gave us is kept: at most `concurrency` replays at once, a panicking replay is
+//! contained (logged, its ticket settled by its drop as `shutdown`), and dropping the slots
+//! abandons every replay in flight, as aborting the tasks did.
+//!
+//! This replaced a hand-written equivalent (fixed slots, a waker per slot, a ready list; 250
+//! lines). Measured on the replay bench, 20 interleaved runs of each on this 2-vCPU machine
+//! (engine CPU per replayed request, median): batch 1024 7.55 µs here vs 7.15 µs hand-written
+//! (+5%, run-to-run sd 0.4 µs), batch 64 8.20 vs 8.14 µs, batch 1 latency 92.7 vs 93.0 µs. The
+//! hand-written one's edge was within the noise except at the largest batch, so the standard
+//! type was kept.
 
 use std::{
     future::Future,
-    mem,
-    panic::{AssertUnwindSafe, catch_unwind},
+    panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::{Context, Poll, Wake, Waker},
+    task::{Context, Poll},
 };
 
-use super::lock;
+use futures_util::{FutureExt, StreamExt, future::CatchUnwind, stream::FuturesUnordered};
 
 pub(crate) type Replay = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Rounds of "poll what is ready, take new work" in one poll of the dispatcher; past them it
+/// Rounds of "take new work, poll what is ready" in one poll of the dispatcher; past them it
 /// yields to the runtime (it has been woken already if anything is still ready).
 const ROUNDS_PER_POLL: usize = 4;
-
-/// Slots woken since the dispatcher last looked, and the dispatcher's waker.
-#[derive(Default)]
-struct ReadyList {
-    slots: Vec<usize>,
-    waker: Option<Waker>,
-}
-
-struct SlotWaker {
-    slot: usize,
-    /// Already in the ready list: further wakes until the next poll are no-ops.
-    queued: AtomicBool,
-    ready: Arc<Mutex<ReadyList>>,
-}
-
-impl Wake for SlotWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let waker = {
-            let mut r = lock(&self.ready);
-            r.slots.push(self.slot);
-            r.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
 
 /// What [`Slots::poll_work`] stopped for.
 pub(crate) enum Work {
@@ -75,38 +43,23 @@ pub(crate) enum Work {
 }
 
 pub(crate) struct Slots {
-    replays: Vec<Option<Replay>>,
-    wakers: Vec<(Arc<SlotWaker>, Waker)>,
-    free: Vec<usize>,
+    replays: FuturesUnordered<CatchUnwind<AssertUnwindSafe<Replay>>>,
     cap: usize,
-    ready: Arc<Mutex<ReadyList>>,
-    /// The ready list swapped out, kept to reuse its allocation.
-    polling: Vec<usize>,
 }
 
 impl Slots {
-    /// At most `cap` replays at once. Slots (and their wakers) are made on first use, so a large
-    /// cap costs nothing while idle.
+    /// At most `cap` replays at once.
     pub fn new(cap: usize) -> Self {
-        let cap = cap.max(1);
-        let hint = cap.min(1024);
-        Self {
-            replays: Vec::with_capacity(hint),
-            wakers: Vec::with_capacity(hint),
-            free: Vec::with_capacity(hint),
-            cap,
-            ready: Arc::new(Mutex::new(ReadyList { slots: Vec::with_capacity(hint), waker: None })),
-            polling: Vec::with_capacity(hint),
-        }
+        Self { replays: FuturesUnordered::new(), cap: cap.max(1) }
     }
 
     /// No replay in flight.
     pub fn is_empty(&self) -> bool {
-        self.replays.len() == self.free.len()
+        self.replays.is_empty()
     }
 
-    /// Drive the replays that were woken, and start new ones from `next_job` while a slot is
-    /// free (each is polled at once, so its request is written in this same poll). Returns
+    /// Start new replays from `next_job` while there is room (each is polled in this same call,
+    /// so its request is written at once), and drive the ones that were woken. Returns
     /// `Ready(Drained)` when `next_job` reports the end; replays in flight then keep running on
     /// later calls with `drained` set, which no longer asks for jobs, and which return
     /// `Ready(Idle)` once none is left.
@@ -118,89 +71,54 @@ impl Slots {
         mut start: impl FnMut(J) -> Replay,
         on_panic: impl Fn(),
     ) -> Poll<Work> {
-        {
-            // Before looking at the list: a wake from now on finds the waker and reschedules us.
-            let mut r = lock(&self.ready);
-            if !r.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                r.waker = Some(cx.waker().clone());
-            }
-        }
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
-            let mut polling = mem::take(&mut self.polling);
-            mem::swap(&mut lock(&self.ready).slots, &mut polling);
-            for &slot in &polling {
-                progressed = true;
-                self.poll_slot(slot, &on_panic);
-            }
-            polling.clear();
-            self.polling = polling;
-
-            while !drained && self.has_room() {
+            while !drained && self.replays.len() < self.cap {
                 match next_job(cx) {
                     Poll::Ready(Some(job)) => {
                         progressed = true;
-                        let slot = self.occupy(start(job));
-                        self.poll_slot(slot, &on_panic);
+                        self.replays.push(AssertUnwindSafe(start(job)).catch_unwind());
                     }
-                    Poll::Ready(None) => return Poll::Ready(Work::Drained),
+                    Poll::Ready(None) => {
+                        // Start what was just taken before reporting the end.
+                        self.drive(cx, &on_panic);
+                        return Poll::Ready(Work::Drained);
+                    }
                     Poll::Pending => break,
                 }
             }
+            progressed |= self.drive(cx, &on_panic);
             if !progressed {
                 break;
             }
         }
-        if drained && self.is_empty() {
+        if drained && self.replays.is_empty() {
             return Poll::Ready(Work::Idle);
         }
-        // Anything still ready has woken the task again (the waker was registered above).
+        // Anything still ready has woken the task again (its waker was registered by the polls).
         Poll::Pending
     }
 
-    fn has_room(&self) -> bool {
-        !self.free.is_empty() || self.replays.len() < self.cap
-    }
-
-    fn occupy(&mut self, replay: Replay) -> usize {
-        if let Some(slot) = self.free.pop() {
-            self.replays[slot] = Some(replay);
-            return slot;
-        }
-        let slot = self.replays.len();
-        let w = Arc::new(SlotWaker { slot, queued: AtomicBool::new(false), ready: self.ready.clone() });
-        self.wakers.push((w.clone(), Waker::from(w)));
-        self.replays.push(Some(replay));
-        slot
-    }
-
-    fn poll_slot(&mut self, slot: usize, on_panic: &impl Fn()) {
-        let (flag, waker) = &self.wakers[slot];
-        // Cleared before the poll: a wake during or after it queues the slot again.
-        flag.queued.store(false, Ordering::Release);
-        // A stale entry (the slot finished after it was queued) finds the slot empty or reused;
-        // polling a reused slot once too often is harmless.
-        let Some(replay) = self.replays[slot].as_mut() else { return };
-        let mut cx = Context::from_waker(waker);
-        let done = match catch_unwind(AssertUnwindSafe(|| replay.as_mut().poll(&mut cx))) {
-            Ok(Poll::Pending) => false,
-            Ok(Poll::Ready(())) => true,
-            Err(_) => {
+    /// Poll the replays until none is ready; whether any finished.
+    fn drive(&mut self, cx: &mut Context<'_>, on_panic: &impl Fn()) -> bool {
+        let mut finished = false;
+        // Dropping a finished replay settles whatever it still held (ticket, bytes, connection).
+        while let Poll::Ready(Some(outcome)) = self.replays.poll_next_unpin(cx) {
+            finished = true;
+            if outcome.is_err() {
                 on_panic();
-                true
             }
-        };
-        if done {
-            // Dropping the replay settles whatever it still held (ticket, bytes, connection).
-            self.replays[slot] = None;
-            self.free.push(slot);
         }
+        finished
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     use super::*;
 
