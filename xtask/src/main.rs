@@ -87,6 +87,7 @@ fn setup() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     deploy_tools()?;
+    bench_tools()?;
     Ok(())
 }
 
@@ -206,6 +207,32 @@ fn deploy_tools() -> Result<()> {
         run(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
     }
     run(Command::new(bin.join("pip")).args(["install", "-q", "--disable-pip-version-check"]).args(PIP))?;
+    Ok(())
+}
+
+/// What `cargo xtask bench` drives besides the APT list: perf and strace (Debian) for the
+/// daemon's profile and syscall counts, and oha (crates.io, pinned: 1.16.0 declares
+/// rust-version 1.88; native-tls, because the rustls build pulls in aws-lc) for open-loop
+/// fixed-rate load without coordinated omission. Skipped when each already runs.
+fn bench_tools() -> Result<()> {
+    const DEBS: &[(&str, &str)] = &[("perf", "linux-perf"), ("strace", "strace"), ("pkg-config", "pkg-config")];
+    let runs = |cmd: &str| output(Command::new(cmd).arg("--version")).is_some();
+    let missing: Vec<&str> = DEBS.iter().filter(|(bin, _)| !runs(bin)).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() && is_root() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "libssl-dev"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    if !runs("oha") && output(Command::new(Path::new(&home).join(".cargo/bin/oha")).arg("--version")).is_none() {
+        eprintln!("xtask: building oha 1.16.0 from crates.io (several minutes on 2 cores)");
+        run(Command::new("cargo")
+            .args(["install", "oha", "--version", "1.16.0", "--locked", "--no-default-features", "--features", "native-tls"])
+            .arg("--target-dir")
+            .arg(Path::new(&home).join(".cache/shadow/oha-build")))?;
+    }
     Ok(())
 }
 

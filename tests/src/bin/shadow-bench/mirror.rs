@@ -466,7 +466,7 @@ pub struct Capacity {
 
 /// How fast can traffic go before the ring buffer overflows? nginx alone under wrk gives the
 /// machine's ceiling; then the release daemon (capture and extraction, no replay, default 32 MiB
-/// ring) is attached and the load stepped up at fixed rates (hey) to saturation (wrk), each step
+/// ring) is attached and the load stepped up at fixed rates (oha, or hey without it) to saturation (wrk), each step
 /// with a fresh daemon whose summary gives `ringbuf_full` and the requests it captured.
 pub fn capacity_ladder(quick: bool) -> Capacity {
     let secs = if quick { 3 } else { 5 };
@@ -480,21 +480,24 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
     println!("capacity: nginx alone (wrk -t2 -c{WRK_CONNS})          {:>9.0} req/s", alone.rps);
     let mut steps = Vec::new();
     let fractions: &[f64] = if quick { &[0.5] } else { &[0.25, 0.5, 0.75] };
-    let mut loads: Vec<(String, Option<u32>)> = fractions
+    let oha = load::oha_bin();
+    let mut loads: Vec<(String, Option<f64>)> = fractions
         .iter()
         .map(|f| {
-            let per_worker = ((alone.rps * f) / 16.0).max(1.0) as u32;
-            (format!("hey -c16 -q{per_worker} ({:.0}% of nginx alone)", f * 100.0), Some(per_worker))
+            let rate = (alone.rps * f).round();
+            let how = if oha.is_some() { format!("oha -q {rate:.0}") } else { format!("hey -c16 -q{:.0}", rate / 16.0) };
+            (format!("{how} ({:.0}% of nginx alone)", f * 100.0), Some(rate))
         })
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
     let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false };
-    for (i, (name, per_worker)) in loads.into_iter().enumerate() {
+    for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
         let (cpu0, _) = load::cpu_and_rss(d.pid());
-        let w = match per_worker {
-            Some(q) => load::hey(&t.client, &url, secs, 16, q, &pad),
-            None => load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None),
+        let w = match (rate, &oha) {
+            (Some(r), Some(o)) => load::oha(o, &t.client, &url, secs, r, &pad),
+            (Some(r), None) => load::hey(&t.client, &url, secs, 16, (r / 16.0).max(1.0) as u32, &pad),
+            (None, _) => load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None),
         };
         let (cpu1, _) = load::cpu_and_rss(d.pid());
         let s = d.stop(&format!("capacity step {name}"));
