@@ -46,9 +46,14 @@ pub fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc 
     std::fs::write(&path, conf).expect("nginx.conf");
     let p = Proc::spawn(
         "nginx",
-        ns.command("nginx").args(["-c", path.to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
+        ns.command("nginx")
+            .args(["-c", path.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
-    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || ns.listening(port));
+    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || {
+        ns.listening(port)
+    });
     p
 }
 
@@ -79,9 +84,23 @@ pub fn parse_ms(v: &str) -> f64 {
 
 /// wrk, closed loop: `conns` connections on two threads as fast as the server answers. With
 /// `post_body`, every request is a POST of that many bytes (a Lua script in `scratch`).
-pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: Option<(usize, &Scratch)>) -> Load {
+pub fn wrk(
+    ns: &NetNs,
+    url: &str,
+    secs: u32,
+    conns: u32,
+    pad: &str,
+    post_body: Option<(usize, &Scratch)>,
+) -> Load {
     let mut cmd = ns.command("wrk");
-    cmd.args(["-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "--timeout", "5s"]);
+    cmd.args([
+        "-t2",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+        "--timeout",
+        "5s",
+    ]);
     cmd.args(["-H", &format!("X-Pad: {pad}")]);
     if let Some((n, scratch)) = post_body {
         let script = scratch.path("post.lua");
@@ -96,8 +115,17 @@ pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: O
     }
     let out = cmd.arg(url).output().expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let mut w = Load { p50_ms: f64::NAN, p99_ms: f64::NAN, secs: secs as f64, ..Default::default() };
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut w = Load {
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        secs: secs as f64,
+        ..Default::default()
+    };
     for line in text.lines() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
@@ -107,13 +135,24 @@ pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: O
         } else if let Some(v) = t.strip_prefix("99%") {
             w.p99_ms = parse_ms(v);
         } else if t.contains(" requests in ") {
-            w.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            w.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             // "N requests in 5.00s, X MB read"
-            if let Some(d) = t.split(" requests in ").nth(1).and_then(|r| r.split(',').next()) {
+            if let Some(d) = t
+                .split(" requests in ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+            {
                 w.secs = parse_ms(d) / 1000.0;
             }
         } else if t.starts_with("Socket errors:") || t.starts_with("Non-2xx") {
-            w.errors += t.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+            w.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
         }
     }
     w
@@ -121,10 +160,19 @@ pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: O
 
 /// The oha binary: on PATH, or where `cargo install` puts it.
 pub fn oha_bin() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    [PathBuf::from("oha"), home.join(".cargo/bin/oha")].into_iter().find(|p| {
-        std::process::Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-    })
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    [PathBuf::from("oha"), home.join(".cargo/bin/oha")]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
 }
 
 /// oha, open loop: requests are sent on a fixed schedule of `rate` per second whatever the
@@ -133,30 +181,69 @@ pub fn oha_bin() -> Option<PathBuf> {
 pub fn oha(oha: &Path, ns: &NetNs, url: &str, secs: u32, rate: f64, pad: &str) -> Load {
     let out = ns
         .command(oha.to_str().expect("utf-8"))
-        .args(["--no-tui", "--output-format", "json", "--latency-correction"])
-        .args(["-z", &format!("{secs}s"), "-q", &format!("{rate:.0}"), "-c", "64", "-t", "5s"])
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--latency-correction",
+        ])
+        .args([
+            "-z",
+            &format!("{secs}s"),
+            "-q",
+            &format!("{rate:.0}"),
+            "-c",
+            "64",
+            "-t",
+            "5s",
+        ])
         .args(["-H", &format!("X-Pad: {pad}")])
         .arg(url)
         .output()
         .expect("run oha");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "oha failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("oha json: {e}: {text}"));
-    let statuses = v["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
-    let ok: u64 = statuses.iter().filter(|(k, _)| k.as_str() == "200").filter_map(|(_, n)| n.as_u64()).sum();
-    let other: u64 = statuses.iter().filter(|(k, _)| k.as_str() != "200").filter_map(|(_, n)| n.as_u64()).sum();
+    assert!(
+        out.status.success(),
+        "oha failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("oha json: {e}: {text}"));
+    let statuses = v["statusCodeDistribution"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let ok: u64 = statuses
+        .iter()
+        .filter(|(k, _)| k.as_str() == "200")
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
+    let other: u64 = statuses
+        .iter()
+        .filter(|(k, _)| k.as_str() != "200")
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
     // Requests cut off by the end of the run are not errors of the server.
     let errors: u64 = v["errorDistribution"]
         .as_object()
-        .map(|o| o.iter().filter(|(k, _)| !k.contains("deadline")).filter_map(|(_, n)| n.as_u64()).sum())
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !k.contains("deadline"))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
         .unwrap_or(0);
     let secs_run = v["summary"]["total"].as_f64().unwrap_or(secs as f64);
     Load {
         requests: ok + other,
         errors: errors + other,
         rps: (ok + other) as f64 / secs_run,
-        p50_ms: v["metrics"]["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
-        p99_ms: v["metrics"]["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+        p50_ms: v["metrics"]["latency_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        p99_ms: v["metrics"]["latency_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
         secs: secs_run,
     }
 }
@@ -166,14 +253,32 @@ pub fn oha(oha: &Path, ns: &NetNs, url: &str, secs: u32, rate: f64, pad: &str) -
 pub fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &str) -> Load {
     let out = ns
         .command("hey")
-        .args(["-z", &format!("{secs}s"), "-c", &conc.to_string(), "-q", &per_worker.to_string(), "-t", "5"])
+        .args([
+            "-z",
+            &format!("{secs}s"),
+            "-c",
+            &conc.to_string(),
+            "-q",
+            &per_worker.to_string(),
+            "-t",
+            "5",
+        ])
         .args(["-H", &format!("X-Pad: {pad}")])
         .arg(url)
         .output()
         .expect("run hey");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "hey failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let mut w = Load { p50_ms: f64::NAN, p99_ms: f64::NAN, secs: secs as f64, ..Default::default() };
+    assert!(
+        out.status.success(),
+        "hey failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut w = Load {
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        secs: secs as f64,
+        ..Default::default()
+    };
     let mut in_errors = false;
     for line in text.lines() {
         let t = line.trim();
@@ -187,7 +292,11 @@ pub fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &s
             in_errors = true;
         } else if let Some(rest) = t.strip_prefix('[') {
             let (code, n) = rest.split_once(']').unwrap_or(("", ""));
-            let n: u64 = n.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let n: u64 = n
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             if in_errors || code != "200" {
                 w.errors += n;
             }
@@ -250,7 +359,13 @@ impl Daemon {
             cmd.args(["--interface", &t.server_if, "--port", &PORT.to_string()])
                 .args(["--sample-rate", &spec.sample_rate.to_string()])
                 .args(["--metrics-addr", &format!("127.0.0.1:{METRICS_PORT}")])
-                .args(["--control", scratch.path(&format!("ctl-{tag}.sock")).to_str().expect("utf-8")])
+                .args([
+                    "--control",
+                    scratch
+                        .path(&format!("ctl-{tag}.sock"))
+                        .to_str()
+                        .expect("utf-8"),
+                ])
                 .args(["--summary-file", summary.to_str().expect("utf-8")])
                 .env("SHADOW_LOG", "warn,shadow_daemon=info")
                 .stdout(Stdio::null())
@@ -270,11 +385,17 @@ impl Daemon {
     pub fn stop(mut self, what: &str) -> serde_json::Value {
         let code = self.proc.terminate(Duration::from_secs(20));
         assert_eq!(code, Some(0), "daemon exit in {what}");
-        serde_json::from_str(&std::fs::read_to_string(&self.summary).expect("summary")).expect("summary json")
+        serde_json::from_str(&std::fs::read_to_string(&self.summary).expect("summary"))
+            .expect("summary json")
     }
 }
 
 /// The daemon's /metrics text, from inside the server namespace.
 pub fn metrics_text(t: &TwoHosts) -> String {
-    t.server.http_get(std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)), "/metrics").unwrap_or_default()
+    t.server
+        .http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)),
+            "/metrics",
+        )
+        .unwrap_or_default()
 }

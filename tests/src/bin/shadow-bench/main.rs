@@ -144,18 +144,28 @@ fn main() -> ExitCode {
         write_capture(&out, &results);
     }
     if part("micro") {
-        let stages = vec![micro::extraction(quick), micro::replay(quick), micro::metrics_bookkeeping(quick)];
+        let stages = vec![
+            micro::extraction(quick),
+            micro::replay(quick),
+            micro::metrics_bookkeeping(quick),
+        ];
         for s in &stages {
             println!(
                 "micro: {:<58} {} ns/request  {:.1} allocations ({:.0} B)",
                 s.stage,
-                s.ns_per_request.map_or("-".into(), |x| format!("{:.0} ({:.0}-{:.0})", x.median, x.min, x.max)),
+                s.ns_per_request.map_or("-".into(), |x| format!(
+                    "{:.0} ({:.0}-{:.0})",
+                    x.median, x.min, x.max
+                )),
                 s.allocations_per_request,
                 s.allocated_bytes_per_request
             );
         }
         let v = serde_json::json!({ "date": date(), "command": command, "stages": stages });
-        let _ = std::fs::write(out.join("micro.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+        let _ = std::fs::write(
+            out.join("micro.json"),
+            serde_json::to_string_pretty(&v).unwrap_or_default(),
+        );
     }
     if part("mirror") {
         let results = mirror::mirror_bench(quick, date(), command.clone());
@@ -171,15 +181,25 @@ fn main() -> ExitCode {
         let p = profile::profile(&out, quick, rate);
         println!(
             "profile: perf {:?}, flame graph {:?}; strace: {} syscalls for {} mirrored requests ({:?} per request)",
-            p.perf_summary, p.flame_graph, p.syscalls, p.strace_replayed, p.syscalls_per_mirrored_request
+            p.perf_summary,
+            p.flame_graph,
+            p.syscalls,
+            p.strace_replayed,
+            p.syscalls_per_mirrored_request
         );
         let mut v = serde_json::to_value(&p).unwrap_or_default();
         v["date"] = date().into();
         v["command"] = command.clone().into();
-        let _ = std::fs::write(out.join("profile.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+        let _ = std::fs::write(
+            out.join("profile.json"),
+            serde_json::to_string_pretty(&v).unwrap_or_default(),
+        );
     }
     ledger::write_ledger(&out, &date(), &command);
-    println!("shadow-bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "shadow-bench: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     ExitCode::SUCCESS
 }
 
@@ -200,7 +220,12 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
         "primary",
         t.server
             .command(server_bin.to_str().unwrap_or_default())
-            .args(["--listen", &format!("[::]:{SERVICE_PORT}"), "--response-bytes", "256"])
+            .args([
+                "--listen",
+                &format!("[::]:{SERVICE_PORT}"),
+                "--response-bytes",
+                "256",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -210,41 +235,82 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
     let stop_echo = Arc::new(AtomicBool::new(false));
     let echo = start_echo(&t.server, stop_echo.clone());
 
-    let cap = CaptureThread::start_with(&t.server, &t.server_if, &[SERVICE_PORT], HookKind::Tc, PPM_ALL, true, true);
+    let cap = CaptureThread::start_with(
+        &t.server,
+        &t.server_if,
+        &[SERVICE_PORT],
+        HookKind::Tc,
+        PPM_ALL,
+        true,
+        true,
+    );
     let server_v4: std::net::IpAddr = t.server_v4.parse().expect("ip");
     let mut phases = Vec::new();
 
     // Not ours: a request/response ping-pong on another port, small packets.
     let rounds = 40_000 / scale;
-    phases.push(measure(&cap, "non-matching (tcp/5001 ping-pong, 100 B)", || {
-        ping_pong(&t.client, SocketAddr::new(server_v4, OTHER_PORT), rounds, Duration::from_secs(20))
-    }));
+    phases.push(measure(
+        &cap,
+        "non-matching (tcp/5001 ping-pong, 100 B)",
+        || {
+            ping_pong(
+                &t.client,
+                SocketAddr::new(server_v4, OTHER_PORT),
+                rounds,
+                Duration::from_secs(20),
+            )
+        },
+    ));
 
     // Ours, sampled: keep-alive GETs on the service port, every request captured.
     let reqs = 20_000 / scale;
-    phases.push(measure(&cap, "matching, sampled 100% (http GET keep-alive)", || {
-        http_load(&t.client, SocketAddr::new(server_v4, SERVICE_PORT), reqs, Duration::from_secs(30))
-    }));
+    phases.push(measure(
+        &cap,
+        "matching, sampled 100% (http GET keep-alive)",
+        || {
+            http_load(
+                &t.client,
+                SocketAddr::new(server_v4, SERVICE_PORT),
+                reqs,
+                Duration::from_secs(30),
+            )
+        },
+    ));
 
     // Ours, not sampled: the same load at rate 0 (lookup and decision, no copy).
     cap.set_sample_ppm(0);
-    phases.push(measure(&cap, "matching, sampled 0% (http GET keep-alive)", || {
-        http_load(&t.client, SocketAddr::new(server_v4, SERVICE_PORT), reqs, Duration::from_secs(30))
-    }));
+    phases.push(measure(
+        &cap,
+        "matching, sampled 0% (http GET keep-alive)",
+        || {
+            http_load(
+                &t.client,
+                SocketAddr::new(server_v4, SERVICE_PORT),
+                reqs,
+                Duration::from_secs(30),
+            )
+        },
+    ));
     let _ = cap.finish();
     stop_echo.store(true, Ordering::Relaxed);
     let _ = echo.join();
 
     let test_run_cost = test_run_costs(quick);
     let drain = drain_steps(quick);
-    let max_drain = drain.iter().filter(|d| d.ringbuf_full == 0).map(|d| d.drained_per_s).fold(0.0, f64::max);
+    let max_drain = drain
+        .iter()
+        .filter(|d| d.ringbuf_full == 0)
+        .map(|d| d.drained_per_s)
+        .fold(0.0, f64::max);
     let capacity = mirror::capacity_ladder(quick);
 
     CaptureResults {
         date: sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         command: command.into(),
         kernel: sh_out(&["uname", "-r"]),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         quick,
         attached_cost: phases,
         test_run_cost,
@@ -255,7 +321,9 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
 }
 
 fn by_name(v: &[ProgramStats], name: &str) -> (u64, u128) {
-    v.iter().find(|s| s.name == name).map_or((0, 0), |s| (s.run_count, s.run_time.as_nanos()))
+    v.iter()
+        .find(|s| s.name == name)
+        .map_or((0, 0), |s| (s.run_count, s.run_time.as_nanos()))
 }
 
 fn measure(cap: &CaptureThread, phase: &str, load: impl FnOnce() -> String) -> PhaseCost {
@@ -286,7 +354,12 @@ fn measure(cap: &CaptureThread, phase: &str, load: impl FnOnce() -> String) -> P
     };
     println!(
         "{:<48} {:>9} packets  {:>7.1} ns/packet net ({:.1} measured - {:.1} no-op floor)  ({})",
-        r.phase, r.packets, r.net_ns_per_packet, r.ns_per_packet, r.baseline_ns_per_packet, r.traffic
+        r.phase,
+        r.packets,
+        r.net_ns_per_packet,
+        r.ns_per_packet,
+        r.baseline_ns_per_packet,
+        r.traffic
     );
     r
 }
@@ -335,9 +408,11 @@ fn in_ns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) 
 
 fn ping_pong(ns: &NetNs, addr: SocketAddr, rounds: u32, limit: Duration) -> String {
     in_ns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect echo");
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect echo");
         s.set_nodelay(true).expect("nodelay");
-        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         let msg = [b'p'; 100];
         let mut buf = [0u8; 100];
         let start = Instant::now();
@@ -347,7 +422,10 @@ fn ping_pong(ns: &NetNs, addr: SocketAddr, rounds: u32, limit: Duration) -> Stri
             s.read_exact(&mut buf).expect("read");
             done += 1;
         }
-        format!("{done} round trips in {:.1} s", start.elapsed().as_secs_f64())
+        format!(
+            "{done} round trips in {:.1} s",
+            start.elapsed().as_secs_f64()
+        )
     })
 }
 
@@ -369,7 +447,10 @@ fn load_unattached(ppm: u32, ring: u32) -> Capture {
     let opts = CaptureOptions {
         interface: "lo".into(),
         hook: HookKind::Tc,
-        rules: vec![shadow_daemon::capture::KernelRule::any_address(&[SERVICE_PORT], ppm)],
+        rules: vec![shadow_daemon::capture::KernelRule::any_address(
+            &[SERVICE_PORT],
+            ppm,
+        )],
         ring_buffer_size: ring,
         verifier_log: std::env::temp_dir().join("shadow-bench-verifier.log"),
     };
@@ -382,17 +463,35 @@ fn test_run_costs(quick: bool) -> Vec<TestRunCost> {
     let get = b"GET /api/items/42 HTTP/1.1\r\nHost: svc\r\n\r\n";
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("arp (not ip: counter + ethertype only)", frames::arp()),
-        ("udp (not tcp)", frames::udp("10.0.0.1", "10.0.0.2", 53, b"0123456789")),
-        ("tcp, other port", frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", 5001, &[b'x'; 100]))),
-        ("tcp ipv6, other port", frames::tcp(&Tcp::new("fd00::1", 40000, "fd00::2", 5001, &[b'x'; 100]))),
-        ("tcp, service port, request at 0% (decision only)", frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, get))),
+        (
+            "udp (not tcp)",
+            frames::udp("10.0.0.1", "10.0.0.2", 53, b"0123456789"),
+        ),
+        (
+            "tcp, other port",
+            frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", 5001, &[b'x'; 100])),
+        ),
+        (
+            "tcp ipv6, other port",
+            frames::tcp(&Tcp::new("fd00::1", 40000, "fd00::2", 5001, &[b'x'; 100])),
+        ),
+        (
+            "tcp, service port, request at 0% (decision only)",
+            frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, get)),
+        ),
     ];
     let mut out = Vec::new();
     for (name, f) in cases {
-        let (_, d) = cap.test_run(names::PROG_TC_INGRESS, &f, repeat).expect("test_run");
+        let (_, d) = cap
+            .test_run(names::PROG_TC_INGRESS, &f, repeat)
+            .expect("test_run");
         let ns = d.as_nanos() as f64;
         println!("BPF_PROG_TEST_RUN {name:<46} {ns:>7.1} ns/run");
-        out.push(TestRunCost { frame: name.into(), repeat, ns_per_run: ns });
+        out.push(TestRunCost {
+            frame: name.into(),
+            repeat,
+            ns_per_run: ns,
+        });
     }
     out
 }
@@ -409,12 +508,22 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
     let ring = cap.take_ring().expect("ring");
     let (d2, s2, cpu2) = (drained.clone(), stop.clone(), reader_cpu.clone());
     let reader = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
-            let mut fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .expect("register ring");
+            let mut fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    ring,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .expect("register ring");
             while !s2.load(Ordering::Relaxed) {
-                let Ok(Ok(mut g)) = tokio::time::timeout(Duration::from_millis(20), fd.readable_mut()).await else {
+                let Ok(Ok(mut g)) =
+                    tokio::time::timeout(Duration::from_millis(20), fd.readable_mut()).await
+                else {
                     continue;
                 };
                 let rb = g.get_inner_mut();
@@ -431,8 +540,18 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
             }
         });
     });
-    let frame = frames::tcp(&Tcp::new("10.0.0.1", 40000, "10.0.0.2", SERVICE_PORT, &request("GET", "/api/items/42", 0)));
-    let rates: &[f64] = if quick { &[100e3, 400e3, 1.6e6] } else { &[100e3, 200e3, 400e3, 800e3, 1.6e6, 3.2e6] };
+    let frame = frames::tcp(&Tcp::new(
+        "10.0.0.1",
+        40000,
+        "10.0.0.2",
+        SERVICE_PORT,
+        &request("GET", "/api/items/42", 0),
+    ));
+    let rates: &[f64] = if quick {
+        &[100e3, 400e3, 1.6e6]
+    } else {
+        &[100e3, 200e3, 400e3, 800e3, 1.6e6, 3.2e6]
+    };
     let step = Duration::from_millis(if quick { 500 } else { 1500 });
     let mut out = Vec::new();
     for &rate in rates {
@@ -470,7 +589,11 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
         };
         println!(
             "ring buffer: offered {:>10.0}/s  drained {:>10.0}/s  ringbuf_full {}  reader {:.0} ns CPU/record  {:.2} allocations/record",
-            s.offered_per_s, s.drained_per_s, s.ringbuf_full, s.reader_cpu_ns_per_record, s.allocations_per_record
+            s.offered_per_s,
+            s.drained_per_s,
+            s.ringbuf_full,
+            s.reader_cpu_ns_per_record,
+            s.allocations_per_record
         );
         out.push(s);
     }
@@ -487,28 +610,47 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
         "# Capture cost\n\nMeasured {} on Linux {} ({} CPUs) by `{}`; raw figures in capture.json.\n\n",
         r.date, r.kernel, r.cpus, r.command
     ));
-    md.push_str("## Per packet, programs attached (TC ingress+egress on a veth), kernel accounting\n\n");
+    md.push_str(
+        "## Per packet, programs attached (TC ingress+egress on a veth), kernel accounting\n\n",
+    );
     md.push_str("| phase | packets | **net ns/packet** | measured ns/packet | no-op floor ns | ingress ns | egress ns | load |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
     for p in &r.attached_cost {
         md.push_str(&format!(
             "| {} | {} | **{:.1}** | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-            p.phase, p.packets, p.net_ns_per_packet, p.ns_per_packet, p.baseline_ns_per_packet, p.ingress_ns, p.egress_ns, p.traffic
+            p.phase,
+            p.packets,
+            p.net_ns_per_packet,
+            p.ns_per_packet,
+            p.baseline_ns_per_packet,
+            p.ingress_ns,
+            p.egress_ns,
+            p.traffic
         ));
     }
     md.push_str("\nrun_time_ns / run_cnt with BPF stats on (BPF_ENABLE_STATS). The stats themselves add two clock reads per run, so a do-nothing program is attached beside ours on the same hooks; net = ours - no-op, same packets.\n\n");
     md.push_str("## Per run, BPF_PROG_TEST_RUN (no stats overhead)\n\n| frame | repeat | ns/run |\n|---|---:|---:|\n");
     for c in &r.test_run_cost {
-        md.push_str(&format!("| {} | {} | {:.1} |\n", c.frame, c.repeat, c.ns_per_run));
+        md.push_str(&format!(
+            "| {} | {} | {:.1} |\n",
+            c.frame, c.repeat, c.ns_per_run
+        ));
     }
     md.push_str("\n## Ring buffer drained by the daemon's reader (AsyncFd + decode), 32 MiB ring, ~100 B requests\n\n");
     md.push_str("| offered records/s | drained records/s | ringbuf_full | reader CPU ns / record | allocations / record |\n|---:|---:|---:|---:|---:|\n");
     for d in &r.drain {
         md.push_str(&format!(
             "| {:.0} | {:.0} | {} | {:.0} | {:.2} |\n",
-            d.offered_per_s, d.drained_per_s, d.ringbuf_full, d.reader_cpu_ns_per_record, d.allocations_per_record
+            d.offered_per_s,
+            d.drained_per_s,
+            d.ringbuf_full,
+            d.reader_cpu_ns_per_record,
+            d.allocations_per_record
         ));
     }
-    md.push_str(&format!("\nHighest drained rate with no drops: **{:.0} records/s**.\n", r.max_drain_without_drops_per_s));
+    md.push_str(&format!(
+        "\nHighest drained rate with no drops: **{:.0} records/s**.\n",
+        r.max_drain_without_drops_per_s
+    ));
     let c = &r.capacity;
     md.push_str(&format!(
         "\n## Real traffic: request rate without ring-buffer drops\n\nnginx serving a 1 KiB file to {}-byte GET requests over a veth; the release \

@@ -55,12 +55,18 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 pub fn allocs() -> (u64, u64) {
-    (ALLOCS.load(Ordering::Relaxed), ALLOC_BYTES.load(Ordering::Relaxed))
+    (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    )
 }
 
 /// CPU time of the calling thread, ns.
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec pointer; CLOCK_THREAD_CPUTIME_ID exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -96,7 +102,10 @@ fn request_bytes(i: usize) -> Vec<u8> {
 fn flow(i: u16) -> FlowId {
     let c: IpAddr = [10, 1, 0, 1].into();
     let s: IpAddr = [10, 1, 0, 2].into();
-    FlowId { client: SocketAddr::new(c, 30000 + i), server: SocketAddr::new(s, 8080) }
+    FlowId {
+        client: SocketAddr::new(c, 30000 + i),
+        server: SocketAddr::new(s, 8080),
+    }
 }
 
 /// `n` 1 KiB requests in one segment each, round-robin over keep-alive flows.
@@ -151,7 +160,10 @@ pub fn extraction(quick: bool) -> StageCost {
         }
         let ns = (thread_cpu_ns() - start) as f64;
         let (a1, b1) = allocs();
-        assert!(emitted >= n, "extraction emitted {emitted} events for {n} requests");
+        assert!(
+            emitted >= n,
+            "extraction emitted {emitted} events for {n} requests"
+        );
         if rep > 0 {
             per.push(ns / n as f64);
             alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
@@ -172,7 +184,9 @@ pub fn extraction(quick: bool) -> StageCost {
 /// The metrics bookkeeping of one mirrored request, as the replay bench's `metrics_per_request`.
 pub fn metrics_bookkeeping(quick: bool) -> StageCost {
     let metrics = Metrics::default();
-    let targets: Vec<Vec<u8>> = (0..64).map(|i| format!("/api/v1/items/{i}?sort=desc").into_bytes()).collect();
+    let targets: Vec<Vec<u8>> = (0..64)
+        .map(|i| format!("/api/v1/items/{i}?sort=desc").into_bytes())
+        .collect();
     let n = 100_000;
     let repeats = if quick { 3 } else { 9 };
     let mut per = Vec::new();
@@ -183,9 +197,18 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
         for i in 0..n {
             let endpoint = metrics.endpoint(b"GET", &targets[i % targets.len()]);
             let ticket = metrics.admit();
-            metrics.record_shadow_response(endpoint, 200, Duration::from_micros(300), Duration::from_micros(350));
+            metrics.record_shadow_response(
+                endpoint,
+                200,
+                Duration::from_micros(300),
+                Duration::from_micros(350),
+            );
             ticket.replayed();
-            metrics.record_primary(Some(endpoint), Duration::from_micros(200), Duration::from_micros(250));
+            metrics.record_primary(
+                Some(endpoint),
+                Duration::from_micros(200),
+                Duration::from_micros(250),
+            );
         }
         let ns = (thread_cpu_ns() - start) as f64;
         let (a1, b1) = allocs();
@@ -219,7 +242,14 @@ fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
         let o = s.as_ptr() as usize - base;
         o..o + s.len()
     };
-    let headers = r.headers.iter().map(|h| HeaderSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| HeaderSpan {
+            name: span(h.name.as_bytes()),
+            value: span(h.value),
+        })
+        .collect();
     CapturedRequest {
         id,
         flow: flow(0),
@@ -243,7 +273,11 @@ fn start_shadow(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<(
     l.set_nonblocking(true).expect("nonblocking");
     let h = std::thread::spawn(move || {
         let body = "x".repeat(1024);
-        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
         let mut conns = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             match l.accept() {
@@ -272,7 +306,14 @@ fn serve(mut s: std::net::TcpStream, response: &[u8], stop: &AtomicBool) {
         let n = match s.read(&mut buf[pending..]) {
             Ok(0) => return,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
             Err(_) => return,
         };
         let filled = pending + n;
@@ -298,12 +339,20 @@ fn serve(mut s: std::net::TcpStream, response: &[u8], stop: &AtomicBool) {
 const ENGINE_THREAD: &str = "bench-replay";
 
 fn engine_cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
     tasks
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == ENGINE_THREAD))
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == ENGINE_THREAD)
+        })
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -322,10 +371,21 @@ pub fn replay(quick: bool) -> StageCost {
     let metrics = Arc::new(Metrics::default());
     let target: ShadowTarget = addr.to_string().parse().expect("target");
     let batch = 1024;
-    let controls = ReplayControls { queue_capacity: batch * 2, ..Default::default() };
-    let rule = Rule { ports: vec![8080], shadow: Some(target), controls };
-    let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).expect("engine");
-    let requests: Vec<CapturedRequest> = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
+    let controls = ReplayControls {
+        queue_capacity: batch * 2,
+        ..Default::default()
+    };
+    let rule = Rule {
+        ports: vec![8080],
+        shadow: Some(target),
+        controls,
+    };
+    let engine = rt
+        .block_on(async { ReplayEngine::start(&[rule], metrics.clone()) })
+        .expect("engine");
+    let requests: Vec<CapturedRequest> = (0..batch)
+        .map(|i| captured(i as u64, &request_bytes(i)))
+        .collect();
     let run = |batch: Vec<CapturedRequest>| {
         let before = metrics.requests();
         let n = batch.len() as u64;
@@ -336,10 +396,17 @@ pub fn replay(quick: bool) -> StageCost {
         loop {
             let now = metrics.requests();
             if now.captured - now.in_flight == before.captured - before.in_flight + n {
-                assert_eq!(now.replayed - before.replayed, n, "every request replayed: {now:?}");
+                assert_eq!(
+                    now.replayed - before.replayed,
+                    n,
+                    "every request replayed: {now:?}"
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "replay batch not settled: {now:?}");
+            assert!(
+                Instant::now() < deadline,
+                "replay batch not settled: {now:?}"
+            );
             std::thread::sleep(Duration::from_micros(50));
         }
     };
@@ -356,7 +423,10 @@ pub fn replay(quick: bool) -> StageCost {
         let c1 = engine_cpu_ns();
         let (a1, b1) = allocs();
         per.push((c1 - c0) as f64 / batch as f64);
-        alloc_runs.push(((a1 - a0) as f64 / batch as f64, (b1 - b0) as f64 / batch as f64));
+        alloc_runs.push((
+            (a1 - a0) as f64 / batch as f64,
+            (b1 - b0) as f64 / batch as f64,
+        ));
     }
     rt.block_on(engine.shutdown(Duration::from_secs(1)));
     drop(rt);

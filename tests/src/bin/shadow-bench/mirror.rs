@@ -34,26 +34,74 @@ struct ArmSpec {
 }
 
 const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
-    Some(DaemonSpec { shadow, sample_rate, allow_post: false })
+    Some(DaemonSpec {
+        shadow,
+        sample_rate,
+        allow_post: false,
+    })
 }
 
 const ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None },
-    ArmSpec { key: "capture", name: "shadow-daemon, capture only (no replay)", nginx_mirror: None, daemon: daemon(None, 100) },
-    ArmSpec { key: "healthy", name: "shadow-daemon, healthy shadow, 100 %", nginx_mirror: None, daemon: daemon(Some(HEALTHY_SHADOW), 100) },
-    ArmSpec { key: "slow", name: "shadow-daemon, shadow answering after 1 s, 100 %", nginx_mirror: None, daemon: daemon(Some(SLOW_SHADOW), 100) },
-    ArmSpec { key: "healthy10", name: "shadow-daemon, healthy shadow, 10 %", nginx_mirror: None, daemon: daemon(Some(HEALTHY_SHADOW), 10) },
-    ArmSpec { key: "nginx-healthy", name: "nginx mirror (in path), healthy shadow", nginx_mirror: Some(HEALTHY_SHADOW), daemon: None },
-    ArmSpec { key: "nginx-slow", name: "nginx mirror (in path), shadow after 1 s", nginx_mirror: Some(SLOW_SHADOW), daemon: None },
+    ArmSpec {
+        key: "none",
+        name: "no mirror",
+        nginx_mirror: None,
+        daemon: None,
+    },
+    ArmSpec {
+        key: "capture",
+        name: "shadow-daemon, capture only (no replay)",
+        nginx_mirror: None,
+        daemon: daemon(None, 100),
+    },
+    ArmSpec {
+        key: "healthy",
+        name: "shadow-daemon, healthy shadow, 100 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(HEALTHY_SHADOW), 100),
+    },
+    ArmSpec {
+        key: "slow",
+        name: "shadow-daemon, shadow answering after 1 s, 100 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(SLOW_SHADOW), 100),
+    },
+    ArmSpec {
+        key: "healthy10",
+        name: "shadow-daemon, healthy shadow, 10 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(HEALTHY_SHADOW), 10),
+    },
+    ArmSpec {
+        key: "nginx-healthy",
+        name: "nginx mirror (in path), healthy shadow",
+        nginx_mirror: Some(HEALTHY_SHADOW),
+        daemon: None,
+    },
+    ArmSpec {
+        key: "nginx-slow",
+        name: "nginx mirror (in path), shadow after 1 s",
+        nginx_mirror: Some(SLOW_SHADOW),
+        daemon: None,
+    },
 ];
 
 const BIG_ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None },
+    ArmSpec {
+        key: "none",
+        name: "64 KiB POST: no mirror",
+        nginx_mirror: None,
+        daemon: None,
+    },
     ArmSpec {
         key: "healthy",
         name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
         nginx_mirror: None,
-        daemon: Some(DaemonSpec { shadow: Some(HEALTHY_SHADOW), sample_rate: 100, allow_post: true }),
+        daemon: Some(DaemonSpec {
+            shadow: Some(HEALTHY_SHADOW),
+            sample_rate: 100,
+            allow_post: true,
+        }),
     },
 ];
 
@@ -93,12 +141,22 @@ impl Spread {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Self { median, min: v[0], max: v[n - 1] })
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
     }
 
     fn fmt(o: Option<Self>, digits: usize) -> String {
-        o.map_or("-".into(), |s| format!("{:.d$} ({:.d$}-{:.d$})", s.median, s.min, s.max, d = digits))
+        o.map_or("-".into(), |s| {
+            format!("{:.d$} ({:.d$}-{:.d$})", s.median, s.min, s.max, d = digits)
+        })
     }
 }
 
@@ -162,7 +220,10 @@ fn order(n: usize, r: usize) -> Vec<usize> {
 
 enum Kind {
     Saturating,
-    Fixed { rate: f64, oha: Option<std::path::PathBuf> },
+    Fixed {
+        rate: f64,
+        oha: Option<std::path::PathBuf>,
+    },
     Big,
 }
 
@@ -184,31 +245,79 @@ impl Bed {
         let pad = "p".repeat(1024 - 120);
         let url = format!("http://{}:{PORT}/item", t.server_v4);
         let big_url = format!("http://{}:{PORT}/upload", t.server_v4);
-        let healthy = load::nginx(&t.server, &scratch.path("shadow-nginx"), HEALTHY_SHADOW, None);
+        let healthy = load::nginx(
+            &t.server,
+            &scratch.path("shadow-nginx"),
+            HEALTHY_SHADOW,
+            None,
+        );
         let slow = Proc::spawn(
             "slow shadow",
             t.server
                 .command(bin_dir().join("shadow-testserver").to_str().expect("utf-8"))
-                .args(["--listen", &format!("127.0.0.1:{SLOW_SHADOW}"), "--delay-ms", "1000", "--response-bytes", "1024"])
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{SLOW_SHADOW}"),
+                    "--delay-ms",
+                    "1000",
+                    "--response-bytes",
+                    "1024",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        wait_for("slow shadow", Duration::from_secs(10), || t.server.listening(SLOW_SHADOW));
-        Self { t, scratch, url, big_url, pad, _healthy: healthy, _slow: slow }
+        wait_for("slow shadow", Duration::from_secs(10), || {
+            t.server.listening(SLOW_SHADOW)
+        });
+        Self {
+            t,
+            scratch,
+            url,
+            big_url,
+            pad,
+            _healthy: healthy,
+            _slow: slow,
+        }
     }
 
     fn run(&self, spec: &ArmSpec, kind: &Kind, secs: u32, round: usize, position: usize) -> Sample {
-        let tag: String = format!("{}-{}-{round}", spec.key, position).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-        let primary = load::nginx(&self.t.server, &self.scratch.path(&format!("primary-{tag}")), PORT, spec.nginx_mirror);
-        let daemon = spec.daemon.map(|d| Daemon::start(&self.t, &self.scratch, d, &tag));
+        let tag: String = format!("{}-{}-{round}", spec.key, position)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let primary = load::nginx(
+            &self.t.server,
+            &self.scratch.path(&format!("primary-{tag}")),
+            PORT,
+            spec.nginx_mirror,
+        );
+        let daemon = spec
+            .daemon
+            .map(|d| Daemon::start(&self.t, &self.scratch, d, &tag));
         let cpu0 = daemon.as_ref().map(|d| load::cpu_and_rss(d.pid()).0);
         let w: Load = match kind {
-            Kind::Saturating => load::wrk(&self.t.client, &self.url, secs, WRK_CONNS, &self.pad, None),
-            Kind::Big => load::wrk(&self.t.client, &self.big_url, secs, WRK_CONNS, "b", Some((BIG_BODY, &self.scratch))),
-            Kind::Fixed { rate, oha: Some(o) } => load::oha(o, &self.t.client, &self.url, secs, *rate, &self.pad),
-            Kind::Fixed { rate, oha: None } => {
-                load::hey(&self.t.client, &self.url, secs, 32, (*rate / 32.0).max(1.0) as u32, &self.pad)
+            Kind::Saturating => {
+                load::wrk(&self.t.client, &self.url, secs, WRK_CONNS, &self.pad, None)
             }
+            Kind::Big => load::wrk(
+                &self.t.client,
+                &self.big_url,
+                secs,
+                WRK_CONNS,
+                "b",
+                Some((BIG_BODY, &self.scratch)),
+            ),
+            Kind::Fixed { rate, oha: Some(o) } => {
+                load::oha(o, &self.t.client, &self.url, secs, *rate, &self.pad)
+            }
+            Kind::Fixed { rate, oha: None } => load::hey(
+                &self.t.client,
+                &self.url,
+                secs,
+                32,
+                (*rate / 32.0).max(1.0) as u32,
+                &self.pad,
+            ),
         };
         let mut s = Sample {
             round,
@@ -234,13 +343,20 @@ impl Bed {
             s.ringbuf_full = summary["kernel"]["ringbuf_full"].as_u64();
             let drops: serde_json::Map<String, serde_json::Value> = m["dropped"]
                 .as_object()
-                .map(|o| o.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             s.drops = Some(serde_json::Value::Object(drops));
         }
         let mut primary = primary;
         primary.terminate(Duration::from_secs(10));
-        wait_for("primary to stop", Duration::from_secs(10), || !self.t.server.listening(PORT));
+        wait_for("primary to stop", Duration::from_secs(10), || {
+            !self.t.server.listening(PORT)
+        });
         println!(
             "  round {round} #{position} {:<58} {:>8.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  err {}{}",
             spec.name,
@@ -263,7 +379,15 @@ impl Bed {
     }
 
     /// Every arm of `arms` once per round, in a different order each round.
-    fn rounds(&self, group: &str, arms: &[ArmSpec], kind: &Kind, secs: u32, rounds: usize, request_bytes: usize) -> Vec<ArmSummary> {
+    fn rounds(
+        &self,
+        group: &str,
+        arms: &[ArmSpec],
+        kind: &Kind,
+        secs: u32,
+        rounds: usize,
+        request_bytes: usize,
+    ) -> Vec<ArmSummary> {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
         for r in 0..rounds {
             println!("{group}: round {} of {rounds}", r + 1);
@@ -279,9 +403,19 @@ impl Bed {
     }
 }
 
-fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], request_bytes: usize) -> ArmSummary {
+fn summarise(
+    group: &str,
+    spec: &ArmSpec,
+    ss: &[Sample],
+    base: &[Sample],
+    request_bytes: usize,
+) -> ArmSummary {
     let paired = |f: &dyn Fn(&Sample) -> f64| {
-        Spread::of(ss.iter().filter_map(|s| base.iter().find(|b| b.round == s.round).map(|b| f(s) / f(b))))
+        Spread::of(ss.iter().filter_map(|s| {
+            base.iter()
+                .find(|b| b.round == s.round)
+                .map(|b| f(s) / f(b))
+        }))
     };
     let per = |num: &dyn Fn(&Sample) -> Option<f64>, den: &dyn Fn(&Sample) -> Option<u64>| {
         Spread::of(ss.iter().filter_map(|s| match (num(s), den(s)) {
@@ -310,15 +444,38 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
         throughput_ratio: paired(&|s| s.rps),
         p99_ratio: paired(&|s| s.p99_ms),
         errors: ss.iter().map(|s| s.errors).sum(),
-        captured_fraction: if is_daemon { per(&|s| s.captured.map(|c| c as f64), &|s| Some(s.requests)) } else { None },
-        mirrored_fraction: if replays { per(&|s| s.replayed.map(|c| c as f64), &|s| Some(s.requests)) } else { None },
-        cpu_us_per_captured: if is_daemon { per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.captured) } else { None },
-        cpu_us_per_mirrored: if replays { per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.replayed) } else { None },
+        captured_fraction: if is_daemon {
+            per(&|s| s.captured.map(|c| c as f64), &|s| Some(s.requests))
+        } else {
+            None
+        },
+        mirrored_fraction: if replays {
+            per(&|s| s.replayed.map(|c| c as f64), &|s| Some(s.requests))
+        } else {
+            None
+        },
+        cpu_us_per_captured: if is_daemon {
+            per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.captured)
+        } else {
+            None
+        },
+        cpu_us_per_mirrored: if replays {
+            per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.replayed)
+        } else {
+            None
+        },
         peak_rss_mib: ss.iter().filter_map(|s| s.peak_rss_mib).reduce(f64::max),
-        ringbuf_full: if is_daemon { Some(ss.iter().filter_map(|s| s.ringbuf_full).sum()) } else { None },
+        ringbuf_full: if is_daemon {
+            Some(ss.iter().filter_map(|s| s.ringbuf_full).sum())
+        } else {
+            None
+        },
         drops: is_daemon.then_some(serde_json::Value::Object(drops)),
         mirrored_gbit_s: if replays && group == "64 KiB POST" {
-            Spread::of(ss.iter().filter_map(|s| s.replayed.map(|r| r as f64 * request_bytes as f64 * 8.0 / s.secs / 1e9)))
+            Spread::of(ss.iter().filter_map(|s| {
+                s.replayed
+                    .map(|r| r as f64 * request_bytes as f64 * 8.0 / s.secs / 1e9)
+            }))
         } else {
             None
         },
@@ -327,15 +484,21 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults {
     let secs = if quick { 2 } else { 5 };
-    let rounds = 3;
+    let rounds = if quick { 3 } else { 5 };
     let load_average_before = loadavg();
     let bed = Bed::new();
-    let request_bytes = format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {}\r\n\r\n", bed.t.server_v4, bed.pad).len();
+    let request_bytes = format!(
+        "GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {}\r\n\r\n",
+        bed.t.server_v4, bed.pad
+    )
+    .len();
     let big_request_bytes = format!(
         "POST /upload HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: b\r\nContent-Type: application/octet-stream\r\nContent-Length: {BIG_BODY}\r\n\r\n",
         bed.t.server_v4
@@ -343,16 +506,42 @@ pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults
     .len()
         + BIG_BODY;
 
-    let mut arms = bed.rounds("saturating", ARMS, &Kind::Saturating, secs, rounds, request_bytes);
+    let mut arms = bed.rounds(
+        "saturating",
+        ARMS,
+        &Kind::Saturating,
+        secs,
+        rounds,
+        request_bytes,
+    );
     let sat_rps = arms[0].rps.map_or(1000.0, |s| s.median);
     let fixed_rate = (sat_rps / 2.0).round();
     let oha = load::oha_bin();
     if oha.is_none() {
-        eprintln!("shadow-bench: oha not found: fixed-rate arms fall back to hey (closed loop, coordinated omission applies)");
+        eprintln!(
+            "shadow-bench: oha not found: fixed-rate arms fall back to hey (closed loop, coordinated omission applies)"
+        );
     }
     let open_loop = oha.is_some();
-    arms.extend(bed.rounds("fixed rate", ARMS, &Kind::Fixed { rate: fixed_rate, oha }, secs, rounds, request_bytes));
-    arms.extend(bed.rounds("64 KiB POST", BIG_ARMS, &Kind::Big, secs, rounds, big_request_bytes));
+    arms.extend(bed.rounds(
+        "fixed rate",
+        ARMS,
+        &Kind::Fixed {
+            rate: fixed_rate,
+            oha,
+        },
+        secs,
+        rounds,
+        request_bytes,
+    ));
+    arms.extend(bed.rounds(
+        "64 KiB POST",
+        BIG_ARMS,
+        &Kind::Big,
+        secs,
+        rounds,
+        big_request_bytes,
+    ));
     MirrorResults {
         date,
         command,
@@ -360,13 +549,22 @@ pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults
         secs_per_arm: secs,
         request_bytes,
         big_request_bytes,
-        saturating_load: format!("wrk -t2 -c{WRK_CONNS} -d{secs}s --latency (closed loop), GET /item (1 KiB file)"),
+        saturating_load: format!(
+            "wrk -t2 -c{WRK_CONNS} -d{secs}s --latency (closed loop), GET /item (1 KiB file)"
+        ),
         fixed_load: if open_loop {
-            format!("oha -z {secs}s -q {fixed_rate:.0} -c 64 --latency-correction (open loop), GET /item")
+            format!(
+                "oha -z {secs}s -q {fixed_rate:.0} -c 64 --latency-correction (open loop), GET /item"
+            )
         } else {
-            format!("hey -z {secs}s -c 32 -q {:.0} (closed loop per worker: coordinated omission applies), GET /item", fixed_rate / 32.0)
+            format!(
+                "hey -z {secs}s -c 32 -q {:.0} (closed loop per worker: coordinated omission applies), GET /item",
+                fixed_rate / 32.0
+            )
         },
-        big_load: format!("wrk -t2 -c{WRK_CONNS} -d{secs}s, POST /upload with a {BIG_BODY}-byte body (nginx reads and discards it, 200)"),
+        big_load: format!(
+            "wrk -t2 -c{WRK_CONNS} -d{secs}s, POST /upload with a {BIG_BODY}-byte body (nginx reads and discards it, 200)"
+        ),
         fixed_rate,
         open_loop,
         load_average_before,
@@ -376,7 +574,10 @@ pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults
 }
 
 pub fn write_mirror(out: &Path, r: &MirrorResults) {
-    let _ = std::fs::write(out.join("mirror.json"), serde_json::to_string_pretty(r).unwrap_or_default());
+    let _ = std::fs::write(
+        out.join("mirror.json"),
+        serde_json::to_string_pretty(r).unwrap_or_default(),
+    );
     let mut md = format!(
         "# Mirror cost to the primary\n\nMeasured {} by `{}`; raw figures (every round) in mirror.json. Load average (1, 5, 15 min) \
          before: {}, after: {} on 2 vCPUs.\n\n\
@@ -424,8 +625,15 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
             ));
         }
         if group == "64 KiB POST" {
-            for a in r.arms.iter().filter(|a| a.group == group && a.mirrored_gbit_s.is_some()) {
-                md.push_str(&format!("\nMirrored to the shadow: **{} Gbit/s** of request bytes.\n", Spread::fmt(a.mirrored_gbit_s, 2)));
+            for a in r
+                .arms
+                .iter()
+                .filter(|a| a.group == group && a.mirrored_gbit_s.is_some())
+            {
+                md.push_str(&format!(
+                    "\nMirrored to the shadow: **{} Gbit/s** of request bytes.\n",
+                    Spread::fmt(a.mirrored_gbit_s, 2)
+                ));
             }
         }
         md.push('\n');
@@ -474,10 +682,17 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
     let scratch = Scratch::new("cap");
     let pad = "p".repeat(1024 - 120);
     let url = format!("http://{}:{PORT}/item", t.server_v4);
-    let request_bytes = format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\n\r\n", t.server_v4).len();
+    let request_bytes = format!(
+        "GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\n\r\n",
+        t.server_v4
+    )
+    .len();
     let _primary = load::nginx(&t.server, &scratch.path("primary"), PORT, None);
     let alone = load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None);
-    println!("capacity: nginx alone (wrk -t2 -c{WRK_CONNS})          {:>9.0} req/s", alone.rps);
+    println!(
+        "capacity: nginx alone (wrk -t2 -c{WRK_CONNS})          {:>9.0} req/s",
+        alone.rps
+    );
     let mut steps = Vec::new();
     let fractions: &[f64] = if quick { &[0.5] } else { &[0.25, 0.5, 0.75] };
     let oha = load::oha_bin();
@@ -485,18 +700,31 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         .iter()
         .map(|f| {
             let rate = (alone.rps * f).round();
-            let how = if oha.is_some() { format!("oha -q {rate:.0}") } else { format!("hey -c16 -q{:.0}", rate / 16.0) };
-            (format!("{how} ({:.0}% of nginx alone)", f * 100.0), Some(rate))
+            let how = if oha.is_some() {
+                format!("oha -q {rate:.0}")
+            } else {
+                format!("hey -c16 -q{:.0}", rate / 16.0)
+            };
+            (
+                format!("{how} ({:.0}% of nginx alone)", f * 100.0),
+                Some(rate),
+            )
         })
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
-    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false };
+    let spec = DaemonSpec {
+        shadow: None,
+        sample_rate: 100,
+        allow_post: false,
+    };
     for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
         let (cpu0, _) = load::cpu_and_rss(d.pid());
         let w = match (rate, &oha) {
             (Some(r), Some(o)) => load::oha(o, &t.client, &url, secs, r, &pad),
-            (Some(r), None) => load::hey(&t.client, &url, secs, 16, (r / 16.0).max(1.0) as u32, &pad),
+            (Some(r), None) => {
+                load::hey(&t.client, &url, secs, 16, (r / 16.0).max(1.0) as u32, &pad)
+            }
             (None, _) => load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None),
         };
         let (cpu1, _) = load::cpu_and_rss(d.pid());
@@ -520,5 +748,10 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         .filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests)
         .map(|s| s.rps)
         .fold(0.0, f64::max);
-    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full }
+    Capacity {
+        request_bytes,
+        nginx_alone_rps: alone.rps,
+        steps,
+        max_rps_without_ringbuf_full,
+    }
 }

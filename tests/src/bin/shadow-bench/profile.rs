@@ -31,6 +31,7 @@ pub struct Profile {
     pub strace_replayed: u64,
     pub syscalls: u64,
     pub syscalls_per_mirrored_request: Option<f64>,
+    pub syscalls_per_captured_request: Option<f64>,
     /// The busiest syscalls: (name, calls per mirrored request).
     pub top_syscalls: Vec<(String, f64)>,
     pub note: String,
@@ -45,7 +46,12 @@ fn counters(t: &TwoHosts) -> (u64, u64) {
 }
 
 fn tool(name: &str) -> bool {
-    Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Parse `strace -c` output: total calls and the per-syscall calls.
@@ -59,7 +65,9 @@ fn parse_strace(text: &str) -> (u64, Vec<(String, u64)>) {
             continue;
         }
         let name = f[f.len() - 1];
-        let Ok(calls) = f[3].parse::<u64>() else { continue };
+        let Ok(calls) = f[3].parse::<u64>() else {
+            continue;
+        };
         if name == "total" {
             total = calls;
         } else {
@@ -76,7 +84,16 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
     let url = format!("http://{}:{PORT}/item", t.server_v4);
     let _shadow = load::nginx(&t.server, &scratch.path("shadow"), SHADOW, None);
     let _primary = load::nginx(&t.server, &scratch.path("primary"), PORT, None);
-    let daemon = Daemon::start(&t, &scratch, DaemonSpec { shadow: Some(SHADOW), sample_rate: 100, allow_post: false }, "prof");
+    let daemon = Daemon::start(
+        &t,
+        &scratch,
+        DaemonSpec {
+            shadow: Some(SHADOW),
+            sample_rate: 100,
+            allow_post: false,
+        },
+        "prof",
+    );
     let pid = daemon.pid().to_string();
     let perf_secs = if quick { 2 } else { 4 };
     let strace_secs = if quick { 2 } else { 3 };
@@ -84,9 +101,15 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
     let oha = load::oha_bin();
     let load_desc = match &oha {
         Some(_) => format!("oha -q {rate:.0} (open loop), GET /item ~1 KiB, {total} s"),
-        None => format!("hey -c 32 -q {:.0}, GET /item ~1 KiB, {total} s", rate / 32.0),
+        None => format!(
+            "hey -c 32 -q {:.0}, GET /item ~1 KiB, {total} s",
+            rate / 32.0
+        ),
     };
-    let mut p = Profile { load: load_desc, ..Default::default() };
+    let mut p = Profile {
+        load: load_desc,
+        ..Default::default()
+    };
     std::thread::scope(|s| {
         let client = &t.client;
         let (url, pad) = (&url, &pad);
@@ -99,12 +122,24 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
         // perf: the daemon's threads only, call graphs from frame pointers where there are any.
         let data = scratch.path("perf.data");
         if tool("perf") {
-            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+            let paranoid =
+                std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
             let _ = std::fs::write("/proc/sys/kernel/perf_event_paranoid", "-1");
             let (_, r0) = counters(&t);
             let start = Instant::now();
             let st = Command::new("perf")
-                .args(["record", "-q", "-F", "999", "-g", "-p", &pid, "-o", data.to_str().expect("utf-8"), "--"])
+                .args([
+                    "record",
+                    "-q",
+                    "-F",
+                    "2999",
+                    "-g",
+                    "-p",
+                    &pid,
+                    "-o",
+                    data.to_str().expect("utf-8"),
+                    "--",
+                ])
                 .args(["sleep", &perf_secs.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -127,7 +162,18 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
             let (c0, r0) = counters(&t);
             let start = Instant::now();
             let _ = Command::new("timeout")
-                .args(["-s", "INT", &strace_secs.to_string(), "strace", "-c", "-f", "-p", &pid, "-o", file.to_str().expect("utf-8")])
+                .args([
+                    "-s",
+                    "INT",
+                    &strace_secs.to_string(),
+                    "strace",
+                    "-c",
+                    "-f",
+                    "-p",
+                    &pid,
+                    "-o",
+                    file.to_str().expect("utf-8"),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
@@ -140,12 +186,19 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
             if let Ok(text) = std::fs::read_to_string(&file) {
                 let (total, rows) = parse_strace(&text);
                 p.syscalls = total;
+                if p.strace_captured > 0 {
+                    p.syscalls_per_captured_request = Some(total as f64 / p.strace_captured as f64);
+                }
                 if p.strace_replayed > 0 {
                     let per = |n: u64| n as f64 / p.strace_replayed as f64;
                     p.syscalls_per_mirrored_request = Some(per(total));
                     let mut rows = rows;
-                    rows.sort_by(|a, b| b.1.cmp(&a.1));
-                    p.top_syscalls = rows.iter().take(8).map(|(n, c)| (n.clone(), per(*c))).collect();
+                    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+                    p.top_syscalls = rows
+                        .iter()
+                        .take(8)
+                        .map(|(n, c)| (n.clone(), per(*c)))
+                        .collect();
                 }
                 let _ = std::fs::write(
                     out.join("strace-daemon.txt"),
@@ -165,7 +218,18 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
         let data = scratch.path("perf.data");
         let report = |sort: &str| {
             Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "--percent-limit", "0.7", "-g", "none", "--sort", sort, "-i"])
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "--percent-limit",
+                    "0.7",
+                    "-g",
+                    "none",
+                    "--sort",
+                    sort,
+                    "-i",
+                ])
                 .arg(&data)
                 .stderr(Stdio::null())
                 .output()
@@ -173,7 +237,7 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
                 .unwrap_or_default()
         };
         let text = format!(
-            "# perf record -F 999 -g -p DAEMON for {:.1} s under {} ({} requests mirrored meanwhile)\n\
+            "# perf record -F 2999 -g -p DAEMON for {:.1} s under {} ({} requests mirrored meanwhile)\n\
              # perf report --stdio --no-children -g none: self time by thread, by shared object, then by symbol\n\n{}\n{}\n{}",
             p.perf_secs,
             p.load,
@@ -185,10 +249,20 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
         let _ = std::fs::write(out.join("perf-daemon.txt"), text);
         // A flame graph when inferno is installed (cargo install inferno).
         if tool("inferno-flamegraph") {
-            let script = Command::new("perf").args(["script", "-i"]).arg(&data).stderr(Stdio::null()).output();
+            let script = Command::new("perf")
+                .args(["script", "-i"])
+                .arg(&data)
+                .stderr(Stdio::null())
+                .output();
             if let Ok(script) = script {
                 let collapsed = run_with_input("inferno-collapse-perf", &[], &script.stdout);
-                let svg = collapsed.and_then(|c| run_with_input("inferno-flamegraph", &["--title", "shadow-daemon under load"], &c));
+                let svg = collapsed.and_then(|c| {
+                    run_with_input(
+                        "inferno-flamegraph",
+                        &["--title", "shadow-daemon under load"],
+                        &c,
+                    )
+                });
                 if let Some(svg) = svg.filter(|s| !s.is_empty()) {
                     let _ = std::fs::write(out.join("perf-daemon.svg"), svg);
                     p.flame_graph = Some("perf-daemon.svg".into());
@@ -202,7 +276,13 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
 
 fn run_with_input(cmd: &str, args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
     use std::io::Write;
-    let mut child = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let mut stdin = child.stdin.take()?;
     let input = input.to_vec();
     let writer = std::thread::spawn(move || {
