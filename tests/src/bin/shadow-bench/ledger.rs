@@ -151,7 +151,13 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
                     f(&s["allocated_bytes_per_request"]).unwrap_or(f64::NAN)
                 ),
                 reproduce: format!("{RUN} --only micro"),
-                how: s["how"].as_str().unwrap_or("").into(),
+                how: match (f(&s["socket_bytes_out_per_request"]), f(&s["socket_bytes_in_per_request"])) {
+                    (Some(o), Some(i)) => format!(
+                        "{}; socket bytes per request: {o:.0} written to the shadow, {i:.0} read from it",
+                        s["how"].as_str().unwrap_or("")
+                    ),
+                    _ => s["how"].as_str().unwrap_or("").into(),
+                },
             });
         }
     }

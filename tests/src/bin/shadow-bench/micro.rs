@@ -37,6 +37,9 @@ pub struct Counting;
 
 pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
 pub static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes the replay shadow read (the engine wrote) and wrote (the engine read).
+static SHADOW_IN: AtomicU64 = AtomicU64::new(0);
+static SHADOW_OUT: AtomicU64 = AtomicU64::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
@@ -83,6 +86,9 @@ pub struct StageCost {
     pub allocated_bytes_per_request: f64,
     pub requests_per_repeat: usize,
     pub repeats: usize,
+    /// Replay: bytes the engine wrote to and read from the shadow's sockets per request.
+    pub socket_bytes_out_per_request: Option<f64>,
+    pub socket_bytes_in_per_request: Option<f64>,
     pub how: String,
 }
 
@@ -177,6 +183,8 @@ pub fn extraction(quick: bool) -> StageCost {
         allocated_bytes_per_request: bytes_pr,
         requests_per_repeat: n,
         repeats,
+        socket_bytes_out_per_request: None,
+        socket_bytes_in_per_request: None,
         how: "shadow_daemon::reassembly::Extractor::push, 1 KiB GETs in one segment each over 16 keep-alive flows, one thread, its CPU time (segments built untimed; the payload copy out of the ring is in the ring-buffer stage)".into(),
     }
 }
@@ -225,6 +233,8 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
         allocated_bytes_per_request: bytes_pr,
         requests_per_repeat: n,
         repeats,
+        socket_bytes_out_per_request: None,
+        socket_bytes_in_per_request: None,
         how: "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time".into(),
     }
 }
@@ -316,6 +326,7 @@ fn serve(mut s: std::net::TcpStream, response: &[u8], stop: &AtomicBool) {
             }
             Err(_) => return,
         };
+        SHADOW_IN.fetch_add(n as u64, Ordering::Relaxed);
         let filled = pending + n;
         let mut start = 0;
         while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
@@ -328,6 +339,7 @@ fn serve(mut s: std::net::TcpStream, response: &[u8], stop: &AtomicBool) {
             if s.write_all(&out).is_err() {
                 return;
             }
+            SHADOW_OUT.fetch_add(out.len() as u64, Ordering::Relaxed);
             out.clear();
         }
         if pending == buf.len() {
@@ -415,6 +427,10 @@ pub fn replay(quick: bool) -> StageCost {
     let mut alloc_runs = Vec::new();
     // Warm-up: connections opened, endpoint known.
     run(requests.clone());
+    let (in0, out0) = (
+        SHADOW_IN.load(Ordering::Relaxed),
+        SHADOW_OUT.load(Ordering::Relaxed),
+    );
     for _ in 0..repeats {
         let input = requests.clone();
         let (a0, b0) = allocs();
@@ -428,6 +444,9 @@ pub fn replay(quick: bool) -> StageCost {
             (b1 - b0) as f64 / batch as f64,
         ));
     }
+    let replayed = (batch * repeats) as f64;
+    let bytes_out = (SHADOW_IN.load(Ordering::Relaxed) - in0) as f64 / replayed;
+    let bytes_in = (SHADOW_OUT.load(Ordering::Relaxed) - out0) as f64 / replayed;
     rt.block_on(engine.shutdown(Duration::from_secs(1)));
     drop(rt);
     stop.store(true, Ordering::Relaxed);
@@ -441,6 +460,8 @@ pub fn replay(quick: bool) -> StageCost {
         allocated_bytes_per_request: bytes_pr,
         requests_per_repeat: batch,
         repeats,
+        socket_bytes_out_per_request: Some(bytes_out),
+        socket_bytes_in_per_request: Some(bytes_in),
         how: "shadow_daemon::replay::ReplayEngine on a 2-worker runtime, batches of 1024 pre-built 1 KiB GETs submitted from outside it; CPU of the engine's threads (schedstat) per replayed request".into(),
     }
 }
