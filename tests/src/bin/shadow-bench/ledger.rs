@@ -377,7 +377,9 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
     }
     md.push_str(&format!(
         "\nWhere the daemon's time goes under load: perf-daemon.txt{} (`perf record -g -p` of the release daemon, {}).\n\
-         The kernel rows run in softirq context on the sending CPU and are not in the daemon's CPU figures; the whole-daemon \
+         The in-process rows (`--only micro`) run the daemon's library code with this binary's counting allocator; \
+         `cargo bench -p shadow-daemon --bench extract` and `--bench replay` (divan, not run by `cargo xtask bench`) \
+         measure the same stages as throughput. The kernel rows run in softirq context on the sending CPU and are not in the daemon's CPU figures; the whole-daemon \
          rows are everything the daemon process itself spends.\n\n## Goals\n\nMet or not by the median over rounds; \
          the figures are median (min-max), so a goal whose spread straddles its bound is within this machine's noise.\n\n\
          | goal | figure | met |\n|---|---|---|\n",
