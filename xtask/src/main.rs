@@ -211,7 +211,7 @@ fn deploy_tools() -> Result<()> {
 }
 
 /// What `cargo xtask bench` drives besides the APT list: perf and strace (Debian) for the
-/// daemon's profile and syscall counts, and oha (crates.io, pinned: 1.16.0 declares
+/// daemon's profile and syscall counts, inferno (crates.io) for its flame graph, and oha (crates.io, pinned: 1.16.0 declares
 /// rust-version 1.88; native-tls, because the rustls build pulls in aws-lc) for open-loop
 /// fixed-rate load without coordinated omission. Skipped when each already runs.
 fn bench_tools() -> Result<()> {
@@ -232,6 +232,13 @@ fn bench_tools() -> Result<()> {
             .args(["install", "oha", "--version", "1.16.0", "--locked", "--no-default-features", "--features", "native-tls"])
             .arg("--target-dir")
             .arg(Path::new(&home).join(".cache/shadow/oha-build")))?;
+    }
+    // The daemon's flame graph (perf script | inferno-collapse-perf | inferno-flamegraph).
+    let inferno = Path::new(&home).join(".cargo/bin/inferno-flamegraph");
+    if output(Command::new("inferno-flamegraph").arg("--help")).is_none() && output(Command::new(&inferno).arg("--help")).is_none() {
+        run(Command::new("cargo")
+            .args(["install", "inferno", "--version", "0.12.8", "--locked", "--target-dir"])
+            .arg(Path::new(&home).join(".cache/shadow/inferno-build")))?;
     }
     Ok(())
 }
