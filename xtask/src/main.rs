@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Test => setup().and_then(|()| test()),
-        Cmd::Bench { quick } => setup().and_then(|()| bench(quick)),
+        Cmd::Bench { quick } => setup().and_then(|()| bench_tools()).and_then(|()| bench(quick)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,6 +227,50 @@ fn deploy_tools() -> Result<()> {
         run(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
     }
     run(Command::new(bin.join("pip")).args(["install", "-q", "--disable-pip-version-check"]).args(PIP))?;
+    Ok(())
+}
+
+/// What `cargo xtask bench` drives besides the APT list: perf and strace (Debian) for the
+/// daemon's profile and syscall counts, inferno (crates.io) for its flame graph, and oha (crates.io, pinned: 1.16.0 declares
+/// rust-version 1.88; native-tls, because the rustls build pulls in aws-lc) for open-loop
+/// fixed-rate load without coordinated omission. Skipped when each already runs.
+fn bench_tools() -> Result<()> {
+    const DEBS: &[(&str, &str)] = &[("perf", "linux-perf"), ("strace", "strace"), ("pkg-config", "pkg-config")];
+    let runs = |cmd: &str| output(Command::new(cmd).arg("--version")).is_some();
+    let missing: Vec<&str> = DEBS.iter().filter(|(bin, _)| !runs(bin)).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() && is_root() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "libssl-dev"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    if !runs("oha") && output(Command::new(Path::new(&home).join(".cargo/bin/oha")).arg("--version")).is_none() {
+        eprintln!("xtask: building oha 1.16.0 from crates.io (several minutes on 2 cores)");
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "oha",
+                "--version",
+                "1.16.0",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "native-tls",
+            ])
+            .arg("--target-dir")
+            .arg(Path::new(&home).join(".cache/shadow/oha-build")))?;
+    }
+    // The daemon's flame graph (perf script | inferno-collapse-perf | inferno-flamegraph).
+    let inferno = Path::new(&home).join(".cargo/bin/inferno-flamegraph");
+    if output(Command::new("inferno-flamegraph").arg("--help")).is_none()
+        && output(Command::new(&inferno).arg("--help")).is_none()
+    {
+        run(Command::new("cargo")
+            .args(["install", "inferno", "--version", "0.12.8", "--locked", "--target-dir"])
+            .arg(Path::new(&home).join(".cache/shadow/inferno-build")))?;
+    }
     Ok(())
 }
 

@@ -3,8 +3,16 @@
 //!
 //! capture: the eBPF programs' cost per packet from the kernel's own accounting (run_time_ns /
 //! run_cnt with BPF stats enabled) under bounded loads on a veth pair, for packets that are not
-//! ours and for service-port packets; the same from BPF_PROG_TEST_RUN; and the ring-buffer records
-//! per second the daemon's reader drains without drops.
+//! ours and for service-port packets; the same from BPF_PROG_TEST_RUN; the ring-buffer records
+//! per second the daemon's reader drains without drops and its CPU per record; and the capacity
+//! ladder (highest request rate without `ringbuf_full`, next to nginx alone).
+//! micro: user-space stages per request in process, with allocation counts (micro.rs).
+//! profile: perf and strace of the release daemon under load (profile.rs).
+//! mirror: the cost to the primary, arms interleaved in rounds (mirror.rs).
+//! ledger: all of the above in one table, with the goals met or not (ledger.rs).
+//!
+//! `--only capture|micro|profile|mirror|ledger` runs one part; the ledger is rebuilt at the end of
+//! every run from the JSON files in the results directory.
 
 use std::{
     io::{Read, Write},
@@ -33,7 +41,14 @@ use shadow_tests::{
     wait_for,
 };
 
+mod ledger;
+mod load;
+mod micro;
 mod mirror;
+mod profile;
+
+#[global_allocator]
+static ALLOC: micro::Counting = micro::Counting;
 
 const SERVICE_PORT: u16 = 8080;
 const OTHER_PORT: u16 = 5001;
@@ -67,6 +82,11 @@ struct DrainStep {
     drained_per_s: f64,
     records: u64,
     ringbuf_full: u64,
+    /// CPU of the reader thread (wait, read, decode) per record drained.
+    reader_cpu_ns_per_record: f64,
+    /// Allocations of the whole process per record drained (the reader's decode copies the
+    /// payload into a `Bytes`).
+    allocations_per_record: f64,
 }
 
 #[derive(Serialize)]
@@ -89,6 +109,7 @@ fn main() -> ExitCode {
     let mut out = PathBuf::from("bench/results");
     let mut quick = false;
     let mut only: Option<String> = None;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -109,14 +130,56 @@ fn main() -> ExitCode {
         eprintln!("shadow-bench: create {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
-    if only.as_deref().is_none_or(|o| o == "capture") {
-        let results = capture_bench(quick);
+    if let Some(o) = only.as_deref()
+        && !["capture", "micro", "profile", "mirror", "ledger"].contains(&o)
+    {
+        eprintln!("shadow-bench: --only takes capture, micro, profile, mirror or ledger");
+        return ExitCode::from(2);
+    }
+    let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
+    let date = || sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);
+    let started = Instant::now();
+    if part("capture") {
+        let results = capture_bench(quick, &command);
         write_capture(&out, &results);
     }
-    if only.as_deref().is_none_or(|o| o == "mirror") {
-        let results = mirror::mirror_bench(quick, sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]));
+    if part("micro") {
+        let stages = vec![micro::extraction(quick), micro::replay(quick), micro::metrics_bookkeeping(quick)];
+        for s in &stages {
+            println!(
+                "micro: {:<58} {} ns/request  {:.1} allocations ({:.0} B)",
+                s.stage,
+                s.ns_per_request.map_or("-".into(), |x| format!("{:.0} ({:.0}-{:.0})", x.median, x.min, x.max)),
+                s.allocations_per_request,
+                s.allocated_bytes_per_request
+            );
+        }
+        let v = serde_json::json!({ "date": date(), "command": command, "stages": stages });
+        let _ = std::fs::write(out.join("micro.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    if part("mirror") {
+        let results = mirror::mirror_bench(quick, date(), command.clone());
         mirror::write_mirror(&out, &results);
     }
+    if part("profile") {
+        // Half of the no-mirror saturation of the latest mirror run, as the fixed-rate arms.
+        let rate = std::fs::read_to_string(out.join("mirror.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["fixed_rate"].as_f64())
+            .unwrap_or(10_000.0);
+        let p = profile::profile(&out, quick, rate);
+        println!(
+            "profile: perf {:?}, flame graph {:?}; strace: {} syscalls for {} mirrored requests ({:?} per request)",
+            p.perf_summary, p.flame_graph, p.syscalls, p.strace_replayed, p.syscalls_per_mirrored_request
+        );
+        let mut v = serde_json::to_value(&p).unwrap_or_default();
+        v["date"] = date().into();
+        v["command"] = command.clone().into();
+        let _ = std::fs::write(out.join("profile.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    ledger::write_ledger(&out, &date(), &command);
+    println!("shadow-bench: done in {:.0} s", started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
 }
 
@@ -128,7 +191,7 @@ fn sh_out(cmd: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn capture_bench(quick: bool) -> CaptureResults {
+fn capture_bench(quick: bool, command: &str) -> CaptureResults {
     let _stats = enable_kernel_stats().expect("enable BPF stats");
     let scale = if quick { 5 } else { 1 };
     let t = TwoHosts::new("bench");
@@ -177,7 +240,7 @@ fn capture_bench(quick: bool) -> CaptureResults {
 
     CaptureResults {
         date: sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        command: format!("cargo xtask bench{}", if quick { " --quick" } else { "" }),
+        command: command.into(),
         kernel: sh_out(&["uname", "-r"]),
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         quick,
@@ -342,10 +405,11 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
     let ring_size = 32 * 1024 * 1024;
     let mut cap = load_unattached(PPM_ALL, ring_size);
     let drained = Arc::new(AtomicU64::new(0));
+    let reader_cpu = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     // The reader is registered with a runtime on its own thread.
     let ring = cap.take_ring().expect("ring");
-    let (d2, s2) = (drained.clone(), stop.clone());
+    let (d2, s2, cpu2) = (drained.clone(), stop.clone(), reader_cpu.clone());
     let reader = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
@@ -365,6 +429,7 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
                     }
                 }
                 d2.fetch_add(n, Ordering::Relaxed);
+                cpu2.store(micro::thread_cpu_ns(), Ordering::Relaxed);
                 g.clear_ready();
             }
         });
@@ -377,6 +442,8 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
     for &rate in rates {
         let c0 = cap.counters().expect("counters");
         let d0 = drained.load(Ordering::Relaxed);
+        let cpu0 = reader_cpu.load(Ordering::Relaxed);
+        let (a0, _) = micro::allocs();
         let start = Instant::now();
         let tick = Duration::from_millis(5);
         let per_tick = ((rate * tick.as_secs_f64()) as u32).max(1);
@@ -394,15 +461,20 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
         let emitted = c1[counter::SEGMENTS_EMITTED] - c0[counter::SEGMENTS_EMITTED];
         let full = c1[counter::RINGBUF_FULL] - c0[counter::RINGBUF_FULL];
         let got = drained.load(Ordering::Relaxed) - d0;
+        let cpu = reader_cpu.load(Ordering::Relaxed) - cpu0;
+        let (a1, _) = micro::allocs();
+        let per = |v: f64| if got == 0 { f64::NAN } else { v / got as f64 };
         let s = DrainStep {
             offered_per_s: (emitted + full) as f64 / elapsed,
             drained_per_s: got as f64 / elapsed,
             records: got,
             ringbuf_full: full,
+            reader_cpu_ns_per_record: per(cpu as f64),
+            allocations_per_record: per((a1 - a0) as f64),
         };
         println!(
-            "ring buffer: offered {:>10.0}/s  drained {:>10.0}/s  ringbuf_full {}",
-            s.offered_per_s, s.drained_per_s, s.ringbuf_full
+            "ring buffer: offered {:>10.0}/s  drained {:>10.0}/s  ringbuf_full {}  reader {:.0} ns CPU/record  {:.2} allocations/record",
+            s.offered_per_s, s.drained_per_s, s.ringbuf_full, s.reader_cpu_ns_per_record, s.allocations_per_record
         );
         out.push(s);
     }
@@ -440,9 +512,12 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
         md.push_str(&format!("| {} | {} | {:.1} |\n", c.frame, c.repeat, c.ns_per_run));
     }
     md.push_str("\n## Ring buffer drained by the daemon's reader (AsyncFd + decode), 32 MiB ring, ~100 B requests\n\n");
-    md.push_str("| offered records/s | drained records/s | ringbuf_full |\n|---:|---:|---:|\n");
+    md.push_str("| offered records/s | drained records/s | ringbuf_full | reader CPU ns / record | allocations / record |\n|---:|---:|---:|---:|---:|\n");
     for d in &r.drain {
-        md.push_str(&format!("| {:.0} | {:.0} | {} |\n", d.offered_per_s, d.drained_per_s, d.ringbuf_full));
+        md.push_str(&format!(
+            "| {:.0} | {:.0} | {} | {:.0} | {:.2} |\n",
+            d.offered_per_s, d.drained_per_s, d.ringbuf_full, d.reader_cpu_ns_per_record, d.allocations_per_record
+        ));
     }
     md.push_str(&format!(
         "\nHighest drained rate with no drops: **{:.0} records/s**.\n",
@@ -452,7 +527,7 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
     md.push_str(&format!(
         "\n## Real traffic: request rate without ring-buffer drops\n\nnginx serving a 1 KiB file to {}-byte GET requests over a veth; the release \
          `shadow-daemon` attached (TC, default 32 MiB ring, capture and extraction only), a fresh daemon per step.\n\n\
-         nginx alone, saturated (wrk -t2 -c32): **{:.0} req/s**. Highest rate with `ringbuf_full` = 0 and every request captured: **{:.0} req/s**.\n\n",
+         nginx alone, saturated (wrk -t2 -c16): **{:.0} req/s**. Highest rate with `ringbuf_full` = 0 and every request captured: **{:.0} req/s**.\n\n",
         c.request_bytes, c.nginx_alone_rps, c.max_rps_without_ringbuf_full
     ));
     md.push_str(

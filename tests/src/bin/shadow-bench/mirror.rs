@@ -1,378 +1,507 @@
-//! The mirror benchmark: nginx as the primary in a namespace, wrk as the load, and arms run back
-//! to back in one go: no mirror, shadow-daemon mirroring to a healthy shadow and to one that
-//! answers after 1 s, and nginx's own in-path `mirror` to the same two shadows. Reported as ratios
-//! to the no-mirror arm, plus the daemon's CPU per 10k mirrored requests, its peak RSS and the
-//! mirrored fraction.
+//! The mirror benchmark: what mirroring costs the primary (nginx in a namespace serving a 1 KiB
+//! file to ~1 KiB requests from another namespace).
+//!
+//! Three groups of arms, each run in rounds (at least 3) in which every arm of the group runs
+//! once, the order changing from round to round (forward, reversed, rotated) so that drift of the
+//! machine (neighbours, thermal, page cache) does not land on one arm:
+//! - saturating: wrk, closed loop, as fast as nginx answers;
+//! - fixed rate: oha, open loop at half of the no-mirror saturation median, latency counted from
+//!   when each request was due (no coordinated omission);
+//! - 64 KiB POST bodies: wrk at saturation, mirrored Gbit/s and loss.
+//!
+//! Each arm is reported as medians over rounds with min-max spread; ratios are medians of the
+//! ratio to the no-mirror arm of the same round. Daemon arms add the daemon's CPU per captured
+//! and per mirrored request (utime+stime from /proc), peak RSS and `ringbuf_full`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use serde::Serialize;
-use shadow_tests::{
-    Proc, Scratch, bin_dir,
-    topo::{NetNs, TwoHosts},
-    wait_for,
-};
+use shadow_tests::{Proc, Scratch, bin_dir, topo::TwoHosts, wait_for};
 
-const PORT: u16 = 8080;
+use crate::load::{self, BIG_BODY, Daemon, DaemonSpec, Load, PORT};
+
 const HEALTHY_SHADOW: u16 = 9090;
 const SLOW_SHADOW: u16 = 9091;
+/// wrk's connections in the saturating arms.
+const WRK_CONNS: u32 = 16;
 
+#[derive(Clone, Copy)]
+struct ArmSpec {
+    key: &'static str,
+    name: &'static str,
+    nginx_mirror: Option<u16>,
+    daemon: Option<DaemonSpec>,
+}
+
+const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
+    Some(DaemonSpec { shadow, sample_rate, allow_post: false })
+}
+
+const ARMS: &[ArmSpec] = &[
+    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None },
+    ArmSpec {
+        key: "capture",
+        name: "shadow-daemon, capture only (no replay)",
+        nginx_mirror: None,
+        daemon: daemon(None, 100),
+    },
+    ArmSpec {
+        key: "healthy",
+        name: "shadow-daemon, healthy shadow, 100 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(HEALTHY_SHADOW), 100),
+    },
+    ArmSpec {
+        key: "slow",
+        name: "shadow-daemon, shadow answering after 1 s, 100 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(SLOW_SHADOW), 100),
+    },
+    ArmSpec {
+        key: "healthy10",
+        name: "shadow-daemon, healthy shadow, 10 %",
+        nginx_mirror: None,
+        daemon: daemon(Some(HEALTHY_SHADOW), 10),
+    },
+    ArmSpec {
+        key: "nginx-healthy",
+        name: "nginx mirror (in path), healthy shadow",
+        nginx_mirror: Some(HEALTHY_SHADOW),
+        daemon: None,
+    },
+    ArmSpec {
+        key: "nginx-slow",
+        name: "nginx mirror (in path), shadow after 1 s",
+        nginx_mirror: Some(SLOW_SHADOW),
+        daemon: None,
+    },
+];
+
+const BIG_ARMS: &[ArmSpec] = &[
+    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None },
+    ArmSpec {
+        key: "healthy",
+        name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
+        nginx_mirror: None,
+        daemon: Some(DaemonSpec { shadow: Some(HEALTHY_SHADOW), sample_rate: 100, allow_post: true }),
+    },
+];
+
+/// One arm run once.
 #[derive(Serialize, Clone, Debug, Default)]
-pub struct Arm {
-    pub arm: String,
+pub struct Sample {
+    pub round: usize,
+    /// Position of the arm in its round (0 = first).
+    pub position: usize,
     pub requests: u64,
     pub errors: u64,
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    pub throughput_ratio: f64,
-    pub p99_ratio: f64,
-    /// Daemon arms only.
+    pub secs: f64,
     pub captured: Option<u64>,
     pub replayed: Option<u64>,
-    pub mirrored_fraction: Option<f64>,
-    /// Requests the daemon extracted whole / requests wrk completed.
-    pub captured_fraction: Option<f64>,
     pub daemon_cpu_s: Option<f64>,
-    pub cpu_s_per_10k_mirrored: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    pub ringbuf_full: Option<u64>,
     pub drops: Option<serde_json::Value>,
+}
+
+/// Median and spread over rounds.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Self { median, min: v[0], max: v[n - 1] })
+    }
+
+    fn fmt(o: Option<Self>, digits: usize) -> String {
+        o.map_or("-".into(), |s| format!("{:.d$} ({:.d$}-{:.d$})", s.median, s.min, s.max, d = digits))
+    }
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct ArmSummary {
+    pub group: String,
+    pub key: String,
+    pub arm: String,
+    pub rps: Option<Spread>,
+    pub p50_ms: Option<Spread>,
+    pub p99_ms: Option<Spread>,
+    /// Per round: this arm's requests/s over the no-mirror arm's in the same round.
+    pub throughput_ratio: Option<Spread>,
+    pub p99_ratio: Option<Spread>,
+    pub errors: u64,
+    pub captured_fraction: Option<Spread>,
+    pub mirrored_fraction: Option<Spread>,
+    /// Daemon CPU over requests captured whole.
+    pub cpu_us_per_captured: Option<Spread>,
+    /// Daemon CPU over requests replayed to the shadow.
+    pub cpu_us_per_mirrored: Option<Spread>,
+    pub peak_rss_mib: Option<f64>,
+    pub ringbuf_full: Option<u64>,
+    /// Dropped requests by reason, summed over rounds.
+    pub drops: Option<serde_json::Value>,
+    /// 64 KiB arm: request bytes replayed to the shadow per second.
+    pub mirrored_gbit_s: Option<Spread>,
+    pub samples: Vec<Sample>,
 }
 
 #[derive(Serialize)]
 pub struct MirrorResults {
     pub date: String,
     pub command: String,
-    pub load: String,
+    pub rounds: usize,
+    pub secs_per_arm: u32,
     pub request_bytes: usize,
-    pub arms: Vec<Arm>,
+    pub big_request_bytes: usize,
+    pub saturating_load: String,
+    pub fixed_load: String,
+    pub big_load: String,
+    /// The fixed rate: half the median no-mirror saturating throughput.
+    pub fixed_rate: f64,
+    /// Whether the fixed-rate arms ran with oha (open loop) or fell back to hey (closed loop).
+    pub open_loop: bool,
+    pub load_average_before: String,
+    pub load_average_after: String,
+    pub arms: Vec<ArmSummary>,
 }
 
-/// nginx on `port` serving a 1 KiB file; with `mirror_to`, nginx's in-path mirror to that port.
-fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc {
-    std::fs::create_dir_all(dir.join("www")).expect("nginx dir");
-    std::fs::write(dir.join("www/item"), vec![b'i'; 1024]).expect("body");
-    let d = dir.display();
-    let mirror = match mirror_to {
-        Some(p) => format!(
-            "mirror /__mirror; mirror_request_body on;\n    }}\n    location = /__mirror {{ internal; proxy_pass http://127.0.0.1:{p}$request_uri; proxy_set_header X-Shadow-Request true; proxy_connect_timeout 5s; proxy_read_timeout 5s;"
-        ),
-        None => String::new(),
-    };
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen {port};\n    root {d}/www;\n    location / {{\n    {mirror}\n    }}\n  }}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx",
-        ns.command("nginx").args(["-c", path.to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
-    );
-    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || ns.listening(port));
-    p
-}
-
-struct Wrk {
-    requests: u64,
-    errors: u64,
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn parse_ms(v: &str) -> f64 {
-    let v = v.trim();
-    let (num, mul) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mul
-}
-
-fn wrk(ns: &NetNs, url: &str, secs: u32, pad: &str) -> Wrk {
-    let out = ns
-        .command("wrk")
-        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "--timeout", "5s"])
-        .args(["-H", &format!("X-Pad: {pad}")])
-        .arg(url)
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let mut w = Wrk { requests: 0, errors: 0, rps: 0.0, p50_ms: f64::NAN, p99_ms: f64::NAN };
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            w.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("50%") {
-            w.p50_ms = parse_ms(v);
-        } else if let Some(v) = t.strip_prefix("99%") {
-            w.p99_ms = parse_ms(v);
-        } else if t.contains(" requests in ") {
-            w.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        } else if t.starts_with("Socket errors:") || t.starts_with("Non-2xx") {
-            w.errors += t.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
-        }
+/// Arm order in round `r`: forward, reversed, then rotations, so no arm always runs first or
+/// right after the same neighbour.
+fn order(n: usize, r: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    if r % 2 == 1 {
+        v.reverse();
     }
-    w
+    v.rotate_left((r / 2 * (n / 2 + 1)) % n);
+    v
 }
 
-/// A fixed-rate run with hey: `conc` workers at `per_worker` requests/s each, for `secs`.
-fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &str) -> Wrk {
-    let out = ns
-        .command("hey")
-        .args(["-z", &format!("{secs}s"), "-c", &conc.to_string(), "-q", &per_worker.to_string(), "-t", "5"])
-        .args(["-H", &format!("X-Pad: {pad}")])
-        .arg(url)
-        .output()
-        .expect("run hey");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "hey failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let mut w = Wrk { requests: 0, errors: 0, rps: 0.0, p50_ms: f64::NAN, p99_ms: f64::NAN };
-    let mut in_errors = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            w.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("50% in ") {
-            w.p50_ms = parse_ms(&format!("{}s", v.trim_end_matches(" secs")));
-        } else if let Some(v) = t.strip_prefix("99% in ") {
-            w.p99_ms = parse_ms(&format!("{}s", v.trim_end_matches(" secs")));
-        } else if t.starts_with("Error distribution") {
-            in_errors = true;
-        } else if let Some(rest) = t.strip_prefix('[') {
-            let (code, n) = rest.split_once(']').unwrap_or(("", ""));
-            let n: u64 = n.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            if in_errors || code != "200" {
-                w.errors += n;
+enum Kind {
+    Saturating,
+    Fixed { rate: f64, oha: Option<std::path::PathBuf> },
+    Big,
+}
+
+struct Bed {
+    t: TwoHosts,
+    scratch: Scratch,
+    url: String,
+    big_url: String,
+    pad: String,
+    _healthy: Proc,
+    _slow: Proc,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let t = TwoHosts::new("mb");
+        let scratch = Scratch::new("mb");
+        // Requests of about 1 KiB on the wire: wrk's request line and headers plus this pad.
+        let pad = "p".repeat(1024 - 120);
+        let url = format!("http://{}:{PORT}/item", t.server_v4);
+        let big_url = format!("http://{}:{PORT}/upload", t.server_v4);
+        let healthy = load::nginx(&t.server, &scratch.path("shadow-nginx"), HEALTHY_SHADOW, None);
+        let slow = Proc::spawn(
+            "slow shadow",
+            t.server
+                .command(bin_dir().join("shadow-testserver").to_str().expect("utf-8"))
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{SLOW_SHADOW}"),
+                    "--delay-ms",
+                    "1000",
+                    "--response-bytes",
+                    "1024",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for("slow shadow", Duration::from_secs(10), || t.server.listening(SLOW_SHADOW));
+        Self { t, scratch, url, big_url, pad, _healthy: healthy, _slow: slow }
+    }
+
+    fn run(&self, spec: &ArmSpec, kind: &Kind, secs: u32, round: usize, position: usize) -> Sample {
+        let tag: String = format!("{}-{}-{round}", spec.key, position)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let primary =
+            load::nginx(&self.t.server, &self.scratch.path(&format!("primary-{tag}")), PORT, spec.nginx_mirror);
+        let daemon = spec.daemon.map(|d| Daemon::start(&self.t, &self.scratch, d, &tag));
+        let cpu0 = daemon.as_ref().map(|d| load::cpu_and_rss(d.pid()).0);
+        let w: Load = match kind {
+            Kind::Saturating => load::wrk(&self.t.client, &self.url, secs, WRK_CONNS, &self.pad, None),
+            Kind::Big => {
+                load::wrk(&self.t.client, &self.big_url, secs, WRK_CONNS, "b", Some((BIG_BODY, &self.scratch)))
             }
-            if !in_errors {
-                w.requests += n;
+            Kind::Fixed { rate, oha: Some(o) } => load::oha(o, &self.t.client, &self.url, secs, *rate, &self.pad),
+            Kind::Fixed { rate, oha: None } => {
+                load::hey(&self.t.client, &self.url, secs, 32, (*rate / 32.0).max(1.0) as u32, &self.pad)
             }
-        }
-    }
-    w
-}
-
-/// utime + stime of a process in seconds, and its peak RSS in MiB.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th there.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0;
-    (cpu, hwm)
-}
-
-struct Daemon {
-    proc: Proc,
-    summary: PathBuf,
-}
-
-/// `shadow_port` 0: capture and extraction only, no replay (isolates the daemon's capture cost).
-fn start_daemon(t: &TwoHosts, scratch: &Scratch, shadow_port: u16, tag: &str) -> Daemon {
-    let bin = bin_dir().join("shadow-daemon");
-    let summary = scratch.path(&format!("summary-{tag}.json"));
-    let log = scratch.path(&format!("daemon-{tag}.log"));
-    let mut cmd = t.server.command(bin.to_str().expect("utf-8"));
-    if shadow_port != 0 {
-        cmd.args(["--shadow", &format!("127.0.0.1:{shadow_port}")]);
-    }
-    let proc = Proc::spawn(
-        "shadow-daemon",
-        cmd.args(["--interface", &t.server_if, "--port", &PORT.to_string()])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--control", scratch.path("ctl.sock").to_str().expect("utf-8")])
-            .args(["--summary-file", summary.to_str().expect("utf-8")])
-            .env("SHADOW_LOG", "warn,shadow_daemon=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log")),
-    );
-    wait_for("daemon to attach", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
-    });
-    Daemon { proc, summary }
-}
-
-pub fn mirror_bench(quick: bool, date: String) -> MirrorResults {
-    let secs = if quick { 3 } else { 8 };
-    let t = TwoHosts::new("mb");
-    let scratch = Scratch::new("mb");
-    // Requests of about 1 KiB on the wire: wrk's request line and headers plus this pad.
-    let pad = "p".repeat(1024 - 120);
-    let url = format!("http://{}:{PORT}/item", t.server_v4);
-    let request_bytes = format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\n\r\n", t.server_v4).len();
-
-    let _healthy = nginx(&t.server, &scratch.path("shadow-nginx"), HEALTHY_SHADOW, None);
-    let _slow = Proc::spawn(
-        "slow shadow",
-        t.server
-            .command(bin_dir().join("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", &format!("127.0.0.1:{SLOW_SHADOW}"), "--delay-ms", "1000", "--response-bytes", "1024"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("slow shadow", Duration::from_secs(10), || t.server.listening(SLOW_SHADOW));
-
-    let mut arms: Vec<Arm> = Vec::new();
-    let run_arm = |name: &str, mirror_to: Option<u16>, daemon_to: Option<u16>, fixed_rate: bool| -> Arm {
-        let primary = nginx(&t.server, &scratch.path(&format!("primary-{}", arms_len_tag(name))), PORT, mirror_to);
-        let daemon = daemon_to.map(|p| start_daemon(&t, &scratch, p, &arms_len_tag(name)));
-        let cpu0 = daemon.as_ref().map(|d| cpu_and_rss(d.proc.child.id()).0);
-        let started = Instant::now();
-        // Fixed rate: 16 workers x 250/s = 4000 requests/s, well below saturation, so latency
-        // shows the cost of mirroring rather than CPU starvation.
-        let w = if fixed_rate { hey(&t.client, &url, secs, 16, 250, &pad) } else { wrk(&t.client, &url, secs, &pad) };
-        let _ = started;
-        let mut arm = Arm {
-            arm: name.into(),
+        };
+        let mut s = Sample {
+            round,
+            position,
             requests: w.requests,
             errors: w.errors,
             rps: w.rps,
             p50_ms: w.p50_ms,
             p99_ms: w.p99_ms,
+            secs: w.secs,
             ..Default::default()
         };
-        if let Some(mut d) = daemon {
-            let (cpu1, rss) = cpu_and_rss(d.proc.child.id());
+        if let Some(d) = daemon {
+            let (cpu1, rss) = load::cpu_and_rss(d.pid());
+            // Let the last replays finish before the daemon is told to stop.
             std::thread::sleep(Duration::from_millis(300));
-            let code = d.proc.terminate(Duration::from_secs(20));
-            assert_eq!(code, Some(0), "daemon exit in arm {name}");
-            let s: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&d.summary).expect("summary")).expect("summary json");
-            let m = &s["mirror"]["requests"];
-            let captured = m["captured"].as_u64().unwrap_or(0);
-            let replayed = m["replayed"].as_u64().unwrap_or(0);
-            let cpu = cpu1 - cpu0.unwrap_or(0.0);
-            arm.captured = Some(captured);
-            arm.replayed = Some(replayed);
-            arm.mirrored_fraction = Some(if w.requests == 0 { 0.0 } else { replayed as f64 / w.requests as f64 });
-            arm.captured_fraction = Some(if w.requests == 0 { 0.0 } else { captured as f64 / w.requests as f64 });
-            arm.daemon_cpu_s = Some(cpu);
-            arm.cpu_s_per_10k_mirrored = Some(if replayed == 0 { f64::NAN } else { cpu / replayed as f64 * 10_000.0 });
-            arm.peak_rss_mib = Some(rss);
+            let summary = d.stop(spec.name);
+            let m = &summary["mirror"]["requests"];
+            s.captured = m["captured"].as_u64();
+            s.replayed = m["replayed"].as_u64();
+            s.daemon_cpu_s = Some(cpu1 - cpu0.unwrap_or(0.0));
+            s.peak_rss_mib = Some(rss);
+            s.ringbuf_full = summary["kernel"]["ringbuf_full"].as_u64();
             let drops: serde_json::Map<String, serde_json::Value> = m["dropped"]
                 .as_object()
                 .map(|o| {
                     o.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| (k.clone(), v.clone())).collect()
                 })
                 .unwrap_or_default();
-            arm.drops = Some(serde_json::Value::Object(drops));
+            s.drops = Some(serde_json::Value::Object(drops));
         }
         let mut primary = primary;
         primary.terminate(Duration::from_secs(10));
-        wait_for("primary to stop", Duration::from_secs(10), || !t.server.listening(PORT));
+        wait_for("primary to stop", Duration::from_secs(10), || !self.t.server.listening(PORT));
         println!(
-            "{:<40} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>8.3} ms  errors {}{}",
-            arm.arm,
-            arm.rps,
-            arm.p50_ms,
-            arm.p99_ms,
-            arm.errors,
-            arm.replayed.map_or(String::new(), |r| format!(
-                "  mirrored {r}/{} ({:.3})  cpu {:.2}s ({:.3} s/10k)  rss {:.1} MiB",
-                arm.requests,
-                arm.mirrored_fraction.unwrap_or(0.0),
-                arm.daemon_cpu_s.unwrap_or(0.0),
-                arm.cpu_s_per_10k_mirrored.unwrap_or(0.0),
-                arm.peak_rss_mib.unwrap_or(0.0)
-            ))
+            "  round {round} #{position} {:<58} {:>8.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  err {}{}",
+            spec.name,
+            s.rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.errors,
+            match (s.captured, s.replayed, s.daemon_cpu_s) {
+                (Some(c), Some(r), Some(cpu)) => format!(
+                    "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  rss {:.0} MiB  ringbuf_full {}  drops {}",
+                    s.requests,
+                    s.peak_rss_mib.unwrap_or(0.0),
+                    s.ringbuf_full.unwrap_or(0),
+                    s.drops.as_ref().map_or(String::new(), |d| d.to_string())
+                ),
+                _ => String::new(),
+            }
         );
-        arm
-    };
-    // Saturating load (wrk, closed loop): throughput when the cores are the limit.
-    let mut sat: Vec<Arm> = vec![
-        run_arm("saturating: no mirror (baseline)", None, None, false),
-        run_arm("saturating: shadow-daemon, capture only (no replay)", None, Some(0), false),
-        run_arm("saturating: shadow-daemon, healthy shadow", None, Some(HEALTHY_SHADOW), false),
-        run_arm("saturating: shadow-daemon, shadow answering after 1 s", None, Some(SLOW_SHADOW), false),
-        run_arm("saturating: nginx mirror (in path), healthy shadow", Some(HEALTHY_SHADOW), None, false),
-        run_arm("saturating: nginx mirror (in path), shadow after 1 s", Some(SLOW_SHADOW), None, false),
-        // Baseline again at the end: the spread between the two is the machine's noise.
-        run_arm("saturating: no mirror (baseline, again)", None, None, false),
-    ];
-    // Fixed rate (hey, 4000 requests/s): latency at a load the machine carries.
-    let mut fixed: Vec<Arm> = vec![
-        run_arm("4k/s: no mirror (baseline)", None, None, true),
-        run_arm("4k/s: shadow-daemon, healthy shadow", None, Some(HEALTHY_SHADOW), true),
-        run_arm("4k/s: shadow-daemon, shadow answering after 1 s", None, Some(SLOW_SHADOW), true),
-        run_arm("4k/s: nginx mirror (in path), healthy shadow", Some(HEALTHY_SHADOW), None, true),
-        run_arm("4k/s: nginx mirror (in path), shadow after 1 s", Some(SLOW_SHADOW), None, true),
-        run_arm("4k/s: no mirror (baseline, again)", None, None, true),
-    ];
-    for group in [&mut sat, &mut fixed] {
-        let n = group.len();
-        let ref_rps = (group[0].rps + group[n - 1].rps) / 2.0;
-        let ref_p99 = (group[0].p99_ms + group[n - 1].p99_ms) / 2.0;
-        for a in group.iter_mut() {
-            a.throughput_ratio = a.rps / ref_rps;
-            a.p99_ratio = a.p99_ms / ref_p99;
-        }
+        s
     }
-    arms.extend(sat);
-    arms.extend(fixed);
-    MirrorResults {
-        date,
-        command: format!("cargo xtask bench{}", if quick { " --quick" } else { "" }),
-        load: format!(
-            "saturating: wrk -t2 -c32 -d{secs}s --latency; fixed rate: hey -z {secs}s -c 16 -q 250 (4000 requests/s); GET /item (1 KiB file) over IPv4 between two namespaces"
-        ),
-        request_bytes,
-        arms,
+
+    /// Every arm of `arms` once per round, in a different order each round.
+    fn rounds(
+        &self,
+        group: &str,
+        arms: &[ArmSpec],
+        kind: &Kind,
+        secs: u32,
+        rounds: usize,
+        request_bytes: usize,
+    ) -> Vec<ArmSummary> {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
+        for r in 0..rounds {
+            println!("{group}: round {} of {rounds}", r + 1);
+            for (pos, i) in order(arms.len(), r).into_iter().enumerate() {
+                samples[i].push(self.run(&arms[i], kind, secs, r, pos));
+            }
+        }
+        let base = &samples[0];
+        arms.iter().zip(samples.iter()).map(|(spec, ss)| summarise(group, spec, ss, base, request_bytes)).collect()
     }
 }
 
-fn arms_len_tag(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], request_bytes: usize) -> ArmSummary {
+    let paired = |f: &dyn Fn(&Sample) -> f64| {
+        Spread::of(ss.iter().filter_map(|s| base.iter().find(|b| b.round == s.round).map(|b| f(s) / f(b))))
+    };
+    let per = |num: &dyn Fn(&Sample) -> Option<f64>, den: &dyn Fn(&Sample) -> Option<u64>| {
+        Spread::of(ss.iter().filter_map(|s| match (num(s), den(s)) {
+            (Some(n), Some(d)) if d > 0 => Some(n / d as f64),
+            _ => None,
+        }))
+    };
+    let is_daemon = spec.daemon.is_some();
+    let mut drops = serde_json::Map::new();
+    for s in ss {
+        if let Some(serde_json::Value::Object(o)) = &s.drops {
+            for (k, v) in o {
+                let prev = drops.get(k).and_then(|p| p.as_u64()).unwrap_or(0);
+                drops.insert(k.clone(), (prev + v.as_u64().unwrap_or(0)).into());
+            }
+        }
+    }
+    let replays = spec.daemon.is_some_and(|d| d.shadow.is_some());
+    ArmSummary {
+        group: group.into(),
+        key: spec.key.into(),
+        arm: spec.name.into(),
+        rps: Spread::of(ss.iter().map(|s| s.rps)),
+        p50_ms: Spread::of(ss.iter().map(|s| s.p50_ms)),
+        p99_ms: Spread::of(ss.iter().map(|s| s.p99_ms)),
+        throughput_ratio: paired(&|s| s.rps),
+        p99_ratio: paired(&|s| s.p99_ms),
+        errors: ss.iter().map(|s| s.errors).sum(),
+        captured_fraction: if is_daemon { per(&|s| s.captured.map(|c| c as f64), &|s| Some(s.requests)) } else { None },
+        mirrored_fraction: if replays { per(&|s| s.replayed.map(|c| c as f64), &|s| Some(s.requests)) } else { None },
+        cpu_us_per_captured: if is_daemon { per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.captured) } else { None },
+        cpu_us_per_mirrored: if replays { per(&|s| s.daemon_cpu_s.map(|c| c * 1e6), &|s| s.replayed) } else { None },
+        peak_rss_mib: ss.iter().filter_map(|s| s.peak_rss_mib).reduce(f64::max),
+        ringbuf_full: if is_daemon { Some(ss.iter().filter_map(|s| s.ringbuf_full).sum()) } else { None },
+        drops: is_daemon.then_some(serde_json::Value::Object(drops)),
+        mirrored_gbit_s: if replays && group == "64 KiB POST" {
+            Spread::of(
+                ss.iter().filter_map(|s| s.replayed.map(|r| r as f64 * request_bytes as f64 * 8.0 / s.secs / 1e9)),
+            )
+        } else {
+            None
+        },
+        samples: ss.to_vec(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults {
+    let secs = if quick { 2 } else { 5 };
+    let rounds = if quick { 3 } else { 5 };
+    let load_average_before = loadavg();
+    let bed = Bed::new();
+    let request_bytes =
+        format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {}\r\n\r\n", bed.t.server_v4, bed.pad).len();
+    let big_request_bytes = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: b\r\nContent-Type: application/octet-stream\r\nContent-Length: {BIG_BODY}\r\n\r\n",
+        bed.t.server_v4
+    )
+    .len()
+        + BIG_BODY;
+
+    let mut arms = bed.rounds("saturating", ARMS, &Kind::Saturating, secs, rounds, request_bytes);
+    let sat_rps = arms[0].rps.map_or(1000.0, |s| s.median);
+    let fixed_rate = (sat_rps / 2.0).round();
+    let oha = load::oha_bin();
+    if oha.is_none() {
+        eprintln!(
+            "shadow-bench: oha not found: fixed-rate arms fall back to hey (closed loop, coordinated omission applies)"
+        );
+    }
+    let open_loop = oha.is_some();
+    arms.extend(bed.rounds("fixed rate", ARMS, &Kind::Fixed { rate: fixed_rate, oha }, secs, rounds, request_bytes));
+    arms.extend(bed.rounds("64 KiB POST", BIG_ARMS, &Kind::Big, secs, rounds, big_request_bytes));
+    MirrorResults {
+        date,
+        command,
+        rounds,
+        secs_per_arm: secs,
+        request_bytes,
+        big_request_bytes,
+        saturating_load: format!("wrk -t2 -c{WRK_CONNS} -d{secs}s --latency (closed loop), GET /item (1 KiB file)"),
+        fixed_load: if open_loop {
+            format!("oha -z {secs}s -q {fixed_rate:.0} -c 64 --latency-correction (open loop), GET /item")
+        } else {
+            format!(
+                "hey -z {secs}s -c 32 -q {:.0} (closed loop per worker: coordinated omission applies), GET /item",
+                fixed_rate / 32.0
+            )
+        },
+        big_load: format!(
+            "wrk -t2 -c{WRK_CONNS} -d{secs}s, POST /upload with a {BIG_BODY}-byte body (nginx reads and discards it, 200)"
+        ),
+        fixed_rate,
+        open_loop,
+        load_average_before,
+        load_average_after: loadavg(),
+        arms,
+    }
 }
 
 pub fn write_mirror(out: &Path, r: &MirrorResults) {
     let _ = std::fs::write(out.join("mirror.json"), serde_json::to_string_pretty(r).unwrap_or_default());
     let mut md = format!(
-        "# Mirror cost to the primary\n\nMeasured {} by `{}`; raw figures in mirror.json.\n\nLoad: {}; requests of {} bytes. \
-         Ratios are to the mean of the two no-mirror arms (first and last) of the same load, all arms run back to back in one go.\n\n",
-        r.date, r.command, r.load, r.request_bytes
+        "# Mirror cost to the primary\n\nMeasured {} by `{}`; raw figures (every round) in mirror.json. Load average (1, 5, 15 min) \
+         before: {}, after: {} on 2 vCPUs.\n\n\
+         nginx (1 worker) is the primary, in one namespace with the shadows and the daemon; the load generator runs in another \
+         namespace over a veth. Requests of {} bytes (64 KiB arm: {} bytes). {} rounds per group, {} s per arm, every arm once per \
+         round, order forward / reversed / rotated. Figures are **median (min-max)** over rounds; ratios are per round, to that \
+         round's no-mirror arm, then the median.\n\n\
+         - saturating: {}\n- fixed rate: {}\n- 64 KiB: {}\n\n",
+        r.date,
+        r.command,
+        r.load_average_before,
+        r.load_average_after,
+        r.request_bytes,
+        r.big_request_bytes,
+        r.rounds,
+        r.secs_per_arm,
+        r.saturating_load,
+        r.fixed_load,
+        r.big_load
     );
-    md.push_str("| arm | req/s | throughput ratio | p99 ms | p99 ratio | errors | captured fraction | mirrored fraction | daemon CPU s / 10k mirrored | daemon peak RSS MiB | drops |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    for a in &r.arms {
-        md.push_str(&format!(
-            "| {} | {:.0} | {:.3} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
-            a.arm,
-            a.rps,
-            a.throughput_ratio,
-            a.p99_ms,
-            a.p99_ratio,
-            a.errors,
-            a.captured_fraction.map_or("-".into(), |f| format!("{f:.3}")),
-            a.mirrored_fraction.map_or("-".into(), |f| format!("{f:.3}")),
-            a.cpu_s_per_10k_mirrored.map_or("-".into(), |c| format!("{c:.3}")),
-            a.peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
-            a.drops.as_ref().map_or("-".into(), |d| d.to_string()),
-        ));
+    if !r.open_loop {
+        md.push_str("**oha was not available: the fixed-rate arms ran with hey, closed loop per worker, so a stall hides the requests it delayed (coordinated omission).**\n\n");
     }
-    md.push_str("\nThe machine has 2 vCPUs shared by nginx, wrk, the shadow and the daemon: the daemon's CPU is taken from the same cores the primary uses.\n");
+    for group in ["saturating", "fixed rate", "64 KiB POST"] {
+        md.push_str(&format!("## {group}\n\n"));
+        md.push_str("| arm | req/s | throughput ratio | p50 ms | p99 ms | p99 ratio | errors | captured | mirrored | daemon CPU µs / captured | daemon CPU µs / mirrored | peak RSS MiB | ringbuf_full | drops |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for a in r.arms.iter().filter(|a| a.group == group) {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                a.arm,
+                Spread::fmt(a.rps, 0),
+                Spread::fmt(a.throughput_ratio, 2),
+                Spread::fmt(a.p50_ms, 2),
+                Spread::fmt(a.p99_ms, 2),
+                Spread::fmt(a.p99_ratio, 2),
+                a.errors,
+                Spread::fmt(a.captured_fraction, 3),
+                Spread::fmt(a.mirrored_fraction, 3),
+                Spread::fmt(a.cpu_us_per_captured, 2),
+                Spread::fmt(a.cpu_us_per_mirrored, 2),
+                a.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                a.ringbuf_full.map_or("-".into(), |m| m.to_string()),
+                a.drops.as_ref().map_or("-".into(), |d| d.to_string()),
+            ));
+        }
+        if group == "64 KiB POST" {
+            for a in r.arms.iter().filter(|a| a.group == group && a.mirrored_gbit_s.is_some()) {
+                md.push_str(&format!(
+                    "\nMirrored to the shadow: **{} Gbit/s** of request bytes.\n",
+                    Spread::fmt(a.mirrored_gbit_s, 2)
+                ));
+            }
+        }
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "The fixed rate is half the median no-mirror saturating throughput: {:.0} requests/s. The machine's 2 vCPUs are shared by \
+         nginx, the load generator, the shadow and the daemon: the daemon's CPU and the shadow's are taken from the cores the \
+         primary uses. Daemon CPU is utime+stime of the daemon process over the load (the eBPF programs run in the kernel on the \
+         sending thread and are not in it: see ledger.md).\n",
+        r.fixed_rate
+    ));
     let _ = std::fs::write(out.join("mirror.md"), md);
     println!("wrote {}/mirror.md and mirror.json", out.display());
 }
@@ -402,39 +531,42 @@ pub struct Capacity {
 
 /// How fast can traffic go before the ring buffer overflows? nginx alone under wrk gives the
 /// machine's ceiling; then the release daemon (capture and extraction, no replay, default 32 MiB
-/// ring) is attached and the load stepped up at fixed rates (hey) to saturation (wrk), each step
+/// ring) is attached and the load stepped up at fixed rates (oha, or hey without it) to saturation (wrk), each step
 /// with a fresh daemon whose summary gives `ringbuf_full` and the requests it captured.
 pub fn capacity_ladder(quick: bool) -> Capacity {
-    let secs = if quick { 3 } else { 6 };
+    let secs = if quick { 3 } else { 5 };
     let t = TwoHosts::new("cap");
     let scratch = Scratch::new("cap");
     let pad = "p".repeat(1024 - 120);
     let url = format!("http://{}:{PORT}/item", t.server_v4);
     let request_bytes = format!("GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\n\r\n", t.server_v4).len();
-    let _primary = nginx(&t.server, &scratch.path("primary"), PORT, None);
-    let alone = wrk(&t.client, &url, secs, &pad);
-    println!("capacity: nginx alone (wrk -t2 -c32)          {:>9.0} req/s", alone.rps);
+    let _primary = load::nginx(&t.server, &scratch.path("primary"), PORT, None);
+    let alone = load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None);
+    println!("capacity: nginx alone (wrk -t2 -c{WRK_CONNS})          {:>9.0} req/s", alone.rps);
     let mut steps = Vec::new();
     let fractions: &[f64] = if quick { &[0.5] } else { &[0.25, 0.5, 0.75] };
-    let mut loads: Vec<(String, Option<u32>)> = fractions
+    let oha = load::oha_bin();
+    let mut loads: Vec<(String, Option<f64>)> = fractions
         .iter()
         .map(|f| {
-            let per_worker = ((alone.rps * f) / 16.0).max(1.0) as u32;
-            (format!("hey -c16 -q{per_worker} ({:.0}% of nginx alone)", f * 100.0), Some(per_worker))
+            let rate = (alone.rps * f).round();
+            let how =
+                if oha.is_some() { format!("oha -q {rate:.0}") } else { format!("hey -c16 -q{:.0}", rate / 16.0) };
+            (format!("{how} ({:.0}% of nginx alone)", f * 100.0), Some(rate))
         })
         .collect();
-    loads.push(("wrk -t2 -c32 (saturating)".into(), None));
-    for (i, (name, per_worker)) in loads.into_iter().enumerate() {
-        let mut d = start_daemon(&t, &scratch, 0, &format!("cap{i}"));
-        let (cpu0, _) = cpu_and_rss(d.proc.child.id());
-        let w = match per_worker {
-            Some(q) => hey(&t.client, &url, secs, 16, q, &pad),
-            None => wrk(&t.client, &url, secs, &pad),
+    loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
+    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false };
+    for (i, (name, rate)) in loads.into_iter().enumerate() {
+        let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
+        let (cpu0, _) = load::cpu_and_rss(d.pid());
+        let w = match (rate, &oha) {
+            (Some(r), Some(o)) => load::oha(o, &t.client, &url, secs, r, &pad),
+            (Some(r), None) => load::hey(&t.client, &url, secs, 16, (r / 16.0).max(1.0) as u32, &pad),
+            (None, _) => load::wrk(&t.client, &url, secs, WRK_CONNS, &pad, None),
         };
-        let (cpu1, _) = cpu_and_rss(d.proc.child.id());
-        assert_eq!(d.proc.terminate(Duration::from_secs(20)), Some(0), "daemon exit in capacity step {name}");
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&d.summary).expect("summary")).expect("summary json");
+        let (cpu1, _) = load::cpu_and_rss(d.pid());
+        let s = d.stop(&format!("capacity step {name}"));
         let step = CapacityStep {
             load: name,
             rps: w.rps,

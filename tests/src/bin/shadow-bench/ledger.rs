@@ -1,0 +1,352 @@
+//! The cost ledger: one table of what each stage costs per packet, record or request, built from
+//! the JSON files the other parts wrote to the results directory (capture.json, micro.json,
+//! profile.json, mirror.json), and the issue's goals marked met or not with their figures.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+const RUN: &str = "SHADOW_BIN_DIR=$PWD/target/release target/release/shadow-bench --out bench/results";
+
+#[derive(Serialize)]
+struct Row {
+    stage: String,
+    cost: String,
+    unit: String,
+    allocations: String,
+    reproduce: String,
+    how: String,
+}
+
+#[derive(Serialize)]
+struct Goal {
+    goal: String,
+    figure: String,
+    met: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Ledger {
+    date: String,
+    command: String,
+    rows: Vec<Row>,
+    goals: Vec<Goal>,
+}
+
+fn read(out: &Path, name: &str) -> Value {
+    std::fs::read_to_string(out.join(name)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
+}
+
+fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn arm<'a>(mirror: &'a Value, group: &str, key: &str) -> &'a Value {
+    mirror["arms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["group"] == group && x["key"] == key))
+        .unwrap_or(&Value::Null)
+}
+
+fn med(v: &Value) -> Option<f64> {
+    f(&v["median"])
+}
+
+fn spread(v: &Value, d: usize) -> String {
+    match (med(v), f(&v["min"]), f(&v["max"])) {
+        (Some(m), Some(a), Some(b)) => format!("{m:.d$} ({a:.d$}-{b:.d$})"),
+        _ => "-".into(),
+    }
+}
+
+fn goal(goals: &mut Vec<Goal>, goal: &str, figure: String, met: Option<bool>) {
+    goals.push(Goal { goal: goal.into(), figure, met });
+}
+
+pub fn write_ledger(out: &Path, date: &str, command: &str) {
+    let capture = read(out, "capture.json");
+    let micro = read(out, "micro.json");
+    let profile = read(out, "profile.json");
+    let mirror = read(out, "mirror.json");
+    let mut rows = Vec::new();
+
+    // Kernel.
+    if let Some(phases) = capture["attached_cost"].as_array() {
+        let names = [
+            ("non-matching", "kernel: packet not ours (other TCP port)"),
+            ("sampled 100%", "kernel: service-port packet, request sampled (lookup, ring record, payload copy)"),
+            ("sampled 0%", "kernel: service-port packet, not sampled (lookup and decision)"),
+        ];
+        for (needle, stage) in names {
+            if let Some(p) = phases.iter().find(|p| p["phase"].as_str().is_some_and(|s| s.contains(needle))) {
+                rows.push(Row {
+                    stage: stage.into(),
+                    cost: format!("{:.0}", f(&p["net_ns_per_packet"]).unwrap_or(f64::NAN)),
+                    unit: "ns / packet (net of a no-op program)".into(),
+                    allocations: "-".into(),
+                    reproduce: format!("{RUN} --only capture"),
+                    how: format!(
+                        "TC ingress+egress on a veth, run_time_ns/run_cnt, {} packets, {:.0} ns measured - {:.0} ns no-op",
+                        p["packets"],
+                        f(&p["ns_per_packet"]).unwrap_or(f64::NAN),
+                        f(&p["baseline_ns_per_packet"]).unwrap_or(f64::NAN)
+                    ),
+                });
+            }
+        }
+    }
+    // Ring buffer.
+    if let Some(steps) = capture["drain"].as_array() {
+        let best = steps
+            .iter()
+            .filter(|s| s["ringbuf_full"].as_u64() == Some(0))
+            .max_by(|a, b| f(&a["drained_per_s"]).unwrap_or(0.0).total_cmp(&f(&b["drained_per_s"]).unwrap_or(0.0)));
+        if let Some(s) = best {
+            rows.push(Row {
+                stage: "ring-buffer read + decode into a Segment".into(),
+                cost: format!("{:.0}", f(&s["reader_cpu_ns_per_record"]).unwrap_or(f64::NAN)),
+                unit: "ns CPU / record".into(),
+                allocations: format!("{:.2}", f(&s["allocations_per_record"]).unwrap_or(f64::NAN)),
+                reproduce: format!("{RUN} --only capture"),
+                how: format!(
+                    "the daemon's reader (AsyncFd + segment::decode, which copies the payload) on its own thread, CPU of that thread at {:.0} records/s offered by BPF_PROG_TEST_RUN (~100 B requests), no ringbuf_full ({:.0}-{:.0} ns over the steps of capture.md); highest drained rate without drops {:.0}/s",
+                    f(&s["offered_per_s"]).unwrap_or(0.0),
+                    steps.iter().filter_map(|x| f(&x["reader_cpu_ns_per_record"])).fold(f64::INFINITY, f64::min),
+                    steps.iter().filter_map(|x| f(&x["reader_cpu_ns_per_record"])).fold(0.0, f64::max),
+                    f(&capture["max_drain_without_drops_per_s"]).unwrap_or(0.0)
+                ),
+            });
+        }
+    }
+    // User-space stages in process.
+    if let Some(stages) = micro["stages"].as_array() {
+        for s in stages {
+            rows.push(Row {
+                stage: s["stage"].as_str().unwrap_or("").into(),
+                cost: spread(&s["ns_per_request"], 0),
+                unit: "ns / request, median (min-max)".into(),
+                allocations: format!(
+                    "{:.1} ({:.0} B)",
+                    f(&s["allocations_per_request"]).unwrap_or(f64::NAN),
+                    f(&s["allocated_bytes_per_request"]).unwrap_or(f64::NAN)
+                ),
+                reproduce: format!("{RUN} --only micro"),
+                how: match (f(&s["socket_bytes_out_per_request"]), f(&s["socket_bytes_in_per_request"])) {
+                    (Some(o), Some(i)) => format!(
+                        "{}; socket bytes per request: {o:.0} written to the shadow, {i:.0} read from it",
+                        s["how"].as_str().unwrap_or("")
+                    ),
+                    _ => s["how"].as_str().unwrap_or("").into(),
+                },
+            });
+        }
+    }
+    // Syscalls of the live daemon.
+    if let Some(per) = f(&profile["syscalls_per_mirrored_request"]) {
+        let top: Vec<String> = profile["top_syscalls"]
+            .as_array()
+            .map(|a| {
+                a.iter().map(|x| format!("{} {:.2}", x[0].as_str().unwrap_or(""), f(&x[1]).unwrap_or(0.0))).collect()
+            })
+            .unwrap_or_default();
+        rows.push(Row {
+            stage: "whole daemon: syscalls per mirrored request".into(),
+            cost: format!("{per:.2}"),
+            unit: "syscalls / mirrored request".into(),
+            allocations: "-".into(),
+            reproduce: format!("{RUN} --only profile"),
+            how: format!(
+                "strace -c -f -p DAEMON for {:.1} s under {}; {} captured and {} replayed meanwhile ({:.2} syscalls per captured request); per mirrored request, top: {} (strace-daemon.txt; {})",
+                f(&profile["strace_secs"]).unwrap_or(0.0),
+                profile["load"].as_str().unwrap_or(""),
+                profile["strace_captured"],
+                profile["strace_replayed"],
+                f(&profile["syscalls_per_captured_request"]).unwrap_or(f64::NAN),
+                top.join(", "),
+                profile["note"].as_str().unwrap_or("")
+            ),
+        });
+    }
+    // The whole daemon under real load.
+    for (group, key, what, field) in [
+        (
+            "fixed rate",
+            "capture",
+            "whole daemon: CPU per captured request, not replayed (capture only)",
+            "cpu_us_per_captured",
+        ),
+        (
+            "fixed rate",
+            "healthy",
+            "whole daemon: CPU per mirrored request (healthy shadow, 100 %)",
+            "cpu_us_per_mirrored",
+        ),
+        (
+            "saturating",
+            "capture",
+            "whole daemon at saturation: CPU per captured request, not replayed",
+            "cpu_us_per_captured",
+        ),
+        ("saturating", "healthy", "whole daemon at saturation: CPU per mirrored request", "cpu_us_per_mirrored"),
+    ] {
+        let a = arm(&mirror, group, key);
+        if a.is_null() {
+            continue;
+        }
+        rows.push(Row {
+            stage: what.into(),
+            cost: spread(&a[field], 2),
+            unit: "µs CPU / request, median (min-max) over rounds".into(),
+            allocations: "-".into(),
+            reproduce: format!("{RUN} --only mirror"),
+            how: format!(
+                "utime+stime of the release daemon over the load ({}), peak RSS {:.0} MiB, ringbuf_full {}",
+                if group == "fixed rate" {
+                    mirror["fixed_load"].as_str().unwrap_or("")
+                } else {
+                    mirror["saturating_load"].as_str().unwrap_or("")
+                },
+                f(&a["peak_rss_mib"]).unwrap_or(0.0),
+                a["ringbuf_full"]
+            ),
+        });
+    }
+
+    // Goals.
+    let mut goals = Vec::new();
+    let sat_m = spread(&arm(&mirror, "saturating", "healthy")["cpu_us_per_mirrored"], 2);
+    let a = &arm(&mirror, "fixed rate", "healthy")["cpu_us_per_mirrored"];
+    let cpu_m = med(a);
+    goal(
+        &mut goals,
+        "Daemon CPU <= 4 µs per mirrored 1 KiB request",
+        format!("{} µs at the fixed rate, healthy shadow ({sat_m} µs at saturation)", spread(a, 2)),
+        cpu_m.map(|c| c <= 4.0),
+    );
+    let sat_c = spread(&arm(&mirror, "saturating", "capture")["cpu_us_per_captured"], 2);
+    let a = &arm(&mirror, "fixed rate", "capture")["cpu_us_per_captured"];
+    let cpu_c = med(a);
+    goal(
+        &mut goals,
+        "Daemon CPU <= 1 µs per captured-but-not-replayed request",
+        format!("{} µs at the fixed rate, capture only ({sat_c} µs at saturation)", spread(a, 2)),
+        cpu_c.map(|c| c <= 1.0),
+    );
+    for (key, label) in [("capture", "Capture only"), ("slow", "Slow shadow")] {
+        let a = arm(&mirror, "saturating", key);
+        let tp = med(&a["throughput_ratio"]);
+        let p99 = med(&a["p99_ratio"]);
+        goal(
+            &mut goals,
+            &format!("{label} at saturation: >= 0.95x throughput and <= 1.2x p99 of no mirror"),
+            format!("{}x throughput, {}x p99", spread(&a["throughput_ratio"], 2), spread(&a["p99_ratio"], 2)),
+            tp.zip(p99).map(|(t, p)| t >= 0.95 && p <= 1.2),
+        );
+    }
+    let a = &arm(&mirror, "saturating", "healthy10")["throughput_ratio"];
+    let tp10 = med(a);
+    goal(
+        &mut goals,
+        "Healthy shadow at 10 % sampling, saturation: >= 0.95x throughput",
+        format!("{}x", spread(a, 2)),
+        tp10.map(|t| t >= 0.95),
+    );
+    let a = &arm(&mirror, "fixed rate", "healthy")["p99_ratio"];
+    let p99f = med(a);
+    goal(
+        &mut goals,
+        "Fixed rate at half of saturation, healthy shadow, 100 %: p99 <= 1.1x",
+        format!(
+            "{}x ({})",
+            spread(a, 2),
+            if mirror["open_loop"] == true {
+                "oha, open loop"
+            } else {
+                "hey, closed loop: coordinated omission applies"
+            }
+        ),
+        p99f.map(|p| p <= 1.1),
+    );
+    let big = arm(&mirror, "64 KiB POST", "healthy");
+    let mirrored = med(&big["mirrored_fraction"]);
+    let queue_full = big["drops"]["queue_full"].as_u64().unwrap_or(0);
+    goal(
+        &mut goals,
+        "64 KiB bodies: everything the primary serves at its ceiling is mirrored, no queue_full",
+        format!(
+            "{} of served requests mirrored at {} Gbit/s; queue_full {queue_full}, ringbuf_full {}, drops {}",
+            spread(&big["mirrored_fraction"], 3),
+            spread(&big["mirrored_gbit_s"], 2),
+            big["ringbuf_full"],
+            big["drops"]
+        ),
+        mirrored.map(|m| m >= 0.999 && queue_full == 0),
+    );
+    let cap = &capture["capacity"];
+    let ladder_full: Option<u64> =
+        cap["steps"].as_array().map(|s| s.iter().filter_map(|x| x["ringbuf_full"].as_u64()).sum());
+    let sat_full = arm(&mirror, "saturating", "capture")["ringbuf_full"].as_u64();
+    goal(
+        &mut goals,
+        "Capture with ringbuf_full = 0 up to the rate nginx itself can serve",
+        format!(
+            "nginx alone {:.0} req/s; highest ladder step without ringbuf_full {:.0} req/s; ringbuf_full over the ladder {}, over the saturating capture-only rounds {}",
+            f(&cap["nginx_alone_rps"]).unwrap_or(0.0),
+            f(&cap["max_rps_without_ringbuf_full"]).unwrap_or(0.0),
+            ladder_full.map_or("-".into(), |v| v.to_string()),
+            sat_full.map_or("-".into(), |v| v.to_string())
+        ),
+        match (ladder_full, sat_full) {
+            (Some(a), Some(b)) => Some(a == 0 && b == 0),
+            _ => None,
+        },
+    );
+
+    let ledger = Ledger { date: date.into(), command: command.into(), rows, goals };
+    let _ = std::fs::write(out.join("ledger.json"), serde_json::to_string_pretty(&ledger).unwrap_or_default());
+    let mut md = format!(
+        "# Cost ledger\n\nBuilt {} from the results of `{}` (capture.json {}, micro.json {}, profile.json {}, mirror.json {}); \
+         raw figures in ledger.json. Each row says how to reproduce it.\n\n",
+        ledger.date,
+        ledger.command,
+        capture["date"].as_str().unwrap_or("missing"),
+        micro["date"].as_str().unwrap_or("missing"),
+        profile["date"].as_str().unwrap_or("missing"),
+        mirror["date"].as_str().unwrap_or("missing"),
+    );
+    md.push_str(
+        "| stage | cost | unit | allocations / unit (bytes) | reproduce | how |\n|---|---:|---|---:|---|---|\n",
+    );
+    for r in &ledger.rows {
+        md.push_str(&format!(
+            "| {} | **{}** | {} | {} | `{}` | {} |\n",
+            r.stage, r.cost, r.unit, r.allocations, r.reproduce, r.how
+        ));
+    }
+    md.push_str(&format!(
+        "\nWhere the daemon's time goes under load: perf-daemon.txt{} (`perf record -g -p` of the release daemon, {}).\n\
+         The in-process rows (`--only micro`) run the daemon's library code with this binary's counting allocator; \
+         `cargo bench -p shadow-daemon --bench extract` and `--bench replay` (divan, not run by `cargo xtask bench`) \
+         measure the same stages as throughput. The kernel rows run in softirq context on the sending CPU and are not in the daemon's CPU figures; the whole-daemon \
+         rows are everything the daemon process itself spends.\n\n## Goals\n\nMet or not by the median over rounds; \
+         the figures are median (min-max), so a goal whose spread straddles its bound is within this machine's noise.\n\n\
+         | goal | figure | met |\n|---|---|---|\n",
+        if profile["flame_graph"].is_string() { " and the flame graph perf-daemon.svg" } else { "" },
+        profile["load"].as_str().unwrap_or("")
+    ));
+    for g in &ledger.goals {
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            g.goal,
+            g.figure,
+            match g.met {
+                Some(true) => "**met**",
+                Some(false) => "**not met**",
+                None => "not measured",
+            }
+        ));
+    }
+    let _ = std::fs::write(out.join("ledger.md"), md);
+    println!("wrote {}/ledger.md and ledger.json", out.display());
+}

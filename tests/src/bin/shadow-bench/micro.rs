@@ -1,0 +1,399 @@
+//! In-process costs per request of the daemon's user-space stages, with a counting global
+//! allocator (this binary's): reassembly + HTTP extraction, the replay engine (to a keep-alive
+//! shadow on loopback that allocates nothing per request), and the metrics bookkeeping alone.
+//! The same library code as the daemon's, on the same kind of input as the divan benches
+//! (shadow-daemon/benches/{extract,replay}.rs), measured here so the ledger has allocation counts.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+use shadow_common::tcp_flags;
+use shadow_daemon::{
+    config::Rule,
+    message::{BodyFraming, CapturedRequest, HeaderSpan},
+    metrics::Metrics,
+    reassembly::{Extractor, ExtractorConfig, HttpEvent},
+    replay::{
+        ReplayEngine, Submission,
+        controls::{ReplayControls, ShadowTarget},
+    },
+    segment::{Direction, FlowId, Segment},
+};
+
+use crate::mirror::Spread;
+
+/// Counts every allocation (and its bytes) of the process, all threads.
+pub struct Counting;
+
+pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
+pub static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes the replay shadow read (the engine wrote) and wrote (the engine read).
+static SHADOW_IN: AtomicU64 = AtomicU64::new(0);
+static SHADOW_OUT: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+pub fn allocs() -> (u64, u64) {
+    (ALLOCS.load(Ordering::Relaxed), ALLOC_BYTES.load(Ordering::Relaxed))
+}
+
+/// CPU time of the calling thread, ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec pointer; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct StageCost {
+    pub stage: String,
+    /// Per request: CPU time of the measuring thread (extraction, metrics) or of the engine's
+    /// threads (replay), median and spread over repeats (CPU, not wall time: the machine is
+    /// shared, and a preempted thread's wall time is someone else's work).
+    pub ns_per_request: Option<Spread>,
+    pub allocations_per_request: f64,
+    pub allocated_bytes_per_request: f64,
+    pub requests_per_repeat: usize,
+    pub repeats: usize,
+    /// Replay: bytes the engine wrote to and read from the shadow's sockets per request.
+    pub socket_bytes_out_per_request: Option<f64>,
+    pub socket_bytes_in_per_request: Option<f64>,
+    pub how: String,
+}
+
+const FLOWS: u16 = 16;
+
+/// A ~1 KiB GET as the mirror bench's clients send it (padding in a cookie).
+fn request_bytes(i: usize) -> Vec<u8> {
+    let base = format!(
+        "GET /api/v1/items/{i}?sort=desc HTTP/1.1\r\nHost: shop.example.com\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
+         Accept: application/json\r\nAccept-Encoding: gzip, br\r\nConnection: keep-alive\r\n"
+    );
+    let pad = 1024 - base.len() - "Cookie: \r\n\r\n".len();
+    format!("{base}Cookie: {}\r\n\r\n", "s".repeat(pad)).into_bytes()
+}
+
+fn flow(i: u16) -> FlowId {
+    let c: IpAddr = [10, 1, 0, 1].into();
+    let s: IpAddr = [10, 1, 0, 2].into();
+    FlowId { client: SocketAddr::new(c, 30000 + i), server: SocketAddr::new(s, 8080) }
+}
+
+/// `n` 1 KiB requests in one segment each, round-robin over keep-alive flows.
+fn segments(n: usize, seq_base: &mut [u32], ts: &mut u64) -> Vec<Segment> {
+    (0..n)
+        .map(|i| {
+            let f = (i % FLOWS as usize) as u16;
+            let req = request_bytes(i);
+            *ts += 1_000;
+            let seq = &mut seq_base[f as usize];
+            let s = Segment {
+                flow: flow(f),
+                direction: Direction::Request,
+                seq: *seq,
+                ack: 77,
+                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+                ts_ns: *ts,
+                wire_len: req.len() as u32,
+                payload: Bytes::from(req),
+                truncated: false,
+                request_start: true,
+                ifindex: 1,
+            };
+            *seq = seq.wrapping_add(s.payload.len() as u32);
+            s
+        })
+        .collect()
+}
+
+/// Reassembly + extraction of 1 KiB requests on one long-lived extractor (flows warm, as in the
+/// daemon), each request handed on (dropped) as soon as it is out.
+pub fn extraction(quick: bool) -> StageCost {
+    let n = 8192;
+    let repeats = if quick { 3 } else { 9 };
+    let mut ex = Extractor::new(ExtractorConfig::default());
+    let mut seqs = vec![1_000u32; FLOWS as usize];
+    let mut ts = 1_000_000u64;
+    let mut out: Vec<HttpEvent> = Vec::with_capacity(64);
+    let mut per = Vec::new();
+    let mut alloc_runs = Vec::new();
+    // One warm-up batch, then the measured ones.
+    for rep in 0..=repeats {
+        let segs = segments(n, &mut seqs, &mut ts);
+        let (a0, b0) = allocs();
+        let start = thread_cpu_ns();
+        let mut emitted = 0;
+        for s in segs {
+            let now = s.ts_ns;
+            ex.push(s, now, &mut out);
+            emitted += out.len();
+            out.clear();
+        }
+        let ns = (thread_cpu_ns() - start) as f64;
+        let (a1, b1) = allocs();
+        assert!(emitted >= n, "extraction emitted {emitted} events for {n} requests");
+        if rep > 0 {
+            per.push(ns / n as f64);
+            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
+        }
+    }
+    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    StageCost {
+        stage: "reassembly + HTTP extraction".into(),
+        ns_per_request: Spread::of(per),
+        allocations_per_request: allocs_pr,
+        allocated_bytes_per_request: bytes_pr,
+        requests_per_repeat: n,
+        repeats,
+        socket_bytes_out_per_request: None,
+        socket_bytes_in_per_request: None,
+        how: "shadow_daemon::reassembly::Extractor::push, 1 KiB GETs in one segment each over 16 keep-alive flows, one thread, its CPU time (segments built untimed; the payload copy out of the ring is in the ring-buffer stage)".into(),
+    }
+}
+
+/// The metrics bookkeeping of one mirrored request, as the replay bench's `metrics_per_request`.
+pub fn metrics_bookkeeping(quick: bool) -> StageCost {
+    let metrics = Metrics::default();
+    let targets: Vec<Vec<u8>> = (0..64).map(|i| format!("/api/v1/items/{i}?sort=desc").into_bytes()).collect();
+    let n = 100_000;
+    let repeats = if quick { 3 } else { 9 };
+    let mut per = Vec::new();
+    let mut alloc_runs = Vec::new();
+    for rep in 0..=repeats {
+        let (a0, b0) = allocs();
+        let start = thread_cpu_ns();
+        for i in 0..n {
+            let endpoint = metrics.endpoint(b"GET", &targets[i % targets.len()]);
+            let ticket = metrics.admit();
+            metrics.record_shadow_response(endpoint, 200, Duration::from_micros(300), Duration::from_micros(350));
+            ticket.replayed();
+            metrics.record_primary(Some(endpoint), Duration::from_micros(200), Duration::from_micros(250));
+        }
+        let ns = (thread_cpu_ns() - start) as f64;
+        let (a1, b1) = allocs();
+        if rep > 0 {
+            per.push(ns / n as f64);
+            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
+        }
+    }
+    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    StageCost {
+        stage: "metrics and histograms".into(),
+        ns_per_request: Spread::of(per),
+        allocations_per_request: allocs_pr,
+        allocated_bytes_per_request: bytes_pr,
+        requests_per_repeat: n,
+        repeats,
+        socket_bytes_out_per_request: None,
+        socket_bytes_in_per_request: None,
+        how: "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time".into(),
+    }
+}
+
+fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
+    let raw = Bytes::copy_from_slice(raw);
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Request::new(&mut hs);
+    let head_len = match r.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("bench request does not parse: {other:?}"),
+    };
+    let base = raw.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let o = s.as_ptr() as usize - base;
+        o..o + s.len()
+    };
+    let headers =
+        r.headers.iter().map(|h| HeaderSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
+    CapturedRequest {
+        id,
+        flow: flow(0),
+        head_len,
+        method: span(r.method.unwrap_or("GET").as_bytes()),
+        target: span(r.path.unwrap_or("/").as_bytes()),
+        minor_version: r.version.unwrap_or(1),
+        headers,
+        framing: BodyFraming::None,
+        first_ts_ns: 1_000,
+        last_ts_ns: 2_000,
+        raw,
+    }
+}
+
+/// A keep-alive shadow on std threads with fixed buffers: answers each bodiless request with
+/// 1 KiB and allocates nothing per request, so the allocation counter sees the engine only.
+fn start_shadow(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind shadow");
+    let addr = l.local_addr().expect("addr");
+    l.set_nonblocking(true).expect("nonblocking");
+    let h = std::thread::spawn(move || {
+        let body = "x".repeat(1024);
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes();
+        let mut conns = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let response = response.clone();
+                    let stop = stop.clone();
+                    conns.push(std::thread::spawn(move || serve(s, &response, &stop)));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    });
+    (addr, h)
+}
+
+fn serve(mut s: std::net::TcpStream, response: &[u8], stop: &AtomicBool) {
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut out = Vec::with_capacity(response.len() * 256);
+    let mut pending = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let n = match s.read(&mut buf[pending..]) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                continue;
+            }
+            Err(_) => return,
+        };
+        SHADOW_IN.fetch_add(n as u64, Ordering::Relaxed);
+        let filled = pending + n;
+        let mut start = 0;
+        while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            start += end + 4;
+            out.extend_from_slice(response);
+        }
+        buf.copy_within(start..filled, 0);
+        pending = filled - start;
+        if !out.is_empty() {
+            if s.write_all(&out).is_err() {
+                return;
+            }
+            SHADOW_OUT.fetch_add(out.len() as u64, Ordering::Relaxed);
+            out.clear();
+        }
+        if pending == buf.len() {
+            return;
+        }
+    }
+}
+
+const ENGINE_THREAD: &str = "bench-replay";
+
+fn engine_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == ENGINE_THREAD))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// The replay engine (the daemon's, on a 2-worker runtime) mirroring batches of pre-built 1 KiB
+/// requests to the shadow above: its threads' CPU and the process's allocations per replayed
+/// request (submission included; the shadow allocates nothing per request).
+pub fn replay(quick: bool) -> StageCost {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, shadow) = start_shadow(stop.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(ENGINE_THREAD)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = Arc::new(Metrics::default());
+    let target: ShadowTarget = addr.to_string().parse().expect("target");
+    let batch = 1024;
+    let controls = ReplayControls { queue_capacity: batch * 2, ..Default::default() };
+    let rule = Rule::new(vec![8080], Some(target), controls);
+    let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).expect("engine");
+    let requests: Vec<CapturedRequest> = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
+    let run = |batch: Vec<CapturedRequest>| {
+        let before = metrics.requests();
+        let n = batch.len() as u64;
+        for r in batch {
+            assert_eq!(engine.submit(r), Submission::Queued);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = metrics.requests();
+            if now.captured - now.in_flight == before.captured - before.in_flight + n {
+                assert_eq!(now.replayed - before.replayed, n, "every request replayed: {now:?}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "replay batch not settled: {now:?}");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    let repeats = if quick { 5 } else { 15 };
+    let mut per = Vec::new();
+    let mut alloc_runs = Vec::new();
+    // Warm-up: connections opened, endpoint known.
+    run(requests.clone());
+    let (in0, out0) = (SHADOW_IN.load(Ordering::Relaxed), SHADOW_OUT.load(Ordering::Relaxed));
+    for _ in 0..repeats {
+        let input = requests.clone();
+        let (a0, b0) = allocs();
+        let c0 = engine_cpu_ns();
+        run(input);
+        let c1 = engine_cpu_ns();
+        let (a1, b1) = allocs();
+        per.push((c1 - c0) as f64 / batch as f64);
+        alloc_runs.push(((a1 - a0) as f64 / batch as f64, (b1 - b0) as f64 / batch as f64));
+    }
+    let replayed = (batch * repeats) as f64;
+    let bytes_out = (SHADOW_IN.load(Ordering::Relaxed) - in0) as f64 / replayed;
+    let bytes_in = (SHADOW_OUT.load(Ordering::Relaxed) - out0) as f64 / replayed;
+    rt.block_on(engine.shutdown(Duration::from_secs(1)));
+    drop(rt);
+    stop.store(true, Ordering::Relaxed);
+    let _ = shadow.join();
+    alloc_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    StageCost {
+        stage: "replay (engine, to a keep-alive shadow; metrics included)".into(),
+        ns_per_request: Spread::of(per),
+        allocations_per_request: allocs_pr,
+        allocated_bytes_per_request: bytes_pr,
+        requests_per_repeat: batch,
+        repeats,
+        socket_bytes_out_per_request: Some(bytes_out),
+        socket_bytes_in_per_request: Some(bytes_in),
+        how: "shadow_daemon::replay::ReplayEngine on a 2-worker runtime, batches of 1024 pre-built 1 KiB GETs submitted from outside it; CPU of the engine's threads (schedstat) per replayed request".into(),
+    }
+}
