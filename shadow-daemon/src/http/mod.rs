@@ -22,7 +22,7 @@ use bytes::Bytes;
 #[cfg(any(test, feature = "test-util"))]
 pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
-    body::{BodyDecoder, ChunkedDecoder},
+    body::{BodyDecoder, ChunkedDecoder, KeptBody},
     head::{
         Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_request_line,
         looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
@@ -55,11 +55,14 @@ pub struct Limits {
     /// Largest request body kept, counted as sent on the wire (chunk framing included), because
     /// that is what is buffered.
     pub max_body_bytes: u64,
+    /// Content bytes of each paired response kept for comparison (de-chunked, still
+    /// content-encoded); 0 keeps nothing, so measuring costs no copy when comparison is off.
+    pub keep_response_body: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024 }
+        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024, keep_response_body: 0 }
     }
 }
 

@@ -27,7 +27,8 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const READ_CHUNK: usize = 16 * 1024;
 /// Bounds on the shadow's responses: the same as on the primary's (64 KiB heads and trailers,
 /// 100 fields), so the read buffer stays bounded whatever the shadow sends.
-const RESPONSE_LIMITS: Limits = Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: u64::MAX };
+const RESPONSE_LIMITS: Limits =
+    Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: u64::MAX, keep_response_body: 0 };
 /// 1xx responses tolerated before the final one.
 const MAX_INTERIM: usize = 8;
 
