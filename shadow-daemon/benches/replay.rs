@@ -154,7 +154,7 @@ impl Bed {
         let metrics = Arc::new(Metrics::default());
         let target: ShadowTarget = shadow.addr.to_string().parse().unwrap();
         let controls = ReplayControls { queue_capacity: batch.max(1024), ..Default::default() };
-        let rule = Rule { ports: vec![SERVICE_PORT], shadow: Some(target), controls };
+        let rule = Rule { ports: vec![SERVICE_PORT], shadow: Some(target), controls, compare: None };
         let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).unwrap();
         // Distinct paths under one endpoint template (`/api/v1/items/:id`), as real traffic.
         let requests = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();

@@ -228,7 +228,7 @@ async fn serve_conn(mut stream: TcpStream, mode: Mode, requests: Arc<Mutex<Vec<V
 }
 
 fn rule(target: ShadowTarget, controls: ReplayControls) -> Rule {
-    Rule { ports: vec![SERVICE_PORT], shadow: Some(target), controls }
+    Rule { ports: vec![SERVICE_PORT], shadow: Some(target), controls, compare: None }
 }
 
 /// Wait until `captured` requests are all settled.
@@ -457,8 +457,8 @@ async fn reset_and_garbage_are_counted_by_kind() {
     let garbage = Shadow::start(Mode::Garbage).await;
     let metrics = Arc::new(Metrics::new(10));
     let rules = [
-        Rule { ports: vec![1001], shadow: Some(reset.target()), controls: ReplayControls::default() },
-        Rule { ports: vec![1002], shadow: Some(garbage.target()), controls: ReplayControls::default() },
+        Rule { ports: vec![1001], shadow: Some(reset.target()), controls: ReplayControls::default(), compare: None },
+        Rule { ports: vec![1002], shadow: Some(garbage.target()), controls: ReplayControls::default(), compare: None },
     ];
     let engine = ReplayEngine::start(&rules, metrics.clone()).unwrap();
     for i in 0..3 {
@@ -542,7 +542,7 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     let engine = ReplayEngine::start(
         &[
             rule(shadow.target(), controls),
-            Rule { ports: vec![9999], shadow: None, controls: ReplayControls::default() },
+            Rule { ports: vec![9999], shadow: None, controls: ReplayControls::default(), compare: None },
         ],
         metrics.clone(),
     )
@@ -594,7 +594,7 @@ async fn shutdown_settles_everything_and_refuses_new_requests() {
 async fn primary_latency_is_recorded_per_endpoint() {
     let metrics = Arc::new(Metrics::new(10));
     let engine = ReplayEngine::start(
-        &[Rule { ports: vec![SERVICE_PORT], shadow: None, controls: ReplayControls::default() }],
+        &[Rule { ports: vec![SERVICE_PORT], shadow: None, controls: ReplayControls::default(), compare: None }],
         metrics.clone(),
     )
     .unwrap();

@@ -279,8 +279,10 @@ settings! {
 impl RuleArgs {
     /// The rule these settings describe over `controls`.
     pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Lane, UsageError> {
-        let mut rule = Lane { ports: Vec::new(), shadow: None, controls };
+        let mut rule = Lane { ports: Vec::new(), shadow: None, controls, compare: None };
         self.apply(&mut rule, name)?;
+        // Comparing is what a shadow is for: on by default, with the default (modest) body cap.
+        rule.compare = rule.shadow.is_some().then(crate::compare::CompareSettings::default);
         Ok(rule)
     }
 }

@@ -104,9 +104,10 @@ impl ResponseAssembler {
 
     pub fn heap_bytes(&self) -> usize {
         self.buf.capacity()
-            + self.progress.as_ref().map_or(0, |p| {
-                size_of::<Progress>() + p.head.len() + p.kept.as_ref().map_or(0, KeptBody::heap_bytes)
-            })
+            + self
+                .progress
+                .as_ref()
+                .map_or(0, |p| size_of::<Progress>() + p.head.len() + p.kept.as_ref().map_or(0, KeptBody::heap_bytes))
     }
 
     pub fn take_unpaired_ack(&mut self) -> Option<u32> {

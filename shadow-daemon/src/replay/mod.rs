@@ -25,7 +25,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -48,7 +48,9 @@ use self::{
     slots::Work,
 };
 use crate::{
+    compare::{CompareSettings, pairs::ShadowHalf},
     http::{HttpError, keeps_alive},
+    hub::{CompareHub, shadow_failure},
     message::{CapturedRequest, CapturedResponse},
     metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
 };
@@ -122,6 +124,8 @@ pub struct Lane {
     /// `None`: capture only (requests are counted as dropped, `no_target`).
     pub shadow: Option<ShadowTarget>,
     pub controls: ReplayControls,
+    /// Compare the shadow's responses with the primary's (`[rule.compare]`); `None`: off.
+    pub compare: Option<CompareSettings>,
 }
 
 /// What [`ReplayEngine::submit`] did with a request.
@@ -165,6 +169,10 @@ struct LaneState {
     pool: Pool,
     held_bytes: AtomicU64,
     warnings: Mutex<WarnThrottle>,
+    /// Index of the rule in the config: the comparison's rule.
+    rule: usize,
+    /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
+    hub: OnceLock<Arc<CompareHub>>,
 }
 
 #[derive(Default)]
@@ -216,6 +224,7 @@ impl LaneState {
         let keep_alive = request_keep_alive(req);
         let timeout = self.controls.request_timeout;
         let mut retried = false;
+        let keep = self.hub.get().and_then(|h| h.keep(self.rule));
         loop {
             let mut conn = match self.pool.take() {
                 Some(c) => {
@@ -225,7 +234,7 @@ impl LaneState {
                 None => connect(&self.target, self.controls.connect_timeout, &metrics.connections).await?,
             };
             let reused = conn.reused;
-            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target))
+            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target, keep))
                 .await
                 .map_err(|_| ReplayError::Timeout { id: req.id, target: self.target.to_string(), timeout })?;
             match result {
@@ -307,6 +316,8 @@ impl ReplayEngine {
                 tx,
                 held_bytes: AtomicU64::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
+                rule: i,
+                hub: OnceLock::new(),
             });
             for &port in &rule.ports {
                 lane_by_port.insert(port, lanes.len());
@@ -328,6 +339,14 @@ impl ReplayEngine {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Hand the shadow's responses of comparing rules to `hub` (see [`crate::hub`]). Call it
+    /// before the first submission; a second hub is ignored.
+    pub fn set_compare(&self, hub: &Arc<CompareHub>) {
+        for lane in &self.lanes {
+            let _ = lane.hub.set(hub.clone());
+        }
     }
 
     /// Hand over one extracted request. Synchronous and never waits: the request is queued for
@@ -357,8 +376,16 @@ impl ReplayEngine {
             return Submission::Dropped(reason::QUEUE_FULL);
         }
         let held = HeldBytes { lane: lane.clone(), bytes };
+        let id = req.id;
         match lane.tx.try_send(Job { req, endpoint, ticket, _held: held }) {
-            Ok(()) => Submission::Queued,
+            Ok(()) => {
+                // Its primary response waits for the shadow's (this task hands both over to the
+                // hub, the request first, so the expectation is set before the primary comes).
+                if let Some(h) = lane.hub.get().filter(|h| h.keep(lane.rule).is_some()) {
+                    h.expect(id);
+                }
+                Submission::Queued
+            }
             Err(mpsc::error::TrySendError::Full(job)) => {
                 job.ticket.dropped(reason::QUEUE_FULL);
                 Submission::Dropped(reason::QUEUE_FULL)
@@ -483,18 +510,30 @@ async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
         Err(e) => {
             lane.warn(&e);
             ticket.dropped(reason::INVALID_CAPTURE);
+            if let Some(h) = lane.hub.get() {
+                h.withdraw(req.id);
+            }
             return;
         }
     };
+    let hub = lane.hub.get();
     match lane.send(&wire, &req, &metrics).await {
         Ok(x) => {
             metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
             ticket.replayed();
+            if let (Some(h), Some(mut sample)) = (hub, x.sample) {
+                sample.latency = x.complete;
+                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
+            }
         }
         Err(e) => {
-            metrics.record_shadow_error(e.kind().unwrap_or(ShadowErrorKind::Other));
+            let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
+            metrics.record_shadow_error(kind);
             lane.warn(&e);
             ticket.dropped(reason::SHADOW_ERROR);
+            if let Some(h) = hub {
+                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Failed(shadow_failure(kind)));
+            }
         }
     }
 }
