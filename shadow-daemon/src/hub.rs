@@ -26,6 +26,7 @@ use crate::{
         UnpairedReason, Verdict,
         pairs::{PairEvent, PairLimits, PairTable, ShadowHalf},
     },
+    control::{Command, ErrorKind, Response},
     http::response_fields,
     message::CapturedResponse,
     metrics::{ComparedPair, Metrics, ShadowErrorKind},
@@ -376,6 +377,30 @@ impl CompareHub {
                 samples.into_iter().map(|sample| RuleDiff { rule: r.name.clone(), sample })
             })
             .collect()
+    }
+}
+
+/// The control socket's answer to `report` and `diffs` (`None` for other commands): the
+/// [`DaemonReport`] and a list of [`RuleDiff`]s as JSON.
+pub fn control_report(hub: Option<&CompareHub>, command: &Command) -> Option<Response> {
+    let json = |v: Result<serde_json::Value, serde_json::Error>| match v {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::error(ErrorKind::Internal, format!("encode the answer: {e}")),
+    };
+    match command {
+        Command::Report => Some(match hub {
+            Some(h) => json(serde_json::to_value(h.report())),
+            None => json(serde_json::to_value(DaemonReport {
+                verdict: Verdict::Insufficient,
+                rules: Vec::new(),
+                pairs: PairStats::default(),
+            })),
+        }),
+        Command::Diffs { endpoint } => {
+            let diffs = hub.map(|h| h.diffs(endpoint.as_deref())).unwrap_or_default();
+            Some(json(serde_json::to_value(diffs)))
+        }
+        _ => None,
     }
 }
 

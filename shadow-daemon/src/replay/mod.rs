@@ -274,6 +274,7 @@ pub struct ReplayEngine {
     pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
     stop: watch::Sender<Option<Instant>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    compare: OnceLock<Arc<CompareHub>>,
 }
 
 impl std::fmt::Debug for ReplayEngine {
@@ -334,6 +335,7 @@ impl ReplayEngine {
             pending_primary: Mutex::new(BTreeMap::new()),
             stop,
             dispatchers: Mutex::new(dispatchers),
+            compare: OnceLock::new(),
         })
     }
 
@@ -344,9 +346,17 @@ impl ReplayEngine {
     /// Hand the shadow's responses of comparing rules to `hub` (see [`crate::hub`]). Call it
     /// before the first submission; a second hub is ignored.
     pub fn set_compare(&self, hub: &Arc<CompareHub>) {
+        if self.compare.set(hub.clone()).is_err() {
+            return;
+        }
         for lane in &self.lanes {
             let _ = lane.hub.set(hub.clone());
         }
+    }
+
+    /// The hub set by [`set_compare`](Self::set_compare), if the daemon compares.
+    pub fn compare_hub(&self) -> Option<&Arc<CompareHub>> {
+        self.compare.get()
     }
 
     /// Hand over one extracted request. Synchronous and never waits: the request is queued for

@@ -18,8 +18,10 @@ pub use self::summary::{DirectionCounts, ExtractionSummary, Summary};
 use self::{publish::Publisher, summary::extraction_summary};
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions},
+    compare::pairs::PairLimits,
     config::{DaemonConfig, ppm_to_percent},
     http::DropReason,
+    hub::{CompareHub, control_report},
     metrics::{Metrics, MetricsError, MetricsServer},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
     replay::{ReplayEngine, ReplayError},
@@ -39,6 +41,8 @@ pub enum RunError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error("comparison settings: {0}")]
+    Compare(#[from] crate::compare::CompareError),
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
 }
@@ -48,6 +52,7 @@ impl RunError {
         match self {
             Self::Capture(e) => e.exit_code(),
             Self::Metrics(_) | Self::Replay(_) | Self::Io { .. } => 1,
+            Self::Compare(_) => 2,
         }
     }
 }
@@ -87,7 +92,12 @@ fn route(events: &mut Vec<HttpEvent>, engine: &ReplayEngine) {
                 // Never blocks: a full queue is a counted drop inside the engine.
                 let _ = engine.submit(req);
             }
-            HttpEvent::Response(resp) => engine.record_primary(&resp),
+            HttpEvent::Response(resp) => {
+                engine.record_primary(&resp);
+                if let Some(hub) = engine.compare_hub() {
+                    hub.primary(&resp);
+                }
+            }
         }
     }
 }
@@ -116,6 +126,36 @@ fn ingest(
     }
 }
 
+/// The comparison hub for the config's rules (named `rule[i]` until rules carry names), or `None`
+/// when no rule compares.
+fn compare_hub(cfg: &DaemonConfig, metrics: &Arc<Metrics>) -> Result<Option<Arc<CompareHub>>, RunError> {
+    let rules: Vec<(String, Option<&crate::compare::CompareSettings>)> =
+        cfg.rules.iter().enumerate().map(|(i, r)| (format!("rule[{i}]"), r.compare.as_ref())).collect();
+    Ok(CompareHub::new(&rules, PairLimits::default(), metrics.clone())?)
+}
+
+/// Serve the control socket at `--control`, handing calls to the loop. A socket that cannot be
+/// bound is a warning: mirroring goes on without it.
+async fn serve_control(cfg: &DaemonConfig, calls: tokio::sync::mpsc::Sender<crate::control::server::Call>) {
+    match crate::control::server::ControlServer::bind(&cfg.control).await {
+        Ok(server) => {
+            tracing::info!("control socket {}", cfg.control.display());
+            tokio::spawn(server.serve(calls));
+        }
+        Err(e) => tracing::warn!("{e}; shadowctl cannot reach this daemon"),
+    }
+}
+
+/// The loop's answer to a control command: `report` and `diffs` from the comparison.
+fn control_answer(hub: Option<&CompareHub>, command: &crate::control::Command) -> crate::control::Response {
+    control_report(hub, command).unwrap_or_else(|| {
+        crate::control::Response::error(
+            crate::control::ErrorKind::Rejected,
+            format!("{} is not served by this daemon build", command.as_str()),
+        )
+    })
+}
+
 /// Run the daemon until `shutdown` completes (or `cfg.duration` passes); the summary is also
 /// logged and, with `cfg.summary_file`, written as JSON.
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
@@ -136,6 +176,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         tokio::spawn(l.run());
     }
     let engine = ReplayEngine::start(&cfg.rules, metrics.clone())?;
+    // Comparison (issue 11): one hub for the daemon, when a rule compares.
+    let hub = compare_hub(&cfg, &metrics)?;
+    if let Some(h) = &hub {
+        engine.set_compare(h);
+    }
+    let (control_calls, mut calls) = tokio::sync::mpsc::channel(16);
+    serve_control(&cfg, control_calls).await;
     for r in &cfg.rules {
         match &r.shadow {
             Some(t) => tracing::info!("ports {:?} mirrored to {t}", r.ports),
@@ -162,6 +209,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         // A request larger than every rule's cap would be dropped by replay anyway: stop
         // buffering it early.
         max_body_bytes: max_body,
+        keep_response_body: hub.as_ref().map_or(0, |h| h.keep_response_body()),
         ..ExtractorConfig::default()
     });
     let mut publisher = Publisher { ledger_seen: BTreeMap::new() };
@@ -190,6 +238,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 route(&mut events, &engine);
                 let k = capture.counters().ok();
                 publisher.publish(&metrics, extractor.stats(), &summary.bad_records, k.as_ref());
+                if let Some(h) = &hub {
+                    h.tick();
+                }
+            }
+            Some(call) = calls.recv() => {
+                let _ = call.reply.send(control_answer(hub.as_deref(), &call.command));
             }
             () = &mut shutdown => break,
             () = &mut stop => break,
@@ -208,6 +262,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     route(&mut events, &engine);
     publisher.publish(&metrics, extractor.stats(), &summary.bad_records, Some(&kernel));
     engine.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(h) = &hub {
+        // Replay has stopped: no shadow half can come any more.
+        h.drain();
+        let report = h.report();
+        tracing::info!("comparison:\n{}", report.render_text());
+        summary.compare = Some(report);
+    }
     summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
     summary.extraction = extraction_summary(extractor.stats());
     for (d, sc) in [
