@@ -296,12 +296,12 @@ impl CompareHub {
     }
 
     /// Publish the table's state, release its lock, then compare what left it.
-    fn settle(&self, mut t: MutexGuard<'_, Table>, mut events: Vec<PairEvent>) {
+    fn settle(&self, mut t: MutexGuard<'_, Table>, events: Vec<PairEvent>) {
         self.metrics.set_pairs_waiting(t.pairs.len(), t.pairs.bytes());
         let alone = t.pairs.primary_alone - t.alone_published;
         t.alone_published = t.pairs.primary_alone;
-        let pending: Vec<PairEvent> = events.drain(..).collect();
-        t.events = events;
+        // Handled after the lock is released, so capture never waits for a comparison.
+        let pending = events;
         drop(t);
         if alone > 0 {
             self.metrics.record_uncompared(SHADOW_MISSING, alone);
