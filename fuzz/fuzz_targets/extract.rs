@@ -115,11 +115,13 @@ fuzz_target!(|data: &[u8]| {
         max_header_bytes: 32 + usize::from(d) * 32,
         max_headers: 1 + usize::from(d % 16),
         max_body_bytes: u64::from(a) * 64,
+        keep_response_body: usize::from(b % 4) * 16,
     };
     let limits = Limits {
         max_header_bytes: cfg.max_header_bytes,
         max_headers: cfg.max_headers,
         max_body_bytes: cfg.max_body_bytes,
+        keep_response_body: cfg.keep_response_body,
     };
     let cap = cfg.memory_cap_bytes as u64;
     let mut ex = Extractor::new(cfg);

@@ -9,9 +9,12 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::control::{
-    Command, ErrorKind, Response, RuleStatus, Status,
-    client::{self, ClientError},
+use crate::{
+    control::{
+        Command, ErrorKind, Response, RuleStatus, Status,
+        client::{self, ClientError},
+    },
+    hub::{DaemonReport, RuleDiff},
 };
 
 pub const EXIT_OK: u8 = 0;
@@ -59,8 +62,18 @@ pub enum Cmd {
     Stats,
     /// Re-read the config file (as SIGHUP does); an invalid file is refused and the old one runs on.
     Reload,
-    /// Per-endpoint report.
-    Report,
+    /// Per-endpoint PASS/FAIL/INSUFFICIENT of primary against shadow, with the failed gates;
+    /// exit 0 PASS, 1 FAIL, 3 not enough data.
+    Report {
+        /// Also write the report as an HTML page to FILE (one page per rule: FILE, or
+        /// FILE-stem.RULE.html when several rules compare).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Read the report from a summary file the daemon wrote at exit (--summary-file) instead
+        /// of asking a running daemon.
+        #[arg(long, value_name = "SUMMARY.json")]
+        from: Option<PathBuf>,
+    },
     /// Recent mismatching primary/shadow pairs.
     Diffs {
         #[arg(long)]
@@ -84,7 +97,7 @@ impl Cmd {
             Self::Resume { rule } => Command::Resume { rule: rule.clone() },
             Self::Stats => Command::Stats,
             Self::Reload => Command::Reload,
-            Self::Report => Command::Report,
+            Self::Report { .. } => Command::Report,
             Self::Diffs { endpoint } => Command::Diffs { endpoint: endpoint.clone() },
         }
     }
@@ -107,11 +120,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let (code, out) = run(&cli);
-    match code {
-        EXIT_OK | EXIT_INSUFFICIENT => print!("{out}"),
-        EXIT_FAILED if matches!(cli.command, Cmd::Report) => print!("{out}"),
-        _ => eprintln!("shadowctl: {}", out.trim_end()),
+    let (code, out, answer) = run_full(&cli);
+    if answer {
+        print!("{out}");
+    } else {
+        eprintln!("shadowctl: {}", out.trim_end());
     }
     ExitCode::from(code)
 }
@@ -124,6 +137,19 @@ fn one_line(s: &str) -> String {
 /// Execute `cli`; returns the exit code and what to print (stdout on success, one stderr line
 /// on failure).
 pub fn run(cli: &Cli) -> (u8, String) {
+    let (code, text, _) = run_full(cli);
+    (code, text)
+}
+
+/// [`run`], and whether the text is the answer (stdout; a report's FAIL included) rather than
+/// an error line (stderr).
+pub fn run_full(cli: &Cli) -> (u8, String, bool) {
+    if let Cmd::Report { from: Some(path), html } = &cli.command {
+        return match report_from_summary(path) {
+            Ok(r) => report_output(&r, cli.json, html.as_deref()),
+            Err(e) => (EXIT_FAILED, format!("report: {e}"), false),
+        };
+    }
     let response = match client::call(&cli.control, cli.command.to_command()) {
         Ok(r) => r,
         Err(e) => {
@@ -132,10 +158,60 @@ pub fn run(cli: &Cli) -> (u8, String) {
                 ClientError::NotPermitted { .. } => EXIT_NOT_PERMITTED,
                 ClientError::Io { .. } | ClientError::Protocol { .. } => EXIT_FAILED,
             };
-            return (code, e.to_string());
+            return (code, e.to_string(), false);
         }
     };
-    render(&cli.command, cli.json, response)
+    if let (Cmd::Report { html, .. }, None) = (&cli.command, &response.error) {
+        let data = response.data.clone().unwrap_or(serde_json::Value::Null);
+        return match serde_json::from_value::<DaemonReport>(data) {
+            Ok(r) => report_output(&r, cli.json, html.as_deref()),
+            Err(e) => (EXIT_FAILED, format!("report: the daemon's answer is not a report: {e}"), false),
+        };
+    }
+    let (code, text) = render(&cli.command, cli.json, response);
+    (code, text, code == EXIT_OK)
+}
+
+/// The report in a summary file the daemon wrote at exit.
+pub fn report_from_summary(path: &std::path::Path) -> Result<DaemonReport, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a JSON summary: {e}", path.display()))?;
+    match v.get("compare") {
+        Some(c) if !c.is_null() => serde_json::from_value(c.clone())
+            .map_err(|e| format!("{}: the summary's report does not read: {e}", path.display())),
+        _ => Err(format!("{}: no comparison report in this summary (no rule compared)", path.display())),
+    }
+}
+
+/// Print (and with `html`, write) a report; the exit code is the verdict's.
+fn report_output(r: &DaemonReport, json: bool, html: Option<&std::path::Path>) -> (u8, String, bool) {
+    let mut out =
+        if json { format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()) } else { r.render_text() };
+    if let Some(path) = html {
+        let pages: Vec<(PathBuf, String)> = match r.rules.as_slice() {
+            [one] => vec![(path.to_path_buf(), one.report.render_html())],
+            many => many
+                .iter()
+                .map(|rr| {
+                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let safe: String =
+                        rr.rule.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+                    (path.with_file_name(format!("{stem}.{safe}.html")), rr.report.render_html())
+                })
+                .collect(),
+        };
+        for (p, page) in pages {
+            if let Err(e) = std::fs::write(&p, page) {
+                return (EXIT_FAILED, format!("report: write {}: {e}", p.display()), false);
+            }
+            if !json {
+                out.push_str(&format!("HTML report written to {}\n", p.display()));
+            }
+        }
+    }
+    let code = u8::try_from(r.exit_code()).unwrap_or(EXIT_FAILED);
+    (code, out, true)
 }
 
 fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
@@ -160,11 +236,19 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
                 Err(_) => pretty(&data),
             }
         }
-        Cmd::Stats | Cmd::Report => match serde_json::from_value::<crate::metrics::Summary>(data.clone()) {
+        Cmd::Stats => match serde_json::from_value::<crate::metrics::Summary>(data.clone()) {
             Ok(s) => format!("{s}\n"),
             Err(_) => pretty(&data),
         },
-        Cmd::Diffs { .. } => pretty(&data),
+        Cmd::Report { .. } => match serde_json::from_value::<DaemonReport>(data.clone()) {
+            Ok(r) => r.render_text(),
+            Err(_) => pretty(&data),
+        },
+        Cmd::Diffs { .. } => match serde_json::from_value::<Vec<RuleDiff>>(data.clone()) {
+            Ok(d) if d.is_empty() => "no mismatching pairs kept\n".to_owned(),
+            Ok(d) => d.iter().map(|x| format!("rule {}:\n{}\n", x.rule, x.sample.render())).collect(),
+            Err(_) => pretty(&data),
+        },
     };
     (EXIT_OK, text)
 }
@@ -314,5 +398,45 @@ mod tests {
             assert!(row.contains(want), "{want} in {row}");
         }
         assert!(t.contains("requests_captured 7"));
+    }
+
+    #[test]
+    fn report_from_a_summary_file_exits_with_the_verdict_and_writes_html() {
+        use crate::{
+            compare::{Comparator, CompareSettings, ResponseSample},
+            hub::{PairStats, RuleReport},
+        };
+        let mut c = Comparator::new(&CompareSettings::default()).expect("settings");
+        let r = |status| ResponseSample { status, body_complete: true, ..ResponseSample::default() };
+        for _ in 0..100 {
+            c.observe("GET /a", &r(200), &r(500));
+        }
+        let report = DaemonReport {
+            verdict: c.report().verdict,
+            rules: vec![RuleReport { rule: "api".into(), report: c.report() }],
+            pairs: PairStats::default(),
+        };
+        let dir = std::env::temp_dir().join(format!("shadowctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let summary = dir.join("summary.json");
+        std::fs::write(&summary, serde_json::json!({"interface": "lo", "compare": report}).to_string()).expect("write");
+        let html = dir.join("r.html");
+        let (s, h) = (summary.to_str().unwrap_or_default(), html.to_str().unwrap_or_default());
+        let (code, out, answer) = run_full(&cli(&["report", "--from", s, "--html", h]).expect("parse"));
+        assert_eq!((code, answer), (EXIT_FAILED, true), "{out}");
+        assert!(
+            out.contains("GET /a") && out.contains("FAIL") && out.contains("overall verdict: FAIL (exit 1)"),
+            "{out}"
+        );
+        assert!(std::fs::read_to_string(&html).expect("html written").contains("<html"));
+        let (code, out, _) = run_full(&cli(&["report", "--json", "--from", s]).expect("parse"));
+        let back: DaemonReport = serde_json::from_str(&out).expect("--json is the report");
+        assert_eq!((code, back), (EXIT_FAILED, report));
+
+        std::fs::write(&summary, r#"{"interface":"lo","compare":null}"#).expect("write");
+        let (code, out, answer) = run_full(&cli(&["report", "--from", s]).expect("parse"));
+        assert_eq!((code, answer), (EXIT_FAILED, false));
+        assert!(out.contains("no comparison report") && out.lines().count() == 1, "{out}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,7 @@
 //! - `metrics`: the request ledger, latency, Prometheus registry and HTTP endpoint (a sink: it
 //!   knows no stage, only `http`'s path normal form for endpoint names);
 //! - `compare`: primary against shadow per endpoint, noise, gates, verdict, report (pure);
+//! - `hub`: where the primary's and the shadow's responses meet and are compared, per daemon;
 //! - `service`: what a rule matches (a port, on any address or an address prefix);
 //! - `control`, `operate`: the control socket, and the commands it applies to the capture;
 //! - `ctl`: `shadowctl`, the client;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod http;
+pub mod hub;
 pub mod message;
 pub mod metrics;
 pub mod operate;

@@ -83,6 +83,11 @@ pub struct CapturedResponse {
     pub framing: BodyFraming,
     /// Body length after de-chunking.
     pub body_len: u64,
+    /// The body's first bytes after de-chunking (still content-encoded), up to the extraction's
+    /// `keep_response_body`; empty when nothing is kept (comparison off).
+    pub body: Bytes,
+    /// `body` is the whole body.
+    pub body_complete: bool,
     /// CLOCK_MONOTONIC ns of the segments with the first and the last response byte.
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,

@@ -604,6 +604,8 @@ async fn primary_latency_is_recorded_per_endpoint() {
         head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
         framing: BodyFraming::ContentLength(0),
         body_len: 0,
+        body: Bytes::new(),
+        body_complete: true,
         first_ts_ns: 5_000_000,
         last_ts_ns: 9_000_000,
         request_last_ts_ns: 1_000_000,

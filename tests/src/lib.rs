@@ -5,6 +5,7 @@
 //! Network rule: traffic only goes to loopback or to addresses inside namespaces created here.
 
 pub mod capture_thread;
+pub mod comparing;
 pub mod frames;
 pub mod prom;
 pub mod rig;

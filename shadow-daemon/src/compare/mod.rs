@@ -192,6 +192,17 @@ impl Comparator {
         (stats, profile, name)
     }
 
+    /// The name `endpoint`'s pairs are counted under now: its own, or [`OTHER_ENDPOINT`] once the
+    /// endpoint cap is reached (what the next `observe` of it would use).
+    pub fn endpoint_key(&self, endpoint: &str) -> String {
+        let name = diff::cut(endpoint, MAX_ENDPOINT_NAME);
+        if self.endpoints.contains_key(&name) || self.endpoints.len() < self.settings.limits.max_endpoints {
+            name
+        } else {
+            OTHER_ENDPOINT.to_owned()
+        }
+    }
+
     /// Compare one primary/shadow pair and count it.
     pub fn observe(&mut self, endpoint: &str, primary: &ResponseSample, shadow: &ResponseSample) -> Outcome {
         let redact = self.settings.redact_headers.clone();

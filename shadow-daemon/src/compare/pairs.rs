@@ -128,8 +128,10 @@ impl PairTable {
         out: &mut Vec<PairEvent>,
     ) {
         match self.take(id) {
-            Some(Waiting { half: Half::Primary(p), rule, endpoint, .. }) => {
-                out.push(PairEvent::Pair { rule, endpoint, primary: p, shadow: s });
+            // The shadow's side knows the rule and endpoint for sure (replay routed the request);
+            // a primary half may have waited under a guess.
+            Some(Waiting { half: Half::Primary(p), .. }) => {
+                out.push(PairEvent::Pair { rule, endpoint: endpoint.to_string(), primary: p, shadow: s });
             }
             Some(w) => self.put(id, w, now_ns, out),
             None => {

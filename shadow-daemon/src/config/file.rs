@@ -11,7 +11,7 @@ use super::{
     Rule, UsageError,
     settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs},
 };
-use crate::replay::controls::ReplayControls;
+use crate::{compare::CompareSettings, replay::controls::ReplayControls};
 
 /// What a config file says. A rule whose `sample_rate` is not set has `sample_ppm` None: the
 /// daemon's `--sample-rate` applies.
@@ -38,11 +38,18 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
 
     let mut interface = None;
     let mut defaults = ReplayControls::default();
+    // `[defaults.compare]`: the comparison of rules that do not set their own.
+    let mut default_compare: Option<Option<CompareSettings>> = None;
     let mut rule_values: Option<&Vec<toml::Value>> = None;
     // [defaults] first, whatever its place in the file, since rules start from it.
     if let Some(v) = table.get("defaults") {
         let t = v.as_table().ok_or_else(|| fail("defaults", format!("expected a table, found {}", v.type_str())))?;
         let field = |k: &str| format!("defaults.{k}");
+        let mut t = t.clone();
+        if let Some(c) = t.remove("compare") {
+            default_compare = Some(compare_settings(&c, "defaults").map_err(|(f, m)| fail(&f, m))?);
+        }
+        let t = &t;
         if let Some(k) = t.keys().find(|k| !ControlArgs::KEYS.contains(&k.as_str())) {
             let in_rule = RuleArgs::KEYS.contains(&k.as_str()) || FileRuleArgs::KEYS.contains(&k.as_str());
             let hint = if in_rule { " (it belongs in a [[rule]])" } else { "" };
@@ -76,7 +83,12 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         let field = |k: &str| format!("rule[{i}].{k}");
         let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
         let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
+        let mut compare = None;
         for (k, v) in t {
+            if k == "compare" {
+                compare = Some(compare_settings(v, &format!("rule[{i}]")).map_err(|(f, m)| fail(&f, m))?);
+                continue;
+            }
             let part = if RuleArgs::KEYS.contains(&k.as_str()) {
                 &mut matching
             } else if FileRuleArgs::KEYS.contains(&k.as_str()) {
@@ -98,7 +110,13 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         lane.name = format!("rule{i}");
         let mut file_rule = FileRule { lane, sample_ppm: None };
         file_only.apply(&mut file_rule, &name)?;
-        let FileRule { lane: rule, sample_ppm } = file_rule;
+        let FileRule { lane: mut rule, sample_ppm } = file_rule;
+        // A rule without a shadow has nothing to compare, whatever it says.
+        if rule.shadow.is_some()
+            && let Some(c) = compare.or_else(|| default_compare.clone())
+        {
+            rule.compare = c;
+        }
         if rule.services().is_empty() {
             return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
         }
@@ -118,6 +136,35 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         rates.push(sample_ppm);
     }
     Ok(FileConfig { interface, rules, rates })
+}
+
+/// A `compare` value at `at` (`rule[0]`, `defaults`): `false` turns comparison off, `true` is the
+/// default settings, a table is [`CompareSettings`]. Errors as (field, message), the field named
+/// as `rule[0].compare.gates.min_samples` when known.
+fn compare_settings(v: &toml::Value, at: &str) -> Result<Option<CompareSettings>, (String, String)> {
+    use serde::Deserialize as _;
+    let t = match v {
+        toml::Value::Boolean(false) => return Ok(None),
+        toml::Value::Boolean(true) => return Ok(Some(CompareSettings::default())),
+        toml::Value::Table(t) => t,
+        other => {
+            return Err((
+                format!("{at}.compare"),
+                format!("expected a [compare] table, true or false, found {}", other.type_str()),
+            ));
+        }
+    };
+    for (k, v) in t {
+        let alone: toml::Table = [(k.clone(), v.clone())].into_iter().collect();
+        CompareSettings::deserialize(toml::Value::Table(alone))
+            .map_err(|e| (format!("{at}.compare.{k}"), e.message().trim().replace('\n', " ")))?;
+    }
+    let s = CompareSettings::deserialize(toml::Value::Table(t.clone()))
+        .map_err(|e| (format!("{at}.compare"), e.message().trim().replace('\n', " ")))?;
+    // validate() names the field from `compare.` on.
+    s.validate()
+        .map_err(|crate::compare::CompareError::InvalidSetting { field, reason }| (format!("{at}.{field}"), reason))?;
+    Ok(Some(s))
 }
 
 /// Settings from a table of their keys: each key alone first, so that a type or value error

@@ -603,6 +603,56 @@ mod tests {
         assert_eq!(k.replay_rate, Some(2.5));
         assert!(k.methods.allows(b"PUT"));
     }
+
+    #[test]
+    fn comparison_is_on_by_default_for_rules_with_a_shadow_and_read_from_rule_compare() {
+        let c = file(concat!(
+            "[defaults.compare]\nmax_body_bytes = 1000\n",
+            "[[rule]]\nport = 80\nshadow = \"a:1\"\n",
+            "[[rule]]\nport = 81\nshadow = \"a:2\"\n[rule.compare]\nignore_fields = [\"x\"]\n",
+            "[rule.compare.gates]\nmin_samples = 5\n",
+            "[[rule]]\nport = 82\nshadow = \"a:3\"\ncompare = false\n",
+            "[[rule]]\nport = 83\n",
+        ))
+        .unwrap();
+        let cmp: Vec<_> = c.rules.iter().map(|r| r.compare.clone()).collect();
+        assert_eq!(cmp[0].as_ref().map(|s| s.max_body_bytes), Some(1000), "[defaults.compare]");
+        let own = cmp[1].as_ref().expect("rule[1] compares");
+        assert_eq!((own.ignore_fields.as_slice(), own.gates.min_samples), (&["x".to_owned()][..], 5));
+        assert_eq!(
+            own.max_body_bytes,
+            crate::compare::CompareSettings::default().max_body_bytes,
+            "a rule's table replaces the defaults'"
+        );
+        assert_eq!(cmp[2], None, "compare = false");
+        assert_eq!(cmp[3], None, "no shadow, nothing to compare");
+        let c = file("[[rule]]\nport = 80\nshadow = \"a:1\"\n").unwrap();
+        assert_eq!(c.rules[0].compare, Some(crate::compare::CompareSettings::default()));
+
+        for (text, want) in [
+            (
+                "[[rule]]\nport = 80\nshadow = \"a:1\"\n[rule.compare]\nmax_body_bytes = 0\n",
+                "config /etc/shadow.toml: rule[0].compare.max_body_bytes: 0 must be between",
+            ),
+            (
+                "[[rule]]\nport = 80\nshadow = \"a:1\"\n[rule.compare]\nignore_feilds = []\n",
+                "rule[0].compare.ignore_feilds: unknown field",
+            ),
+            (
+                "[[rule]]\nport = 80\nshadow = \"a:1\"\n[rule.compare.gates]\nmax_p99_ratio = 0.5\n",
+                "rule[0].compare.gates.max_p99_ratio: 0.5 must be",
+            ),
+            (
+                "[[rule]]\nport = 80\nshadow = \"a:1\"\ncompare = 3\n",
+                "rule[0].compare: expected a [compare] table, true or false",
+            ),
+            ("[defaults.compare]\nmax_body_bytes = -1\n[[rule]]\nport = 80\n", "defaults.compare.max_body_bytes: "),
+        ] {
+            let e = file(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}\n  got:  {e}\n  want: {want}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -322,6 +322,8 @@ impl RuleArgs {
     pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Lane, UsageError> {
         let mut rule = Lane::new(Vec::new(), None, controls);
         self.apply(&mut rule, name)?;
+        // Comparing is what a shadow is for: on by default, with the default (modest) body cap.
+        rule.compare = rule.shadow.is_some().then(crate::compare::CompareSettings::default);
         Ok(rule)
     }
 }

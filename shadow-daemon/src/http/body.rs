@@ -32,14 +32,34 @@ impl BodyDecoder {
     /// Consume body bytes from `data`. Returns how many bytes belong to the body and whether the
     /// body ended there; bytes past the end belong to the next message.
     pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
+        self.advance_with(data, limits, |_| {})
+    }
+
+    /// [`advance`](Self::advance), handing each run of body content (de-chunked: no chunk
+    /// framing, no trailers) to `content` in order. Used where bodies are kept for comparison;
+    /// `advance` passes a no-op, so measuring alone costs nothing more.
+    pub fn advance_with(
+        &mut self,
+        data: &[u8],
+        limits: &Limits,
+        mut content: impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), HttpError> {
         match self {
             Self::Length { remaining } => {
                 let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(data.len());
                 *remaining -= n as u64;
+                if n > 0 {
+                    content(&data[..n]);
+                }
                 Ok((n, *remaining == 0))
             }
-            Self::Chunked(c) => c.advance(data, limits),
-            Self::UntilClose => Ok((data.len(), false)),
+            Self::Chunked(c) => c.advance_with(data, limits, content),
+            Self::UntilClose => {
+                if !data.is_empty() {
+                    content(data);
+                }
+                Ok((data.len(), false))
+            }
         }
     }
 
@@ -62,6 +82,45 @@ impl BodyDecoder {
             Self::Chunked(c) => c.state == ChunkState::Done,
             Self::UntilClose => false,
         }
+    }
+}
+
+/// The first `cap` bytes of a body's content, kept for comparison, and the whole content's
+/// length. Past the cap nothing more is stored: the bytes are only counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptBody {
+    cap: usize,
+    bytes: Vec<u8>,
+    /// Content bytes seen, kept or not.
+    pub len: u64,
+}
+
+impl KeptBody {
+    pub fn new(cap: usize) -> Self {
+        Self { cap, bytes: Vec::new(), len: 0 }
+    }
+
+    pub fn push(&mut self, content: &[u8]) {
+        self.len += content.len() as u64;
+        let room = self.cap.saturating_sub(self.bytes.len());
+        if room > 0 {
+            self.bytes.extend_from_slice(&content[..content.len().min(room)]);
+        }
+    }
+
+    /// Whether everything seen was kept.
+    pub fn complete(&self) -> bool {
+        self.len == self.bytes.len() as u64
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// The kept bytes and whether they are the whole content.
+    pub fn finish(self) -> (bytes::Bytes, bool) {
+        let complete = self.complete();
+        (bytes::Bytes::from(self.bytes), complete)
     }
 }
 
@@ -106,6 +165,16 @@ pub struct ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
+        self.advance_with(data, limits, |_| {})
+    }
+
+    /// [`advance`](Self::advance), handing each run of chunk data to `content`.
+    pub fn advance_with(
+        &mut self,
+        data: &[u8],
+        limits: &Limits,
+        mut content: impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), HttpError> {
         use ChunkState::*;
         if self.state == Done {
             return Ok((0, true));
@@ -116,6 +185,7 @@ impl ChunkedDecoder {
                 let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(data.len() - i);
                 self.size -= n as u64;
                 self.decoded += n as u64;
+                content(&data[i..i + n]);
                 i += n;
                 if self.size == 0 {
                     self.state = DataCr;
@@ -334,6 +404,38 @@ mod tests {
             wire.extend_from_slice(&tail);
             proptest::prop_assert_eq!(run(&wire, step), Ok((end, true, decoded as u64)));
         }
+    }
+
+    /// Content handed out by `advance_with` for a body fed in `split`-byte pieces, kept up to `cap`.
+    fn kept(framing: BodyFraming, wire: &[u8], split: usize, cap: usize) -> (Vec<u8>, bool, u64) {
+        let lim = Limits::default();
+        let mut d = BodyDecoder::new(framing);
+        let mut k = KeptBody::new(cap);
+        for part in wire.chunks(split.max(1)) {
+            let (_, done) = d.advance_with(part, &lim, |c| k.push(c)).expect("valid body");
+            if done {
+                break;
+            }
+        }
+        let len = k.len;
+        let (b, complete) = k.finish();
+        (b.to_vec(), complete, len)
+    }
+
+    #[test]
+    fn content_is_de_chunked_and_kept_up_to_the_cap() {
+        let chunked = b"5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT";
+        for split in [1, 2, 7, chunked.len()] {
+            assert_eq!(kept(BodyFraming::Chunked, chunked, split, 100), (b"hello world".to_vec(), true, 11));
+            assert_eq!(kept(BodyFraming::Chunked, chunked, split, 11), (b"hello world".to_vec(), true, 11));
+            assert_eq!(kept(BodyFraming::Chunked, chunked, split, 7), (b"hello w".to_vec(), false, 11));
+            assert_eq!(kept(BodyFraming::Chunked, chunked, split, 0), (Vec::new(), false, 11));
+        }
+        let cl = b"abcdefNEXT";
+        assert_eq!(kept(BodyFraming::ContentLength(6), cl, 4, 6), (b"abcdef".to_vec(), true, 6));
+        assert_eq!(kept(BodyFraming::ContentLength(6), cl, 4, 3), (b"abc".to_vec(), false, 6));
+        assert_eq!(kept(BodyFraming::UntilClose, cl, 3, 4), (b"abcd".to_vec(), false, 10));
+        assert_eq!(kept(BodyFraming::None, cl, 3, 4), (Vec::new(), true, 0));
     }
 
     #[test]

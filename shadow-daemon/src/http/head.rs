@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn limits_on_head_size_and_header_count() {
-        let l = Limits { max_header_bytes: 64, max_headers: 2, max_body_bytes: 10 };
+        let l = Limits { max_header_bytes: 64, max_headers: 2, max_body_bytes: 10, keep_response_body: 0 };
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
         assert_eq!(parse_request_head(long.as_bytes(), &l), Err(HttpError::HeadTooLarge { limit: 64 }));
         let partial = format!("GET /{}", "a".repeat(100));

@@ -22,7 +22,7 @@ use bytes::Bytes;
 #[cfg(any(test, feature = "test-util"))]
 pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
-    body::{BodyDecoder, ChunkedDecoder},
+    body::{BodyDecoder, ChunkedDecoder, KeptBody},
     head::{
         Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_request_line,
         looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
@@ -55,11 +55,14 @@ pub struct Limits {
     /// Largest request body kept, counted as sent on the wire (chunk framing included), because
     /// that is what is buffered.
     pub max_body_bytes: u64,
+    /// Content bytes of each paired response kept for comparison (de-chunked, still
+    /// content-encoded); 0 keeps nothing, so measuring costs no copy when comparison is off.
+    pub keep_response_body: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024 }
+        Self { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: 10 * 1024 * 1024, keep_response_body: 0 }
     }
 }
 
@@ -286,6 +289,22 @@ pub enum Fed {
     Skipped(DropReason),
 }
 
+/// The fields of a response head (status line and fields) whose names are in `names`
+/// (lower-case), in wire order, names lower-cased. A head that does not parse gives none: heads
+/// reaching here were parsed once already.
+pub fn response_fields(head: &[u8], names: &[String]) -> Vec<(String, Vec<u8>)> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let mut r = httparse::Response::new(&mut slots);
+    if !matches!(r.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Vec::new();
+    }
+    r.headers
+        .iter()
+        .filter(|h| names.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect()
+}
+
 /// The sequence-space distance from `a` to `b` as a signed number: RFC 793 comparison.
 #[inline]
 pub const fn seq_diff(b: u32, a: u32) -> i32 {
@@ -316,6 +335,17 @@ mod tests {
                 assert_ne!(s, o.as_str());
             }
         }
+    }
+
+    #[test]
+    fn response_fields_picks_the_named_ones() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nX-Other: 1\r\ncache-control: no\r\n\r\n";
+        let names = vec!["content-type".to_owned(), "cache-control".to_owned(), "etag".to_owned()];
+        assert_eq!(
+            response_fields(head, &names),
+            vec![("content-type".to_owned(), b"a/b".to_vec()), ("cache-control".to_owned(), b"no".to_vec())]
+        );
+        assert!(response_fields(b"HTTP/1.1 200", &names).is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, PairOutcome, Piece, RequestKind, ResponseHead,
+    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, KeptBody, PairOutcome, Piece, RequestKind, ResponseHead,
     find_head_end, looks_like_response_line, parse_response_head,
 };
 use crate::message::{BodyFraming, CapturedResponse};
@@ -30,6 +30,9 @@ struct Progress {
     /// `Some((request id, request last ts))`: emit at the end; `None`: already counted dropped,
     /// framed only to find the next response.
     emit: Option<(u64, u64)>,
+    /// The body's first bytes, for comparison: only for a response that will be emitted, and
+    /// only when the limits ask for any.
+    kept: Option<KeptBody>,
 }
 
 /// Turns the in-order bytes of a server stream into [`CapturedResponse`]s paired with requests.
@@ -100,7 +103,11 @@ impl ResponseAssembler {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity() + self.progress.as_ref().map_or(0, |p| size_of::<Progress>() + p.head.len())
+        self.buf.capacity()
+            + self
+                .progress
+                .as_ref()
+                .map_or(0, |p| size_of::<Progress>() + p.head.len() + p.kept.as_ref().map_or(0, KeptBody::heap_bytes))
     }
 
     pub fn take_unpaired_ack(&mut self) -> Option<u32> {
@@ -254,6 +261,8 @@ impl ResponseAssembler {
             framing,
             body: BodyDecoder::new(framing),
             until_close_len: 0,
+            kept: (emit.is_some() && cx.limits.keep_response_body > 0)
+                .then(|| KeptBody::new(cx.limits.keep_response_body)),
             emit,
         }));
         self.state = State::Body;
@@ -265,7 +274,12 @@ impl ResponseAssembler {
             self.state = State::Boundary;
             return Step::At(i);
         };
-        let (n, done) = match progress.body.advance(&piece.data[i..], cx.limits) {
+        let data = &piece.data[i..];
+        let advanced = match progress.kept.as_mut() {
+            Some(k) => progress.body.advance_with(data, cx.limits, |c| k.push(c)),
+            None => progress.body.advance(data, cx.limits),
+        };
+        let (n, done) = match advanced {
             Ok(v) => v,
             Err(e) => return self.fail(e, cx),
         };
@@ -292,6 +306,11 @@ impl ResponseAssembler {
             (_, BodyFraming::UntilClose) => p.until_close_len,
             _ => 0,
         };
+        let (body, body_complete) = match p.kept {
+            Some(k) => k.finish(),
+            // Nothing asked for: complete only when there was nothing to keep.
+            None => (Bytes::new(), body_len == 0),
+        };
         cx.responses.emit();
         cx.out.push(HttpEvent::Response(CapturedResponse {
             flow: cx.flow,
@@ -301,6 +320,8 @@ impl ResponseAssembler {
             head: p.head,
             framing: p.framing,
             body_len,
+            body,
+            body_complete,
             first_ts_ns: self.first_ts_ns,
             last_ts_ns,
             request_last_ts_ns,

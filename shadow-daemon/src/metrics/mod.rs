@@ -9,6 +9,7 @@
 
 //!
 mod absolute;
+mod compared;
 pub mod endpoint;
 mod latency;
 pub mod ledger;
@@ -28,6 +29,8 @@ use std::{
 };
 
 use absolute::{AbsoluteCollector, Absolutes};
+use compared::Compared;
+pub use compared::{ComparedPair, compared_latency_buckets};
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
 use latency::{Latency, Side};
 pub use ledger::{DropCounts, RequestCounts, RequestDrop, RequestTicket, reason};
@@ -141,6 +144,7 @@ pub struct Metrics {
     ready: AtomicBool,
     ready_gauge: Gauge,
     ops: Arc<Mutex<ops::Operations>>,
+    compared: Compared,
 }
 
 impl fmt::Debug for Metrics {
@@ -219,6 +223,7 @@ impl Metrics {
 
         let ops = Arc::new(Mutex::new(ops::Operations::default()));
         registry.register_collector(Box::new(ops::OpsCollector(ops.clone())));
+        let compared = Compared::register(&mut registry);
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
@@ -241,7 +246,29 @@ impl Metrics {
             ready: AtomicBool::new(false),
             ready_gauge,
             ops,
+            compared,
         }
+    }
+
+    /// One compared pair: `shadow_comparisons_total`, `shadow_compared_responses_total` and
+    /// `shadow_compared_latency_seconds` (every series of its endpoint exists from its first pair).
+    pub fn record_compared(&self, pair: &ComparedPair<'_>) {
+        self.compared.record(pair);
+    }
+
+    /// Halves of pairs waiting in the pair table, and their bytes.
+    pub fn set_pairs_waiting(&self, halves: usize, bytes: usize) {
+        self.compared.set_waiting(halves, bytes);
+    }
+
+    /// Replayed requests that never became a compared pair (`shadow_compare_unpaired_total`).
+    pub fn record_unpaired(&self, reason: &'static str, n: u64) {
+        self.compared.unpaired(reason, n);
+    }
+
+    /// Primary responses not compared (`shadow_compare_primary_uncompared_total`).
+    pub fn record_uncompared(&self, reason: &'static str, n: u64) {
+        self.compared.uncompared(reason, n);
     }
 
     /// Admit one captured request into the ledger (captured and in flight); the ticket settles it.

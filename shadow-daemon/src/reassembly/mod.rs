@@ -50,6 +50,8 @@ pub struct ExtractorConfig {
     /// Largest request body kept, as sent (chunk framing included): a larger request is framed
     /// through without being buffered and dropped as `oversize_body`.
     pub max_body_bytes: u64,
+    /// Content bytes of each paired response kept for comparison; 0 (comparison off) keeps none.
+    pub keep_response_body: usize,
 }
 
 impl Default for ExtractorConfig {
@@ -70,6 +72,7 @@ impl Default for ExtractorConfig {
             max_header_bytes: limits.max_header_bytes,
             max_headers: limits.max_headers,
             max_body_bytes: limits.max_body_bytes,
+            keep_response_body: limits.keep_response_body,
         }
     }
 }
@@ -80,6 +83,7 @@ impl ExtractorConfig {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             max_body_bytes: self.max_body_bytes,
+            keep_response_body: self.keep_response_body,
         }
     }
 }

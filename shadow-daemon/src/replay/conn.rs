@@ -16,7 +16,9 @@ use tokio::{
 
 use super::{ReplayError, controls::ShadowTarget};
 use crate::{
-    http::{BodyDecoder, Limits, RequestKind, parse_response_head},
+    compare::ResponseSample,
+    http::{BodyDecoder, KeptBody, Limits, RequestKind, parse_response_head, response_fields},
+    hub::KeepSpec,
     metrics::ConnectionMetrics,
 };
 
@@ -27,7 +29,8 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const READ_CHUNK: usize = 16 * 1024;
 /// Bounds on the shadow's responses: the same as on the primary's (64 KiB heads and trailers,
 /// 100 fields), so the read buffer stays bounded whatever the shadow sends.
-const RESPONSE_LIMITS: Limits = Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: u64::MAX };
+const RESPONSE_LIMITS: Limits =
+    Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_body_bytes: u64::MAX, keep_response_body: 0 };
 /// 1xx responses tolerated before the final one.
 const MAX_INTERIM: usize = 8;
 
@@ -146,9 +149,11 @@ pub(crate) async fn connect(
 }
 
 /// A complete response.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Exchange {
     pub status: u16,
+    /// With a [`KeepSpec`]: status, the named fields and the body's first bytes (latency unset).
+    pub sample: Option<ResponseSample>,
     /// Request written to the final response head parsed.
     pub first_byte: Duration,
     /// Request written to the last body byte read.
@@ -167,14 +172,16 @@ pub(crate) struct Failed {
     pub nothing_received: bool,
 }
 
-/// Write the request, read the response to its end by its framing, discard it. Not bounded in
-/// time here: the caller wraps it in the request timeout.
+/// Write the request, read the response to its end by its framing; keep what `keep` asks for
+/// (never more than its body cap in memory), discard the rest. Not bounded in time here: the
+/// caller wraps it in the request timeout.
 pub(crate) async fn exchange(
     conn: &mut Conn,
     wire: &[u8],
     method: &[u8],
     id: u64,
     target: &ShadowTarget,
+    keep: Option<&KeepSpec>,
 ) -> Result<Exchange, Failed> {
     let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
     conn.stream
@@ -220,10 +227,16 @@ pub(crate) async fn exchange(
     let first_byte = head_at.saturating_duration_since(sent);
 
     let mut body = BodyDecoder::new(head.framing_for(kind));
+    let headers = keep.map(|k| response_fields(&conn.buf[..head.head_len], &k.headers));
+    let mut kept = keep.map(|k| KeptBody::new(k.max_body));
+    let mut advance = |body: &mut BodyDecoder, data: &[u8]| match kept.as_mut() {
+        Some(k) => body.advance_with(data, &RESPONSE_LIMITS, |c| k.push(c)),
+        None => body.advance(data, &RESPONSE_LIMITS),
+    };
     let mut leftover = false;
     let after_head = conn.buf.len() - head.head_len;
     if after_head > 0 {
-        let (used, _) = body.advance(&conn.buf[head.head_len..], &RESPONSE_LIMITS).map_err(bad)?;
+        let (used, _) = advance(&mut body, &conn.buf[head.head_len..]).map_err(bad)?;
         leftover = used < after_head;
     }
     let mut read_body = false;
@@ -239,7 +252,7 @@ pub(crate) async fn exchange(
                 return Err(fail(ReplayError::Closed { id, target: target.to_string() }, false));
             }
             Ok(n) => {
-                let (used, _) = body.advance(&conn.buf[..n], &RESPONSE_LIMITS).map_err(bad)?;
+                let (used, _) = advance(&mut body, &conn.buf[..n]).map_err(bad)?;
                 leftover = used < n;
             }
             Err(source) => return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, false)),
@@ -252,8 +265,21 @@ pub(crate) async fn exchange(
     if conn.buf.capacity() > 4 * READ_CHUNK {
         conn.buf = Vec::with_capacity(READ_CHUNK);
     }
+    let sample = kept.map(|k| {
+        let body_len = k.len;
+        let (body, body_complete) = k.finish();
+        ResponseSample {
+            status: head.status,
+            headers: headers.unwrap_or_default(),
+            body,
+            body_complete,
+            body_len,
+            latency: Duration::ZERO,
+        }
+    });
     Ok(Exchange {
         status: head.status,
+        sample,
         first_byte,
         complete: done_at.saturating_duration_since(sent),
         reusable,
@@ -316,7 +342,7 @@ mod tests {
         let req = format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n");
         let out = tokio::time::timeout(
             Duration::from_secs(5),
-            exchange(&mut conn, req.as_bytes(), method.as_bytes(), 1, &target),
+            exchange(&mut conn, req.as_bytes(), method.as_bytes(), 1, &target, None),
         )
         .await
         .expect("the exchange ends by the framing or the close");
@@ -325,6 +351,60 @@ mod tests {
     }
 
     type Case = (&'static str, &'static [u8], (u16, u64), bool);
+
+    /// The sample the replay client keeps of one response (served twice on one connection, so
+    /// the end of the first is found exactly even past the body cap).
+    async fn kept_sample(resp: &'static [u8], keep: KeepSpec) -> (ResponseSample, ResponseSample) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            for _ in 0..2 {
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(resp).await;
+            }
+        });
+        let metrics = Metrics::default();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let x =
+                tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, req, b"GET", 1, &target, Some(&keep)))
+                    .await
+                    .expect("in time")
+                    .unwrap_or_else(|f| panic!("{}", f.error));
+            assert!(x.reusable);
+            out.push(x.sample.expect("a sample when asked"));
+        }
+        server.await.unwrap();
+        let second = out.pop().expect("two");
+        (out.pop().expect("two"), second)
+    }
+
+    #[tokio::test]
+    async fn the_shadow_response_is_kept_up_to_the_cap_and_read_to_its_end() {
+        let resp: &[u8] = b"HTTP/1.1 500 Oops\r\nContent-Type: application/json\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n3\r\n2}\n\r\n0\r\n\r\n";
+        let spec = |max_body| KeepSpec { max_body, headers: vec!["content-type".into(), "etag".into()] };
+        let (a, b) = kept_sample(resp, spec(64)).await;
+        assert_eq!(a, b, "the first response ended exactly where the framing said");
+        assert_eq!(
+            (a.status, a.body.as_ref(), a.body_complete, a.body_len),
+            (500, b"{\"a\":12}\n".as_slice(), true, 9)
+        );
+        assert_eq!(a.headers, vec![("content-type".to_owned(), b"application/json".to_vec())]);
+        let (a, b) = kept_sample(resp, spec(4)).await;
+        assert_eq!(a, b);
+        assert_eq!((a.body.as_ref(), a.body_complete, a.body_len), (b"{\"a\"".as_slice(), false, 9));
+    }
 
     #[tokio::test]
     async fn extraction_and_replay_agree_on_the_same_bytes() {

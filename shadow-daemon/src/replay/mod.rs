@@ -23,7 +23,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -42,7 +42,9 @@ use self::{
     slots::{Slots, Work},
 };
 use crate::{
+    compare::{CompareSettings, pairs::ShadowHalf},
     http::{HttpError, keeps_alive},
+    hub::{CompareHub, shadow_failure},
     message::{CapturedRequest, CapturedResponse},
     metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
     service::{ServiceMatch, most_specific},
@@ -124,6 +126,8 @@ pub struct Lane {
     pub controls: ReplayControls,
     /// Requests sampled by the kernel, parts per million.
     pub sample_ppm: u32,
+    /// Compare the shadow's responses with the primary's (`[rule.compare]`); `None`: off.
+    pub compare: Option<CompareSettings>,
 }
 
 impl Lane {
@@ -136,6 +140,7 @@ impl Lane {
             shadow,
             controls,
             sample_ppm: shadow_common::PPM_ALL,
+            compare: None,
         }
     }
 
@@ -186,6 +191,10 @@ struct LaneState {
     pool: Pool,
     held_bytes: AtomicU64,
     warnings: Mutex<WarnThrottle>,
+    /// Index of the rule in the config: the comparison's rule.
+    rule: usize,
+    /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
+    hub: OnceLock<Arc<CompareHub>>,
 }
 
 #[derive(Default)]
@@ -237,6 +246,7 @@ impl LaneState {
         let keep_alive = request_keep_alive(req);
         let timeout = self.controls.request_timeout;
         let mut retried = false;
+        let keep = self.hub.get().and_then(|h| h.keep(self.rule));
         loop {
             let mut conn = match self.pool.take() {
                 Some(c) => {
@@ -246,7 +256,7 @@ impl LaneState {
                 None => connect(&self.target, self.controls.connect_timeout, &metrics.connections).await?,
             };
             let reused = conn.reused;
-            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target))
+            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target, keep))
                 .await
                 .map_err(|_| ReplayError::Timeout { id: req.id, target: self.target.to_string(), timeout })?;
             match result {
@@ -288,6 +298,7 @@ pub struct ReplayEngine {
     pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
     stop: watch::Sender<Option<Instant>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    compare: OnceLock<Arc<CompareHub>>,
 }
 
 impl std::fmt::Debug for ReplayEngine {
@@ -333,6 +344,8 @@ impl ReplayEngine {
                 tx,
                 held_bytes: AtomicU64::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
+                rule: i,
+                hub: OnceLock::new(),
             });
             routes.extend(rule.services().into_iter().map(|s| (s, Some(lanes.len()))));
             tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
@@ -347,11 +360,28 @@ impl ReplayEngine {
             pending_primary: Mutex::new(BTreeMap::new()),
             stop,
             dispatchers: Mutex::new(dispatchers),
+            compare: OnceLock::new(),
         })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Hand the shadow's responses of comparing rules to `hub` (see [`crate::hub`]). Call it
+    /// before the first submission; a second hub is ignored.
+    pub fn set_compare(&self, hub: &Arc<CompareHub>) {
+        if self.compare.set(hub.clone()).is_err() {
+            return;
+        }
+        for lane in &self.lanes {
+            let _ = lane.hub.set(hub.clone());
+        }
+    }
+
+    /// The hub set by [`set_compare`](Self::set_compare), if the daemon compares.
+    pub fn compare_hub(&self) -> Option<&Arc<CompareHub>> {
+        self.compare.get()
     }
 
     /// Hand over one extracted request. Synchronous and never waits: the request is queued for
@@ -383,8 +413,16 @@ impl ReplayEngine {
             return Submission::Dropped(reason::QUEUE_FULL);
         }
         let held = HeldBytes { lane: lane.clone(), bytes };
+        let id = req.id;
         match lane.tx.try_send(Job { req, endpoint, ticket, _held: held }) {
-            Ok(()) => Submission::Queued,
+            Ok(()) => {
+                // Its primary response waits for the shadow's (this task hands both over to the
+                // hub, the request first, so the expectation is set before the primary comes).
+                if let Some(h) = lane.hub.get().filter(|h| h.keep(lane.rule).is_some()) {
+                    h.expect(id);
+                }
+                Submission::Queued
+            }
             Err(mpsc::error::TrySendError::Full(job)) => {
                 job.ticket.dropped(reason::QUEUE_FULL);
                 Submission::Dropped(reason::QUEUE_FULL)
@@ -509,18 +547,30 @@ async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
         Err(e) => {
             lane.warn(&e);
             ticket.dropped(reason::INVALID_CAPTURE);
+            if let Some(h) = lane.hub.get() {
+                h.withdraw(req.id);
+            }
             return;
         }
     };
+    let hub = lane.hub.get();
     match lane.send(&wire, &req, &metrics).await {
         Ok(x) => {
             metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
             ticket.replayed();
+            if let (Some(h), Some(mut sample)) = (hub, x.sample) {
+                sample.latency = x.complete;
+                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
+            }
         }
         Err(e) => {
-            metrics.record_shadow_error(e.kind().unwrap_or(ShadowErrorKind::Other));
+            let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
+            metrics.record_shadow_error(kind);
             lane.warn(&e);
             ticket.dropped(reason::SHADOW_ERROR);
+            if let Some(h) = hub {
+                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Failed(shadow_failure(kind)));
+            }
         }
     }
 }

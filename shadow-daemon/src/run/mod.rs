@@ -21,12 +21,14 @@ use crate::{
         Capture, CaptureError, CaptureOptions, check_interface,
         links::{InterfacePattern, LinkEvent, LinkWatcher, any_matches, list_interfaces},
     },
+    compare::pairs::PairLimits,
     config::{DaemonConfig, HookKind, ppm_to_percent},
     control::{
         Command, ErrorKind, Response,
         server::{Call, ControlError, ControlServer, ControlStats},
     },
     http::DropReason,
+    hub::{CompareHub, control_report},
     metrics::{Metrics, MetricsError, MetricsServer, ops::Operations as OpsSnapshot},
     operate::{Facts, Operations, RuleRuntime},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
@@ -51,6 +53,8 @@ pub enum RunError {
     Replay(#[from] ReplayError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("comparison settings: {0}")]
+    Compare(#[from] crate::compare::CompareError),
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
 }
@@ -61,6 +65,7 @@ impl RunError {
             Self::Capture(e) => e.exit_code(),
             Self::Control(e) => e.exit_code(),
             Self::Metrics(_) | Self::Replay(_) | Self::Io { .. } => 1,
+            Self::Compare(_) => 2,
         }
     }
 }
@@ -104,7 +109,12 @@ fn route(events: &mut Vec<HttpEvent>, engine: &ReplayEngine) {
                 // Never blocks: a full queue is a counted drop inside the engine.
                 let _ = engine.submit(req);
             }
-            HttpEvent::Response(resp) => engine.record_primary(&resp),
+            HttpEvent::Response(resp) => {
+                engine.record_primary(&resp);
+                if let Some(hub) = engine.compare_hub() {
+                    hub.primary(&resp);
+                }
+            }
         }
     }
 }
@@ -133,9 +143,16 @@ fn ingest(
     }
 }
 
+/// The comparison hub for the config's rules, or `None` when no rule compares.
+fn compare_hub(cfg: &DaemonConfig, metrics: &Arc<Metrics>) -> Result<Option<Arc<CompareHub>>, RunError> {
+    let rules: Vec<(String, Option<&crate::compare::CompareSettings>)> =
+        cfg.rules.iter().map(|r| (r.name.clone(), r.compare.as_ref())).collect();
+    Ok(CompareHub::new(&rules, PairLimits::default(), metrics.clone())?)
+}
+
 /// Run the daemon until `shutdown` completes (or `cfg.duration` passes); the summary is also
 /// logged and, with `cfg.summary_file`, written as JSON.
-pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
     let metrics = Arc::new(Metrics::new(cfg.max_endpoints));
     let server = MetricsServer::bind(cfg.metrics_addr, metrics.clone()).await?;
     tracing::info!("metrics on http://{}/metrics", server.local_addr());
@@ -191,6 +208,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut reloads = [0u64; 2];
 
     let mut engine = ReplayEngine::start(&cfg.rules, metrics.clone())?;
+    // Comparison: one hub for the daemon, when a rule compares.
+    let mut hub = compare_hub(&cfg, &metrics)?;
+    if let Some(h) = &hub {
+        engine.set_compare(h);
+    }
     log_rules(ops.rules());
     metrics.set_ready(true);
     tracing::info!(
@@ -216,6 +238,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         // A request larger than every rule's cap would be dropped by replay anyway: stop
         // buffering it early.
         max_body_bytes: max_body,
+        keep_response_body: hub.as_ref().map_or(0, |h| h.keep_response_body()),
         ..ExtractorConfig::default()
     });
     let mut publisher = Publisher { ledger_seen: BTreeMap::new() };
@@ -251,11 +274,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 let k = capture.counters().ok();
                 publisher.publish(&metrics, extractor.stats(), &summary.bad_records, k.as_ref());
                 metrics.set_operations(ops_snapshot(&ops, &capture, &interfaces, &control_stats, reloads));
+                if let Some(h) = &hub {
+                    h.tick();
+                }
             }
             Some(call) = calls_rx.recv() => {
                 let response = match &call.command {
                     Command::Reload => {
-                        let mut ctx = Reload { cfg: &cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, interfaces: &mut interfaces, metrics: &metrics };
+                        let mut ctx = Reload { cfg: &mut cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, hub: &mut hub, interfaces: &mut interfaces, metrics: &metrics };
                         let r = ctx.apply();
                         reloads[usize::from(r.is_err())] += 1;
                         match r {
@@ -263,14 +289,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                             Err(msg) => Response::error(ErrorKind::Rejected, msg),
                         }
                     }
-                    Command::Report => Response::ok(serde_json::to_value(metrics.summary()).unwrap_or_default()),
-                    Command::Diffs { .. } => Response::error(ErrorKind::Rejected, "no comparison data: response comparison is not enabled"),
+                    Command::Report | Command::Diffs { .. } => control_report(hub.as_deref(), &call.command)
+                        .unwrap_or_else(|| Response::error(ErrorKind::Internal, "report")),
                     other => ops.handle(other, &mut capture, &metrics),
                 };
                 let _ = call.reply.send(response);
             }
             _ = sighup.recv() => {
-                let mut ctx = Reload { cfg: &cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, interfaces: &mut interfaces, metrics: &metrics };
+                let mut ctx = Reload { cfg: &mut cfg, ops: &mut ops, file_rules: &mut file_rules, capture: &mut capture, engine: &mut engine, hub: &mut hub, interfaces: &mut interfaces, metrics: &metrics };
                 let r = ctx.apply();
                 reloads[usize::from(r.is_err())] += 1;
                 if let Err(msg) = r {
@@ -304,6 +330,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     route(&mut events, &engine);
     publisher.publish(&metrics, extractor.stats(), &summary.bad_records, Some(&kernel));
     engine.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(h) = &hub {
+        // Replay has stopped: no shadow half can come any more.
+        h.drain();
+        let report = h.report();
+        tracing::info!("comparison:\n{}", report.render_text());
+        summary.compare = Some(report);
+    }
     summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
     summary.extraction = extraction_summary(extractor.stats());
     for (d, sc) in [
@@ -464,11 +497,12 @@ impl Interfaces {
 /// replays queued under the old rules finish (up to [`RELOAD_GRACE`]). Refused as a whole, with
 /// the reason, when anything is invalid: the running config stays.
 struct Reload<'a> {
-    cfg: &'a DaemonConfig,
+    cfg: &'a mut DaemonConfig,
     ops: &'a mut Operations,
     file_rules: &'a mut Vec<RuleRuntime>,
     capture: &'a mut Capture,
     engine: &'a mut ReplayEngine,
+    hub: &'a mut Option<Arc<CompareHub>>,
     interfaces: &'a mut Interfaces,
     metrics: &'a Arc<Metrics>,
 }
@@ -480,6 +514,19 @@ impl Reload<'_> {
         };
         let new = args.as_ref().clone().resolve().map_err(|e| e.to_string())?;
         let new_engine = ReplayEngine::start(&new.rules, self.metrics.clone()).map_err(|e| e.to_string())?;
+        // The comparison goes on across a reload that keeps every rule's name and compare
+        // settings; otherwise it starts anew for the new rules (the report says so by its counts).
+        let spec = |c: &DaemonConfig| -> Vec<(String, Option<crate::compare::CompareSettings>)> {
+            c.rules.iter().map(|r| (r.name.clone(), r.compare.clone())).collect()
+        };
+        let new_hub = if spec(&new) == spec(self.cfg) {
+            self.hub.clone()
+        } else {
+            compare_hub(&new, self.metrics).map_err(|e| e.to_string())?
+        };
+        if let Some(h) = &new_hub {
+            new_engine.set_compare(h);
+        }
         let new_file = rule_runtimes(&new);
         let before = self.ops.rules().to_vec();
         let merged = self.ops.replace_rules(self.file_rules, new_file.clone());
@@ -490,12 +537,19 @@ impl Reload<'_> {
         *self.file_rules = new_file;
         let old = std::mem::replace(self.engine, new_engine);
         tokio::spawn(async move { old.shutdown(RELOAD_GRACE).await });
+        if !matches!((&*self.hub, &new_hub), (Some(a), Some(b)) if Arc::ptr_eq(a, b)) {
+            tracing::info!("reload changed the rules' names or comparison settings: the comparison starts anew");
+        }
+        *self.hub = new_hub;
         if new.interfaces != self.interfaces.patterns {
             self.interfaces.patterns = new.interfaces.clone();
             let _ = self.interfaces.attach_present(self.capture, false);
         }
         log_rules(self.ops.rules());
         tracing::info!("reloaded: {} rule(s)", self.ops.rules().len());
+        let source = self.cfg.source.take();
+        *self.cfg = new;
+        self.cfg.source = source;
         Ok(())
     }
 }

@@ -55,6 +55,8 @@ pub struct Summary {
     pub kernel: BTreeMap<&'static str, u64>,
     pub extraction: ExtractionSummary,
     pub mirror: Option<MirrorSummary>,
+    /// The comparison's final report (`shadowctl report --from FILE` reads it).
+    pub compare: Option<crate::hub::DaemonReport>,
 }
 
 impl Summary {

@@ -168,3 +168,28 @@ fn early_response_before_the_request_ends_is_not_paired_with_the_next() {
     assert_eq!(r.len(), 1);
     assert_eq!((r[0].status, r[0].request_id), (200, q[1].id));
 }
+
+#[test]
+fn response_bodies_are_kept_de_chunked_up_to_the_cap_only_when_asked() {
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n";
+    let run = |keep: usize| {
+        let mut ex = Extractor::new(ExtractorConfig { keep_response_body: keep, ..small_cfg() });
+        let mut c = Conn::new(false, 40090, 1, 1);
+        let segs = [
+            c.client(b"GET /a HTTP/1.1\r\n\r\n"),
+            c.server(chunked),
+            c.server(b"5\r\n:12}\n\r\n0\r\n\r\n"),
+            c.client(b"GET /b HTTP/1.1\r\n\r\n"),
+            c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"),
+        ];
+        let ev = feed(&mut ex, segs);
+        responses(&ev).iter().map(|r| (r.body.to_vec(), r.body_complete, r.body_len)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        run(1024),
+        vec![(b"{\"a\":12}\n".to_vec(), true, 9), (b"xyz".to_vec(), true, 3)],
+        "whole bodies, chunk framing removed"
+    );
+    assert_eq!(run(4), vec![(b"{\"a\"".to_vec(), false, 9), (b"xyz".to_vec(), true, 3)], "cut at the cap");
+    assert_eq!(run(0), vec![(Vec::new(), false, 9), (Vec::new(), false, 3)], "comparison off: nothing kept");
+}

@@ -1,0 +1,219 @@
+//! The comparison's series: the contract the fleet rules read (deploy/prometheus/README.md) and
+//! the pair table's own gauges and counters. Outcome and reason labels come from the caller (the
+//! compare stage's `as_str()` values): this sink knows no stage.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use super::{STATUS_CLASSES, lock, status_class_index};
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The contract's latency bucket bounds in seconds: `1e-4 * 2^(k/8)` for k = 0..=146, rounded to
+/// 4 significant digits (consecutive bounds within a factor 1.0914; 100 µs to 31 s).
+pub fn compared_latency_buckets() -> Vec<f64> {
+    (0..=146)
+        .map(|k| {
+            let v = 1e-4 * 2f64.powf(f64::from(k) / 8.0);
+            format!("{v:.3e}").parse().unwrap_or(v)
+        })
+        .collect()
+}
+
+fn compared_histogram() -> Histogram {
+    Histogram::new(compared_latency_buckets())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    rule: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    rule: String,
+    endpoint: String,
+    side: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    rule: String,
+    endpoint: String,
+    side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Class of a shadow that gave no response.
+const ERROR_CLASS: &str = "error";
+
+/// One endpoint's series, looked up once (then each pair is a few atomic adds).
+struct Series {
+    outcomes: Vec<(&'static str, Counter)>,
+    primary: [Counter; 5],
+    shadow: [Counter; 5],
+    shadow_error: Counter,
+    primary_latency: Histogram,
+    shadow_latency: Histogram,
+}
+
+/// One compared pair, as the series count it.
+#[derive(Clone, Copy, Debug)]
+pub struct ComparedPair<'a> {
+    pub rule: &'a str,
+    pub endpoint: &'a str,
+    pub outcome: &'static str,
+    /// Every outcome label: all are exported, at zero, from an endpoint's first pair on.
+    pub all_outcomes: &'a [&'static str],
+    pub primary_status: u16,
+    pub primary_latency: Duration,
+    /// `None`: the shadow gave no response (class `error`, no shadow latency).
+    pub shadow: Option<(u16, Duration)>,
+}
+
+pub(super) struct Compared {
+    outcomes: Family<OutcomeLabels, Counter>,
+    responses: Family<ClassLabels, Counter>,
+    latency: HistogramFamily<SideLabels>,
+    /// (rule, endpoint) → its series. Bounded by the comparators' endpoint caps.
+    series: Mutex<HashMap<(String, String), Series>>,
+    waiting: Gauge,
+    waiting_bytes: Gauge,
+    unpaired: Family<ReasonLabels, Counter>,
+    uncompared: Family<ReasonLabels, Counter>,
+}
+
+impl Compared {
+    pub fn register(registry: &mut Registry) -> Self {
+        let c = Self {
+            outcomes: Family::default(),
+            responses: Family::default(),
+            latency: HistogramFamily::new_with_constructor(compared_histogram),
+            series: Mutex::new(HashMap::new()),
+            waiting: Gauge::default(),
+            waiting_bytes: Gauge::default(),
+            unpaired: Family::default(),
+            uncompared: Family::default(),
+        };
+        registry.register("shadow_comparisons", "Compared primary/shadow pairs by outcome", c.outcomes.clone());
+        registry.register(
+            "shadow_compared_responses",
+            "Responses of compared pairs by side and status class (error: the shadow gave none)",
+            c.responses.clone(),
+        );
+        registry.register_with_unit(
+            "shadow_compared_latency",
+            "Latencies of compared pairs, request's last byte to response's last byte",
+            Unit::Seconds,
+            c.latency.clone(),
+        );
+        registry.register(
+            "shadow_compare_pairs_waiting",
+            "Halves of pairs waiting for the other (primary or shadow response)",
+            c.waiting.clone(),
+        );
+        registry.register_with_unit(
+            "shadow_compare_pairs_waiting",
+            "Bytes held by halves of pairs waiting for the other",
+            Unit::Bytes,
+            c.waiting_bytes.clone(),
+        );
+        registry.register(
+            "shadow_compare_unpaired",
+            "Replayed requests never compared, by reason (primary_missing: the primary's response was not \
+             captured in time; memory_bound: evicted by the pair table's bounds)",
+            c.unpaired.clone(),
+        );
+        registry.register(
+            "shadow_compare_primary_uncompared",
+            "Primary responses not compared, by reason (not_replayed: no shadow request was made for it; \
+             shadow_missing: the shadow's result never came or was evicted)",
+            c.uncompared.clone(),
+        );
+        c
+    }
+
+    fn series<'m>(map: &'m mut HashMap<(String, String), Series>, me: &Self, p: &ComparedPair<'_>) -> &'m Series {
+        let key = (p.rule.to_owned(), p.endpoint.to_owned());
+        map.entry(key).or_insert_with(|| {
+            let (rule, endpoint) = (p.rule.to_owned(), p.endpoint.to_owned());
+            let class = |side: &'static str, class: &'static str| {
+                me.responses
+                    .get_or_create(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class })
+                    .clone()
+            };
+            let outcome = |outcome: &'static str| {
+                me.outcomes
+                    .get_or_create(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome })
+                    .clone()
+            };
+            let latency = |side: &'static str| {
+                me.latency.get_or_create(&SideLabels { rule: rule.clone(), endpoint: endpoint.clone(), side }).clone()
+            };
+            Series {
+                outcomes: p.all_outcomes.iter().map(|o| (*o, outcome(o))).collect(),
+                primary: STATUS_CLASSES.map(|c| class("primary", c)),
+                shadow: STATUS_CLASSES.map(|c| class("shadow", c)),
+                shadow_error: class("shadow", ERROR_CLASS),
+                primary_latency: latency("primary"),
+                shadow_latency: latency("shadow"),
+            }
+        })
+    }
+
+    pub fn record(&self, p: &ComparedPair<'_>) {
+        let mut map = lock(&self.series);
+        let s = Self::series(&mut map, self, p);
+        match s.outcomes.iter().find(|(o, _)| *o == p.outcome) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            // An outcome missing from `all_outcomes`: still counted, under its own series.
+            None => {
+                self.outcomes
+                    .get_or_create(&OutcomeLabels {
+                        rule: p.rule.to_owned(),
+                        endpoint: p.endpoint.to_owned(),
+                        outcome: p.outcome,
+                    })
+                    .inc();
+            }
+        }
+        s.primary[status_class_index(p.primary_status)].inc();
+        s.primary_latency.observe(p.primary_latency.as_secs_f64());
+        match p.shadow {
+            Some((status, latency)) => {
+                s.shadow[status_class_index(status)].inc();
+                s.shadow_latency.observe(latency.as_secs_f64());
+            }
+            None => {
+                s.shadow_error.inc();
+            }
+        }
+    }
+
+    pub fn set_waiting(&self, halves: usize, bytes: usize) {
+        self.waiting.set(i64::try_from(halves).unwrap_or(i64::MAX));
+        self.waiting_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn unpaired(&self, reason: &'static str, n: u64) {
+        self.unpaired.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+
+    pub fn uncompared(&self, reason: &'static str, n: u64) {
+        self.uncompared.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+}

@@ -1,0 +1,192 @@
+//! The comparison rig the demo's second act and the tier B tests share: the demo service as v1
+//! (primary) and v2 (shadow) in a server namespace, the release daemon comparing them, traffic over
+//! every demo endpoint from a client namespace, and `shadowctl` against the live daemon.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use shadow_daemon::compare::Verdict;
+
+use crate::{
+    Proc, Scratch, bin_dir,
+    client::{Conn, request},
+    topo::{NetNs, TwoHosts},
+    wait_for,
+};
+
+pub const PRIMARY_PORT: u16 = 8081;
+pub const SHADOW_PORT: u16 = 9091;
+pub const METRICS: &str = "127.0.0.1:9478";
+/// Requests per endpoint: above the default gate's 100 samples.
+pub const PER_ENDPOINT: u64 = 120;
+
+/// The demo endpoints, a request target for the i-th request, and the verdict compare must give.
+pub const ENDPOINTS: [(&str, Verdict); 5] = [
+    ("GET /api/users/:id", Verdict::Pass),
+    ("GET /api/search", Verdict::Fail),
+    ("GET /api/orders/:id", Verdict::Fail),
+    ("GET /api/pay/:id", Verdict::Fail),
+    ("GET /api/time", Verdict::Pass),
+];
+
+fn target(endpoint: usize, i: u64) -> String {
+    match endpoint {
+        0 => format!("/api/users/{i}"),
+        1 => format!("/api/search?q=term{}", i % 7),
+        2 => format!("/api/orders/{}", 1000 + i),
+        3 => format!("/api/pay/{i}"),
+        _ => "/api/time".to_owned(),
+    }
+}
+
+pub struct CompareRig {
+    pub t: TwoHosts,
+    pub scratch: Scratch,
+    pub control: PathBuf,
+    pub summary: PathBuf,
+    pub log: PathBuf,
+    pub metrics: SocketAddr,
+    pub daemon: Proc,
+    _primary: Proc,
+    _shadow: Proc,
+}
+
+impl CompareRig {
+    /// Start v1, v2 and the daemon (comparison on by default), and wait until it is attached.
+    pub fn start(tag: &str) -> Result<Self, String> {
+        let bins = bin_dir();
+        let (daemon_bin, service_bin) = (bins.join("shadow-daemon"), bins.join("shadow-demo-service"));
+        for b in [&daemon_bin, &service_bin] {
+            if !b.exists() {
+                return Err(format!("{} is not built", b.display()));
+            }
+        }
+        let t = TwoHosts::new(tag);
+        let scratch = Scratch::new(tag);
+        let service = |listen: String, version: &str| {
+            Proc::spawn(
+                "shadow-demo-service",
+                t.server
+                    .command(service_bin.to_str().unwrap_or_default())
+                    .args(["--listen", &listen, "--version", version])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+        };
+        let primary = service(format!("[::]:{PRIMARY_PORT}"), "v1");
+        let shadow = service(format!("127.0.0.1:{SHADOW_PORT}"), "v2");
+        for p in [PRIMARY_PORT, SHADOW_PORT] {
+            wait_for(&format!("a demo service on port {p}"), Duration::from_secs(10), || t.server.listening(p));
+        }
+        let (control, summary, log) =
+            (scratch.path("control.sock"), scratch.path("summary.json"), scratch.path("daemon.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let daemon = Proc::spawn(
+            "shadow-daemon",
+            t.server
+                .command(daemon_bin.to_str().unwrap_or_default())
+                .args(["--interface", &t.server_if, "--port", &PRIMARY_PORT.to_string()])
+                .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}")])
+                .args(["--sample-rate", "100", "--metrics-addr", METRICS])
+                .args(["--control", control.to_str().unwrap_or_default()])
+                .args(["--summary-file", summary.to_str().unwrap_or_default()])
+                .env("SHADOW_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log_file),
+        );
+        let mut rig = Self {
+            t,
+            scratch,
+            control,
+            summary,
+            log,
+            metrics: METRICS.parse().map_err(|e| format!("{e}"))?,
+            daemon,
+            _primary: primary,
+            _shadow: shadow,
+        };
+        let log = rig.log.clone();
+        let exited = |rig: &mut Self| rig.daemon.child.try_wait().ok().flatten().is_some();
+        wait_for("the daemon to attach", Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports")) || exited(&mut rig)
+        });
+        if exited(&mut rig) {
+            return Err(format!("daemon exited early:\n{}", rig.daemon_log()));
+        }
+        Ok(rig)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `PER_ENDPOINT` GETs to every endpoint, over keep-alive connections of 40 requests, from
+    /// the client namespace. Returns the number of requests.
+    pub fn send_traffic(&self) -> Result<u64, String> {
+        let addr = SocketAddr::new(self.t.server_v4.parse().map_err(|e| format!("{e}"))?, PRIMARY_PORT);
+        let ns = self.t.client.name.clone();
+        std::thread::spawn(move || -> Result<u64, String> {
+            NetNs { name: ns }.enter_and_forget();
+            let mut n = 0;
+            for (e, _) in ENDPOINTS.iter().enumerate() {
+                for batch in 0..PER_ENDPOINT.div_ceil(40) {
+                    let mut c = Conn::connect(addr).map_err(|err| format!("connect {addr}: {err}"))?;
+                    for i in batch * 40..((batch + 1) * 40).min(PER_ENDPOINT) {
+                        c.exchange(&request("GET", &target(e, i), 0)).map_err(|err| format!("request: {err}"))?;
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .join()
+        .map_err(|_| "client thread panicked".to_string())?
+    }
+
+    /// Wait until `pairs` pairs were compared (the sum of `shadow_comparisons_total`); returns
+    /// the last scrape.
+    pub fn wait_compared(&self, pairs: u64, timeout: Duration) -> String {
+        let mut last = String::new();
+        let mut done = false;
+        wait_for(&format!("{pairs} compared pairs"), timeout, || {
+            if let Some(text) = self.t.server.http_get(self.metrics, "/metrics") {
+                done = compared_pairs(&text) >= pairs as f64;
+                last = text;
+            }
+            done
+        });
+        last
+    }
+
+    /// Run shadowctl against the daemon: (exit code, stdout, stderr).
+    pub fn shadowctl(&self, args: &[&str]) -> (i32, String, String) {
+        shadowctl(&self.control, args)
+    }
+}
+
+/// The sum of `shadow_comparisons_total` in a scrape.
+pub fn compared_pairs(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("shadow_comparisons_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Run the release shadowctl with `--control control`: (exit code, stdout, stderr).
+pub fn shadowctl(control: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin_dir().join("shadowctl"))
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run shadowctl: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
