@@ -91,6 +91,10 @@ impl CompareRig {
                 .command(daemon_bin.to_str().unwrap_or_default())
                 .args(["--interface", &t.server_if, "--port", &PRIMARY_PORT.to_string()])
                 .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}")])
+                // The client sends one request at a time: one replay at a time gives the shadow the
+                // primary's load shape (a burst of parallel replays would time the shadow under a
+                // concurrency the primary never saw).
+                .args(["--concurrency", "1"])
                 .args(["--sample-rate", "100", "--metrics-addr", METRICS])
                 .args(["--control", control.to_str().unwrap_or_default()])
                 .args(["--summary-file", summary.to_str().unwrap_or_default()])

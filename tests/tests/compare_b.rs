@@ -40,8 +40,8 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
         .expect("promtool");
     assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
     for series in [
-        r#"shadow_comparisons_total{rule="rule[0]",endpoint="GET /api/users/:id",outcome="header_mismatch"} 0"#,
-        r#"shadow_compared_responses_total{rule="rule[0]",endpoint="GET /api/pay/:id",side="shadow",class="error"} 0"#,
+        r#"shadow_comparisons_total{rule="default",endpoint="GET /api/users/:id",outcome="header_mismatch"} 0"#,
+        r#"shadow_compared_responses_total{rule="default",endpoint="GET /api/pay/:id",side="shadow",class="error"} 0"#,
         r#"shadow_compare_unpaired_total{reason="memory_bound"} 0"#,
     ] {
         assert!(scrape.lines().any(|l| l == series), "{series} missing");
@@ -82,10 +82,10 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
 
     // A real Prometheus scraping the daemon judges every endpoint as shadowctl does.
     let prom = PromServer::start(&rig.t.server, 9099, &[rig.metrics]);
-    let samples = ENDPOINTS.iter().map(|(e, _)| (("rule[0]".to_owned(), (*e).to_owned()), PER_ENDPOINT)).collect();
+    let samples = ENDPOINTS.iter().map(|(e, _)| (("default".to_owned(), (*e).to_owned()), PER_ENDPOINT)).collect();
     prom.wait_for_samples(&samples, Duration::from_secs(60));
     let from_rules = verdicts(&prom);
-    if let Err(e) = agree_with_report(&from_rules, "rule[0]", &live.rules[0].report) {
+    if let Err(e) = agree_with_report(&from_rules, "default", &live.rules[0].report) {
         panic!("Prometheus rules and shadowctl disagree:\n{e}");
     }
     drop(prom);

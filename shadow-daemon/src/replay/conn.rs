@@ -3,13 +3,14 @@
 
 use std::{
     io,
+    os::fd::AsRawFd,
     sync::{Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncWriteExt, Interest},
     net::TcpStream,
     time::Instant,
 };
@@ -53,6 +54,39 @@ impl Drop for OpenGuard {
 }
 
 impl Conn {
+    /// Read what the socket holds into `buf`'s spare capacity (at least [`READ_CHUNK`]), with
+    /// the time the kernel received that data (SO_TIMESTAMPNS) when the socket reports one. The
+    /// shadow is then timed as the primary is, by the kernel, not by when this task was next
+    /// scheduled: on a busy node that wake-up alone can add milliseconds.
+    async fn read_timed(&mut self) -> io::Result<(usize, Option<SystemTime>)> {
+        self.buf.reserve(READ_CHUNK);
+        let Self { stream, buf, .. } = self;
+        let fd = stream.as_raw_fd();
+        stream
+            .async_io(Interest::READABLE, || {
+                let spare = buf.spare_capacity_mut();
+                let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+                // Room for one SCM_TIMESTAMPNS message (a cmsghdr and a timespec), aligned.
+                let mut control = [0u64; 8];
+                // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                // SAFETY: iov points into buf's spare capacity of iov_len bytes; control is ours.
+                let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                // SAFETY: recvmsg initialised the first n bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                Ok((n, receive_time(&msg)))
+            })
+            .await
+    }
+
     /// The peer closed, sent something unasked, or the socket failed: a connection that cannot
     /// carry a request. Non-blocking.
     fn looks_dead(&self) -> bool {
@@ -137,6 +171,19 @@ pub(crate) async fn connect(
         .map_err(|_| ReplayError::ConnectTimeout { target: target.to_string(), timeout })??;
     // Requests are written whole; Nagle would only add latency to the measurement.
     let _ = stream.set_nodelay(true);
+    // The kernel's receive time of the response (see `Conn::read_timed`); without it, the
+    // response is timed when read.
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on our own socket with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     metrics.opened.inc();
     metrics.open.inc();
     Ok(Conn {
@@ -189,6 +236,9 @@ pub(crate) async fn exchange(
         .await
         .map_err(|source| fail(ReplayError::Write { id, target: target.to_string(), source }, true))?;
     let sent = Instant::now();
+    let sent_wall = SystemTime::now();
+    // Kernel receive times of the response's first and last data (see `Conn::read_timed`).
+    let (mut first_rx, mut last_rx) = (None, None);
     conn.buf.clear();
 
     let kind = RequestKind::of_method(method);
@@ -210,13 +260,15 @@ pub(crate) async fn exchange(
         }
         // parse_response_head refuses a partial head past the limit, so this stays bounded.
         let before = conn.buf.len();
-        conn.buf.reserve(READ_CHUNK);
-        match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) => {
+        match conn.read_timed().await {
+            Ok((0, _)) => {
                 let nothing = before == 0 && interim == 0;
                 return Err(fail(ReplayError::Closed { id, target: target.to_string() }, nothing));
             }
-            Ok(_) => {}
+            Ok((_, ts)) => {
+                first_rx = first_rx.or(ts);
+                last_rx = ts;
+            }
             Err(source) => {
                 let nothing = before == 0 && interim == 0;
                 return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, nothing));
@@ -224,7 +276,7 @@ pub(crate) async fn exchange(
         }
     };
     let head_at = Instant::now();
-    let first_byte = head_at.saturating_duration_since(sent);
+    let first_byte = since(sent_wall, first_rx).unwrap_or_else(|| head_at.saturating_duration_since(sent));
 
     let mut body = BodyDecoder::new(head.framing_for(kind));
     let headers = keep.map(|k| response_fields(&conn.buf[..head.head_len], &k.headers));
@@ -243,15 +295,15 @@ pub(crate) async fn exchange(
     while !body.is_done() {
         read_body = true;
         conn.buf.clear();
-        conn.buf.reserve(READ_CHUNK);
-        match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) => {
+        match conn.read_timed().await {
+            Ok((0, _)) => {
                 if body.finish_at_eof() {
                     break;
                 }
                 return Err(fail(ReplayError::Closed { id, target: target.to_string() }, false));
             }
-            Ok(n) => {
+            Ok((n, ts)) => {
+                last_rx = ts.or(last_rx);
                 let (used, _) = advance(&mut body, &conn.buf[..n]).map_err(bad)?;
                 leftover = used < n;
             }
@@ -277,14 +329,30 @@ pub(crate) async fn exchange(
             latency: Duration::ZERO,
         }
     });
-    Ok(Exchange {
-        status: head.status,
-        sample,
-        first_byte,
-        complete: done_at.saturating_duration_since(sent),
-        reusable,
-        done_at,
-    })
+    let complete = since(sent_wall, last_rx).unwrap_or_else(|| done_at.saturating_duration_since(sent));
+    Ok(Exchange { status: head.status, sample, first_byte, complete: complete.max(first_byte), reusable, done_at })
+}
+
+/// The kernel receive time in a received message's control data (SCM_TIMESTAMPNS).
+fn receive_time(msg: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: walking the control buffer recvmsg filled, with the kernel's own CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let d = Duration::new(u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?);
+                return SystemTime::UNIX_EPOCH.checked_add(d);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// `at - sent` when both are known and in order (a stepped wall clock gives None: fall back).
+fn since(sent: SystemTime, at: Option<SystemTime>) -> Option<Duration> {
+    at?.duration_since(sent).ok()
 }
 
 #[cfg(test)]
@@ -472,5 +540,39 @@ mod tests {
             assert_eq!(extracted("GET", resp), None, "extraction: {text:?}");
             assert!(replayed("GET", resp).await.is_err(), "replay: {text:?}");
         }
+    }
+
+    /// The shadow is timed by the kernel's receive time of its response, read from the socket's
+    /// control data; the time lies between the request's sending and the read that got it.
+    #[tokio::test]
+    async fn responses_carry_the_kernels_receive_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            let _ = s.read(&mut buf).await;
+        });
+        let metrics = Metrics::default();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let before = SystemTime::now();
+        conn.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut got = 0;
+        let mut stamp = None;
+        while got < 40 {
+            let (n, ts) = conn.read_timed().await.unwrap();
+            assert!(n > 0, "server closed early");
+            got += n;
+            stamp = stamp.or(ts);
+        }
+        let after = SystemTime::now();
+        let ts = stamp.expect("SO_TIMESTAMPNS gives a receive time on this kernel");
+        assert!(before <= ts && ts <= after, "{before:?} <= {ts:?} <= {after:?}");
+        assert_eq!(&conn.buf[conn.buf.len() - 2..], b"ok");
+        drop(conn);
+        server.await.unwrap();
     }
 }
