@@ -202,13 +202,27 @@ fn reload_applies_a_new_rule_and_refuses_an_invalid_file() {
     get_many(&r.t, api, "/api", 5);
     assert_eq!(counts(&r, 15), (5, 5));
 
+    // A new rule, for a third service on the same port, through `shadowctl reload`.
+    let new_v4 = r.t.server_v4.rsplit_once('.').map(|(net, _)| format!("{net}.4")).expect("v4");
+    r.t.server.exec(&["ip", "addr", "add", &format!("{new_v4}/24"), "dev", &r.t.server_if]);
+    r.server("127.0.0.1:9092", "shadow-new");
+    r.write_config(&format!(
+        "{good}\n[[rule]]\nname = \"new\"\nmatch = \"{new_v4}/32:{PORT}\"\nshadow = \"127.0.0.1:9092\"\n"
+    ));
+    let st = r.ctl(&["reload", "--json"]).json();
+    assert_eq!(st["rules"].as_array().map(Vec::len), Some(3), "{st}");
+    assert_eq!(rule(&st, "new")["kernel_percent"], 100.0, "{st}");
+    get_many(&r.t, SocketAddr::new(new_v4.parse().expect("v4"), PORT), "/new", 5);
+    assert_eq!(counts(&r, 20), (5, 5));
+    assert_eq!(r.recorded("shadow-new").len(), 5, "the new rule's service reaches its own shadow");
+
     // An invalid file: refused with the reason, the old config keeps running.
     r.write_config("[[rule]]\nname = \"api\"\nsample_rate = 250\n");
     let o = r.ctl(&["reload"]);
     assert_eq!(o.code, 1, "{o:?}");
     assert!(o.stderr.contains("sample_rate"), "the reason names the field: {o:?}");
     get_many(&r.t, web, "/web", 5);
-    assert_eq!(counts(&r, 20), (5, 10), "the old rules still run");
+    assert_eq!(counts(&r, 25), (5, 10), "the old rules still run");
     assert_eq!(r.stop_daemon(), Some(0));
 }
 
@@ -414,4 +428,58 @@ fn a_flow_seen_on_two_attached_interfaces_is_replayed_once() {
         s["request"]
     );
     assert_eq!(s["request"]["stream_bytes"], s["request"]["overlap_bytes"], "every request byte seen exactly twice");
+}
+
+#[test]
+fn secrets_never_reach_a_log_line_or_shadowctl() {
+    if !require_kernel("secrets_never_reach_a_log_line") || !require_tool("secrets_never_reach_a_log_line", "curl") {
+        return;
+    }
+    const SECRETS: [&str; 3] = ["t0ps3cret-bearer", "s3ss10n-cookie", "c0nf1gured-key"];
+    let mut r = OpsRig::new("o6");
+    r.server(&format!("[::]:{PORT}"), "primary");
+    r.server("127.0.0.1:9090", "shadow-api");
+    r.write_config(&format!(
+        "[[rule]]\nname = \"api\"\nport = {PORT}\nshadow = \"127.0.0.1:9090\"\nallow_method = [\"POST\"]\n\
+         set_header = [\"X-Api-Key: {}\"]\n",
+        SECRETS[2]
+    ));
+    let iface = r.t.server_if.clone();
+    r.start_daemon(&iface, &["--log-level", "debug"]);
+    let url = format!("http://{}:{PORT}/login", r.t.server_v4);
+    for body in ["", "password=hunter2"] {
+        let mut c = r.t.client.command("curl");
+        c.args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"]).args([
+            "-H",
+            &format!("Authorization: Bearer {}", SECRETS[0]),
+            "-H",
+            &format!("Cookie: sid={}", SECRETS[1]),
+        ]);
+        if !body.is_empty() {
+            c.args(["--data", body]);
+        }
+        assert!(c.arg(&url).status().expect("curl").success());
+    }
+    r.wait_quiet(2);
+    assert_eq!(r.recorded("shadow-api").len(), 2, "both requests were replayed");
+    let mut seen = vec![("daemon log".to_string(), r.daemon_log()), ("/metrics".to_string(), r.scrape())];
+    for cmd in [&["status"][..], &["stats"], &["report"], &["diffs"]] {
+        for json in [false, true] {
+            let mut args = cmd.to_vec();
+            if json {
+                args.push("--json");
+            }
+            let o = r.ctl(&args);
+            seen.push((format!("shadowctl {args:?}"), format!("{}{}", o.stdout, o.stderr)));
+        }
+    }
+    assert_eq!(r.stop_daemon(), Some(0));
+    seen.push(("daemon log after exit".into(), r.daemon_log()));
+    seen.push(("summary".into(), std::fs::read_to_string(r.scratch.path("summary.json")).unwrap_or_default()));
+    for (what, text) in &seen {
+        assert!(!text.is_empty() || what.contains("diffs"), "{what} is empty");
+        for s in SECRETS.iter().chain(&["hunter2"]) {
+            assert!(!text.contains(s), "{s} appears in {what}");
+        }
+    }
 }
