@@ -56,10 +56,22 @@ impl CaptureThread {
         discard: bool,
         baseline: bool,
     ) -> Self {
+        Self::start_rules(ns, iface, vec![KernelRule::any_address(ports, sample_ppm)], hook, discard, baseline)
+    }
+
+    /// Like [`start_with`](Self::start_with), with the kernel rules given (matches by address).
+    pub fn start_rules(
+        ns: &NetNs,
+        iface: &str,
+        rules: Vec<KernelRule>,
+        hook: HookKind,
+        discard: bool,
+        baseline: bool,
+    ) -> Self {
         let opts = CaptureOptions {
             interface: iface.into(),
             hook,
-            rules: vec![KernelRule::any_address(ports, sample_ppm)],
+            rules,
             ring_buffer_size: 64 * 1024 * 1024,
             verifier_log: std::env::temp_dir().join(format!("shadow-test-verifier-{}.log", std::process::id())),
             allow_shared: false,

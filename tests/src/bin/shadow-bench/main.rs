@@ -208,25 +208,37 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
     let stop_echo = Arc::new(AtomicBool::new(false));
     let echo = start_echo(&t.server, stop_echo.clone());
 
-    let cap = CaptureThread::start_with(&t.server, &t.server_if, &[SERVICE_PORT], HookKind::Tc, PPM_ALL, true, true);
+    // Rules as on a node where services share a port: the service by its address, two others by
+    // prefix (the kernel's LPM trie then has entries to search), so the costs below are those of
+    // rules by address and port.
+    let rule = |m: &[&str]| shadow_daemon::capture::KernelRule {
+        services: m.iter().map(|s| s.parse().expect("service match")).collect(),
+        sample_ppm: PPM_ALL,
+    };
+    let rules = vec![
+        rule(&[&format!("{}/32:{SERVICE_PORT}", t.server_v4), &format!("[{}/128]:{SERVICE_PORT}", t.server_v6)]),
+        rule(&[&format!("10.99.0.0/16:{SERVICE_PORT}")]),
+        rule(&[&format!("[fd00:99::/64]:{SERVICE_PORT}")]),
+    ];
+    let cap = CaptureThread::start_rules(&t.server, &t.server_if, rules, HookKind::Tc, true, true);
     let server_v4: std::net::IpAddr = t.server_v4.parse().expect("ip");
     let mut phases = Vec::new();
 
     // Not ours: a request/response ping-pong on another port, small packets.
     let rounds = 40_000 / scale;
-    phases.push(measure(&cap, "non-matching (tcp/5001 ping-pong, 100 B)", || {
+    phases.push(measure(&cap, "non-matching (tcp/5001 ping-pong, 100 B; 3 rules by address and port)", || {
         ping_pong(&t.client, SocketAddr::new(server_v4, OTHER_PORT), rounds, Duration::from_secs(20))
     }));
 
     // Ours, sampled: keep-alive GETs on the service port, every request captured.
     let reqs = 20_000 / scale;
-    phases.push(measure(&cap, "matching, sampled 100% (http GET keep-alive)", || {
+    phases.push(measure(&cap, "matching, sampled 100% (http GET keep-alive; rule by address and port)", || {
         http_load(&t.client, SocketAddr::new(server_v4, SERVICE_PORT), reqs, Duration::from_secs(30))
     }));
 
     // Ours, not sampled: the same load at rate 0 (lookup and decision, no copy).
     cap.set_sample_ppm(0);
-    phases.push(measure(&cap, "matching, sampled 0% (http GET keep-alive)", || {
+    phases.push(measure(&cap, "matching, sampled 0% (http GET keep-alive; rule by address and port)", || {
         http_load(&t.client, SocketAddr::new(server_v4, SERVICE_PORT), reqs, Duration::from_secs(30))
     }));
     let _ = cap.finish();
