@@ -21,8 +21,16 @@ use crate::{
 pub const PRIMARY_PORT: u16 = 8081;
 pub const SHADOW_PORT: u16 = 9091;
 pub const METRICS: &str = "127.0.0.1:9478";
-/// Requests per endpoint: above the default gate's 100 samples.
-pub const PER_ENDPOINT: u64 = 120;
+/// Requests per endpoint: above the default gate's 100 samples, and enough that a p99 is not
+/// one slow request (the 198th of 200).
+pub const PER_ENDPOINT: u64 = 200;
+/// The demo rule's name (the `rule` label in /metrics and the report).
+pub const RULE: &str = "demo";
+/// The demo rule's p99 tolerance: on a two-core machine that also runs the client, both services
+/// and the daemon, a scheduling hiccup moves a p99 by milliseconds on either side; the injected
+/// regression (search, 2 ms -> 20 ms) is far beyond it. A fleet's Prometheus rules must carry the
+/// same value (`deploy/prometheus/shadow-rules.yml`'s 0.001 s); the tier B test shows that.
+pub const P99_TOLERANCE_MS: f64 = 10.0;
 
 /// The demo endpoints, a request target for the i-th request, and the verdict compare must give.
 pub const ENDPOINTS: [(&str, Verdict); 5] = [
@@ -84,17 +92,21 @@ impl CompareRig {
         }
         let (control, summary, log) =
             (scratch.path("control.sock"), scratch.path("summary.json"), scratch.path("daemon.log"));
+        // The client sends one request at a time: one replay at a time (concurrency 1) gives the
+        // shadow the primary's load shape; a burst of parallel replays would time the shadow
+        // under a concurrency the primary never saw.
+        let config = scratch.path("shadow.toml");
+        let toml = format!(
+            "[[rule]]\nname = \"{RULE}\"\nport = {PRIMARY_PORT}\nshadow = \"127.0.0.1:{SHADOW_PORT}\"\nconcurrency = 1\n\n\
+             [rule.compare.gates]\np99_tolerance_ms = {P99_TOLERANCE_MS}\n"
+        );
+        std::fs::write(&config, toml).map_err(|e| format!("write {}: {e}", config.display()))?;
         let log_file = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let daemon = Proc::spawn(
             "shadow-daemon",
             t.server
                 .command(daemon_bin.to_str().unwrap_or_default())
-                .args(["--interface", &t.server_if, "--port", &PRIMARY_PORT.to_string()])
-                .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}")])
-                // The client sends one request at a time: one replay at a time gives the shadow the
-                // primary's load shape (a burst of parallel replays would time the shadow under a
-                // concurrency the primary never saw).
-                .args(["--concurrency", "1"])
+                .args(["--interface", &t.server_if, "--config", config.to_str().unwrap_or_default()])
                 .args(["--sample-rate", "100", "--metrics-addr", METRICS])
                 .args(["--control", control.to_str().unwrap_or_default()])
                 .args(["--summary-file", summary.to_str().unwrap_or_default()])

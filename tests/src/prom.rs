@@ -263,8 +263,23 @@ impl PromServer {
     /// Start it on `127.0.0.1:port` inside `ns`, scraping `targets` (`host:port`, job `shadow`),
     /// and wait until `/-/ready` answers.
     pub fn start(ns: &NetNs, port: u16, targets: &[SocketAddr]) -> Self {
+        Self::start_with(ns, port, targets, |t| t)
+    }
+
+    /// Like [`start`](Self::start), with the shipped rule files passed through `edit` first:
+    /// how a fleet whose config overrides a gate carries the same change into its rules.
+    pub fn start_with(ns: &NetNs, port: u16, targets: &[SocketAddr], edit: impl Fn(String) -> String) -> Self {
         let scratch = Scratch::new("prom");
-        let rules = rules_dir().join("*.yml");
+        let dir = scratch.path("rules");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        for entry in fs::read_dir(rules_dir()).unwrap_or_else(|e| panic!("read {}: {e}", rules_dir().display())) {
+            let p = entry.expect("rules dir entry").path();
+            if p.extension().is_some_and(|e| e == "yml") {
+                let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                fs::write(dir.join(p.file_name().expect("file name")), edit(text)).expect("write rules");
+            }
+        }
+        let rules = dir.join("*.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\

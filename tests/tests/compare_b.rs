@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shadow_daemon::{compare::Verdict, hub::DaemonReport};
 use shadow_tests::{
-    comparing::{CompareRig, ENDPOINTS, PER_ENDPOINT, compared_pairs},
+    comparing::{CompareRig, ENDPOINTS, P99_TOLERANCE_MS, PER_ENDPOINT, RULE, compared_pairs},
     prom::{PromServer, agree_with_report, verdicts},
     require_kernel, require_tool,
 };
@@ -40,8 +40,8 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
         .expect("promtool");
     assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
     for series in [
-        r#"shadow_comparisons_total{rule="default",endpoint="GET /api/users/:id",outcome="header_mismatch"} 0"#,
-        r#"shadow_compared_responses_total{rule="default",endpoint="GET /api/pay/:id",side="shadow",class="error"} 0"#,
+        r#"shadow_comparisons_total{rule="demo",endpoint="GET /api/users/:id",outcome="header_mismatch"} 0"#,
+        r#"shadow_compared_responses_total{rule="demo",endpoint="GET /api/pay/:id",side="shadow",class="error"} 0"#,
         r#"shadow_compare_unpaired_total{reason="memory_bound"} 0"#,
     ] {
         assert!(scrape.lines().any(|l| l == series), "{series} missing");
@@ -81,11 +81,18 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
     assert!(d.contains("no mismatching pairs"), "{d}");
 
     // A real Prometheus scraping the daemon judges every endpoint as shadowctl does.
-    let prom = PromServer::start(&rig.t.server, 9099, &[rig.metrics]);
-    let samples = ENDPOINTS.iter().map(|(e, _)| (("default".to_owned(), (*e).to_owned()), PER_ENDPOINT)).collect();
+    // The demo rule's p99 tolerance, carried into the rules as a fleet would.
+    let prom = PromServer::start_with(&rig.t.server, 9099, &[rig.metrics], |text| {
+        let shipped = "> bool 0.001";
+        if text.contains("p99_ratio") {
+            assert!(text.contains(shipped), "the shipped rules hold the default tolerance as `{shipped}`");
+        }
+        text.replace(shipped, &format!("> bool {}", P99_TOLERANCE_MS / 1000.0))
+    });
+    let samples = ENDPOINTS.iter().map(|(e, _)| ((RULE.to_owned(), (*e).to_owned()), PER_ENDPOINT)).collect();
     prom.wait_for_samples(&samples, Duration::from_secs(60));
     let from_rules = verdicts(&prom);
-    if let Err(e) = agree_with_report(&from_rules, "default", &live.rules[0].report) {
+    if let Err(e) = agree_with_report(&from_rules, RULE, &live.rules[0].report) {
         panic!("Prometheus rules and shadowctl disagree:\n{e}");
     }
     drop(prom);
