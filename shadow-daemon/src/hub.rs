@@ -73,6 +73,9 @@ struct RuleCompare {
 struct Table {
     pairs: PairTable,
     expected: BTreeSet<u64>,
+    /// Primary and secondary halves (noise learning), kept apart from the shadow's pairs.
+    secondary_pairs: PairTable,
+    expected_secondary: BTreeSet<u64>,
     /// `pairs.primary_alone` already published.
     alone_published: u64,
     not_replayed: u64,
@@ -203,6 +206,8 @@ impl CompareHub {
             table: Mutex::new(Table {
                 pairs: PairTable::new(limits),
                 expected: BTreeSet::new(),
+                secondary_pairs: PairTable::new(limits),
+                expected_secondary: BTreeSet::new(),
                 alone_published: 0,
                 not_replayed: 0,
                 events: Vec::new(),
@@ -235,6 +240,39 @@ impl CompareHub {
         }
     }
 
+    /// Request `id` also goes to the rule's secondary: its primary half waits for that one too.
+    pub fn expect_secondary(&self, id: u64) {
+        let mut t = lock(&self.table);
+        t.expected_secondary.insert(id);
+        if t.expected_secondary.len() > EXPECTED_CAP {
+            t.expected_secondary.pop_first();
+        }
+    }
+
+    /// The secondary's answer to request `id`: with the primary's, what differs between two
+    /// instances of the current version is learned as noise for the endpoint.
+    pub fn secondary(&self, id: u64, rule: usize, endpoint: &str, half: ShadowHalf) {
+        if self.keep(rule).is_none() {
+            return;
+        }
+        let now = self.now_ns();
+        let mut events = Vec::new();
+        lock(&self.table).secondary_pairs.shadow(id, rule, endpoint, half, now, &mut events);
+        self.learn(events);
+    }
+
+    /// Pairs of primary and secondary: noise learning. Halves that leave alone are expected
+    /// (a secondary that failed or was slow): the comparison itself does not depend on them.
+    fn learn(&self, events: Vec<PairEvent>) {
+        for ev in events {
+            if let PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(secondary) } = ev
+                && let Some(r) = self.rules.get(rule).and_then(Option::as_ref)
+            {
+                lock(&r.comparator).observe_secondary(&endpoint, &primary, &secondary);
+            }
+        }
+    }
+
     /// Request `id` will not be replayed after all (it could not be edited): no shadow half.
     pub fn withdraw(&self, id: u64) {
         lock(&self.table).expected.remove(&id);
@@ -244,6 +282,7 @@ impl CompareHub {
     pub fn primary(&self, resp: &CapturedResponse) {
         let now = self.now_ns();
         let mut t = lock(&self.table);
+        let for_secondary = t.expected_secondary.remove(&resp.request_id);
         if !t.expected.remove(&resp.request_id) {
             t.not_replayed += 1;
             drop(t);
@@ -259,9 +298,14 @@ impl CompareHub {
             latency: Duration::from_nanos(resp.time_to_last_byte_ns()),
         };
         let mut events = std::mem::take(&mut t.events);
+        let mut learned = Vec::new();
+        if for_secondary {
+            t.secondary_pairs.primary(resp.request_id, usize::MAX, "", sample.clone(), now, &mut learned);
+        }
         // The rule and endpoint are the shadow half's; these only hold while the primary waits.
         t.pairs.primary(resp.request_id, usize::MAX, "", sample, now, &mut events);
         self.settle(t, events);
+        self.learn(learned);
     }
 
     /// The shadow's answer to request `id` of rule `rule` (its endpoint named as the metrics
@@ -283,7 +327,10 @@ impl CompareHub {
         let mut t = lock(&self.table);
         let mut events = std::mem::take(&mut t.events);
         t.pairs.expire(now, &mut events);
+        let mut learned = Vec::new();
+        t.secondary_pairs.expire(now, &mut learned);
         self.settle(t, events);
+        self.learn(learned);
     }
 
     /// Everything still waiting leaves (shutdown, after replay has stopped).
@@ -292,7 +339,11 @@ impl CompareHub {
         let mut events = std::mem::take(&mut t.events);
         t.pairs.drain(&mut events);
         t.expected.clear();
+        let mut learned = Vec::new();
+        t.secondary_pairs.drain(&mut learned);
+        t.expected_secondary.clear();
         self.settle(t, events);
+        self.learn(learned);
     }
 
     /// Publish the table's state, release its lock, then compare what left it.

@@ -188,6 +188,13 @@ settings! {
         #[arg(long, env = "SHADOW_SHADOW", value_name = "SHADOW")]
         #[serde(deserialize_with = "one")]
         shadow: Option<Raw<ShadowTarget>> => |r, v| r.shadow = Some(v.parse()?);
+
+        /// A second instance of the current version, HOST:PORT: every replayed request also goes
+        /// there, and the response fields where it and the primary already differ are learned as
+        /// noise and not compared (needs a shadow and comparison on).
+        #[arg(long, env = "SHADOW_SECONDARY", value_name = "SECONDARY")]
+        #[serde(deserialize_with = "one")]
+        secondary: Option<Raw<ShadowTarget>> => |r, v| r.secondary = Some(v.parse()?);
     }
 }
 

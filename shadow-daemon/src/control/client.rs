@@ -39,10 +39,16 @@ pub fn call(path: &Path, command: Command) -> Result<Response, ClientError> {
     let mut line = serde_json::to_vec(&Request { v: VERSION, command })
         .map_err(|e| ClientError::Protocol { path: p(), message: e.to_string() })?;
     line.push(b'\n');
-    s.write_all(&line).map_err(io_err("send"))?;
+    // A refusing daemon may answer and close before the request is written: read its answer
+    // even when the write fails, and report the write error only if there is none.
+    let sent = s.write_all(&line);
     let mut reader = BufReader::new(s).take(MAX_RESPONSE_LINE as u64);
     let mut answer = Vec::new();
-    reader.read_until(b'\n', &mut answer).map_err(io_err("read the answer"))?;
+    let read = reader.read_until(b'\n', &mut answer);
+    if answer.is_empty() {
+        sent.map_err(io_err("send"))?;
+    }
+    read.map_err(io_err("read the answer"))?;
     if answer.is_empty() {
         return Err(ClientError::Protocol {
             path: p(),

@@ -169,6 +169,12 @@ impl Drop for ControlServer {
 async fn answer_and_close(mut stream: UnixStream, response: Response) {
     let _ = write_response(&mut stream, &response).await;
     let _ = stream.shutdown().await;
+    // Keep our end open until the peer is done (bounded): closed at once, a client still writing
+    // its request would get EPIPE instead of reading this answer.
+    let mut sink = [0u8; 1024];
+    let _ =
+        tokio::time::timeout(READ_TIMEOUT, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} })
+            .await;
 }
 
 async fn write_response<W: AsyncWriteExt + Unpin>(w: &mut W, r: &Response) -> io::Result<()> {

@@ -128,6 +128,9 @@ pub struct Lane {
     pub sample_ppm: u32,
     /// Compare the shadow's responses with the primary's (`[rule.compare]`); `None`: off.
     pub compare: Option<CompareSettings>,
+    /// A second instance of the current version: each replayed request also goes there, and
+    /// what differs between it and the primary is learned as noise (not compared).
+    pub secondary: Option<ShadowTarget>,
 }
 
 impl Lane {
@@ -141,6 +144,7 @@ impl Lane {
             controls,
             sample_ppm: shadow_common::PPM_ALL,
             compare: None,
+            secondary: None,
         }
     }
 
@@ -195,6 +199,8 @@ struct LaneState {
     rule: usize,
     /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
     hub: OnceLock<Arc<CompareHub>>,
+    /// The rule's secondary target and its connections (noise learning).
+    secondary: Option<(ShadowTarget, Pool)>,
 }
 
 #[derive(Default)]
@@ -241,6 +247,17 @@ impl LaneState {
     /// kept-alive connection the shadow had closed fails before any response byte; an idempotent
     /// request is then sent once more on a new connection, as HTTP clients do.
     async fn send(&self, wire: &[u8], req: &CapturedRequest, metrics: &Metrics) -> Result<Exchange, ReplayError> {
+        self.send_to(&self.target, &self.pool, wire, req, metrics).await
+    }
+
+    async fn send_to(
+        &self,
+        target: &ShadowTarget,
+        pool: &Pool,
+        wire: &[u8],
+        req: &CapturedRequest,
+        metrics: &Metrics,
+    ) -> Result<Exchange, ReplayError> {
         let method = req.method();
         let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE");
         let keep_alive = request_keep_alive(req);
@@ -248,22 +265,22 @@ impl LaneState {
         let mut retried = false;
         let keep = self.hub.get().and_then(|h| h.keep(self.rule));
         loop {
-            let mut conn = match self.pool.take() {
+            let mut conn = match pool.take() {
                 Some(c) => {
                     metrics.connections.reused.inc();
                     c
                 }
-                None => connect(&self.target, self.controls.connect_timeout, &metrics.connections).await?,
+                None => connect(target, self.controls.connect_timeout, &metrics.connections).await?,
             };
             let reused = conn.reused;
-            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, &self.target, keep))
+            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, target, keep))
                 .await
-                .map_err(|_| ReplayError::Timeout { id: req.id, target: self.target.to_string(), timeout })?;
+                .map_err(|_| ReplayError::Timeout { id: req.id, target: target.to_string(), timeout })?;
             match result {
                 Ok(x) => {
                     metrics.connections.sent_bytes.inc_by(wire.len() as u64);
                     if x.reusable && keep_alive {
-                        self.pool.put(conn, x.done_at);
+                        pool.put(conn, x.done_at);
                     }
                     return Ok(x);
                 }
@@ -346,6 +363,7 @@ impl ReplayEngine {
                 warnings: Mutex::new(WarnThrottle::default()),
                 rule: i,
                 hub: OnceLock::new(),
+                secondary: rule.secondary.clone().map(|t| (t, Pool::new(rule.controls.pool_size))),
             });
             routes.extend(rule.services().into_iter().map(|s| (s, Some(lanes.len()))));
             tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
@@ -420,6 +438,9 @@ impl ReplayEngine {
                 // hub, the request first, so the expectation is set before the primary comes).
                 if let Some(h) = lane.hub.get().filter(|h| h.keep(lane.rule).is_some()) {
                     h.expect(id);
+                    if lane.secondary.is_some() {
+                        h.expect_secondary(id);
+                    }
                 }
                 Submission::Queued
             }
@@ -572,6 +593,25 @@ async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
                 h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Failed(shadow_failure(kind)));
             }
         }
+    }
+    // The same request to the secondary (a second instance of the current version), for noise
+    // learning; after the shadow's, in the same replay slot, so it adds no concurrency.
+    if let (Some(h), Some((target, pool))) = (hub, &lane.secondary) {
+        let name = metrics.endpoint_name(endpoint);
+        let half = match edit_request(&req, &lane.controls, target) {
+            Err(_) => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+            Ok(wire) => match lane.send_to(target, pool, &wire, &req, &metrics).await {
+                Ok(x) => match x.sample {
+                    Some(mut sample) => {
+                        sample.latency = x.complete;
+                        ShadowHalf::Response(sample)
+                    }
+                    None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+                },
+                Err(e) => ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other))),
+            },
+        };
+        h.secondary(req.id, lane.rule, &name, half);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The demo's sample service: v1 plays the primary, v2 the shadow with four injected changes,
 //! three of them regressions compare must catch and one it must not flag.
 //!
-//! shadow-demo-service --listen ADDR --version v1|v2 [--record DIR]
+//! shadow-demo-service --listen ADDR --version v1|v2 [--record DIR] [--instance NAME]
 //!
 //!   GET /api/users/{id}    same in v1 and v2                                  PASS
 //!   GET /api/search?q=..   same body; v2 takes 10x longer (20 ms vs 2 ms)     FAIL p99_ratio
@@ -65,6 +65,9 @@ fn main() {
                 })
             }
             "--record" => record = Some(PathBuf::from(val())),
+            "--instance" => {
+                let _ = INSTANCE.set(val());
+            }
             other => die(&format!("unknown argument {other}")),
         }
     }
@@ -235,6 +238,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// `--instance NAME`: users answers carry `"served_by":"NAME"`, a field that differs between two
+/// instances of the same version and that compare does not ignore by default (noise learning).
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 const NAMES: [&str; 8] = ["ada", "grace", "alan", "edsger", "barbara", "donald", "frances", "ken"];
 
 /// The whole behaviour of both versions: a pure function of the request (and, for /api/time,
@@ -249,7 +256,8 @@ fn respond(version: Version, method: &str, target: &str, v: &Volatile) -> Respon
     let id = |prefix: &str| path.strip_prefix(prefix).and_then(|s| s.parse::<u64>().ok());
     if let Some(id) = id("/api/users/") {
         let name = NAMES[(id % NAMES.len() as u64) as usize];
-        return ok(format!(r#"{{"id":{id},"name":"{name}","email":"{name}{id}@example.com"}}"#));
+        let served_by = INSTANCE.get().map(|i| format!(r#","served_by":"{i}""#)).unwrap_or_default();
+        return ok(format!(r#"{{"id":{id},"name":"{name}","email":"{name}{id}@example.com"{served_by}}}"#));
     }
     if path == "/api/search" {
         let q = query

@@ -1,0 +1,84 @@
+//! Kernel tier B, noise cancellation with a secondary: two instances of the current version
+//! differ in a field compare does not ignore by default (`served_by`); with a `secondary` the
+//! daemon learns it as noise and the endpoint passes, without one the same difference fails it.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use shadow_tests::{
+    Proc, require_kernel,
+    rig::{OpsRig, get_many},
+    wait_for, workspace_bin,
+};
+
+const REQUESTS: u64 = 150;
+
+fn demo_service(r: &OpsRig, listen: &str, instance: &str) -> Proc {
+    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let p = Proc::spawn(
+        "shadow-demo-service",
+        r.t.server
+            .command(workspace_bin("shadow-demo-service").to_str().expect("utf-8"))
+            .args(["--listen", listen, "--version", "v1", "--instance", instance])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for(&format!("demo service on {listen}"), Duration::from_secs(10), || r.t.server.listening(port));
+    p
+}
+
+fn endpoint<'a>(report: &'a serde_json::Value, rule: &str) -> &'a serde_json::Value {
+    report["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|x| x["rule"] == rule))
+        .map(|x| &x["report"]["endpoints"][0])
+        .unwrap_or_else(|| panic!("no rule {rule} in {report}"))
+}
+
+#[test]
+fn a_secondary_teaches_the_noise_and_without_one_the_same_difference_fails() {
+    if !require_kernel("a_secondary_teaches_the_noise") {
+        return;
+    }
+    let mut r = OpsRig::new("n1");
+    // Rule "learned": primary a, shadow c, secondary b. Rule "plain": primary a2, shadow c2.
+    let _services = [
+        demo_service(&r, "[::]:8081", "a"),
+        demo_service(&r, "127.0.0.1:9091", "c"),
+        demo_service(&r, "127.0.0.1:9092", "b"),
+        demo_service(&r, "[::]:8082", "a2"),
+        demo_service(&r, "127.0.0.1:9093", "c2"),
+    ];
+    // Latency is not what this test is about: its gate is opened wide.
+    let gates = "[rule.compare.gates]\nmax_p99_ratio = 1000.0\np99_tolerance_ms = 1000.0\n";
+    r.write_config(&format!(
+        "[[rule]]\nname = \"learned\"\nport = 8081\nshadow = \"127.0.0.1:9091\"\nsecondary = \"127.0.0.1:9092\"\nconcurrency = 1\n{gates}\n\
+         [[rule]]\nname = \"plain\"\nport = 8082\nshadow = \"127.0.0.1:9093\"\nconcurrency = 1\n{gates}"
+    ));
+    let iface = r.t.server_if.clone();
+    r.start_daemon(&iface, &[]);
+    let v4: std::net::IpAddr = r.t.server_v4.parse().expect("v4");
+    get_many(&r.t, SocketAddr::new(v4, 8081), "/api/users", REQUESTS as usize);
+    get_many(&r.t, SocketAddr::new(v4, 8082), "/api/users", REQUESTS as usize);
+    r.wait_quiet(2 * REQUESTS);
+    let mut report = serde_json::Value::Null;
+    wait_for("every pair compared", Duration::from_secs(30), || {
+        let o = r.ctl(&["report", "--json"]);
+        report = serde_json::from_str(&o.stdout).unwrap_or_default();
+        report["rules"].as_array().is_some_and(|rules| {
+            rules.len() == 2 && rules.iter().all(|x| x["report"]["endpoints"][0]["samples"] == REQUESTS)
+        })
+    });
+    let learned = endpoint(&report, "learned");
+    let plain = endpoint(&report, "plain");
+    assert_eq!(learned["verdict"]["verdict"], "PASS", "{learned}");
+    assert_eq!(learned["body_match_percent"], 100.0, "noise-only differences are matches: {learned}");
+    let paths: Vec<&str> = learned["noise"]["learned"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(paths, ["$.served_by"], "the report lists the learned field, and only it: {learned}");
+    assert_eq!(plain["verdict"]["verdict"], "FAIL", "without a secondary the difference is a regression: {plain}");
+    assert_eq!(plain["body_match_percent"], 0.0, "{plain}");
+    assert!(plain["noise"]["learned"].as_array().is_none_or(Vec::is_empty), "{plain}");
+    assert_eq!(r.stop_daemon(), Some(0));
+}
