@@ -333,6 +333,28 @@ pub(crate) async fn exchange(
     Ok(Exchange { status: head.status, sample, first_byte, complete: complete.max(first_byte), reusable, done_at })
 }
 
+/// Ask for receive timestamps once, at start, on a socket kept for the process's life: the
+/// kernel turns packet timestamping on for everyone a moment after the first socket asks (a
+/// deferred static key), so the first shadow responses are then timed like the rest.
+pub(crate) fn enable_receive_timestamps() {
+    static KEEP: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
+    KEEP.get_or_init(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        (rc == 0).then_some(s)
+    });
+}
+
 /// The kernel receive time in a received message's control data (SCM_TIMESTAMPNS).
 fn receive_time(msg: &libc::msghdr) -> Option<SystemTime> {
     // SAFETY: walking the control buffer recvmsg filled, with the kernel's own CMSG macros.
@@ -543,35 +565,46 @@ mod tests {
     }
 
     /// The shadow is timed by the kernel's receive time of its response, read from the socket's
-    /// control data; the time lies between the request's sending and the read that got it.
+    /// control data; the time lies between the request's sending and the read that got it. The
+    /// kernel turns packet timestamping on a moment after the first socket asks (a deferred static
+    /// key), so the first responses may come without one (then the read time is used): exchanges
+    /// go on until one carries it, at most 200.
     #[tokio::test]
     async fn responses_carry_the_kernels_receive_time() {
+        const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 256];
-            let _ = s.read(&mut buf).await;
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
-            let _ = s.read(&mut buf).await;
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                if s.write_all(RESPONSE).await.is_err() {
+                    break;
+                }
+            }
         });
         let metrics = Metrics::default();
         let target = ShadowTarget { host: "127.0.0.1".into(), port };
         let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
-        let before = SystemTime::now();
-        conn.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-        let mut got = 0;
-        let mut stamp = None;
-        while got < 40 {
-            let (n, ts) = conn.read_timed().await.unwrap();
-            assert!(n > 0, "server closed early");
-            got += n;
-            stamp = stamp.or(ts);
+        let mut stamped = None;
+        for _ in 0..200 {
+            conn.buf.clear();
+            let before = SystemTime::now();
+            conn.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            let mut stamp = None;
+            while conn.buf.len() < RESPONSE.len() {
+                let (n, ts) = conn.read_timed().await.unwrap();
+                assert!(n > 0, "server closed early");
+                stamp = stamp.or(ts);
+            }
+            assert_eq!(conn.buf, RESPONSE, "one response per request");
+            if let Some(ts) = stamp {
+                stamped = Some((before, ts, SystemTime::now()));
+                break;
+            }
         }
-        let after = SystemTime::now();
-        let ts = stamp.expect("SO_TIMESTAMPNS gives a receive time on this kernel");
+        let (before, ts, after) = stamped.expect("SO_TIMESTAMPNS gives receive times on this kernel");
         assert!(before <= ts && ts <= after, "{before:?} <= {ts:?} <= {after:?}");
-        assert_eq!(&conn.buf[conn.buf.len() - 2..], b"ok");
         drop(conn);
         server.await.unwrap();
     }

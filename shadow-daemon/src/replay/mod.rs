@@ -332,6 +332,7 @@ impl ReplayEngine {
     /// runtime.
     pub fn start(rules: &[Lane], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
+        conn::enable_receive_timestamps();
         let (stop, _) = watch::channel(None);
         let mut lanes = Vec::new();
         let mut routes: Vec<(ServiceMatch, Option<usize>)> = Vec::new();
