@@ -265,11 +265,17 @@ impl CompareHub {
     /// (a secondary that failed or was slow): the comparison itself does not depend on them.
     fn learn(&self, events: Vec<PairEvent>) {
         for ev in events {
-            if let PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(secondary) } = ev
-                && let Some(r) = self.rules.get(rule).and_then(Option::as_ref)
-            {
-                lock(&r.comparator).observe_secondary(&endpoint, &primary, &secondary);
-            }
+            let outcome = match ev {
+                PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(secondary) } => {
+                    if let Some(r) = self.rules.get(rule).and_then(Option::as_ref) {
+                        lock(&r.comparator).observe_secondary(&endpoint, &primary, &secondary);
+                    }
+                    "learned"
+                }
+                PairEvent::Pair { shadow: ShadowHalf::Failed(_), .. } => "failed",
+                PairEvent::Unpaired { .. } => "unpaired",
+            };
+            self.metrics.record_secondary(outcome, 1);
         }
     }
 

@@ -80,5 +80,12 @@ fn a_secondary_teaches_the_noise_and_without_one_the_same_difference_fails() {
     assert_eq!(plain["verdict"]["verdict"], "FAIL", "without a secondary the difference is a regression: {plain}");
     assert_eq!(plain["body_match_percent"], 0.0, "{plain}");
     assert!(plain["noise"]["learned"].as_array().is_none_or(Vec::is_empty), "{plain}");
+    // Every secondary response is accounted for in /metrics.
+    let m = r.scrape();
+    assert_eq!(
+        shadow_tests::metric(&m, "shadow_compare_secondary_total{reason=\"learned\"}"),
+        Some(REQUESTS as f64),
+        "{m}"
+    );
     assert_eq!(r.stop_daemon(), Some(0));
 }

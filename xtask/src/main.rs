@@ -42,6 +42,7 @@ enum Cmd {
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
+    "procps",
     "bpftool",
     "curl",
     "nginx",

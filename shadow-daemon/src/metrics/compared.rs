@@ -93,6 +93,7 @@ pub(super) struct Compared {
     waiting_bytes: Gauge,
     unpaired: Family<ReasonLabels, Counter>,
     uncompared: Family<ReasonLabels, Counter>,
+    secondary: Family<ReasonLabels, Counter>,
 }
 
 impl Compared {
@@ -106,6 +107,7 @@ impl Compared {
             waiting_bytes: Gauge::default(),
             unpaired: Family::default(),
             uncompared: Family::default(),
+            secondary: Family::default(),
         };
         registry.register("shadow_comparisons", "Compared primary/shadow pairs by outcome", c.outcomes.clone());
         registry.register(
@@ -141,6 +143,12 @@ impl Compared {
             "Primary responses not compared, by reason (not_replayed: no shadow request was made for it; \
              shadow_missing: the shadow's result never came or was evicted)",
             c.uncompared.clone(),
+        );
+        registry.register(
+            "shadow_compare_secondary",
+            "Responses of the secondary (noise learning), by what became of them (learned: paired with the \
+             primary's and learned from; failed: the secondary gave none; unpaired: its primary never came)",
+            c.secondary.clone(),
         );
         c
     }
@@ -215,5 +223,9 @@ impl Compared {
 
     pub fn uncompared(&self, reason: &'static str, n: u64) {
         self.uncompared.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+
+    pub fn secondary(&self, reason: &'static str, n: u64) {
+        self.secondary.get_or_create(&ReasonLabels { reason }).inc_by(n);
     }
 }

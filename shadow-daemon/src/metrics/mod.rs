@@ -271,6 +271,11 @@ impl Metrics {
         self.compared.uncompared(reason, n);
     }
 
+    /// What became of the secondary's responses (`shadow_compare_secondary_total`).
+    pub fn record_secondary(&self, reason: &'static str, n: u64) {
+        self.compared.secondary(reason, n);
+    }
+
     /// Admit one captured request into the ledger (captured and in flight); the ticket settles it.
     pub fn admit(&self) -> RequestTicket {
         Ledger::admit(&self.ledger)
