@@ -205,8 +205,89 @@ pub struct FlowState {
     /// Sequence number of the segment the decision was drawn on: a retransmission of that
     /// segment is the same request and keeps its decision instead of drawing (and counting) anew.
     pub start_seq: u32,
+    /// Acknowledgment number of that segment: the response-stream position the client had
+    /// received. A later segment that looks like a request start but acknowledges the same
+    /// position was sent before any answer arrived: the same request written in pieces, its
+    /// body, or a pipelined one. It keeps the decision (and is not flagged as a start), so a
+    /// request is never cut by a fresh draw and a body never starts a capture.
+    pub start_ack: u32,
 }
-const _: () = assert!(size_of::<FlowState>() == 8);
+const _: () = assert!(size_of::<FlowState>() == 12);
+
+/// What the first bytes of a client segment say about a request start. One definition for the
+/// eBPF program and the daemon's tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartClass {
+    No,
+    /// A method token (RFC 9110 tchar) and a space, after at most [`MAX_LEADING_EMPTY`] CR/LF
+    /// bytes (empty lines RFC 9112 §2.2 tells servers to ignore); or a TLS record, which the
+    /// daemon recognises and counts as unsupported (the HTTP/2 preface is a token, `PRI`).
+    Yes,
+    /// The segment ends before the token does: too short to classify, so taken as a start and
+    /// left for user space, which sees the following segments, to judge.
+    Short,
+}
+
+/// Bytes looked at: leading empty lines, the longest registered method (17) and its space.
+pub const CLASSIFY_BYTES: usize = 24;
+/// CR/LF bytes skipped before a method token.
+pub const MAX_LEADING_EMPTY: usize = 4;
+
+/// RFC 9110 §5.6.2 tchar.
+#[inline(always)]
+pub const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        )
+}
+
+/// Classify a segment by its first `n` payload bytes (`n` <= [`CLASSIFY_BYTES`]; `n` is less only
+/// when the payload is shorter).
+#[inline(always)]
+pub fn classify_start(buf: &[u8; CLASSIFY_BYTES], n: usize) -> StartClass {
+    if n == 0 {
+        return StartClass::No;
+    }
+    // TLS handshake record: content type 22, version major 3.
+    if buf[0] == 0x16 {
+        return if n < 2 {
+            StartClass::Short
+        } else if buf[1] == 0x03 {
+            StartClass::Yes
+        } else {
+            StartClass::No
+        };
+    }
+    let mut token = 0usize;
+    let mut i = 0usize;
+    while i < CLASSIFY_BYTES {
+        if i >= n {
+            return StartClass::Short;
+        }
+        let b = buf[i];
+        if token == 0 && i < MAX_LEADING_EMPTY && (b == b'\r' || b == b'\n') {
+            i += 1;
+            continue;
+        }
+        if is_tchar(b) {
+            token += 1;
+        } else {
+            return if b == b' ' && token > 0 { StartClass::Yes } else { StartClass::No };
+        }
+        i += 1;
+    }
+    StartClass::No
+}
+
+/// [`classify_start`] on a whole payload.
+pub fn classify_payload(payload: &[u8]) -> StartClass {
+    let mut buf = [0u8; CLASSIFY_BYTES];
+    let n = payload.len().min(CLASSIFY_BYTES);
+    buf[..n].copy_from_slice(&payload[..n]);
+    classify_start(&buf, n)
+}
 
 /// Indices into the per-CPU counter array ([`Counters`]).
 pub mod counter {
@@ -238,7 +319,15 @@ pub mod counter {
     /// Request starts on a service port whose server address matches no rule: another
     /// service's traffic, not captured.
     pub const REQUESTS_NO_RULE: usize = 13;
-    pub const COUNT: usize = 14;
+    /// Segments that look like a request start but acknowledge the same response position as
+    /// the connection's last start (a request written in pieces, a body, pipelining): they keep
+    /// the decision and are not counted as requests.
+    pub const REQUEST_START_CONTINUED: usize = 14;
+    /// Request starts whose segment was too short to classify whole (it ended inside the
+    /// method token or the empty lines before it): taken as a start, for user space to judge.
+    /// Included in `requests_sampled` / `requests_skipped`.
+    pub const REQUEST_STARTS_SHORT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Metric-friendly names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT] = [
@@ -256,6 +345,8 @@ pub mod counter {
         "ipv4_fragments",
         "request_start_retransmits",
         "requests_no_rule",
+        "request_start_continued",
+        "request_starts_short",
     ];
 }
 

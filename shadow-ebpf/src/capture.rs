@@ -16,9 +16,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use shadow_common::{
-    CAPTURE_BUCKETS, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
-    RING_WAKEUP_BYTES as WAKEUP_BYTES, SERVICE_KEY_BITS, SegmentHeader, ServiceKey, counter, direction, family,
-    record_flags, tcp_flags,
+    CAPTURE_BUCKETS, CLASSIFY_BYTES, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
+    RING_WAKEUP_BYTES as WAKEUP_BYTES, SERVICE_KEY_BITS, SegmentHeader, ServiceKey, StartClass, classify_start,
+    counter, direction, family, record_flags, tcp_flags,
 };
 
 use crate::{
@@ -196,9 +196,17 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     };
 
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
-    let sampled = if dir == direction::REQUEST && payload_len >= 8 && starts_request(ctx, start, end, payload_off) {
-        rflags |= record_flags::REQUEST_START;
-        decide(&key, seq, counters)?
+    let class =
+        if dir == direction::REQUEST { classify(ctx, start, end, payload_off, payload_len) } else { StartClass::No };
+    let sampled = if class != StartClass::No {
+        let (sampled, new) = decide(&key, seq, ack, counters)?;
+        if new {
+            rflags |= record_flags::REQUEST_START;
+            if class == StartClass::Short {
+                bump(counters, counter::REQUEST_STARTS_SHORT, 1);
+            }
+        }
+        sampled
     } else {
         match SHADOW_FLOWS.get_ptr(key) {
             Some(state) => unsafe { (*state).sampled != 0 },
@@ -318,50 +326,28 @@ fn words(w: [u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
-const fn tok(s: &[u8]) -> u64 {
-    let mut v = 0u64;
-    let mut i = 0;
-    while i < s.len() {
-        v |= (s[i] as u64) << (8 * i);
-        i += 1;
-    }
-    v
-}
-const fn mask(n: usize) -> u64 {
-    if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 }
-}
-
-/// Does the payload begin with a request line's method token and a space (or a TLS record /
-/// HTTP/2 preface, which the daemon recognises and counts as unsupported)?
+/// Does the segment begin a request? By the token grammar, not a list of methods.
 #[inline(always)]
-fn starts_request<P: Packet>(ctx: &P, start: usize, end: usize, off: usize) -> bool {
-    let w: u64 = match ptr_at::<[u8; 8]>(start, end, off) {
-        Some(p) => u64::from_le_bytes(unsafe { *p }),
+fn classify<P: Packet>(ctx: &P, start: usize, end: usize, off: usize, payload_len: usize) -> StartClass {
+    if payload_len == 0 {
+        return StartClass::No;
+    }
+    let mut buf = [0u8; CLASSIFY_BYTES];
+    let n = if payload_len < CLASSIFY_BYTES { payload_len } else { CLASSIFY_BYTES };
+    match ptr_at::<[u8; CLASSIFY_BYTES]>(start, end, off) {
+        Some(p) => buf = unsafe { *p },
         None => {
-            // Payload outside the linear area (GRO): read it with the helper.
-            let mut buf = [0u8; 8];
-            if unsafe { ctx.copy_out(off as u32, buf.as_mut_ptr(), 8) } != 0 {
-                return false;
+            // Short packet, or payload outside the linear area (GRO): read what there is.
+            let len = n as u32;
+            if len == 0 || len > CLASSIFY_BYTES as u32 {
+                return StartClass::No;
             }
-            u64::from_le_bytes(buf)
+            if unsafe { ctx.copy_out(off as u32, buf.as_mut_ptr(), len) } != 0 {
+                return StartClass::No;
+            }
         }
-    };
-    let w4 = w & mask(4);
-    let w5 = w & mask(5);
-    let w6 = w & mask(6);
-    let w7 = w & mask(7);
-    w4 == tok(b"GET ")
-        || w4 == tok(b"PUT ")
-        || w5 == tok(b"POST ")
-        || w5 == tok(b"HEAD ")
-        || w7 == tok(b"DELETE ")
-        || w == tok(b"OPTIONS ")
-        || w6 == tok(b"PATCH ")
-        || w6 == tok(b"TRACE ")
-        || w == tok(b"CONNECT ")
-        || w4 == tok(b"PRI ")
-        // TLS handshake record: content type 22, version major 3.
-        || w & mask(2) == 0x0316
+    }
+    classify_start(&buf, n)
 }
 
 /// The sampling rate of the rule the connection's server (address, port) belongs to; None when
@@ -376,17 +362,24 @@ fn rule_ppm(key: &FlowKey) -> Option<u32> {
     SHADOW_RULES.get(rule).map(|r| r.sample_ppm)
 }
 
-/// Draw the sampling decision for a new request on this connection and remember it. A
-/// retransmitted copy of the segment the last decision was drawn on keeps that decision. None:
-/// the request belongs to no rule (counted, not captured).
+/// Draw the sampling decision for a new request on this connection and remember it; the second
+/// value says whether this segment starts a new request. A retransmitted copy of the segment the
+/// last decision was drawn on, or a segment sent before any answer to it arrived (same
+/// acknowledgment), keeps that decision. None: the request belongs to no rule (counted, not
+/// captured).
 #[inline(always)]
-fn decide(key: &FlowKey, seq: u32, counters: *mut Counters) -> Option<bool> {
+fn decide(key: &FlowKey, seq: u32, ack: u32, counters: *mut Counters) -> Option<(bool, bool)> {
     let state = SHADOW_FLOWS.get_ptr_mut(key);
-    if let Some(st) = state
-        && unsafe { (*st).start_seq } == seq
-    {
-        bump(counters, counter::REQUEST_START_RETRANSMITS, 1);
-        return Some(unsafe { (*st).sampled != 0 });
+    if let Some(st) = state {
+        let (s_seq, s_ack, s_sampled) = unsafe { ((*st).start_seq, (*st).start_ack, (*st).sampled != 0) };
+        if s_seq == seq {
+            bump(counters, counter::REQUEST_START_RETRANSMITS, 1);
+            return Some((s_sampled, false));
+        }
+        if s_ack == ack {
+            bump(counters, counter::REQUEST_START_CONTINUED, 1);
+            return Some((s_sampled, false));
+        }
     }
     let Some(ppm) = rule_ppm(key) else {
         bump(counters, counter::REQUESTS_NO_RULE, 1);
@@ -405,15 +398,15 @@ fn decide(key: &FlowKey, seq: u32, counters: *mut Counters) -> Option<bool> {
         Some(st) => unsafe {
             (*st).sampled = flag;
             (*st).start_seq = seq;
+            (*st).start_ack = ack;
         },
         None => {
-            // An unsampled connection needs no entry: absence already means "not sampled".
-            if sampled {
-                let _ = SHADOW_FLOWS.insert(key, FlowState { sampled: 1, start_seq: seq }, 0);
-            }
+            // Unsampled connections get an entry too: its acknowledgment is what tells the next
+            // request from this one's later segments (LRU map: bounded, oldest go first).
+            let _ = SHADOW_FLOWS.insert(key, FlowState { sampled: flag, start_seq: seq, start_ack: ack }, 0);
         }
     }
-    Some(sampled)
+    Some((sampled, true))
 }
 
 #[repr(C)]

@@ -359,15 +359,17 @@ impl Capture {
         Ok((r.return_value, r.duration))
     }
 
-    /// Entries in the kernel's per-connection sampling map (walks the map: not for hot paths).
-    pub fn sampled_flows(&self) -> Result<usize, CaptureError> {
+    /// Entries in the kernel's per-connection sampling map, (all, sampled) (walks the map: not
+    /// for hot paths).
+    pub fn tracked_flows(&self) -> Result<(usize, usize), CaptureError> {
         let map = self.ebpf.map(names::MAP_FLOWS).ok_or_else(|| CaptureError::Io {
             op: format!("find map {}", names::MAP_FLOWS),
             source: io::Error::new(ErrorKind::NotFound, "missing"),
         })?;
         let flows: aya::maps::HashMap<&MapData, FlowKey, FlowState> = aya::maps::HashMap::try_from(map)
             .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_FLOWS), source: Box::new(e) })?;
-        Ok(flows.keys().filter(Result::is_ok).count())
+        let states: Vec<FlowState> = flows.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
+        Ok((states.len(), states.iter().filter(|s| s.sampled != 0).count()))
     }
 
     /// The kernel's own accounting per program: (name, id, run_time, run_count). The counts move

@@ -29,6 +29,15 @@ impl BodyDecoder {
         }
     }
 
+    /// For request bodies: chunk framing exactly as RFC 9112 §7.1 writes it (see
+    /// [`ChunkedDecoder::strict`]).
+    pub fn strict(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::Chunked => Self::Chunked(ChunkedDecoder::strict()),
+            other => Self::new(other),
+        }
+    }
+
     /// Consume body bytes from `data`. Returns how many bytes belong to the body and whether the
     /// body ended there; bytes past the end belong to the next message.
     pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
@@ -144,17 +153,22 @@ enum ChunkState {
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
     TrailerLine,
+    /// Strict: saw CR inside a trailer line, LF must follow.
+    TrailerLf,
     /// Saw CR at the start of a trailer line: the body ends with the LF.
     EndLf,
     Done,
 }
 
 /// RFC 9112 §7.1 chunked transfer coding, byte-driven for the framing and in bulk for the data.
-/// Bare LF is accepted where CRLF is due, as most servers do: a stricter reading than the
-/// server's would lose sync on traffic the server accepted.
+/// By default (responses) bare LF is accepted where CRLF is due, as most clients do: a stricter
+/// reading than the peer's would lose sync on traffic it accepted. Requests are decoded
+/// [`strict`](Self::strict)ly: there a lenient reading is how one request hides another.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkedDecoder {
     state: ChunkState,
+    /// CRLF only, no control bytes in chunk extensions or trailer lines.
+    strict: bool,
     /// Size of the chunk being read, then what is left of its data.
     size: u64,
     line_len: u32,
@@ -164,6 +178,12 @@ pub struct ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
+    /// Line ends must be CRLF; a bare LF or a control byte in an extension or a trailer line is
+    /// an error.
+    pub fn strict() -> Self {
+        Self { strict: true, ..Self::default() }
+    }
+
     pub fn advance(&mut self, data: &[u8], limits: &Limits) -> Result<(usize, bool), HttpError> {
         self.advance_with(data, limits, |_| {})
     }
@@ -216,7 +236,9 @@ impl ChunkedDecoder {
                     self.count_line()?;
                     match b {
                         b'\r' => self.state = SizeLf,
-                        b'\n' => self.end_size_line(),
+                        b'\n' if !self.strict => self.end_size_line(),
+                        b'\t' => {}
+                        _ if self.strict && (b < b' ' || b == 0x7f) => return Err(HttpError::BadChunkSize),
                         _ => {}
                     }
                 }
@@ -228,7 +250,7 @@ impl ChunkedDecoder {
                 }
                 DataCr => match b {
                     b'\r' => self.state = DataLf,
-                    b'\n' => self.next_chunk(),
+                    b'\n' if !self.strict => self.next_chunk(),
                     _ => return Err(HttpError::BadChunkDelimiter),
                 },
                 DataLf => {
@@ -239,7 +261,9 @@ impl ChunkedDecoder {
                 }
                 TrailerStart => match b {
                     b'\r' => self.state = EndLf,
-                    b'\n' => self.state = Done,
+                    b'\n' if !self.strict => self.state = Done,
+                    // A trailer line starting with whitespace is an obs-fold.
+                    b'\n' | b' ' | b'\t' if self.strict => return Err(HttpError::BadTrailer),
                     _ => {
                         self.count_trailer(limits)?;
                         self.state = TrailerLine;
@@ -247,9 +271,22 @@ impl ChunkedDecoder {
                 },
                 TrailerLine => {
                     self.count_trailer(limits)?;
-                    if b == b'\n' {
+                    if self.strict {
+                        match b {
+                            b'\r' => self.state = TrailerLf,
+                            b'\t' => {}
+                            _ if b < b' ' || b == 0x7f => return Err(HttpError::BadTrailer),
+                            _ => {}
+                        }
+                    } else if b == b'\n' {
                         self.state = TrailerStart;
                     }
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::BadTrailer);
+                    }
+                    self.state = TrailerStart;
                 }
                 EndLf => {
                     if b != b'\n' {
@@ -290,7 +327,7 @@ impl ChunkedDecoder {
             b' ' | b'\t' => self.state = ChunkState::SizeBws,
             b';' => self.state = ChunkState::Ext,
             b'\r' => self.state = ChunkState::SizeLf,
-            b'\n' => self.end_size_line(),
+            b'\n' if !self.strict => self.end_size_line(),
             _ => return Err(HttpError::BadChunkSize),
         }
         Ok(())

@@ -24,10 +24,10 @@ pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
     body::{BodyDecoder, ChunkedDecoder, KeptBody},
     head::{
-        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_request_line,
-        looks_like_response_line, parse_request_head, parse_response_head, persistent, unsupported_preface,
+        Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_response_line,
+        parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
-    pairing::{PairOutcome, Pending, PendingQueue},
+    pairing::{HeldRequests, PairOutcome, Pending, PendingQueue, refuses_framing},
     path::{PathPattern, normalize_path, request_path},
     request::RequestAssembler,
     response::ResponseAssembler,
@@ -109,10 +109,22 @@ pub enum DropReason {
     MidstreamSkip,
     /// Segments only: bytes already seen (retransmission, overlap) or after the stream ended.
     Duplicate,
+    /// After a request-side framing error, or after a request that ends the connection
+    /// (`Connection: close`, HTTP/1.0 without keep-alive), the rest of the connection's request
+    /// stream: where the primary's next request starts (if anywhere) is not knowable from the
+    /// bytes, so nothing is resynchronised on.
+    Desync,
+    /// The primary answered the request with a framing error (400, 413, 414, 431), or before it
+    /// had the whole request: the primary did not serve it, so neither does the shadow.
+    Refused,
+    /// The primary's answer was never seen: the connection ended first, or a later request's
+    /// response came first. Only what the primary answered is replayed (TC, where responses are
+    /// captured).
+    Unanswered,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 17;
     pub const ALL: [Self; Self::COUNT] = [
         Self::Gap,
         Self::OversizeHeaders,
@@ -128,6 +140,9 @@ impl DropReason {
         Self::UnpairedResponse,
         Self::MidstreamSkip,
         Self::Duplicate,
+        Self::Desync,
+        Self::Refused,
+        Self::Unanswered,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -146,6 +161,9 @@ impl DropReason {
             Self::UnpairedResponse => "unpaired_response",
             Self::MidstreamSkip => "midstream_skip",
             Self::Duplicate => "duplicate",
+            Self::Desync => "desync",
+            Self::Refused => "refused",
+            Self::Unanswered => "unanswered",
         }
     }
 
@@ -159,6 +177,8 @@ impl DropReason {
 pub enum HttpError {
     #[error("parse message head: {0}")]
     Malformed(httparse::Error),
+    #[error("parse request: bare LF line ending (RFC 9112 requires CRLF)")]
+    BareLf,
     #[error("parse message head: larger than {limit} bytes")]
     HeadTooLarge { limit: usize },
     #[error("parse message head: more than {limit} header fields")]
@@ -201,6 +221,7 @@ impl HttpError {
             Self::Http2Preface | Self::Tls => DropReason::UnsupportedProtocol,
             Self::Malformed(httparse::Error::TooManyHeaders) => DropReason::OversizeHeaders,
             Self::Malformed(_)
+            | Self::BareLf
             | Self::BadContentLength
             | Self::ConflictingContentLength
             | Self::BadTransferEncoding
@@ -278,6 +299,43 @@ pub struct Cx<'a> {
     pub pending: &'a mut PendingQueue,
     /// Requests emitted whose response was never seen (popped unpaired from `pending`).
     pub unanswered: &'a mut u64,
+    /// Requests waiting for the primary's answer, all flows'.
+    pub held: &'a mut HeldRequests,
+}
+
+impl Cx<'_> {
+    /// Count the held requests that left the pending queue unanswered (see
+    /// [`HeldRequests`]).
+    pub fn settle_held(&mut self, reason: DropReason) {
+        for _ in 0..self.held.take_dropped() {
+            self.requests.drop_started(reason);
+        }
+    }
+
+    /// A request is complete: replay it now, or hold it for its answer.
+    fn complete_request(&mut self, req: CapturedRequest) {
+        if self.held.enabled() {
+            self.held.hold(req);
+        } else {
+            self.requests.emit();
+            self.out.push(HttpEvent::Request(req));
+        }
+    }
+
+    /// The primary answered request `id` with `status`: release it if it was held. Returns
+    /// whether the response is to be paired with it (false: the request was refused).
+    fn answered(&mut self, id: u64, status: u16) -> bool {
+        let Some(req) = self.held.take(id) else {
+            return true;
+        };
+        if pairing::refuses_framing(status) {
+            self.requests.drop_started(DropReason::Refused);
+            return false;
+        }
+        self.requests.emit();
+        self.out.push(HttpEvent::Request(req));
+        true
+    }
 }
 
 /// How an assembler fared with a piece, for per-segment accounting.

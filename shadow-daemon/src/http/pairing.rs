@@ -17,9 +17,10 @@
 //! no such evidence and the response is counted unpaired rather than guessed: a wrong pair would
 //! poison latency figures and comparisons, a missing one only thins them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::{RequestKind, seq_le};
+use crate::message::CapturedRequest;
 
 /// Requests awaiting a response on one connection. Bounded: a client that pipelines more than
 /// this without a response being seen loses its oldest entries (counted as unanswered).
@@ -48,6 +49,96 @@ impl Pending {
 
     pub fn emitted(&self) -> bool {
         self.id != Self::DROPPED
+    }
+}
+
+/// Requests extracted and waiting for the primary's answer before they are replayed, for all
+/// flows (a flow's own state stays as small as it was; its entries in [`PendingQueue`] say
+/// which of these are its own).
+///
+/// When `enabled`, only a request the primary answered, and not with a framing error, is
+/// replayed: the response is the evidence that the primary read the request where we did. A
+/// held request leaves when its response pairs with it (released or refused) or when its
+/// pending entry leaves unanswered, so there are never more than the flows' pending entries.
+#[derive(Debug, Default)]
+pub struct HeldRequests {
+    enabled: bool,
+    by_id: HashMap<u64, CapturedRequest>,
+    /// Payload and header-span bytes of the held requests, for the memory cap.
+    bytes: usize,
+    /// Held requests whose entry left a queue unanswered, not yet counted.
+    dropped: u64,
+}
+
+/// Response statuses that say the primary did not read the request as one it could serve:
+/// bad framing or syntax, body, target or header section too large.
+pub const fn refuses_framing(status: u16) -> bool {
+    matches!(status, 400 | 413 | 414 | 431)
+}
+
+impl HeldRequests {
+    pub fn new(enabled: bool) -> Self {
+        Self { enabled, ..Self::default() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// What the held requests cost: their bytes and the map's slots.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes + self.by_id.capacity() * (size_of::<(u64, CapturedRequest)>() + 1)
+    }
+
+    /// Payload bytes held.
+    pub fn payload_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn footprint(req: &CapturedRequest) -> usize {
+        req.raw.len() + req.headers.capacity() * size_of::<crate::message::HeaderSpan>()
+    }
+
+    pub fn hold(&mut self, req: CapturedRequest) {
+        self.bytes += Self::footprint(&req);
+        self.by_id.insert(req.id, req);
+    }
+
+    /// The held request `id`, now answered.
+    pub fn take(&mut self, id: u64) -> Option<CapturedRequest> {
+        let r = self.by_id.remove(&id)?;
+        self.bytes = self.bytes.saturating_sub(Self::footprint(&r));
+        if self.by_id.is_empty() && self.by_id.capacity() > 64 {
+            // A burst is over: give its memory back.
+            self.by_id = HashMap::new();
+        }
+        Some(r)
+    }
+
+    /// Held requests dropped unanswered since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// An entry leaves its queue without a response: 1 if it was a replayed request (now
+    /// unanswered), 0 otherwise; a held request goes with it, counted in `dropped`.
+    fn discard(&mut self, p: &Pending) -> u64 {
+        if !p.emitted() {
+            return 0;
+        }
+        if self.take(p.id).is_some() {
+            self.dropped += 1;
+            return 0;
+        }
+        1
     }
 }
 
@@ -92,11 +183,14 @@ impl PendingQueue {
         p
     }
 
-    /// Add a request; returns how many emitted requests were pushed out unanswered.
-    pub fn push(&mut self, p: Pending) -> u64 {
+    /// Add a request; returns how many replayed requests were pushed out unanswered (held ones
+    /// go to `held`'s count).
+    pub fn push(&mut self, p: Pending, held: &mut HeldRequests) -> u64 {
         let mut lost = 0;
         while self.len() >= MAX_PENDING {
-            lost += self.pop_front().map_or(0, |o| u64::from(o.emitted()));
+            if let Some(o) = self.pop_front() {
+                lost += held.discard(&o);
+            }
         }
         if self.front.is_none() {
             self.front = Some(p);
@@ -106,10 +200,12 @@ impl PendingQueue {
         lost
     }
 
-    /// Empty the queue (connection gone); returns how many emitted requests went unanswered.
-    pub fn clear(&mut self) -> u64 {
-        let n = self.iter().filter(|p| p.emitted()).count() as u64;
-        *self = Self::default();
+    /// Empty the queue (connection gone); returns how many replayed requests went unanswered.
+    pub fn clear(&mut self, held: &mut HeldRequests) -> u64 {
+        let mut n = 0;
+        while let Some(o) = self.pop_front() {
+            n += held.discard(&o);
+        }
         n
     }
 
@@ -117,7 +213,7 @@ impl PendingQueue {
     /// acknowledges `a` on the request stream. `aligned`: the response stream has been
     /// continuous since the previous paired response. The second value counts emitted requests
     /// passed over (their responses were not captured).
-    pub fn pair(&mut self, s: u32, a: u32, aligned: bool) -> (PairOutcome, u64) {
+    pub fn pair(&mut self, s: u32, a: u32, aligned: bool, held: &mut HeldRequests) -> (PairOutcome, u64) {
         let Some(front) = self.front else {
             return (PairOutcome::Unpaired, 0);
         };
@@ -134,7 +230,9 @@ impl PendingQueue {
         };
         let mut passed = 0;
         for _ in 0..i {
-            passed += self.pop_front().map_or(0, |o| u64::from(o.emitted()));
+            if let Some(o) = self.pop_front() {
+                passed += held.discard(&o);
+            }
         }
         (self.pop_front().map_or(PairOutcome::Unpaired, PairOutcome::Paired), passed)
     }
@@ -148,6 +246,18 @@ mod tests {
         Pending { id, kind: RequestKind::Normal, req_end, client_ack, last_ts_ns: id, after_skip }
     }
 
+    impl PendingQueue {
+        fn push_(&mut self, p: Pending) -> u64 {
+            self.push(p, &mut HeldRequests::default())
+        }
+        fn pair_(&mut self, s: u32, a: u32, aligned: bool) -> (PairOutcome, u64) {
+            self.pair(s, a, aligned, &mut HeldRequests::default())
+        }
+        fn clear_(&mut self) -> u64 {
+            self.clear(&mut HeldRequests::default())
+        }
+    }
+
     fn paired_id(o: (PairOutcome, u64)) -> Option<u64> {
         match o.0 {
             PairOutcome::Paired(p) => Some(p.id),
@@ -159,24 +269,24 @@ mod tests {
     fn fifo_while_aligned_even_when_pipelined() {
         let mut q = PendingQueue::default();
         // Three pipelined requests sent before any response byte arrived.
-        q.push(p(1, 100, 5000, false));
-        q.push(p(2, 200, 5000, false));
-        q.push(p(3, 300, 5000, false));
-        assert_eq!(paired_id(q.pair(5000, 300, false)), Some(1), "first response: oldest exact match");
-        assert_eq!(paired_id(q.pair(5100, 300, true)), Some(2));
-        assert_eq!(paired_id(q.pair(5200, 300, true)), Some(3));
-        assert_eq!(q.pair(5300, 300, true).0, PairOutcome::Unpaired);
+        q.push_(p(1, 100, 5000, false));
+        q.push_(p(2, 200, 5000, false));
+        q.push_(p(3, 300, 5000, false));
+        assert_eq!(paired_id(q.pair_(5000, 300, false)), Some(1), "first response: oldest exact match");
+        assert_eq!(paired_id(q.pair_(5100, 300, true)), Some(2));
+        assert_eq!(paired_id(q.pair_(5200, 300, true)), Some(3));
+        assert_eq!(q.pair_(5300, 300, true).0, PairOutcome::Unpaired);
     }
 
     #[test]
     fn after_sampling_skip_pairs_by_exact_ack() {
         let mut q = PendingQueue::default();
         // A answered at 1000..1100; B (unsampled) answered at 1100..1300; C sent after that.
-        q.push(p(1, 100, 1000, false));
-        assert_eq!(paired_id(q.pair(1000, 100, false)), Some(1));
-        q.push(p(3, 400, 1300, true));
+        q.push_(p(1, 100, 1000, false));
+        assert_eq!(paired_id(q.pair_(1000, 100, false)), Some(1));
+        q.push_(p(3, 400, 1300, true));
         // The response stream jumped over B's response: not aligned; C's ack matches.
-        assert_eq!(paired_id(q.pair(1300, 400, false)), Some(3));
+        assert_eq!(paired_id(q.pair_(1300, 400, false)), Some(3));
     }
 
     #[test]
@@ -184,30 +294,30 @@ mod tests {
         let mut q = PendingQueue::default();
         // A, B (unsampled) and C pipelined; RA seen; RB captured (continuous) but C has a skip
         // before it, and its ack predates RA's end: no evidence, so no pair.
-        q.push(p(1, 100, 1000, false));
-        q.push(p(3, 300, 1000, true));
-        assert_eq!(paired_id(q.pair(1000, 300, false)), Some(1));
-        assert_eq!(q.pair(1100, 300, true).0, PairOutcome::Unpaired);
-        assert_eq!(q.pair(1200, 300, false).0, PairOutcome::Unpaired);
+        q.push_(p(1, 100, 1000, false));
+        q.push_(p(3, 300, 1000, true));
+        assert_eq!(paired_id(q.pair_(1000, 300, false)), Some(1));
+        assert_eq!(q.pair_(1100, 300, true).0, PairOutcome::Unpaired);
+        assert_eq!(q.pair_(1200, 300, false).0, PairOutcome::Unpaired);
         assert_eq!(q.len(), 1);
     }
 
     #[test]
     fn response_older_than_front_request_is_unpaired() {
         let mut q = PendingQueue::default();
-        q.push(p(1, 100, 2000, false));
-        assert_eq!(q.pair(1500, 100, true).0, PairOutcome::Unpaired);
+        q.push_(p(1, 100, 2000, false));
+        assert_eq!(q.pair_(1500, 100, true).0, PairOutcome::Unpaired);
         assert_eq!(q.len(), 1);
     }
 
     #[test]
     fn passed_over_requests_are_counted_and_server_must_have_the_request() {
         let mut q = PendingQueue::default();
-        q.push(p(1, 100, 1000, false));
-        q.push(p(2, 200, 1500, true));
+        q.push_(p(1, 100, 1000, false));
+        q.push_(p(2, 200, 1500, true));
         // Server had not received request 2 yet (a < 200): no pair.
-        assert_eq!(q.pair(1500, 150, false).0, PairOutcome::Unpaired);
-        let (o, passed) = q.pair(1500, 200, false);
+        assert_eq!(q.pair_(1500, 150, false).0, PairOutcome::Unpaired);
+        let (o, passed) = q.pair_(1500, 200, false);
         assert_eq!(paired_id((o, 0)), Some(2));
         assert_eq!(passed, 1);
     }
@@ -217,11 +327,11 @@ mod tests {
         let mut q = PendingQueue::default();
         let mut lost = 0;
         for i in 0..(MAX_PENDING as u64 + 3) {
-            lost += q.push(p(i + 1, (u32::MAX - 10).wrapping_add(i as u32), u32::MAX - 2, false));
+            lost += q.push_(p(i + 1, (u32::MAX - 10).wrapping_add(i as u32), u32::MAX - 2, false));
         }
         assert_eq!(lost, 3);
         assert_eq!(q.len(), MAX_PENDING);
-        assert_eq!(paired_id(q.pair(5, 40, true)), Some(4), "ack and seq compare across the wrap");
-        assert_eq!(q.clear(), MAX_PENDING as u64 - 1);
+        assert_eq!(paired_id(q.pair_(5, 40, true)), Some(4), "ack and seq compare across the wrap");
+        assert_eq!(q.clear_(), MAX_PENDING as u64 - 1);
     }
 }

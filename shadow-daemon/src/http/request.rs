@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{
     BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, Pending, Piece, Preface, RequestHead, RequestKind,
-    find_head_end, looks_like_request_line, parse_request_head, unsupported_preface,
+    find_head_end, parse_request_head, unsupported_preface,
 };
 use crate::message::{BodyFraming, CapturedRequest};
 
@@ -42,6 +42,8 @@ struct Progress {
     kind: RequestKind,
     /// Count the response of a discarded request as its own (see `Pending::id`).
     tombstone: bool,
+    /// The connection may carry a request after this one.
+    persistent: bool,
 }
 
 /// Turns the in-order bytes of a client stream into [`CapturedRequest`]s.
@@ -116,18 +118,25 @@ impl RequestAssembler {
             })
     }
 
-    /// Can a stream that lost sync pick up again at this piece?
+    /// Can a stream that lost sync pick up again at this piece? Only where the kernel drew a new
+    /// decision: a segment that starts like a request (token grammar) and was sent after the
+    /// previous request was answered. A segment sent before that answer (the rest of a request,
+    /// its body) never restarts framing, whatever it looks like.
     pub fn is_start(piece: &Piece) -> bool {
-        piece.seg_start
-            && (piece.request_start
-                || looks_like_request_line(&piece.data)
-                || matches!(unsupported_preface(&piece.data), Preface::Unsupported(_)))
+        piece.seg_start && (piece.request_start || matches!(unsupported_preface(&piece.data), Preface::Unsupported(_)))
     }
 
     /// Consume one in-order piece.
     pub fn feed(&mut self, piece: &Piece, cx: &mut Cx<'_>) -> Fed {
         match self.state {
-            State::Closed(r) => return Fed::Skipped(r),
+            State::Closed(r) => {
+                if r == DropReason::Desync && piece.seg_start && piece.request_start {
+                    // A request the kernel saw start on a connection we no longer frame: count
+                    // it, so that the ledger shows what desync cost.
+                    cx.requests.seen_and_dropped(DropReason::Desync);
+                }
+                return Fed::Skipped(r);
+            }
             State::Unsynced(r) => {
                 if !Self::is_start(piece) {
                     return Fed::Skipped(r);
@@ -270,22 +279,31 @@ impl RequestAssembler {
             }
             RequestKind::Normal | RequestKind::Head => {}
         }
+        if head.ambiguous {
+            // Transfer-Encoding with Content-Length: RFC 9112 §6.1 has the server frame by the
+            // chunked coding and close the connection after; a server that framed by the length
+            // instead would see other requests in the body. Neither reading is replayed.
+            cx.requests.drop_started(DropReason::ParseError);
+            self.push_pending(Pending::DROPPED, head.kind, piece, body_at, cx);
+            self.reset(State::Closed(DropReason::Desync));
+            return Step::Stop;
+        }
         let too_big = matches!(head.framing, BodyFraming::ContentLength(n) if n > limits.max_body_bytes);
-        if head.ambiguous || too_big {
-            let reason = if too_big { DropReason::OversizeBody } else { DropReason::ParseError };
-            cx.requests.drop_started(reason);
+        if too_big {
+            cx.requests.drop_started(DropReason::OversizeBody);
             self.buf = BytesMut::new();
             self.state = State::Discard;
             self.progress = Some(Box::new(Progress {
-                body: BodyDecoder::new(head.framing),
+                body: BodyDecoder::strict(head.framing),
                 body_wire: 0,
                 kind: head.kind,
                 tombstone: true,
                 head: None,
+                persistent: head.persistent,
             }));
             return self.step_body(piece, body_at, copied, cx);
         }
-        let mut body = BodyDecoder::new(head.framing);
+        let mut body = BodyDecoder::strict(head.framing);
         let (n, done) = match body.advance(&piece.data[body_at..], limits) {
             Ok(v) => v,
             Err(e) => return self.fail(e, cx),
@@ -296,11 +314,17 @@ impl RequestAssembler {
             let kind = head.kind;
             self.emit(head, kind, piece, *copied, end, cx);
             *copied = end;
-            return Step::At(end);
+            return self.next_at(piece, end, cx);
         }
         self.state = State::Body;
-        self.progress =
-            Some(Box::new(Progress { kind: head.kind, head: Some(head), body, body_wire: n as u64, tombstone: false }));
+        self.progress = Some(Box::new(Progress {
+            kind: head.kind,
+            persistent: head.persistent,
+            head: Some(head),
+            body,
+            body_wire: n as u64,
+            tombstone: false,
+        }));
         self.settle(piece, end, done, copied, cx)
     }
 
@@ -337,6 +361,7 @@ impl RequestAssembler {
         }
         let kind = progress.kind;
         let tombstone = progress.tombstone;
+        let persistent = progress.persistent;
         let head = progress.head.take();
         self.progress = None;
         match head {
@@ -345,11 +370,11 @@ impl RequestAssembler {
                 if tombstone {
                     self.push_pending(Pending::DROPPED, kind, piece, end, cx);
                 }
-                self.reset(State::Boundary);
+                self.reset(Self::after(persistent));
             }
         }
         *copied = end;
-        Step::At(end)
+        self.next_at(piece, end, cx)
     }
 
     /// The request ends at `data[end]`: hand it out.
@@ -371,7 +396,7 @@ impl RequestAssembler {
         };
         let id = *cx.next_id;
         *cx.next_id += 1;
-        cx.requests.emit();
+        let persistent = head.persistent;
         let req = CapturedRequest {
             id,
             flow: cx.flow,
@@ -385,11 +410,36 @@ impl RequestAssembler {
             first_ts_ns: self.first_ts_ns,
             last_ts_ns: piece.ts_ns,
         };
-        cx.out.push(HttpEvent::Request(req));
         if !self.answered_early {
+            cx.complete_request(req);
             self.push_pending(id, kind, piece, end, cx);
+        } else if cx.held.enabled() {
+            // The primary answered before it had the whole request (an early error, or a
+            // server that does not read bodies): it did not serve this request as sent.
+            cx.requests.drop_started(DropReason::Refused);
+        } else {
+            cx.requests.emit();
+            cx.out.push(HttpEvent::Request(req));
         }
-        self.reset(State::Boundary);
+        self.reset(Self::after(persistent));
+    }
+
+    /// Go on after a request that ended at `data[end]`. If it ended the connection, bytes after
+    /// it in the same segment are not a request the primary served: counted, not framed.
+    fn next_at(&self, piece: &Piece, end: usize, cx: &mut Cx<'_>) -> Step {
+        if self.state != State::Closed(DropReason::Desync) {
+            return Step::At(end);
+        }
+        if piece.data.get(end..).is_some_and(|rest| rest.iter().any(|b| !matches!(b, b'\r' | b'\n'))) {
+            cx.requests.seen_and_dropped(DropReason::Desync);
+        }
+        Step::Stop
+    }
+
+    /// The state after a request: between requests, or done with a connection the request
+    /// ends.
+    const fn after(persistent: bool) -> State {
+        if persistent { State::Boundary } else { State::Closed(DropReason::Desync) }
     }
 
     fn push_pending(&mut self, id: u64, kind: RequestKind, piece: &Piece, end: usize, cx: &mut Cx<'_>) {
@@ -401,7 +451,8 @@ impl RequestAssembler {
             last_ts_ns: piece.ts_ns,
             after_skip: std::mem::take(&mut self.skip_before_next),
         };
-        *cx.unanswered += cx.pending.push(p);
+        *cx.unanswered += cx.pending.push(p, cx.held);
+        cx.settle_held(DropReason::Unanswered);
     }
 
     fn reset(&mut self, state: State) {
@@ -414,16 +465,18 @@ impl RequestAssembler {
         }
     }
 
-    /// The request in progress is damaged: drop it and wait for the next request start.
+    /// The request in progress is damaged: drop it, and the rest of the connection with it.
+    /// Where the primary thinks the next request starts after bytes we could not frame is not
+    /// knowable; resynchronising at the next thing that looks like a request is how a request
+    /// hidden in a body reaches the shadow.
     fn fail(&mut self, e: HttpError, cx: &mut Cx<'_>) -> Step {
         let reason = e.reason();
         if self.state != State::Discard {
             cx.requests.drop_started(reason);
         }
         // Neither HTTP/2 nor TLS will turn back into HTTP/1.x on this connection.
-        let next =
-            if reason == DropReason::UnsupportedProtocol { State::Closed(reason) } else { State::Unsynced(reason) };
-        self.reset(next);
+        let next = if reason == DropReason::UnsupportedProtocol { reason } else { DropReason::Desync };
+        self.reset(State::Closed(next));
         Step::Stop
     }
 

@@ -222,12 +222,15 @@ impl ResponseAssembler {
             self.state = State::Boundary;
             return Step::At(body_at);
         }
-        let (outcome, passed) = cx.pending.pair(self.start_seq, self.start_ack, self.aligned);
+        let (outcome, passed) = cx.pending.pair(self.start_seq, self.start_ack, self.aligned, cx.held);
         *cx.unanswered += passed;
+        cx.settle_held(DropReason::Unanswered);
+        let mut refused = false;
         let (kind, emit) = match outcome {
             PairOutcome::Paired(p) => {
                 self.aligned = true;
-                (p.kind, p.emitted().then_some((p.id, p.last_ts_ns)))
+                refused = p.emitted() && !cx.answered(p.id, head.status);
+                (p.kind, (p.emitted() && !refused).then_some((p.id, p.last_ts_ns)))
             }
             PairOutcome::Unpaired => {
                 self.aligned = false;
@@ -251,7 +254,7 @@ impl ResponseAssembler {
             return Step::Stop;
         }
         if emit.is_none() {
-            cx.responses.drop_started(DropReason::UnpairedResponse);
+            cx.responses.drop_started(if refused { DropReason::Refused } else { DropReason::UnpairedResponse });
         }
         let framing = head.framing_for(kind);
         self.progress = Some(Box::new(Progress {

@@ -63,6 +63,10 @@ fn kernel_help(name: &str) -> &'static str {
         "ipv4_fragments" => "IPv4 fragments on a service port, not captured.",
         "request_start_retransmits" => "Retransmitted request-start segments that kept their request's decision.",
         "requests_no_rule" => "Request starts on a service port whose server address matches no rule (not captured).",
+        "request_start_continued" => {
+            "Segments that looked like a request start but continued the request in progress (same acknowledgment)."
+        }
+        "request_starts_short" => "Request starts too short to classify whole, captured for the daemon to judge.",
         _ => "eBPF program counter, summed over CPUs.",
     }
 }

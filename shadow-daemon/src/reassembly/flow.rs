@@ -52,6 +52,7 @@ pub(crate) struct Shared<'a> {
     pub next_id: &'a mut u64,
     pub out: &'a mut Vec<HttpEvent>,
     pub stats: &'a mut ExtractorStats,
+    pub held: &'a mut crate::http::HeldRequests,
     pub window: u32,
 }
 
@@ -72,6 +73,7 @@ macro_rules! split {
             responses,
             pending: &mut $flow.pending,
             unanswered: unanswered_requests,
+            held: &mut *$sh.held,
         };
         $body
     }};
@@ -172,7 +174,9 @@ impl Flow {
             resp.end(reason, &mut cx);
             req_stream.end(reason, req_sc);
             resp_stream.end(reason, resp_sc);
-            *cx.unanswered += cx.pending.clear();
+            *cx.unanswered += cx.pending.clear(cx.held);
+            // Requests held for an answer that will not come now.
+            cx.settle_held(if reason == DropReason::Evicted { reason } else { DropReason::Unanswered });
         });
     }
 

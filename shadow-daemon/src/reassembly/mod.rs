@@ -26,7 +26,10 @@ pub use self::{
     stream::MAX_OOO_PIECES,
 };
 pub use crate::http::{DropReason, HttpEvent};
-use crate::{http::Limits, segment::Segment};
+use crate::{
+    http::{HeldRequests, Limits},
+    segment::Segment,
+};
 
 /// Limits and timeouts of the extractor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +55,11 @@ pub struct ExtractorConfig {
     pub max_body_bytes: u64,
     /// Content bytes of each paired response kept for comparison; 0 (comparison off) keeps none.
     pub keep_response_body: usize,
+    /// Hold each request until the primary's response to it is seen, and replay it only if that
+    /// response is not a framing refusal (400, 413, 414, 431): the answer is the evidence that
+    /// the primary read the request where we did. Needs the responses captured (TC); under XDP,
+    /// which sees only ingress, requests go out as soon as they are complete.
+    pub await_response: bool,
 }
 
 impl Default for ExtractorConfig {
@@ -73,6 +81,7 @@ impl Default for ExtractorConfig {
             max_headers: limits.max_headers,
             max_body_bytes: limits.max_body_bytes,
             keep_response_body: limits.keep_response_body,
+            await_response: false,
         }
     }
 }
@@ -107,11 +116,16 @@ pub struct Extractor {
     hole_flows: Vec<FlowIdx>,
     next_id: u64,
     stats: ExtractorStats,
+    /// Requests waiting for the primary's answer (`await_response`).
+    held: HeldRequests,
+    /// `held`'s (memory, payload) as last added to the gauges.
+    held_accounted: (usize, usize),
 }
 
 impl Extractor {
     pub fn new(cfg: ExtractorConfig) -> Self {
         let limits = cfg.limits();
+        let cfg_await = cfg.await_response;
         Self {
             window: cfg.ooo_window_bytes.min(1 << 30),
             cfg,
@@ -124,6 +138,8 @@ impl Extractor {
             hole_flows: Vec::new(),
             next_id: 1,
             stats: ExtractorStats::default(),
+            held: HeldRequests::new(cfg_await),
+            held_accounted: (0, 0),
         }
     }
 
@@ -174,6 +190,7 @@ impl Extractor {
             next_id: &mut self.next_id,
             out,
             stats: &mut self.stats,
+            held: &mut self.held,
             window: self.window,
         };
         flow.handle(seg, now_ns, &mut sh);
@@ -189,7 +206,22 @@ impl Extractor {
         if finished {
             self.remove(idx, DropReason::Incomplete, out);
         }
+        self.account_held();
         self.enforce_cap(out);
+    }
+
+    /// Requests held for the primary's answer, all flows.
+    pub fn held_requests(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Bring the gauges up to date with the held requests: they count against the cap like
+    /// everything else the extractor keeps.
+    fn account_held(&mut self) {
+        let now = (self.held.heap_bytes(), self.held.payload_bytes());
+        let (mem, buf) = std::mem::replace(&mut self.held_accounted, now);
+        self.stats.memory_bytes = (self.stats.memory_bytes + now.0 as u64).saturating_sub(mem as u64);
+        self.stats.buffered_bytes = (self.stats.buffered_bytes + now.1 as u64).saturating_sub(buf as u64);
     }
 
     /// Expire idle flows and overdue holes; call about every 100 ms.
@@ -222,6 +254,7 @@ impl Extractor {
                 next_id: &mut self.next_id,
                 out,
                 stats: &mut self.stats,
+                held: &mut self.held,
                 window: self.window,
             };
             flow.expire_holes(now_ns, self.cfg.gap_timeout_ns, &mut sh);
@@ -235,6 +268,7 @@ impl Extractor {
                 self.hole_flows.push(idx);
             }
         }
+        self.account_held();
     }
 
     /// Drop every flow (daemon shutdown): what is in progress is counted under `reason`.
@@ -293,11 +327,13 @@ impl Extractor {
             next_id: &mut self.next_id,
             out,
             stats: &mut self.stats,
+            held: &mut self.held,
             window: self.window,
         };
         flow.teardown(reason, &mut sh);
         self.stats.memory_bytes = self.stats.memory_bytes.saturating_sub(flow.mem as u64);
         self.stats.buffered_bytes = self.stats.buffered_bytes.saturating_sub(flow.buffered as u64);
+        self.account_held();
         self.index.remove(&flow.id);
         self.free.push(idx);
         self.stats.flows_active = self.stats.flows_active.saturating_sub(1);

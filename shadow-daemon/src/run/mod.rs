@@ -239,6 +239,8 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
         // buffering it early.
         max_body_bytes: max_body,
         keep_response_body: hub.as_ref().map_or(0, |h| h.keep_response_body()),
+        // TC sees the primary's responses: a request is replayed once the primary answered it.
+        await_response: cfg.hook == crate::config::HookKind::Tc,
         ..ExtractorConfig::default()
     });
     let mut publisher = Publisher { ledger_seen: BTreeMap::new() };

@@ -90,7 +90,7 @@ fn midstream_join_skips_to_the_next_request_line() {
         let mut ex = Extractor::new(small_cfg());
         let mut c = Conn::new(v6, 40013, 3, 3);
         // The daemon starts while a request body and a response are already under way.
-        let body_tail = c.client(b"tail of an earlier body");
+        let body_tail = c.client(b"{\"tail\": \"of an earlier body\"}");
         let old_resp = c.server(b"ody of an earlier response");
         let segs = [body_tail, old_resp, c.client(GET), c.server(OK)];
         let ev = feed(&mut ex, segs);
@@ -104,14 +104,32 @@ fn midstream_join_skips_to_the_next_request_line() {
 }
 
 #[test]
-fn unflagged_method_token_resyncs_too() {
+fn any_method_token_starts_a_request() {
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 40014, 3, 3);
     let propfind = b"PROPFIND /dav HTTP/1.1\r\nDepth: 1\r\n\r\n";
     let s = c.client(propfind);
-    assert!(!s.request_start, "not in the kernel's method list");
+    assert!(s.request_start, "the kernel's grammar, not a list");
     let ev = feed(&mut ex, [s]);
     assert_eq!(raws(&ev), vec![propfind.to_vec()]);
+}
+
+#[test]
+fn a_body_that_looks_like_a_request_start_on_joining_ends_the_connection() {
+    // The daemon joins mid-body, and the body's next segment reads like a request line's start:
+    // the kernel flags it (its first decision on the connection); it does not parse, and where
+    // the next request starts cannot be known, so the rest of the connection is counted, not
+    // guessed at.
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40015, 3, 3);
+    let tail = c.client(b"tail of an earlier body");
+    assert!(tail.request_start);
+    let r = c.server(OK);
+    let ev = feed(&mut ex, [tail, r, c.client(GET)]);
+    assert!(raws(&ev).is_empty());
+    assert_eq!(req_drops(&ex, DropReason::ParseError), 1);
+    assert_eq!(req_drops(&ex, DropReason::Desync), 1);
+    assert!(ex.stats().reconciles());
 }
 
 #[test]
@@ -119,8 +137,10 @@ fn lost_request_start_between_messages_is_a_gap_not_a_skip() {
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 40038, 1, 1);
     let a = c.client(GET);
+    c.skip_server(50);
     let _lost_head = c.client(&POST[..30]);
     let tail = c.client(&POST[30..]);
+    c.skip_server(50);
     let b = c.client(GET);
     let now = b.ts_ns;
     let mut ev = feed(&mut ex, [a, tail, b]);
@@ -156,7 +176,7 @@ fn http2_prior_knowledge_and_tls_are_unsupported_not_misparsed() {
 }
 
 #[test]
-fn oversize_headers_drop_and_resync() {
+fn oversize_headers_drop_the_rest_of_the_connection() {
     let cfg = ExtractorConfig { max_header_bytes: 256, max_headers: 4, ..small_cfg() };
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
     let many = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n";
@@ -164,11 +184,16 @@ fn oversize_headers_drop_and_resync() {
         let mut ex = Extractor::new(cfg.clone());
         let mut c = Conn::new(false, 40026, 1, 1);
         let mut segs = vec![c.client(GET)];
+        c.skip_server(50);
         segs.extend(c.client_split(bad, split));
+        c.skip_server(50);
         segs.push(c.client(GET));
         let ev = feed(&mut ex, segs);
-        assert_eq!(raws(&ev), vec![GET.to_vec(), GET.to_vec()]);
+        assert_eq!(raws(&ev), vec![GET.to_vec()]);
         assert_eq!(req_drops(&ex, DropReason::OversizeHeaders), 1);
+        // The request after it starts a segment the kernel flagged: counted, never framed.
+        assert_eq!(req_drops(&ex, DropReason::Desync), 1);
+        assert_eq!(ex.stats().requests.seen, 3);
     }
 }
 
@@ -214,7 +239,7 @@ fn huge_content_length_allocates_nothing_up_front() {
 }
 
 #[test]
-fn parse_errors_drop_and_resync_at_the_next_request_start() {
+fn parse_errors_drop_the_rest_of_the_connection() {
     let bad: &[&[u8]] = &[
         b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
@@ -225,21 +250,30 @@ fn parse_errors_drop_and_resync_at_the_next_request_start() {
     for b in bad {
         let mut ex = Extractor::new(small_cfg());
         let mut c = Conn::new(true, 40029, 1, 1);
-        let segs = [c.client(b), c.client(b"trailing garbage"), c.client(GET)];
+        let (bad, garbage) = (c.client(b), c.client(b"trailing garbage"));
+        c.skip_server(50);
+        let segs = [bad, garbage, c.client(GET)];
         let ev = feed(&mut ex, segs);
-        assert_eq!(raws(&ev), vec![GET.to_vec()], "{}", String::from_utf8_lossy(b));
+        assert_eq!(raws(&ev), Vec::<Vec<u8>>::new(), "{}", String::from_utf8_lossy(b));
         assert_eq!(req_drops(&ex, DropReason::ParseError), 1);
+        assert_eq!(req_drops(&ex, DropReason::Desync), 1);
+        assert_eq!(ex.stats().request_segments.dropped(DropReason::Desync), 2);
     }
 }
 
 #[test]
-fn te_and_cl_together_is_dropped_but_framed_by_chunked() {
+fn te_and_cl_together_is_dropped_with_the_rest_of_the_connection() {
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 40030, 1, 1);
     let smuggle = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    let ev = feed(&mut ex, [c.client(&[smuggle.as_slice(), GET].concat())]);
-    assert_eq!(raws(&ev), vec![GET.to_vec()]);
+    let first = c.client(&[smuggle.as_slice(), GET].concat());
+    c.skip_server(50);
+    let ev = feed(&mut ex, [first, c.client(GET)]);
+    // Framed by chunked or by length, a server reads a different next request: neither is
+    // replayed, and the request that follows in its own segment is counted as desync.
+    assert_eq!(raws(&ev), Vec::<Vec<u8>>::new());
     assert_eq!(req_drops(&ex, DropReason::ParseError), 1);
+    assert_eq!(req_drops(&ex, DropReason::Desync), 1);
 }
 
 #[test]

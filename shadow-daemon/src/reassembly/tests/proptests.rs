@@ -3,7 +3,6 @@
 use proptest::{prelude::*, sample::Index, test_runner::FileFailurePersistence};
 
 use super::{super::*, support::*};
-use crate::http::looks_like_request_line;
 
 const METHODS: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE"];
 
@@ -45,6 +44,10 @@ fn arb_request() -> impl Strategy<Value = Vec<u8>> {
             let chunked = matches!(body, Body::Chunked(..));
             let minor = if http10 && !chunked { 0 } else { 1 };
             let mut r = format!("{method} {target} HTTP/1.{minor}\r\n").into_bytes();
+            if minor == 0 {
+                // Without it the request ends the connection, and what follows is desync.
+                r.extend_from_slice(b"Connection: keep-alive\r\n");
+            }
             for (n, v) in headers {
                 r.extend_from_slice(format!("{n}: {}\r\n", v.trim()).as_bytes());
             }
@@ -112,8 +115,8 @@ fn arb_plan(max_requests: usize, holes: usize) -> impl Strategy<Value = Plan> {
 
 struct Delivery {
     segments: Vec<Segment>,
-    /// Stream offsets of every delivered segment start.
-    starts: Vec<(usize, usize)>,
+    /// Stream offset, length and kernel flag of every delivered segment.
+    starts: Vec<(usize, usize, bool)>,
     last_ts: u64,
 }
 
@@ -131,7 +134,20 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
             let line = stream.iter().position(|&b| b == b'\n').map_or(16, |p| p + 1);
             n = n.max(line);
         }
-        let n = n.min(stream.len() - at);
+        let mut n = n.min(stream.len() - at);
+        if with_holes {
+            // A client that waits for each answer starts each request in a segment of its own
+            // (the kernel's decisions assume so; see `deliver`'s notes on loss). Pipelined
+            // requests are covered by the test without holes.
+            let mut off = 0;
+            for r in &plan.requests {
+                off += r.len();
+                if off > at {
+                    n = n.min(off - at);
+                    break;
+                }
+            }
+        }
         ranges.push((at, n));
         at += n;
         i += 1;
@@ -142,32 +158,51 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
             lost[1 + h.index(ranges.len() - 1)] = true;
         }
     }
-    // (order key, range); keys spread segments by their delay, extras land near their origin.
-    let mut items: Vec<(usize, (usize, usize))> = Vec::new();
+    // (order key, range, lost); keys spread segments by their delay, extras land near their
+    // origin. A lost segment passed the kernel (which drew its decisions on it) and was lost
+    // after, in the ring buffer: a segment the kernel never sees is retransmitted by TCP.
+    let mut items: Vec<(usize, (usize, usize), bool)> = Vec::new();
     for (k, r) in ranges.iter().enumerate() {
-        if lost[k] {
-            continue;
-        }
-        let key = if k == 0 { 0 } else { (k + plan.delays[k % plan.delays.len()]) * 2 + 1 };
-        items.push((key, *r));
+        // With losses, no reordering: a request whose first segment reaches the kernel after a
+        // later one of it, and which then also loses bytes (in the ring buffer), leaves that
+        // later segment looking like a request start to resynchronise on. That double fault is
+        // the documented limit of joining streams without framing (README, "What is
+        // replayed"); reordering alone is covered exactly by the test without holes.
+        let delay = if with_holes { 0 } else { plan.delays[k % plan.delays.len()] };
+        let key = if k == 0 { 0 } else { (k + delay) * 2 + 1 };
+        items.push((key, *r, lost[k]));
     }
     if !with_holes {
         for (idx, len) in &plan.extra {
             let start = idx.index(stream.len());
             let len = (*len).min(stream.len() - start);
             let k = ranges.iter().position(|(s, n)| start < s + n).unwrap_or(0);
-            items.push(((k + 3) * 2 + 2, (start, len)));
+            items.push(((k + 3) * 2 + 2, (start, len), false));
         }
     }
-    items.sort_by_key(|(key, _)| *key);
+    items.sort_by_key(|(key, _, _)| *key);
     let mut c = Conn::new(plan.v6, port, plan.isn, 7);
     let base = c.c_seq;
     let mut segments = Vec::new();
     let mut starts = Vec::new();
-    for (_, (start, len)) in items {
+    // Each request is sent once the previous one is answered: a segment acknowledges as many
+    // (uncaptured) responses as requests began before its first byte. That is what the kernel
+    // tells a new request from the rest of one by.
+    let mut request_starts = Vec::new();
+    let mut off = 0;
+    for r in &plan.requests {
+        request_starts.push(off);
+        off += r.len();
+    }
+    for (_, (start, len), lost) in items {
+        let answered = request_starts.iter().filter(|&&s| s <= start).count() as u32;
         c.c_seq = base.wrapping_add(start as u32);
-        segments.push(c.client(&stream[start..start + len]));
-        starts.push((start, len));
+        c.s_seq = 7u32.wrapping_add(answered * 100);
+        let seg = c.client(&stream[start..start + len]);
+        if !lost {
+            starts.push((start, len, seg.request_start));
+            segments.push(seg);
+        }
     }
     Delivery { segments, starts, last_ts: c.ts }
 }
@@ -195,7 +230,7 @@ proptest! {
     #[test]
     fn reordered_duplicated_stream_yields_exactly_the_requests(plan in arb_plan(12, 0)) {
         let d = deliver(&plan, 41000, false);
-        let captured: u64 = d.starts.iter().map(|&(_, n)| n as u64).sum();
+        let captured: u64 = d.starts.iter().map(|&(_, n, _)| n as u64).sum();
         let mut ex = Extractor::new(small_cfg());
         let ev = feed(&mut ex, d.segments);
         prop_assert_eq!(raws(&ev), plan.requests.clone());
@@ -218,8 +253,12 @@ proptest! {
     fn holes_yield_only_whole_requests_and_count_the_rest(plan in arb_plan(12, 4)) {
         let d = deliver(&plan, 41001, true);
         let mut ex = Extractor::new(small_cfg());
+        let n = d.segments.len() as u64;
         let mut ev = feed(&mut ex, d.segments);
-        ex.tick(d.last_ts + small_cfg().gap_timeout_ns, &mut ev);
+        // Time goes on: a hole given up can uncover the next one, which then waits its turn.
+        for k in 1..=n {
+            ex.tick(d.last_ts + k * small_cfg().gap_timeout_ns, &mut ev);
+        }
         ex.clear(DropReason::Timeout, &mut ev);
         let got = raws(&ev);
         prop_assert!(
@@ -239,12 +278,7 @@ proptest! {
         let mut offset = 0;
         let mut invisible = 0u64;
         for r in &plan.requests {
-            let seen = d.starts.iter().any(|&(s, n)| {
-                s == offset && {
-                    let stream_part = &r[..n.min(r.len())];
-                    kernel_request_start(stream_part) || looks_like_request_line(stream_part)
-                }
-            });
+            let seen = d.starts.iter().any(|&(s, _, flagged)| s == offset && flagged);
             if !seen && !got.contains(r) {
                 invisible += 1;
             }

@@ -97,6 +97,9 @@ fn hole_mid_request_is_dropped_as_gap_after_timeout_and_next_request_survives() 
         let a = c.client(&POST[..30]);
         let _lost = c.client(&POST[30..40]);
         let b = c.client(&POST[40..]);
+        // The POST's answer (not captured) before the next request: that is what makes the
+        // kernel flag it as a new request.
+        c.skip_server(100);
         let d = c.client(GET);
         let now = d.ts_ns;
         let mut ev = feed(&mut ex, [a, b, d]);
@@ -117,9 +120,9 @@ fn peer_ack_proves_a_hole_final_without_waiting() {
     let mut c = Conn::new(false, 40009, 500, 500);
     let a = c.client(&POST[..30]);
     let _lost = c.client(&POST[30..]);
-    let b = c.client(GET);
     let resp_to_post = c.server(OK);
-    let ev = feed(&mut ex, [a, b, resp_to_post]);
+    let b = c.client(GET);
+    let ev = feed(&mut ex, [a, resp_to_post, b]);
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
     assert_eq!(req_drops(&ex, DropReason::Gap), 1);
 }
@@ -156,7 +159,9 @@ fn sampling_skip_without_responses_resolves_on_timeout() {
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 40011, 7, 7);
     let a = c.client(GET);
+    c.skip_server(50);
     c.skip_client(1234);
+    c.skip_server(50);
     let b = c.client(POST);
     let now = b.ts_ns;
     let mut ev = feed(&mut ex, [a, b]);
@@ -174,6 +179,7 @@ fn segment_beyond_the_window_gives_up_the_hole_at_once() {
     let mut c = Conn::new(true, 40012, 7, 7);
     let a = c.client(&POST[..10]);
     c.skip_client(POST.len() - 10 + 5000);
+    c.skip_server(50);
     let b = c.client(GET);
     let ev = feed(&mut ex, [a, b]);
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
@@ -190,9 +196,11 @@ fn truncated_segments_drop_what_they_touch() {
         trunc.truncated = true;
         trunc.payload = Bytes::new();
         // A whole request the kernel could not copy, flagged as a request start.
+        c.skip_server(50);
         let mut trunc_req = c.client(GET);
         trunc_req.truncated = true;
         trunc_req.payload = Bytes::new();
+        c.skip_server(50);
         let ok = c.client(POST);
         let ev = feed(&mut ex, [head, trunc, trunc_req, ok]);
         assert_eq!(raws(&ev), vec![POST.to_vec()]);

@@ -21,11 +21,10 @@ pub fn flow_id(v6: bool, client_port: u16) -> FlowId {
     FlowId { client: SocketAddr::new(c, client_port), server: SocketAddr::new(s, 8080) }
 }
 
-/// What the kernel program flags as a request start (capture.rs `starts_request`).
+/// Does the kernel program's grammar take this payload for a request start (or a piece too
+/// short to tell)? The one definition the program uses, from shadow-common.
 pub fn kernel_request_start(p: &[u8]) -> bool {
-    const TOKENS: [&[u8]; 10] =
-        [b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT ", b"PRI "];
-    p.len() >= 8 && (TOKENS.iter().any(|t| p.starts_with(t)) || p.starts_with(&[0x16, 0x03]))
+    shadow_common::classify_payload(p) != shadow_common::StartClass::No
 }
 
 /// One TCP connection whose two sides write bytes; every segment acknowledges everything
@@ -36,15 +35,22 @@ pub struct Conn {
     pub c_seq: u32,
     pub s_seq: u32,
     pub ts: u64,
+    /// The acknowledgment of the kernel's last decision on this connection: a start-looking
+    /// segment with the same one continues that request (not flagged), as in the program.
+    pub start_ack: Option<u32>,
 }
 
 impl Conn {
     pub fn new(v6: bool, port: u16, c_isn: u32, s_isn: u32) -> Self {
-        Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000 }
+        Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000, start_ack: None }
     }
 
     fn seg(&mut self, dir: Direction, seq: u32, ack: u32, flags: u8, bytes: &[u8]) -> Segment {
         self.ts += 1_000;
+        let request_start = dir == Direction::Request && kernel_request_start(bytes) && self.start_ack != Some(ack);
+        if request_start {
+            self.start_ack = Some(ack);
+        }
         Segment {
             flow: self.flow,
             direction: dir,
@@ -55,7 +61,7 @@ impl Conn {
             wire_len: bytes.len() as u32,
             payload: Bytes::copy_from_slice(bytes),
             truncated: false,
-            request_start: dir == Direction::Request && kernel_request_start(bytes),
+            request_start,
             ifindex: 1,
         }
     }
