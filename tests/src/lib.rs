@@ -6,6 +6,7 @@
 
 pub mod capture_thread;
 pub mod comparing;
+pub mod corpus;
 pub mod frames;
 pub mod prom;
 pub mod rig;

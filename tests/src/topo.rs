@@ -40,12 +40,18 @@ impl NetNs {
     /// Move the calling thread into this namespace (network namespaces are per thread). Use it in
     /// a dedicated thread: the thread never comes back to the original namespace.
     pub fn enter_current_thread(&self) {
-        let path = format!("/run/netns/{}", self.name);
-        let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+        enter_netns(&self.name);
     }
+}
+
+/// Move the calling thread into the named network namespace (for threads that only have the
+/// name, not the [`NetNs`] that owns it).
+pub fn enter_netns(name: &str) {
+    let path = format!("/run/netns/{name}");
+    let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {name}: {}", std::io::Error::last_os_error());
 }
 
 impl NetNs {

@@ -27,7 +27,7 @@ pub use self::{
         Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_response_line,
         parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
-    pairing::{HeldRequests, PairOutcome, Pending, PendingQueue, refuses_framing},
+    pairing::{HeldRequests, MAX_PENDING, PairOutcome, Pending, PendingQueue, refuses_framing},
     path::{PathPattern, normalize_path, request_path},
     request::RequestAssembler,
     response::ResponseAssembler,

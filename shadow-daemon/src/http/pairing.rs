@@ -64,8 +64,10 @@ impl Pending {
 pub struct HeldRequests {
     enabled: bool,
     by_id: HashMap<u64, CapturedRequest>,
-    /// Payload and header-span bytes of the held requests, for the memory cap.
-    bytes: usize,
+    /// Payload bytes of the held requests.
+    payload: usize,
+    /// Their header spans.
+    spans: usize,
     /// Held requests whose entry left a queue unanswered, not yet counted.
     dropped: u64,
 }
@@ -93,29 +95,32 @@ impl HeldRequests {
         self.by_id.is_empty()
     }
 
-    /// What the held requests cost: their bytes and the map's slots.
+    /// What the held requests cost: their bytes, header spans and map entries (the map's spare
+    /// capacity is a bounded constant and left out, so that an empty map counts nothing).
     pub fn heap_bytes(&self) -> usize {
-        self.bytes + self.by_id.capacity() * (size_of::<(u64, CapturedRequest)>() + 1)
+        self.payload + self.spans + self.by_id.len() * (size_of::<(u64, CapturedRequest)>() + 1)
     }
 
     /// Payload bytes held.
     pub fn payload_bytes(&self) -> usize {
-        self.bytes
+        self.payload
     }
 
-    fn footprint(req: &CapturedRequest) -> usize {
-        req.raw.len() + req.headers.capacity() * size_of::<crate::message::HeaderSpan>()
+    fn spans_of(req: &CapturedRequest) -> usize {
+        req.headers.capacity() * size_of::<crate::message::HeaderSpan>()
     }
 
     pub fn hold(&mut self, req: CapturedRequest) {
-        self.bytes += Self::footprint(&req);
+        self.payload += req.raw.len();
+        self.spans += Self::spans_of(&req);
         self.by_id.insert(req.id, req);
     }
 
     /// The held request `id`, now answered.
     pub fn take(&mut self, id: u64) -> Option<CapturedRequest> {
         let r = self.by_id.remove(&id)?;
-        self.bytes = self.bytes.saturating_sub(Self::footprint(&r));
+        self.payload = self.payload.saturating_sub(r.raw.len());
+        self.spans = self.spans.saturating_sub(Self::spans_of(&r));
         if self.by_id.is_empty() && self.by_id.capacity() > 64 {
             // A burst is over: give its memory back.
             self.by_id = HashMap::new();

@@ -1,6 +1,8 @@
 //! Extractor tests: segments in, messages and counters out, for both IP families; by topic, on
 //! one shared [`support`] module (also used by the replay client's framing test).
 
+mod conformance;
+mod evidence;
 mod framing;
 mod limits;
 mod proptests;

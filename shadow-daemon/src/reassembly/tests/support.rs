@@ -104,6 +104,9 @@ impl Conn {
     pub fn client_rst(&mut self) -> Segment {
         self.seg(Direction::Request, self.c_seq, 0, tcp_flags::RST, b"")
     }
+    pub fn server_rst(&mut self) -> Segment {
+        self.seg(Direction::Response, self.s_seq, 0, tcp_flags::RST, b"")
+    }
 }
 
 pub fn small_cfg() -> ExtractorConfig {
