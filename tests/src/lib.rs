@@ -6,7 +6,9 @@
 
 pub mod capture_thread;
 pub mod comparing;
+pub mod faults;
 pub mod frames;
+pub mod inject;
 pub mod prom;
 pub mod rig;
 pub mod topo;
