@@ -489,7 +489,9 @@ const C6: &str = "fd00:77::1";
 const S6: &str = "fd00:77::2";
 
 /// The daemon attached to the server's veth, a recording shadow, and an AF_PACKET socket on the
-/// client's end of the veth: what it sends arrives at the server's TC ingress.
+/// client's end of the veth: what it sends arrives at the server's TC ingress. Every request
+/// that is expected to be replayed is followed by the primary's answer with the right seq/ack:
+/// under TC the primary's response is the evidence that a request was served (issue 9 item 1).
 struct Wire {
     r: OpsRig,
     inj: Injector,
