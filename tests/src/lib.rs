@@ -7,7 +7,9 @@
 pub mod capture_thread;
 pub mod comparing;
 pub mod corpus;
+pub mod faults;
 pub mod frames;
+pub mod inject;
 pub mod prom;
 pub mod rig;
 pub mod topo;
