@@ -327,7 +327,10 @@ pub mod counter {
     /// method token or the empty lines before it): taken as a start, for user space to judge.
     /// Included in `requests_sampled` / `requests_skipped`.
     pub const REQUEST_STARTS_SHORT: usize = 15;
-    pub const COUNT: usize = 16;
+    /// Sampled request starts whose record the ring buffer had no room for (also in
+    /// `ringbuf_full`): requests that crossed the wire and never reached the daemon.
+    pub const REQUEST_STARTS_LOST: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Metric-friendly names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT] = [
@@ -347,6 +350,7 @@ pub mod counter {
         "requests_no_rule",
         "request_start_continued",
         "request_starts_short",
+        "request_starts_lost",
     ];
 }
 

@@ -447,6 +447,9 @@ fn emit_sized<P: Packet, const N: usize>(
 ) {
     let Some(mut entry) = SHADOW_EVENTS.reserve::<Record<N>>(0) else {
         bump(counters, counter::RINGBUF_FULL, 1);
+        if hdr.flags & record_flags::REQUEST_START != 0 {
+            bump(counters, counter::REQUEST_STARTS_LOST, 1);
+        }
         return;
     };
     let rec = entry.as_mut_ptr();

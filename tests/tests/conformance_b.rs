@@ -94,6 +94,7 @@ impl Setup {
                 .args(["--interface", &t.server_if, "--port", &PORT.to_string(), "--shadow", SHADOW])
                 .args(["--metrics-addr", METRICS, "--allow-method", METHODS, "--sample-rate", sample_rate])
                 .args(["--control", scratch.path("control.sock").to_str().expect("utf-8")])
+                .args(["--summary-file", scratch.path("summary.json").to_str().expect("utf-8")])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log")),
         );
@@ -132,6 +133,16 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("not settled in 60 s: {last}\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+}
+
+impl Setup {
+    /// SIGTERM the daemon (a clean exit is required) and read its summary.
+    fn stop(&mut self) -> serde_json::Value {
+        let code = self.daemon.take().and_then(|mut d| d.terminate(Duration::from_secs(15)));
+        assert_eq!(code, Some(0), "daemon exit; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        let text = std::fs::read_to_string(self.scratch.path("summary.json")).expect("summary file");
+        serde_json::from_str(&text).expect("summary json")
     }
 }
 
@@ -305,4 +316,12 @@ fn kernel_counts_add_up_to_the_requests_sent() {
     // nothing new: they continue their request.
     assert_eq!(m("shadow_kernel_request_starts_short_total"), f64::from(per_kind), "{text}");
     assert!(m("shadow_kernel_request_start_continued_total") >= 2.0 * f64::from(per_kind), "{text}");
+    // The same ledger in the daemon's summary: every sampled start reached it (none lost).
+    let mut s = s;
+    let summary = s.stop();
+    let req = &summary["requests"];
+    assert_eq!(req["on_wire"], sent, "{req}");
+    assert_eq!(req["reached_daemon"], req["sampled"], "{req}");
+    assert_eq!(req["lost_in_ring_buffer"], 0, "{req}");
+    assert_eq!(req["reconciles"], true, "{req}");
 }

@@ -456,10 +456,14 @@ fn ring_buffer_overflow_is_counted_and_never_replays_a_damaged_request() {
     let dropped: u64 = counts(&req["dropped"]).values().sum();
     assert_eq!(u(&req["in_flight"]), 0, "{m}");
     assert_eq!(u(&req["captured"]), u(&req["replayed"]) + dropped, "{m}");
-    // A sampled request that user space never saw lost at least its first record: the ledger
-    // cannot name it, but the kernel's count of lost records covers it.
+    // A sampled request whose start record was lost never reached user space: the kernel counts
+    // those starts, so the request ledger still adds up exactly.
     let unseen = sent.len() as u64 - u(&req["captured"]);
     assert!(unseen <= u(&k["ringbuf_full"]), "{unseen} requests vanished, more than the records lost: {m}");
+    let rl = &summary["requests"];
+    assert_eq!(rl["reconciles"], true, "{rl}");
+    assert_eq!(u(&rl["on_wire"]), sent.len() as u64, "{rl}");
+    assert_eq!(u(&rl["reached_daemon"]) + u(&rl["lost_in_ring_buffer"]), sent.len() as u64, "{rl}");
 
     // No damaged request replayed: everything the shadow received is, byte for byte, one the
     // client sent, and none arrived twice.

@@ -67,6 +67,7 @@ fn kernel_help(name: &str) -> &'static str {
             "Segments that looked like a request start but continued the request in progress (same acknowledgment)."
         }
         "request_starts_short" => "Request starts too short to classify whole, captured for the daemon to judge.",
+        "request_starts_lost" => "Sampled request starts lost because the ring buffer was full (also in ringbuf_full).",
         _ => "eBPF program counter, summed over CPUs.",
     }
 }

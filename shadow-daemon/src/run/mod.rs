@@ -340,6 +340,8 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
         summary.compare = Some(report);
     }
     summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
+    summary.requests = summary::RequestLedger::new(&kernel, summary.request.request_starts);
+    tracing::info!("{}", summary.requests);
     summary.extraction = extraction_summary(extractor.stats());
     for (d, sc) in [
         (&mut summary.request, &extractor.stats().request_segments),

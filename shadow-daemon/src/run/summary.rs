@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use shadow_common::counter;
 
 use crate::{
     metrics::Summary as MirrorSummary,
@@ -24,6 +25,59 @@ pub struct DirectionCounts {
     pub truncated: u64,
     pub fin: u64,
     pub rst: u64,
+    /// Segments the kernel flagged as a new request's start.
+    pub request_starts: u64,
+}
+
+/// The requests that crossed the wire, as the kernel and the daemon counted them:
+/// `on_wire = sampled + not_sampled + no_rule` (requests sent one after another; pipelined ones
+/// are decided together) and `sampled = reached_daemon + lost_in_ring_buffer`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RequestLedger {
+    pub on_wire: u64,
+    pub sampled: u64,
+    pub not_sampled: u64,
+    pub no_rule: u64,
+    /// Sampled starts whose record reached the daemon.
+    pub reached_daemon: u64,
+    pub lost_in_ring_buffer: u64,
+    /// Of the sampled: starts too short to classify, taken as starts.
+    pub short_starts: u64,
+    /// `sampled == reached_daemon + lost_in_ring_buffer`.
+    pub reconciles: bool,
+}
+
+impl RequestLedger {
+    pub fn new(kernel: &[u64; counter::COUNT], reached_daemon: u64) -> Self {
+        let sampled = kernel[counter::REQUESTS_SAMPLED];
+        let lost = kernel[counter::REQUEST_STARTS_LOST];
+        Self {
+            on_wire: sampled + kernel[counter::REQUESTS_SKIPPED] + kernel[counter::REQUESTS_NO_RULE],
+            sampled,
+            not_sampled: kernel[counter::REQUESTS_SKIPPED],
+            no_rule: kernel[counter::REQUESTS_NO_RULE],
+            reached_daemon,
+            lost_in_ring_buffer: lost,
+            short_starts: kernel[counter::REQUEST_STARTS_SHORT],
+            reconciles: sampled == reached_daemon + lost,
+        }
+    }
+}
+
+impl std::fmt::Display for RequestLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "requests on the wire {} = sampled {} + not sampled {} + no rule {}; sampled = reached the daemon {} + lost in the ring buffer {}{}",
+            self.on_wire,
+            self.sampled,
+            self.not_sampled,
+            self.no_rule,
+            self.reached_daemon,
+            self.lost_in_ring_buffer,
+            if self.reconciles { "" } else { "  (DOES NOT RECONCILE)" }
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -53,6 +107,8 @@ pub struct Summary {
     pub response: DirectionCounts,
     pub bad_records: BTreeMap<&'static str, u64>,
     pub kernel: BTreeMap<&'static str, u64>,
+    /// The kernel's request counts against what reached the daemon.
+    pub requests: RequestLedger,
     pub extraction: ExtractionSummary,
     pub mirror: Option<MirrorSummary>,
     /// The comparison's final report (`shadowctl report --from FILE` reads it).
@@ -71,6 +127,7 @@ impl Summary {
         d.truncated += u64::from(s.truncated);
         d.fin += u64::from(s.fin());
         d.rst += u64::from(s.rst());
+        d.request_starts += u64::from(s.request_start);
     }
 }
 
