@@ -211,8 +211,28 @@ pub struct FlowState {
     /// body, or a pipelined one. It keeps the decision (and is not flagged as a start), so a
     /// request is never cut by a fresh draw and a body never starts a capture.
     pub start_ack: u32,
+    /// 1 once the server began a final (non-1xx) response since that decision (TC, which sees
+    /// responses): a new request needs one, so an interim `100 Continue` never lets a body
+    /// segment pass for the next request.
+    pub answered: u32,
 }
-const _: () = assert!(size_of::<FlowState>() == 12);
+const _: () = assert!(size_of::<FlowState>() == 16);
+
+/// Does a server segment begin a final response (`HTTP/1.x` and a status other than 1xx)?
+#[inline(always)]
+pub fn starts_final_response(buf: &[u8; 12], n: usize) -> bool {
+    n >= 10
+        && buf[0] == b'H'
+        && buf[1] == b'T'
+        && buf[2] == b'T'
+        && buf[3] == b'P'
+        && buf[4] == b'/'
+        && buf[5] == b'1'
+        && buf[6] == b'.'
+        && buf[8] == b' '
+        && buf[9] >= b'2'
+        && buf[9] <= b'5'
+}
 
 /// What the first bytes of a client segment say about a request start. One definition for the
 /// eBPF program and the daemon's tests.

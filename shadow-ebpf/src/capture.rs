@@ -18,7 +18,7 @@ use aya_log_ebpf::warn;
 use shadow_common::{
     CAPTURE_BUCKETS, CLASSIFY_BYTES, Config, Counters, FlowKey, FlowState, MAX_CAPTURE, PPM_ALL, RECORD_VERSION,
     RING_WAKEUP_BYTES as WAKEUP_BYTES, SERVICE_KEY_BITS, SegmentHeader, ServiceKey, StartClass, classify_start,
-    counter, direction, family, record_flags, tcp_flags,
+    counter, direction, family, record_flags, starts_final_response, tcp_flags,
 };
 
 use crate::{
@@ -199,7 +199,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
     let class =
         if dir == direction::REQUEST { classify(ctx, start, end, payload_off, payload_len) } else { StartClass::No };
     let sampled = if class != StartClass::No {
-        let (sampled, new) = decide(&key, seq, ack, counters)?;
+        let (sampled, new) = decide(&key, seq, ack, hook != Hook::Xdp, counters)?;
         if new {
             rflags |= record_flags::REQUEST_START;
             if class == StartClass::Short {
@@ -208,8 +208,16 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
         }
         sampled
     } else {
-        match SHADOW_FLOWS.get_ptr(key) {
-            Some(state) => unsafe { (*state).sampled != 0 },
+        match SHADOW_FLOWS.get_ptr_mut(key) {
+            Some(state) => {
+                if dir == direction::RESPONSE
+                    && unsafe { (*state).answered } == 0
+                    && final_response(ctx, start, end, payload_off, payload_len)
+                {
+                    unsafe { (*state).answered = 1 };
+                }
+                unsafe { (*state).sampled != 0 }
+            }
             None => false,
         }
     };
@@ -350,6 +358,29 @@ fn classify<P: Packet>(ctx: &P, start: usize, end: usize, off: usize, payload_le
     classify_start(&buf, n)
 }
 
+/// Does this server segment begin a final response? Read only until the flow has one.
+#[inline(always)]
+fn final_response<P: Packet>(ctx: &P, start: usize, end: usize, off: usize, payload_len: usize) -> bool {
+    if payload_len < 10 {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    let n = if payload_len < 12 { payload_len } else { 12 };
+    match ptr_at::<[u8; 12]>(start, end, off) {
+        Some(p) => buf = unsafe { *p },
+        None => {
+            let len = n as u32;
+            if len == 0 || len > 12 {
+                return false;
+            }
+            if unsafe { ctx.copy_out(off as u32, buf.as_mut_ptr(), len) } != 0 {
+                return false;
+            }
+        }
+    }
+    starts_final_response(&buf, n)
+}
+
 /// The sampling rate of the rule the connection's server (address, port) belongs to; None when
 /// no rule covers it (another service on a shared port).
 #[inline(always)]
@@ -365,18 +396,19 @@ fn rule_ppm(key: &FlowKey) -> Option<u32> {
 /// Draw the sampling decision for a new request on this connection and remember it; the second
 /// value says whether this segment starts a new request. A retransmitted copy of the segment the
 /// last decision was drawn on, or a segment sent before any answer to it arrived (same
-/// acknowledgment), keeps that decision. None: the request belongs to no rule (counted, not
-/// captured).
+/// acknowledgment; and with `need_answer`, under TC, before the server began a final response),
+/// keeps that decision. None: the request belongs to no rule (counted, not captured).
 #[inline(always)]
-fn decide(key: &FlowKey, seq: u32, ack: u32, counters: *mut Counters) -> Option<(bool, bool)> {
+fn decide(key: &FlowKey, seq: u32, ack: u32, need_answer: bool, counters: *mut Counters) -> Option<(bool, bool)> {
     let state = SHADOW_FLOWS.get_ptr_mut(key);
     if let Some(st) = state {
-        let (s_seq, s_ack, s_sampled) = unsafe { ((*st).start_seq, (*st).start_ack, (*st).sampled != 0) };
+        let (s_seq, s_ack, s_sampled, answered) =
+            unsafe { ((*st).start_seq, (*st).start_ack, (*st).sampled != 0, (*st).answered != 0) };
         if s_seq == seq {
             bump(counters, counter::REQUEST_START_RETRANSMITS, 1);
             return Some((s_sampled, false));
         }
-        if s_ack == ack {
+        if s_ack == ack || (need_answer && !answered) {
             bump(counters, counter::REQUEST_START_CONTINUED, 1);
             return Some((s_sampled, false));
         }
@@ -399,11 +431,13 @@ fn decide(key: &FlowKey, seq: u32, ack: u32, counters: *mut Counters) -> Option<
             (*st).sampled = flag;
             (*st).start_seq = seq;
             (*st).start_ack = ack;
+            (*st).answered = 0;
         },
         None => {
             // Unsampled connections get an entry too: its acknowledgment is what tells the next
             // request from this one's later segments (LRU map: bounded, oldest go first).
-            let _ = SHADOW_FLOWS.insert(key, FlowState { sampled: flag, start_seq: seq, start_ack: ack }, 0);
+            let _ =
+                SHADOW_FLOWS.insert(key, FlowState { sampled: flag, start_seq: seq, start_ack: ack, answered: 0 }, 0);
         }
     }
     Some((sampled, true))

@@ -55,6 +55,12 @@ impl Rig {
         self.drain()
     }
 
+    /// The server begins a final response on connection (client port `cport`): under TC that is
+    /// what lets the client's next request start a new decision.
+    fn answer(&mut self, c: &str, cport: u16, s: &str) -> Vec<Segment> {
+        self.tc_egress(&frames::tcp(&Tcp::new(s, PORT, c, cport, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")))
+    }
+
     fn xdp(&mut self, frame: &[u8]) -> Vec<Segment> {
         let (verdict, _) = self.cap.test_run(names::PROG_XDP, frame, 1).expect("test_run xdp");
         assert_eq!(verdict, XDP_PASS, "XDP program must always return XDP_PASS");
@@ -314,7 +320,8 @@ fn a_retransmitted_request_start_keeps_its_decision_and_is_counted_once() {
     assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 1);
     assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 0);
     assert_eq!(r.counter(counter::REQUEST_START_RETRANSMITS), 1);
-    // The next request on the connection draws anew (rate now 0).
+    // The next request on the connection, after the answer, draws anew (rate now 0).
+    assert_eq!(r.answer(c, 47100, s).len(), 1, "the answer follows the sampled decision");
     let mut next = Tcp::new(c, 47100, s, PORT, GET);
     next.seq = first.seq.wrapping_add(GET.len() as u32);
     next.ack = first.ack.wrapping_add(100);
@@ -575,10 +582,51 @@ fn a_request_in_tiny_segments_is_one_decision_and_requests_add_up() {
         }
         let want = if n < 3 { req.chunks(size).count() } else { 0 };
         assert_eq!((captured, flagged), (want, usize::from(n < 3)), "request {n} in {size}-byte pieces");
-        // The answer arrives: the next request acknowledges it.
+        // The answer goes out, and the next request acknowledges it.
+        r.answer(c, 49900, s);
         ack = ack.wrapping_add(40);
     }
     assert_eq!(r.counter(counter::REQUESTS_SAMPLED) + r.counter(counter::REQUESTS_SKIPPED), u64::from(requests));
     assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 3);
     assert!(r.counter(counter::REQUEST_START_CONTINUED) > 0);
+}
+
+/// Under TC a new request needs the server to have begun a final answer since the last one: an
+/// interim `100 Continue` moves the client's acknowledgment but is not an answer, so the body
+/// that follows it (whatever it looks like) continues the request. XDP sees no answers and goes
+/// by the acknowledgment alone.
+#[test]
+fn an_interim_response_does_not_end_a_request_but_a_final_one_does() {
+    if !require_kernel("an_interim_response_does_not_end_a_request") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let (c, s) = ("10.0.0.1", "10.0.0.2");
+    let head = b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 25\r\n\r\n";
+    let mut t = Tcp::new(c, 49950, s, PORT, head);
+    t.seq = 100;
+    t.ack = 1000;
+    assert!(r.tc(&frames::tcp(&t))[0].request_start);
+    let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut i = Tcp::new(s, PORT, c, 49950, cont);
+    i.seq = 1000;
+    r.tc_egress(&frames::tcp(&i));
+    // The body, after the 100 (acknowledging it), reads like a request line.
+    let mut b = Tcp::new(c, 49950, s, PORT, b"GET /admin HTTP/1.1\r\n\r\n");
+    b.seq = 100 + head.len() as u32;
+    b.ack = 1000 + cont.len() as u32;
+    let got = r.tc(&frames::tcp(&b));
+    assert_eq!(got.len(), 1, "captured as part of the sampled PUT");
+    assert!(!got[0].request_start, "an interim answer does not end a request");
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 1);
+    // A final answer, then the next request: a new decision.
+    let fin = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    let mut f = Tcp::new(s, PORT, c, 49950, fin);
+    f.seq = 1000 + cont.len() as u32;
+    r.tc_egress(&frames::tcp(&f));
+    let mut n = Tcp::new(c, 49950, s, PORT, GET);
+    n.seq = b.seq + 25;
+    n.ack = f.seq + fin.len() as u32;
+    assert!(r.tc(&frames::tcp(&n))[0].request_start);
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 2);
 }

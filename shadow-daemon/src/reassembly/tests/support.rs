@@ -38,18 +38,30 @@ pub struct Conn {
     /// The acknowledgment of the kernel's last decision on this connection: a start-looking
     /// segment with the same one continues that request (not flagged), as in the program.
     pub start_ack: Option<u32>,
+    /// The server began a final response since that decision (TC: needed for a new one).
+    pub answered: bool,
 }
 
 impl Conn {
     pub fn new(v6: bool, port: u16, c_isn: u32, s_isn: u32) -> Self {
-        Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000, start_ack: None }
+        Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000, start_ack: None, answered: true }
     }
 
     fn seg(&mut self, dir: Direction, seq: u32, ack: u32, flags: u8, bytes: &[u8]) -> Segment {
         self.ts += 1_000;
-        let request_start = dir == Direction::Request && kernel_request_start(bytes) && self.start_ack != Some(ack);
+        let request_start = dir == Direction::Request
+            && kernel_request_start(bytes)
+            && self.start_ack != Some(ack)
+            && (self.answered || self.start_ack.is_none());
         if request_start {
             self.start_ack = Some(ack);
+            self.answered = false;
+        }
+        if dir == Direction::Response {
+            let mut head = [0u8; 12];
+            let n = bytes.len().min(12);
+            head[..n].copy_from_slice(&bytes[..n]);
+            self.answered |= shadow_common::starts_final_response(&head, n);
         }
         Segment {
             flow: self.flow,
@@ -87,8 +99,11 @@ impl Conn {
     pub fn skip_client(&mut self, n: usize) {
         self.c_seq = self.c_seq.wrapping_add(n as u32);
     }
+    /// Server bytes the kernel saw but did not capture (an unsampled answer): an answer all the
+    /// same.
     pub fn skip_server(&mut self, n: usize) {
         self.s_seq = self.s_seq.wrapping_add(n as u32);
+        self.answered = true;
     }
 
     pub fn client_fin(&mut self) -> Segment {
