@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod ops;
 mod server;
 pub mod summary;
+mod targets;
 mod text;
 
 use std::{
@@ -42,6 +43,8 @@ use prometheus_client::{
 };
 pub use server::MetricsServer;
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
+use targets::Targets;
+pub use targets::{TargetFailure, TargetMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -145,6 +148,7 @@ pub struct Metrics {
     ready_gauge: Gauge,
     ops: Arc<Mutex<ops::Operations>>,
     compared: Compared,
+    targets: Targets,
 }
 
 impl fmt::Debug for Metrics {
@@ -224,6 +228,7 @@ impl Metrics {
         let ops = Arc::new(Mutex::new(ops::Operations::default()));
         registry.register_collector(Box::new(ops::OpsCollector(ops.clone())));
         let compared = Compared::register(&mut registry);
+        let targets = Targets::register(&mut registry);
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
@@ -247,7 +252,14 @@ impl Metrics {
             ready_gauge,
             ops,
             compared,
+            targets,
         }
+    }
+
+    /// The series of one shadow target of a rule (`role`: `shadow` or `secondary`): failures by
+    /// kind and backoff state. Look it up once per lane, not per request.
+    pub fn target(&self, rule: &str, role: &'static str, target: &str) -> TargetMetrics {
+        self.targets.target(rule, role, target)
     }
 
     /// One compared pair: `shadow_comparisons_total`, `shadow_compared_responses_total` and
