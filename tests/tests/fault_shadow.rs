@@ -73,8 +73,12 @@ impl Fault {
     }
 
     fn start_daemon(&mut self, extra: &[&str]) {
+        self.start_daemon_with(CONCURRENCY, extra);
+    }
+
+    fn start_daemon_with(&mut self, concurrency: u64, extra: &[&str]) {
         let bin = workspace_bin("shadow-daemon");
-        let concurrency = CONCURRENCY.to_string();
+        let concurrency = concurrency.to_string();
         let cap = MEMORY_CAP.to_string();
         let d = Proc::spawn(
             "shadow-daemon",
@@ -389,7 +393,8 @@ fn shadow_closing_every_connection_is_backed_off() {
 }
 
 /// Not a test of behaviour: the daemon's CPU seconds for the same requests with the shadow up
-/// and down, printed (`--ignored --nocapture`). Numbers for the README and the issue.
+/// and down, printed (`--ignored --nocapture`; `SHADOW_MEASURE_REQUESTS`, default 20 000).
+/// Works against an older daemon too (`SHADOW_BIN_DIR`), for a before/after.
 #[test]
 #[ignore = "measurement: run with --ignored --nocapture"]
 fn measure_cpu_with_the_shadow_up_and_down() {
@@ -400,7 +405,9 @@ fn measure_cpu_with_the_shadow_up_and_down() {
     for up in [true, false, true, false] {
         let mut f = Fault::new(if up { "mu" } else { "md" });
         let _shadow = up.then(|| f.shadow(Behaviour::Slow { delay: Duration::ZERO, gate: None }));
-        f.start_daemon(&[]);
+        // The default concurrency, and a queue that holds the whole load: with the shadow up,
+        // every request is replayed.
+        f.start_daemon_with(64, &["--queue-capacity", &n.to_string()]);
         let cpu0 = process::cpu_seconds(f.pid());
         let t0 = Instant::now();
         f.load(n);
