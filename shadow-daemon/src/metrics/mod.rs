@@ -5,7 +5,8 @@
 //! outcome, so that captured = replayed + dropped + in flight at every scrape), `latency`
 //! (Prometheus histograms and hdrhistograms per endpoint), `absolute` (totals counted elsewhere,
 //! such as the kernel's counters, published by a collector), [`summary`] (the exit summary),
-//! [`endpoint`] (endpoint names), `server` (the HTTP endpoint) and `text` (exposition formats).
+//! [`endpoint`] (endpoint names), `targets` (per shadow target: failures by kind and backoff
+//! state), `server` (the HTTP endpoint) and `text` (exposition formats).
 
 //!
 mod absolute;
