@@ -590,9 +590,12 @@ mod tests {
     /// control data; the time lies between the request's sending and the read that got it. The
     /// kernel turns packet timestamping on a moment after the first socket asks (a deferred static
     /// key), so the first responses may come without one (then the read time is used): exchanges
-    /// go on until one carries it, at most 200.
+    /// go on until one carries it, for at most 10 s. As the engine does, the process keeps one
+    /// socket asking for timestamps, so the other tests' sockets closing meanwhile cannot turn
+    /// the key off again (with 200 exchanges and no such socket, this failed under load).
     #[tokio::test]
     async fn responses_carry_the_kernels_receive_time() {
+        enable_receive_timestamps();
         const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -609,7 +612,11 @@ mod tests {
         let target = ShadowTarget { host: "127.0.0.1".into(), port };
         let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
         let mut stamped = None;
-        for _ in 0..200 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..1_000_000 {
+            if Instant::now() > deadline {
+                break;
+            }
             conn.buf.clear();
             let before = SystemTime::now();
             conn.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
