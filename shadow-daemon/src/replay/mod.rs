@@ -277,9 +277,13 @@ impl LaneState {
         if let Some(p) = backoff.failure(probe, kind)
             && p.index == 0
         {
+            let meanwhile = match role {
+                "shadow" => "its requests are dropped (shadow_backoff)",
+                _ => "requests skip it",
+            };
             tracing::warn!(
-                "{}: {role} backed off for {:?} after {} failures in a row (last: {e}); requests to it are dropped \
-                 (shadow_backoff) until a probe is answered",
+                "{}: {role} backed off for {:?} after {} failures in a row (last: {e}); {meanwhile} until a probe \
+                 is answered",
                 self.name,
                 p.length,
                 backoff::FAILURES_TO_BACK_OFF
