@@ -137,6 +137,14 @@ impl Fault {
         assert_eq!(served, n, "the primary served every request");
     }
 
+    /// [`Scrape::backed_off`], and the log said so once (one episode: the shadow never answered).
+    fn backed_off(&self, s: &Scrape, n: usize, failure_drop: &str) -> u64 {
+        let attempts = s.backed_off(n, failure_drop, self.started);
+        let log = self.daemon_log();
+        assert_eq!(log.matches("shadow backed off for").count(), 1, "one backoff warning:\n{log}");
+        attempts
+    }
+
     /// Wait until all `n` requests are captured and settled; the last scrape.
     fn settled(&self, n: usize) -> Scrape {
         let addr: SocketAddr = METRICS.parse().expect("metrics address");
@@ -196,6 +204,11 @@ impl Scrape {
             None => format!("{name}{{{labels}}}"),
         };
         self.get(&series) as u64
+    }
+
+    /// The shadow's failure series, for messages.
+    fn failure_lines(&self) -> Vec<&str> {
+        self.0.lines().filter(|l| l.starts_with("shadow_target_failures_total{") && !l.ends_with(" 0")).collect()
     }
 
     fn failures(&self) -> u64 {
@@ -259,7 +272,7 @@ fn shadow_down_is_backed_off_and_costs_few_attempts() {
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
     let cpu = process::cpu_seconds(f.pid()) - cpu0;
-    let attempts = s.backed_off(REQUESTS, "shadow_error", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     assert_eq!(s.target("shadow_target_failures_total", Some("connect_refused")), attempts, "all refused");
     assert_eq!(s.get("shadow_errors_total{kind=\"connect_refused\"}") as u64, attempts);
     eprintln!("shadow down: {REQUESTS} requests, {attempts} connection attempts, daemon CPU {cpu:.3} s");
@@ -306,7 +319,7 @@ fn shadow_that_never_reads_times_out_and_is_backed_off() {
     f.start_daemon(&["--request-timeout", "300ms"]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
-    let attempts = s.backed_off(REQUESTS, "shadow_error", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     assert_eq!(s.target("shadow_target_failures_total", Some("timeout")), attempts, "all timed out");
     wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
     f.stop();
@@ -322,12 +335,12 @@ fn resetting_shadow_is_backed_off() {
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
-    let attempts = s.backed_off(REQUESTS, "shadow_error", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     // A reset before the request was read is seen as a reset, or as a close if the daemon read
     // the end of the stream first.
     let seen = s.target("shadow_target_failures_total", Some("reset"))
         + s.target("shadow_target_failures_total", Some("closed"));
-    assert_eq!(seen, attempts);
+    assert_eq!(seen, attempts, "{:?}", s.failure_lines());
     assert!(s.target("shadow_target_failures_total", Some("reset")) > 0);
     wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
     f.stop();
@@ -343,7 +356,7 @@ fn garbage_answering_shadow_is_backed_off() {
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
-    let attempts = s.backed_off(REQUESTS, "shadow_error", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     assert_eq!(s.target("shadow_target_failures_total", Some("bad_response")), attempts);
     assert_eq!(s.get("shadow_errors_total{kind=\"bad_response\"}") as u64, attempts);
     assert_eq!(shadow.accepted() as u64, attempts, "a connection per attempt, none reused after garbage");
@@ -362,7 +375,7 @@ fn endless_response_is_cut_at_the_cap_and_backed_off() {
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
-    let attempts = s.backed_off(REQUESTS, "shadow_response_too_large", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_response_too_large");
     assert_eq!(s.target("shadow_target_failures_total", Some("response_too_large")), attempts);
     assert_eq!(s.get("shadow_errors_total{kind=\"bad_response\"}"), 0.0, "counted under its own reason only");
     // The daemon closed every one of those connections while the body was still coming.
@@ -383,11 +396,11 @@ fn shadow_closing_every_connection_is_backed_off() {
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
-    let attempts = s.backed_off(REQUESTS, "shadow_error", f.started);
+    let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     // Closed unread: a close, or a reset if the request had arrived before the close.
     let seen = s.target("shadow_target_failures_total", Some("closed"))
         + s.target("shadow_target_failures_total", Some("reset"));
-    assert_eq!(seen, attempts);
+    assert_eq!(seen, attempts, "{:?}", s.failure_lines());
     wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
     f.stop();
 }

@@ -135,6 +135,11 @@ impl ReplayError {
             Self::Connect { source, .. } => match source.kind() {
                 io::ErrorKind::ConnectionRefused => TargetFailure::ConnectRefused,
                 io::ErrorKind::TimedOut => TargetFailure::ConnectTimeout,
+                // Accepted and reset before the connect was seen complete (a shadow that resets
+                // at once, on loopback).
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                    TargetFailure::Reset
+                }
                 _ => TargetFailure::ConnectError,
             },
             Self::ConnectTimeout { .. } => TargetFailure::ConnectTimeout,
@@ -779,6 +784,29 @@ mod tests {
         );
         assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.kind(), None);
+    }
+
+    #[test]
+    fn target_failure_kinds() {
+        let t = || "x:1".to_owned();
+        let io = |k| io::Error::from(k);
+        let connect = |k| ReplayError::Connect { target: t(), source: io(k) }.target_failure();
+        assert_eq!(connect(io::ErrorKind::ConnectionRefused), Some(TargetFailure::ConnectRefused));
+        assert_eq!(connect(io::ErrorKind::TimedOut), Some(TargetFailure::ConnectTimeout));
+        assert_eq!(connect(io::ErrorKind::ConnectionReset), Some(TargetFailure::Reset));
+        assert_eq!(connect(io::ErrorKind::HostUnreachable), Some(TargetFailure::ConnectError));
+        let read = |k| ReplayError::Read { id: 1, target: t(), source: io(k) }.target_failure();
+        assert_eq!(read(io::ErrorKind::ConnectionReset), Some(TargetFailure::Reset));
+        assert_eq!(read(io::ErrorKind::UnexpectedEof), Some(TargetFailure::Closed));
+        assert_eq!(ReplayError::Closed { id: 1, target: t() }.target_failure(), Some(TargetFailure::Closed));
+        assert_eq!(
+            ReplayError::Timeout { id: 1, target: t(), timeout: Duration::from_secs(1) }.target_failure(),
+            Some(TargetFailure::Timeout)
+        );
+        let too_large = ReplayError::ResponseTooLarge { id: 1, target: t(), cap: 1 };
+        assert_eq!(too_large.target_failure(), Some(TargetFailure::ResponseTooLarge));
+        assert_eq!(too_large.kind(), Some(ShadowErrorKind::BadResponse), "to the comparison: a bad response");
+        assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.target_failure(), None);
     }
 
     #[test]
