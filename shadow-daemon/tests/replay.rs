@@ -19,7 +19,7 @@ use shadow_daemon::{
     message::{BodyFraming, CapturedRequest},
     metrics::{Metrics, MetricsServer, RequestCounts, reason},
     replay::{
-        ReplayEngine, Submission,
+        ReplayEngine, Submission, backoff,
         controls::{MethodAllowlist, PathPattern, ReplayControls, ShadowTarget},
     },
 };
@@ -66,8 +66,11 @@ enum Mode {
     /// answer, as a server closing an idle keep-alive connection at that very moment does.
     DropSecondRequest,
     /// Response framing chosen by path: /chunked, /close (no length, then close), /continue
-    /// (100 Continue first), /nocontent (204), anything else as Healthy.
+    /// (100 Continue first), /nocontent (204), /huge (declares 1 GiB), /exact (a 64 KiB body),
+    /// anything else as Healthy.
     Framing,
+    /// A chunked body that never ends (bounded here at 256 MiB, far past any cap under test).
+    Endless,
 }
 
 /// A shadow on 127.0.0.1 that records every request it reads, byte for byte.
@@ -204,6 +207,21 @@ async fn serve_conn(mut stream: TcpStream, mode: Mode, requests: Arc<Mutex<Vec<V
                 let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
                 continue;
             }
+            Mode::Endless => {
+                let chunk = [b'x'; 16 * 1024];
+                let mut frame = format!("{:X}\r\n", chunk.len()).into_bytes();
+                frame.extend_from_slice(&chunk);
+                frame.extend_from_slice(b"\r\n");
+                if stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+                    return;
+                }
+                for _ in 0..16 * 1024 {
+                    if stream.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
             Mode::Framing => {
                 let reply: &[u8] = match path.as_str() {
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n",
@@ -213,6 +231,15 @@ async fn serve_conn(mut stream: TcpStream, mode: Mode, requests: Arc<Mutex<Vec<V
                     }
                     "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
                     "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                    "/huge" => b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n",
+                    "/exact" => {
+                        let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".to_vec();
+                        r.resize(r.len() + 65536, b'e');
+                        if stream.write_all(&r).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     _ => ok,
                 };
                 if stream.write_all(reply).await.is_err() {
@@ -339,28 +366,103 @@ async fn chunked_request_bodies_arrive_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_down_at_start_is_counted_then_used_when_it_comes_up() {
+async fn shadow_down_is_backed_off_then_probed_and_used_when_it_comes_up() {
     // A bound socket that does not listen yet: connections are refused until listen().
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
     let target = ShadowTarget { host: "127.0.0.1".into(), port: addr.port() };
     let metrics = Arc::new(Metrics::new(10));
-    let engine = ReplayEngine::start(&[rule(target, ReplayControls::default())], metrics.clone()).unwrap();
-    for i in 0..5 {
+    let controls = ReplayControls { concurrency: 1, ..Default::default() };
+    let started = Instant::now();
+    let engine = ReplayEngine::start(&[rule(target, controls)], metrics.clone()).unwrap();
+    let failures = backoff::FAILURES_TO_BACK_OFF as u64;
+    for i in 0..failures {
         assert_eq!(engine.submit(captured(i, &get("/a"))), Submission::Queued);
+        settle(&metrics, i + 1).await;
     }
-    let r = settle(&metrics, 5).await;
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 5, "{r:?}");
-    assert_eq!(metrics.summary().shadow_errors["connect_refused"], 5);
+    let r = metrics.requests();
+    assert_eq!(r.dropped[reason::SHADOW_ERROR], failures, "{r:?}");
+    assert_eq!(metrics.summary().shadow_errors["connect_refused"], failures);
 
+    // Backed off: requests are dropped at submission, but for one probe per period.
+    let more = 200;
+    let outcomes: Vec<Submission> = (0..more).map(|i| engine.submit(captured(100 + i, &get("/a")))).collect();
+    let backed_off = outcomes.iter().filter(|o| **o == Submission::Dropped(reason::SHADOW_BACKOFF)).count() as u64;
+    let r = settle(&metrics, failures + more).await;
+    let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
+    let labels = format!("rule=\"default\",role=\"shadow\",target=\"{addr}\"");
+    let backoffs = sample(&text, &format!("shadow_target_backoffs_total{{{labels}}}")) as u64;
+    let refused = sample(&text, &format!("shadow_target_failures_total{{{labels},kind=\"connect_refused\"}}")) as u64;
+    // Every attempt was refused: the streak, then one probe per period after the first.
+    assert_eq!(refused, failures + backoffs - 1, "{text}");
+    assert!(backoffs <= backoff::max_periods_within(started.elapsed()), "{backoffs} periods");
+    assert_eq!(r.dropped[reason::SHADOW_BACKOFF], more - (backoffs - 1), "{r:?}");
+    assert!(backed_off >= more - (backoffs - 1), "{backed_off}");
+    assert_eq!(sample(&text, &format!("shadow_target_backed_off{{{labels}}}")), 1.0);
+    assert!(sample(&text, &format!("shadow_target_backoff_seconds{{{labels}}}")) > 0.0);
+
+    // Up again: within a period or so a probe is answered, and the requests flow again.
     let shadow = Shadow::serve(socket.listen(64).unwrap(), Mode::Healthy);
-    for i in 5..8 {
-        assert_eq!(engine.submit(captured(i, &get("/a"))), Submission::Queued);
+    let mut id = 1000;
+    let deadline = Instant::now() + backoff::MAX_DELAY * 2 + SETTLE;
+    while metrics.requests().replayed == 0 {
+        assert!(Instant::now() < deadline, "no probe got through: {:?}", metrics.requests());
+        let _ = engine.submit(captured(id, &get("/a")));
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = settle(&metrics, 8).await;
-    assert_eq!(r.replayed, 3, "{r:?}");
-    assert_eq!(shadow.requests().len(), 3);
+    let before = metrics.requests().replayed;
+    let r = settle(&metrics, failures + more + (id - 1000)).await;
+    for i in 0..3 {
+        assert_eq!(engine.submit(captured(id + i, &get("/a"))), Submission::Queued);
+    }
+    let r2 = settle(&metrics, r.captured + 3).await;
+    assert_eq!(r2.replayed, r.replayed + 3, "{r2:?}");
+    assert!(before >= 1 && shadow.requests().len() as u64 == r2.replayed);
+    let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
+    assert_eq!(sample(&text, &format!("shadow_target_backed_off{{{labels}}}")), 0.0);
+    assert_eq!(sample(&text, &format!("shadow_target_backoff_seconds{{{labels}}}")), 0.0);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_past_the_cap_close_the_connection_and_are_counted() {
+    let endless = Shadow::start(Mode::Endless).await;
+    let framing = Shadow::start(Mode::Framing).await;
+    let metrics = Arc::new(Metrics::new(10));
+    let controls = ReplayControls { max_response_bytes: Some(65536), ..Default::default() };
+    let rules = [
+        Rule::new(vec![1001], Some(endless.target()), controls.clone()),
+        Rule::new(vec![1002], Some(framing.target()), controls),
+    ];
+    let engine = ReplayEngine::start(&rules, metrics.clone()).unwrap();
+    // Fewer than the failures that back a target off: each one is tried.
+    for i in 0..3 {
+        assert_eq!(engine.submit(captured_on(i, &get("/endless"), 1001)), Submission::Queued);
+        settle(&metrics, i + 1).await;
+    }
+    assert_eq!(engine.submit(captured_on(10, &get("/huge"), 1002)), Submission::Queued);
+    assert_eq!(engine.submit(captured_on(11, &get("/exact"), 1002)), Submission::Queued);
+    let r = settle(&metrics, 5).await;
+    assert_eq!(r.dropped[reason::SHADOW_RESPONSE_TOO_LARGE], 4, "{r:?}");
+    assert_eq!(r.replayed, 1, "a body of exactly the cap is read whole: {r:?}");
+    assert_eq!(r.dropped[reason::SHADOW_ERROR], 0, "{r:?}");
+    let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
+    let too_large = |port: u16| {
+        sample(
+            &text,
+            &format!(
+                "shadow_target_failures_total{{rule=\"default\",role=\"shadow\",target=\"127.0.0.1:{port}\",kind=\"response_too_large\"}}"
+            ),
+        )
+    };
+    assert_eq!(too_large(endless.addr.port()), 3.0);
+    assert_eq!(too_large(framing.addr.port()), 1.0);
+    // The endless responses' connections were closed, not kept: only the framing shadow's
+    // kept-alive one is open.
+    assert_eq!(sample(&text, "shadow_replay_connections"), 1.0, "{text}");
+    assert_eq!(endless.accepted(), 3);
     engine.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -7,6 +7,7 @@
 pub mod capture_thread;
 pub mod comparing;
 pub mod corpus;
+pub mod fake_shadow;
 pub mod faults;
 pub mod frames;
 pub mod inject;

@@ -317,6 +317,13 @@ settings! {
         #[serde(deserialize_with = "one")]
         queue_bytes: Option<ByteSize> => |c, v| c.queue_bytes = v.0;
 
+        /// Largest shadow response body read (bytes after the head, chunk framing included;
+        /// KiB/MiB suffixes allowed); past it the connection is closed and the request counted as
+        /// shadow_response_too_large [default: 1MiB, or the comparison's body cap if larger].
+        #[arg(long, env = "SHADOW_MAX_RESPONSE_BYTES", value_name = "BYTES", value_parser = parse::<BodyBytes>)]
+        #[serde(deserialize_with = "one")]
+        max_response_bytes: Option<BodyBytes> => |c, v| c.max_response_bytes = Some(v.0);
+
         /// Idle keep-alive connections kept per shadow target [default: 64].
         #[arg(long, env = "SHADOW_POOL_SIZE", value_name = "N", value_parser = parse::<Count<0, MAX_CONCURRENCY>>)]
         #[serde(deserialize_with = "one")]

@@ -44,6 +44,10 @@ pub enum RequestDrop {
     QueueFull,
     /// Sent, but the shadow failed (see `shadow_errors_total{kind}` for which way).
     ShadowError,
+    /// The shadow target is backed off after consecutive failures: not sent, not queued.
+    ShadowBackoff,
+    /// The shadow's response body passed the cap: the connection was closed.
+    ShadowResponseTooLarge,
     /// The captured request's spans did not describe a well-formed head: not replayed rather
     /// than repaired.
     InvalidCapture,
@@ -52,7 +56,7 @@ pub enum RequestDrop {
 }
 
 impl RequestDrop {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::NoTarget,
         Self::MethodNotAllowed,
         Self::PathDenied,
@@ -61,6 +65,8 @@ impl RequestDrop {
         Self::RateLimited,
         Self::QueueFull,
         Self::ShadowError,
+        Self::ShadowBackoff,
+        Self::ShadowResponseTooLarge,
         Self::InvalidCapture,
         Self::Shutdown,
     ];
@@ -75,6 +81,8 @@ impl RequestDrop {
             Self::RateLimited => "rate_limited",
             Self::QueueFull => "queue_full",
             Self::ShadowError => "shadow_error",
+            Self::ShadowBackoff => "shadow_backoff",
+            Self::ShadowResponseTooLarge => "shadow_response_too_large",
             Self::InvalidCapture => "invalid_capture",
             Self::Shutdown => "shutdown",
         }
@@ -99,6 +107,8 @@ pub mod reason {
     pub const RATE_LIMITED: RequestDrop = RequestDrop::RateLimited;
     pub const QUEUE_FULL: RequestDrop = RequestDrop::QueueFull;
     pub const SHADOW_ERROR: RequestDrop = RequestDrop::ShadowError;
+    pub const SHADOW_BACKOFF: RequestDrop = RequestDrop::ShadowBackoff;
+    pub const SHADOW_RESPONSE_TOO_LARGE: RequestDrop = RequestDrop::ShadowResponseTooLarge;
     pub const INVALID_CAPTURE: RequestDrop = RequestDrop::InvalidCapture;
     pub const SHUTDOWN: RequestDrop = RequestDrop::Shutdown;
 }

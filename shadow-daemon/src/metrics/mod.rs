@@ -5,7 +5,8 @@
 //! outcome, so that captured = replayed + dropped + in flight at every scrape), `latency`
 //! (Prometheus histograms and hdrhistograms per endpoint), `absolute` (totals counted elsewhere,
 //! such as the kernel's counters, published by a collector), [`summary`] (the exit summary),
-//! [`endpoint`] (endpoint names), `server` (the HTTP endpoint) and `text` (exposition formats).
+//! [`endpoint`] (endpoint names), `targets` (per shadow target: failures by kind and backoff
+//! state), `server` (the HTTP endpoint) and `text` (exposition formats).
 
 //!
 mod absolute;
@@ -16,6 +17,7 @@ pub mod ledger;
 pub mod ops;
 mod server;
 pub mod summary;
+mod targets;
 mod text;
 
 use std::{
@@ -42,6 +44,8 @@ use prometheus_client::{
 };
 pub use server::MetricsServer;
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
+use targets::Targets;
+pub use targets::{TargetFailure, TargetMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -145,6 +149,7 @@ pub struct Metrics {
     ready_gauge: Gauge,
     ops: Arc<Mutex<ops::Operations>>,
     compared: Compared,
+    targets: Targets,
 }
 
 impl fmt::Debug for Metrics {
@@ -224,6 +229,7 @@ impl Metrics {
         let ops = Arc::new(Mutex::new(ops::Operations::default()));
         registry.register_collector(Box::new(ops::OpsCollector(ops.clone())));
         let compared = Compared::register(&mut registry);
+        let targets = Targets::register(&mut registry);
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
@@ -247,7 +253,14 @@ impl Metrics {
             ready_gauge,
             ops,
             compared,
+            targets,
         }
+    }
+
+    /// The series of one shadow target of a rule (`role`: `shadow` or `secondary`): failures by
+    /// kind and backoff state. Look it up once per lane, not per request.
+    pub fn target(&self, rule: &str, role: &'static str, target: &str) -> TargetMetrics {
+        self.targets.target(rule, role, target)
     }
 
     /// One compared pair: `shadow_comparisons_total`, `shadow_compared_responses_total` and

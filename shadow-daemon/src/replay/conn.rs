@@ -20,6 +20,7 @@ use crate::{
     compare::ResponseSample,
     http::{BodyDecoder, KeptBody, Limits, RequestKind, parse_response_head, response_fields},
     hub::KeepSpec,
+    message::BodyFraming,
     metrics::ConnectionMetrics,
 };
 
@@ -220,8 +221,11 @@ pub(crate) struct Failed {
 }
 
 /// Write the request, read the response to its end by its framing; keep what `keep` asks for
-/// (never more than its body cap in memory), discard the rest. Not bounded in time here: the
-/// caller wraps it in the request timeout.
+/// (never more than its body cap in memory), discard the rest. A body of more than `max_body`
+/// bytes on the wire (a declared length, or what arrived) fails the exchange, and the caller drops
+/// the connection: a shadow streaming forever costs at most that much per request. Not bounded in
+/// time here: the caller wraps it in the request timeout.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange(
     conn: &mut Conn,
     wire: &[u8],
@@ -229,6 +233,7 @@ pub(crate) async fn exchange(
     id: u64,
     target: &ShadowTarget,
     keep: Option<&KeepSpec>,
+    max_body: u64,
 ) -> Result<Exchange, Failed> {
     let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
     conn.stream
@@ -278,7 +283,14 @@ pub(crate) async fn exchange(
     let head_at = Instant::now();
     let first_byte = since(sent_wall, first_rx).unwrap_or_else(|| head_at.saturating_duration_since(sent));
 
-    let mut body = BodyDecoder::new(head.framing_for(kind));
+    let too_large = || fail(ReplayError::ResponseTooLarge { id, target: target.to_string(), cap: max_body }, false);
+    let framing = head.framing_for(kind);
+    if matches!(framing, BodyFraming::ContentLength(n) if n > max_body) {
+        return Err(too_large());
+    }
+    let mut body = BodyDecoder::new(framing);
+    // Body bytes on the wire so far.
+    let mut body_wire = 0u64;
     let headers = keep.map(|k| response_fields(&conn.buf[..head.head_len], &k.headers));
     let mut kept = keep.map(|k| KeptBody::new(k.max_body));
     let mut advance = |body: &mut BodyDecoder, data: &[u8]| match kept.as_mut() {
@@ -290,9 +302,13 @@ pub(crate) async fn exchange(
     if after_head > 0 {
         let (used, _) = advance(&mut body, &conn.buf[head.head_len..]).map_err(bad)?;
         leftover = used < after_head;
+        body_wire = used as u64;
     }
     let mut read_body = false;
     while !body.is_done() {
+        if body_wire > max_body {
+            return Err(too_large());
+        }
         read_body = true;
         conn.buf.clear();
         match conn.read_timed().await {
@@ -306,9 +322,13 @@ pub(crate) async fn exchange(
                 last_rx = ts.or(last_rx);
                 let (used, _) = advance(&mut body, &conn.buf[..n]).map_err(bad)?;
                 leftover = used < n;
+                body_wire += used as u64;
             }
             Err(source) => return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, false)),
         }
+    }
+    if body_wire > max_body {
+        return Err(too_large());
     }
     // A body that came with the head was complete when the head was read: no second clock read.
     let done_at = if read_body { Instant::now() } else { head_at };
@@ -432,7 +452,7 @@ mod tests {
         let req = format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n");
         let out = tokio::time::timeout(
             Duration::from_secs(5),
-            exchange(&mut conn, req.as_bytes(), method.as_bytes(), 1, &target, None),
+            exchange(&mut conn, req.as_bytes(), method.as_bytes(), 1, &target, None, u64::MAX),
         )
         .await
         .expect("the exchange ends by the framing or the close");
@@ -467,11 +487,13 @@ mod tests {
         let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut out = Vec::new();
         for _ in 0..2 {
-            let x =
-                tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, req, b"GET", 1, &target, Some(&keep)))
-                    .await
-                    .expect("in time")
-                    .unwrap_or_else(|f| panic!("{}", f.error));
+            let x = tokio::time::timeout(
+                Duration::from_secs(5),
+                exchange(&mut conn, req, b"GET", 1, &target, Some(&keep), 1 << 20),
+            )
+            .await
+            .expect("in time")
+            .unwrap_or_else(|f| panic!("{}", f.error));
             assert!(x.reusable);
             out.push(x.sample.expect("a sample when asked"));
         }
@@ -568,9 +590,12 @@ mod tests {
     /// control data; the time lies between the request's sending and the read that got it. The
     /// kernel turns packet timestamping on a moment after the first socket asks (a deferred static
     /// key), so the first responses may come without one (then the read time is used): exchanges
-    /// go on until one carries it, at most 200.
+    /// go on until one carries it, for at most 10 s. As the engine does, the process keeps one
+    /// socket asking for timestamps, so the other tests' sockets closing meanwhile cannot turn
+    /// the key off again (with 200 exchanges and no such socket, this failed under load).
     #[tokio::test]
     async fn responses_carry_the_kernels_receive_time() {
+        enable_receive_timestamps();
         const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -587,7 +612,11 @@ mod tests {
         let target = ShadowTarget { host: "127.0.0.1".into(), port };
         let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
         let mut stamped = None;
-        for _ in 0..200 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..1_000_000 {
+            if Instant::now() > deadline {
+                break;
+            }
             conn.buf.clear();
             let before = SystemTime::now();
             conn.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();

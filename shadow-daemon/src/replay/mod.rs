@@ -9,11 +9,15 @@
 //! Every request submitted is admitted into the metrics ledger and settled exactly once: replayed
 //! (a complete response came back) or dropped with a reason. A full queue drops (`queue_full`)
 //! instead of waiting, so capture never slows down and memory does not grow with a slow or dead
-//! shadow. A shadow that is down is not fatal: every request tries to connect, fails fast within
-//! the connect timeout, and is counted (`shadow_error`, with the kind in `shadow_errors_total`).
+//! shadow. A shadow that is down is not fatal: a failed exchange is counted (`shadow_error`, with
+//! the kind in `shadow_errors_total`), and after a few in a row the target is backed off
+//! ([`backoff`]): its requests are dropped (`shadow_backoff`) at submission, costing no connection,
+//! until a probe gets an answer. Response bodies are read up to a cap, past which the connection
+//! is closed (`shadow_response_too_large`).
 //!
 //! Logs name the target, the request id and what failed, never header values.
 
+pub mod backoff;
 mod conn;
 pub mod controls;
 mod edit;
@@ -36,6 +40,7 @@ use tokio::{
 };
 
 use self::{
+    backoff::{Admission, Backoff, Probe},
     conn::{Exchange, Pool, connect, exchange},
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request,
@@ -46,7 +51,7 @@ use crate::{
     http::{HttpError, keeps_alive},
     hub::{CompareHub, shadow_failure},
     message::{CapturedRequest, CapturedResponse},
-    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, reason},
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, TargetFailure, reason},
     service::{ServiceMatch, most_specific},
 };
 
@@ -84,12 +89,16 @@ pub enum ReplayError {
     TooManyInterim { id: u64, target: String },
     #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
     Timeout { id: u64, target: String, timeout: Duration },
+    #[error("read the response to request {id} from shadow {target}: body larger than {cap} bytes; connection closed")]
+    ResponseTooLarge { id: u64, target: String, cap: u64 },
     #[error("edit request {id} for the shadow: the captured head is inconsistent: {what}")]
     InvalidCapture { id: u64, what: &'static str },
 }
 
 impl ReplayError {
-    /// The `shadow_errors_total` kind; `None` for errors that are not the shadow's doing.
+    /// The `shadow_errors_total` kind; `None` for errors that are not the shadow's doing. A
+    /// response past the cap has its own drop reason and is not in `shadow_errors_total`; to the
+    /// comparison it is a bad response.
     pub fn kind(&self) -> Option<ShadowErrorKind> {
         let io_kind = |e: &io::Error| match e.kind() {
             io::ErrorKind::ConnectionRefused => ShadowErrorKind::ConnectRefused,
@@ -106,7 +115,39 @@ impl ReplayError {
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
             Self::Closed { .. } => ShadowErrorKind::Reset,
-            Self::BadResponse { .. } | Self::TooManyInterim { .. } => ShadowErrorKind::BadResponse,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } | Self::ResponseTooLarge { .. } => {
+                ShadowErrorKind::BadResponse
+            }
+        })
+    }
+
+    /// How the exchange with the target failed (`shadow_target_failures_total{kind}`, and what
+    /// counts toward its backoff); `None` for errors that are not the target's doing.
+    pub fn target_failure(&self) -> Option<TargetFailure> {
+        let exchange = |e: &io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof => TargetFailure::Closed,
+            io::ErrorKind::TimedOut => TargetFailure::Timeout,
+            _ => TargetFailure::Reset,
+        };
+        Some(match self {
+            Self::NoRuntime | Self::DuplicateService { .. } | Self::InvalidCapture { .. } => return None,
+            Self::Resolve { .. } | Self::NoAddress { .. } => TargetFailure::ConnectError,
+            Self::Connect { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => TargetFailure::ConnectRefused,
+                io::ErrorKind::TimedOut => TargetFailure::ConnectTimeout,
+                // Accepted and reset before the connect was seen complete (a shadow that resets
+                // at once, on loopback).
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                    TargetFailure::Reset
+                }
+                _ => TargetFailure::ConnectError,
+            },
+            Self::ConnectTimeout { .. } => TargetFailure::ConnectTimeout,
+            Self::Write { source, .. } | Self::Read { source, .. } => exchange(source),
+            Self::Closed { .. } => TargetFailure::Closed,
+            Self::Timeout { .. } => TargetFailure::Timeout,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } => TargetFailure::BadResponse,
+            Self::ResponseTooLarge { .. } => TargetFailure::ResponseTooLarge,
         })
     }
 }
@@ -171,6 +212,8 @@ struct Job {
     endpoint: EndpointId,
     ticket: RequestTicket,
     _held: HeldBytes,
+    /// This request is the backoff's probe (admitted at submission).
+    probe: Option<Probe>,
 }
 
 /// The request's bytes in its lane's budget, released however the job ends.
@@ -199,8 +242,10 @@ struct LaneState {
     rule: usize,
     /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
     hub: OnceLock<Arc<CompareHub>>,
-    /// The rule's secondary target and its connections (noise learning).
-    secondary: Option<(ShadowTarget, Pool)>,
+    /// The shadow target's protection (see [`backoff`]).
+    backoff: Arc<Backoff>,
+    /// The rule's secondary target, its connections and its own protection (noise learning).
+    secondary: Option<(ShadowTarget, Pool, Arc<Backoff>)>,
 }
 
 #[derive(Default)]
@@ -210,17 +255,45 @@ struct WarnThrottle {
 }
 
 impl LaneState {
-    /// Method, path and body checks, then the rate limit (so refused requests spend no tokens).
-    fn refuse(&self, req: &CapturedRequest) -> Option<RequestDrop> {
+    /// Method, path and body checks, then the target's backoff, then the rate limit (so refused
+    /// requests spend no tokens). The probe, if this request is the backoff's.
+    fn admit(&self, req: &CapturedRequest) -> Result<Option<Probe>, RequestDrop> {
         if let Some(r) = self.controls.refuse(req.method(), req.target(), req.body().len()) {
-            return Some(r);
+            return Err(r);
         }
+        let probe = match self.backoff.admit() {
+            Admission::Go => None,
+            Admission::Probe(p) => Some(p),
+            Admission::Drop => return Err(reason::SHADOW_BACKOFF),
+        };
         if let Some(b) = &self.bucket
             && !lock(b).try_take(Instant::now())
         {
-            return Some(reason::RATE_LIMITED);
+            return Err(reason::RATE_LIMITED);
         }
-        None
+        Ok(probe)
+    }
+
+    /// Count a failed exchange with one of the lane's targets toward its backoff, and say when
+    /// the target is backed off.
+    fn failed(&self, backoff: &Backoff, probe: Option<Probe>, e: &ReplayError, role: &str) {
+        // Not the target's doing: an unsettled probe lets the next request probe.
+        let Some(kind) = e.target_failure() else { return };
+        if let Some(p) = backoff.failure(probe, kind)
+            && p.index == 0
+        {
+            let meanwhile = match role {
+                "shadow" => "its requests are dropped (shadow_backoff)",
+                _ => "requests skip it",
+            };
+            tracing::warn!(
+                "{}: {role} backed off for {:?} after {} failures in a row (last: {e}); {meanwhile} until a probe \
+                 is answered",
+                self.name,
+                p.length,
+                backoff::FAILURES_TO_BACK_OFF
+            );
+        }
     }
 
     fn warn(&self, e: &ReplayError) {
@@ -228,8 +301,9 @@ impl LaneState {
         let now = Instant::now();
         match t.last {
             None => tracing::warn!(
-                "{}: {e} (the shadow is retried with every request; failures are counted in shadow_errors_total)",
-                self.name
+                "{}: {e} (failures are counted in shadow_errors_total; after {} in a row the shadow is backed off)",
+                self.name,
+                backoff::FAILURES_TO_BACK_OFF
             ),
             Some(last) if now.saturating_duration_since(last) >= WARN_EVERY => {
                 tracing::warn!("{}: {e} ({} more failures since the last warning)", self.name, t.suppressed)
@@ -264,6 +338,7 @@ impl LaneState {
         let timeout = self.controls.request_timeout;
         let mut retried = false;
         let keep = self.hub.get().and_then(|h| h.keep(self.rule));
+        let max_body = self.controls.response_cap(keep.map(|k| k.max_body));
         loop {
             let mut conn = match pool.take() {
                 Some(c) => {
@@ -273,9 +348,10 @@ impl LaneState {
                 None => connect(target, self.controls.connect_timeout, &metrics.connections).await?,
             };
             let reused = conn.reused;
-            let result = tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, target, keep))
-                .await
-                .map_err(|_| ReplayError::Timeout { id: req.id, target: target.to_string(), timeout })?;
+            let result =
+                tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, target, keep, max_body))
+                    .await
+                    .map_err(|_| ReplayError::Timeout { id: req.id, target: target.to_string(), timeout })?;
             match result {
                 Ok(x) => {
                     metrics.connections.sent_bytes.inc_by(wire.len() as u64);
@@ -353,6 +429,11 @@ impl ReplayEngine {
             // Zero would make a channel that panics or a semaphore that never opens; the config
             // refuses it, this keeps the engine safe when built by hand.
             let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
+            let backoff = Backoff::new(metrics.target(&rule.name, "shadow", &target.to_string()));
+            let secondary = rule.secondary.clone().map(|t| {
+                let b = Backoff::new(metrics.target(&rule.name, "secondary", &t.to_string()));
+                (t, Pool::new(rule.controls.pool_size), b)
+            });
             let lane = Arc::new(LaneState {
                 name: format!("rule {} -> shadow {target}", rule.name),
                 target: target.clone(),
@@ -364,7 +445,8 @@ impl ReplayEngine {
                 warnings: Mutex::new(WarnThrottle::default()),
                 rule: i,
                 hub: OnceLock::new(),
-                secondary: rule.secondary.clone().map(|t| (t, Pool::new(rule.controls.pool_size))),
+                backoff,
+                secondary,
             });
             routes.extend(rule.services().into_iter().map(|s| (s, Some(lanes.len()))));
             tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
@@ -421,10 +503,13 @@ impl ReplayEngine {
             ticket.dropped(reason::NO_TARGET);
             return Submission::Dropped(reason::NO_TARGET);
         };
-        if let Some(r) = lane.refuse(&req) {
-            ticket.dropped(r);
-            return Submission::Dropped(r);
-        }
+        let probe = match lane.admit(&req) {
+            Ok(p) => p,
+            Err(r) => {
+                ticket.dropped(r);
+                return Submission::Dropped(r);
+            }
+        };
         let bytes = req.raw.len() as u64;
         if lane.held_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > lane.controls.queue_bytes {
             lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -433,7 +518,8 @@ impl ReplayEngine {
         }
         let held = HeldBytes { lane: lane.clone(), bytes };
         let id = req.id;
-        match lane.tx.try_send(Job { req, endpoint, ticket, _held: held }) {
+        // A job that does not fit drops its probe, if it held it: the next request probes.
+        match lane.tx.try_send(Job { req, endpoint, ticket, _held: held, probe }) {
             Ok(()) => {
                 // Its primary response waits for the shadow's (this task hands both over to the
                 // hub, the request first, so the expectation is set before the primary comes).
@@ -563,21 +649,39 @@ async fn dispatch(
 
 async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
     // The job's bytes stay in the budget until the replay is over.
-    let Job { req, endpoint, ticket, _held } = job;
+    let Job { req, endpoint, ticket, _held, probe } = job;
+    let hub = lane.hub.get();
+    // Queued before the target was backed off: dropped now, rather than each trying it in turn.
+    let probe = match probe {
+        Some(p) => Some(p),
+        None => match lane.backoff.admit() {
+            Admission::Go => None,
+            Admission::Probe(p) => Some(p),
+            Admission::Drop => {
+                ticket.dropped(reason::SHADOW_BACKOFF);
+                if let Some(h) = hub {
+                    h.withdraw(req.id);
+                }
+                return;
+            }
+        },
+    };
     let wire = match edit_request(&req, &lane.controls, &lane.target) {
         Ok(w) => w,
         Err(e) => {
             lane.warn(&e);
             ticket.dropped(reason::INVALID_CAPTURE);
-            if let Some(h) = lane.hub.get() {
+            if let Some(h) = hub {
                 h.withdraw(req.id);
             }
             return;
         }
     };
-    let hub = lane.hub.get();
     match lane.send(&wire, &req, &metrics).await {
         Ok(x) => {
+            if lane.backoff.success(probe) {
+                tracing::info!("{}: the shadow answered again; backoff over", lane.name);
+            }
             metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
             ticket.replayed();
             if let (Some(h), Some(mut sample)) = (hub, x.sample) {
@@ -586,10 +690,15 @@ async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
             }
         }
         Err(e) => {
+            lane.failed(&lane.backoff, probe, &e, "shadow");
             let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
-            metrics.record_shadow_error(kind);
             lane.warn(&e);
-            ticket.dropped(reason::SHADOW_ERROR);
+            if matches!(e, ReplayError::ResponseTooLarge { .. }) {
+                ticket.dropped(reason::SHADOW_RESPONSE_TOO_LARGE);
+            } else {
+                metrics.record_shadow_error(kind);
+                ticket.dropped(reason::SHADOW_ERROR);
+            }
             if let Some(h) = hub {
                 h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Failed(shadow_failure(kind)));
             }
@@ -597,22 +706,45 @@ async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
     }
     // The same request to the secondary (a second instance of the current version), for noise
     // learning; after the shadow's, in the same replay slot, so it adds no concurrency.
-    if let (Some(h), Some((target, pool))) = (hub, &lane.secondary) {
+    if let (Some(h), Some((target, pool, backoff))) = (hub, &lane.secondary) {
         let name = metrics.endpoint_name(endpoint);
-        let half = match edit_request(&req, &lane.controls, target) {
-            Err(_) => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
-            Ok(wire) => match lane.send_to(target, pool, &wire, &req, &metrics).await {
-                Ok(x) => match x.sample {
-                    Some(mut sample) => {
-                        sample.latency = x.complete;
-                        ShadowHalf::Response(sample)
-                    }
-                    None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
-                },
-                Err(e) => ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other))),
-            },
+        let half = match backoff.admit() {
+            Admission::Drop => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::ConnectRefused)),
+            Admission::Go => replay_secondary(&lane, target, pool, backoff, None, &req, &metrics).await,
+            Admission::Probe(p) => replay_secondary(&lane, target, pool, backoff, Some(p), &req, &metrics).await,
         };
         h.secondary(req.id, lane.rule, &name, half);
+    }
+}
+
+/// The secondary's half of one request.
+async fn replay_secondary(
+    lane: &LaneState,
+    target: &ShadowTarget,
+    pool: &Pool,
+    backoff: &Backoff,
+    probe: Option<Probe>,
+    req: &CapturedRequest,
+    metrics: &Metrics,
+) -> ShadowHalf {
+    let Ok(wire) = edit_request(req, &lane.controls, target) else {
+        return ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other));
+    };
+    match lane.send_to(target, pool, &wire, req, metrics).await {
+        Ok(x) => {
+            backoff.success(probe);
+            match x.sample {
+                Some(mut sample) => {
+                    sample.latency = x.complete;
+                    ShadowHalf::Response(sample)
+                }
+                None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+            }
+        }
+        Err(e) => {
+            lane.failed(backoff, probe, &e, "secondary");
+            ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other)))
+        }
     }
 }
 
@@ -652,6 +784,29 @@ mod tests {
         );
         assert_eq!(ReplayError::NoAddress { target: t() }.kind(), Some(ShadowErrorKind::Other));
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.kind(), None);
+    }
+
+    #[test]
+    fn target_failure_kinds() {
+        let t = || "x:1".to_owned();
+        let io = |k| io::Error::from(k);
+        let connect = |k| ReplayError::Connect { target: t(), source: io(k) }.target_failure();
+        assert_eq!(connect(io::ErrorKind::ConnectionRefused), Some(TargetFailure::ConnectRefused));
+        assert_eq!(connect(io::ErrorKind::TimedOut), Some(TargetFailure::ConnectTimeout));
+        assert_eq!(connect(io::ErrorKind::ConnectionReset), Some(TargetFailure::Reset));
+        assert_eq!(connect(io::ErrorKind::HostUnreachable), Some(TargetFailure::ConnectError));
+        let read = |k| ReplayError::Read { id: 1, target: t(), source: io(k) }.target_failure();
+        assert_eq!(read(io::ErrorKind::ConnectionReset), Some(TargetFailure::Reset));
+        assert_eq!(read(io::ErrorKind::UnexpectedEof), Some(TargetFailure::Closed));
+        assert_eq!(ReplayError::Closed { id: 1, target: t() }.target_failure(), Some(TargetFailure::Closed));
+        assert_eq!(
+            ReplayError::Timeout { id: 1, target: t(), timeout: Duration::from_secs(1) }.target_failure(),
+            Some(TargetFailure::Timeout)
+        );
+        let too_large = ReplayError::ResponseTooLarge { id: 1, target: t(), cap: 1 };
+        assert_eq!(too_large.target_failure(), Some(TargetFailure::ResponseTooLarge));
+        assert_eq!(too_large.kind(), Some(ShadowErrorKind::BadResponse), "to the comparison: a bad response");
+        assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.target_failure(), None);
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// gigabytes.
 pub const DEFAULT_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_POOL_SIZE: usize = 64;
+/// Shadow response bodies read before the connection is closed, unless the comparison keeps more
+/// (the larger of the two applies): enough for any API response worth comparing, and a bound on
+/// what a shadow streaming forever costs per request.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 /// Upper bounds that keep a typo from turning into a resource problem.
 pub const MAX_CONCURRENCY: usize = 10_000;
@@ -111,6 +115,10 @@ pub struct ReplayControls {
     pub queue_bytes: u64,
     /// Idle keep-alive connections kept for reuse.
     pub pool_size: usize,
+    /// Shadow response body bytes read (on the wire after the head, chunk framing included);
+    /// past them the connection is closed (`shadow_response_too_large`). `None`: the default,
+    /// see [`response_cap`](Self::response_cap).
+    pub max_response_bytes: Option<u64>,
 }
 
 impl Default for ReplayControls {
@@ -131,11 +139,19 @@ impl Default for ReplayControls {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             pool_size: DEFAULT_POOL_SIZE,
+            max_response_bytes: None,
         }
     }
 }
 
 impl ReplayControls {
+    /// The response body cap: as configured, else [`DEFAULT_MAX_RESPONSE_BYTES`] or the body the
+    /// comparison keeps (`kept`), whichever is larger.
+    pub fn response_cap(&self, kept: Option<usize>) -> u64 {
+        self.max_response_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_RESPONSE_BYTES.max(kept.map_or(0, |k| u64::try_from(k).unwrap_or(u64::MAX))))
+    }
+
     /// The drop reason for a request these controls refuse, checked cheapest first; the rate
     /// limit comes last so that refused requests do not spend tokens.
     pub(crate) fn refuse(&self, method: &[u8], target: &[u8], body_len: usize) -> Option<RequestDrop> {
@@ -168,6 +184,16 @@ mod tests {
         let w = MethodAllowlist::with_extra(&[MethodAllowlist::parse_method("post").unwrap()]);
         assert!(w.allows(b"POST") && w.allows(b"GET") && !w.allows(b"PUT"));
         assert!(MethodAllowlist::parse_method("GE T").is_err());
+    }
+
+    #[test]
+    fn response_cap_defaults_to_the_larger_of_a_mebibyte_and_the_kept_body() {
+        let c = ReplayControls::default();
+        assert_eq!(c.response_cap(None), DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(c.response_cap(Some(4096)), DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(c.response_cap(Some(8 << 20)), 8 << 20);
+        let set = ReplayControls { max_response_bytes: Some(1000), ..Default::default() };
+        assert_eq!(set.response_cap(Some(8 << 20)), 1000, "a configured cap is the cap");
     }
 
     #[test]
