@@ -84,7 +84,9 @@ pub fn clap_line(e: &clap::Error, cmd: &clap::Command, argv: &[OsString]) -> Str
     let message = &rendered[..end.unwrap_or(rendered.len())];
     let message = message.trim().strip_prefix("error:").unwrap_or(message).trim();
     let mut line = String::new();
-    for (i, part) in message.split('\n').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+    // clap indents what it puts on lines of their own (tips, value lists, missing arguments); a
+    // line break without that indent is inside a value, and single_line() escapes it.
+    for (i, part) in message.split("\n  ").map(str::trim).filter(|p| !p.is_empty()).enumerate() {
         if i == 0 {
             line.push_str(part);
         } else if let Some(tip) = part.strip_prefix("tip:") {
@@ -126,9 +128,11 @@ fn env_source(e: &clap::Error, cmd: &clap::Command, argv: &[OsString]) -> Option
     (!on_command_line).then(|| var.to_string_lossy().into_owned())
 }
 
-/// `s` on one line: line breaks and other control characters as spaces, each run of blanks as one.
+/// `s` on one line: control characters (a line break in a value echoed back, an escape
+/// sequence) written as escapes (`\n`, `\u{1b}`), so that nothing can break the line or the
+/// terminal and the value still shows what it was.
 pub fn single_line(s: &str) -> String {
-    s.split(|c: char| c.is_control() || c == ' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+    s.trim().chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
 #[cfg(test)]
@@ -177,7 +181,7 @@ mod tests {
     #[test]
     fn a_value_with_line_breaks_stays_on_one_line() {
         let l = line::<Args>(&["-i", "lo", "--port", "8\n0"]);
-        assert!(!l.contains('\n') && l.contains("--port"), "{l}");
-        assert_eq!(single_line(" a\n\n b\r\tc "), "a b c");
+        assert!(l.contains("invalid value '8\\n0' for '--port <PORT>'"), "{l}");
+        assert_eq!(single_line(" a\n b\r\tc\u{1b}[2J "), "a\\n b\\r\\tc\\u{1b}[2J");
     }
 }
