@@ -323,13 +323,21 @@ fn flag_of(key: &str) -> String {
     usage::setting_name(&format!("--{}", key.replace('_', "-")))
 }
 
-/// A config file's text read as `--config` reads the file (`name`: how errors refer to it): the
-/// interface it names, if any, and its rules with their own rates (`None`: `--sample-rate`).
+/// What a config file says, as [`read_config_text`] gives it: the interface it names, if any,
+/// and its rules with their own rates (`None`: `--sample-rate`).
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, PartialEq)]
+pub struct ConfigText {
+    pub interface: Option<String>,
+    pub rules: Vec<(Rule, Option<u32>)>,
+}
+
+/// A config file's text read as `--config` reads the file (`name`: how errors refer to it).
 /// For the fuzzer and tests.
 #[cfg(any(test, feature = "test-util"))]
-pub fn read_config_text(name: &str, text: &str) -> Result<(Option<String>, Vec<(Rule, Option<u32>)>), UsageError> {
+pub fn read_config_text(name: &str, text: &str) -> Result<ConfigText, UsageError> {
     let f = parse_config(name, text)?;
-    Ok((f.interface, f.rules.into_iter().zip(f.rates).collect()))
+    Ok(ConfigText { interface: f.interface, rules: f.rules.into_iter().zip(f.rates).collect() })
 }
 
 fn load_config_file(path: &Path) -> Result<FileConfig, UsageError> {
