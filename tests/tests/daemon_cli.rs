@@ -274,6 +274,8 @@ const BAD: &[Bad] = &[
     daemon_bad(&["-i", "lo", "-p", "80", "--allow-shared-capture=maybe"], &["--allow-shared-capture"]),
     daemon_bad(&["-i", "lo", "-p", "80", "stray"], &["'stray'"]),
     daemon_bad(&["-i", "lo", "-p", "80", "-x"], &["'-x'"]),
+    daemon_bad(&["-i", "lo", "-p", "8\n0"], &["--port", "'8\\n0'"]),
+    daemon_bad(&["-i", "l\u{1b}[2J\no", "-p", "80"], &["--interface: 'l\\u{1b}[2J\\no'"]),
     // Flags, as the checks after clap reject them.
     daemon_bad(&["-i", "lo", "-p", "80", "--set-header", "no colon"], &["--set-header"]),
     daemon_bad(&["-i", "lo", "-p", "80", "--tag-header", "bad"], &["--tag-header"]),

@@ -184,4 +184,16 @@ mod tests {
         assert!(l.contains("invalid value '8\\n0' for '--port <PORT>'"), "{l}");
         assert_eq!(single_line(" a\n b\r\tc\u{1b}[2J "), "a\\n b\\r\\tc\\u{1b}[2J");
     }
+
+    #[test]
+    fn a_control_character_in_a_value_is_escaped_in_the_line() {
+        // Found by the config fuzz target: the interface error echoed the value raw.
+        let e = Args::try_parse_from(["shadow-daemon", "-i", "l\u{1f}\nx", "-p", "80"])
+            .expect("parse")
+            .resolve()
+            .expect_err("not an interface name");
+        let l = single_line(&e.to_string());
+        assert!(l.starts_with("--interface: 'l\\u{1f}\\nx'"), "{l}");
+        assert!(!l.chars().any(char::is_control), "{l:?}");
+    }
 }
