@@ -19,7 +19,7 @@ use crate::{
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_USAGE: u8 = crate::config::usage::EXIT_USAGE;
 pub const EXIT_INSUFFICIENT: u8 = 3;
 pub const EXIT_NOT_RUNNING: u8 = 4;
 pub const EXIT_NOT_PERMITTED: u8 = 5;
@@ -104,21 +104,9 @@ impl Cmd {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match crate::config::usage::parse::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind as K;
-            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
-                let _ = e.print();
-                return ExitCode::from(if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
-                    EXIT_USAGE
-                } else {
-                    EXIT_OK
-                });
-            }
-            eprintln!("shadowctl: {} (see shadowctl --help)", one_line(&e.to_string()));
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     let (code, out, answer) = run_full(&cli);
     if answer {
@@ -127,11 +115,6 @@ pub fn main() -> ExitCode {
         eprintln!("shadowctl: {}", out.trim_end());
     }
     ExitCode::from(code)
-}
-
-/// The first line of a clap error, without its "error: " prefix.
-fn one_line(s: &str) -> String {
-    s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("error: ").trim().to_string()
 }
 
 /// Execute `cli`; returns the exit code and what to print (stdout on success, one stderr line
@@ -340,7 +323,7 @@ mod tests {
         assert!(matches!(cli(&["rate", "10%"]).expect("10%").command, Cmd::Rate { percent: 10.0, .. }));
         for bad in ["101", "-1", "x", "NaN", "inf"] {
             let e = cli(&["rate", bad]).expect_err(bad);
-            assert!(one_line(&e.to_string()).contains(&format!("'{bad}' is not a percentage")), "{e}");
+            assert!(e.to_string().contains(&format!("'{bad}' is not a percentage")), "{e}");
         }
     }
 

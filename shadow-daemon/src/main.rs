@@ -4,21 +4,33 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use shadow_daemon::{config::Args, run};
+use shadow_daemon::{
+    config::{
+        Args,
+        usage::{self, EXIT_USAGE, single_line},
+    },
+    run,
+};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match usage::parse::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let from_shadow_log = args.log_level.is_none() && std::env::var_os("SHADOW_LOG").is_some();
     let level = args.log_level.clone().or_else(|| std::env::var("SHADOW_LOG").ok()).unwrap_or_else(|| "info".into());
     if let Err(e) = run::init_logging(args.log_format == "json", &level) {
-        eprintln!("shadow-daemon: {e}");
-        return ExitCode::from(2);
+        // Named as the operator gave it: the flag, SHADOW_LOG_LEVEL, or SHADOW_LOG.
+        let source = if from_shadow_log { "SHADOW_LOG".into() } else { usage::setting_name("--log-level") };
+        let e = e.strip_prefix("--log-level").map_or_else(|| e.clone(), |rest| format!("{source}{rest}"));
+        eprintln!("shadow-daemon: {}", single_line(&e));
+        return ExitCode::from(EXIT_USAGE);
     }
     let cfg = match args.resolve() {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("shadow-daemon: {e}");
-            return ExitCode::from(2);
+            eprintln!("shadow-daemon: {}", single_line(&e.to_string()));
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

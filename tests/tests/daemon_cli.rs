@@ -198,3 +198,242 @@ fn json_logs_are_one_object_per_line_and_a_bad_level_is_a_usage_error() {
     assert_eq!(code, 2, "{err}");
     assert_one_line(&err, "--log-level");
 }
+
+/// Which binary a bad invocation runs.
+#[derive(Clone, Copy, Debug)]
+enum Bin {
+    Daemon,
+    Ctl,
+}
+
+/// A bad invocation: arguments (`{file}` stands for a config file holding `file`), variables,
+/// and what the one line on stderr must contain.
+struct Bad {
+    bin: Bin,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    file: Option<&'static str>,
+    names: &'static [&'static str],
+    /// For a config file: the field the line names besides the file.
+    field: &'static str,
+}
+
+const fn daemon_bad(args: &'static [&'static str], names: &'static [&'static str]) -> Bad {
+    Bad { bin: Bin::Daemon, args, env: &[], file: None, names, field: "" }
+}
+
+const fn env_bad(
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    names: &'static [&'static str],
+) -> Bad {
+    Bad { bin: Bin::Daemon, args, env, file: None, names, field: "" }
+}
+
+/// A config file's text; the line must name the file and `field`.
+const fn file_bad(text: &'static str, field: &'static str) -> Bad {
+    Bad { bin: Bin::Daemon, args: &["--config", "{file}"], env: &[], file: Some(text), names: &["{file}"], field }
+}
+
+const fn ctl_bad(args: &'static [&'static str], names: &'static [&'static str]) -> Bad {
+    Bad { bin: Bin::Ctl, args, env: &[], file: None, names, field: "" }
+}
+
+const BAD: &[Bad] = &[
+    // Flags, as clap rejects them.
+    daemon_bad(&["--prot", "80"], &["'--prot'", "'--port'"]),
+    daemon_bad(&["-i", "lo", "--port", "0"], &["--port", "0 is not a TCP port"]),
+    daemon_bad(&["-i", "lo", "--port", "65536"], &["--port"]),
+    daemon_bad(&["-i", "lo", "--port", "http"], &["--port", "'http'"]),
+    daemon_bad(&["-i", "lo", "--port"], &["--port", "a value is required"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--sample-rate", "101"], &["--sample-rate"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--sample-rate", "-1"], &["--sample-rate"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--sample-rate", "half"], &["--sample-rate", "'half'"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--hook", "kprobe"], &["--hook", "possible values: tc, xdp"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--metrics-addr", "nowhere"], &["--metrics-addr"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--log-format", "xml"], &["--log-format"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--log-level", "info,=x=y"], &["--log-level"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--ring-buffer-size", "5000"], &["--ring-buffer-size"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--ring-buffer-size", "1KiB"], &["--ring-buffer-size"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--duration", "0"], &["--duration"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--duration=1e20"], &["--duration"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--max-endpoints", "0"], &["--max-endpoints"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--memory-cap", "1KiB"], &["--memory-cap", "1 MiB minimum"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--memory-cap", "99999999999GiB"], &["--memory-cap"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--memory-cap", "lots"], &["--memory-cap"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--max-body-bytes", "2GiB"], &["--max-body-bytes"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--max-body-bytes=-1"], &["--max-body-bytes"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--queue-bytes", "x"], &["--queue-bytes"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--concurrency", "0"], &["--concurrency"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--queue-capacity", "0"], &["--queue-capacity"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--pool-size", "many"], &["--pool-size"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--request-timeout", "0"], &["--request-timeout"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--connect-timeout", "forever"], &["--connect-timeout"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--replay-rate", "0"], &["--replay-rate"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--host-mode", "elsewhere"], &["--host-mode"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--allow-shared-capture=maybe"], &["--allow-shared-capture"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "stray"], &["'stray'"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "-x"], &["'-x'"]),
+    daemon_bad(&["-i", "lo", "-p", "8\n0"], &["--port", "'8\\n0'"]),
+    daemon_bad(&["-i", "l\u{1b}[2J\no", "-p", "80"], &["--interface: 'l\\u{1b}[2J\\no'"]),
+    // Flags, as the checks after clap reject them.
+    daemon_bad(&["-i", "lo", "-p", "80", "--set-header", "no colon"], &["--set-header"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--tag-header", "bad"], &["--tag-header"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--remove-header", "a b"], &["--remove-header"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--allow-path", "api"], &["--allow-path"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--deny-path", "/a?b"], &["--deny-path"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--allow-method", "G T"], &["--allow-method"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--shadow", "nohostport"], &["--shadow"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--shadow", "x:0"], &["--shadow"]),
+    daemon_bad(&["-i", "lo", "-p", "80", "--secondary", "x"], &["--secondary"]),
+    daemon_bad(&["-p", "80"], &["--interface is required"]),
+    daemon_bad(&["-i", "", "-p", "80"], &["--interface is required"]),
+    daemon_bad(&["-i", "lo"], &["--port is required"]),
+    daemon_bad(&["--config", "/nonexistent/shadow.toml"], &["/nonexistent/shadow.toml"]),
+    daemon_bad(&["--config", "/"], &["config /:"]),
+    Bad {
+        bin: Bin::Daemon,
+        args: &["--config", "{file}", "--port", "80"],
+        env: &[],
+        file: Some("[[rule]]\nport = 80\n"),
+        names: &["--port cannot be combined with --config"],
+        field: "",
+    },
+    // SHADOW_* variables: the line names the variable.
+    env_bad(&["-i", "lo"], &[("SHADOW_PORT", "0")], &["SHADOW_PORT", "--port"]),
+    env_bad(&["-p", "80"], &[("SHADOW_INTERFACE", "lo"), ("SHADOW_SAMPLE_RATE", "101")], &["SHADOW_SAMPLE_RATE"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_HOOK", "kprobe")], &["SHADOW_HOOK", "possible values"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_METRICS_ADDR", "nowhere")], &["SHADOW_METRICS_ADDR"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_MEMORY_CAP", "1KiB")], &["SHADOW_MEMORY_CAP"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_REPLAY_RATE", "0")], &["SHADOW_REPLAY_RATE"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_DURATION", "x")], &["SHADOW_DURATION"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_RING_BUFFER_SIZE", "3")], &["SHADOW_RING_BUFFER_SIZE"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_SHADOW", "x")], &["SHADOW_SHADOW", "HOST:PORT"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_SET_HEADER", "no colon")], &["SHADOW_SET_HEADER"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_ALLOW_METHOD", "G T")], &["SHADOW_ALLOW_METHOD"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_LOG_LEVEL", "info,=x=y")], &["SHADOW_LOG_LEVEL"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_LOG", "info,=x=y")], &["SHADOW_LOG"]),
+    env_bad(&["-i", "lo", "-p", "80"], &[("SHADOW_LOG_FORMAT", "xml")], &["SHADOW_LOG_FORMAT"]),
+    env_bad(&[], &[("SHADOW_CONFIG", "/nonexistent/env.toml")], &["/nonexistent/env.toml"]),
+    Bad {
+        bin: Bin::Daemon,
+        args: &["--config", "{file}"],
+        env: &[("SHADOW_PORT", "80")],
+        file: Some("[[rule]]\nport = 80\n"),
+        names: &["SHADOW_PORT cannot be combined with --config"],
+        field: "",
+    },
+    // Config files: the line names the file and the field.
+    file_bad("[[rule]]\nport = 80\nshadw = \"a:1\"\n", "rule[0].shadw: unknown key"),
+    file_bad("[[rule]]\nport = 0\n", "rule[0].port"),
+    file_bad("[[rule]]\nport = \"80\"\n", "rule[0].port"),
+    file_bad("[[rule]]\nshadow = \"a:1\"\n", "rule[0].port: missing"),
+    file_bad("interface = \"lo\"\n", "rule: no [[rule]]"),
+    file_bad("[[rule]]\nport = 80\nshadow = \"a:1\n", "line 3, column"),
+    file_bad("[defaults]\nport = 80\n[[rule]]\nport = 81\n", "defaults.port"),
+    file_bad("hook = \"xdp\"\n[[rule]]\nport = 80\n", "hook: unknown key"),
+    file_bad("[[rule]]\nname = \"x\"\nport = 80\n[[rule]]\nname = \"x\"\nport = 81\n", "rule[1].name"),
+    file_bad("[[rule]]\nport = [80, 81]\n[[rule]]\nport = 81\n", "rule[1].port"),
+    file_bad("[[rule]]\nport = 80\nsample_rate = 101\n", "rule[0].sample_rate"),
+    file_bad("[[rule]]\nmatch = [\"10.0.0.0/33:80\"]\n", "rule[0].match"),
+    file_bad("[[rule]]\nport = 80\nrequest_timeout = true\n", "rule[0].request_timeout"),
+    file_bad(
+        "[[rule]]\nport = 80\nshadow = \"a:1\"\n[rule.compare]\nmax_body_bytes = 0\n",
+        "rule[0].compare.max_body_bytes",
+    ),
+    file_bad("[[rule]]\nport = 80\nshadow = \"a:1\"\n[rule.compare.gates]\nmax_p99_ratio = 0.5\n", "max_p99_ratio"),
+    file_bad("[[rule]]\nport = 80\nset_header = \"X-Token: s3cret\\u0000\"\n", "rule[0].set_header"),
+    file_bad("interface = 5\n[[rule]]\nport = 80\n", "interface"),
+    file_bad("\u{feff}\u{0}", "{file}"),
+    // shadowctl.
+    ctl_bad(&[], &["a command is required"]),
+    ctl_bad(&["stauts"], &["'stauts'", "'status'"]),
+    ctl_bad(&["rate"], &["<PERCENT>"]),
+    ctl_bad(&["rate", "101"], &["'101' is not a percentage"]),
+    ctl_bad(&["rate", "-5"], &["'-5' is not a percentage"]),
+    ctl_bad(&["rate", "10", "--rule"], &["--rule"]),
+    ctl_bad(&["status", "--rule", "x"], &["'--rule'"]),
+    ctl_bad(&["report", "--html"], &["--html"]),
+    ctl_bad(&["--bogus", "status"], &["'--bogus'"]),
+    ctl_bad(&["pause", "extra"], &["'extra'"]),
+    ctl_bad(&["diffs", "--endpoint"], &["--endpoint"]),
+];
+
+/// Run `cmd` to its end (at most 20 s: a bad invocation must not start anything).
+fn run_bounded(mut cmd: Command, what: &str) -> (i32, String) {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after 20 s: a usage error must end the process at once");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_usage_error_is_one_line_naming_it_with_exit_2() {
+    assert!(BAD.len() >= 50, "{} bad invocations", BAD.len());
+    let dir = std::env::temp_dir().join(format!("shadow-cli-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut failures = Vec::new();
+    for (i, bad) in BAD.iter().enumerate() {
+        let file = dir.join(format!("case{i}.toml"));
+        if let Some(text) = bad.file {
+            std::fs::write(&file, text).expect("write config");
+        }
+        let file = file.to_str().expect("utf-8 path");
+        let mut cmd = Command::new(match bad.bin {
+            Bin::Daemon => daemon_path(),
+            Bin::Ctl => shadow_tests::workspace_bin("shadowctl"),
+        });
+        // Only this case's variables.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SHADOW_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(bad.args.iter().map(|a| a.replace("{file}", file))).envs(bad.env.iter().copied());
+        let what = format!("case {i}: {:?} {:?} {:?}", bad.bin, bad.args, bad.env);
+        let (code, err) = run_bounded(cmd, &what);
+        let lines: Vec<&str> = err.lines().collect();
+        let line = lines.first().copied().unwrap_or("");
+        let missing: Vec<String> = bad
+            .names
+            .iter()
+            .chain([&bad.field])
+            .filter(|n| !n.is_empty())
+            .map(|n| n.replace("{file}", file))
+            .filter(|n| !line.contains(n.as_str()))
+            .collect();
+        if code != 2 || lines.len() != 1 || !missing.is_empty() {
+            failures.push(format!("{what}\n    exit {code}, {} line(s), missing {missing:?}:\n    {err}", lines.len()));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{} of {} bad invocations:\n{}", failures.len(), BAD.len(), failures.join("\n"));
+}
+
+#[test]
+fn help_and_version_print_to_stdout_and_exit_0() {
+    for (bin, arg) in [("shadow-daemon", "--help"), ("shadow-daemon", "--version"), ("shadowctl", "--help")]
+        .into_iter()
+        .chain([("shadowctl", "--version")])
+    {
+        let out = Command::new(shadow_tests::workspace_bin(bin)).arg(arg).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "{bin} {arg}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(bin), "{bin} {arg}: {text}");
+        assert!(out.stderr.is_empty(), "{bin} {arg}: nothing on stderr");
+        if arg == "--help" {
+            assert!(text.lines().count() > 5 && text.contains("Usage:"), "{bin} --help is clap's help: {text}");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
 //!
 //! Every task starts with `setup`, which installs only what is missing (Debian packages, the
 //! nightly's rust-src, bpf-linker built against the nightly's own LLVM, the deployment tests'
@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "shadow project tasks")]
@@ -36,6 +38,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, then run every fuzz target for --seconds each (nightly, cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Test => setup().and_then(|()| test()),
         Cmd::Bench { quick } => setup().and_then(|()| bench_tools()).and_then(|()| bench(quick)),
+        Cmd::Fuzz(args) => setup().and_then(|()| fuzz::fuzz(&args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +104,7 @@ fn setup() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     deploy_tools()?;
+    fuzz::install_cargo_fuzz()?;
     Ok(())
 }
 

@@ -38,6 +38,7 @@ use crate::{capture::links::InterfacePattern, metrics::DEFAULT_MAX_ENDPOINTS, re
 mod file;
 mod settings;
 mod units;
+pub mod usage;
 
 fn parse_hook(s: &str) -> HookKind {
     match s {
@@ -255,7 +256,12 @@ impl Args {
                 }
                 let file = load_config_file(path)?;
                 let interface = match (self.interface.clone().filter(|i| !i.is_empty()), file.interface) {
-                    (Some(i), _) | (None, Some(i)) => i,
+                    (Some(i), _) => i,
+                    (None, Some(i)) => {
+                        InterfacePattern::parse_list(&i)
+                            .map_err(|e| UsageError(format!("config {}: interface: {e}", path.display())))?;
+                        i
+                    }
                     (None, None) => {
                         return Err(UsageError(format!(
                             "--interface is required (give it, or set `interface` in config {})",
@@ -281,8 +287,8 @@ impl Args {
                 (interface, vec![rule])
             }
         };
-        let interfaces =
-            InterfacePattern::parse_list(&interface).map_err(|e| UsageError(format!("--interface: {e}")))?;
+        let interfaces = InterfacePattern::parse_list(&interface)
+            .map_err(|e| UsageError(format!("{}: {e}", flag_of("interface"))))?;
         let source = self.config.is_some().then(|| Box::new(self.clone()));
         Ok(DaemonConfig {
             interface,
@@ -312,9 +318,26 @@ impl Args {
     }
 }
 
-/// `--replay-rate` for the key `replay_rate`.
+/// `--replay-rate` for the key `replay_rate` (`SHADOW_REPLAY_RATE` when the value came from it).
 fn flag_of(key: &str) -> String {
-    format!("--{}", key.replace('_', "-"))
+    usage::setting_name(&format!("--{}", key.replace('_', "-")))
+}
+
+/// What a config file says, as [`read_config_text`] gives it: the interface it names, if any,
+/// and its rules with their own rates (`None`: `--sample-rate`).
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, PartialEq)]
+pub struct ConfigText {
+    pub interface: Option<String>,
+    pub rules: Vec<(Rule, Option<u32>)>,
+}
+
+/// A config file's text read as `--config` reads the file (`name`: how errors refer to it).
+/// For the fuzzer and tests.
+#[cfg(any(test, feature = "test-util"))]
+pub fn read_config_text(name: &str, text: &str) -> Result<ConfigText, UsageError> {
+    let f = parse_config(name, text)?;
+    Ok(ConfigText { interface: f.interface, rules: f.rules.into_iter().zip(f.rates).collect() })
 }
 
 fn load_config_file(path: &Path) -> Result<FileConfig, UsageError> {
