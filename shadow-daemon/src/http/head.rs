@@ -292,9 +292,9 @@ fn parse_request<const FRAMING: bool>(buf: &[u8], limits: &Limits) -> Result<Opt
     }))
 }
 
-/// A LF not preceded by CR.
+/// A LF not preceded by CR. Heads are scanned whole on every request, so by memchr.
 fn has_bare_lf(buf: &[u8]) -> bool {
-    buf.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf.get(i - 1) != Some(&b'\r'))
 }
 
 /// Parse a response head at the start of `buf`. `Ok(None)`: incomplete. The one response
@@ -603,6 +603,18 @@ mod tests {
         assert_eq!(unsupported_preface(b"PRI /x HTTP/1.1\r\n"), Preface::Other);
         assert_eq!(unsupported_preface(b"GET / HTTP/1.1\r\n"), Preface::Other);
         assert_eq!(unsupported_preface(b""), Preface::Other);
+    }
+
+    #[test]
+    fn bare_lf_anywhere_in_a_request_head_is_refused() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nA: b\r\n\r\n"));
+        assert!(has_bare_lf(b"\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nA: b\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nA: b\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nA: b\r\n\n"));
+        assert_eq!(req("GET / HTTP/1.1\r\nDummy: x\nContent-Length: 3\r\n\r\n"), Err(HttpError::BareLf));
+        assert_eq!(req("GET / HTTP/1.1\r\nDummy: x\n"), Err(HttpError::BareLf), "refused before the head ends");
+        assert!(matches!(req("GET / HTTP/1.1\r\nDummy: x\r\n"), Ok(None)));
     }
 
     #[test]
