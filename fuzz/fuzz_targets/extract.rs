@@ -116,6 +116,8 @@ fuzz_target!(|data: &[u8]| {
         max_headers: 1 + usize::from(d % 16),
         max_body_bytes: u64::from(a) * 64,
         keep_response_body: usize::from(b % 4) * 16,
+        // Responses as evidence (TC) or not (XDP): held requests must be accounted and bounded.
+        await_response: c & 0x80 != 0,
     };
     let limits = Limits {
         max_header_bytes: cfg.max_header_bytes,
