@@ -15,6 +15,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod mutants;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "shadow project tasks")]
 struct Cli {
@@ -36,6 +38,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Mutation testing of the daemon's pure modules with the unit and property tests (no root).
+    Mutants(mutants::MutantsArgs),
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Test => setup().and_then(|()| test()),
         Cmd::Bench { quick } => setup().and_then(|()| bench_tools()).and_then(|()| bench(quick)),
+        Cmd::Mutants(args) => mutants::mutants(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +104,7 @@ fn setup() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     deploy_tools()?;
+    mutants::install()?;
     Ok(())
 }
 
