@@ -288,3 +288,6 @@ impl Collector for LedgerCollector {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests;
