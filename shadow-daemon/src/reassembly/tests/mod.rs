@@ -1,6 +1,7 @@
 //! Extractor tests: segments in, messages and counters out, for both IP families; by topic, on
 //! one shared [`support`] module (also used by the replay client's framing test).
 
+mod accounting;
 mod framing;
 mod limits;
 mod proptests;
