@@ -113,8 +113,8 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
     }
 }
 
-/// Outcomes per module, from cargo-mutants' `caught.txt`, `missed.txt`, `timeout.txt` and
-/// `unviable.txt` (one mutant per line, `path:line:col: description`).
+/// Outcomes per module, from cargo-mutants' `caught.txt` (and `previously_caught.txt`),
+/// `missed.txt`, `timeout.txt` and `unviable.txt` (one mutant per line, `path:line:col: description`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scores(BTreeMap<String, [u32; 4]>);
 
@@ -126,6 +126,10 @@ impl Scores {
         for name in OUTCOMES {
             let path: PathBuf = dir.join(format!("{name}.txt"));
             files.push(fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?);
+        }
+        // With `-- --iterate`, what earlier runs caught is listed apart and not tested again.
+        if let Ok(earlier) = fs::read_to_string(dir.join("previously_caught.txt")) {
+            files[0].push_str(&earlier);
         }
         Ok(Self::parse(&files))
     }

@@ -315,3 +315,25 @@ fn counters_are_read_by_direction_and_listed_with_every_label() {
     assert_eq!(segs[0], (DropReason::ALL[0].as_str(), Direction::Request, 0));
     assert_eq!(segs[DropReason::COUNT].1, Direction::Response);
 }
+
+#[test]
+fn only_flows_with_a_hole_wait_for_the_gap_timer() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut a = Conn::new(false, 42090, 1, 1);
+    let _ = feed(&mut ex, [a.client(GET), a.server(OK)]);
+    assert!(ex.hole_flows.is_empty(), "a flow without a hole is not listed");
+    let mut b = Conn::new(false, 42091, 1, 1);
+    let mut segs = vec![no_ack(b.client(&POST[..20]))];
+    b.skip_client(10);
+    segs.push(no_ack(b.client(&POST[30..])));
+    let _ = feed(&mut ex, segs);
+    let _ = feed(&mut ex, [a.client(GET)]);
+    assert_eq!(ex.hole_flows.len(), 1, "the flow with a hole, once");
+    let idx = ex.index[&b.flow];
+    assert_eq!(ex.hole_flows, [idx]);
+    // The timer gives the hole up; the list empties.
+    let mut out = Vec::new();
+    ex.tick(b.ts + ex.config().gap_timeout_ns, &mut out);
+    assert!(ex.hole_flows.is_empty());
+    assert_eq!(req_drops(&ex, DropReason::Gap), 1);
+}
