@@ -153,6 +153,9 @@ impl ReplayControls {
 }
 
 #[cfg(test)]
+mod tests_mutants;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
