@@ -2,11 +2,11 @@
 //! pure modules with its unit and property tests, without root.
 //!
 //! What is mutated is [`PURE_MODULES`] (or the `--file` globs given); with which tests and
-//! profile, and what is excluded (with the reason), lives in `.cargo/mutants.toml`. This task adds
-//! what a config file cannot say: the eBPF build is skipped (the unit tests never load the object), the
-//! builds go to their own target directory (`target/xtask-mutants`, so a run neither waits on nor
-//! invalidates the developer's own builds), one job at a time (every mutant rebuilds the daemon's
-//! test binary; two at once only fight over two cores), and a score per module at the end.
+//! profile, and what is excluded (with the reason), lives in `.cargo/mutants.toml`. This task
+//! adds what a config file cannot say: the eBPF build is skipped (the unit tests never load the
+//! object), the builds go to their own target directory (`target/xtask-mutants`, so a run neither
+//! waits on nor invalidates the developer's own builds), one job at a time (every mutant rebuilds
+//! the daemon's test binary; two at once only fight over two cores), and a score per module.
 //!
 //! A whole run rebuilds the daemon once per mutant (about two thousand): hours on two cores. Split
 //! it with `--shard K/N` (K from 0) or narrow it with `--file GLOB`, e.g. `cargo xtask mutants
@@ -37,7 +37,8 @@ pub const PURE_MODULES: &[&str] = &[
 
 #[derive(Args)]
 pub struct MutantsArgs {
-    /// Run one shard of the mutants: K/N with K from 0 (consecutive slices, as cargo-mutants cuts them).
+    /// Run one shard of the mutants: K/N with K from 0 (consecutive slices, as cargo-mutants
+    /// cuts them).
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     shard: Option<(u32, u32)>,
     /// Mutate only the files matching these globs (repeatable) instead of every pure module.
@@ -115,18 +116,21 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
     let scores = Scores::read(&dir)?;
     print!("{}", scores.table());
     eprintln!("xtask: every mutant's outcome and log: {}", dir.display());
-    // cargo-mutants: 0 every mutant caught (or unviable), 2 some missed, 3 some timed out, 4 the
-    // tests fail without any mutation.
+    // cargo-mutants: 0 every mutant caught (or unviable), 2 some missed, 3 some timed out (and
+    // none missed), 4 the tests fail without any mutation.
     match status.code() {
         Some(0) => Ok(()),
+        Some(3) => {
+            eprintln!("xtask: timeouts (detected, see Scores::table): {}", dir.join("timeout.txt").display());
+            Ok(())
+        }
         Some(2) => bail!("mutants survived: {}", dir.join("missed.txt").display()),
-        Some(3) => bail!("mutants timed out: {}", dir.join("timeout.txt").display()),
         _ => bail!("cargo mutants failed: {status}"),
     }
 }
 
 /// Outcomes per module, from cargo-mutants' `caught.txt` (and `previously_caught.txt`),
-/// `missed.txt`, `timeout.txt` and `unviable.txt` (one mutant per line, `path:line:col: description`).
+/// `missed.txt`, `timeout.txt` and `unviable.txt` (one mutant a line: `path:line:col: what`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scores(BTreeMap<String, [u32; 4]>);
 
