@@ -301,4 +301,10 @@ mod tests {
         s.tcp_flags |= tcp_flags::FIN;
         assert_eq!(s.end_seq(), 4);
     }
+
+    #[test]
+    fn directions_are_named_as_the_metrics_label_them() {
+        assert_eq!(Direction::Request.as_str(), "request");
+        assert_eq!(Direction::Response.as_str(), "response");
+    }
 }

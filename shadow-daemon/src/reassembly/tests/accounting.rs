@@ -337,3 +337,25 @@ fn only_flows_with_a_hole_wait_for_the_gap_timer() {
     assert!(ex.hole_flows.is_empty());
     assert_eq!(req_drops(&ex, DropReason::Gap), 1);
 }
+
+#[test]
+fn removing_the_most_recent_flow_hands_the_head_to_the_next() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut a = Conn::new(false, 42100, 1, 1);
+    let mut b = Conn::new(false, 42101, 1, 1);
+    let _ = feed(&mut ex, [a.client(b"xxxx"), b.client(b"xxxx")]);
+    assert_eq!(lru(&ex), [42101, 42100]);
+    // The most recent flow resets: it goes, and the older one is the whole list.
+    let _ = feed(&mut ex, [b.client_rst()]);
+    assert_eq!(lru(&ex), [42100]);
+    assert_eq!((ex.stats().flows_active, ex.stats().flows_closed), (1, 1));
+    let mut c = Conn::new(false, 42102, 1, 1);
+    let _ = feed(&mut ex, [c.client(b"xxxx")]);
+    assert_eq!(lru(&ex), [42102, 42100]);
+    // And the least recent one, from the other end.
+    let _ = feed(&mut ex, [a.client_rst()]);
+    assert_eq!(lru(&ex), [42102]);
+    let _ = feed(&mut ex, [c.client_rst()]);
+    assert_eq!(lru(&ex), Vec::<u16>::new());
+    assert_eq!((ex.stats().flows_active, ex.stats().memory_bytes), (0, 0));
+}

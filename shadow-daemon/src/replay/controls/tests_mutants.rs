@@ -106,3 +106,16 @@ fn the_bucket_holds_one_seconds_worth_and_refills_by_rate() {
     let later = t0 + Duration::from_secs(60);
     assert_eq!((0..10).filter(|_| b.try_take(later)).count(), 4);
 }
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = ReplayControls::default();
+    assert_eq!(c.max_body_bytes, 10 << 20, "10 MiB");
+    assert_eq!(c.queue_bytes, 64 << 20, "64 MiB");
+    assert_eq!(c.queue_capacity, 1024);
+    assert_eq!((c.concurrency, c.pool_size), (64, 64));
+    assert_eq!((c.request_timeout.as_secs(), c.connect_timeout.as_secs()), (5, 2));
+    assert_eq!(format!("{:?}", c.tag_header), "X-Shadow-Request: <4 bytes>");
+    assert_eq!(c.tag_header.value, "true");
+    assert_eq!((MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MAX_BODY_BYTES_LIMIT), (10_000, 1_000_000, 1 << 30));
+}
