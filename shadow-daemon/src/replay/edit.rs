@@ -282,6 +282,24 @@ pub(crate) mod tests {
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a header the spans do not cover");
     }
 
+    #[test]
+    fn the_edited_request_is_sized_once_for_the_lines_it_adds() {
+        // Two lines added (the tag and a set header), none replaced: the buffer is allocated at
+        // its final size, so building it never reallocates.
+        let c =
+            ReplayControls { set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap()], ..Default::default() };
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let out = edit_request(&captured(raw), &c, &target()).unwrap();
+        assert_eq!(out.len(), raw.len() + "X-Shadow-Request: true\r\n".len() + "X-Env: shadow\r\n".len());
+        assert_eq!(out.capacity(), out.len());
+        // A tag the client already sent is replaced in place: nothing is reserved for it (its
+        // value here is as long as the configured one).
+        let raw = b"GET / HTTP/1.1\r\nX-Shadow-Request: nope\r\n\r\n";
+        let out = edit_request(&captured(raw), &ReplayControls::default(), &target()).unwrap();
+        assert_eq!(out, b"GET / HTTP/1.1\r\nX-Shadow-Request: true\r\n\r\n");
+        assert_eq!(out.capacity(), raw.len());
+    }
+
     /// One generated header line: name, spaces after the colon, value, trailing spaces.
     fn header_line() -> impl Strategy<Value = (String, String, String, String)> {
         let names = prop::sample::select(vec![
