@@ -280,6 +280,11 @@ pub(crate) mod tests {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.headers.clear();
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a header the spans do not cover");
+        // An empty name span, even where the next byte is a colon.
+        let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
+        r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n:: 1\r\n\r\n");
+        r.headers[0].name = 16..16;
+        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "an empty header name");
     }
 
     #[test]
