@@ -285,6 +285,12 @@ pub(crate) mod tests {
         r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n:: 1\r\n\r\n");
         r.headers[0].name = 16..16;
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "an empty header name");
+        // A name span running to the start of the next header leaves no room for its colon.
+        let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nA\n:B: 1234\r\n\r\n");
+        r.headers[0].name = 16..18;
+        r.headers[1].name = 18..20;
+        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a name without its line");
     }
 
     #[test]

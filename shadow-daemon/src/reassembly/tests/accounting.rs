@@ -234,6 +234,14 @@ fn a_reused_port_pair_replaces_the_ended_flow() {
     let st = ex.stats();
     assert_eq!((st.flows_created, st.flows_closed, st.flows_active), (2, 1, 1));
     assert_eq!(requests(&ev).len(), 1);
+    // A request start the kernel did not flag (XDP, or a start it could not classify) is one too.
+    let mut m = Conn::new(false, 42070, 9000, 9500);
+    let mut s = m.client(GET);
+    s.request_start = false;
+    let _ = feed(&mut ex, [n.client_fin()]);
+    let ev = feed(&mut ex, [s, m.server(OK)]);
+    assert_eq!((ex.stats().flows_created, ex.stats().flows_closed), (3, 2));
+    assert_eq!(requests(&ev).len(), 1);
     // Bytes that start nothing on the ended stream are a late copy, not a new connection.
     let mut ex = Extractor::new(small_cfg());
     let mut c = Conn::new(false, 42071, 1, 1);
