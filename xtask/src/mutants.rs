@@ -12,12 +12,7 @@
 //! it with `--shard K/N` (K from 0) or narrow it with `--file GLOB`, e.g. `cargo xtask mutants
 //! --file 'shadow-daemon/src/reassembly/*.rs'`; `-- --list` counts without running anything.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -74,11 +69,7 @@ pub fn install() -> Result<()> {
 
 pub fn mutants(args: MutantsArgs) -> Result<()> {
     if !args.report.is_empty() {
-        let mut total = Scores::default();
-        for dir in &args.report {
-            total.add(Scores::read(dir)?);
-        }
-        print!("{}", total.table());
+        print!("{}", Scores::read_chain(&args.report)?.table());
         return Ok(());
     }
     install()?;
@@ -113,8 +104,7 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
     if !dir.join("caught.txt").exists() {
         bail!("cargo mutants failed before testing any mutant: {status}");
     }
-    let scores = Scores::read(&dir)?;
-    print!("{}", scores.table());
+    print!("{}", Scores::read_chain(std::slice::from_ref(&dir))?.table());
     eprintln!("xtask: every mutant's outcome and log: {}", dir.display());
     // cargo-mutants: 0 every mutant caught (or unviable), 2 some missed, 3 some timed out (and
     // none missed), 4 the tests fail without any mutation.
@@ -129,45 +119,54 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
     }
 }
 
-/// Outcomes per module, from cargo-mutants' `caught.txt` (and `previously_caught.txt`),
-/// `missed.txt`, `timeout.txt` and `unviable.txt` (one mutant a line: `path:line:col: what`).
+/// The last outcome of each mutant, from cargo-mutants' `caught.txt`, `missed.txt`,
+/// `timeout.txt` and `unviable.txt` (one mutant a line: `path:line:col: what`).
+///
+/// An `--iterate` run lists what earlier runs caught *or found unviable* in
+/// `previously_caught.txt` without telling which: those entries only fill in mutants no run read
+/// before has an outcome for, so reading every run of a chain, oldest first, counts each mutant
+/// once with the outcome it last had.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Scores(BTreeMap<String, [u32; 4]>);
+pub struct Scores(BTreeMap<String, usize>);
 
 const OUTCOMES: [&str; 4] = ["caught", "missed", "timeout", "unviable"];
 
 impl Scores {
-    fn read(dir: &Path) -> Result<Self> {
-        let mut files = Vec::new();
-        for name in OUTCOMES {
-            let path: PathBuf = dir.join(format!("{name}.txt"));
-            files.push(fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?);
-        }
-        // With `-- --iterate`, what earlier runs caught is listed apart and not tested again.
-        if let Ok(earlier) = fs::read_to_string(dir.join("previously_caught.txt")) {
-            files[0].push_str(&earlier);
-        }
-        Ok(Self::parse(&files))
-    }
-
-    fn add(&mut self, other: Self) {
-        for (module, c) in other.0 {
-            let t = self.0.entry(module).or_default();
-            for (t, v) in t.iter_mut().zip(c) {
-                *t += v;
+    /// The runs of one `--iterate` chain (or of separate file sets), oldest first.
+    fn read_chain(dirs: &[PathBuf]) -> Result<Self> {
+        let mut total = Self::default();
+        for dir in dirs {
+            let mut files = Vec::new();
+            for name in OUTCOMES {
+                let path: PathBuf = dir.join(format!("{name}.txt"));
+                files.push(fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?);
             }
+            let earlier = fs::read_to_string(dir.join("previously_caught.txt")).unwrap_or_default();
+            total.add(&files, &earlier);
         }
+        Ok(total)
     }
 
-    fn parse(files: &[String]) -> Self {
-        let mut m = BTreeMap::<String, [u32; 4]>::new();
+    /// One run's outcome files over what earlier runs recorded; its carried-over entries only
+    /// fill in mutants without an outcome yet.
+    fn add(&mut self, files: &[String], earlier: &str) {
+        let lines = |t: &str| t.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect::<Vec<_>>();
+        for l in lines(earlier) {
+            self.0.entry(l).or_insert(0);
+        }
         for (i, text) in files.iter().enumerate() {
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let path = line.split(':').next().unwrap_or(line);
-                m.entry(module(path)).or_default()[i] += 1;
-            }
+            self.0.extend(lines(text).into_iter().map(|l| (l, i)));
         }
-        Self(m)
+    }
+
+    /// Per module: caught, missed, timeout, unviable.
+    fn counts(&self) -> BTreeMap<String, [u32; 4]> {
+        let mut m = BTreeMap::<String, [u32; 4]>::new();
+        for (mutant, outcome) in &self.0 {
+            let path = mutant.split(':').next().unwrap_or(mutant);
+            m.entry(module(path)).or_default()[*outcome] += 1;
+        }
+        m
     }
 
     /// One line per module and a total: caught, missed, timeout, unviable, and the share of the
@@ -189,8 +188,8 @@ impl Scores {
             };
             s.push_str(&format!("{name:<32} {:>7} {:>7} {:>8} {:>9} {score:>8}\n", c[0], c[1], c[2], c[3]));
         };
-        for (name, c) in &self.0 {
-            row(name, *c);
+        for (name, c) in self.counts() {
+            row(&name, c);
             for (t, v) in total.iter_mut().zip(c) {
                 *t += v;
             }
@@ -230,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn scores_count_each_outcome_per_module() {
+    fn scores_count_each_mutant_once_with_its_last_outcome() {
         let files = [
             "shadow-daemon/src/segment.rs:58:9: replace Segment::fin -> bool with true\n\
              shadow-daemon/src/http/mod.rs:320:5: replace seq_lt -> bool with true\n"
@@ -239,9 +238,10 @@ mod tests {
             "shadow-daemon/src/http/mod.rs:321:5: replace seq_lt -> bool with false\n".to_string(),
             "shadow-daemon/src/segment.rs:100:5: replace decode_header with Ok(Default::default())\n".to_string(),
         ];
-        let mut s = Scores::parse(&files);
-        assert_eq!(s.0["segment.rs"], [1, 1, 0, 1]);
-        assert_eq!(s.0["http/"], [1, 0, 1, 0]);
+        let mut s = Scores::default();
+        s.add(&files, "");
+        assert_eq!(s.counts()["segment.rs"], [1, 1, 0, 1]);
+        assert_eq!(s.counts()["http/"], [1, 0, 1, 0]);
         let table = s.table();
         assert!(
             table.contains("segment.rs                             1       1        0         1   50.0 %"),
@@ -251,13 +251,19 @@ mod tests {
             table.contains("total                                  2       1        1         1   75.0 %"),
             "{table}"
         );
-        s.add(Scores::parse(&[
-            "shadow-daemon/src/segment.rs:64:9: replace Segment::syn -> bool with true\n".to_string(),
+        // An --iterate run: the missed mutant is caught now; what earlier runs caught or found
+        // unviable is carried over without changing their outcome; a new one is counted.
+        let later = [
+            "shadow-daemon/src/segment.rs:61:9: replace Segment::rst -> bool with false\n".to_string(),
             String::new(),
             String::new(),
             String::new(),
-        ]));
-        assert_eq!(s.0["segment.rs"], [2, 1, 0, 1]);
+        ];
+        let carried = "shadow-daemon/src/segment.rs:58:9: replace Segment::fin -> bool with true\n\
+                       shadow-daemon/src/segment.rs:100:5: replace decode_header with Ok(Default::default())\n\
+                       shadow-daemon/src/segment.rs:64:9: replace Segment::syn -> bool with true\n";
+        s.add(&later, carried);
+        assert_eq!(s.counts()["segment.rs"], [3, 0, 0, 1]);
     }
 
     #[test]
