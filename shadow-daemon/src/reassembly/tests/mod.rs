@@ -6,5 +6,6 @@ mod framing;
 mod limits;
 mod proptests;
 mod responses;
+mod stream_edges;
 mod streams;
 pub(crate) mod support;
