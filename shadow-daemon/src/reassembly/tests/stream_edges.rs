@@ -111,3 +111,34 @@ fn a_response_hole_before_a_status_line_is_sampling_before_anything_else_a_loss(
         assert_eq!(ex.stats().response_segments.sampling_skips, skips, "{:?}", String::from_utf8_lossy(next));
     }
 }
+
+#[test]
+fn a_copy_of_bytes_already_seen_out_of_sync_is_an_overlap() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 43060, 1, 1);
+    let first = c.c_seq;
+    let _ = feed(&mut ex, [c.client(b"not a request")]);
+    c.c_seq = first;
+    let _ = feed(&mut ex, [c.client(b"not a request")]);
+    let sc = &ex.stats().request_segments;
+    assert_eq!(sc.overlap_bytes, 13);
+    assert_eq!(sc.dropped(DropReason::Duplicate), 1);
+}
+
+#[test]
+fn a_truncated_copy_starting_inside_delivered_bytes_starts_no_request() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 43070, 1, 1);
+    let _ = feed(&mut ex, [c.client(GET), c.server(OK)]);
+    // Flagged as a request start, but its first 2 bytes were delivered already: the start the
+    // kernel saw is not where the next request begins.
+    c.c_seq = c.c_seq.wrapping_sub(2);
+    let mut t = c.client(GET);
+    t.payload = Bytes::new();
+    t.truncated = true;
+    t.request_start = true;
+    let _ = feed(&mut ex, [t]);
+    let r = &ex.stats().requests;
+    assert_eq!((r.seen, r.dropped(DropReason::TruncatedCapture)), (1, 0));
+    assert_eq!(ex.stats().request_segments.overlap_bytes, 2);
+}
