@@ -142,3 +142,25 @@ fn a_truncated_copy_starting_inside_delivered_bytes_starts_no_request() {
     assert_eq!((r.seen, r.dropped(DropReason::TruncatedCapture)), (1, 0));
     assert_eq!(ex.stats().request_segments.overlap_bytes, 2);
 }
+
+#[test]
+fn a_truncated_segment_that_waited_out_of_order_still_drops_its_request() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 43080, 1, 1);
+    let head = b"POST /t HTTP/1.1\r\nContent-Length: 20\r\n\r\n";
+    let body_at = {
+        let _ = feed(&mut ex, [no_ack(c.client(head))]);
+        c.c_seq
+    };
+    // Body bytes 10..20 arrive first, not copied by the kernel; then bytes 0..10.
+    c.c_seq = body_at.wrapping_add(10);
+    let mut t = no_ack(c.client(b"0123456789"));
+    t.payload = Bytes::new();
+    t.truncated = true;
+    t.request_start = false;
+    c.c_seq = body_at;
+    let ev = feed(&mut ex, [t, no_ack(c.client(b"abcdefghij"))]);
+    assert!(requests(&ev).is_empty(), "a request with bytes the kernel did not copy is never emitted");
+    let r = &ex.stats().requests;
+    assert_eq!((r.extracted, r.dropped(DropReason::TruncatedCapture)), (0, 1));
+}
