@@ -164,3 +164,38 @@ fn a_truncated_segment_that_waited_out_of_order_still_drops_its_request() {
     let r = &ex.stats().requests;
     assert_eq!((r.extracted, r.dropped(DropReason::TruncatedCapture)), (0, 1));
 }
+
+/// A POST whose body has a hole at its start, with a piece waiting behind it; returns the
+/// connection (its client sequence at the end of the piece) and where the hole starts.
+fn post_with_a_hole(ex: &mut Extractor, port: u16) -> (Conn, u32) {
+    let mut c = Conn::new(false, port, 1, 1);
+    let _ = feed(ex, [no_ack(c.client(b"POST /h HTTP/1.1\r\nContent-Length: 20\r\n\r\n"))]);
+    let hole = c.c_seq;
+    c.skip_client(5);
+    let _ = feed(ex, [no_ack(c.client(b"56789"))]);
+    (c, hole)
+}
+
+#[test]
+fn an_acknowledgment_up_to_a_quarter_of_the_sequence_space_ahead_is_believed() {
+    for (jump, gap) in [(1u32 << 30, 1u64), ((1 << 30) + 1, 0)] {
+        let mut ex = Extractor::new(small_cfg());
+        let (mut c, hole) = post_with_a_hole(&mut ex, 43090);
+        let mut ack = c.server(b"");
+        ack.ack = hole.wrapping_add(jump);
+        let _ = feed(&mut ex, [ack]);
+        assert_eq!(req_drops(&ex, DropReason::Gap), gap, "ack {jump} ahead");
+    }
+}
+
+#[test]
+fn an_acknowledgment_past_a_hole_gives_it_up_even_with_the_fin_waiting_behind_it() {
+    let mut ex = Extractor::new(small_cfg());
+    let (mut c, hole) = post_with_a_hole(&mut ex, 43100);
+    let _ = feed(&mut ex, [no_ack(c.client_fin())]);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 0, "the hole still waits");
+    let mut ack = c.server(b"");
+    ack.ack = hole.wrapping_add(5);
+    let _ = feed(&mut ex, [ack]);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 1);
+}
