@@ -199,3 +199,24 @@ fn an_acknowledgment_past_a_hole_gives_it_up_even_with_the_fin_waiting_behind_it
     let _ = feed(&mut ex, [ack]);
     assert_eq!(req_drops(&ex, DropReason::Gap), 1);
 }
+
+#[test]
+fn a_segment_split_around_a_waiting_piece_is_dropped_once_at_teardown() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 43110, 1, 1);
+    let _ = feed(&mut ex, [no_ack(c.client(b"POST /s HTTP/1.1\r\nContent-Length: 40\r\n\r\n"))]);
+    let hole = c.c_seq;
+    c.c_seq = hole.wrapping_add(10);
+    let waiting = no_ack(c.client(b"AB"));
+    // One segment over 5..15: stored as 5..10 and 12..15 around the piece received first.
+    c.c_seq = hole.wrapping_add(5);
+    let split = no_ack(c.client(b"0123456789"));
+    let _ = feed(&mut ex, [waiting, split]);
+    let sc = &ex.stats().request_segments;
+    assert_eq!((sc.buffered, sc.overlap_bytes), (2, 2));
+    assert_eq!(ex.stats().buffered_bytes, 2 + 5 + 3 + 40, "the pieces and the 40-byte head");
+    ex.clear(DropReason::Incomplete, &mut Vec::new());
+    let sc = &ex.stats().request_segments;
+    assert_eq!((sc.buffered, sc.dropped(DropReason::Incomplete)), (0, 2), "two segments, two drops");
+    assert!(sc.reconciles(), "{sc:?}");
+}
