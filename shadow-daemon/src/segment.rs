@@ -301,4 +301,54 @@ mod tests {
         s.tcp_flags |= tcp_flags::FIN;
         assert_eq!(s.end_seq(), 4);
     }
+
+    #[test]
+    fn directions_are_named_as_the_metrics_label_them() {
+        assert_eq!(Direction::Request.as_str(), "request");
+        assert_eq!(Direction::Response.as_str(), "response");
+    }
+
+    #[test]
+    fn truncation_comes_from_the_flag_or_a_short_capture_each_alone() {
+        let s = sample(Direction::Request, false);
+        assert!(!decode(&encode(&s)).unwrap().truncated);
+        // The flag alone: every byte copied, yet the kernel marked the record.
+        let flagged = Segment { truncated: true, ..s.clone() };
+        let rec = encode(&flagged);
+        assert_eq!(decode_header(&rec).unwrap().flags, record_flags::TRUNCATED | record_flags::REQUEST_START);
+        assert!(decode(&rec).unwrap().truncated);
+        // A short capture alone: 5 bytes of 9, no flag.
+        let short = Segment { wire_len: 9, ..s.clone() };
+        let rec = encode(&short);
+        assert_eq!(decode_header(&rec).unwrap().flags, record_flags::REQUEST_START);
+        assert!(decode(&rec).unwrap().truncated);
+        // More copied than the wire length claims is no truncation.
+        assert!(!decode(&encode(&Segment { wire_len: 3, ..s.clone() })).unwrap().truncated);
+        // Neither flag set.
+        let plain = Segment { request_start: false, ..s };
+        let rec = encode(&plain);
+        assert_eq!(decode_header(&rec).unwrap().flags, 0);
+        assert!(!decode(&rec).unwrap().request_start);
+    }
+
+    #[test]
+    fn tcp_flags_read_one_bit_each() {
+        let mut s = sample(Direction::Request, false);
+        assert_eq!((s.fin(), s.rst(), s.syn()), (false, false, false));
+        for (bit, want) in [(tcp_flags::FIN, (true, false, false)), (tcp_flags::RST, (false, true, false))] {
+            s.tcp_flags = tcp_flags::ACK | bit;
+            assert_eq!((s.fin(), s.rst(), s.syn()), want);
+        }
+        s.tcp_flags = tcp_flags::SYN;
+        assert_eq!((s.fin(), s.rst(), s.syn()), (false, false, true));
+    }
+
+    #[test]
+    fn decode_errors_have_their_metric_labels() {
+        assert_eq!(DecodeError::Short(1).reason(), "short_record");
+        assert_eq!(DecodeError::Version(2).reason(), "record_version");
+        assert_eq!(DecodeError::Family(3).reason(), "bad_record");
+        assert_eq!(DecodeError::Direction(4).reason(), "bad_record");
+        assert_eq!(DecodeError::Length { claimed: 9, present: 1 }.reason(), "record_length");
+    }
 }

@@ -170,7 +170,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
 
     // Pure ACKs (about half of a service's packets) carry nothing to reassemble: stop before the
     // address copies and the flow-map lookup.
-    if payload_len == 0 && flags & (tcp_flags::FIN | tcp_flags::RST) == 0 {
+    if payload_len == 0 && flags & (tcp_flags::FIN | tcp_flags::RST | tcp_flags::SYN) == 0 {
         return None;
     }
 
@@ -194,6 +194,18 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
             _pad: [0; 3],
         }
     };
+
+    if flags & tcp_flags::SYN != 0 {
+        // A new connection on these addresses and ports (a reused client port): nothing decided
+        // for an earlier one applies, so its first request is a new decision whatever the old
+        // state says.
+        if dir == direction::REQUEST {
+            let _ = SHADOW_FLOWS.remove(&key);
+        }
+        if payload_len == 0 {
+            return None;
+        }
+    }
 
     let mut rflags: u16 = if hook == Hook::Xdp { record_flags::FROM_XDP } else { 0 };
     let class =

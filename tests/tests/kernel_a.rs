@@ -630,3 +630,29 @@ fn an_interim_response_does_not_end_a_request_but_a_final_one_does() {
     assert!(r.tc(&frames::tcp(&n))[0].request_start);
     assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 2);
 }
+
+/// A reused client port: the SYN of the new connection clears what was decided for the old one,
+/// so its first request is a new decision even though the old connection's last request was never
+/// answered (without the SYN it would pass for that request's continuation).
+#[test]
+fn a_syn_on_a_reused_port_pair_starts_afresh() {
+    if !require_kernel("a_syn_on_a_reused_port_pair_starts_afresh") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    let (c, s) = ("10.0.0.1", "10.0.0.2");
+    let mut old = Tcp::new(c, 49960, s, PORT, GET);
+    old.seq = 100;
+    old.ack = 500;
+    assert!(r.tc(&frames::tcp(&old))[0].request_start);
+    let mut syn = Tcp::new(c, 49960, s, PORT, b"");
+    syn.flags = tcp_flags::SYN;
+    syn.seq = 90_000;
+    assert!(r.tc(&frames::tcp(&syn)).is_empty(), "a SYN carries nothing to capture");
+    let mut new = Tcp::new(c, 49960, s, PORT, GET);
+    new.seq = 90_001;
+    new.ack = 7_000;
+    assert!(r.tc(&frames::tcp(&new))[0].request_start, "the new connection's first request");
+    assert_eq!(r.counter(counter::REQUESTS_SAMPLED), 2);
+    assert_eq!(r.counter(counter::REQUEST_START_CONTINUED), 0);
+}

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
+mod mutants;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "shadow project tasks")]
@@ -40,6 +41,8 @@ enum Cmd {
     },
     /// Set up, then run every fuzz target for --seconds each (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
+    /// Mutation testing of the daemon's pure modules with the unit and property tests (no root).
+    Mutants(mutants::MutantsArgs),
 }
 
 /// Debian packages the tests, demo and benchmarks drive.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Test => setup().and_then(|()| test()),
         Cmd::Bench { quick } => setup().and_then(|()| bench_tools()).and_then(|()| bench(quick)),
         Cmd::Fuzz(args) => setup().and_then(|()| fuzz::fuzz(&args)),
+        Cmd::Mutants(args) => mutants::mutants(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +109,7 @@ fn setup() -> Result<()> {
     bpf_linker()?;
     deploy_tools()?;
     fuzz::install_cargo_fuzz()?;
+    mutants::install()?;
     Ok(())
 }
 

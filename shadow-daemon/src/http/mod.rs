@@ -380,6 +380,9 @@ pub const fn seq_lt(a: u32, b: u32) -> bool {
 }
 
 #[cfg(test)]
+mod tests_mutants;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

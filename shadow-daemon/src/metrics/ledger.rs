@@ -298,3 +298,6 @@ impl Collector for LedgerCollector {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -218,6 +218,22 @@ impl Flow {
             + self.pending.heap_bytes();
         (mem, buffered)
     }
+
+    /// The parts [`Self::footprint`] adds up, for the accounting tests: heap bytes of the request
+    /// and response streams, assemblers and the pending queue; payload bytes of the first four.
+    #[cfg(test)]
+    pub fn parts(&self) -> ([usize; 5], [usize; 4]) {
+        let heap = [
+            self.req_stream.heap_bytes(),
+            self.resp_stream.heap_bytes(),
+            self.req.heap_bytes(),
+            self.resp.heap_bytes(),
+            self.pending.heap_bytes(),
+        ];
+        let buffered =
+            [self.req_stream.buffered(), self.resp_stream.buffered(), self.req.buffered(), self.resp.buffered()];
+        (heap, buffered)
+    }
 }
 
 /// The index type, named so the extractor's map is spelled once.

@@ -401,3 +401,11 @@ impl Extractor {
         }
     }
 }
+
+#[cfg(test)]
+impl Extractor {
+    /// The flows tracked, most recently used first (accounting tests).
+    fn flows(&self) -> impl Iterator<Item = &Flow> {
+        std::iter::successors(self.flow(self.lru_head), |f| self.flow(f.next))
+    }
+}

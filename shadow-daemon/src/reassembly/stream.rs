@@ -560,3 +560,7 @@ fn account(sc: &mut SegmentCounters, fate: Fed) {
         Fed::Skipped(r) => sc.drop(r),
     }
 }
+
+/// What one waiting piece's bookkeeping costs (accounting tests).
+#[cfg(test)]
+pub(crate) const OOO_PIECE_BYTES: usize = size_of::<Ooo>();

@@ -280,6 +280,35 @@ pub(crate) mod tests {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.headers.clear();
         assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a header the spans do not cover");
+        // An empty name span, even where the next byte is a colon.
+        let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
+        r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n:: 1\r\n\r\n");
+        r.headers[0].name = 16..16;
+        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "an empty header name");
+        // A name span running to the start of the next header leaves no room for its colon.
+        let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nA\n:B: 1234\r\n\r\n");
+        r.headers[0].name = 16..18;
+        r.headers[1].name = 18..20;
+        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a name without its line");
+    }
+
+    #[test]
+    fn the_edited_request_is_sized_once_for_the_lines_it_adds() {
+        // Two lines added (the tag and a set header), none replaced: the buffer is allocated at
+        // its final size, so building it never reallocates.
+        let c =
+            ReplayControls { set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap()], ..Default::default() };
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let out = edit_request(&captured(raw), &c, &target()).unwrap();
+        assert_eq!(out.len(), raw.len() + "X-Shadow-Request: true\r\n".len() + "X-Env: shadow\r\n".len());
+        assert_eq!(out.capacity(), out.len());
+        // A tag the client already sent is replaced in place: nothing is reserved for it (its
+        // value here is as long as the configured one).
+        let raw = b"GET / HTTP/1.1\r\nX-Shadow-Request: nope\r\n\r\n";
+        let out = edit_request(&captured(raw), &ReplayControls::default(), &target()).unwrap();
+        assert_eq!(out, b"GET / HTTP/1.1\r\nX-Shadow-Request: true\r\n\r\n");
+        assert_eq!(out.capacity(), raw.len());
     }
 
     /// One generated header line: name, spaces after the colon, value, trailing spaces.

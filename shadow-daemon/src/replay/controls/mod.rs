@@ -169,6 +169,9 @@ impl ReplayControls {
 }
 
 #[cfg(test)]
+mod tests_mutants;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
