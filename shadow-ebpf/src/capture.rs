@@ -200,7 +200,7 @@ fn try_process<P: Packet>(ctx: &P, hook: Hook, counters: *mut Counters) -> Optio
         // for an earlier one applies, so its first request is a new decision whatever the old
         // state says.
         if dir == direction::REQUEST {
-            let _ = SHADOW_FLOWS.remove(&key);
+            let _ = SHADOW_FLOWS.remove(key);
         }
         if payload_len == 0 {
             return None;
