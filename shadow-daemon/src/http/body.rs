@@ -488,4 +488,69 @@ mod tests {
         assert_eq!(d.advance(b"abc", &lim), Ok((3, false)));
         assert!(BodyDecoder::new(BodyFraming::None).is_done());
     }
+
+    /// The whole body through a decoder in pieces of `split`: (consumed, done) or the error.
+    fn decode(mut d: ChunkedDecoder, input: &[u8], split: usize) -> Result<(usize, bool), HttpError> {
+        let lim = Limits { max_header_bytes: 64, ..Limits::default() };
+        let mut used = 0;
+        for part in input.chunks(split.max(1)) {
+            let (n, done) = d.advance(part, &lim)?;
+            used += n;
+            if done {
+                return Ok((used, true));
+            }
+        }
+        Ok((used, false))
+    }
+
+    #[test]
+    fn strict_decoding_refuses_what_lenient_decoding_reads() {
+        // Each is read by a lenient peer (as responses are) and refused in a request, where a
+        // lenient reading is how one request hides another.
+        let cases: &[(&[u8], HttpError)] = &[
+            (b"3\nabc\r\n0\r\n\r\n", HttpError::BadChunkSize),
+            (b"3;ext=1\nabc\r\n0\r\n\r\n", HttpError::BadChunkSize),
+            (b"3\r\nabc\n0\r\n\r\n", HttpError::BadChunkDelimiter),
+            (b"3\r\nabc\r\n0\r\n\n", HttpError::BadTrailer),
+            (b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", HttpError::BadTrailer),
+            (b"3\r\nabc\r\n0\r\n X-T: 1\r\n\r\n", HttpError::BadTrailer),
+            (b"3\r\nabc\r\n0\r\n\tX-T: 1\r\n\r\n", HttpError::BadTrailer),
+            (b"3\r\nabc\r\n0\r\nX-T: \x01\r\n\r\n", HttpError::BadTrailer),
+            (b"3;e=\x00\r\nabc\r\n0\r\n\r\n", HttpError::BadChunkSize),
+            (b"3;e=\x7f\r\nabc\r\n0\r\n\r\n", HttpError::BadChunkSize),
+        ];
+        for (input, err) in cases {
+            for split in [1, 3, input.len()] {
+                assert_eq!(
+                    decode(ChunkedDecoder::strict(), input, split),
+                    Err(*err),
+                    "{:?} / {split}",
+                    String::from_utf8_lossy(input)
+                );
+                assert_eq!(
+                    decode(ChunkedDecoder::default(), input, split).map(|(_, done)| done),
+                    Ok(true),
+                    "lenient: {:?} / {split}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        // What RFC 9112 writes passes strictly, extensions (with a tab) and trailers included.
+        let ok = b"3;ext=1;\tq=\"v\"\r\nabc\r\n0\r\nX-T: 1\r\nY: a\tb\r\n\r\nNEXT";
+        for split in [1, 2, 5, ok.len()] {
+            assert_eq!(decode(ChunkedDecoder::strict(), ok, split), Ok((ok.len() - 4, true)), "split {split}");
+        }
+        assert_eq!(BodyDecoder::strict(BodyFraming::Chunked), BodyDecoder::Chunked(ChunkedDecoder::strict()));
+        assert_ne!(ChunkedDecoder::strict(), ChunkedDecoder::default());
+        assert_eq!(BodyDecoder::strict(BodyFraming::ContentLength(4)), BodyDecoder::new(BodyFraming::ContentLength(4)));
+    }
+
+    #[test]
+    fn kept_body_heap_is_its_capacity() {
+        let mut k = KeptBody::new(100);
+        assert_eq!(k.heap_bytes(), 0);
+        k.push(b"hello");
+        assert!(k.heap_bytes() >= 5);
+        assert_eq!(k.heap_bytes(), k.bytes.capacity());
+    }
 }
