@@ -536,7 +536,7 @@ mod tests {
             }
         }
         // What RFC 9112 writes passes strictly, extensions (with a tab) and trailers included.
-        let ok = b"3;ext=1;\tq=\"v\"\r\nabc\r\n0\r\nX-T: 1\r\nY: a\tb\r\n\r\nNEXT";
+        let ok = b"3;ext=1;\tq=\"v w\"\r\nabc\r\n0\r\nX-T: 1\r\nY: a\tb\r\n\r\nNEXT";
         for split in [1, 2, 5, ok.len()] {
             assert_eq!(decode(ChunkedDecoder::strict(), ok, split), Ok((ok.len() - 4, true)), "split {split}");
         }
@@ -552,5 +552,27 @@ mod tests {
         k.push(b"hello");
         assert!(k.heap_bytes() >= 5);
         assert_eq!(k.heap_bytes(), k.bytes.capacity());
+    }
+
+    #[test]
+    fn a_chunk_size_line_is_bounded_at_exactly_its_limit() {
+        // Counted: the size digit, ';', the extension and the CR: 3 + N bytes.
+        let line = |n: usize| [b"3;".as_slice(), &vec![b'a'; n], b"\r\nabc\r\n0\r\n\r\n"].concat();
+        let at = MAX_CHUNK_LINE as usize - 3;
+        for d in [ChunkedDecoder::strict(), ChunkedDecoder::default()] {
+            assert_eq!(decode(d.clone(), &line(at), 7).map(|(_, done)| done), Ok(true));
+            assert_eq!(decode(d, &line(at + 1), 7), Err(HttpError::BadChunkSize));
+        }
+    }
+
+    #[test]
+    fn a_trailer_section_is_bounded_at_exactly_its_limit() {
+        // decode() allows 64 bytes. Counted strictly: every trailer byte up to its CR (N + 4 for
+        // "X: " + N + CR); leniently the LF too (N + 5).
+        let trailer = |n: usize| [b"0\r\nX: ".as_slice(), &vec![b'a'; n], b"\r\n\r\n"].concat();
+        assert_eq!(decode(ChunkedDecoder::strict(), &trailer(60), 5).map(|(_, done)| done), Ok(true));
+        assert_eq!(decode(ChunkedDecoder::strict(), &trailer(61), 5), Err(HttpError::TrailersTooLarge { limit: 64 }));
+        assert_eq!(decode(ChunkedDecoder::default(), &trailer(59), 5).map(|(_, done)| done), Ok(true));
+        assert_eq!(decode(ChunkedDecoder::default(), &trailer(60), 5), Err(HttpError::TrailersTooLarge { limit: 64 }));
     }
 }
