@@ -301,7 +301,7 @@ impl CompareHub {
             body: resp.body.clone(),
             body_complete: resp.body_complete,
             body_len: resp.body_len,
-            latency: Duration::from_nanos(resp.time_to_last_byte_ns()),
+            latency: Some(Duration::from_nanos(resp.time_to_last_byte_ns())),
         };
         let mut events = std::mem::take(&mut t.events);
         let mut learned = Vec::new();
@@ -390,7 +390,7 @@ impl CompareHub {
                     outcome: outcome.as_str(),
                     all_outcomes: &self.outcome_labels,
                     primary_status: primary.status,
-                    primary_latency: primary.latency,
+                    primary_latency: primary.latency.unwrap_or_default(),
                     shadow: shadow_side,
                 });
             }
@@ -498,7 +498,7 @@ mod tests {
             body: Bytes::from_static(body),
             body_complete: true,
             body_len: body.len() as u64,
-            latency: Duration::from_millis(3),
+            latency: Some(Duration::from_millis(3)),
         })
     }
 

@@ -112,7 +112,7 @@ fn sample(status: u16, ms: f64, body: &str) -> ResponseSample {
         body: Bytes::from(body.to_owned()),
         body_complete: true,
         body_len: body.len() as u64,
-        latency: Duration::from_secs_f64(ms / 1000.0),
+        latency: Some(Duration::from_secs_f64(ms / 1000.0)),
     }
 }
 

@@ -26,7 +26,7 @@ fn response(status: u16, body: &str, latency_us: u64) -> ResponseSample {
         body: Bytes::copy_from_slice(body.as_bytes()),
         body_complete: true,
         body_len: body.len() as u64,
-        latency: Duration::from_micros(latency_us),
+        latency: Some(Duration::from_micros(latency_us)),
     }
 }
 

@@ -272,6 +272,8 @@ pub struct MismatchSample {
     pub primary_status: u16,
     pub shadow_status: u16,
     pub primary_latency_ms: f64,
+    /// 0 when not measured (the shadow failed, or its response was read behind another of a
+    /// pipeline).
     pub shadow_latency_ms: f64,
     pub headers: Vec<HeaderDiff>,
     pub body: Vec<PathDiff>,

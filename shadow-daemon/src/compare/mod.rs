@@ -66,7 +66,9 @@ pub struct ResponseSample {
     pub body_complete: bool,
     /// Length of the whole body on the wire, as framed; equals `body.len()` when complete.
     pub body_len: u64,
-    pub latency: Duration,
+    /// None: not measured (a shadow response read behind another of the same pipeline, whose
+    /// times include the shadow's work on the ones before it).
+    pub latency: Option<Duration>,
 }
 
 impl ResponseSample {
@@ -211,7 +213,7 @@ impl Comparator {
         let (stats, profile, name) = self.endpoint(endpoint);
         let rules = &profile.rules;
         stats.samples += 1;
-        stats.record_latencies(primary.latency, Some(shadow.latency));
+        stats.record_latencies(primary.latency.unwrap_or_default(), shadow.latency);
         stats.primary_5xx += u64::from(primary.status >= 500);
         stats.shadow_5xx += u64::from(shadow.status >= 500);
         let status_equal = primary.status == shadow.status;
@@ -265,8 +267,8 @@ impl Comparator {
                 outcome,
                 primary_status: primary.status,
                 shadow_status: shadow.status,
-                primary_latency_ms: ms(primary.latency),
-                shadow_latency_ms: ms(shadow.latency),
+                primary_latency_ms: ms(primary.latency.unwrap_or_default()),
+                shadow_latency_ms: ms(shadow.latency.unwrap_or_default()),
                 headers,
                 body: shown,
                 body_differences: total,
@@ -291,7 +293,7 @@ impl Comparator {
         let limits = self.settings.limits;
         let (stats, _, name) = self.endpoint(endpoint);
         stats.samples += 1;
-        stats.record_latencies(primary.latency, None);
+        stats.record_latencies(primary.latency.unwrap_or_default(), None);
         stats.primary_5xx += u64::from(primary.status >= 500);
         stats.shadow_failures[failure as usize] += 1;
         stats.outcomes[Outcome::ShadowFailed as usize] += 1;
@@ -301,7 +303,7 @@ impl Comparator {
             outcome: Outcome::ShadowFailed,
             primary_status: primary.status,
             shadow_status: 0,
-            primary_latency_ms: ms(primary.latency),
+            primary_latency_ms: ms(primary.latency.unwrap_or_default()),
             shadow_latency_ms: 0.0,
             headers: Vec::new(),
             body: Vec::new(),

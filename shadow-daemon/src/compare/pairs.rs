@@ -225,7 +225,7 @@ mod tests {
             body: Bytes::from_static(body),
             body_complete: true,
             body_len: body.len() as u64,
-            latency: Duration::from_millis(1),
+            latency: Some(Duration::from_millis(1)),
         }
     }
 

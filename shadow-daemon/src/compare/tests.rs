@@ -14,7 +14,7 @@ fn json_resp(status: u16, body: &str, latency_ms: u64) -> ResponseSample {
         body: Bytes::copy_from_slice(body.as_bytes()),
         body_complete: true,
         body_len: body.len() as u64,
-        latency: Duration::from_millis(latency_ms),
+        latency: Some(Duration::from_millis(latency_ms)),
     }
 }
 

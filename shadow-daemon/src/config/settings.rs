@@ -23,6 +23,7 @@ use crate::{
             HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, ReplayControls,
             ShadowTarget,
         },
+        pipeline::MAX_PIPELINE,
     },
     service::ServiceMatch,
 };
@@ -328,6 +329,13 @@ settings! {
         #[arg(long, env = "SHADOW_POOL_SIZE", value_name = "N", value_parser = parse::<Count<0, MAX_CONCURRENCY>>)]
         #[serde(deserialize_with = "one")]
         pool_size: Option<Count<0, MAX_CONCURRENCY>> => |c, v| c.pool_size = v.0;
+
+        /// Most requests written together on one connection to the shadow when they are waiting
+        /// together (HTTP/1.1 pipelining, idempotent requests only; only the first of each write
+        /// is timed); 1 turns it off [default: 8].
+        #[arg(long, env = "SHADOW_PIPELINE", value_name = "N", value_parser = parse::<Count<1, MAX_PIPELINE>>)]
+        #[serde(deserialize_with = "one")]
+        pipeline: Option<Count<1, MAX_PIPELINE>> => |c, v| c.pipeline = v.0;
     }
 }
 

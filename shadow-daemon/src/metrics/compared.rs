@@ -80,7 +80,7 @@ pub struct ComparedPair<'a> {
     pub primary_status: u16,
     pub primary_latency: Duration,
     /// `None`: the shadow gave no response (class `error`, no shadow latency).
-    pub shadow: Option<(u16, Duration)>,
+    pub shadow: Option<(u16, Option<Duration>)>,
 }
 
 pub(super) struct Compared {
@@ -204,7 +204,10 @@ impl Compared {
         match p.shadow {
             Some((status, latency)) => {
                 s.shadow[status_class_index(status)].inc();
-                s.shadow_latency.observe(latency.as_secs_f64());
+                // Untimed: read behind another response of a pipeline.
+                if let Some(l) = latency {
+                    s.shadow_latency.observe(l.as_secs_f64());
+                }
             }
             None => {
                 s.shadow_error.inc();

@@ -125,6 +125,7 @@ pub(crate) struct ConnectionMetrics {
     pub opened: Counter,
     pub reused: Counter,
     pub retries: Counter,
+    pub pipelined: Counter,
     pub open: Gauge,
     pub sent_bytes: Counter,
 }
@@ -206,12 +207,19 @@ impl Metrics {
         );
         registry.register(
             "shadow_replay_connection_reuses",
-            "Requests sent on a kept-alive connection",
+            "Requests sent on a connection that carried a request before (kept alive, or behind another in one write)",
             connections.reused.clone(),
         );
         registry.register(
+            "shadow_replay_pipelined",
+            "Requests written behind another in one write on one connection (HTTP/1.1 pipelining of idempotent \
+             requests that waited together); compared and counted, their latency not recorded",
+            connections.pipelined.clone(),
+        );
+        registry.register(
             "shadow_replay_retries",
-            "Requests sent again on a new connection after a kept-alive one turned out closed",
+            "Requests sent again on a new connection after a kept-alive one turned out closed, or closed after \
+             answering the requests before them in a pipeline",
             connections.retries.clone(),
         );
         registry.register(
@@ -328,6 +336,12 @@ impl Metrics {
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
         self.response_counters[status_class_index(status)].inc();
         self.latency.record(Side::Shadow, Some(endpoint), first_byte, complete);
+    }
+
+    /// A shadow response whose times are not its request's own (read behind another response of
+    /// the same pipeline): its status class is counted, its latency is not recorded.
+    pub fn record_shadow_status(&self, status: u16) {
+        self.response_counters[status_class_index(status)].inc();
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {

@@ -1,5 +1,7 @@
 //! Connections to one shadow target: a bounded keep-alive pool, connecting with a timeout, and
-//! one request/response exchange on a connection.
+//! reading responses on a connection. Requests are written in one write per pipeline (see
+//! [`super::pipeline`]); each response is read by its framing, and what follows it stays buffered
+//! as the start of the next one.
 
 use std::{
     io,
@@ -9,11 +11,7 @@ use std::{
 };
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::{
-    io::{AsyncWriteExt, Interest},
-    net::TcpStream,
-    time::Instant,
-};
+use tokio::{io::Interest, net::TcpStream, time::Instant};
 
 use super::{ReplayError, controls::ShadowTarget};
 use crate::{
@@ -38,8 +36,10 @@ const MAX_INTERIM: usize = 8;
 
 /// One open connection to the shadow.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    pub(super) stream: TcpStream,
+    /// Received and not yet consumed: `buf[start..]`.
     buf: Vec<u8>,
+    start: usize,
     idle_since: Instant,
     pub reused: bool,
     _open: OpenGuard,
@@ -60,6 +60,12 @@ impl Conn {
     /// shadow is then timed as the primary is, by the kernel, not by when this task was next
     /// scheduled: on a busy node that wake-up alone can add milliseconds.
     async fn read_timed(&mut self) -> io::Result<(usize, Option<SystemTime>)> {
+        // What was consumed goes first (a partial head moves to the front: at most the head
+        // limit), so the buffer holds one response's head at most plus one read.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.reserve(READ_CHUNK);
         let Self { stream, buf, .. } = self;
         let fd = stream.as_raw_fd();
@@ -86,6 +92,11 @@ impl Conn {
                 Ok((n, receive_time(&msg)))
             })
             .await
+    }
+
+    /// Bytes received past the responses read so far.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
     }
 
     /// The peer closed, sent something unasked, or the socket failed: a connection that cannot
@@ -190,6 +201,7 @@ pub(crate) async fn connect(
     Ok(Conn {
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
+        start: 0,
         idle_since: Instant::now(),
         reused: false,
         _open: OpenGuard(metrics.open.clone()),
@@ -206,10 +218,14 @@ pub(crate) struct Exchange {
     pub first_byte: Duration,
     /// Request written to the last body byte read.
     pub complete: Duration,
-    /// The connection may carry another request.
+    /// The response lets the connection carry another request (its version, `Connection` and
+    /// framing); whether bytes past it are expected is the caller's to know.
     pub reusable: bool,
     /// When the response was complete (`complete` after the request was written).
     pub done_at: Instant,
+    /// The times are the request's own: false for a response read behind another of the same
+    /// write (see [`super::pipeline`]).
+    pub timed: bool,
 }
 
 /// A failed exchange, and whether the shadow can have seen nothing of a response yet (the only
@@ -220,12 +236,31 @@ pub(crate) struct Failed {
     pub nothing_received: bool,
 }
 
-/// Write the request, read the response to its end by its framing; keep what `keep` asks for
-/// (never more than its body cap in memory), discard the rest. A body of more than `max_body`
-/// bytes on the wire (a declared length, or what arrived) fails the exchange, and the caller drops
-/// the connection: a shadow streaming forever costs at most that much per request. Not bounded in
-/// time here: the caller wraps it in the request timeout.
-#[allow(clippy::too_many_arguments)]
+/// When a response's clock starts: its request's write, or for a request written behind others
+/// on the connection, the end of the response before it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Since {
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+impl Since {
+    pub fn now() -> Self {
+        Self { at: Instant::now(), wall: SystemTime::now() }
+    }
+}
+
+/// What one response answers: the request's method (for its framing) and id (for errors).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Answering<'a> {
+    pub method: &'a [u8],
+    pub id: u64,
+}
+
+/// Write `wire` (one request, or several of a pipeline) and read the response to the first;
+/// bytes past that response make the connection not reusable. Tests' shorthand for
+/// [`read_response`] after a write.
+#[cfg(test)]
 pub(crate) async fn exchange(
     conn: &mut Conn,
     wire: &[u8],
@@ -235,28 +270,51 @@ pub(crate) async fn exchange(
     keep: Option<&KeepSpec>,
     max_body: u64,
 ) -> Result<Exchange, Failed> {
-    let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
-    conn.stream
-        .write_all(wire)
-        .await
-        .map_err(|source| fail(ReplayError::Write { id, target: target.to_string(), source }, true))?;
-    let sent = Instant::now();
-    let sent_wall = SystemTime::now();
-    // Kernel receive times of the response's first and last data (see `Conn::read_timed`).
-    let (mut first_rx, mut last_rx) = (None, None);
-    conn.buf.clear();
+    use tokio::io::AsyncWriteExt;
+    conn.stream.write_all(wire).await.map_err(|source| Failed {
+        error: ReplayError::Write { id, target: target.to_string(), source },
+        nothing_received: true,
+    })?;
+    let mut x = read_response(conn, Answering { method, id }, target, keep, max_body, Since::now()).await?;
+    x.reusable &= conn.pending() == 0;
+    Ok(x)
+}
 
-    let kind = RequestKind::of_method(method);
+/// Read the response to `req` by its framing, from what the connection holds and then the
+/// socket; keep what `keep` asks for (never more than its body cap in memory), discard the rest.
+/// Bytes past the response stay buffered (the next response of a pipeline). A body of more than
+/// `max_body` bytes on the wire (a declared length, or what arrived) fails the exchange, and the
+/// caller drops the connection: a shadow streaming forever costs at most that much per request.
+/// Not bounded in time here: the caller bounds it by the request timeout.
+pub(crate) async fn read_response(
+    conn: &mut Conn,
+    req: Answering<'_>,
+    target: &ShadowTarget,
+    keep: Option<&KeepSpec>,
+    max_body: u64,
+    since: Since,
+) -> Result<Exchange, Failed> {
+    let id = req.id;
+    let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
+    // Kernel receive times of the response's first and last data (see `Conn::read_timed`); for
+    // bytes that came with an earlier response, none (the read time is used).
+    let (mut first_rx, mut last_rx) = (None, None);
+    if conn.start == conn.buf.len() {
+        conn.buf.clear();
+        conn.start = 0;
+    }
+
+    let kind = RequestKind::of_method(req.method);
     let bad = |what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false);
     let mut interim = 0;
     let head = loop {
-        match parse_response_head(&conn.buf, &RESPONSE_LIMITS) {
+        match parse_response_head(&conn.buf[conn.start..], &RESPONSE_LIMITS) {
             Ok(Some(h)) if h.is_interim() => {
                 interim += 1;
                 if interim > MAX_INTERIM {
                     return Err(fail(ReplayError::TooManyInterim { id, target: target.to_string() }, false));
                 }
-                conn.buf.drain(..h.head_len);
+                conn.start += h.head_len;
                 continue;
             }
             Ok(Some(h)) => break h,
@@ -264,7 +322,7 @@ pub(crate) async fn exchange(
             Err(what) => return Err(bad(what)),
         }
         // parse_response_head refuses a partial head past the limit, so this stays bounded.
-        let before = conn.buf.len();
+        let before = conn.pending();
         match conn.read_timed().await {
             Ok((0, _)) => {
                 let nothing = before == 0 && interim == 0;
@@ -281,7 +339,7 @@ pub(crate) async fn exchange(
         }
     };
     let head_at = Instant::now();
-    let first_byte = since(sent_wall, first_rx).unwrap_or_else(|| head_at.saturating_duration_since(sent));
+    let first_byte = elapsed(since, first_rx, head_at);
 
     let too_large = || fail(ReplayError::ResponseTooLarge { id, target: target.to_string(), cap: max_body }, false);
     let framing = head.framing_for(kind);
@@ -291,17 +349,17 @@ pub(crate) async fn exchange(
     let mut body = BodyDecoder::new(framing);
     // Body bytes on the wire so far.
     let mut body_wire = 0u64;
-    let headers = keep.map(|k| response_fields(&conn.buf[..head.head_len], &k.headers));
+    let head_end = conn.start + head.head_len;
+    let headers = keep.map(|k| response_fields(&conn.buf[conn.start..head_end], &k.headers));
+    conn.start = head_end;
     let mut kept = keep.map(|k| KeptBody::new(k.max_body));
     let mut advance = |body: &mut BodyDecoder, data: &[u8]| match kept.as_mut() {
         Some(k) => body.advance_with(data, &RESPONSE_LIMITS, |c| k.push(c)),
         None => body.advance(data, &RESPONSE_LIMITS),
     };
-    let mut leftover = false;
-    let after_head = conn.buf.len() - head.head_len;
-    if after_head > 0 {
-        let (used, _) = advance(&mut body, &conn.buf[head.head_len..]).map_err(bad)?;
-        leftover = used < after_head;
+    if conn.pending() > 0 {
+        let (used, _) = advance(&mut body, &conn.buf[conn.start..]).map_err(bad)?;
+        conn.start += used;
         body_wire = used as u64;
     }
     let mut read_body = false;
@@ -310,7 +368,9 @@ pub(crate) async fn exchange(
             return Err(too_large());
         }
         read_body = true;
+        // The decoder took everything before it (it stops short only when done).
         conn.buf.clear();
+        conn.start = 0;
         match conn.read_timed().await {
             Ok((0, _)) => {
                 if body.finish_at_eof() {
@@ -321,7 +381,7 @@ pub(crate) async fn exchange(
             Ok((n, ts)) => {
                 last_rx = ts.or(last_rx);
                 let (used, _) = advance(&mut body, &conn.buf[..n]).map_err(bad)?;
-                leftover = used < n;
+                conn.start = used;
                 body_wire += used as u64;
             }
             Err(source) => return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, false)),
@@ -332,10 +392,10 @@ pub(crate) async fn exchange(
     }
     // A body that came with the head was complete when the head was read: no second clock read.
     let done_at = if read_body { Instant::now() } else { head_at };
-    // Bytes after the response were not asked for: the connection's state is unknown.
-    let reusable = head.reusable_after(kind) && !leftover;
-    if conn.buf.capacity() > 4 * READ_CHUNK {
+    let reusable = head.reusable_after(kind);
+    if conn.pending() == 0 && conn.buf.capacity() > 4 * READ_CHUNK {
         conn.buf = Vec::with_capacity(READ_CHUNK);
+        conn.start = 0;
     }
     let sample = kept.map(|k| {
         let body_len = k.len;
@@ -346,11 +406,19 @@ pub(crate) async fn exchange(
             body,
             body_complete,
             body_len,
-            latency: Duration::ZERO,
+            latency: None,
         }
     });
-    let complete = since(sent_wall, last_rx).unwrap_or_else(|| done_at.saturating_duration_since(sent));
-    Ok(Exchange { status: head.status, sample, first_byte, complete: complete.max(first_byte), reusable, done_at })
+    let complete = elapsed(since, last_rx, done_at);
+    Ok(Exchange {
+        status: head.status,
+        sample,
+        first_byte,
+        complete: complete.max(first_byte),
+        reusable,
+        done_at,
+        timed: true,
+    })
 }
 
 /// Ask for receive timestamps once, at start, on a socket kept for the process's life: the
@@ -392,9 +460,13 @@ fn receive_time(msg: &libc::msghdr) -> Option<SystemTime> {
     None
 }
 
-/// `at - sent` when both are known and in order (a stepped wall clock gives None: fall back).
-fn since(sent: SystemTime, at: Option<SystemTime>) -> Option<Duration> {
-    at?.duration_since(sent).ok()
+/// From `since` to the kernel's receive time `rx` when known and in order (a stepped wall clock
+/// falls back), else to `read_at`, when it was read.
+fn elapsed(since: Since, rx: Option<SystemTime>, read_at: Instant) -> Duration {
+    match rx.and_then(|at| at.duration_since(since.wall).ok()) {
+        Some(d) => d,
+        None => read_at.saturating_duration_since(since.at),
+    }
 }
 
 #[cfg(test)]

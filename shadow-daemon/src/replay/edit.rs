@@ -35,11 +35,25 @@ impl<'a> Setter<'a> {
 }
 
 /// The edited request bytes, ready to write to the shadow.
+#[cfg(test)]
 pub(crate) fn edit_request(
     req: &CapturedRequest,
     controls: &ReplayControls,
     target: &ShadowTarget,
 ) -> Result<Vec<u8>, ReplayError> {
+    let mut out = Vec::new();
+    edit_request_into(req, controls, target, &mut out)?;
+    Ok(out)
+}
+
+/// Append the edited request bytes to `out` (a pipeline's requests go out in one write); on an
+/// error nothing is appended.
+pub(crate) fn edit_request_into(
+    req: &CapturedRequest,
+    controls: &ReplayControls,
+    target: &ShadowTarget,
+    out: &mut Vec<u8>,
+) -> Result<(), ReplayError> {
     let invalid = |what: &'static str| ReplayError::InvalidCapture { id: req.id, what };
     let raw = &req.raw[..];
     let head = raw.get(..req.head_len).ok_or(invalid("head_len is past the end of the request"))?;
@@ -94,7 +108,7 @@ pub(crate) fn edit_request(
 
     let added: usize =
         setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
-    let mut out = Vec::with_capacity(raw.len() + added);
+    out.reserve(raw.len() + added);
     let mut copied = 0;
     for (line, value, edit) in edits {
         match edit {
@@ -120,7 +134,7 @@ pub(crate) fn edit_request(
         }
     }
     out.extend_from_slice(&raw[blank_start..]);
-    Ok(out)
+    Ok(())
 }
 
 /// Byte ranges of one header line in the captured request.

@@ -21,6 +21,7 @@ pub mod backoff;
 mod conn;
 pub mod controls;
 mod edit;
+pub mod pipeline;
 mod slots;
 
 use std::{
@@ -41,9 +42,10 @@ use tokio::{
 
 use self::{
     backoff::{Admission, Backoff, Probe},
-    conn::{Exchange, Pool, connect, exchange},
+    conn::Pool,
     controls::{ReplayControls, ShadowTarget, TokenBucket},
-    edit::edit_request,
+    edit::edit_request_into,
+    pipeline::{Part, Route},
     slots::{Slots, Work},
 };
 use crate::{
@@ -317,61 +319,17 @@ impl LaneState {
         t.suppressed = 0;
     }
 
-    /// One request to the shadow: a pooled connection if a live one is idle, else a new one. A
-    /// kept-alive connection the shadow had closed fails before any response byte; an idempotent
-    /// request is then sent once more on a new connection, as HTTP clients do.
-    async fn send(&self, wire: &[u8], req: &CapturedRequest, metrics: &Metrics) -> Result<Exchange, ReplayError> {
-        self.send_to(&self.target, &self.pool, wire, req, metrics).await
-    }
-
-    async fn send_to(
-        &self,
-        target: &ShadowTarget,
-        pool: &Pool,
-        wire: &[u8],
-        req: &CapturedRequest,
-        metrics: &Metrics,
-    ) -> Result<Exchange, ReplayError> {
-        let method = req.method();
-        let idempotent = matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE");
-        let keep_alive = request_keep_alive(req);
-        let timeout = self.controls.request_timeout;
-        let mut retried = false;
+    /// How a pipeline goes to `target` over `pool`: a pooled connection if a live one is idle,
+    /// else a new one (see [`pipeline::send`]).
+    fn route<'a>(&'a self, target: &'a ShadowTarget, pool: &'a Pool) -> Route<'a> {
         let keep = self.hub.get().and_then(|h| h.keep(self.rule));
-        let max_body = self.controls.response_cap(keep.map(|k| k.max_body));
-        loop {
-            let mut conn = match pool.take() {
-                Some(c) => {
-                    metrics.connections.reused.inc();
-                    c
-                }
-                None => connect(target, self.controls.connect_timeout, &metrics.connections).await?,
-            };
-            let reused = conn.reused;
-            let result =
-                tokio::time::timeout(timeout, exchange(&mut conn, wire, method, req.id, target, keep, max_body))
-                    .await
-                    .map_err(|_| ReplayError::Timeout { id: req.id, target: target.to_string(), timeout })?;
-            match result {
-                Ok(x) => {
-                    metrics.connections.sent_bytes.inc_by(wire.len() as u64);
-                    if x.reusable && keep_alive {
-                        pool.put(conn, x.done_at);
-                    }
-                    return Ok(x);
-                }
-                Err(f) => {
-                    if !matches!(f.error, ReplayError::Write { .. }) {
-                        metrics.connections.sent_bytes.inc_by(wire.len() as u64);
-                    }
-                    if reused && f.nothing_received && idempotent && !retried {
-                        retried = true;
-                        metrics.connections.retries.inc();
-                        continue;
-                    }
-                    return Err(f.error);
-                }
-            }
+        Route {
+            target,
+            pool,
+            connect_timeout: self.controls.connect_timeout,
+            request_timeout: self.controls.request_timeout,
+            keep,
+            max_body: self.controls.response_cap(keep.map(|k| k.max_body)),
         }
     }
 }
@@ -596,6 +554,9 @@ async fn dispatch(
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
     let mut replays = Slots::new(lane.controls.concurrency);
+    // A job taken from the queue that may not join the batch before it: it starts the next.
+    let mut carry: Option<Job> = None;
+    let depth = lane.controls.pipeline;
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
@@ -617,8 +578,8 @@ async fn dispatch(
             replays.poll_work(
                 cx,
                 drained,
-                |cx| rx.poll_recv(cx),
-                |job| Box::pin(replay_one(lane.clone(), metrics.clone(), job)),
+                |cx| next_batch(cx, &mut rx, &mut carry, depth),
+                |batch| Box::pin(replay_batch(lane.clone(), metrics.clone(), batch)),
                 || tracing::error!("{}: replay task panicked", lane.name),
             )
         });
@@ -647,104 +608,198 @@ async fn dispatch(
     drop(rx);
 }
 
-async fn replay_one(lane: Arc<LaneState>, metrics: Arc<Metrics>, job: Job) {
-    // The job's bytes stay in the budget until the replay is over.
-    let Job { req, endpoint, ticket, _held, probe } = job;
-    let hub = lane.hub.get();
-    // Queued before the target was backed off: dropped now, rather than each trying it in turn.
-    let probe = match probe {
-        Some(p) => Some(p),
-        None => match lane.backoff.admit() {
-            Admission::Go => None,
-            Admission::Probe(p) => Some(p),
-            Admission::Drop => {
-                ticket.dropped(reason::SHADOW_BACKOFF);
-                if let Some(h) = hub {
-                    h.withdraw(req.id);
-                }
-                return;
-            }
+/// Whether `req` may ride in a pipeline behind or ahead of others (see [`pipeline`]).
+fn pipelinable(req: &CapturedRequest) -> bool {
+    pipeline::idempotent(req.method()) && request_keep_alive(req)
+}
+
+/// A replay slot's work: one request, or several pipelinable ones that were waiting together.
+type Batch = Vec<Job>;
+
+/// The next batch from the lane's queue: the first job waiting (or the one carried over), then,
+/// if it may be pipelined, as many more as are already queued and may be too, up to `depth`. A
+/// job that may not is carried over to start the next batch.
+fn next_batch(
+    cx: &mut std::task::Context<'_>,
+    rx: &mut mpsc::Receiver<Job>,
+    carry: &mut Option<Job>,
+    depth: usize,
+) -> std::task::Poll<Option<Batch>> {
+    use std::task::Poll;
+    let first = match carry.take() {
+        Some(j) => j,
+        None => match rx.poll_recv(cx) {
+            Poll::Ready(Some(j)) => j,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
         },
     };
-    let wire = match edit_request(&req, &lane.controls, &lane.target) {
-        Ok(w) => w,
-        Err(e) => {
+    let more = pipelinable(&first.req);
+    let mut batch = Vec::with_capacity(if more { depth.min(8) } else { 1 });
+    batch.push(first);
+    while more && batch.len() < depth {
+        match rx.try_recv() {
+            Ok(j) if pipelinable(&j.req) => batch.push(j),
+            Ok(j) => {
+                *carry = Some(j);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Poll::Ready(Some(batch))
+}
+
+/// A batch's requests to the shadow in one pipeline, each settled by its own outcome; then, if
+/// the rule has a secondary, the same requests to it.
+async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, jobs: Batch) {
+    let hub = lane.hub.get();
+    let mut wire = Vec::with_capacity(jobs.iter().map(|j| j.req.raw.len() + 64).sum());
+    // The requests' bytes stay in the budget until the batch is over.
+    let mut reqs = Vec::with_capacity(jobs.len());
+    let mut ends = Vec::with_capacity(jobs.len());
+    let mut settle = Vec::with_capacity(jobs.len());
+    for Job { req, endpoint, ticket, _held, probe } in jobs {
+        // Queued before the target was backed off: dropped now, rather than each trying it in turn.
+        let probe = match probe {
+            Some(p) => Some(p),
+            None => match lane.backoff.admit() {
+                Admission::Go => None,
+                Admission::Probe(p) => Some(p),
+                Admission::Drop => {
+                    ticket.dropped(reason::SHADOW_BACKOFF);
+                    if let Some(h) = hub {
+                        h.withdraw(req.id);
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = edit_request_into(&req, &lane.controls, &lane.target, &mut wire) {
             lane.warn(&e);
             ticket.dropped(reason::INVALID_CAPTURE);
             if let Some(h) = hub {
                 h.withdraw(req.id);
             }
-            return;
+            continue;
         }
+        ends.push(wire.len());
+        reqs.push((req, endpoint, _held));
+        settle.push((ticket, probe));
+    }
+    if reqs.is_empty() {
+        return;
+    }
+    let outcomes = {
+        let parts: Vec<Part<'_>> = reqs.iter().zip(&ends).map(|((req, _, _), &end)| part(req, end)).collect();
+        pipeline::send(&lane.route(&lane.target, &lane.pool), &wire, &parts, &metrics).await
     };
-    match lane.send(&wire, &req, &metrics).await {
-        Ok(x) => {
-            if lane.backoff.success(probe) {
-                tracing::info!("{}: the shadow answered again; backoff over", lane.name);
+    for (((ticket, probe), outcome), (req, endpoint, _)) in settle.into_iter().zip(outcomes).zip(&reqs) {
+        let endpoint = *endpoint;
+        match outcome {
+            Ok(x) => {
+                if lane.backoff.success(probe) {
+                    tracing::info!("{}: the shadow answered again; backoff over", lane.name);
+                }
+                if x.timed {
+                    metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
+                } else {
+                    metrics.record_shadow_status(x.status);
+                }
+                ticket.replayed();
+                if let (Some(h), Some(mut sample)) = (hub, x.sample) {
+                    sample.latency = x.timed.then_some(x.complete);
+                    h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
+                }
             }
-            metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
-            ticket.replayed();
-            if let (Some(h), Some(mut sample)) = (hub, x.sample) {
-                sample.latency = x.complete;
-                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
-            }
-        }
-        Err(e) => {
-            lane.failed(&lane.backoff, probe, &e, "shadow");
-            let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
-            lane.warn(&e);
-            if matches!(e, ReplayError::ResponseTooLarge { .. }) {
-                ticket.dropped(reason::SHADOW_RESPONSE_TOO_LARGE);
-            } else {
-                metrics.record_shadow_error(kind);
-                ticket.dropped(reason::SHADOW_ERROR);
-            }
-            if let Some(h) = hub {
-                h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Failed(shadow_failure(kind)));
+            Err(e) => {
+                lane.failed(&lane.backoff, probe, &e, "shadow");
+                let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
+                lane.warn(&e);
+                if matches!(e, ReplayError::ResponseTooLarge { .. }) {
+                    ticket.dropped(reason::SHADOW_RESPONSE_TOO_LARGE);
+                } else {
+                    metrics.record_shadow_error(kind);
+                    ticket.dropped(reason::SHADOW_ERROR);
+                }
+                if let Some(h) = hub {
+                    let name = metrics.endpoint_name(endpoint);
+                    h.shadow(req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
+                }
             }
         }
     }
-    // The same request to the secondary (a second instance of the current version), for noise
+    // The same requests to the secondary (a second instance of the current version), for noise
     // learning; after the shadow's, in the same replay slot, so it adds no concurrency.
     if let (Some(h), Some((target, pool, backoff))) = (hub, &lane.secondary) {
-        let name = metrics.endpoint_name(endpoint);
-        let half = match backoff.admit() {
-            Admission::Drop => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::ConnectRefused)),
-            Admission::Go => replay_secondary(&lane, target, pool, backoff, None, &req, &metrics).await,
-            Admission::Probe(p) => replay_secondary(&lane, target, pool, backoff, Some(p), &req, &metrics).await,
-        };
-        h.secondary(req.id, lane.rule, &name, half);
+        replay_secondary(&lane, h, (target, pool, backoff), &reqs, &metrics).await;
     }
 }
 
-/// The secondary's half of one request.
+/// What a pipeline needs to know of a request whose bytes end at `end` in its buffer.
+fn part(req: &CapturedRequest, end: usize) -> Part<'_> {
+    Part {
+        id: req.id,
+        method: req.method(),
+        end,
+        idempotent: pipeline::idempotent(req.method()),
+        keep_alive: request_keep_alive(req),
+    }
+}
+
+/// The secondary's halves of a batch's requests, in one pipeline too.
 async fn replay_secondary(
     lane: &LaneState,
-    target: &ShadowTarget,
-    pool: &Pool,
-    backoff: &Backoff,
-    probe: Option<Probe>,
-    req: &CapturedRequest,
+    hub: &CompareHub,
+    (target, pool, backoff): (&ShadowTarget, &Pool, &Arc<Backoff>),
+    reqs: &[(CapturedRequest, EndpointId, HeldBytes)],
     metrics: &Metrics,
-) -> ShadowHalf {
-    let Ok(wire) = edit_request(req, &lane.controls, target) else {
-        return ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other));
-    };
-    match lane.send_to(target, pool, &wire, req, metrics).await {
-        Ok(x) => {
-            backoff.success(probe);
-            match x.sample {
-                Some(mut sample) => {
-                    sample.latency = x.complete;
-                    ShadowHalf::Response(sample)
-                }
-                None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+) {
+    let mut wire = Vec::with_capacity(reqs.iter().map(|(r, _, _)| r.raw.len() + 64).sum());
+    let mut parts = Vec::with_capacity(reqs.len());
+    let mut admitted = Vec::with_capacity(reqs.len());
+    for (req, endpoint, _) in reqs {
+        let failed = |kind| {
+            let name = metrics.endpoint_name(*endpoint);
+            hub.secondary(req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
+        };
+        let probe = match backoff.admit() {
+            Admission::Drop => {
+                failed(ShadowErrorKind::ConnectRefused);
+                continue;
             }
+            Admission::Go => None,
+            Admission::Probe(p) => Some(p),
+        };
+        if edit_request_into(req, &lane.controls, target, &mut wire).is_err() {
+            failed(ShadowErrorKind::Other);
+            continue;
         }
-        Err(e) => {
-            lane.failed(backoff, probe, &e, "secondary");
-            ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other)))
-        }
+        parts.push(part(req, wire.len()));
+        admitted.push((req.id, *endpoint, probe));
+    }
+    if parts.is_empty() {
+        return;
+    }
+    let outcomes = pipeline::send(&lane.route(target, pool), &wire, &parts, metrics).await;
+    for ((id, endpoint, probe), outcome) in admitted.into_iter().zip(outcomes) {
+        let half = match outcome {
+            Ok(x) => {
+                backoff.success(probe);
+                match x.sample {
+                    Some(mut sample) => {
+                        sample.latency = x.timed.then_some(x.complete);
+                        ShadowHalf::Response(sample)
+                    }
+                    None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+                }
+            }
+            Err(e) => {
+                lane.failed(backoff, probe, &e, "secondary");
+                ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other)))
+            }
+        };
+        hub.secondary(id, lane.rule, &metrics.endpoint_name(endpoint), half);
     }
 }
 

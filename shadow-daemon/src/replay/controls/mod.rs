@@ -115,6 +115,9 @@ pub struct ReplayControls {
     pub queue_bytes: u64,
     /// Idle keep-alive connections kept for reuse.
     pub pool_size: usize,
+    /// Most requests written together on one connection when they wait together (HTTP/1.1
+    /// pipelining of idempotent requests, see `replay::pipeline`); 1: one request per write.
+    pub pipeline: usize,
     /// Shadow response body bytes read (on the wire after the head, chunk framing included);
     /// past them the connection is closed (`shadow_response_too_large`). `None`: the default,
     /// see [`response_cap`](Self::response_cap).
@@ -139,6 +142,7 @@ impl Default for ReplayControls {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             pool_size: DEFAULT_POOL_SIZE,
+            pipeline: crate::replay::pipeline::DEFAULT_PIPELINE,
             max_response_bytes: None,
         }
     }
