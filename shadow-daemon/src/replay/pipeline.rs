@@ -112,6 +112,10 @@ pub(crate) async fn send(
         };
         if written.is_ok() {
             let c = &metrics.connections;
+            if from > 0 || retried {
+                // Every turn after the first writes again what the one before had written.
+                c.retries.inc_by((parts.len() - from) as u64);
+            }
             c.sent_bytes.inc_by(tail.len() as u64);
             let behind = (parts.len() - from - 1) as u64;
             c.pipelined.inc_by(behind);
@@ -164,7 +168,6 @@ pub(crate) async fn send(
                     // answer): nothing of this response was read; written again on another
                     // connection.
                     retried |= j == from;
-                    metrics.connections.retries.inc();
                     next = Some(j);
                     break;
                 }
