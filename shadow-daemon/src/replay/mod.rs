@@ -26,11 +26,14 @@ mod slots;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
     io,
+    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -554,9 +557,7 @@ async fn dispatch(
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
     let mut replays = Slots::new(lane.controls.concurrency);
-    // A job taken from the queue that may not join the batch before it: it starts the next.
-    let mut carry: Option<Job> = None;
-    let depth = lane.controls.pipeline;
+    let mut batcher = Batcher::new(lane.controls.pipeline);
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
@@ -578,7 +579,7 @@ async fn dispatch(
             replays.poll_work(
                 cx,
                 drained,
-                |cx| next_batch(cx, &mut rx, &mut carry, depth),
+                |cx| batcher.poll_next(cx, &mut rx),
                 |batch| Box::pin(replay_batch(lane.clone(), metrics.clone(), batch)),
                 || tracing::error!("{}: replay task panicked", lane.name),
             )
@@ -616,38 +617,98 @@ fn pipelinable(req: &CapturedRequest) -> bool {
 /// A replay slot's work: one request, or several pipelinable ones that were waiting together.
 type Batch = Vec<Job>;
 
-/// The next batch from the lane's queue: the first job waiting (or the one carried over), then,
-/// if it may be pipelined, as many more as are already queued and may be too, up to `depth`. A
-/// job that may not is carried over to start the next batch.
-fn next_batch(
-    cx: &mut std::task::Context<'_>,
-    rx: &mut mpsc::Receiver<Job>,
-    carry: &mut Option<Job>,
+/// How long a pipelinable request waits for others to join its pipeline. Replay is off the
+/// users' path and the shadow is timed from the write, so the wait costs nothing anyone sees; it
+/// turns a wake-up, a write and a read per request into one of each per pipeline at any rate
+/// above one request per millisecond (the timer's granularity).
+const GATHER: Duration = Duration::from_millis(1);
+
+/// Forms a lane's batches from its queue (see [`pipeline`]).
+struct Batcher {
+    /// A job taken from the queue that has not gone yet: the first of a pipeline being gathered,
+    /// or one that could not join the batch before it (it starts the next).
+    carry: Option<Job>,
     depth: usize,
-) -> std::task::Poll<Option<Batch>> {
-    use std::task::Poll;
-    let first = match carry.take() {
-        Some(j) => j,
-        None => match rx.poll_recv(cx) {
-            Poll::Ready(Some(j)) => j,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        },
-    };
-    let more = pipelinable(&first.req);
-    let mut batch = Vec::with_capacity(if more { depth.min(8) } else { 1 });
-    batch.push(first);
-    while more && batch.len() < depth {
-        match rx.try_recv() {
-            Ok(j) if pipelinable(&j.req) => batch.push(j),
-            Ok(j) => {
-                *carry = Some(j);
-                break;
+    state: Gather,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gather {
+    /// Waiting for a job.
+    Idle,
+    /// A pipelinable job (in `carry`) waits for company until the timer fires.
+    Waiting,
+    /// Past the wait: what is queued goes, in batches, until the queue is empty.
+    Flushing,
+}
+
+impl Batcher {
+    fn new(depth: usize) -> Self {
+        Self { carry: None, depth, state: Gather::Idle, timer: Box::pin(tokio::time::sleep(Duration::ZERO)) }
+    }
+
+    fn joins(&self, job: &Job) -> bool {
+        self.depth > 1 && pipelinable(&job.req)
+    }
+
+    /// The next batch: a pipelinable job waits [`GATHER`] for company, then goes with as many
+    /// pipelinable jobs as are queued behind it, up to the depth; any other job goes alone at
+    /// once. A job that may not join a batch is carried over to start the next. `Ready(None)`:
+    /// the queue is closed and empty.
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>, rx: &mut mpsc::Receiver<Job>) -> Poll<Option<Batch>> {
+        loop {
+            match self.state {
+                Gather::Idle => {
+                    let job = match self.carry.take() {
+                        Some(j) => j,
+                        None => match rx.poll_recv(cx) {
+                            Poll::Ready(Some(j)) => j,
+                            Poll::Ready(None) => return Poll::Ready(None),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    };
+                    if !self.joins(&job) {
+                        return Poll::Ready(Some(vec![job]));
+                    }
+                    self.carry = Some(job);
+                    self.timer.as_mut().reset(Instant::now() + GATHER);
+                    self.state = Gather::Waiting;
+                }
+                Gather::Waiting => {
+                    if self.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.state = Gather::Flushing;
+                }
+                Gather::Flushing => {
+                    let Some(first) = self.carry.take().or_else(|| rx.try_recv().ok()) else {
+                        self.state = Gather::Idle;
+                        continue;
+                    };
+                    if !self.joins(&first) {
+                        return Poll::Ready(Some(vec![first]));
+                    }
+                    let mut batch = Vec::with_capacity(self.depth.min(16));
+                    batch.push(first);
+                    while batch.len() < self.depth {
+                        match rx.try_recv() {
+                            Ok(j) if self.joins(&j) => batch.push(j),
+                            Ok(j) => {
+                                self.carry = Some(j);
+                                break;
+                            }
+                            Err(_) => {
+                                self.state = Gather::Idle;
+                                break;
+                            }
+                        }
+                    }
+                    return Poll::Ready(Some(batch));
+                }
             }
-            Err(_) => break,
         }
     }
-    Poll::Ready(Some(batch))
 }
 
 /// A batch's requests to the shadow in one pipeline, each settled by its own outcome; then, if
