@@ -48,12 +48,14 @@ enum Reply {
 }
 
 type Script = fn(usize, usize) -> Reply;
+/// Every request the shadow read, with the index of its connection.
+type Log = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
 
 /// A shadow that logs every request it reads as (connection, bytes) and answers by a script.
 struct Scripted {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
-    log: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    log: Log,
     gate: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -99,7 +101,7 @@ impl Drop for Scripted {
     }
 }
 
-async fn serve(mut s: TcpStream, c: usize, script: Script, log: Arc<Mutex<Vec<(usize, Vec<u8>)>>>, gate: Arc<Notify>) {
+async fn serve(mut s: TcpStream, c: usize, script: Script, log: Log, gate: Arc<Notify>) {
     let mut buf = Vec::new();
     for n in 0..1000 {
         let req = loop {
