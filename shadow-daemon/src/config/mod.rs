@@ -127,6 +127,15 @@ pub struct Args {
     /// suffixes accepted); past it the idlest flows are evicted and counted.
     #[arg(long, env = "SHADOW_MEMORY_CAP", value_name = "BYTES", default_value = "64MiB", value_parser = parse_memory_cap)]
     pub memory_cap: u64,
+
+    /// Threads the daemon runs on (capture, extraction, replay and comparison). One keeps it to
+    /// one core at most and costs least per request; more serve a busier node.
+    #[arg(long, env = "SHADOW_THREADS", value_name = "N", default_value_t = 1, value_parser = parse_threads)]
+    pub threads: usize,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_count(s, 1, 64)
 }
 
 fn parse_memory_cap(s: &str) -> Result<u64, String> {
@@ -221,6 +230,8 @@ pub struct DaemonConfig {
     pub max_endpoints: usize,
     /// Reassembly memory cap in bytes.
     pub memory_cap: u64,
+    /// Runtime threads (1: everything on one thread).
+    pub threads: usize,
 }
 
 impl DaemonConfig {
@@ -305,6 +316,7 @@ impl Args {
             summary_file: self.summary_file,
             duration: self.duration,
             max_endpoints: self.max_endpoints,
+            threads: self.threads,
             memory_cap: self.memory_cap,
         })
     }
