@@ -331,3 +331,22 @@ async fn a_stalled_response_times_out_with_the_requests_behind_it() {
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0, "a timeout is not written again");
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_failing_everything_gets_each_request_at_most_twice() {
+    let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Garbage }).await;
+    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
+    let r = settle(&metrics, 9).await;
+    assert_eq!(r.replayed, 1, "only the held request had an answer: {r:?}");
+    assert_eq!(r.dropped[reason::SHADOW_ERROR], 8, "{r:?}");
+    assert_eq!(metrics.summary().shadow_errors["bad_response"], 8);
+    // Connection 0: garbage for /b, nothing of its pipeline answered: /c to /i written once more,
+    // on connection 1; garbage for /c there, and the rest fail with it, not written a third time.
+    let log = shadow.log();
+    let on = |c: usize| log.iter().filter(|(k, _)| *k == c).map(|(_, b)| b.clone()).collect::<Vec<_>>();
+    assert_eq!(on(0)[..2], [tagged(&all[0]), tagged(&all[1])]);
+    assert_eq!(on(1), all[2..].iter().map(tagged).collect::<Vec<_>>());
+    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 2, "no third connection");
+    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 7);
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -35,6 +35,8 @@ const REQUESTS: usize = 400;
 const CONNS: usize = 4;
 /// The daemon's replay concurrency in the tests.
 const CONCURRENCY: u64 = 4;
+/// The daemon's default pipeline depth: requests one replay slot writes together.
+const PIPELINE: u64 = 8;
 /// The daemon's memory cap (`--memory-cap`, the default), which its own peak memory must stay
 /// under.
 const MEMORY_CAP: u64 = 64 << 20;
@@ -49,6 +51,8 @@ struct Fault {
     log: PathBuf,
     /// When the daemon was started: the backoff schedule is bounded from here.
     started: Instant,
+    /// The daemon's pipeline depth (requests one replay slot writes together).
+    pipeline: u64,
 }
 
 impl Fault {
@@ -65,15 +69,22 @@ impl Fault {
         );
         wait_for("primary", Duration::from_secs(10), || t.server.listening(PORT));
         let log = scratch.path("daemon.log");
-        Self { t, scratch, _primary: primary, daemon: None, log, started: Instant::now() }
+        Self { t, scratch, _primary: primary, daemon: None, log, started: Instant::now(), pipeline: PIPELINE }
     }
 
     fn shadow(&self, behaviour: Behaviour) -> FakeShadow {
         FakeShadow::start(&self.t.server, SHADOW.parse().expect("shadow address"), behaviour)
     }
 
+    /// The daemon with `--pipeline 1`: one request per connection turn, so what the fake counts
+    /// (connections, requests read) equals the attempts exactly. Pipelines against failing
+    /// shadows are tested exactly in shadow-daemon/tests/pipeline.rs, and with the default depth
+    /// here by `shadow_down_is_backed_off_and_costs_few_attempts`.
     fn start_daemon(&mut self, extra: &[&str]) {
-        self.start_daemon_with(CONCURRENCY, extra);
+        let mut args = vec!["--pipeline", "1"];
+        args.extend_from_slice(extra);
+        self.start_daemon_with(CONCURRENCY, &args);
+        self.pipeline = 1;
     }
 
     fn start_daemon_with(&mut self, concurrency: u64, extra: &[&str]) {
@@ -139,7 +150,7 @@ impl Fault {
 
     /// [`Scrape::backed_off`], and the log said so once (one episode: the shadow never answered).
     fn backed_off(&self, s: &Scrape, n: usize, failure_drop: &str) -> u64 {
-        let attempts = s.backed_off(n, failure_drop, self.started);
+        let attempts = s.backed_off(n, failure_drop, self.started, self.pipeline);
         let log = self.daemon_log();
         assert_eq!(log.matches("shadow backed off for").count(), 1, "one backoff warning:\n{log}");
         attempts
@@ -237,7 +248,7 @@ impl Scrape {
     /// A shadow that never answers usably: no request replayed, every one that reached it failed
     /// (one attempt each, counted as `failure_drop`), the rest dropped while it was backed off;
     /// the attempts are bounded by the backoff schedule since `since`. Returns the attempts.
-    fn backed_off(&self, n: usize, failure_drop: &str, since: Instant) -> u64 {
+    fn backed_off(&self, n: usize, failure_drop: &str, since: Instant, pipeline: u64) -> u64 {
         let (replayed, dropped) = self.ledger(n, &[failure_drop, "shadow_backoff"]);
         assert_eq!(replayed, 0);
         let attempts = self.failures();
@@ -247,9 +258,10 @@ impl Scrape {
         assert!(backoffs >= 1, "the shadow was backed off");
         let periods = max_periods_within(since.elapsed());
         assert!(backoffs <= periods, "{backoffs} backoff periods, the schedule allows {periods}");
-        // The streak that backed it off, the replays already out then, one probe per later period.
+        // The streak that backed it off, the requests already out then (each slot a pipeline),
+        // one probe per later period.
         let streak = u64::from(FAILURES_TO_BACK_OFF);
-        let (least, most) = (streak + backoffs - 1, streak + (CONCURRENCY - 1) + backoffs - 1);
+        let (least, most) = (streak + backoffs - 1, streak + (CONCURRENCY * pipeline - 1) + backoffs - 1);
         assert!((least..=most).contains(&attempts), "{attempts} attempts, {backoffs} periods: {least}..={most}");
         assert!(attempts <= n as u64 / 2, "far fewer attempts ({attempts}) than requests ({n})");
         assert_eq!(self.target("shadow_target_backed_off", None), 1, "still backed off");
@@ -267,7 +279,8 @@ fn shadow_down_is_backed_off_and_costs_few_attempts() {
         return;
     }
     let mut f = Fault::new("fd");
-    f.start_daemon(&[]);
+    // The default pipeline depth: a connection refused fails the whole pipeline at once.
+    f.start_daemon_with(CONCURRENCY, &[]);
     let cpu0 = process::cpu_seconds(f.pid());
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -290,6 +303,9 @@ fn slow_shadow_fills_the_bounded_queue_and_is_not_backed_off() {
     // matter), then each request after a delay.
     let gate = Gate::default();
     let shadow = f.shadow(Behaviour::Slow { delay: Duration::from_millis(20), gate: Some(gate.clone()) });
+    // One request per slot (`start_daemon`), so what is out while the shadow holds is exactly
+    // `concurrency`; with pipelines it would depend on how many were queued when each slot took
+    // its batch.
     f.start_daemon(&["--queue-capacity", &QUEUE.to_string(), "--request-timeout", "60s"]);
     f.load(REQUESTS);
     // Every request captured (and so submitted) while the shadow held the first ones.

@@ -18,9 +18,11 @@
 //! - Every request settles once. A connection the shadow closes after answering part of a
 //!   pipeline (a keep-alive limit, `Connection: close`), or fails on one response, has the
 //!   requests after it written again on another connection: they are idempotent and nothing of
-//!   their responses was read. A kept-alive connection closed before any answer gets one more
-//!   try, as for a single request. A request that times out takes the ones behind it (written at
-//!   the same moment, unanswered as long).
+//!   their responses was read. A connection that answered none of them (closed before any
+//!   answer while kept alive, or failing the first response) gets the rest written again once per
+//!   pipeline, as a single request gets one more try: a shadow failing everything receives each
+//!   request at most twice. A request that times out takes the ones behind it (written at the
+//!   same moment, unanswered as long).
 //! - The request timeout runs for each response from the end of the one before it (from the
 //!   write for the first).
 
@@ -176,11 +178,17 @@ pub(crate) async fn send(
                     break;
                 }
                 Err(f) => {
-                    // This response failed part way: the connection is done; the requests after
-                    // it are written again on another (nothing of theirs was read).
-                    out.push(Err(f.error));
-                    if !last {
-                        next = resend_from(&mut out, parts, resendable, target);
+                    // This response failed part way: the connection is done. The requests after
+                    // it (nothing of theirs was read) are written again on another connection if
+                    // this one answered some (the failure was this response's), else once: a
+                    // shadow failing every response gets each request at most twice.
+                    let answered = j > from;
+                    if last || !resendable || !(answered || !retried) {
+                        fail_rest(&mut out, parts, f.error);
+                    } else {
+                        retried |= !answered;
+                        out.push(Err(f.error));
+                        next = Some(j + 1);
                     }
                     break;
                 }
