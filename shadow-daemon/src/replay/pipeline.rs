@@ -183,7 +183,7 @@ pub(crate) async fn send(
                     // this one answered some (the failure was this response's), else once: a
                     // shadow failing every response gets each request at most twice.
                     let answered = j > from;
-                    if last || !resendable || !(answered || !retried) {
+                    if last || !resendable || (retried && !answered) {
                         fail_rest(&mut out, parts, f.error);
                     } else {
                         retried |= !answered;
