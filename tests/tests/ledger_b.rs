@@ -53,10 +53,10 @@ fn stopping_with_requests_in_flight_settles_them_as_shutdown_drops() {
 
     let api = std::net::SocketAddr::new(r.t.server_v4.parse().expect("v4"), PORT);
     get_many(&r.t, api, "/slow", REQUESTS as usize);
-    // In flight for certain: the shadow has read every request, and the daemon has admitted them.
-    wait_for("the shadow to receive every replay", Duration::from_secs(30), || {
-        r.recorded("shadow").len() == REQUESTS as usize
-    });
+    // In flight for certain: the daemon has admitted every request and the shadow has read the
+    // first (requests that came together go in one pipeline, and the shadow reads the next only
+    // after answering the one before, in ten minutes).
+    wait_for("the shadow to receive a replay", Duration::from_secs(30), || !r.recorded("shadow").is_empty());
     let mut text = String::new();
     wait_for("every request captured and in flight", Duration::from_secs(30), || {
         text = r.scrape();
