@@ -215,10 +215,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Job {
     req: CapturedRequest,
     endpoint: EndpointId,
-    ticket: RequestTicket,
+    /// Taken when the request is settled (dropped before that: settled as `shutdown`).
+    ticket: Option<RequestTicket>,
     _held: HeldBytes,
-    /// This request is the backoff's probe (admitted at submission).
+    /// This request is the backoff's probe (admitted at submission, or when its batch formed).
     probe: Option<Probe>,
+    /// Where its edited bytes end in its batch's buffer (set when the batch is written).
+    end: usize,
+}
+
+impl Job {
+    fn settle(&mut self, how: Result<(), RequestDrop>) {
+        match (self.ticket.take(), how) {
+            (Some(t), Ok(())) => t.replayed(),
+            (Some(t), Err(r)) => t.dropped(r),
+            (None, _) => {}
+        }
+    }
 }
 
 /// The request's bytes in its lane's budget, released however the job ends.
@@ -480,7 +493,7 @@ impl ReplayEngine {
         let held = HeldBytes { lane: lane.clone(), bytes };
         let id = req.id;
         // A job that does not fit drops its probe, if it held it: the next request probes.
-        match lane.tx.try_send(Job { req, endpoint, ticket, _held: held, probe }) {
+        match lane.tx.try_send(Job { req, endpoint, ticket: Some(ticket), _held: held, probe, end: 0 }) {
             Ok(()) => {
                 // Its primary response waits for the shadow's (this task hands both over to the
                 // hub, the request first, so the expectation is set before the primary comes).
@@ -492,12 +505,12 @@ impl ReplayEngine {
                 }
                 Submission::Queued
             }
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                job.ticket.dropped(reason::QUEUE_FULL);
+            Err(mpsc::error::TrySendError::Full(mut job)) => {
+                job.settle(Err(reason::QUEUE_FULL));
                 Submission::Dropped(reason::QUEUE_FULL)
             }
-            Err(mpsc::error::TrySendError::Closed(job)) => {
-                job.ticket.dropped(reason::SHUTDOWN);
+            Err(mpsc::error::TrySendError::Closed(mut job)) => {
+                job.settle(Err(reason::SHUTDOWN));
                 Submission::Dropped(reason::SHUTDOWN)
             }
         }
@@ -713,50 +726,45 @@ impl Batcher {
 
 /// A batch's requests to the shadow in one pipeline, each settled by its own outcome; then, if
 /// the rule has a secondary, the same requests to it.
-async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, jobs: Batch) {
+async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Batch) {
     let hub = lane.hub.get();
     let mut wire = Vec::with_capacity(jobs.iter().map(|j| j.req.raw.len() + 64).sum());
-    // The requests' bytes stay in the budget until the batch is over.
-    let mut reqs = Vec::with_capacity(jobs.len());
-    let mut ends = Vec::with_capacity(jobs.len());
-    let mut settle = Vec::with_capacity(jobs.len());
-    for Job { req, endpoint, ticket, _held, probe } in jobs {
+    // The requests' bytes stay in the budget until the batch is over (the jobs hold them).
+    jobs.retain_mut(|job| {
         // Queued before the target was backed off: dropped now, rather than each trying it in turn.
-        let probe = match probe {
-            Some(p) => Some(p),
-            None => match lane.backoff.admit() {
-                Admission::Go => None,
-                Admission::Probe(p) => Some(p),
+        if job.probe.is_none() {
+            match lane.backoff.admit() {
+                Admission::Go => {}
+                Admission::Probe(p) => job.probe = Some(p),
                 Admission::Drop => {
-                    ticket.dropped(reason::SHADOW_BACKOFF);
+                    job.settle(Err(reason::SHADOW_BACKOFF));
                     if let Some(h) = hub {
-                        h.withdraw(req.id);
+                        h.withdraw(job.req.id);
                     }
-                    continue;
+                    return false;
                 }
-            },
-        };
-        if let Err(e) = edit_request_into(&req, &lane.controls, &lane.target, &mut wire) {
-            lane.warn(&e);
-            ticket.dropped(reason::INVALID_CAPTURE);
-            if let Some(h) = hub {
-                h.withdraw(req.id);
             }
-            continue;
         }
-        ends.push(wire.len());
-        reqs.push((req, endpoint, _held));
-        settle.push((ticket, probe));
-    }
-    if reqs.is_empty() {
+        if let Err(e) = edit_request_into(&job.req, &lane.controls, &lane.target, &mut wire) {
+            lane.warn(&e);
+            job.settle(Err(reason::INVALID_CAPTURE));
+            if let Some(h) = hub {
+                h.withdraw(job.req.id);
+            }
+            return false;
+        }
+        job.end = wire.len();
+        true
+    });
+    if jobs.is_empty() {
         return;
     }
     let outcomes = {
-        let parts: Vec<Part<'_>> = reqs.iter().zip(&ends).map(|((req, _, _), &end)| part(req, end)).collect();
+        let parts: Vec<Part<'_>> = jobs.iter().map(|j| part(&j.req, j.end)).collect();
         pipeline::send(&lane.route(&lane.target, &lane.pool), &wire, &parts, &metrics).await
     };
-    for (((ticket, probe), outcome), (req, endpoint, _)) in settle.into_iter().zip(outcomes).zip(&reqs) {
-        let endpoint = *endpoint;
+    for (job, outcome) in jobs.iter_mut().zip(outcomes) {
+        let (endpoint, probe) = (job.endpoint, job.probe.take());
         match outcome {
             Ok(x) => {
                 if lane.backoff.success(probe) {
@@ -767,10 +775,10 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, jobs: Batch) 
                 } else {
                     metrics.record_shadow_status(x.status);
                 }
-                ticket.replayed();
+                job.settle(Ok(()));
                 if let (Some(h), Some(mut sample)) = (hub, x.sample) {
                     sample.latency = x.timed.then_some(x.complete);
-                    h.shadow(req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
+                    h.shadow(job.req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
                 }
             }
             Err(e) => {
@@ -778,14 +786,14 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, jobs: Batch) 
                 let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
                 lane.warn(&e);
                 if matches!(e, ReplayError::ResponseTooLarge { .. }) {
-                    ticket.dropped(reason::SHADOW_RESPONSE_TOO_LARGE);
+                    job.settle(Err(reason::SHADOW_RESPONSE_TOO_LARGE));
                 } else {
                     metrics.record_shadow_error(kind);
-                    ticket.dropped(reason::SHADOW_ERROR);
+                    job.settle(Err(reason::SHADOW_ERROR));
                 }
                 if let Some(h) = hub {
                     let name = metrics.endpoint_name(endpoint);
-                    h.shadow(req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
+                    h.shadow(job.req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
                 }
             }
         }
@@ -793,7 +801,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, jobs: Batch) 
     // The same requests to the secondary (a second instance of the current version), for noise
     // learning; after the shadow's, in the same replay slot, so it adds no concurrency.
     if let (Some(h), Some((target, pool, backoff))) = (hub, &lane.secondary) {
-        replay_secondary(&lane, h, (target, pool, backoff), &reqs, &metrics).await;
+        replay_secondary(&lane, h, (target, pool, backoff), &jobs, &metrics).await;
     }
 }
 
@@ -813,13 +821,13 @@ async fn replay_secondary(
     lane: &LaneState,
     hub: &CompareHub,
     (target, pool, backoff): (&ShadowTarget, &Pool, &Arc<Backoff>),
-    reqs: &[(CapturedRequest, EndpointId, HeldBytes)],
+    jobs: &[Job],
     metrics: &Metrics,
 ) {
-    let mut wire = Vec::with_capacity(reqs.iter().map(|(r, _, _)| r.raw.len() + 64).sum());
-    let mut parts = Vec::with_capacity(reqs.len());
-    let mut admitted = Vec::with_capacity(reqs.len());
-    for (req, endpoint, _) in reqs {
+    let mut wire = Vec::with_capacity(jobs.iter().map(|j| j.req.raw.len() + 64).sum());
+    let mut parts = Vec::with_capacity(jobs.len());
+    let mut admitted = Vec::with_capacity(jobs.len());
+    for Job { req, endpoint, .. } in jobs {
         let failed = |kind| {
             let name = metrics.endpoint_name(*endpoint);
             hub.secondary(req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));

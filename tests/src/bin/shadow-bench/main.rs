@@ -144,7 +144,12 @@ fn main() -> ExitCode {
         write_capture(&out, &results);
     }
     if part("micro") {
-        let stages = vec![micro::extraction(quick), micro::replay(quick), micro::metrics_bookkeeping(quick)];
+        let stages = vec![
+            micro::extraction(quick),
+            micro::replay(quick, 1),
+            micro::replay(quick, shadow_daemon::replay::pipeline::DEFAULT_PIPELINE),
+            micro::metrics_bookkeeping(quick),
+        ];
         for s in &stages {
             println!(
                 "micro: {:<58} {} ns/request  {:.1} allocations ({:.0} B)",

@@ -324,14 +324,15 @@ fn engine_cpu_ns() -> u64 {
         .sum()
 }
 
-/// The replay engine (the daemon's, on a 2-worker runtime) mirroring batches of pre-built 1 KiB
-/// requests to the shadow above: its threads' CPU and the process's allocations per replayed
-/// request (submission included; the shadow allocates nothing per request).
-pub fn replay(quick: bool) -> StageCost {
+/// The replay engine (the daemon's, on one runtime thread as the daemon runs by default)
+/// mirroring batches of pre-built 1 KiB requests to the shadow above, with up to `pipeline`
+/// requests per write: its thread's CPU and the process's allocations per replayed request
+/// (submission included; the shadow allocates nothing per request).
+pub fn replay(quick: bool, pipeline: usize) -> StageCost {
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, shadow) = start_shadow(stop.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name(ENGINE_THREAD)
         .enable_all()
         .build()
@@ -339,7 +340,7 @@ pub fn replay(quick: bool) -> StageCost {
     let metrics = Arc::new(Metrics::default());
     let target: ShadowTarget = addr.to_string().parse().expect("target");
     let batch = 1024;
-    let controls = ReplayControls { queue_capacity: batch * 2, ..Default::default() };
+    let controls = ReplayControls { queue_capacity: batch * 2, pipeline, ..Default::default() };
     let rule = Rule::new(vec![8080], Some(target), controls);
     let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).expect("engine");
     let requests: Vec<CapturedRequest> = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
@@ -386,7 +387,11 @@ pub fn replay(quick: bool) -> StageCost {
     alloc_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
     StageCost {
-        stage: "replay (engine, to a keep-alive shadow; metrics included)".into(),
+        stage: if pipeline == 1 {
+            "replay (engine, to a keep-alive shadow; metrics included), one request per write (--pipeline 1)".into()
+        } else {
+            format!("replay (engine, to a keep-alive shadow; metrics included), pipelines of up to {pipeline} (the default)")
+        },
         ns_per_request: Spread::of(per),
         allocations_per_request: allocs_pr,
         allocated_bytes_per_request: bytes_pr,
@@ -394,6 +399,6 @@ pub fn replay(quick: bool) -> StageCost {
         repeats,
         socket_bytes_out_per_request: Some(bytes_out),
         socket_bytes_in_per_request: Some(bytes_in),
-        how: "shadow_daemon::replay::ReplayEngine on a 2-worker runtime, batches of 1024 pre-built 1 KiB GETs submitted from outside it; CPU of the engine's threads (schedstat) per replayed request".into(),
+        how: "shadow_daemon::replay::ReplayEngine on one runtime thread, batches of 1024 pre-built 1 KiB GETs submitted from outside it (so a pipeline fills whenever the queue holds enough); CPU of the engine thread (schedstat) per replayed request".into(),
     }
 }
