@@ -68,9 +68,9 @@ pub(crate) struct Route<'a> {
 }
 
 /// Send `parts` (their bytes concatenated in `wire`, in order) and read their responses: one
-/// outcome per part, in order. More than one part only if every part is idempotent and keeps the
-/// connection open (the caller batches so; checked here too, a pipeline that is not is sent one
-/// request per connection turn).
+/// outcome per part, in order. The caller pipelines only idempotent requests that keep the
+/// connection open; if any part is not idempotent, nothing is ever written twice (requests left
+/// unanswered by a connection that ends fail as `Closed`).
 pub(crate) async fn send(
     route: &Route<'_>,
     wire: &[u8],
