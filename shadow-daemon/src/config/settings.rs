@@ -302,7 +302,8 @@ settings! {
         #[serde(deserialize_with = "one")]
         connect_timeout: Option<Timeout> => |c, v| c.connect_timeout = v.0;
 
-        /// Requests replayed at once (and so connections open to the shadow) [default: 64].
+        /// Replays at once, each one request or one pipeline of up to --pipeline requests (and so
+        /// connections open to the shadow) [default: 64].
         #[arg(long, env = "SHADOW_CONCURRENCY", value_name = "N", value_parser = parse::<Count<1, MAX_CONCURRENCY>>)]
         #[serde(deserialize_with = "one")]
         concurrency: Option<Count<1, MAX_CONCURRENCY>> => |c, v| c.concurrency = v.0;
