@@ -566,6 +566,37 @@ mod tests {
         assert_eq!(metric(&h, "shadow_compare_pairs_waiting"), 0.0);
     }
 
+    /// A shadow response read behind another of its pipeline has no latency of its own: it is
+    /// compared and counted like any other, and only the timed ones make the shadow's latency.
+    #[test]
+    fn an_untimed_shadow_response_is_compared_without_a_latency() {
+        let h = hub(1024);
+        for id in 1..=3 {
+            h.expect(id);
+            h.primary(&primary(id, 200, br#"{"a":1}"#));
+        }
+        let untimed = |status, body| match shadow(status, body) {
+            ShadowHalf::Response(s) => ShadowHalf::Response(ResponseSample { latency: None, ..s }),
+            other => other,
+        };
+        h.shadow(1, 0, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(2, 0, "GET /a", untimed(200, br#"{"a":1}"#));
+        h.shadow(3, 0, "GET /a", untimed(200, br#"{"a":2}"#));
+        let r = h.report();
+        let a = &r.rules[0].report.endpoints[0].summary;
+        assert_eq!(a.samples, 3, "every pair compared");
+        assert_eq!((a.latency.primary.count, a.latency.shadow.count), (3, 1), "only the timed shadow response");
+        let lbl = r#"{rule="api",endpoint="GET /a""#;
+        assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"match\"}}")), 2.0);
+        assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"body_mismatch\"}}")), 1.0);
+        assert_eq!(metric(&h, &format!("shadow_compared_responses_total{lbl},side=\"shadow\",class=\"2xx\"}}")), 3.0);
+        assert_eq!(metric(&h, &format!("shadow_compared_latency_seconds_count{lbl},side=\"shadow\"}}")), 1.0);
+        assert_eq!(metric(&h, &format!("shadow_compared_latency_seconds_count{lbl},side=\"primary\"}}")), 3.0);
+        let d = h.diffs(Some("GET /a"));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].sample.shadow_latency_ms, 0.0, "not measured");
+    }
+
     #[test]
     fn a_primary_body_over_its_rules_cap_is_compared_by_length() {
         let h = hub(4);
