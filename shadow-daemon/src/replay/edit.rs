@@ -277,6 +277,24 @@ pub(crate) mod tests {
         assert_eq!(edit(raw, &ReplayControls::default()), "GET / HTTP/1.1\nHost: a\nX-Shadow-Request: true\n\n");
     }
 
+    /// A pipeline's requests go into one buffer: each is appended after the ones before, and one
+    /// that cannot be edited leaves the buffer as it was.
+    #[test]
+    fn requests_are_appended_and_a_refused_one_appends_nothing() {
+        let c = ReplayControls::default();
+        let mut wire = b"GET /a HTTP/1.1\r\n\r\n".to_vec();
+        edit_request_into(&captured(b"GET /b HTTP/1.1\r\nB: 2\r\n\r\nxy"), &c, &target(), &mut wire).unwrap();
+        let mut bad = captured(b"GET /c HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        bad.headers.swap(0, 1);
+        let before = wire.clone();
+        assert!(edit_request_into(&bad, &c, &target(), &mut wire).is_err());
+        assert_eq!(wire, before, "nothing of the refused request");
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nB: 2\r\nX-Shadow-Request: true\r\n\r\nxy"
+        );
+    }
+
     #[test]
     fn inconsistent_spans_are_refused_not_guessed() {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
