@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! submit (sync, never blocks) ─ rule by service port ─ controls (method, path, body, rate)
-//!    └─ try_send ─► bounded queue per rule ─► dispatcher ─ `concurrency` slots ─► one replay per slot
-//!                                                            └─ keep-alive pool ─ edit ─ write ─ read by framing
+//!    └─ try_send ─► bounded queue per rule ─► dispatcher ─ `concurrency` slots ─► one batch per slot
+//!                                      (a request, or a pipeline of those waiting together)
+//!                                                            └─ keep-alive pool ─ edit ─ one write ─ read by framing
 //! ```
+//!
+//! Idempotent requests that wait together go in one write on one connection ([`pipeline`]): one
+//! wake-up, one write and a read or two per batch instead of per request.
 //!
 //! Every request submitted is admitted into the metrics ledger and settled exactly once: replayed
 //! (a complete response came back) or dropped with a reason. A full queue drops (`queue_full`)
