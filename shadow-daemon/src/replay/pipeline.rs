@@ -13,7 +13,7 @@
 //! - Latency: a server answers a pipeline in order, so a response behind another includes the
 //!   time the shadow spent on the ones before it. Only the first response read after a write is
 //!   timed (its request was first in line); the ones behind it are compared and counted but not
-//!   timed ([`Exchange::timed`]), so the latency histograms stay those of requests the shadow
+//!   timed (`Exchange::timed`), so the latency histograms stay those of requests the shadow
 //!   took up at once, a sample unbiased by load.
 //! - Every request settles once. A connection the shadow closes after answering part of a
 //!   pipeline (a keep-alive limit, `Connection: close`), or fails on one response, has the
