@@ -231,7 +231,13 @@ async fn requests_waiting_together_go_in_one_write_and_only_the_first_is_timed()
     assert_eq!(counter(&metrics, "shadow_replay_pipelined_total"), 7, "eight in one write: seven behind the first");
     assert_eq!(counter(&metrics, "shadow_replay_connection_reuses_total"), 8);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
+    assert_eq!(counter(&metrics, "shadow_replay_writes_total"), 2, "the held request, then the eight");
     let s = metrics.summary();
+    assert_eq!((s.replay_writes, s.replay_pipelined), (2, 7));
+    assert!(
+        s.to_string()
+            .contains("writes to the shadow: 2 (7 requests behind another in a pipeline, untimed; 4.50 per write)")
+    );
     assert_eq!(s.shadow_responses["2xx"], 9);
     assert_eq!(s.shadow.complete.count, 2, "the held request and the first of the pipeline are timed");
     engine.shutdown(Duration::from_secs(1)).await;
@@ -283,6 +289,7 @@ async fn a_shadow_closing_part_way_gets_the_rest_again_on_a_new_connection() {
     assert_eq!(shadow.log(), want, "/d onward written again on a second connection");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 6, "/d to /i sent again");
+    assert_eq!(counter(&metrics, "shadow_replay_writes_total"), 3, "held, the eight, the six again");
     assert_eq!(counter(&metrics, "shadow_replay_pipelined_total"), 7 + 5);
     assert_eq!(metrics.summary().shadow.complete.count, 3, "held, /b, and /d first on the new connection");
     engine.shutdown(Duration::from_secs(1)).await;

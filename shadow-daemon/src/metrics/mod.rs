@@ -126,6 +126,7 @@ pub(crate) struct ConnectionMetrics {
     pub reused: Counter,
     pub retries: Counter,
     pub pipelined: Counter,
+    pub writes: Counter,
     pub open: Gauge,
     pub sent_bytes: Counter,
 }
@@ -215,6 +216,11 @@ impl Metrics {
             "Requests written behind another in one write on one connection (HTTP/1.1 pipelining of idempotent \
              requests that waited together); compared and counted, their latency not recorded",
             connections.pipelined.clone(),
+        );
+        registry.register(
+            "shadow_replay_writes",
+            "Writes to shadow targets: one per request sent alone, one per pipeline",
+            connections.writes.clone(),
         );
         registry.register(
             "shadow_replay_retries",
@@ -425,6 +431,8 @@ impl Metrics {
             endpoints,
             endpoint_overflow: self.latency.overflow(),
             primary_unmatched: self.primary_unmatched.get(),
+            replay_writes: self.connections.writes.get(),
+            replay_pipelined: self.connections.pipelined.get(),
             kernel: lock(&self.absolutes).kernel.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
         }
     }

@@ -61,6 +61,12 @@ pub struct Summary {
     pub endpoints: Vec<EndpointSummary>,
     pub endpoint_overflow: u64,
     pub primary_unmatched: u64,
+    /// Writes to the shadow (one per request sent alone, one per pipeline), and the requests
+    /// that rode behind another in one: requests per write = (writes + pipelined) / writes.
+    #[serde(default)]
+    pub replay_writes: u64,
+    #[serde(default)]
+    pub replay_pipelined: u64,
     pub kernel: BTreeMap<String, u64>,
 }
 
@@ -88,6 +94,14 @@ impl fmt::Display for Summary {
             if !s.is_empty() {
                 writeln!(f, "{label}: {s}")?;
             }
+        }
+        if self.replay_writes > 0 {
+            let per = (self.replay_writes + self.replay_pipelined) as f64 / self.replay_writes as f64;
+            writeln!(
+                f,
+                "writes to the shadow: {} ({} requests behind another in a pipeline, untimed; {per:.2} per write)",
+                self.replay_writes, self.replay_pipelined
+            )?;
         }
         writeln!(f, "{:<40} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p90", "p99", "max")?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, l: &LatencySummary| {

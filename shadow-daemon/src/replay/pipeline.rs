@@ -119,6 +119,7 @@ pub(crate) async fn send(
                 c.retries.inc_by((parts.len() - from) as u64);
             }
             c.sent_bytes.inc_by(tail.len() as u64);
+            c.writes.inc();
             let behind = (parts.len() - from - 1) as u64;
             c.pipelined.inc_by(behind);
             c.reused.inc_by(behind + u64::from(reused));

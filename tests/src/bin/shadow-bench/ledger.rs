@@ -201,14 +201,19 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
             allocations: "-".into(),
             reproduce: format!("{RUN} --only mirror"),
             how: format!(
-                "utime+stime of the release daemon over the load ({}), peak RSS {:.0} MiB, ringbuf_full {}",
+                "utime+stime of the release daemon over the load ({}), peak RSS {:.0} MiB, ringbuf_full {}{}",
                 if group == "fixed rate" {
                     mirror["fixed_load"].as_str().unwrap_or("")
                 } else {
                     mirror["saturating_load"].as_str().unwrap_or("")
                 },
                 f(&a["peak_rss_mib"]).unwrap_or(0.0),
-                a["ringbuf_full"]
+                a["ringbuf_full"],
+                if a["requests_per_write"].is_null() {
+                    String::new()
+                } else {
+                    format!(", {} requests per write to the shadow", spread(&a["requests_per_write"], 1))
+                }
             ),
         });
     }

@@ -105,6 +105,8 @@ pub struct Sample {
     pub peak_rss_mib: Option<f64>,
     pub ringbuf_full: Option<u64>,
     pub drops: Option<serde_json::Value>,
+    /// Requests per write to the shadow (pipelines: `(writes + pipelined) / writes`).
+    pub requests_per_write: Option<f64>,
 }
 
 /// Median and spread over rounds.
@@ -156,6 +158,8 @@ pub struct ArmSummary {
     pub drops: Option<serde_json::Value>,
     /// 64 KiB arm: request bytes replayed to the shadow per second.
     pub mirrored_gbit_s: Option<Spread>,
+    /// Requests per write to the shadow (1: every request alone).
+    pub requests_per_write: Option<Spread>,
     pub samples: Vec<Sample>,
 }
 
@@ -275,6 +279,9 @@ impl Bed {
             s.daemon_cpu_s = Some(cpu1 - cpu0.unwrap_or(0.0));
             s.peak_rss_mib = Some(rss);
             s.ringbuf_full = summary["kernel"]["ringbuf_full"].as_u64();
+            let writes = summary["mirror"]["replay_writes"].as_u64().unwrap_or(0);
+            let behind = summary["mirror"]["replay_pipelined"].as_u64().unwrap_or(0);
+            s.requests_per_write = (writes > 0).then(|| (writes + behind) as f64 / writes as f64);
             let drops: serde_json::Map<String, serde_json::Value> = m["dropped"]
                 .as_object()
                 .map(|o| {
@@ -295,10 +302,11 @@ impl Bed {
             s.errors,
             match (s.captured, s.replayed, s.daemon_cpu_s) {
                 (Some(c), Some(r), Some(cpu)) => format!(
-                    "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  rss {:.0} MiB  ringbuf_full {}  drops {}",
+                    "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  rss {:.0} MiB  ringbuf_full {}  per write {}  drops {}",
                     s.requests,
                     s.peak_rss_mib.unwrap_or(0.0),
                     s.ringbuf_full.unwrap_or(0),
+                    s.requests_per_write.map_or("-".into(), |p| format!("{p:.1}")),
                     s.drops.as_ref().map_or(String::new(), |d| d.to_string())
                 ),
                 _ => String::new(),
@@ -367,6 +375,7 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
         peak_rss_mib: ss.iter().filter_map(|s| s.peak_rss_mib).reduce(f64::max),
         ringbuf_full: if is_daemon { Some(ss.iter().filter_map(|s| s.ringbuf_full).sum()) } else { None },
         drops: is_daemon.then_some(serde_json::Value::Object(drops)),
+        requests_per_write: if replays { Spread::of(ss.iter().filter_map(|s| s.requests_per_write)) } else { None },
         mirrored_gbit_s: if replays && group == "64 KiB POST" {
             Spread::of(
                 ss.iter().filter_map(|s| s.replayed.map(|r| r as f64 * request_bytes as f64 * 8.0 / s.secs / 1e9)),
@@ -464,11 +473,11 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
     }
     for group in ["saturating", "fixed rate", "64 KiB POST"] {
         md.push_str(&format!("## {group}\n\n"));
-        md.push_str("| arm | req/s | throughput ratio | p50 ms | p99 ms | p99 ratio | errors | captured | mirrored | daemon CPU µs / captured | daemon CPU µs / mirrored | peak RSS MiB | ringbuf_full | drops |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| arm | req/s | throughput ratio | p50 ms | p99 ms | p99 ratio | errors | captured | mirrored | daemon CPU µs / captured | daemon CPU µs / mirrored | requests / write | peak RSS MiB | ringbuf_full | drops |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for a in r.arms.iter().filter(|a| a.group == group) {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 a.arm,
                 Spread::fmt(a.rps, 0),
                 Spread::fmt(a.throughput_ratio, 2),
@@ -480,6 +489,7 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
                 Spread::fmt(a.mirrored_fraction, 3),
                 Spread::fmt(a.cpu_us_per_captured, 2),
                 Spread::fmt(a.cpu_us_per_mirrored, 2),
+                Spread::fmt(a.requests_per_write, 1),
                 a.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 a.ringbuf_full.map_or("-".into(), |m| m.to_string()),
                 a.drops.as_ref().map_or("-".into(), |d| d.to_string()),
