@@ -189,6 +189,18 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
             "cpu_us_per_captured",
         ),
         ("saturating", "healthy", "whole daemon at saturation: CPU per mirrored request", "cpu_us_per_mirrored"),
+        (
+            "fixed rate",
+            "healthy-before",
+            "the same, fixed rate, run as before pipelines and one thread (--threads 2 --pipeline 1)",
+            "cpu_us_per_mirrored",
+        ),
+        (
+            "saturating",
+            "healthy-before",
+            "the same, at saturation, run as before (--threads 2 --pipeline 1)",
+            "cpu_us_per_mirrored",
+        ),
     ] {
         let a = arm(&mirror, group, key);
         if a.is_null() {

@@ -231,6 +231,8 @@ pub struct DaemonSpec {
     pub shadow: Option<u16>,
     pub sample_rate: u32,
     pub allow_post: bool,
+    /// More flags (an arm that runs the daemon another way).
+    pub extra: &'static [&'static str],
 }
 
 pub struct Daemon {
@@ -250,6 +252,7 @@ impl Daemon {
         if spec.allow_post {
             cmd.args(["--allow-method", "GET,POST"]);
         }
+        cmd.args(spec.extra);
         let proc = Proc::spawn(
             "shadow-daemon",
             cmd.args(["--interface", &t.server_if, "--port", &PORT.to_string()])

@@ -34,7 +34,7 @@ struct ArmSpec {
 }
 
 const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
-    Some(DaemonSpec { shadow, sample_rate, allow_post: false })
+    Some(DaemonSpec { shadow, sample_rate, allow_post: false, extra: &[] })
 }
 
 const ARMS: &[ArmSpec] = &[
@@ -50,6 +50,18 @@ const ARMS: &[ArmSpec] = &[
         name: "shadow-daemon, healthy shadow, 100 %",
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 100),
+    },
+    // The replay engine as it was before pipelines and one thread, side by side with the default.
+    ArmSpec {
+        key: "healthy-before",
+        name: "shadow-daemon, healthy shadow, 100 %, --threads 2 --pipeline 1",
+        nginx_mirror: None,
+        daemon: Some(DaemonSpec {
+            shadow: Some(HEALTHY_SHADOW),
+            sample_rate: 100,
+            allow_post: false,
+            extra: &["--threads", "2", "--pipeline", "1"],
+        }),
     },
     ArmSpec {
         key: "slow",
@@ -83,7 +95,7 @@ const BIG_ARMS: &[ArmSpec] = &[
         key: "healthy",
         name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
         nginx_mirror: None,
-        daemon: Some(DaemonSpec { shadow: Some(HEALTHY_SHADOW), sample_rate: 100, allow_post: true }),
+        daemon: Some(DaemonSpec { shadow: Some(HEALTHY_SHADOW), sample_rate: 100, allow_post: true, extra: &[] }),
     },
 ];
 
@@ -566,7 +578,7 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         })
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
-    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false };
+    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false, extra: &[] };
     for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
         let (cpu0, _) = load::cpu_and_rss(d.pid());

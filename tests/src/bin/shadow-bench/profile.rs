@@ -81,8 +81,12 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
     let url = format!("http://{}:{PORT}/item", t.server_v4);
     let _shadow = load::nginx(&t.server, &scratch.path("shadow"), SHADOW, None);
     let _primary = load::nginx(&t.server, &scratch.path("primary"), PORT, None);
-    let daemon =
-        Daemon::start(&t, &scratch, DaemonSpec { shadow: Some(SHADOW), sample_rate: 100, allow_post: false }, "prof");
+    let daemon = Daemon::start(
+        &t,
+        &scratch,
+        DaemonSpec { shadow: Some(SHADOW), sample_rate: 100, allow_post: false, extra: &[] },
+        "prof",
+    );
     let pid = daemon.pid().to_string();
     let perf_secs = if quick { 2 } else { 4 };
     let strace_secs = if quick { 2 } else { 3 };
