@@ -597,6 +597,59 @@ mod tests {
         assert_eq!(d[0].sample.shadow_latency_ms, 0.0, "not measured");
     }
 
+    /// Byte-equal bodies are equal without being parsed, but only where parsing would have said
+    /// so: the same content type, no content coding, whole, within the cap.
+    #[test]
+    fn byte_equal_bodies_compare_as_parsing_them_would() {
+        let h = hub(1024);
+        let with = |ct: &str, ce: Option<&str>, status: u16, body: &'static [u8]| {
+            let mut headers = vec![("content-type".to_owned(), ct.as_bytes().to_vec())];
+            if let Some(e) = ce {
+                headers.push(("content-encoding".to_owned(), e.as_bytes().to_vec()));
+            }
+            ShadowHalf::Response(ResponseSample {
+                status,
+                headers,
+                body: Bytes::from_static(body),
+                body_complete: true,
+                body_len: body.len() as u64,
+                latency: Some(Duration::from_millis(3)),
+            })
+        };
+        let body: &'static [u8] = br#"{"a":1,"timestamp":5}"#;
+        let cases: [(&str, ShadowHalf); 5] = [
+            ("/same", with("application/json", None, 200, body)),
+            // The primary's is JSON, the shadow's text: compared as different kinds of body.
+            ("/other-type", with("text/plain", None, 200, body)),
+            // Not decodable as gzip: compared byte-wise against the primary's JSON, which differs.
+            ("/encoded", with("application/json", Some("gzip"), 200, body)),
+            ("/identity", with("application/json", Some("identity"), 200, body)),
+            // Equal bodies, another status: the mismatch keeps both bodies for `diffs`.
+            ("/status", with("application/json", None, 500, body)),
+        ];
+        for (i, (path, half)) in cases.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            h.expect(id);
+            h.primary(&primary(id, 200, body));
+            h.shadow(id, 0, &format!("GET {path}"), half);
+        }
+        let r = h.report();
+        let outcome = |path: &str| {
+            let e =
+                r.rules[0].report.endpoints.iter().find(|e| e.summary.endpoint == format!("GET {path}")).expect(path);
+            (e.summary.samples, e.summary.body_matches, e.summary.status_matches)
+        };
+        assert_eq!(outcome("/same"), (1, 1, 1));
+        assert_eq!(outcome("/other-type"), (1, 0, 1));
+        assert_eq!(outcome("/encoded"), (1, 0, 1));
+        assert_eq!(outcome("/identity"), (1, 1, 1));
+        assert_eq!(outcome("/status"), (1, 1, 0));
+        let d = h.diffs(Some("GET /status"));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].sample.primary_body, d[0].sample.shadow_body);
+        assert!(d[0].sample.primary_body.contains("\"a\":1"), "{:?}", d[0].sample.primary_body);
+    }
+
     #[test]
     fn a_primary_body_over_its_rules_cap_is_compared_by_length() {
         let h = hub(4);

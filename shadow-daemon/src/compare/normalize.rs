@@ -147,6 +147,10 @@ enum At {
 /// Remove ignored members, blank ignored elements, make numbers canonical and, when asked, sort
 /// arrays. Depth is bounded by the parser's recursion limit.
 fn apply_rules(v: &mut Value, at: &mut Vec<At>, rules: &NormRules) {
+    if rules.ignore_paths.is_empty() {
+        // No path can match: the same rules without tracking where we are (no key copied).
+        return apply_field_rules(v, rules);
+    }
     match v {
         Value::Object(map) => {
             let keys: Vec<String> = map.keys().cloned().collect();
@@ -174,18 +178,55 @@ fn apply_rules(v: &mut Value, at: &mut Vec<At>, rules: &NormRules) {
                 }
                 at.pop();
             }
-            if rules.array_order_insensitive && items.len() > 1 {
-                let mut keyed: Vec<(String, Value)> = items.drain(..).map(|x| (canonical(&x), x)).collect();
-                keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                items.extend(keyed.into_iter().map(|(_, x)| x));
+            if rules.array_order_insensitive {
+                sort_canonically(items);
             }
         }
-        Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT_F64_INT) {
-                *n = serde_json::Number::from(f as i64);
-            }
-        }
+        Value::Number(_) => canonical_number(v),
         Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
+/// [`apply_rules`] when `rules` has no paths: ignored members by name, canonical numbers, array
+/// order.
+fn apply_field_rules(v: &mut Value, rules: &NormRules) {
+    match v {
+        Value::Object(map) => {
+            if !rules.ignore_fields.is_empty() {
+                map.retain(|k, _| !rules.ignore_fields.contains(k));
+            }
+            for child in map.values_mut() {
+                apply_field_rules(child, rules);
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                apply_field_rules(item, rules);
+            }
+            if rules.array_order_insensitive {
+                sort_canonically(items);
+            }
+        }
+        Value::Number(_) => canonical_number(v),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
+/// Elements in the order of their canonical texts: arrays compared as multisets.
+fn sort_canonically(items: &mut Vec<Value>) {
+    if items.len() > 1 {
+        let mut keyed: Vec<(String, Value)> = items.drain(..).map(|x| (canonical(&x), x)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        items.extend(keyed.into_iter().map(|(_, x)| x));
+    }
+}
+
+/// `2.0` as `2` (below 2^53, where f64 is exact): a number is compared by value.
+fn canonical_number(v: &mut Value) {
+    if let Value::Number(n) = v
+        && let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < EXACT_F64_INT)
+    {
+        *n = serde_json::Number::from(f as i64);
     }
 }
 

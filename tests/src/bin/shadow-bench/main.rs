@@ -148,6 +148,8 @@ fn main() -> ExitCode {
             micro::extraction(quick),
             micro::replay(quick, 1),
             micro::replay(quick, shadow_daemon::replay::pipeline::DEFAULT_PIPELINE),
+            micro::comparison(quick, false),
+            micro::comparison(quick, true),
             micro::metrics_bookkeeping(quick),
         ];
         for s in &stages {

@@ -19,8 +19,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use shadow_common::tcp_flags;
 use shadow_daemon::{
+    compare::{
+        CompareSettings, ResponseSample,
+        pairs::{PairLimits, ShadowHalf},
+    },
     config::Rule,
-    message::{BodyFraming, CapturedRequest, HeaderSpan},
+    hub::CompareHub,
+    message::{BodyFraming, CapturedRequest, CapturedResponse, HeaderSpan},
     metrics::Metrics,
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
     replay::{
@@ -213,6 +218,91 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
         socket_bytes_out_per_request: None,
         socket_bytes_in_per_request: None,
         how: "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time".into(),
+    }
+}
+
+/// The comparison of one pair as the daemon makes it for every mirrored request of a comparing
+/// rule (the default): the hub told to expect the request, the primary's response (a 1 KiB JSON
+/// body, its headers read from the head), then the shadow's (the same body, or with one value
+/// changed when `differ`), paired, normalised, compared and counted in the comparison's metrics
+/// and report aggregates.
+pub fn comparison(quick: bool, differ: bool) -> StageCost {
+    let settings = CompareSettings::default();
+    let metrics = Arc::new(Metrics::default());
+    let hub = CompareHub::new(&[("api".to_owned(), Some(&settings))], PairLimits::default(), metrics.clone())
+        .expect("hub")
+        .expect("a comparing rule");
+    let mut body = String::from("{\"items\":[");
+    while body.len() < 1000 {
+        body.push_str(&format!("{{\"id\":{},\"name\":\"item\"}},", body.len()));
+    }
+    body.pop();
+    body.push_str("]}");
+    let shadow_body = Bytes::from(if differ { body.replacen("\"id\":", "\"id\":9", 1) } else { body.clone() });
+    let body = Bytes::from(body);
+    let head = Bytes::from(format!(
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    let endpoints: Vec<String> = (0..16).map(|i| format!("GET /api/v1/items{i}/:id")).collect();
+    let n = 50_000;
+    let repeats = if quick { 3 } else { 9 };
+    let mut per = Vec::new();
+    let mut alloc_runs = Vec::new();
+    let mut id = 0u64;
+    for rep in 0..=repeats {
+        let (a0, b0) = allocs();
+        let start = thread_cpu_ns();
+        for i in 0..n {
+            id += 1;
+            hub.expect(id);
+            hub.primary(&CapturedResponse {
+                flow: flow(0),
+                request_id: id,
+                status: 200,
+                minor_version: 1,
+                head: head.clone(),
+                framing: BodyFraming::ContentLength(body.len() as u64),
+                body_len: body.len() as u64,
+                body: body.clone(),
+                body_complete: true,
+                first_ts_ns: 2_000_000,
+                last_ts_ns: 2_100_000,
+                request_last_ts_ns: 1_000_000,
+            });
+            let sample = ResponseSample {
+                status: 200,
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: shadow_body.clone(),
+                body_complete: true,
+                body_len: shadow_body.len() as u64,
+                latency: Some(Duration::from_micros(1200)),
+            };
+            hub.shadow(id, 0, &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
+        }
+        let ns = (thread_cpu_ns() - start) as f64;
+        let (a1, b1) = allocs();
+        if rep > 0 {
+            per.push(ns / n as f64);
+            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
+        }
+    }
+    alloc_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    StageCost {
+        stage: if differ {
+            "comparison of a pair whose JSON bodies differ (parsed, normalised, diffed, sampled)".into()
+        } else {
+            "comparison of a pair with equal bodies (the common case)".into()
+        },
+        ns_per_request: Spread::of(per),
+        allocations_per_request: allocs_pr,
+        allocated_bytes_per_request: bytes_pr,
+        requests_per_repeat: n,
+        repeats,
+        socket_bytes_out_per_request: None,
+        socket_bytes_in_per_request: None,
+        how: "shadow_daemon::hub::CompareHub expect + primary + shadow with default settings, 1 KiB JSON bodies (equal, or one value apart), 16 endpoints, one thread, its CPU time (the shadow's sample built in the loop, as the replay client builds it)".into(),
     }
 }
 
