@@ -321,7 +321,7 @@ impl Stream {
     }
 
     fn advance_to(&mut self, end: u32) {
-        if !self.has_next || seq_diff(end, self.next_seq) > 0 {
+        if !self.has_next || seq_lt(self.next_seq, end) {
             self.next_seq = end;
             self.has_next = true;
         }
@@ -348,8 +348,8 @@ impl Stream {
                 // Covered by a piece received first: this copy of it is an overlap.
                 let covered_end = rel(self.ooo[k].end());
                 sc.overlap_bytes += u64::from(covered_end.min(e) - cur);
+                // The loop above moves past that piece: it ends at `cur` now.
                 cur = covered_end;
-                k += 1;
                 continue;
             }
             let piece_end = e.min(next_start);
@@ -479,9 +479,12 @@ impl Stream {
         now_ns: u64,
     ) {
         for _ in 0..=MAX_OOO_PIECES + 1 {
-            if self.ended || !self.has_next || !asm.synced() {
+            if !asm.synced() {
                 return;
             }
+            // An ended stream's assembler is closed, and one in sync has been fed, which set
+            // `next_seq`.
+            debug_assert!(self.has_next && !self.ended);
             let d = seq_diff(ack, self.next_seq);
             if d <= 0 || d > MAX_ACK_JUMP {
                 return;

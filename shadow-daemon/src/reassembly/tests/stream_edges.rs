@@ -4,7 +4,10 @@
 //! responses is, and what a waiting piece costs.
 
 use super::{
-    super::{stream::OOO_PIECE_BYTES, *},
+    super::{
+        stream::{MAX_OOO_PIECES, OOO_PIECE_BYTES},
+        *,
+    },
     support::*,
 };
 
@@ -324,4 +327,53 @@ fn the_part_of_a_segment_after_a_waiting_piece_is_no_segment_start() {
     let st = ex.stats();
     assert_eq!((st.responses.seen, st.response_segments.sampling_skips), (1, 0));
     assert_eq!(st.response_segments.buffered, 0);
+}
+
+/// Between requests, as many pieces as may wait, each the start of a request cut short by a
+/// one-byte hole before the next: `MAX_OOO_PIECES` holes to give up one by one. Returns the
+/// connection, its client sequence just past the last piece.
+fn every_piece_behind_its_own_hole(ex: &mut Extractor, port: u16) -> Conn {
+    let mut c = Conn::new(false, port, 1, 1);
+    let _ = feed(ex, [c.client(GET), c.server(OK)]);
+    let mut segs = Vec::new();
+    for _ in 0..MAX_OOO_PIECES {
+        c.skip_client(1);
+        let mut s = no_ack(c.client(b"GET /p HTTP/1.1\r\n"));
+        s.request_start = true;
+        segs.push(s);
+    }
+    let _ = feed(ex, segs);
+    assert_eq!(ex.stats().request_segments.buffered, MAX_OOO_PIECES as u64);
+    c
+}
+
+#[test]
+fn a_segment_beyond_the_window_gives_up_every_hole_and_is_still_delivered() {
+    let mut ex = Extractor::new(ExtractorConfig { ooo_window_bytes: 64 * 1024, ..small_cfg() });
+    let mut c = every_piece_behind_its_own_hole(&mut ex, 43160);
+    // Far beyond the window: each hole is given up, each piece resyncs and starts a request the
+    // next hole cuts; then the last one's hole, and the segment starts a request of its own.
+    c.skip_client(100 * 1024);
+    let mut far = no_ack(c.client(GET));
+    far.request_start = true;
+    let ev = feed(&mut ex, [far]);
+    assert_eq!(raws(&ev), [GET.to_vec()]);
+    let n = MAX_OOO_PIECES as u64;
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.extracted, st.requests.dropped(DropReason::Gap)), (n + 2, 2, n));
+    assert_eq!((st.request_segments.sampling_skips, st.request_segments.buffered), (1, 0));
+}
+
+#[test]
+fn an_acknowledgment_past_every_hole_gives_up_each_of_them() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = every_piece_behind_its_own_hole(&mut ex, 43170);
+    // The server acknowledges 5 bytes past the last piece: every hole up to there is final,
+    // the one after the last piece too.
+    c.skip_client(5);
+    let _ = feed(&mut ex, [c.server(b"")]);
+    let n = MAX_OOO_PIECES as u64;
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.extracted, st.requests.dropped(DropReason::Gap)), (n + 1, 1, n));
+    assert_eq!((st.request_segments.sampling_skips, st.request_segments.buffered), (1, 0));
 }
