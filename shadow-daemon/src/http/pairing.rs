@@ -339,4 +339,71 @@ mod tests {
         assert_eq!(paired_id(q.pair_(5, 40, true)), Some(4), "ack and seq compare across the wrap");
         assert_eq!(q.clear_(), MAX_PENDING as u64 - 1);
     }
+
+    #[test]
+    fn held_requests_cost_their_bytes_spans_and_entries() {
+        let mut h = HeldRequests::new(true);
+        assert!(h.is_empty());
+        assert_eq!((h.len(), h.heap_bytes(), h.payload_bytes()), (0, 0, 0));
+        let a = CapturedRequest::builder(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").id(1).build();
+        let b = CapturedRequest::builder(b"POST /b HTTP/1.1\r\nHost: h\r\nX: y\r\nContent-Length: 2\r\n\r\nhi")
+            .id(2)
+            .build();
+        let span = size_of::<crate::message::HeaderSpan>();
+        let (ca, cb) = (a.headers.capacity(), b.headers.capacity());
+        let (la, lb) = (a.raw.len(), b.raw.len());
+        let entry = size_of::<(u64, CapturedRequest)>() + 1;
+        h.hold(a);
+        assert!(!h.is_empty());
+        assert_eq!((h.len(), h.payload_bytes()), (1, la));
+        assert_eq!(h.heap_bytes(), la + ca * span + entry);
+        h.hold(b);
+        assert_eq!((h.len(), h.payload_bytes()), (2, la + lb));
+        assert_eq!(h.heap_bytes(), la + lb + (ca + cb) * span + 2 * entry);
+        assert_eq!(h.take(1).map(|r| r.id), Some(1));
+        assert_eq!(h.heap_bytes(), lb + cb * span + entry);
+        assert_eq!(h.take(2).map(|r| r.id), Some(2));
+        assert!(h.is_empty());
+        assert_eq!(h.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn a_burst_of_held_requests_gives_its_map_back_once_all_are_answered() {
+        let req = |id| CapturedRequest::builder(b"GET / HTTP/1.1\r\n\r\n").id(id).build();
+        let mut h = HeldRequests::new(true);
+        for id in 1..=100 {
+            h.hold(req(id));
+        }
+        assert!(h.by_id.capacity() > 64);
+        // Still holding others: nothing is let go.
+        assert_eq!(h.take(1).map(|r| r.id), Some(1));
+        assert_eq!(h.len(), 99);
+        for id in 2..=100 {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert_eq!((h.len(), h.by_id.capacity()), (0, 0), "the burst's map is given back");
+        // A map that stayed small is kept for the next requests.
+        for id in 101..=103 {
+            h.hold(req(id));
+        }
+        let small = h.by_id.capacity();
+        assert!((3..=64).contains(&small));
+        for id in 101..=103 {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert_eq!((h.len(), h.by_id.capacity()), (0, small));
+        assert_eq!(h.take(7), None);
+    }
+
+    #[test]
+    fn queue_emptiness_follows_its_front() {
+        let mut q = PendingQueue::default();
+        assert!(q.is_empty());
+        q.push_(p(1, 100, 1000, false));
+        q.push_(p(2, 200, 1000, false));
+        assert!(!q.is_empty());
+        assert_eq!(q.clear_(), 2);
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+    }
 }
