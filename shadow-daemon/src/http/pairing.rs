@@ -181,8 +181,8 @@ impl PendingQueue {
     fn pop_front(&mut self) -> Option<Pending> {
         let p = self.front.take();
         self.front = self.rest.pop_front();
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            // A pipelined burst is over: give its memory back.
+        if self.rest.is_empty() {
+            // A pipelined burst is over: give its memory back (a new VecDeque allocates nothing).
             self.rest = VecDeque::new();
         }
         p
@@ -405,5 +405,19 @@ mod tests {
         assert_eq!(q.clear_(), 2);
         assert!(q.is_empty());
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_pipelined_burst_gives_its_queue_memory_back() {
+        let mut q = PendingQueue::default();
+        q.push_(p(1, 100, 1000, false));
+        assert_eq!(q.heap_bytes(), 0, "the front lives inline");
+        q.push_(p(2, 200, 1000, false));
+        q.push_(p(3, 300, 1000, false));
+        assert!(q.heap_bytes() >= 2 * size_of::<Pending>());
+        assert_eq!(paired_id(q.pair_(1000, 300, false)), Some(1));
+        assert!(q.heap_bytes() > 0, "one still behind the front");
+        assert_eq!(paired_id(q.pair_(1100, 300, true)), Some(2));
+        assert_eq!((q.len(), q.heap_bytes()), (1, 0));
     }
 }
