@@ -70,7 +70,14 @@ pub struct HeldRequests {
     spans: usize,
     /// Held requests whose entry left a queue unanswered, not yet counted.
     dropped: u64,
+    /// Most requests held at once since the map was last empty: the size of the burst its
+    /// allocation was made for.
+    peak: usize,
 }
+
+/// Held requests past which a burst's map is given back once it is empty (below, it is kept for
+/// the next requests, so that one request held at a time allocates nothing each time).
+const HELD_MAP_KEPT: usize = 64;
 
 /// Response statuses that say the primary did not read the request as one it could serve:
 /// bad framing or syntax, body, target or header section too large.
@@ -114,6 +121,7 @@ impl HeldRequests {
         self.payload += req.raw.len();
         self.spans += Self::spans_of(&req);
         self.by_id.insert(req.id, req);
+        self.peak = self.peak.max(self.by_id.len());
     }
 
     /// The held request `id`, now answered.
@@ -121,9 +129,14 @@ impl HeldRequests {
         let r = self.by_id.remove(&id)?;
         self.payload = self.payload.saturating_sub(r.raw.len());
         self.spans = self.spans.saturating_sub(Self::spans_of(&r));
-        if self.by_id.is_empty() && self.by_id.capacity() > 64 {
-            // A burst is over: give its memory back.
-            self.by_id = HashMap::new();
+        if self.by_id.is_empty() {
+            // A burst is over: give its memory back. Decided by the burst's size, not by the
+            // map's `capacity()`, which its removals' tombstones lower at random (a burst's map
+            // was kept or not by chance).
+            if self.peak > HELD_MAP_KEPT {
+                self.by_id = HashMap::new();
+            }
+            self.peak = 0;
         }
         Some(r)
     }
@@ -371,28 +384,40 @@ mod tests {
     fn a_burst_of_held_requests_gives_its_map_back_once_all_are_answered() {
         let req = |id| CapturedRequest::builder(b"GET / HTTP/1.1\r\n\r\n").id(id).build();
         let mut h = HeldRequests::new(true);
-        for id in 1..=100 {
+        // A burst one past the threshold, in two waves: the map is given back only once the
+        // burst is over, however low the map's capacity() has gone meanwhile.
+        let n = HELD_MAP_KEPT as u64 + 1;
+        for id in 1..=n {
             h.hold(req(id));
         }
-        assert!(h.by_id.capacity() > 64);
-        // Still holding others: nothing is let go.
-        assert_eq!(h.take(1).map(|r| r.id), Some(1));
-        assert_eq!(h.len(), 99);
-        for id in 2..=100 {
+        for id in 1..n {
             assert_eq!(h.take(id).map(|r| r.id), Some(id));
         }
+        assert!(h.by_id.capacity() > 0, "one still held");
+        h.hold(req(n + 1));
+        assert_eq!(h.take(n).map(|r| r.id), Some(n));
+        assert_eq!(h.take(n + 1).map(|r| r.id), Some(n + 1));
         assert_eq!((h.len(), h.by_id.capacity()), (0, 0), "the burst's map is given back");
-        // A map that stayed small is kept for the next requests.
-        for id in 101..=103 {
+        assert_eq!(h.take(n), None);
+        // A burst of exactly the threshold keeps its map for the next requests, and so does
+        // a single request; then a burst past it counts from the empty map again.
+        for id in 1..=HELD_MAP_KEPT as u64 {
             h.hold(req(id));
         }
-        let small = h.by_id.capacity();
-        assert!((3..=64).contains(&small));
-        for id in 101..=103 {
+        for id in 1..=HELD_MAP_KEPT as u64 {
             assert_eq!(h.take(id).map(|r| r.id), Some(id));
         }
-        assert_eq!((h.len(), h.by_id.capacity()), (0, small));
-        assert_eq!(h.take(7), None);
+        assert!(h.by_id.capacity() > 0, "kept");
+        h.hold(req(1));
+        assert_eq!(h.take(1).map(|r| r.id), Some(1));
+        assert!(h.by_id.capacity() > 0, "kept");
+        for id in 1..=n {
+            h.hold(req(id));
+        }
+        for id in 1..=n {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert_eq!(h.by_id.capacity(), 0, "given back");
     }
 
     #[test]
