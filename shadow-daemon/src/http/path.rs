@@ -151,8 +151,8 @@ pub fn normalize_path(target: &[u8]) -> Vec<u8> {
             s => segments.push(s),
         }
     }
-    let trailing =
-        decoded.len() > 1 && (decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/.."));
+    // A lone "/" counts as trailing too: it comes out as "/" either way.
+    let trailing = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
     let mut out = Vec::with_capacity(decoded.len() + 1);
     for s in &segments {
         out.push(b'/');
@@ -237,5 +237,9 @@ mod tests {
         assert_eq!(normalize_path(b"http://h:1/p/q?z"), b"/p/q");
         assert_eq!(normalize_path(b"http://h:1"), b"/");
         assert_eq!(normalize_path(b""), b"/");
+        assert_eq!(normalize_path(b"/"), b"/");
+        assert_eq!(normalize_path(b"*"), b"/*");
+        assert_eq!(normalize_path(b"/a/.."), b"/");
+        assert_eq!(normalize_path(b"/a/b/.."), b"/a/");
     }
 }
