@@ -223,16 +223,16 @@ impl RequestAssembler {
         // blank line is in, so a head trickling in over many segments is scanned only once.
         let old = self.buf.len();
         let room = (limits.max_header_bytes + 1).saturating_sub(old);
-        let take = (data.len() - i).min(room);
+        let take = data[i..].len().min(room);
         self.buf.extend_from_slice(&data[i..i + take]);
-        if old < 14 {
-            match unsupported_preface(&self.buf) {
-                Preface::Unsupported(e) => return self.fail(e, cx),
-                Preface::Other => {}
-                Preface::NeedMore => {
-                    *copied = i + take;
-                    return Step::At(i + take);
-                }
+        // A preface split over pieces. (Once 14 bytes are in, the first check on them decided
+        // for good: this one then says Other again, for the cost of a 14-byte comparison.)
+        match unsupported_preface(&self.buf) {
+            Preface::Unsupported(e) => return self.fail(e, cx),
+            Preface::Other => {}
+            Preface::NeedMore => {
+                *copied = i + take;
+                return Step::At(i + take);
             }
         }
         let Some(end) = find_head_end(&self.buf, self.scan_from as usize) else {

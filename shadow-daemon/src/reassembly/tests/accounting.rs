@@ -395,3 +395,19 @@ fn heap_of_request(head: &str) -> usize {
     assert_eq!(buffered[2], head.len(), "the segment is copied");
     heap[2]
 }
+
+#[test]
+fn a_content_length_alone_allocates_nothing() {
+    // The head spans two segments and ends exactly with the second: no body byte is in yet,
+    // and what the length promises reserves nothing.
+    let heap_of = |length: &str| {
+        let head = format!("POST /r HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 45010, 1, 1);
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[..10]), c.client(&head.as_bytes()[10..])]);
+        let (heap, buffered) = ex.flows().next().expect("one flow").parts();
+        assert_eq!(buffered[2], head.len());
+        heap[2]
+    };
+    assert_eq!(heap_of("60000"), heap_of("00010"));
+}

@@ -158,7 +158,10 @@ fn http2_prior_knowledge_and_tls_are_unsupported_not_misparsed() {
     for v6 in [false, true] {
         // (bytes, segment size, an HTTP/1.1 exchange first): a split preface is only seen
         // after a request boundary, where the stream is already in sync.
-        for (payload, split, after_get) in [(&h2[..], 100, false), (&h2[..], 4, true), (&hello[..], 100, false)] {
+        // Split at 10, the head's blank line is in the piece that completes the preface line.
+        for (payload, split, after_get) in
+            [(&h2[..], 100, false), (&h2[..], 4, true), (&h2[..], 10, true), (&hello[..], 100, false)]
+        {
             let mut ex = Extractor::new(small_cfg());
             let mut c = Conn::new(v6, 40025, 1, 1);
             let mut segs = if after_get { vec![c.client(GET), c.server(OK)] } else { vec![] };
