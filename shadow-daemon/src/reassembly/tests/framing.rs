@@ -289,3 +289,25 @@ fn retransmitted_request_start_after_desync_is_not_replayed_twice() {
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
     assert_eq!(ex.stats().request_segments.dropped(DropReason::Duplicate), 1);
 }
+
+#[test]
+fn a_head_gathered_over_segments_is_too_large_one_byte_past_the_limit() {
+    let cfg = ExtractorConfig { max_header_bytes: 64, ..small_cfg() };
+    let head = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(60));
+    for (first, second, dropped) in [(30, 64, 0), (30, 65, 1)] {
+        let mut ex = Extractor::new(cfg.clone());
+        let mut c = Conn::new(false, 40027, 1, 1);
+        // `second` bytes of the head are in, none of them its end.
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[..first]), c.client(&head.as_bytes()[first..second])]);
+        let r = &ex.stats().requests;
+        assert_eq!(
+            (r.seen, r.in_progress, r.dropped(DropReason::OversizeHeaders)),
+            (1, 1 - dropped, dropped),
+            "{second}"
+        );
+        // The rest: over the limit either way.
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[second..])]);
+        let r = &ex.stats().requests;
+        assert_eq!((r.in_progress, r.dropped(DropReason::OversizeHeaders)), (0, 1), "{second}");
+    }
+}
