@@ -311,3 +311,17 @@ fn a_head_gathered_over_segments_is_too_large_one_byte_past_the_limit() {
         assert_eq!((r.in_progress, r.dropped(DropReason::OversizeHeaders)), (0, 1), "{second}");
     }
 }
+
+#[test]
+fn a_chunked_body_of_exactly_max_body_bytes_on_the_wire_is_kept() {
+    let head = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = b"5\r\nhello\r\n0\r\n\r\n";
+    for (max, extracted) in [(body.len() as u64, 1), (body.len() as u64 - 1, 0)] {
+        let mut ex = Extractor::new(ExtractorConfig { max_body_bytes: max, ..small_cfg() });
+        let mut c = Conn::new(false, 40028, 1, 1);
+        let ev = feed(&mut ex, [c.client(head), c.client(body)]);
+        let r = &ex.stats().requests;
+        assert_eq!((r.extracted, r.dropped(DropReason::OversizeBody)), (extracted, 1 - extracted), "max {max}");
+        assert_eq!(raws(&ev).len() as u64, extracted);
+    }
+}
