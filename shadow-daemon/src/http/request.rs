@@ -365,8 +365,9 @@ impl RequestAssembler {
         let head = progress.head.take();
         self.progress = None;
         match head {
-            Some(head) if self.state == State::Body => self.emit(head, kind, piece, *copied, end, cx),
-            _ => {
+            // The head is kept only in Body: whatever turns a request into Discard drops it.
+            Some(head) => self.emit(head, kind, piece, *copied, end, cx),
+            None => {
                 if tombstone {
                     self.push_pending(Pending::DROPPED, kind, piece, end, cx);
                 }
@@ -534,14 +535,6 @@ impl RequestAssembler {
         if self.state == State::Closed(DropReason::Upgrade) {
             self.reset(State::Unsynced(DropReason::Upgrade));
         }
-    }
-
-    /// Stop extracting (the connection is not HTTP/1.x any more).
-    pub fn close(&mut self, reason: DropReason, cx: &mut Cx<'_>) {
-        if self.in_message() {
-            cx.requests.drop_started(reason);
-        }
-        self.reset(State::Closed(reason));
     }
 
     /// The server's response started after it had received request bytes up to `ack`, and no

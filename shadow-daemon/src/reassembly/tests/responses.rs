@@ -193,3 +193,57 @@ fn response_bodies_are_kept_de_chunked_up_to_the_cap_only_when_asked() {
     assert_eq!(run(4), vec![(b"{\"a\"".to_vec(), false, 9), (b"xyz".to_vec(), true, 3)], "cut at the cap");
     assert_eq!(run(0), vec![(Vec::new(), false, 9), (Vec::new(), false, 3)], "comparison off: nothing kept");
 }
+
+#[test]
+fn a_response_cut_off_in_its_head_or_body_is_dropped_once() {
+    // (what the server sent, whether it was a response counted in progress when the flow went)
+    let cases: [(&[u8], u64); 4] = [
+        (b"HTTP/1.1 200 OK\r\nContent-", 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0),
+        (b"", 0),
+    ];
+    for (sent, cut) in cases {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 40030, 1, 1);
+        let mut segs = vec![c.client(GET)];
+        if !sent.is_empty() {
+            segs.push(c.server(sent));
+        }
+        let _ = feed(&mut ex, segs);
+        ex.clear(DropReason::Timeout, &mut Vec::new());
+        let r = &ex.stats().responses;
+        assert_eq!((r.dropped(DropReason::Timeout), r.in_progress), (cut, 0), "{:?}", String::from_utf8_lossy(sent));
+        assert_eq!(r.seen, r.extracted + r.dropped_total());
+    }
+    // An unpaired response was dropped when its head came: not again when cut off.
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40031, 1, 1);
+    let _ = feed(&mut ex, [c.client(GET), c.server(OK), c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")]);
+    ex.clear(DropReason::Timeout, &mut Vec::new());
+    let r = &ex.stats().responses;
+    assert_eq!(
+        (r.seen, r.extracted, r.dropped(DropReason::UnpairedResponse), r.dropped(DropReason::Timeout)),
+        (2, 1, 1, 0)
+    );
+}
+
+#[test]
+fn tls_from_the_client_after_a_switch_leaves_the_closed_response_side_as_it_was() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40032, 1, 1);
+    let hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03";
+    let segs =
+        [c.client(GET), c.server(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), c.client(hello), c.server(b"\x00\x01")];
+    let _ = feed(&mut ex, segs);
+    let st = ex.stats();
+    assert_eq!(st.requests.dropped(DropReason::UnsupportedProtocol), 1);
+    // The server's bytes after the switch are skipped for the switch, not for the client's TLS.
+    assert_eq!(
+        (
+            st.response_segments.dropped(DropReason::Upgrade),
+            st.response_segments.dropped(DropReason::UnsupportedProtocol)
+        ),
+        (1, 0)
+    );
+}
