@@ -247,3 +247,39 @@ fn tls_from_the_client_after_a_switch_leaves_the_closed_response_side_as_it_was(
         (1, 0)
     );
 }
+
+#[test]
+fn after_an_accepted_switch_even_a_flagged_request_start_is_not_http() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40035, 1, 1);
+    let mut after = c.clone();
+    let segs = [
+        c.client(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+        c.server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+    ];
+    let _ = feed(&mut ex, segs);
+    after.c_seq = c.c_seq;
+    after.s_seq = c.s_seq;
+    let mut get = after.client(GET);
+    get.request_start = true;
+    let ev = feed(&mut ex, [get]);
+    assert!(raws(&ev).is_empty());
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.dropped(DropReason::Upgrade)), (1, 1));
+    assert_eq!(st.request_segments.dropped(DropReason::Upgrade), 1);
+}
+
+#[test]
+fn a_response_in_progress_costs_its_head_and_its_kept_body() {
+    // The assembler's heap with a response in its body: `keep` body bytes kept at most.
+    let heap_of = |extra_field: &str, keep: usize| {
+        let mut ex = Extractor::new(ExtractorConfig { keep_response_body: keep, ..small_cfg() });
+        let mut c = Conn::new(false, 40036, 1, 1);
+        let head = format!("HTTP/1.1 200 OK\r\n{extra_field}Content-Length: 10\r\n\r\nabc");
+        let _ = feed(&mut ex, [c.client(GET), c.server(head.as_bytes())]);
+        ex.flows().next().expect("one flow").parts().0[3]
+    };
+    assert_eq!(heap_of("X-Six: 1\r\n", 0) - heap_of("", 0), "X-Six: 1\r\n".len(), "its head");
+    let kept = heap_of("", 64) - heap_of("", 0);
+    assert!((3..=64).contains(&kept), "its kept body: {kept}");
+}
