@@ -45,8 +45,8 @@ impl BodyDecoder {
     }
 
     /// [`advance`](Self::advance), handing each run of body content (de-chunked: no chunk
-    /// framing, no trailers) to `content` in order. Used where bodies are kept for comparison;
-    /// `advance` passes a no-op, so measuring alone costs nothing more.
+    /// framing, no trailers) to `content` in order (a run may be empty). Used where bodies are
+    /// kept for comparison; `advance` passes a no-op, so measuring alone costs nothing more.
     pub fn advance_with(
         &mut self,
         data: &[u8],
@@ -57,9 +57,7 @@ impl BodyDecoder {
             Self::Length { remaining } => {
                 let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(data.len());
                 *remaining -= n as u64;
-                if n > 0 {
-                    content(&data[..n]);
-                }
+                content(&data[..n]);
                 Ok((n, *remaining == 0))
             }
             Self::Chunked(c) => c.advance_with(data, limits, content),
@@ -112,9 +110,7 @@ impl KeptBody {
     pub fn push(&mut self, content: &[u8]) {
         self.len += content.len() as u64;
         let room = self.cap.saturating_sub(self.bytes.len());
-        if room > 0 {
-            self.bytes.extend_from_slice(&content[..content.len().min(room)]);
-        }
+        self.bytes.extend_from_slice(&content[..content.len().min(room)]);
     }
 
     /// Whether everything seen was kept.

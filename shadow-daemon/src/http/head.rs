@@ -630,6 +630,71 @@ mod tests {
     #[test]
     fn message_start_heuristics() {
         assert!(looks_like_response_line(b"HTTP/1.1 200 OK\r\n"));
+        assert!(looks_like_response_line(b"HTTP/1.0 200 OK\r\n"));
         assert!(!looks_like_response_line(b"HTTP/2 200\r\n\r\n"));
+        // Each condition alone refuses: a minor version other than 0 or 1, no space after it,
+        // too short.
+        assert!(!looks_like_response_line(b"HTTP/1.2 200 OK\r\n"));
+        assert!(!looks_like_response_line(b"HTTP/1.1/200 OK\r\n"));
+        assert!(!looks_like_response_line(b"HTTP/1.1 20"));
+        assert!(looks_like_response_line(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn head_size_limit_is_inclusive() {
+        // A head of exactly `max_header_bytes` is accepted, one byte more is refused: whole or
+        // still partial, request or response.
+        let l = |max| Limits { max_header_bytes: max, max_headers: 8, max_body_bytes: 10, keep_response_body: 0 };
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let n = request.len();
+        assert_eq!(parse_request_head(request, &l(n)).map(|h| h.map(|h| h.head_len)), Ok(Some(n)));
+        assert_eq!(parse_request_head(request, &l(n - 1)), Err(HttpError::HeadTooLarge { limit: n - 1 }));
+        let partial = &request[..n - 2];
+        assert_eq!(parse_request_head(partial, &l(n - 2)), Ok(None));
+        assert_eq!(parse_request_head(partial, &l(n - 3)), Err(HttpError::HeadTooLarge { limit: n - 3 }));
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab";
+        let n = response.len() - 2;
+        assert_eq!(parse_response_head(response, &l(n)).map(|h| h.map(|h| h.head_len)), Ok(Some(n)));
+        assert_eq!(parse_response_head(response, &l(n - 1)), Err(HttpError::HeadTooLarge { limit: n - 1 }));
+        assert_eq!(parse_response_head(response, &l(n - 5)), Err(HttpError::HeadTooLarge { limit: n - 5 }));
+        let partial = &response[..n - 2];
+        assert_eq!(parse_response_head(partial, &l(n - 2)), Ok(None));
+        assert_eq!(parse_response_head(partial, &l(n - 3)), Err(HttpError::HeadTooLarge { limit: n - 3 }));
+    }
+
+    #[test]
+    fn spans_without_the_framing_verdict() {
+        // The test builder's parse: a refused Transfer-Encoding or Content-Length leaves the head
+        // bodiless instead of failing it; extraction's parse refuses the same heads.
+        for (s, refused) in [
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", HttpError::BadTransferEncoding),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HttpError::TransferEncodingHttp10),
+            ("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", HttpError::BadContentLength),
+        ] {
+            let h = parse_request_spans(s.as_bytes(), &lim()).unwrap().unwrap();
+            assert_eq!((h.framing, h.ambiguous, h.head_len), (BodyFraming::None, false, s.len()), "{s:?}");
+            assert_eq!(req(s), Err(refused), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn connect_framing_depends_on_the_status() {
+        // Only a 2xx to CONNECT opens a tunnel; a refusal is framed by its fields.
+        let h = |s: &str| resp(s).unwrap().unwrap();
+        let refused = h("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(refused.framing_for(RequestKind::Connect), BodyFraming::ContentLength(5));
+        assert_eq!(refused.framing_for(RequestKind::Normal), BodyFraming::ContentLength(5));
+        let redirect = h("HTTP/1.1 300 Multiple Choices\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(redirect.framing_for(RequestKind::Connect), BodyFraming::ContentLength(7));
+        let ok = h("HTTP/1.1 299 Odd\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(ok.framing_for(RequestKind::Connect), BodyFraming::None);
+    }
+
+    #[test]
+    fn request_kind_of_the_method_alone() {
+        assert_eq!(RequestKind::of_method(b"HEAD"), RequestKind::Head);
+        assert_eq!(RequestKind::of_method(b"CONNECT"), RequestKind::Connect);
+        assert_eq!(RequestKind::of_method(b"GET"), RequestKind::Normal);
+        assert_eq!(RequestKind::of_method(b"connect"), RequestKind::Normal, "methods are case-sensitive");
     }
 }

@@ -70,7 +70,14 @@ pub struct HeldRequests {
     spans: usize,
     /// Held requests whose entry left a queue unanswered, not yet counted.
     dropped: u64,
+    /// Most requests held at once since the map was last empty: the size of the burst its
+    /// allocation was made for.
+    peak: usize,
 }
+
+/// Held requests past which a burst's map is given back once it is empty (below, it is kept for
+/// the next requests, so that one request held at a time allocates nothing each time).
+const HELD_MAP_KEPT: usize = 64;
 
 /// Response statuses that say the primary did not read the request as one it could serve:
 /// bad framing or syntax, body, target or header section too large.
@@ -114,6 +121,7 @@ impl HeldRequests {
         self.payload += req.raw.len();
         self.spans += Self::spans_of(&req);
         self.by_id.insert(req.id, req);
+        self.peak = self.peak.max(self.by_id.len());
     }
 
     /// The held request `id`, now answered.
@@ -121,9 +129,14 @@ impl HeldRequests {
         let r = self.by_id.remove(&id)?;
         self.payload = self.payload.saturating_sub(r.raw.len());
         self.spans = self.spans.saturating_sub(Self::spans_of(&r));
-        if self.by_id.is_empty() && self.by_id.capacity() > 64 {
-            // A burst is over: give its memory back.
-            self.by_id = HashMap::new();
+        if self.by_id.is_empty() {
+            // A burst is over: give its memory back. Decided by the burst's size, not by the
+            // map's `capacity()`, which its removals' tombstones lower at random (a burst's map
+            // was kept or not by chance).
+            if self.peak > HELD_MAP_KEPT {
+                self.by_id = HashMap::new();
+            }
+            self.peak = 0;
         }
         Some(r)
     }
@@ -181,8 +194,8 @@ impl PendingQueue {
     fn pop_front(&mut self) -> Option<Pending> {
         let p = self.front.take();
         self.front = self.rest.pop_front();
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            // A pipelined burst is over: give its memory back.
+        if self.rest.is_empty() {
+            // A pipelined burst is over: give its memory back (a new VecDeque allocates nothing).
             self.rest = VecDeque::new();
         }
         p
@@ -338,5 +351,98 @@ mod tests {
         assert_eq!(q.len(), MAX_PENDING);
         assert_eq!(paired_id(q.pair_(5, 40, true)), Some(4), "ack and seq compare across the wrap");
         assert_eq!(q.clear_(), MAX_PENDING as u64 - 1);
+    }
+
+    #[test]
+    fn held_requests_cost_their_bytes_spans_and_entries() {
+        let mut h = HeldRequests::new(true);
+        assert!(h.is_empty());
+        assert_eq!((h.len(), h.heap_bytes(), h.payload_bytes()), (0, 0, 0));
+        let a = CapturedRequest::builder(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").id(1).build();
+        let b = CapturedRequest::builder(b"POST /b HTTP/1.1\r\nHost: h\r\nX: y\r\nContent-Length: 2\r\n\r\nhi")
+            .id(2)
+            .build();
+        let span = size_of::<crate::message::HeaderSpan>();
+        let (ca, cb) = (a.headers.capacity(), b.headers.capacity());
+        let (la, lb) = (a.raw.len(), b.raw.len());
+        let entry = size_of::<(u64, CapturedRequest)>() + 1;
+        h.hold(a);
+        assert!(!h.is_empty());
+        assert_eq!((h.len(), h.payload_bytes()), (1, la));
+        assert_eq!(h.heap_bytes(), la + ca * span + entry);
+        h.hold(b);
+        assert_eq!((h.len(), h.payload_bytes()), (2, la + lb));
+        assert_eq!(h.heap_bytes(), la + lb + (ca + cb) * span + 2 * entry);
+        assert_eq!(h.take(1).map(|r| r.id), Some(1));
+        assert_eq!(h.heap_bytes(), lb + cb * span + entry);
+        assert_eq!(h.take(2).map(|r| r.id), Some(2));
+        assert!(h.is_empty());
+        assert_eq!(h.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn a_burst_of_held_requests_gives_its_map_back_once_all_are_answered() {
+        let req = |id| CapturedRequest::builder(b"GET / HTTP/1.1\r\n\r\n").id(id).build();
+        let mut h = HeldRequests::new(true);
+        // A burst one past the threshold, in two waves: the map is given back only once the
+        // burst is over, however low the map's capacity() has gone meanwhile.
+        let n = HELD_MAP_KEPT as u64 + 1;
+        for id in 1..=n {
+            h.hold(req(id));
+        }
+        for id in 1..n {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert!(h.by_id.capacity() > 0, "one still held");
+        h.hold(req(n + 1));
+        assert_eq!(h.take(n).map(|r| r.id), Some(n));
+        assert_eq!(h.take(n + 1).map(|r| r.id), Some(n + 1));
+        assert_eq!((h.len(), h.by_id.capacity()), (0, 0), "the burst's map is given back");
+        assert_eq!(h.take(n), None);
+        // A burst of exactly the threshold keeps its map for the next requests, and so does
+        // a single request; then a burst past it counts from the empty map again.
+        for id in 1..=HELD_MAP_KEPT as u64 {
+            h.hold(req(id));
+        }
+        for id in 1..=HELD_MAP_KEPT as u64 {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert!(h.by_id.capacity() > 0, "kept");
+        h.hold(req(1));
+        assert_eq!(h.take(1).map(|r| r.id), Some(1));
+        assert!(h.by_id.capacity() > 0, "kept");
+        for id in 1..=n {
+            h.hold(req(id));
+        }
+        for id in 1..=n {
+            assert_eq!(h.take(id).map(|r| r.id), Some(id));
+        }
+        assert_eq!(h.by_id.capacity(), 0, "given back");
+    }
+
+    #[test]
+    fn queue_emptiness_follows_its_front() {
+        let mut q = PendingQueue::default();
+        assert!(q.is_empty());
+        q.push_(p(1, 100, 1000, false));
+        q.push_(p(2, 200, 1000, false));
+        assert!(!q.is_empty());
+        assert_eq!(q.clear_(), 2);
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_pipelined_burst_gives_its_queue_memory_back() {
+        let mut q = PendingQueue::default();
+        q.push_(p(1, 100, 1000, false));
+        assert_eq!(q.heap_bytes(), 0, "the front lives inline");
+        q.push_(p(2, 200, 1000, false));
+        q.push_(p(3, 300, 1000, false));
+        assert!(q.heap_bytes() >= 2 * size_of::<Pending>());
+        assert_eq!(paired_id(q.pair_(1000, 300, false)), Some(1));
+        assert!(q.heap_bytes() > 0, "one still behind the front");
+        assert_eq!(paired_id(q.pair_(1100, 300, true)), Some(2));
+        assert_eq!((q.len(), q.heap_bytes()), (1, 0));
     }
 }

@@ -131,7 +131,7 @@ pub fn normalize_path(target: &[u8]) -> Vec<u8> {
             && let (Some(h), Some(l)) =
                 (path.get(i + 1).and_then(|&c| hex_val(c)), path.get(i + 2).and_then(|&c| hex_val(c)))
         {
-            let c = (h << 4) | l;
+            let c = h * 16 + l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                 decoded.push(c);
                 i += 3;
@@ -151,8 +151,8 @@ pub fn normalize_path(target: &[u8]) -> Vec<u8> {
             s => segments.push(s),
         }
     }
-    let trailing =
-        decoded.len() > 1 && (decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/.."));
+    // A lone "/" counts as trailing too: it comes out as "/" either way.
+    let trailing = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
     let mut out = Vec::with_capacity(decoded.len() + 1);
     for s in &segments {
         out.push(b'/');
@@ -211,9 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_has_no_space_control_delete_or_query() {
+        for bad in ["/a b", "/a\tb", "/a\x01b", "/a\x7fb", "/a?", "/a b*", "/a\x7f*"] {
+            let err = PathPattern::parse(bad).expect_err(bad);
+            assert!(err.ends_with("a path pattern has no spaces, controls or query string"), "{bad:?}: {err}");
+        }
+        // The printable bytes next to them are path bytes, and so is anything past ASCII.
+        for ok in ["/a!b", "/a~b", "/a>b", "/a@b", "/caf\u{e9}", " /trimmed "] {
+            assert!(PathPattern::parse(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
     fn paths_are_normalized_before_filtering() {
         assert_eq!(normalize_path(b"/a/b?x=1#f"), b"/a/b");
         assert_eq!(normalize_path(b"/%61dmin"), b"/admin");
+        // Each hex digit in its place: both nibbles, both cases, letters and digits.
+        assert_eq!(normalize_path(b"/%7e%7E%2d%5F%30%39%41%5a%6A%7a"), b"/~~-_09AZjz");
+        assert_eq!(normalize_path(b"/%20%2f%25%7F%G1%4"), b"/%20%2f%25%7F%G1%4", "not unreserved, or not hex: kept");
         assert_eq!(normalize_path(b"/x/../admin/"), b"/admin/");
         assert_eq!(normalize_path(b"//admin"), b"/admin");
         assert_eq!(normalize_path(b"/a/./b/."), b"/a/b/");
@@ -222,5 +237,9 @@ mod tests {
         assert_eq!(normalize_path(b"http://h:1/p/q?z"), b"/p/q");
         assert_eq!(normalize_path(b"http://h:1"), b"/");
         assert_eq!(normalize_path(b""), b"/");
+        assert_eq!(normalize_path(b"/"), b"/");
+        assert_eq!(normalize_path(b"*"), b"/*");
+        assert_eq!(normalize_path(b"/a/.."), b"/");
+        assert_eq!(normalize_path(b"/a/b/.."), b"/a/");
     }
 }

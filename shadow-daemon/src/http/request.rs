@@ -223,16 +223,16 @@ impl RequestAssembler {
         // blank line is in, so a head trickling in over many segments is scanned only once.
         let old = self.buf.len();
         let room = (limits.max_header_bytes + 1).saturating_sub(old);
-        let take = (data.len() - i).min(room);
+        let take = data[i..].len().min(room);
         self.buf.extend_from_slice(&data[i..i + take]);
-        if old < 14 {
-            match unsupported_preface(&self.buf) {
-                Preface::Unsupported(e) => return self.fail(e, cx),
-                Preface::Other => {}
-                Preface::NeedMore => {
-                    *copied = i + take;
-                    return Step::At(i + take);
-                }
+        // A preface split over pieces. (Once 14 bytes are in, the first check on them decided
+        // for good: this one then says Other again, for the cost of a 14-byte comparison.)
+        match unsupported_preface(&self.buf) {
+            Preface::Unsupported(e) => return self.fail(e, cx),
+            Preface::Other => {}
+            Preface::NeedMore => {
+                *copied = i + take;
+                return Step::At(i + take);
             }
         }
         let Some(end) = find_head_end(&self.buf, self.scan_from as usize) else {
@@ -365,8 +365,9 @@ impl RequestAssembler {
         let head = progress.head.take();
         self.progress = None;
         match head {
-            Some(head) if self.state == State::Body => self.emit(head, kind, piece, *copied, end, cx),
-            _ => {
+            // The head is kept only in Body: whatever turns a request into Discard drops it.
+            Some(head) => self.emit(head, kind, piece, *copied, end, cx),
+            None => {
                 if tombstone {
                     self.push_pending(Pending::DROPPED, kind, piece, end, cx);
                 }
@@ -534,14 +535,6 @@ impl RequestAssembler {
         if self.state == State::Closed(DropReason::Upgrade) {
             self.reset(State::Unsynced(DropReason::Upgrade));
         }
-    }
-
-    /// Stop extracting (the connection is not HTTP/1.x any more).
-    pub fn close(&mut self, reason: DropReason, cx: &mut Cx<'_>) {
-        if self.in_message() {
-            cx.requests.drop_started(reason);
-        }
-        self.reset(State::Closed(reason));
     }
 
     /// The server's response started after it had received request bytes up to `ack`, and no

@@ -181,7 +181,7 @@ impl ResponseAssembler {
             };
         }
         let old = self.buf.len();
-        let take = (data.len() - i).min((limits.max_header_bytes + 1).saturating_sub(old));
+        let take = data[i..].len().min((limits.max_header_bytes + 1).saturating_sub(old));
         self.buf.extend_from_slice(&data[i..i + take]);
         let Some(end) = find_head_end(&self.buf, self.scan_from as usize) else {
             if self.buf.len() > limits.max_header_bytes {

@@ -321,7 +321,7 @@ impl Stream {
     }
 
     fn advance_to(&mut self, end: u32) {
-        if !self.has_next || seq_diff(end, self.next_seq) > 0 {
+        if !self.has_next || seq_lt(self.next_seq, end) {
             self.next_seq = end;
             self.has_next = true;
         }
@@ -348,8 +348,8 @@ impl Stream {
                 // Covered by a piece received first: this copy of it is an overlap.
                 let covered_end = rel(self.ooo[k].end());
                 sc.overlap_bytes += u64::from(covered_end.min(e) - cur);
+                // The loop above moves past that piece: it ends at `cur` now.
                 cur = covered_end;
-                k += 1;
                 continue;
             }
             let piece_end = e.min(next_start);
@@ -411,38 +411,28 @@ impl Stream {
             if asm.synced() && seq_diff(first.seq, self.next_seq) > 0 {
                 break;
             }
-            let Some(mut o) = self.pop_front(sc) else {
+            let Some(o) = self.pop_front(sc) else {
                 break;
             };
-            let counted = o.flags & COUNTED != 0;
-            let fate = if self.has_next && seq_le(o.end(), self.next_seq) {
-                sc.overlap_bytes += u64::from(o.len);
-                Fed::Skipped(DropReason::Duplicate)
-            } else {
-                if self.has_next && seq_diff(o.seq, self.next_seq) < 0 {
-                    // Partly delivered already (first copy won): only the rest is new.
-                    let cut = self.next_seq.wrapping_sub(o.seq);
-                    sc.overlap_bytes += u64::from(cut);
-                    if o.flags & TRUNCATED == 0 {
-                        o.data = o.data.slice((cut as usize).min(o.data.len())..);
-                    }
-                    o.seq = self.next_seq;
-                    o.len -= cut;
-                    o.flags &= !(SEG_START | REQUEST_START);
-                }
-                let seg = SegIn {
-                    seq: o.seq,
-                    ack: o.ack,
-                    ts_ns: o.ts_ns,
-                    data: o.data.clone(),
-                    len: o.len,
-                    fin: false,
-                    truncated: o.flags & TRUNCATED != 0,
-                    request_start: o.flags & REQUEST_START != 0,
-                };
-                self.deliver(&seg, o.flags & SEG_START != 0, asm, cx, sc)
+            // Nothing waiting is ever behind `next_seq`, so nothing here was delivered already:
+            // pieces are stored ahead of it, disjoint and in order, and only delivery moves it,
+            // never past a waiting piece (in sync, a segment is cut where the first one starts;
+            // this walk stops at the end of each piece; out of sync nothing waits, since every
+            // operation that loses sync ends in this walk, which empties the queue unless it
+            // regains sync).
+            debug_assert!(self.has_next && seq_le(self.next_seq, o.seq), "a waiting piece behind next_seq");
+            let seg = SegIn {
+                seq: o.seq,
+                ack: o.ack,
+                ts_ns: o.ts_ns,
+                data: o.data,
+                len: o.len,
+                fin: false,
+                truncated: o.flags & TRUNCATED != 0,
+                request_start: o.flags & REQUEST_START != 0,
             };
-            if counted {
+            let fate = self.deliver(&seg, o.flags & SEG_START != 0, asm, cx, sc);
+            if o.flags & COUNTED != 0 {
                 account(sc, fate);
             }
         }
@@ -489,9 +479,12 @@ impl Stream {
         now_ns: u64,
     ) {
         for _ in 0..=MAX_OOO_PIECES + 1 {
-            if self.ended || !self.has_next || !asm.synced() {
+            if !asm.synced() {
                 return;
             }
+            // An ended stream's assembler is closed, and one in sync has been fed, which set
+            // `next_seq`.
+            debug_assert!(self.has_next && !self.ended);
             let d = seq_diff(ack, self.next_seq);
             if d <= 0 || d > MAX_ACK_JUMP {
                 return;

@@ -368,3 +368,46 @@ fn removing_the_most_recent_flow_hands_the_head_to_the_next() {
     assert_eq!(lru(&ex), Vec::<u16>::new());
     assert_eq!((ex.stats().flows_active, ex.stats().memory_bytes), (0, 0));
 }
+
+#[test]
+fn a_content_length_reserves_at_most_64_kib_ahead() {
+    // Two requests alike but for what their Content-Length promises past the 10 body bytes
+    // of their first segment: 1 byte, or far more than the look-ahead.
+    let heap_of =
+        |length: &str| heap_of_request(&format!("POST /r HTTP/1.1\r\nContent-Length: {length}\r\n\r\n0123456789"));
+    assert_eq!(heap_of("1000000") - heap_of("0000011"), 64 * 1024 - 1);
+}
+
+#[test]
+fn a_request_in_progress_costs_its_header_spans() {
+    // Heads of the same length, one with a field line more.
+    let one = heap_of_request("POST /r HTTP/1.1\r\nContent-Length: 5\r\nXx: aaaaaa\r\n\r\n01");
+    let two = heap_of_request("POST /r HTTP/1.1\r\nContent-Length: 5\r\nX: a\r\nY: b\r\n\r\n01");
+    assert_eq!(two - one, size_of::<crate::message::HeaderSpan>());
+}
+
+/// The request assembler's heap bytes after the first segment of a request, `head`.
+fn heap_of_request(head: &str) -> usize {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 45000, 1, 1);
+    let _ = feed(&mut ex, [c.client(head.as_bytes())]);
+    let (heap, buffered) = ex.flows().next().expect("one flow").parts();
+    assert_eq!(buffered[2], head.len(), "the segment is copied");
+    heap[2]
+}
+
+#[test]
+fn a_content_length_alone_allocates_nothing() {
+    // The head spans two segments and ends exactly with the second: no body byte is in yet,
+    // and what the length promises reserves nothing.
+    let heap_of = |length: &str| {
+        let head = format!("POST /r HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 45010, 1, 1);
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[..10]), c.client(&head.as_bytes()[10..])]);
+        let (heap, buffered) = ex.flows().next().expect("one flow").parts();
+        assert_eq!(buffered[2], head.len());
+        heap[2]
+    };
+    assert_eq!(heap_of("60000"), heap_of("00010"));
+}

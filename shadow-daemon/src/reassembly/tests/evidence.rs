@@ -163,3 +163,23 @@ fn held_requests_count_against_the_cap_and_are_bounded_per_connection() {
     assert_eq!(ex.stats().buffered_bytes, 0);
     assert_eq!(ex.stats().requests.dropped(DropReason::Unanswered), 8 + MAX_PENDING as u64);
 }
+
+#[test]
+fn an_unpaired_answer_is_early_only_for_a_request_it_acknowledges() {
+    // A request's head is in, its body not yet; then a response no pending request owns,
+    // acknowledging the request stream up to the request's first byte, or one byte past it.
+    for (past, refused) in [(0u32, 0u64), (1, 1)] {
+        let mut ex = Extractor::new(holding());
+        let mut c = Conn::new(false, 41110, 1, 1);
+        let _ = feed(&mut ex, [c.client(GET), c.server(OK)]);
+        let start = c.c_seq;
+        let _ = feed(&mut ex, [c.client(b"POST /e HTTP/1.1\r\nContent-Length: 5\r\n\r\n")]);
+        let mut early = c.server(NOT_FOUND);
+        early.ack = start.wrapping_add(past);
+        let _ = feed(&mut ex, [early]);
+        let _ = feed(&mut ex, [c.client(b"hello")]);
+        let st = ex.stats();
+        assert_eq!(st.requests.dropped(DropReason::Refused), refused, "{past} past its start");
+        assert_eq!(ex.held_requests() as u64, 1 - refused, "{past} past its start");
+    }
+}

@@ -158,7 +158,10 @@ fn http2_prior_knowledge_and_tls_are_unsupported_not_misparsed() {
     for v6 in [false, true] {
         // (bytes, segment size, an HTTP/1.1 exchange first): a split preface is only seen
         // after a request boundary, where the stream is already in sync.
-        for (payload, split, after_get) in [(&h2[..], 100, false), (&h2[..], 4, true), (&hello[..], 100, false)] {
+        // Split at 10, the head's blank line is in the piece that completes the preface line.
+        for (payload, split, after_get) in
+            [(&h2[..], 100, false), (&h2[..], 4, true), (&h2[..], 10, true), (&hello[..], 100, false)]
+        {
             let mut ex = Extractor::new(small_cfg());
             let mut c = Conn::new(v6, 40025, 1, 1);
             let mut segs = if after_get { vec![c.client(GET), c.server(OK)] } else { vec![] };
@@ -285,4 +288,40 @@ fn retransmitted_request_start_after_desync_is_not_replayed_twice() {
     let ev = feed(&mut ex, [a.clone(), bad, a]);
     assert_eq!(raws(&ev), vec![GET.to_vec()]);
     assert_eq!(ex.stats().request_segments.dropped(DropReason::Duplicate), 1);
+}
+
+#[test]
+fn a_head_gathered_over_segments_is_too_large_one_byte_past_the_limit() {
+    let cfg = ExtractorConfig { max_header_bytes: 64, ..small_cfg() };
+    let head = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(60));
+    for (first, second, dropped) in [(30, 64, 0), (30, 65, 1)] {
+        let mut ex = Extractor::new(cfg.clone());
+        let mut c = Conn::new(false, 40027, 1, 1);
+        // `second` bytes of the head are in, none of them its end.
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[..first]), c.client(&head.as_bytes()[first..second])]);
+        let r = &ex.stats().requests;
+        assert_eq!(
+            (r.seen, r.in_progress, r.dropped(DropReason::OversizeHeaders)),
+            (1, 1 - dropped, dropped),
+            "{second}"
+        );
+        // The rest: over the limit either way.
+        let _ = feed(&mut ex, [c.client(&head.as_bytes()[second..])]);
+        let r = &ex.stats().requests;
+        assert_eq!((r.in_progress, r.dropped(DropReason::OversizeHeaders)), (0, 1), "{second}");
+    }
+}
+
+#[test]
+fn a_chunked_body_of_exactly_max_body_bytes_on_the_wire_is_kept() {
+    let head = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = b"5\r\nhello\r\n0\r\n\r\n";
+    for (max, extracted) in [(body.len() as u64, 1), (body.len() as u64 - 1, 0)] {
+        let mut ex = Extractor::new(ExtractorConfig { max_body_bytes: max, ..small_cfg() });
+        let mut c = Conn::new(false, 40028, 1, 1);
+        let ev = feed(&mut ex, [c.client(head), c.client(body)]);
+        let r = &ex.stats().requests;
+        assert_eq!((r.extracted, r.dropped(DropReason::OversizeBody)), (extracted, 1 - extracted), "max {max}");
+        assert_eq!(raws(&ev).len() as u64, extracted);
+    }
 }

@@ -321,3 +321,117 @@ proptest! {
         prop_assert!(ex.stats().reconciles());
     }
 }
+
+/// One segment of [`any_order_any_content_keeps_the_stream_invariants`]: a direction, where in
+/// its stream (an offset from the start, and a length), what it carries, and what comes with it.
+#[derive(Clone, Debug)]
+struct Shot {
+    response: bool,
+    off: usize,
+    len: usize,
+    /// Other bytes than the stream's own at that place (a rewriting sender, or garbage).
+    rewrite: bool,
+    truncated: bool,
+    request_start: bool,
+    /// Acknowledge the other direction up to this offset of its stream.
+    ack: Option<usize>,
+    fin: bool,
+    /// Then let this many gap timeouts pass.
+    wait: u8,
+}
+
+fn arb_shot() -> impl Strategy<Value = Shot> {
+    (
+        any::<bool>(),
+        0usize..700,
+        1usize..160,
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.4, 0usize..800),
+        prop::bool::weighted(0.03),
+        prop::sample::select(vec![0u8, 0, 0, 0, 1, 2]),
+    )
+        .prop_map(|(response, off, len, rewrite, truncated, request_start, ack, fin, wait)| Shot {
+            response,
+            off,
+            len,
+            rewrite,
+            truncated,
+            request_start,
+            ack,
+            fin,
+            wait,
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Segments of both directions at any place, in any order, copied, rewritten, truncated,
+    /// flagged or not, with acknowledgments and timeouts between them: every segment and every
+    /// message keeps exactly one outcome, memory stays under the cap, and at teardown nothing
+    /// is left. (In the tests' builds, the stream also checks that no waiting piece ever lies
+    /// behind the next expected byte: see `Stream::drain`.)
+    #[test]
+    fn any_order_any_content_keeps_the_stream_invariants(
+        shots in prop::collection::vec(arb_shot(), 1..60),
+        isn in any::<u32>(),
+        v6 in any::<bool>(),
+    ) {
+        let requests: Vec<u8> = [GET, POST, CHUNKED, b"junk\r\n", GET].concat().repeat(3);
+        let responses: Vec<u8> = [OK, b"HTTP/1.1 204 No Content\r\n\r\n", OK, b"HTTP/1.0 200 OK\r\n\r\nuntil close"].concat().repeat(3);
+        let cfg = ExtractorConfig { ooo_window_bytes: 512, ..small_cfg() };
+        let timeout = cfg.gap_timeout_ns;
+        let mut ex = Extractor::new(cfg);
+        let base = Conn::new(v6, 44000, isn, isn.rotate_left(13));
+        let mut ts = 1_000_000_000u64;
+        let mut ev = Vec::new();
+        for s in &shots {
+            let (stream, seq0, ack0) = if s.response {
+                (&responses, base.s_seq, base.c_seq)
+            } else {
+                (&requests, base.c_seq, base.s_seq)
+            };
+            let off = s.off.min(stream.len() - 1);
+            let len = s.len.min(stream.len() - off);
+            let mut data = stream[off..off + len].to_vec();
+            if s.rewrite {
+                data.iter_mut().for_each(|b| *b = b'x');
+            }
+            let mut c = base.clone();
+            if s.response {
+                c.s_seq = seq0.wrapping_add(off as u32);
+            } else {
+                c.c_seq = seq0.wrapping_add(off as u32);
+            }
+            let mut seg = if s.response { c.server(&data) } else { c.client(&data) };
+            match s.ack {
+                Some(a) => seg.ack = ack0.wrapping_add(a as u32),
+                None => seg.tcp_flags &= !tcp_flags::ACK,
+            }
+            if s.fin {
+                seg.tcp_flags |= tcp_flags::FIN;
+            }
+            if s.truncated {
+                seg.payload = Bytes::new();
+                seg.truncated = true;
+            }
+            seg.request_start = !s.response && s.request_start;
+            ts += 1_000;
+            seg.ts_ns = ts;
+            ev.extend(feed(&mut ex, [seg]));
+            for _ in 0..s.wait {
+                ts += timeout;
+                ex.tick(ts, &mut ev);
+                prop_assert!(ex.stats().reconciles(), "{:#?}", ex.stats());
+            }
+        }
+        ex.clear(DropReason::Timeout, &mut ev);
+        let st = ex.stats();
+        prop_assert!(st.reconciles(), "{:#?}", st);
+        prop_assert_eq!((st.memory_bytes, st.buffered_bytes), (0, 0));
+        prop_assert_eq!((st.request_segments.buffered, st.response_segments.buffered), (0, 0));
+        prop_assert_eq!((st.requests.in_progress, st.responses.in_progress), (0, 0));
+    }
+}

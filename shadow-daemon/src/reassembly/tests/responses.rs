@@ -193,3 +193,172 @@ fn response_bodies_are_kept_de_chunked_up_to_the_cap_only_when_asked() {
     assert_eq!(run(4), vec![(b"{\"a\"".to_vec(), false, 9), (b"xyz".to_vec(), true, 3)], "cut at the cap");
     assert_eq!(run(0), vec![(Vec::new(), false, 9), (Vec::new(), false, 3)], "comparison off: nothing kept");
 }
+
+#[test]
+fn a_response_cut_off_in_its_head_or_body_is_dropped_once() {
+    // (what the server sent, whether it was a response counted in progress when the flow went)
+    let cases: [(&[u8], u64); 4] = [
+        (b"HTTP/1.1 200 OK\r\nContent-", 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0),
+        (b"", 0),
+    ];
+    for (sent, cut) in cases {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 40030, 1, 1);
+        let mut segs = vec![c.client(GET)];
+        if !sent.is_empty() {
+            segs.push(c.server(sent));
+        }
+        let _ = feed(&mut ex, segs);
+        ex.clear(DropReason::Timeout, &mut Vec::new());
+        let r = &ex.stats().responses;
+        assert_eq!((r.dropped(DropReason::Timeout), r.in_progress), (cut, 0), "{:?}", String::from_utf8_lossy(sent));
+        assert_eq!(r.seen, r.extracted + r.dropped_total());
+    }
+    // An unpaired response was dropped when its head came: not again when cut off.
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40031, 1, 1);
+    let _ = feed(&mut ex, [c.client(GET), c.server(OK), c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")]);
+    ex.clear(DropReason::Timeout, &mut Vec::new());
+    let r = &ex.stats().responses;
+    assert_eq!(
+        (r.seen, r.extracted, r.dropped(DropReason::UnpairedResponse), r.dropped(DropReason::Timeout)),
+        (2, 1, 1, 0)
+    );
+}
+
+#[test]
+fn tls_from_the_client_after_a_switch_leaves_the_closed_response_side_as_it_was() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40032, 1, 1);
+    let hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03";
+    let segs =
+        [c.client(GET), c.server(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), c.client(hello), c.server(b"\x00\x01")];
+    let _ = feed(&mut ex, segs);
+    let st = ex.stats();
+    assert_eq!(st.requests.dropped(DropReason::UnsupportedProtocol), 1);
+    // A 101 to a request that asked for nothing still switches: dropped as the switch.
+    assert_eq!((st.responses.seen, st.responses.dropped(DropReason::Upgrade)), (1, 1));
+    // The server's bytes after the switch are skipped for the switch, not for the client's TLS.
+    assert_eq!(
+        (
+            st.response_segments.dropped(DropReason::Upgrade),
+            st.response_segments.dropped(DropReason::UnsupportedProtocol)
+        ),
+        (1, 0)
+    );
+}
+
+#[test]
+fn after_an_accepted_switch_even_a_flagged_request_start_is_not_http() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40035, 1, 1);
+    let mut after = c.clone();
+    let segs = [
+        c.client(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+        c.server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+    ];
+    let _ = feed(&mut ex, segs);
+    after.c_seq = c.c_seq;
+    after.s_seq = c.s_seq;
+    let mut get = after.client(GET);
+    get.request_start = true;
+    let ev = feed(&mut ex, [get]);
+    assert!(raws(&ev).is_empty());
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.dropped(DropReason::Upgrade)), (1, 1));
+    assert_eq!(st.request_segments.dropped(DropReason::Upgrade), 1);
+}
+
+#[test]
+fn a_response_in_progress_costs_its_head_and_its_kept_body() {
+    // The assembler's heap with a response in its body: `keep` body bytes kept at most.
+    let heap_of = |extra_field: &str, keep: usize| {
+        let mut ex = Extractor::new(ExtractorConfig { keep_response_body: keep, ..small_cfg() });
+        let mut c = Conn::new(false, 40036, 1, 1);
+        let head = format!("HTTP/1.1 200 OK\r\n{extra_field}Content-Length: 10\r\n\r\nabc");
+        let _ = feed(&mut ex, [c.client(GET), c.server(head.as_bytes())]);
+        ex.flows().next().expect("one flow").parts().0[3]
+    };
+    assert_eq!(heap_of("X-Six: 1\r\n", 0) - heap_of("", 0), "X-Six: 1\r\n".len(), "its head");
+    let kept = heap_of("", 64) - heap_of("", 0);
+    assert!((3..=64).contains(&kept), "its kept body: {kept}");
+}
+
+#[test]
+fn line_ends_between_pipelined_responses_are_skipped() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40038, 1, 1);
+    let two = [GET, GET].concat();
+    let ev = feed(&mut ex, [c.client(&two), c.server(&[OK, b"\r\n\r\n", OK].concat())]);
+    let r = responses(&ev);
+    let ids: Vec<u64> = requests(&ev).iter().map(|q| q.id).collect();
+    assert_eq!(r.iter().map(|x| x.request_id).collect::<Vec<_>>(), ids);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1].head, r[0].head);
+    assert_eq!(&r[1].head[..], &OK[..OK.len() - 5]);
+}
+
+#[test]
+fn a_response_head_over_segments_waits_at_the_limit_and_fails_past_it() {
+    let head = format!("HTTP/1.1 200 OK\r\nX: {}\r\nContent-Length: 0\r\n\r\n", "v".repeat(60));
+    for (second, oversize) in [(64, 0u64), (65, 1)] {
+        let mut ex = Extractor::new(ExtractorConfig { max_header_bytes: 64, ..small_cfg() });
+        let mut c = Conn::new(false, 40039, 1, 1);
+        let h = head.as_bytes();
+        let _ = feed(&mut ex, [c.client(GET), c.server(&h[..20]), c.server(&h[20..second])]);
+        let r = &ex.stats().responses;
+        assert_eq!((r.in_progress, r.dropped(DropReason::OversizeHeaders)), (1 - oversize, oversize), "{second}");
+        let _ = feed(&mut ex, [c.server(&h[second..])]);
+        let r = &ex.stats().responses;
+        assert_eq!((r.in_progress, r.dropped(DropReason::OversizeHeaders)), (0, 1), "{second}");
+    }
+}
+
+#[test]
+fn a_response_head_over_two_segments_frames_the_body_after_it() {
+    let mut ex = Extractor::new(ExtractorConfig { keep_response_body: 64, ..small_cfg() });
+    let mut c = Conn::new(false, 40040, 1, 1);
+    let two = [GET, GET].concat();
+    let ev = feed(
+        &mut ex,
+        [
+            c.client(&two),
+            c.server(b"HTTP/1.1 200 OK\r\nConte"),
+            c.server(b"nt-Length: 5\r\n\r\nhelloHTTP/1.1 204 No Content\r\n\r\n"),
+        ],
+    );
+    let r = responses(&ev);
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].status, &r[0].body[..], r[0].body_complete), (200, &b"hello"[..], true));
+    assert_eq!(&r[0].head[..], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(r[1].status, 204);
+}
+
+#[test]
+fn requests_whose_answers_were_not_captured_are_counted_unanswered() {
+    // Two requests, each sent after the answer to the one before; the first answer is not
+    // captured, and the second pairs by its exact acknowledgment, passing the first over.
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40041, 1, 1);
+    let _ = feed(&mut ex, [c.client(GET)]);
+    c.skip_server(OK.len());
+    let ev = feed(&mut ex, [c.client(POST), c.server(OK)]);
+    let r = responses(&ev);
+    assert_eq!((r.len(), r[0].request_id), (1, requests(&ev)[0].id));
+    assert_eq!(ex.stats().unanswered_requests, 1);
+}
+
+#[test]
+fn an_unpaired_response_keeps_no_body() {
+    let heap_of = |keep: usize| {
+        let mut ex = Extractor::new(ExtractorConfig { keep_response_body: keep, ..small_cfg() });
+        let mut c = Conn::new(false, 40042, 1, 1);
+        let segs = [c.client(GET), c.server(OK), c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")];
+        let _ = feed(&mut ex, segs);
+        assert_eq!(ex.stats().responses.dropped(DropReason::UnpairedResponse), 1);
+        ex.flows().next().expect("one flow").parts().0[3]
+    };
+    assert_eq!(heap_of(64), heap_of(0));
+}

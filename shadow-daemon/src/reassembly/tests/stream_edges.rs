@@ -4,7 +4,10 @@
 //! responses is, and what a waiting piece costs.
 
 use super::{
-    super::{stream::OOO_PIECE_BYTES, *},
+    super::{
+        stream::{MAX_OOO_PIECES, OOO_PIECE_BYTES},
+        *,
+    },
     support::*,
 };
 
@@ -219,4 +222,158 @@ fn a_segment_split_around_a_waiting_piece_is_dropped_once_at_teardown() {
     let sc = &ex.stats().request_segments;
     assert_eq!((sc.buffered, sc.dropped(DropReason::Incomplete)), (0, 2), "two segments, two drops");
     assert!(sc.reconciles(), "{sc:?}");
+}
+
+/// A POST head at `t0`, then body bytes waiting out of order at 10..15 and 20..25 behind a hole
+/// at 0, received at `t0`: returns the connection and where the hole starts.
+fn body_waiting_behind_a_hole(ex: &mut Extractor, port: u16, t0: u64) -> (Conn, u32) {
+    let mut c = Conn::new(false, port, 1, 1);
+    let at = |mut s: Segment| {
+        s.ts_ns = t0;
+        no_ack(s)
+    };
+    let head = at(c.client(b"POST /t HTTP/1.1\r\nContent-Length: 40\r\n\r\n"));
+    let hole = c.c_seq;
+    c.c_seq = hole.wrapping_add(10);
+    let a = at(c.client(b"AAAAA"));
+    c.c_seq = hole.wrapping_add(20);
+    let b = at(c.client(b"BBBBB"));
+    let _ = feed(ex, [head, a, b]);
+    assert_eq!(ex.stats().request_segments.buffered, 2);
+    (c, hole)
+}
+
+#[test]
+fn a_hole_filled_only_in_part_keeps_waiting_since_it_opened() {
+    const T0: u64 = 1_000_000_000;
+    let mut ex = Extractor::new(small_cfg());
+    let timeout = ex.config().gap_timeout_ns;
+    let (mut c, hole) = body_waiting_behind_a_hole(&mut ex, 43120, T0);
+    // Bytes 0..5 arrive later: the hole is now 5..10, still the one that opened at T0.
+    c.c_seq = hole;
+    let mut part = no_ack(c.client(b"01234"));
+    part.ts_ns = T0 + timeout / 2;
+    let _ = feed(&mut ex, [part]);
+    let mut ev = Vec::new();
+    ex.tick(T0 + timeout - 1, &mut ev);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 0);
+    ex.tick(T0 + timeout, &mut ev);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 1, "overdue counted from T0");
+}
+
+#[test]
+fn a_hole_that_moves_past_a_waiting_piece_waits_afresh() {
+    const T0: u64 = 1_000_000_000;
+    let mut ex = Extractor::new(small_cfg());
+    let timeout = ex.config().gap_timeout_ns;
+    let (mut c, hole) = body_waiting_behind_a_hole(&mut ex, 43130, T0);
+    // Bytes 0..10 arrive: 10..15 follow them in, and the hole is now 15..20, a new one.
+    c.c_seq = hole;
+    let mut fill = no_ack(c.client(b"0123456789"));
+    let t1 = T0 + timeout / 2;
+    fill.ts_ns = t1;
+    let _ = feed(&mut ex, [fill]);
+    assert_eq!(ex.stats().request_segments.buffered, 1);
+    let mut ev = Vec::new();
+    ex.tick(T0 + timeout, &mut ev);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 0, "not overdue from T0: the hole moved at t1");
+    ex.tick(t1 + timeout - 1, &mut ev);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 0);
+    ex.tick(t1 + timeout, &mut ev);
+    assert_eq!(req_drops(&ex, DropReason::Gap), 1);
+}
+
+#[test]
+fn a_truncated_piece_behind_a_final_hole_is_a_request_start_only_if_the_kernel_said_so() {
+    for flagged in [true, false] {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 43140, 1, 1);
+        let _ = feed(&mut ex, [c.client(GET), c.server(OK)]);
+        // Between requests: a hole (an unsampled request), then a segment the kernel did not
+        // copy.
+        c.skip_client(50);
+        let mut t = no_ack(c.client(GET));
+        t.payload = Bytes::new();
+        t.truncated = true;
+        t.request_start = flagged;
+        let _ = feed(&mut ex, [t]);
+        assert_eq!(ex.stats().request_segments.buffered, 1);
+        // The server acknowledges past both: the hole is final.
+        let _ = feed(&mut ex, [c.server(b"")]);
+        let st = ex.stats();
+        assert_eq!(st.request_segments.sampling_skips, u64::from(flagged), "flagged {flagged}");
+        assert_eq!(st.requests.dropped(DropReason::TruncatedCapture), u64::from(flagged), "flagged {flagged}");
+        assert_eq!(st.request_segments.buffered, 0);
+    }
+}
+
+#[test]
+fn the_part_of_a_segment_after_a_waiting_piece_is_no_segment_start() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 43150, 1, 1);
+    let _ = feed(&mut ex, [c.client(GET), c.server(OK), c.client(GET)]);
+    let hole = c.s_seq;
+    c.s_seq = hole.wrapping_add(10);
+    let waiting = no_ack(c.server(b"AB"));
+    // One segment over 5..: stored as 5..10 and from 12 on, around the piece received first;
+    // the bytes from 12 on look like a status line, but they do not begin a segment.
+    c.s_seq = hole.wrapping_add(5);
+    let split = no_ack(c.server(b"xxxxxABHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    let _ = feed(&mut ex, [waiting, split]);
+    assert_eq!(ex.stats().response_segments.buffered, 2);
+    // The client acknowledges past it all: the hole is final, and what follows it is walked
+    // out of sync.
+    let _ = feed(&mut ex, [c.client(b"")]);
+    let st = ex.stats();
+    assert_eq!((st.responses.seen, st.response_segments.sampling_skips), (1, 0));
+    assert_eq!(st.response_segments.buffered, 0);
+}
+
+/// Between requests, as many pieces as may wait, each the start of a request cut short by a
+/// one-byte hole before the next: `MAX_OOO_PIECES` holes to give up one by one. Returns the
+/// connection, its client sequence just past the last piece.
+fn every_piece_behind_its_own_hole(ex: &mut Extractor, port: u16) -> Conn {
+    let mut c = Conn::new(false, port, 1, 1);
+    let _ = feed(ex, [c.client(GET), c.server(OK)]);
+    let mut segs = Vec::new();
+    for _ in 0..MAX_OOO_PIECES {
+        c.skip_client(1);
+        let mut s = no_ack(c.client(b"GET /p HTTP/1.1\r\n"));
+        s.request_start = true;
+        segs.push(s);
+    }
+    let _ = feed(ex, segs);
+    assert_eq!(ex.stats().request_segments.buffered, MAX_OOO_PIECES as u64);
+    c
+}
+
+#[test]
+fn a_segment_beyond_the_window_gives_up_every_hole_and_is_still_delivered() {
+    let mut ex = Extractor::new(ExtractorConfig { ooo_window_bytes: 64 * 1024, ..small_cfg() });
+    let mut c = every_piece_behind_its_own_hole(&mut ex, 43160);
+    // Far beyond the window: each hole is given up, each piece resyncs and starts a request the
+    // next hole cuts; then the last one's hole, and the segment starts a request of its own.
+    c.skip_client(100 * 1024);
+    let mut far = no_ack(c.client(GET));
+    far.request_start = true;
+    let ev = feed(&mut ex, [far]);
+    assert_eq!(raws(&ev), [GET.to_vec()]);
+    let n = MAX_OOO_PIECES as u64;
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.extracted, st.requests.dropped(DropReason::Gap)), (n + 2, 2, n));
+    assert_eq!((st.request_segments.sampling_skips, st.request_segments.buffered), (1, 0));
+}
+
+#[test]
+fn an_acknowledgment_past_every_hole_gives_up_each_of_them() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = every_piece_behind_its_own_hole(&mut ex, 43170);
+    // The server acknowledges 5 bytes past the last piece: every hole up to there is final,
+    // the one after the last piece too.
+    c.skip_client(5);
+    let _ = feed(&mut ex, [c.server(b"")]);
+    let n = MAX_OOO_PIECES as u64;
+    let st = ex.stats();
+    assert_eq!((st.requests.seen, st.requests.extracted, st.requests.dropped(DropReason::Gap)), (n + 1, 1, n));
+    assert_eq!((st.request_segments.sampling_skips, st.request_segments.buffered), (1, 0));
 }

@@ -1,6 +1,7 @@
 //! Byte streams: sequence numbers, reordering, retransmission, holes and gaps, sampling skips, truncation, FIN/RST, flow identity, drop accounting.
 
 use super::{super::*, support::*};
+use crate::http::MAX_PENDING;
 
 #[test]
 fn single_request_parsed_view_and_timestamps() {
@@ -276,4 +277,32 @@ fn bare_fin_of_an_unknown_flow_creates_nothing() {
     let _ = feed(&mut ex, [c.client_fin(), c.client_rst()]);
     assert_eq!(ex.stats().flows_created, 0);
     assert_eq!(ex.stats().request_segments.control, 2);
+}
+
+#[test]
+fn bytes_after_a_closing_request_count_only_if_they_are_more_than_line_ends() {
+    let close = b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n";
+    for (after, desync) in [(&b"\r\n\r\n"[..], 0u64), (&b"xyz"[..], 1), (&b"\r\nGET / HTTP/1.1\r\n\r\n"[..], 1)] {
+        let mut ex = Extractor::new(small_cfg());
+        let mut c = Conn::new(false, 40033, 1, 1);
+        let ev = feed(&mut ex, [c.client(&[&close[..], after].concat())]);
+        assert_eq!(raws(&ev), vec![close.to_vec()]);
+        let r = &ex.stats().requests;
+        assert_eq!(
+            (r.seen, r.dropped(DropReason::Desync)),
+            (1 + desync, desync),
+            "{:?}",
+            String::from_utf8_lossy(after)
+        );
+    }
+}
+
+#[test]
+fn requests_pushed_out_of_the_pending_queue_are_counted_unanswered() {
+    let mut ex = Extractor::new(small_cfg());
+    let mut c = Conn::new(false, 40034, 1, 1);
+    let many: Vec<u8> = (0..MAX_PENDING + 3).flat_map(|_| GET.iter().copied()).collect();
+    let ev = feed(&mut ex, [c.client(&many)]);
+    assert_eq!(raws(&ev).len(), MAX_PENDING + 3);
+    assert_eq!(ex.stats().unanswered_requests, 3);
 }
