@@ -69,6 +69,7 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
     let micro = read(out, "micro.json");
     let profile = read(out, "profile.json");
     let mirror = read(out, "mirror.json");
+    let timing = read(out, "timing.json");
     let mut rows = Vec::new();
 
     // Kernel.
@@ -190,6 +191,12 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
         ),
         ("saturating", "healthy", "whole daemon at saturation: CPU per mirrored request", "cpu_us_per_mirrored"),
         (
+            "saturating",
+            "capture-threads2",
+            "the same, capture only at saturation, with two runtime threads (--threads 2)",
+            "cpu_us_per_captured",
+        ),
+        (
             "fixed rate",
             "healthy-before",
             "the same, fixed rate, run as before pipelines and one thread (--threads 2 --pipeline 1)",
@@ -201,13 +208,28 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
             "the same, at saturation, run as before (--threads 2 --pipeline 1)",
             "cpu_us_per_mirrored",
         ),
+        // `--alt-daemon`: another build, side by side (named by its --alt-label).
+        (
+            "saturating",
+            "capture-alt",
+            "another build (--alt-daemon), capture only, at saturation",
+            "cpu_us_per_captured",
+        ),
+        (
+            "saturating",
+            "healthy-alt",
+            "another build (--alt-daemon), healthy shadow, at saturation",
+            "cpu_us_per_mirrored",
+        ),
     ] {
         let a = arm(&mirror, group, key);
         if a.is_null() {
             continue;
         }
+        let what =
+            if key.ends_with("-alt") { format!("{what}: {}", a["arm"].as_str().unwrap_or("")) } else { what.into() };
         rows.push(Row {
-            stage: what.into(),
+            stage: what,
             cost: spread(&a[field], 2),
             unit: "µs CPU / request, median (min-max) over rounds".into(),
             allocations: "-".into(),
@@ -332,6 +354,19 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
         profile["date"].as_str().unwrap_or("missing"),
         mirror["date"].as_str().unwrap_or("missing"),
     );
+    if let Some(parts) = timing["parts_s"].as_object() {
+        md.push_str(&format!(
+            "The whole run (`{}`, {}) took {:.0} s: {}.\n\n",
+            timing["command"].as_str().unwrap_or(""),
+            timing["date"].as_str().unwrap_or(""),
+            f(&timing["total_s"]).unwrap_or(f64::NAN),
+            parts
+                .iter()
+                .map(|(k, v)| format!("{k} {:.0} s", v.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     md.push_str(
         "| stage | cost | unit | allocations / unit (bytes) | reproduce | how |\n|---|---:|---|---:|---|---|\n",
     );

@@ -224,6 +224,20 @@ pub fn cpu_and_rss(pid: u32) -> (f64, f64) {
     (cpu, hwm)
 }
 
+/// Times the daemon's threads went to sleep and were woken (voluntary context switches, summed
+/// over its threads): each is a trip through the scheduler.
+pub fn wakeups(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// How the daemon is run in an arm.
 #[derive(Clone, Copy, Debug)]
 pub struct DaemonSpec {
@@ -233,6 +247,8 @@ pub struct DaemonSpec {
     pub allow_post: bool,
     /// More flags (an arm that runs the daemon another way).
     pub extra: &'static [&'static str],
+    /// Another build of the daemon (`--alt-daemon`): None runs `SHADOW_BIN_DIR`'s.
+    pub bin: Option<&'static str>,
 }
 
 pub struct Daemon {
@@ -242,7 +258,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(t: &TwoHosts, scratch: &Scratch, spec: DaemonSpec, tag: &str) -> Self {
-        let bin = bin_dir().join("shadow-daemon");
+        let bin = spec.bin.map_or_else(|| bin_dir().join("shadow-daemon"), PathBuf::from);
         let summary = scratch.path(&format!("summary-{tag}.json"));
         let log = scratch.path(&format!("daemon-{tag}.log"));
         let mut cmd = t.server.command(bin.to_str().expect("utf-8"));

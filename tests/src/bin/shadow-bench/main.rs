@@ -109,6 +109,8 @@ fn main() -> ExitCode {
     let mut out = PathBuf::from("bench/results");
     let mut quick = false;
     let mut only: Option<String> = None;
+    let mut alt_bin: Option<String> = None;
+    let mut alt_label: Option<String> = None;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -116,6 +118,8 @@ fn main() -> ExitCode {
             "--out" => out = PathBuf::from(args.next().unwrap_or_default()),
             "--quick" => quick = true,
             "--only" => only = args.next(),
+            "--alt-daemon" => alt_bin = args.next(),
+            "--alt-label" => alt_label = args.next(),
             other => {
                 eprintln!("shadow-bench: unknown argument {other}");
                 return ExitCode::from(2);
@@ -136,12 +140,34 @@ fn main() -> ExitCode {
         eprintln!("shadow-bench: --only takes capture, micro, profile, mirror or ledger");
         return ExitCode::from(2);
     }
+    let alt = match (alt_bin, alt_label) {
+        (None, None) => None,
+        (Some(bin), label) => {
+            if !std::path::Path::new(&bin).is_file() {
+                eprintln!("shadow-bench: --alt-daemon {bin}: no such file");
+                return ExitCode::from(2);
+            }
+            Some(mirror::Alt { label: label.unwrap_or_else(|| bin.clone()), bin })
+        }
+        (None, Some(_)) => {
+            eprintln!("shadow-bench: --alt-label needs --alt-daemon PATH");
+            return ExitCode::from(2);
+        }
+    };
     let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
     let date = || sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let started = Instant::now();
+    // Seconds per part of this run, for the ledger (the bench must stay under 15 minutes).
+    let mut took: Vec<(&str, f64)> = Vec::new();
+    let mut lap = Instant::now();
+    let mut record = |name: &'static str, took: &mut Vec<(&str, f64)>| {
+        took.push((name, lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
     if part("capture") {
         let results = capture_bench(quick, &command);
         write_capture(&out, &results);
+        record("capture", &mut took);
     }
     if part("micro") {
         let stages = vec![
@@ -163,10 +189,12 @@ fn main() -> ExitCode {
         }
         let v = serde_json::json!({ "date": date(), "command": command, "stages": stages });
         let _ = std::fs::write(out.join("micro.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+        record("micro", &mut took);
     }
     if part("mirror") {
-        let results = mirror::mirror_bench(quick, date(), command.clone());
+        let results = mirror::mirror_bench(quick, date(), command.clone(), alt.as_ref());
         mirror::write_mirror(&out, &results);
+        record("mirror", &mut took);
     }
     if part("profile") {
         // Half of the no-mirror saturation of the latest mirror run, as the fixed-rate arms.
@@ -184,6 +212,16 @@ fn main() -> ExitCode {
         v["date"] = date().into();
         v["command"] = command.clone().into();
         let _ = std::fs::write(out.join("profile.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+        record("profile", &mut took);
+    }
+    if only.is_none() {
+        let v = serde_json::json!({
+            "date": date(),
+            "command": command,
+            "parts_s": took.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
+            "total_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        });
+        let _ = std::fs::write(out.join("timing.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
     }
     ledger::write_ledger(&out, &date(), &command);
     println!("shadow-bench: done in {:.0} s", started.elapsed().as_secs_f64());

@@ -31,71 +31,128 @@ struct ArmSpec {
     name: &'static str,
     nginx_mirror: Option<u16>,
     daemon: Option<DaemonSpec>,
+    /// Also run in the fixed-rate group (every arm runs at saturation). The arms that only
+    /// compare ways of running the daemon stay out of it, to keep the bench short.
+    fixed: bool,
+}
+
+const fn daemon_with(shadow: Option<u16>, sample_rate: u32, extra: &'static [&'static str]) -> Option<DaemonSpec> {
+    Some(DaemonSpec { shadow, sample_rate, allow_post: false, extra, bin: None })
 }
 
 const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
-    Some(DaemonSpec { shadow, sample_rate, allow_post: false, extra: &[] })
+    daemon_with(shadow, sample_rate, &[])
 }
 
 const ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None },
+    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None, fixed: true },
     ArmSpec {
         key: "capture",
         name: "shadow-daemon, capture only (no replay)",
         nginx_mirror: None,
         daemon: daemon(None, 100),
+        fixed: true,
+    },
+    // One runtime thread (the default) against two, where the daemon only captures.
+    ArmSpec {
+        key: "capture-threads2",
+        name: "shadow-daemon, capture only, --threads 2",
+        nginx_mirror: None,
+        daemon: daemon_with(None, 100, &["--threads", "2"]),
+        fixed: false,
     },
     ArmSpec {
         key: "healthy",
         name: "shadow-daemon, healthy shadow, 100 %",
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 100),
+        fixed: true,
     },
     // The replay engine as it was before pipelines and one thread, side by side with the default.
     ArmSpec {
         key: "healthy-before",
         name: "shadow-daemon, healthy shadow, 100 %, --threads 2 --pipeline 1",
         nginx_mirror: None,
-        daemon: Some(DaemonSpec {
-            shadow: Some(HEALTHY_SHADOW),
-            sample_rate: 100,
-            allow_post: false,
-            extra: &["--threads", "2", "--pipeline", "1"],
-        }),
+        daemon: daemon_with(Some(HEALTHY_SHADOW), 100, &["--threads", "2", "--pipeline", "1"]),
+        fixed: false,
     },
     ArmSpec {
         key: "slow",
         name: "shadow-daemon, shadow answering after 1 s, 100 %",
         nginx_mirror: None,
         daemon: daemon(Some(SLOW_SHADOW), 100),
+        fixed: true,
     },
     ArmSpec {
         key: "healthy10",
         name: "shadow-daemon, healthy shadow, 10 %",
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 10),
+        fixed: true,
     },
     ArmSpec {
         key: "nginx-healthy",
         name: "nginx mirror (in path), healthy shadow",
         nginx_mirror: Some(HEALTHY_SHADOW),
         daemon: None,
+        fixed: true,
     },
     ArmSpec {
         key: "nginx-slow",
         name: "nginx mirror (in path), shadow after 1 s",
         nginx_mirror: Some(SLOW_SHADOW),
         daemon: None,
+        fixed: true,
     },
 ];
 
+/// Another build of the daemon to run side by side with this one (`--alt-daemon PATH
+/// --alt-label TEXT`): capture only and healthy shadow, at saturation, next to the same arms of
+/// `SHADOW_BIN_DIR`'s build. For A/B of a build change (an allocator, a profile setting).
+#[derive(Clone, Debug)]
+pub struct Alt {
+    pub bin: String,
+    pub label: String,
+}
+
+fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
+    let mut v = ARMS.to_vec();
+    if let Some(a) = alt {
+        // The bench runs once per process: leaking two strings gives the arms 'static names.
+        let bin: &'static str = Box::leak(a.bin.clone().into_boxed_str());
+        let name = |what: &str| -> &'static str { Box::leak(format!("{what} [{}]", a.label).into_boxed_str()) };
+        v.push(ArmSpec {
+            key: "capture-alt",
+            name: name("shadow-daemon, capture only"),
+            nginx_mirror: None,
+            daemon: Some(DaemonSpec { bin: Some(bin), ..daemon(None, 100).expect("daemon") }),
+            fixed: false,
+        });
+        v.push(ArmSpec {
+            key: "healthy-alt",
+            name: name("shadow-daemon, healthy shadow, 100 %"),
+            nginx_mirror: None,
+            daemon: Some(DaemonSpec { bin: Some(bin), ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
+            fixed: false,
+        });
+    }
+    v
+}
+
 const BIG_ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None },
+    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None, fixed: false },
     ArmSpec {
         key: "healthy",
         name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
         nginx_mirror: None,
-        daemon: Some(DaemonSpec { shadow: Some(HEALTHY_SHADOW), sample_rate: 100, allow_post: true, extra: &[] }),
+        daemon: Some(DaemonSpec {
+            shadow: Some(HEALTHY_SHADOW),
+            sample_rate: 100,
+            allow_post: true,
+            extra: &[],
+            bin: None,
+        }),
+        fixed: false,
     },
 ];
 
@@ -119,6 +176,8 @@ pub struct Sample {
     pub drops: Option<serde_json::Value>,
     /// Requests per write to the shadow (pipelines: `(writes + pipelined) / writes`).
     pub requests_per_write: Option<f64>,
+    /// The daemon's wake-ups (voluntary context switches of its threads) over the load.
+    pub wakeups: Option<u64>,
 }
 
 /// Median and spread over rounds.
@@ -172,6 +231,8 @@ pub struct ArmSummary {
     pub mirrored_gbit_s: Option<Spread>,
     /// Requests per write to the shadow (1: every request alone).
     pub requests_per_write: Option<Spread>,
+    /// The daemon's wake-ups per 1000 requests captured.
+    pub wakeups_per_1k_captured: Option<Spread>,
     pub samples: Vec<Sample>,
 }
 
@@ -259,6 +320,7 @@ impl Bed {
             load::nginx(&self.t.server, &self.scratch.path(&format!("primary-{tag}")), PORT, spec.nginx_mirror);
         let daemon = spec.daemon.map(|d| Daemon::start(&self.t, &self.scratch, d, &tag));
         let cpu0 = daemon.as_ref().map(|d| load::cpu_and_rss(d.pid()).0);
+        let wake0 = daemon.as_ref().map(|d| load::wakeups(d.pid()));
         let w: Load = match kind {
             Kind::Saturating => load::wrk(&self.t.client, &self.url, secs, WRK_CONNS, &self.pad, None),
             Kind::Big => {
@@ -282,6 +344,7 @@ impl Bed {
         };
         if let Some(d) = daemon {
             let (cpu1, rss) = load::cpu_and_rss(d.pid());
+            s.wakeups = Some(load::wakeups(d.pid()).saturating_sub(wake0.unwrap_or(0)));
             // Let the last replays finish before the daemon is told to stop.
             std::thread::sleep(Duration::from_millis(300));
             let summary = d.stop(spec.name);
@@ -314,8 +377,9 @@ impl Bed {
             s.errors,
             match (s.captured, s.replayed, s.daemon_cpu_s) {
                 (Some(c), Some(r), Some(cpu)) => format!(
-                    "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  rss {:.0} MiB  ringbuf_full {}  per write {}  drops {}",
+                    "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  wake-ups {}  rss {:.0} MiB  ringbuf_full {}  per write {}  drops {}",
                     s.requests,
+                    s.wakeups.unwrap_or(0),
                     s.peak_rss_mib.unwrap_or(0.0),
                     s.ringbuf_full.unwrap_or(0),
                     s.requests_per_write.map_or("-".into(), |p| format!("{p:.1}")),
@@ -388,6 +452,11 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
         ringbuf_full: if is_daemon { Some(ss.iter().filter_map(|s| s.ringbuf_full).sum()) } else { None },
         drops: is_daemon.then_some(serde_json::Value::Object(drops)),
         requests_per_write: if replays { Spread::of(ss.iter().filter_map(|s| s.requests_per_write)) } else { None },
+        wakeups_per_1k_captured: if is_daemon {
+            per(&|s| s.wakeups.map(|w| w as f64 * 1000.0), &|s| s.captured)
+        } else {
+            None
+        },
         mirrored_gbit_s: if replays && group == "64 KiB POST" {
             Spread::of(
                 ss.iter().filter_map(|s| s.replayed.map(|r| r as f64 * request_bytes as f64 * 8.0 / s.secs / 1e9)),
@@ -405,7 +474,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults {
+pub fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt>) -> MirrorResults {
     let secs = if quick { 2 } else { 5 };
     let rounds = if quick { 3 } else { 5 };
     let load_average_before = loadavg();
@@ -419,7 +488,9 @@ pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults
     .len()
         + BIG_BODY;
 
-    let mut arms = bed.rounds("saturating", ARMS, &Kind::Saturating, secs, rounds, request_bytes);
+    let all = arms(alt);
+    let fixed_arms: Vec<ArmSpec> = all.iter().copied().filter(|a| a.fixed).collect();
+    let mut arms = bed.rounds("saturating", &all, &Kind::Saturating, secs, rounds, request_bytes);
     let sat_rps = arms[0].rps.map_or(1000.0, |s| s.median);
     let fixed_rate = (sat_rps / 2.0).round();
     let oha = load::oha_bin();
@@ -429,7 +500,14 @@ pub fn mirror_bench(quick: bool, date: String, command: String) -> MirrorResults
         );
     }
     let open_loop = oha.is_some();
-    arms.extend(bed.rounds("fixed rate", ARMS, &Kind::Fixed { rate: fixed_rate, oha }, secs, rounds, request_bytes));
+    arms.extend(bed.rounds(
+        "fixed rate",
+        &fixed_arms,
+        &Kind::Fixed { rate: fixed_rate, oha },
+        secs,
+        rounds,
+        request_bytes,
+    ));
     arms.extend(bed.rounds("64 KiB POST", BIG_ARMS, &Kind::Big, secs, rounds, big_request_bytes));
     MirrorResults {
         date,
@@ -485,11 +563,11 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
     }
     for group in ["saturating", "fixed rate", "64 KiB POST"] {
         md.push_str(&format!("## {group}\n\n"));
-        md.push_str("| arm | req/s | throughput ratio | p50 ms | p99 ms | p99 ratio | errors | captured | mirrored | daemon CPU µs / captured | daemon CPU µs / mirrored | requests / write | peak RSS MiB | ringbuf_full | drops |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| arm | req/s | throughput ratio | p50 ms | p99 ms | p99 ratio | errors | captured | mirrored | daemon CPU µs / captured | daemon CPU µs / mirrored | requests / write | wake-ups / 1k captured | peak RSS MiB | ringbuf_full | drops |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for a in r.arms.iter().filter(|a| a.group == group) {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 a.arm,
                 Spread::fmt(a.rps, 0),
                 Spread::fmt(a.throughput_ratio, 2),
@@ -502,6 +580,7 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
                 Spread::fmt(a.cpu_us_per_captured, 2),
                 Spread::fmt(a.cpu_us_per_mirrored, 2),
                 Spread::fmt(a.requests_per_write, 1),
+                Spread::fmt(a.wakeups_per_1k_captured, 0),
                 a.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 a.ringbuf_full.map_or("-".into(), |m| m.to_string()),
                 a.drops.as_ref().map_or("-".into(), |d| d.to_string()),
@@ -578,7 +657,7 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         })
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
-    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false, extra: &[] };
+    let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false, extra: &[], bin: None };
     for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
         let (cpu0, _) = load::cpu_and_rss(d.pid());

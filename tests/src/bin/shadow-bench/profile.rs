@@ -84,7 +84,7 @@ pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
     let daemon = Daemon::start(
         &t,
         &scratch,
-        DaemonSpec { shadow: Some(SHADOW), sample_rate: 100, allow_post: false, extra: &[] },
+        DaemonSpec { shadow: Some(SHADOW), sample_rate: 100, allow_post: false, extra: &[], bin: None },
         "prof",
     );
     let pid = daemon.pid().to_string();
