@@ -137,6 +137,35 @@ fn segments(n: usize, seq_base: &mut [u32], ts: &mut u64) -> Vec<Segment> {
         .collect()
 }
 
+/// One in-process stage measured: a warm-up pass, then `repeats` passes over `n` requests, each
+/// prepared untimed by `setup` and run by `work` on this thread. CPU ns per request per pass, and
+/// the median pass's allocations (count, bytes) per request.
+struct Measured {
+    ns_per_request: Option<Spread>,
+    allocations: f64,
+    bytes: f64,
+}
+
+fn measure<S>(n: usize, repeats: usize, mut setup: impl FnMut() -> S, mut work: impl FnMut(S)) -> Measured {
+    let mut per = Vec::new();
+    let mut alloc_runs = Vec::new();
+    for rep in 0..=repeats {
+        let input = setup();
+        let (a0, b0) = allocs();
+        let start = thread_cpu_ns();
+        work(input);
+        let ns = (thread_cpu_ns() - start) as f64;
+        let (a1, b1) = allocs();
+        if rep > 0 {
+            per.push(ns / n as f64);
+            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
+        }
+    }
+    alloc_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (allocations, bytes) = alloc_runs[alloc_runs.len() / 2];
+    Measured { ns_per_request: Spread::of(per), allocations, bytes }
+}
+
 /// Reassembly + extraction of 1 KiB requests on one long-lived extractor (flows warm, as in the
 /// daemon), each request handed on (dropped) as soon as it is out.
 pub fn extraction(quick: bool) -> StageCost {
@@ -146,34 +175,26 @@ pub fn extraction(quick: bool) -> StageCost {
     let mut seqs = vec![1_000u32; FLOWS as usize];
     let mut ts = 1_000_000u64;
     let mut out: Vec<HttpEvent> = Vec::with_capacity(64);
-    let mut per = Vec::new();
-    let mut alloc_runs = Vec::new();
-    // One warm-up batch, then the measured ones.
-    for rep in 0..=repeats {
-        let segs = segments(n, &mut seqs, &mut ts);
-        let (a0, b0) = allocs();
-        let start = thread_cpu_ns();
-        let mut emitted = 0;
-        for s in segs {
-            let now = s.ts_ns;
-            ex.push(s, now, &mut out);
-            emitted += out.len();
-            out.clear();
-        }
-        let ns = (thread_cpu_ns() - start) as f64;
-        let (a1, b1) = allocs();
-        assert!(emitted >= n, "extraction emitted {emitted} events for {n} requests");
-        if rep > 0 {
-            per.push(ns / n as f64);
-            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
-        }
-    }
-    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    let m = measure(
+        n,
+        repeats,
+        || segments(n, &mut seqs, &mut ts),
+        |segs| {
+            let mut emitted = 0;
+            for s in segs {
+                let now = s.ts_ns;
+                ex.push(s, now, &mut out);
+                emitted += out.len();
+                out.clear();
+            }
+            assert!(emitted >= n, "extraction emitted {emitted} events for {n} requests");
+        },
+    );
     StageCost {
         stage: "reassembly + HTTP extraction".into(),
-        ns_per_request: Spread::of(per),
-        allocations_per_request: allocs_pr,
-        allocated_bytes_per_request: bytes_pr,
+        ns_per_request: m.ns_per_request,
+        allocations_per_request: m.allocations,
+        allocated_bytes_per_request: m.bytes,
         requests_per_repeat: n,
         repeats,
         socket_bytes_out_per_request: None,
@@ -188,31 +209,25 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
     let targets: Vec<Vec<u8>> = (0..64).map(|i| format!("/api/v1/items/{i}?sort=desc").into_bytes()).collect();
     let n = 100_000;
     let repeats = if quick { 3 } else { 9 };
-    let mut per = Vec::new();
-    let mut alloc_runs = Vec::new();
-    for rep in 0..=repeats {
-        let (a0, b0) = allocs();
-        let start = thread_cpu_ns();
-        for i in 0..n {
-            let endpoint = metrics.endpoint(b"GET", &targets[i % targets.len()]);
-            let ticket = metrics.admit();
-            metrics.record_shadow_response(endpoint, 200, Duration::from_micros(300), Duration::from_micros(350));
-            ticket.replayed();
-            metrics.record_primary(Some(endpoint), Duration::from_micros(200), Duration::from_micros(250));
-        }
-        let ns = (thread_cpu_ns() - start) as f64;
-        let (a1, b1) = allocs();
-        if rep > 0 {
-            per.push(ns / n as f64);
-            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
-        }
-    }
-    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    let m = measure(
+        n,
+        repeats,
+        || (),
+        |()| {
+            for i in 0..n {
+                let endpoint = metrics.endpoint(b"GET", &targets[i % targets.len()]);
+                let ticket = metrics.admit();
+                metrics.record_shadow_response(endpoint, 200, Duration::from_micros(300), Duration::from_micros(350));
+                ticket.replayed();
+                metrics.record_primary(Some(endpoint), Duration::from_micros(200), Duration::from_micros(250));
+            }
+        },
+    );
     StageCost {
         stage: "metrics and histograms".into(),
-        ns_per_request: Spread::of(per),
-        allocations_per_request: allocs_pr,
-        allocated_bytes_per_request: bytes_pr,
+        ns_per_request: m.ns_per_request,
+        allocations_per_request: m.allocations,
+        allocated_bytes_per_request: m.bytes,
         requests_per_repeat: n,
         repeats,
         socket_bytes_out_per_request: None,
@@ -247,57 +262,50 @@ pub fn comparison(quick: bool, differ: bool) -> StageCost {
     let endpoints: Vec<String> = (0..16).map(|i| format!("GET /api/v1/items{i}/:id")).collect();
     let n = 50_000;
     let repeats = if quick { 3 } else { 9 };
-    let mut per = Vec::new();
-    let mut alloc_runs = Vec::new();
     let mut id = 0u64;
-    for rep in 0..=repeats {
-        let (a0, b0) = allocs();
-        let start = thread_cpu_ns();
-        for i in 0..n {
-            id += 1;
-            hub.expect(id);
-            hub.primary(&CapturedResponse {
-                flow: flow(0),
-                request_id: id,
-                status: 200,
-                minor_version: 1,
-                head: head.clone(),
-                framing: BodyFraming::ContentLength(body.len() as u64),
-                body_len: body.len() as u64,
-                body: body.clone(),
-                body_complete: true,
-                first_ts_ns: 2_000_000,
-                last_ts_ns: 2_100_000,
-                request_last_ts_ns: 1_000_000,
-            });
-            let sample = ResponseSample {
-                status: 200,
-                headers: vec![("content-type".into(), b"application/json".to_vec())],
-                body: shadow_body.clone(),
-                body_complete: true,
-                body_len: shadow_body.len() as u64,
-                latency: Some(Duration::from_micros(1200)),
-            };
-            hub.shadow(id, 0, &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
-        }
-        let ns = (thread_cpu_ns() - start) as f64;
-        let (a1, b1) = allocs();
-        if rep > 0 {
-            per.push(ns / n as f64);
-            alloc_runs.push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
-        }
-    }
-    alloc_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (allocs_pr, bytes_pr) = alloc_runs[alloc_runs.len() / 2];
+    let m = measure(
+        n,
+        repeats,
+        || (),
+        |()| {
+            for i in 0..n {
+                id += 1;
+                hub.expect(id);
+                hub.primary(&CapturedResponse {
+                    flow: flow(0),
+                    request_id: id,
+                    status: 200,
+                    minor_version: 1,
+                    head: head.clone(),
+                    framing: BodyFraming::ContentLength(body.len() as u64),
+                    body_len: body.len() as u64,
+                    body: body.clone(),
+                    body_complete: true,
+                    first_ts_ns: 2_000_000,
+                    last_ts_ns: 2_100_000,
+                    request_last_ts_ns: 1_000_000,
+                });
+                let sample = ResponseSample {
+                    status: 200,
+                    headers: vec![("content-type".into(), b"application/json".to_vec())],
+                    body: shadow_body.clone(),
+                    body_complete: true,
+                    body_len: shadow_body.len() as u64,
+                    latency: Some(Duration::from_micros(1200)),
+                };
+                hub.shadow(id, 0, &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
+            }
+        },
+    );
     StageCost {
         stage: if differ {
             "comparison of a pair whose JSON bodies differ (parsed, normalised, diffed, sampled)".into()
         } else {
             "comparison of a pair with equal bodies (the common case)".into()
         },
-        ns_per_request: Spread::of(per),
-        allocations_per_request: allocs_pr,
-        allocated_bytes_per_request: bytes_pr,
+        ns_per_request: m.ns_per_request,
+        allocations_per_request: m.allocations,
+        allocated_bytes_per_request: m.bytes,
         requests_per_repeat: n,
         repeats,
         socket_bytes_out_per_request: None,

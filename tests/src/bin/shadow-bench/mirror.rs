@@ -475,7 +475,7 @@ fn loadavg() -> String {
 }
 
 pub fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt>) -> MirrorResults {
-    let secs = if quick { 2 } else { 5 };
+    let secs = if quick { 2 } else { 4 };
     let rounds = if quick { 3 } else { 5 };
     let load_average_before = loadavg();
     let bed = Bed::new();
