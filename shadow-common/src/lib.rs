@@ -21,10 +21,16 @@ pub const CAPTURE_BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, MAX_CAPTURE];
 
 /// Pending bytes in the ring buffer past which the kernel wakes the reader at once. Below it,
 /// records are submitted without a wakeup (an IPI per packet is the dominant cost otherwise) and
-/// the reader picks them up on its next poll, at most [`RING_POLL_INTERVAL_MS`] later.
+/// the reader picks them up on its next poll, at most [`RING_POLL_INTERVAL_MS`] later while
+/// traffic flows (at most [`RING_IDLE_POLL_MS`] after a quiet spell).
 pub const RING_WAKEUP_BYTES: u64 = 128 * 1024;
-/// How often the daemon drains the ring buffer without a wakeup.
+/// How often the daemon drains the ring buffer without a wakeup while records keep coming.
 pub const RING_POLL_INTERVAL_MS: u64 = 2;
+/// The longest the daemon waits between looks at the ring buffer: every look that finds nothing
+/// doubles the wait from [`RING_POLL_INTERVAL_MS`] up to this, so a node whose service is quiet
+/// wakes the daemon about 30 times a second instead of 500, and the first records after a quiet
+/// spell wait at most this long (their timestamps are the kernel's, so no latency is skewed).
+pub const RING_IDLE_POLL_MS: u64 = 32;
 
 /// Names of programs and maps in the eBPF object.
 pub mod names {

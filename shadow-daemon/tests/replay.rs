@@ -322,7 +322,8 @@ async fn healthy_shadow_gets_exact_tagged_bytes_over_reused_connections() {
 async fn pool_stays_bounded_under_concurrent_load() {
     let shadow = Shadow::start(Mode::Slow(Duration::from_millis(30))).await;
     let metrics = Arc::new(Metrics::new(10));
-    let controls = ReplayControls { concurrency: 3, pool_size: 2, ..Default::default() };
+    // One request per replay: the pool, not pipeline depth, decides the connections.
+    let controls = ReplayControls { concurrency: 3, pool_size: 2, pipeline: 1, ..Default::default() };
     let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
     for i in 0..30 {
         assert_eq!(engine.submit(captured(i, &get("/x"))), Submission::Queued);

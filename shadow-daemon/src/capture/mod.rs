@@ -162,6 +162,36 @@ pub fn enable_kernel_stats() -> Result<std::os::fd::OwnedFd, CaptureError> {
 /// Reads records from the ring buffer when the kernel signals them (epoll, no busy polling).
 pub struct SegmentSource {
     ring: AsyncFd<RingBuf<MapData>>,
+    poll: PollInterval,
+}
+
+/// How long the ring-buffer reader waits for the kernel's wakeup before it looks anyway:
+/// [`shadow_common::RING_POLL_INTERVAL_MS`] while looks find records, doubled after every look
+/// that finds none, up to [`shadow_common::RING_IDLE_POLL_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollInterval {
+    ms: u64,
+}
+
+impl Default for PollInterval {
+    fn default() -> Self {
+        Self { ms: shadow_common::RING_POLL_INTERVAL_MS }
+    }
+}
+
+impl PollInterval {
+    pub fn get(self) -> Duration {
+        Duration::from_millis(self.ms)
+    }
+
+    /// After a look at the ring that drained `records`.
+    pub fn looked(&mut self, records: usize) {
+        self.ms = if records > 0 {
+            shadow_common::RING_POLL_INTERVAL_MS
+        } else {
+            self.ms.saturating_mul(2).min(shadow_common::RING_IDLE_POLL_MS)
+        };
+    }
 }
 
 /// Forwards aya-log records from the programs to the daemon's log.
@@ -316,7 +346,7 @@ impl Capture {
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e.into() })?;
-        Ok(SegmentSource { ring })
+        Ok(SegmentSource { ring, poll: PollInterval::default() })
     }
 
     /// The raw ring buffer (once), for synchronous readers such as the kernel tests.
@@ -600,16 +630,16 @@ impl SegmentSource {
     /// do not decode are counted by reason in `bad` (they never reach reassembly).
     ///
     /// The kernel wakes us only once [`shadow_common::RING_WAKEUP_BYTES`] are pending, so we also
-    /// look every [`shadow_common::RING_POLL_INTERVAL_MS`]: a trickle of records waits at most that.
+    /// look every [`shadow_common::RING_POLL_INTERVAL_MS`] while records come ([`PollInterval`]:
+    /// less often after looks that find nothing): a trickle of records waits at most that.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Segment>,
         bad: &mut Vec<DecodeError>,
         max: usize,
     ) -> io::Result<()> {
-        let poll = Duration::from_millis(shadow_common::RING_POLL_INTERVAL_MS);
         loop {
-            let n = match tokio::time::timeout(poll, self.ring.readable_mut()).await {
+            let n = match tokio::time::timeout(self.poll.get(), self.ring.readable_mut()).await {
                 Ok(guard) => {
                     let mut guard = guard?;
                     let n = drain(guard.get_inner_mut(), out, bad, max);
@@ -621,6 +651,7 @@ impl SegmentSource {
                 }
                 Err(_elapsed) => drain(self.ring.get_mut(), out, bad, max),
             };
+            self.poll.looked(n);
             if n > 0 {
                 return Ok(());
             }
@@ -910,4 +941,31 @@ fn other_config(info: &aya::programs::ProgramInfo) -> Option<Config> {
         return map.get(&0, 0).ok();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::PollInterval;
+
+    #[test]
+    fn poll_interval_doubles_on_empty_looks_up_to_the_idle_cap_and_resets_on_records() {
+        let mut p = PollInterval::default();
+        assert_eq!(p.get(), Duration::from_millis(shadow_common::RING_POLL_INTERVAL_MS));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            p.looked(0);
+            seen.push(p.get().as_millis());
+        }
+        assert_eq!(seen, [4, 8, 16, 32, 32, 32]);
+        assert_eq!(shadow_common::RING_IDLE_POLL_MS, 32);
+        p.looked(1);
+        assert_eq!(p.get(), Duration::from_millis(2));
+        // Records keep it at the base, however many.
+        p.looked(500);
+        assert_eq!(p.get(), Duration::from_millis(2));
+        p.looked(0);
+        assert_eq!(p.get(), Duration::from_millis(4));
+    }
 }

@@ -333,7 +333,7 @@ settings! {
 
         /// Most requests written together on one connection to the shadow when they are waiting
         /// together (HTTP/1.1 pipelining, idempotent requests only; only the first of each write
-        /// is timed); 1 turns it off [default: 8].
+        /// is timed); 1 turns it off [default: 16].
         #[arg(long, env = "SHADOW_PIPELINE", value_name = "N", value_parser = parse::<Count<1, MAX_PIPELINE>>)]
         #[serde(deserialize_with = "one")]
         pipeline: Option<Count<1, MAX_PIPELINE>> => |c, v| c.pipeline = v.0;

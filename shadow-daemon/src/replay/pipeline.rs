@@ -36,7 +36,7 @@ use super::{
 use crate::{hub::KeepSpec, metrics::Metrics};
 
 /// Default requests written together on one connection (the `pipeline` control).
-pub const DEFAULT_PIPELINE: usize = 8;
+pub const DEFAULT_PIPELINE: usize = 16;
 /// Most requests written together on one connection.
 pub const MAX_PIPELINE: usize = 64;
 

@@ -169,6 +169,23 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
             ),
         });
     }
+    // The whole daemon with nothing to capture.
+    let idle = &capture["capacity"]["idle"];
+    if let Some(cpu) = f(&idle["cpu_ms_per_s"]) {
+        rows.push(Row {
+            stage: "whole daemon idle: attached, no traffic".into(),
+            cost: format!("{cpu:.2}"),
+            unit: "ms CPU / s".into(),
+            allocations: "-".into(),
+            reproduce: format!("{RUN} --only capture"),
+            how: format!(
+                "utime+stime of the release daemon (capture only) over {:.1} s with nothing on the wire, before the capacity ladder's first step; {:.0} wake-ups/s (it polls the ring buffer every {} ms for records the kernel did not wake it for)",
+                f(&idle["secs"]).unwrap_or(0.0),
+                f(&idle["wakeups_per_s"]).unwrap_or(f64::NAN),
+                shadow_common::RING_POLL_INTERVAL_MS
+            ),
+        });
+    }
     // The whole daemon under real load.
     for (group, key, what, field) in [
         (

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
     let mut only: Option<String> = None;
     let mut alt_bin: Option<String> = None;
     let mut alt_label: Option<String> = None;
+    let mut alt_args: Option<String> = None;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -120,6 +121,7 @@ fn main() -> ExitCode {
             "--only" => only = args.next(),
             "--alt-daemon" => alt_bin = args.next(),
             "--alt-label" => alt_label = args.next(),
+            "--alt-args" => alt_args = args.next(),
             other => {
                 eprintln!("shadow-bench: unknown argument {other}");
                 return ExitCode::from(2);
@@ -140,19 +142,22 @@ fn main() -> ExitCode {
         eprintln!("shadow-bench: --only takes capture, micro, profile, mirror or ledger");
         return ExitCode::from(2);
     }
-    let alt = match (alt_bin, alt_label) {
-        (None, None) => None,
-        (Some(bin), label) => {
-            if !std::path::Path::new(&bin).is_file() {
-                eprintln!("shadow-bench: --alt-daemon {bin}: no such file");
-                return ExitCode::from(2);
-            }
-            Some(mirror::Alt { label: label.unwrap_or_else(|| bin.clone()), bin })
-        }
-        (None, Some(_)) => {
-            eprintln!("shadow-bench: --alt-label needs --alt-daemon PATH");
-            return ExitCode::from(2);
-        }
+    if let Some(bin) = &alt_bin
+        && !std::path::Path::new(bin).is_file()
+    {
+        eprintln!("shadow-bench: --alt-daemon {bin}: no such file");
+        return ExitCode::from(2);
+    }
+    let alt = if alt_bin.is_some() || alt_args.is_some() {
+        let args: Vec<String> = alt_args.unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+        let label = alt_label
+            .unwrap_or_else(|| [alt_bin.clone().unwrap_or_default(), args.join(" ")].join(" ").trim().to_owned());
+        Some(mirror::Alt { bin: alt_bin, args, label })
+    } else if alt_label.is_some() {
+        eprintln!("shadow-bench: --alt-label needs --alt-daemon PATH or --alt-args FLAGS");
+        return ExitCode::from(2);
+    } else {
+        None
     };
     let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
     let date = || sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);

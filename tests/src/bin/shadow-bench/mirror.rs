@@ -106,33 +106,38 @@ const ARMS: &[ArmSpec] = &[
     },
 ];
 
-/// Another build of the daemon to run side by side with this one (`--alt-daemon PATH
-/// --alt-label TEXT`): capture only and healthy shadow, at saturation, next to the same arms of
-/// `SHADOW_BIN_DIR`'s build. For A/B of a build change (an allocator, a profile setting).
+/// Another build of the daemon, or this one with other flags, run side by side with the default
+/// (`--alt-daemon PATH`, `--alt-args "FLAGS"`, `--alt-label TEXT`): capture only and healthy
+/// shadow, at saturation, next to the same arms run the default way. For A/B of a change (an
+/// allocator, a constant, a flag's default).
 #[derive(Clone, Debug)]
 pub struct Alt {
-    pub bin: String,
+    /// None: `SHADOW_BIN_DIR`'s daemon.
+    pub bin: Option<String>,
+    pub args: Vec<String>,
     pub label: String,
 }
 
 fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
     let mut v = ARMS.to_vec();
     if let Some(a) = alt {
-        // The bench runs once per process: leaking two strings gives the arms 'static names.
-        let bin: &'static str = Box::leak(a.bin.clone().into_boxed_str());
+        // The bench runs once per process: leaking a few strings gives the arms 'static names.
+        let bin: Option<&'static str> = a.bin.clone().map(|b| &*Box::leak(b.into_boxed_str()));
+        let extra: &'static [&'static str] =
+            Box::leak(a.args.iter().map(|x| &*Box::leak(x.clone().into_boxed_str())).collect::<Vec<&str>>().into());
         let name = |what: &str| -> &'static str { Box::leak(format!("{what} [{}]", a.label).into_boxed_str()) };
         v.push(ArmSpec {
             key: "capture-alt",
             name: name("shadow-daemon, capture only"),
             nginx_mirror: None,
-            daemon: Some(DaemonSpec { bin: Some(bin), ..daemon(None, 100).expect("daemon") }),
+            daemon: Some(DaemonSpec { bin, extra, ..daemon(None, 100).expect("daemon") }),
             fixed: false,
         });
         v.push(ArmSpec {
             key: "healthy-alt",
             name: name("shadow-daemon, healthy shadow, 100 %"),
             nginx_mirror: None,
-            daemon: Some(DaemonSpec { bin: Some(bin), ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
+            daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
             fixed: false,
         });
     }
@@ -628,6 +633,16 @@ pub struct Capacity {
     pub steps: Vec<CapacityStep>,
     /// Highest served rate of a step with `ringbuf_full` = 0 and every request captured.
     pub max_rps_without_ringbuf_full: f64,
+    /// The daemon attached with no traffic at all, before the first step's load.
+    pub idle: Idle,
+}
+
+/// What the daemon costs a node whose service has no traffic: it still polls the ring buffer.
+#[derive(Serialize, Clone, Debug)]
+pub struct Idle {
+    pub secs: f64,
+    pub cpu_ms_per_s: f64,
+    pub wakeups_per_s: f64,
 }
 
 /// How fast can traffic go before the ring buffer overflows? nginx alone under wrk gives the
@@ -658,8 +673,27 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
     let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false, extra: &[], bin: None };
+    let mut idle = Idle { secs: 0.0, cpu_ms_per_s: f64::NAN, wakeups_per_s: f64::NAN };
     for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
+        if i == 0 {
+            // Attached, nothing on the wire: what a node with a quiet service pays.
+            let start = std::time::Instant::now();
+            let (cpu0, _) = load::cpu_and_rss(d.pid());
+            let wake0 = load::wakeups(d.pid());
+            std::thread::sleep(Duration::from_secs(if quick { 1 } else { 3 }));
+            let secs = start.elapsed().as_secs_f64();
+            let (cpu1, _) = load::cpu_and_rss(d.pid());
+            idle = Idle {
+                secs,
+                cpu_ms_per_s: (cpu1 - cpu0) * 1e3 / secs,
+                wakeups_per_s: load::wakeups(d.pid()).saturating_sub(wake0) as f64 / secs,
+            };
+            println!(
+                "capacity: daemon idle for {secs:.1} s: {:.2} ms CPU/s, {:.0} wake-ups/s",
+                idle.cpu_ms_per_s, idle.wakeups_per_s
+            );
+        }
         let (cpu0, _) = load::cpu_and_rss(d.pid());
         let w = match (rate, &oha) {
             (Some(r), Some(o)) => load::oha(o, &t.client, &url, secs, r, &pad),
@@ -684,5 +718,5 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
     }
     let max_rps_without_ringbuf_full =
         steps.iter().filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests).map(|s| s.rps).fold(0.0, f64::max);
-    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full }
+    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full, idle }
 }
