@@ -224,6 +224,16 @@ pub fn cpu_and_rss(pid: u32) -> (f64, f64) {
     (cpu, hwm)
 }
 
+/// CPU time of all the process's threads in nanoseconds (the scheduler's own account,
+/// /proc/PID/task/*/schedstat), for costs too small for utime+stime's clock ticks.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|st| st.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
 /// Times the daemon's threads went to sleep and were woken (voluntary context switches, summed
 /// over its threads): each is a trip through the scheduler.
 pub fn wakeups(pid: u32) -> u64 {

@@ -679,14 +679,14 @@ pub fn capacity_ladder(quick: bool) -> Capacity {
         if i == 0 {
             // Attached, nothing on the wire: what a node with a quiet service pays.
             let start = std::time::Instant::now();
-            let (cpu0, _) = load::cpu_and_rss(d.pid());
+            let cpu0 = load::cpu_ns(d.pid());
             let wake0 = load::wakeups(d.pid());
             std::thread::sleep(Duration::from_secs(if quick { 1 } else { 3 }));
             let secs = start.elapsed().as_secs_f64();
-            let (cpu1, _) = load::cpu_and_rss(d.pid());
+            let cpu1 = load::cpu_ns(d.pid());
             idle = Idle {
                 secs,
-                cpu_ms_per_s: (cpu1 - cpu0) * 1e3 / secs,
+                cpu_ms_per_s: cpu1.saturating_sub(cpu0) as f64 / 1e6 / secs,
                 wakeups_per_s: load::wakeups(d.pid()).saturating_sub(wake0) as f64 / secs,
             };
             println!(
