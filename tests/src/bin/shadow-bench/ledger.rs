@@ -226,19 +226,11 @@ pub fn write_ledger(out: &Path, date: &str, command: &str) {
             "the same, at saturation, run as before (--threads 2 --pipeline 1)",
             "cpu_us_per_mirrored",
         ),
-        // `--alt-daemon`: another build, side by side (named by its --alt-label).
-        (
-            "saturating",
-            "capture-alt",
-            "another build (--alt-daemon), capture only, at saturation",
-            "cpu_us_per_captured",
-        ),
-        (
-            "saturating",
-            "healthy-alt",
-            "another build (--alt-daemon), healthy shadow, at saturation",
-            "cpu_us_per_mirrored",
-        ),
+        // `--alt-daemon` / `--alt-args`: another build or other flags, side by side (named by
+        // its --alt-label).
+        ("saturating", "capture-alt", "the other way, capture only, at saturation", "cpu_us_per_captured"),
+        ("saturating", "healthy-alt", "the other way, healthy shadow, at saturation", "cpu_us_per_mirrored"),
+        ("saturating", "healthy10-alt", "the other way, 10 % sampling, at saturation", "cpu_us_per_mirrored"),
     ] {
         let a = arm(&mirror, group, key);
         if a.is_null() {

@@ -108,7 +108,7 @@ const ARMS: &[ArmSpec] = &[
 
 /// Another build of the daemon, or this one with other flags, run side by side with the default
 /// (`--alt-daemon PATH`, `--alt-args "FLAGS"`, `--alt-label TEXT`): capture only and healthy
-/// shadow, at saturation, next to the same arms run the default way. For A/B of a change (an
+/// shadow at 100 % and 10 %, at saturation, next to the same arms run the default way. For A/B of a change (an
 /// allocator, a constant, a flag's default).
 #[derive(Clone, Debug)]
 pub struct Alt {
@@ -138,6 +138,13 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             name: name("shadow-daemon, healthy shadow, 100 %"),
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
+            fixed: false,
+        });
+        v.push(ArmSpec {
+            key: "healthy10-alt",
+            name: name("shadow-daemon, healthy shadow, 10 %"),
+            nginx_mirror: None,
+            daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 10).expect("daemon") }),
             fixed: false,
         });
     }
