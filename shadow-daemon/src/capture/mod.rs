@@ -958,14 +958,14 @@ mod tests {
             p.looked(0);
             seen.push(p.get().as_millis());
         }
-        assert_eq!(seen, [4, 8, 16, 32, 32, 32]);
+        assert_eq!(seen, [16, 32, 32, 32, 32, 32]);
         assert_eq!(shadow_common::RING_IDLE_POLL_MS, 32);
         p.looked(1);
-        assert_eq!(p.get(), Duration::from_millis(2));
+        assert_eq!(p.get(), Duration::from_millis(8));
         // Records keep it at the base, however many.
         p.looked(500);
-        assert_eq!(p.get(), Duration::from_millis(2));
+        assert_eq!(p.get(), Duration::from_millis(8));
         p.looked(0);
-        assert_eq!(p.get(), Duration::from_millis(4));
+        assert_eq!(p.get(), Duration::from_millis(16));
     }
 }
