@@ -26,7 +26,7 @@ pub const CAPTURE_BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, MAX_CAPTURE];
 pub const RING_WAKEUP_BYTES: u64 = 128 * 1024;
 /// How often the daemon drains the ring buffer without a wakeup while records keep coming. Every
 /// wake-up of the daemon costs tens of microseconds of CPU here (a VM), more than the records it
-/// drains at moderate rates: 8 ms rather than 2 (bench/results/poll). Under load the kernel's
+/// drains at moderate rates: 8 ms rather than 2 (bench/results/ab/poll). Under load the kernel's
 /// wakeup at [`RING_WAKEUP_BYTES`] comes first, so this only sets how long a trickle waits.
 pub const RING_POLL_INTERVAL_MS: u64 = 8;
 /// The longest the daemon waits between looks at the ring buffer: every look that finds nothing
