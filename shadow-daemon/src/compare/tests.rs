@@ -327,3 +327,154 @@ proptest! {
         prop_assert_eq!(outcome, Outcome::BodyMismatch);
     }
 }
+
+/// A body over `max_body_bytes` is compared by length even when both sides send the same bytes:
+/// the fast path for byte-equal bodies says what parsing would have said (over the cap: length
+/// only), never a plain match. At exactly the cap the body is parsed, and equal.
+#[test]
+fn byte_equal_bodies_over_the_cap_are_compared_by_length() {
+    let mut c = comparator("max_body_bytes = 16");
+    let over = format!("[\"{}\"]", "x".repeat(13));
+    assert_eq!(over.len(), 17);
+    let at_cap = format!("[\"{}\"]", "x".repeat(12));
+    assert_eq!(at_cap.len(), 16);
+    assert_eq!(c.observe("GET /over", &json_resp(200, &over, 1), &json_resp(200, &over, 1)), Outcome::MatchLengthOnly);
+    assert_eq!(c.observe("GET /at", &json_resp(200, &at_cap, 1), &json_resp(200, &at_cap, 1)), Outcome::Match);
+    let r = c.report();
+    let s = &endpoint(&r, "GET /over").summary;
+    assert_eq!((s.samples, s.length_only, s.body_matches), (1, 1, 1));
+    let s = &endpoint(&r, "GET /at").summary;
+    assert_eq!((s.samples, s.length_only, s.body_matches), (1, 0, 1));
+}
+
+/// Every count of an endpoint's summary and of the overall one, from a known mix of pairs.
+#[test]
+fn report_counts_every_field_exactly() {
+    let mut c = comparator("");
+    let e = "GET /mix";
+    // Primary 200, shadow 200: a match.
+    c.observe(e, &json_resp(200, "{}", 1), &json_resp(200, "{}", 1));
+    // Primary 500, shadow 500: both 5xx, status equal.
+    c.observe(e, &json_resp(500, "{}", 1), &json_resp(500, "{}", 1));
+    // Primary 499 (not 5xx), shadow 502.
+    c.observe(e, &json_resp(499, "{}", 1), &json_resp(502, "{}", 1));
+    // Shadow failures: the primary's 5xx still counts (503), a 499 does not.
+    c.observe_shadow_failure(e, &json_resp(503, "{}", 1), ShadowFailure::Timeout);
+    c.observe_shadow_failure(e, &json_resp(499, "{}", 1), ShadowFailure::Connect);
+    c.observe_shadow_failure("GET /other", &json_resp(200, "{}", 1), ShadowFailure::InvalidResponse);
+    c.record_unpaired(e, UnpairedReason::MemoryBound);
+    let r = c.report();
+    let s = &endpoint(&r, e).summary;
+    assert_eq!(s.endpoint, e);
+    assert_eq!(
+        (s.samples, s.shadow_failures, s.status_matches, s.body_matches, s.header_matches, s.length_only),
+        (5, 2, 2, 3, 3, 0)
+    );
+    assert_eq!((s.primary_5xx, s.shadow_5xx), (2, 2));
+    assert_eq!(s.unpaired, Unpaired { primary_missing: 0, memory_bound: 1 });
+    assert_eq!(s.primary_5xx_percent, 40.0);
+    assert_eq!(s.shadow_error_percent, 80.0, "2 shadow 5xx and 2 failures of 5 pairs");
+    let o = &r.overall;
+    assert_eq!(o.endpoint, "(all endpoints)");
+    assert_eq!((o.samples, o.shadow_failures, o.primary_5xx, o.shadow_5xx), (6, 3, 2, 2));
+    assert_eq!(
+        r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect::<Vec<_>>(),
+        ["GET /mix", "GET /other"],
+        "sorted by name"
+    );
+}
+
+/// `endpoint_key` says what the next `observe` would use: its own name while under the cap,
+/// `other` from exactly the cap on (and a known endpoint keeps its name).
+#[test]
+fn endpoint_key_at_exactly_the_cap() {
+    let mut c = comparator("[limits]\nmax_endpoints = 2");
+    let p = json_resp(200, "{}", 1);
+    assert_eq!(c.endpoint_key("GET /a"), "GET /a");
+    c.observe("GET /a", &p, &p);
+    assert_eq!(c.endpoint_key("GET /b"), "GET /b", "1 endpoint of 2");
+    c.observe("GET /b", &p, &p);
+    assert_eq!(c.endpoint_key("GET /c"), OTHER_ENDPOINT, "2 endpoints of 2");
+    assert_eq!(c.endpoint_key("GET /a"), "GET /a");
+    c.observe("GET /c", &p, &p);
+    let r = c.report();
+    assert_eq!(
+        r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect::<Vec<_>>(),
+        ["GET /a", "GET /b", "other"]
+    );
+    assert_eq!(r.overflow_pairs, 1);
+}
+
+/// A header that the secondary showed to be noise excuses a pair that differs only in it: a
+/// match when observed, not a header mismatch.
+#[test]
+fn header_noise_learned_from_a_secondary_excuses_the_header() {
+    let mut c = comparator("compare_headers = [\"X-Request-Id\"]\n[noise]\nmin_samples = 3\nmin_differ_percent = 50.0");
+    let e = "GET /h";
+    let with_id = |id: &str| {
+        let mut r = json_resp(200, "{}", 1);
+        r.headers.push(("X-Request-Id".into(), id.as_bytes().to_vec()));
+        r
+    };
+    assert_eq!(c.observe(e, &with_id("a"), &with_id("b")), Outcome::HeaderMismatch);
+    for i in 0..3 {
+        c.observe_secondary(e, &with_id(&format!("p{i}")), &with_id(&format!("s{i}")));
+    }
+    assert_eq!(c.observe(e, &with_id("c"), &with_id("d")), Outcome::Match);
+    assert_eq!(c.observe(e, &with_id("c"), &with_id("c")), Outcome::Match);
+    let r = c.report();
+    let s = &endpoint(&r, e).summary;
+    assert_eq!((s.samples, s.header_matches), (3, 3), "the first pair excused since");
+}
+
+/// A kept mismatch sample carries what differed: the shown paths with both values, how many
+/// nodes differed, both latencies in milliseconds, and why a shadow failed.
+#[test]
+fn mismatch_samples_keep_the_differences_and_latencies() {
+    let mut c = comparator("");
+    let e = "GET /s";
+    let p = json_resp(200, r#"{"a":1,"b":2,"c":3}"#, 5);
+    let s = json_resp(200, r#"{"a":1,"b":20,"c":30}"#, 1250);
+    assert_eq!(c.observe(e, &p, &s), Outcome::BodyMismatch);
+    c.observe_shadow_failure(e, &p, ShadowFailure::Timeout);
+    c.observe_shadow_failure(e, &p, ShadowFailure::Connect);
+    c.observe_shadow_failure(e, &p, ShadowFailure::InvalidResponse);
+    let d = c.diffs(Some(e));
+    assert_eq!(d.len(), 4);
+    assert_eq!(d[0].seq, 1);
+    assert_eq!(d[0].body_differences, 2);
+    assert_eq!(
+        d[0].body,
+        [
+            PathDiff { path: "$.b".into(), primary: "2".into(), shadow: "20".into() },
+            PathDiff { path: "$.c".into(), primary: "3".into(), shadow: "30".into() },
+        ]
+    );
+    assert_eq!((d[0].primary_latency_ms, d[0].shadow_latency_ms), (5.0, 1250.0));
+    let notes: Vec<&str> = d[1..].iter().map(|m| m.note.as_deref().unwrap_or_default()).collect();
+    assert_eq!(
+        notes,
+        ["shadow request failed: timeout", "shadow request failed: connect", "shadow request failed: invalid_response"]
+    );
+    assert_eq!((d[1].primary_latency_ms, d[1].shadow_latency_ms, d[1].shadow_status), (5.0, 0.0, 0));
+}
+
+/// The comparator's memory estimate, exactly: its own size, and per endpoint the name's bytes,
+/// 48 for the map entry, and the endpoint's stats. The report says the same number.
+#[test]
+fn approx_bytes_counts_each_endpoint_and_its_name() {
+    let mut c = comparator("");
+    assert_eq!(c.approx_bytes(), std::mem::size_of::<Comparator>());
+    let p = json_resp(200, r#"{"a":1}"#, 3);
+    let s = json_resp(200, r#"{"a":2}"#, 4);
+    c.observe("GET /a", &p, &s);
+    let stats = c.endpoints["GET /a"].approx_bytes();
+    assert_eq!(c.approx_bytes(), std::mem::size_of::<Comparator>() + "GET /a".len() + 48 + stats);
+    assert_eq!(c.report().approx_bytes, c.approx_bytes() as u64);
+    // The same matching pair under a name 11 bytes longer costs 11 bytes more (no sample kept,
+    // so the name is counted once).
+    let (mut short, mut long) = (comparator(""), comparator(""));
+    short.observe("GET /a", &p, &p);
+    long.observe("GET /a/0123456789", &p, &p);
+    assert_eq!(long.approx_bytes() - short.approx_bytes(), 11);
+}
