@@ -299,6 +299,60 @@ mod tests {
         assert!(e.approx_bytes() >= before + 3000);
     }
 
+    /// The memory estimate, exactly: the struct, 8 bytes a histogram bucket on both sides, per
+    /// signature 2 bytes an id and 64, per kept sample its strings and fixed costs, the path
+    /// table and the learner.
+    #[test]
+    fn approx_bytes_exactly() {
+        let mut e = EndpointStats::new(0);
+        let buckets = latency_histogram().distinct_values();
+        let empty = std::mem::size_of::<EndpointStats>() + 2 * 8 * buckets;
+        assert_eq!(e.approx_bytes(), empty);
+        e.record_latencies(Duration::from_millis(3), Some(Duration::from_secs(7)));
+        assert_eq!(e.approx_bytes(), empty, "fixed bounds: recording costs nothing");
+        e.record_difference(&t(&["$.a", "$.bb"]), true, &t(&["header:etag"]));
+        // One signature of 3 ids; 3 templates of 3, 4 and 11 bytes in the path table.
+        let sig = 2 * 3 + 64;
+        let paths = (2 * 3 + 64) + (2 * 4 + 64) + (2 * 11 + 64);
+        assert_eq!(e.paths.approx_bytes(), paths);
+        assert_eq!(e.approx_bytes(), empty + sig + paths);
+        let ab = t(&["$.a", "$.bb"]);
+        e.noise.observe(&mut e.paths, crate::compare::noise::SecondaryDiff::Differ { templates: &ab });
+        assert_eq!(e.noise.approx_bytes(), 2 * 32);
+        assert_eq!(e.approx_bytes(), empty + sig + paths + 64);
+        let sample = MismatchSample {
+            endpoint: "GET /".into(),
+            seq: 1,
+            outcome: Outcome::BodyMismatch,
+            primary_status: 200,
+            shadow_status: 200,
+            primary_latency_ms: 1.0,
+            shadow_latency_ms: 1.0,
+            headers: vec![super::super::HeaderDiff { name: "etag".into(), primary: Some("abc".into()), shadow: None }],
+            body: vec![super::super::PathDiff { path: "$.a".into(), primary: "1".into(), shadow: "22".into() }],
+            body_differences: 1,
+            paths: t(&["$.a", "header:etag"]),
+            paths_complete: true,
+            note: Some("seven!!".into()),
+            primary_body: "x".repeat(1000),
+            shadow_body: "y".repeat(10),
+        };
+        let strings = 5 + 1000 + 10 + 7;
+        let diffs = 3 + 1 + 2 + 72;
+        let headers = 4 + 96 + 3;
+        let listed = (3 + 24) + (11 + 24);
+        let one = std::mem::size_of::<MismatchSample>() + strings + diffs + headers + listed;
+        assert_eq!(sample_bytes(&sample), one);
+        let mut other = sample.clone();
+        other.headers[0] =
+            super::super::HeaderDiff { name: "etag".into(), primary: None, shadow: Some("abcde".into()) };
+        other.note = None;
+        assert_eq!(sample_bytes(&other), one + 2 - 7);
+        e.push_sample(sample, 4);
+        e.push_sample(other, 4);
+        assert_eq!(e.approx_bytes(), empty + sig + paths + 64 + 2 * one + 2 - 7);
+    }
+
     #[test]
     fn percentiles_in_ms() {
         let mut h = latency_histogram();

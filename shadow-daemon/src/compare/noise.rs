@@ -166,4 +166,17 @@ mod tests {
         assert_eq!(t.overflow, 10);
         assert_eq!(t.intern("$.k0"), Some(0), "known templates keep their id");
     }
+
+    /// Memory, exactly: a template twice (map key and name) and 64; a learned count 32.
+    #[test]
+    fn approx_bytes_exactly() {
+        let mut t = PathTable::default();
+        let mut n = NoiseLearner::default();
+        assert_eq!((t.approx_bytes(), n.approx_bytes()), (0, 0));
+        let ts = ["$.a".to_owned(), "header:etag".to_owned()];
+        n.observe(&mut t, SecondaryDiff::Differ { templates: &ts });
+        n.observe(&mut t, SecondaryDiff::Differ { templates: &ts[..1] });
+        assert_eq!(t.approx_bytes(), (2 * 3 + 64) + (2 * 11 + 64));
+        assert_eq!(n.approx_bytes(), 2 * 32);
+    }
 }
