@@ -350,7 +350,7 @@ fn byte_equal_bodies_over_the_cap_are_compared_by_length() {
 /// Every count of an endpoint's summary and of the overall one, from a known mix of pairs.
 #[test]
 fn report_counts_every_field_exactly() {
-    let mut c = comparator("");
+    let mut c = comparator("max_body_bytes = 8\n[limits]\nmismatch_samples = 2");
     let e = "GET /mix";
     // Primary 200, shadow 200: a match.
     c.observe(e, &json_resp(200, "{}", 1), &json_resp(200, "{}", 1));
@@ -358,11 +358,16 @@ fn report_counts_every_field_exactly() {
     c.observe(e, &json_resp(500, "{}", 1), &json_resp(500, "{}", 1));
     // Primary 499 (not 5xx), shadow 502.
     c.observe(e, &json_resp(499, "{}", 1), &json_resp(502, "{}", 1));
-    // Shadow failures: the primary's 5xx still counts (503), a 499 does not.
+    // Shadow failures: the primary's 5xx still counts (503), a 499 does not. Three mismatch
+    // samples for a ring of 2: one evicted.
     c.observe_shadow_failure(e, &json_resp(503, "{}", 1), ShadowFailure::Timeout);
     c.observe_shadow_failure(e, &json_resp(499, "{}", 1), ShadowFailure::Connect);
-    c.observe_shadow_failure("GET /other", &json_resp(200, "{}", 1), ShadowFailure::InvalidResponse);
     c.record_unpaired(e, UnpairedReason::MemoryBound);
+    let o = "GET /other";
+    c.observe_shadow_failure(o, &json_resp(200, "{}", 1), ShadowFailure::InvalidResponse);
+    let big = "[1,2,3,4,5]";
+    assert_eq!(c.observe(o, &json_resp(200, big, 1), &json_resp(200, big, 1)), Outcome::MatchLengthOnly);
+    c.record_unpaired(o, UnpairedReason::PrimaryMissing);
     let r = c.report();
     let s = &endpoint(&r, e).summary;
     assert_eq!(s.endpoint, e);
@@ -370,13 +375,23 @@ fn report_counts_every_field_exactly() {
         (s.samples, s.shadow_failures, s.status_matches, s.body_matches, s.header_matches, s.length_only),
         (5, 2, 2, 3, 3, 0)
     );
-    assert_eq!((s.primary_5xx, s.shadow_5xx), (2, 2));
+    assert_eq!((s.primary_5xx, s.shadow_5xx, s.mismatch_samples_evicted), (2, 2, 1));
     assert_eq!(s.unpaired, Unpaired { primary_missing: 0, memory_bound: 1 });
     assert_eq!(s.primary_5xx_percent, 40.0);
     assert_eq!(s.shadow_error_percent, 80.0, "2 shadow 5xx and 2 failures of 5 pairs");
-    let o = &r.overall;
-    assert_eq!(o.endpoint, "(all endpoints)");
-    assert_eq!((o.samples, o.shadow_failures, o.primary_5xx, o.shadow_5xx), (6, 3, 2, 2));
+    let s = &endpoint(&r, o).summary;
+    assert_eq!(
+        (s.samples, s.shadow_failures, s.status_matches, s.body_matches, s.header_matches, s.length_only),
+        (2, 1, 1, 1, 1, 1)
+    );
+    let all = &r.overall;
+    assert_eq!(all.endpoint, "(all endpoints)");
+    assert_eq!(
+        (all.samples, all.shadow_failures, all.status_matches, all.body_matches, all.header_matches, all.length_only),
+        (7, 3, 3, 4, 4, 1)
+    );
+    assert_eq!((all.primary_5xx, all.shadow_5xx, all.mismatch_samples_evicted), (2, 2, 1));
+    assert_eq!(all.unpaired, Unpaired { primary_missing: 1, memory_bound: 1 });
     assert_eq!(
         r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect::<Vec<_>>(),
         ["GET /mix", "GET /other"],

@@ -279,4 +279,38 @@ mod tests {
         let json = serde_json::to_string(&EndpointVerdict::Fail { failed: vec![f] }).expect("json");
         assert!(json.starts_with(r#"{"verdict":"FAIL","failed":[{"gate":"p99_ratio""#), "{json}");
     }
+
+    /// Every gate's name and failure line, and each verdict's word and reason line, as the
+    /// report prints them.
+    #[test]
+    fn every_gate_and_verdict_reads_as_documented() {
+        let gates =
+            [Gate::MinSamples, Gate::BodyMatch, Gate::StatusMatch, Gate::HeaderMatch, Gate::Shadow5xx, Gate::P99Ratio];
+        assert_eq!(
+            gates.map(Gate::as_str),
+            ["min_samples", "body_match", "status_match", "header_match", "shadow_5xx", "p99_ratio"]
+        );
+        let line = |gate: Gate, observed: Option<f64>, limit: f64| GateFailure { gate, observed, limit }.to_string();
+        assert_eq!(line(Gate::MinSamples, Some(5.0), 100.0), "min_samples 5 < 100");
+        assert_eq!(line(Gate::StatusMatch, Some(90.0), 99.5), "status_match 90.00% < 99.50%");
+        assert_eq!(line(Gate::HeaderMatch, Some(0.0), 99.0), "header_match 0.00% < 99.00%");
+        assert_eq!(line(Gate::Shadow5xx, Some(2.5), 1.1), "shadow_5xx 2.50% > 1.10%");
+        assert_eq!(line(Gate::BodyMatch, None, 99.0), "body_match: no shadow responses");
+        assert_eq!(
+            [Verdict::Pass, Verdict::Insufficient, Verdict::Fail].map(Verdict::as_str),
+            ["PASS", "INSUFFICIENT", "FAIL"]
+        );
+        let two = vec![
+            GateFailure { gate: Gate::BodyMatch, observed: Some(97.25), limit: 99.0 },
+            GateFailure { gate: Gate::P99Ratio, observed: Some(1.5), limit: 1.2 },
+        ];
+        let fail = EndpointVerdict::Fail { failed: two.clone() };
+        assert_eq!(
+            (fail.as_str(), fail.reason().as_str()),
+            ("FAIL", "body_match 97.25% < 99.00%; p99_ratio 1.50 > 1.20")
+        );
+        let short = EndpointVerdict::Insufficient { samples: 7, needed: 100, failing_so_far: two };
+        assert_eq!((short.as_str(), short.reason().as_str()), ("INSUFFICIENT", "7 of 100 samples"));
+        assert_eq!((EndpointVerdict::Pass.as_str(), EndpointVerdict::Pass.reason().as_str()), ("PASS", ""));
+    }
 }
