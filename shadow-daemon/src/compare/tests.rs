@@ -493,3 +493,48 @@ fn approx_bytes_counts_each_endpoint_and_its_name() {
     long.observe("GET /a/0123456789", &p, &p);
     assert_eq!(long.approx_bytes() - short.approx_bytes(), 11);
 }
+
+/// The text report, exactly: per endpoint and overall, the rates, length-only count, 5xx of
+/// both sides, p99s and their ratio, verdicts with reasons, then the notes (endpoint cap,
+/// length-only share, learned noise).
+#[test]
+fn render_text_exactly() {
+    let mut c = comparator(
+        "max_body_bytes = 8\n[limits]\nmax_endpoints = 3\n[noise]\nmin_samples = 2\nmin_differ_percent = 50.0",
+    );
+    c.observe("GET /a", &json_resp(200, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":1}"#, 20));
+    c.observe("GET /a", &json_resp(500, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":2}"#, 20));
+    c.observe("GET /a", &json_resp(200, "[1,2,3,4,5]", 10), &json_resp(200, "[1,2,3,4,5]", 30));
+    c.observe_shadow_failure("GET /a", &json_resp(200, "{}", 10), ShadowFailure::Timeout);
+    for i in 0..2 {
+        c.observe_secondary("GET /a", &json_resp(200, &format!("{{\"n\":{i}}}"), 1), &json_resp(200, "{\"n\":-1}", 1));
+    }
+    c.observe_shadow_failure("GET /b", &json_resp(503, "{}", 4), ShadowFailure::Connect);
+    c.observe("GET /c", &json_resp(200, "{}", 4), &json_resp(200, "{}", 4));
+    c.record_unpaired("GET /d", UnpairedReason::PrimaryMissing);
+    let want = [
+        "ENDPOINT                              SAMPLES  STATUS    BODY    LEN     5XX P/S %        P99 P/S ms  RATIO  VERDICT",
+        "GET /a                                      4   66.67   66.67      1   25.00/25.00         10.0/30.1   2.99  INSUFFICIENT 4 of 100 samples",
+        "GET /b                                      1       -       -      0 100.00/100.00           4.0/0.0      -  INSUFFICIENT 1 of 100 samples",
+        "GET /c                                      1  100.00  100.00      0     0.00/0.00           4.0/4.0   1.00  INSUFFICIENT 1 of 100 samples",
+        "other                                       0       -       -      0     0.00/0.00               -/-      -  INSUFFICIENT 0 of 100 samples",
+        "(all endpoints)                             6   75.00   75.00      1   33.33/33.33         10.0/30.1   2.99  ",
+        "",
+        "verdict: INSUFFICIENT (exit 3)",
+        "1 pairs beyond the endpoint cap are counted under 'other'",
+        "1 of 6 bodies compared by status and length only",
+        "noise learned for GET /a from 2 secondary pairs: $.n (100%)",
+    ]
+    .map(|l| format!("{l}\n"))
+    .concat();
+    assert_eq!(c.report().render_text(), want);
+    let r = c.report();
+    let l = &endpoint(&r, "GET /a").summary.latency;
+    assert_eq!((l.primary.count, l.shadow.count), (4, 3));
+    assert_eq!(l.p50_ratio, Some(l.shadow.p50_ms / l.primary.p50_ms));
+    assert_eq!(l.p95_ratio, Some(l.shadow.p95_ms / l.primary.p95_ms));
+    assert!((l.p50_ratio.unwrap_or_default() - 2.0).abs() < 0.01, "20 ms against 10 ms: {l:?}");
+    assert!((l.p95_ratio.unwrap_or_default() - 3.0).abs() < 0.01, "30 ms against 10 ms: {l:?}");
+    let l = &endpoint(&r, "GET /b").summary.latency;
+    assert_eq!((l.p50_ratio, l.p95_ratio, l.p99_ratio), (None, None, None), "no shadow latency: no ratio");
+}
