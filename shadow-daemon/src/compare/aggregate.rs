@@ -299,6 +299,59 @@ mod tests {
         assert!(e.approx_bytes() >= before + 3000);
     }
 
+    /// Past the signature cap, header-only and body-only differences still count as mismatches
+    /// of their kind; a template past the path table's cap too.
+    #[test]
+    fn differences_past_the_caps_still_count() {
+        let s = NoiseSettings::default();
+        let mut e = EndpointStats::new(0);
+        for i in 0..MAX_SIGNATURES {
+            e.record_difference(&[format!("$.k{i}")], true, &[]);
+        }
+        e.record_difference(&[], true, &t(&["header:etag"]));
+        e.record_difference(&[], true, &t(&["header:etag"]));
+        e.record_difference(&t(&["$.new"]), true, &[]);
+        assert_eq!(e.signatures.len(), MAX_SIGNATURES);
+        assert_eq!(e.mismatches(&s), (MAX_SIGNATURES as u64 + 1, 2));
+        e.record_difference(&t(&["$.k0"]), true, &[]);
+        assert_eq!(e.mismatches(&s), (MAX_SIGNATURES as u64 + 2, 2), "a kept signature counts again");
+
+        let mut e = EndpointStats::new(0);
+        for i in 0..crate::compare::noise::MAX_PATHS {
+            e.paths.intern(&format!("$.p{i}"));
+        }
+        e.record_difference(&t(&["$.over"]), true, &t(&["header:over"]));
+        assert!(e.signatures.is_empty());
+        assert_eq!(e.mismatches(&s), (1, 1), "templates without an id: untracked, still counted");
+    }
+
+    /// A ring of 0 keeps nothing and counts every sample as evicted.
+    #[test]
+    fn no_sample_ring_keeps_nothing() {
+        let mut e = EndpointStats::new(0);
+        let sample = MismatchSample {
+            endpoint: "GET /".into(),
+            seq: 1,
+            outcome: Outcome::StatusMismatch,
+            primary_status: 200,
+            shadow_status: 500,
+            primary_latency_ms: 1.0,
+            shadow_latency_ms: 1.0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            body_differences: 0,
+            paths: Vec::new(),
+            paths_complete: true,
+            note: None,
+            primary_body: String::new(),
+            shadow_body: String::new(),
+        };
+        for _ in 0..3 {
+            e.push_sample(sample.clone(), 0);
+        }
+        assert_eq!((e.mismatches.len(), e.mismatches_evicted), (0, 3));
+    }
+
     /// The memory estimate, exactly: the struct, 8 bytes a histogram bucket on both sides, per
     /// signature 2 bytes an id and 64, per kept sample its strings and fixed costs, the path
     /// table and the learner.
@@ -364,8 +417,16 @@ mod tests {
         assert_eq!(p.count, 101);
         assert!((p.p50_ms - 51.0).abs() <= 1.0, "{p:?}");
         assert!((p.p99_ms - 100.0).abs() <= 1.0, "{p:?}");
-        assert!(p.max_ms >= 3_500_000.0, "clamped at one hour, not dropped: {p:?}");
-        assert_eq!(curve(&h).len(), CURVE_PERCENTILES.len());
+        assert!((p.p95_ms - 96.0).abs() <= 1.0, "the 96th of 101 values: {p:?}");
+        assert!((3_600_000.0..3_700_000.0).contains(&p.max_ms), "clamped at one hour, not dropped: {p:?}");
+        let c = curve(&h);
+        assert_eq!(c.len(), CURVE_PERCENTILES.len());
+        assert!(c[0][0] == 0.0 && (c[0][1] - 1.0).abs() <= 0.01, "p0 is the minimum, 1 ms: {c:?}");
+        assert_eq!(
+            (c[5], c[11], c[12], c[16]),
+            ([50.0, p.p50_ms], [97.0, quantile_ms(&h, 97.0)], [99.0, p.p99_ms], [100.0, p.max_ms])
+        );
+        assert!((c[11][1] - 98.0).abs() <= 1.5, "the 98th of 101 values: {c:?}");
         assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
     }
 }
