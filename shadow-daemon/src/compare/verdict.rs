@@ -240,6 +240,49 @@ mod tests {
         );
     }
 
+    /// The p99 tolerance: a shadow p99 exactly `p99_tolerance_ms` above the primary's passes
+    /// whatever the ratio, a hair more fails, and the failure names the ratio against its limit.
+    #[test]
+    fn p99_tolerance_at_exactly_its_value() {
+        let tolerant = Gates { p99_tolerance_ms: 3.0, ..Gates::default() };
+        let mut m = healthy();
+        m.latency.shadow.p99_ms = 13.0;
+        assert_eq!(evaluate(&m, &tolerant), EndpointVerdict::Pass, "13 ms is 3 ms above 10 ms");
+        m.latency.shadow.p99_ms = 13.01;
+        match evaluate(&m, &tolerant) {
+            EndpointVerdict::Fail { failed } => {
+                assert_eq!(failed.len(), 1);
+                assert_eq!((failed[0].gate, failed[0].limit), (Gate::P99Ratio, 1.2));
+                assert!((failed[0].observed.unwrap_or_default() - 1.301).abs() < 1e-9, "{failed:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // No shadow latency at all: nothing to compare, no p99 gate.
+        m.latency.shadow.count = 0;
+        assert_eq!(evaluate(&m, &tolerant), EndpointVerdict::Pass);
+        let mut m = healthy();
+        m.latency.primary.count = 0;
+        m.latency.shadow.p99_ms = 100.0;
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass);
+    }
+
+    /// Failing gates are listed with what was measured against the limit.
+    #[test]
+    fn failures_carry_observed_and_limit() {
+        let mut m = healthy();
+        m.status_match_percent = Some(90.0);
+        m.primary_5xx_percent = 1.0;
+        m.shadow_error_percent = 5.0;
+        let EndpointVerdict::Fail { failed } = evaluate(&m, &Gates::default()) else { panic!("FAIL") };
+        assert_eq!(
+            failed,
+            [
+                GateFailure { gate: Gate::StatusMatch, observed: Some(90.0), limit: 99.0 },
+                GateFailure { gate: Gate::Shadow5xx, observed: Some(5.0), limit: 1.1 },
+            ]
+        );
+    }
+
     #[test]
     fn too_few_samples_is_insufficient_even_when_failing() {
         let mut m = healthy();
