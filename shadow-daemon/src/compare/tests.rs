@@ -538,3 +538,33 @@ fn render_text_exactly() {
     let l = &endpoint(&r, "GET /b").summary.latency;
     assert_eq!((l.p50_ratio, l.p95_ratio, l.p99_ratio), (None, None, None), "no shadow latency: no ratio");
 }
+
+/// A passing endpoint's row: its name cut to the column, the verdict alone; and no notes when
+/// there is nothing to note.
+#[test]
+fn render_text_of_a_pass() {
+    let mut c = comparator("");
+    let long = format!("GET /{}", "a".repeat(60));
+    for _ in 0..100 {
+        c.observe(&long, &json_resp(200, "{}", 10), &json_resp(200, "{}", 10));
+    }
+    let text = c.report().render_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "GET /{}… {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  PASS",
+            "a".repeat(30),
+            100,
+            "100.00",
+            "100.00",
+            0,
+            "0.00/0.00",
+            "10.0/10.0",
+            "1.00"
+        )
+    );
+    assert!(lines[2].starts_with("(all endpoints)      "), "{text}");
+    assert_eq!(&lines[3..], ["", "verdict: PASS (exit 0)"]);
+}
