@@ -528,6 +528,7 @@ fn render_text_exactly() {
     .map(|l| format!("{l}\n"))
     .concat();
     assert_eq!(c.report().render_text(), want);
+    assert!(c.report().render_html().contains("<p>1 pairs past the endpoint cap are counted under 'other'.</p>"));
     let r = c.report();
     let l = &endpoint(&r, "GET /a").summary.latency;
     assert_eq!((l.primary.count, l.shadow.count), (4, 3));
@@ -567,4 +568,40 @@ fn render_text_of_a_pass() {
     );
     assert!(lines[2].starts_with("(all endpoints)      "), "{text}");
     assert_eq!(&lines[3..], ["", "verdict: PASS (exit 0)"]);
+}
+
+/// The HTML page's values: verdict, counts, each table row, the sections, the latency curves
+/// (points at each percentile), axis ticks, legends and learned noise.
+#[test]
+fn html_report_values() {
+    let mut c = comparator("max_body_bytes = 8\n[noise]\nmin_samples = 2\nmin_differ_percent = 50.0");
+    c.observe("GET /a", &json_resp(200, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":1}"#, 20));
+    c.observe("GET /a", &json_resp(500, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":2}"#, 20));
+    c.observe("GET /a", &json_resp(200, "[1,2,3,4,5]", 10), &json_resp(200, "[1,2,3,4,5]", 30));
+    c.observe_shadow_failure("GET /b", &json_resp(503, "{}", 4), ShadowFailure::Connect);
+    for i in 0..2 {
+        c.observe_secondary("GET /a", &json_resp(200, &format!("{{\"n\":{i}}}"), 1), &json_resp(200, "{\"n\":-1}", 1));
+    }
+    c.observe_secondary("GET /b", &json_resp(200, "{}", 1), &json_resp(200, "{}", 1));
+    let html = c.report().render_html();
+    for want in [
+        "<title>shadow report: INSUFFICIENT</title>",
+        "<h1>shadow report: <span class=\"badge insufficient\" id=\"verdict\">INSUFFICIENT</span></h1><p>2 endpoints, 4 compared pairs; exit code 3.</p>",
+        "<tr><td class=\"name\">GET /a</td><td>3</td><td>66.67%</td><td>66.67%</td><td>1</td><td>33.33% / 0.00%</td><td>10.05 / 20.09</td><td>10.05 / 30.08</td><td>10.05 / 30.08</td><td>2.99</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">3 of 100 samples</td></tr>",
+        "<tr><td class=\"name\">GET /b</td><td>1</td><td>-</td><td>-</td><td>0</td><td>100.00% / 100.00%</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>-</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">1 of 100 samples</td></tr>",
+        "<section class=\"endpoint\" id=\"endpoint-0\" data-endpoint=\"GET /a\"><h2>GET /a <span class=\"badge insufficient\">INSUFFICIENT</span></h2>",
+        "<polyline class=\"primary\" points=\"70.0,207.6 75.8,207.2 82.2,207.2 89.5,207.2 98.0,207.2 107.9,207.2 120.1,207.2 135.9,207.2 158.1,207.2 196.0,207.2 233.9,207.2 261.9,207.2 322.0,207.2 359.9,207.2 448.0,207.2 574.0,207.2 700.0,207.2\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
+        "<polyline class=\"shadow\" points=\"70.0,145.2 75.8,144.4 82.2,144.4 89.5,144.4 98.0,144.4 107.9,144.4 120.1,144.4 135.9,82.0 158.1,82.0 196.0,82.0 233.9,82.0 261.9,82.0 322.0,82.0 359.9,82.0 448.0,82.0 574.0,82.0 700.0,82.0\" fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
+        "<text x=\"64\" y=\"86.5\" text-anchor=\"end\" class=\"tick\">30</text><line x1=\"70\" x2=\"700\" y1=\"20.0\" y2=\"20.0\" stroke=\"#dddddd\"/><text x=\"64\" y=\"24.0\" text-anchor=\"end\" class=\"tick\">40</text>",
+        "<line x1=\"322.0\" x2=\"322.0\" y1=\"20\" y2=\"270\" stroke=\"#eeeeee\"/><text x=\"322.0\" y=\"286\" text-anchor=\"middle\" class=\"tick\">p99</text>",
+        "class=\"legend\">primary (p99 10.05 ms)</text>",
+        "class=\"legend\">shadow (p99 30.08 ms)</text>",
+        "class=\"legend\">shadow: no data</text>",
+        "<p>Noise learned from 2 primary/secondary pairs: <code>$.n</code> (100%)</p>",
+        "<p>Noise learned from 1 primary/secondary pairs: none.</p></section></body></html>\n",
+    ] {
+        assert!(html.contains(want), "{want}\nmissing in\n{html}");
+    }
+    assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
+    assert!(!html.contains("past the endpoint cap"));
 }
