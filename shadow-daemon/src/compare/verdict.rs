@@ -266,6 +266,23 @@ mod tests {
         assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass);
     }
 
+    /// Each gate's slack is inclusive: a measure exactly `EPSILON` past its limit passes.
+    #[test]
+    fn the_slack_itself_passes() {
+        let g = Gates::default();
+        let mut m = healthy();
+        m.primary_5xx_percent = 1.0;
+        m.shadow_error_percent = 1.0 + g.max_5xx_increase_points + EPSILON;
+        assert_eq!(evaluate(&m, &g), EndpointVerdict::Pass);
+        m.shadow_error_percent = 1.0 + g.max_5xx_increase_points + 2.0 * EPSILON;
+        assert_eq!(gates_failed(&m), [Gate::Shadow5xx]);
+        let mut m = healthy();
+        m.body_match_percent = Some(g.min_body_match_percent - EPSILON);
+        assert_eq!(evaluate(&m, &g), EndpointVerdict::Pass);
+        m.body_match_percent = Some(g.min_body_match_percent - 2.0 * EPSILON);
+        assert_eq!(gates_failed(&m), [Gate::BodyMatch]);
+    }
+
     /// Failing gates are listed with what was measured against the limit.
     #[test]
     fn failures_carry_observed_and_limit() {
