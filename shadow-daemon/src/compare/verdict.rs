@@ -281,6 +281,16 @@ mod tests {
         assert_eq!(evaluate(&m, &g), EndpointVerdict::Pass);
         m.body_match_percent = Some(g.min_body_match_percent - 2.0 * EPSILON);
         assert_eq!(gates_failed(&m), [Gate::BodyMatch]);
+        // Ratio only (no tolerance), primary p99 1 ms: the shadow's p99 is the ratio.
+        let ratio_only = Gates { p99_tolerance_ms: 0.0, ..g };
+        let mut m = healthy();
+        m.latency.primary.p99_ms = 1.0;
+        m.latency.shadow.p99_ms = ratio_only.max_p99_ratio + EPSILON;
+        assert_eq!(evaluate(&m, &ratio_only), EndpointVerdict::Pass);
+        m.latency.shadow.p99_ms = ratio_only.max_p99_ratio + 2.0 * EPSILON;
+        assert!(
+            matches!(&evaluate(&m, &ratio_only), EndpointVerdict::Fail { failed } if failed[0].gate == Gate::P99Ratio)
+        );
     }
 
     /// Failing gates are listed with what was measured against the limit.
