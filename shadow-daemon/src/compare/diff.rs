@@ -127,7 +127,8 @@ fn walk<'a>(p: &'a Value, s: &'a Value, at: &mut Vec<Step<'a>>, c: &mut Collecto
         (Value::Object(a), Value::Object(b)) => {
             let (ka, kb) = (sorted(a), sorted(b));
             let (mut i, mut j) = (0, 0);
-            while (i < ka.len() || j < kb.len()) && !c.full() {
+            // Both sides' keys merged in order; the walk ends at `(None, None)` below.
+            while !c.full() {
                 let next_a = ka.get(i).map(|x| x.0);
                 let next_b = kb.get(j).map(|x| x.0);
                 match (next_a, next_b) {
@@ -415,6 +416,24 @@ mod tests {
             d.shown.iter().map(|x| (x.path.as_str(), x.shadow.as_str())).collect::<Vec<_>>(),
             [("$[1]", "(absent)"), ("$[2]", "(absent)")]
         );
+    }
+
+    /// Members on one side only are merged in key order, trailing ones too, and the walk stops
+    /// recording once the templates are full.
+    #[test]
+    fn members_on_one_side_only() {
+        let d = differ(r#"{"a":1,"m":1,"y":1,"z":1}"#, r#"{"b":1,"m":1}"#);
+        let shown: Vec<(&str, &str, &str)> =
+            d.shown.iter().map(|x| (x.path.as_str(), x.primary.as_str(), x.shadow.as_str())).collect();
+        assert_eq!(
+            shown,
+            [("$.a", "1", "(absent)"), ("$.b", "(absent)", "1"), ("$.y", "1", "(absent)"), ("$.z", "1", "(absent)")]
+        );
+        let d = differ(r#"{"m":1}"#, r#"{"a":1,"m":1,"n":2,"o":3}"#);
+        assert_eq!(d.templates, ["$.a", "$.n", "$.o"]);
+        let a: Value = (0..100).map(|i| (format!("k{i:03}"), Value::from(i))).collect::<serde_json::Map<_, _>>().into();
+        let BodyComparison::Differ(d) = compare_bodies(&Body::Json(a), &j("{}"), 0, 0, 4) else { panic!("differ") };
+        assert_eq!((d.total, d.complete), (MAX_TEMPLATES as u64 + 1, false), "no record past the full templates");
     }
 
     /// What a whole-body difference shows of each side, and the cut of long values.
