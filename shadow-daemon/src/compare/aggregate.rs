@@ -242,6 +242,27 @@ mod tests {
 
     use super::*;
 
+    /// A status mismatch sample with nothing in it but its fixed fields.
+    fn sample() -> MismatchSample {
+        MismatchSample {
+            endpoint: "GET /".into(),
+            seq: 1,
+            outcome: Outcome::StatusMismatch,
+            primary_status: 200,
+            shadow_status: 500,
+            primary_latency_ms: 1.0,
+            shadow_latency_ms: 1.0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            body_differences: 0,
+            paths: Vec::new(),
+            paths_complete: true,
+            note: None,
+            primary_body: String::new(),
+            shadow_body: String::new(),
+        }
+    }
+
     fn t(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| (*x).to_owned()).collect()
     }
@@ -275,23 +296,7 @@ mod tests {
         assert_eq!(e.signatures.len(), MAX_SIGNATURES);
         assert_eq!(e.mismatches(&s).0, (MAX_SIGNATURES + 5) as u64, "the overflow still counts as mismatches");
         let before = e.approx_bytes();
-        let sample = MismatchSample {
-            endpoint: "GET /".into(),
-            seq: 1,
-            outcome: Outcome::BodyMismatch,
-            primary_status: 200,
-            shadow_status: 200,
-            primary_latency_ms: 1.0,
-            shadow_latency_ms: 1.0,
-            headers: Vec::new(),
-            body: Vec::new(),
-            body_differences: 0,
-            paths: Vec::new(),
-            paths_complete: true,
-            note: None,
-            primary_body: "x".repeat(1000),
-            shadow_body: String::new(),
-        };
+        let sample = MismatchSample { primary_body: "x".repeat(1000), ..sample() };
         for _ in 0..10 {
             e.push_sample(sample.clone(), 3);
         }
@@ -329,23 +334,7 @@ mod tests {
     #[test]
     fn no_sample_ring_keeps_nothing() {
         let mut e = EndpointStats::new(0);
-        let sample = MismatchSample {
-            endpoint: "GET /".into(),
-            seq: 1,
-            outcome: Outcome::StatusMismatch,
-            primary_status: 200,
-            shadow_status: 500,
-            primary_latency_ms: 1.0,
-            shadow_latency_ms: 1.0,
-            headers: Vec::new(),
-            body: Vec::new(),
-            body_differences: 0,
-            paths: Vec::new(),
-            paths_complete: true,
-            note: None,
-            primary_body: String::new(),
-            shadow_body: String::new(),
-        };
+        let sample = sample();
         for _ in 0..3 {
             e.push_sample(sample.clone(), 0);
         }
@@ -374,13 +363,6 @@ mod tests {
         assert_eq!(e.noise.approx_bytes(), 2 * 32);
         assert_eq!(e.approx_bytes(), empty + sig + paths + 64);
         let sample = MismatchSample {
-            endpoint: "GET /".into(),
-            seq: 1,
-            outcome: Outcome::BodyMismatch,
-            primary_status: 200,
-            shadow_status: 200,
-            primary_latency_ms: 1.0,
-            shadow_latency_ms: 1.0,
             headers: vec![super::super::HeaderDiff { name: "etag".into(), primary: Some("abc".into()), shadow: None }],
             body: vec![super::super::PathDiff { path: "$.a".into(), primary: "1".into(), shadow: "22".into() }],
             body_differences: 1,
@@ -389,6 +371,7 @@ mod tests {
             note: Some("seven!!".into()),
             primary_body: "x".repeat(1000),
             shadow_body: "y".repeat(10),
+            ..sample()
         };
         let strings = 5 + 1000 + 10 + 7;
         let diffs = 3 + 1 + 2 + 72;
