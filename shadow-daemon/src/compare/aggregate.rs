@@ -242,6 +242,27 @@ mod tests {
 
     use super::*;
 
+    /// A status mismatch sample with nothing in it but its fixed fields.
+    fn sample() -> MismatchSample {
+        MismatchSample {
+            endpoint: "GET /".into(),
+            seq: 1,
+            outcome: Outcome::StatusMismatch,
+            primary_status: 200,
+            shadow_status: 500,
+            primary_latency_ms: 1.0,
+            shadow_latency_ms: 1.0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            body_differences: 0,
+            paths: Vec::new(),
+            paths_complete: true,
+            note: None,
+            primary_body: String::new(),
+            shadow_body: String::new(),
+        }
+    }
+
     fn t(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| (*x).to_owned()).collect()
     }
@@ -275,28 +296,97 @@ mod tests {
         assert_eq!(e.signatures.len(), MAX_SIGNATURES);
         assert_eq!(e.mismatches(&s).0, (MAX_SIGNATURES + 5) as u64, "the overflow still counts as mismatches");
         let before = e.approx_bytes();
-        let sample = MismatchSample {
-            endpoint: "GET /".into(),
-            seq: 1,
-            outcome: Outcome::BodyMismatch,
-            primary_status: 200,
-            shadow_status: 200,
-            primary_latency_ms: 1.0,
-            shadow_latency_ms: 1.0,
-            headers: Vec::new(),
-            body: Vec::new(),
-            body_differences: 0,
-            paths: Vec::new(),
-            paths_complete: true,
-            note: None,
-            primary_body: "x".repeat(1000),
-            shadow_body: String::new(),
-        };
+        let sample = MismatchSample { primary_body: "x".repeat(1000), ..sample() };
         for _ in 0..10 {
             e.push_sample(sample.clone(), 3);
         }
         assert_eq!((e.mismatches.len(), e.mismatches_evicted), (3, 7));
         assert!(e.approx_bytes() >= before + 3000);
+    }
+
+    /// Past the signature cap, header-only and body-only differences still count as mismatches
+    /// of their kind; a template past the path table's cap too.
+    #[test]
+    fn differences_past_the_caps_still_count() {
+        let s = NoiseSettings::default();
+        let mut e = EndpointStats::new(0);
+        for i in 0..MAX_SIGNATURES {
+            e.record_difference(&[format!("$.k{i}")], true, &[]);
+        }
+        e.record_difference(&[], true, &t(&["header:etag"]));
+        e.record_difference(&[], true, &t(&["header:etag"]));
+        e.record_difference(&t(&["$.new"]), true, &[]);
+        assert_eq!(e.signatures.len(), MAX_SIGNATURES);
+        assert_eq!(e.mismatches(&s), (MAX_SIGNATURES as u64 + 1, 2));
+        e.record_difference(&t(&["$.k0"]), true, &[]);
+        assert_eq!(e.mismatches(&s), (MAX_SIGNATURES as u64 + 2, 2), "a kept signature counts again");
+
+        let mut e = EndpointStats::new(0);
+        for i in 0..crate::compare::noise::MAX_PATHS {
+            e.paths.intern(&format!("$.p{i}"));
+        }
+        e.record_difference(&t(&["$.over"]), true, &t(&["header:over"]));
+        assert!(e.signatures.is_empty());
+        assert_eq!(e.mismatches(&s), (1, 1), "templates without an id: untracked, still counted");
+    }
+
+    /// A ring of 0 keeps nothing and counts every sample as evicted.
+    #[test]
+    fn no_sample_ring_keeps_nothing() {
+        let mut e = EndpointStats::new(0);
+        let sample = sample();
+        for _ in 0..3 {
+            e.push_sample(sample.clone(), 0);
+        }
+        assert_eq!((e.mismatches.len(), e.mismatches_evicted), (0, 3));
+    }
+
+    /// The memory estimate, exactly: the struct, 8 bytes a histogram bucket on both sides, per
+    /// signature 2 bytes an id and 64, per kept sample its strings and fixed costs, the path
+    /// table and the learner.
+    #[test]
+    fn approx_bytes_exactly() {
+        let mut e = EndpointStats::new(0);
+        let buckets = latency_histogram().distinct_values();
+        let empty = std::mem::size_of::<EndpointStats>() + 2 * 8 * buckets;
+        assert_eq!(e.approx_bytes(), empty);
+        e.record_latencies(Duration::from_millis(3), Some(Duration::from_secs(7)));
+        assert_eq!(e.approx_bytes(), empty, "fixed bounds: recording costs nothing");
+        e.record_difference(&t(&["$.a", "$.bb"]), true, &t(&["header:etag"]));
+        // One signature of 3 ids; 3 templates of 3, 4 and 11 bytes in the path table.
+        let sig = 2 * 3 + 64;
+        let paths = (2 * 3 + 64) + (2 * 4 + 64) + (2 * 11 + 64);
+        assert_eq!(e.paths.approx_bytes(), paths);
+        assert_eq!(e.approx_bytes(), empty + sig + paths);
+        let ab = t(&["$.a", "$.bb"]);
+        e.noise.observe(&mut e.paths, crate::compare::noise::SecondaryDiff::Differ { templates: &ab });
+        assert_eq!(e.noise.approx_bytes(), 2 * 32);
+        assert_eq!(e.approx_bytes(), empty + sig + paths + 64);
+        let sample = MismatchSample {
+            headers: vec![super::super::HeaderDiff { name: "etag".into(), primary: Some("abc".into()), shadow: None }],
+            body: vec![super::super::PathDiff { path: "$.a".into(), primary: "1".into(), shadow: "22".into() }],
+            body_differences: 1,
+            paths: t(&["$.a", "header:etag"]),
+            paths_complete: true,
+            note: Some("seven!!".into()),
+            primary_body: "x".repeat(1000),
+            shadow_body: "y".repeat(10),
+            ..sample()
+        };
+        let strings = 5 + 1000 + 10 + 7;
+        let diffs = 3 + 1 + 2 + 72;
+        let headers = 4 + 96 + 3;
+        let listed = (3 + 24) + (11 + 24);
+        let one = std::mem::size_of::<MismatchSample>() + strings + diffs + headers + listed;
+        assert_eq!(sample_bytes(&sample), one);
+        let mut other = sample.clone();
+        other.headers[0] =
+            super::super::HeaderDiff { name: "etag".into(), primary: None, shadow: Some("abcde".into()) };
+        other.note = None;
+        assert_eq!(sample_bytes(&other), one + 2 - 7);
+        e.push_sample(sample, 4);
+        e.push_sample(other, 4);
+        assert_eq!(e.approx_bytes(), empty + sig + paths + 64 + 2 * one + 2 - 7);
     }
 
     #[test]
@@ -310,8 +400,16 @@ mod tests {
         assert_eq!(p.count, 101);
         assert!((p.p50_ms - 51.0).abs() <= 1.0, "{p:?}");
         assert!((p.p99_ms - 100.0).abs() <= 1.0, "{p:?}");
-        assert!(p.max_ms >= 3_500_000.0, "clamped at one hour, not dropped: {p:?}");
-        assert_eq!(curve(&h).len(), CURVE_PERCENTILES.len());
+        assert!((p.p95_ms - 96.0).abs() <= 1.0, "the 96th of 101 values: {p:?}");
+        assert!((3_600_000.0..3_700_000.0).contains(&p.max_ms), "clamped at one hour, not dropped: {p:?}");
+        let c = curve(&h);
+        assert_eq!(c.len(), CURVE_PERCENTILES.len());
+        assert!(c[0][0] == 0.0 && (c[0][1] - 1.0).abs() <= 0.01, "p0 is the minimum, 1 ms: {c:?}");
+        assert_eq!(
+            (c[5], c[11], c[12], c[16]),
+            ([50.0, p.p50_ms], [97.0, quantile_ms(&h, 97.0)], [99.0, p.p99_ms], [100.0, p.max_ms])
+        );
+        assert!((c[11][1] - 98.0).abs() <= 1.5, "the 98th of 101 values: {c:?}");
         assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
     }
 }

@@ -127,7 +127,8 @@ fn walk<'a>(p: &'a Value, s: &'a Value, at: &mut Vec<Step<'a>>, c: &mut Collecto
         (Value::Object(a), Value::Object(b)) => {
             let (ka, kb) = (sorted(a), sorted(b));
             let (mut i, mut j) = (0, 0);
-            while (i < ka.len() || j < kb.len()) && !c.full() {
+            // Both sides' keys merged in order; the walk ends at `(None, None)` below.
+            while !c.full() {
                 let next_a = ka.get(i).map(|x| x.0);
                 let next_b = kb.get(j).map(|x| x.0);
                 match (next_a, next_b) {
@@ -388,6 +389,97 @@ mod tests {
         assert_eq!(extra.shown.len(), 16);
     }
 
+    /// The walk stops once the templates are full: what it counted until then, and the
+    /// extra elements of an array are counted past the shown cap, their template kept.
+    #[test]
+    fn counts_when_capped() {
+        let a: Value =
+            (0..1000).map(|i| (format!("k{i:04}"), Value::from(i))).collect::<serde_json::Map<_, _>>().into();
+        let b: Value =
+            (0..1000).map(|i| (format!("k{i:04}"), Value::from(-i - 1))).collect::<serde_json::Map<_, _>>().into();
+        let BodyComparison::Differ(d) = compare_bodies(&Body::Json(a), &Body::Json(b), 0, 0, 4) else {
+            panic!("differ")
+        };
+        assert_eq!(
+            (d.total, d.shown.len(), d.templates.len(), d.complete),
+            (MAX_TEMPLATES as u64 + 1, 4, MAX_TEMPLATES, false)
+        );
+        let BodyComparison::Differ(d) = compare_bodies(&j(r#"{"a":1,"b":[1]}"#), &j(r#"{"a":2,"b":[1,2,3]}"#), 0, 0, 1)
+        else {
+            panic!("differ")
+        };
+        assert_eq!(d.total, 3);
+        assert_eq!(d.shown.iter().map(|x| x.path.as_str()).collect::<Vec<_>>(), ["$.a"]);
+        assert_eq!(d.templates, ["$.a", "$.b[*]"]);
+        let d = differ("[1,2,3]", "[1]");
+        assert_eq!(
+            d.shown.iter().map(|x| (x.path.as_str(), x.shadow.as_str())).collect::<Vec<_>>(),
+            [("$[1]", "(absent)"), ("$[2]", "(absent)")]
+        );
+    }
+
+    /// Members on one side only are merged in key order, trailing ones too, and the walk stops
+    /// recording once the templates are full.
+    #[test]
+    fn members_on_one_side_only() {
+        let d = differ(r#"{"a":1,"m":1,"y":1,"z":1}"#, r#"{"b":1,"m":1}"#);
+        let shown: Vec<(&str, &str, &str)> =
+            d.shown.iter().map(|x| (x.path.as_str(), x.primary.as_str(), x.shadow.as_str())).collect();
+        assert_eq!(
+            shown,
+            [("$.a", "1", "(absent)"), ("$.b", "(absent)", "1"), ("$.y", "1", "(absent)"), ("$.z", "1", "(absent)")]
+        );
+        let d = differ(r#"{"m":1}"#, r#"{"a":1,"m":1,"n":2,"o":3}"#);
+        assert_eq!(d.templates, ["$.a", "$.n", "$.o"]);
+        let a: Value = (0..100).map(|i| (format!("k{i:03}"), Value::from(i))).collect::<serde_json::Map<_, _>>().into();
+        let BodyComparison::Differ(d) = compare_bodies(&Body::Json(a), &j("{}"), 0, 0, 4) else { panic!("differ") };
+        assert_eq!((d.total, d.complete), (MAX_TEMPLATES as u64 + 1, false), "no record past the full templates");
+    }
+
+    /// What a whole-body difference shows of each side, and the cut of long values.
+    #[test]
+    fn whole_body_differences_say_what_each_side_was() {
+        let html = Body::Bytes(Bytes::from_static(b"<p>\xff</p>"));
+        let BodyComparison::Differ(d) = compare_bodies(&j(r#"{"b":1,"a":[true]}"#), &html, 2, 8, 4) else {
+            panic!("differ")
+        };
+        assert_eq!(
+            d.shown,
+            [PathDiff {
+                path: "$".into(),
+                primary: r#"JSON {"a":[true],"b":1}"#.into(),
+                shadow: "8 bytes: <p>\u{fffd}</p>".into()
+            }]
+        );
+        assert_eq!((d.total, d.complete), (1, true));
+        let BodyComparison::Differ(d) = compare_bodies(&j("{}"), &html, 2, 8, 0) else { panic!("differ") };
+        assert!(d.shown.is_empty(), "nothing shown when 0 may be");
+        assert_eq!(d.total, 1);
+        assert_eq!(describe(&Body::LengthOnly(LengthOnlyReason::Truncated)), "(truncated)");
+        assert_eq!(
+            (cut("abc", 3), cut("abcd", 3), cut("ééé", 2)),
+            ("abc".to_owned(), "abc…".to_owned(), "éé…".to_owned())
+        );
+        assert_eq!(body_text(&j(r#"{"b":1,"a":2}"#), 5), "{\"a\":…");
+        assert_eq!(body_text(&Body::Bytes(Bytes::from_static("héllo world".as_bytes())), 3), "hél…");
+        assert_eq!(body_text(&Body::LengthOnly(LengthOnlyReason::OverCap), 3), "(not kept: over_cap)");
+    }
+
+    /// A header sent several times is compared as its values joined, each trimmed.
+    #[test]
+    fn repeated_headers_are_joined() {
+        let h =
+            |v: &[(&str, &str)]| v.iter().map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())).collect::<Vec<_>>();
+        let p = h(&[("Vary", " a "), ("X", "1"), ("vary", "b")]);
+        let names = ["vary".to_owned()];
+        assert!(compare_headers(&p, &h(&[("VARY", "a, b")]), &names, &[]).is_empty());
+        let d = compare_headers(&p, &h(&[("vary", "a")]), &names, &[]);
+        assert_eq!(d, [HeaderDiff { name: "vary".into(), primary: Some("a, b".into()), shadow: Some("a".into()) }]);
+        let long = "v".repeat(200);
+        let d = compare_headers(&h(&[("vary", &long)]), &[], &names, &[]);
+        assert_eq!(d[0].primary.as_deref().map(|v| v.chars().count()), Some(MAX_VALUE_CHARS + 1));
+    }
+
     #[test]
     fn bytes_and_mixed_bodies_differ_as_a_whole() {
         let a = Body::Bytes(Bytes::from_static(b"<html>a</html>"));
@@ -451,6 +543,22 @@ mod tests {
             shadow_body: "{\"a\":2}".into(),
         };
         let r = m.render();
+        assert_eq!(
+            r,
+            "=== GET /u/:id (pair #7): body_mismatch\n  status: primary 200 shadow 500   <- differs\n  latency: primary \
+             1.500 ms shadow 2.000 ms\n  header cookie\n    - <redacted, 3 bytes>\n    + (absent)\n  $.a\n    - 1\n    + \
+             2\n  ... and 2 more differing nodes\n  primary body: {\"a\":1}\n  shadow body:  {\"a\":2}\n"
+        );
+        let same = MismatchSample {
+            shadow_status: 200,
+            note: Some("why".into()),
+            body_differences: 1,
+            headers: Vec::new(),
+            ..m.clone()
+        };
+        let r2 = same.render();
+        assert!(r2.contains("  status: primary 200 shadow 200\n  latency:"), "{r2}");
+        assert!(r2.contains("  note: why\n  $.a\n") && !r2.contains("more differing"), "{r2}");
         for want in [
             "GET /u/:id (pair #7): body_mismatch",
             "primary 200 shadow 500   <- differs",

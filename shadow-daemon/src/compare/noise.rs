@@ -156,6 +156,42 @@ mod tests {
         assert!(!n.is_noise(ts_id, &s), "9 of 50 is under 20 %: no longer noise");
     }
 
+    /// A path is noise from exactly `min_samples` pairs and exactly `min_differ_percent` of them.
+    #[test]
+    fn noise_at_exactly_its_thresholds() {
+        let s = NoiseSettings { min_samples: 4, min_differ_percent: 25.0 };
+        let mut paths = PathTable::default();
+        let mut n = NoiseLearner::default();
+        let ts = ["$.ts".to_owned()];
+        n.observe(&mut paths, SecondaryDiff::Differ { templates: &ts });
+        for _ in 0..2 {
+            n.observe(&mut paths, SecondaryDiff::Same);
+        }
+        let id = paths.get("$.ts").expect("interned");
+        assert!(!n.is_noise(id, &s), "3 pairs of 4 needed");
+        n.observe(&mut paths, SecondaryDiff::Same);
+        assert!(n.is_noise(id, &s), "1 of 4 is 25 %: noise");
+        assert_eq!(n.report(&paths, &s).learned, [LearnedPath { path: "$.ts".into(), differed_percent: 25.0 }]);
+        n.observe(&mut paths, SecondaryDiff::Same);
+        assert!(!n.is_noise(id, &s), "1 of 5 is 20 %");
+        assert!(n.report(&paths, &s).learned.is_empty());
+        assert_eq!((paths.name(id), paths.name(7)), ("$.ts", ""));
+    }
+
+    /// The report lists the most frequent first, then by path.
+    #[test]
+    fn learned_paths_in_order() {
+        let s = NoiseSettings { min_samples: 1, min_differ_percent: 10.0 };
+        let mut paths = PathTable::default();
+        let mut n = NoiseLearner::default();
+        let all = ["$.b".to_owned(), "$.a".to_owned(), "$.c".to_owned()];
+        n.observe(&mut paths, SecondaryDiff::Differ { templates: &all });
+        n.observe(&mut paths, SecondaryDiff::Differ { templates: &all[2..] });
+        let r = n.report(&paths, &s);
+        let got: Vec<(&str, f64)> = r.learned.iter().map(|l| (l.path.as_str(), l.differed_percent)).collect();
+        assert_eq!(got, [("$.c", 100.0), ("$.a", 50.0), ("$.b", 50.0)]);
+    }
+
     #[test]
     fn path_table_is_bounded() {
         let mut t = PathTable::default();
@@ -165,5 +201,18 @@ mod tests {
         }
         assert_eq!(t.overflow, 10);
         assert_eq!(t.intern("$.k0"), Some(0), "known templates keep their id");
+    }
+
+    /// Memory, exactly: a template twice (map key and name) and 64; a learned count 32.
+    #[test]
+    fn approx_bytes_exactly() {
+        let mut t = PathTable::default();
+        let mut n = NoiseLearner::default();
+        assert_eq!((t.approx_bytes(), n.approx_bytes()), (0, 0));
+        let ts = ["$.a".to_owned(), "header:etag".to_owned()];
+        n.observe(&mut t, SecondaryDiff::Differ { templates: &ts });
+        n.observe(&mut t, SecondaryDiff::Differ { templates: &ts[..1] });
+        assert_eq!(t.approx_bytes(), (2 * 3 + 64) + (2 * 11 + 64));
+        assert_eq!(n.approx_bytes(), 2 * 32);
     }
 }

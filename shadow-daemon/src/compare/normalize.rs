@@ -359,6 +359,61 @@ mod tests {
         assert_ne!(json(&r, r#"{"n":2.5}"#), json(&r, r#"{"n":2}"#));
     }
 
+    /// Below 2^53 a float with no fraction is the integer; from 2^53 on a float may stand for a
+    /// neighbouring integer (9007199254740993.0 reads as 2^53), so it stays a float.
+    #[test]
+    fn whole_floats_are_integers_only_where_exact() {
+        let r = rules("");
+        assert_eq!(
+            json(&r, "[9007199254740990.0, -4503599627370496.0]"),
+            json(&r, "[9007199254740990, -4503599627370496]")
+        );
+        let two53 = json(&r, "[9007199254740992.0]");
+        assert_eq!(two53[0].as_f64(), Some(EXACT_F64_INT));
+        assert!(two53[0].is_f64(), "2^53 stays a float: {two53}");
+        assert_ne!(two53, json(&r, "[9007199254740992]"));
+        assert_ne!(json(&r, "[-9007199254740992.0]"), json(&r, "[-9007199254740992]"));
+        assert_eq!(canonical(&json(&r, "[1e2, 0.5, 18446744073709551615]")), "[100,0.5,18446744073709551615]");
+    }
+
+    /// Decoding refuses a body one byte past the cap and keeps one of exactly the cap.
+    #[test]
+    fn decoded_size_at_exactly_the_cap() {
+        let data = vec![b'a'; 1000];
+        let gz = Bytes::from(gzip(&data));
+        assert_eq!(decode(Some(b"gzip"), &gz, 1000).map(|b| b.len()), Ok(1000));
+        assert_eq!(decode(Some(b"gzip"), &gz, 999), Err(Undecodable::OverCap));
+        assert_eq!(decode(Some(b"identity, gzip"), &gz, 1000).map(|b| b.len()), Ok(1000));
+        assert_eq!(decode(Some(b" , identity"), &gz, 1 << 20), Ok(gz.clone()), "no coding but identity");
+    }
+
+    /// JSON by media type (any case, parameters ignored, `+json` suffixes), or by the first
+    /// character when there is no Content-Type.
+    #[test]
+    fn which_bodies_are_parsed_as_json() {
+        let r = rules("");
+        let b = Bytes::from_static(b" {\"a\": 1}");
+        let kind = |ct: Option<&'static [u8]>| match normalize(
+            &RawBody { bytes: &b, complete: true, content_type: ct, content_encoding: None },
+            &r,
+        ) {
+            Body::Json(_) => "json",
+            Body::Bytes(_) => "bytes",
+            Body::LengthOnly(_) => "length",
+        };
+        assert_eq!(kind(Some(b"application/json")), "json");
+        assert_eq!(kind(Some(b" Application/JSON ; charset=utf-8")), "json");
+        assert_eq!(kind(Some(b"application/problem+json")), "json");
+        assert_eq!(kind(Some(b"text/plain")), "bytes");
+        assert_eq!(kind(Some(b"application/jsonx")), "bytes");
+        assert_eq!(kind(None), "json");
+        let a = Bytes::from_static(b"[1]");
+        let x = Bytes::from_static(b"x[1]");
+        let raw = |bytes| RawBody { bytes, complete: true, content_type: None, content_encoding: None };
+        assert!(matches!(normalize(&raw(&a), &r), Body::Json(_)));
+        assert!(matches!(normalize(&raw(&x), &r), Body::Bytes(_)));
+    }
+
     #[test]
     fn gzip_and_deflate_decode_to_the_same_body() {
         let r = rules("");

@@ -303,6 +303,64 @@ mod tests {
         assert!(t.bytes() <= 250);
     }
 
+    /// What a waiting half costs, exactly (body, each header's name and value and 16, and 96;
+    /// a failed shadow 96), and both bounds hold at exactly their value.
+    #[test]
+    fn bytes_held_exactly_and_the_bounds_at_their_value() {
+        let d = PairLimits::default();
+        assert_eq!((d.max_entries, d.max_bytes, d.timeout), (4096, 32 * 1024 * 1024, Duration::from_secs(10)));
+        let with_header = ResponseSample { headers: vec![("ab".into(), b"xyz".to_vec())], ..sample(200, b"0123") };
+        assert_eq!(sample_bytes(&with_header), 4 + (2 + 3 + 16) + 96);
+        let mut t = PairTable::new(limits(2, 300));
+        let mut ev = Vec::new();
+        t.primary(1, 0, "GET /a", with_header.clone(), 0, &mut ev);
+        assert_eq!((t.len(), t.is_empty(), t.bytes()), (1, false, 121));
+        t.shadow(2, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        assert_eq!((t.len(), t.bytes()), (2, 121 + 96));
+        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
+        assert_eq!((pairs(&ev), t.len(), t.bytes()), (1, 1, 96));
+
+        // 100 bytes a half: a bound of 200 holds exactly two; the third evicts the oldest.
+        let mut t = PairTable::new(limits(100, 200));
+        let mut ev = Vec::new();
+        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(2, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        assert_eq!((ev.len(), t.len(), t.bytes()), (0, 2, 200), "at the byte bound, nothing leaves");
+        t.shadow(3, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        assert_eq!((ev.len(), t.len(), t.bytes()), (1, 2, 200));
+        t.primary(1, 0, "GET /a", sample(200, b""), 0, &mut ev);
+        assert_eq!(pairs(&ev), 0, "id 1, the oldest, was the one evicted");
+        // A half of exactly the whole bound enters an empty table.
+        let mut t = PairTable::new(limits(100, 100));
+        let mut ev = Vec::new();
+        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 100));
+    }
+
+    /// A second half of the same side for an id waiting (ids are unique, so a bug upstream):
+    /// the first is kept, and the pair is made with it.
+    #[test]
+    fn a_second_half_of_the_same_side_keeps_the_first() {
+        let mut t = PairTable::new(PairLimits::default());
+        let mut ev = Vec::new();
+        t.primary(1, 0, "GET /a", sample(201, b"first"), 0, &mut ev);
+        t.primary(1, 0, "GET /a", sample(202, b"second"), 0, &mut ev);
+        assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 5 + 96));
+        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        assert!(matches!(&ev[..], [PairEvent::Pair { primary, .. }] if primary.status == 201), "{ev:?}");
+        let mut ev = Vec::new();
+        t.shadow(2, 3, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, 3, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 96));
+        t.primary(2, 0, "GET /guess", sample(200, b""), 0, &mut ev);
+        match &ev[..] {
+            [PairEvent::Pair { rule, endpoint, shadow: ShadowHalf::Failed(f), .. }] => {
+                assert_eq!((*rule, endpoint.as_str(), *f), (3, "GET /b", ShadowFailure::Timeout));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn drain_reports_every_waiting_shadow_half() {
         let mut t = PairTable::new(PairLimits::default());

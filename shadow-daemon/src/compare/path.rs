@@ -49,7 +49,7 @@ impl JsonPath {
                     let end = b[start..].iter().position(|&c| c == b'.' || c == b'[').map_or(b.len(), |p| start + p);
                     let name = &rest[start..end];
                     if name.is_empty() {
-                        return Err(format!("'{s}': empty member name at byte {}", start + 1));
+                        return Err(format!("'{s}': empty member name at byte {}", start + 2));
                     }
                     segments.push(if name == "*" { Segment::AnyChild } else { Segment::Key(name.to_owned()) });
                     i = end;
@@ -178,5 +178,55 @@ mod tests {
         let long = "k".repeat(100);
         let deep: Vec<Step<'_>> = (0..50).map(|_| K(&long)).collect();
         assert!(render(&deep, false).len() <= MAX_PATH_LEN + '…'.len_utf8());
+    }
+
+    /// A rule's path that cannot be read says what and where (1-based byte of the pattern).
+    #[test]
+    fn refused_patterns_say_why_exactly() {
+        let err = |s: &str| JsonPath::parse(s).expect_err(s);
+        assert_eq!(err("items"), "'items' is not a JSON path (it starts with '$')");
+        assert_eq!(err("$."), "'$.': empty member name at byte 3");
+        assert_eq!(err("$.a..b"), "'$.a..b': empty member name at byte 5");
+        assert_eq!(err("$a"), "'$a': expected '.' or '[' at byte 2");
+        assert_eq!(err("$[0]x"), "'$[0]x': expected '.' or '[' at byte 5");
+        assert_eq!(err("$.a["), "'$.a[': '[' without ']'");
+        assert_eq!(err("$.a[x]"), "'$.a[x]': [x] is not an index, [*] or [\"name\"]");
+        assert_eq!(err("$[\"a]"), "'$[\"a]': unterminated quoted name");
+        assert_eq!(err("$.a[\"b\"x"), "'$.a[\"b\"x': expected ']' after the quoted name");
+        let segments = |n: usize| format!("${}", ".k".repeat(n));
+        assert!(JsonPath::parse(&segments(MAX_PATTERN_SEGMENTS)).is_ok());
+        assert_eq!(err(&segments(MAX_PATTERN_SEGMENTS + 1)), format!("'{}': more than 64 segments", segments(65)));
+        let p = JsonPath::parse(" $.a[2]['x.y'][*] ").expect("valid");
+        assert_eq!(p.as_str(), "$.a[2]['x.y'][*]");
+        assert_eq!(
+            p.segments,
+            [Segment::Key("a".into()), Segment::Index(2), Segment::Key("x.y".into()), Segment::AnyIndex]
+        );
+    }
+
+    /// Plain keys (1 to 64 of `[A-Za-z0-9_-]`) render as `.key`, others quoted; a long path is
+    /// cut at exactly [`MAX_PATH_LEN`] bytes (back to a character boundary) and marked.
+    #[test]
+    fn render_plain_keys_and_the_cut_at_its_bound() {
+        use Step::Key as K;
+        let k64 = "k".repeat(64);
+        let k65 = "k".repeat(65);
+        assert_eq!(render(&[K(&k64)], false), format!("$.{k64}"));
+        assert_eq!(render(&[K(&k65)], false), format!("$[\"{k65}\"]"));
+        assert_eq!(render(&[K("a_b-9Z"), K(""), K("a.b")], false), "$.a_b-9Z[\"\"][\"a.b\"]");
+        // 1 + 3 * 65 + 60 = 256 bytes: not cut.
+        let k59 = "k".repeat(59);
+        let exact = [K(&k64), K(&k64), K(&k64), K(&k59)];
+        let full = format!("$.{k64}.{k64}.{k64}.{k59}");
+        assert_eq!(full.len(), MAX_PATH_LEN);
+        assert_eq!(render(&exact, false), full);
+        // One step more: cut at 256 bytes, marked.
+        let longer = [K(&k64), K(&k64), K(&k64), K(&k59), K("x")];
+        assert_eq!(render(&longer, false), format!("{full}…"));
+        // Byte 256 inside a 2-byte character: cut before it.
+        let k63 = "k".repeat(63);
+        let e = "é".repeat(40);
+        let wide = [K(&k64), K(&k64), K(&k63), K(&e)];
+        assert_eq!(render(&wide, false), format!("$.{k64}.{k64}.{k63}[\"{}…", "é".repeat(29)));
     }
 }

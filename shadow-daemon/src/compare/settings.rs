@@ -489,4 +489,207 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
         assert!(err("[noise]\nmin_differ_percent = 0.0").contains("compare.noise.min_differ_percent"));
         assert!(err("[limits]\nmax_endpoints = 0").contains("compare.limits.max_endpoints"));
     }
+
+    #[test]
+    fn every_default_exactly() {
+        let g = Gates::default();
+        assert_eq!(
+            g,
+            Gates {
+                min_samples: 100,
+                min_body_match_percent: 99.0,
+                min_status_match_percent: 99.0,
+                min_header_match_percent: 99.0,
+                max_5xx_increase_points: 0.1,
+                max_p99_ratio: 1.2,
+                p99_tolerance_ms: 1.0,
+            }
+        );
+        assert_eq!(NoiseSettings::default(), NoiseSettings { min_samples: 20, min_differ_percent: 5.0 });
+        assert_eq!(
+            Limits::default(),
+            Limits { max_endpoints: 200, mismatch_samples: 10, sample_body_bytes: 2048, diff_paths: 16 }
+        );
+        let c = CompareSettings::default().compile().expect("defaults compile");
+        assert_eq!(c.default.rules.max_body_bytes, 262_144);
+        assert!(!c.default.rules.array_order_insensitive);
+        assert!(c.overrides.is_empty() && c.redact_headers.is_empty() && c.default.rules.compare_headers.is_empty());
+    }
+
+    /// Each bound accepts its value and refuses one past it, with the field and the reason.
+    #[test]
+    fn every_bound_holds_at_its_value() {
+        let ok = |t: &str| {
+            CompareSettings::from_toml(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        };
+        let err = |t: &str| CompareSettings::from_toml(t).expect_err(t).to_string();
+        ok("max_body_bytes = 1");
+        ok("max_body_bytes = 16777216");
+        assert_eq!(err("max_body_bytes = 16777217"), "compare.max_body_bytes: 16777217 must be between 1 and 16777216");
+        ok("[noise]\nmin_differ_percent = 100.0");
+        ok("[noise]\nmin_differ_percent = 0.001");
+        assert_eq!(
+            err("[noise]\nmin_differ_percent = 100.5"),
+            "compare.noise.min_differ_percent: 100.5 must be a percentage above 0 and at most 100"
+        );
+        ok("[noise]\nmin_samples = 1");
+        assert_eq!(err("[noise]\nmin_samples = 0"), "compare.noise.min_samples: must be at least 1");
+        for (name, lo, hi) in [
+            ("max_endpoints", 1, 10_000),
+            ("mismatch_samples", 0, 1_000),
+            ("sample_body_bytes", 0, 1_048_576),
+            ("diff_paths", 1, 1_000),
+        ] {
+            ok(&format!("[limits]\n{name} = {lo}"));
+            ok(&format!("[limits]\n{name} = {hi}"));
+            let past = hi + 1;
+            assert_eq!(
+                err(&format!("[limits]\n{name} = {past}")),
+                format!("compare.limits.{name}: {past} must be between {lo} and {hi}")
+            );
+            if lo > 0 {
+                assert_eq!(
+                    err(&format!("[limits]\n{name} = 0")),
+                    format!("compare.limits.{name}: 0 must be between {lo} and {hi}")
+                );
+            }
+        }
+        for g in [
+            "min_body_match_percent",
+            "min_status_match_percent",
+            "min_header_match_percent",
+            "max_5xx_increase_points",
+        ] {
+            ok(&format!("[gates]\n{g} = 0.0"));
+            ok(&format!("[gates]\n{g} = 100.0"));
+            for bad in ["100.5", "-0.5"] {
+                assert_eq!(
+                    err(&format!("[gates]\n{g} = {bad}")),
+                    format!("compare.gates.{g}: {bad} is not a percentage between 0 and 100")
+                );
+            }
+        }
+        ok("[gates]\nmax_p99_ratio = 1.0");
+        assert_eq!(
+            err("[gates]\nmax_p99_ratio = 0.99"),
+            "compare.gates.max_p99_ratio: 0.99 must be a number >= 1.0 (shadow p99 / primary p99)"
+        );
+        assert!(err("[gates]\nmax_p99_ratio = inf").starts_with("compare.gates.max_p99_ratio: inf must"));
+        ok("[gates]\np99_tolerance_ms = 0.0");
+        assert_eq!(err("[gates]\np99_tolerance_ms = -0.5"), "compare.gates.p99_tolerance_ms: -0.5 must be >= 0");
+        assert_eq!(err("[gates]\np99_tolerance_ms = inf"), "compare.gates.p99_tolerance_ms: inf must be >= 0");
+
+        let list = |n: usize| (0..n).map(|i| format!("\"f{i}\"")).collect::<Vec<_>>().join(", ");
+        ok(&format!("ignore_fields = [{}]", list(64)));
+        assert_eq!(err(&format!("ignore_fields = [{}]", list(65))), "compare.ignore_fields: 65 entries, at most 64");
+        ok(&format!("ignore_fields = [\"{}\"]", "f".repeat(256)));
+        assert_eq!(
+            err(&format!("ignore_fields = [\"x\", \"{}\"]", "f".repeat(257))),
+            "compare.ignore_fields[1]: a field name is 1 to 256 bytes"
+        );
+        assert_eq!(err("ignore_fields = [\"\"]"), "compare.ignore_fields[0]: a field name is 1 to 256 bytes");
+        let overrides = |n: usize| (0..n).map(|i| format!("[[endpoint]]\nmatch = \"GET /e{i}\"\n")).collect::<String>();
+        ok(&overrides(256));
+        assert_eq!(err(&overrides(257)), "compare.endpoint: more than 256 overrides");
+    }
+
+    /// An endpoint is `METHOD /path` (or `METHOD *`), trimmed, each named once; header names are
+    /// RFC 9110 tokens, lower-cased, listed once.
+    #[test]
+    fn endpoint_names_and_header_names() {
+        let err = |t: &str| CompareSettings::from_toml(t).expect_err(t).to_string();
+        let one = |m: &str| format!("[[endpoint]]\nmatch = \"{m}\"");
+        for good in ["GET /a", "OPTIONS *", " GET /a "] {
+            CompareSettings::from_toml(&one(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["GET a", "GET  /a", "G\\u0001T /a", "/a", "GET", "GET **"] {
+            assert!(err(&one(bad)).starts_with("compare.endpoint[0].match: '"), "{bad}: {}", err(&one(bad)));
+        }
+        assert_eq!(
+            err(&one("GET a")),
+            "compare.endpoint[0].match: 'GET a' is not an endpoint like \"GET /api/users/:id\""
+        );
+        let dup =
+            "[[endpoint]]\nmatch = \"GET /a\"\n[[endpoint]]\nmatch = \"GET /b\"\n[[endpoint]]\nmatch = \" GET /b\"";
+        assert_eq!(err(dup), "compare.endpoint[2].match: 'GET /b' is already matched by compare.endpoint[1]");
+
+        let s =
+            CompareSettings::from_toml("compare_headers = [\" X-A \", \"x-a\", \"!#$%&'*+-.^_`|~9\"]").expect("tokens");
+        let c = s.compile().expect("compiles");
+        assert_eq!(c.default.rules.compare_headers, ["x-a", "!#$%&'*+-.^_`|~9"]);
+        for bad in ["a b", "a:b", "", "é"] {
+            assert_eq!(
+                err(&format!("redact_headers = [\"ok\", \"{bad}\"]")),
+                format!("compare.redact_headers[1]: '{bad}' is not a header name")
+            );
+        }
+        let s = CompareSettings::from_toml(
+            "compare_headers = [\" X-A \", \"content-type\"]\n[[endpoint]]\nmatch = \"GET /a\"\ncompare_headers = [\"x-a\", \"X-B\"]\n[[endpoint]]\nmatch = \"GET /b\"",
+        )
+        .expect("valid");
+        assert_eq!(s.headers_needed(), ["content-type", "content-encoding", "x-a", "x-b"]);
+    }
+
+    /// Every key an endpoint sets replaces the rule's; every key it leaves unset is the rule's.
+    #[test]
+    fn every_override_key_applies() {
+        let s = CompareSettings::from_toml(
+            r#"
+ignore_fields = ["a"]
+ignore_paths = ["$.p"]
+compare_headers = ["X-Rule"]
+[gates]
+min_samples = 7
+[[endpoint]]
+match = "GET /all"
+ignore_fields = ["zz"]
+ignore_paths = []
+array_order_insensitive = true
+compare_headers = ["X-B"]
+gates = { min_samples = 1, min_body_match_percent = 1.0, min_status_match_percent = 2.0, min_header_match_percent = 3.0, max_5xx_increase_points = 4.0, max_p99_ratio = 5.0, p99_tolerance_ms = 6.0 }
+[[endpoint]]
+match = "GET /none"
+"#,
+        )
+        .expect("valid");
+        let c = s.compile().expect("compiles");
+        let (name, all) = &c.overrides[0];
+        assert_eq!(name, "GET /all");
+        assert_eq!(all.rules.ignore_fields, HashSet::from(["zz".to_owned()]));
+        assert!(all.rules.ignore_paths.is_empty());
+        assert!(all.rules.array_order_insensitive);
+        assert_eq!(all.rules.compare_headers, ["x-b"]);
+        assert_eq!(
+            all.gates,
+            Gates {
+                min_samples: 1,
+                min_body_match_percent: 1.0,
+                min_status_match_percent: 2.0,
+                min_header_match_percent: 3.0,
+                max_5xx_increase_points: 4.0,
+                max_p99_ratio: 5.0,
+                p99_tolerance_ms: 6.0,
+            }
+        );
+        let (name, none) = &c.overrides[1];
+        assert_eq!(name, "GET /none");
+        assert_eq!(none.rules.ignore_fields, HashSet::from(["a".to_owned()]));
+        assert_eq!(none.rules.ignore_paths.iter().map(JsonPath::as_str).collect::<Vec<_>>(), ["$.p"]);
+        assert!(!none.rules.array_order_insensitive);
+        assert_eq!(none.rules.compare_headers, ["x-rule"]);
+        assert_eq!(none.gates, Gates { min_samples: 7, ..Gates::default() });
+        let err = |t: &str| CompareSettings::from_toml(t).expect_err(t).to_string();
+        assert_eq!(
+            err("[[endpoint]]\nmatch = \"GET /a\"\nignore_fields = [\"\"]"),
+            "compare.endpoint[0].ignore_fields[0]: a field name is 1 to 256 bytes"
+        );
+        assert_eq!(
+            err("[[endpoint]]\nmatch = \"GET /a\"\nignore_paths = [\"x\"]"),
+            "compare.endpoint[0].ignore_paths[0]: 'x' is not a JSON path (it starts with '$')"
+        );
+        assert_eq!(
+            err("[[endpoint]]\nmatch = \"GET /a\"\ncompare_headers = [\"a b\"]"),
+            "compare.endpoint[0].compare_headers[0]: 'a b' is not a header name"
+        );
+    }
 }

@@ -327,3 +327,281 @@ proptest! {
         prop_assert_eq!(outcome, Outcome::BodyMismatch);
     }
 }
+
+/// A body over `max_body_bytes` is compared by length even when both sides send the same bytes:
+/// the fast path for byte-equal bodies says what parsing would have said (over the cap: length
+/// only), never a plain match. At exactly the cap the body is parsed, and equal.
+#[test]
+fn byte_equal_bodies_over_the_cap_are_compared_by_length() {
+    let mut c = comparator("max_body_bytes = 16");
+    let over = format!("[\"{}\"]", "x".repeat(13));
+    assert_eq!(over.len(), 17);
+    let at_cap = format!("[\"{}\"]", "x".repeat(12));
+    assert_eq!(at_cap.len(), 16);
+    assert_eq!(c.observe("GET /over", &json_resp(200, &over, 1), &json_resp(200, &over, 1)), Outcome::MatchLengthOnly);
+    assert_eq!(c.observe("GET /at", &json_resp(200, &at_cap, 1), &json_resp(200, &at_cap, 1)), Outcome::Match);
+    let r = c.report();
+    let s = &endpoint(&r, "GET /over").summary;
+    assert_eq!((s.samples, s.length_only, s.body_matches), (1, 1, 1));
+    let s = &endpoint(&r, "GET /at").summary;
+    assert_eq!((s.samples, s.length_only, s.body_matches), (1, 0, 1));
+}
+
+/// Every count of an endpoint's summary and of the overall one, from a known mix of pairs.
+#[test]
+fn report_counts_every_field_exactly() {
+    let mut c = comparator("max_body_bytes = 8\n[limits]\nmismatch_samples = 2");
+    let e = "GET /mix";
+    // Primary 200, shadow 200: a match.
+    c.observe(e, &json_resp(200, "{}", 1), &json_resp(200, "{}", 1));
+    // Primary 500, shadow 500: both 5xx, status equal.
+    c.observe(e, &json_resp(500, "{}", 1), &json_resp(500, "{}", 1));
+    // Primary 499 (not 5xx), shadow 502.
+    c.observe(e, &json_resp(499, "{}", 1), &json_resp(502, "{}", 1));
+    // Shadow failures: the primary's 5xx still counts (503), a 499 does not. Three mismatch
+    // samples for a ring of 2: one evicted.
+    c.observe_shadow_failure(e, &json_resp(503, "{}", 1), ShadowFailure::Timeout);
+    c.observe_shadow_failure(e, &json_resp(499, "{}", 1), ShadowFailure::Connect);
+    c.record_unpaired(e, UnpairedReason::MemoryBound);
+    let o = "GET /other";
+    c.observe_shadow_failure(o, &json_resp(200, "{}", 1), ShadowFailure::InvalidResponse);
+    let big = "[1,2,3,4,5]";
+    assert_eq!(c.observe(o, &json_resp(200, big, 1), &json_resp(200, big, 1)), Outcome::MatchLengthOnly);
+    c.record_unpaired(o, UnpairedReason::PrimaryMissing);
+    let r = c.report();
+    let s = &endpoint(&r, e).summary;
+    assert_eq!(s.endpoint, e);
+    assert_eq!(
+        (s.samples, s.shadow_failures, s.status_matches, s.body_matches, s.header_matches, s.length_only),
+        (5, 2, 2, 3, 3, 0)
+    );
+    assert_eq!((s.primary_5xx, s.shadow_5xx, s.mismatch_samples_evicted), (2, 2, 1));
+    assert_eq!(s.unpaired, Unpaired { primary_missing: 0, memory_bound: 1 });
+    assert_eq!(s.primary_5xx_percent, 40.0);
+    assert_eq!(s.shadow_error_percent, 80.0, "2 shadow 5xx and 2 failures of 5 pairs");
+    let s = &endpoint(&r, o).summary;
+    assert_eq!(
+        (s.samples, s.shadow_failures, s.status_matches, s.body_matches, s.header_matches, s.length_only),
+        (2, 1, 1, 1, 1, 1)
+    );
+    let all = &r.overall;
+    assert_eq!(all.endpoint, "(all endpoints)");
+    assert_eq!(
+        (all.samples, all.shadow_failures, all.status_matches, all.body_matches, all.header_matches, all.length_only),
+        (7, 3, 3, 4, 4, 1)
+    );
+    assert_eq!((all.primary_5xx, all.shadow_5xx, all.mismatch_samples_evicted), (2, 2, 1));
+    assert_eq!(all.unpaired, Unpaired { primary_missing: 1, memory_bound: 1 });
+    assert_eq!(
+        r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect::<Vec<_>>(),
+        ["GET /mix", "GET /other"],
+        "sorted by name"
+    );
+}
+
+/// `endpoint_key` says what the next `observe` would use: its own name while under the cap,
+/// `other` from exactly the cap on (and a known endpoint keeps its name).
+#[test]
+fn endpoint_key_at_exactly_the_cap() {
+    let mut c = comparator("[limits]\nmax_endpoints = 2");
+    let p = json_resp(200, "{}", 1);
+    assert_eq!(c.endpoint_key("GET /a"), "GET /a");
+    c.observe("GET /a", &p, &p);
+    assert_eq!(c.endpoint_key("GET /b"), "GET /b", "1 endpoint of 2");
+    c.observe("GET /b", &p, &p);
+    assert_eq!(c.endpoint_key("GET /c"), OTHER_ENDPOINT, "2 endpoints of 2");
+    assert_eq!(c.endpoint_key("GET /a"), "GET /a");
+    c.observe("GET /c", &p, &p);
+    let r = c.report();
+    assert_eq!(
+        r.endpoints.iter().map(|e| e.summary.endpoint.as_str()).collect::<Vec<_>>(),
+        ["GET /a", "GET /b", "other"]
+    );
+    assert_eq!(r.overflow_pairs, 1);
+}
+
+/// A header that the secondary showed to be noise excuses a pair that differs only in it: a
+/// match when observed, not a header mismatch.
+#[test]
+fn header_noise_learned_from_a_secondary_excuses_the_header() {
+    let mut c = comparator("compare_headers = [\"X-Request-Id\"]\n[noise]\nmin_samples = 3\nmin_differ_percent = 50.0");
+    let e = "GET /h";
+    let with_id = |id: &str| {
+        let mut r = json_resp(200, "{}", 1);
+        r.headers.push(("X-Request-Id".into(), id.as_bytes().to_vec()));
+        r
+    };
+    assert_eq!(c.observe(e, &with_id("a"), &with_id("b")), Outcome::HeaderMismatch);
+    for i in 0..3 {
+        c.observe_secondary(e, &with_id(&format!("p{i}")), &with_id(&format!("s{i}")));
+    }
+    assert_eq!(c.observe(e, &with_id("c"), &with_id("d")), Outcome::Match);
+    assert_eq!(c.observe(e, &with_id("c"), &with_id("c")), Outcome::Match);
+    let r = c.report();
+    let s = &endpoint(&r, e).summary;
+    assert_eq!((s.samples, s.header_matches), (3, 3), "the first pair excused since");
+}
+
+/// A kept mismatch sample carries what differed: the shown paths with both values, how many
+/// nodes differed, both latencies in milliseconds, and why a shadow failed.
+#[test]
+fn mismatch_samples_keep_the_differences_and_latencies() {
+    let mut c = comparator("");
+    let e = "GET /s";
+    let p = json_resp(200, r#"{"a":1,"b":2,"c":3}"#, 5);
+    let s = json_resp(200, r#"{"a":1,"b":20,"c":30}"#, 1250);
+    assert_eq!(c.observe(e, &p, &s), Outcome::BodyMismatch);
+    c.observe_shadow_failure(e, &p, ShadowFailure::Timeout);
+    c.observe_shadow_failure(e, &p, ShadowFailure::Connect);
+    c.observe_shadow_failure(e, &p, ShadowFailure::InvalidResponse);
+    let d = c.diffs(Some(e));
+    assert_eq!(d.len(), 4);
+    assert_eq!(d[0].seq, 1);
+    assert_eq!(d[0].body_differences, 2);
+    assert_eq!(
+        d[0].body,
+        [
+            PathDiff { path: "$.b".into(), primary: "2".into(), shadow: "20".into() },
+            PathDiff { path: "$.c".into(), primary: "3".into(), shadow: "30".into() },
+        ]
+    );
+    assert_eq!((d[0].primary_latency_ms, d[0].shadow_latency_ms), (5.0, 1250.0));
+    let notes: Vec<&str> = d[1..].iter().map(|m| m.note.as_deref().unwrap_or_default()).collect();
+    assert_eq!(
+        notes,
+        ["shadow request failed: timeout", "shadow request failed: connect", "shadow request failed: invalid_response"]
+    );
+    assert_eq!((d[1].primary_latency_ms, d[1].shadow_latency_ms, d[1].shadow_status), (5.0, 0.0, 0));
+}
+
+/// The comparator's memory estimate, exactly: its own size, and per endpoint the name's bytes,
+/// 48 for the map entry, and the endpoint's stats. The report says the same number.
+#[test]
+fn approx_bytes_counts_each_endpoint_and_its_name() {
+    let mut c = comparator("");
+    assert_eq!(c.approx_bytes(), std::mem::size_of::<Comparator>());
+    let p = json_resp(200, r#"{"a":1}"#, 3);
+    let s = json_resp(200, r#"{"a":2}"#, 4);
+    c.observe("GET /a", &p, &s);
+    let stats = c.endpoints["GET /a"].approx_bytes();
+    assert_eq!(c.approx_bytes(), std::mem::size_of::<Comparator>() + "GET /a".len() + 48 + stats);
+    assert_eq!(c.report().approx_bytes, c.approx_bytes() as u64);
+    // The same matching pair under a name 11 bytes longer costs 11 bytes more (no sample kept,
+    // so the name is counted once).
+    let (mut short, mut long) = (comparator(""), comparator(""));
+    short.observe("GET /a", &p, &p);
+    long.observe("GET /a/0123456789", &p, &p);
+    assert_eq!(long.approx_bytes() - short.approx_bytes(), 11);
+}
+
+/// The text report, exactly: per endpoint and overall, the rates, length-only count, 5xx of
+/// both sides, p99s and their ratio, verdicts with reasons, then the notes (endpoint cap,
+/// length-only share, learned noise).
+#[test]
+fn render_text_exactly() {
+    let mut c = comparator(
+        "max_body_bytes = 8\n[limits]\nmax_endpoints = 3\n[noise]\nmin_samples = 2\nmin_differ_percent = 50.0",
+    );
+    c.observe("GET /a", &json_resp(200, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":1}"#, 20));
+    c.observe("GET /a", &json_resp(500, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":2}"#, 20));
+    c.observe("GET /a", &json_resp(200, "[1,2,3,4,5]", 10), &json_resp(200, "[1,2,3,4,5]", 30));
+    c.observe_shadow_failure("GET /a", &json_resp(200, "{}", 10), ShadowFailure::Timeout);
+    for i in 0..2 {
+        c.observe_secondary("GET /a", &json_resp(200, &format!("{{\"n\":{i}}}"), 1), &json_resp(200, "{\"n\":-1}", 1));
+    }
+    c.observe_shadow_failure("GET /b", &json_resp(503, "{}", 4), ShadowFailure::Connect);
+    c.observe("GET /c", &json_resp(200, "{}", 4), &json_resp(200, "{}", 4));
+    c.record_unpaired("GET /d", UnpairedReason::PrimaryMissing);
+    let want = [
+        "ENDPOINT                              SAMPLES  STATUS    BODY    LEN     5XX P/S %        P99 P/S ms  RATIO  VERDICT",
+        "GET /a                                      4   66.67   66.67      1   25.00/25.00         10.0/30.1   2.99  INSUFFICIENT 4 of 100 samples",
+        "GET /b                                      1       -       -      0 100.00/100.00           4.0/0.0      -  INSUFFICIENT 1 of 100 samples",
+        "GET /c                                      1  100.00  100.00      0     0.00/0.00           4.0/4.0   1.00  INSUFFICIENT 1 of 100 samples",
+        "other                                       0       -       -      0     0.00/0.00               -/-      -  INSUFFICIENT 0 of 100 samples",
+        "(all endpoints)                             6   75.00   75.00      1   33.33/33.33         10.0/30.1   2.99  ",
+        "",
+        "verdict: INSUFFICIENT (exit 3)",
+        "1 pairs beyond the endpoint cap are counted under 'other'",
+        "1 of 6 bodies compared by status and length only",
+        "noise learned for GET /a from 2 secondary pairs: $.n (100%)",
+    ]
+    .map(|l| format!("{l}\n"))
+    .concat();
+    assert_eq!(c.report().render_text(), want);
+    assert!(c.report().render_html().contains("<p>1 pairs past the endpoint cap are counted under 'other'.</p>"));
+    let r = c.report();
+    let l = &endpoint(&r, "GET /a").summary.latency;
+    assert_eq!((l.primary.count, l.shadow.count), (4, 3));
+    assert_eq!(l.p50_ratio, Some(l.shadow.p50_ms / l.primary.p50_ms));
+    assert_eq!(l.p95_ratio, Some(l.shadow.p95_ms / l.primary.p95_ms));
+    assert!((l.p50_ratio.unwrap_or_default() - 2.0).abs() < 0.01, "20 ms against 10 ms: {l:?}");
+    assert!((l.p95_ratio.unwrap_or_default() - 3.0).abs() < 0.01, "30 ms against 10 ms: {l:?}");
+    let l = &endpoint(&r, "GET /b").summary.latency;
+    assert_eq!((l.p50_ratio, l.p95_ratio, l.p99_ratio), (None, None, None), "no shadow latency: no ratio");
+}
+
+/// A passing endpoint's row: its name cut to the column, the verdict alone; and no notes when
+/// there is nothing to note.
+#[test]
+fn render_text_of_a_pass() {
+    let mut c = comparator("");
+    let long = format!("GET /{}", "a".repeat(60));
+    for _ in 0..100 {
+        c.observe(&long, &json_resp(200, "{}", 10), &json_resp(200, "{}", 10));
+    }
+    let text = c.report().render_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "GET /{}… {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  PASS",
+            "a".repeat(30),
+            100,
+            "100.00",
+            "100.00",
+            0,
+            "0.00/0.00",
+            "10.0/10.0",
+            "1.00"
+        )
+    );
+    assert!(lines[2].starts_with("(all endpoints)      "), "{text}");
+    assert_eq!(&lines[3..], ["", "verdict: PASS (exit 0)"]);
+}
+
+/// The HTML page's values: verdict, counts, each table row, the sections, the latency curves
+/// (points at each percentile), axis ticks, legends and learned noise.
+#[test]
+fn html_report_values() {
+    let mut c = comparator("max_body_bytes = 8\n[noise]\nmin_samples = 2\nmin_differ_percent = 50.0");
+    c.observe("GET /a", &json_resp(200, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":1}"#, 20));
+    c.observe("GET /a", &json_resp(500, r#"{"v":1}"#, 10), &json_resp(200, r#"{"v":2}"#, 20));
+    c.observe("GET /a", &json_resp(200, "[1,2,3,4,5]", 10), &json_resp(200, "[1,2,3,4,5]", 30));
+    c.observe_shadow_failure("GET /b", &json_resp(503, "{}", 4), ShadowFailure::Connect);
+    for i in 0..2 {
+        c.observe_secondary("GET /a", &json_resp(200, &format!("{{\"n\":{i}}}"), 1), &json_resp(200, "{\"n\":-1}", 1));
+    }
+    c.observe_secondary("GET /b", &json_resp(200, "{}", 1), &json_resp(200, "{}", 1));
+    let html = c.report().render_html();
+    for want in [
+        "<title>shadow report: INSUFFICIENT</title>",
+        "<h1>shadow report: <span class=\"badge insufficient\" id=\"verdict\">INSUFFICIENT</span></h1><p>2 endpoints, 4 compared pairs; exit code 3.</p>",
+        "<tr><td class=\"name\">GET /a</td><td>3</td><td>66.67%</td><td>66.67%</td><td>1</td><td>33.33% / 0.00%</td><td>10.05 / 20.09</td><td>10.05 / 30.08</td><td>10.05 / 30.08</td><td>2.99</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">3 of 100 samples</td></tr>",
+        "<tr><td class=\"name\">GET /b</td><td>1</td><td>-</td><td>-</td><td>0</td><td>100.00% / 100.00%</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>-</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">1 of 100 samples</td></tr>",
+        "<section class=\"endpoint\" id=\"endpoint-0\" data-endpoint=\"GET /a\"><h2>GET /a <span class=\"badge insufficient\">INSUFFICIENT</span></h2>",
+        "<polyline class=\"primary\" points=\"70.0,207.6 75.8,207.2 82.2,207.2 89.5,207.2 98.0,207.2 107.9,207.2 120.1,207.2 135.9,207.2 158.1,207.2 196.0,207.2 233.9,207.2 261.9,207.2 322.0,207.2 359.9,207.2 448.0,207.2 574.0,207.2 700.0,207.2\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
+        "<polyline class=\"shadow\" points=\"70.0,145.2 75.8,144.4 82.2,144.4 89.5,144.4 98.0,144.4 107.9,144.4 120.1,144.4 135.9,82.0 158.1,82.0 196.0,82.0 233.9,82.0 261.9,82.0 322.0,82.0 359.9,82.0 448.0,82.0 574.0,82.0 700.0,82.0\" fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
+        "<text x=\"64\" y=\"86.5\" text-anchor=\"end\" class=\"tick\">30</text><line x1=\"70\" x2=\"700\" y1=\"20.0\" y2=\"20.0\" stroke=\"#dddddd\"/><text x=\"64\" y=\"24.0\" text-anchor=\"end\" class=\"tick\">40</text>",
+        "<line x1=\"322.0\" x2=\"322.0\" y1=\"20\" y2=\"270\" stroke=\"#eeeeee\"/><text x=\"322.0\" y=\"286\" text-anchor=\"middle\" class=\"tick\">p99</text>",
+        "class=\"legend\">primary (p99 10.05 ms)</text>",
+        "class=\"legend\">shadow (p99 30.08 ms)</text>",
+        "class=\"legend\">shadow: no data</text>",
+        "<p>Noise learned from 2 primary/secondary pairs: <code>$.n</code> (100%)</p>",
+        "<p>Noise learned from 1 primary/secondary pairs: none.</p></section></body></html>\n",
+    ] {
+        assert!(html.contains(want), "{want}\nmissing in\n{html}");
+    }
+    assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
+    assert!(!html.contains("past the endpoint cap"));
+}

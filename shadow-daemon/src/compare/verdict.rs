@@ -240,6 +240,76 @@ mod tests {
         );
     }
 
+    /// The p99 tolerance: a shadow p99 exactly `p99_tolerance_ms` above the primary's passes
+    /// whatever the ratio, a hair more fails, and the failure names the ratio against its limit.
+    #[test]
+    fn p99_tolerance_at_exactly_its_value() {
+        let tolerant = Gates { p99_tolerance_ms: 3.0, ..Gates::default() };
+        let mut m = healthy();
+        m.latency.shadow.p99_ms = 13.0;
+        assert_eq!(evaluate(&m, &tolerant), EndpointVerdict::Pass, "13 ms is 3 ms above 10 ms");
+        m.latency.shadow.p99_ms = 13.01;
+        match evaluate(&m, &tolerant) {
+            EndpointVerdict::Fail { failed } => {
+                assert_eq!(failed.len(), 1);
+                assert_eq!((failed[0].gate, failed[0].limit), (Gate::P99Ratio, 1.2));
+                assert!((failed[0].observed.unwrap_or_default() - 1.301).abs() < 1e-9, "{failed:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // No shadow latency at all: nothing to compare, no p99 gate.
+        m.latency.shadow.count = 0;
+        assert_eq!(evaluate(&m, &tolerant), EndpointVerdict::Pass);
+        let mut m = healthy();
+        m.latency.primary.count = 0;
+        m.latency.shadow.p99_ms = 100.0;
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass);
+    }
+
+    /// Each gate's slack is inclusive: a measure exactly `EPSILON` past its limit passes.
+    #[test]
+    fn the_slack_itself_passes() {
+        let g = Gates::default();
+        let mut m = healthy();
+        m.primary_5xx_percent = 1.0;
+        m.shadow_error_percent = 1.0 + g.max_5xx_increase_points + EPSILON;
+        assert_eq!(evaluate(&m, &g), EndpointVerdict::Pass);
+        m.shadow_error_percent = 1.0 + g.max_5xx_increase_points + 2.0 * EPSILON;
+        assert_eq!(gates_failed(&m), [Gate::Shadow5xx]);
+        let mut m = healthy();
+        m.body_match_percent = Some(g.min_body_match_percent - EPSILON);
+        assert_eq!(evaluate(&m, &g), EndpointVerdict::Pass);
+        m.body_match_percent = Some(g.min_body_match_percent - 2.0 * EPSILON);
+        assert_eq!(gates_failed(&m), [Gate::BodyMatch]);
+        // Ratio only (no tolerance), primary p99 1 ms: the shadow's p99 is the ratio.
+        let ratio_only = Gates { p99_tolerance_ms: 0.0, ..g };
+        let mut m = healthy();
+        m.latency.primary.p99_ms = 1.0;
+        m.latency.shadow.p99_ms = ratio_only.max_p99_ratio + EPSILON;
+        assert_eq!(evaluate(&m, &ratio_only), EndpointVerdict::Pass);
+        m.latency.shadow.p99_ms = ratio_only.max_p99_ratio + 2.0 * EPSILON;
+        assert!(
+            matches!(&evaluate(&m, &ratio_only), EndpointVerdict::Fail { failed } if failed[0].gate == Gate::P99Ratio)
+        );
+    }
+
+    /// Failing gates are listed with what was measured against the limit.
+    #[test]
+    fn failures_carry_observed_and_limit() {
+        let mut m = healthy();
+        m.status_match_percent = Some(90.0);
+        m.primary_5xx_percent = 1.0;
+        m.shadow_error_percent = 5.0;
+        let EndpointVerdict::Fail { failed } = evaluate(&m, &Gates::default()) else { panic!("FAIL") };
+        assert_eq!(
+            failed,
+            [
+                GateFailure { gate: Gate::StatusMatch, observed: Some(90.0), limit: 99.0 },
+                GateFailure { gate: Gate::Shadow5xx, observed: Some(5.0), limit: 1.1 },
+            ]
+        );
+    }
+
     #[test]
     fn too_few_samples_is_insufficient_even_when_failing() {
         let mut m = healthy();
@@ -278,5 +348,39 @@ mod tests {
         assert_eq!(f.to_string(), "p99_ratio 1.50 > 1.20");
         let json = serde_json::to_string(&EndpointVerdict::Fail { failed: vec![f] }).expect("json");
         assert!(json.starts_with(r#"{"verdict":"FAIL","failed":[{"gate":"p99_ratio""#), "{json}");
+    }
+
+    /// Every gate's name and failure line, and each verdict's word and reason line, as the
+    /// report prints them.
+    #[test]
+    fn every_gate_and_verdict_reads_as_documented() {
+        let gates =
+            [Gate::MinSamples, Gate::BodyMatch, Gate::StatusMatch, Gate::HeaderMatch, Gate::Shadow5xx, Gate::P99Ratio];
+        assert_eq!(
+            gates.map(Gate::as_str),
+            ["min_samples", "body_match", "status_match", "header_match", "shadow_5xx", "p99_ratio"]
+        );
+        let line = |gate: Gate, observed: Option<f64>, limit: f64| GateFailure { gate, observed, limit }.to_string();
+        assert_eq!(line(Gate::MinSamples, Some(5.0), 100.0), "min_samples 5 < 100");
+        assert_eq!(line(Gate::StatusMatch, Some(90.0), 99.5), "status_match 90.00% < 99.50%");
+        assert_eq!(line(Gate::HeaderMatch, Some(0.0), 99.0), "header_match 0.00% < 99.00%");
+        assert_eq!(line(Gate::Shadow5xx, Some(2.5), 1.1), "shadow_5xx 2.50% > 1.10%");
+        assert_eq!(line(Gate::BodyMatch, None, 99.0), "body_match: no shadow responses");
+        assert_eq!(
+            [Verdict::Pass, Verdict::Insufficient, Verdict::Fail].map(Verdict::as_str),
+            ["PASS", "INSUFFICIENT", "FAIL"]
+        );
+        let two = vec![
+            GateFailure { gate: Gate::BodyMatch, observed: Some(97.25), limit: 99.0 },
+            GateFailure { gate: Gate::P99Ratio, observed: Some(1.5), limit: 1.2 },
+        ];
+        let fail = EndpointVerdict::Fail { failed: two.clone() };
+        assert_eq!(
+            (fail.as_str(), fail.reason().as_str()),
+            ("FAIL", "body_match 97.25% < 99.00%; p99_ratio 1.50 > 1.20")
+        );
+        let short = EndpointVerdict::Insufficient { samples: 7, needed: 100, failing_so_far: two };
+        assert_eq!((short.as_str(), short.reason().as_str()), ("INSUFFICIENT", "7 of 100 samples"));
+        assert_eq!((EndpointVerdict::Pass.as_str(), EndpointVerdict::Pass.reason().as_str()), ("PASS", ""));
     }
 }
