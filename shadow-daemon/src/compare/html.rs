@@ -146,7 +146,8 @@ fn x_of(percentile: f64) -> f64 {
 fn tick_step(max: f64) -> f64 {
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
+    // raw < 10 * mag, so past 5 * mag the next round step is 10 * mag.
+    [1.0, 2.0, 5.0].into_iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
 }
 
 fn chart(o: &mut String, l: &LatencySummary) {
@@ -275,5 +276,7 @@ mod tests {
         assert_eq!(tick_step(9.0), 2.0);
         assert_eq!(tick_step(0.3), 0.1);
         assert_eq!(tick_step(1234.0), 500.0);
+        // Past five times the magnitude: the next decade.
+        assert_eq!(tick_step(30.0), 10.0);
     }
 }

@@ -257,6 +257,8 @@ fn hostile_endpoint_names_are_escaped_in_html() {
     );
     assert!(!html.contains("http://") && !html.contains("https://"), "nothing fetched from the network");
     assert!(html.contains(html::PRIMARY_COLOUR) && html.contains(html::SHADOW_COLOUR));
+    // No secondary pairs: nothing learned, and the page says nothing about noise.
+    assert!(!html.contains("Noise learned"), "{html}");
 }
 
 #[test]
