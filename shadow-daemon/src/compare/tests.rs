@@ -606,4 +606,6 @@ fn html_report_values() {
     }
     assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
     assert!(!html.contains("past the endpoint cap"));
+    // The y axis ends at the first tick at or above the highest point (40 for 30.08 ms).
+    assert!(!html.contains("class=\"tick\">50</text>"), "{html}");
 }
