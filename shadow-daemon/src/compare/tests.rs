@@ -259,6 +259,9 @@ fn hostile_endpoint_names_are_escaped_in_html() {
     assert!(html.contains(html::PRIMARY_COLOUR) && html.contains(html::SHADOW_COLOUR));
     // No secondary pairs: nothing learned, and the page says nothing about noise.
     assert!(!html.contains("Noise learned"), "{html}");
+    // Latencies of 1 and 2 ms: ticks every 0.5 ms up to 2.5, no further.
+    assert!(html.contains("class=\"tick\">2.5</text>"), "{html}");
+    assert!(!html.contains("class=\"tick\">3</text>"), "{html}");
 }
 
 #[test]
@@ -608,4 +611,6 @@ fn html_report_values() {
     assert!(!html.contains("past the endpoint cap"));
     // The y axis ends at the first tick at or above the highest point (40 for 30.08 ms).
     assert!(!html.contains("class=\"tick\">50</text>"), "{html}");
+    // The legend's swatches sit 14 px right of the plot's left edge (70).
+    assert!(html.contains("<rect x=\"84\" y=\"26\" width=\"18\" height=\"10\""), "{html}");
 }
