@@ -146,6 +146,23 @@ struct Measured {
     bytes: f64,
 }
 
+impl Measured {
+    /// The stage's ledger row: an in-process stage has no socket bytes.
+    fn stage(self, stage: String, requests_per_repeat: usize, repeats: usize, how: &str) -> StageCost {
+        StageCost {
+            stage,
+            ns_per_request: self.ns_per_request,
+            allocations_per_request: self.allocations,
+            allocated_bytes_per_request: self.bytes,
+            requests_per_repeat,
+            repeats,
+            socket_bytes_out_per_request: None,
+            socket_bytes_in_per_request: None,
+            how: how.into(),
+        }
+    }
+}
+
 fn measure<S>(n: usize, repeats: usize, mut setup: impl FnMut() -> S, mut work: impl FnMut(S)) -> Measured {
     let mut per = Vec::new();
     let mut alloc_runs = Vec::new();
@@ -190,17 +207,7 @@ pub fn extraction(quick: bool) -> StageCost {
             assert!(emitted >= n, "extraction emitted {emitted} events for {n} requests");
         },
     );
-    StageCost {
-        stage: "reassembly + HTTP extraction".into(),
-        ns_per_request: m.ns_per_request,
-        allocations_per_request: m.allocations,
-        allocated_bytes_per_request: m.bytes,
-        requests_per_repeat: n,
-        repeats,
-        socket_bytes_out_per_request: None,
-        socket_bytes_in_per_request: None,
-        how: "shadow_daemon::reassembly::Extractor::push, 1 KiB GETs in one segment each over 16 keep-alive flows, one thread, its CPU time (segments built untimed; the payload copy out of the ring is in the ring-buffer stage)".into(),
-    }
+    m.stage("reassembly + HTTP extraction".into(), n, repeats, "shadow_daemon::reassembly::Extractor::push, 1 KiB GETs in one segment each over 16 keep-alive flows, one thread, its CPU time (segments built untimed; the payload copy out of the ring is in the ring-buffer stage)")
 }
 
 /// The metrics bookkeeping of one mirrored request, as the replay bench's `metrics_per_request`.
@@ -223,17 +230,7 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
             }
         },
     );
-    StageCost {
-        stage: "metrics and histograms".into(),
-        ns_per_request: m.ns_per_request,
-        allocations_per_request: m.allocations,
-        allocated_bytes_per_request: m.bytes,
-        requests_per_repeat: n,
-        repeats,
-        socket_bytes_out_per_request: None,
-        socket_bytes_in_per_request: None,
-        how: "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time".into(),
-    }
+    m.stage("metrics and histograms".into(), n, repeats, "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time")
 }
 
 /// The comparison of one pair as the daemon makes it for every mirrored request of a comparing
@@ -297,21 +294,11 @@ pub fn comparison(quick: bool, differ: bool) -> StageCost {
             }
         },
     );
-    StageCost {
-        stage: if differ {
+    m.stage(if differ {
             "comparison of a pair whose JSON bodies differ (parsed, normalised, diffed, sampled)".into()
         } else {
             "comparison of a pair with equal bodies (the common case)".into()
-        },
-        ns_per_request: m.ns_per_request,
-        allocations_per_request: m.allocations,
-        allocated_bytes_per_request: m.bytes,
-        requests_per_repeat: n,
-        repeats,
-        socket_bytes_out_per_request: None,
-        socket_bytes_in_per_request: None,
-        how: "shadow_daemon::hub::CompareHub expect + primary + shadow with default settings, 1 KiB JSON bodies (equal, or one value apart), 16 endpoints, one thread, its CPU time (the shadow's sample built in the loop, as the replay client builds it)".into(),
-    }
+        }, n, repeats, "shadow_daemon::hub::CompareHub expect + primary + shadow with default settings, 1 KiB JSON bodies (equal, or one value apart), 16 endpoints, one thread, its CPU time (the shadow's sample built in the loop, as the replay client builds it)")
 }
 
 fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
