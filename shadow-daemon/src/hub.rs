@@ -594,7 +594,9 @@ mod tests {
         assert_eq!(metric(&h, &format!("shadow_compared_latency_seconds_count{lbl},side=\"primary\"}}")), 3.0);
         let d = h.diffs(Some("GET /a"));
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].sample.shadow_latency_ms, 0.0, "not measured");
+        assert_eq!(d[0].sample.shadow_latency_ms, None, "not measured");
+        assert_eq!(d[0].sample.shadow_timing, crate::compare::Timing::Untimed);
+        assert!(d[0].sample.render().contains("shadow untimed"), "never 0.000 ms");
     }
 
     /// Byte-equal bodies are equal without being parsed, but only where parsing would have said

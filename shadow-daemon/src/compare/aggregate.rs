@@ -54,6 +54,9 @@ pub(crate) struct EndpointStats {
     untracked_header: u64,
     latency_primary: Histogram<u64>,
     latency_shadow: Histogram<u64>,
+    /// Primary and secondary latency of the primary/secondary pairs both timed, from the first
+    /// such pair on (an endpoint without a secondary pays nothing for it).
+    latency_secondary: Option<Box<[Histogram<u64>; 2]>>,
     pub mismatches: VecDeque<MismatchSample>,
     pub mismatches_evicted: u64,
     pub paths: PathTable,
@@ -87,6 +90,7 @@ impl EndpointStats {
             untracked_header: 0,
             latency_primary: latency_histogram(),
             latency_shadow: latency_histogram(),
+            latency_secondary: None,
             mismatches: VecDeque::new(),
             mismatches_evicted: 0,
             paths: PathTable::default(),
@@ -94,10 +98,27 @@ impl EndpointStats {
         }
     }
 
-    pub fn record_latencies(&mut self, primary: std::time::Duration, shadow: Option<std::time::Duration>) {
-        record_latency(&mut self.latency_primary, primary);
+    /// Each side's latency when it was timed (an untimed one is left out, never taken as 0).
+    pub fn record_latencies(&mut self, primary: Option<std::time::Duration>, shadow: Option<std::time::Duration>) {
+        if let Some(p) = primary {
+            record_latency(&mut self.latency_primary, p);
+        }
         if let Some(s) = shadow {
             record_latency(&mut self.latency_shadow, s);
+        }
+    }
+
+    /// A primary/secondary pair's latencies, when both were timed: the secondary is timed as the
+    /// shadow is, so the two give the spread the same version shows (the latency noise floor).
+    pub fn record_secondary_latencies(
+        &mut self,
+        primary: Option<std::time::Duration>,
+        secondary: Option<std::time::Duration>,
+    ) {
+        if let (Some(p), Some(s)) = (primary, secondary) {
+            let h = self.latency_secondary.get_or_insert_with(|| Box::new([latency_histogram(), latency_histogram()]));
+            record_latency(&mut h[0], p);
+            record_latency(&mut h[1], s);
         }
     }
 
@@ -169,8 +190,14 @@ impl EndpointStats {
         (&self.latency_primary, &self.latency_shadow)
     }
 
+    /// (primary, secondary) of the timed primary/secondary pairs; None before the first.
+    pub fn secondary_latency(&self) -> Option<(&Histogram<u64>, &Histogram<u64>)> {
+        self.latency_secondary.as_deref().map(|[p, s]| (p, s))
+    }
+
     pub fn approx_bytes(&self) -> usize {
-        let hist = (self.latency_primary.distinct_values() + self.latency_shadow.distinct_values()) * 8;
+        let secondary = self.latency_secondary.as_deref().map_or(0, |[p, s]| p.distinct_values() + s.distinct_values());
+        let hist = (self.latency_primary.distinct_values() + self.latency_shadow.distinct_values() + secondary) * 8;
         let sigs: usize = self.signatures.keys().map(|s| 2 * (s.body.len() + s.headers.len()) + 64).sum();
         let samples: usize = self.mismatches.iter().map(sample_bytes).sum();
         std::mem::size_of::<Self>() + hist + sigs + samples + self.paths.approx_bytes() + self.noise.approx_bytes()
@@ -250,8 +277,9 @@ mod tests {
             outcome: Outcome::StatusMismatch,
             primary_status: 200,
             shadow_status: 500,
-            primary_latency_ms: 1.0,
-            shadow_latency_ms: 1.0,
+            primary_latency_ms: Some(1.0),
+            shadow_latency_ms: Some(1.0),
+            shadow_timing: crate::compare::Timing::Timed,
             headers: Vec::new(),
             body: Vec::new(),
             body_differences: 0,
@@ -350,8 +378,13 @@ mod tests {
         let buckets = latency_histogram().distinct_values();
         let empty = std::mem::size_of::<EndpointStats>() + 2 * 8 * buckets;
         assert_eq!(e.approx_bytes(), empty);
-        e.record_latencies(Duration::from_millis(3), Some(Duration::from_secs(7)));
+        e.record_latencies(Some(Duration::from_millis(3)), Some(Duration::from_secs(7)));
         assert_eq!(e.approx_bytes(), empty, "fixed bounds: recording costs nothing");
+        e.record_secondary_latencies(Some(Duration::from_millis(3)), None);
+        assert_eq!(e.approx_bytes(), empty, "an untimed secondary: nothing recorded, nothing allocated");
+        e.record_secondary_latencies(Some(Duration::from_millis(3)), Some(Duration::from_millis(4)));
+        let empty = empty + 2 * 8 * buckets;
+        assert_eq!(e.approx_bytes(), empty, "the secondary's two histograms once it has a timed pair");
         e.record_difference(&t(&["$.a", "$.bb"]), true, &t(&["header:etag"]));
         // One signature of 3 ids; 3 templates of 3, 4 and 11 bytes in the path table.
         let sig = 2 * 3 + 64;

@@ -263,6 +263,26 @@ pub(crate) fn shown_value(name: &str, value: &[u8], redact: &[String]) -> String
     }
 }
 
+/// Whether a shadow response has a latency of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timing {
+    #[default]
+    Timed,
+    Untimed,
+    NoResponse,
+}
+
+impl Timing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timed => "timed",
+            Self::Untimed => "untimed",
+            Self::NoResponse => "no response",
+        }
+    }
+}
+
 /// A kept mismatching pair, as `shadowctl diffs` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MismatchSample {
@@ -272,10 +292,14 @@ pub struct MismatchSample {
     pub outcome: Outcome,
     pub primary_status: u16,
     pub shadow_status: u16,
-    pub primary_latency_ms: f64,
-    /// 0 when not measured (the shadow failed, or its response was read behind another of a
-    /// pipeline).
-    pub shadow_latency_ms: f64,
+    /// None when not measured; never 0 for "not measured".
+    pub primary_latency_ms: Option<f64>,
+    /// None when not measured: see `shadow_timing` for why.
+    pub shadow_latency_ms: Option<f64>,
+    /// Whether the shadow's response was timed (`timed`), read behind another of a pipeline
+    /// without a time of its own (`untimed`), or never came (`no_response`).
+    #[serde(default)]
+    pub shadow_timing: Timing,
     pub headers: Vec<HeaderDiff>,
     pub body: Vec<PathDiff>,
     /// Differing JSON nodes in all; more than `body` lists when the list is capped.
@@ -299,8 +323,15 @@ impl MismatchSample {
         let _ = writeln!(o, "=== {} (pair #{}): {}", self.endpoint, self.seq, self.outcome.as_str());
         let mark = if self.primary_status == self.shadow_status { "" } else { "   <- differs" };
         let _ = writeln!(o, "  status: primary {} shadow {}{mark}", self.primary_status, self.shadow_status);
-        let _ =
-            writeln!(o, "  latency: primary {:.3} ms shadow {:.3} ms", self.primary_latency_ms, self.shadow_latency_ms);
+        let shown =
+            |ms: Option<f64>, untimed: Timing| ms.map_or_else(|| untimed.as_str().to_owned(), |v| format!("{v:.3} ms"));
+        let shadow_untimed = if self.shadow_timing == Timing::Timed { Timing::Untimed } else { self.shadow_timing };
+        let _ = writeln!(
+            o,
+            "  latency: primary {} shadow {}",
+            shown(self.primary_latency_ms, Timing::Untimed),
+            shown(self.shadow_latency_ms, shadow_untimed)
+        );
         if let Some(n) = &self.note {
             let _ = writeln!(o, "  note: {n}");
         }
@@ -527,8 +558,9 @@ mod tests {
             outcome: Outcome::BodyMismatch,
             primary_status: 200,
             shadow_status: 500,
-            primary_latency_ms: 1.5,
-            shadow_latency_ms: 2.0,
+            primary_latency_ms: Some(1.5),
+            shadow_latency_ms: Some(2.0),
+            shadow_timing: Timing::Timed,
             headers: vec![HeaderDiff {
                 name: "cookie".into(),
                 primary: Some("<redacted, 3 bytes>".into()),
@@ -559,6 +591,20 @@ mod tests {
         let r2 = same.render();
         assert!(r2.contains("  status: primary 200 shadow 200\n  latency:"), "{r2}");
         assert!(r2.contains("  note: why\n  $.a\n") && !r2.contains("more differing"), "{r2}");
+        // A side without a time of its own says so, never "0.000 ms".
+        let latency_line = |m: &MismatchSample| m.render().lines().nth(2).unwrap_or_default().to_owned();
+        let untimed = MismatchSample { shadow_latency_ms: None, shadow_timing: Timing::Untimed, ..m.clone() };
+        assert_eq!(latency_line(&untimed), "  latency: primary 1.500 ms shadow untimed");
+        let failed = MismatchSample { shadow_latency_ms: None, shadow_timing: Timing::NoResponse, ..m.clone() };
+        assert_eq!(latency_line(&failed), "  latency: primary 1.500 ms shadow no response");
+        let odd = MismatchSample { primary_latency_ms: None, shadow_latency_ms: None, ..m.clone() };
+        assert_eq!(latency_line(&odd), "  latency: primary untimed shadow untimed", "no time is never shown as one");
+        let json = serde_json::to_value(&untimed).expect("json");
+        assert_eq!((&json["shadow_latency_ms"], &json["shadow_timing"]), (&serde_json::Value::Null, &"untimed".into()));
+        assert_eq!(
+            [Timing::Timed, Timing::Untimed, Timing::NoResponse].map(Timing::as_str),
+            ["timed", "untimed", "no response"]
+        );
         for want in [
             "GET /u/:id (pair #7): body_mismatch",
             "primary 200 shadow 500   <- differs",

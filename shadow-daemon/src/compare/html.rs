@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    report::{EndpointReport, LatencySummary, Report},
+    report::{EndpointReport, LatencySummary, Report, interval_text, latency_note, side_ms},
     verdict::Verdict,
 };
 
@@ -72,7 +72,7 @@ impl Report {
         o.push_str(
             "<table id=\"verdicts\"><thead><tr><th>Endpoint</th><th>Samples</th><th>Status match</th>\
              <th>Body match</th><th>Length only</th><th>5xx primary / shadow</th><th>p50 ms P / S</th>\
-             <th>p95 ms P / S</th><th>p99 ms P / S</th><th>p99 ratio</th><th>Verdict</th><th>Why</th></tr></thead><tbody>",
+             <th>p95 ms P / S</th><th>p99 ms P / S</th><th>p50 ratio</th><th>p99 ratio</th><th>Verdict</th><th>Why</th></tr></thead><tbody>",
         );
         for e in &self.endpoints {
             table_row(&mut o, e);
@@ -88,6 +88,9 @@ impl Report {
                 e.verdict.as_str()
             );
             chart(&mut o, &e.summary.latency);
+            if let Some(note) = latency_note(&e.summary) {
+                let _ = write!(o, "<p class=\"latency\">Latency gates: {}.</p>", escape(&note));
+            }
             let n = &e.summary.noise;
             if n.samples > 0 {
                 let _ = write!(o, "<p>Noise learned from {} primary/secondary pairs: ", n.samples);
@@ -114,11 +117,19 @@ fn table_row(o: &mut String, e: &EndpointReport) {
     let s = &e.summary;
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}%"));
     let l = &s.latency;
-    let pair = |a: f64, b: f64| format!("{a:.2} / {b:.2}");
+    let pair =
+        |a: f64, b: f64| format!("{} / {}", side_ms(&l.primary, 0, a, 2), side_ms(&l.shadow, l.shadow_untimed, b, 2));
+    let ratio = |point: Option<f64>, i: &Option<crate::compare::QuantileInterval>| {
+        let point = point.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        match i {
+            Some(i) => format!("{point} {}", interval_text(i, i.ratio, i.primary.samples.min(i.shadow.samples))),
+            None => point,
+        }
+    };
     let _ = write!(
         o,
         "<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}% / {:.2}%</td>\
-         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"why\">{}</td></tr>",
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"why\">{}</td></tr>",
         escape(&s.endpoint),
         s.samples,
         pct(s.status_match_percent),
@@ -129,7 +140,8 @@ fn table_row(o: &mut String, e: &EndpointReport) {
         pair(l.primary.p50_ms, l.shadow.p50_ms),
         pair(l.primary.p95_ms, l.shadow.p95_ms),
         pair(l.primary.p99_ms, l.shadow.p99_ms),
-        l.p99_ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        ratio(l.p50_ratio, &l.p50_interval),
+        ratio(l.p99_ratio, &l.p99_interval),
         verdict_class(e.verdict.verdict()),
         e.verdict.as_str(),
         escape(&e.verdict.reason())

@@ -11,6 +11,7 @@
 mod aggregate;
 mod diff;
 mod html;
+mod interval;
 mod noise;
 mod normalize;
 pub mod pairs;
@@ -26,14 +27,15 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     aggregate::{CURVE_PERCENTILES, Percentiles},
-    diff::{HeaderDiff, MismatchSample, PathDiff},
+    diff::{HeaderDiff, MismatchSample, PathDiff, Timing},
     html::{PRIMARY_COLOUR, SHADOW_COLOUR, escape as escape_html},
+    interval::{QuantileBounds, QuantileInterval},
     noise::{LearnedPath, NoiseReport},
     normalize::LengthOnlyReason,
     path::JsonPath,
     report::{EndpointReport, EndpointSummary, LatencySummary, Report, Unpaired},
     settings::{CompareSettings, EndpointOverride, Gates, GatesOverride, Limits, NoiseSettings},
-    verdict::{EndpointVerdict, Gate, GateFailure, Verdict, evaluate},
+    verdict::{EndpointVerdict, Gate, GateFailure, Undecided, UndecidedReason, Verdict, evaluate},
 };
 use self::{
     aggregate::{EndpointStats, curve, latency_histogram},
@@ -213,7 +215,7 @@ impl Comparator {
         let (stats, profile, name) = self.endpoint(endpoint);
         let rules = &profile.rules;
         stats.samples += 1;
-        stats.record_latencies(primary.latency.unwrap_or_default(), shadow.latency);
+        stats.record_latencies(primary.latency, shadow.latency);
         stats.primary_5xx += u64::from(primary.status >= 500);
         stats.shadow_5xx += u64::from(shadow.status >= 500);
         let status_equal = primary.status == shadow.status;
@@ -275,8 +277,9 @@ impl Comparator {
                 outcome,
                 primary_status: primary.status,
                 shadow_status: shadow.status,
-                primary_latency_ms: ms(primary.latency.unwrap_or_default()),
-                shadow_latency_ms: ms(shadow.latency.unwrap_or_default()),
+                primary_latency_ms: primary.latency.map(ms),
+                shadow_latency_ms: shadow.latency.map(ms),
+                shadow_timing: if shadow.latency.is_some() { Timing::Timed } else { Timing::Untimed },
                 headers,
                 body: shown,
                 body_differences: total,
@@ -301,7 +304,7 @@ impl Comparator {
         let limits = self.settings.limits;
         let (stats, _, name) = self.endpoint(endpoint);
         stats.samples += 1;
-        stats.record_latencies(primary.latency.unwrap_or_default(), None);
+        stats.record_latencies(primary.latency, None);
         stats.primary_5xx += u64::from(primary.status >= 500);
         stats.shadow_failures[failure as usize] += 1;
         stats.outcomes[Outcome::ShadowFailed as usize] += 1;
@@ -311,8 +314,9 @@ impl Comparator {
             outcome: Outcome::ShadowFailed,
             primary_status: primary.status,
             shadow_status: 0,
-            primary_latency_ms: ms(primary.latency.unwrap_or_default()),
-            shadow_latency_ms: 0.0,
+            primary_latency_ms: primary.latency.map(ms),
+            shadow_latency_ms: None,
+            shadow_timing: Timing::NoResponse,
             headers: Vec::new(),
             body: Vec::new(),
             body_differences: 0,
@@ -338,6 +342,7 @@ impl Comparator {
         let redact = self.settings.redact_headers.clone();
         let (stats, profile, _) = self.endpoint(endpoint);
         let rules = &profile.rules;
+        stats.record_secondary_latencies(primary.latency, secondary.latency);
         let (pb, sb) = (normalize(&raw(primary), rules), normalize(&raw(secondary), rules));
         let headers = compare_headers(&primary.headers, &secondary.headers, &rules.compare_headers, &redact);
         let mut templates: Vec<String> = headers.iter().map(|h| format!("{HEADER_PREFIX}{}", h.name)).collect();
@@ -375,6 +380,15 @@ impl Comparator {
             // Same bounds on every histogram: adding cannot fail.
             let _ = all_p.add(hp);
             let _ = all_s.add(hs);
+            let gates = self.profile(e.profile).gates;
+            let interval =
+                |percentile| QuantileInterval::of(hp, hs, e.secondary_latency(), percentile, gates.latency_confidence);
+            let latency = LatencySummary {
+                shadow_untimed: responded.saturating_sub(hs.len()),
+                p50_interval: Some(interval(50.0)),
+                p99_interval: Some(interval(99.0)),
+                ..LatencySummary::new(Percentiles::of(hp), Percentiles::of(hs), curve(hp), curve(hs))
+            };
             let summary = EndpointSummary {
                 endpoint: name.clone(),
                 samples: e.samples,
@@ -389,19 +403,20 @@ impl Comparator {
                     primary_missing: e.unpaired[UnpairedReason::PrimaryMissing as usize],
                     memory_bound: e.unpaired[UnpairedReason::MemoryBound as usize],
                 },
-                latency: LatencySummary::new(Percentiles::of(hp), Percentiles::of(hs), curve(hp), curve(hs)),
+                latency,
                 noise: e.noise.report(&e.paths, noise),
                 mismatch_samples_evicted: e.mismatches_evicted,
                 ..EndpointSummary::default()
             }
             .with_rates();
             add_counts(&mut overall, &summary);
-            let gates = self.profile(e.profile).gates;
             let verdict = evaluate(&summary, &gates);
             endpoints.push(EndpointReport { summary, gates, verdict });
         }
-        overall.latency =
-            LatencySummary::new(Percentiles::of(&all_p), Percentiles::of(&all_s), curve(&all_p), curve(&all_s));
+        overall.latency = LatencySummary {
+            shadow_untimed: endpoints.iter().map(|e| e.summary.latency.shadow_untimed).sum(),
+            ..LatencySummary::new(Percentiles::of(&all_p), Percentiles::of(&all_s), curve(&all_p), curve(&all_s))
+        };
         Report {
             verdict: Verdict::overall(endpoints.iter().map(|e| &e.verdict)),
             endpoints,
@@ -497,5 +512,7 @@ fn add_counts(all: &mut EndpointSummary, e: &EndpointSummary) {
     all.mismatch_samples_evicted += e.mismatch_samples_evicted;
 }
 
+#[cfg(test)]
+mod classifier;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     aggregate::Percentiles,
     diff::cut,
+    interval::{QuantileBounds, QuantileInterval},
     noise::NoiseReport,
     settings::Gates,
     verdict::{EndpointVerdict, Verdict},
@@ -29,6 +30,17 @@ pub struct LatencySummary {
     /// `[percentile, ms]` points of each side's distribution (for the chart).
     pub primary_curve: Vec<[f64; 2]>,
     pub shadow_curve: Vec<[f64; 2]>,
+    /// Shadow responses without a latency of their own (read behind another of a pipeline):
+    /// compared, not timed, and in none of the shadow's figures.
+    #[serde(default)]
+    pub shadow_untimed: u64,
+    /// What the latency gates decide on: each side's p50 and p99 with their order-statistic
+    /// bounds, the shadow/primary ratio's interval and, with a secondary, the primary/secondary
+    /// one. None on the overall row (not gated).
+    #[serde(default)]
+    pub p50_interval: Option<QuantileInterval>,
+    #[serde(default)]
+    pub p99_interval: Option<QuantileInterval>,
 }
 
 impl LatencySummary {
@@ -47,6 +59,9 @@ impl LatencySummary {
             shadow,
             primary_curve,
             shadow_curve,
+            shadow_untimed: 0,
+            p50_interval: None,
+            p99_interval: None,
         }
     }
 }
@@ -136,13 +151,15 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  VERDICT",
+            "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6} {:>17} {:>6}  VERDICT",
             "ENDPOINT",
             "SAMPLES",
             "STATUS",
             "BODY",
             "LEN",
             "5XX P/S %",
+            "P50 P/S ms",
+            "RATIO",
             "P99 P/S ms",
             "RATIO",
             w = ENDPOINT_COLUMN
@@ -158,6 +175,9 @@ impl Report {
         let length_only = self.overall.length_only;
         if length_only > 0 {
             let _ = writeln!(o, "{length_only} of {} bodies compared by status and length only", self.overall.samples);
+        }
+        for e in &self.endpoints {
+            latency_line(&mut o, &e.summary);
         }
         for e in &self.endpoints {
             let n = &e.summary.noise;
@@ -177,30 +197,74 @@ impl Report {
     }
 }
 
+/// A side's latency in the table: "-" without data, "untimed" when the shadow answered but
+/// none of its answers had a time of its own (never 0.0).
+pub(crate) fn side_ms(p: &Percentiles, untimed: u64, value: f64, decimals: usize) -> String {
+    match (p.count, untimed) {
+        (0, 0) => "-".to_owned(),
+        (0, _) => "untimed".to_owned(),
+        _ => format!("{value:.decimals$}"),
+    }
+}
+
+/// A latency gate's interval as the report prints it: the ratio's, or how many timed samples
+/// each side has of those its ranks need.
+pub(crate) fn interval_text(i: &QuantileInterval, ratio: Option<[f64; 2]>, samples: u64) -> String {
+    match ratio {
+        Some([lo, hi]) => format!("[{lo:.2}, {hi:.2}]"),
+        None => format!("({samples} of {} timed samples)", i.samples_needed),
+    }
+}
+
+/// The intervals the latency gates decided on, the primary/secondary ones when a secondary is
+/// learning, and the untimed shadow responses; None on a summary without intervals.
+pub(crate) fn latency_note(s: &EndpointSummary) -> Option<String> {
+    let l = &s.latency;
+    let (Some(p50), Some(p99)) = (&l.p50_interval, &l.p99_interval) else { return None };
+    let shadow = |i: &QuantileInterval| interval_text(i, i.ratio, i.primary.samples.min(i.shadow.samples));
+    let confidence = format!("{:.1}", p50.confidence * 100.0);
+    let mut o =
+        format!("shadow/primary at {}% p50 {} p99 {}", confidence.trim_end_matches(".0"), shadow(p50), shadow(p99));
+    if let (Some(a), Some(b)) = (p50.secondary, p99.secondary) {
+        let noise = |i: &QuantileInterval, sec: QuantileBounds| interval_text(i, i.noise, sec.samples);
+        let _ = write!(o, "; secondary/primary p50 {} p99 {}", noise(p50, a), noise(p99, b));
+    }
+    if l.shadow_untimed > 0 {
+        let _ = write!(o, "; {} shadow responses untimed", l.shadow_untimed);
+    }
+    Some(o)
+}
+
+fn latency_line(o: &mut String, s: &EndpointSummary) {
+    if let Some(note) = latency_note(s) {
+        let _ = writeln!(o, "latency {}: {note}", s.endpoint);
+    }
+}
+
 fn row(o: &mut String, s: &EndpointSummary, verdict: Option<&EndpointVerdict>) {
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     let name = if verdict.is_some() { cut(&s.endpoint, ENDPOINT_COLUMN - 1) } else { "(all endpoints)".to_owned() };
     let l = &s.latency;
-    let (p99p, p99s) = if l.primary.count > 0 || l.shadow.count > 0 {
-        (format!("{:.1}", l.primary.p99_ms), format!("{:.1}", l.shadow.p99_ms))
-    } else {
-        ("-".into(), "-".into())
-    };
+    let both =
+        |p: f64, sh: f64| format!("{}/{}", side_ms(&l.primary, 0, p, 1), side_ms(&l.shadow, l.shadow_untimed, sh, 1));
+    let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
     let verdict = verdict.map_or_else(String::new, |v| {
         let why = v.reason();
         if why.is_empty() { v.as_str().to_owned() } else { format!("{} {why}", v.as_str()) }
     });
     let _ = writeln!(
         o,
-        "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  {verdict}",
+        "{:<w$} {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6} {:>17} {:>6}  {verdict}",
         name,
         s.samples,
         pct(s.status_match_percent),
         pct(s.body_match_percent),
         s.length_only,
         format!("{:.2}/{:.2}", s.primary_5xx_percent, s.shadow_error_percent),
-        format!("{p99p}/{p99s}"),
-        l.p99_ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+        both(l.primary.p50_ms, l.shadow.p50_ms),
+        ratio(l.p50_ratio),
+        both(l.primary.p99_ms, l.shadow.p99_ms),
+        ratio(l.p99_ratio),
         w = ENDPOINT_COLUMN
     );
 }

@@ -17,7 +17,10 @@
 //! min_header_match_percent = 99.0
 //! max_5xx_increase_points = 0.1
 //! max_p99_ratio = 1.2
-//! p99_tolerance_ms = 0.0
+//! p99_tolerance_ms = 1.0
+//! max_p50_ratio = 1.2
+//! p50_tolerance_ms = 0.25
+//! latency_confidence = 0.95              # of the latency ratios' intervals
 //!
 //! [rule.compare.noise]
 //! min_samples = 20
@@ -43,6 +46,18 @@ use super::{CompareError, path::JsonPath};
 pub const DEFAULT_IGNORE_FIELDS: [&str; 4] = ["timestamp", "request_id", "trace_id", "generated_at"];
 /// Headers whose values never appear in a report or a diff.
 pub const ALWAYS_REDACTED_HEADERS: [&str; 4] = ["authorization", "cookie", "set-cookie", "proxy-authorization"];
+
+/// The latency gates' absolute floors. What they absorb is what more samples cannot: a constant
+/// the shadow's side carries and the primary's does not (the shadow is reached over a socket of
+/// this host, the primary timed at its own interface). Measured on the development host (2 shared
+/// cores, others building; a small HTTP request and response over loopback TCP, timed from user
+/// space at both ends, so more than the kernel timestamps see), 20 runs of 300 round trips: p50
+/// 0.040 to 0.085 ms (median 0.052), p99 0.065 to 3.6 ms (median 0.19; 7 runs over 1 ms, the host
+/// starved). So 0.25 ms at the p50, three times the worst run, and 1 ms at the p99, five times the
+/// median run: a floor under the noise of an idle host, far under the +5 ms a regression adds.
+/// A shadow on another host adds its network round trip: raise both by it.
+pub const DEFAULT_P50_TOLERANCE_MS: f64 = 0.25;
+pub const DEFAULT_P99_TOLERANCE_MS: f64 = 1.0;
 
 const MAX_RULE_ENTRIES: usize = 64;
 const MAX_ENDPOINT_OVERRIDES: usize = 256;
@@ -102,11 +117,23 @@ pub struct Gates {
     /// Shadow error rate (5xx and failed requests) may exceed the primary's 5xx rate by this many
     /// percentage points.
     pub max_5xx_increase_points: f64,
+    /// Shadow p99 / primary p99 allowed. The gate decides on the ratio's confidence interval
+    /// (see `latency_confidence`): FAIL only when all of it is past the limit, PASS when all of it
+    /// is within, INSUFFICIENT in between. A `secondary` widens it by the latency spread learned
+    /// between primary and secondary.
     pub max_p99_ratio: f64,
     /// A p99 no more than this many milliseconds above the primary's passes whatever the ratio
     /// (so a 40 µs → 60 µs change on a trivial endpoint is not a regression: below a
     /// millisecond, the two sides' p99s differ by measurement, not by the code). 0 = ratio only.
     pub p99_tolerance_ms: f64,
+    /// Shadow p50 / primary p50 allowed, decided as the p99's.
+    pub max_p50_ratio: f64,
+    /// The p50's absolute floor, as `p99_tolerance_ms` is the p99's.
+    pub p50_tolerance_ms: f64,
+    /// Confidence of the latency ratios' intervals (0.5 to 0.999). Higher: fewer wrong verdicts,
+    /// more INSUFFICIENT, and more samples before the p99 can be judged at all (437 per side at
+    /// 0.95, 368 at 0.9, 597 at 0.99).
+    pub latency_confidence: f64,
 }
 
 impl Default for Gates {
@@ -118,7 +145,10 @@ impl Default for Gates {
             min_header_match_percent: 99.0,
             max_5xx_increase_points: 0.1,
             max_p99_ratio: 1.2,
-            p99_tolerance_ms: 1.0,
+            p99_tolerance_ms: DEFAULT_P99_TOLERANCE_MS,
+            max_p50_ratio: 1.2,
+            p50_tolerance_ms: DEFAULT_P50_TOLERANCE_MS,
+            latency_confidence: 0.95,
         }
     }
 }
@@ -134,6 +164,9 @@ pub struct GatesOverride {
     pub max_5xx_increase_points: Option<f64>,
     pub max_p99_ratio: Option<f64>,
     pub p99_tolerance_ms: Option<f64>,
+    pub max_p50_ratio: Option<f64>,
+    pub p50_tolerance_ms: Option<f64>,
+    pub latency_confidence: Option<f64>,
 }
 
 impl Gates {
@@ -145,6 +178,9 @@ impl Gates {
         self.max_5xx_increase_points = o.max_5xx_increase_points.unwrap_or(self.max_5xx_increase_points);
         self.max_p99_ratio = o.max_p99_ratio.unwrap_or(self.max_p99_ratio);
         self.p99_tolerance_ms = o.p99_tolerance_ms.unwrap_or(self.p99_tolerance_ms);
+        self.max_p50_ratio = o.max_p50_ratio.unwrap_or(self.max_p50_ratio);
+        self.p50_tolerance_ms = o.p50_tolerance_ms.unwrap_or(self.p50_tolerance_ms);
+        self.latency_confidence = o.latency_confidence.unwrap_or(self.latency_confidence);
         self
     }
 
@@ -160,14 +196,24 @@ impl Gates {
         percent("min_status_match_percent", self.min_status_match_percent)?;
         percent("min_header_match_percent", self.min_header_match_percent)?;
         percent("max_5xx_increase_points", self.max_5xx_increase_points)?;
-        if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.0) {
-            return Err(invalid(
-                format!("{at}.max_p99_ratio"),
-                format!("{} must be a number >= 1.0 (shadow p99 / primary p99)", self.max_p99_ratio),
-            ));
+        for (q, ratio, tolerance) in
+            [("p99", self.max_p99_ratio, self.p99_tolerance_ms), ("p50", self.max_p50_ratio, self.p50_tolerance_ms)]
+        {
+            if !(ratio.is_finite() && ratio >= 1.0) {
+                return Err(invalid(
+                    format!("{at}.max_{q}_ratio"),
+                    format!("{ratio} must be a number >= 1.0 (shadow {q} / primary {q})"),
+                ));
+            }
+            if !(tolerance.is_finite() && tolerance >= 0.0) {
+                return Err(invalid(format!("{at}.{q}_tolerance_ms"), format!("{tolerance} must be >= 0")));
+            }
         }
-        if !(self.p99_tolerance_ms.is_finite() && self.p99_tolerance_ms >= 0.0) {
-            return Err(invalid(format!("{at}.p99_tolerance_ms"), format!("{} must be >= 0", self.p99_tolerance_ms)));
+        if !(0.5..=0.999).contains(&self.latency_confidence) {
+            return Err(invalid(
+                format!("{at}.latency_confidence"),
+                format!("{} must be between 0.5 and 0.999", self.latency_confidence),
+            ));
         }
         Ok(())
     }
@@ -503,6 +549,9 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
                 max_5xx_increase_points: 0.1,
                 max_p99_ratio: 1.2,
                 p99_tolerance_ms: 1.0,
+                max_p50_ratio: 1.2,
+                p50_tolerance_ms: 0.25,
+                latency_confidence: 0.95,
             }
         );
         assert_eq!(NoiseSettings::default(), NoiseSettings { min_samples: 20, min_differ_percent: 5.0 });
@@ -578,6 +627,25 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
         ok("[gates]\np99_tolerance_ms = 0.0");
         assert_eq!(err("[gates]\np99_tolerance_ms = -0.5"), "compare.gates.p99_tolerance_ms: -0.5 must be >= 0");
         assert_eq!(err("[gates]\np99_tolerance_ms = inf"), "compare.gates.p99_tolerance_ms: inf must be >= 0");
+        ok("[gates]\nmax_p50_ratio = 1.0");
+        assert_eq!(
+            err("[gates]\nmax_p50_ratio = 0.99"),
+            "compare.gates.max_p50_ratio: 0.99 must be a number >= 1.0 (shadow p50 / primary p50)"
+        );
+        assert!(err("[gates]\nmax_p50_ratio = nan").starts_with("compare.gates.max_p50_ratio: NaN must"));
+        ok("[gates]\np50_tolerance_ms = 0.0");
+        assert_eq!(err("[gates]\np50_tolerance_ms = -0.5"), "compare.gates.p50_tolerance_ms: -0.5 must be >= 0");
+        assert_eq!(err("[gates]\np50_tolerance_ms = inf"), "compare.gates.p50_tolerance_ms: inf must be >= 0");
+        ok("[gates]\nlatency_confidence = 0.5");
+        ok("[gates]\nlatency_confidence = 0.999");
+        for (bad, shown) in [("0.49", "0.49"), ("0.9991", "0.9991"), ("1.0", "1"), ("nan", "NaN")] {
+            let want = format!("compare.gates.latency_confidence: {shown} must be between 0.5 and 0.999");
+            assert_eq!(err(&format!("[gates]\nlatency_confidence = {bad}")), want);
+        }
+        assert!(
+            err("[[endpoint]]\nmatch = \"GET /a\"\ngates = { latency_confidence = 0.2 }")
+                .starts_with("compare.endpoint[0].gates.latency_confidence: 0.2 must")
+        );
 
         let list = |n: usize| (0..n).map(|i| format!("\"f{i}\"")).collect::<Vec<_>>().join(", ");
         ok(&format!("ignore_fields = [{}]", list(64)));
@@ -646,7 +714,7 @@ ignore_fields = ["zz"]
 ignore_paths = []
 array_order_insensitive = true
 compare_headers = ["X-B"]
-gates = { min_samples = 1, min_body_match_percent = 1.0, min_status_match_percent = 2.0, min_header_match_percent = 3.0, max_5xx_increase_points = 4.0, max_p99_ratio = 5.0, p99_tolerance_ms = 6.0 }
+gates = { min_samples = 1, min_body_match_percent = 1.0, min_status_match_percent = 2.0, min_header_match_percent = 3.0, max_5xx_increase_points = 4.0, max_p99_ratio = 5.0, p99_tolerance_ms = 6.0, max_p50_ratio = 7.0, p50_tolerance_ms = 8.0, latency_confidence = 0.9 }
 [[endpoint]]
 match = "GET /none"
 "#,
@@ -669,6 +737,9 @@ match = "GET /none"
                 max_5xx_increase_points: 4.0,
                 max_p99_ratio: 5.0,
                 p99_tolerance_ms: 6.0,
+                max_p50_ratio: 7.0,
+                p50_tolerance_ms: 8.0,
+                latency_confidence: 0.9,
             }
         );
         let (name, none) = &c.overrides[1];

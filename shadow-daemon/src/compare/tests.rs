@@ -166,7 +166,19 @@ gates = { min_samples = 1 }
     assert_eq!(c.observe("GET /users/:id", &p, &s), Outcome::Match);
     assert_eq!(c.observe("GET /orders/:id", &p, &s), Outcome::BodyMismatch);
     let r = c.report();
-    assert_eq!(endpoint(&r, "GET /users/:id").verdict, EndpointVerdict::Pass);
+    // One pair meets the override's min_samples, and is too few to judge latency on (intended
+    // since the interval judge: a latency is never passed on fewer samples than its ranks need).
+    let EndpointVerdict::Insufficient { samples: 1, needed: 1, failing_so_far, undecided } =
+        &endpoint(&r, "GET /users/:id").verdict
+    else {
+        panic!("{:?}", endpoint(&r, "GET /users/:id").verdict)
+    };
+    assert!(failing_so_far.is_empty());
+    let gates: Vec<(Gate, UndecidedReason)> = undecided.iter().map(|u| (u.gate, u.reason)).collect();
+    assert_eq!(
+        gates,
+        [(Gate::P50Ratio, UndecidedReason::TooFewSamples), (Gate::P99Ratio, UndecidedReason::TooFewSamples)]
+    );
     assert_eq!(endpoint(&r, "GET /users/:id").gates.min_samples, 1);
     assert!(matches!(
         endpoint(&r, "GET /orders/:id").verdict,
@@ -182,8 +194,9 @@ fn verdicts_from_traffic() {
             c.observe(e, &json_resp(200, &b, 10 + i % 10), &json_resp(200, &b, 10 + i % 10));
         }
     };
+    // 440 pairs: enough for the p99's ranks at 95 % (437).
     let mut c = comparator("");
-    healthy(&mut c, "GET /a", 100);
+    healthy(&mut c, "GET /a", 440);
     let r = c.report();
     assert_eq!((r.verdict, r.exit_code()), (Verdict::Pass, 0));
 
@@ -204,9 +217,9 @@ fn verdicts_from_traffic() {
     assert!(text.contains("INSUFFICIENT 99 of 100 samples"), "{text}");
     assert!(text.contains("verdict: FAIL (exit 1)"), "{text}");
 
-    // A shadow twice as slow fails the p99 gate; one that errors fails the 5xx gate.
+    // A shadow twice as slow fails both latency gates; one that errors fails the 5xx gate.
     let mut c = comparator("");
-    for i in 0..200 {
+    for i in 0..440 {
         let b = format!(r#"{{"id":{i}}}"#);
         c.observe("GET /slow", &json_resp(200, &b, 10), &json_resp(200, &b, 20));
         let shadow = if i % 50 == 0 { json_resp(503, &b, 10) } else { json_resp(200, &b, 10) };
@@ -217,7 +230,7 @@ fn verdicts_from_traffic() {
         EndpointVerdict::Fail { failed } => failed.iter().map(|f| f.gate).collect::<Vec<_>>(),
         other => panic!("{name}: {other:?}"),
     };
-    assert_eq!(gates("GET /slow"), [Gate::P99Ratio]);
+    assert_eq!(gates("GET /slow"), [Gate::P50Ratio, Gate::P99Ratio]);
     assert_eq!(gates("GET /err"), [Gate::StatusMatch, Gate::Shadow5xx], "same body, other status");
     assert_eq!(comparator("").report().verdict, Verdict::Insufficient, "no data");
 }
@@ -470,13 +483,19 @@ fn mismatch_samples_keep_the_differences_and_latencies() {
             PathDiff { path: "$.c".into(), primary: "3".into(), shadow: "30".into() },
         ]
     );
-    assert_eq!((d[0].primary_latency_ms, d[0].shadow_latency_ms), (5.0, 1250.0));
+    assert_eq!(
+        (d[0].primary_latency_ms, d[0].shadow_latency_ms, d[0].shadow_timing),
+        (Some(5.0), Some(1250.0), Timing::Timed)
+    );
     let notes: Vec<&str> = d[1..].iter().map(|m| m.note.as_deref().unwrap_or_default()).collect();
     assert_eq!(
         notes,
         ["shadow request failed: timeout", "shadow request failed: connect", "shadow request failed: invalid_response"]
     );
-    assert_eq!((d[1].primary_latency_ms, d[1].shadow_latency_ms, d[1].shadow_status), (5.0, 0.0, 0));
+    assert_eq!(
+        (d[1].primary_latency_ms, d[1].shadow_latency_ms, d[1].shadow_timing, d[1].shadow_status),
+        (Some(5.0), None, Timing::NoResponse, 0)
+    );
 }
 
 /// The comparator's memory estimate, exactly: its own size, and per endpoint the name's bytes,
@@ -518,16 +537,20 @@ fn render_text_exactly() {
     c.observe("GET /c", &json_resp(200, "{}", 4), &json_resp(200, "{}", 4));
     c.record_unpaired("GET /d", UnpairedReason::PrimaryMissing);
     let want = [
-        "ENDPOINT                              SAMPLES  STATUS    BODY    LEN     5XX P/S %        P99 P/S ms  RATIO  VERDICT",
-        "GET /a                                      4   66.67   66.67      1   25.00/25.00         10.0/30.1   2.99  INSUFFICIENT 4 of 100 samples",
-        "GET /b                                      1       -       -      0 100.00/100.00           4.0/0.0      -  INSUFFICIENT 1 of 100 samples",
-        "GET /c                                      1  100.00  100.00      0     0.00/0.00           4.0/4.0   1.00  INSUFFICIENT 1 of 100 samples",
-        "other                                       0       -       -      0     0.00/0.00               -/-      -  INSUFFICIENT 0 of 100 samples",
-        "(all endpoints)                             6   75.00   75.00      1   33.33/33.33         10.0/30.1   2.99  ",
+        "ENDPOINT                              SAMPLES  STATUS    BODY    LEN     5XX P/S %        P50 P/S ms  RATIO        P99 P/S ms  RATIO  VERDICT",
+        "GET /a                                      4   66.67   66.67      1   25.00/25.00         10.0/20.1   2.00         10.0/30.1   2.99  INSUFFICIENT 4 of 100 samples",
+        "GET /b                                      1       -       -      0 100.00/100.00             4.0/-      -             4.0/-      -  INSUFFICIENT 1 of 100 samples",
+        "GET /c                                      1  100.00  100.00      0     0.00/0.00           4.0/4.0   1.00           4.0/4.0   1.00  INSUFFICIENT 1 of 100 samples",
+        "other                                       0       -       -      0     0.00/0.00               -/-      -               -/-      -  INSUFFICIENT 0 of 100 samples",
+        "(all endpoints)                             6   75.00   75.00      1   33.33/33.33         10.0/20.1   2.00         10.0/30.1   2.99  ",
         "",
         "verdict: INSUFFICIENT (exit 3)",
         "1 pairs beyond the endpoint cap are counted under 'other'",
         "1 of 6 bodies compared by status and length only",
+        "latency GET /a: shadow/primary at 95% p50 (3 of 7 timed samples) p99 (3 of 437 timed samples); secondary/primary p50 (2 of 7 timed samples) p99 (2 of 437 timed samples)",
+        "latency GET /b: shadow/primary at 95% p50 (0 of 7 timed samples) p99 (0 of 437 timed samples)",
+        "latency GET /c: shadow/primary at 95% p50 (1 of 7 timed samples) p99 (1 of 437 timed samples)",
+        "latency other: shadow/primary at 95% p50 (0 of 7 timed samples) p99 (0 of 437 timed samples)",
         "noise learned for GET /a from 2 secondary pairs: $.n (100%)",
     ]
     .map(|l| format!("{l}\n"))
@@ -551,28 +574,38 @@ fn render_text_exactly() {
 fn render_text_of_a_pass() {
     let mut c = comparator("");
     let long = format!("GET /{}", "a".repeat(60));
-    for _ in 0..100 {
+    for _ in 0..437 {
         c.observe(&long, &json_resp(200, "{}", 10), &json_resp(200, "{}", 10));
     }
     let text = c.report().render_text();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines.len(), 6, "{text}");
     assert_eq!(
         lines[1],
         format!(
-            "GET /{}… {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6}  PASS",
+            "GET /{}… {:>8} {:>7} {:>7} {:>6} {:>13} {:>17} {:>6} {:>17} {:>6}  PASS",
             "a".repeat(30),
-            100,
+            437,
             "100.00",
             "100.00",
             0,
             "0.00/0.00",
             "10.0/10.0",
+            "1.00",
+            "10.0/10.0",
             "1.00"
         )
     );
     assert!(lines[2].starts_with("(all endpoints)      "), "{text}");
-    assert_eq!(&lines[3..], ["", "verdict: PASS (exit 0)"]);
+    // Every sample in one 10 ms bucket (9 984-10 047 µs): the bounds are its two edges.
+    assert_eq!(
+        &lines[3..],
+        [
+            "",
+            "verdict: PASS (exit 0)",
+            &format!("latency GET /{}: shadow/primary at 95% p50 [0.99, 1.01] p99 [0.99, 1.01]", "a".repeat(60))
+        ]
+    );
 }
 
 /// The HTML page's values: verdict, counts, each table row, the sections, the latency curves
@@ -592,8 +625,9 @@ fn html_report_values() {
     for want in [
         "<title>shadow report: INSUFFICIENT</title>",
         "<h1>shadow report: <span class=\"badge insufficient\" id=\"verdict\">INSUFFICIENT</span></h1><p>2 endpoints, 4 compared pairs; exit code 3.</p>",
-        "<tr><td class=\"name\">GET /a</td><td>3</td><td>66.67%</td><td>66.67%</td><td>1</td><td>33.33% / 0.00%</td><td>10.05 / 20.09</td><td>10.05 / 30.08</td><td>10.05 / 30.08</td><td>2.99</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">3 of 100 samples</td></tr>",
-        "<tr><td class=\"name\">GET /b</td><td>1</td><td>-</td><td>-</td><td>0</td><td>100.00% / 100.00%</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>4.01 / 0.00</td><td>-</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">1 of 100 samples</td></tr>",
+        "<tr><td class=\"name\">GET /a</td><td>3</td><td>66.67%</td><td>66.67%</td><td>1</td><td>33.33% / 0.00%</td><td>10.05 / 20.09</td><td>10.05 / 30.08</td><td>10.05 / 30.08</td><td>2.00 (3 of 7 timed samples)</td><td>2.99 (3 of 437 timed samples)</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">3 of 100 samples</td></tr>",
+        "<tr><td class=\"name\">GET /b</td><td>1</td><td>-</td><td>-</td><td>0</td><td>100.00% / 100.00%</td><td>4.01 / -</td><td>4.01 / -</td><td>4.01 / -</td><td>- (0 of 7 timed samples)</td><td>- (0 of 437 timed samples)</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">1 of 100 samples</td></tr>",
+        "<p class=\"latency\">Latency gates: shadow/primary at 95% p50 (3 of 7 timed samples) p99 (3 of 437 timed samples); secondary/primary p50 (2 of 7 timed samples) p99 (2 of 437 timed samples).</p>",
         "<section class=\"endpoint\" id=\"endpoint-0\" data-endpoint=\"GET /a\"><h2>GET /a <span class=\"badge insufficient\">INSUFFICIENT</span></h2>",
         "<polyline class=\"primary\" points=\"70.0,207.6 75.8,207.2 82.2,207.2 89.5,207.2 98.0,207.2 107.9,207.2 120.1,207.2 135.9,207.2 158.1,207.2 196.0,207.2 233.9,207.2 261.9,207.2 322.0,207.2 359.9,207.2 448.0,207.2 574.0,207.2 700.0,207.2\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
         "<polyline class=\"shadow\" points=\"70.0,145.2 75.8,144.4 82.2,144.4 89.5,144.4 98.0,144.4 107.9,144.4 120.1,144.4 135.9,82.0 158.1,82.0 196.0,82.0 233.9,82.0 261.9,82.0 322.0,82.0 359.9,82.0 448.0,82.0 574.0,82.0 700.0,82.0\" fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
