@@ -422,6 +422,25 @@ mod tests {
         assert_eq!(e.approx_bytes(), empty + sig + paths + 64 + 2 * one + 2 - 7);
     }
 
+    /// An untimed side is left out of its histogram (never recorded as 0, which the 1 µs floor
+    /// would make 1 µs); a secondary pair counts only when both were timed.
+    #[test]
+    fn untimed_latencies_are_not_recorded() {
+        let mut e = EndpointStats::new(0);
+        e.record_latencies(None, Some(Duration::from_millis(2)));
+        e.record_latencies(Some(Duration::from_millis(1)), None);
+        let (p, s) = e.latency();
+        assert_eq!((p.len(), s.len(), p.max(), s.max()), (1, 1, 1003, 2007), "each bucket's highest value");
+        assert!(e.secondary_latency().is_none());
+        e.record_secondary_latencies(None, Some(Duration::from_millis(2)));
+        assert!(e.secondary_latency().is_none());
+        e.record_secondary_latencies(Some(Duration::from_millis(1)), Some(Duration::from_millis(3)));
+        e.record_secondary_latencies(Some(Duration::from_millis(1)), Some(Duration::from_millis(3)));
+        let (sp, ss) = e.secondary_latency().expect("recorded");
+        assert_eq!((sp.len(), ss.len(), sp.max(), ss.max()), (2, 2, 1003, 3007));
+        assert_eq!(e.latency().0.len(), 1, "the secondary's primary half is kept apart");
+    }
+
     #[test]
     fn percentiles_in_ms() {
         let mut h = latency_histogram();

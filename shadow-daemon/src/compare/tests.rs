@@ -648,3 +648,75 @@ fn html_report_values() {
     // The legend's swatches sit 14 px right of the plot's left edge (70).
     assert!(html.contains("<rect x=\"84\" y=\"26\" width=\"18\" height=\"10\""), "{html}");
 }
+
+/// The secondary's latency, timed as the shadow's is, is the noise floor: a shadow 3x the
+/// primary passes when the secondary is 3x too, and fails without a secondary. The report
+/// carries the primary/secondary interval.
+#[test]
+fn a_secondary_latency_spread_widens_the_latency_gates() {
+    let timed = |ms: u64| json_resp(200, "{}", ms);
+    let run = |with_secondary: bool| {
+        let mut c = comparator("");
+        for _ in 0..437 {
+            c.observe("GET /a", &timed(1), &timed(3));
+            if with_secondary {
+                c.observe_secondary("GET /a", &timed(1), &timed(3));
+            }
+        }
+        c.report()
+    };
+    let r = run(true);
+    let e = endpoint(&r, "GET /a");
+    assert_eq!(e.verdict, EndpointVerdict::Pass);
+    let p50 = e.summary.latency.p50_interval.as_ref().expect("interval");
+    // 1 ms: the bucket 1000-1003 µs; 3 ms: 2992-3007 µs.
+    assert_eq!(p50.secondary, Some(QuantileBounds { samples: 437, lower_ms: Some(2.992), upper_ms: Some(3.007) }));
+    assert_eq!(p50.noise, Some([2.992 / 1.003, 3.007 / 1.0]));
+    assert_eq!(p50.ratio, p50.noise, "the shadow is timed like the secondary");
+    assert!(r.render_text().contains(
+        "latency GET /a: shadow/primary at 95% p50 [2.98, 3.01] p99 [2.98, 3.01]; secondary/primary p50 [2.98, 3.01] p99 [2.98, 3.01]\n"
+    ));
+    let r = run(false);
+    let EndpointVerdict::Fail { failed } = &endpoint(&r, "GET /a").verdict else { panic!("FAIL") };
+    assert_eq!(failed.iter().map(|f| f.gate).collect::<Vec<_>>(), [Gate::P50Ratio, Gate::P99Ratio]);
+    assert_eq!(failed[0].interval, Some([2.992 / 1.003, 3.007 / 1.0]));
+    assert_eq!(failed[0].limit, 1.2);
+    assert!(endpoint(&r, "GET /a").summary.latency.p50_interval.as_ref().is_some_and(|i| i.noise.is_none()));
+    // An untimed secondary teaches no latency.
+    let mut c = comparator("");
+    c.observe_secondary("GET /a", &timed(1), &ResponseSample { latency: None, ..timed(3) });
+    let r = c.report();
+    assert_eq!(endpoint(&r, "GET /a").summary.latency.p50_interval.as_ref().and_then(|i| i.secondary), None);
+}
+
+/// Shadow responses without a time of their own are compared, counted as untimed, and shown
+/// as "untimed", never as 0 ms: in the report's row and latency line, the HTML and the diffs.
+#[test]
+fn untimed_shadow_responses_say_so() {
+    let mut c = comparator("");
+    let untimed = |body: &str| ResponseSample { latency: None, ..json_resp(200, body, 0) };
+    c.observe("GET /u", &json_resp(200, "{\"a\":1}", 2), &untimed("{\"a\":1}"));
+    c.observe("GET /u", &json_resp(200, "{\"a\":1}", 2), &untimed("{\"a\":2}"));
+    c.observe("GET /t", &json_resp(200, "{\"a\":1}", 2), &json_resp(200, "{\"a\":1}", 3));
+    c.observe("GET /t", &json_resp(200, "{\"a\":1}", 2), &untimed("{\"a\":1}"));
+    let r = c.report();
+    let u = &endpoint(&r, "GET /u").summary.latency;
+    assert_eq!((u.primary.count, u.shadow.count, u.shadow_untimed), (2, 0, 2));
+    assert_eq!((endpoint(&r, "GET /t").summary.latency.shadow_untimed, r.overall.latency.shadow_untimed), (1, 3));
+    let text = r.render_text();
+    let row = text.lines().find(|l| l.starts_with("GET /u")).unwrap_or_default();
+    assert!(
+        row.ends_with("       2.0/untimed      -       2.0/untimed      -  INSUFFICIENT 2 of 100 samples"),
+        "{text}"
+    );
+    assert!(text.contains("latency GET /u: shadow/primary at 95% p50 (0 of 7 timed samples) p99 (0 of 437 timed samples); 2 shadow responses untimed\n"), "{text}");
+    let html = r.render_html();
+    assert!(html.contains("<td>2.01 / untimed</td>"), "{html}");
+    assert!(html.contains("; 2 shadow responses untimed.</p>"), "{html}");
+    let d = c.diffs(Some("GET /u"));
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].shadow_latency_ms, d[0].shadow_timing), (None, Timing::Untimed));
+    assert!(d[0].render().contains("  latency: primary 2.000 ms shadow untimed\n"), "{}", d[0].render());
+    let json: Value = serde_json::to_value(&d[0]).expect("json");
+    assert_eq!((&json["shadow_latency_ms"], &json["shadow_timing"]), (&Value::Null, &Value::from("untimed")));
+}
