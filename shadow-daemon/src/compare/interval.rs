@@ -82,13 +82,16 @@ pub(crate) fn ranks(n: u64, q: f64, tail: f64) -> (Option<u64>, Option<u64>) {
 }
 
 /// Fewest samples for which both ranks of the `q`-quantile exist at `tail` (for q >= 0.5 the upper
-/// one is the last to exist: q^n <= tail).
+/// one is the last to exist: q^n <= tail); `u64::MAX` for a quantile no sample count bounds.
 pub(crate) fn samples_needed(q: f64, tail: f64) -> u64 {
     let q = q.max(1.0 - q);
-    let mut n: u64 = 1;
+    if !(q < 1.0 && tail > 0.0) {
+        return u64::MAX;
+    }
     // q^n <= tail, counted rather than taken from logarithms so that it agrees with `ranks`.
+    let mut n: u64 = 1;
     let mut p = q;
-    while p > tail && n < u64::from(u32::MAX) {
+    while p > tail {
         n += 1;
         p *= q;
     }
@@ -245,6 +248,11 @@ mod tests {
         assert_eq!((samples_needed(0.99, t), samples_needed(0.5, t)), (437, 7));
         assert_eq!((samples_needed(0.99, tail_of(0.9)), samples_needed(0.99, tail_of(0.99))), (368, 597));
         assert_eq!(samples_needed(0.01, t), 437, "the low quantile mirrors the high one");
+        assert_eq!(
+            (samples_needed(1.0, t), samples_needed(0.0, t), samples_needed(0.5, 0.0)),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!((samples_needed(0.5, 0.5), samples_needed(0.5, 0.49)), (1, 2));
         for q in [0.5, 0.9, 0.99] {
             let n = samples_needed(q, t);
             assert!(ranks(n, q, t).1.is_some() && ranks(n - 1, q, t).1.is_none(), "{q}");

@@ -251,6 +251,21 @@ fn report_round_trips_through_json() {
     assert_eq!(back, r);
     assert_eq!(back.render_text(), r.render_text());
     assert_eq!(back.render_html(), r.render_html());
+    // A report saved before the latency intervals existed still reads and renders (no interval:
+    // the ratio alone, no latency line).
+    let mut old: Value = serde_json::from_str(&json).expect("json");
+    for e in old["endpoints"].as_array_mut().expect("endpoints") {
+        for k in ["p50_interval", "p99_interval", "shadow_untimed"] {
+            e["latency"].as_object_mut().expect("latency").remove(k);
+        }
+    }
+    let old: Report = serde_json::from_value(old).expect("an older report");
+    assert!(
+        old.render_html().contains("<td>1.34</td><td>1.34</td><td class=\"insufficient\">"),
+        "{}",
+        old.render_html()
+    );
+    assert!(!old.render_text().contains("latency GET /a"));
     let v: Value = serde_json::from_str(&json).expect("json");
     assert_eq!(v["verdict"], "INSUFFICIENT");
     assert_eq!(v["endpoints"][0]["verdict"]["verdict"], "INSUFFICIENT");
