@@ -272,9 +272,10 @@ async fn writes_are_never_pipelined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shadow_closing_part_way_gets_the_rest_again_on_a_new_connection() {
+async fn a_shadow_closing_part_way_fails_what_it_had_and_gets_nothing_twice() {
     // Connection 0 answers the held request, /b and /c, then closes on reading /d (as a server
-    // at its keep-alive limit that does not say so).
+    // at its keep-alive limit that does not say so), having read /d to /i: its TCP acknowledged
+    // all of them, so none may go again.
     let shadow = Scripted::start(|c, n| match (c, n) {
         (0, 0) => Reply::Hold,
         (0, 3) => Reply::Close,
@@ -283,20 +284,18 @@ async fn a_shadow_closing_part_way_gets_the_rest_again_on_a_new_connection() {
     .await;
     let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
-    assert_eq!((r.replayed, r.dropped_total()), (9, 0), "{r:?}");
-    let mut want: Vec<(usize, Vec<u8>)> = all[..4].iter().map(|q| (0, tagged(q))).collect();
-    want.extend(all[3..].iter().map(|q| (1, tagged(q))));
-    assert_eq!(shadow.log(), want, "/d onward written again on a second connection");
-    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 2);
-    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 6, "/d to /i sent again");
-    assert_eq!(counter(&metrics, "shadow_replay_writes_total"), 3, "held, the eight, the six again");
-    assert_eq!(counter(&metrics, "shadow_replay_pipelined_total"), 7 + 5);
-    assert_eq!(metrics.summary().shadow.complete.count, 3, "held, /b, and /d first on the new connection");
+    assert_eq!(r.replayed, 3, "{r:?}");
+    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (6, 6), "/d to /i, once each: {r:?}");
+    assert_eq!(shadow.log(), all[..4].iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "read once, never again");
+    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1, "no second connection");
+    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
+    assert_eq!(counter(&metrics, "shadow_replay_writes_total"), 2, "held, the eight");
+    assert_eq!(metrics.summary().shadow_errors["reset"], 6, "closed before their responses");
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_response_in_a_pipeline_fails_that_request_only() {
+async fn a_bad_response_in_a_pipeline_fails_it_and_the_ones_behind_it_once() {
     let shadow = Scripted::start(|c, n| match (c, n) {
         (0, 0) => Reply::Hold,
         (0, 2) => Reply::Garbage,
@@ -305,17 +304,35 @@ async fn a_bad_response_in_a_pipeline_fails_that_request_only() {
     .await;
     let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
-    assert_eq!(r.replayed, 8, "{r:?}");
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 1, "{r:?}");
-    assert_eq!(r.dropped_total(), 1, "{r:?}");
-    // Connection 0 read everything written to it before the client gave up on it at /c's garbage;
-    // /d onward came again on connection 1.
-    let log = shadow.log();
-    let second: Vec<Vec<u8>> = log.iter().filter(|(c, _)| *c == 1).map(|(_, b)| b.clone()).collect();
-    assert_eq!(second, all[3..].iter().map(tagged).collect::<Vec<_>>());
-    assert_eq!(log[..3], all[..3].iter().map(|q| (0, tagged(q))).collect::<Vec<_>>()[..]);
-    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 6);
-    assert_eq!(metrics.summary().shadow_errors["bad_response"], 1);
+    // /c's answer is garbage: nothing after it on that connection can be read as a response,
+    // and the shadow had /d to /i (it read them all): they fail with /c, and go nowhere again.
+    assert_eq!(r.replayed, 2, "{r:?}");
+    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (7, 7), "{r:?}");
+    assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
+    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
+    assert_eq!(metrics.summary().shadow_errors["bad_response"], 7);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_on_a_head_response_fails_it_and_shifts_nothing() {
+    // The scripted shadow answers every request with a two-byte body, HEAD too: a shadow bug.
+    // Pipelined, the body after a HEAD's response must not be read as the next response, and
+    // nothing the shadow had is written to it again.
+    let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Ok }).await;
+    let rest = [("GET", "/b"), ("HEAD", "/c"), ("GET", "/d"), ("HEAD", "/e"), ("GET", "/f")];
+    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &rest).await;
+    let r = settle(&metrics, 6).await;
+    // /b answered; /c's response has a body: a bad response, and the connection is done; /d, /e
+    // and /f were read by the shadow (acknowledged): bad responses too, never written again.
+    assert_eq!(r.replayed, 2, "{r:?}");
+    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (4, 4), "{r:?}");
+    assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
+    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
+    assert_eq!(metrics.summary().shadow_errors["bad_response"], 4);
+    assert_eq!(metrics.summary().shadow_responses["2xx"], 2);
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -340,20 +357,16 @@ async fn a_stalled_response_times_out_with_the_requests_behind_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shadow_failing_everything_gets_each_request_at_most_twice() {
+async fn a_shadow_failing_everything_gets_each_request_once() {
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Garbage }).await;
     let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!(r.replayed, 1, "only the held request had an answer: {r:?}");
     assert_eq!(r.dropped[reason::SHADOW_ERROR], 8, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["bad_response"], 8);
-    // Connection 0: garbage for /b, nothing of its pipeline answered: /c to /i written once more,
-    // on connection 1; garbage for /c there, and the rest fail with it, not written a third time.
-    let log = shadow.log();
-    let on = |c: usize| log.iter().filter(|(k, _)| *k == c).map(|(_, b)| b.clone()).collect::<Vec<_>>();
-    assert_eq!(on(0)[..2], [tagged(&all[0]), tagged(&all[1])]);
-    assert_eq!(on(1), all[2..].iter().map(tagged).collect::<Vec<_>>());
-    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 2, "no third connection");
-    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 7);
+    // Garbage for /b: the shadow had /c to /i as well (it read them): they fail with it.
+    assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once");
+    assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1, "no second connection");
+    assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
     engine.shutdown(Duration::from_secs(1)).await;
 }

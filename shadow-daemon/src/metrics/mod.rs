@@ -224,8 +224,9 @@ impl Metrics {
         );
         registry.register(
             "shadow_replay_retries",
-            "Requests sent again on a new connection after a kept-alive one turned out closed, or closed after \
-             answering the requests before them in a pipeline",
+            "Requests sent again on a new connection because the shadow provably never received them (none of \
+             their bytes acknowledged by its TCP, none of their response read): a kept-alive connection that \
+             turned out closed, or the rest of a pipeline behind what a failing connection had taken",
             connections.retries.clone(),
         );
         registry.register(

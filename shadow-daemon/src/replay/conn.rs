@@ -42,6 +42,8 @@ pub(crate) struct Conn {
     start: usize,
     idle_since: Instant,
     pub reused: bool,
+    /// Request bytes written on this connection (see [`Conn::acked`]).
+    sent: u64,
     _open: OpenGuard,
 }
 
@@ -97,6 +99,54 @@ impl Conn {
     /// Bytes received past the responses read so far.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// What is buffered past the last response could begin one (a prefix of `HTTP/`): bytes
+    /// that cannot are not a response at all.
+    pub fn pending_starts_response(&self) -> bool {
+        let rest = &self.buf[self.start..];
+        let n = rest.len().min(5);
+        rest[..n] == b"HTTP/"[..n]
+    }
+
+    /// Write all of `wire`; [`Conn::sent`] counts it once it is written.
+    pub async fn write_all(&mut self, wire: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(wire).await?;
+        self.sent += wire.len() as u64;
+        Ok(())
+    }
+
+    /// Request bytes written whole on this connection so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Request bytes of this connection the shadow's TCP acknowledged (TCP_INFO
+    /// `tcpi_bytes_acked`, less the SYN's one): the shadow's kernel had them, so its process may
+    /// have read them. What lies beyond was provably never received, and only that may be sent
+    /// again. It holds after a reset or close (the count stays with the socket); `None` if the
+    /// kernel does not say, which the caller takes as "all received".
+    pub fn acked(&self) -> Option<u64> {
+        // SAFETY: tcp_info is plain data, for which all-zero is valid.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on our own socket writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // Kernels before 4.1 end the struct before the field (shorter `len`).
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + size_of::<u64>();
+        if rc != 0 || (len as usize) < needed {
+            return None;
+        }
+        Some(info.tcpi_bytes_acked.saturating_sub(1))
     }
 
     /// The peer closed, sent something unasked, or the socket failed: a connection that cannot
@@ -204,6 +254,7 @@ pub(crate) async fn connect(
         start: 0,
         idle_since: Instant::now(),
         reused: false,
+        sent: 0,
         _open: OpenGuard(metrics.open.clone()),
     })
 }
@@ -226,6 +277,9 @@ pub(crate) struct Exchange {
     /// The times are the request's own: false for a response read behind another of the same
     /// write (see [`super::pipeline`]).
     pub timed: bool,
+    /// A response that never has a body (to HEAD, or a 204 or 304): bytes right after it can
+    /// only be the next response.
+    pub no_body: bool,
 }
 
 /// A failed exchange, and whether the shadow can have seen nothing of a response yet (the only
@@ -418,6 +472,7 @@ pub(crate) async fn read_response(
         reusable,
         done_at,
         timed: true,
+        no_body: kind == RequestKind::Head || matches!(head.status, 204 | 304),
     })
 }
 
@@ -708,5 +763,80 @@ mod tests {
         assert!(before <= ts && ts <= after, "{before:?} <= {ts:?} <= {after:?}");
         drop(conn);
         server.await.unwrap();
+    }
+
+    /// What the shadow's TCP acknowledged is what it received: all of it from a peer that reads;
+    /// from a peer that never reads, no more than its receive window, and the count stays the
+    /// same after that peer resets the connection (when the replay decides what may go again).
+    #[tokio::test]
+    async fn acknowledged_bytes_are_what_the_peer_received() {
+        let metrics = Metrics::default();
+        // A peer that reads everything.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: listener.local_addr().unwrap().port() };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert_eq!((conn.sent(), conn.acked()), (0, Some(0)), "the SYN is not a request byte");
+        conn.write_all(&[b'a'; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        peer.read_exact(&mut got).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.acked() != Some(100) {
+            assert!(Instant::now() < deadline, "never acknowledged: {:?}", conn.acked());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(conn.sent(), 100);
+
+        // A peer with a small receive buffer that never reads, then resets.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let small: libc::c_int = 2048;
+        // SAFETY: setsockopt on the test's own socket with a c_int value; accepted sockets
+        // inherit the buffer size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std_listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: std_listener.local_addr().unwrap().port() };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let (peer, _) = std_listener.accept().unwrap();
+        // 64 KiB fits the sender's buffer but not the peer's window: the write completes, most of
+        // it stays unacknowledged.
+        tokio::time::timeout(Duration::from_secs(10), conn.write_all(&vec![b'b'; 64 << 10]))
+            .await
+            .expect("fits the send buffer")
+            .unwrap();
+        let acked = conn.acked().expect("TCP_INFO");
+        assert!(acked < 16 << 10, "at most the peer's window: {acked}");
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on the test's own socket with a linger value: a close resets.
+        let rc = unsafe {
+            libc::setsockopt(
+                peer.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(peer);
+        let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the reset never came");
+            match conn.stream.try_read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => break,
+            }
+        }
+        let after = conn.acked().expect("TCP_INFO after the reset");
+        assert!(after < 16 << 10 && after >= acked, "{acked} then {after}");
+        assert_eq!(conn.sent(), 64 << 10);
     }
 }

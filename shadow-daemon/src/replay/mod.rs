@@ -96,6 +96,11 @@ pub enum ReplayError {
     BadResponse { id: u64, target: String, what: HttpError },
     #[error("read the response to request {id} from shadow {target}: more than 8 interim (1xx) responses")]
     TooManyInterim { id: u64, target: String },
+    #[error(
+        "read the response to request {id} from shadow {target}: a body after its {status} response, which has none \
+         (HEAD, 204, 304); connection closed"
+    )]
+    BodyWithoutBody { id: u64, target: String, status: u16 },
     #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
     Timeout { id: u64, target: String, timeout: Duration },
     #[error("read the response to request {id} from shadow {target}: body larger than {cap} bytes; connection closed")]
@@ -124,9 +129,10 @@ impl ReplayError {
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
             Self::Closed { .. } => ShadowErrorKind::Reset,
-            Self::BadResponse { .. } | Self::TooManyInterim { .. } | Self::ResponseTooLarge { .. } => {
-                ShadowErrorKind::BadResponse
-            }
+            Self::BadResponse { .. }
+            | Self::TooManyInterim { .. }
+            | Self::BodyWithoutBody { .. }
+            | Self::ResponseTooLarge { .. } => ShadowErrorKind::BadResponse,
         })
     }
 
@@ -155,7 +161,9 @@ impl ReplayError {
             Self::Write { source, .. } | Self::Read { source, .. } => exchange(source),
             Self::Closed { .. } => TargetFailure::Closed,
             Self::Timeout { .. } => TargetFailure::Timeout,
-            Self::BadResponse { .. } | Self::TooManyInterim { .. } => TargetFailure::BadResponse,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } | Self::BodyWithoutBody { .. } => {
+                TargetFailure::BadResponse
+            }
             Self::ResponseTooLarge { .. } => TargetFailure::ResponseTooLarge,
         })
     }
@@ -935,6 +943,15 @@ mod tests {
         assert_eq!(too_large.target_failure(), Some(TargetFailure::ResponseTooLarge));
         assert_eq!(too_large.kind(), Some(ShadowErrorKind::BadResponse), "to the comparison: a bad response");
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.target_failure(), None);
+        let body = ReplayError::BodyWithoutBody { id: 1, target: t(), status: 204 };
+        assert_eq!(body.target_failure(), Some(TargetFailure::BadResponse));
+        assert_eq!(body.kind(), Some(ShadowErrorKind::BadResponse));
+        assert_eq!(
+            body.to_string(),
+            "read the response to request 1 from shadow x:1: a body after its 204 response, which has none \
+             (HEAD, 204, 304); connection closed"
+        );
+        assert!(matches!(body.again(7), ReplayError::BodyWithoutBody { id: 7, status: 204, .. }));
     }
 
     #[test]
