@@ -2,7 +2,13 @@
 //! the shadow, and can record every request it receives byte for byte.
 //!
 //! shadow-testserver --listen ADDR [--record DIR] [--delay-ms N] [--response-bytes N]
-//!                   [--max-conns N] [--mode ok|garbage|reset]
+//!                   [--max-conns N] [--mode ok|garbage|reset|head-body] [--close-after N]
+//!
+//! Modes that misbehave, for the fault suites: `garbage` answers with bytes that are not HTTP,
+//! `reset` resets part way through a response, `head-body` answers HEAD with a body as if it were
+//! a GET (a shadow bug), and `--close-after N` closes each connection after answering N requests
+//! without saying so, once it has read every request the client already sent (recorded as read,
+//! never answered).
 //!
 //! With --record, raw bytes of connection N go to DIR/raw-N.bin and one JSON line per request to
 //! DIR/index.jsonl: {"conn":N,"offset":O,"len":L,"method":"GET","target":"/x","tagged":true}.
@@ -27,11 +33,13 @@ struct Opts {
     delay: Duration,
     response_bytes: usize,
     mode: String,
+    /// Close each connection after answering this many requests (0: never).
+    close_after: usize,
 }
 
 fn main() {
     let mut listen = String::from("127.0.0.1:0");
-    let mut opts = Opts { record: None, delay: Duration::ZERO, response_bytes: 64, mode: "ok".into() };
+    let mut opts = Opts { record: None, delay: Duration::ZERO, response_bytes: 64, mode: "ok".into(), close_after: 0 };
     let mut max_conns = 1024usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -47,6 +55,7 @@ fn main() {
             }
             "--max-conns" => max_conns = val().parse().unwrap_or_else(|_| die("--max-conns: not a number")),
             "--mode" => opts.mode = val(),
+            "--close-after" => opts.close_after = val().parse().unwrap_or_else(|_| die("--close-after: not a number")),
             other => die(&format!("unknown argument {other}")),
         }
     }
@@ -97,13 +106,16 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
     let mut offset = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut answered = 0usize;
+    // Past `--close-after`: record what was read already, answer nothing, then close.
+    let mut draining = false;
     loop {
         // Read until a whole head is buffered.
         let head_len = loop {
             if let Some(p) = find(&buf, b"\r\n\r\n") {
                 break p + 4;
             }
-            if buf.len() > MAX_HEAD {
+            if buf.len() > MAX_HEAD || draining {
                 return Ok(());
             }
             let n = s.read(&mut chunk)?;
@@ -145,6 +157,9 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
                 if let Some(end) = chunked_end(&buf[head_len..]) {
                     break head_len + end;
                 }
+                if draining {
+                    return Ok(());
+                }
                 let n = s.read(&mut chunk)?;
                 if n == 0 {
                     return Ok(());
@@ -153,6 +168,9 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
             }
         } else {
             while buf.len() < head_len + content_length {
+                if draining {
+                    return Ok(());
+                }
                 let n = s.read(&mut chunk)?;
                 if n == 0 {
                     return Ok(());
@@ -177,6 +195,9 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
         }
         offset += total as u64;
         buf.drain(..total);
+        if draining {
+            continue;
+        }
         if !o.delay.is_zero() {
             thread::sleep(o.delay);
         }
@@ -198,12 +219,28 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
             if method == "HEAD" { o.response_bytes } else { body.len() },
             if close { "connection: close\r\n" } else { "" }
         );
-        s.write_all(head.as_bytes())?;
-        if method != "HEAD" {
-            s.write_all(&body)?;
+        // One write per response, body included: a pipelining client reads it as it was sent.
+        let mut response = head.into_bytes();
+        if method != "HEAD" || o.mode == "head-body" {
+            response.extend_from_slice(&body);
         }
+        s.write_all(&response)?;
         if close {
             return Ok(());
+        }
+        answered += 1;
+        if o.close_after > 0 && answered >= o.close_after {
+            // Take in what the client sent before the answer went out (a pipeline arrives at
+            // once), so the close is a FIN after reading, not a reset over unread data.
+            s.set_nonblocking(true)?;
+            loop {
+                match s.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                }
+            }
+            draining = true;
         }
     }
 }
