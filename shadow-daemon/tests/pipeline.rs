@@ -214,6 +214,11 @@ async fn held_then(
     (engine, metrics, all)
 }
 
+/// Pipelining turned on (it is off by default), at the depth the bench uses.
+fn piped() -> ReplayControls {
+    ReplayControls { pipeline: shadow_daemon::replay::pipeline::OPT_IN_PIPELINE, ..Default::default() }
+}
+
 fn gets(n: usize) -> Vec<(&'static str, &'static str)> {
     const PATHS: [&str; 8] = ["/b", "/c", "/d", "/e", "/f", "/g", "/h", "/i"];
     PATHS[..n].iter().map(|p| ("GET", *p)).collect()
@@ -222,7 +227,7 @@ fn gets(n: usize) -> Vec<(&'static str, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_together_go_in_one_write_and_only_the_first_is_timed() {
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Ok }).await;
-    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
+    let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!((r.replayed, r.dropped_total()), (9, 0), "{r:?}");
     let want: Vec<(usize, Vec<u8>)> = all.iter().map(|q| (0, tagged(q))).collect();
@@ -259,7 +264,7 @@ async fn a_pipeline_of_one_is_the_depth_when_set_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_never_pipelined() {
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Ok }).await;
-    let controls = ReplayControls { methods: MethodAllowlist::with_extra(&["POST".to_owned()]), ..Default::default() };
+    let controls = ReplayControls { methods: MethodAllowlist::with_extra(&["POST".to_owned()]), ..piped() };
     let rest = [("GET", "/b"), ("GET", "/c"), ("POST", "/d"), ("GET", "/e"), ("GET", "/f")];
     let (engine, metrics, all) = held_then(&shadow, controls, &rest).await;
     let r = settle(&metrics, 6).await;
@@ -282,7 +287,7 @@ async fn a_shadow_closing_part_way_fails_what_it_had_and_gets_nothing_twice() {
         _ => Reply::Ok,
     })
     .await;
-    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
+    let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!(r.replayed, 3, "{r:?}");
     assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (6, 6), "/d to /i, once each: {r:?}");
@@ -302,7 +307,7 @@ async fn a_bad_response_in_a_pipeline_fails_it_and_the_ones_behind_it_once() {
         _ => Reply::Ok,
     })
     .await;
-    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
+    let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     // /c's answer is garbage: nothing after it on that connection can be read as a response,
     // and the shadow had /d to /i (it read them all): they fail with /c, and go nowhere again.
@@ -322,7 +327,7 @@ async fn a_body_on_a_head_response_fails_it_and_shifts_nothing() {
     // nothing the shadow had is written to it again.
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Ok }).await;
     let rest = [("GET", "/b"), ("HEAD", "/c"), ("GET", "/d"), ("HEAD", "/e"), ("GET", "/f")];
-    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &rest).await;
+    let (engine, metrics, all) = held_then(&shadow, piped(), &rest).await;
     let r = settle(&metrics, 6).await;
     // /b answered; /c's response has a body: a bad response, and the connection is done; /d, /e
     // and /f were read by the shadow (acknowledged): bad responses too, never written again.
@@ -344,7 +349,7 @@ async fn a_stalled_response_times_out_with_the_requests_behind_it() {
         _ => Reply::Ok,
     })
     .await;
-    let controls = ReplayControls { request_timeout: Duration::from_millis(300), ..Default::default() };
+    let controls = ReplayControls { request_timeout: Duration::from_millis(300), ..piped() };
     let (engine, metrics, _) = held_then(&shadow, controls, &gets(8)).await;
     let r = settle(&metrics, 9).await;
     // The held request and /b answered; /c stalls: /c to /i were written at once and none is
@@ -359,7 +364,7 @@ async fn a_stalled_response_times_out_with_the_requests_behind_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_failing_everything_gets_each_request_once() {
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Garbage }).await;
-    let (engine, metrics, all) = held_then(&shadow, ReplayControls::default(), &gets(8)).await;
+    let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!(r.replayed, 1, "only the held request had an answer: {r:?}");
     assert_eq!(r.dropped[reason::SHADOW_ERROR], 8, "{r:?}");

@@ -603,35 +603,32 @@ async fn response_framings_are_followed_and_connections_reused_where_possible() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_keep_alive_connection_is_retried_only_for_idempotent_requests() {
+async fn a_request_the_shadow_read_before_closing_is_never_sent_again() {
+    // The shadow answers the first request of each connection and closes on reading the second.
+    // It had that request (its TCP acknowledged it, its process read it): whatever the method,
+    // it fails once and is not written to the shadow again. (A connection the shadow closed
+    // before the request reached it is the case that goes again: `replay::pipeline` tests the
+    // rule, `replay::conn` the kernel's count it rests on.)
     let shadow = Shadow::start(Mode::DropSecondRequest).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls =
         ReplayControls { concurrency: 1, methods: MethodAllowlist::with_extra(&["POST".into()]), ..Default::default() };
     let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
-    // GET on a fresh connection, then GET on the same (reused) one, which the shadow closes:
-    // sent again on a new connection, replayed.
-    for i in 0..2 {
-        assert_eq!(engine.submit(captured(i, &get("/idem"))), Submission::Queued);
-        settle(&metrics, i + 1).await;
+    let post = b"POST /once HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx";
+    let requests = [get("/idem"), get("/idem2"), post.to_vec(), post.to_vec()];
+    for (i, req) in requests.iter().enumerate() {
+        assert_eq!(engine.submit(captured(i as u64, req)), Submission::Queued);
+        settle(&metrics, i as u64 + 1).await;
     }
     let r = metrics.requests();
-    assert_eq!(r.replayed, 2, "{r:?}");
+    // Connection 1: /idem answered, /idem2 read and not answered; connection 2: the first POST
+    // answered, the second read and not answered.
+    assert_eq!((r.replayed, r.dropped[reason::SHADOW_ERROR]), (2, 2), "{r:?}");
+    assert_eq!(metrics.summary().shadow_errors["reset"], 2);
     let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
-    assert_eq!(sample(&text, "shadow_replay_retries_total"), 1.0);
+    assert_eq!(sample(&text, "shadow_replay_retries_total"), 0.0);
     assert_eq!(shadow.accepted(), 2);
-    // POST on the reused connection: not idempotent, so the failure is reported, not retried.
-    let post = b"POST /once HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx";
-    assert_eq!(engine.submit(captured(2, post)), Submission::Queued);
-    let r = settle(&metrics, 3).await;
-    assert_eq!((r.replayed, r.dropped[reason::SHADOW_ERROR]), (2, 1), "{r:?}");
-    assert_eq!(metrics.summary().shadow_errors["reset"], 1);
-    assert_eq!(
-        sample(&metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap(), "shadow_replay_retries_total"),
-        1.0
-    );
-    let posts = shadow.requests().iter().filter(|r| r.starts_with(b"POST")).count();
-    assert_eq!(posts, 1, "a POST reaches the shadow at most once");
+    assert_eq!(shadow.requests().len(), 4, "each request reached the shadow once");
     engine.shutdown(Duration::from_secs(1)).await;
 }
 

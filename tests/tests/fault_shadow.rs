@@ -36,7 +36,7 @@ const CONNS: usize = 4;
 /// The daemon's replay concurrency in the tests.
 const CONCURRENCY: u64 = 4;
 /// The daemon's default pipeline depth: requests one replay slot writes together.
-const PIPELINE: u64 = 16;
+const PIPELINE: u64 = shadow_daemon::replay::pipeline::DEFAULT_PIPELINE as u64;
 /// The daemon's memory cap (`--memory-cap`, the default), which its own peak memory must stay
 /// under.
 const MEMORY_CAP: u64 = 64 << 20;

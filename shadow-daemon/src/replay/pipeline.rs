@@ -41,8 +41,14 @@ use super::{
 };
 use crate::{hub::KeepSpec, metrics::Metrics};
 
-/// Default requests written together on one connection (the `pipeline` control).
-pub const DEFAULT_PIPELINE: usize = 16;
+/// Default requests written together on one connection (the `pipeline` control): one, so the
+/// shadow sees the traffic's shape (one request at a time per connection, as the primary's
+/// clients sent them) and every response is timed alone. Pipelining merges requests of different
+/// client connections into bursts the primary never saw, which moves the shadow's latency; it is
+/// an opt-in for mirroring where only throughput matters.
+pub const DEFAULT_PIPELINE: usize = 1;
+/// The depth the bench and the pipeline tests use when they turn pipelining on.
+pub const OPT_IN_PIPELINE: usize = 16;
 /// Most requests written together on one connection.
 pub const MAX_PIPELINE: usize = 64;
 
