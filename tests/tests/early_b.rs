@@ -116,7 +116,8 @@ fn an_early_200_is_replayed_once_and_an_early_413_is_refused() {
     });
 
     let addr = SocketAddr::new(t.server_v4.parse().expect("v4"), PORT);
-    let (early_next, early_close, refused) = (upload("/early/next", b'a'), upload("/early/close", b'b'), upload("/small", b'c'));
+    let (early_next, early_close, refused) =
+        (upload("/early/next", b'a'), upload("/early/close", b'b'), upload("/small", b'c'));
     let sent = (early_next.clone(), early_close.clone());
     let statuses = in_client(&t, move || {
         let mut buf = Vec::new();
@@ -162,7 +163,13 @@ fn an_early_200_is_replayed_once_and_an_early_413_is_refused() {
     want.sort();
     assert_eq!(raws.len(), 3, "exactly once each: {:?}", got.iter().map(|r| &r.target).collect::<Vec<_>>());
     for (a, b) in raws.iter().zip(&want) {
-        assert!(a == b, "a replayed request differs ({} vs {} bytes): {:?}", a.len(), b.len(), String::from_utf8_lossy(&b[..60]));
+        assert!(
+            a == b,
+            "a replayed request differs ({} vs {} bytes): {:?}",
+            a.len(),
+            b.len(),
+            String::from_utf8_lossy(&b[..60])
+        );
     }
     assert!(got.iter().all(|r| r.target != "/small"), "the refused upload reached the shadow");
 }

@@ -205,7 +205,9 @@ fn answered_early(ex: &mut Extractor, port: u16, early: &[u8]) -> (Conn, Vec<Htt
 
 #[test]
 fn an_early_2xx_then_the_next_answer_in_step_replays_the_request_first() {
-    for (early, port) in [(EARLY_OK, 41120u16), (b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n", 41121)] {
+    for (early, port) in
+        [(EARLY_OK, 41120u16), (b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n", 41121)]
+    {
         let mut ex = Extractor::new(holding());
         let (mut c, ev) = answered_early(&mut ex, port, early);
         assert!(ev.is_empty(), "held until the connection proves to go on in step");
@@ -248,10 +250,8 @@ fn the_body_of_an_early_answered_request_that_hid_a_request_is_never_replayed() 
     for then in ["close", "next"] {
         let mut ex = Extractor::new(holding());
         let mut c = Conn::new(false, 41123, 1, 1);
-        let mut ev = feed(
-            &mut ex,
-            [c.client(head.as_bytes()), c.server(EARLY_OK), c.client(hidden), c.server(NOT_FOUND)],
-        );
+        let mut ev =
+            feed(&mut ex, [c.client(head.as_bytes()), c.server(EARLY_OK), c.client(hidden), c.server(NOT_FOUND)]);
         match then {
             "close" => ev.extend(feed(&mut ex, [c.client_fin(), c.server_fin()])),
             _ => ev.extend(feed(&mut ex, [c.client(GET), c.server(OK)])),
@@ -373,7 +373,8 @@ fn two_early_answered_requests_in_a_row_only_the_last_can_be_proven() {
     let mut ex = Extractor::new(holding());
     let (mut c, _) = answered_early(&mut ex, 41129, EARLY_OK);
     // The second upload's early answer is one answer more than the first's step allows.
-    let ev = feed(&mut ex, [c.client(UPLOAD_HEAD), c.server(EARLY_OK), c.client(UPLOAD_BODY), c.client(GET), c.server(OK)]);
+    let ev =
+        feed(&mut ex, [c.client(UPLOAD_HEAD), c.server(EARLY_OK), c.client(UPLOAD_BODY), c.client(GET), c.server(OK)]);
     assert_eq!(raws(&ev), vec![upload(), GET.to_vec()], "the second upload, then the GET");
     assert_eq!(ex.stats().requests.dropped(DropReason::Refused), 1, "the first");
     assert!(ex.stats().reconciles());
