@@ -315,6 +315,14 @@ impl Metrics {
         lock(&self.ledger).captured_and_dropped(reason);
     }
 
+    /// The extraction stage's report into the ledger, in one step: requests dropped since its
+    /// last report (by reason) and how many it holds now, begun and not yet handed over (still
+    /// arriving, or held for the primary's answer); those count as captured and in flight.
+    /// Call it once everything the stage handed over has been admitted.
+    pub fn record_extraction(&self, dropped: &[(&'static str, u64)], holding: u64) {
+        lock(&self.ledger).extraction(dropped, holding);
+    }
+
     /// The ledger now.
     pub fn requests(&self) -> RequestCounts {
         lock(&self.ledger).counts()
