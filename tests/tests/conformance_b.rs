@@ -117,7 +117,8 @@ impl Setup {
     /// release happened while the cases played (a request goes out when the primary's answer
     /// starts, and each case reads its answers before the next begins), so this is final.
     /// Connections are not waited for: one whose server FIN passed before the kernel tracked it
-    /// (the garbage case) stays in the daemon, its request held, until the idle timeout.
+    /// (the garbage case) stays in the daemon, its request held (in flight, as
+    /// `shadow_requests_extracting`), until the idle timeout.
     fn wait_settled(&self, shadow: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = String::new();
@@ -125,7 +126,10 @@ impl Setup {
             let text = self.scrape();
             let m = |s: &str| metric(&text, s).unwrap_or(-1.0);
             let got = recorded_requests(&self.scratch.path("shadow")).len();
-            if m("shadow_requests_in_flight") == 0.0
+            // What is still in flight is only what extraction holds (the garbage case's
+            // request, until the idle timeout), never anything queued or being replayed.
+            if m("shadow_requests_in_flight") == m("shadow_requests_extracting")
+                && m("shadow_requests_extracting") <= 1.0
                 && got == shadow
                 && m("shadow_requests_replayed_total") == shadow as f64
             {

@@ -287,7 +287,10 @@ pub(super) struct LedgerCollector(pub(super) Arc<Mutex<Ledger>>);
 
 impl Collector for LedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snap = lock(&self.0).counts();
+        let (snap, extracting) = {
+            let l = lock(&self.0);
+            (l.counts(), l.extracting)
+        };
         let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
@@ -317,6 +320,13 @@ impl Collector for LedgerCollector {
         g.encode(encoder.encode_descriptor(
             "shadow_requests_in_flight",
             "Requests captured and not settled yet: being extracted (still arriving, or held for the primary's answer), queued or being replayed.",
+            None,
+            g.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(i64::try_from(extracting).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor(
+            "shadow_requests_extracting",
+            "Of the requests in flight, those the extraction stage holds: still arriving, or held for the primary's answer (or for the evidence that an early answer served them); each ends by the flow idle timeout at the latest.",
             None,
             g.metric_type(),
         )?)
