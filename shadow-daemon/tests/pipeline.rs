@@ -43,6 +43,8 @@ enum Reply {
     Stall,
     /// Close without answering (after reading this request).
     Close,
+    /// Answer after this long.
+    After(Duration),
     /// Not HTTP, then go on reading.
     Garbage,
 }
@@ -124,6 +126,7 @@ async fn serve(mut s: TcpStream, c: usize, script: Script, log: Log, gate: Arc<N
                 return;
             }
             Reply::Close => return,
+            Reply::After(d) => tokio::time::sleep(d).await,
             Reply::Garbage => {
                 if s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await.is_err() {
                     return;
@@ -225,7 +228,7 @@ fn gets(n: usize) -> Vec<(&'static str, &'static str)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_waiting_together_go_in_one_write_and_only_the_first_is_timed() {
+async fn requests_waiting_together_go_in_one_write_and_each_is_timed() {
     let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::Ok }).await;
     let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
@@ -240,11 +243,10 @@ async fn requests_waiting_together_go_in_one_write_and_only_the_first_is_timed()
     let s = metrics.summary();
     assert_eq!((s.replay_writes, s.replay_pipelined), (2, 7));
     assert!(
-        s.to_string()
-            .contains("writes to the shadow: 2 (7 requests behind another in a pipeline, untimed; 4.50 per write)")
+        s.to_string().contains("writes to the shadow: 2 (7 requests behind another in a pipeline; 4.50 per write)")
     );
     assert_eq!(s.shadow_responses["2xx"], 9);
-    assert_eq!(s.shadow.complete.count, 2, "the held request and the first of the pipeline are timed");
+    assert_eq!(s.shadow.complete.count, 9, "every response is timed, each for its own request");
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -272,7 +274,7 @@ async fn writes_are_never_pipelined() {
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "in order on one connection");
     // Writes: [held], [b, c], [POST d] alone, [e, f].
     assert_eq!(counter(&metrics, "shadow_replay_pipelined_total"), 2);
-    assert_eq!(metrics.summary().shadow.complete.count, 4);
+    assert_eq!(metrics.summary().shadow.complete.count, 6);
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -373,5 +375,27 @@ async fn a_shadow_failing_everything_gets_each_request_once() {
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1, "no second connection");
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_response_of_a_pipeline_is_timed_from_when_the_shadow_could_start_on_it() {
+    // The shadow takes 40 ms for each request and answers them in order: the eighth response of a
+    // pipeline comes 320 ms after the write, but the shadow spent 40 ms on its request. Each is
+    // timed from the write or from the end of the response before it, whichever is later.
+    const EACH: Duration = Duration::from_millis(40);
+    let shadow = Scripted::start(|c, n| if (c, n) == (0, 0) { Reply::Hold } else { Reply::After(EACH) }).await;
+    let (engine, metrics, _) = held_then(&shadow, piped(), &gets(8)).await;
+    let r = settle(&metrics, 9).await;
+    assert_eq!((r.replayed, r.dropped_total()), (9, 0), "{r:?}");
+    let s = metrics.summary();
+    assert_eq!(s.shadow.complete.count, 9);
+    assert_eq!(counter(&metrics, "shadow_replay_pipelined_total"), 7, "one pipeline of eight");
+    // Never the time behind the others (from the write, the last would be 8 x 40 ms): at least
+    // 40 ms each (the shadow's own time), and well below two of them.
+    let (p50, max) = (s.shadow.complete.p50_ms, s.shadow.complete.max_ms);
+    assert!(p50 >= 40.0 && max < 2.0 * 40.0 + 40.0, "p50 {p50} ms, max {max} ms");
+    let later: Vec<f64> = s.endpoints.iter().map(|e| e.shadow.max_ms).collect();
+    assert!(later.iter().all(|m| *m < 120.0), "{later:?}");
     engine.shutdown(Duration::from_secs(1)).await;
 }

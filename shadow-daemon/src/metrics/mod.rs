@@ -214,7 +214,7 @@ impl Metrics {
         registry.register(
             "shadow_replay_pipelined",
             "Requests written behind another in one write on one connection (HTTP/1.1 pipelining of idempotent \
-             requests that waited together); compared and counted, their latency not recorded",
+             requests that waited together); each timed from when the shadow could start on it",
             connections.pipelined.clone(),
         );
         registry.register(
@@ -351,12 +351,6 @@ impl Metrics {
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
         self.response_counters[status_class_index(status)].inc();
         self.latency.record(Side::Shadow, Some(endpoint), first_byte, complete);
-    }
-
-    /// A shadow response whose times are not its request's own (read behind another response of
-    /// the same pipeline): its status class is counted, its latency is not recorded.
-    pub fn record_shadow_status(&self, status: u16) {
-        self.response_counters[status_class_index(status)].inc();
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {

@@ -782,14 +782,10 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 if lane.backoff.success(probe) {
                     tracing::info!("{}: the shadow answered again; backoff over", lane.name);
                 }
-                if x.timed {
-                    metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
-                } else {
-                    metrics.record_shadow_status(x.status);
-                }
+                metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
                 job.settle(Ok(()));
                 if let (Some(h), Some(mut sample)) = (hub, x.sample) {
-                    sample.latency = x.timed.then_some(x.complete);
+                    sample.latency = Some(x.complete);
                     h.shadow(job.req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
                 }
             }
@@ -869,7 +865,7 @@ async fn replay_secondary(
                 backoff.success(probe);
                 match x.sample {
                     Some(mut sample) => {
-                        sample.latency = x.timed.then_some(x.complete);
+                        sample.latency = Some(x.complete);
                         ShadowHalf::Response(sample)
                     }
                     None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),

@@ -10,11 +10,11 @@
 //! What is kept:
 //! - Only idempotent requests that keep the connection open are pipelined (RFC 9112: a client
 //!   does not pipeline after a non-idempotent method); any other request goes alone, as before.
-//! - Latency: a server answers a pipeline in order, so a response behind another includes the
-//!   time the shadow spent on the ones before it. Only the first response read after a write is
-//!   timed (its request was first in line); the ones behind it are compared and counted but not
-//!   timed (`Exchange::timed`), so the latency histograms stay those of requests the shadow
-//!   took up at once, a sample unbiased by load.
+//! - Latency: a server answers a pipeline in order, so a response behind another would include
+//!   the time the shadow spent on the ones before it. Each response is timed from when the shadow
+//!   could start on it: the kernel's transmit time of the write, or the kernel's receive time of
+//!   the end of the response before it, whichever is later (`conn::Since::after`). Every response
+//!   of a pipeline is timed, each for its own request.
 //! - Every request settles once, and reaches the shadow at most once. When a connection ends
 //!   with requests of its pipeline unanswered (the shadow closed it, reset it, or answered one of
 //!   them with something that is not a response), a request is written again on another
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::{
     ReplayError,
-    conn::{Answering, Exchange, Failed, Pool, Since, connect, read_response},
+    conn::{Answering, Exchange, Failed, Pool, connect, read_response},
     controls::ShadowTarget,
 };
 use crate::{hub::KeepSpec, metrics::Metrics};
@@ -142,7 +142,8 @@ pub(crate) async fn send(
             c.pipelined.inc_by(behind);
             c.reused.inc_by(behind + u64::from(reused));
         }
-        let since = Since::now();
+        let written_at = conn.since_write();
+        let mut since = written_at;
         // How the turn ended: None, every part is settled; else the first unsettled part, the
         // error the parts the shadow had fail with, and whether that part's response had begun.
         // Set when the connection may carry another request: since when it is idle.
@@ -164,8 +165,8 @@ pub(crate) async fn send(
                     () = &mut sleep => Err(Failed { error: timed_out(part.id), nothing_received: false }),
                 };
                 match read {
-                    Ok(mut x) => {
-                        x.timed = j == from;
+                    Ok(x) => {
+                        since = written_at.after(&x);
                         let open = x.reusable && part.keep_alive;
                         let (done_at, no_body) = (x.done_at, x.no_body);
                         out.push(Ok(x));
