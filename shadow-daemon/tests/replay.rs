@@ -42,6 +42,15 @@ fn captured_on(id: u64, raw: &[u8], port: u16) -> CapturedRequest {
     CapturedRequest::builder(raw).id(id).server_port(port).build()
 }
 
+/// A request captured on the connection from client port `client_port` to the service.
+fn captured_from(id: u64, raw: &[u8], client_port: u16) -> CapturedRequest {
+    let flow = shadow_daemon::segment::FlowId {
+        client: std::net::SocketAddr::from(([127, 0, 0, 1], client_port)),
+        server: std::net::SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT)),
+    };
+    CapturedRequest::builder(raw).id(id).flow(flow).build()
+}
+
 /// The bytes the shadow must receive for `raw` with default controls: the tag line before the
 /// blank line, nothing else changed.
 fn tagged(raw: &[u8]) -> Vec<u8> {
@@ -325,8 +334,9 @@ async fn pool_stays_bounded_under_concurrent_load() {
     // One request per replay: the pool, not pipeline depth, decides the connections.
     let controls = ReplayControls { concurrency: 3, pool_size: 2, pipeline: 1, ..Default::default() };
     let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    // Thirty captured connections (one request each), so that they may go three at a time.
     for i in 0..30 {
-        assert_eq!(engine.submit(captured(i, &get("/x"))), Submission::Queued);
+        assert_eq!(engine.submit(captured_from(i, &get("/x"), 50_000 + i as u16)), Submission::Queued);
     }
     let r = settle(&metrics, 30).await;
     assert_eq!(r.replayed, 30, "{r:?}");
@@ -836,4 +846,37 @@ fn promtool_check(body: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The traffic's shape: requests captured on one client connection reach the shadow one at a
+/// time, each after the one before it is answered, whatever the lane's concurrency; requests of
+/// other connections go beside them. A client that sent six requests one after another is not a
+/// burst of three at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_one_captured_connection_reach_the_shadow_one_at_a_time() {
+    let shadow = Shadow::start(Mode::Slow(Duration::from_millis(30))).await;
+    let metrics = Arc::new(Metrics::new(10));
+    let controls = ReplayControls { concurrency: 3, pool_size: 4, ..Default::default() };
+    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    for i in 0..6 {
+        assert_eq!(engine.submit(captured_from(i, &get(&format!("/one/{i}")), 40_000)), Submission::Queued);
+    }
+    let r = settle(&metrics, 6).await;
+    assert_eq!(r.replayed, 6, "{r:?}");
+    assert_eq!(shadow.accepted(), 1, "one at a time: one connection, kept alive");
+    let paths: Vec<String> = shadow
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).split(' ').nth(1).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(paths, (0..6).map(|i| format!("/one/{i}")).collect::<Vec<_>>(), "in the order captured");
+    // Two connections: two at a time.
+    for i in 0..6 {
+        let port = 40_001 + (i % 2) as u16;
+        assert_eq!(engine.submit(captured_from(10 + i, &get("/two"), port)), Submission::Queued);
+    }
+    let r = settle(&metrics, 12).await;
+    assert_eq!(r.replayed, 12, "{r:?}");
+    assert_eq!(shadow.accepted(), 2, "a second connection for the second client, never a third");
+    engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -26,6 +26,7 @@ mod conn;
 pub mod controls;
 mod edit;
 pub mod pipeline;
+mod shape;
 mod slots;
 
 use std::{
@@ -53,6 +54,7 @@ use self::{
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request_into,
     pipeline::{Part, Route},
+    shape::{Admit, Done, FlowGate},
     slots::{Slots, Work},
 };
 use crate::{
@@ -583,6 +585,9 @@ async fn dispatch(
 ) {
     let mut replays = Slots::new(lane.controls.concurrency);
     let mut batcher = Batcher::new(lane.controls.pipeline);
+    // One request at a time per captured connection (see [`shape`]); pipelining, an opt-in for
+    // throughput, merges connections by design and goes without.
+    let mut gate = (lane.controls.pipeline == 1).then(|| FlowGate::new(lane.controls.queue_capacity));
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
@@ -604,8 +609,15 @@ async fn dispatch(
             replays.poll_work(
                 cx,
                 drained,
-                |cx| batcher.poll_next(cx, &mut rx),
-                |batch| Box::pin(replay_batch(lane.clone(), metrics.clone(), batch)),
+                |cx| next_batch(cx, &mut batcher, &mut rx, gate.as_mut()),
+                |(batch, done)| {
+                    let replay = replay_batch(lane.clone(), metrics.clone(), batch);
+                    Box::pin(async move {
+                        replay.await;
+                        // Its captured connection's next request may go now.
+                        drop(done);
+                    })
+                },
                 || tracing::error!("{}: replay task panicked", lane.name),
             )
         });
@@ -631,7 +643,45 @@ async fn dispatch(
     // Past the grace period: replays in flight are abandoned and queued jobs dropped with the
     // receiver; their tickets settle as `shutdown`.
     drop(replays);
+    if let Some(g) = gate.as_mut() {
+        g.clear();
+    }
     drop(rx);
+}
+
+/// The next batch to start: with a [`FlowGate`], a request whose captured connection is free
+/// (the one freed first, else the next from the queue; one whose connection is busy waits in
+/// the gate, or is dropped as `queue_full` when too many wait); without, the batcher's next.
+/// `Ready(None)` once the queue is closed and empty and nothing waits in the gate.
+fn next_batch(
+    cx: &mut std::task::Context<'_>,
+    batcher: &mut Batcher,
+    rx: &mut mpsc::Receiver<Job>,
+    gate: Option<&mut FlowGate<Job>>,
+) -> Poll<Option<(Batch, Option<Done>)>> {
+    let Some(gate) = gate else {
+        return batcher.poll_next(cx, rx).map(|b| b.map(|b| (b, None)));
+    };
+    if let Some((job, done)) = gate.next_ready(cx.waker()) {
+        return Poll::Ready(Some((vec![job], Some(done))));
+    }
+    loop {
+        match batcher.poll_next(cx, rx) {
+            // Batches of one: the gate is only there without pipelining.
+            Poll::Ready(Some(batch)) => {
+                for job in batch {
+                    match gate.admit(job.req.flow, job) {
+                        Admit::Start(job, done) => return Poll::Ready(Some((vec![job], Some(done)))),
+                        Admit::Waiting => {}
+                        Admit::Full(mut job) => job.settle(Err(reason::QUEUE_FULL)),
+                    }
+                }
+            }
+            // Requests still waiting go when their connection frees (its `Done` wakes us).
+            Poll::Ready(None) if gate.held() > 0 => return Poll::Pending,
+            other => return other.map(|b| b.map(|b| (b, None))),
+        }
+    }
 }
 
 /// Whether `req` may ride in a pipeline behind or ahead of others (see [`pipeline`]).

@@ -3,6 +3,7 @@
 //!
 //! shadow-testserver --listen ADDR [--record DIR] [--delay-ms N] [--response-bytes N]
 //!                   [--max-conns N] [--mode ok|garbage|reset|head-body] [--close-after N]
+//!                   [--body-file PATH]
 //!
 //! Modes that misbehave, for the fault suites: `garbage` answers with bytes that are not HTTP,
 //! `reset` resets part way through a response, `head-body` answers HEAD with a body as if it were
@@ -35,11 +36,14 @@ struct Opts {
     mode: String,
     /// Close each connection after answering this many requests (0: never).
     close_after: usize,
+    /// Every response's body (`--body-file`), instead of `--response-bytes` of `x`.
+    body: Option<Arc<Vec<u8>>>,
 }
 
 fn main() {
     let mut listen = String::from("127.0.0.1:0");
-    let mut opts = Opts { record: None, delay: Duration::ZERO, response_bytes: 64, mode: "ok".into(), close_after: 0 };
+    let mut opts =
+        Opts { record: None, delay: Duration::ZERO, response_bytes: 64, mode: "ok".into(), close_after: 0, body: None };
     let mut max_conns = 1024usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -55,6 +59,11 @@ fn main() {
             }
             "--max-conns" => max_conns = val().parse().unwrap_or_else(|_| die("--max-conns: not a number")),
             "--mode" => opts.mode = val(),
+            "--body-file" => {
+                let path = val();
+                let bytes = std::fs::read(&path).unwrap_or_else(|e| die(&format!("--body-file {path}: {e}")));
+                opts.body = Some(Arc::new(bytes));
+            }
             "--close-after" => opts.close_after = val().parse().unwrap_or_else(|_| die("--close-after: not a number")),
             other => die(&format!("unknown argument {other}")),
         }
@@ -213,10 +222,10 @@ fn serve(mut s: TcpStream, conn: u64, o: &Opts, index: Option<&Mutex<File>>) -> 
             }
             _ => {}
         }
-        let body = vec![b'x'; o.response_bytes];
+        let body = o.body.as_ref().map_or_else(|| vec![b'x'; o.response_bytes], |b| b.to_vec());
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: shadow-testserver\r\n{}\r\n",
-            if method == "HEAD" { o.response_bytes } else { body.len() },
+            body.len(),
             if close { "connection: close\r\n" } else { "" }
         );
         // One write per response, body included: a pipelining client reads it as it was sent.
