@@ -11,6 +11,7 @@ pub mod fake_shadow;
 pub mod faults;
 pub mod frames;
 pub mod inject;
+pub mod nginx;
 pub mod prom;
 pub mod rig;
 pub mod topo;

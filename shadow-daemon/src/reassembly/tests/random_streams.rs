@@ -222,7 +222,7 @@ fn config() -> ProptestConfig {
         cases: 96,
         // Failing cases are kept next to this file (run from the crate root, as cargo test does).
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "src/reassembly/tests/proptests.regressions",
+            "src/reassembly/tests/random_streams.regressions",
         ))),
         ..ProptestConfig::default()
     }
