@@ -21,7 +21,9 @@ use shadow_tests::{
     Proc, Scratch,
     client::read_response,
     corpus::{self, Step},
-    metric, recorded_requests, require_kernel, require_tool,
+    metric,
+    nginx::Nginx,
+    recorded_requests, require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
     wait_for, without_line, workspace_bin,
 };
@@ -59,25 +61,8 @@ fn testserver(t: &TwoHosts, scratch: &Scratch, listen: &str, record: &str) -> Pr
 /// nginx as the primary's front: it reads each request whole before the application answers,
 /// and answers framing errors itself, as deployed nginx does.
 fn nginx(t: &TwoHosts, scratch: &Scratch) -> Proc {
-    let dir = scratch.path("nginx");
-    std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen {PORT};\n    location / {{ proxy_pass http://{APP}; }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx",
-        t.server
-            .command("nginx")
-            .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("nginx", Duration::from_secs(10), || t.server.listening(PORT));
-    p
+    let server = format!("location / {{ proxy_pass http://{APP}; }}");
+    Nginx { ipv6: false, server, ..Nginx::new(PORT) }.start(&t.server, &scratch.path("nginx"))
 }
 
 impl Setup {

@@ -14,7 +14,9 @@ use std::{
 use shadow_tests::{
     Proc, Scratch,
     client::{read_response, status_of},
-    metric, recorded_requests, require_kernel, require_tool,
+    metric,
+    nginx::{self, Nginx},
+    recorded_requests, require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
 };
@@ -26,34 +28,16 @@ const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
 const BODY: usize = 4 * 1024 * 1024;
 
 fn start_nginx(t: &TwoHosts, scratch: &Scratch) -> Proc {
-    let dir = scratch.path("nginx");
-    std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
     // `return` answers before the body is read (nginx then reads and discards it, and the
     // connection goes on); client_max_body_size refuses the 4 MiB one with 413 from its head.
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen {PORT};\n    listen [::]:{PORT};\n\
-             location /early {{ client_max_body_size 16m; return 200 \"early ok\\n\"; }}\n\
-             location /small {{ client_max_body_size 1k; return 200 \"small ok\\n\"; }}\n\
-             location / {{ return 200 \"primary ok\\n\"; }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx",
-        t.server
-            .command("nginx")
-            .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("nginx", Duration::from_secs(10), || t.server.listening(PORT));
-    p
+    let server = "location /early { client_max_body_size 16m; return 200 \"early ok\\n\"; }\n\
+                  location /small { client_max_body_size 1k; return 200 \"small ok\\n\"; }\n\
+                  location / { return 200 \"primary ok\\n\"; }";
+    Nginx { worker_connections: 64, server: server.into(), ..Nginx::new(PORT) }.start(&t.server, &scratch.path("nginx"))
 }
 
 fn nginx_log(scratch: &Scratch) -> Vec<String> {
-    std::fs::read_to_string(scratch.path("nginx/access.log")).unwrap_or_default().lines().map(str::to_string).collect()
+    nginx::access_log(&scratch.path("nginx"))
 }
 
 fn upload(path: &str, fill: u8) -> Vec<u8> {

@@ -1,8 +1,8 @@
 //! Kernel tier B, shadows that misbehave (issue 9 item 7, the shadow's half): down, slow, never
 //! reading, resetting, answering garbage, streaming a body forever, closing every connection at
 //! once. A real primary in the server namespace, real clients in the client namespace, the release
-//! daemon attached to the server's interface, and a fake shadow (tests/src/fake_shadow.rs) on the server
-//! namespace's loopback.
+//! daemon attached to the server's interface, and the test server (tests/src/server/) misbehaving on
+//! the test's own threads, on the server namespace's loopback.
 //!
 //! Each test asserts behaviour, never timings: the primary answered every request; every captured
 //! request ended in exactly one outcome and the ledger reconciles exactly; the drop reasons and
@@ -20,9 +20,8 @@ use std::{
 
 use shadow_daemon::replay::backoff::{FAILURES_TO_BACK_OFF, max_periods_within};
 use shadow_tests::{
-    Proc, Scratch,
-    fake_shadow::{Behaviour, FakeShadow, Gate, process},
-    metric, require_kernel,
+    Proc, Scratch, metric, process, require_kernel,
+    server::{Gate, Mode, Options, Server},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, workspace_bin,
 };
@@ -72,8 +71,9 @@ impl Fault {
         Self { t, scratch, _primary: primary, daemon: None, log, started: Instant::now(), pipeline: PIPELINE }
     }
 
-    fn shadow(&self, behaviour: Behaviour) -> FakeShadow {
-        FakeShadow::start(&self.t.server, SHADOW.parse().expect("shadow address"), behaviour)
+    /// A shadow on the test's own threads, serving as `opts` says.
+    fn shadow(&self, opts: Options) -> Server {
+        Server::start(&self.t.server, SHADOW.parse().expect("shadow address"), opts)
     }
 
     /// The daemon with `--pipeline 1`: one request per connection turn, so what the fake counts
@@ -302,7 +302,12 @@ fn slow_shadow_fills_the_bounded_queue_and_is_not_backed_off() {
     // Answers nothing until the load is over (so how fast this machine sends it does not
     // matter), then each request after a delay.
     let gate = Gate::default();
-    let shadow = f.shadow(Behaviour::Slow { delay: Duration::from_millis(20), gate: Some(gate.clone()) });
+    let shadow = f.shadow(Options {
+        delay: Duration::from_millis(20),
+        response_bytes: 2,
+        gate: Some(gate.clone()),
+        ..Options::default()
+    });
     // One request per slot (`start_daemon`), so what is out while the shadow holds is exactly
     // `concurrency`; with pipelines it would depend on how many were queued when each slot took
     // its batch.
@@ -331,7 +336,7 @@ fn shadow_that_never_reads_times_out_and_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fn");
-    let shadow = f.shadow(Behaviour::NeverReads);
+    let shadow = f.shadow(Options { mode: Mode::NeverReads, ..Options::default() });
     f.start_daemon(&["--request-timeout", "300ms"]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -347,7 +352,7 @@ fn resetting_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fr");
-    let shadow = f.shadow(Behaviour::Resets);
+    let shadow = f.shadow(Options { mode: Mode::ResetsAtOnce, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -368,7 +373,7 @@ fn garbage_answering_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fg");
-    let shadow = f.shadow(Behaviour::Garbage);
+    let shadow = f.shadow(Options { mode: Mode::Garbage, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -386,7 +391,7 @@ fn endless_response_is_cut_at_the_cap_and_backed_off() {
         return;
     }
     let mut f = Fault::new("fe");
-    let shadow = f.shadow(Behaviour::Endless);
+    let shadow = f.shadow(Options { mode: Mode::Endless, ..Options::default() });
     // The default cap (1 MiB: the comparison keeps 256 KiB by default).
     f.start_daemon(&[]);
     f.load(REQUESTS);
@@ -408,7 +413,7 @@ fn shadow_closing_every_connection_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fc");
-    let shadow = f.shadow(Behaviour::ClosesAtOnce);
+    let shadow = f.shadow(Options { mode: Mode::ClosesAtOnce, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -433,7 +438,7 @@ fn measure_cpu_with_the_shadow_up_and_down() {
     let n: usize = std::env::var("SHADOW_MEASURE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     for up in [true, false, true, false] {
         let mut f = Fault::new(if up { "mu" } else { "md" });
-        let _shadow = up.then(|| f.shadow(Behaviour::Slow { delay: Duration::ZERO, gate: None }));
+        let _shadow = up.then(|| f.shadow(Options { response_bytes: 2, ..Options::default() }));
         // The default concurrency, and a queue that holds the whole load: with the shadow up,
         // every request is replayed.
         f.start_daemon_with(64, &["--queue-capacity", &n.to_string()]);

@@ -22,6 +22,7 @@ use shadow_tests::{
     Proc, Scratch,
     client::{read_response, status_of},
     comparing::{compared_pairs, shadowctl},
+    nginx::Nginx,
     require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
     wait_for, workspace_bin,
@@ -48,24 +49,11 @@ fn write_files(dir: &Path) {
     std::fs::write(dir.join("c.txt"), body(256)).expect("c");
 }
 
-fn nginx(t: &TwoHosts, dir: &Path, listen: &str, root: &Path) -> Proc {
-    std::fs::create_dir_all(dir).expect("nginx dir");
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           keepalive_requests 100000;\n  etag off;\n  server {{\n    listen {listen};\n    root {};\n  }}\n}}\n",
-        root.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-    Proc::spawn(
-        "nginx",
-        t.server
-            .command("nginx")
-            .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
+/// nginx on `port` serving the files under `root`, as the bench runs it (no access log, kept-alive
+/// connections never closed by count).
+fn nginx(t: &TwoHosts, dir: &Path, port: u16, root: &Path) -> Proc {
+    let server = format!("root {};\n    etag off;", root.display());
+    Nginx { ipv6: false, quiet: true, server, ..Nginx::new(port) }.start(&t.server, dir)
 }
 
 fn testserver(t: &TwoHosts, listen: &str, body: &Path, delay_ms: u64) -> Proc {
@@ -134,8 +122,8 @@ impl Rig {
         write_files(&www);
         let servers = match sides {
             Sides::NginxAa => vec![
-                nginx(&t, &scratch.path("primary"), &format!("{PORT}"), &www),
-                nginx(&t, &scratch.path("shadow"), &format!("127.0.0.1:{SHADOW_PORT}"), &www),
+                nginx(&t, &scratch.path("primary"), PORT, &www),
+                nginx(&t, &scratch.path("shadow"), SHADOW_PORT, &www),
             ],
             // One endpoint served by both, byte for byte; the shadow slower.
             Sides::Slower { delay_ms } => vec![

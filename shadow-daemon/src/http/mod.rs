@@ -430,7 +430,7 @@ pub const fn seq_lt(a: u32, b: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests_mutants;
+mod tests_seq;
 
 #[cfg(test)]
 mod tests {
