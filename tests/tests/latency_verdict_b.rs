@@ -99,7 +99,9 @@ impl Hog {
 impl Drop for Hog {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
+            // SIGTERM, which `timeout` passes on to its loop; SIGKILL would kill `timeout` alone
+            // and leave the loop spinning.
+            let _ = std::process::Command::new("kill").arg(c.id().to_string()).status();
             let _ = c.wait();
         }
     }
