@@ -36,7 +36,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
     time::Duration,
@@ -269,6 +269,9 @@ struct LaneState {
     bucket: Option<Mutex<TokenBucket>>,
     pool: Pool,
     held_bytes: AtomicU64,
+    /// Requests waiting in the dispatcher's [`FlowGate`], out of the queue but counted against
+    /// its capacity with the ones still in it.
+    gated: AtomicUsize,
     warnings: Mutex<WarnThrottle>,
     /// Index of the rule in the config: the comparison's rule.
     rule: usize,
@@ -430,6 +433,7 @@ impl ReplayEngine {
                 controls: rule.controls.clone(),
                 tx,
                 held_bytes: AtomicU64::new(0),
+                gated: AtomicUsize::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
                 rule: i,
                 hub: OnceLock::new(),
@@ -500,6 +504,12 @@ impl ReplayEngine {
         };
         let bytes = req.raw.len() as u64;
         if lane.held_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > lane.controls.queue_bytes {
+            lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            ticket.dropped(reason::QUEUE_FULL);
+            return Submission::Dropped(reason::QUEUE_FULL);
+        }
+        if lane.gated.load(Ordering::Relaxed) >= lane.tx.capacity() {
+            // The queue's room is taken by requests waiting behind their connection's previous one.
             lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
             ticket.dropped(reason::QUEUE_FULL);
             return Submission::Dropped(reason::QUEUE_FULL);
@@ -609,7 +619,13 @@ async fn dispatch(
             replays.poll_work(
                 cx,
                 drained,
-                |cx| next_batch(cx, &mut batcher, &mut rx, gate.as_mut()),
+                |cx| {
+                    let next = next_batch(cx, &mut batcher, &mut rx, gate.as_mut());
+                    if let Some(g) = &gate {
+                        lane.gated.store(g.held(), Ordering::Relaxed);
+                    }
+                    next
+                },
                 |(batch, done)| {
                     let replay = replay_batch(lane.clone(), metrics.clone(), batch);
                     Box::pin(async move {
