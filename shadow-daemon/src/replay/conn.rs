@@ -257,17 +257,7 @@ pub(crate) async fn connect(
     let _ = stream.set_nodelay(true);
     // The kernel's receive time of the response (see `Conn::read_timed`); without it, the
     // response is timed when read.
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on our own socket with a c_int option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_socket_option(stream.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int));
     let tx_stamps = enable_transmit_timestamps(stream.as_raw_fd());
     metrics.opened.inc();
     metrics.open.inc();
@@ -512,19 +502,23 @@ pub(crate) fn enable_receive_timestamps() {
     static KEEP: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
     KEEP.get_or_init(|| {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt on our own socket with a c_int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        (rc == 0).then_some(s)
+        set_socket_option(s.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int)).then_some(s)
     });
+}
+
+/// Set the SOL_SOCKET option `name` of our own socket `fd` to `value`; whether the kernel took it.
+fn set_socket_option<T: Copy>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> bool {
+    // SAFETY: `value` is a live, plain-data value of the size passed; setsockopt only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 /// `SO_TIMESTAMPING` and its control message (asm-generic; the same value on every architecture
@@ -544,19 +538,9 @@ fn enable_transmit_timestamps(fd: std::os::fd::RawFd) -> bool {
         | libc::SOF_TIMESTAMPING_SOFTWARE
         | libc::SOF_TIMESTAMPING_OPT_ID
         | libc::SOF_TIMESTAMPING_OPT_TSONLY;
-    [base | libc::SOF_TIMESTAMPING_OPT_ID_TCP, base].into_iter().any(|flags| {
-        // SAFETY: setsockopt on our own connected socket with a c_uint option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                SO_TIMESTAMPING,
-                (&flags as *const libc::c_uint).cast(),
-                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-            )
-        };
-        rc == 0
-    })
+    [base | libc::SOF_TIMESTAMPING_OPT_ID_TCP, base]
+        .into_iter()
+        .any(|flags| set_socket_option(fd, SO_TIMESTAMPING, &flags))
 }
 
 /// The transmit time of the byte at offset `key` from the socket's error queue, reading away
@@ -901,18 +885,8 @@ mod tests {
         // A peer with a small receive buffer that never reads, then resets.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let small: libc::c_int = 2048;
-        // SAFETY: setsockopt on the test's own socket with a c_int value; accepted sockets
-        // inherit the buffer size.
-        let rc = unsafe {
-            libc::setsockopt(
-                std_listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        // Accepted sockets inherit the buffer size.
+        assert!(set_socket_option(std_listener.as_raw_fd(), libc::SO_RCVBUF, &small));
         let target = ShadowTarget { host: "127.0.0.1".into(), port: std_listener.local_addr().unwrap().port() };
         let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
         let (peer, _) = std_listener.accept().unwrap();
@@ -925,17 +899,8 @@ mod tests {
         let acked = conn.acked().expect("TCP_INFO");
         assert!(acked < 16 << 10, "at most the peer's window: {acked}");
         let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: setsockopt on the test's own socket with a linger value: a close resets.
-        let rc = unsafe {
-            libc::setsockopt(
-                peer.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        // A close now resets.
+        assert!(set_socket_option(peer.as_raw_fd(), libc::SO_LINGER, &linger));
         drop(peer);
         let mut b = [0u8; 1];
         let deadline = Instant::now() + Duration::from_secs(10);
