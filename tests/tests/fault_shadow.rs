@@ -15,6 +15,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
+    sync::Barrier,
     time::{Duration, Instant},
 };
 
@@ -123,28 +124,44 @@ impl Fault {
     /// `n` GETs over [`CONNS`] keep-alive connections at once, as fast as they go (bounded in
     /// count, and each exchange in time); every one must be answered 200 by the primary.
     fn load(&self, n: usize) {
+        self.load_then(n, || {});
+    }
+
+    /// [`Fault::load`], with `after_first` run once every connection's first request has been
+    /// served and before any connection sends its second.
+    fn load_then(&self, n: usize, after_first: impl Fn() + Sync) {
+        assert!(n >= 2 * CONNS, "at least two requests per connection");
         let addr = SocketAddr::new(self.t.server_v4.parse().expect("v4"), PORT);
-        let name = self.t.client.name.clone();
-        let handles: Vec<_> = (0..CONNS)
-            .map(|c| {
-                let name = name.clone();
-                std::thread::spawn(move || {
-                    NetNs { name }.enter_and_forget();
-                    let mut conn = shadow_tests::client::Conn::connect(addr).expect("connect to the primary");
-                    let mut ok = 0;
-                    for i in (c..n).step_by(CONNS) {
-                        let req = shadow_tests::client::request("GET", &format!("/fault/{i}"), 0);
-                        match conn.exchange(&req) {
-                            Ok(200) => ok += 1,
-                            Ok(st) => panic!("the primary answered {st} to request {i}"),
-                            Err(e) => panic!("request {i} to the primary failed: {e}"),
+        let name = &self.t.client.name;
+        let (first_served, go_on) = (Barrier::new(CONNS), Barrier::new(CONNS));
+        let served: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..CONNS)
+                .map(|c| {
+                    let (first_served, go_on, after_first) = (&first_served, &go_on, &after_first);
+                    scope.spawn(move || {
+                        NetNs { name: name.clone() }.enter_and_forget();
+                        let mut conn = shadow_tests::client::Conn::connect(addr).expect("connect to the primary");
+                        let mut ok = 0;
+                        for i in (c..n).step_by(CONNS) {
+                            if i == c + CONNS {
+                                if first_served.wait().is_leader() {
+                                    after_first();
+                                }
+                                go_on.wait();
+                            }
+                            let req = shadow_tests::client::request("GET", &format!("/fault/{i}"), 0);
+                            match conn.exchange(&req) {
+                                Ok(200) => ok += 1,
+                                Ok(st) => panic!("the primary answered {st} to request {i}"),
+                                Err(e) => panic!("request {i} to the primary failed: {e}"),
+                            }
                         }
-                    }
-                    ok
+                        ok
+                    })
                 })
-            })
-            .collect();
-        let served: usize = handles.into_iter().map(|h| h.join().expect("client thread")).sum();
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread")).sum()
+        });
         assert_eq!(served, n, "the primary served every request");
     }
 
@@ -312,7 +329,12 @@ fn slow_shadow_fills_the_bounded_queue_and_is_not_backed_off() {
     // `concurrency`; with pipelines it would depend on how many were queued when each slot took
     // its batch.
     f.start_daemon(&["--queue-capacity", &QUEUE.to_string(), "--request-timeout", "60s"]);
-    f.load(REQUESTS);
+    // Each client connection's first request reaches the shadow (and takes a slot) before the
+    // clients go on, so which requests take the slots and which wait does not depend on how the
+    // client threads and the daemon's tasks happen to be scheduled.
+    f.load_then(REQUESTS, || {
+        wait_for("one request per client connection at the shadow", SETTLE, || shadow.requests() == CONNS);
+    });
     // Every request captured (and so submitted) while the shadow held the first ones.
     wait_for("every request captured", SETTLE, || {
         f.scrape().get("shadow_requests_captured_total") as usize == REQUESTS
