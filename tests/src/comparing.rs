@@ -67,7 +67,7 @@ impl CompareRig {
     /// Start v1, v2 and the daemon (comparison on by default), and wait until it is attached.
     pub fn start(tag: &str) -> Result<Self, String> {
         let bins = bin_dir();
-        let (daemon_bin, service_bin) = (bins.join("shadow-daemon"), bins.join("shadow-demo-service"));
+        let (daemon_bin, service_bin) = (bins.join("shadow-daemon"), bins.join("shadow-testserver"));
         for b in [&daemon_bin, &service_bin] {
             if !b.exists() {
                 return Err(format!("{} is not built", b.display()));
@@ -77,10 +77,10 @@ impl CompareRig {
         let scratch = Scratch::new(tag);
         let service = |listen: String, version: &str| {
             Proc::spawn(
-                "shadow-demo-service",
+                "shadow-testserver",
                 t.server
                     .command(service_bin.to_str().unwrap_or_default())
-                    .args(["--listen", &listen, "--version", version])
+                    .args(["--listen", &listen, "--mode", "demo", "--version", version])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null()),
             )

@@ -138,6 +138,12 @@ impl Scrape {
         metric(&self.0, "shadow_requests_in_flight").unwrap_or(f64::MAX)
     }
 
+    /// Of those in flight, the ones extraction holds (waiting for the primary's answer, which
+    /// may have been lost: they end at the flow idle timeout, or when the daemon stops).
+    pub fn extracting(&self) -> f64 {
+        metric(&self.0, "shadow_requests_extracting").unwrap_or(f64::MAX)
+    }
+
     pub fn dropped(&self, reason: &str) -> f64 {
         self.get(&format!("shadow_requests_dropped_total{{reason=\"{reason}\"}}"))
     }

@@ -7,12 +7,14 @@
 pub mod capture_thread;
 pub mod comparing;
 pub mod corpus;
-pub mod fake_shadow;
 pub mod faults;
 pub mod frames;
 pub mod inject;
+pub mod nginx;
+pub mod process;
 pub mod prom;
 pub mod rig;
+pub mod server;
 pub mod topo;
 
 use std::{

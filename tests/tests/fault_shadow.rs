@@ -1,8 +1,8 @@
 //! Kernel tier B, shadows that misbehave (issue 9 item 7, the shadow's half): down, slow, never
 //! reading, resetting, answering garbage, streaming a body forever, closing every connection at
 //! once. A real primary in the server namespace, real clients in the client namespace, the release
-//! daemon attached to the server's interface, and a fake shadow (tests/src/fake_shadow.rs) on the server
-//! namespace's loopback.
+//! daemon attached to the server's interface, and the test server (tests/src/server/) misbehaving on
+//! the test's own threads, on the server namespace's loopback.
 //!
 //! Each test asserts behaviour, never timings: the primary answered every request; every captured
 //! request ended in exactly one outcome and the ledger reconciles exactly; the drop reasons and
@@ -15,14 +15,14 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
+    sync::Barrier,
     time::{Duration, Instant},
 };
 
 use shadow_daemon::replay::backoff::{FAILURES_TO_BACK_OFF, max_periods_within};
 use shadow_tests::{
-    Proc, Scratch,
-    fake_shadow::{Behaviour, FakeShadow, Gate, process},
-    metric, require_kernel,
+    Proc, Scratch, metric, process, require_kernel,
+    server::{Gate, Mode, Options, Server},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, workspace_bin,
 };
@@ -36,7 +36,7 @@ const CONNS: usize = 4;
 /// The daemon's replay concurrency in the tests.
 const CONCURRENCY: u64 = 4;
 /// The daemon's default pipeline depth: requests one replay slot writes together.
-const PIPELINE: u64 = 16;
+const PIPELINE: u64 = shadow_daemon::replay::pipeline::DEFAULT_PIPELINE as u64;
 /// The daemon's memory cap (`--memory-cap`, the default), which its own peak memory must stay
 /// under.
 const MEMORY_CAP: u64 = 64 << 20;
@@ -72,8 +72,9 @@ impl Fault {
         Self { t, scratch, _primary: primary, daemon: None, log, started: Instant::now(), pipeline: PIPELINE }
     }
 
-    fn shadow(&self, behaviour: Behaviour) -> FakeShadow {
-        FakeShadow::start(&self.t.server, SHADOW.parse().expect("shadow address"), behaviour)
+    /// A shadow on the test's own threads, serving as `opts` says.
+    fn shadow(&self, opts: Options) -> Server {
+        Server::start(&self.t.server, SHADOW.parse().expect("shadow address"), opts)
     }
 
     /// The daemon with `--pipeline 1`: one request per connection turn, so what the fake counts
@@ -123,28 +124,44 @@ impl Fault {
     /// `n` GETs over [`CONNS`] keep-alive connections at once, as fast as they go (bounded in
     /// count, and each exchange in time); every one must be answered 200 by the primary.
     fn load(&self, n: usize) {
+        self.load_then(n, || {});
+    }
+
+    /// [`Fault::load`], with `after_first` run once every connection's first request has been
+    /// served and before any connection sends its second.
+    fn load_then(&self, n: usize, after_first: impl Fn() + Sync) {
+        assert!(n >= 2 * CONNS, "at least two requests per connection");
         let addr = SocketAddr::new(self.t.server_v4.parse().expect("v4"), PORT);
-        let name = self.t.client.name.clone();
-        let handles: Vec<_> = (0..CONNS)
-            .map(|c| {
-                let name = name.clone();
-                std::thread::spawn(move || {
-                    NetNs { name }.enter_and_forget();
-                    let mut conn = shadow_tests::client::Conn::connect(addr).expect("connect to the primary");
-                    let mut ok = 0;
-                    for i in (c..n).step_by(CONNS) {
-                        let req = shadow_tests::client::request("GET", &format!("/fault/{i}"), 0);
-                        match conn.exchange(&req) {
-                            Ok(200) => ok += 1,
-                            Ok(st) => panic!("the primary answered {st} to request {i}"),
-                            Err(e) => panic!("request {i} to the primary failed: {e}"),
+        let name = &self.t.client.name;
+        let (first_served, go_on) = (Barrier::new(CONNS), Barrier::new(CONNS));
+        let served: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..CONNS)
+                .map(|c| {
+                    let (first_served, go_on, after_first) = (&first_served, &go_on, &after_first);
+                    scope.spawn(move || {
+                        NetNs { name: name.clone() }.enter_and_forget();
+                        let mut conn = shadow_tests::client::Conn::connect(addr).expect("connect to the primary");
+                        let mut ok = 0;
+                        for i in (c..n).step_by(CONNS) {
+                            if i == c + CONNS {
+                                if first_served.wait().is_leader() {
+                                    after_first();
+                                }
+                                go_on.wait();
+                            }
+                            let req = shadow_tests::client::request("GET", &format!("/fault/{i}"), 0);
+                            match conn.exchange(&req) {
+                                Ok(200) => ok += 1,
+                                Ok(st) => panic!("the primary answered {st} to request {i}"),
+                                Err(e) => panic!("request {i} to the primary failed: {e}"),
+                            }
                         }
-                    }
-                    ok
+                        ok
+                    })
                 })
-            })
-            .collect();
-        let served: usize = handles.into_iter().map(|h| h.join().expect("client thread")).sum();
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread")).sum()
+        });
         assert_eq!(served, n, "the primary served every request");
     }
 
@@ -302,12 +319,22 @@ fn slow_shadow_fills_the_bounded_queue_and_is_not_backed_off() {
     // Answers nothing until the load is over (so how fast this machine sends it does not
     // matter), then each request after a delay.
     let gate = Gate::default();
-    let shadow = f.shadow(Behaviour::Slow { delay: Duration::from_millis(20), gate: Some(gate.clone()) });
+    let shadow = f.shadow(Options {
+        delay: Duration::from_millis(20),
+        response_bytes: 2,
+        gate: Some(gate.clone()),
+        ..Options::default()
+    });
     // One request per slot (`start_daemon`), so what is out while the shadow holds is exactly
     // `concurrency`; with pipelines it would depend on how many were queued when each slot took
     // its batch.
     f.start_daemon(&["--queue-capacity", &QUEUE.to_string(), "--request-timeout", "60s"]);
-    f.load(REQUESTS);
+    // Each client connection's first request reaches the shadow (and takes a slot) before the
+    // clients go on, so which requests take the slots and which wait does not depend on how the
+    // client threads and the daemon's tasks happen to be scheduled.
+    f.load_then(REQUESTS, || {
+        wait_for("one request per client connection at the shadow", SETTLE, || shadow.requests() == CONNS);
+    });
     // Every request captured (and so submitted) while the shadow held the first ones.
     wait_for("every request captured", SETTLE, || {
         f.scrape().get("shadow_requests_captured_total") as usize == REQUESTS
@@ -331,7 +358,7 @@ fn shadow_that_never_reads_times_out_and_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fn");
-    let shadow = f.shadow(Behaviour::NeverReads);
+    let shadow = f.shadow(Options { mode: Mode::NeverReads, ..Options::default() });
     f.start_daemon(&["--request-timeout", "300ms"]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -347,7 +374,7 @@ fn resetting_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fr");
-    let shadow = f.shadow(Behaviour::Resets);
+    let shadow = f.shadow(Options { mode: Mode::ResetsAtOnce, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -368,7 +395,7 @@ fn garbage_answering_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fg");
-    let shadow = f.shadow(Behaviour::Garbage);
+    let shadow = f.shadow(Options { mode: Mode::Garbage, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -386,7 +413,7 @@ fn endless_response_is_cut_at_the_cap_and_backed_off() {
         return;
     }
     let mut f = Fault::new("fe");
-    let shadow = f.shadow(Behaviour::Endless);
+    let shadow = f.shadow(Options { mode: Mode::Endless, ..Options::default() });
     // The default cap (1 MiB: the comparison keeps 256 KiB by default).
     f.start_daemon(&[]);
     f.load(REQUESTS);
@@ -408,7 +435,7 @@ fn shadow_closing_every_connection_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fc");
-    let shadow = f.shadow(Behaviour::ClosesAtOnce);
+    let shadow = f.shadow(Options { mode: Mode::ClosesAtOnce, ..Options::default() });
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -433,7 +460,7 @@ fn measure_cpu_with_the_shadow_up_and_down() {
     let n: usize = std::env::var("SHADOW_MEASURE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     for up in [true, false, true, false] {
         let mut f = Fault::new(if up { "mu" } else { "md" });
-        let _shadow = up.then(|| f.shadow(Behaviour::Slow { delay: Duration::ZERO, gate: None }));
+        let _shadow = up.then(|| f.shadow(Options { response_bytes: 2, ..Options::default() }));
         // The default concurrency, and a queue that holds the whole load: with the shadow up,
         // every request is replayed.
         f.start_daemon_with(64, &["--queue-capacity", &n.to_string()]);

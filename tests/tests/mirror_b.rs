@@ -14,6 +14,7 @@ use std::{
 use shadow_tests::{
     Proc, Recorded, Scratch,
     client::{read_response, status_of},
+    nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
@@ -261,33 +262,11 @@ fn every_kind_of_client_traffic_is_mirrored_byte_for_byte() {
 }
 
 fn start_nginx(r: &Rig) -> Proc {
-    let dir = r.scratch.path("nginx");
-    std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen {PORT};\n    listen [::]:{PORT};\n    location / {{ return 200 \"primary ok\\n\"; }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx",
-        r.t.server
-            .command("nginx")
-            .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("nginx", Duration::from_secs(10), || r.t.server.listening(PORT));
-    p
+    Nginx::new(PORT).start(&r.t.server, &r.scratch.path("nginx"))
 }
 
 fn nginx_requests(r: &Rig) -> Vec<String> {
-    std::fs::read_to_string(r.scratch.path("nginx/access.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
-        .collect()
+    nginx::access_log(&r.scratch.path("nginx")).iter().filter_map(|l| l.split('"').nth(1).map(str::to_string)).collect()
 }
 
 #[test]

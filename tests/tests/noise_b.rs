@@ -15,10 +15,10 @@ const REQUESTS: u64 = 150;
 fn demo_service(r: &OpsRig, listen: &str, instance: &str) -> Proc {
     let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     let p = Proc::spawn(
-        "shadow-demo-service",
+        "shadow-testserver",
         r.t.server
-            .command(workspace_bin("shadow-demo-service").to_str().expect("utf-8"))
-            .args(["--listen", listen, "--version", "v1", "--instance", instance])
+            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
+            .args(["--listen", listen, "--mode", "demo", "--version", "v1", "--instance", instance])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );

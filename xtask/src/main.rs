@@ -35,7 +35,7 @@ enum Cmd {
     Test,
     /// Set up, then run the benchmarks and write bench/results/ (root).
     Bench {
-        /// Shorter runs (for a quick look; the README's figures use the default).
+        /// Shorter runs (for a quick look; bench/README.md's figures use the default).
         #[arg(long)]
         quick: bool,
     },

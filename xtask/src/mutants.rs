@@ -199,7 +199,7 @@ impl Scores {
     }
 }
 
-/// The module a mutated file belongs to, as the README reports scores: a directory module by its
+/// The module a mutated file belongs to, as docs/testing.md reports scores: a directory module by its
 /// directory (`shadow-daemon/src/http/head.rs` is `http/`), a file module by its file.
 fn module(path: &str) -> String {
     let rel = path.strip_prefix("shadow-daemon/src/").unwrap_or(path);

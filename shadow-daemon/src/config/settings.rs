@@ -333,7 +333,8 @@ settings! {
 
         /// Most requests written together on one connection to the shadow when they are waiting
         /// together (HTTP/1.1 pipelining, idempotent requests only; only the first of each write
-        /// is timed); 1 turns it off [default: 16].
+        /// is timed; bursts the primary never saw, so for throughput, not latency comparison);
+        /// 1 is off [default: 1].
         #[arg(long, env = "SHADOW_PIPELINE", value_name = "N", value_parser = parse::<Count<1, MAX_PIPELINE>>)]
         #[serde(deserialize_with = "one")]
         pipeline: Option<Count<1, MAX_PIPELINE>> => |c, v| c.pipeline = v.0;

@@ -27,10 +27,10 @@ pub use self::{
         Preface, RequestHead, RequestKind, ResponseHead, find_head_end, keeps_alive, looks_like_response_line,
         parse_request_head, parse_response_head, persistent, unsupported_preface,
     },
-    pairing::{HeldRequests, MAX_PENDING, PairOutcome, Pending, PendingQueue, refuses_framing},
+    pairing::{HeldRequests, MAX_PENDING, PairOutcome, Pending, PendingQueue, refuses_framing, serves_early},
     path::{PathPattern, normalize_path, request_path},
     request::RequestAssembler,
-    response::ResponseAssembler,
+    response::{ResponseAssembler, Unpaired},
 };
 use crate::{
     message::{CapturedRequest, CapturedResponse},
@@ -114,8 +114,10 @@ pub enum DropReason {
     /// stream: where the primary's next request starts (if anywhere) is not knowable from the
     /// bytes, so nothing is resynchronised on.
     Desync,
-    /// The primary answered the request with a framing error (400, 413, 414, 431), or before it
-    /// had the whole request: the primary did not serve it, so neither does the shadow.
+    /// The primary answered the request with a framing error (400, 413, 414, 431); or before it
+    /// had the whole request, with anything but 2xx/3xx; or early with 2xx/3xx, and the
+    /// connection did not then go on in step (an unpaired response, a pipelined answer out of
+    /// order, a reset): the primary did not serve it as sent, so neither does the shadow.
     Refused,
     /// The primary's answer was never seen: the connection ended first, or a later request's
     /// response came first. Only what the primary answered is replayed (TC, where responses are
@@ -301,6 +303,9 @@ pub struct Cx<'a> {
     pub unanswered: &'a mut u64,
     /// Requests waiting for the primary's answer, all flows'.
     pub held: &'a mut HeldRequests,
+    /// A final response no pending request owned, for the request side to judge (see
+    /// [`RequestAssembler::answered_before`]); taken after every operation.
+    pub unpaired: &'a mut Option<Unpaired>,
 }
 
 impl Cx<'_> {
@@ -319,6 +324,51 @@ impl Cx<'_> {
         } else {
             self.requests.emit();
             self.out.push(HttpEvent::Request(req));
+        }
+    }
+
+    /// A request the primary answered early (2xx/3xx before it had all of it) is complete: hold
+    /// it until the connection proves to go on in step ([`Self::early_in_step`]), or drop it
+    /// ([`Self::early_out_of_step`]). Without holding (XDP: no answers are seen) it goes out.
+    fn complete_answered_early(&mut self, req: CapturedRequest) {
+        if !self.held.enabled() {
+            self.requests.emit();
+            self.out.push(HttpEvent::Request(req));
+            return;
+        }
+        let id = req.id;
+        self.held.hold(req);
+        if let Some(old) = self.held.set_early(self.flow, id) {
+            // Unreachable as the assemblers call this (the answer that made this request early
+            // was unpaired, which ended the older one's wait), but never two at once.
+            self.drop_held(old, DropReason::Refused);
+        }
+    }
+
+    /// The connection went on in step after an early-answered request (the next response
+    /// paired with the next request as framed, or both sides closed cleanly): the primary
+    /// served it, so it goes out, before anything of the connection released after it.
+    pub fn early_in_step(&mut self) {
+        let Some(id) = self.held.take_early(&self.flow) else {
+            return;
+        };
+        if let Some(req) = self.held.take(id) {
+            self.requests.emit();
+            self.out.push(HttpEvent::Request(req));
+        }
+    }
+
+    /// The evidence for an early-answered request will not come (an unpaired response, a gap,
+    /// a parse error, a reset, ...): it is dropped for `reason`, never replayed.
+    pub fn early_out_of_step(&mut self, reason: DropReason) {
+        if let Some(id) = self.held.take_early(&self.flow) {
+            self.drop_held(id, reason);
+        }
+    }
+
+    fn drop_held(&mut self, id: u64, reason: DropReason) {
+        if self.held.take(id).is_some() {
+            self.requests.drop_started(reason);
         }
     }
 
@@ -380,7 +430,7 @@ pub const fn seq_lt(a: u32, b: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests_mutants;
+mod tests_seq;
 
 #[cfg(test)]
 mod tests {

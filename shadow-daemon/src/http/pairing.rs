@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{RequestKind, seq_le};
-use crate::message::CapturedRequest;
+use crate::{message::CapturedRequest, segment::FlowId};
 
 /// Requests awaiting a response on one connection. Bounded: a client that pipelines more than
 /// this without a response being seen loses its oldest entries (counted as unanswered).
@@ -73,6 +73,11 @@ pub struct HeldRequests {
     /// Most requests held at once since the map was last empty: the size of the burst its
     /// allocation was made for.
     peak: usize,
+    /// Per connection, the held request the primary answered early (2xx/3xx before it had all
+    /// of it), waiting for the evidence that the connection went on in step. At most one per
+    /// connection; kept here rather than in the flow, so that flows without one (nearly all)
+    /// cost nothing more.
+    early: HashMap<FlowId, u64>,
 }
 
 /// Held requests past which a burst's map is given back once it is empty (below, it is kept for
@@ -83,6 +88,13 @@ const HELD_MAP_KEPT: usize = 64;
 /// bad framing or syntax, body, target or header section too large.
 pub const fn refuses_framing(status: u16) -> bool {
     matches!(status, 400 | 413 | 414 | 431)
+}
+
+/// Early answers (sent before the primary had the whole request) that may still say it served
+/// the request: 2xx and 3xx (an interim 1xx is no answer at all). Anything else sent early is a
+/// refusal: the primary stopped reading where it answered.
+pub const fn serves_early(status: u16) -> bool {
+    matches!(status, 200..=399)
 }
 
 impl HeldRequests {
@@ -105,7 +117,35 @@ impl HeldRequests {
     /// What the held requests cost: their bytes, header spans and map entries (the map's spare
     /// capacity is a bounded constant and left out, so that an empty map counts nothing).
     pub fn heap_bytes(&self) -> usize {
-        self.payload + self.spans + self.by_id.len() * (size_of::<(u64, CapturedRequest)>() + 1)
+        self.payload
+            + self.spans
+            + self.by_id.len() * (size_of::<(u64, CapturedRequest)>() + 1)
+            + self.early.len() * (size_of::<(FlowId, u64)>() + 1)
+    }
+
+    /// Hold `id` (held already) for the in-step evidence of its connection `flow`; a request
+    /// already waiting there is returned, to be dropped (the connection cannot be in step for
+    /// both).
+    pub fn set_early(&mut self, flow: FlowId, id: u64) -> Option<u64> {
+        self.early.insert(flow, id)
+    }
+
+    /// The early-answered request of `flow` waiting for the in-step evidence, if any; it leaves
+    /// the slot (and stays held).
+    pub fn take_early(&mut self, flow: &FlowId) -> Option<u64> {
+        if self.early.is_empty() {
+            return None;
+        }
+        let id = self.early.remove(flow);
+        if self.early.is_empty() && self.early.capacity() > HELD_MAP_KEPT {
+            self.early = HashMap::new();
+        }
+        id
+    }
+
+    /// Early-answered requests waiting for their evidence, all connections.
+    pub fn early_len(&self) -> usize {
+        self.early.len()
     }
 
     /// Payload bytes held.

@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, Pending, Piece, Preface, RequestHead, RequestKind,
-    find_head_end, parse_request_head, unsupported_preface,
+    BodyDecoder, Cx, DropReason, Fed, HttpError, HttpEvent, MAX_PENDING, Pending, Piece, Preface, RequestHead,
+    RequestKind, find_head_end, parse_request_head, response::Unpaired, unsupported_preface,
 };
 use crate::message::{BodyFraming, CapturedRequest};
 
@@ -59,9 +59,24 @@ pub struct RequestAssembler {
     scan_from: u32,
     /// Requests may be missing before the next one (sync lost since the last request).
     skip_before_next: bool,
-    /// The server answered the request in progress before it was complete (an early error
-    /// response, counted unpaired): do not expect another response for it.
-    answered_early: bool,
+    /// Response-stream position the request's first segment acknowledged: where its answer
+    /// starts if no other response came in between.
+    start_ack: u32,
+    /// The server answered the request in progress before it was complete (counted unpaired):
+    /// do not expect another response for it.
+    early: Early,
+}
+
+/// Whether, and how, the primary answered the request in progress before it had all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Early {
+    No,
+    /// With a 2xx/3xx that was provably the next answer on the connection: served, if the
+    /// connection then goes on in step.
+    Served,
+    /// With anything else, or with more than one response, or without proof that the answer
+    /// was this request's: refused.
+    Refused,
 }
 
 impl Default for RequestAssembler {
@@ -74,7 +89,8 @@ impl Default for RequestAssembler {
             first_ts_ns: 0,
             scan_from: 0,
             skip_before_next: true,
-            answered_early: false,
+            start_ack: 0,
+            early: Early::No,
         }
     }
 }
@@ -191,8 +207,9 @@ impl RequestAssembler {
         self.state = State::Head;
         self.start_seq = piece.seq.wrapping_add(at as u32);
         self.first_ts_ns = piece.ts_ns;
+        self.start_ack = piece.ack;
         self.scan_from = 0;
-        self.answered_early = false;
+        self.early = Early::No;
         self.progress = None;
     }
 
@@ -411,16 +428,28 @@ impl RequestAssembler {
             first_ts_ns: self.first_ts_ns,
             last_ts_ns: piece.ts_ns,
         };
-        if !self.answered_early {
-            cx.complete_request(req);
-            self.push_pending(id, kind, piece, end, cx);
-        } else if cx.held.enabled() {
-            // The primary answered before it had the whole request (an early error, or a
-            // server that does not read bodies): it did not serve this request as sent.
-            cx.requests.drop_started(DropReason::Refused);
-        } else {
-            cx.requests.emit();
-            cx.out.push(HttpEvent::Request(req));
+        match self.early {
+            Early::No => {
+                cx.complete_request(req);
+                self.push_pending(id, kind, piece, end, cx);
+            }
+            // The primary answered 2xx/3xx before it had the whole request (a server that does
+            // not need the body): served if the connection goes on in step, which the next
+            // response or a clean close will tell. Its answer was seen: nothing is pending.
+            Early::Served => {
+                // Its answer started where the client's first segment of it acknowledged: the
+                // exact evidence a skip before it needs (see `pairing`), so the request after
+                // it follows no skip.
+                self.skip_before_next = false;
+                cx.complete_answered_early(req);
+            }
+            // An early error, or an answer we cannot attribute: the primary did not serve this
+            // request as sent.
+            Early::Refused if cx.held.enabled() => cx.requests.drop_started(DropReason::Refused),
+            Early::Refused => {
+                cx.requests.emit();
+                cx.out.push(HttpEvent::Request(req));
+            }
         }
         self.reset(Self::after(persistent));
     }
@@ -444,6 +473,11 @@ impl RequestAssembler {
     }
 
     fn push_pending(&mut self, id: u64, kind: RequestKind, piece: &Piece, end: usize, cx: &mut Cx<'_>) {
+        if cx.pending.len() >= MAX_PENDING {
+            // The oldest entry goes out unanswered: the next response may no longer pair with
+            // the request right after an early-answered one.
+            cx.early_out_of_step(DropReason::Refused);
+        }
         let p = Pending {
             id,
             kind,
@@ -473,8 +507,10 @@ impl RequestAssembler {
     fn fail(&mut self, e: HttpError, cx: &mut Cx<'_>) -> Step {
         let reason = e.reason();
         if self.state != State::Discard {
-            cx.requests.drop_started(reason);
+            cx.requests.drop_started(self.early_reason(reason));
         }
+        // Where the primary framed what follows is unknown: no evidence of step can come.
+        cx.early_out_of_step(DropReason::Desync);
         // Neither HTTP/2 nor TLS will turn back into HTTP/1.x on this connection.
         let next = if reason == DropReason::UnsupportedProtocol { reason } else { DropReason::Desync };
         self.reset(State::Closed(next));
@@ -485,6 +521,12 @@ impl RequestAssembler {
     /// comes after them begins a request. Returns true for a sampling skip: between requests,
     /// and followed by a request start (an unsampled request is absent whole).
     pub fn hole(&mut self, next_starts: bool, cx: &mut Cx<'_>) -> bool {
+        if self.synced() {
+            // A request the primary may have answered is missing: the next response proves no
+            // step. A loss is a gap; an unsampled request (a skip), a refusal of proof.
+            let skip = self.state == State::Boundary && next_starts;
+            cx.early_out_of_step(if skip { DropReason::Refused } else { DropReason::Gap });
+        }
         match self.state {
             State::Boundary if next_starts => {
                 self.reset(State::Unsynced(DropReason::MidstreamSkip));
@@ -496,7 +538,7 @@ impl RequestAssembler {
                 false
             }
             State::Head | State::Body => {
-                cx.requests.drop_started(DropReason::Gap);
+                cx.requests.drop_started(self.early_reason(DropReason::Gap));
                 self.reset(State::Unsynced(DropReason::Gap));
                 false
             }
@@ -511,9 +553,13 @@ impl RequestAssembler {
     /// A segment here could not be copied by the kernel. Returns the segment's drop reason.
     pub fn truncated(&mut self, request_start: bool, cx: &mut Cx<'_>) -> DropReason {
         let r = DropReason::TruncatedCapture;
+        if let State::Closed(reason) = self.state {
+            return reason;
+        }
+        cx.early_out_of_step(r);
         match self.state {
             State::Closed(reason) => return reason,
-            State::Head | State::Body => cx.requests.drop_started(r),
+            State::Head | State::Body => cx.requests.drop_started(self.early_reason(r)),
             State::Boundary | State::Unsynced(_) if request_start => cx.requests.seen_and_dropped(r),
             State::Boundary | State::Unsynced(_) | State::Discard => {}
         }
@@ -524,7 +570,9 @@ impl RequestAssembler {
     /// The stream ends (FIN, RST, eviction, idle timeout): a request in progress is lost.
     pub fn end(&mut self, reason: DropReason, cx: &mut Cx<'_>) {
         if self.in_message() {
-            cx.requests.drop_started(reason);
+            cx.requests.drop_started(self.early_reason(reason));
+            // A request cut off after an early-answered one: not a clean end.
+            cx.early_out_of_step(DropReason::Refused);
         }
         self.reset(State::Closed(DropReason::Duplicate));
     }
@@ -537,12 +585,24 @@ impl RequestAssembler {
         }
     }
 
-    /// The server's response started after it had received request bytes up to `ack`, and no
-    /// pending request could own it: if the request in progress had started by then, that
-    /// response was its (early) answer.
-    pub fn answered_before(&mut self, ack: u32) {
-        if self.in_message() && super::seq_lt(self.start_seq, ack) {
-            self.answered_early = true;
+    /// A final response no pending request could own started after the server had received
+    /// request bytes up to `u.ack`: if the request in progress had started by then, that
+    /// response was its (early) answer. It may say the request was served (see [`Early`]) only
+    /// if it is a 2xx/3xx, nothing older awaits an answer (`pending_empty`), it is the first
+    /// answer since the request began (only interim responses came between the request's first
+    /// acknowledgment and its start), and no other answer came early for this request.
+    pub fn answered_before(&mut self, u: Unpaired, pending_empty: bool) {
+        if !(self.in_message() && super::seq_lt(self.start_seq, u.ack)) {
+            return;
         }
+        let first = self.early == Early::No && pending_empty && u.run_start == self.start_ack;
+        self.early = if first && super::serves_early(u.status) { Early::Served } else { Early::Refused };
+    }
+
+    /// The reason a request in progress is dropped for `reason`: a request the primary refused
+    /// early is counted as refused, whatever then cut it off (a client stops sending a body the
+    /// server refused).
+    fn early_reason(&self, reason: DropReason) -> DropReason {
+        if self.early == Early::Refused { DropReason::Refused } else { reason }
     }
 }

@@ -48,9 +48,11 @@ pub struct ResponseAssembler {
     scan_from: u32,
     /// The stream has been continuous since the last paired response (see `pairing`).
     aligned: bool,
-    /// A response found no request: the request-stream position it acknowledged, for
-    /// [`super::RequestAssembler::answered_before`].
-    unpaired_ack: Option<u32>,
+    /// Where the current run of interim (1xx) responses began, since the last final response
+    /// (meaningful while `in_interim`): a final response after them is the answer that began
+    /// there.
+    interim_from: u32,
+    in_interim: bool,
     /// The server answered an Upgrade request without switching.
     declined_upgrade: bool,
 }
@@ -66,7 +68,8 @@ impl Default for ResponseAssembler {
             first_ts_ns: 0,
             scan_from: 0,
             aligned: false,
-            unpaired_ack: None,
+            interim_from: 0,
+            in_interim: false,
             declined_upgrade: false,
         }
     }
@@ -75,6 +78,17 @@ impl Default for ResponseAssembler {
 enum Step {
     At(usize),
     Stop,
+}
+
+/// A final response that no pending request owned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unpaired {
+    /// Response-stream position where this answer began: its head's, or the first interim
+    /// response's right before it.
+    pub run_start: u32,
+    /// Request-stream position its first segment acknowledged.
+    pub ack: u32,
+    pub status: u16,
 }
 
 impl ResponseAssembler {
@@ -108,10 +122,6 @@ impl ResponseAssembler {
                 .progress
                 .as_ref()
                 .map_or(0, |p| size_of::<Progress>() + p.head.len() + p.kept.as_ref().map_or(0, KeptBody::heap_bytes))
-    }
-
-    pub fn take_unpaired_ack(&mut self) -> Option<u32> {
-        self.unpaired_ack.take()
     }
 
     pub fn take_declined_upgrade(&mut self) -> bool {
@@ -219,22 +229,38 @@ impl ResponseAssembler {
             // final response follows.
             cx.responses.seen = cx.responses.seen.saturating_sub(1);
             cx.responses.in_progress = cx.responses.in_progress.saturating_sub(1);
+            if !self.in_interim {
+                self.in_interim = true;
+                self.interim_from = self.start_seq;
+            }
             self.state = State::Boundary;
             return Step::At(body_at);
         }
+        let run_start = if std::mem::take(&mut self.in_interim) { self.interim_from } else { self.start_seq };
         let (outcome, passed) = cx.pending.pair(self.start_seq, self.start_ack, self.aligned, cx.held);
         *cx.unanswered += passed;
         cx.settle_held(DropReason::Unanswered);
         let mut refused = false;
         let (kind, emit) = match outcome {
             PairOutcome::Paired(p) => {
+                // An early-answered request before this one: the answer after it paired with the
+                // request after it, nothing passed over, no skip between (the connection went on
+                // in step), so it goes out first; anything else means the step was lost.
+                if passed == 0 && !p.after_skip {
+                    cx.early_in_step();
+                } else {
+                    cx.early_out_of_step(DropReason::Refused);
+                }
                 self.aligned = true;
                 refused = p.emitted() && !cx.answered(p.id, head.status);
                 (p.kind, (p.emitted() && !refused).then_some((p.id, p.last_ts_ns)))
             }
             PairOutcome::Unpaired => {
+                // One answer more than the requests framed: after an early answer, the sign
+                // of a request the primary read where we read a body.
+                cx.early_out_of_step(DropReason::Refused);
                 self.aligned = false;
-                self.unpaired_ack = Some(self.start_ack);
+                *cx.unpaired = Some(Unpaired { run_start, ack: self.start_ack, status: head.status });
                 (RequestKind::Normal, None)
             }
         };
@@ -335,6 +361,7 @@ impl ResponseAssembler {
         if self.counted_in_progress() {
             cx.responses.drop_started(e.reason());
         }
+        cx.early_out_of_step(e.reason());
         self.reset(State::Unsynced(e.reason()));
         Step::Stop
     }
@@ -343,6 +370,7 @@ impl ResponseAssembler {
         self.state = state;
         self.progress = None;
         self.buf = BytesMut::new();
+        self.in_interim = false;
         if matches!(state, State::Unsynced(_) | State::Closed(_)) {
             self.aligned = false;
         }
@@ -354,6 +382,11 @@ impl ResponseAssembler {
 
     /// See [`super::RequestAssembler::hole`].
     pub fn hole(&mut self, next_starts: bool, cx: &mut Cx<'_>) -> bool {
+        if self.synced() {
+            // An answer not seen: no proof of step.
+            let skip = self.state == State::Boundary && next_starts;
+            cx.early_out_of_step(if skip { DropReason::Refused } else { DropReason::Gap });
+        }
         match self.state {
             State::Boundary if next_starts => {
                 self.reset(State::Unsynced(DropReason::MidstreamSkip));
@@ -379,6 +412,7 @@ impl ResponseAssembler {
         if let State::Closed(reason) = self.state {
             return reason;
         }
+        cx.early_out_of_step(r);
         if self.counted_in_progress() {
             cx.responses.drop_started(r);
         }
@@ -398,6 +432,10 @@ impl ResponseAssembler {
     pub fn end(&mut self, reason: DropReason, cx: &mut Cx<'_>) {
         if self.counted_in_progress() {
             cx.responses.drop_started(reason);
+        }
+        if self.state == State::Head {
+            // An answer began that nothing can pair any more: not a clean end.
+            cx.early_out_of_step(DropReason::Refused);
         }
         self.reset(State::Closed(DropReason::Duplicate));
     }

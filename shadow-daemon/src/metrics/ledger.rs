@@ -10,6 +10,11 @@
 //! admitted carries a [`RequestTicket`] that settles it exactly once, and a ticket that is dropped
 //! unsettled (shutdown, an aborted task) settles as `shutdown`, so nothing leaves the ledger
 //! silently.
+//!
+//! A request the extraction stage has begun and not yet handed over (still arriving, or held for
+//! the primary's answer or for the evidence that an early answer was in step) is captured and in
+//! flight too: the stage reports how many it holds ([`Ledger::extraction`]), and each admission
+//! takes one of them over, so captured never goes down and the identity holds at every scrape.
 
 use std::{
     collections::BTreeMap,
@@ -118,6 +123,9 @@ pub(super) struct Ledger {
     captured: u64,
     replayed: u64,
     in_flight: u64,
+    /// Requests the extraction stage holds, as it last reported, less those admitted since:
+    /// captured and in flight, on top of the two above.
+    extracting: u64,
     /// By label: the replay stage's [`RequestDrop`]s and the extraction stage's reasons.
     dropped: BTreeMap<&'static str, u64>,
 }
@@ -141,6 +149,11 @@ impl Ledger {
             let mut l = lock(ledger);
             l.captured += 1;
             l.in_flight += 1;
+            // Most admitted requests were held by extraction when it last reported: this one
+            // moves from there, and the published totals do not count it twice. (One that
+            // began and ended between two reports takes another's place until the next report,
+            // which only ever raises the totals back.)
+            l.extracting = l.extracting.saturating_sub(1);
         }
         RequestTicket { ledger: ledger.clone(), settled: false }
     }
@@ -151,11 +164,22 @@ impl Ledger {
         self.drop_one(label);
     }
 
+    /// The extraction stage's report, in one step: requests it dropped since its last report,
+    /// by label, and how many it holds now (begun, not yet handed over or dropped). Call it
+    /// when everything it handed over has been admitted.
+    pub(super) fn extraction(&mut self, dropped: &[(&'static str, u64)], holding: u64) {
+        for (label, n) in dropped {
+            self.captured += n;
+            *self.dropped.entry(label).or_default() += n;
+        }
+        self.extracting = holding;
+    }
+
     pub(super) fn counts(&self) -> RequestCounts {
         RequestCounts {
-            captured: self.captured,
+            captured: self.captured + self.extracting,
             replayed: self.replayed,
-            in_flight: self.in_flight,
+            in_flight: self.in_flight + self.extracting,
             dropped: DropCounts(self.dropped.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
         }
     }
@@ -263,7 +287,10 @@ pub(super) struct LedgerCollector(pub(super) Arc<Mutex<Ledger>>);
 
 impl Collector for LedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snap = lock(&self.0).clone();
+        let (snap, extracting) = {
+            let l = lock(&self.0);
+            (l.counts(), l.extracting)
+        };
         let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
@@ -287,12 +314,19 @@ impl Collector for LedgerCollector {
             MetricType::Counter,
         )?;
         for (reason, v) in &snap.dropped {
-            ConstCounter::new(*v).encode(family.encode_family(&[("reason", *reason)])?)?;
+            ConstCounter::new(*v).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
         }
         let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
         g.encode(encoder.encode_descriptor(
             "shadow_requests_in_flight",
-            "Requests admitted for replay and not settled yet (queued or being replayed).",
+            "Requests captured and not settled yet: being extracted (still arriving, or held for the primary's answer), queued or being replayed.",
+            None,
+            g.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(i64::try_from(extracting).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor(
+            "shadow_requests_extracting",
+            "Of the requests in flight, those the extraction stage holds: still arriving, or held for the primary's answer (or for the evidence that an early answer served them); each ends by the flow idle timeout at the latest.",
             None,
             g.metric_type(),
         )?)

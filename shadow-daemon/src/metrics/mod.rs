@@ -214,7 +214,7 @@ impl Metrics {
         registry.register(
             "shadow_replay_pipelined",
             "Requests written behind another in one write on one connection (HTTP/1.1 pipelining of idempotent \
-             requests that waited together); compared and counted, their latency not recorded",
+             requests that waited together); each timed from when the shadow could start on it",
             connections.pipelined.clone(),
         );
         registry.register(
@@ -224,8 +224,9 @@ impl Metrics {
         );
         registry.register(
             "shadow_replay_retries",
-            "Requests sent again on a new connection after a kept-alive one turned out closed, or closed after \
-             answering the requests before them in a pipeline",
+            "Requests sent again on a new connection because the shadow provably never received them (none of \
+             their bytes acknowledged by its TCP, none of their response read): a kept-alive connection that \
+             turned out closed, or the rest of a pipeline behind what a failing connection had taken",
             connections.retries.clone(),
         );
         registry.register(
@@ -314,6 +315,14 @@ impl Metrics {
         lock(&self.ledger).captured_and_dropped(reason);
     }
 
+    /// The extraction stage's report into the ledger, in one step: requests dropped since its
+    /// last report (by reason) and how many it holds now, begun and not yet handed over (still
+    /// arriving, or held for the primary's answer); those count as captured and in flight.
+    /// Call it once everything the stage handed over has been admitted.
+    pub fn record_extraction(&self, dropped: &[(&'static str, u64)], holding: u64) {
+        lock(&self.ledger).extraction(dropped, holding);
+    }
+
     /// The ledger now.
     pub fn requests(&self) -> RequestCounts {
         lock(&self.ledger).counts()
@@ -342,12 +351,6 @@ impl Metrics {
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
         self.response_counters[status_class_index(status)].inc();
         self.latency.record(Side::Shadow, Some(endpoint), first_byte, complete);
-    }
-
-    /// A shadow response whose times are not its request's own (read behind another response of
-    /// the same pipeline): its status class is counted, its latency is not recorded.
-    pub fn record_shadow_status(&self, status: u16) {
-        self.response_counters[status_class_index(status)].inc();
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {

@@ -99,7 +99,7 @@ impl fmt::Display for Summary {
             let per = (self.replay_writes + self.replay_pipelined) as f64 / self.replay_writes as f64;
             writeln!(
                 f,
-                "writes to the shadow: {} ({} requests behind another in a pipeline, untimed; {per:.2} per write)",
+                "writes to the shadow: {} ({} requests behind another in a pipeline; {per:.2} per write)",
                 self.replay_writes, self.replay_pipelined
             )?;
         }

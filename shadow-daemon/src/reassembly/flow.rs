@@ -64,6 +64,7 @@ macro_rules! split {
             &mut *$sh.stats;
         let $req_sc = request_segments;
         let $resp_sc = response_segments;
+        let mut unpaired = None;
         let mut $cx = Cx {
             limits: $sh.limits,
             flow: $flow.id,
@@ -74,6 +75,7 @@ macro_rules! split {
             pending: &mut $flow.pending,
             unanswered: unanswered_requests,
             held: &mut *$sh.held,
+            unpaired: &mut unpaired,
         };
         $body
     }};
@@ -133,8 +135,8 @@ impl Flow {
                     resp_stream.push(s, resp, &mut cx, resp_sc, cfg);
                 }
             }
-            if let Some(a) = resp.take_unpaired_ack() {
-                req.answered_before(a);
+            if let Some(u) = cx.unpaired.take() {
+                req.answered_before(u, cx.pending.is_empty());
             }
             if resp.take_declined_upgrade() {
                 req.reopen_after_declined_upgrade();
@@ -160,18 +162,28 @@ impl Flow {
             if resp_stream.hole_overdue(now_ns, gap_timeout_ns) {
                 resp_stream.expire_hole(resp, &mut cx, resp_sc, now_ns);
             }
-            if let Some(a) = resp.take_unpaired_ack() {
-                req.answered_before(a);
+            if let Some(u) = cx.unpaired.take() {
+                req.answered_before(u, cx.pending.is_empty());
             }
         });
     }
 
     /// The flow goes away: whatever is in progress or waiting is dropped for `reason`.
     pub fn teardown(&mut self, reason: DropReason, sh: &mut Shared<'_>) {
+        // Both sides closed with a FIN in order, nothing reset: a connection that ended in step.
+        let clean = !self.reset && self.req_stream.ended() && self.resp_stream.ended();
+        let reset = self.reset;
         let Self { req_stream, resp_stream, req, resp, .. } = self;
         split!(self, sh, |cx, req_sc, resp_sc| {
             req.end(reason, &mut cx);
             resp.end(reason, &mut cx);
+            // An early-answered request still waiting for its evidence: a clean close after it
+            // (every out-of-step sign on the way has dropped it already) is that evidence.
+            if clean {
+                cx.early_in_step();
+            } else {
+                cx.early_out_of_step(if reset { DropReason::Refused } else { reason });
+            }
             req_stream.end(reason, req_sc);
             resp_stream.end(reason, resp_sc);
             *cx.unanswered += cx.pending.clear(cx.held);

@@ -42,6 +42,12 @@ pub(crate) struct Conn {
     start: usize,
     idle_since: Instant,
     pub reused: bool,
+    /// Request bytes written on this connection (see [`Conn::acked`]).
+    sent: u64,
+    /// The kernel reports when each write's last byte left (see [`Conn::since_write`]).
+    tx_stamps: bool,
+    /// When the last write's last byte left, by the kernel's clock (its transmit timestamp).
+    sent_at: Option<SystemTime>,
     _open: OpenGuard,
 }
 
@@ -73,8 +79,10 @@ impl Conn {
             .async_io(Interest::READABLE, || {
                 let spare = buf.spare_capacity_mut();
                 let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
-                // Room for one SCM_TIMESTAMPNS message (a cmsghdr and a timespec), aligned.
-                let mut control = [0u64; 8];
+                // Room for an SCM_TIMESTAMPNS message (a cmsghdr and a timespec) and an
+                // SCM_TIMESTAMPING one (three timespecs), which a socket with transmit timestamps
+                // may also be given, aligned.
+                let mut control = [0u64; 16];
                 // SAFETY: msghdr is plain data; zeroed is a valid empty header.
                 let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
                 msg.msg_iov = &mut iov;
@@ -97,6 +105,70 @@ impl Conn {
     /// Bytes received past the responses read so far.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// What is buffered past the last response could begin one (a prefix of `HTTP/`): bytes
+    /// that cannot are not a response at all.
+    pub fn pending_starts_response(&self) -> bool {
+        let rest = &self.buf[self.start..];
+        let n = rest.len().min(5);
+        rest[..n] == b"HTTP/"[..n]
+    }
+
+    /// Write all of `wire`; [`Conn::sent`] counts it once it is written, and the kernel's
+    /// transmit time of its last byte is taken (see [`Conn::since_write`]).
+    pub async fn write_all(&mut self, wire: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(wire).await?;
+        self.sent += wire.len() as u64;
+        self.sent_at = None;
+        if self.tx_stamps && !wire.is_empty() {
+            // The key of a TCP transmit timestamp is the offset of the send's last byte.
+            let key = (self.sent - 1) as u32;
+            self.sent_at = transmit_time(self.stream.as_raw_fd(), key);
+        }
+        Ok(())
+    }
+
+    /// When the response to what was just written starts its clock: the kernel's transmit time
+    /// of the request's last byte (SO_TIMESTAMPING, taken at the device as the capture programs
+    /// see the primary's packets), so that the shadow is timed as the primary is, wire to wire,
+    /// with nothing of the daemon's own scheduling in it. Without a transmit timestamp (an old
+    /// kernel, or one not taken by the time the write returned), the time now.
+    pub fn since_write(&self) -> Since {
+        Since { at: Instant::now(), wall: self.sent_at.unwrap_or_else(SystemTime::now) }
+    }
+
+    /// Request bytes written whole on this connection so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Request bytes of this connection the shadow's TCP acknowledged (TCP_INFO
+    /// `tcpi_bytes_acked`, less the SYN's one): the shadow's kernel had them, so its process may
+    /// have read them. What lies beyond was provably never received, and only that may be sent
+    /// again. It holds after a reset or close (the count stays with the socket); `None` if the
+    /// kernel does not say, which the caller takes as "all received".
+    pub fn acked(&self) -> Option<u64> {
+        // SAFETY: tcp_info is plain data, for which all-zero is valid.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on our own socket writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // Kernels before 4.1 end the struct before the field (shorter `len`).
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + size_of::<u64>();
+        if rc != 0 || (len as usize) < needed {
+            return None;
+        }
+        Some(info.tcpi_bytes_acked.saturating_sub(1))
     }
 
     /// The peer closed, sent something unasked, or the socket failed: a connection that cannot
@@ -185,17 +257,8 @@ pub(crate) async fn connect(
     let _ = stream.set_nodelay(true);
     // The kernel's receive time of the response (see `Conn::read_timed`); without it, the
     // response is timed when read.
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on our own socket with a c_int option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_socket_option(stream.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int));
+    let tx_stamps = enable_transmit_timestamps(stream.as_raw_fd());
     metrics.opened.inc();
     metrics.open.inc();
     Ok(Conn {
@@ -204,6 +267,9 @@ pub(crate) async fn connect(
         start: 0,
         idle_since: Instant::now(),
         reused: false,
+        sent: 0,
+        tx_stamps,
+        sent_at: None,
         _open: OpenGuard(metrics.open.clone()),
     })
 }
@@ -221,11 +287,13 @@ pub(crate) struct Exchange {
     /// The response lets the connection carry another request (its version, `Connection` and
     /// framing); whether bytes past it are expected is the caller's to know.
     pub reusable: bool,
-    /// When the response was complete (`complete` after the request was written).
+    /// When the response was complete (`complete` after the request was written)...
     pub done_at: Instant,
-    /// The times are the request's own: false for a response read behind another of the same
-    /// write (see [`super::pipeline`]).
-    pub timed: bool,
+    /// ...and by the kernel's clock, its last byte's receive time when known.
+    pub done_wall: SystemTime,
+    /// A response that never has a body (to HEAD, or a 204 or 304): bytes right after it can
+    /// only be the next response.
+    pub no_body: bool,
 }
 
 /// A failed exchange, and whether the shadow can have seen nothing of a response yet (the only
@@ -237,7 +305,7 @@ pub(crate) struct Failed {
 }
 
 /// When a response's clock starts: its request's write, or for a request written behind others
-/// on the connection, the end of the response before it.
+/// on the connection, the end of the response before it (see [`Since::after`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Since {
     pub at: Instant,
@@ -245,8 +313,11 @@ pub(crate) struct Since {
 }
 
 impl Since {
-    pub fn now() -> Self {
-        Self { at: Instant::now(), wall: SystemTime::now() }
+    /// The clock of the next response of a pipeline: the shadow could start on its request
+    /// once the request had arrived (the write, `self`) and the response before it, `prev`, was
+    /// complete (a server answers a connection's requests in order), whichever came later.
+    pub fn after(self, prev: &Exchange) -> Self {
+        if prev.done_wall > self.wall { Self { at: prev.done_at, wall: prev.done_wall } } else { self }
     }
 }
 
@@ -275,7 +346,8 @@ pub(crate) async fn exchange(
         error: ReplayError::Write { id, target: target.to_string(), source },
         nothing_received: true,
     })?;
-    let mut x = read_response(conn, Answering { method, id }, target, keep, max_body, Since::now()).await?;
+    let since = conn.since_write();
+    let mut x = read_response(conn, Answering { method, id }, target, keep, max_body, since).await?;
     x.reusable &= conn.pending() == 0;
     Ok(x)
 }
@@ -410,6 +482,7 @@ pub(crate) async fn read_response(
         }
     });
     let complete = elapsed(since, last_rx, done_at);
+    let done_wall = last_rx.unwrap_or_else(|| since.wall + complete);
     Ok(Exchange {
         status: head.status,
         sample,
@@ -417,7 +490,8 @@ pub(crate) async fn read_response(
         complete: complete.max(first_byte),
         reusable,
         done_at,
-        timed: true,
+        done_wall,
+        no_body: kind == RequestKind::Head || matches!(head.status, 204 | 304),
     })
 }
 
@@ -428,19 +502,95 @@ pub(crate) fn enable_receive_timestamps() {
     static KEEP: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
     KEEP.get_or_init(|| {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt on our own socket with a c_int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        (rc == 0).then_some(s)
+        set_socket_option(s.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int)).then_some(s)
     });
+}
+
+/// Set the SOL_SOCKET option `name` of our own socket `fd` to `value`; whether the kernel took it.
+fn set_socket_option<T: Copy>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> bool {
+    // SAFETY: `value` is a live, plain-data value of the size passed; setsockopt only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// `SO_TIMESTAMPING` and its control message (asm-generic; the same value on every architecture
+/// the daemon builds for).
+const SO_TIMESTAMPING: libc::c_int = 37;
+const SCM_TIMESTAMPING: libc::c_int = SO_TIMESTAMPING;
+/// `sock_extended_err.ee_info` of a timestamp taken when the packet left for the device.
+const SCM_TSTAMP_SND: u32 = 0;
+/// Transmit timestamps kept waiting at most, per connection, before the oldest are read away.
+const MAX_TX_STAMPS_READ: usize = 64;
+
+/// Ask the kernel for the software transmit time of each write's last byte, keyed by its byte
+/// offset (OPT_ID, counted from the bytes written: OPT_ID_TCP on kernels that have it), without
+/// the payload looped back (OPT_TSONLY). Whether the socket will report them.
+fn enable_transmit_timestamps(fd: std::os::fd::RawFd) -> bool {
+    let base = libc::SOF_TIMESTAMPING_TX_SOFTWARE
+        | libc::SOF_TIMESTAMPING_SOFTWARE
+        | libc::SOF_TIMESTAMPING_OPT_ID
+        | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+    [base | libc::SOF_TIMESTAMPING_OPT_ID_TCP, base]
+        .into_iter()
+        .any(|flags| set_socket_option(fd, SO_TIMESTAMPING, &flags))
+}
+
+/// The transmit time of the byte at offset `key` from the socket's error queue, reading away
+/// the timestamps queued before it (non-blocking; at most [`MAX_TX_STAMPS_READ`]).
+fn transmit_time(fd: std::os::fd::RawFd, key: u32) -> Option<SystemTime> {
+    for _ in 0..MAX_TX_STAMPS_READ {
+        let mut control = [0u64; 16];
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: no data buffer (OPT_TSONLY queues none); control is ours, of msg_controllen.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return None;
+        }
+        if let Some((k, at)) = transmit_stamp(&msg)
+            && k == key
+        {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The key and software time of a transmit timestamp read from the error queue.
+fn transmit_stamp(msg: &libc::msghdr) -> Option<(u32, SystemTime)> {
+    let (mut key, mut at) = (None, None);
+    // SAFETY: walking the control buffer recvmsg filled, with the kernel's own CMSG macros;
+    // each payload is read unaligned at the size the kernel wrote for its type.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            if level == libc::SOL_SOCKET && kind == SCM_TIMESTAMPING {
+                let ts: [libc::timespec; 3] = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let d = Duration::new(u64::try_from(ts[0].tv_sec).ok()?, u32::try_from(ts[0].tv_nsec).ok()?);
+                at = SystemTime::UNIX_EPOCH.checked_add(d).filter(|_| !d.is_zero());
+            } else if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
+                || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
+            {
+                let e: libc::sock_extended_err = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING && e.ee_info == SCM_TSTAMP_SND {
+                    key = Some(e.ee_data);
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    Some((key?, at?))
 }
 
 /// The kernel receive time in a received message's control data (SCM_TIMESTAMPNS).
@@ -706,6 +856,112 @@ mod tests {
         }
         let (before, ts, after) = stamped.expect("SO_TIMESTAMPNS gives receive times on this kernel");
         assert!(before <= ts && ts <= after, "{before:?} <= {ts:?} <= {after:?}");
+        drop(conn);
+        server.await.unwrap();
+    }
+
+    /// What the shadow's TCP acknowledged is what it received: all of it from a peer that reads;
+    /// from a peer that never reads, no more than its receive window, and the count stays the
+    /// same after that peer resets the connection (when the replay decides what may go again).
+    #[tokio::test]
+    async fn acknowledged_bytes_are_what_the_peer_received() {
+        let metrics = Metrics::default();
+        // A peer that reads everything.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: listener.local_addr().unwrap().port() };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert_eq!((conn.sent(), conn.acked()), (0, Some(0)), "the SYN is not a request byte");
+        conn.write_all(&[b'a'; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        peer.read_exact(&mut got).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.acked() != Some(100) {
+            assert!(Instant::now() < deadline, "never acknowledged: {:?}", conn.acked());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(conn.sent(), 100);
+
+        // A peer with a small receive buffer that never reads, then resets.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let small: libc::c_int = 2048;
+        // Accepted sockets inherit the buffer size.
+        assert!(set_socket_option(std_listener.as_raw_fd(), libc::SO_RCVBUF, &small));
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: std_listener.local_addr().unwrap().port() };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let (peer, _) = std_listener.accept().unwrap();
+        // 64 KiB fits the sender's buffer but not the peer's window: the write completes, most of
+        // it stays unacknowledged.
+        tokio::time::timeout(Duration::from_secs(10), conn.write_all(&vec![b'b'; 64 << 10]))
+            .await
+            .expect("fits the send buffer")
+            .unwrap();
+        let acked = conn.acked().expect("TCP_INFO");
+        assert!(acked < 16 << 10, "at most the peer's window: {acked}");
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // A close now resets.
+        assert!(set_socket_option(peer.as_raw_fd(), libc::SO_LINGER, &linger));
+        drop(peer);
+        let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the reset never came");
+            match conn.stream.try_read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => break,
+            }
+        }
+        let after = conn.acked().expect("TCP_INFO after the reset");
+        assert!(after < 16 << 10 && after >= acked, "{acked} then {after}");
+        assert_eq!(conn.sent(), 64 << 10);
+    }
+
+    /// The shadow's clock starts at the kernel's transmit time of the request's last byte, for
+    /// every write on a connection (each found by its byte offset), and ends at the kernel's
+    /// receive time: the same layer as the capture programs time the primary.
+    #[tokio::test]
+    async fn the_shadow_is_timed_from_the_kernels_transmit_time() {
+        const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            for _ in 0..3 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if s.write_all(RESPONSE).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let metrics = Metrics::default();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port };
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        assert!(conn.tx_stamps, "this kernel takes software transmit timestamps");
+        let mut last = None;
+        for i in 0..3u64 {
+            let req = format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let before = SystemTime::now();
+            let t0 = Instant::now();
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let after = SystemTime::now();
+            let sent_at = conn.sent_at.expect("the transmit time of the write's last byte");
+            assert!(before <= sent_at && sent_at <= after, "{before:?} <= {sent_at:?} <= {after:?}");
+            assert!(last.is_none_or(|l| l <= sent_at), "each write's own time, in order");
+            last = Some(sent_at);
+            let since = conn.since_write();
+            assert_eq!(since.wall, sent_at);
+            let x = read_response(&mut conn, Answering { method: b"GET", id: i }, &target, None, 1 << 20, since)
+                .await
+                .unwrap_or_else(|f| panic!("{}", f.error));
+            let outside = t0.elapsed();
+            assert!(x.first_byte <= outside, "{:?} inside {outside:?}", x.first_byte);
+            assert!(x.complete >= x.first_byte);
+        }
         drop(conn);
         server.await.unwrap();
     }

@@ -26,6 +26,7 @@ mod conn;
 pub mod controls;
 mod edit;
 pub mod pipeline;
+mod shape;
 mod slots;
 
 use std::{
@@ -35,7 +36,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
     time::Duration,
@@ -53,6 +54,7 @@ use self::{
     controls::{ReplayControls, ShadowTarget, TokenBucket},
     edit::edit_request_into,
     pipeline::{Part, Route},
+    shape::{Admit, Done, FlowGate},
     slots::{Slots, Work},
 };
 use crate::{
@@ -96,6 +98,11 @@ pub enum ReplayError {
     BadResponse { id: u64, target: String, what: HttpError },
     #[error("read the response to request {id} from shadow {target}: more than 8 interim (1xx) responses")]
     TooManyInterim { id: u64, target: String },
+    #[error(
+        "read the response to request {id} from shadow {target}: a body after its {status} response, which has none \
+         (HEAD, 204, 304); connection closed"
+    )]
+    BodyWithoutBody { id: u64, target: String, status: u16 },
     #[error("replay request {id} to shadow {target}: no complete response within {timeout:?}")]
     Timeout { id: u64, target: String, timeout: Duration },
     #[error("read the response to request {id} from shadow {target}: body larger than {cap} bytes; connection closed")]
@@ -124,9 +131,10 @@ impl ReplayError {
             Self::Connect { source, .. } | Self::Write { source, .. } | Self::Read { source, .. } => io_kind(source),
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => ShadowErrorKind::Timeout,
             Self::Closed { .. } => ShadowErrorKind::Reset,
-            Self::BadResponse { .. } | Self::TooManyInterim { .. } | Self::ResponseTooLarge { .. } => {
-                ShadowErrorKind::BadResponse
-            }
+            Self::BadResponse { .. }
+            | Self::TooManyInterim { .. }
+            | Self::BodyWithoutBody { .. }
+            | Self::ResponseTooLarge { .. } => ShadowErrorKind::BadResponse,
         })
     }
 
@@ -155,7 +163,9 @@ impl ReplayError {
             Self::Write { source, .. } | Self::Read { source, .. } => exchange(source),
             Self::Closed { .. } => TargetFailure::Closed,
             Self::Timeout { .. } => TargetFailure::Timeout,
-            Self::BadResponse { .. } | Self::TooManyInterim { .. } => TargetFailure::BadResponse,
+            Self::BadResponse { .. } | Self::TooManyInterim { .. } | Self::BodyWithoutBody { .. } => {
+                TargetFailure::BadResponse
+            }
             Self::ResponseTooLarge { .. } => TargetFailure::ResponseTooLarge,
         })
     }
@@ -259,6 +269,9 @@ struct LaneState {
     bucket: Option<Mutex<TokenBucket>>,
     pool: Pool,
     held_bytes: AtomicU64,
+    /// Requests waiting in the dispatcher's [`FlowGate`], out of the queue but counted against
+    /// its capacity with the ones still in it.
+    gated: AtomicUsize,
     warnings: Mutex<WarnThrottle>,
     /// Index of the rule in the config: the comparison's rule.
     rule: usize,
@@ -420,6 +433,7 @@ impl ReplayEngine {
                 controls: rule.controls.clone(),
                 tx,
                 held_bytes: AtomicU64::new(0),
+                gated: AtomicUsize::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
                 rule: i,
                 hub: OnceLock::new(),
@@ -490,6 +504,12 @@ impl ReplayEngine {
         };
         let bytes = req.raw.len() as u64;
         if lane.held_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > lane.controls.queue_bytes {
+            lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            ticket.dropped(reason::QUEUE_FULL);
+            return Submission::Dropped(reason::QUEUE_FULL);
+        }
+        if lane.gated.load(Ordering::Relaxed) >= lane.tx.capacity() {
+            // The queue's room is taken by requests waiting behind their connection's previous one.
             lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
             ticket.dropped(reason::QUEUE_FULL);
             return Submission::Dropped(reason::QUEUE_FULL);
@@ -575,6 +595,9 @@ async fn dispatch(
 ) {
     let mut replays = Slots::new(lane.controls.concurrency);
     let mut batcher = Batcher::new(lane.controls.pipeline);
+    // One request at a time per captured connection (see [`shape`]); pipelining, an opt-in for
+    // throughput, merges connections by design and goes without.
+    let mut gate = (lane.controls.pipeline == 1).then(|| FlowGate::new(lane.controls.queue_capacity));
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
@@ -596,8 +619,21 @@ async fn dispatch(
             replays.poll_work(
                 cx,
                 drained,
-                |cx| batcher.poll_next(cx, &mut rx),
-                |batch| Box::pin(replay_batch(lane.clone(), metrics.clone(), batch)),
+                |cx| {
+                    let next = next_batch(cx, &mut batcher, &mut rx, gate.as_mut());
+                    if let Some(g) = &gate {
+                        lane.gated.store(g.held(), Ordering::Relaxed);
+                    }
+                    next
+                },
+                |(batch, done)| {
+                    let replay = replay_batch(lane.clone(), metrics.clone(), batch);
+                    Box::pin(async move {
+                        replay.await;
+                        // Its captured connection's next request may go now.
+                        drop(done);
+                    })
+                },
                 || tracing::error!("{}: replay task panicked", lane.name),
             )
         });
@@ -623,7 +659,45 @@ async fn dispatch(
     // Past the grace period: replays in flight are abandoned and queued jobs dropped with the
     // receiver; their tickets settle as `shutdown`.
     drop(replays);
+    if let Some(g) = gate.as_mut() {
+        g.clear();
+    }
     drop(rx);
+}
+
+/// The next batch to start: with a [`FlowGate`], a request whose captured connection is free
+/// (the one freed first, else the next from the queue; one whose connection is busy waits in
+/// the gate, or is dropped as `queue_full` when too many wait); without, the batcher's next.
+/// `Ready(None)` once the queue is closed and empty and nothing waits in the gate.
+fn next_batch(
+    cx: &mut std::task::Context<'_>,
+    batcher: &mut Batcher,
+    rx: &mut mpsc::Receiver<Job>,
+    gate: Option<&mut FlowGate<Job>>,
+) -> Poll<Option<(Batch, Option<Done>)>> {
+    let Some(gate) = gate else {
+        return batcher.poll_next(cx, rx).map(|b| b.map(|b| (b, None)));
+    };
+    if let Some((job, done)) = gate.next_ready(cx.waker()) {
+        return Poll::Ready(Some((vec![job], Some(done))));
+    }
+    loop {
+        match batcher.poll_next(cx, rx) {
+            // Batches of one: the gate is only there without pipelining.
+            Poll::Ready(Some(batch)) => {
+                for job in batch {
+                    match gate.admit(job.req.flow, job) {
+                        Admit::Start(job, done) => return Poll::Ready(Some((vec![job], Some(done)))),
+                        Admit::Waiting => {}
+                        Admit::Full(mut job) => job.settle(Err(reason::QUEUE_FULL)),
+                    }
+                }
+            }
+            // Requests still waiting go when their connection frees (its `Done` wakes us).
+            Poll::Ready(None) if gate.held() > 0 => return Poll::Pending,
+            other => return other.map(|b| b.map(|b| (b, None))),
+        }
+    }
 }
 
 /// Whether `req` may ride in a pipeline behind or ahead of others (see [`pipeline`]).
@@ -774,14 +848,10 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 if lane.backoff.success(probe) {
                     tracing::info!("{}: the shadow answered again; backoff over", lane.name);
                 }
-                if x.timed {
-                    metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
-                } else {
-                    metrics.record_shadow_status(x.status);
-                }
+                metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
                 job.settle(Ok(()));
                 if let (Some(h), Some(mut sample)) = (hub, x.sample) {
-                    sample.latency = x.timed.then_some(x.complete);
+                    sample.latency = Some(x.complete);
                     h.shadow(job.req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
                 }
             }
@@ -861,7 +931,7 @@ async fn replay_secondary(
                 backoff.success(probe);
                 match x.sample {
                     Some(mut sample) => {
-                        sample.latency = x.timed.then_some(x.complete);
+                        sample.latency = Some(x.complete);
                         ShadowHalf::Response(sample)
                     }
                     None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
@@ -935,6 +1005,15 @@ mod tests {
         assert_eq!(too_large.target_failure(), Some(TargetFailure::ResponseTooLarge));
         assert_eq!(too_large.kind(), Some(ShadowErrorKind::BadResponse), "to the comparison: a bad response");
         assert_eq!(ReplayError::InvalidCapture { id: 1, what: "x" }.target_failure(), None);
+        let body = ReplayError::BodyWithoutBody { id: 1, target: t(), status: 204 };
+        assert_eq!(body.target_failure(), Some(TargetFailure::BadResponse));
+        assert_eq!(body.kind(), Some(ShadowErrorKind::BadResponse));
+        assert_eq!(
+            body.to_string(),
+            "read the response to request 1 from shadow x:1: a body after its 204 response, which has none \
+             (HEAD, 204, 304); connection closed"
+        );
+        assert!(matches!(body.again(7), ReplayError::BodyWithoutBody { id: 7, status: 204, .. }));
     }
 
     #[test]

@@ -10,33 +10,45 @@
 //! What is kept:
 //! - Only idempotent requests that keep the connection open are pipelined (RFC 9112: a client
 //!   does not pipeline after a non-idempotent method); any other request goes alone, as before.
-//! - Latency: a server answers a pipeline in order, so a response behind another includes the
-//!   time the shadow spent on the ones before it. Only the first response read after a write is
-//!   timed (its request was first in line); the ones behind it are compared and counted but not
-//!   timed (`Exchange::timed`), so the latency histograms stay those of requests the shadow
-//!   took up at once, a sample unbiased by load.
-//! - Every request settles once. A connection the shadow closes after answering part of a
-//!   pipeline (a keep-alive limit, `Connection: close`), or fails on one response, has the
-//!   requests after it written again on another connection: they are idempotent and nothing of
-//!   their responses was read. A connection that answered none of them (closed before any
-//!   answer while kept alive, or failing the first response) gets the rest written again once per
-//!   pipeline, as a single request gets one more try: a shadow failing everything receives each
-//!   request at most twice. A request that times out takes the ones behind it (written at the
-//!   same moment, unanswered as long).
+//! - Latency: a server answers a pipeline in order, so a response behind another would include
+//!   the time the shadow spent on the ones before it. Each response is timed from when the shadow
+//!   could start on it: the kernel's transmit time of the write, or the kernel's receive time of
+//!   the end of the response before it, whichever is later (`conn::Since::after`). Every response
+//!   of a pipeline is timed, each for its own request.
+//! - Every request settles once, and reaches the shadow at most once. When a connection ends
+//!   with requests of its pipeline unanswered (the shadow closed it, reset it, or answered one of
+//!   them with something that is not a response), a request is written again on another
+//!   connection only if the shadow provably never received it: nothing of its response was read
+//!   and none of its bytes were acknowledged by the shadow's TCP (TCP_INFO's bytes acknowledged,
+//!   which a reset or close leaves in place). That is the case well-kept clients retry: a
+//!   kept-alive connection the server closed while it was idle. Every request the shadow may have
+//!   read fails once, with what ended the connection (`closed`, `reset`, `bad_response`), and is
+//!   never written again, whatever the shadow does. A response to HEAD (or a 204, 304) followed by
+//!   bytes that are not a response carries a body it must not have: it is the bad response, not
+//!   the next one, and the connection is closed. A turn that settles nothing (the connection
+//!   failed before the shadow took any of it) gets one more connection per pipeline, so a shadow
+//!   refusing everything is not retried in a loop. A request that times out takes the ones
+//!   behind it (written at the same moment, unanswered as long).
 //! - The request timeout runs for each response from the end of the one before it (from the
 //!   write for the first).
 
-use tokio::{io::AsyncWriteExt, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     ReplayError,
-    conn::{Answering, Exchange, Failed, Pool, Since, connect, read_response},
+    conn::{Answering, Exchange, Failed, Pool, connect, read_response},
     controls::ShadowTarget,
 };
 use crate::{hub::KeepSpec, metrics::Metrics};
 
-/// Default requests written together on one connection (the `pipeline` control).
-pub const DEFAULT_PIPELINE: usize = 16;
+/// Default requests written together on one connection (the `pipeline` control): one, so the
+/// shadow sees the traffic's shape (one request at a time per connection, as the primary's
+/// clients sent them) and every response is timed alone. Pipelining merges requests of different
+/// client connections into bursts the primary never saw, which moves the shadow's latency; it is
+/// an opt-in for mirroring where only throughput matters.
+pub const DEFAULT_PIPELINE: usize = 1;
+/// The depth the bench and the pipeline tests use when they turn pipelining on.
+pub const OPT_IN_PIPELINE: usize = 16;
 /// Most requests written together on one connection.
 pub const MAX_PIPELINE: usize = 64;
 
@@ -69,8 +81,15 @@ pub(crate) struct Route<'a> {
 
 /// Send `parts` (their bytes concatenated in `wire`, in order) and read their responses: one
 /// outcome per part, in order. The caller pipelines only idempotent requests that keep the
-/// connection open; if any part is not idempotent, nothing is ever written twice (requests left
-/// unanswered by a connection that ends fail as `Closed`).
+/// connection open; if any part is not idempotent, nothing is ever written twice.
+///
+/// Exactly once: when a connection ends with parts unanswered, a part is written again (on
+/// another connection) only if the shadow provably never received it: nothing of its response
+/// was read and none of its bytes were acknowledged by the shadow's TCP ([`Conn::acked`]). A
+/// part the shadow may have received fails once, with what ended the connection, whatever the
+/// shadow does next. A turn that settles nothing (a kept-alive connection the shadow had closed)
+/// is tried once more per pipeline, so a shadow refusing everything costs two connections, not
+/// a loop.
 pub(crate) async fn send(
     route: &Route<'_>,
     wire: &[u8],
@@ -80,12 +99,13 @@ pub(crate) async fn send(
     let target = route.target;
     let timeout = route.request_timeout;
     let resendable = parts.iter().all(|p| p.idempotent);
+    let begins = |k: usize| if k == 0 { 0 } else { parts[k - 1].end };
     let mut out: Vec<Result<Exchange, ReplayError>> = Vec::with_capacity(parts.len());
-    // One more try for a request nothing was received for, on a kept-alive connection.
+    // A turn that settled nothing has been tried again already.
     let mut retried = false;
     while out.len() < parts.len() {
         let from = out.len();
-        let start = if from == 0 { 0 } else { parts[from - 1].end };
+        let start = begins(from);
         let mut conn = match route.pool.take() {
             Some(c) => c,
             None => match connect(target, route.connect_timeout, &metrics.connections).await {
@@ -97,25 +117,23 @@ pub(crate) async fn send(
             },
         };
         let reused = conn.reused;
+        // Where this turn's bytes begin in the connection's request stream.
+        let base = conn.sent();
         let sleep = tokio::time::sleep_until(Instant::now() + timeout);
         tokio::pin!(sleep);
-        let timed_out = |id| Failed {
-            error: ReplayError::Timeout { id, target: target.to_string(), timeout },
-            nothing_received: false,
-        };
+        let timed_out = |id| ReplayError::Timeout { id, target: target.to_string(), timeout };
         let tail = &wire[start..];
         let written = tokio::select! {
             biased;
-            r = conn.stream.write_all(tail) => r.map_err(|source| Failed {
-                error: ReplayError::Write { id: parts[from].id, target: target.to_string(), source },
-                nothing_received: true,
+            r = conn.write_all(tail) => r.map_err(|source| {
+                ReplayError::Write { id: parts[from].id, target: target.to_string(), source }
             }),
             () = &mut sleep => Err(timed_out(parts[from].id)),
         };
         if written.is_ok() {
             let c = &metrics.connections;
             if from > 0 || retried {
-                // Every turn after the first writes again what the one before had written.
+                // Every turn after the first writes again what a turn before had written.
                 c.retries.inc_by((parts.len() - from) as u64);
             }
             c.sent_bytes.inc_by(tail.len() as u64);
@@ -124,101 +142,141 @@ pub(crate) async fn send(
             c.pipelined.inc_by(behind);
             c.reused.inc_by(behind + u64::from(reused));
         }
-        let mut written = written.err();
-        let since = Since::now();
-        // Where the next turn (on another connection) starts; None: every part is settled.
-        let mut next = None;
-        for (j, part) in parts.iter().enumerate().skip(from) {
-            let read = match written.take() {
-                Some(f) => Err(f),
-                None => {
-                    let answering = Answering { method: part.method, id: part.id };
-                    tokio::select! {
-                        biased;
-                        r = read_response(&mut conn, answering, target, route.keep, route.max_body, since) => r,
-                        () = &mut sleep => Err(timed_out(part.id)),
-                    }
+        let written_at = conn.since_write();
+        let mut since = written_at;
+        // How the turn ended: None, every part is settled; else the first unsettled part, the
+        // error the parts the shadow had fail with, and whether that part's response had begun.
+        // Set when the connection may carry another request: since when it is idle.
+        let mut idle_since = None;
+        let ended: Option<(usize, ReplayError, bool)> = 'turn: {
+            match written {
+                Err(e @ ReplayError::Timeout { .. }) => {
+                    fail_rest(&mut out, parts, e);
+                    break 'turn None;
                 }
-            };
-            let last = j + 1 == parts.len();
-            match read {
-                Ok(mut x) => {
-                    x.timed = j == from;
-                    let open = x.reusable && part.keep_alive;
-                    let done_at = x.done_at;
-                    out.push(Ok(x));
-                    if last {
-                        // Bytes past the last response were not asked for: the connection's
-                        // state is unknown.
-                        if open && conn.pending() == 0 {
-                            route.pool.put(conn, done_at);
+                Err(e) => break 'turn Some((from, e, false)),
+                Ok(()) => {}
+            }
+            for (j, part) in parts.iter().enumerate().skip(from) {
+                let answering = Answering { method: part.method, id: part.id };
+                let read = tokio::select! {
+                    biased;
+                    r = read_response(&mut conn, answering, target, route.keep, route.max_body, since) => r,
+                    () = &mut sleep => Err(Failed { error: timed_out(part.id), nothing_received: false }),
+                };
+                match read {
+                    Ok(x) => {
+                        since = written_at.after(&x);
+                        let open = x.reusable && part.keep_alive;
+                        let (done_at, no_body) = (x.done_at, x.no_body);
+                        out.push(Ok(x));
+                        if no_body && conn.pending() > 0 && !conn.pending_starts_response() {
+                            // Bytes after a response that has no body (HEAD, 204, 304) that are
+                            // not a response: a body the shadow sent there, never the next
+                            // response. The connection is done.
+                            break 'turn Some((j + 1, blame_body(&mut out, part.id, target), false));
                         }
-                        break;
+                        if j + 1 == parts.len() {
+                            // Bytes past the last response were not asked for: the
+                            // connection's state is unknown.
+                            if open && conn.pending() == 0 {
+                                idle_since = Some(done_at);
+                            }
+                            break 'turn None;
+                        }
+                        if !open {
+                            // The shadow closes after this response.
+                            let e = ReplayError::Closed { id: parts[j + 1].id, target: target.to_string() };
+                            break 'turn Some((j + 1, e, false));
+                        }
+                        sleep.as_mut().reset(done_at + timeout);
                     }
-                    if !open {
-                        next = resend_from(&mut out, parts, resendable, target);
-                        break;
-                    }
-                    sleep.as_mut().reset(done_at + timeout);
-                }
-                Err(f) if matches!(f.error, ReplayError::Timeout { .. }) => {
-                    // The ones behind it were written at the same time and are unanswered as long.
-                    fail_rest(&mut out, parts, f.error);
-                    break;
-                }
-                Err(f) if f.nothing_received && resendable && (j > from || (reused && !retried)) => {
-                    // Closed after answering the ones before it (or, kept alive, before any
-                    // answer): nothing of this response was read; written again on another
-                    // connection.
-                    retried |= j == from;
-                    next = Some(j);
-                    break;
-                }
-                Err(f) if f.nothing_received => {
-                    fail_rest(&mut out, parts, f.error);
-                    break;
-                }
-                Err(f) => {
-                    // This response failed part way: the connection is done. The requests after
-                    // it (nothing of theirs was read) are written again on another connection if
-                    // this one answered some (the failure was this response's), else once: a
-                    // shadow failing every response gets each request at most twice.
-                    let answered = j > from;
-                    if last || !resendable || (retried && !answered) {
+                    Err(f) if matches!(f.error, ReplayError::Timeout { .. }) => {
+                        // The ones behind it were written at the same time and are unanswered as
+                        // long.
                         fail_rest(&mut out, parts, f.error);
-                    } else {
-                        retried |= !answered;
-                        out.push(Err(f.error));
-                        next = Some(j + 1);
+                        break 'turn None;
                     }
-                    break;
+                    Err(f) => {
+                        let after_no_body = j > from && matches!(out.last(), Some(Ok(x)) if x.no_body);
+                        let error = if matches!(f.error, ReplayError::BadResponse { .. }) && after_no_body {
+                            // What follows a response without a body does not parse: the body
+                            // the shadow sent there (arrived a read later), not this response.
+                            blame_body(&mut out, parts[j - 1].id, target).again(part.id)
+                        } else {
+                            f.error
+                        };
+                        break 'turn Some((j, error, !f.nothing_received));
+                    }
                 }
             }
+            None
+        };
+        let Some((at, error, begun)) = ended else {
+            if let Some(at) = idle_since {
+                route.pool.put(conn, at);
+            }
+            break;
+        };
+        let acked = conn.acked();
+        drop(conn);
+        let resume = first_never_received(parts, Received { at, begun, acked, base, start });
+        for p in &parts[at..resume] {
+            out.push(Err(error.again(p.id)));
         }
-        match next {
-            Some(j) => debug_assert_eq!(j, out.len(), "a turn resumes at the first unsettled part"),
-            None => break,
+        if resume == parts.len() {
+            break;
         }
+        if !resendable || (resume == from && retried) {
+            fail_rest(&mut out, parts, error.again(parts[resume].id));
+            break;
+        }
+        retried |= resume == from;
     }
     debug_assert_eq!(out.len(), parts.len(), "every part settled once");
     out
 }
 
-/// The connection ended before the parts after those settled were answered: the next turn's
-/// first part if they may be written again, else they fail (`Closed`).
-fn resend_from(
-    out: &mut Vec<Result<Exchange, ReplayError>>,
-    parts: &[Part<'_>],
-    resendable: bool,
-    target: &ShadowTarget,
-) -> Option<usize> {
-    let next = out.len();
-    if resendable {
-        return Some(next);
+/// What a connection that ended part way through a pipeline had of it.
+#[derive(Clone, Copy, Debug)]
+struct Received {
+    /// The first part not settled.
+    at: usize,
+    /// Some of that part's response was read.
+    begun: bool,
+    /// Request bytes of the connection the shadow's TCP acknowledged (None: not known).
+    acked: Option<u64>,
+    /// Where this turn's write began in the connection's request stream...
+    base: u64,
+    /// ...and in the pipeline's buffer.
+    start: usize,
+}
+
+/// The first part from `r.at` on that the shadow provably never received (`parts.len()` if
+/// none): none of its response was read and its first byte lies past what the shadow's TCP
+/// acknowledged. Acknowledgment is a prefix of the stream, so every part after it was never
+/// received either, and every part before it may have been.
+fn first_never_received(parts: &[Part<'_>], r: Received) -> usize {
+    let Some(acked) = r.acked else { return parts.len() };
+    let begins = |k: usize| if k == 0 { 0 } else { parts[k - 1].end };
+    (r.at..parts.len())
+        .find(|&k| !(k == r.at && r.begun) && acked <= r.base + (begins(k) - r.start) as u64)
+        .unwrap_or(parts.len())
+}
+
+/// The response just read (the last in `out`, to request `id`) had no body, and bytes that are
+/// not a response followed it: the shadow sent a body there. It fails as a bad response;
+/// returns that error, for the parts behind it.
+fn blame_body(out: &mut [Result<Exchange, ReplayError>], id: u64, target: &ShadowTarget) -> ReplayError {
+    let status = match out.last() {
+        Some(Ok(x)) => x.status,
+        _ => 0,
+    };
+    let e = ReplayError::BodyWithoutBody { id, target: target.to_string(), status };
+    if let Some(last) = out.last_mut() {
+        *last = Err(e.again(id));
     }
-    let e = ReplayError::Closed { id: parts[next].id, target: target.to_string() };
-    fail_rest(out, parts, e);
-    None
+    e
 }
 
 /// Settle every part not settled yet: the first with `e`, the others with the same failure.
@@ -249,11 +307,78 @@ impl ReplayError {
             Self::Closed { target, .. } => Self::Closed { id, target: target.clone() },
             Self::BadResponse { target, what, .. } => Self::BadResponse { id, target: target.clone(), what: *what },
             Self::TooManyInterim { target, .. } => Self::TooManyInterim { id, target: target.clone() },
+            Self::BodyWithoutBody { target, status, .. } => {
+                Self::BodyWithoutBody { id, target: target.clone(), status: *status }
+            }
             Self::Timeout { target, timeout, .. } => Self::Timeout { id, target: target.clone(), timeout: *timeout },
             Self::ResponseTooLarge { target, cap, .. } => {
                 Self::ResponseTooLarge { id, target: target.clone(), cap: *cap }
             }
             Self::InvalidCapture { what, .. } => Self::InvalidCapture { id, what },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three parts of 10, 20 and 30 bytes: they begin at 0, 10 and 30 of the buffer.
+    fn parts() -> Vec<Part<'static>> {
+        [10, 30, 60]
+            .into_iter()
+            .enumerate()
+            .map(|(i, end)| Part { id: i as u64 + 1, method: b"GET", end, idempotent: true, keep_alive: true })
+            .collect()
+    }
+
+    fn at(at: usize, begun: bool, acked: Option<u64>) -> usize {
+        first_never_received(&parts(), Received { at, begun, acked, base: 0, start: 0 })
+    }
+
+    #[test]
+    fn a_part_goes_again_only_past_what_the_shadow_acknowledged() {
+        // Nothing acknowledged: every part from the first unsettled one was never received.
+        assert_eq!(at(0, false, Some(0)), 0);
+        // One byte of the first part acknowledged: the shadow may have it; the second not.
+        assert_eq!(at(0, false, Some(1)), 1);
+        // Exactly the first part acknowledged: the second begins where the ack ends.
+        assert_eq!(at(0, false, Some(10)), 1);
+        assert_eq!(at(0, false, Some(11)), 2);
+        assert_eq!(at(0, false, Some(30)), 2);
+        assert_eq!(at(0, false, Some(31)), 3);
+        assert_eq!(at(0, false, Some(60)), 3, "all of it acknowledged: nothing goes again");
+        // From a later part on.
+        assert_eq!(at(1, false, Some(10)), 1);
+        assert_eq!(at(2, false, Some(10)), 2);
+    }
+
+    #[test]
+    fn a_part_whose_response_had_begun_never_goes_again() {
+        // Its response began: the shadow had it, whatever the count says.
+        assert_eq!(at(0, true, Some(0)), 1);
+        assert_eq!(at(1, true, Some(10)), 2);
+        // Only the part at the failure had its response begun.
+        assert_eq!(at(1, true, Some(0)), 2);
+    }
+
+    #[test]
+    fn unknown_acknowledgment_means_everything_was_received() {
+        assert_eq!(at(0, false, None), 3);
+        assert_eq!(at(2, false, None), 3);
+    }
+
+    #[test]
+    fn offsets_count_from_the_turns_write_on_the_connection() {
+        let p = parts();
+        // The connection carried 100 bytes before this turn, which wrote from the second part (10)
+        // on: the second part is bytes 100..120 of the connection, the third 120..150.
+        let r = |acked| {
+            first_never_received(&p, Received { at: 1, begun: false, acked: Some(acked), base: 100, start: 10 })
+        };
+        assert_eq!(r(100), 1);
+        assert_eq!(r(101), 2);
+        assert_eq!(r(120), 2);
+        assert_eq!(r(121), 3);
     }
 }

@@ -316,6 +316,9 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
             () = &mut stop => break,
         }
         ingest(&mut batch, &mut bad, &mut summary, &mut extractor, &mut events, &engine);
+        // Requests begun and not yet handed over are captured and in flight: keep the ledger's
+        // figure fresh, so that the next batch's admissions take over what they should.
+        publisher.sync_ledger(&metrics, extractor.stats());
     }
     // The control socket closes first: nothing changes the daemon while it stops.
     drop(calls_rx);

@@ -51,7 +51,7 @@ fn demo() -> Result<bool, String> {
     let bins = bin_dir();
     let daemon_bin = bins.join("shadow-daemon");
     let server_bin = bins.join("shadow-testserver");
-    for b in [&daemon_bin, &server_bin, &bins.join("shadow-demo-service"), &bins.join("shadowctl")] {
+    for b in [&daemon_bin, &server_bin, &bins.join("shadowctl")] {
         if !b.exists() {
             return Err(format!("{} is not built (cargo xtask demo builds it)", b.display()));
         }

@@ -6,7 +6,7 @@ mod conformance;
 mod evidence;
 mod framing;
 mod limits;
-mod proptests;
+mod random_streams;
 mod responses;
 mod stream_edges;
 mod streams;

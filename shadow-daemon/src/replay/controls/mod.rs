@@ -173,7 +173,7 @@ impl ReplayControls {
 }
 
 #[cfg(test)]
-mod tests_mutants;
+mod tests_edges;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use std::{
 
 use shadow_tests::{
     Proc, Scratch, bin_dir,
+    nginx::Nginx,
     topo::{NetNs, TwoHosts},
     wait_for,
 };
@@ -36,20 +37,11 @@ pub fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc 
         ),
         None => (String::new(), String::new()),
     };
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen {port};\n    root {d}/www;\n    client_max_body_size 1m;\n    client_body_buffer_size 128k;\n\
-             location / {{ {mirror} }}\n    location = /upload {{ {mirror} return 200 \"ok\\n\"; }}\n    {mirror_location}\n  }}\n}}\n"
+    let server = format!(
+        "root {d}/www;\n    client_max_body_size 1m;\n    client_body_buffer_size 128k;\n\
+         location / {{ {mirror} }}\n    location = /upload {{ {mirror} return 200 \"ok\\n\"; }}\n    {mirror_location}"
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("nginx.conf");
-    let p = Proc::spawn(
-        "nginx",
-        ns.command("nginx").args(["-c", path.to_str().expect("utf-8")]).stdout(Stdio::null()).stderr(Stdio::null()),
-    );
-    wait_for(&format!("nginx on {port}"), Duration::from_secs(10), || ns.listening(port));
-    p
+    Nginx { port, ipv6: false, worker_connections: 1024, quiet: true, server }.start(ns, dir)
 }
 
 /// What one load run measured at the client.

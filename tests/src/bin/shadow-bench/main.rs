@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         let stages = vec![
             micro::extraction(quick),
             micro::replay(quick, 1),
-            micro::replay(quick, shadow_daemon::replay::pipeline::DEFAULT_PIPELINE),
+            micro::replay(quick, shadow_daemon::replay::pipeline::OPT_IN_PIPELINE),
             micro::comparison(quick, false),
             micro::comparison(quick, true),
             micro::metrics_bookkeeping(quick),

@@ -1,5 +1,5 @@
-//! Boundaries the mutation run found unpinned: sequence-number comparison at equality, at the
-//! half-space and across the wrap.
+//! Sequence-number comparison at its boundaries: at equality, at the half-space and across the
+//! wrap.
 
 use super::*;
 

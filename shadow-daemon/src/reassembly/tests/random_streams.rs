@@ -166,7 +166,7 @@ fn deliver(plan: &Plan, port: u16, with_holes: bool) -> Delivery {
         // With losses, no reordering: a request whose first segment reaches the kernel after a
         // later one of it, and which then also loses bytes (in the ring buffer), leaves that
         // later segment looking like a request start to resynchronise on. That double fault is
-        // the documented limit of joining streams without framing (README, "What is
+        // the documented limit of joining streams without framing (docs/operations.md, "What is
         // replayed"); reordering alone is covered exactly by the test without holes.
         let delay = if with_holes { 0 } else { plan.delays[k % plan.delays.len()] };
         let key = if k == 0 { 0 } else { (k + delay) * 2 + 1 };
@@ -222,7 +222,7 @@ fn config() -> ProptestConfig {
         cases: 96,
         // Failing cases are kept next to this file (run from the crate root, as cargo test does).
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "src/reassembly/tests/proptests.regressions",
+            "src/reassembly/tests/random_streams.regressions",
         ))),
         ..ProptestConfig::default()
     }
