@@ -290,6 +290,17 @@ impl Scrape {
     }
 }
 
+/// Every connection the daemon opened reached the fake: one per failed attempt, and one more per
+/// request sent again because the shadow provably never received it (a close or reset before
+/// its bytes were acknowledged), which then failed there.
+fn every_connection_accepted(s: &Scrape, attempts: u64, shadow: &Server) {
+    let opened = s.get("shadow_replay_connections_opened_total") as u64;
+    let retries = s.get("shadow_replay_retries_total") as u64;
+    assert_eq!(opened, attempts + retries, "{attempts} attempts, {retries} sent again");
+    assert!(retries <= attempts, "at most once more each: {retries} of {attempts}");
+    wait_for("the fake to accept every connection", SETTLE, || shadow.accepted() as u64 == opened);
+}
+
 #[test]
 fn shadow_down_is_backed_off_and_costs_few_attempts() {
     if !require_kernel("shadow_down_is_backed_off") {
@@ -364,7 +375,7 @@ fn shadow_that_never_reads_times_out_and_is_backed_off() {
     let s = f.settled(REQUESTS);
     let attempts = f.backed_off(&s, REQUESTS, "shadow_error");
     assert_eq!(s.target("shadow_target_failures_total", Some("timeout")), attempts, "all timed out");
-    wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
+    every_connection_accepted(&s, attempts, &shadow);
     f.stop();
 }
 
@@ -385,7 +396,7 @@ fn resetting_shadow_is_backed_off() {
         + s.target("shadow_target_failures_total", Some("closed"));
     assert_eq!(seen, attempts, "{:?}", s.failure_lines());
     assert!(s.target("shadow_target_failures_total", Some("reset")) > 0);
-    wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
+    every_connection_accepted(&s, attempts, &shadow);
     f.stop();
 }
 
@@ -444,7 +455,7 @@ fn shadow_closing_every_connection_is_backed_off() {
     let seen = s.target("shadow_target_failures_total", Some("closed"))
         + s.target("shadow_target_failures_total", Some("reset"));
     assert_eq!(seen, attempts, "{:?}", s.failure_lines());
-    wait_for("the fake to accept every attempt", SETTLE, || shadow.accepted() as u64 == attempts);
+    every_connection_accepted(&s, attempts, &shadow);
     f.stop();
 }
 

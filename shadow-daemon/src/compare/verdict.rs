@@ -242,7 +242,8 @@ pub(crate) enum LatencyDecision {
     Undecided(Undecided),
 }
 
-/// One latency gate on its interval: limit `ratio`, floor `tolerance_ms`. With a learned
+/// One latency gate on its interval: limit `ratio`, floor `tolerance_ms`; `confirm`: PASS only on
+/// an interval wholly within (else a gate that has not failed holds). With a learned
 /// primary/secondary interval `[n_lo, n_hi]`, the limit is widened to `ratio * max(1, n_hi)` for
 /// a FAIL and `ratio * max(1, n_lo)` for a PASS: the shadow is held to what the same version shows
 /// on the same path, each decision taking the end of the noise interval that makes it harder.
@@ -253,6 +254,7 @@ pub(crate) fn latency_gate(
     point: Option<f64>,
     ratio: f64,
     tolerance_ms: f64,
+    confirm: bool,
 ) -> LatencyDecision {
     let widened_by = i.noise.map(|[lo, hi]| [lo.max(1.0), hi.max(1.0)]);
     let [pass_by, fail_by] = widened_by.unwrap_or([1.0, 1.0]);
@@ -283,7 +285,7 @@ pub(crate) fn latency_gate(
             tolerance_ms: Some(tolerance_ms),
         });
     }
-    if s_hi <= (p_lo * ratio * pass_by).max(p_lo + tolerance_ms) + EPSILON {
+    if !confirm || s_hi <= (p_lo * ratio * pass_by).max(p_lo + tolerance_ms) + EPSILON {
         return LatencyDecision::Pass;
     }
     LatencyDecision::Undecided(undecided(UndecidedReason::IntervalTooWide, Some(interval)))
@@ -308,14 +310,14 @@ pub fn evaluate(m: &EndpointSummary, g: &Gates) -> EndpointVerdict {
     let l = &m.latency;
     let mut undecided = Vec::new();
     let latency = [
-        (Gate::P50Ratio, &l.p50_interval, l.p50_ratio, g.max_p50_ratio, g.p50_tolerance_ms),
-        (Gate::P99Ratio, &l.p99_interval, l.p99_ratio, g.max_p99_ratio, g.p99_tolerance_ms),
+        (Gate::P50Ratio, &l.p50_interval, l.p50_ratio, g.max_p50_ratio, g.p50_tolerance_ms, true),
+        (Gate::P99Ratio, &l.p99_interval, l.p99_ratio, g.max_p99_ratio, g.p99_tolerance_ms, g.p99_confirm),
     ];
-    for (gate, interval, point, ratio, tolerance) in latency {
+    for (gate, interval, point, ratio, tolerance, confirm) in latency {
         // A summary without intervals (an overall row, or one read back from an older report)
         // has nothing for these gates to decide on.
         let Some(i) = interval else { continue };
-        match latency_gate(gate, i, point, ratio, tolerance) {
+        match latency_gate(gate, i, point, ratio, tolerance, confirm) {
             LatencyDecision::Pass => {}
             LatencyDecision::Fail(f) => failed.push(f),
             LatencyDecision::Undecided(u) => undecided.push(u),
@@ -385,8 +387,27 @@ mod tests {
         }
     }
 
+    /// The three-way decision (`p99_confirm`, and always the p50's).
     fn decide(i: &QuantileInterval, ratio: f64, tolerance_ms: f64) -> LatencyDecision {
-        latency_gate(Gate::P99Ratio, i, Some(1.0), ratio, tolerance_ms)
+        latency_gate(Gate::P99Ratio, i, Some(1.0), ratio, tolerance_ms, true)
+    }
+
+    /// Without confirming (the p99's default), a gate that has not failed holds once its
+    /// samples are enough: the same FAILs, no INSUFFICIENT for a wide interval, and still
+    /// undecided with too few samples.
+    #[test]
+    fn unconfirmed_gate_fails_the_same_and_otherwise_holds() {
+        let unconfirmed = |i: &QuantileInterval| latency_gate(Gate::P99Ratio, i, Some(1.0), 1.2, 1.0, false);
+        let wide = iv(500, (1.0, 1.1), (1.5, 9.0));
+        assert_eq!(undecided(decide(&wide, 1.2, 1.0)).reason, UndecidedReason::IntervalTooWide);
+        assert_eq!(unconfirmed(&wide), LatencyDecision::Pass);
+        for (s, fails) in [((2.1, 3.0), false), ((2.101, 3.0), true)] {
+            let i = iv(500, (1.0, 1.1), s);
+            assert_eq!(is_fail(&unconfirmed(&i)), fails, "{s:?}");
+            assert_eq!(unconfirmed(&i) == decide(&i, 1.2, 1.0), fails, "{s:?}: a FAIL is the same FAIL");
+        }
+        let few = iv(436, (1.0, 1.0), (1.0, 1.0));
+        assert_eq!(undecided(unconfirmed(&few)).reason, UndecidedReason::TooFewSamples, "never PASS on too few");
     }
 
     fn is_fail(d: &LatencyDecision) -> bool {
@@ -426,8 +447,8 @@ mod tests {
         assert_eq!(gates_failed(&m), [Gate::Shadow5xx]);
 
         let mut m = healthy();
-        m.latency.p99_interval = Some(iv(1000, (9.8, 10.2), (13.0, 14.0)));
-        assert_eq!(gates_failed(&m), [Gate::P99Ratio], "13 ms > 10.2 * 1.2 and > 10.2 + 1");
+        m.latency.p99_interval = Some(iv(1000, (9.8, 10.2), (15.3, 16.0)));
+        assert_eq!(gates_failed(&m), [Gate::P99Ratio], "15.3 ms > 10.2 * 1.2 and > 10.2 + 5");
         let mut m = healthy();
         m.latency.p50_interval = Some(iv(1000, (4.9, 5.1), (6.2, 7.0)));
         assert_eq!(gates_failed(&m), [Gate::P50Ratio], "6.2 ms > 5.1 * 1.2 and > 5.1 + 0.25");
@@ -573,6 +594,11 @@ mod tests {
     #[test]
     fn undecided_latency_is_insufficient() {
         let mut m = healthy();
+        // The p99 spanning its limit: PASS unless the p99 must be confirmed.
+        m.latency.p99_interval = Some(iv(1000, (9.8, 10.2), (9.0, 20.0)));
+        assert_eq!(evaluate(&m, &Gates::default()), EndpointVerdict::Pass);
+        let confirm = Gates { p99_confirm: true, ..Gates::default() };
+        assert_eq!(evaluate(&m, &confirm).reason(), "p99_ratio [0.88, 2.04] spans 1.20 (+5.00 ms)");
         m.latency.p99_interval = Some(iv(300, (9.8, 10.2), (9.8, 10.2)));
         let v = evaluate(&m, &Gates::default());
         let EndpointVerdict::Insufficient { samples, needed, failing_so_far, undecided } = &v else { panic!("{v:?}") };
@@ -633,7 +659,7 @@ mod tests {
                     observed: Some(2.1),
                     limit: 1.2,
                     interval: Some([20.0 / 10.2, 22.0 / 9.8]),
-                    tolerance_ms: Some(1.0),
+                    tolerance_ms: Some(5.0),
                 },
             ]
         );
