@@ -28,7 +28,7 @@ use crate::{
         server::{Call, ControlError, ControlServer, ControlStats},
     },
     http::DropReason,
-    hub::{CompareHub, control_report},
+    hub::{CompareHub, control_report, control_reset},
     metrics::{Metrics, MetricsError, MetricsServer, ops::Operations as OpsSnapshot},
     operate::{Facts, Operations, RuleRuntime},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
@@ -211,6 +211,7 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
     // Comparison: one hub for the daemon, when a rule compares.
     let mut hub = compare_hub(&cfg, &metrics)?;
     if let Some(h) = &hub {
+        h.open(None);
         engine.set_compare(h);
     }
     log_rules(ops.rules());
@@ -293,6 +294,10 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
                     }
                     Command::Report | Command::Diffs { .. } => control_report(hub.as_deref(), &call.command)
                         .unwrap_or_else(|| Response::error(ErrorKind::Internal, "report")),
+                    Command::Reset { rule } => {
+                        let names: Vec<&str> = ops.rules().iter().map(|r| r.name.as_str()).collect();
+                        control_reset(hub.as_deref(), rule.as_deref(), &names)
+                    }
                     other => ops.handle(other, &mut capture, &metrics),
                 };
                 let _ = call.reply.send(response);
@@ -526,11 +531,17 @@ impl Reload<'_> {
         let spec = |c: &DaemonConfig| -> Vec<(String, Option<crate::compare::CompareSettings>)> {
             c.rules.iter().map(|r| (r.name.clone(), r.compare.clone())).collect()
         };
-        let new_hub = if spec(&new) == spec(self.cfg) {
-            self.hub.clone()
-        } else {
-            compare_hub(&new, self.metrics).map_err(|e| e.to_string())?
-        };
+        let kept = spec(&new) == spec(self.cfg);
+        let new_hub =
+            if kept { self.hub.clone() } else { compare_hub(&new, self.metrics).map_err(|e| e.to_string())? };
+        // Rules whose shadow target changes: their comparison starts a new epoch.
+        let target = |r: &crate::config::Rule| r.shadow.as_ref().map(ToString::to_string);
+        let retargeted: Vec<String> = new
+            .rules
+            .iter()
+            .filter(|r| self.cfg.rules.iter().any(|o| o.name == r.name && target(o) != target(r)))
+            .map(|r| r.name.clone())
+            .collect();
         if let Some(h) = &new_hub {
             new_engine.set_compare(h);
         }
@@ -543,6 +554,18 @@ impl Reload<'_> {
         }
         *self.file_rules = new_file;
         let old = std::mem::replace(self.engine, new_engine);
+        match (&*self.hub, &new_hub) {
+            (Some(h), Some(_)) if kept => {
+                for (i, _) in new.rules.iter().enumerate().filter(|(_, r)| retargeted.contains(&r.name)) {
+                    // What the old target still answers is no pair of the new epoch.
+                    old.retire_compare(i);
+                    h.start_epoch(i, crate::compare::EpochReason::Target);
+                }
+            }
+            (before, Some(h)) => h.open(before.as_deref().map(|b| (b, retargeted.as_slice()))),
+            (Some(before), None) => before.close(),
+            (None, None) => {}
+        }
         tokio::spawn(async move { old.shutdown(RELOAD_GRACE).await });
         if !matches!((&*self.hub, &new_hub), (Some(a), Some(b)) if Arc::ptr_eq(a, b)) {
             tracing::info!("reload changed the rules' names or comparison settings: the comparison starts anew");
