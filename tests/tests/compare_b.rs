@@ -156,9 +156,7 @@ fn a_reset_starts_the_rules_next_epoch_from_zero() {
     let line = format!("shadow_compare_epochs_total{{rule=\"{RULE}\",reason=\"reset\"}} 1");
     assert!(scrape.lines().any(|l| l == line), "{line} missing");
     let start = format!("shadow_compare_epoch_start_seconds{{rule=\"{RULE}\"}} ");
-    let at: f64 = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(&start)?.parse().ok())
-        .unwrap_or_else(|| panic!("{start} missing"));
+    let at: f64 =
+        scrape.lines().find_map(|l| l.strip_prefix(&start)?.parse().ok()).unwrap_or_else(|| panic!("{start} missing"));
     assert!((at * 1000.0 - epoch.started_unix_ms as f64).abs() < 1.0, "{at} against {}", epoch.started_unix_ms);
 }
