@@ -504,6 +504,16 @@ impl Interfaces {
     }
 }
 
+/// Names of the rules of `new` that `old` has under the same name with another shadow target
+/// (or none, or one where it had none): their comparison starts a new epoch.
+fn retargeted(old: &[crate::config::Rule], new: &[crate::config::Rule]) -> Vec<String> {
+    let target = |r: &crate::config::Rule| r.shadow.as_ref().map(ToString::to_string);
+    new.iter()
+        .filter(|r| old.iter().any(|o| o.name == r.name && target(o) != target(r)))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 /// A reload (SIGHUP or `shadowctl reload`): read the config file again, validate everything,
 /// then apply the rules to the kernel, the replay lanes and the interfaces. Flow state is kept;
 /// replays queued under the old rules finish (up to [`RELOAD_GRACE`]). Refused as a whole, with
@@ -534,14 +544,7 @@ impl Reload<'_> {
         let kept = spec(&new) == spec(self.cfg);
         let new_hub =
             if kept { self.hub.clone() } else { compare_hub(&new, self.metrics).map_err(|e| e.to_string())? };
-        // Rules whose shadow target changes: their comparison starts a new epoch.
-        let target = |r: &crate::config::Rule| r.shadow.as_ref().map(ToString::to_string);
-        let retargeted: Vec<String> = new
-            .rules
-            .iter()
-            .filter(|r| self.cfg.rules.iter().any(|o| o.name == r.name && target(o) != target(r)))
-            .map(|r| r.name.clone())
-            .collect();
+        let retargeted = retargeted(&self.cfg.rules, &new.rules);
         if let Some(h) = &new_hub {
             new_engine.set_compare(h);
         }
@@ -581,5 +584,28 @@ impl Reload<'_> {
         *self.cfg = new;
         self.cfg.source = source;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Rule, replay::controls::ShadowTarget};
+
+    fn rule(name: &str, port: u16) -> Rule {
+        let mut r = Rule::new(vec![80], Some(ShadowTarget { host: "10.0.0.9".into(), port }), Default::default());
+        r.name = name.into();
+        r
+    }
+
+    #[test]
+    fn a_rule_keeping_its_name_with_another_shadow_is_retargeted() {
+        let old = [rule("api", 8080), rule("web", 8081), rule("gone", 8082)];
+        let mut capture_only = rule("web", 0);
+        capture_only.shadow = None;
+        let new = [rule("web", 8081), rule("api", 9090), rule("added", 1)];
+        assert_eq!(retargeted(&old, &new), ["api"], "moved rules are matched by name, new ones are not retargeted");
+        assert_eq!(retargeted(&old, &[capture_only]), ["web"]);
+        assert!(retargeted(&old, &old).is_empty());
     }
 }
