@@ -957,6 +957,11 @@ mod tests {
         let at = metric(&h, r#"shadow_compare_epoch_start_seconds{rule="api"}"#);
         assert!((at - started.epoch.started_unix_ms as f64 / 1000.0).abs() < 1e-3, "{at}");
         assert!(h.report().render_text().contains("epoch 2 since "), "{}", h.report().render_text());
+        let page = h.report().rules[0].report.render_html();
+        assert!(
+            page.contains(r#"<p id="epoch" data-epoch="2" data-reason="target">Figures of epoch 2 since "#),
+            "{page}"
+        );
     }
 
     #[test]
