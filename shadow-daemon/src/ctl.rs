@@ -14,7 +14,7 @@ use crate::{
         Command, ErrorKind, Response, RuleStatus, Status,
         client::{self, ClientError},
     },
-    hub::{DaemonReport, RuleDiff},
+    hub::{DaemonReport, RuleDiff, RuleEpoch},
 };
 
 pub const EXIT_OK: u8 = 0;
@@ -79,6 +79,12 @@ pub enum Cmd {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Start a new comparison epoch (drop everything compared so far), of one rule or of every
+    /// comparing rule: for a new shadow build the daemon cannot tell by itself.
+    Reset {
+        #[arg(long)]
+        rule: Option<String>,
+    },
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -99,6 +105,7 @@ impl Cmd {
             Self::Reload => Command::Reload,
             Self::Report { .. } => Command::Report,
             Self::Diffs { endpoint } => Command::Diffs { endpoint: endpoint.clone() },
+            Self::Reset { rule } => Command::Reset { rule: rule.clone() },
         }
     }
 }
@@ -232,6 +239,11 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
             Ok(d) => d.iter().map(|x| format!("rule {}:\n{}\n", x.rule, x.sample.render())).collect(),
             Err(_) => pretty(&data),
         },
+        Cmd::Reset { .. } => match serde_json::from_value::<Vec<RuleEpoch>>(data.clone()) {
+            Ok(e) if e.is_empty() => "no rule compares: nothing to reset\n".to_owned(),
+            Ok(e) => e.iter().map(|x| format!("rule {}: {}\n", x.rule, x.epoch.describe())).collect(),
+            Err(_) => pretty(&data),
+        },
     };
     (EXIT_OK, text)
 }
@@ -352,6 +364,37 @@ mod tests {
         assert_eq!(render(&Cmd::Status, false, r(ErrorKind::Refused)).0, EXIT_NOT_PERMITTED);
         let (code, text) = render(&Cmd::Reload, false, r(ErrorKind::Rejected));
         assert_eq!((code, text.as_str()), (EXIT_FAILED, "reload: why"));
+    }
+
+    #[test]
+    fn reset_takes_an_optional_rule_and_says_each_new_epoch() {
+        let c = cli(&["reset", "--rule", "demo"]).expect("parse");
+        assert_eq!(c.command.to_command(), Command::Reset { rule: Some("demo".into()) });
+        assert_eq!(cli(&["reset"]).expect("parse").command.to_command(), Command::Reset { rule: None });
+        assert!(cli(&["reset", "demo"]).is_err(), "the rule is named with --rule");
+        assert!(cli(&["reset", "--rule"]).is_err());
+
+        let epoch = crate::compare::EpochInfo {
+            number: 2,
+            started_unix_ms: 1_796_409_000_250,
+            reason: crate::compare::EpochReason::Reset,
+            version: None,
+            previous_version: None,
+            dropped_in_flight: 0,
+            version_missing: 0,
+        };
+        let answer = |v| Response::ok(serde_json::to_value(v).expect("encode"));
+        let cmd = Cmd::Reset { rule: Some("demo".into()) };
+        let (code, text) = render(&cmd, false, answer(vec![RuleEpoch { rule: "demo".into(), epoch: epoch.clone() }]));
+        assert_eq!((code, text.as_str()), (EXIT_OK, "rule demo: epoch 2 since 2026-12-04T18:30:00.250Z (reset)\n"));
+        let (code, text) = render(&Cmd::Reset { rule: None }, false, answer(Vec::<RuleEpoch>::new()));
+        assert_eq!((code, text.as_str()), (EXIT_OK, "no rule compares: nothing to reset\n"));
+        let (code, text) =
+            render(&cmd, false, Response::error(ErrorKind::NoSuchRule, "no rule named 'demo' (rules: api)"));
+        assert_eq!((code, text.as_str()), (EXIT_USAGE, "reset: no rule named 'demo' (rules: api)"));
+        let (_, json) = render(&cmd, true, answer(vec![RuleEpoch { rule: "demo".into(), epoch }]));
+        let back: Vec<RuleEpoch> = serde_json::from_str(&json).expect("--json is the answer");
+        assert_eq!(back[0].epoch.reason, crate::compare::EpochReason::Reset);
     }
 
     #[test]

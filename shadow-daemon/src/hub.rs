@@ -7,14 +7,24 @@
 //! as `not_replayed`. Everything that leaves without being compared is counted by reason
 //! (`shadow_compare_unpaired_total`, `shadow_compare_primary_uncompared_total`).
 //!
+//! Each rule's comparison has an epoch (`compare::EpochInfo`): a new one starts when the rule's
+//! shadow target changes, on `shadowctl reset`, or when the shadow answers with another build
+//! (its `version_header`). A shadow request is stamped with its rule's epoch when it goes out; a
+//! pair whose stamp is not the current epoch is dropped and counted
+//! (`shadow_compare_unpaired_total{reason="epoch"}`), never compared into the new epoch.
+//!
 //! Locks: the table under one mutex (held for a lookup), each rule's comparator under its own
-//! (held while a pair is compared), so capture never waits for a comparison of another rule
-//! and never for JSON parsing while it hands over a primary response.
+//! (held while a pair is compared and counted, so an epoch start sits between two pairs' series
+//! updates), so capture never waits for a comparison of another rule and never for JSON parsing
+//! while it hands over a primary response.
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -22,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compare::{
-        Comparator, CompareError, CompareSettings, MismatchSample, Outcome, Report, ResponseSample, ShadowFailure,
-        UnpairedReason, Verdict,
+        Comparator, CompareError, CompareSettings, EpochInfo, EpochReason, MismatchSample, Outcome, Report,
+        ResponseSample, ShadowFailure, UnpairedReason, Verdict, VersionSeen,
         pairs::{PairEvent, PairLimits, PairTable, ShadowHalf},
     },
     control::{Command, ErrorKind, Response},
@@ -39,6 +49,16 @@ const EXPECTED_CAP: usize = 65_536;
 /// `shadow_compare_primary_uncompared_total` reasons.
 pub const NOT_REPLAYED: &str = "not_replayed";
 pub const SHADOW_MISSING: &str = "shadow_missing";
+/// `shadow_compare_unpaired_total` (and `shadow_compare_secondary_total`) reason of a pair whose
+/// shadow request went out in an earlier epoch of its rule.
+pub const EPOCH: &str = "epoch";
+
+/// Unix time in milliseconds (an epoch's start).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -67,6 +87,8 @@ struct RuleCompare {
     name: String,
     keep: KeepSpec,
     comparator: Mutex<Comparator>,
+    /// The comparator's epoch number, read without its lock to stamp a shadow request.
+    epoch: AtomicU64,
 }
 
 /// The pair table and what it has counted so far (for the metrics' deltas).
@@ -136,6 +158,13 @@ impl DaemonReport {
     }
 }
 
+/// `shadowctl reset`'s answer: the epoch each reset rule starts now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleEpoch {
+    pub rule: String,
+    pub epoch: EpochInfo,
+}
+
 /// A mismatch sample with its rule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RuleDiff {
@@ -153,7 +182,9 @@ pub struct CompareHub {
     /// `Outcome::as_str` of every outcome: exported at zero from an endpoint's first pair.
     outcome_labels: [&'static str; Outcome::ALL.len()],
     table: Mutex<Table>,
-    epoch: Instant,
+    clock: Instant,
+    /// A reload replaced this hub: what still comes to it is counted as `epoch` and dropped.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for CompareHub {
@@ -164,7 +195,8 @@ impl std::fmt::Debug for CompareHub {
 
 impl CompareHub {
     /// One comparator per rule with settings (`(name, settings)`, indexed like the config's
-    /// rules); `None` when no rule compares: then nothing is kept or paired anywhere.
+    /// rules); `None` when no rule compares: then nothing is kept or paired anywhere. Every
+    /// rule is in its first epoch; [`open`](Self::open) dates it and exports it.
     pub fn new(
         rules: &[(String, Option<&CompareSettings>)],
         limits: PairLimits,
@@ -184,14 +216,15 @@ impl CompareHub {
                 }
             }
             let keep = KeepSpec { max_body: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX), headers };
-            slots.push(Some(RuleCompare { name: name.clone(), keep, comparator: Mutex::new(Comparator::new(s)?) }));
+            let comparator = Mutex::new(Comparator::new(s)?);
+            slots.push(Some(RuleCompare { name: name.clone(), keep, comparator, epoch: AtomicU64::new(1) }));
         }
         let keep_body = slots.iter().flatten().map(|r| r.keep.max_body).max();
         let Some(keep_body) = keep_body else {
             return Ok(None);
         };
-        for r in UnpairedReason::ALL {
-            metrics.record_unpaired(r.as_str(), 0);
+        for r in UnpairedReason::ALL.map(UnpairedReason::as_str).into_iter().chain([EPOCH]) {
+            metrics.record_unpaired(r, 0);
         }
         for r in [NOT_REPLAYED, SHADOW_MISSING] {
             metrics.record_uncompared(r, 0);
@@ -212,8 +245,86 @@ impl CompareHub {
                 not_replayed: 0,
                 events: Vec::new(),
             }),
-            epoch: Instant::now(),
+            clock: Instant::now(),
+            retired: AtomicBool::new(false),
         })))
+    }
+
+    /// The hub goes into service: every rule's epoch starts now and is exported. `before`: the
+    /// hub it replaces (a reload that changed the rules' names or comparison settings) and the
+    /// names of the rules whose shadow target changed; a rule the old hub had goes on counting
+    /// epochs (reason `target`, or else `reload`), one it no longer has leaves the metrics, and
+    /// the old hub is retired. Without it, every rule's first epoch starts (`start`).
+    pub fn open(&self, before: Option<(&CompareHub, &[String])>) {
+        if let Some((old, _)) = before {
+            old.retire();
+            for r in old.rules.iter().flatten().filter(|r| !self.rules.iter().flatten().any(|n| n.name == r.name)) {
+                self.metrics.forget_compare_rule(&r.name, &EpochReason::ALL.map(EpochReason::as_str));
+            }
+        }
+        let now = unix_ms();
+        for r in self.rules.iter().flatten() {
+            let previous = before.and_then(|(old, changed)| {
+                let n = old.rules.iter().flatten().find(|o| o.name == r.name)?.epoch.load(Ordering::Relaxed);
+                Some((n, if changed.contains(&r.name) { EpochReason::Target } else { EpochReason::Reload }))
+            });
+            let (number, reason) = previous.map_or((1, EpochReason::Start), |(n, why)| (n + 1, why));
+            let mut c = lock(&r.comparator);
+            c.start_epoch(number, reason, now);
+            announce(&self.metrics, r, &c);
+        }
+    }
+
+    /// The current epoch of rule `rule`'s comparison (0: it does not compare): the stamp of a
+    /// shadow request going out now.
+    pub fn epoch_of(&self, rule: usize) -> u64 {
+        self.rules.get(rule).and_then(Option::as_ref).map_or(0, |r| r.epoch.load(Ordering::Relaxed))
+    }
+
+    /// Start a new epoch of rule `rule` (`target`: its shadow target changed; `reset`).
+    pub fn start_epoch(&self, rule: usize, reason: EpochReason) -> Option<RuleEpoch> {
+        let r = self.rules.get(rule).and_then(Option::as_ref)?;
+        let mut c = lock(&r.comparator);
+        let number = c.epoch().number + 1;
+        c.start_epoch(number, reason, unix_ms());
+        announce(&self.metrics, r, &c);
+        tracing::info!("rule {}: comparison {}", r.name, c.epoch().describe());
+        Some(RuleEpoch { rule: r.name.clone(), epoch: c.epoch().clone() })
+    }
+
+    /// `shadowctl reset [--rule NAME]`: a new epoch (reason `reset`) of the named comparing rule,
+    /// or of every one. Nothing is reset when the name is not a comparing rule's.
+    pub fn reset(&self, rule: Option<&str>) -> Result<Vec<RuleEpoch>, String> {
+        let chosen: Vec<usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| rule.is_none_or(|n| n == r.name)))
+            .map(|(i, _)| i)
+            .collect();
+        if let (Some(name), true) = (rule, chosen.is_empty()) {
+            return Err(format!("rule '{name}' does not compare"));
+        }
+        Ok(chosen.into_iter().filter_map(|i| self.start_epoch(i, EpochReason::Reset)).collect())
+    }
+
+    /// A reload left no rule comparing: the hub is retired and its rules leave the metrics.
+    pub fn close(&self) {
+        self.retire();
+        for r in self.rules.iter().flatten() {
+            self.metrics.forget_compare_rule(&r.name, &EpochReason::ALL.map(EpochReason::as_str));
+        }
+    }
+
+    /// A reload replaced this hub: from now on nothing comes to its comparisons, what waits
+    /// leaves counted as `epoch`, and so does whatever the old replay lanes still hand in.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.drain();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Body bytes extraction must keep of each primary response: the largest rule cap.
@@ -227,7 +338,7 @@ impl CompareHub {
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Request `id` was queued to a comparing lane: its shadow half will come, so its primary
@@ -249,15 +360,20 @@ impl CompareHub {
         }
     }
 
-    /// The secondary's answer to request `id`: with the primary's, what differs between two
-    /// instances of the current version is learned as noise for the endpoint.
-    pub fn secondary(&self, id: u64, rule: usize, endpoint: &str, half: ShadowHalf) {
+    /// The secondary's answer to request `id`, sent in epoch `epoch` of its rule: with the
+    /// primary's, what differs between two instances of the current version is learned as noise
+    /// for the endpoint.
+    pub fn secondary(&self, id: u64, rule: usize, epoch: u64, endpoint: &str, half: ShadowHalf) {
         if self.keep(rule).is_none() {
+            return;
+        }
+        if self.is_retired() {
+            self.metrics.record_secondary(EPOCH, 1);
             return;
         }
         let now = self.now_ns();
         let mut events = Vec::new();
-        lock(&self.table).secondary_pairs.shadow(id, rule, endpoint, half, now, &mut events);
+        lock(&self.table).secondary_pairs.shadow(id, rule, epoch, endpoint, half, now, &mut events);
         self.learn(events);
     }
 
@@ -266,11 +382,16 @@ impl CompareHub {
     fn learn(&self, events: Vec<PairEvent>) {
         for ev in events {
             let outcome = match ev {
-                PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(secondary) } => {
-                    if let Some(r) = self.rules.get(rule).and_then(Option::as_ref) {
-                        lock(&r.comparator).observe_secondary(&endpoint, &primary, &secondary);
+                PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(secondary) } => {
+                    let Some(r) = self.rules.get(rule).and_then(Option::as_ref) else { continue };
+                    let mut c = lock(&r.comparator);
+                    // Noise learned in an epoch belongs to it, as the pairs do.
+                    if self.is_retired() || c.epoch().number != epoch {
+                        EPOCH
+                    } else {
+                        c.observe_secondary(&endpoint, &primary, &secondary);
+                        "learned"
                     }
-                    "learned"
                 }
                 PairEvent::Pair { shadow: ShadowHalf::Failed(_), .. } => "failed",
                 PairEvent::Unpaired { .. } => "unpaired",
@@ -315,15 +436,20 @@ impl CompareHub {
     }
 
     /// The shadow's answer to request `id` of rule `rule` (its endpoint named as the metrics
-    /// name it), or why there is none.
-    pub fn shadow(&self, id: u64, rule: usize, endpoint: &str, half: ShadowHalf) {
+    /// name it), or why there is none; `epoch`: [`epoch_of`](Self::epoch_of) the rule when the
+    /// request went out.
+    pub fn shadow(&self, id: u64, rule: usize, epoch: u64, endpoint: &str, half: ShadowHalf) {
         if self.keep(rule).is_none() {
+            return;
+        }
+        if self.is_retired() {
+            self.metrics.record_unpaired(EPOCH, 1);
             return;
         }
         let now = self.now_ns();
         let mut t = lock(&self.table);
         let mut events = std::mem::take(&mut t.events);
-        t.pairs.shadow(id, rule, endpoint, half, now, &mut events);
+        t.pairs.shadow(id, rule, epoch, endpoint, half, now, &mut events);
         self.settle(t, events);
     }
 
@@ -368,22 +494,48 @@ impl CompareHub {
         }
     }
 
+    /// Whether a pair of `epoch` is stale (sent in an earlier epoch, or to a retired hub): then
+    /// it is counted as such and dropped.
+    fn stale(&self, c: &mut Comparator, epoch: u64) -> bool {
+        if self.is_retired() {
+            return true;
+        }
+        if c.epoch().number != epoch {
+            c.drop_in_flight();
+            return true;
+        }
+        false
+    }
+
     fn judge(&self, ev: PairEvent) {
         match ev {
-            PairEvent::Pair { rule, endpoint, mut primary, shadow } => {
+            PairEvent::Pair { rule, epoch, endpoint, mut primary, shadow } => {
                 let Some(r) = self.rules.get(rule).and_then(Option::as_ref) else { return };
+                let mut c = lock(&r.comparator);
+                if self.stale(&mut c, epoch) {
+                    drop(c);
+                    self.metrics.record_unpaired(EPOCH, 1);
+                    return;
+                }
+                // Another build answered: a new epoch starts, and this pair is its first.
+                if let ShadowHalf::Response(s) = &shadow
+                    && c.check_version(s, unix_ms) == VersionSeen::Changed
+                {
+                    announce(&self.metrics, r, &c);
+                    tracing::info!("rule {}: comparison {}", r.name, c.epoch().describe());
+                }
                 // Extraction keeps the largest rule's cap; this rule may want less.
                 if primary.body.len() > r.keep.max_body {
                     primary.body = Bytes::copy_from_slice(&primary.body[..r.keep.max_body]);
                     primary.body_complete = false;
                 }
-                let mut c = lock(&r.comparator);
                 let key = c.endpoint_key(&endpoint);
                 let (outcome, shadow_side) = match &shadow {
                     ShadowHalf::Response(s) => (c.observe(&endpoint, &primary, s), Some((s.status, s.latency))),
                     ShadowHalf::Failed(f) => (c.observe_shadow_failure(&endpoint, &primary, *f), None),
                 };
-                drop(c);
+                // Counted under the lock: an epoch start (which drops the rule's series) comes
+                // before or after the whole pair.
                 self.metrics.record_compared(&ComparedPair {
                     rule: &r.name,
                     endpoint: &key,
@@ -393,12 +545,19 @@ impl CompareHub {
                     primary_latency: primary.latency.unwrap_or_default(),
                     shadow: shadow_side,
                 });
+                drop(c);
             }
-            PairEvent::Unpaired { rule, endpoint, reason } => {
-                self.metrics.record_unpaired(reason.as_str(), 1);
+            PairEvent::Unpaired { rule, epoch, endpoint, reason } => {
+                let mut label = reason.as_str();
                 if let Some(r) = self.rules.get(rule).and_then(Option::as_ref) {
-                    lock(&r.comparator).record_unpaired(&endpoint, reason);
+                    let mut c = lock(&r.comparator);
+                    if self.stale(&mut c, epoch) {
+                        label = EPOCH;
+                    } else {
+                        c.record_unpaired(&endpoint, reason);
+                    }
                 }
+                self.metrics.record_unpaired(label, 1);
             }
         }
     }
@@ -437,6 +596,42 @@ impl CompareHub {
     }
 }
 
+/// A new epoch started for `r` (its comparator `c` is in it): publish it for stamping and in
+/// the metrics (the rule's comparison series restart from zero).
+fn announce(metrics: &Metrics, r: &RuleCompare, c: &Comparator) {
+    let e = c.epoch();
+    r.epoch.store(e.number, Ordering::Relaxed);
+    metrics.start_compare_epoch(&r.name, e.reason.as_str(), e.started_unix_ms as f64 / 1000.0);
+}
+
+/// The control socket's answer to `reset [--rule NAME]`: the epochs started, as JSON. `rules`:
+/// every rule's name, so that a rule that exists but does not compare is told apart from an
+/// unknown one; either is an error and resets nothing.
+pub fn control_reset(hub: Option<&CompareHub>, rule: Option<&str>, rules: &[&str]) -> Response {
+    if let Some(name) = rule
+        && !rules.contains(&name)
+    {
+        return Response::error(ErrorKind::NoSuchRule, format!("no rule named '{name}' (rules: {})", rules.join(", ")));
+    }
+    let reset = match hub {
+        Some(h) => h.reset(rule),
+        None => match rule {
+            Some(name) => Err(format!("rule '{name}' does not compare")),
+            None => Ok(Vec::new()),
+        },
+    };
+    match reset {
+        Ok(epochs) => match serde_json::to_value(epochs) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::error(ErrorKind::Internal, format!("encode the answer: {e}")),
+        },
+        Err(msg) => Response::error(
+            ErrorKind::InvalidArgument,
+            format!("{msg} (no shadow, or comparison off): there is no comparison to reset"),
+        ),
+    }
+}
+
 /// The control socket's answer to `report` and `diffs` (`None` for other commands): the
 /// [`DaemonReport`] and a list of [`RuleDiff`]s as JSON.
 pub fn control_report(hub: Option<&CompareHub>, command: &Command) -> Option<Response> {
@@ -471,7 +666,11 @@ mod tests {
     fn hub(max_body: u64) -> Arc<CompareHub> {
         let s = CompareSettings { max_body_bytes: max_body, ..CompareSettings::default() };
         let rules = [("api".to_owned(), Some(&s)), ("off".to_owned(), None)];
-        CompareHub::new(&rules, PairLimits::default(), Arc::new(Metrics::new(10))).unwrap().expect("a rule compares")
+        let h = CompareHub::new(&rules, PairLimits::default(), Arc::new(Metrics::new(10)))
+            .unwrap()
+            .expect("a rule compares");
+        h.open(None);
+        h
     }
 
     fn primary(id: u64, status: u16, body: &'static [u8]) -> CapturedResponse {
@@ -519,18 +718,18 @@ mod tests {
             h.expect(id);
         }
         h.primary(&primary(1, 200, br#"{"a":1}"#));
-        h.shadow(1, 0, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, 0, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#));
+        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(2, 0, 1, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#));
         h.primary(&primary(2, 200, br#"{"a":1,"timestamp":1}"#));
         h.primary(&primary(3, 200, br#"{"a":1}"#));
-        h.shadow(3, 0, "GET /a", shadow(200, br#"{"a":2}"#));
-        h.shadow(4, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout));
+        h.shadow(3, 0, 1, "GET /a", shadow(200, br#"{"a":2}"#));
+        h.shadow(4, 0, 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout));
         h.primary(&primary(4, 200, br#"{"a":1}"#));
         // Not expected: a request that was never replayed.
         h.primary(&primary(99, 200, b"{}"));
         // A shadow half whose primary never comes, and a rule that does not compare.
-        h.shadow(5, 0, "GET /b", shadow(200, b"{}"));
-        h.shadow(6, 1, "GET /c", shadow(200, b"{}"));
+        h.shadow(5, 0, 1, "GET /b", shadow(200, b"{}"));
+        h.shadow(6, 1, 1, "GET /c", shadow(200, b"{}"));
         h.drain();
 
         let r = h.report();
@@ -579,9 +778,9 @@ mod tests {
             ShadowHalf::Response(s) => ShadowHalf::Response(ResponseSample { latency: None, ..s }),
             other => other,
         };
-        h.shadow(1, 0, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, 0, "GET /a", untimed(200, br#"{"a":1}"#));
-        h.shadow(3, 0, "GET /a", untimed(200, br#"{"a":2}"#));
+        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(2, 0, 1, "GET /a", untimed(200, br#"{"a":1}"#));
+        h.shadow(3, 0, 1, "GET /a", untimed(200, br#"{"a":2}"#));
         let r = h.report();
         let a = &r.rules[0].report.endpoints[0].summary;
         assert_eq!(a.samples, 3, "every pair compared");
@@ -633,7 +832,7 @@ mod tests {
             let id = i as u64 + 1;
             h.expect(id);
             h.primary(&primary(id, 200, body));
-            h.shadow(id, 0, &format!("GET {path}"), half);
+            h.shadow(id, 0, 1, &format!("GET {path}"), half);
         }
         let r = h.report();
         let outcome = |path: &str| {
@@ -657,7 +856,7 @@ mod tests {
         let h = hub(4);
         h.expect(1);
         h.primary(&primary(1, 200, br#"{"a":1}"#));
-        h.shadow(1, 0, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
         let r = h.report();
         assert_eq!(r.rules[0].report.endpoints[0].summary.length_only, 1);
     }
@@ -678,6 +877,261 @@ mod tests {
     fn nothing_compares_without_settings() {
         let rules = [("a".to_owned(), None)];
         assert!(CompareHub::new(&rules, PairLimits::default(), Arc::new(Metrics::new(10))).unwrap().is_none());
+    }
+
+    fn exported(h: &CompareHub, prefix: &str) -> bool {
+        h.metrics.encode(TextFormat::Prometheus).unwrap().lines().any(|l| l.starts_with(prefix))
+    }
+
+    fn two_rules(api: &CompareSettings) -> Arc<CompareHub> {
+        let web = CompareSettings::default();
+        let rules = [("api".to_owned(), Some(api)), ("off".to_owned(), None), ("web".to_owned(), Some(&web))];
+        let h = CompareHub::new(&rules, PairLimits::default(), Arc::new(Metrics::new(10))).unwrap().unwrap();
+        h.open(None);
+        h
+    }
+
+    /// One pair of request `id`, the shadow's half stamped as replay stamps it (now, unless
+    /// `epoch` says when it went out).
+    fn pair(h: &CompareHub, id: u64, rule: usize, epoch: Option<u64>, half: ShadowHalf) {
+        h.expect(id);
+        h.primary(&primary(id, 200, br#"{"a":1}"#));
+        h.shadow(id, rule, epoch.unwrap_or_else(|| h.epoch_of(rule)), "GET /a", half);
+    }
+
+    fn samples(h: &CompareHub, rule: &str) -> u64 {
+        let r = h.report();
+        let r = r.rules.iter().find(|r| r.rule == rule).expect("rule reports");
+        r.report.overall.samples
+    }
+
+    fn epoch(h: &CompareHub, rule: &str) -> EpochInfo {
+        let r = h.report();
+        r.rules.iter().find(|r| r.rule == rule).and_then(|r| r.report.epoch.clone()).expect("an epoch")
+    }
+
+    /// A target change (what a reload does when a rule keeps its comparison settings): the
+    /// rule's aggregates and series start from zero, and a pair sent before and answered after is
+    /// dropped and counted, never compared into the new epoch.
+    #[test]
+    fn a_new_target_starts_an_epoch_and_drops_the_pairs_in_flight() {
+        let h = hub(1024);
+        let first = epoch(&h, "api");
+        assert_eq!((first.number, first.reason), (1, EpochReason::Start));
+        assert!(first.started_unix_ms > 0, "dated when the hub opened");
+        for id in 1..=3 {
+            pair(&h, id, 0, None, shadow(200, br#"{"a":1}"#));
+        }
+        // Request 4 goes out in epoch 1; its primary is in, its shadow answer comes later.
+        let sent_in = h.epoch_of(0);
+        h.expect(4);
+        h.primary(&primary(4, 200, br#"{"a":1}"#));
+        // Request 5 too, and its answer comes before its primary.
+        h.expect(5);
+        h.shadow(5, 0, sent_in, "GET /a", shadow(200, br#"{"a":1}"#));
+        let lbl = r#"{rule="api",endpoint="GET /a""#;
+        assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"match\"}}")), 3.0);
+
+        let started = h.start_epoch(0, EpochReason::Target).expect("api compares");
+        assert_eq!(
+            (started.rule.as_str(), started.epoch.number, started.epoch.reason),
+            ("api", 2, EpochReason::Target)
+        );
+        assert_eq!(h.epoch_of(0), 2);
+        assert_eq!(samples(&h, "api"), 0, "epoch 1's pairs are gone");
+        assert!(h.diffs(None).is_empty());
+        assert!(!exported(&h, "shadow_comparisons_total{rule=\"api\""), "the old series left the registry");
+        assert!(!exported(&h, "shadow_compared_latency_seconds_count{rule=\"api\""));
+
+        h.shadow(4, 0, sent_in, "GET /a", shadow(500, b"{}"));
+        h.primary(&primary(5, 200, br#"{"a":1}"#));
+        assert_eq!(samples(&h, "api"), 0, "answers of the old target are not compared");
+        assert_eq!(epoch(&h, "api").dropped_in_flight, 2);
+        assert_eq!(metric(&h, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 2.0);
+
+        pair(&h, 6, 0, None, shadow(200, br#"{"a":1}"#));
+        assert_eq!(samples(&h, "api"), 1);
+        assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"match\"}}")), 1.0, "from zero");
+        assert_eq!(metric(&h, r#"shadow_compare_epochs_total{rule="api",reason="start"}"#), 1.0);
+        assert_eq!(metric(&h, r#"shadow_compare_epochs_total{rule="api",reason="target"}"#), 1.0);
+        let at = metric(&h, r#"shadow_compare_epoch_start_seconds{rule="api"}"#);
+        assert!((at - started.epoch.started_unix_ms as f64 / 1000.0).abs() < 1e-3, "{at}");
+        assert!(h.report().render_text().contains("epoch 2 since "), "{}", h.report().render_text());
+        let page = h.report().rules[0].report.render_html();
+        assert!(
+            page.contains(r#"<p id="epoch" data-epoch="2" data-reason="target">Figures of epoch 2 since "#),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn a_reset_of_one_rule_leaves_the_others_alone() {
+        let h = two_rules(&CompareSettings::default());
+        for id in 1..=2 {
+            pair(&h, id, 0, None, shadow(200, br#"{"a":1}"#));
+            pair(&h, 10 + id, 2, None, shadow(200, br#"{"a":1}"#));
+        }
+        let names = ["api", "off", "web"];
+        let r = control_reset(Some(&h), Some("api"), &names);
+        let reset: Vec<RuleEpoch> = serde_json::from_value(r.data.expect("ok")).expect("epochs");
+        assert_eq!(reset.len(), 1);
+        assert_eq!(
+            (reset[0].rule.as_str(), reset[0].epoch.number, reset[0].epoch.reason),
+            ("api", 2, EpochReason::Reset)
+        );
+        assert_eq!((samples(&h, "api"), samples(&h, "web")), (0, 2));
+        assert_eq!(epoch(&h, "web").number, 1);
+        assert!(exported(&h, "shadow_comparisons_total{rule=\"web\""), "web's series stay");
+
+        // Unknown, or not comparing: an error naming the rule, and nothing is reset.
+        for (name, kind, says) in [
+            ("nope", ErrorKind::NoSuchRule, "no rule named 'nope' (rules: api, off, web)"),
+            ("off", ErrorKind::InvalidArgument, "rule 'off' does not compare"),
+        ] {
+            let e = control_reset(Some(&h), Some(name), &names).error.expect("an error");
+            assert_eq!(e.kind, kind);
+            assert!(e.message.starts_with(says), "{}", e.message);
+        }
+        assert_eq!((epoch(&h, "api").number, epoch(&h, "web").number), (2, 1));
+
+        let all: Vec<RuleEpoch> =
+            serde_json::from_value(control_reset(Some(&h), None, &names).data.expect("ok")).expect("epochs");
+        let got: Vec<(&str, u64)> = all.iter().map(|e| (e.rule.as_str(), e.epoch.number)).collect();
+        assert_eq!(got, [("api", 3), ("web", 2)]);
+        assert_eq!(samples(&h, "web"), 0);
+        assert_eq!(metric(&h, r#"shadow_compare_epochs_total{rule="api",reason="reset"}"#), 2.0);
+
+        let none = control_reset(None, None, &names);
+        assert_eq!(none.data, Some(serde_json::json!([])), "nothing compares: nothing to reset");
+        assert_eq!(control_reset(None, Some("api"), &names).error.expect("error").kind, ErrorKind::InvalidArgument);
+    }
+
+    fn versioned(version: Option<&str>, body: &'static [u8]) -> ShadowHalf {
+        let mut headers = vec![("content-type".to_owned(), b"application/json".to_vec())];
+        if let Some(v) = version {
+            headers.push(("x-version".to_owned(), v.as_bytes().to_vec()));
+        }
+        ShadowHalf::Response(ResponseSample {
+            status: 200,
+            headers,
+            body: Bytes::from_static(body),
+            body_complete: true,
+            body_len: body.len() as u64,
+            latency: Some(Duration::from_millis(3)),
+        })
+    }
+
+    /// The shadow's build as its version header says: the first value is recorded, a missing
+    /// header is counted, another value starts an epoch whose first pair is the one carrying it;
+    /// an answer of the old build sent before comes back dropped, and starts nothing.
+    #[test]
+    fn another_version_starts_an_epoch_with_the_response_that_carries_it() {
+        let api = CompareSettings { version_header: Some("X-Version".into()), ..CompareSettings::default() };
+        assert!(api.headers_needed().contains(&"x-version".to_owned()), "replay keeps the header");
+        let h = two_rules(&api);
+        pair(&h, 1, 0, None, versioned(Some("v1"), br#"{"a":1}"#));
+        pair(&h, 2, 0, None, versioned(None, br#"{"a":1}"#));
+        pair(&h, 3, 0, None, versioned(Some("v1"), br#"{"a":2}"#));
+        pair(&h, 4, 2, None, versioned(Some("other"), br#"{"a":1}"#));
+        let e = epoch(&h, "api");
+        assert_eq!((e.number, e.version.as_deref(), e.version_missing), (1, Some("v1"), 1));
+        assert_eq!(samples(&h, "api"), 3, "the response without the header is compared");
+        assert_eq!(h.diffs(None).len(), 1);
+
+        // Request 5 goes out now and its answer (the old build's) comes after the change.
+        let old = h.epoch_of(0);
+        pair(&h, 6, 0, None, versioned(Some("v2"), br#"{"a":1}"#));
+        let e = epoch(&h, "api");
+        assert_eq!((e.number, e.reason), (2, EpochReason::Version));
+        assert_eq!((e.version.as_deref(), e.previous_version.as_deref()), (Some("v2"), Some("v1")));
+        assert_eq!(samples(&h, "api"), 1, "the response that carries the new value is the epoch's first");
+        assert!(h.diffs(None).is_empty(), "the old epoch's mismatch sample is gone");
+        pair(&h, 5, 0, Some(old), versioned(Some("v1"), br#"{"a":1}"#));
+        let e = epoch(&h, "api");
+        assert_eq!((e.number, e.dropped_in_flight, samples(&h, "api")), (2, 1, 1), "no flip back to v1");
+        assert_eq!(metric(&h, r#"shadow_compare_epochs_total{rule="api",reason="version"}"#), 1.0);
+        assert_eq!(
+            metric(&h, r#"shadow_comparisons_total{rule="api",endpoint="GET /a",outcome="body_mismatch"}"#),
+            0.0,
+            "the old epoch's mismatch is not in the series"
+        );
+        // The other rule has no version header: its differing values start nothing.
+        pair(&h, 7, 2, None, versioned(Some("another"), br#"{"a":1}"#));
+        assert_eq!((epoch(&h, "web").number, samples(&h, "web")), (1, 2));
+        assert!(h.report().render_text().contains("(version: v1 -> v2)"));
+    }
+
+    #[test]
+    fn a_missing_version_header_is_counted_and_starts_nothing() {
+        let api = CompareSettings { version_header: Some("x-version".into()), ..CompareSettings::default() };
+        let h = two_rules(&api);
+        for id in 1..=3 {
+            pair(&h, id, 0, None, versioned(None, br#"{"a":1}"#));
+        }
+        pair(&h, 4, 0, None, ShadowHalf::Failed(ShadowFailure::Timeout));
+        pair(&h, 5, 0, None, versioned(Some("v1"), br#"{"a":1}"#));
+        pair(&h, 6, 0, None, versioned(None, br#"{"a":1}"#));
+        let e = epoch(&h, "api");
+        assert_eq!((e.number, e.version.as_deref(), e.version_missing), (1, Some("v1"), 4));
+        assert_eq!(samples(&h, "api"), 6);
+    }
+
+    /// A reload that changes the rules' names or settings builds a new hub: a rule it keeps goes
+    /// on counting epochs, a removed rule leaves the metrics, and the old hub takes nothing more.
+    #[test]
+    fn a_new_hub_continues_the_epochs_of_the_one_it_replaces() {
+        let s = CompareSettings::default();
+        let metrics = Arc::new(Metrics::new(10));
+        let rules = [("api".to_owned(), Some(&s)), ("gone".to_owned(), Some(&s)), ("web".to_owned(), Some(&s))];
+        let old = CompareHub::new(&rules, PairLimits::default(), metrics.clone()).unwrap().unwrap();
+        old.open(None);
+        for (id, rule) in [(1, 0), (2, 1), (3, 2)] {
+            pair(&old, id, rule, None, shadow(200, br#"{"a":1}"#));
+        }
+        let sent_in = old.epoch_of(0);
+        old.expect(9);
+        old.primary(&primary(9, 200, b"{}"));
+        let rules = [("api".to_owned(), Some(&s)), ("web".to_owned(), Some(&s)), ("new".to_owned(), Some(&s))];
+        let new = CompareHub::new(&rules, PairLimits::default(), metrics.clone()).unwrap().unwrap();
+        new.open(Some((&old, &["web".to_owned()])));
+        let got: Vec<(String, u64, EpochReason)> = new
+            .report()
+            .rules
+            .iter()
+            .map(|r| r.report.epoch.clone().map(|e| (r.rule.clone(), e.number, e.reason)).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("api".into(), 2, EpochReason::Reload),
+                ("web".into(), 2, EpochReason::Target),
+                ("new".into(), 1, EpochReason::Start)
+            ]
+        );
+        assert!(!exported(&new, "shadow_compare_epoch_start_seconds{rule=\"gone\""));
+        assert!(!exported(&new, "shadow_comparisons_total{rule=\"gone\""));
+        assert!(!exported(&new, "shadow_comparisons_total{rule=\"api\""), "api restarts from zero");
+        // The old replay lanes still answer to the old hub: counted, not compared anywhere.
+        old.shadow(9, 0, sent_in, "GET /a", shadow(200, b"{}"));
+        assert_eq!(metric(&new, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 1.0);
+        assert_eq!(samples(&old, "api"), 1, "the old hub compared nothing more");
+    }
+
+    /// A report saved before epochs existed still reads, and renders without an epoch line.
+    #[test]
+    fn a_saved_report_without_epochs_reads() {
+        let h = hub(1024);
+        pair(&h, 1, 0, None, shadow(200, br#"{"a":1}"#));
+        let mut v = serde_json::to_value(h.report()).expect("encode");
+        let back: DaemonReport = serde_json::from_value(v.clone()).expect("round trip");
+        assert_eq!(back, h.report());
+        for r in v["rules"].as_array_mut().expect("rules") {
+            r["report"].as_object_mut().expect("report").remove("epoch").expect("an epoch was saved");
+        }
+        let old: DaemonReport = serde_json::from_value(v).expect("an older report reads");
+        assert_eq!(old.rules[0].report.epoch, None);
+        assert!(!old.render_text().contains("epoch"), "{}", old.render_text());
+        assert_eq!(old.rules[0].report.overall.samples, 1);
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Operations {
             Command::Pause { rule } => self.change(capture, rule.as_deref(), |r| r.paused = true),
             Command::Resume { rule } => self.change(capture, rule.as_deref(), |r| r.paused = false),
             Command::Stats => return Response::ok(serde_json::to_value(metrics.summary()).unwrap_or_default()),
-            Command::Reload | Command::Report | Command::Diffs { .. } => {
+            Command::Reload | Command::Report | Command::Diffs { .. } | Command::Reset { .. } => {
                 return Response::error(ErrorKind::Internal, format!("{} is not handled here", cmd.as_str()));
             }
         };

@@ -880,3 +880,70 @@ async fn requests_of_one_captured_connection_reach_the_shadow_one_at_a_time() {
     assert_eq!(shadow.accepted(), 2, "a second connection for the second client, never a third");
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A reload that gives a rule another shadow target retires the old engine's lane from the
+/// comparison (`ReplayEngine::retire_compare`) and starts the rule's next epoch: what that lane
+/// still sends is replayed as before, but its answers join no epoch: dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_lanes_answers_join_no_epoch() {
+    use shadow_daemon::{
+        compare::{CompareSettings, EpochReason, pairs::PairLimits},
+        hub::CompareHub,
+        message::CapturedResponse,
+        segment::FlowId,
+    };
+    let shadow = Shadow::start(Mode::Healthy).await;
+    let metrics = Arc::new(Metrics::new(10));
+    let engine = ReplayEngine::start(&[rule(shadow.target(), ReplayControls::default())], metrics.clone()).unwrap();
+    let settings = CompareSettings::default();
+    let hub = CompareHub::new(&[("api".to_owned(), Some(&settings))], PairLimits::default(), metrics.clone())
+        .unwrap()
+        .expect("the rule compares");
+    hub.open(None);
+    engine.set_compare(&hub);
+    let primary = |id: u64| CapturedResponse {
+        flow: FlowId { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:8080".parse().unwrap() },
+        request_id: id,
+        status: 200,
+        minor_version: 1,
+        head: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+        framing: BodyFraming::ContentLength(2),
+        body_len: 2,
+        body: Bytes::from_static(b"ok"),
+        body_complete: true,
+        first_ts_ns: 2_000_000,
+        last_ts_ns: 3_000_000,
+        request_last_ts_ns: 1_000_000,
+    };
+    let samples = |hub: &CompareHub| hub.report().rules[0].report.overall.samples;
+    // The shadow half comes from the lane's task, just after the request is settled: wait for
+    // it, then hand over the primary's, which pairs and judges at once.
+    async fn pair_up(hub: &CompareHub, primary: CapturedResponse) -> bool {
+        let deadline = Instant::now() + SETTLE;
+        while hub.report().pairs.waiting == 0 {
+            assert!(Instant::now() < deadline, "no shadow half within {SETTLE:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hub.primary(&primary);
+        hub.report().pairs.waiting == 0
+    }
+
+    assert_eq!(engine.submit(captured(1, &get("/a"))), Submission::Queued);
+    settle(&metrics, 1).await;
+    assert!(pair_up(&hub, primary(1)).await, "paired");
+    assert_eq!(samples(&hub), 1);
+
+    engine.retire_compare(0);
+    let e = hub.start_epoch(0, EpochReason::Target).expect("epoch");
+    assert_eq!(e.epoch.number, 2);
+    assert_eq!(engine.submit(captured(2, &get("/b"))), Submission::Queued);
+    let r = settle(&metrics, 2).await;
+    assert_eq!(r.replayed, 2, "the retired lane still replays: {r:?}");
+    assert!(pair_up(&hub, primary(2)).await, "paired");
+    let report = hub.report();
+    let epoch = report.rules[0].report.epoch.as_ref().expect("epoch");
+    assert_eq!((samples(&hub), epoch.number, epoch.dropped_in_flight), (0, 2, 1));
+    let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
+    assert_eq!(sample(&text, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 1.0);
+    engine.shutdown(Duration::from_secs(1)).await;
+}

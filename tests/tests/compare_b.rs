@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use shadow_daemon::{compare::Verdict, hub::DaemonReport};
+use shadow_daemon::{
+    compare::{EpochReason, Verdict},
+    hub::DaemonReport,
+};
 use shadow_tests::{
     comparing::{CompareRig, ENDPOINTS, P99_TOLERANCE_MS, PER_ENDPOINT, RULE, compared_pairs},
     prom::{PromServer, agree_with_report, verdicts},
@@ -66,6 +69,8 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
     }
     assert_eq!(live.rules[0].report.endpoints.len(), ENDPOINTS.len());
     assert_eq!(live.verdict, Verdict::Fail);
+    let epoch = live.rules[0].report.epoch.as_ref().expect("the report says its epoch");
+    assert_eq!((epoch.number, epoch.reason), (1, EpochReason::Start));
 
     let html = rig.scratch.path("report.html");
     let (code, _, _) = rig.shadowctl(&["report", "--html", html.to_str().unwrap_or_default()]);
@@ -108,4 +113,50 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
     for (name, want) in ENDPOINTS {
         assert_eq!(verdict_of(&saved, name), Some(want), "{name} in the summary");
     }
+}
+
+/// `shadowctl reset --rule demo` after the demo's traffic: a new epoch (reason reset) whose report
+/// has no pair, whose per-endpoint series left `/metrics`, and whose start is exported; an
+/// unknown rule resets nothing.
+#[test]
+fn a_reset_starts_the_rules_next_epoch_from_zero() {
+    if !require_kernel("compare_b") {
+        return;
+    }
+    let rig = CompareRig::start("cmpr").unwrap_or_else(|e| panic!("{e}"));
+    let sent = rig.send_traffic().unwrap_or_else(|e| panic!("{e}"));
+    rig.wait_compared(sent, Duration::from_secs(60));
+    let report = |rig: &CompareRig| {
+        let (code, json, err) = rig.shadowctl(&["report", "--json"]);
+        let r: DaemonReport = serde_json::from_str(&json).unwrap_or_else(|e| panic!("--json: {e}\n{json}{err}"));
+        (code, r)
+    };
+    let (_, before) = report(&rig);
+    assert_eq!(before.rules[0].report.overall.samples, sent);
+
+    let (code, out, err) = rig.shadowctl(&["reset", "--rule", "nope"]);
+    assert_eq!(code, 2, "an unknown rule is a usage error\n{out}{err}");
+    assert!(err.contains("no rule named 'nope'") && err.lines().count() == 1, "{err}");
+    assert_eq!(report(&rig).1.rules[0].report.overall.samples, sent, "nothing was reset");
+
+    let (code, out, err) = rig.shadowctl(&["reset", "--rule", RULE]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with(&format!("rule {RULE}: epoch 2 since ")) && out.contains("(reset)"), "{out}");
+    let (code, after) = report(&rig);
+    assert_eq!(code, 3, "no pair yet: INSUFFICIENT");
+    let r = &after.rules[0].report;
+    assert_eq!((r.overall.samples, r.endpoints.len()), (0, 0), "the reset dropped every pair");
+    let epoch = r.epoch.as_ref().expect("an epoch");
+    assert_eq!((epoch.number, epoch.reason), (2, EpochReason::Reset));
+    let (_, text, _) = rig.shadowctl(&["report"]);
+    assert!(text.contains("epoch 2 since ") && text.contains("(reset)"), "{text}");
+
+    let scrape = rig.t.server.http_get(rig.metrics, "/metrics").expect("/metrics");
+    assert_eq!(compared_pairs(&scrape), 0.0, "the rule's comparison series restart from zero");
+    let line = format!("shadow_compare_epochs_total{{rule=\"{RULE}\",reason=\"reset\"}} 1");
+    assert!(scrape.lines().any(|l| l == line), "{line} missing");
+    let start = format!("shadow_compare_epoch_start_seconds{{rule=\"{RULE}\"}} ");
+    let at: f64 =
+        scrape.lines().find_map(|l| l.strip_prefix(&start)?.parse().ok()).unwrap_or_else(|| panic!("{start} missing"));
+    assert!((at * 1000.0 - epoch.started_unix_ms as f64).abs() < 1.0, "{at} against {}", epoch.started_unix_ms);
 }

@@ -66,6 +66,15 @@ impl Report {
             self.overall.samples,
             v.exit_code()
         );
+        if let Some(e) = &self.epoch {
+            let _ = write!(
+                o,
+                "<p id=\"epoch\" data-epoch=\"{}\" data-reason=\"{}\">Figures of {}.</p>",
+                e.number,
+                e.reason.as_str(),
+                escape(&e.describe())
+            );
+        }
         if self.overflow_pairs > 0 {
             let _ = write!(o, "<p>{} pairs past the endpoint cap are counted under 'other'.</p>", self.overflow_pairs);
         }

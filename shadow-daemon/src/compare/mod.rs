@@ -10,6 +10,7 @@
 
 mod aggregate;
 mod diff;
+mod epoch;
 mod html;
 mod interval;
 mod noise;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     aggregate::{CURVE_PERCENTILES, Percentiles},
     diff::{HeaderDiff, MismatchSample, PathDiff, Timing},
+    epoch::{EpochInfo, EpochReason, MAX_VERSION_BYTES, VersionSeen, rfc3339_utc},
     html::{PRIMARY_COLOUR, SHADOW_COLOUR, escape as escape_html},
     interval::{QuantileBounds, QuantileInterval},
     noise::{LearnedPath, NoiseReport},
@@ -40,6 +42,7 @@ pub use self::{
 use self::{
     aggregate::{EndpointStats, curve, latency_histogram},
     diff::{BodyComparison, HEADER_PREFIX, body_text, compare_bodies, compare_headers},
+    epoch::Epoch,
     noise::SecondaryDiff,
     normalize::{RawBody, normalize},
     settings::{Compiled, Profile},
@@ -164,17 +167,58 @@ impl UnpairedReason {
     }
 }
 
-/// Compares pairs for one rule and keeps the aggregates.
+/// Compares pairs for one rule and keeps the aggregates of its current epoch.
 #[derive(Debug)]
 pub struct Comparator {
     settings: Compiled,
     endpoints: HashMap<String, EndpointStats>,
     overflow_pairs: u64,
+    epoch: Epoch,
 }
 
 impl Comparator {
+    /// Epoch 1, reason `start`, at time 0: the caller sets the real start with
+    /// [`start_epoch`](Self::start_epoch).
     pub fn new(settings: &CompareSettings) -> Result<Self, CompareError> {
-        Ok(Self { settings: settings.compile()?, endpoints: HashMap::new(), overflow_pairs: 0 })
+        Ok(Self { settings: settings.compile()?, endpoints: HashMap::new(), overflow_pairs: 0, epoch: Epoch::first() })
+    }
+
+    pub fn epoch(&self) -> &EpochInfo {
+        &self.epoch.info
+    }
+
+    /// Start epoch `number`: everything compared so far (aggregates, histograms, learned noise,
+    /// mismatch samples) is dropped.
+    pub fn start_epoch(&mut self, number: u64, reason: EpochReason, started_unix_ms: u64) {
+        let next = self.epoch.next(number, reason, started_unix_ms);
+        self.begin(next);
+    }
+
+    fn begin(&mut self, epoch: Epoch) {
+        self.endpoints.clear();
+        self.overflow_pairs = 0;
+        self.epoch = epoch;
+    }
+
+    /// Check a shadow response's version header against the epoch's build (nothing to do
+    /// without a `version_header`). `Changed`: a new epoch has started, and the response
+    /// belongs to it.
+    pub fn check_version(&mut self, shadow: &ResponseSample, now_unix_ms: impl FnOnce() -> u64) -> VersionSeen {
+        let Some(name) = &self.settings.version_header else {
+            return VersionSeen::Same;
+        };
+        let value = shadow.header(name);
+        let seen = self.epoch.check(value);
+        if let (VersionSeen::Changed, Some(v)) = (seen, value) {
+            let next = self.epoch.next_version(v, now_unix_ms());
+            self.begin(next);
+        }
+        seen
+    }
+
+    /// A pair whose shadow request went out in an earlier epoch: dropped, and counted here.
+    pub fn drop_in_flight(&mut self) {
+        self.epoch.info.dropped_in_flight += 1;
     }
 
     /// The stats of `endpoint`, created while under the cap; past it, the `other` endpoint's.
@@ -423,6 +467,7 @@ impl Comparator {
             overall: overall.with_rates(),
             overflow_pairs: self.overflow_pairs,
             approx_bytes: self.approx_bytes() as u64,
+            epoch: Some(self.epoch.info.clone()),
         }
     }
 

@@ -27,6 +27,8 @@ enum Half {
 #[derive(Clone, Debug)]
 struct Waiting {
     rule: usize,
+    /// The rule's comparison epoch when the shadow request went out (0 on a primary half).
+    epoch: u64,
     endpoint: String,
     half: Half,
     since_ns: u64,
@@ -36,10 +38,10 @@ struct Waiting {
 /// What leaves the table.
 #[derive(Clone, Debug)]
 pub enum PairEvent {
-    /// Both halves: compare them.
-    Pair { rule: usize, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
+    /// Both halves: compare them (`epoch`: the shadow half's, see [`PairTable::shadow`]).
+    Pair { rule: usize, epoch: u64, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
     /// A shadow half whose primary never came (or was evicted): count, do not compare.
-    Unpaired { rule: usize, endpoint: String, reason: UnpairedReason },
+    Unpaired { rule: usize, epoch: u64, endpoint: String, reason: UnpairedReason },
 }
 
 /// Limits of the table.
@@ -101,8 +103,8 @@ impl PairTable {
         out: &mut Vec<PairEvent>,
     ) {
         match self.take(id) {
-            Some(Waiting { half: Half::Shadow(sh), rule, endpoint, .. }) => {
-                out.push(PairEvent::Pair { rule, endpoint, primary: s, shadow: sh });
+            Some(Waiting { half: Half::Shadow(sh), rule, epoch, endpoint, .. }) => {
+                out.push(PairEvent::Pair { rule, epoch, endpoint, primary: s, shadow: sh });
             }
             // A second primary for the same id cannot happen (ids are unique); keep the first.
             Some(w) => self.put(id, w, now_ns, out),
@@ -110,7 +112,14 @@ impl PairTable {
                 let bytes = sample_bytes(&s);
                 self.put(
                     id,
-                    Waiting { rule, endpoint: endpoint.to_string(), half: Half::Primary(s), since_ns: now_ns, bytes },
+                    Waiting {
+                        rule,
+                        epoch: 0,
+                        endpoint: endpoint.to_string(),
+                        half: Half::Primary(s),
+                        since_ns: now_ns,
+                        bytes,
+                    },
                     now_ns,
                     out,
                 );
@@ -118,10 +127,14 @@ impl PairTable {
         }
     }
 
+    /// The shadow's half of request `id`, sent while `epoch` was its rule's comparison epoch:
+    /// carried to the pair, so a pair of an earlier epoch is told apart.
+    #[allow(clippy::too_many_arguments)]
     pub fn shadow(
         &mut self,
         id: u64,
         rule: usize,
+        epoch: u64,
         endpoint: &str,
         s: ShadowHalf,
         now_ns: u64,
@@ -131,7 +144,7 @@ impl PairTable {
             // The shadow's side knows the rule and endpoint for sure (replay routed the request);
             // a primary half may have waited under a guess.
             Some(Waiting { half: Half::Primary(p), .. }) => {
-                out.push(PairEvent::Pair { rule, endpoint: endpoint.to_string(), primary: p, shadow: s });
+                out.push(PairEvent::Pair { rule, epoch, endpoint: endpoint.to_string(), primary: p, shadow: s });
             }
             Some(w) => self.put(id, w, now_ns, out),
             None => {
@@ -141,7 +154,14 @@ impl PairTable {
                 };
                 self.put(
                     id,
-                    Waiting { rule, endpoint: endpoint.to_string(), half: Half::Shadow(s), since_ns: now_ns, bytes },
+                    Waiting {
+                        rule,
+                        epoch,
+                        endpoint: endpoint.to_string(),
+                        half: Half::Shadow(s),
+                        since_ns: now_ns,
+                        bytes,
+                    },
                     now_ns,
                     out,
                 );
@@ -206,7 +226,9 @@ impl PairTable {
 
     fn leave(&mut self, w: Waiting, reason: UnpairedReason, out: &mut Vec<PairEvent>) {
         match w.half {
-            Half::Shadow(_) => out.push(PairEvent::Unpaired { rule: w.rule, endpoint: w.endpoint, reason }),
+            Half::Shadow(_) => {
+                out.push(PairEvent::Unpaired { rule: w.rule, epoch: w.epoch, endpoint: w.endpoint, reason })
+            }
             Half::Primary(_) => self.primary_alone += 1,
         }
     }
@@ -242,15 +264,16 @@ mod tests {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
         t.primary(1, 0, "GET /a", sample(200, b"x"), 0, &mut ev);
-        t.shadow(2, 1, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
+        t.shadow(2, 1, 7, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
         assert!(ev.is_empty());
         assert_eq!((t.len(), t.bytes() > 0), (2, true));
-        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
         t.primary(2, 1, "GET /b", sample(200, b"y"), 1, &mut ev);
         assert_eq!(pairs(&ev), 2);
         match &ev[0] {
-            PairEvent::Pair { rule, endpoint, primary, shadow: ShadowHalf::Response(s) } => {
+            PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(s) } => {
                 assert_eq!((*rule, endpoint.as_str(), primary.status, s.status), (0, "GET /a", 200, 500));
+                assert_eq!(*epoch, 7, "the shadow half's epoch");
             }
             other => panic!("{other:?}"),
         }
@@ -261,7 +284,7 @@ mod tests {
     fn a_shadow_half_without_primary_times_out_as_primary_missing() {
         let mut t = PairTable::new(limits(10, 1 << 20));
         let mut ev = Vec::new();
-        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         t.primary(2, 0, "GET /b", sample(200, b""), 500_000_000, &mut ev);
         t.expire(999_999_999, &mut ev);
         assert!(ev.is_empty(), "not yet");
@@ -279,7 +302,7 @@ mod tests {
         let mut t = PairTable::new(limits(2, 1 << 20));
         let mut ev = Vec::new();
         for id in 0..3 {
-            t.shadow(id, 0, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
+            t.shadow(id, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
         }
         assert!(matches!(&ev[..], [PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. }]), "{ev:?}");
         assert_eq!(t.len(), 2);
@@ -298,7 +321,7 @@ mod tests {
         assert_eq!(t.primary_alone, 3);
         // A half larger than the whole bound never enters.
         let big = ResponseSample { body: Bytes::from(vec![0u8; 1000]), ..sample(200, b"") };
-        t.shadow(9, 0, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
+        t.shadow(9, 0, 7, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
         assert!(matches!(ev.last(), Some(PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. })));
         assert!(t.bytes() <= 250);
     }
@@ -315,25 +338,25 @@ mod tests {
         let mut ev = Vec::new();
         t.primary(1, 0, "GET /a", with_header.clone(), 0, &mut ev);
         assert_eq!((t.len(), t.is_empty(), t.bytes()), (1, false, 121));
-        t.shadow(2, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert_eq!((t.len(), t.bytes()), (2, 121 + 96));
-        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
         assert_eq!((pairs(&ev), t.len(), t.bytes()), (1, 1, 96));
 
         // 100 bytes a half: a bound of 200 holds exactly two; the third evicts the oldest.
         let mut t = PairTable::new(limits(100, 200));
         let mut ev = Vec::new();
-        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
-        t.shadow(2, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(2, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 2, 200), "at the byte bound, nothing leaves");
-        t.shadow(3, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(3, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (1, 2, 200));
         t.primary(1, 0, "GET /a", sample(200, b""), 0, &mut ev);
         assert_eq!(pairs(&ev), 0, "id 1, the oldest, was the one evicted");
         // A half of exactly the whole bound enters an empty table.
         let mut t = PairTable::new(limits(100, 100));
         let mut ev = Vec::new();
-        t.shadow(1, 0, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 100));
     }
 
@@ -346,11 +369,11 @@ mod tests {
         t.primary(1, 0, "GET /a", sample(201, b"first"), 0, &mut ev);
         t.primary(1, 0, "GET /a", sample(202, b"second"), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 5 + 96));
-        t.shadow(1, 0, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert!(matches!(&ev[..], [PairEvent::Pair { primary, .. }] if primary.status == 201), "{ev:?}");
         let mut ev = Vec::new();
-        t.shadow(2, 3, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
-        t.shadow(2, 3, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, 3, 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, 3, 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 96));
         t.primary(2, 0, "GET /guess", sample(200, b""), 0, &mut ev);
         match &ev[..] {
@@ -365,8 +388,8 @@ mod tests {
     fn drain_reports_every_waiting_shadow_half() {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
-        t.shadow(1, 0, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
-        t.shadow(2, 0, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(1, 0, 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, 0, 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
         t.primary(3, 0, "a", sample(200, b""), 0, &mut ev);
         t.drain(&mut ev);
         assert_eq!(ev.len(), 2);

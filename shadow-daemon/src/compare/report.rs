@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     aggregate::Percentiles,
     diff::cut,
+    epoch::EpochInfo,
     interval::{QuantileBounds, QuantileInterval},
     noise::NoiseReport,
     settings::Gates,
@@ -139,6 +140,9 @@ pub struct Report {
     pub overflow_pairs: u64,
     /// Memory the comparator holds, approximately.
     pub approx_bytes: u64,
+    /// The epoch these figures belong to (None: a report saved by a version without epochs).
+    #[serde(default)]
+    pub epoch: Option<EpochInfo>,
 }
 
 impl Report {
@@ -169,6 +173,9 @@ impl Report {
         }
         row(&mut o, &self.overall, None);
         let _ = writeln!(o, "\nverdict: {} (exit {})", self.verdict.as_str(), self.exit_code());
+        if let Some(e) = &self.epoch {
+            let _ = writeln!(o, "{}", e.describe());
+        }
         if self.overflow_pairs > 0 {
             let _ = writeln!(o, "{} pairs beyond the endpoint cap are counted under 'other'", self.overflow_pairs);
         }

@@ -9,6 +9,7 @@
 //! compare_headers = ["Content-Type", "Cache-Control"]
 //! redact_headers = ["X-Api-Key"]           # besides Authorization, Cookie, Set-Cookie, Proxy-Authorization
 //! max_body_bytes = 262144                  # decoded bytes compared; larger: status and length only
+//! version_header = "X-Version"             # the shadow's build: another value starts a new epoch
 //!
 //! [rule.compare.gates]
 //! min_samples = 100
@@ -83,6 +84,10 @@ pub struct CompareSettings {
     /// Largest body compared after Content-Encoding decoding; a larger (or truncated) body is
     /// compared by status and length only, and the report says how many were.
     pub max_body_bytes: u64,
+    /// A response header naming the shadow's build (`X-Version`): when the shadow answers with
+    /// another value than the epoch's, a new epoch starts with that response (everything compared
+    /// before is dropped). A response without it is compared and counted, and starts nothing.
+    pub version_header: Option<String>,
     pub gates: Gates,
     pub noise: NoiseSettings,
     pub limits: Limits,
@@ -99,6 +104,7 @@ impl Default for CompareSettings {
             compare_headers: Vec::new(),
             redact_headers: Vec::new(),
             max_body_bytes: 256 * 1024,
+            version_header: None,
             gates: Gates::default(),
             noise: NoiseSettings::default(),
             limits: Limits::default(),
@@ -309,6 +315,8 @@ pub(crate) struct Compiled {
     pub default: Profile,
     pub overrides: Vec<(String, Profile)>,
     pub redact_headers: Vec<String>,
+    /// Lower-case name of the rule's `version_header`.
+    pub version_header: Option<String>,
     pub noise: NoiseSettings,
     pub limits: Limits,
 }
@@ -337,8 +345,11 @@ impl CompareSettings {
     /// the comparison reads (Content-Type, Content-Encoding) and the compared ones.
     pub fn headers_needed(&self) -> Vec<String> {
         let mut v = vec!["content-type".to_owned(), "content-encoding".to_owned()];
-        let all =
-            self.compare_headers.iter().chain(self.endpoints.iter().flat_map(|e| e.compare_headers.iter().flatten()));
+        let all = self
+            .compare_headers
+            .iter()
+            .chain(self.endpoints.iter().flat_map(|e| e.compare_headers.iter().flatten()))
+            .chain(&self.version_header);
         for h in all {
             let h = h.trim().to_ascii_lowercase();
             if !v.contains(&h) {
@@ -380,6 +391,12 @@ impl CompareSettings {
         range("sample_body_bytes", l.sample_body_bytes, 0, 1024 * 1024)?;
         range("diff_paths", l.diff_paths, 1, 1_000)?;
         let redact_headers = header_names(&self.redact_headers, "compare.redact_headers")?;
+        let version_header = match &self.version_header {
+            None => None,
+            Some(h) => header_names(std::slice::from_ref(h), "compare.version_header")
+                .map_err(|_| invalid("compare.version_header".into(), format!("'{h}' is not a header name")))?
+                .pop(),
+        };
 
         let rules = NormRules {
             ignore_fields: field_names(&self.ignore_fields, "compare.ignore_fields")?,
@@ -428,7 +445,7 @@ impl CompareSettings {
             p.gates.validate(&format!("{at}.gates"))?;
             overrides.push((name.to_owned(), p));
         }
-        Ok(Compiled { default, overrides, redact_headers, noise: self.noise, limits: self.limits })
+        Ok(Compiled { default, overrides, redact_headers, version_header, noise: self.noise, limits: self.limits })
     }
 }
 
@@ -713,6 +730,17 @@ gates = { min_samples = 5, min_body_match_percent = 90.0 }
         )
         .expect("valid");
         assert_eq!(s.headers_needed(), ["content-type", "content-encoding", "x-a", "x-b"]);
+
+        let s = CompareSettings::from_toml("version_header = \" X-Version \"").expect("a header name");
+        assert_eq!(s.compile().expect("compiles").version_header.as_deref(), Some("x-version"));
+        assert_eq!(s.headers_needed(), ["content-type", "content-encoding", "x-version"]);
+        for bad in ["", "X Version", "x:v"] {
+            assert_eq!(
+                err(&format!("version_header = \"{bad}\"")),
+                format!("compare.version_header: '{bad}' is not a header name")
+            );
+        }
+        assert!(err("version_header = 1").starts_with("compare: invalid type"), "{}", err("version_header = 1"));
     }
 
     /// Every key an endpoint sets replaces the rule's; every key it leaves unset is the rule's.

@@ -560,6 +560,7 @@ fn render_text_exactly() {
         "(all endpoints)                             6   75.00   75.00      1   33.33/33.33         10.0/20.1   2.00         10.0/30.1   2.99  ",
         "",
         "verdict: INSUFFICIENT (exit 3)",
+        "epoch 1 since 1970-01-01T00:00:00.000Z (start)",
         "1 pairs beyond the endpoint cap are counted under 'other'",
         "1 of 6 bodies compared by status and length only",
         "latency GET /a: shadow/primary at 90% p50 (3 of 6 timed samples) p99 (3 of 368 timed samples); secondary/primary p50 (2 of 6 timed samples) p99 (2 of 368 timed samples)",
@@ -594,7 +595,7 @@ fn render_text_of_a_pass() {
     }
     let text = c.report().render_text();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!(lines.len(), 7, "{text}");
     assert_eq!(
         lines[1],
         format!(
@@ -618,6 +619,7 @@ fn render_text_of_a_pass() {
         [
             "",
             "verdict: PASS (exit 0)",
+            "epoch 1 since 1970-01-01T00:00:00.000Z (start)",
             &format!("latency GET /{}: shadow/primary at 90% p50 [0.99, 1.01] p99 [0.99, 1.01]", "a".repeat(60))
         ]
     );

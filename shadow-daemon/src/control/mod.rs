@@ -10,6 +10,7 @@
 //! {"v":1,"cmd":"pause"} / {"v":1,"cmd":"pause","rule":"api"}   (resume likewise)
 //! {"v":1,"cmd":"reload"}                   {"v":1,"cmd":"report"}
 //! {"v":1,"cmd":"diffs","endpoint":"GET /api/users/:id"}
+//! {"v":1,"cmd":"reset"} / {"v":1,"cmd":"reset","rule":"api"}
 //! ```
 //!
 //! Responses: `{"v":1,"ok":true,"data":...}` or `{"v":1,"ok":false,"error":{"kind":...,"message":...}}`.
@@ -59,6 +60,11 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         endpoint: Option<String>,
     },
+    /// Start a new comparison epoch of one rule, or of every comparing rule.
+    Reset {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
 }
 
 impl Command {
@@ -66,7 +72,7 @@ impl Command {
     pub fn fields(&self) -> &'static [&'static str] {
         match self {
             Self::Rate { .. } => &["percent", "rule"],
-            Self::Pause { .. } | Self::Resume { .. } => &["rule"],
+            Self::Pause { .. } | Self::Resume { .. } | Self::Reset { .. } => &["rule"],
             Self::Diffs { .. } => &["endpoint"],
             Self::Status | Self::Stats | Self::Reload | Self::Report => &[],
         }
@@ -83,6 +89,7 @@ impl Command {
             Self::Reload => "reload",
             Self::Report => "report",
             Self::Diffs { .. } => "diffs",
+            Self::Reset { .. } => "reset",
         }
     }
 }
@@ -223,6 +230,8 @@ mod tests {
             (r#"{"v":1,"cmd":"reload"}"#, Command::Reload),
             (r#"{"v":1,"cmd":"report"}"#, Command::Report),
             (r#"{"v":1,"cmd":"diffs","endpoint":"GET /x"}"#, Command::Diffs { endpoint: Some("GET /x".into()) }),
+            (r#"{"v":1,"cmd":"reset"}"#, Command::Reset { rule: None }),
+            (r#"{"v":1,"cmd":"reset","rule":"api"}"#, Command::Reset { rule: Some("api".into()) }),
         ] {
             let r = parse_request(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e:?}"));
             assert_eq!(r.command, cmd);
@@ -243,6 +252,8 @@ mod tests {
         assert_eq!(kind(br#"{"v":1,"cmd":"rate","percent":"x"}"#), ErrorKind::BadRequest);
         assert_eq!(kind(br#"{"v":1,"cmd":"status","extra":1}"#), ErrorKind::BadRequest);
         assert_eq!(kind(b"[1,2,3]"), ErrorKind::BadRequest);
+        assert_eq!(kind(br#"{"v":1,"cmd":"reset","endpoint":"GET /x"}"#), ErrorKind::BadRequest);
+        assert_eq!(kind(br#"{"v":1,"cmd":"reset","rule":7}"#), ErrorKind::BadRequest);
     }
 
     #[test]

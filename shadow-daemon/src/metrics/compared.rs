@@ -2,7 +2,11 @@
 //! the pair table's own gauges and counters. Outcome and reason labels come from the caller (the
 //! compare stage's `as_str()` values): this sink knows no stage.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -56,6 +60,17 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleReasonLabels {
+    rule: String,
+    reason: &'static str,
+}
+
 /// Class of a shadow that gave no response.
 const ERROR_CLASS: &str = "error";
 
@@ -94,6 +109,8 @@ pub(super) struct Compared {
     unpaired: Family<ReasonLabels, Counter>,
     uncompared: Family<ReasonLabels, Counter>,
     secondary: Family<ReasonLabels, Counter>,
+    epoch_start: Family<RuleLabels, Gauge<f64, AtomicU64>>,
+    epochs: Family<RuleReasonLabels, Counter>,
 }
 
 impl Compared {
@@ -108,6 +125,8 @@ impl Compared {
             unpaired: Family::default(),
             uncompared: Family::default(),
             secondary: Family::default(),
+            epoch_start: Family::default(),
+            epochs: Family::default(),
         };
         registry.register("shadow_comparisons", "Compared primary/shadow pairs by outcome", c.outcomes.clone());
         registry.register(
@@ -135,7 +154,8 @@ impl Compared {
         registry.register(
             "shadow_compare_unpaired",
             "Replayed requests never compared, by reason (primary_missing: the primary's response was not \
-             captured in time; memory_bound: evicted by the pair table's bounds)",
+             captured in time; memory_bound: evicted by the pair table's bounds; epoch: sent in an earlier \
+             comparison epoch of its rule, dropped)",
             c.unpaired.clone(),
         );
         registry.register(
@@ -147,10 +167,60 @@ impl Compared {
         registry.register(
             "shadow_compare_secondary",
             "Responses of the secondary (noise learning), by what became of them (learned: paired with the \
-             primary's and learned from; failed: the secondary gave none; unpaired: its primary never came)",
+             primary's and learned from; failed: the secondary gave none; unpaired: its primary never came; \
+             epoch: sent in an earlier comparison epoch of its rule, not learned from)",
             c.secondary.clone(),
         );
+        registry.register_with_unit(
+            "shadow_compare_epoch_start",
+            "Unix time the rule's current comparison epoch started (its per-endpoint comparison series \
+             count from then)",
+            Unit::Seconds,
+            c.epoch_start.clone(),
+        );
+        registry.register(
+            "shadow_compare_epochs",
+            "Comparison epochs started, by rule and reason (start, target, reset, version, reload)",
+            c.epochs.clone(),
+        );
         c
+    }
+
+    /// A new epoch of `rule`: its per-endpoint series leave the registry (they come back from
+    /// zero with the epoch's first pair), its start time is set, the epoch counted.
+    pub fn start_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
+        self.forget_series(rule);
+        self.epoch_start.get_or_create(&RuleLabels { rule: rule.to_owned() }).set(started_unix_secs);
+        self.epochs.get_or_create(&RuleReasonLabels { rule: rule.to_owned(), reason }).inc();
+    }
+
+    /// A rule that no longer compares: every series of it leaves.
+    pub fn forget_rule(&self, rule: &str, reasons: &[&'static str]) {
+        self.forget_series(rule);
+        self.epoch_start.remove(&RuleLabels { rule: rule.to_owned() });
+        for &reason in reasons {
+            self.epochs.remove(&RuleReasonLabels { rule: rule.to_owned(), reason });
+        }
+    }
+
+    fn forget_series(&self, rule: &str) {
+        let mut map = lock(&self.series);
+        map.retain(|(r, endpoint), s| {
+            if r != rule {
+                return true;
+            }
+            let (rule, endpoint) = (r.clone(), endpoint.clone());
+            for (outcome, _) in &s.outcomes {
+                self.outcomes.remove(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome });
+            }
+            for side in ["primary", "shadow"] {
+                for class in STATUS_CLASSES.iter().copied().chain([ERROR_CLASS]) {
+                    self.responses.remove(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class });
+                }
+                self.latency.remove(&SideLabels { rule: rule.clone(), endpoint: endpoint.clone(), side });
+            }
+            false
+        });
     }
 
     fn series<'m>(map: &'m mut HashMap<(String, String), Series>, me: &Self, p: &ComparedPair<'_>) -> &'m Series {

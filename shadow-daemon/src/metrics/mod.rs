@@ -299,6 +299,19 @@ impl Metrics {
         self.compared.uncompared(reason, n);
     }
 
+    /// A comparison epoch of `rule` started (`reason`: its label): the rule's per-endpoint
+    /// comparison series restart from zero, `shadow_compare_epoch_start_seconds` and
+    /// `shadow_compare_epochs_total` say when and why.
+    pub fn start_compare_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
+        self.compared.start_epoch(rule, reason, started_unix_secs);
+    }
+
+    /// `rule` no longer compares (a reload removed it): its comparison series leave
+    /// (`reasons`: every epoch reason label).
+    pub fn forget_compare_rule(&self, rule: &str, reasons: &[&'static str]) {
+        self.compared.forget_rule(rule, reasons);
+    }
+
     /// What became of the secondary's responses (`shadow_compare_secondary_total`).
     pub fn record_secondary(&self, reason: &'static str, n: u64) {
         self.compared.secondary(reason, n);

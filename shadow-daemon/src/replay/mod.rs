@@ -36,7 +36,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
     time::Duration,
@@ -277,6 +277,9 @@ struct LaneState {
     rule: usize,
     /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
     hub: OnceLock<Arc<CompareHub>>,
+    /// A reload gave the rule another shadow target: what this lane (the old target's) still
+    /// sends belongs to no epoch of the comparison.
+    compare_retired: AtomicBool,
     /// The shadow target's protection (see [`backoff`]).
     backoff: Arc<Backoff>,
     /// The rule's secondary target, its connections and its own protection (noise learning).
@@ -350,6 +353,11 @@ impl LaneState {
         }
         t.last = Some(now);
         t.suppressed = 0;
+    }
+
+    /// The comparison epoch a request sent now belongs to (0: none, the lane is retired).
+    fn compare_epoch(&self, hub: &CompareHub) -> u64 {
+        if self.compare_retired.load(Ordering::Relaxed) { 0 } else { hub.epoch_of(self.rule) }
     }
 
     /// How a pipeline goes to `target` over `pool`: a pooled connection if a live one is idle,
@@ -437,6 +445,7 @@ impl ReplayEngine {
                 warnings: Mutex::new(WarnThrottle::default()),
                 rule: i,
                 hub: OnceLock::new(),
+                compare_retired: AtomicBool::new(false),
                 backoff,
                 secondary,
             });
@@ -469,6 +478,14 @@ impl ReplayEngine {
         }
         for lane in &self.lanes {
             let _ = lane.hub.set(hub.clone());
+        }
+    }
+
+    /// Rule `rule`'s shadow target changed (a reload): the comparison no longer takes what this
+    /// engine's lane of it sends from now on (counted as `epoch` when it comes back).
+    pub fn retire_compare(&self, rule: usize) {
+        for lane in self.lanes.iter().filter(|l| l.rule == rule) {
+            lane.compare_retired.store(true, Ordering::Relaxed);
         }
     }
 
@@ -837,6 +854,8 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
     if jobs.is_empty() {
         return;
     }
+    // Stamped as they go out: an answer that comes back in a later epoch is not counted in it.
+    let epoch = hub.map_or(0, |h| lane.compare_epoch(h));
     let outcomes = {
         let parts: Vec<Part<'_>> = jobs.iter().map(|j| part(&j.req, j.end)).collect();
         pipeline::send(&lane.route(&lane.target, &lane.pool), &wire, &parts, &metrics).await
@@ -852,7 +871,8 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 job.settle(Ok(()));
                 if let (Some(h), Some(mut sample)) = (hub, x.sample) {
                     sample.latency = Some(x.complete);
-                    h.shadow(job.req.id, lane.rule, &metrics.endpoint_name(endpoint), ShadowHalf::Response(sample));
+                    let name = metrics.endpoint_name(endpoint);
+                    h.shadow(job.req.id, lane.rule, epoch, &name, ShadowHalf::Response(sample));
                 }
             }
             Err(e) => {
@@ -867,7 +887,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 }
                 if let Some(h) = hub {
                     let name = metrics.endpoint_name(endpoint);
-                    h.shadow(job.req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
+                    h.shadow(job.req.id, lane.rule, epoch, &name, ShadowHalf::Failed(shadow_failure(kind)));
                 }
             }
         }
@@ -901,10 +921,12 @@ async fn replay_secondary(
     let mut wire = Vec::with_capacity(jobs.iter().map(|j| j.req.raw.len() + 64).sum());
     let mut parts = Vec::with_capacity(jobs.len());
     let mut admitted = Vec::with_capacity(jobs.len());
+    // Stamped as they go out, as the shadow's requests are.
+    let epoch = lane.compare_epoch(hub);
     for Job { req, endpoint, .. } in jobs {
         let failed = |kind| {
             let name = metrics.endpoint_name(*endpoint);
-            hub.secondary(req.id, lane.rule, &name, ShadowHalf::Failed(shadow_failure(kind)));
+            hub.secondary(req.id, lane.rule, epoch, &name, ShadowHalf::Failed(shadow_failure(kind)));
         };
         let probe = match backoff.admit() {
             Admission::Drop => {
@@ -942,7 +964,7 @@ async fn replay_secondary(
                 ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other)))
             }
         };
-        hub.secondary(id, lane.rule, &metrics.endpoint_name(endpoint), half);
+        hub.secondary(id, lane.rule, epoch, &metrics.endpoint_name(endpoint), half);
     }
 }
 

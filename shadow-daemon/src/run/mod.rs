@@ -28,7 +28,7 @@ use crate::{
         server::{Call, ControlError, ControlServer, ControlStats},
     },
     http::DropReason,
-    hub::{CompareHub, control_report},
+    hub::{CompareHub, control_report, control_reset},
     metrics::{Metrics, MetricsError, MetricsServer, ops::Operations as OpsSnapshot},
     operate::{Facts, Operations, RuleRuntime},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
@@ -211,6 +211,7 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
     // Comparison: one hub for the daemon, when a rule compares.
     let mut hub = compare_hub(&cfg, &metrics)?;
     if let Some(h) = &hub {
+        h.open(None);
         engine.set_compare(h);
     }
     log_rules(ops.rules());
@@ -293,6 +294,10 @@ pub async fn run(mut cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> R
                     }
                     Command::Report | Command::Diffs { .. } => control_report(hub.as_deref(), &call.command)
                         .unwrap_or_else(|| Response::error(ErrorKind::Internal, "report")),
+                    Command::Reset { rule } => {
+                        let names: Vec<&str> = ops.rules().iter().map(|r| r.name.as_str()).collect();
+                        control_reset(hub.as_deref(), rule.as_deref(), &names)
+                    }
                     other => ops.handle(other, &mut capture, &metrics),
                 };
                 let _ = call.reply.send(response);
@@ -499,6 +504,16 @@ impl Interfaces {
     }
 }
 
+/// Names of the rules of `new` that `old` has under the same name with another shadow target
+/// (or none, or one where it had none): their comparison starts a new epoch.
+fn retargeted(old: &[crate::config::Rule], new: &[crate::config::Rule]) -> Vec<String> {
+    let target = |r: &crate::config::Rule| r.shadow.as_ref().map(ToString::to_string);
+    new.iter()
+        .filter(|r| old.iter().any(|o| o.name == r.name && target(o) != target(r)))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 /// A reload (SIGHUP or `shadowctl reload`): read the config file again, validate everything,
 /// then apply the rules to the kernel, the replay lanes and the interfaces. Flow state is kept;
 /// replays queued under the old rules finish (up to [`RELOAD_GRACE`]). Refused as a whole, with
@@ -526,11 +541,10 @@ impl Reload<'_> {
         let spec = |c: &DaemonConfig| -> Vec<(String, Option<crate::compare::CompareSettings>)> {
             c.rules.iter().map(|r| (r.name.clone(), r.compare.clone())).collect()
         };
-        let new_hub = if spec(&new) == spec(self.cfg) {
-            self.hub.clone()
-        } else {
-            compare_hub(&new, self.metrics).map_err(|e| e.to_string())?
-        };
+        let kept = spec(&new) == spec(self.cfg);
+        let new_hub =
+            if kept { self.hub.clone() } else { compare_hub(&new, self.metrics).map_err(|e| e.to_string())? };
+        let retargeted = retargeted(&self.cfg.rules, &new.rules);
         if let Some(h) = &new_hub {
             new_engine.set_compare(h);
         }
@@ -543,6 +557,18 @@ impl Reload<'_> {
         }
         *self.file_rules = new_file;
         let old = std::mem::replace(self.engine, new_engine);
+        match (&*self.hub, &new_hub) {
+            (Some(h), Some(_)) if kept => {
+                for (i, _) in new.rules.iter().enumerate().filter(|(_, r)| retargeted.contains(&r.name)) {
+                    // What the old target still answers is no pair of the new epoch.
+                    old.retire_compare(i);
+                    h.start_epoch(i, crate::compare::EpochReason::Target);
+                }
+            }
+            (before, Some(h)) => h.open(before.as_deref().map(|b| (b, retargeted.as_slice()))),
+            (Some(before), None) => before.close(),
+            (None, None) => {}
+        }
         tokio::spawn(async move { old.shutdown(RELOAD_GRACE).await });
         if !matches!((&*self.hub, &new_hub), (Some(a), Some(b)) if Arc::ptr_eq(a, b)) {
             tracing::info!("reload changed the rules' names or comparison settings: the comparison starts anew");
@@ -558,5 +584,28 @@ impl Reload<'_> {
         *self.cfg = new;
         self.cfg.source = source;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Rule, replay::controls::ShadowTarget};
+
+    fn rule(name: &str, port: u16) -> Rule {
+        let mut r = Rule::new(vec![80], Some(ShadowTarget { host: "10.0.0.9".into(), port }), Default::default());
+        r.name = name.into();
+        r
+    }
+
+    #[test]
+    fn a_rule_keeping_its_name_with_another_shadow_is_retargeted() {
+        let old = [rule("api", 8080), rule("web", 8081), rule("gone", 8082)];
+        let mut capture_only = rule("web", 0);
+        capture_only.shadow = None;
+        let new = [rule("web", 8081), rule("api", 9090), rule("added", 1)];
+        assert_eq!(retargeted(&old, &new), ["api"], "moved rules are matched by name, new ones are not retargeted");
+        assert_eq!(retargeted(&old, &[capture_only]), ["web"]);
+        assert!(retargeted(&old, &old).is_empty());
     }
 }

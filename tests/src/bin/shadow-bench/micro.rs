@@ -290,7 +290,7 @@ pub fn comparison(quick: bool, differ: bool) -> StageCost {
                     body_len: shadow_body.len() as u64,
                     latency: Some(Duration::from_micros(1200)),
                 };
-                hub.shadow(id, 0, &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
+                hub.shadow(id, 0, hub.epoch_of(0), &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
             }
         },
     );
