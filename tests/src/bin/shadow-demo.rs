@@ -128,7 +128,7 @@ fn demo() -> Result<bool, String> {
 }
 
 /// Act two: v1 as the primary, v2 (with injected regressions) as the shadow; the live daemon's
-/// report must catch exactly search (p99), orders (body) and pay (5xx).
+/// report must catch exactly search (latency), orders (body) and pay (5xx).
 fn act_two() -> Result<bool, String> {
     use shadow_daemon::hub::DaemonReport;
     use shadow_tests::comparing::{CompareRig, ENDPOINTS};
@@ -166,7 +166,7 @@ fn act_two() -> Result<bool, String> {
     println!(
         "{}",
         if ok {
-            "DEMO OK: compare caught exactly search (p99), orders (body) and pay (5xx); users and time pass"
+            "DEMO OK: compare caught exactly search (latency), orders (body) and pay (5xx); users and time pass"
         } else {
             "DEMO FAILED: the report is not the expected one"
         }
