@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shadow_daemon::compare::{Report, Verdict};
+use shadow_daemon::compare::{EndpointReport, Report, Verdict};
 
 use crate::{Proc, Scratch, topo::NetNs};
 
@@ -47,11 +47,62 @@ pub fn le_label(bound: f64) -> String {
 }
 
 /// Whether the rules' p99_ratio gate may legitimately disagree with compare's for an endpoint
-/// whose compare ratio is `compare_ratio`: both p99s within one bucket each (r² on the ratio) and
-/// hdrhistogram's 1 %, around the `limit` (README, "How close").
+/// whose compare point ratio is `compare_ratio`: both point p99s within one bucket each (r² on the
+/// ratio) and hdrhistogram's 1 %, around the `limit`. For the informational
+/// `shadow:endpoint_p99:ratio` only: the gates decide on bounds (see [`latency_verdicts_may_differ`]).
 pub fn p99_verdicts_may_differ(compare_ratio: f64, limit: f64) -> bool {
     let band = BUCKET_RATIO * BUCKET_RATIO * HDR_ERROR;
     compare_ratio > limit / band && compare_ratio < limit * band
+}
+
+/// Whether a latency decision of compare could come out the other way with each bound moved to
+/// where the rules may read it: the rules read a rank's value to its Prometheus bucket's far edge
+/// (at most a factor r outwards of the observation) where compare reads it to its hdrhistogram
+/// bucket (within 1 %), so a rules bound lies in [b / (r·1.01), b · r·1.01] of compare's `b`.
+/// `test(s, p)` is the decision on a shadow bound and a primary bound.
+fn unstable(s: f64, p: f64, test: impl Fn(f64, f64) -> bool) -> bool {
+    let f = BUCKET_RATIO * HDR_ERROR;
+    let base = test(s, p);
+    [(s / f, p / f), (s / f, p * f), (s * f, p / f), (s * f, p * f)].iter().any(|&(s, p)| test(s, p) != base)
+}
+
+/// Whether the rules may legitimately reach another verdict than compare for this endpoint:
+/// a latency gate whose FAIL (p50 and p99) or PASS (p50) test is [`unstable`] within the bucket
+/// factor, or whose bounds exist on one side of the 368 / 6 sample threshold only. The rules' ranks
+/// are compare's or one rank outwards (README.md, "Ranks"; [`rule_ranks`]), which only widens.
+pub fn latency_verdicts_may_differ(e: &EndpointReport) -> bool {
+    let g = &e.gates;
+    let l = &e.summary.latency;
+    let gates = [
+        (&l.p50_interval, g.max_p50_ratio, g.p50_tolerance_ms, true),
+        (&l.p99_interval, g.max_p99_ratio, g.p99_tolerance_ms, g.p99_confirm),
+    ];
+    gates.into_iter().any(|(i, ratio, tol, three_way)| {
+        let Some(i) = i else { return false };
+        let (Some((p_lo, p_hi)), Some((s_lo, s_hi))) = (i.primary.both(), i.shadow.both()) else { return false };
+        let limit = |p: f64| (p * ratio).max(p + tol);
+        unstable(s_lo, p_hi, |s, p| s > limit(p)) || (three_way && unstable(s_hi, p_lo, |s, p| s <= limit(p)))
+    })
+}
+
+/// The ranks the rules compute for `n` samples and quantile `q` (shadow-rules.yml,
+/// `shadow:endpoint_latency_rank:*`, with its settings: z for latency_confidence 0.9, ranks scaled
+/// past 10 000 samples), in the rules' order of operations; None until both ranks exist.
+pub fn rule_ranks(n: u64, q: f64) -> Option<(u64, u64)> {
+    const Z: f64 = 1.959963984540054;
+    const TAIL: f64 = (1.0 - 0.9) / 4.0;
+    const EXACT_RANKS_MAX: f64 = 10_000.0;
+    let n = n as f64;
+    if q.max(1.0 - q).powf(n) > TAIL {
+        return None;
+    }
+    let m = n.min(EXACT_RANKS_MAX);
+    let s = Z * (m * q * (1.0 - q)).sqrt();
+    let skew = (Z.powi(2) - 1.0) / 6.0 * (1.0 - 2.0 * q);
+    let scale = (n / EXACT_RANKS_MAX).max(1.0);
+    let l = (((m * q - s + skew - 0.5).floor() + 1.0) * scale).floor().max(1.0);
+    let u = ((m * q + s + skew + 0.5).ceil() * scale).ceil().min(n);
+    Some((l as u64, u as u64))
 }
 
 /// One endpoint's comparison counters on one node, as the daemon exports them.
@@ -427,7 +478,7 @@ pub fn verdict_of(v: f64) -> Option<Verdict> {
 
 /// Whether the rules' verdicts for `rule` are the ones `shadowctl report --json` gave (one
 /// daemon's report, or the only node of a test): the same endpoints, the same verdict each,
-/// except that an endpoint whose p99 ratio lies in [`p99_verdicts_may_differ`]'s band may differ.
+/// except where [`latency_verdicts_may_differ`] says a latency gate may legitimately differ.
 /// Err lists every disagreement.
 pub fn agree_with_report(
     prom: &BTreeMap<(String, String), Verdict>,
@@ -444,9 +495,7 @@ pub fn agree_with_report(
             None => problems.push(format!("{name}: no verdict from the rules (report: {})", theirs.as_str())),
             Some(v) if *v == theirs => {}
             Some(v) => {
-                let band =
-                    e.summary.latency.p99_ratio.is_some_and(|r| p99_verdicts_may_differ(r, e.gates.max_p99_ratio));
-                if !band {
+                if !latency_verdicts_may_differ(e) {
                     problems.push(format!(
                         "{name}: rules {} but report {} ({})",
                         v.as_str(),
@@ -463,4 +512,49 @@ pub fn agree_with_report(
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use shadow_daemon::compare::quantile_ranks;
+
+    use super::*;
+
+    /// The rules' ranks against compare's (interval.rs `ranks`, confidence 0.9) for every n from 6
+    /// to 20 000: equal or one rank outwards, never inwards, and existing from the same n. Also
+    /// counts how often they differ (README.md, "Ranks").
+    #[test]
+    fn rule_ranks_against_compares() {
+        for (q, differ_at_most) in [(0.5, 100), (0.99, 600)] {
+            let mut differ = 0;
+            for n in 6..=20_000u64 {
+                let exact = quantile_ranks(n, q, 0.9);
+                let ours = rule_ranks(n, q);
+                let (Some(l), Some(u)) = exact else {
+                    assert_eq!(ours, None, "n {n} q {q}: no exact ranks {exact:?}");
+                    continue;
+                };
+                let (rl, ru) = ours.unwrap_or_else(|| panic!("n {n} q {q}: exact {exact:?}, the rules none"));
+                assert!(rl == l || rl + 1 == l, "n {n} q {q}: lower {rl} against {l}");
+                assert!(ru == u || ru == u + 1, "n {n} q {q}: upper {ru} against {u}");
+                differ += usize::from(rl != l || ru != u);
+            }
+            eprintln!("q {q}: the rules' ranks differ from compare's at {differ} of 19995 sample counts");
+            assert!(differ <= differ_at_most, "q {q}: {differ} of 19995 sample counts differ");
+        }
+        assert_eq!((rule_ranks(367, 0.99), rule_ranks(368, 0.99)), (None, Some((360, 368))));
+        assert_eq!((rule_ranks(5, 0.5), rule_ranks(6, 0.5)), (None, Some((1, 6))));
+    }
+
+    /// The band at its edges: a p99 FAIL test of compare exactly at the limit is unstable, one
+    /// bucket factor (and 1 %) past it is not.
+    #[test]
+    fn unstable_at_the_band_edges() {
+        let fail = |s: f64, p: f64| s > (p * 1.2).max(p + 5.0);
+        let f = BUCKET_RATIO * HDR_ERROR;
+        assert!(unstable(60.0, 50.0, fail), "60 at the limit 60");
+        assert!(!unstable(60.0 * f * f * 1.001, 50.0, fail), "past the band: FAIL whatever the buckets");
+        assert!(unstable(60.0 * f * f * 0.999, 50.0, fail), "just inside the band");
+        assert!(!unstable(60.0 / (f * f * 1.001), 50.0, fail), "below the band: holds whatever the buckets");
+    }
 }

@@ -86,8 +86,8 @@ fn live_report_diffs_summary_and_prometheus_agree_on_the_demo_regressions() {
     let (_, d, _) = rig.shadowctl(&["diffs", "--endpoint", "GET /api/users/:id"]);
     assert!(d.contains("no mismatching pairs"), "{d}");
 
-    // A real Prometheus scraping the daemon judges every endpoint as shadowctl does.
-    // The demo rule has the default gates, and so do the shipped rules.
+    // A real Prometheus scraping the daemon, with the shipped rules unchanged (the demo rule uses
+    // the default gates), judges every endpoint as shadowctl does.
     let prom = PromServer::start(&rig.t.server, 9099, &[rig.metrics]);
     let samples = ENDPOINTS.iter().map(|(e, _)| ((RULE.to_owned(), (*e).to_owned()), PER_ENDPOINT)).collect();
     prom.wait_for_samples(&samples, Duration::from_secs(60));

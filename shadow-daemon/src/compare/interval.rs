@@ -81,6 +81,12 @@ pub(crate) fn ranks(n: u64, q: f64, tail: f64) -> (Option<u64>, Option<u64>) {
     (lower, upper)
 }
 
+/// [`ranks`] at `confidence`: for tests that check an approximation of them (the fleet rules').
+#[cfg(any(test, feature = "test-util"))]
+pub fn quantile_ranks(n: u64, q: f64, confidence: f64) -> (Option<u64>, Option<u64>) {
+    ranks(n, q, tail_of(confidence))
+}
+
 /// Fewest samples for which both ranks of the `q`-quantile exist at `tail` (for q >= 0.5 the upper
 /// one is the last to exist: q^n <= tail); `u64::MAX` for a quantile no sample count bounds.
 pub(crate) fn samples_needed(q: f64, tail: f64) -> u64 {

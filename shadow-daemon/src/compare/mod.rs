@@ -26,6 +26,8 @@ use std::{collections::HashMap, time::Duration};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "test-util"))]
+pub use self::interval::quantile_ranks;
 pub use self::{
     aggregate::{CURVE_PERCENTILES, Percentiles},
     diff::{HeaderDiff, MismatchSample, PathDiff, Timing},

@@ -151,7 +151,7 @@ pub struct Gates {
     /// one end of the interval, so it is wrong at most half of `1 - latency_confidence` of the
     /// time (5 % at the default 0.9, for a shadow exactly at the limit; far less below it).
     /// Higher: fewer wrong verdicts, more INSUFFICIENT, and more samples before the p99 can be
-    /// judged at all (367 per side at 0.9, 437 at 0.95, 597 at 0.99).
+    /// judged at all (368 per side at 0.9, 437 at 0.95, 597 at 0.99).
     pub latency_confidence: f64,
 }
 
