@@ -179,10 +179,14 @@ impl CompareRig {
             let ledger: Vec<&str> = last
                 .lines()
                 .filter(|l| {
-                    (l.starts_with("shadow_requests_") || l.starts_with("shadow_comparisons_total")) && !l.ends_with(" 0")
+                    (l.starts_with("shadow_requests_") || l.starts_with("shadow_comparisons_total"))
+                        && !l.ends_with(" 0")
                 })
                 .collect();
-            panic!("timed out after {timeout:?} waiting for {pairs} compared pairs; last scrape:\n{}", ledger.join("\n"));
+            panic!(
+                "timed out after {timeout:?} waiting for {pairs} compared pairs; last scrape:\n{}",
+                ledger.join("\n")
+            );
         }
         last
     }

@@ -195,9 +195,14 @@ impl Rig {
                 .lines()
                 .filter(|l| {
                     !l.ends_with(" 0")
-                        && ["shadow_requests_", "shadow_ring_buffer_dropped", "shadow_kernel_", "shadow_compare_unpaired"]
-                            .iter()
-                            .any(|p| l.starts_with(p))
+                        && [
+                            "shadow_requests_",
+                            "shadow_ring_buffer_dropped",
+                            "shadow_kernel_",
+                            "shadow_compare_unpaired",
+                        ]
+                        .iter()
+                        .any(|p| l.starts_with(p))
                 })
                 .collect();
             eprintln!("run {i}: {compared} of {sent} requests compared; {}", counted.join("; "));
