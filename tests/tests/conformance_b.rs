@@ -304,7 +304,13 @@ fn kernel_counts_add_up_to_the_requests_sent() {
     while Instant::now() < deadline {
         text = s.scrape();
         let m = |x: &str| metric(&text, x).unwrap_or(-1.0);
-        if m("shadow_kernel_requests_sampled_total") + m("shadow_kernel_requests_skipped_total") == sent as f64
+        // The kernel counts a request when it samples it; the daemon, once it has read its
+        // segments out of the ring, which a busy host may do later: wait for both (on timeout
+        // the assertions below say which count fell short).
+        let sampled = m("shadow_kernel_requests_sampled_total");
+        if sampled + m("shadow_kernel_requests_skipped_total") == sent as f64
+            && m("shadow_requests_captured_total") == sampled
+            && m("shadow_requests_replayed_total") == sampled
             && m("shadow_flows") == 0.0
             && m("shadow_requests_in_flight") == 0.0
         {
