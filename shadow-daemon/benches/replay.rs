@@ -19,6 +19,7 @@ use std::{
 use divan::{Bencher, counter::ItemsCount};
 use shadow_daemon::{
     config::Rule,
+    correlate::Correlator,
     message::CapturedRequest,
     metrics::Metrics,
     replay::{
@@ -155,7 +156,8 @@ impl Bed {
         let target: ShadowTarget = shadow.addr.to_string().parse().unwrap();
         let controls = ReplayControls { queue_capacity: batch.max(1024), ..Default::default() };
         let rule = Rule::new(vec![SERVICE_PORT], Some(target), controls);
-        let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).unwrap();
+        let engine =
+            rt.block_on(async { ReplayEngine::start(&[rule], Correlator::new(metrics.clone(), None)) }).unwrap();
         // Distinct paths under one endpoint template (`/api/v1/items/:id`), as real traffic.
         let requests = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
         let bed = Self { rt, engine, metrics, requests, _shadow: shadow };

@@ -14,7 +14,8 @@ use crate::{
         Command, ErrorKind, Response, RuleStatus, Status,
         client::{self, ClientError},
     },
-    hub::{DaemonReport, RuleDiff, RuleEpoch},
+    hub::DaemonReport,
+    reply::Reply,
 };
 
 pub const EXIT_OK: u8 = 0;
@@ -153,8 +154,9 @@ pub fn run_full(cli: &Cli) -> (u8, String, bool) {
     };
     if let (Cmd::Report { html, .. }, None) = (&cli.command, &response.error) {
         let data = response.data.clone().unwrap_or(serde_json::Value::Null);
-        return match serde_json::from_value::<DaemonReport>(data) {
-            Ok(r) => report_output(&r, cli.json, html.as_deref()),
+        return match Reply::decode(&Command::Report, data) {
+            Ok(Reply::Report(r)) => report_output(&r, cli.json, html.as_deref()),
+            Ok(_) => (EXIT_FAILED, "report: the daemon's answer is not a report".to_owned(), false),
             Err(e) => (EXIT_FAILED, format!("report: the daemon's answer is not a report: {e}"), false),
         };
     }
@@ -217,33 +219,17 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
     }
     let data = r.data.unwrap_or(serde_json::Value::Null);
     if json {
-        return (EXIT_OK, format!("{}\n", serde_json::to_string_pretty(&data).unwrap_or_default()));
+        return (EXIT_OK, pretty(&data));
     }
-    let text = match cmd {
-        Cmd::Status | Cmd::Rate { .. } | Cmd::Pause { .. } | Cmd::Resume { .. } | Cmd::Reload => {
-            match serde_json::from_value::<Status>(data.clone()) {
-                Ok(s) => status_text(&s),
-                Err(_) => pretty(&data),
-            }
-        }
-        Cmd::Stats => match serde_json::from_value::<crate::metrics::Summary>(data.clone()) {
-            Ok(s) => format!("{s}\n"),
-            Err(_) => pretty(&data),
-        },
-        Cmd::Report { .. } => match serde_json::from_value::<DaemonReport>(data.clone()) {
-            Ok(r) => r.render_text(),
-            Err(_) => pretty(&data),
-        },
-        Cmd::Diffs { .. } => match serde_json::from_value::<Vec<RuleDiff>>(data.clone()) {
-            Ok(d) if d.is_empty() => "no mismatching pairs kept\n".to_owned(),
-            Ok(d) => d.iter().map(|x| format!("rule {}:\n{}\n", x.rule, x.sample.render())).collect(),
-            Err(_) => pretty(&data),
-        },
-        Cmd::Reset { .. } => match serde_json::from_value::<Vec<RuleEpoch>>(data.clone()) {
-            Ok(e) if e.is_empty() => "no rule compares: nothing to reset\n".to_owned(),
-            Ok(e) => e.iter().map(|x| format!("rule {}: {}\n", x.rule, x.epoch.describe())).collect(),
-            Err(_) => pretty(&data),
-        },
+    let text = match Reply::decode(&cmd.to_command(), data.clone()) {
+        Err(_) => pretty(&data),
+        Ok(Reply::Status(s)) => status_text(&s),
+        Ok(Reply::Stats(s)) => format!("{s}\n"),
+        Ok(Reply::Report(r)) => r.render_text(),
+        Ok(Reply::Diffs(d)) if d.is_empty() => "no mismatching pairs kept\n".to_owned(),
+        Ok(Reply::Diffs(d)) => d.iter().map(|x| format!("rule {}:\n{}\n", x.rule, x.sample.render())).collect(),
+        Ok(Reply::Reset(e)) if e.is_empty() => "no rule compares: nothing to reset\n".to_owned(),
+        Ok(Reply::Reset(e)) => e.iter().map(|x| format!("rule {}: {}\n", x.rule, x.epoch.describe())).collect(),
     };
     (EXIT_OK, text)
 }
@@ -323,6 +309,7 @@ pub fn status_text(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::RuleEpoch;
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("shadowctl").chain(args.iter().copied()))

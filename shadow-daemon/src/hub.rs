@@ -3,8 +3,9 @@
 //! judged by its rule's [`Comparator`] and counted in the metrics contract. One hub per daemon.
 //!
 //! Only requests queued to a comparing lane produce a shadow half, so only their primary halves
-//! enter the table ([`CompareHub::expect`]); every other primary response leaves at once, counted
-//! as `not_replayed`. Everything that leaves without being compared is counted by reason
+//! enter the table (the [`crate::correlate::Correlator`] remembers which, and says so with each
+//! primary: [`Expected`]); every other primary response leaves at once, counted as
+//! `not_replayed`. Everything that leaves without being compared is counted by reason
 //! (`shadow_compare_unpaired_total`, `shadow_compare_primary_uncompared_total`).
 //!
 //! Each rule's comparison has an epoch (`compare::EpochInfo`): a new one starts when the rule's
@@ -19,7 +20,6 @@
 //! while it hands over a primary response.
 
 use std::{
-    collections::BTreeSet,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -36,15 +36,12 @@ use crate::{
         ResponseSample, ShadowFailure, UnpairedReason, Verdict, VersionSeen,
         pairs::{PairEvent, PairLimits, PairTable, ShadowHalf},
     },
-    control::{Command, ErrorKind, Response},
+    control::{ErrorBody, ErrorKind},
     http::response_fields,
-    message::CapturedResponse,
+    message::{CapturedResponse, KeepSpec},
     metrics::{ComparedPair, Metrics, ShadowErrorKind},
+    rule::RuleId,
 };
-
-/// Request ids remembered as "a shadow half will come" (ids increase: the oldest are forgotten
-/// first, and their primaries then count as `not_replayed`).
-const EXPECTED_CAP: usize = 65_536;
 
 /// `shadow_compare_primary_uncompared_total` reasons.
 pub const NOT_REPLAYED: &str = "not_replayed";
@@ -64,13 +61,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the replay client keeps of a shadow response for one rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeepSpec {
-    /// Body content bytes kept (the rule's `max_body_bytes`).
-    pub max_body: usize,
-    /// Lower-case names of the header fields kept (`CompareSettings::headers_needed`).
-    pub headers: Vec<String>,
+/// Which halves a primary response waits for: the shadow's (its request was replayed to a
+/// comparing rule) and the secondary's (the rule learns noise). Kept by [`crate::correlate`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub shadow: bool,
+    pub secondary: bool,
+}
+
+impl Expected {
+    /// Only the shadow's half.
+    pub const SHADOW: Self = Self { shadow: true, secondary: false };
 }
 
 /// How a replay error maps to the comparison's shadow failure.
@@ -94,10 +95,8 @@ struct RuleCompare {
 /// The pair table and what it has counted so far (for the metrics' deltas).
 struct Table {
     pairs: PairTable,
-    expected: BTreeSet<u64>,
     /// Primary and secondary halves (noise learning), kept apart from the shadow's pairs.
     secondary_pairs: PairTable,
-    expected_secondary: BTreeSet<u64>,
     /// `pairs.primary_alone` already published.
     alone_published: u64,
     not_replayed: u64,
@@ -238,9 +237,7 @@ impl CompareHub {
             outcome_labels: Outcome::ALL.map(Outcome::as_str),
             table: Mutex::new(Table {
                 pairs: PairTable::new(limits),
-                expected: BTreeSet::new(),
                 secondary_pairs: PairTable::new(limits),
-                expected_secondary: BTreeSet::new(),
                 alone_published: 0,
                 not_replayed: 0,
                 events: Vec::new(),
@@ -277,13 +274,13 @@ impl CompareHub {
 
     /// The current epoch of rule `rule`'s comparison (0: it does not compare): the stamp of a
     /// shadow request going out now.
-    pub fn epoch_of(&self, rule: usize) -> u64 {
-        self.rules.get(rule).and_then(Option::as_ref).map_or(0, |r| r.epoch.load(Ordering::Relaxed))
+    pub fn epoch_of(&self, rule: RuleId) -> u64 {
+        self.rule(rule).map_or(0, |r| r.epoch.load(Ordering::Relaxed))
     }
 
     /// Start a new epoch of rule `rule` (`target`: its shadow target changed; `reset`).
-    pub fn start_epoch(&self, rule: usize, reason: EpochReason) -> Option<RuleEpoch> {
-        let r = self.rules.get(rule).and_then(Option::as_ref)?;
+    pub fn start_epoch(&self, rule: RuleId, reason: EpochReason) -> Option<RuleEpoch> {
+        let r = self.rule(rule)?;
         let mut c = lock(&r.comparator);
         let number = c.epoch().number + 1;
         c.start_epoch(number, reason, unix_ms());
@@ -295,12 +292,8 @@ impl CompareHub {
     /// `shadowctl reset [--rule NAME]`: a new epoch (reason `reset`) of the named comparing rule,
     /// or of every one. Nothing is reset when the name is not a comparing rule's.
     pub fn reset(&self, rule: Option<&str>) -> Result<Vec<RuleEpoch>, String> {
-        let chosen: Vec<usize> = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.as_ref().is_some_and(|r| rule.is_none_or(|n| n == r.name)))
-            .map(|(i, _)| i)
+        let chosen: Vec<RuleId> = RuleId::all(self.rules.len())
+            .filter(|&id| self.rule(id).is_some_and(|r| rule.is_none_or(|n| n == r.name)))
             .collect();
         if let (Some(name), true) = (rule, chosen.is_empty()) {
             return Err(format!("rule '{name}' does not compare"));
@@ -333,37 +326,22 @@ impl CompareHub {
     }
 
     /// What replay keeps of rule `rule`'s shadow responses; `None`: the rule does not compare.
-    pub fn keep(&self, rule: usize) -> Option<&KeepSpec> {
-        self.rules.get(rule).and_then(Option::as_ref).map(|r| &r.keep)
+    pub fn keep(&self, rule: RuleId) -> Option<&KeepSpec> {
+        self.rule(rule).map(|r| &r.keep)
+    }
+
+    fn rule(&self, rule: RuleId) -> Option<&RuleCompare> {
+        self.rules.get(rule.index()).and_then(Option::as_ref)
     }
 
     fn now_ns(&self) -> u64 {
         u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Request `id` was queued to a comparing lane: its shadow half will come, so its primary
-    /// half waits for it.
-    pub fn expect(&self, id: u64) {
-        let mut t = lock(&self.table);
-        t.expected.insert(id);
-        if t.expected.len() > EXPECTED_CAP {
-            t.expected.pop_first();
-        }
-    }
-
-    /// Request `id` also goes to the rule's secondary: its primary half waits for that one too.
-    pub fn expect_secondary(&self, id: u64) {
-        let mut t = lock(&self.table);
-        t.expected_secondary.insert(id);
-        if t.expected_secondary.len() > EXPECTED_CAP {
-            t.expected_secondary.pop_first();
-        }
-    }
-
     /// The secondary's answer to request `id`, sent in epoch `epoch` of its rule: with the
     /// primary's, what differs between two instances of the current version is learned as noise
     /// for the endpoint.
-    pub fn secondary(&self, id: u64, rule: usize, epoch: u64, endpoint: &str, half: ShadowHalf) {
+    pub fn secondary(&self, id: u64, rule: RuleId, epoch: u64, endpoint: &str, half: ShadowHalf) {
         if self.keep(rule).is_none() {
             return;
         }
@@ -383,7 +361,7 @@ impl CompareHub {
         for ev in events {
             let outcome = match ev {
                 PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(secondary) } => {
-                    let Some(r) = self.rules.get(rule).and_then(Option::as_ref) else { continue };
+                    let Some(r) = self.rule(rule) else { continue };
                     let mut c = lock(&r.comparator);
                     // Noise learned in an epoch belongs to it, as the pairs do.
                     if self.is_retired() || c.epoch().number != epoch {
@@ -400,17 +378,13 @@ impl CompareHub {
         }
     }
 
-    /// Request `id` will not be replayed after all (it could not be edited): no shadow half.
-    pub fn withdraw(&self, id: u64) {
-        lock(&self.table).expected.remove(&id);
-    }
-
-    /// The primary's response. Its body is what extraction kept (`keep_response_body`).
-    pub fn primary(&self, resp: &CapturedResponse) {
+    /// The primary's response, and which halves come for it. Its body is what extraction kept
+    /// (`keep_response_body`).
+    pub fn primary(&self, resp: &CapturedResponse, expected: Expected) {
         let now = self.now_ns();
         let mut t = lock(&self.table);
-        let for_secondary = t.expected_secondary.remove(&resp.request_id);
-        if !t.expected.remove(&resp.request_id) {
+        let for_secondary = expected.secondary;
+        if !expected.shadow {
             t.not_replayed += 1;
             drop(t);
             self.metrics.record_uncompared(NOT_REPLAYED, 1);
@@ -427,10 +401,9 @@ impl CompareHub {
         let mut events = std::mem::take(&mut t.events);
         let mut learned = Vec::new();
         if for_secondary {
-            t.secondary_pairs.primary(resp.request_id, usize::MAX, "", sample.clone(), now, &mut learned);
+            t.secondary_pairs.primary(resp.request_id, sample.clone(), now, &mut learned);
         }
-        // The rule and endpoint are the shadow half's; these only hold while the primary waits.
-        t.pairs.primary(resp.request_id, usize::MAX, "", sample, now, &mut events);
+        t.pairs.primary(resp.request_id, sample, now, &mut events);
         self.settle(t, events);
         self.learn(learned);
     }
@@ -438,7 +411,7 @@ impl CompareHub {
     /// The shadow's answer to request `id` of rule `rule` (its endpoint named as the metrics
     /// name it), or why there is none; `epoch`: [`epoch_of`](Self::epoch_of) the rule when the
     /// request went out.
-    pub fn shadow(&self, id: u64, rule: usize, epoch: u64, endpoint: &str, half: ShadowHalf) {
+    pub fn shadow(&self, id: u64, rule: RuleId, epoch: u64, endpoint: &str, half: ShadowHalf) {
         if self.keep(rule).is_none() {
             return;
         }
@@ -470,10 +443,8 @@ impl CompareHub {
         let mut t = lock(&self.table);
         let mut events = std::mem::take(&mut t.events);
         t.pairs.drain(&mut events);
-        t.expected.clear();
         let mut learned = Vec::new();
         t.secondary_pairs.drain(&mut learned);
-        t.expected_secondary.clear();
         self.settle(t, events);
         self.learn(learned);
     }
@@ -510,7 +481,7 @@ impl CompareHub {
     fn judge(&self, ev: PairEvent) {
         match ev {
             PairEvent::Pair { rule, epoch, endpoint, mut primary, shadow } => {
-                let Some(r) = self.rules.get(rule).and_then(Option::as_ref) else { return };
+                let Some(r) = self.rule(rule) else { return };
                 let mut c = lock(&r.comparator);
                 if self.stale(&mut c, epoch) {
                     drop(c);
@@ -549,7 +520,7 @@ impl CompareHub {
             }
             PairEvent::Unpaired { rule, epoch, endpoint, reason } => {
                 let mut label = reason.as_str();
-                if let Some(r) = self.rules.get(rule).and_then(Option::as_ref) {
+                if let Some(r) = self.rule(rule) {
                     let mut c = lock(&r.comparator);
                     if self.stale(&mut c, epoch) {
                         label = EPOCH;
@@ -604,14 +575,17 @@ fn announce(metrics: &Metrics, r: &RuleCompare, c: &Comparator) {
     metrics.start_compare_epoch(&r.name, e.reason.as_str(), e.started_unix_ms as f64 / 1000.0);
 }
 
-/// The control socket's answer to `reset [--rule NAME]`: the epochs started, as JSON. `rules`:
-/// every rule's name, so that a rule that exists but does not compare is told apart from an
-/// unknown one; either is an error and resets nothing.
-pub fn control_reset(hub: Option<&CompareHub>, rule: Option<&str>, rules: &[&str]) -> Response {
+/// `reset [--rule NAME]`: the epochs started. `rules`: every rule's name, so that a rule that
+/// exists but does not compare is told apart from an unknown one; either is an error and resets
+/// nothing.
+pub fn reset_epochs(hub: Option<&CompareHub>, rule: Option<&str>, rules: &[&str]) -> Result<Vec<RuleEpoch>, ErrorBody> {
     if let Some(name) = rule
         && !rules.contains(&name)
     {
-        return Response::error(ErrorKind::NoSuchRule, format!("no rule named '{name}' (rules: {})", rules.join(", ")));
+        return Err(ErrorBody::new(
+            ErrorKind::NoSuchRule,
+            format!("no rule named '{name}' (rules: {})", rules.join(", ")),
+        ));
     }
     let reset = match hub {
         Some(h) => h.reset(rule),
@@ -620,40 +594,25 @@ pub fn control_reset(hub: Option<&CompareHub>, rule: Option<&str>, rules: &[&str
             None => Ok(Vec::new()),
         },
     };
-    match reset {
-        Ok(epochs) => match serde_json::to_value(epochs) {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::error(ErrorKind::Internal, format!("encode the answer: {e}")),
-        },
-        Err(msg) => Response::error(
+    reset.map_err(|msg| {
+        ErrorBody::new(
             ErrorKind::InvalidArgument,
             format!("{msg} (no shadow, or comparison off): there is no comparison to reset"),
-        ),
-    }
+        )
+    })
 }
 
-/// The control socket's answer to `report` and `diffs` (`None` for other commands): the
-/// [`DaemonReport`] and a list of [`RuleDiff`]s as JSON.
-pub fn control_report(hub: Option<&CompareHub>, command: &Command) -> Option<Response> {
-    let json = |v: Result<serde_json::Value, serde_json::Error>| match v {
-        Ok(v) => Response::ok(v),
-        Err(e) => Response::error(ErrorKind::Internal, format!("encode the answer: {e}")),
-    };
-    match command {
-        Command::Report => Some(match hub {
-            Some(h) => json(serde_json::to_value(h.report())),
-            None => json(serde_json::to_value(DaemonReport {
-                verdict: Verdict::Insufficient,
-                rules: Vec::new(),
-                pairs: PairStats::default(),
-            })),
-        }),
-        Command::Diffs { endpoint } => {
-            let diffs = hub.map(|h| h.diffs(endpoint.as_deref())).unwrap_or_default();
-            Some(json(serde_json::to_value(diffs)))
-        }
-        _ => None,
-    }
+/// `report`: every comparing rule's report (none and INSUFFICIENT when nothing compares).
+pub fn report_of(hub: Option<&CompareHub>) -> DaemonReport {
+    hub.map_or_else(
+        || DaemonReport { verdict: Verdict::Insufficient, rules: Vec::new(), pairs: PairStats::default() },
+        CompareHub::report,
+    )
+}
+
+/// `diffs [--endpoint E]`: the mismatch samples kept (none when nothing compares).
+pub fn diffs_of(hub: Option<&CompareHub>, endpoint: Option<&str>) -> Vec<RuleDiff> {
+    hub.map(|h| h.diffs(endpoint)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -712,24 +671,21 @@ mod tests {
     fn halves_pair_in_either_order_and_every_leftover_is_counted() {
         let h = hub(1024);
         assert_eq!(h.keep_response_body(), 1024);
-        assert!(h.keep(0).is_some() && h.keep(1).is_none());
+        assert!(h.keep(RuleId::new(0)).is_some() && h.keep(RuleId::new(1)).is_none());
         // 1: primary first; 2: shadow first; 3: differing body; 4: shadow failed.
-        for id in 1..=4 {
-            h.expect(id);
-        }
-        h.primary(&primary(1, 200, br#"{"a":1}"#));
-        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, 0, 1, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#));
-        h.primary(&primary(2, 200, br#"{"a":1,"timestamp":1}"#));
-        h.primary(&primary(3, 200, br#"{"a":1}"#));
-        h.shadow(3, 0, 1, "GET /a", shadow(200, br#"{"a":2}"#));
-        h.shadow(4, 0, 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout));
-        h.primary(&primary(4, 200, br#"{"a":1}"#));
+        h.primary(&primary(1, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(2, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#));
+        h.primary(&primary(2, 200, br#"{"a":1,"timestamp":1}"#), Expected::SHADOW);
+        h.primary(&primary(3, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.shadow(3, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":2}"#));
+        h.shadow(4, RuleId::new(0), 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout));
+        h.primary(&primary(4, 200, br#"{"a":1}"#), Expected::SHADOW);
         // Not expected: a request that was never replayed.
-        h.primary(&primary(99, 200, b"{}"));
+        h.primary(&primary(99, 200, b"{}"), Expected::default());
         // A shadow half whose primary never comes, and a rule that does not compare.
-        h.shadow(5, 0, 1, "GET /b", shadow(200, b"{}"));
-        h.shadow(6, 1, 1, "GET /c", shadow(200, b"{}"));
+        h.shadow(5, RuleId::new(0), 1, "GET /b", shadow(200, b"{}"));
+        h.shadow(6, RuleId::new(1), 1, "GET /c", shadow(200, b"{}"));
         h.drain();
 
         let r = h.report();
@@ -771,16 +727,15 @@ mod tests {
     fn an_untimed_shadow_response_is_compared_without_a_latency() {
         let h = hub(1024);
         for id in 1..=3 {
-            h.expect(id);
-            h.primary(&primary(id, 200, br#"{"a":1}"#));
+            h.primary(&primary(id, 200, br#"{"a":1}"#), Expected::SHADOW);
         }
         let untimed = |status, body| match shadow(status, body) {
             ShadowHalf::Response(s) => ShadowHalf::Response(ResponseSample { latency: None, ..s }),
             other => other,
         };
-        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, 0, 1, "GET /a", untimed(200, br#"{"a":1}"#));
-        h.shadow(3, 0, 1, "GET /a", untimed(200, br#"{"a":2}"#));
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(2, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":1}"#));
+        h.shadow(3, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":2}"#));
         let r = h.report();
         let a = &r.rules[0].report.endpoints[0].summary;
         assert_eq!(a.samples, 3, "every pair compared");
@@ -830,9 +785,8 @@ mod tests {
         ];
         for (i, (path, half)) in cases.into_iter().enumerate() {
             let id = i as u64 + 1;
-            h.expect(id);
-            h.primary(&primary(id, 200, body));
-            h.shadow(id, 0, 1, &format!("GET {path}"), half);
+            h.primary(&primary(id, 200, body), Expected::SHADOW);
+            h.shadow(id, RuleId::new(0), 1, &format!("GET {path}"), half);
         }
         let r = h.report();
         let outcome = |path: &str| {
@@ -854,9 +808,8 @@ mod tests {
     #[test]
     fn a_primary_body_over_its_rules_cap_is_compared_by_length() {
         let h = hub(4);
-        h.expect(1);
-        h.primary(&primary(1, 200, br#"{"a":1}"#));
-        h.shadow(1, 0, 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.primary(&primary(1, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
         let r = h.report();
         assert_eq!(r.rules[0].report.endpoints[0].summary.length_only, 1);
     }
@@ -866,8 +819,7 @@ mod tests {
         let s = CompareSettings::default();
         let limits = PairLimits { timeout: Duration::ZERO, ..PairLimits::default() };
         let h = CompareHub::new(&[("api".into(), Some(&s))], limits, Arc::new(Metrics::new(10))).unwrap().unwrap();
-        h.expect(1);
-        h.primary(&primary(1, 200, b"{}"));
+        h.primary(&primary(1, 200, b"{}"), Expected::SHADOW);
         h.tick();
         assert_eq!(h.report().pairs.primary_shadow_missing, 1);
         assert_eq!(metric(&h, r#"shadow_compare_primary_uncompared_total{reason="shadow_missing"}"#), 1.0);
@@ -894,8 +846,8 @@ mod tests {
     /// One pair of request `id`, the shadow's half stamped as replay stamps it (now, unless
     /// `epoch` says when it went out).
     fn pair(h: &CompareHub, id: u64, rule: usize, epoch: Option<u64>, half: ShadowHalf) {
-        h.expect(id);
-        h.primary(&primary(id, 200, br#"{"a":1}"#));
+        h.primary(&primary(id, 200, br#"{"a":1}"#), Expected::SHADOW);
+        let rule = RuleId::new(rule);
         h.shadow(id, rule, epoch.unwrap_or_else(|| h.epoch_of(rule)), "GET /a", half);
     }
 
@@ -923,28 +875,26 @@ mod tests {
             pair(&h, id, 0, None, shadow(200, br#"{"a":1}"#));
         }
         // Request 4 goes out in epoch 1; its primary is in, its shadow answer comes later.
-        let sent_in = h.epoch_of(0);
-        h.expect(4);
-        h.primary(&primary(4, 200, br#"{"a":1}"#));
+        let sent_in = h.epoch_of(RuleId::new(0));
+        h.primary(&primary(4, 200, br#"{"a":1}"#), Expected::SHADOW);
         // Request 5 too, and its answer comes before its primary.
-        h.expect(5);
-        h.shadow(5, 0, sent_in, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(5, RuleId::new(0), sent_in, "GET /a", shadow(200, br#"{"a":1}"#));
         let lbl = r#"{rule="api",endpoint="GET /a""#;
         assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"match\"}}")), 3.0);
 
-        let started = h.start_epoch(0, EpochReason::Target).expect("api compares");
+        let started = h.start_epoch(RuleId::new(0), EpochReason::Target).expect("api compares");
         assert_eq!(
             (started.rule.as_str(), started.epoch.number, started.epoch.reason),
             ("api", 2, EpochReason::Target)
         );
-        assert_eq!(h.epoch_of(0), 2);
+        assert_eq!(h.epoch_of(RuleId::new(0)), 2);
         assert_eq!(samples(&h, "api"), 0, "epoch 1's pairs are gone");
         assert!(h.diffs(None).is_empty());
         assert!(!exported(&h, "shadow_comparisons_total{rule=\"api\""), "the old series left the registry");
         assert!(!exported(&h, "shadow_compared_latency_seconds_count{rule=\"api\""));
 
-        h.shadow(4, 0, sent_in, "GET /a", shadow(500, b"{}"));
-        h.primary(&primary(5, 200, br#"{"a":1}"#));
+        h.shadow(4, RuleId::new(0), sent_in, "GET /a", shadow(500, b"{}"));
+        h.primary(&primary(5, 200, br#"{"a":1}"#), Expected::SHADOW);
         assert_eq!(samples(&h, "api"), 0, "answers of the old target are not compared");
         assert_eq!(epoch(&h, "api").dropped_in_flight, 2);
         assert_eq!(metric(&h, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 2.0);
@@ -972,8 +922,7 @@ mod tests {
             pair(&h, 10 + id, 2, None, shadow(200, br#"{"a":1}"#));
         }
         let names = ["api", "off", "web"];
-        let r = control_reset(Some(&h), Some("api"), &names);
-        let reset: Vec<RuleEpoch> = serde_json::from_value(r.data.expect("ok")).expect("epochs");
+        let reset = reset_epochs(Some(&h), Some("api"), &names).expect("ok");
         assert_eq!(reset.len(), 1);
         assert_eq!(
             (reset[0].rule.as_str(), reset[0].epoch.number, reset[0].epoch.reason),
@@ -988,22 +937,20 @@ mod tests {
             ("nope", ErrorKind::NoSuchRule, "no rule named 'nope' (rules: api, off, web)"),
             ("off", ErrorKind::InvalidArgument, "rule 'off' does not compare"),
         ] {
-            let e = control_reset(Some(&h), Some(name), &names).error.expect("an error");
+            let e = reset_epochs(Some(&h), Some(name), &names).expect_err("an error");
             assert_eq!(e.kind, kind);
             assert!(e.message.starts_with(says), "{}", e.message);
         }
         assert_eq!((epoch(&h, "api").number, epoch(&h, "web").number), (2, 1));
 
-        let all: Vec<RuleEpoch> =
-            serde_json::from_value(control_reset(Some(&h), None, &names).data.expect("ok")).expect("epochs");
+        let all = reset_epochs(Some(&h), None, &names).expect("ok");
         let got: Vec<(&str, u64)> = all.iter().map(|e| (e.rule.as_str(), e.epoch.number)).collect();
         assert_eq!(got, [("api", 3), ("web", 2)]);
         assert_eq!(samples(&h, "web"), 0);
         assert_eq!(metric(&h, r#"shadow_compare_epochs_total{rule="api",reason="reset"}"#), 2.0);
 
-        let none = control_reset(None, None, &names);
-        assert_eq!(none.data, Some(serde_json::json!([])), "nothing compares: nothing to reset");
-        assert_eq!(control_reset(None, Some("api"), &names).error.expect("error").kind, ErrorKind::InvalidArgument);
+        assert_eq!(reset_epochs(None, None, &names), Ok(Vec::new()), "nothing compares: nothing to reset");
+        assert_eq!(reset_epochs(None, Some("api"), &names).expect_err("error").kind, ErrorKind::InvalidArgument);
     }
 
     fn versioned(version: Option<&str>, body: &'static [u8]) -> ShadowHalf {
@@ -1039,7 +986,7 @@ mod tests {
         assert_eq!(h.diffs(None).len(), 1);
 
         // Request 5 goes out now and its answer (the old build's) comes after the change.
-        let old = h.epoch_of(0);
+        let old = h.epoch_of(RuleId::new(0));
         pair(&h, 6, 0, None, versioned(Some("v2"), br#"{"a":1}"#));
         let e = epoch(&h, "api");
         assert_eq!((e.number, e.reason), (2, EpochReason::Version));
@@ -1088,9 +1035,8 @@ mod tests {
         for (id, rule) in [(1, 0), (2, 1), (3, 2)] {
             pair(&old, id, rule, None, shadow(200, br#"{"a":1}"#));
         }
-        let sent_in = old.epoch_of(0);
-        old.expect(9);
-        old.primary(&primary(9, 200, b"{}"));
+        let sent_in = old.epoch_of(RuleId::new(0));
+        old.primary(&primary(9, 200, b"{}"), Expected::SHADOW);
         let rules = [("api".to_owned(), Some(&s)), ("web".to_owned(), Some(&s)), ("new".to_owned(), Some(&s))];
         let new = CompareHub::new(&rules, PairLimits::default(), metrics.clone()).unwrap().unwrap();
         new.open(Some((&old, &["web".to_owned()])));
@@ -1112,7 +1058,7 @@ mod tests {
         assert!(!exported(&new, "shadow_comparisons_total{rule=\"gone\""));
         assert!(!exported(&new, "shadow_comparisons_total{rule=\"api\""), "api restarts from zero");
         // The old replay lanes still answer to the old hub: counted, not compared anywhere.
-        old.shadow(9, 0, sent_in, "GET /a", shadow(200, b"{}"));
+        old.shadow(9, RuleId::new(0), sent_in, "GET /a", shadow(200, b"{}"));
         assert_eq!(metric(&new, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 1.0);
         assert_eq!(samples(&old, "api"), 1, "the old hub compared nothing more");
     }

@@ -13,12 +13,18 @@
 //! - `metrics`: the request ledger, latency, Prometheus registry and HTTP endpoint (a sink: it
 //!   knows no stage, only `http`'s path normal form for endpoint names);
 //! - `compare`: primary against shadow per endpoint, noise, gates, verdict, report (pure);
+//! - `correlate`: the requests waiting for the primary's answer; primary latency per endpoint,
+//!   and the halves of each comparison handed to `hub` (replay speaks only to it);
 //! - `hub`: where the primary's and the shadow's responses meet and are compared, per daemon;
-//! - `service`: what a rule matches (a port, on any address or an address prefix);
-//! - `control`, `operate`: the control socket, and the commands it applies to the capture;
+//! - `rule`, `service`: a rule's key (`RuleId`, the same in every stage), and what a rule
+//!   matches (a port, on any address or an address prefix);
+//! - `control`, `operate`: the control socket's protocol and server, and the rule rates and
+//!   pauses it applies to the capture;
+//! - `reply`: the typed answers to control commands, built by `run` and read by `ctl`;
 //! - `ctl`: `shadowctl`, the client;
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
-//! - `run`: `run(config, shutdown)`, the loop that joins them.
+//! - `run`: `run(config, shutdown)`, the loop, and the `Daemon` that joins the stages, with one
+//!   method per event (a batch, a tick, a control command, a reload).
 //!
 //! Capture, reassembly and extraction run on one task, a ring-buffer batch at a time: nothing
 //! queues between them, so their memory is the reassembly cap. Replay is the only stage behind a
@@ -29,6 +35,7 @@ pub mod capture;
 pub mod compare;
 pub mod config;
 pub mod control;
+pub mod correlate;
 pub mod ctl;
 pub mod http;
 pub mod hub;
@@ -37,6 +44,8 @@ pub mod metrics;
 pub mod operate;
 pub mod reassembly;
 pub mod replay;
+pub mod reply;
+pub mod rule;
 pub mod run;
 pub mod segment;
 pub mod service;

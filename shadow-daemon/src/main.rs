@@ -22,8 +22,7 @@ fn main() -> ExitCode {
     if let Err(e) = run::init_logging(args.log_format == "json", &level) {
         // Named as the operator gave it: the flag, SHADOW_LOG_LEVEL, or SHADOW_LOG.
         let source = if from_shadow_log { "SHADOW_LOG".into() } else { usage::setting_name("--log-level") };
-        let e = e.strip_prefix("--log-level").map_or_else(|| e.clone(), |rest| format!("{source}{rest}"));
-        eprintln!("shadow-daemon: {}", single_line(&e));
+        eprintln!("shadow-daemon: {}", single_line(&format!("{source}: {e}")));
         return ExitCode::from(EXIT_USAGE);
     }
     let cfg = match args.resolve() {

@@ -1,9 +1,10 @@
 //! What flows between the stages after reassembly: extracted HTTP messages. Pure data.
 //!
 //! Produced by `http` (from reassembled streams), consumed by `replay` (requests) and by the
-//! primary-latency / compare side (paired responses).
+//! primary-latency / compare side (paired responses). A [`ResponseSample`] is what is kept of
+//! either side's response for comparison, as replay reads the shadow's by a [`KeepSpec`].
 
-use std::ops::Range;
+use std::{ops::Range, time::Duration};
 
 use bytes::Bytes;
 
@@ -104,4 +105,38 @@ impl CapturedResponse {
     pub fn time_to_last_byte_ns(&self) -> u64 {
         self.last_ts_ns.saturating_sub(self.request_last_ts_ns)
     }
+}
+
+/// One side's response as the comparison needs it: the primary's from capture, the shadow's as
+/// replay read it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResponseSample {
+    pub status: u16,
+    /// The header fields the comparison needs (others are not kept), any case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body after transfer decoding (de-chunked), still content-encoded.
+    pub body: Bytes,
+    /// False when `body` is not the whole body (capture cut it, or it was over a read cap).
+    pub body_complete: bool,
+    /// Length of the whole body on the wire, as framed; equals `body.len()` when complete.
+    pub body_len: u64,
+    /// None: not measured (a shadow response read behind another of the same pipeline, whose
+    /// times include the shadow's work on the ones before it).
+    pub latency: Option<Duration>,
+}
+
+impl ResponseSample {
+    /// The value of header field `name` (any case), if kept.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// What the replay client keeps of a rule's shadow responses, for comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepSpec {
+    /// Body content bytes kept (the rule's `max_body_bytes`).
+    pub max_body: usize,
+    /// Lower-case names of the header fields kept (`CompareSettings::headers_needed`).
+    pub headers: Vec<String>,
 }

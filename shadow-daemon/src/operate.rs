@@ -1,13 +1,13 @@
-//! What operators change while the daemon runs, and what they ask: the control socket's
-//! commands applied to the capture (per-rule rates, pause, resume) and answered from the kernel
-//! maps and the metrics. The daemon's loop owns one [`Operations`] beside the capture, so a
-//! change and the answer that reads it back are one step.
+//! What operators change while the daemon runs: per-rule sampling rates, pause and resume,
+//! applied to the capture's kernel maps, and the `status` answer read back from them. The
+//! daemon owns one [`Operations`] beside the capture, so a change and the answer that reads it
+//! back are one step; which command does what is the daemon's one `match` (see [`crate::run`]).
 
 use std::time::Instant;
 
 use crate::{
-    capture::{Capture, KernelRule},
-    control::{Command, ErrorKind, Response, RuleStatus, Status},
+    capture::{Capture, HookKind, KernelRule},
+    control::{ErrorBody, ErrorKind, RuleStatus, Status},
     metrics::Metrics,
     service::ServiceMatch,
 };
@@ -32,7 +32,7 @@ impl RuleRuntime {
 /// Daemon facts that `status` reports and operators cannot change.
 #[derive(Clone, Debug)]
 pub struct Facts {
-    pub hook: String,
+    pub hook: HookKind,
     pub interfaces: Vec<String>,
     pub ring_buffer_bytes: u64,
 }
@@ -85,26 +85,20 @@ impl Operations {
         merged
     }
 
-    /// Apply `rate`, `pause`, `resume`; answer `status` and `stats`. Other commands are the
-    /// loop's (they need the config file, the comparator, the replay engine).
-    pub fn handle(&mut self, cmd: &Command, capture: &mut Capture, metrics: &Metrics) -> Response {
-        let result = match cmd {
-            Command::Status => Ok(()),
-            Command::Rate { percent, rule } => match percent_to_ppm(*percent) {
-                None => Err((ErrorKind::InvalidArgument, format!("rate: {percent} is not a percentage (0-100)"))),
-                Some(ppm) => self.change(capture, rule.as_deref(), |r| r.rate_ppm = ppm),
-            },
-            Command::Pause { rule } => self.change(capture, rule.as_deref(), |r| r.paused = true),
-            Command::Resume { rule } => self.change(capture, rule.as_deref(), |r| r.paused = false),
-            Command::Stats => return Response::ok(serde_json::to_value(metrics.summary()).unwrap_or_default()),
-            Command::Reload | Command::Report | Command::Diffs { .. } | Command::Reset { .. } => {
-                return Response::error(ErrorKind::Internal, format!("{} is not handled here", cmd.as_str()));
-            }
+    /// `rate PERCENT [--rule NAME]`: the rate of one rule or of every rule (kept while paused).
+    pub fn set_rate(&mut self, capture: &mut Capture, rule: Option<&str>, percent: f64) -> Result<(), ErrorBody> {
+        let Some(ppm) = percent_to_ppm(percent) else {
+            return Err(ErrorBody::new(
+                ErrorKind::InvalidArgument,
+                format!("rate: {percent} is not a percentage (0-100)"),
+            ));
         };
-        match result {
-            Ok(()) => Response::ok(serde_json::to_value(self.status(capture, metrics)).unwrap_or_default()),
-            Err((kind, msg)) => Response::error(kind, msg),
-        }
+        self.change(capture, rule, |r| r.rate_ppm = ppm)
+    }
+
+    /// `pause` (`true`) or `resume` (`false`) one rule or every rule.
+    pub fn set_paused(&mut self, capture: &mut Capture, rule: Option<&str>, paused: bool) -> Result<(), ErrorBody> {
+        self.change(capture, rule, |r| r.paused = paused)
     }
 
     /// Change one rule (by name) or all, and write each changed rule's rate to the kernel.
@@ -113,14 +107,14 @@ impl Operations {
         capture: &mut Capture,
         rule: Option<&str>,
         f: impl Fn(&mut RuleRuntime),
-    ) -> Result<(), (ErrorKind, String)> {
+    ) -> Result<(), ErrorBody> {
         let ids: Vec<usize> = match rule {
             None => (0..self.rules.len()).collect(),
             Some(name) => match self.rules.iter().position(|r| r.name == name) {
                 Some(i) => vec![i],
                 None => {
                     let known: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-                    return Err((
+                    return Err(ErrorBody::new(
                         ErrorKind::NoSuchRule,
                         format!("no rule named '{name}' (rules: {})", known.join(", ")),
                     ));
@@ -130,7 +124,7 @@ impl Operations {
         for i in ids {
             f(&mut self.rules[i]);
             let ppm = self.rules[i].kernel_ppm();
-            capture.set_rule_ppm(i, ppm).map_err(|e| (ErrorKind::Internal, e.to_string()))?;
+            capture.set_rule_ppm(i, ppm).map_err(|e| ErrorBody::new(ErrorKind::Internal, e.to_string()))?;
         }
         Ok(())
     }
@@ -157,7 +151,11 @@ impl Operations {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            hook: self.facts.hook.clone(),
+            hook: match self.facts.hook {
+                HookKind::Tc => "tc",
+                HookKind::Xdp => "xdp",
+            }
+            .into(),
             interfaces: self.facts.interfaces.clone(),
             attached: capture.attached(),
             ring_buffer_bytes: self.facts.ring_buffer_bytes,
@@ -213,7 +211,7 @@ mod tests {
 
     #[test]
     fn reload_keeps_live_rates_and_pauses_unless_the_file_changed_the_rate() {
-        let facts = Facts { hook: "tc".into(), interfaces: vec!["eth0".into()], ring_buffer_bytes: 1 };
+        let facts = Facts { hook: HookKind::Tc, interfaces: vec!["eth0".into()], ring_buffer_bytes: 1 };
         let file = vec![rule("a", 100_000, false), rule("b", 100_000, false)];
         let mut ops = Operations::new(facts, vec![rule("a", 500_000, true), rule("b", 20_000, false)]);
         // New file: a unchanged (10 %), b changed to 30 %, c new.

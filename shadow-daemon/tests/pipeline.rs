@@ -17,6 +17,7 @@ use std::{
 
 use shadow_daemon::{
     config::Rule,
+    correlate::Correlator,
     message::CapturedRequest,
     metrics::{Metrics, RequestCounts, TextFormat, reason},
     replay::{
@@ -204,7 +205,7 @@ async fn held_then(
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 1, pool_size: 4, ..controls };
     let rule = Rule::new(vec![SERVICE_PORT], Some(shadow.target()), controls);
-    let engine = ReplayEngine::start(&[rule], metrics.clone()).expect("engine");
+    let engine = ReplayEngine::start(&[rule], Correlator::new(metrics.clone(), None)).expect("engine");
     let mut all = vec![request(0, "GET", "/held")];
     assert_eq!(engine.submit(all[0].clone()), Submission::Queued);
     shadow.wait_for_requests(1).await;

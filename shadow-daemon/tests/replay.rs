@@ -16,6 +16,7 @@ use std::{
 use bytes::Bytes;
 use shadow_daemon::{
     config::Rule,
+    correlate::Correlator,
     message::{BodyFraming, CapturedRequest},
     metrics::{Metrics, MetricsServer, RequestCounts, reason},
     replay::{
@@ -290,7 +291,8 @@ async fn healthy_shadow_gets_exact_tagged_bytes_over_reused_connections() {
     let shadow = Shadow::start(Mode::Healthy).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 4, pool_size: 4, ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let mut sent = Vec::new();
     for i in 0..40u64 {
         let raw = if i % 10 == 9 {
@@ -333,7 +335,8 @@ async fn pool_stays_bounded_under_concurrent_load() {
     let metrics = Arc::new(Metrics::new(10));
     // One request per replay: the pool, not pipeline depth, decides the connections.
     let controls = ReplayControls { concurrency: 3, pool_size: 2, pipeline: 1, ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     // Thirty captured connections (one request each), so that they may go three at a time.
     for i in 0..30 {
         assert_eq!(engine.submit(captured_from(i, &get("/x"), 50_000 + i as u16)), Submission::Queued);
@@ -354,7 +357,8 @@ async fn chunked_request_bodies_arrive_byte_for_byte() {
     let shadow = Shadow::start(Mode::Healthy).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { methods: MethodAllowlist::with_extra(&["POST".into()]), ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let mut raw =
         b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Shadow-Request: spoofed\r\n\r\n".to_vec();
     let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
@@ -389,7 +393,7 @@ async fn shadow_down_is_backed_off_then_probed_and_used_when_it_comes_up() {
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 1, ..Default::default() };
     let started = Instant::now();
-    let engine = ReplayEngine::start(&[rule(target, controls)], metrics.clone()).unwrap();
+    let engine = ReplayEngine::start(&[rule(target, controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let failures = backoff::FAILURES_TO_BACK_OFF as u64;
     for i in 0..failures {
         assert_eq!(engine.submit(captured(i, &get("/a"))), Submission::Queued);
@@ -450,7 +454,7 @@ async fn responses_past_the_cap_close_the_connection_and_are_counted() {
         Rule::new(vec![1001], Some(endless.target()), controls.clone()),
         Rule::new(vec![1002], Some(framing.target()), controls),
     ];
-    let engine = ReplayEngine::start(&rules, metrics.clone()).unwrap();
+    let engine = ReplayEngine::start(&rules, Correlator::new(metrics.clone(), None)).unwrap();
     // Fewer than the failures that back a target off: each one is tried.
     for i in 0..3 {
         assert_eq!(engine.submit(captured_on(i, &get("/endless"), 1001)), Submission::Queued);
@@ -486,7 +490,9 @@ async fn shadow_host_name_is_resolved_at_connect() {
     let metrics = Arc::new(Metrics::new(10));
     // `localhost` may resolve to ::1 first, where nothing listens: the next address is tried.
     let target: ShadowTarget = format!("localhost:{}", shadow.addr.port()).parse().unwrap();
-    let engine = ReplayEngine::start(&[rule(target, ReplayControls::default())], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(target, ReplayControls::default())], Correlator::new(metrics.clone(), None))
+            .unwrap();
     assert_eq!(engine.submit(captured(1, &get("/n"))), Submission::Queued);
     let r = settle(&metrics, 1).await;
     assert_eq!(r.replayed, 1, "{r:?}");
@@ -504,7 +510,8 @@ async fn slow_shadow_fills_the_queue_without_blocking_and_times_out() {
         request_timeout: Duration::from_millis(300),
         ..Default::default()
     };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let start = Instant::now();
     let outcomes: Vec<Submission> = (0..20).map(|i| engine.submit(captured(i, &get("/slow")))).collect();
     let took = start.elapsed();
@@ -537,7 +544,8 @@ async fn held_bytes_are_bounded_too() {
         queue_bytes: 10_000,
         ..Default::default()
     };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let body = "x".repeat(3000);
     let post = format!("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let outcomes: Vec<Submission> = (0..10).map(|i| engine.submit(captured(i, post.as_bytes()))).collect();
@@ -557,7 +565,11 @@ async fn held_bytes_are_bounded_too() {
 async fn slow_shadow_within_the_timeout_is_measured() {
     let shadow = Shadow::start(Mode::Slow(Duration::from_secs(2))).await;
     let metrics = Arc::new(Metrics::new(10));
-    let engine = ReplayEngine::start(&[rule(shadow.target(), ReplayControls::default())], metrics.clone()).unwrap();
+    let engine = ReplayEngine::start(
+        &[rule(shadow.target(), ReplayControls::default())],
+        Correlator::new(metrics.clone(), None),
+    )
+    .unwrap();
     assert_eq!(engine.submit(captured(1, &get("/slow"))), Submission::Queued);
     let r = settle(&metrics, 1).await;
     assert_eq!(r.replayed, 1, "{r:?}");
@@ -577,7 +589,7 @@ async fn reset_and_garbage_are_counted_by_kind() {
     let one = || ReplayControls { pipeline: 1, ..Default::default() };
     let rules =
         [Rule::new(vec![1001], Some(reset.target()), one()), Rule::new(vec![1002], Some(garbage.target()), one())];
-    let engine = ReplayEngine::start(&rules, metrics.clone()).unwrap();
+    let engine = ReplayEngine::start(&rules, Correlator::new(metrics.clone(), None)).unwrap();
     for i in 0..3 {
         assert_eq!(engine.submit(captured_on(i, &get("/r"), 1001)), Submission::Queued);
         assert_eq!(engine.submit(captured_on(100 + i, &get("/g"), 1002)), Submission::Queued);
@@ -596,7 +608,8 @@ async fn response_framings_are_followed_and_connections_reused_where_possible() 
     let shadow = Shadow::start(Mode::Framing).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 1, ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let paths = ["/chunked", "/continue", "/nocontent", "/plain", "/chunked", "/close", "/plain"];
     for (i, p) in paths.iter().enumerate() {
         let raw = if *p == "/plain" { format!("HEAD {p} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes() } else { get(p) };
@@ -623,7 +636,8 @@ async fn a_request_the_shadow_read_before_closing_is_never_sent_again() {
     let metrics = Arc::new(Metrics::new(10));
     let controls =
         ReplayControls { concurrency: 1, methods: MethodAllowlist::with_extra(&["POST".into()]), ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     let post = b"POST /once HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx";
     let requests = [get("/idem"), get("/idem2"), post.to_vec(), post.to_vec()];
     for (i, req) in requests.iter().enumerate() {
@@ -655,7 +669,7 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     let started = Instant::now();
     let engine = ReplayEngine::start(
         &[rule(shadow.target(), controls), Rule::new(vec![9999], None, ReplayControls::default())],
-        metrics.clone(),
+        Correlator::new(metrics.clone(), None),
     )
     .unwrap();
     let post = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
@@ -687,7 +701,8 @@ async fn shutdown_settles_everything_and_refuses_new_requests() {
     let shadow = Shadow::start(Mode::Slow(Duration::from_secs(2))).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 1, queue_capacity: 10, ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     for i in 0..4 {
         assert_eq!(engine.submit(captured(i, &get("/a"))), Submission::Queued);
     }
@@ -704,8 +719,9 @@ async fn shutdown_settles_everything_and_refuses_new_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_latency_is_recorded_per_endpoint() {
     let metrics = Arc::new(Metrics::new(10));
+    let correlator = Correlator::new(metrics.clone(), None);
     let engine =
-        ReplayEngine::start(&[Rule::new(vec![SERVICE_PORT], None, ReplayControls::default())], metrics.clone())
+        ReplayEngine::start(&[Rule::new(vec![SERVICE_PORT], None, ReplayControls::default())], correlator.clone())
             .unwrap();
     let req = captured(7, &get("/orders/123"));
     let flow = req.flow;
@@ -724,8 +740,8 @@ async fn primary_latency_is_recorded_per_endpoint() {
         last_ts_ns: 9_000_000,
         request_last_ts_ns: 1_000_000,
     };
-    engine.record_primary(&resp(7));
-    engine.record_primary(&resp(8));
+    correlator.primary(&resp(7));
+    correlator.primary(&resp(8));
     let s = metrics.summary();
     assert_eq!(s.primary.complete.count, 2);
     assert_eq!(s.primary_unmatched, 1);
@@ -757,7 +773,11 @@ async fn http_get(addr: SocketAddr, request: &str) -> (String, String, String) {
 async fn metrics_endpoint_passes_promtool_and_reconciles() {
     let shadow = Shadow::start(Mode::Healthy).await;
     let metrics = Arc::new(Metrics::new(10));
-    let engine = ReplayEngine::start(&[rule(shadow.target(), ReplayControls::default())], metrics.clone()).unwrap();
+    let engine = ReplayEngine::start(
+        &[rule(shadow.target(), ReplayControls::default())],
+        Correlator::new(metrics.clone(), None),
+    )
+    .unwrap();
     for i in 0..10 {
         let _ = engine.submit(captured(i, &get(&format!("/items/{i}"))));
     }
@@ -857,7 +877,8 @@ async fn requests_of_one_captured_connection_reach_the_shadow_one_at_a_time() {
     let shadow = Shadow::start(Mode::Slow(Duration::from_millis(30))).await;
     let metrics = Arc::new(Metrics::new(10));
     let controls = ReplayControls { concurrency: 3, pool_size: 4, ..Default::default() };
-    let engine = ReplayEngine::start(&[rule(shadow.target(), controls)], metrics.clone()).unwrap();
+    let engine =
+        ReplayEngine::start(&[rule(shadow.target(), controls)], Correlator::new(metrics.clone(), None)).unwrap();
     for i in 0..6 {
         assert_eq!(engine.submit(captured_from(i, &get(&format!("/one/{i}")), 40_000)), Submission::Queued);
     }
@@ -890,17 +911,18 @@ async fn a_retired_lanes_answers_join_no_epoch() {
         compare::{CompareSettings, EpochReason, pairs::PairLimits},
         hub::CompareHub,
         message::CapturedResponse,
+        rule::RuleId,
         segment::FlowId,
     };
     let shadow = Shadow::start(Mode::Healthy).await;
     let metrics = Arc::new(Metrics::new(10));
-    let engine = ReplayEngine::start(&[rule(shadow.target(), ReplayControls::default())], metrics.clone()).unwrap();
     let settings = CompareSettings::default();
     let hub = CompareHub::new(&[("api".to_owned(), Some(&settings))], PairLimits::default(), metrics.clone())
         .unwrap()
         .expect("the rule compares");
     hub.open(None);
-    engine.set_compare(&hub);
+    let correlator = Correlator::new(metrics.clone(), Some(hub.clone()));
+    let engine = ReplayEngine::start(&[rule(shadow.target(), ReplayControls::default())], correlator.clone()).unwrap();
     let primary = |id: u64| CapturedResponse {
         flow: FlowId { client: "10.0.0.1:40000".parse().unwrap(), server: "10.0.0.2:8080".parse().unwrap() },
         request_id: id,
@@ -918,28 +940,29 @@ async fn a_retired_lanes_answers_join_no_epoch() {
     let samples = |hub: &CompareHub| hub.report().rules[0].report.overall.samples;
     // The shadow half comes from the lane's task, just after the request is settled: wait for
     // it, then hand over the primary's, which pairs and judges at once.
-    async fn pair_up(hub: &CompareHub, primary: CapturedResponse) -> bool {
+    async fn pair_up(correlator: &Correlator, primary: CapturedResponse) -> bool {
+        let hub = correlator.hub().expect("compares");
         let deadline = Instant::now() + SETTLE;
         while hub.report().pairs.waiting == 0 {
             assert!(Instant::now() < deadline, "no shadow half within {SETTLE:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        hub.primary(&primary);
+        correlator.primary(&primary);
         hub.report().pairs.waiting == 0
     }
 
     assert_eq!(engine.submit(captured(1, &get("/a"))), Submission::Queued);
     settle(&metrics, 1).await;
-    assert!(pair_up(&hub, primary(1)).await, "paired");
+    assert!(pair_up(&correlator, primary(1)).await, "paired");
     assert_eq!(samples(&hub), 1);
 
-    engine.retire_compare(0);
-    let e = hub.start_epoch(0, EpochReason::Target).expect("epoch");
+    engine.retire_compare(RuleId::new(0));
+    let e = hub.start_epoch(RuleId::new(0), EpochReason::Target).expect("epoch");
     assert_eq!(e.epoch.number, 2);
     assert_eq!(engine.submit(captured(2, &get("/b"))), Submission::Queued);
     let r = settle(&metrics, 2).await;
     assert_eq!(r.replayed, 2, "the retired lane still replays: {r:?}");
-    assert!(pair_up(&hub, primary(2)).await, "paired");
+    assert!(pair_up(&correlator, primary(2)).await, "paired");
     let report = hub.report();
     let epoch = report.rules[0].report.epoch.as_ref().expect("epoch");
     assert_eq!((samples(&hub), epoch.number, epoch.dropped_in_flight), (0, 2, 1));

@@ -23,7 +23,6 @@ mod verdict;
 
 use std::{collections::HashMap, time::Duration};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "test-util"))]
@@ -49,6 +48,7 @@ use self::{
     normalize::{RawBody, normalize},
     settings::{Compiled, Profile},
 };
+pub use crate::message::ResponseSample;
 
 /// The endpoint that collects pairs past the endpoint cap.
 pub const OTHER_ENDPOINT: &str = "other";
@@ -59,29 +59,6 @@ const MAX_ENDPOINT_NAME: usize = 200;
 pub enum CompareError {
     #[error("{field}: {reason}")]
     InvalidSetting { field: String, reason: String },
-}
-
-/// One side's response as the comparison needs it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ResponseSample {
-    pub status: u16,
-    /// The headers [`CompareSettings::headers_needed`] names (others are ignored), any case.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body after transfer decoding (de-chunked), still content-encoded.
-    pub body: Bytes,
-    /// False when `body` is not the whole body (capture cut it, or it was over a read cap).
-    pub body_complete: bool,
-    /// Length of the whole body on the wire, as framed; equals `body.len()` when complete.
-    pub body_len: u64,
-    /// None: not measured (a shadow response read behind another of the same pipeline, whose
-    /// times include the shadow's work on the ones before it).
-    pub latency: Option<Duration>,
-}
-
-impl ResponseSample {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
-    }
 }
 
 /// How one pair compared; `as_str` is the `outcome` label of `shadow_comparisons_total`.

@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{ResponseSample, ShadowFailure, UnpairedReason};
+use crate::rule::RuleId;
 
 /// The shadow's half: a response, or why there is none.
 #[derive(Clone, Debug)]
@@ -17,19 +18,22 @@ pub enum ShadowHalf {
     Failed(ShadowFailure),
 }
 
-/// A waiting half, with what it needs to be compared or counted later.
+/// A waiting half, with what it needs to be compared or counted later. Only the shadow's side
+/// knows the rule and endpoint for sure (replay routed the request): a pair takes them from it.
 #[derive(Clone, Debug)]
 enum Half {
     Primary(ResponseSample),
-    Shadow(ShadowHalf),
+    Shadow {
+        rule: RuleId,
+        /// The rule's comparison epoch when the shadow request went out.
+        epoch: u64,
+        endpoint: String,
+        half: ShadowHalf,
+    },
 }
 
 #[derive(Clone, Debug)]
 struct Waiting {
-    rule: usize,
-    /// The rule's comparison epoch when the shadow request went out (0 on a primary half).
-    epoch: u64,
-    endpoint: String,
     half: Half,
     since_ns: u64,
     bytes: usize,
@@ -39,9 +43,9 @@ struct Waiting {
 #[derive(Clone, Debug)]
 pub enum PairEvent {
     /// Both halves: compare them (`epoch`: the shadow half's, see [`PairTable::shadow`]).
-    Pair { rule: usize, epoch: u64, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
+    Pair { rule: RuleId, epoch: u64, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
     /// A shadow half whose primary never came (or was evicted): count, do not compare.
-    Unpaired { rule: usize, epoch: u64, endpoint: String, reason: UnpairedReason },
+    Unpaired { rule: RuleId, epoch: u64, endpoint: String, reason: UnpairedReason },
 }
 
 /// Limits of the table.
@@ -93,36 +97,17 @@ impl PairTable {
         self.bytes
     }
 
-    pub fn primary(
-        &mut self,
-        id: u64,
-        rule: usize,
-        endpoint: &str,
-        s: ResponseSample,
-        now_ns: u64,
-        out: &mut Vec<PairEvent>,
-    ) {
+    /// The primary's half of request `id`.
+    pub fn primary(&mut self, id: u64, s: ResponseSample, now_ns: u64, out: &mut Vec<PairEvent>) {
         match self.take(id) {
-            Some(Waiting { half: Half::Shadow(sh), rule, epoch, endpoint, .. }) => {
-                out.push(PairEvent::Pair { rule, epoch, endpoint, primary: s, shadow: sh });
+            Some(Waiting { half: Half::Shadow { rule, epoch, endpoint, half }, .. }) => {
+                out.push(PairEvent::Pair { rule, epoch, endpoint, primary: s, shadow: half });
             }
             // A second primary for the same id cannot happen (ids are unique); keep the first.
-            Some(w) => self.put(id, w, now_ns, out),
+            Some(w) => self.put(id, w, out),
             None => {
                 let bytes = sample_bytes(&s);
-                self.put(
-                    id,
-                    Waiting {
-                        rule,
-                        epoch: 0,
-                        endpoint: endpoint.to_string(),
-                        half: Half::Primary(s),
-                        since_ns: now_ns,
-                        bytes,
-                    },
-                    now_ns,
-                    out,
-                );
+                self.put(id, Waiting { half: Half::Primary(s), since_ns: now_ns, bytes }, out);
             }
         }
     }
@@ -133,7 +118,7 @@ impl PairTable {
     pub fn shadow(
         &mut self,
         id: u64,
-        rule: usize,
+        rule: RuleId,
         epoch: u64,
         endpoint: &str,
         s: ShadowHalf,
@@ -141,30 +126,17 @@ impl PairTable {
         out: &mut Vec<PairEvent>,
     ) {
         match self.take(id) {
-            // The shadow's side knows the rule and endpoint for sure (replay routed the request);
-            // a primary half may have waited under a guess.
             Some(Waiting { half: Half::Primary(p), .. }) => {
                 out.push(PairEvent::Pair { rule, epoch, endpoint: endpoint.to_string(), primary: p, shadow: s });
             }
-            Some(w) => self.put(id, w, now_ns, out),
+            Some(w) => self.put(id, w, out),
             None => {
                 let bytes = match &s {
                     ShadowHalf::Response(r) => sample_bytes(r),
                     ShadowHalf::Failed(_) => 96,
                 };
-                self.put(
-                    id,
-                    Waiting {
-                        rule,
-                        epoch,
-                        endpoint: endpoint.to_string(),
-                        half: Half::Shadow(s),
-                        since_ns: now_ns,
-                        bytes,
-                    },
-                    now_ns,
-                    out,
-                );
+                let half = Half::Shadow { rule, epoch, endpoint: endpoint.to_string(), half: s };
+                self.put(id, Waiting { half, since_ns: now_ns, bytes }, out);
             }
         }
     }
@@ -205,7 +177,7 @@ impl PairTable {
         Some(w)
     }
 
-    fn put(&mut self, id: u64, w: Waiting, _now_ns: u64, out: &mut Vec<PairEvent>) {
+    fn put(&mut self, id: u64, w: Waiting, out: &mut Vec<PairEvent>) {
         // Make room first: the oldest leave, counted as evicted by the memory bound.
         while !self.waiting.is_empty()
             && (self.waiting.len() >= self.limits.max_entries || self.bytes + w.bytes > self.limits.max_bytes)
@@ -226,8 +198,8 @@ impl PairTable {
 
     fn leave(&mut self, w: Waiting, reason: UnpairedReason, out: &mut Vec<PairEvent>) {
         match w.half {
-            Half::Shadow(_) => {
-                out.push(PairEvent::Unpaired { rule: w.rule, epoch: w.epoch, endpoint: w.endpoint, reason })
+            Half::Shadow { rule, epoch, endpoint, .. } => {
+                out.push(PairEvent::Unpaired { rule, epoch, endpoint, reason })
             }
             Half::Primary(_) => self.primary_alone += 1,
         }
@@ -263,16 +235,16 @@ mod tests {
     fn halves_meet_in_either_order() {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
-        t.primary(1, 0, "GET /a", sample(200, b"x"), 0, &mut ev);
-        t.shadow(2, 1, 7, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
+        t.primary(1, sample(200, b"x"), 0, &mut ev);
+        t.shadow(2, RuleId::new(1), 7, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
         assert!(ev.is_empty());
         assert_eq!((t.len(), t.bytes() > 0), (2, true));
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
-        t.primary(2, 1, "GET /b", sample(200, b"y"), 1, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
+        t.primary(2, sample(200, b"y"), 1, &mut ev);
         assert_eq!(pairs(&ev), 2);
         match &ev[0] {
             PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(s) } => {
-                assert_eq!((*rule, endpoint.as_str(), primary.status, s.status), (0, "GET /a", 200, 500));
+                assert_eq!((*rule, endpoint.as_str(), primary.status, s.status), (RuleId::new(0), "GET /a", 200, 500));
                 assert_eq!(*epoch, 7, "the shadow half's epoch");
             }
             other => panic!("{other:?}"),
@@ -284,8 +256,8 @@ mod tests {
     fn a_shadow_half_without_primary_times_out_as_primary_missing() {
         let mut t = PairTable::new(limits(10, 1 << 20));
         let mut ev = Vec::new();
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
-        t.primary(2, 0, "GET /b", sample(200, b""), 500_000_000, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.primary(2, sample(200, b""), 500_000_000, &mut ev);
         t.expire(999_999_999, &mut ev);
         assert!(ev.is_empty(), "not yet");
         t.expire(1_000_000_000, &mut ev);
@@ -302,26 +274,26 @@ mod tests {
         let mut t = PairTable::new(limits(2, 1 << 20));
         let mut ev = Vec::new();
         for id in 0..3 {
-            t.shadow(id, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
+            t.shadow(id, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
         }
         assert!(matches!(&ev[..], [PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. }]), "{ev:?}");
         assert_eq!(t.len(), 2);
         // Id 0 was evicted: its primary now waits alone instead of pairing.
-        t.primary(0, 0, "GET /a", sample(200, b"body"), 4, &mut ev);
+        t.primary(0, sample(200, b"body"), 4, &mut ev);
         assert_eq!(pairs(&ev), 0);
 
         // Byte bound: each half ~100 bytes; a bound of 250 holds two.
         let mut t = PairTable::new(limits(100, 250));
         let mut ev = Vec::new();
         for id in 0..5 {
-            t.primary(id, 0, "GET /a", sample(200, b"0123"), id, &mut ev);
+            t.primary(id, sample(200, b"0123"), id, &mut ev);
             assert!(t.bytes() <= 250, "{}", t.bytes());
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.primary_alone, 3);
         // A half larger than the whole bound never enters.
         let big = ResponseSample { body: Bytes::from(vec![0u8; 1000]), ..sample(200, b"") };
-        t.shadow(9, 0, 7, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
+        t.shadow(9, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
         assert!(matches!(ev.last(), Some(PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. })));
         assert!(t.bytes() <= 250);
     }
@@ -336,27 +308,27 @@ mod tests {
         assert_eq!(sample_bytes(&with_header), 4 + (2 + 3 + 16) + 96);
         let mut t = PairTable::new(limits(2, 300));
         let mut ev = Vec::new();
-        t.primary(1, 0, "GET /a", with_header.clone(), 0, &mut ev);
+        t.primary(1, with_header.clone(), 0, &mut ev);
         assert_eq!((t.len(), t.is_empty(), t.bytes()), (1, false, 121));
-        t.shadow(2, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert_eq!((t.len(), t.bytes()), (2, 121 + 96));
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
         assert_eq!((pairs(&ev), t.len(), t.bytes()), (1, 1, 96));
 
         // 100 bytes a half: a bound of 200 holds exactly two; the third evicts the oldest.
         let mut t = PairTable::new(limits(100, 200));
         let mut ev = Vec::new();
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
-        t.shadow(2, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(2, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 2, 200), "at the byte bound, nothing leaves");
-        t.shadow(3, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(3, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (1, 2, 200));
-        t.primary(1, 0, "GET /a", sample(200, b""), 0, &mut ev);
+        t.primary(1, sample(200, b""), 0, &mut ev);
         assert_eq!(pairs(&ev), 0, "id 1, the oldest, was the one evicted");
         // A half of exactly the whole bound enters an empty table.
         let mut t = PairTable::new(limits(100, 100));
         let mut ev = Vec::new();
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 100));
     }
 
@@ -366,19 +338,19 @@ mod tests {
     fn a_second_half_of_the_same_side_keeps_the_first() {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
-        t.primary(1, 0, "GET /a", sample(201, b"first"), 0, &mut ev);
-        t.primary(1, 0, "GET /a", sample(202, b"second"), 0, &mut ev);
+        t.primary(1, sample(201, b"first"), 0, &mut ev);
+        t.primary(1, sample(202, b"second"), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 5 + 96));
-        t.shadow(1, 0, 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert!(matches!(&ev[..], [PairEvent::Pair { primary, .. }] if primary.status == 201), "{ev:?}");
         let mut ev = Vec::new();
-        t.shadow(2, 3, 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
-        t.shadow(2, 3, 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, RuleId::new(3), 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, RuleId::new(3), 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 96));
-        t.primary(2, 0, "GET /guess", sample(200, b""), 0, &mut ev);
+        t.primary(2, sample(200, b""), 0, &mut ev);
         match &ev[..] {
             [PairEvent::Pair { rule, endpoint, shadow: ShadowHalf::Failed(f), .. }] => {
-                assert_eq!((*rule, endpoint.as_str(), *f), (3, "GET /b", ShadowFailure::Timeout));
+                assert_eq!((*rule, endpoint.as_str(), *f), (RuleId::new(3), "GET /b", ShadowFailure::Timeout));
             }
             other => panic!("{other:?}"),
         }
@@ -388,9 +360,9 @@ mod tests {
     fn drain_reports_every_waiting_shadow_half() {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
-        t.shadow(1, 0, 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
-        t.shadow(2, 0, 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
-        t.primary(3, 0, "a", sample(200, b""), 0, &mut ev);
+        t.shadow(1, RuleId::new(0), 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, RuleId::new(0), 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.primary(3, sample(200, b""), 0, &mut ev);
         t.drain(&mut ev);
         assert_eq!(ev.len(), 2);
         assert_eq!(t.primary_alone, 1);

@@ -2,6 +2,7 @@
 
 use std::{io::Write, time::Duration};
 
+use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
 

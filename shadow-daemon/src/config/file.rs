@@ -106,11 +106,11 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         let name = |k: &str| format!("config {name}: {}", field(k));
         let mut own = defaults.clone();
         controls.apply(&mut own, &name)?;
-        let mut lane = matching.into_rule(own, &name)?;
-        lane.name = format!("rule{i}");
-        let mut file_rule = FileRule { lane, sample_ppm: None };
+        let mut rule = matching.into_rule(own, &name)?;
+        rule.name = format!("rule{i}");
+        let mut file_rule = FileRule { rule, sample_ppm: None };
         file_only.apply(&mut file_rule, &name)?;
-        let FileRule { lane: mut rule, sample_ppm } = file_rule;
+        let FileRule { mut rule, sample_ppm } = file_rule;
         // A rule without a shadow has nothing to compare, whatever it says.
         if rule.shadow.is_some()
             && let Some(c) = compare.or_else(|| default_compare.clone())

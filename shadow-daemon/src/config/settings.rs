@@ -18,13 +18,13 @@ use super::{
 use crate::{
     http::PathPattern,
     replay::{
-        Lane,
         controls::{
             HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, ReplayControls,
             ShadowTarget,
         },
         pipeline::MAX_PIPELINE,
     },
+    rule::Rule,
     service::ServiceMatch,
 };
 
@@ -174,7 +174,7 @@ macro_rules! settings {
 
 settings! {
     /// What a rule matches and where its requests go.
-    pub struct RuleArgs => Lane {
+    pub struct RuleArgs => Rule {
         /// Service port(s) whose traffic is mirrored, comma separated.
         #[arg(long, short = 'p', env = "SHADOW_PORT", value_delimiter = ',', value_parser = parse::<u16>)]
         #[serde(deserialize_with = "list")]
@@ -205,13 +205,13 @@ settings! {
         /// How shadowctl and the metrics call the rule [default: rule<N>, its position].
         #[arg(skip)]
         #[serde(deserialize_with = "one")]
-        name: Option<RuleName> => |r, v| r.lane.name = v.0;
+        name: Option<RuleName> => |r, v| r.rule.name = v.0;
 
         /// Services by address prefix and port (`10.42.0.0/16:8080`, `[fd00::/64]:8080`), besides
         /// or instead of `port`.
         #[arg(skip)]
         #[serde(rename = "match", deserialize_with = "list")]
-        matches as "match": Vec<ServiceMatch> => |r, v| r.lane.matches = v;
+        matches as "match": Vec<ServiceMatch> => |r, v| r.rule.matches = v;
 
         /// The rule's own sampling rate, in percent [default: --sample-rate].
         #[arg(skip)]
@@ -223,7 +223,7 @@ settings! {
 /// A rule of the file as its own keys leave it.
 #[derive(Debug)]
 pub struct FileRule {
-    pub lane: Lane,
+    pub rule: Rule,
     /// `None`: the daemon's --sample-rate applies.
     pub sample_ppm: Option<u32>,
 }
@@ -343,8 +343,8 @@ settings! {
 
 impl RuleArgs {
     /// The rule these settings describe over `controls`.
-    pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Lane, UsageError> {
-        let mut rule = Lane::new(Vec::new(), None, controls);
+    pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Rule, UsageError> {
+        let mut rule = Rule::new(Vec::new(), None, controls);
         self.apply(&mut rule, name)?;
         // Comparing is what a shadow is for: on by default, with the default (modest) body cap.
         rule.compare = rule.shadow.is_some().then(crate::compare::CompareSettings::default);

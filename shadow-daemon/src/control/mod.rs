@@ -162,6 +162,12 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
 /// A response line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -179,7 +185,7 @@ impl Response {
     }
 
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { v: VERSION, ok: false, data: None, error: Some(ErrorBody { kind, message: message.into() }) }
+        Self { v: VERSION, ok: false, data: None, error: Some(ErrorBody::new(kind, message)) }
     }
 }
 

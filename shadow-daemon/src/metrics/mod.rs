@@ -45,7 +45,7 @@ use prometheus_client::{
 pub use server::MetricsServer;
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
 use targets::Targets;
-pub use targets::{TargetFailure, TargetMetrics};
+pub use targets::{Role, TargetFailure, TargetMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -274,7 +274,7 @@ impl Metrics {
 
     /// The series of one shadow target of a rule (`role`: `shadow` or `secondary`): failures by
     /// kind and backoff state. Look it up once per lane, not per request.
-    pub fn target(&self, rule: &str, role: &'static str, target: &str) -> TargetMetrics {
+    pub fn target(&self, rule: &str, role: Role, target: &str) -> TargetMetrics {
         self.targets.target(rule, role, target)
     }
 

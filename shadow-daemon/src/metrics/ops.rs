@@ -15,21 +15,51 @@ use prometheus_client::{
 
 use super::lock;
 
-/// Interface events, by `event` label.
-pub const INTERFACE_EVENTS: [&str; 3] = ["attached", "detached", "attach_failed"];
-/// Reload outcomes, by `result` label.
-pub const RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
+/// Interfaces attached and detached as they came and went, and attaches that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceEvents {
+    pub attached: u64,
+    pub detached: u64,
+    pub attach_failed: u64,
+}
+
+impl InterfaceEvents {
+    /// By `event` label.
+    fn labelled(self) -> [(&'static str, u64); 3] {
+        [("attached", self.attached), ("detached", self.detached), ("attach_failed", self.attach_failed)]
+    }
+}
+
+/// Config reloads (SIGHUP or `shadowctl reload`) by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloads {
+    pub applied: u64,
+    pub refused: u64,
+}
+
+impl Reloads {
+    /// Count one reload's outcome.
+    pub fn count<T, E>(&mut self, outcome: &Result<T, E>) {
+        match outcome {
+            Ok(_) => self.applied += 1,
+            Err(_) => self.refused += 1,
+        }
+    }
+
+    /// By `result` label.
+    fn labelled(self) -> [(&'static str, u64); 2] {
+        [("applied", self.applied), ("refused", self.refused)]
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Operations {
     pub interfaces_attached: u64,
-    /// In [`INTERFACE_EVENTS`] order.
-    pub interface_events: [u64; 3],
+    pub interface_events: InterfaceEvents,
     pub control_requests: u64,
     /// (kind label, count), every kind listed.
     pub control_errors: Vec<(&'static str, u64)>,
-    /// In [`RELOAD_RESULTS`] order.
-    pub reloads: [u64; 2],
+    pub reloads: Reloads,
     /// (rule name, fraction of requests the kernel samples now, 0..=1).
     pub rule_sample_ratio: Vec<(String, f64)>,
 }
@@ -53,8 +83,8 @@ impl Collector for OpsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (event, n) in INTERFACE_EVENTS.iter().zip(s.interface_events) {
-            ConstCounter::new(n).encode(f.encode_family(&[("event", *event)])?)?;
+        for (event, n) in s.interface_events.labelled() {
+            ConstCounter::new(n).encode(f.encode_family(&[("event", event)])?)?;
         }
         let c = ConstCounter::new(s.control_requests);
         c.encode(encoder.encode_descriptor(
@@ -78,8 +108,8 @@ impl Collector for OpsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (result, n) in RELOAD_RESULTS.iter().zip(s.reloads) {
-            ConstCounter::new(n).encode(f.encode_family(&[("result", *result)])?)?;
+        for (result, n) in s.reloads.labelled() {
+            ConstCounter::new(n).encode(f.encode_family(&[("result", result)])?)?;
         }
         let mut f = encoder.encode_descriptor(
             "shadow_rule_sample_ratio",

@@ -1,12 +1,12 @@
 //! Per shadow target: how its exchanges failed and whether it is backed off (shadow protection,
-//! see `replay::backoff`). One label set per rule and role (`shadow`, `secondary`), so the series
+//! see `replay::backoff`). One label set per rule and [`Role`], so the series
 //! are bounded by the rules. The handles are looked up once, when a lane starts; a request then
 //! costs at most an atomic add.
 
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
@@ -59,17 +59,46 @@ impl TargetFailure {
     }
 }
 
+/// Which of a rule's targets: the shadow under test, or the secondary (a second copy of the
+/// primary's build, for noise learning). The `role` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Role {
+    Shadow,
+    Secondary,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Shadow => "shadow",
+            Self::Secondary => "secondary",
+        }
+    }
+}
+
+impl EncodeLabelValue for Role {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     rule: String,
-    role: &'static str,
+    role: Role,
     target: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     rule: String,
-    role: &'static str,
+    role: Role,
     target: String,
     kind: &'static str,
 }
@@ -114,7 +143,7 @@ impl Targets {
         t
     }
 
-    pub(super) fn target(&self, rule: &str, role: &'static str, target: &str) -> TargetMetrics {
+    pub(super) fn target(&self, rule: &str, role: Role, target: &str) -> TargetMetrics {
         let labels = TargetLabels { rule: rule.to_owned(), role, target: target.to_owned() };
         let failures = TargetFailure::ALL.map(|kind| {
             self.failures

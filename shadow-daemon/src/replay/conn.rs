@@ -15,10 +15,8 @@ use tokio::{io::Interest, net::TcpStream, time::Instant};
 
 use super::{ReplayError, controls::ShadowTarget};
 use crate::{
-    compare::ResponseSample,
     http::{BodyDecoder, KeptBody, Limits, RequestKind, parse_response_head, response_fields},
-    hub::KeepSpec,
-    message::BodyFraming,
+    message::{BodyFraming, KeepSpec, ResponseSample},
     metrics::ConnectionMetrics,
 };
 

@@ -30,12 +30,12 @@ mod shape;
 mod slots;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     future::Future,
     io,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
@@ -58,17 +58,14 @@ use self::{
     slots::{Slots, Work},
 };
 use crate::{
-    compare::{CompareSettings, pairs::ShadowHalf},
+    correlate::Correlator,
     http::{HttpError, keeps_alive},
-    hub::{CompareHub, shadow_failure},
-    message::{CapturedRequest, CapturedResponse},
-    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, ShadowErrorKind, TargetFailure, reason},
+    message::CapturedRequest,
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure, reason},
+    rule::{Rule, RuleId},
     service::{ServiceMatch, most_specific},
 };
 
-/// Requests remembered for pairing with their primary response (for per-endpoint primary
-/// latency). Oldest forgotten first; responses that come later are counted as unmatched.
-const PENDING_PRIMARY_CAP: usize = 65_536;
 /// At most one warning per rule in this period; the rest are counted in the next one.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -171,49 +168,6 @@ impl ReplayError {
     }
 }
 
-/// What the replay stage is told about one rule: the service ports whose requests it takes, where
-/// they go and under which controls. The config's rules are lanes (`config::Rule`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Lane {
-    /// How operators and metrics call the rule (unique).
-    pub name: String,
-    /// Ports on every server address.
-    pub ports: Vec<u16>,
-    /// Services by address prefix and port, besides `ports`.
-    pub matches: Vec<ServiceMatch>,
-    /// `None`: capture only (requests are counted as dropped, `no_target`).
-    pub shadow: Option<ShadowTarget>,
-    pub controls: ReplayControls,
-    /// Requests sampled by the kernel, parts per million.
-    pub sample_ppm: u32,
-    /// Compare the shadow's responses with the primary's (`[rule.compare]`); `None`: off.
-    pub compare: Option<CompareSettings>,
-    /// A second instance of the current version: each replayed request also goes there, and
-    /// what differs between it and the primary is learned as noise (not compared).
-    pub secondary: Option<ShadowTarget>,
-}
-
-impl Lane {
-    /// A rule named `default` on `ports`, sampling everything.
-    pub fn new(ports: Vec<u16>, shadow: Option<ShadowTarget>, controls: ReplayControls) -> Self {
-        Self {
-            name: "default".into(),
-            ports,
-            matches: Vec::new(),
-            shadow,
-            controls,
-            sample_ppm: shadow_common::PPM_ALL,
-            compare: None,
-            secondary: None,
-        }
-    }
-
-    /// Everything the rule covers: `ports` on any address, then `matches`.
-    pub fn services(&self) -> Vec<ServiceMatch> {
-        self.ports.iter().map(|&p| ServiceMatch::any_address(p)).chain(self.matches.iter().copied()).collect()
-    }
-}
-
 /// What [`ReplayEngine::submit`] did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submission {
@@ -273,10 +227,11 @@ struct LaneState {
     /// its capacity with the ones still in it.
     gated: AtomicUsize,
     warnings: Mutex<WarnThrottle>,
-    /// Index of the rule in the config: the comparison's rule.
-    rule: usize,
-    /// Set by [`ReplayEngine::set_compare`] when the daemon compares.
-    hub: OnceLock<Arc<CompareHub>>,
+    /// The rule this lane replays.
+    rule: RuleId,
+    /// Where the shadow's and the secondary's answers go (and, when the rule compares, what
+    /// to keep of them).
+    correlator: Arc<Correlator>,
     /// A reload gave the rule another shadow target: what this lane (the old target's) still
     /// sends belongs to no epoch of the comparison.
     compare_retired: AtomicBool,
@@ -314,15 +269,15 @@ impl LaneState {
 
     /// Count a failed exchange with one of the lane's targets toward its backoff, and say when
     /// the target is backed off.
-    fn failed(&self, backoff: &Backoff, probe: Option<Probe>, e: &ReplayError, role: &str) {
+    fn failed(&self, backoff: &Backoff, probe: Option<Probe>, e: &ReplayError, role: Role) {
         // Not the target's doing: an unsettled probe lets the next request probe.
         let Some(kind) = e.target_failure() else { return };
         if let Some(p) = backoff.failure(probe, kind)
             && p.index == 0
         {
             let meanwhile = match role {
-                "shadow" => "its requests are dropped (shadow_backoff)",
-                _ => "requests skip it",
+                Role::Shadow => "its requests are dropped (shadow_backoff)",
+                Role::Secondary => "requests skip it",
             };
             tracing::warn!(
                 "{}: {role} backed off for {:?} after {} failures in a row (last: {e}); {meanwhile} until a probe \
@@ -355,15 +310,16 @@ impl LaneState {
         t.suppressed = 0;
     }
 
-    /// The comparison epoch a request sent now belongs to (0: none, the lane is retired).
-    fn compare_epoch(&self, hub: &CompareHub) -> u64 {
-        if self.compare_retired.load(Ordering::Relaxed) { 0 } else { hub.epoch_of(self.rule) }
+    /// The comparison epoch a request sent now belongs to (0: none, the lane is retired or the
+    /// rule does not compare).
+    fn compare_epoch(&self) -> u64 {
+        if self.compare_retired.load(Ordering::Relaxed) { 0 } else { self.correlator.epoch_of(self.rule) }
     }
 
     /// How a pipeline goes to `target` over `pool`: a pooled connection if a live one is idle,
     /// else a new one (see [`pipeline::send`]).
     fn route<'a>(&'a self, target: &'a ShadowTarget, pool: &'a Pool) -> Route<'a> {
-        let keep = self.hub.get().and_then(|h| h.keep(self.rule));
+        let keep = self.correlator.keep(self.rule);
         Route {
             target,
             pool,
@@ -387,10 +343,9 @@ pub struct ReplayEngine {
     /// Every rule's services and its lane (None: capture only); a request goes to the most
     /// specific service of its server address and port, as in the kernel.
     routes: Vec<(ServiceMatch, Option<usize>)>,
-    pending_primary: Mutex<BTreeMap<u64, EndpointId>>,
+    correlator: Arc<Correlator>,
     stop: watch::Sender<Option<Instant>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
-    compare: OnceLock<Arc<CompareHub>>,
 }
 
 impl std::fmt::Debug for ReplayEngine {
@@ -404,8 +359,10 @@ impl std::fmt::Debug for ReplayEngine {
 impl ReplayEngine {
     /// One lane per rule with a shadow target. Rules without one capture only: their requests are
     /// counted as dropped (`no_target`). Spawns one dispatcher task per lane on the current
-    /// runtime.
-    pub fn start(rules: &[Lane], metrics: Arc<Metrics>) -> Result<Self, ReplayError> {
+    /// runtime. Every request submitted is announced to `correlator`, and every shadow answer
+    /// handed to it.
+    pub fn start(rules: &[Rule], correlator: Arc<Correlator>) -> Result<Self, ReplayError> {
+        let metrics = correlator.metrics().clone();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ReplayError::NoRuntime)?;
         conn::enable_receive_timestamps();
         let (stop, _) = watch::channel(None);
@@ -428,9 +385,9 @@ impl ReplayEngine {
             // Zero would make a channel that panics or a semaphore that never opens; the config
             // refuses it, this keeps the engine safe when built by hand.
             let (tx, rx) = mpsc::channel(rule.controls.queue_capacity.max(1));
-            let backoff = Backoff::new(metrics.target(&rule.name, "shadow", &target.to_string()));
+            let backoff = Backoff::new(metrics.target(&rule.name, Role::Shadow, &target.to_string()));
             let secondary = rule.secondary.clone().map(|t| {
-                let b = Backoff::new(metrics.target(&rule.name, "secondary", &t.to_string()));
+                let b = Backoff::new(metrics.target(&rule.name, Role::Secondary, &t.to_string()));
                 (t, Pool::new(rule.controls.pool_size), b)
             });
             let lane = Arc::new(LaneState {
@@ -443,8 +400,8 @@ impl ReplayEngine {
                 held_bytes: AtomicU64::new(0),
                 gated: AtomicUsize::new(0),
                 warnings: Mutex::new(WarnThrottle::default()),
-                rule: i,
-                hub: OnceLock::new(),
+                rule: RuleId::new(i),
+                correlator: correlator.clone(),
                 compare_retired: AtomicBool::new(false),
                 backoff,
                 secondary,
@@ -455,56 +412,26 @@ impl ReplayEngine {
             dispatchers.push(runtime.spawn(dispatch(lane.clone(), rx, metrics.clone(), stop.subscribe())));
             lanes.push(lane);
         }
-        Ok(Self {
-            metrics,
-            lanes,
-            routes,
-            pending_primary: Mutex::new(BTreeMap::new()),
-            stop,
-            dispatchers: Mutex::new(dispatchers),
-            compare: OnceLock::new(),
-        })
+        Ok(Self { metrics, lanes, routes, correlator, stop, dispatchers: Mutex::new(dispatchers) })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Hand the shadow's responses of comparing rules to `hub` (see [`crate::hub`]). Call it
-    /// before the first submission; a second hub is ignored.
-    pub fn set_compare(&self, hub: &Arc<CompareHub>) {
-        if self.compare.set(hub.clone()).is_err() {
-            return;
-        }
-        for lane in &self.lanes {
-            let _ = lane.hub.set(hub.clone());
-        }
-    }
-
     /// Rule `rule`'s shadow target changed (a reload): the comparison no longer takes what this
     /// engine's lane of it sends from now on (counted as `epoch` when it comes back).
-    pub fn retire_compare(&self, rule: usize) {
+    pub fn retire_compare(&self, rule: RuleId) {
         for lane in self.lanes.iter().filter(|l| l.rule == rule) {
             lane.compare_retired.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// The hub set by [`set_compare`](Self::set_compare), if the daemon compares.
-    pub fn compare_hub(&self) -> Option<&Arc<CompareHub>> {
-        self.compare.get()
     }
 
     /// Hand over one extracted request. Synchronous and never waits: the request is queued for
     /// replay or dropped and counted, and the outcome says which.
     pub fn submit(&self, req: CapturedRequest) -> Submission {
         let endpoint = self.metrics.endpoint(req.method(), req.target());
-        {
-            let mut pending = lock(&self.pending_primary);
-            pending.insert(req.id, endpoint);
-            if pending.len() > PENDING_PRIMARY_CAP {
-                pending.pop_first();
-            }
-        }
+        self.correlator.request(req.id, endpoint);
         let ticket = self.metrics.admit();
         let route =
             most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
@@ -533,39 +460,23 @@ impl ReplayEngine {
         }
         let held = HeldBytes { lane: lane.clone(), bytes };
         let id = req.id;
+        // Its primary response waits for the shadow's: announced before the job can be sent,
+        // so that a withdrawal by the lane's task always comes after it.
+        self.correlator.replaying(id, lane.rule, lane.secondary.is_some());
         // A job that does not fit drops its probe, if it held it: the next request probes.
         match lane.tx.try_send(Job { req, endpoint, ticket: Some(ticket), _held: held, probe, end: 0 }) {
-            Ok(()) => {
-                // Its primary response waits for the shadow's (this task hands both over to the
-                // hub, the request first, so the expectation is set before the primary comes).
-                if let Some(h) = lane.hub.get().filter(|h| h.keep(lane.rule).is_some()) {
-                    h.expect(id);
-                    if lane.secondary.is_some() {
-                        h.expect_secondary(id);
-                    }
-                }
-                Submission::Queued
-            }
+            Ok(()) => Submission::Queued,
             Err(mpsc::error::TrySendError::Full(mut job)) => {
+                self.correlator.withdraw(id);
                 job.settle(Err(reason::QUEUE_FULL));
                 Submission::Dropped(reason::QUEUE_FULL)
             }
             Err(mpsc::error::TrySendError::Closed(mut job)) => {
+                self.correlator.withdraw(id);
                 job.settle(Err(reason::SHUTDOWN));
                 Submission::Dropped(reason::SHUTDOWN)
             }
         }
-    }
-
-    /// The primary's response to a submitted request: primary latency, per endpoint when the
-    /// request is still remembered.
-    pub fn record_primary(&self, resp: &CapturedResponse) {
-        let endpoint = lock(&self.pending_primary).remove(&resp.request_id);
-        self.metrics.record_primary(
-            endpoint,
-            Duration::from_nanos(resp.time_to_first_byte_ns()),
-            Duration::from_nanos(resp.time_to_last_byte_ns()),
-        );
     }
 
     /// Stop accepting, give queued and in-flight requests until `grace` to finish, then abandon
@@ -822,7 +733,6 @@ impl Batcher {
 /// A batch's requests to the shadow in one pipeline, each settled by its own outcome; then, if
 /// the rule has a secondary, the same requests to it.
 async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Batch) {
-    let hub = lane.hub.get();
     let mut wire = Vec::with_capacity(jobs.iter().map(|j| j.req.raw.len() + 64).sum());
     // The requests' bytes stay in the budget until the batch is over (the jobs hold them).
     jobs.retain_mut(|job| {
@@ -833,9 +743,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 Admission::Probe(p) => job.probe = Some(p),
                 Admission::Drop => {
                     job.settle(Err(reason::SHADOW_BACKOFF));
-                    if let Some(h) = hub {
-                        h.withdraw(job.req.id);
-                    }
+                    lane.correlator.withdraw(job.req.id);
                     return false;
                 }
             }
@@ -843,9 +751,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
         if let Err(e) = edit_request_into(&job.req, &lane.controls, &lane.target, &mut wire) {
             lane.warn(&e);
             job.settle(Err(reason::INVALID_CAPTURE));
-            if let Some(h) = hub {
-                h.withdraw(job.req.id);
-            }
+            lane.correlator.withdraw(job.req.id);
             return false;
         }
         job.end = wire.len();
@@ -855,7 +761,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
         return;
     }
     // Stamped as they go out: an answer that comes back in a later epoch is not counted in it.
-    let epoch = hub.map_or(0, |h| lane.compare_epoch(h));
+    let epoch = lane.compare_epoch();
     let outcomes = {
         let parts: Vec<Part<'_>> = jobs.iter().map(|j| part(&j.req, j.end)).collect();
         pipeline::send(&lane.route(&lane.target, &lane.pool), &wire, &parts, &metrics).await
@@ -869,14 +775,13 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 }
                 metrics.record_shadow_response(endpoint, x.status, x.first_byte, x.complete);
                 job.settle(Ok(()));
-                if let (Some(h), Some(mut sample)) = (hub, x.sample) {
+                if let Some(mut sample) = x.sample {
                     sample.latency = Some(x.complete);
-                    let name = metrics.endpoint_name(endpoint);
-                    h.shadow(job.req.id, lane.rule, epoch, &name, ShadowHalf::Response(sample));
+                    lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Ok(sample));
                 }
             }
             Err(e) => {
-                lane.failed(&lane.backoff, probe, &e, "shadow");
+                lane.failed(&lane.backoff, probe, &e, Role::Shadow);
                 let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
                 lane.warn(&e);
                 if matches!(e, ReplayError::ResponseTooLarge { .. }) {
@@ -885,17 +790,14 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                     metrics.record_shadow_error(kind);
                     job.settle(Err(reason::SHADOW_ERROR));
                 }
-                if let Some(h) = hub {
-                    let name = metrics.endpoint_name(endpoint);
-                    h.shadow(job.req.id, lane.rule, epoch, &name, ShadowHalf::Failed(shadow_failure(kind)));
-                }
+                lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Err(kind));
             }
         }
     }
     // The same requests to the secondary (a second instance of the current version), for noise
     // learning; after the shadow's, in the same replay slot, so it adds no concurrency.
-    if let (Some(h), Some((target, pool, backoff))) = (hub, &lane.secondary) {
-        replay_secondary(&lane, h, (target, pool, backoff), &jobs, &metrics).await;
+    if let (Some(_), Some((target, pool, backoff))) = (lane.correlator.keep(lane.rule), &lane.secondary) {
+        replay_secondary(&lane, (target, pool, backoff), &jobs, &metrics).await;
     }
 }
 
@@ -913,7 +815,6 @@ fn part(req: &CapturedRequest, end: usize) -> Part<'_> {
 /// The secondary's halves of a batch's requests, in one pipeline too.
 async fn replay_secondary(
     lane: &LaneState,
-    hub: &CompareHub,
     (target, pool, backoff): (&ShadowTarget, &Pool, &Arc<Backoff>),
     jobs: &[Job],
     metrics: &Metrics,
@@ -922,12 +823,9 @@ async fn replay_secondary(
     let mut parts = Vec::with_capacity(jobs.len());
     let mut admitted = Vec::with_capacity(jobs.len());
     // Stamped as they go out, as the shadow's requests are.
-    let epoch = lane.compare_epoch(hub);
+    let epoch = lane.compare_epoch();
     for Job { req, endpoint, .. } in jobs {
-        let failed = |kind| {
-            let name = metrics.endpoint_name(*endpoint);
-            hub.secondary(req.id, lane.rule, epoch, &name, ShadowHalf::Failed(shadow_failure(kind)));
-        };
+        let failed = |kind| lane.correlator.secondary(req.id, lane.rule, epoch, *endpoint, Err(kind));
         let probe = match backoff.admit() {
             Admission::Drop => {
                 failed(ShadowErrorKind::ConnectRefused);
@@ -948,23 +846,23 @@ async fn replay_secondary(
     }
     let outcomes = pipeline::send(&lane.route(target, pool), &wire, &parts, metrics).await;
     for ((id, endpoint, probe), outcome) in admitted.into_iter().zip(outcomes) {
-        let half = match outcome {
+        let answer = match outcome {
             Ok(x) => {
                 backoff.success(probe);
                 match x.sample {
                     Some(mut sample) => {
                         sample.latency = Some(x.complete);
-                        ShadowHalf::Response(sample)
+                        Ok(sample)
                     }
-                    None => ShadowHalf::Failed(shadow_failure(ShadowErrorKind::Other)),
+                    None => Err(ShadowErrorKind::Other),
                 }
             }
             Err(e) => {
-                lane.failed(backoff, probe, &e, "secondary");
-                ShadowHalf::Failed(shadow_failure(e.kind().unwrap_or(ShadowErrorKind::Other)))
+                lane.failed(backoff, probe, &e, Role::Secondary);
+                Err(e.kind().unwrap_or(ShadowErrorKind::Other))
             }
         };
-        hub.secondary(id, lane.rule, epoch, &metrics.endpoint_name(endpoint), half);
+        lane.correlator.secondary(id, lane.rule, epoch, endpoint, answer);
     }
 }
 
@@ -1040,6 +938,9 @@ mod tests {
 
     #[test]
     fn start_outside_a_runtime_is_an_error() {
-        assert!(matches!(ReplayEngine::start(&[], Arc::new(Metrics::default())), Err(ReplayError::NoRuntime)));
+        assert!(matches!(
+            ReplayEngine::start(&[], Correlator::new(Arc::new(Metrics::default()), None)),
+            Err(ReplayError::NoRuntime)
+        ));
     }
 }

@@ -39,7 +39,7 @@ use super::{
     conn::{Answering, Exchange, Failed, Pool, connect, read_response},
     controls::ShadowTarget,
 };
-use crate::{hub::KeepSpec, metrics::Metrics};
+use crate::{message::KeepSpec, metrics::Metrics};
 
 /// Default requests written together on one connection (the `pipeline` control): one, so the
 /// shadow sees the traffic's shape (one request at a time per connection, as the primary's

@@ -24,7 +24,8 @@ use shadow_daemon::{
         pairs::{PairLimits, ShadowHalf},
     },
     config::Rule,
-    hub::CompareHub,
+    correlate::Correlator,
+    hub::{CompareHub, Expected},
     message::{BodyFraming, CapturedRequest, CapturedResponse, HeaderSpan},
     metrics::Metrics,
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
@@ -32,6 +33,7 @@ use shadow_daemon::{
         ReplayEngine, Submission,
         controls::{ReplayControls, ShadowTarget},
     },
+    rule::RuleId,
     segment::{Direction, FlowId, Segment},
 };
 
@@ -267,21 +269,23 @@ pub fn comparison(quick: bool, differ: bool) -> StageCost {
         |()| {
             for i in 0..n {
                 id += 1;
-                hub.expect(id);
-                hub.primary(&CapturedResponse {
-                    flow: flow(0),
-                    request_id: id,
-                    status: 200,
-                    minor_version: 1,
-                    head: head.clone(),
-                    framing: BodyFraming::ContentLength(body.len() as u64),
-                    body_len: body.len() as u64,
-                    body: body.clone(),
-                    body_complete: true,
-                    first_ts_ns: 2_000_000,
-                    last_ts_ns: 2_100_000,
-                    request_last_ts_ns: 1_000_000,
-                });
+                hub.primary(
+                    &CapturedResponse {
+                        flow: flow(0),
+                        request_id: id,
+                        status: 200,
+                        minor_version: 1,
+                        head: head.clone(),
+                        framing: BodyFraming::ContentLength(body.len() as u64),
+                        body_len: body.len() as u64,
+                        body: body.clone(),
+                        body_complete: true,
+                        first_ts_ns: 2_000_000,
+                        last_ts_ns: 2_100_000,
+                        request_last_ts_ns: 1_000_000,
+                    },
+                    Expected::SHADOW,
+                );
                 let sample = ResponseSample {
                     status: 200,
                     headers: vec![("content-type".into(), b"application/json".to_vec())],
@@ -290,7 +294,13 @@ pub fn comparison(quick: bool, differ: bool) -> StageCost {
                     body_len: shadow_body.len() as u64,
                     latency: Some(Duration::from_micros(1200)),
                 };
-                hub.shadow(id, 0, hub.epoch_of(0), &endpoints[i % endpoints.len()], ShadowHalf::Response(sample));
+                hub.shadow(
+                    id,
+                    RuleId::new(0),
+                    hub.epoch_of(RuleId::new(0)),
+                    &endpoints[i % endpoints.len()],
+                    ShadowHalf::Response(sample),
+                );
             }
         },
     );
@@ -427,7 +437,8 @@ pub fn replay(quick: bool, pipeline: usize) -> StageCost {
     let batch = 1024;
     let controls = ReplayControls { queue_capacity: batch * 2, pipeline, ..Default::default() };
     let rule = Rule::new(vec![8080], Some(target), controls);
-    let engine = rt.block_on(async { ReplayEngine::start(&[rule], metrics.clone()) }).expect("engine");
+    let engine =
+        rt.block_on(async { ReplayEngine::start(&[rule], Correlator::new(metrics.clone(), None)) }).expect("engine");
     let requests: Vec<CapturedRequest> = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
     let run = |batch: Vec<CapturedRequest>| {
         let before = metrics.requests();

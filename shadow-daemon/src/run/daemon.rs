@@ -1,0 +1,389 @@
+//! The daemon as a value: everything the loop joins, and one method per event.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use shadow_common::counter;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+use super::{
+    BATCH, Inputs, RunError, SHUTDOWN_GRACE, TICK,
+    interfaces::Interfaces,
+    monotonic_ns,
+    publish::Publisher,
+    summary::{self, Summary, extraction_summary},
+};
+use crate::{
+    capture::{
+        Capture, CaptureOptions, HookKind, check_interface,
+        links::{InterfacePattern, LinkEvent, LinkWatcher},
+    },
+    compare::pairs::PairLimits,
+    config::{DaemonConfig, ppm_to_percent},
+    control::{
+        Command, Response, Status,
+        server::{Call, ControlServer, ControlStats},
+    },
+    correlate::Correlator,
+    http::DropReason,
+    hub::{self, CompareHub},
+    metrics::{
+        Metrics, MetricsServer,
+        ops::{Operations as OpsSnapshot, Reloads},
+    },
+    operate::{Facts, Operations, RuleRuntime},
+    reassembly::{Extractor, ExtractorConfig, HttpEvent},
+    replay::ReplayEngine,
+    reply::Reply,
+    segment::{DecodeError, Segment},
+};
+
+/// Capture, extraction, replay, comparison and operations of one daemon, joined.
+pub(super) struct Daemon {
+    pub(super) cfg: DaemonConfig,
+    pub(super) metrics: Arc<Metrics>,
+    metrics_server: MetricsServer,
+    pub(super) ops: Operations,
+    /// The rules as the file last said them: what a reload compares against.
+    pub(super) file_rules: Vec<RuleRuntime>,
+    pub(super) capture: Capture,
+    pub(super) interfaces: Interfaces,
+    pub(super) engine: ReplayEngine,
+    /// Where requests wait for the primary's answer and the shadow's, and the comparison (its
+    /// hub, when a rule compares).
+    pub(super) correlator: Arc<Correlator>,
+    extractor: Extractor,
+    /// Extracted messages on their way to replay and comparison (kept to reuse its memory).
+    events: Vec<HttpEvent>,
+    summary: Summary,
+    publisher: Publisher,
+    control_stats: Arc<ControlStats>,
+    pub(super) reloads: Reloads,
+}
+
+impl Daemon {
+    /// Bind the metrics endpoint, load and attach capture, open the control socket, start
+    /// replay and comparison: ready for the first event.
+    pub(super) async fn start(cfg: DaemonConfig) -> Result<(Self, Inputs), RunError> {
+        let metrics = Arc::new(Metrics::new(cfg.max_endpoints));
+        let metrics_server = MetricsServer::bind(cfg.metrics_addr, metrics.clone()).await?;
+        tracing::info!("metrics on http://{}/metrics", metrics_server.local_addr());
+
+        let facts = Facts {
+            hook: cfg.hook,
+            interfaces: cfg.interfaces.iter().map(ToString::to_string).collect(),
+            ring_buffer_bytes: u64::from(cfg.ring_buffer_size),
+        };
+        let ops = Operations::new(facts, rule_runtimes(&cfg));
+        // A typo in --interface should not wait for the verifier.
+        for p in cfg.interfaces.iter().filter(|p| !p.is_glob()) {
+            check_interface(p.as_str())?;
+        }
+        let opts = CaptureOptions {
+            interface: cfg.interface.clone(),
+            hook: cfg.hook,
+            rules: Operations::kernel_rules(ops.rules()),
+            ring_buffer_size: cfg.ring_buffer_size,
+            verifier_log: cfg.verifier_log.clone(),
+            allow_shared: cfg.allow_shared,
+        };
+        let mut capture = Capture::load(&opts)?;
+        let mut interfaces = Interfaces::new(cfg.interfaces.clone(), cfg.hook);
+        interfaces.attach_present(&mut capture, true)?;
+        let source = capture.take_source()?;
+        if let Some(l) = capture.take_kernel_log() {
+            tokio::spawn(l.run());
+        }
+        let links = if cfg.interfaces.iter().any(InterfacePattern::is_glob) {
+            let w = LinkWatcher::new()
+                .map_err(|e| RunError::Io { op: "watch network interfaces (netlink)".into(), source: e })?;
+            Some(w)
+        } else {
+            None
+        };
+        let control = ControlServer::bind(&cfg.control).await?;
+        tracing::info!("control socket {}", control.path().display());
+        let control_stats = control.stats();
+        let (calls_tx, calls) = mpsc::channel::<Call>(16);
+        let control_task = tokio::spawn(control.serve(calls_tx));
+        let sighup = tokio::signal::unix::signal(SignalKind::hangup())
+            .map_err(|e| RunError::Io { op: "install the SIGHUP handler".into(), source: e })?;
+
+        // Comparison: one hub for the daemon, when a rule compares; replay hands it the shadow's
+        // answers from the first request on.
+        let hub = compare_hub(&cfg, &metrics)?;
+        if let Some(h) = &hub {
+            h.open(None);
+        }
+        let keep_response_body = hub.as_ref().map_or(0, |h| h.keep_response_body());
+        let correlator = Correlator::new(metrics.clone(), hub);
+        let engine = ReplayEngine::start(&cfg.rules, correlator.clone())?;
+        log_rules(ops.rules());
+        metrics.set_ready(true);
+        tracing::info!(
+            "capturing ports {:?} ({}), {} rule(s)",
+            opts.ports(),
+            if capture.attached().is_empty() {
+                "no interface matches yet".to_string()
+            } else {
+                capture.attached().join(", ")
+            },
+            ops.rules().len()
+        );
+
+        let summary = Summary {
+            interface: cfg.interface.clone(),
+            attached: capture.attached(),
+            sample_percent: ppm_to_percent(cfg.sample_ppm),
+            ..Default::default()
+        };
+        let max_body = cfg.rules.iter().map(|r| r.controls.max_body_bytes).max().unwrap_or(10 * 1024 * 1024);
+        let extractor = Extractor::new(ExtractorConfig {
+            memory_cap_bytes: usize::try_from(cfg.memory_cap).unwrap_or(usize::MAX),
+            // A request larger than every rule's cap would be dropped by replay anyway: stop
+            // buffering it early.
+            max_body_bytes: max_body,
+            keep_response_body,
+            // TC sees the primary's responses: a request is replayed once the primary answered it.
+            await_response: cfg.hook == HookKind::Tc,
+            ..ExtractorConfig::default()
+        });
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let inputs = Inputs {
+            source,
+            batch: Vec::with_capacity(BATCH),
+            bad: Vec::new(),
+            calls,
+            control_task,
+            sighup,
+            links,
+            tick,
+        };
+        let daemon = Self {
+            file_rules: ops.rules().to_vec(),
+            cfg,
+            metrics,
+            metrics_server,
+            ops,
+            capture,
+            interfaces,
+            engine,
+            correlator,
+            extractor,
+            events: Vec::with_capacity(64),
+            summary,
+            publisher: Publisher { ledger_seen: BTreeMap::new() },
+            control_stats,
+            reloads: Reloads::default(),
+        };
+        Ok((daemon, inputs))
+    }
+
+    /// Decoded segments through reassembly and extraction, and the messages that come out to
+    /// replay and comparison; records that did not decode are counted by reason. After every
+    /// event (the batch is empty unless the ring buffer was read) and for the final drain.
+    pub(super) fn on_batch(&mut self, batch: &mut Vec<Segment>, bad: &mut Vec<DecodeError>) {
+        if !batch.is_empty() {
+            let now = monotonic_ns();
+            for s in batch.drain(..) {
+                self.summary.count(&s);
+                self.extractor.push(s, now, &mut self.events);
+            }
+            self.route();
+        }
+        for e in bad.drain(..) {
+            *self.summary.bad_records.entry(e.reason()).or_default() += 1;
+        }
+        // Requests begun and not yet handed over are captured and in flight: keep the ledger's
+        // figure fresh, so that the next batch's admissions take over what they should.
+        self.publisher.sync_ledger(&self.metrics, self.extractor.stats());
+    }
+
+    fn route(&mut self) {
+        route(&mut self.events, &self.engine, &self.correlator);
+    }
+
+    /// The comparison, when a rule compares.
+    pub(super) fn hub(&self) -> Option<&CompareHub> {
+        self.correlator.hub().map(AsRef::as_ref)
+    }
+
+    /// Expire idle flows, publish kernel counters, extraction and operations figures, and let
+    /// the comparison settle what waited too long.
+    pub(super) fn on_tick(&mut self) {
+        self.extractor.tick(monotonic_ns(), &mut self.events);
+        self.route();
+        let kernel = self.capture.counters().ok();
+        self.publisher.publish(&self.metrics, self.extractor.stats(), &self.summary.bad_records, kernel.as_ref());
+        self.metrics.set_operations(self.ops_snapshot());
+        if let Some(h) = self.hub() {
+            h.tick();
+        }
+    }
+
+    /// Interfaces came or went (netlink).
+    pub(super) fn on_links(&mut self, evs: &[LinkEvent]) {
+        self.interfaces.follow(&mut self.capture, evs);
+    }
+
+    /// Every control command, answered here.
+    pub(super) fn on_command(&mut self, command: &Command) -> Response {
+        let answer = match command {
+            Command::Status => Ok(self.status()),
+            Command::Stats => Ok(Reply::Stats(Box::new(self.metrics.summary()))),
+            Command::Rate { percent, rule } => {
+                self.ops.set_rate(&mut self.capture, rule.as_deref(), *percent).map(|()| self.status())
+            }
+            Command::Pause { rule } => {
+                self.ops.set_paused(&mut self.capture, rule.as_deref(), true).map(|()| self.status())
+            }
+            Command::Resume { rule } => {
+                self.ops.set_paused(&mut self.capture, rule.as_deref(), false).map(|()| self.status())
+            }
+            Command::Reload => self.reload().map(|()| self.status()),
+            Command::Report => Ok(Reply::Report(Box::new(hub::report_of(self.hub())))),
+            Command::Diffs { endpoint } => Ok(Reply::Diffs(hub::diffs_of(self.hub(), endpoint.as_deref()))),
+            Command::Reset { rule } => {
+                let names: Vec<&str> = self.ops.rules().iter().map(|r| r.name.as_str()).collect();
+                hub::reset_epochs(self.hub(), rule.as_deref(), &names).map(Reply::Reset)
+            }
+        };
+        Reply::into_response(answer)
+    }
+
+    fn status(&self) -> Reply {
+        let status: Status = self.ops.status(&self.capture, &self.metrics);
+        Reply::Status(Box::new(status))
+    }
+
+    fn ops_snapshot(&self) -> OpsSnapshot {
+        OpsSnapshot {
+            interfaces_attached: self.capture.interfaces().len() as u64,
+            interface_events: self.interfaces.events,
+            control_requests: self.control_stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            control_errors: self.control_stats.errors(),
+            reloads: self.reloads,
+            rule_sample_ratio: self
+                .ops
+                .rules()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), self.capture.rule_ppm(i).map_or(f64::NAN, |p| f64::from(p) / 1e6)))
+                .collect(),
+        }
+    }
+
+    /// Stop: close the control socket, process what the kernel already emitted, detach, give
+    /// replay its grace, settle the comparison, and write the summary.
+    pub(super) async fn finish(mut self, inputs: Inputs) -> Result<Summary, RunError> {
+        let Inputs { mut source, mut batch, mut bad, calls, control_task, .. } = inputs;
+        // The control socket closes first: nothing changes the daemon while it stops.
+        drop(calls);
+        let _ = control_task.await;
+
+        // Whatever the kernel emitted before we stopped is still processed.
+        source.drain_now(&mut batch, &mut bad);
+        self.on_batch(&mut batch, &mut bad);
+        self.metrics.set_ready(false);
+        let kernel = self.capture.counters()?;
+        drop(self.capture); // detach before the slower shutdown work
+        let Self {
+            cfg,
+            metrics,
+            metrics_server,
+            engine,
+            correlator,
+            mut extractor,
+            mut events,
+            mut summary,
+            mut publisher,
+            ..
+        } = self;
+        // Requests still being reassembled can no longer complete.
+        extractor.clear(DropReason::Incomplete, &mut events);
+        route(&mut events, &engine, &correlator);
+        publisher.publish(&metrics, extractor.stats(), &summary.bad_records, Some(&kernel));
+        engine.shutdown(SHUTDOWN_GRACE).await;
+        if let Some(h) = correlator.hub() {
+            // Replay has stopped: no shadow half can come any more.
+            h.drain();
+            let report = h.report();
+            tracing::info!("comparison:\n{}", report.render_text());
+            summary.compare = Some(report);
+        }
+        summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
+        summary.requests = summary::RequestLedger::new(&kernel, summary.request.request_starts);
+        tracing::info!("{}", summary.requests);
+        summary.extraction = extraction_summary(extractor.stats());
+        for (d, sc) in [
+            (&mut summary.request, &extractor.stats().request_segments),
+            (&mut summary.response, &extractor.stats().response_segments),
+        ] {
+            d.stream_bytes = sc.stream_bytes;
+            d.overlap_bytes = sc.overlap_bytes;
+        }
+        let mirror = metrics.summary();
+        tracing::info!("stopped:\n{mirror}");
+        summary.mirror = Some(mirror);
+        metrics_server.shutdown().await;
+
+        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        if let Some(path) = &cfg.summary_file {
+            std::fs::write(path, &json)
+                .map_err(|e| RunError::Io { op: format!("write summary to {}", path.display()), source: e })?;
+        }
+        Ok(summary)
+    }
+}
+
+/// Extracted messages to replay (requests) and to the primary's side of latency and
+/// comparison (responses).
+fn route(events: &mut Vec<HttpEvent>, engine: &ReplayEngine, correlator: &Correlator) {
+    for ev in events.drain(..) {
+        match ev {
+            // Never blocks: a full queue is a counted drop inside the engine.
+            HttpEvent::Request(req) => drop(engine.submit(req)),
+            HttpEvent::Response(resp) => correlator.primary(&resp),
+        }
+    }
+}
+
+/// The comparison hub for the config's rules, or `None` when no rule compares.
+pub(super) fn compare_hub(cfg: &DaemonConfig, metrics: &Arc<Metrics>) -> Result<Option<Arc<CompareHub>>, RunError> {
+    let rules: Vec<(String, Option<&crate::compare::CompareSettings>)> =
+        cfg.rules.iter().map(|r| (r.name.clone(), r.compare.as_ref())).collect();
+    Ok(CompareHub::new(&rules, PairLimits::default(), metrics.clone())?)
+}
+
+/// The rules as operators see them, from the config.
+pub(super) fn rule_runtimes(cfg: &DaemonConfig) -> Vec<RuleRuntime> {
+    cfg.rules
+        .iter()
+        .map(|r| RuleRuntime {
+            name: r.name.clone(),
+            services: r.services(),
+            shadow: r.shadow.as_ref().map(ToString::to_string),
+            rate_ppm: r.sample_ppm,
+            paused: false,
+        })
+        .collect()
+}
+
+pub(super) fn log_rules(rules: &[RuleRuntime]) {
+    for r in rules {
+        let services: Vec<String> = r.services.iter().map(ToString::to_string).collect();
+        match &r.shadow {
+            Some(t) => tracing::info!(
+                "rule {}: {} mirrored to {t} at {}%",
+                r.name,
+                services.join(","),
+                ppm_to_percent(r.rate_ppm)
+            ),
+            None => tracing::warn!(
+                "rule {}: {} has no shadow: capture only, requests counted as no_target",
+                r.name,
+                services.join(",")
+            ),
+        }
+    }
+}
