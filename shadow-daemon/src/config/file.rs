@@ -81,45 +81,7 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
     let mut rates: Vec<Option<u32>> = Vec::with_capacity(rule_values.len());
     for (i, rv) in rule_values.iter().enumerate() {
         let field = |k: &str| format!("rule[{i}].{k}");
-        let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
-        let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
-        let mut compare = None;
-        for (k, v) in t {
-            if k == "compare" {
-                compare = Some(compare_settings(v, &format!("rule[{i}]")).map_err(|(f, m)| fail(&f, m))?);
-                continue;
-            }
-            let part = if RuleArgs::KEYS.contains(&k.as_str()) {
-                &mut matching
-            } else if FileRuleArgs::KEYS.contains(&k.as_str()) {
-                &mut file_only
-            } else if ControlArgs::KEYS.contains(&k.as_str()) {
-                &mut controls
-            } else {
-                return Err(fail(&field(k), format!("unknown key (known: {})", known_rule_keys())));
-            };
-            part.insert(k.clone(), v.clone());
-        }
-        let matching: RuleArgs = read(&matching, &field, &fail)?;
-        let file_only: FileRuleArgs = read(&file_only, &field, &fail)?;
-        let controls: ControlArgs = read(&controls, &field, &fail)?;
-        let name = |k: &str| format!("config {name}: {}", field(k));
-        let mut own = defaults.clone();
-        controls.apply(&mut own, &name)?;
-        let mut rule = matching.into_rule(own, &name)?;
-        rule.name = format!("rule{i}");
-        let mut file_rule = FileRule { rule, sample_ppm: None };
-        file_only.apply(&mut file_rule, &name)?;
-        let FileRule { mut rule, sample_ppm } = file_rule;
-        // A rule without a shadow has nothing to compare, whatever it says.
-        if rule.shadow.is_some()
-            && let Some(c) = compare.or_else(|| default_compare.clone())
-        {
-            rule.compare = c;
-        }
-        if rule.services().is_empty() {
-            return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
-        }
+        let (rule, sample_ppm) = parse_rule(i, rv, &defaults, default_compare.as_ref(), name)?;
         if let Some(j) = rules.iter().position(|r| r.name == rule.name) {
             return Err(fail(&field("name"), format!("'{}' is already the name of rule[{j}]", rule.name)));
         }
@@ -136,6 +98,59 @@ pub(super) fn parse_config(name: &str, text: &str) -> Result<FileConfig, UsageEr
         rates.push(sample_ppm);
     }
     Ok(FileConfig { interface, rules, rates })
+}
+
+/// Rule `i` of the file (`rv`, a `[[rule]]` table), on top of the file's `[defaults]`; its own
+/// sample rate, if it sets one.
+fn parse_rule(
+    i: usize,
+    rv: &toml::Value,
+    defaults: &ReplayControls,
+    default_compare: Option<&Option<CompareSettings>>,
+    name: &str,
+) -> Result<(Rule, Option<u32>), UsageError> {
+    let fail = |field: &str, msg: String| UsageError(format!("config {name}: {field}: {msg}"));
+    let field = |k: &str| format!("rule[{i}].{k}");
+    let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
+    let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
+    let mut compare = None;
+    for (k, v) in t {
+        if k == "compare" {
+            compare = Some(compare_settings(v, &format!("rule[{i}]")).map_err(|(f, m)| fail(&f, m))?);
+            continue;
+        }
+        let part = if RuleArgs::KEYS.contains(&k.as_str()) {
+            &mut matching
+        } else if FileRuleArgs::KEYS.contains(&k.as_str()) {
+            &mut file_only
+        } else if ControlArgs::KEYS.contains(&k.as_str()) {
+            &mut controls
+        } else {
+            return Err(fail(&field(k), format!("unknown key (known: {})", known_rule_keys())));
+        };
+        part.insert(k.clone(), v.clone());
+    }
+    let matching: RuleArgs = read(&matching, &field, &fail)?;
+    let file_only: FileRuleArgs = read(&file_only, &field, &fail)?;
+    let controls: ControlArgs = read(&controls, &field, &fail)?;
+    let setting = |k: &str| format!("config {name}: {}", field(k));
+    let mut own = defaults.clone();
+    controls.apply(&mut own, &setting)?;
+    let mut rule = matching.into_rule(own, &setting)?;
+    rule.name = format!("rule{i}");
+    let mut file_rule = FileRule { rule, sample_ppm: None };
+    file_only.apply(&mut file_rule, &setting)?;
+    let FileRule { mut rule, sample_ppm } = file_rule;
+    // A rule without a shadow has nothing to compare, whatever it says.
+    if rule.shadow.is_some()
+        && let Some(c) = compare.or_else(|| default_compare.cloned())
+    {
+        rule.compare = c;
+    }
+    if rule.services().is_empty() {
+        return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
+    }
+    Ok((rule, sample_ppm))
 }
 
 /// A `compare` value at `at` (`rule[0]`, `defaults`): `false` turns comparison off, `true` is the

@@ -210,94 +210,100 @@ impl ChunkedDecoder {
             }
             let b = data[i];
             i += 1;
-            match self.state {
-                Size | SizeDigits => {
-                    if let Some(d) = (b as char).to_digit(16) {
-                        self.size = self
-                            .size
-                            .checked_mul(16)
-                            .and_then(|s| s.checked_add(u64::from(d)))
-                            .ok_or(HttpError::BadChunkSize)?;
-                        self.state = SizeDigits;
-                        self.count_line()?;
-                        continue;
-                    }
-                    if self.state == Size {
-                        return Err(HttpError::BadChunkSize);
-                    }
-                    self.size_line_byte(b)?;
-                }
-                SizeBws => self.size_line_byte(b)?,
-                Ext => {
-                    self.count_line()?;
-                    match b {
-                        b'\r' => self.state = SizeLf,
-                        b'\n' if !self.strict => self.end_size_line(),
-                        b'\t' => {}
-                        _ if self.strict && (b < b' ' || b == 0x7f) => return Err(HttpError::BadChunkSize),
-                        _ => {}
-                    }
-                }
-                SizeLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::BadChunkSize);
-                    }
-                    self.end_size_line();
-                }
-                DataCr => match b {
-                    b'\r' => self.state = DataLf,
-                    b'\n' if !self.strict => self.next_chunk(),
-                    _ => return Err(HttpError::BadChunkDelimiter),
-                },
-                DataLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::BadChunkDelimiter);
-                    }
-                    self.next_chunk();
-                }
-                TrailerStart => match b {
-                    b'\r' => self.state = EndLf,
-                    b'\n' if !self.strict => self.state = Done,
-                    // A trailer line starting with whitespace is an obs-fold.
-                    b'\n' | b' ' | b'\t' if self.strict => return Err(HttpError::BadTrailer),
-                    _ => {
-                        self.count_trailer(limits)?;
-                        self.state = TrailerLine;
-                    }
-                },
-                TrailerLine => {
-                    self.count_trailer(limits)?;
-                    if self.strict {
-                        match b {
-                            b'\r' => self.state = TrailerLf,
-                            b'\t' => {}
-                            _ if b < b' ' || b == 0x7f => return Err(HttpError::BadTrailer),
-                            _ => {}
-                        }
-                    } else if b == b'\n' {
-                        self.state = TrailerStart;
-                    }
-                }
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::BadTrailer);
-                    }
-                    self.state = TrailerStart;
-                }
-                EndLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::BadTrailer);
-                    }
-                    self.state = Done;
-                }
-                // Data is consumed in bulk above and Done returns below, so neither is reached.
-                Data | Done => {}
-            }
+            self.framing_byte(b, limits)?;
             if self.state == Done {
                 return Ok((i, true));
             }
         }
         Ok((i, self.state == Done))
+    }
+
+    /// One byte of the chunked framing (size lines, delimiters, trailers), moving the state.
+    fn framing_byte(&mut self, b: u8, limits: &Limits) -> Result<(), HttpError> {
+        use ChunkState::*;
+        match self.state {
+            Size | SizeDigits => {
+                if let Some(d) = (b as char).to_digit(16) {
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(u64::from(d)))
+                        .ok_or(HttpError::BadChunkSize)?;
+                    self.state = SizeDigits;
+                    return self.count_line();
+                }
+                if self.state == Size {
+                    return Err(HttpError::BadChunkSize);
+                }
+                self.size_line_byte(b)?;
+            }
+            SizeBws => self.size_line_byte(b)?,
+            Ext => {
+                self.count_line()?;
+                match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' if !self.strict => self.end_size_line(),
+                    b'\t' => {}
+                    _ if self.strict && (b < b' ' || b == 0x7f) => return Err(HttpError::BadChunkSize),
+                    _ => {}
+                }
+            }
+            SizeLf => {
+                if b != b'\n' {
+                    return Err(HttpError::BadChunkSize);
+                }
+                self.end_size_line();
+            }
+            DataCr => match b {
+                b'\r' => self.state = DataLf,
+                b'\n' if !self.strict => self.next_chunk(),
+                _ => return Err(HttpError::BadChunkDelimiter),
+            },
+            DataLf => {
+                if b != b'\n' {
+                    return Err(HttpError::BadChunkDelimiter);
+                }
+                self.next_chunk();
+            }
+            TrailerStart => match b {
+                b'\r' => self.state = EndLf,
+                b'\n' if !self.strict => self.state = Done,
+                // A trailer line starting with whitespace is an obs-fold.
+                b'\n' | b' ' | b'\t' if self.strict => return Err(HttpError::BadTrailer),
+                _ => {
+                    self.count_trailer(limits)?;
+                    self.state = TrailerLine;
+                }
+            },
+            TrailerLine => {
+                self.count_trailer(limits)?;
+                if self.strict {
+                    match b {
+                        b'\r' => self.state = TrailerLf,
+                        b'\t' => {}
+                        _ if b < b' ' || b == 0x7f => return Err(HttpError::BadTrailer),
+                        _ => {}
+                    }
+                } else if b == b'\n' {
+                    self.state = TrailerStart;
+                }
+            }
+            TrailerLf => {
+                if b != b'\n' {
+                    return Err(HttpError::BadTrailer);
+                }
+                self.state = TrailerStart;
+            }
+            EndLf => {
+                if b != b'\n' {
+                    return Err(HttpError::BadTrailer);
+                }
+                self.state = Done;
+            }
+            // Data is consumed in bulk above and Done returns below, so neither is reached.
+            Data | Done => {}
+        }
+        Ok(())
     }
 
     fn count_line(&mut self) -> Result<(), HttpError> {

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     capture::{
-        Capture, CaptureOptions, HookKind, check_interface,
+        Capture, CaptureOptions, HookKind, SegmentSource, check_interface,
         links::{InterfacePattern, LinkEvent, LinkWatcher},
     },
     compare::pairs::PairLimits,
@@ -74,32 +74,7 @@ impl Daemon {
             ring_buffer_bytes: u64::from(cfg.ring_buffer_size),
         };
         let ops = Operations::new(facts, rule_runtimes(&cfg));
-        // A typo in --interface should not wait for the verifier.
-        for p in cfg.interfaces.iter().filter(|p| !p.is_glob()) {
-            check_interface(p.as_str())?;
-        }
-        let opts = CaptureOptions {
-            interface: cfg.interface.clone(),
-            hook: cfg.hook,
-            rules: Operations::kernel_rules(ops.rules()),
-            ring_buffer_size: cfg.ring_buffer_size,
-            verifier_log: cfg.verifier_log.clone(),
-            allow_shared: cfg.allow_shared,
-        };
-        let mut capture = Capture::load(&opts)?;
-        let mut interfaces = Interfaces::new(cfg.interfaces.clone(), cfg.hook);
-        interfaces.attach_present(&mut capture, true)?;
-        let source = capture.take_source()?;
-        if let Some(l) = capture.take_kernel_log() {
-            tokio::spawn(l.run());
-        }
-        let links = if cfg.interfaces.iter().any(InterfacePattern::is_glob) {
-            let w = LinkWatcher::new()
-                .map_err(|e| RunError::Io { op: "watch network interfaces (netlink)".into(), source: e })?;
-            Some(w)
-        } else {
-            None
-        };
+        let Attached { capture, interfaces, source, links, ports } = attach(&cfg, &ops)?;
         let control = ControlServer::bind(&cfg.control).await?;
         tracing::info!("control socket {}", control.path().display());
         let control_stats = control.stats();
@@ -121,7 +96,7 @@ impl Daemon {
         metrics.set_ready(true);
         tracing::info!(
             "capturing ports {:?} ({}), {} rule(s)",
-            opts.ports(),
+            ports,
             if capture.attached().is_empty() {
                 "no interface matches yet".to_string()
             } else {
@@ -334,6 +309,48 @@ impl Daemon {
         }
         Ok(summary)
     }
+}
+
+/// The capture, attached.
+struct Attached {
+    capture: Capture,
+    interfaces: Interfaces,
+    source: SegmentSource,
+    links: Option<LinkWatcher>,
+    /// The service ports captured.
+    ports: Vec<u16>,
+}
+
+/// Load the capture for the rules, attach it to the interfaces present, and take its ring
+/// buffer; with a glob among the interfaces, watch links come and go.
+fn attach(cfg: &DaemonConfig, ops: &Operations) -> Result<Attached, RunError> {
+    // A typo in --interface should not wait for the verifier.
+    for p in cfg.interfaces.iter().filter(|p| !p.is_glob()) {
+        check_interface(p.as_str())?;
+    }
+    let opts = CaptureOptions {
+        interface: cfg.interface.clone(),
+        hook: cfg.hook,
+        rules: Operations::kernel_rules(ops.rules()),
+        ring_buffer_size: cfg.ring_buffer_size,
+        verifier_log: cfg.verifier_log.clone(),
+        allow_shared: cfg.allow_shared,
+    };
+    let mut capture = Capture::load(&opts)?;
+    let mut interfaces = Interfaces::new(cfg.interfaces.clone(), cfg.hook);
+    interfaces.attach_present(&mut capture, true)?;
+    let source = capture.take_source()?;
+    if let Some(l) = capture.take_kernel_log() {
+        tokio::spawn(l.run());
+    }
+    let links = if cfg.interfaces.iter().any(InterfacePattern::is_glob) {
+        let w = LinkWatcher::new()
+            .map_err(|e| RunError::Io { op: "watch network interfaces (netlink)".into(), source: e })?;
+        Some(w)
+    } else {
+        None
+    };
+    Ok(Attached { capture, interfaces, source, links, ports: opts.ports() })
 }
 
 /// Extracted messages to replay (requests) and to the primary's side of latency and
