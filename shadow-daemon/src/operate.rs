@@ -9,6 +9,7 @@ use crate::{
     capture::{Capture, HookKind, KernelRule},
     control::{ErrorBody, ErrorKind, RuleStatus, Status},
     metrics::Metrics,
+    rule::RuleId,
     service::ServiceMatch,
 };
 
@@ -108,25 +109,31 @@ impl Operations {
         rule: Option<&str>,
         f: impl Fn(&mut RuleRuntime),
     ) -> Result<(), ErrorBody> {
-        let ids: Vec<usize> = match rule {
-            None => (0..self.rules.len()).collect(),
-            Some(name) => match self.rules.iter().position(|r| r.name == name) {
-                Some(i) => vec![i],
-                None => {
-                    let known: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-                    return Err(ErrorBody::new(
-                        ErrorKind::NoSuchRule,
-                        format!("no rule named '{name}' (rules: {})", known.join(", ")),
-                    ));
-                }
-            },
+        let ids: Vec<RuleId> = match rule {
+            None => RuleId::all(self.rules.len()).collect(),
+            Some(name) => vec![self.id_of(name)?],
         };
-        for i in ids {
-            f(&mut self.rules[i]);
-            let ppm = self.rules[i].kernel_ppm();
-            capture.set_rule_ppm(i, ppm).map_err(|e| ErrorBody::new(ErrorKind::Internal, e.to_string()))?;
+        for id in ids {
+            let r = &mut self.rules[id.index()];
+            f(r);
+            let ppm = r.kernel_ppm();
+            capture.set_rule_ppm(id, ppm).map_err(|e| ErrorBody::new(ErrorKind::Internal, e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The rule named `name`, or an error naming the rules there are.
+    pub fn id_of(&self, name: &str) -> Result<RuleId, ErrorBody> {
+        match self.rules.iter().position(|r| r.name == name) {
+            Some(i) => Ok(RuleId::new(i)),
+            None => {
+                let known: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+                Err(ErrorBody::new(
+                    ErrorKind::NoSuchRule,
+                    format!("no rule named '{name}' (rules: {})", known.join(", ")),
+                ))
+            }
+        }
     }
 
     /// The status answer; each rule's kernel rate is read back from the kernel's map.
@@ -162,13 +169,13 @@ impl Operations {
             rules: self
                 .rules
                 .iter()
-                .enumerate()
-                .map(|(i, r)| RuleStatus {
+                .zip(RuleId::all(self.rules.len()))
+                .map(|(r, id)| RuleStatus {
                     name: r.name.clone(),
                     matches: r.services.iter().map(ToString::to_string).collect(),
                     shadow: r.shadow.clone(),
                     sample_percent: ppm_to_percent(r.rate_ppm),
-                    kernel_percent: capture.rule_ppm(i).map_or(f64::NAN, ppm_to_percent),
+                    kernel_percent: capture.rule_ppm(id).map_or(f64::NAN, ppm_to_percent),
                     paused: r.paused,
                 })
                 .collect(),

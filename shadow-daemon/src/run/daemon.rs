@@ -34,6 +34,7 @@ use crate::{
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
     replay::ReplayEngine,
     reply::Reply,
+    rule::RuleId,
     segment::{DecodeError, Segment},
 };
 
@@ -242,8 +243,8 @@ impl Daemon {
                 .ops
                 .rules()
                 .iter()
-                .enumerate()
-                .map(|(i, r)| (r.name.clone(), self.capture.rule_ppm(i).map_or(f64::NAN, |p| f64::from(p) / 1e6)))
+                .zip(RuleId::all(self.ops.rules().len()))
+                .map(|(r, id)| (r.name.clone(), self.capture.rule_ppm(id).map_or(f64::NAN, |p| f64::from(p) / 1e6)))
                 .collect(),
         }
     }
