@@ -20,10 +20,9 @@ use crate::{
     replay::{
         Lane,
         controls::{
-            HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, ReplayControls,
-            ShadowTarget,
+            HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_PIPELINE, MAX_QUEUE_CAPACITY, MethodAllowlist,
+            ReplayControls, ShadowTarget,
         },
-        pipeline::MAX_PIPELINE,
     },
     service::ServiceMatch,
 };
