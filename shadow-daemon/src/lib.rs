@@ -18,7 +18,8 @@
 //! - `control`, `operate`: the control socket, and the commands it applies to the capture;
 //! - `ctl`: `shadowctl`, the client;
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
-//! - `run`: `run(config, shutdown)`, the loop that joins them.
+//! - `run`: `run(config, shutdown)`, the loop that joins them;
+//! - `sys`: every libc call, behind safe functions (a leaf: it knows no other module).
 //!
 //! Capture, reassembly and extraction run on one task, a ring-buffer batch at a time: nothing
 //! queues between them, so their memory is the reassembly cap. Replay is the only stage behind a
@@ -40,3 +41,4 @@ pub mod replay;
 pub mod run;
 pub mod segment;
 pub mod service;
+mod sys;

@@ -29,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     segment::{self, DecodeError, Segment},
     service::ServiceMatch,
+    sys::{self, errno},
 };
 
 /// Which kernel hook captures traffic.
@@ -196,7 +197,22 @@ impl PollInterval {
 
 /// Forwards aya-log records from the programs to the daemon's log.
 pub struct KernelLog {
-    logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: AsyncFd<Logger>,
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// aya's ring readers, which own their map's fd for as long as they live (what tokio's
+/// `AsyncFd` requires of what it watches).
+trait OwnsFd: AsRawFd {}
+impl OwnsFd for RingBuf<MapData> {}
+impl OwnsFd for Logger {}
+
+/// Watch `inner` for readability on the runtime's reactor. Must run inside a tokio runtime.
+fn register_readable<T: OwnsFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: every `OwnsFd` type (aya's RingBuf and EbpfLogger) owns its map fd: it stays open,
+    // and the same, for as long as the AsyncFd owns the value.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
 impl Capture {
@@ -343,9 +359,8 @@ impl Capture {
     /// The async reader of the ring buffer (once). Must run inside a tokio runtime.
     pub fn take_source(&mut self) -> Result<SegmentSource, CaptureError> {
         let events = self.take_ring()?;
-        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e.into() })?;
+        let ring = register_readable(events)
+            .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e })?;
         Ok(SegmentSource { ring, poll: PollInterval::default() })
     }
 
@@ -360,11 +375,10 @@ impl Capture {
     /// The kernel log forwarder (once), if the object has a log map. Needs a tokio runtime.
     pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
         let l = self.logger.take()?;
-        // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns it.
-        match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) } {
+        match register_readable(l) {
             Ok(fd) => Some(KernelLog { logger: fd }),
             Err(e) => {
-                tracing::warn!("kernel log forwarding disabled: {}", io::Error::from(e));
+                tracing::warn!("kernel log forwarding disabled: {e}");
                 None
             }
         }
@@ -725,7 +739,7 @@ fn load_program(
     match load() {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError { io_error, verifier_log: log }) => {
-            if is_permission(&io_error) {
+            if errno::is_permission(&io_error) {
                 return Err(CaptureError::Privileges { op: format!("load {name}"), detail: String::new() });
             }
             let text = log.to_string();
@@ -736,10 +750,6 @@ fn load_program(
         }
         Err(e) => Err(CaptureError::Program { op: format!("load {name}"), source: Box::new(e) }),
     }
-}
-
-fn is_permission(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 fn io_of_map_error(e: &MapError) -> Option<&io::Error> {
@@ -756,11 +766,10 @@ fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
         _ => None,
     };
     if let Some(io) = io {
-        if is_permission(io) {
+        if errno::is_permission(io) {
             return CaptureError::Privileges { op: op.into(), detail: format!(" ({io})") };
         }
-        if matches!(io.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
-            let source = io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::ENOSYS));
+        if let Some(source) = errno::unsupported(io) {
             return CaptureError::BpfUnavailable { op: op.into(), source };
         }
     }
@@ -776,10 +785,10 @@ fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureErr
         return CaptureError::UnknownInterface(name.clone());
     }
     if let Some(io) = io {
-        if is_permission(io) {
+        if errno::is_permission(io) {
             return CaptureError::Privileges { op, detail: format!(" ({io})") };
         }
-        if op.starts_with("attach xdp") && matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)) {
+        if op.starts_with("attach xdp") && errno::is_busy(io) {
             return CaptureError::XdpBusy { interface: iface.into() };
         }
     }
@@ -789,8 +798,7 @@ fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureErr
 /// Fail early with one line when the process obviously cannot load BPF, instead of an EPERM from
 /// deep inside the loader.
 fn check_privileges() -> Result<(), CaptureError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if sys::process::effective_uid() == 0 {
         return Ok(());
     }
     const CAP_NET_ADMIN: u32 = 12;
@@ -831,11 +839,7 @@ pub fn check_interface(iface: &str) -> Result<(), CaptureError> {
 }
 
 fn interface_is_loopback(iface: &str) -> Result<bool, CaptureError> {
-    let Ok(c) = std::ffi::CString::new(iface) else {
-        return Err(CaptureError::UnknownInterface(iface.into()));
-    };
-    // SAFETY: c is a valid NUL-terminated string.
-    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+    if sys::net::interface_index(iface).is_none() {
         return Err(CaptureError::UnknownInterface(iface.into()));
     }
     const IFF_LOOPBACK: u32 = 0x8;
