@@ -3,12 +3,12 @@
 
 use aya::{
     maps::{Array, MapData},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 use shadow_common::{Config, names};
 
-use super::{Capture, CaptureError, error::classify_attach_error, program};
-use crate::sys;
+use super::{Capture, CaptureError, program};
+use crate::sys::{self, errno};
 
 /// Which kernel hook captures traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,45 @@ pub enum HookKind {
     /// XDP on ingress only: for physical NICs where the service's traffic arrives; sees requests
     /// (and responses only if they also arrive on this interface).
     Xdp,
+}
+
+impl HookKind {
+    /// The name `--hook` takes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// What one attach is for, as its error names it ("attach tc ingress to eth0").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AttachPoint {
+    /// A capture program on one TC direction (`ingress` or `egress`).
+    Tc(&'static str),
+    Xdp,
+    /// The do-nothing program of the benchmarks, on TC.
+    Baseline,
+}
+
+impl AttachPoint {
+    pub(super) const fn hook(self) -> HookKind {
+        match self {
+            Self::Tc(_) => HookKind::Tc,
+            Self::Xdp => HookKind::Xdp,
+            Self::Baseline => HookKind::Tc,
+        }
+    }
+
+    /// The operation, for error messages.
+    pub(super) fn op(self, iface: &str) -> String {
+        match self {
+            Self::Tc(what) => format!("attach tc {what} to {iface}"),
+            Self::Xdp => format!("attach xdp to {iface}"),
+            Self::Baseline => format!("attach baseline to {iface}"),
+        }
+    }
 }
 
 /// One attachment of a program to an interface.
@@ -116,9 +155,7 @@ impl Capture {
                 tracing::debug!("clsact on {iface}: {e} (already present?)");
             }
         }
-        let id = prog
-            .attach(iface, kind)
-            .map_err(|e| classify_attach_error(format!("attach tc {what} to {iface}"), iface, e))?;
+        let id = prog.attach(iface, kind).map_err(|e| classify_attach_error(AttachPoint::Tc(what), iface, e))?;
         Ok(Attached::Tc { program: name, what, id })
     }
 
@@ -166,11 +203,27 @@ impl Capture {
 
     fn attach_xdp(&mut self, iface: &str) -> Result<Attached, CaptureError> {
         let prog: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
-        let id = prog
-            .attach(iface, XdpMode::Default)
-            .map_err(|e| classify_attach_error(format!("attach xdp to {iface}"), iface, e))?;
+        let id = prog.attach(iface, XdpMode::Default).map_err(|e| classify_attach_error(AttachPoint::Xdp, iface, e))?;
         Ok(Attached::Xdp { id })
     }
+}
+
+/// An attach to `point` of `iface` failed: which of our errors that is, by the hook it was for
+/// and the errno the kernel gave.
+pub(super) fn classify_attach_error(point: AttachPoint, iface: &str, e: ProgramError) -> CaptureError {
+    if let ProgramError::UnknownInterface { name } = &e {
+        return CaptureError::UnknownInterface(name.clone());
+    }
+    if let ProgramError::SyscallError(s) = &e {
+        let io = &s.io_error;
+        if errno::is_permission(io) {
+            return CaptureError::Privileges { op: point.op(iface), detail: format!(" ({io})") };
+        }
+        if point.hook() == HookKind::Xdp && errno::is_busy(io) {
+            return CaptureError::XdpBusy { interface: iface.into() };
+        }
+    }
+    CaptureError::Program { op: point.op(iface), source: Box::new(e) }
 }
 
 /// The config map of another process's shadow program, if it can be read.
@@ -202,4 +255,45 @@ pub(super) fn interface_is_loopback(iface: &str) -> Result<bool, CaptureError> {
         .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
         .unwrap_or(0);
     Ok(flags & IFF_LOOPBACK != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    /// Linux's errno values (asm-generic).
+    const EPERM: i32 = 1;
+    const EBUSY: i32 = 16;
+
+    fn failed(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn attach_errors_are_told_by_their_hook_and_errno() {
+        let busy_xdp = classify_attach_error(AttachPoint::Xdp, "eth0", failed(EBUSY));
+        assert!(matches!(&busy_xdp, CaptureError::XdpBusy { interface } if interface == "eth0"), "{busy_xdp:?}");
+        // Busy TC is no XDP conflict: the error as aya gave it, with the operation.
+        let busy_tc = classify_attach_error(AttachPoint::Tc("egress"), "eth0", failed(EBUSY));
+        assert!(
+            matches!(&busy_tc, CaptureError::Program { op, .. } if op == "attach tc egress to eth0"),
+            "{busy_tc:?}"
+        );
+        let denied = classify_attach_error(AttachPoint::Baseline, "lo", failed(EPERM));
+        assert!(matches!(&denied, CaptureError::Privileges { op, .. } if op == "attach baseline to lo"), "{denied:?}");
+        let gone = classify_attach_error(
+            AttachPoint::Tc("ingress"),
+            "veth9",
+            ProgramError::UnknownInterface { name: "veth9".into() },
+        );
+        assert!(matches!(&gone, CaptureError::UnknownInterface(n) if n == "veth9"), "{gone:?}");
+        assert_eq!([HookKind::Tc.as_str(), HookKind::Xdp.as_str()], ["tc", "xdp"]);
+    }
 }

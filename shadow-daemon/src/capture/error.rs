@@ -1,4 +1,5 @@
-//! What can go wrong with the kernel side, and how aya's errors are told apart.
+//! What can go wrong with the kernel side, and how aya's load errors are told apart: by their
+//! variants and the errno inside them, never by text.
 
 use std::{io, path::PathBuf};
 
@@ -70,23 +71,4 @@ pub(super) fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
         }
     }
     CaptureError::Load { op: op.into(), source: Box::new(e) }
-}
-
-pub(super) fn classify_attach_error(op: String, iface: &str, e: ProgramError) -> CaptureError {
-    let io = match &e {
-        ProgramError::SyscallError(s) => Some(&s.io_error),
-        _ => None,
-    };
-    if let ProgramError::UnknownInterface { name } = &e {
-        return CaptureError::UnknownInterface(name.clone());
-    }
-    if let Some(io) = io {
-        if errno::is_permission(io) {
-            return CaptureError::Privileges { op, detail: format!(" ({io})") };
-        }
-        if op.starts_with("attach xdp") && errno::is_busy(io) {
-            return CaptureError::XdpBusy { interface: iface.into() };
-        }
-    }
-    CaptureError::Program { op, source: Box::new(e) }
 }

@@ -15,7 +15,11 @@ use aya::{
 };
 use shadow_common::{FlowKey, FlowState, names};
 
-use super::{Capture, CaptureError, error::classify_attach_error, load_program, program};
+use super::{
+    Capture, CaptureError,
+    attach::{AttachPoint, classify_attach_error},
+    load_program, program,
+};
 
 /// One program's run-time accounting as the kernel keeps it.
 #[derive(Clone, Debug)]
@@ -41,8 +45,7 @@ impl Capture {
         load_program(names::PROG_TC_NOOP, verifier_log, || prog.load())?;
         for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, names::PROG_TC_NOOP)?;
-            prog.attach(iface, kind)
-                .map_err(|e| classify_attach_error(format!("attach baseline to {iface}"), iface, e))?;
+            prog.attach(iface, kind).map_err(|e| classify_attach_error(AttachPoint::Baseline, iface, e))?;
         }
         Ok(())
     }
