@@ -151,6 +151,7 @@ pub fn decode(record: &[u8]) -> Result<Segment, DecodeError> {
 
 /// Encode a segment as the kernel would (header + payload). Used by tests, fuzzing and benchmarks
 /// to feed the user-space pipeline without a kernel.
+#[cfg(any(test, feature = "test-util"))]
 pub fn encode(seg: &Segment) -> Vec<u8> {
     let (src, dst) = match seg.direction {
         Direction::Request => (seg.flow.client, seg.flow.server),

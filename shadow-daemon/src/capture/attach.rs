@@ -37,6 +37,7 @@ pub(super) enum AttachPoint {
     Tc(&'static str),
     Xdp,
     /// The do-nothing program of the benchmarks, on TC.
+    #[cfg(any(test, feature = "test-util"))]
     Baseline,
 }
 
@@ -45,6 +46,7 @@ impl AttachPoint {
         match self {
             Self::Tc(_) => HookKind::Tc,
             Self::Xdp => HookKind::Xdp,
+            #[cfg(any(test, feature = "test-util"))]
             Self::Baseline => HookKind::Tc,
         }
     }
@@ -54,6 +56,7 @@ impl AttachPoint {
         match self {
             Self::Tc(what) => format!("attach tc {what} to {iface}"),
             Self::Xdp => format!("attach xdp to {iface}"),
+            #[cfg(any(test, feature = "test-util"))]
             Self::Baseline => format!("attach baseline to {iface}"),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! By concern: `attach` (hooks on interfaces), `rules` (the rule and config maps), `ring` (the
 //! ring-buffer readers), `privileges`, `error`; `links` follows interfaces as they come and go;
-//! `test_util` holds the kernel tests' and benchmarks' hooks.
+//! `test_util` holds the kernel tests' and benchmarks' hooks (`test-util` feature).
 
 mod attach;
 mod error;
@@ -11,6 +11,7 @@ pub mod links;
 mod privileges;
 mod ring;
 mod rules;
+#[cfg(any(test, feature = "test-util"))]
 mod test_util;
 
 use std::{
@@ -27,6 +28,8 @@ use aya::{
 };
 use shadow_common::{Config, Counters, RuleState, ServiceKey, counter, names};
 
+#[cfg(any(test, feature = "test-util"))]
+pub use self::test_util::{ProgramStats, enable_kernel_stats};
 use self::{
     attach::{Attached, interface_is_loopback},
     error::classify_load_error,
@@ -38,7 +41,6 @@ pub use self::{
     error::CaptureError,
     ring::{KernelLog, PollInterval, SegmentSource},
     rules::KernelRule,
-    test_util::{ProgramStats, enable_kernel_stats},
 };
 use crate::sys::errno;
 

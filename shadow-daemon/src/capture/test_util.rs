@@ -1,4 +1,4 @@
-//! Hooks for the kernel tests and the benchmarks: run a program on a
+//! Hooks for the kernel tests and the benchmarks (the `test-util` feature): run a program on a
 //! crafted frame, read the kernel's per-program accounting, walk the flow map, attach the
 //! do-nothing baseline, take the raw ring.
 

@@ -11,6 +11,7 @@ pub(crate) fn segment_header(bytes: &[u8; SEGMENT_HEADER_LEN]) -> SegmentHeader 
 }
 
 /// The bytes of `hdr`, as the kernel writes them.
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn segment_header_bytes(hdr: SegmentHeader) -> [u8; SEGMENT_HEADER_LEN] {
     // SAFETY: SegmentHeader is repr(C) plain integers with explicit padding fields (no implicit
     // padding: every byte is initialised), of exactly this size.
