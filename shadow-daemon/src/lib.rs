@@ -25,6 +25,7 @@
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
 //! - `run`: `run(config, shutdown)`, the loop, and the `Daemon` that joins the stages, with one
 //!   method per event (a batch, a tick, a control command, a reload).
+//! - `sys`: every libc call, behind safe functions (a leaf: it knows no other module).
 //!
 //! Capture, reassembly and extraction run on one task, a ring-buffer batch at a time: nothing
 //! queues between them, so their memory is the reassembly cap. Replay is the only stage behind a
@@ -49,3 +50,4 @@ pub mod rule;
 pub mod run;
 pub mod segment;
 pub mod service;
+mod sys;

@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use shadow_common::{RECORD_VERSION, SEGMENT_HEADER_LEN, SegmentHeader, direction, family, record_flags, tcp_flags};
 
+use crate::sys;
+
 /// Which way a segment travels relative to the service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -97,12 +99,10 @@ impl DecodeError {
 
 /// Read the header of a record without copying the payload.
 pub fn decode_header(record: &[u8]) -> Result<SegmentHeader, DecodeError> {
-    if record.len() < SEGMENT_HEADER_LEN {
+    let Some(head) = record.first_chunk::<SEGMENT_HEADER_LEN>() else {
         return Err(DecodeError::Short(record.len()));
-    }
-    // SAFETY: SegmentHeader is repr(C), made only of integers (every bit pattern is valid), and
-    // the slice holds at least its size; read_unaligned copes with any alignment.
-    let hdr: SegmentHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    };
+    let hdr = sys::plain::segment_header(head);
     if hdr.version != RECORD_VERSION {
         return Err(DecodeError::Version(hdr.version));
     }
@@ -151,6 +151,7 @@ pub fn decode(record: &[u8]) -> Result<Segment, DecodeError> {
 
 /// Encode a segment as the kernel would (header + payload). Used by tests, fuzzing and benchmarks
 /// to feed the user-space pipeline without a kernel.
+#[cfg(any(test, feature = "test-util"))]
 pub fn encode(seg: &Segment) -> Vec<u8> {
     let (src, dst) = match seg.direction {
         Direction::Request => (seg.flow.client, seg.flow.server),
@@ -197,9 +198,8 @@ pub fn encode(seg: &Segment) -> Vec<u8> {
         dst_addr,
     };
     let mut out = Vec::with_capacity(SEGMENT_HEADER_LEN + seg.payload.len());
-    // SAFETY: SegmentHeader is repr(C) plain integers with explicit padding fields (all zeroed).
-    let raw: [u8; SEGMENT_HEADER_LEN] = unsafe { std::mem::transmute(hdr) };
-    out.extend_from_slice(&raw);
+    // The explicit padding fields are zeroed.
+    out.extend_from_slice(&sys::plain::segment_header_bytes(hdr));
     out.extend_from_slice(&seg.payload);
     out
 }

@@ -6,6 +6,7 @@ use shadow_common::{PPM_ALL, counter, names, tcp_flags};
 use shadow_daemon::{
     capture::{Capture, CaptureOptions, KernelRule},
     config::HookKind,
+    rule::RuleId,
     segment::{self, Direction, Segment},
 };
 use shadow_tests::{
@@ -458,15 +459,15 @@ fn rules_tell_services_on_one_port_apart_by_address_and_rates_change_per_rule() 
     assert_eq!(r.counter(counter::REQUESTS_NO_RULE), 2);
 
     // Rule 1 up to 100 %, live: its next request is sampled; the others keep their rates.
-    r.cap.set_rule_ppm(1, PPM_ALL).expect("set rule 1");
-    r.cap.set_rule_ppm(0, 0).expect("set rule 0");
-    assert_eq!(r.cap.rule_ppm(1).expect("read back"), PPM_ALL);
-    assert_eq!(r.cap.rule_ppm(0).expect("read back"), 0);
-    assert_eq!(r.cap.rule_ppm(2).expect("read back"), PPM_ALL);
+    r.cap.set_rule_ppm(RuleId::new(1), PPM_ALL).expect("set rule 1");
+    r.cap.set_rule_ppm(RuleId::new(0), 0).expect("set rule 0");
+    assert_eq!(r.cap.rule_ppm(RuleId::new(1)).expect("read back"), PPM_ALL);
+    assert_eq!(r.cap.rule_ppm(RuleId::new(0)).expect("read back"), 0);
+    assert_eq!(r.cap.rule_ppm(RuleId::new(2)).expect("read back"), PPM_ALL);
     assert_eq!(r.tc(&get("10.0.1.7", 40007)).len(), 1);
     assert!(r.tc(&get("10.0.0.2", 40008)).is_empty());
     assert_eq!(r.tc(&get("10.0.2.7", 40009)).len(), 1);
-    assert!(r.cap.set_rule_ppm(3, 0).is_err(), "no rule 3");
+    assert!(r.cap.set_rule_ppm(RuleId::new(3), 0).is_err(), "no rule 3");
 }
 
 #[test]
@@ -484,7 +485,7 @@ fn rules_are_replaced_live_and_a_service_in_two_rules_is_refused() {
     assert_eq!(r.tc(&to("10.0.0.2", 9443, 41003)).len(), 1);
     assert_eq!(r.tc(&to("10.0.5.9", PORT, 41004)).len(), 1);
     assert_eq!(r.counter(counter::REQUESTS_NO_RULE), 1);
-    assert_eq!(r.cap.rule_ppm(0).expect("rule 0"), PPM_ALL);
+    assert_eq!(r.cap.rule_ppm(RuleId::new(0)).expect("rule 0"), PPM_ALL);
 
     let err =
         r.cap.set_rules(&[rule(&["10.0.0.0/24:8080"], 0), rule(&["10.0.0.9/24:8080"], 0)]).expect_err("duplicate");

@@ -2,13 +2,12 @@
 //! `lxc*`, `cali*`), the interfaces present now, and a netlink watcher that reports links
 //! created and deleted (a pod starting or ending on a node).
 
-use std::{
-    ffi::CStr,
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::io;
 
-use tokio::io::unix::AsyncFd;
+use crate::sys::{
+    self,
+    netlink::{LinkSocket, Received},
+};
 
 /// One `--interface` item: a name, or a glob with `*` (any run of characters) and `?` (one).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,22 +91,7 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 
 /// The interfaces of this network namespace now: (index, name).
 pub fn list_interfaces() -> io::Result<Vec<(u32, String)>> {
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    let head = unsafe { libc::if_nameindex() };
-    if head.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut p = head;
-    // SAFETY: walk until the terminating entry; names are NUL-terminated C strings.
-    unsafe {
-        while (*p).if_index != 0 && !(*p).if_name.is_null() {
-            out.push(((*p).if_index, CStr::from_ptr((*p).if_name).to_string_lossy().into_owned()));
-            p = p.add(1);
-        }
-        libc::if_freenameindex(head);
-    }
-    Ok(out)
+    sys::net::interfaces()
 }
 
 /// A link change the kernel announced.
@@ -132,7 +116,6 @@ const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const RTA_HDRLEN: usize = 4;
 const IFLA_IFNAME: u16 = 3;
-const RTMGRP_LINK: u32 = 1;
 
 const fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -184,64 +167,24 @@ fn ifname(mut attrs: &[u8]) -> Option<String> {
 
 /// Subscribed to the kernel's link notifications (RTMGRP_LINK) in this network namespace.
 pub struct LinkWatcher {
-    fd: AsyncFd<OwnedFd>,
+    socket: LinkSocket,
     buf: Vec<u8>,
 }
 
 impl LinkWatcher {
     /// Must run inside a tokio runtime.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain socket/bind calls on a descriptor owned right after creation.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)?;
-        Ok(Self { fd, buf: vec![0u8; 64 * 1024] })
+        Ok(Self { socket: LinkSocket::open()?, buf: vec![0u8; 64 * 1024] })
     }
 
     /// Wait for the next batch of link events.
     pub async fn next(&mut self) -> io::Result<Vec<LinkEvent>> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            let fd = guard.get_inner().as_raw_fd();
-            // SAFETY: recv into our own buffer of the given length.
-            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        guard.clear_ready();
-                        continue;
-                    }
-                    Some(libc::ENOBUFS) => return Ok(vec![LinkEvent::Resync]),
-                    Some(libc::EINTR) => continue,
-                    _ => return Err(e),
-                }
-            }
-            let events = parse_link_messages(&self.buf[..n as usize]);
+            let n = match self.socket.recv(&mut self.buf).await? {
+                Received::Datagram(n) => n,
+                Received::Overrun => return Ok(vec![LinkEvent::Resync]),
+            };
+            let events = parse_link_messages(&self.buf[..n]);
             if !events.is_empty() {
                 return Ok(events);
             }

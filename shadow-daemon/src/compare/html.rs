@@ -6,7 +6,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    report::{EndpointReport, LatencySummary, Report, interval_text, latency_note, side_ms},
+    report::{EndpointReport, Report, interval_text, latency_note, side_ms},
+    summary::LatencySummary,
     verdict::Verdict,
 };
 

@@ -19,6 +19,7 @@ pub mod pairs;
 mod path;
 mod report;
 pub mod settings;
+mod summary;
 mod verdict;
 
 use std::{collections::HashMap, time::Duration};
@@ -36,8 +37,9 @@ pub use self::{
     noise::{LearnedPath, NoiseReport},
     normalize::LengthOnlyReason,
     path::JsonPath,
-    report::{EndpointReport, EndpointSummary, LatencySummary, Report, Unpaired},
+    report::{EndpointReport, Report},
     settings::{CompareSettings, EndpointOverride, Gates, GatesOverride, Limits, NoiseSettings},
+    summary::{EndpointSummary, LatencySummary, Unpaired},
     verdict::{EndpointVerdict, Gate, GateFailure, Undecided, UndecidedReason, Verdict, evaluate},
 };
 use self::{

@@ -28,7 +28,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{interval::QuantileInterval, report::EndpointSummary, settings::Gates};
+use super::{interval::QuantileInterval, settings::Gates, summary::EndpointSummary};
 
 /// Rates are compared with this slack, so that 99 of 100 passes a 99 % gate despite rounding.
 const EPSILON: f64 = 1e-9;
@@ -337,7 +337,7 @@ pub fn evaluate(m: &EndpointSummary, g: &Gates) -> EndpointVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{aggregate::Percentiles, interval::QuantileBounds, report::LatencySummary};
+    use crate::compare::{aggregate::Percentiles, interval::QuantileBounds, summary::LatencySummary};
 
     /// A quantile of both sides given by its bounds (ms), `n` timed samples a side, needing 437.
     fn iv(n: u64, p: (f64, f64), s: (f64, f64)) -> QuantileInterval {

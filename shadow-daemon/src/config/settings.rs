@@ -17,12 +17,9 @@ use super::{
 };
 use crate::{
     http::PathPattern,
-    replay::{
-        controls::{
-            HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_QUEUE_CAPACITY, MethodAllowlist, ReplayControls,
-            ShadowTarget,
-        },
-        pipeline::MAX_PIPELINE,
+    replay::controls::{
+        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_PIPELINE, MAX_QUEUE_CAPACITY, MethodAllowlist,
+        ReplayControls, ShadowTarget,
     },
     rule::Rule,
     service::ServiceMatch,

@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use super::{Command, ErrorKind, MAX_CONNECTIONS, MAX_LINE, READ_TIMEOUT, Response, parse_request};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -97,10 +98,7 @@ impl ControlServer {
             Err(e) => return Err(io_err("inspect")(e)),
         }
         // Bind under a umask that leaves no window with a world-connectable socket.
-        // SAFETY: umask only changes this process's file-creation mask; restored right after.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        unsafe { libc::umask(old) };
+        let bound = sys::process::with_umask(0o177, || UnixListener::bind(path));
         let listener = bound.map_err(io_err("bind"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("set mode 0600"))?;
         Ok(Self { listener, path: path.to_path_buf(), stats: Arc::new(ControlStats::default()) })
@@ -118,7 +116,7 @@ impl ControlServer {
     /// connection is that connection's problem.
     pub async fn serve(self, calls: mpsc::Sender<Call>) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let own_uid = unsafe { libc::geteuid() };
+        let own_uid = sys::process::effective_uid();
         loop {
             let stream = tokio::select! {
                 r = self.listener.accept() => match r {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{RequestCounts, latency::Hdr};
+use super::ledger::RequestCounts;
 
 /// Percentiles of one latency distribution, in milliseconds (0 when empty).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -18,7 +18,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    pub(super) fn of<T: hdrhistogram::Counter>(h: &Hdr<T>) -> Self {
+    pub(super) fn of<T: hdrhistogram::Counter>(h: &hdrhistogram::Histogram<T>) -> Self {
         if h.is_empty() {
             return Self::default();
         }

@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     sync::{Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
@@ -18,6 +18,7 @@ use crate::{
     http::{BodyDecoder, KeptBody, Limits, RequestKind, parse_response_head, response_fields},
     message::{BodyFraming, KeepSpec, ResponseSample},
     metrics::ConnectionMetrics,
+    sys::{socket, timestamp},
 };
 
 /// An idle connection older than this is closed rather than reused: below the keep-alive timeout
@@ -72,32 +73,8 @@ impl Conn {
         }
         self.buf.reserve(READ_CHUNK);
         let Self { stream, buf, .. } = self;
-        let fd = stream.as_raw_fd();
-        stream
-            .async_io(Interest::READABLE, || {
-                let spare = buf.spare_capacity_mut();
-                let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
-                // Room for an SCM_TIMESTAMPNS message (a cmsghdr and a timespec) and an
-                // SCM_TIMESTAMPING one (three timespecs), which a socket with transmit timestamps
-                // may also be given, aligned.
-                let mut control = [0u64; 16];
-                // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen = std::mem::size_of_val(&control) as _;
-                // SAFETY: iov points into buf's spare capacity of iov_len bytes; control is ours.
-                let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let n = n as usize;
-                // SAFETY: recvmsg initialised the first n bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-                Ok((n, receive_time(&msg)))
-            })
-            .await
+        let fd = stream.as_fd();
+        stream.async_io(Interest::READABLE, || timestamp::recv_timed(fd, buf)).await
     }
 
     /// Bytes received past the responses read so far.
@@ -123,7 +100,7 @@ impl Conn {
         if self.tx_stamps && !wire.is_empty() {
             // The key of a TCP transmit timestamp is the offset of the send's last byte.
             let key = (self.sent - 1) as u32;
-            self.sent_at = transmit_time(self.stream.as_raw_fd(), key);
+            self.sent_at = timestamp::transmit_time(self.stream.as_fd(), key);
         }
         Ok(())
     }
@@ -148,25 +125,7 @@ impl Conn {
     /// again. It holds after a reset or close (the count stays with the socket); `None` if the
     /// kernel does not say, which the caller takes as "all received".
     pub fn acked(&self) -> Option<u64> {
-        // SAFETY: tcp_info is plain data, for which all-zero is valid.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: getsockopt on our own socket writes at most `len` bytes into `info`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        // Kernels before 4.1 end the struct before the field (shorter `len`).
-        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + size_of::<u64>();
-        if rc != 0 || (len as usize) < needed {
-            return None;
-        }
-        Some(info.tcpi_bytes_acked.saturating_sub(1))
+        socket::bytes_acked(self.stream.as_fd())
     }
 
     /// The peer closed, sent something unasked, or the socket failed: a connection that cannot
@@ -255,8 +214,8 @@ pub(crate) async fn connect(
     let _ = stream.set_nodelay(true);
     // The kernel's receive time of the response (see `Conn::read_timed`); without it, the
     // response is timed when read.
-    set_socket_option(stream.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int));
-    let tx_stamps = enable_transmit_timestamps(stream.as_raw_fd());
+    timestamp::enable_receive_timestamps(stream.as_fd());
+    let tx_stamps = timestamp::enable_transmit_timestamps(stream.as_fd());
     metrics.opened.inc();
     metrics.open.inc();
     Ok(Conn {
@@ -500,112 +459,8 @@ pub(crate) fn enable_receive_timestamps() {
     static KEEP: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
     KEEP.get_or_init(|| {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        set_socket_option(s.as_raw_fd(), libc::SO_TIMESTAMPNS, &(1 as libc::c_int)).then_some(s)
+        timestamp::enable_receive_timestamps(s.as_fd()).then_some(s)
     });
-}
-
-/// Set the SOL_SOCKET option `name` of our own socket `fd` to `value`; whether the kernel took it.
-fn set_socket_option<T: Copy>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> bool {
-    // SAFETY: `value` is a live, plain-data value of the size passed; setsockopt only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    rc == 0
-}
-
-/// `SO_TIMESTAMPING` and its control message (asm-generic; the same value on every architecture
-/// the daemon builds for).
-const SO_TIMESTAMPING: libc::c_int = 37;
-const SCM_TIMESTAMPING: libc::c_int = SO_TIMESTAMPING;
-/// `sock_extended_err.ee_info` of a timestamp taken when the packet left for the device.
-const SCM_TSTAMP_SND: u32 = 0;
-/// Transmit timestamps kept waiting at most, per connection, before the oldest are read away.
-const MAX_TX_STAMPS_READ: usize = 64;
-
-/// Ask the kernel for the software transmit time of each write's last byte, keyed by its byte
-/// offset (OPT_ID, counted from the bytes written: OPT_ID_TCP on kernels that have it), without
-/// the payload looped back (OPT_TSONLY). Whether the socket will report them.
-fn enable_transmit_timestamps(fd: std::os::fd::RawFd) -> bool {
-    let base = libc::SOF_TIMESTAMPING_TX_SOFTWARE
-        | libc::SOF_TIMESTAMPING_SOFTWARE
-        | libc::SOF_TIMESTAMPING_OPT_ID
-        | libc::SOF_TIMESTAMPING_OPT_TSONLY;
-    [base | libc::SOF_TIMESTAMPING_OPT_ID_TCP, base]
-        .into_iter()
-        .any(|flags| set_socket_option(fd, SO_TIMESTAMPING, &flags))
-}
-
-/// The transmit time of the byte at offset `key` from the socket's error queue, reading away
-/// the timestamps queued before it (non-blocking; at most [`MAX_TX_STAMPS_READ`]).
-fn transmit_time(fd: std::os::fd::RawFd, key: u32) -> Option<SystemTime> {
-    for _ in 0..MAX_TX_STAMPS_READ {
-        let mut control = [0u64; 16];
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: no data buffer (OPT_TSONLY queues none); control is ours, of msg_controllen.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if n < 0 {
-            return None;
-        }
-        if let Some((k, at)) = transmit_stamp(&msg)
-            && k == key
-        {
-            return Some(at);
-        }
-    }
-    None
-}
-
-/// The key and software time of a transmit timestamp read from the error queue.
-fn transmit_stamp(msg: &libc::msghdr) -> Option<(u32, SystemTime)> {
-    let (mut key, mut at) = (None, None);
-    // SAFETY: walking the control buffer recvmsg filled, with the kernel's own CMSG macros;
-    // each payload is read unaligned at the size the kernel wrote for its type.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-            if level == libc::SOL_SOCKET && kind == SCM_TIMESTAMPING {
-                let ts: [libc::timespec; 3] = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                let d = Duration::new(u64::try_from(ts[0].tv_sec).ok()?, u32::try_from(ts[0].tv_nsec).ok()?);
-                at = SystemTime::UNIX_EPOCH.checked_add(d).filter(|_| !d.is_zero());
-            } else if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
-                || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
-            {
-                let e: libc::sock_extended_err = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING && e.ee_info == SCM_TSTAMP_SND {
-                    key = Some(e.ee_data);
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    Some((key?, at?))
-}
-
-/// The kernel receive time in a received message's control data (SCM_TIMESTAMPNS).
-fn receive_time(msg: &libc::msghdr) -> Option<SystemTime> {
-    // SAFETY: walking the control buffer recvmsg filled, with the kernel's own CMSG macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                let d = Duration::new(u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?);
-                return SystemTime::UNIX_EPOCH.checked_add(d);
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    None
 }
 
 /// From `since` to the kernel's receive time `rx` when known and in order (a stepped wall clock
@@ -882,9 +737,8 @@ mod tests {
 
         // A peer with a small receive buffer that never reads, then resets.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let small: libc::c_int = 2048;
         // Accepted sockets inherit the buffer size.
-        assert!(set_socket_option(std_listener.as_raw_fd(), libc::SO_RCVBUF, &small));
+        assert!(socket::set_receive_buffer(std_listener.as_fd(), 2048));
         let target = ShadowTarget { host: "127.0.0.1".into(), port: std_listener.local_addr().unwrap().port() };
         let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
         let (peer, _) = std_listener.accept().unwrap();
@@ -896,9 +750,8 @@ mod tests {
             .unwrap();
         let acked = conn.acked().expect("TCP_INFO");
         assert!(acked < 16 << 10, "at most the peer's window: {acked}");
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // A close now resets.
-        assert!(set_socket_option(peer.as_raw_fd(), libc::SO_LINGER, &linger));
+        assert!(socket::set_linger_reset(peer.as_fd()));
         drop(peer);
         let mut b = [0u8; 1];
         let deadline = Instant::now() + Duration::from_secs(10);

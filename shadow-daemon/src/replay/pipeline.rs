@@ -34,23 +34,15 @@
 
 use tokio::time::Instant;
 
+// The `pipeline` control's depths live with the other controls' defaults; named here too, where
+// the kernel tests and the bench find them.
+pub use super::controls::{DEFAULT_PIPELINE, OPT_IN_PIPELINE};
 use super::{
     ReplayError,
     conn::{Answering, Exchange, Failed, Pool, connect, read_response},
     controls::ShadowTarget,
 };
 use crate::{message::KeepSpec, metrics::Metrics};
-
-/// Default requests written together on one connection (the `pipeline` control): one, so the
-/// shadow sees the traffic's shape (one request at a time per connection, as the primary's
-/// clients sent them) and every response is timed alone. Pipelining merges requests of different
-/// client connections into bursts the primary never saw, which moves the shadow's latency; it is
-/// an opt-in for mirroring where only throughput matters.
-pub const DEFAULT_PIPELINE: usize = 1;
-/// The depth the bench and the pipeline tests use when they turn pipelining on.
-pub const OPT_IN_PIPELINE: usize = 16;
-/// Most requests written together on one connection.
-pub const MAX_PIPELINE: usize = 64;
 
 /// One request of a pipeline: what its response answers, where its bytes end in the pipeline's
 /// buffer, and whether it may be written again (idempotent).

@@ -37,11 +37,21 @@ pub const DEFAULT_POOL_SIZE: usize = 64;
 /// (the larger of the two applies): enough for any API response worth comparing, and a bound on
 /// what a shadow streaming forever costs per request.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+/// Default requests written together on one connection (the `pipeline` control): one, so the
+/// shadow sees the traffic's shape (one request at a time per connection, as the primary's
+/// clients sent them) and every response is timed alone. Pipelining merges requests of different
+/// client connections into bursts the primary never saw, which moves the shadow's latency; it is
+/// an opt-in for mirroring where only throughput matters (see [`super::pipeline`]).
+pub const DEFAULT_PIPELINE: usize = 1;
+/// The depth the bench and the pipeline tests use when they turn pipelining on.
+pub const OPT_IN_PIPELINE: usize = 16;
 
 /// Upper bounds that keep a typo from turning into a resource problem.
 pub const MAX_CONCURRENCY: usize = 10_000;
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 pub const MAX_BODY_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Most requests written together on one connection.
+pub const MAX_PIPELINE: usize = 64;
 
 /// Methods replayed: exact, case-sensitive comparison, as methods are in HTTP.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +152,7 @@ impl Default for ReplayControls {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             pool_size: DEFAULT_POOL_SIZE,
-            pipeline: crate::replay::pipeline::DEFAULT_PIPELINE,
+            pipeline: DEFAULT_PIPELINE,
             max_response_bytes: None,
         }
     }
