@@ -15,7 +15,7 @@ use tokio::{io::Interest, net::TcpStream, time::Instant};
 
 use super::{ReplayError, controls::ShadowTarget};
 use crate::{
-    http::{BodyDecoder, KeptBody, Limits, RequestKind, parse_response_head, response_fields},
+    http::{BodyDecoder, KeptBody, Limits, RequestKind, ResponseHead, parse_response_head, response_fields},
     message::{BodyFraming, KeepSpec, ResponseSample},
     metrics::ConnectionMetrics,
     sys::{socket, timestamp},
@@ -309,34 +309,22 @@ pub(crate) async fn exchange(
     Ok(x)
 }
 
-/// Read the response to `req` by its framing, from what the connection holds and then the
-/// socket; keep what `keep` asks for (never more than its body cap in memory), discard the rest.
-/// Bytes past the response stay buffered (the next response of a pipeline). A body of more than
-/// `max_body` bytes on the wire (a declared length, or what arrived) fails the exchange, and the
-/// caller drops the connection: a shadow streaming forever costs at most that much per request.
-/// Not bounded in time here: the caller bounds it by the request timeout.
-pub(crate) async fn read_response(
+/// Read until the connection holds a final response head (interim 1xx heads are skipped, at most
+/// [`MAX_INTERIM`]), and the kernel receive times of the first and last data read for it (see
+/// `Conn::read_timed`; none for bytes that came with an earlier response: the read time is used).
+async fn read_head(
     conn: &mut Conn,
-    req: Answering<'_>,
+    id: u64,
     target: &ShadowTarget,
-    keep: Option<&KeepSpec>,
-    max_body: u64,
-    since: Since,
-) -> Result<Exchange, Failed> {
-    let id = req.id;
+) -> Result<(ResponseHead, Option<SystemTime>, Option<SystemTime>), Failed> {
     let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
-    // Kernel receive times of the response's first and last data (see `Conn::read_timed`); for
-    // bytes that came with an earlier response, none (the read time is used).
     let (mut first_rx, mut last_rx) = (None, None);
     if conn.start == conn.buf.len() {
         conn.buf.clear();
         conn.start = 0;
     }
-
-    let kind = RequestKind::of_method(req.method);
-    let bad = |what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false);
     let mut interim = 0;
-    let head = loop {
+    loop {
         match parse_response_head(&conn.buf[conn.start..], &RESPONSE_LIMITS) {
             Ok(Some(h)) if h.is_interim() => {
                 interim += 1;
@@ -346,9 +334,9 @@ pub(crate) async fn read_response(
                 conn.start += h.head_len;
                 continue;
             }
-            Ok(Some(h)) => break h,
+            Ok(Some(h)) => return Ok((h, first_rx, last_rx)),
             Ok(None) => {}
-            Err(what) => return Err(bad(what)),
+            Err(what) => return Err(fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false)),
         }
         // parse_response_head refuses a partial head past the limit, so this stays bounded.
         let before = conn.pending();
@@ -366,7 +354,28 @@ pub(crate) async fn read_response(
                 return Err(fail(ReplayError::Read { id, target: target.to_string(), source }, nothing));
             }
         }
-    };
+    }
+}
+
+/// Read the response to `req` by its framing, from what the connection holds and then the
+/// socket; keep what `keep` asks for (never more than its body cap in memory), discard the rest.
+/// Bytes past the response stay buffered (the next response of a pipeline). A body of more than
+/// `max_body` bytes on the wire (a declared length, or what arrived) fails the exchange, and the
+/// caller drops the connection: a shadow streaming forever costs at most that much per request.
+/// Not bounded in time here: the caller bounds it by the request timeout.
+pub(crate) async fn read_response(
+    conn: &mut Conn,
+    req: Answering<'_>,
+    target: &ShadowTarget,
+    keep: Option<&KeepSpec>,
+    max_body: u64,
+    since: Since,
+) -> Result<Exchange, Failed> {
+    let id = req.id;
+    let fail = |error: ReplayError, nothing_received: bool| Failed { error, nothing_received };
+    let kind = RequestKind::of_method(req.method);
+    let bad = |what| fail(ReplayError::BadResponse { id, target: target.to_string(), what }, false);
+    let (head, first_rx, mut last_rx) = read_head(conn, id, target).await?;
     let head_at = Instant::now();
     let first_byte = elapsed(since, first_rx, head_at);
 

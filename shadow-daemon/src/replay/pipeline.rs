@@ -32,14 +32,16 @@
 //! - The request timeout runs for each response from the end of the one before it (from the
 //!   write for the first).
 
-use tokio::time::Instant;
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
 
 // The `pipeline` control's depths live with the other controls' defaults; named here too, where
 // the kernel tests and the bench find them.
 pub use super::controls::{DEFAULT_PIPELINE, OPT_IN_PIPELINE};
 use super::{
     ReplayError,
-    conn::{Answering, Exchange, Failed, Pool, connect, read_response},
+    conn::{Answering, Conn, Exchange, Failed, Pool, connect, read_response},
     controls::ShadowTarget,
 };
 use crate::{message::KeepSpec, metrics::Metrics};
@@ -113,102 +115,33 @@ pub(crate) async fn send(
         let base = conn.sent();
         let sleep = tokio::time::sleep_until(Instant::now() + timeout);
         tokio::pin!(sleep);
-        let timed_out = |id| ReplayError::Timeout { id, target: target.to_string(), timeout };
         let tail = &wire[start..];
         let written = tokio::select! {
             biased;
             r = conn.write_all(tail) => r.map_err(|source| {
                 ReplayError::Write { id: parts[from].id, target: target.to_string(), source }
             }),
-            () = &mut sleep => Err(timed_out(parts[from].id)),
+            () = &mut sleep => Err(ReplayError::Timeout { id: parts[from].id, target: target.to_string(), timeout }),
         };
         if written.is_ok() {
-            let c = &metrics.connections;
-            if from > 0 || retried {
-                // Every turn after the first writes again what a turn before had written.
-                c.retries.inc_by((parts.len() - from) as u64);
-            }
-            c.sent_bytes.inc_by(tail.len() as u64);
-            c.writes.inc();
-            let behind = (parts.len() - from - 1) as u64;
-            c.pipelined.inc_by(behind);
-            c.reused.inc_by(behind + u64::from(reused));
+            count_write(metrics, parts.len() - from, from > 0 || retried, reused, tail.len());
         }
-        let written_at = conn.since_write();
-        let mut since = written_at;
-        // How the turn ended: None, every part is settled; else the first unsettled part, the
-        // error the parts the shadow had fail with, and whether that part's response had begun.
-        // Set when the connection may carry another request: since when it is idle.
-        let mut idle_since = None;
-        let ended: Option<(usize, ReplayError, bool)> = 'turn: {
-            match written {
-                Err(e @ ReplayError::Timeout { .. }) => {
-                    fail_rest(&mut out, parts, e);
-                    break 'turn None;
-                }
-                Err(e) => break 'turn Some((from, e, false)),
-                Ok(()) => {}
+        let ended = match written {
+            Err(e @ ReplayError::Timeout { .. }) => {
+                fail_rest(&mut out, parts, e);
+                Turn::Settled { idle_since: None }
             }
-            for (j, part) in parts.iter().enumerate().skip(from) {
-                let answering = Answering { method: part.method, id: part.id };
-                let read = tokio::select! {
-                    biased;
-                    r = read_response(&mut conn, answering, target, route.keep, route.max_body, since) => r,
-                    () = &mut sleep => Err(Failed { error: timed_out(part.id), nothing_received: false }),
-                };
-                match read {
-                    Ok(x) => {
-                        since = written_at.after(&x);
-                        let open = x.reusable && part.keep_alive;
-                        let (done_at, no_body) = (x.done_at, x.no_body);
-                        out.push(Ok(x));
-                        if no_body && conn.pending() > 0 && !conn.pending_starts_response() {
-                            // Bytes after a response that has no body (HEAD, 204, 304) that are
-                            // not a response: a body the shadow sent there, never the next
-                            // response. The connection is done.
-                            break 'turn Some((j + 1, blame_body(&mut out, part.id, target), false));
-                        }
-                        if j + 1 == parts.len() {
-                            // Bytes past the last response were not asked for: the
-                            // connection's state is unknown.
-                            if open && conn.pending() == 0 {
-                                idle_since = Some(done_at);
-                            }
-                            break 'turn None;
-                        }
-                        if !open {
-                            // The shadow closes after this response.
-                            let e = ReplayError::Closed { id: parts[j + 1].id, target: target.to_string() };
-                            break 'turn Some((j + 1, e, false));
-                        }
-                        sleep.as_mut().reset(done_at + timeout);
-                    }
-                    Err(f) if matches!(f.error, ReplayError::Timeout { .. }) => {
-                        // The ones behind it were written at the same time and are unanswered as
-                        // long.
-                        fail_rest(&mut out, parts, f.error);
-                        break 'turn None;
-                    }
-                    Err(f) => {
-                        let after_no_body = j > from && matches!(out.last(), Some(Ok(x)) if x.no_body);
-                        let error = if matches!(f.error, ReplayError::BadResponse { .. }) && after_no_body {
-                            // What follows a response without a body does not parse: the body
-                            // the shadow sent there (arrived a read later), not this response.
-                            blame_body(&mut out, parts[j - 1].id, target).again(part.id)
-                        } else {
-                            f.error
-                        };
-                        break 'turn Some((j, error, !f.nothing_received));
-                    }
-                }
-            }
-            None
+            Err(e) => Turn::Broken { at: from, error: e, begun: false },
+            Ok(()) => read_turn(&mut conn, route, parts, &mut out, sleep.as_mut()).await,
         };
-        let Some((at, error, begun)) = ended else {
-            if let Some(at) = idle_since {
-                route.pool.put(conn, at);
+        let (at, error, begun) = match ended {
+            Turn::Settled { idle_since } => {
+                if let Some(at) = idle_since {
+                    route.pool.put(conn, at);
+                }
+                break;
             }
-            break;
+            Turn::Broken { at, error, begun } => (at, error, begun),
         };
         let acked = conn.acked();
         drop(conn);
@@ -227,6 +160,98 @@ pub(crate) async fn send(
     }
     debug_assert_eq!(out.len(), parts.len(), "every part settled once");
     out
+}
+
+/// How one turn (a connection's write and its reads) ended.
+enum Turn {
+    /// Every part is settled; `idle_since`: the connection may carry another request, idle
+    /// since then.
+    Settled { idle_since: Option<Instant> },
+    /// Part `at` is the first unsettled one; `error`: what the parts the shadow had fail with;
+    /// `begun`: that part's response had begun.
+    Broken { at: usize, error: ReplayError, begun: bool },
+}
+
+/// A turn's write of the parts from `out.len()` on, counted: `parts_written` requests, of
+/// which every one is a retry when `again` (a turn before had written them), pipelined behind
+/// the first, on a `reused` connection or not.
+fn count_write(metrics: &Metrics, parts_written: usize, again: bool, reused: bool, bytes: usize) {
+    let c = &metrics.connections;
+    if again {
+        c.retries.inc_by(parts_written as u64);
+    }
+    c.sent_bytes.inc_by(bytes as u64);
+    c.writes.inc();
+    let behind = (parts_written - 1) as u64;
+    c.pipelined.inc_by(behind);
+    c.reused.inc_by(behind + u64::from(reused));
+}
+
+/// Read the responses to the parts written in this turn (from `out.len()` on), each within the
+/// request timeout of the one before (`sleep`, reset after each), settling them into `out`.
+async fn read_turn(
+    conn: &mut Conn,
+    route: &Route<'_>,
+    parts: &[Part<'_>],
+    out: &mut Vec<Result<Exchange, ReplayError>>,
+    mut sleep: Pin<&mut Sleep>,
+) -> Turn {
+    let (target, timeout) = (route.target, route.request_timeout);
+    let from = out.len();
+    let timed_out = |id| ReplayError::Timeout { id, target: target.to_string(), timeout };
+    let written_at = conn.since_write();
+    let mut since = written_at;
+    for (j, part) in parts.iter().enumerate().skip(from) {
+        let answering = Answering { method: part.method, id: part.id };
+        let read = tokio::select! {
+            biased;
+            r = read_response(conn, answering, target, route.keep, route.max_body, since) => r,
+            () = &mut sleep => Err(Failed { error: timed_out(part.id), nothing_received: false }),
+        };
+        match read {
+            Ok(x) => {
+                since = written_at.after(&x);
+                let open = x.reusable && part.keep_alive;
+                let (done_at, no_body) = (x.done_at, x.no_body);
+                out.push(Ok(x));
+                if no_body && conn.pending() > 0 && !conn.pending_starts_response() {
+                    // Bytes after a response that has no body (HEAD, 204, 304) that are not a
+                    // response: a body the shadow sent there, never the next response. The
+                    // connection is done.
+                    return Turn::Broken { at: j + 1, error: blame_body(out, part.id, target), begun: false };
+                }
+                if j + 1 == parts.len() {
+                    // Bytes past the last response were not asked for: the connection's state
+                    // is unknown.
+                    let idle = open && conn.pending() == 0;
+                    return Turn::Settled { idle_since: idle.then_some(done_at) };
+                }
+                if !open {
+                    // The shadow closes after this response.
+                    let error = ReplayError::Closed { id: parts[j + 1].id, target: target.to_string() };
+                    return Turn::Broken { at: j + 1, error, begun: false };
+                }
+                sleep.as_mut().reset(done_at + timeout);
+            }
+            Err(f) if matches!(f.error, ReplayError::Timeout { .. }) => {
+                // The ones behind it were written at the same time and are unanswered as long.
+                fail_rest(out, parts, f.error);
+                return Turn::Settled { idle_since: None };
+            }
+            Err(f) => {
+                let after_no_body = j > from && matches!(out.last(), Some(Ok(x)) if x.no_body);
+                let error = if matches!(f.error, ReplayError::BadResponse { .. }) && after_no_body {
+                    // What follows a response without a body does not parse: the body the
+                    // shadow sent there (arrived a read later), not this response.
+                    blame_body(out, parts[j - 1].id, target).again(part.id)
+                } else {
+                    f.error
+                };
+                return Turn::Broken { at: j, error, begun: !f.nothing_received };
+            }
+        }
+    }
+    Turn::Settled { idle_since: None }
 }
 
 /// What a connection that ended part way through a pipeline had of it.
