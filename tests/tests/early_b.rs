@@ -17,6 +17,7 @@ use shadow_tests::{
     metric,
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
+    server::{Mode, Options},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
 };
@@ -34,6 +35,11 @@ fn start_nginx(t: &TwoHosts, scratch: &Scratch) -> Proc {
                   location /small { client_max_body_size 1k; return 200 \"small ok\\n\"; }\n\
                   location / { return 200 \"primary ok\\n\"; }";
     Nginx { worker_connections: 64, server: server.into(), ..Nginx::new(PORT) }.start(&t.server, &scratch.path("nginx"))
+}
+
+/// The shadow: 50-byte answers, every request recorded to scratch/shadow.
+fn shadow(scratch: &Scratch) -> Options {
+    Options::new().response_bytes(50).record(scratch.path("shadow"))
 }
 
 fn nginx_log(scratch: &Scratch) -> Vec<String> {
@@ -73,16 +79,7 @@ fn an_early_200_is_replayed_once_and_an_early_413_is_refused() {
     let t = TwoHosts::new("ea");
     let scratch = Scratch::new("ea");
     let _nginx = start_nginx(&t, &scratch);
-    let _shadow = Proc::spawn(
-        "shadow",
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
-            .args(["--record", scratch.path("shadow").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("shadow", Duration::from_secs(10), || t.server.listening(SHADOW_PORT));
+    let _shadow = shadow(&scratch).spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
     let log = scratch.path("daemon.log");
     let mut daemon = Proc::spawn(
         "shadow-daemon",
@@ -171,17 +168,7 @@ fn mixed_traffic_reaches_a_head_misbehaving_shadow_exactly_once() {
     let t = TwoHosts::new("mx");
     let scratch = Scratch::new("mx");
     let _nginx = start_nginx(&t, &scratch);
-    let _shadow = Proc::spawn(
-        "shadow",
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
-            .args(["--mode", "head-body"])
-            .args(["--record", scratch.path("shadow").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("shadow", Duration::from_secs(10), || t.server.listening(SHADOW_PORT));
+    let _shadow = shadow(&scratch).mode(Mode::HeadBody).spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
     let log = scratch.path("daemon.log");
     let mut daemon = Proc::spawn(
         "shadow-daemon",
