@@ -297,7 +297,7 @@ impl Shared {
 }
 
 /// Serve `listener` until the process ends, a thread per connection (the binary's loop).
-pub fn serve_forever(listener: TcpListener, opts: Options) -> Result<(), String> {
+fn serve_forever(listener: TcpListener, opts: Options) -> Result<(), String> {
     let shared = Arc::new(Shared::new(opts, None)?);
     let next_conn = AtomicU64::new(0);
     let live = Arc::new(AtomicUsize::new(0));
