@@ -14,6 +14,7 @@ use shadow_daemon::compare::Verdict;
 use crate::{
     Proc, Scratch, bin_dir,
     client::{Conn, request},
+    server::{Mode, Options, binary, demo::Version},
     topo::{NetNs, TwoHosts},
     wait_for,
 };
@@ -62,7 +63,7 @@ impl CompareRig {
     /// Start v1, v2 and the daemon (comparison on by default), and wait until it is attached.
     pub fn start(tag: &str) -> Result<Self, String> {
         let bins = bin_dir();
-        let (daemon_bin, service_bin) = (bins.join("shadow-daemon"), bins.join("shadow-testserver"));
+        let (daemon_bin, service_bin) = (bins.join("shadow-daemon"), bins.join(binary::NAME));
         for b in [&daemon_bin, &service_bin] {
             if !b.exists() {
                 return Err(format!("{} is not built", b.display()));
@@ -70,21 +71,9 @@ impl CompareRig {
         }
         let t = TwoHosts::new(tag);
         let scratch = Scratch::new(tag);
-        let service = |listen: String, version: &str| {
-            Proc::spawn(
-                "shadow-testserver",
-                t.server
-                    .command(service_bin.to_str().unwrap_or_default())
-                    .args(["--listen", &listen, "--mode", "demo", "--version", version])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-        };
-        let primary = service(format!("[::]:{PRIMARY_PORT}"), "v1");
-        let shadow = service(format!("127.0.0.1:{SHADOW_PORT}"), "v2");
-        for p in [PRIMARY_PORT, SHADOW_PORT] {
-            wait_for(&format!("a demo service on port {p}"), Duration::from_secs(10), || t.server.listening(p));
-        }
+        let service = |listen: String, version| Options::new().mode(Mode::Demo(version)).spawn(&t.server, &listen);
+        let primary = service(format!("[::]:{PRIMARY_PORT}"), Version::V1);
+        let shadow = service(format!("127.0.0.1:{SHADOW_PORT}"), Version::V2);
         let (control, summary, log) =
             (scratch.path("control.sock"), scratch.path("summary.json"), scratch.path("daemon.log"));
         // The client sends one request at a time: one replay at a time (concurrency 1) gives the

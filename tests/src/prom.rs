@@ -1,6 +1,6 @@
 //! A real Prometheus server (Debian's `prometheus`) inside a test's network namespace, loaded with
 //! the rules of deploy/prometheus/, and the metric contract those rules read
-//! (deploy/prometheus/README.md): an exposition builder for fixtures and a tiny metrics server.
+//! (deploy/prometheus/README.md): an exposition builder for fixtures, served by [`serve_metrics`].
 //!
 //! For the daemon's tests: start [`PromServer`] in the daemon's namespace with the daemon's metrics
 //! address as a target, wait with [`PromServer::wait_for_samples`], then compare [`verdicts`]
@@ -11,19 +11,19 @@ use std::{
     fmt::Write as _,
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use shadow_daemon::compare::{EndpointReport, Report, Verdict};
 
-use crate::{Proc, Scratch, topo::NetNs};
+use crate::{
+    Proc, Scratch,
+    server::{Options, Server},
+    topo::NetNs,
+};
 
 /// Largest ratio between consecutive latency bucket bounds (README: r).
 pub const BUCKET_RATIO: f64 = 1.0914;
@@ -202,67 +202,11 @@ pub fn exposition(endpoints: &[EndpointCounts]) -> String {
     o
 }
 
-/// A tiny HTTP server inside a namespace that answers every request with a fixed metrics text;
-/// stops on drop.
-pub struct MetricsServer {
-    pub addr: SocketAddr,
-    ns_name: String,
-    stop: Arc<AtomicBool>,
-}
-
-impl MetricsServer {
-    pub fn start(ns: &NetNs, addr: SocketAddr, text: String) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let name = ns.name.clone();
-        let st = stop.clone();
-        std::thread::spawn(move || {
-            NetNs { name }.enter_and_forget();
-            let listener = match TcpListener::bind(addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(()));
-            for conn in listener.incoming() {
-                if st.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut s) = conn else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                // Read the request head, then answer and close: Prometheus opens a new connection.
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    text.len()
-                );
-                let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(text.as_bytes()));
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("metrics server bind {addr} in {}: {e}", ns.name),
-            Err(e) => panic!("metrics server in {}: {e}", ns.name),
-        }
-        Self { addr, ns_name: ns.name.clone(), stop }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept so the thread sees the flag.
-        let _ = get(&self.ns_name, self.addr, "/");
-    }
+/// A node's metrics endpoint: the test server inside `ns` answering every request with `text`
+/// and closing (as an exporter may: Prometheus opens a new connection), for as long as a test
+/// with a Prometheus runs; stops on drop.
+pub fn serve_metrics(ns: &NetNs, addr: SocketAddr, text: String) -> Server {
+    Options::new().body(text.into_bytes()).keep_alive(false).lifetime(Duration::from_secs(600)).start(ns, addr)
 }
 
 /// `GET path` over HTTP/1.0 from inside namespace `ns_name`: (status, body), or None when the

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{Proc, Recorded, Scratch, metric, recorded_requests, topo::TwoHosts, wait_for, workspace_bin};
+use crate::{
+    Proc, Recorded, Scratch, metric, recorded_requests, server::Options, topo::TwoHosts, wait_for, workspace_bin,
+};
 
 pub const METRICS: &str = "127.0.0.1:9477";
 
@@ -51,19 +53,17 @@ impl OpsRig {
 
     /// A shadow-testserver in the server namespace on `listen`, recording to scratch/`record`.
     pub fn server(&mut self, listen: &str, record: &str) {
-        let bin = workspace_bin("shadow-testserver");
-        let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in listen address");
-        let p = Proc::spawn(
-            "testserver",
-            self.t
-                .server
-                .command(bin.to_str().expect("utf-8"))
-                .args(["--listen", listen, "--response-bytes", "100"])
-                .args(["--record", self.scratch.path(record).to_str().expect("utf-8")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for(&format!("server on {listen}"), Duration::from_secs(10), || self.t.server.listening(port));
+        self.serve(listen, self.recording(record));
+    }
+
+    /// The rig's server options: 100-byte answers, every request recorded to scratch/`record`.
+    pub fn recording(&self, record: &str) -> Options {
+        Options::new().response_bytes(100).record(self.scratch.path(record))
+    }
+
+    /// A shadow-testserver in the server namespace on `listen`, serving as `opts` say.
+    pub fn serve(&mut self, listen: &str, opts: Options) {
+        let p = opts.spawn(&self.t.server, listen);
         self.servers.push(p);
     }
 

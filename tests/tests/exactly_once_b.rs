@@ -20,6 +20,7 @@ use std::{
 
 use shadow_tests::{
     Proc, Recorded, Scratch, metric, recorded_requests, require_kernel,
+    server::{Mode, Options},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, workspace_bin,
 };
@@ -39,38 +40,19 @@ struct Rig {
     _primary: Proc,
 }
 
-fn testserver() -> String {
-    workspace_bin("shadow-testserver").to_str().expect("utf-8").to_string()
-}
-
 impl Rig {
-    /// A recording primary, a recording shadow started with `shadow_args` (3 ms per request),
-    /// and the daemon with pipelines of 16 and one replay slot.
-    fn new(tag: &str, shadow_args: &[&str]) -> Self {
+    /// A recording primary, a recording shadow with `shadow` (3 ms per request), and the daemon
+    /// with pipelines of 16 and one replay slot.
+    fn new(tag: &str, shadow: impl FnOnce(Options) -> Options) -> Self {
         let t = TwoHosts::new(tag);
         let scratch = Scratch::new(tag);
-        let primary = Proc::spawn(
-            "primary",
-            t.server
-                .command(&testserver())
-                .args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", "100"])
-                .args(["--record", scratch.path("primary").to_str().expect("utf-8")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for("primary", Duration::from_secs(10), || t.server.listening(PORT));
-        let shadow = Proc::spawn(
-            "shadow",
-            t.server
-                .command(&testserver())
-                .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "40"])
-                .args(["--delay-ms", "3"])
-                .args(["--record", scratch.path("shadow").to_str().expect("utf-8")])
-                .args(shadow_args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for("shadow", Duration::from_secs(10), || t.server.listening(SHADOW_PORT));
+        let primary = Options::new()
+            .response_bytes(100)
+            .record(scratch.path("primary"))
+            .spawn(&t.server, &format!("[::]:{PORT}"));
+        let shadow =
+            shadow(Options::new().response_bytes(40).delay(Duration::from_millis(3)).record(scratch.path("shadow")))
+                .spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
         let log = scratch.path("daemon.log");
         let daemon = Proc::spawn(
             "shadow-daemon",
@@ -201,7 +183,7 @@ fn a_shadow_answering_head_with_a_body_gets_every_request_once() {
     if !require_kernel("a_shadow_answering_head_with_a_body") {
         return;
     }
-    let mut rig = Rig::new("once-head", &["--mode", "head-body"]);
+    let mut rig = Rig::new("once-head", |o| o.mode(Mode::HeadBody));
     let n = rig.load();
     let text = rig.settle(n);
     let (replayed, errors, recorded) = exactly_once(&rig, &text, n);
@@ -218,7 +200,7 @@ fn a_shadow_closing_mid_pipeline_after_reading_gets_every_request_once() {
     if !require_kernel("a_shadow_closing_mid_pipeline") {
         return;
     }
-    let mut rig = Rig::new("once-close", &["--close-after", "3"]);
+    let mut rig = Rig::new("once-close", |o| o.close_after(3));
     let n = rig.load();
     let text = rig.settle(n);
     let (replayed, errors, recorded) = exactly_once(&rig, &text, n);

@@ -25,6 +25,7 @@ use shadow_tests::{
     metric,
     nginx::Nginx,
     require_kernel, require_tool,
+    server::Options,
     topo::{NetNs, TwoHosts},
     wait_for, workspace_bin,
 };
@@ -57,16 +58,9 @@ fn nginx(t: &TwoHosts, dir: &Path, port: u16, root: &Path) -> Proc {
     Nginx { ipv6: false, quiet: true, server, ..Nginx::new(port) }.start(&t.server, dir)
 }
 
+/// A test server on `listen` answering every request with the file `body`, `delay_ms` late.
 fn testserver(t: &TwoHosts, listen: &str, body: &Path, delay_ms: u64) -> Proc {
-    Proc::spawn(
-        "testserver",
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", listen, "--body-file", body.to_str().expect("utf-8")])
-            .args(["--delay-ms", &delay_ms.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
+    Options::new().body_file(body).delay(Duration::from_millis(delay_ms)).spawn(&t.server, listen)
 }
 
 /// What serves the two sides.
@@ -134,9 +128,6 @@ impl Rig {
                 testserver(&t, &format!("127.0.0.1:{SHADOW_PORT}"), &www.join("b.html"), delay_ms),
             ],
         };
-        for p in [PORT, SHADOW_PORT] {
-            wait_for("a server", Duration::from_secs(10), || t.server.listening(p));
-        }
         let config = scratch.path("shadow.toml");
         std::fs::write(
             &config,

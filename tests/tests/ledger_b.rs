@@ -3,12 +3,13 @@
 //! as `shutdown` drops when it stops, so that the summary still reconciles and says exactly what
 //! became of each.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use shadow_tests::{
-    Proc, metric, require_kernel,
+    metric, require_kernel,
     rig::{OpsRig, get_many},
-    wait_for, workspace_bin,
+    server::Options,
+    wait_for,
 };
 
 const PORT: u16 = 8080;
@@ -33,17 +34,7 @@ fn stopping_with_requests_in_flight_settles_them_as_shutdown_drops() {
     r.server(&format!("[::]:{PORT}"), "primary");
     // A shadow that reads and records each request, then answers only after ten minutes: every
     // replay stays in flight until the daemon stops.
-    let shadow = Proc::spawn(
-        "silent shadow",
-        r.t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", SHADOW, "--delay-ms", "600000"])
-            .args(["--record", r.scratch.path("shadow").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("silent shadow", Duration::from_secs(10), || r.t.server.listening(9090));
-    r.servers.push(shadow);
+    r.serve(SHADOW, Options::new().delay(Duration::from_secs(600)).record(r.scratch.path("shadow")));
     // The request timeout outlasts the test, so no replay ends as a shadow error first.
     r.write_config(&format!(
         "[[rule]]\nname = \"api\"\nport = {PORT}\nshadow = \"{SHADOW}\"\nsample_rate = 100\nrequest_timeout = \"600s\"\n"

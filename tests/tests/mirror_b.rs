@@ -16,6 +16,7 @@ use shadow_tests::{
     client::{read_response, status_of},
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
+    server::Options,
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
 };
@@ -36,27 +37,13 @@ struct Rig {
     log: PathBuf,
 }
 
-fn testserver() -> String {
-    workspace_bin("shadow-testserver").to_str().expect("utf-8").to_string()
-}
-
 impl Rig {
     /// `primary`: a testserver recording to scratch/primary (None: the caller starts its own).
     fn new(tag: &str, record_primary: bool) -> Self {
         let t = TwoHosts::new(tag);
         let scratch = Scratch::new(tag);
         let primary = record_primary.then(|| {
-            let p = Proc::spawn(
-                "primary",
-                t.server
-                    .command(&testserver())
-                    .args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", "200"])
-                    .args(["--record", scratch.path("primary").to_str().expect("utf-8")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            );
-            wait_for("primary", Duration::from_secs(10), || t.server.listening(PORT));
-            p
+            Options::new().response_bytes(200).record(scratch.path("primary")).spawn(&t.server, &format!("[::]:{PORT}"))
         });
         let log = scratch.path("daemon.log");
         let mut rig = Self { t, scratch, daemon: None, shadow: None, _primary: primary, log };
@@ -65,18 +52,11 @@ impl Rig {
     }
 
     fn start_shadow(&mut self, delay_ms: u64) {
-        let p = Proc::spawn(
-            "shadow",
-            self.t
-                .server
-                .command(&testserver())
-                .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
-                .args(["--delay-ms", &delay_ms.to_string()])
-                .args(["--record", self.scratch.path("shadow").to_str().expect("utf-8")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for("shadow", Duration::from_secs(10), || self.t.server.listening(SHADOW_PORT));
+        let p = Options::new()
+            .response_bytes(50)
+            .delay(Duration::from_millis(delay_ms))
+            .record(self.scratch.path("shadow"))
+            .spawn(&self.t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
         self.shadow = Some(p);
     }
 

@@ -2,30 +2,22 @@
 //! differ in a field compare does not ignore by default (`served_by`); with a `secondary` the
 //! daemon learns it as noise and the endpoint passes, without one the same difference fails it.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use shadow_tests::{
     Proc, require_kernel,
     rig::{OpsRig, get_many},
-    wait_for, workspace_bin,
+    server::{Mode, Options, demo::Version},
+    wait_for,
 };
 
 // Enough for every latency gate to be judged (the p99 needs 368 samples a side at the default
 // confidence; with fewer the endpoint is INSUFFICIENT, whatever the gate's limit).
 const REQUESTS: u64 = 400;
 
+/// The demo service, v1, as instance `instance` (its `served_by`).
 fn demo_service(r: &OpsRig, listen: &str, instance: &str) -> Proc {
-    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let p = Proc::spawn(
-        "shadow-testserver",
-        r.t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", listen, "--mode", "demo", "--version", "v1", "--instance", instance])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for(&format!("demo service on {listen}"), Duration::from_secs(10), || r.t.server.listening(port));
-    p
+    Options::new().mode(Mode::Demo(Version::V1)).instance(instance).spawn(&r.t.server, listen)
 }
 
 fn endpoint<'a>(report: &'a serde_json::Value, rule: &str) -> &'a serde_json::Value {

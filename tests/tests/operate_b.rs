@@ -13,6 +13,7 @@ use std::{
 use shadow_tests::{
     require_kernel, require_tool,
     rig::{OpsRig, get_many},
+    server::Options,
     wait_for,
 };
 
@@ -372,17 +373,8 @@ fn a_flow_seen_on_two_attached_interfaces_is_replayed_once() {
     r.server(&format!("[::]:{PORT}"), "primary");
 
     // The daemon and its shadow live in the router namespace.
-    let shadow_bin = shadow_tests::workspace_bin("shadow-testserver");
-    let _shadow = shadow_tests::Proc::spawn(
-        "shadow",
-        router
-            .command(shadow_bin.to_str().expect("utf-8"))
-            .args(["--listen", "127.0.0.1:9090", "--response-bytes", "10"])
-            .args(["--record", r.scratch.path("shadow-router").to_str().expect("utf-8")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
-    wait_for("router shadow", Duration::from_secs(10), || router.listening(9090));
+    let _shadow =
+        Options::new().response_bytes(10).record(r.scratch.path("shadow-router")).spawn(&router, "127.0.0.1:9090");
     r.write_config(&format!("[[rule]]\nname = \"svc\"\nport = {PORT}\nshadow = \"127.0.0.1:9090\"\n"));
     let log = r.scratch.path("router-daemon.log");
     let summary = r.scratch.path("router-summary.json");

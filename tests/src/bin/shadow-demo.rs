@@ -11,6 +11,7 @@ use std::{
 use shadow_tests::{
     Proc, Scratch, bin_dir,
     client::{Conn, request},
+    server::{Options, binary},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled,
 };
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
 fn demo() -> Result<bool, String> {
     let bins = bin_dir();
     let daemon_bin = bins.join("shadow-daemon");
-    let server_bin = bins.join("shadow-testserver");
+    let server_bin = bins.join(binary::NAME);
     for b in [&daemon_bin, &server_bin, &bins.join("shadowctl")] {
         if !b.exists() {
             return Err(format!("{} is not built (cargo xtask demo builds it)", b.display()));
@@ -64,16 +65,9 @@ fn demo() -> Result<bool, String> {
         t.client.name, t.client_v4, t.client_v6, t.server.name, t.server_v4, t.server_v6, t.server_if
     );
 
-    let _primary = spawn_server(&t.server, &server_bin, &format!("[::]:{PRIMARY_PORT}"), None, 512);
-    let _shadow = spawn_server(
-        &t.server,
-        &server_bin,
-        &format!("127.0.0.1:{SHADOW_PORT}"),
-        Some(scratch.path("shadow").to_string_lossy().as_ref()),
-        512,
-    );
-    wait_listening(&t.server, PRIMARY_PORT);
-    wait_listening(&t.server, SHADOW_PORT);
+    let server = Options::new().response_bytes(512);
+    let _primary = server.clone().spawn(&t.server, &format!("[::]:{PRIMARY_PORT}"));
+    let _shadow = server.record(scratch.path("shadow")).spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
 
     let summary_path = scratch.path("summary.json");
     let log_path = scratch.path("daemon.log");
@@ -202,19 +196,6 @@ fn read_shadow_index(dir: &std::path::Path) -> ShadowSeen {
         }
     }
     s
-}
-
-fn spawn_server(ns: &NetNs, bin: &std::path::Path, listen: &str, record: Option<&str>, resp: usize) -> Proc {
-    let mut cmd = ns.command(bin.to_str().unwrap_or_default());
-    cmd.args(["--listen", listen, "--response-bytes", &resp.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
-    if let Some(r) = record {
-        cmd.args(["--record", r]);
-    }
-    Proc::spawn("shadow-testserver", &mut cmd)
-}
-
-fn wait_listening(ns: &NetNs, port: u16) {
-    wait_for(&format!("a server on port {port}"), Duration::from_secs(10), || ns.listening(port));
 }
 
 /// The demo's traffic: keep-alive GETs over IPv4, small POSTs over IPv6, a few 1 MiB uploads.

@@ -25,7 +25,7 @@ impl Version {
         match name {
             "v1" => Ok(Self::V1),
             "v2" => Ok(Self::V2),
-            other => Err(format!("--version {other}: expected v1 or v2")),
+            other => Err(format!("{other}: expected v1 or v2")),
         }
     }
 

@@ -1,21 +1,24 @@
-//! The one HTTP/1.1 test server: plays the primary, a healthy or faulty shadow, or the demo's
-//! sample service ([`demo`]), and can record every request it receives byte for byte.
+//! The one HTTP/1.1 test server: plays the primary, a healthy or faulty shadow, a node's metrics
+//! endpoint or the demo's sample service ([`demo`]), and can record every request it receives
+//! byte for byte.
 //!
-//! It runs as the `shadow-testserver` binary ([`serve_forever`], in a namespace the test created,
-//! as users' services run) or on threads of the test itself ([`Server::start`]), where the test
-//! reads what it counted and a [`Gate`] holds its answers. Every [`Mode`] is available both ways.
+//! [`Options`] say how it answers; the same options run it as the `shadow-testserver` binary
+//! ([`Options::spawn`], in a namespace the test created, as users' services run; its command line
+//! is [`binary`]) or on threads of the test itself ([`Options::start`]), where the test reads what
+//! it counted and a [`Gate`] holds its answers. Every [`Mode`] is available both ways.
 //!
 //! With a record directory, raw bytes of connection N go to DIR/raw-N.bin and one JSON line per
 //! request to DIR/index.jsonl: {"conn":N,"offset":O,"len":L,"method":"GET","target":"/x","tagged":true}
 //! (read back by [`crate::recorded_requests`]).
 //! Threads, std only: nothing here should be clever.
 
+pub mod binary;
+mod conn;
 pub mod demo;
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufWriter, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     sync::{
         Arc, Condvar, Mutex,
@@ -52,46 +55,73 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode but `Demo` by its `--mode` name.
+    const NAMED: [(&'static str, Mode); 8] = [
+        ("ok", Self::Ok),
+        ("head-body", Self::HeadBody),
+        ("garbage", Self::Garbage),
+        ("reset", Self::Reset),
+        ("endless", Self::Endless),
+        ("never-reads", Self::NeverReads),
+        ("resets-at-once", Self::ResetsAtOnce),
+        ("closes-at-once", Self::ClosesAtOnce),
+    ];
+
     /// The `--mode` names; `demo` takes its version from `--version`.
     pub fn parse(name: &str, version: Option<demo::Version>) -> Result<Self, String> {
-        Ok(match name {
-            "ok" => Self::Ok,
-            "head-body" => Self::HeadBody,
-            "demo" => Self::Demo(version.ok_or("--mode demo needs --version v1|v2")?),
-            "garbage" => Self::Garbage,
-            "reset" => Self::Reset,
-            "endless" => Self::Endless,
-            "never-reads" => Self::NeverReads,
-            "resets-at-once" => Self::ResetsAtOnce,
-            "closes-at-once" => Self::ClosesAtOnce,
-            other => {
-                return Err(format!(
-                    "--mode {other}: expected ok, head-body, demo, garbage, reset, endless, never-reads, resets-at-once or closes-at-once"
-                ));
-            }
+        if name == "demo" {
+            return Ok(Self::Demo(version.ok_or("--mode demo needs --version v1|v2")?));
+        }
+        Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, m)| *m).ok_or_else(|| {
+            format!(
+                "--mode {name}: expected {} or demo",
+                Self::NAMED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
         })
+    }
+
+    /// The `--mode` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Demo(_) => "demo",
+            m => Self::NAMED.iter().find(|(_, n)| *n == m).map_or("ok", |(name, _)| *name),
+        }
     }
 }
 
-/// Everything a server is told; [`Options::default`] is a healthy `Ok` server.
+/// Every answer's body, instead of `response_bytes` of `x`.
+#[derive(Clone, Debug)]
+enum Body {
+    /// Read when the server starts (`--body-file`).
+    File(PathBuf),
+    /// Given by a test on threads.
+    Bytes(Arc<[u8]>),
+}
+
+/// Everything a server is told, as a builder; [`Options::new`] is a healthy `Ok` server with
+/// 64-byte answers.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub mode: Mode,
-    pub record: Option<PathBuf>,
+    mode: Mode,
+    record: Option<PathBuf>,
     /// How long to wait before each answer.
-    pub delay: Duration,
-    pub response_bytes: usize,
+    delay: Duration,
+    response_bytes: usize,
     /// Close each connection after answering this many requests (0: never), without saying so,
     /// once it has read every request the client already sent (recorded as read, never answered).
-    pub close_after: usize,
-    /// Connections served at once by [`serve_forever`]; more are closed on accept.
-    pub max_conns: usize,
+    close_after: usize,
+    /// Connections served at once by the binary; more are closed on accept.
+    max_conns: usize,
     /// The demo's `--instance NAME` (see [`demo::respond`]).
-    pub instance: Option<String>,
-    /// Holds every answer until the test opens it (threads only).
-    pub gate: Option<Gate>,
-    /// Every answer's body (`--body-file`), instead of `response_bytes` of `x`.
-    pub body: Option<Arc<Vec<u8>>>,
+    instance: Option<String>,
+    body: Option<Body>,
+    /// Off: every answer says `connection: close` and the connection closes after it.
+    keep_alive: bool,
+    /// Threads only: holds every answer until the test opens it.
+    gate: Option<Gate>,
+    /// Threads only: how long the server accepts, and each connection is served, before it stops
+    /// by itself (the binary serves until it is killed).
+    lifetime: Duration,
 }
 
 impl Default for Options {
@@ -104,9 +134,83 @@ impl Default for Options {
             close_after: 0,
             max_conns: 1024,
             instance: None,
-            gate: None,
             body: None,
+            keep_alive: true,
+            gate: None,
+            lifetime: Duration::from_secs(120),
         }
+    }
+}
+
+impl Options {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn mode(self, mode: Mode) -> Self {
+        Self { mode, ..self }
+    }
+
+    /// Record every request under `dir` (see the module's documentation).
+    pub fn record(self, dir: impl Into<PathBuf>) -> Self {
+        Self { record: Some(dir.into()), ..self }
+    }
+
+    /// Wait this long before each answer.
+    pub fn delay(self, delay: Duration) -> Self {
+        Self { delay, ..self }
+    }
+
+    /// Answer with this many bytes of body.
+    pub fn response_bytes(self, response_bytes: usize) -> Self {
+        Self { response_bytes, ..self }
+    }
+
+    /// Close each connection after answering `n` requests, without saying so, once it has read
+    /// every request the client already sent (recorded as read, never answered).
+    pub fn close_after(self, n: usize) -> Self {
+        Self { close_after: n, ..self }
+    }
+
+    /// Serve at most `n` connections at once (the binary); more are closed on accept.
+    pub fn max_conns(self, n: usize) -> Self {
+        Self { max_conns: n, ..self }
+    }
+
+    /// The demo service's instance name (see [`demo::respond`]).
+    pub fn instance(self, name: &str) -> Self {
+        Self { instance: Some(name.to_string()), ..self }
+    }
+
+    /// Answer every request with the contents of `path`, read when the server starts.
+    pub fn body_file(self, path: impl Into<PathBuf>) -> Self {
+        Self { body: Some(Body::File(path.into())), ..self }
+    }
+
+    /// Answer every request with `body` (threads only).
+    pub fn body(self, body: impl Into<Arc<[u8]>>) -> Self {
+        Self { body: Some(Body::Bytes(body.into())), ..self }
+    }
+
+    /// `false`: every answer says `connection: close` and the connection closes after it.
+    pub fn keep_alive(self, keep_alive: bool) -> Self {
+        Self { keep_alive, ..self }
+    }
+
+    /// Hold every answer until `gate` opens (threads only).
+    pub fn gate(self, gate: Gate) -> Self {
+        Self { gate: Some(gate), ..self }
+    }
+
+    /// How long a server on threads serves before it stops by itself (default 120 s).
+    pub fn lifetime(self, lifetime: Duration) -> Self {
+        Self { lifetime, ..self }
+    }
+
+    /// Serve on threads of the test: listen on `addr` inside `ns`; the test reads what the server
+    /// counted, and everything stops when the [`Server`] is dropped.
+    pub fn start(self, ns: &NetNs, addr: SocketAddr) -> Server {
+        Server::start(ns, addr, self)
     }
 }
 
@@ -134,8 +238,6 @@ impl Gate {
 
 /// What an endless response writes at most on one connection before giving up by itself.
 pub const ENDLESS_BOUND: usize = 256 << 20;
-/// Longest any connection handler of a [`Server`] on threads runs.
-const HANDLER_LIMIT: Duration = Duration::from_secs(120);
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body the demo service takes.
 const DEMO_MAX_BODY: usize = 1024 * 1024;
@@ -158,6 +260,8 @@ pub struct Counts {
 /// What every connection of one server shares.
 struct Shared {
     opts: Options,
+    /// The body every answer carries, if the options give one.
+    body: Option<Arc<[u8]>>,
     index: Option<Mutex<File>>,
     counts: Arc<Counts>,
     /// Responses served, for the demo's volatile values.
@@ -181,12 +285,19 @@ impl Shared {
             }
             None => None,
         };
-        Ok(Self { opts, index, counts: Arc::default(), served: AtomicU64::new(0), stop: Arc::default(), limit })
+        let body = match &opts.body {
+            Some(Body::File(path)) => {
+                Some(std::fs::read(path).map_err(|e| format!("--body-file {}: {e}", path.display()))?.into())
+            }
+            Some(Body::Bytes(b)) => Some(b.clone()),
+            None => None,
+        };
+        Ok(Self { opts, body, index, counts: Arc::default(), served: AtomicU64::new(0), stop: Arc::default(), limit })
     }
 }
 
 /// Serve `listener` until the process ends, a thread per connection (the binary's loop).
-pub fn serve_forever(listener: TcpListener, opts: Options) -> Result<(), String> {
+fn serve_forever(listener: TcpListener, opts: Options) -> Result<(), String> {
     let shared = Arc::new(Shared::new(opts, None)?);
     let next_conn = AtomicU64::new(0);
     let live = Arc::new(AtomicUsize::new(0));
@@ -200,7 +311,7 @@ pub fn serve_forever(listener: TcpListener, opts: Options) -> Result<(), String>
         let (shared, live) = (shared.clone(), live.clone());
         live.fetch_add(1, Ordering::Relaxed);
         thread::spawn(move || {
-            let _ = serve(stream, conn, &shared);
+            let _ = conn::serve(stream, conn, &shared);
             live.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -218,9 +329,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listen on `addr` inside `ns` and serve every connection as `opts` says.
-    pub fn start(ns: &NetNs, addr: SocketAddr, opts: Options) -> Self {
-        let shared = Arc::new(Shared::new(opts, Some(HANDLER_LIMIT)).unwrap_or_else(|e| panic!("test server: {e}")));
+    fn start(ns: &NetNs, addr: SocketAddr, opts: Options) -> Self {
+        let lifetime = opts.lifetime;
+        let shared = Arc::new(Shared::new(opts, Some(lifetime)).unwrap_or_else(|e| panic!("test server: {e}")));
         let (counts, stop) = (shared.counts.clone(), shared.stop.clone());
         let handlers = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -231,7 +342,7 @@ impl Server {
             let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("test server: bind {addr}: {e}"));
             listener.set_nonblocking(true).expect("nonblocking listener");
             ready_tx.send(()).expect("ready");
-            let deadline = Instant::now() + HANDLER_LIMIT;
+            let deadline = Instant::now() + lifetime;
             let mut conn = 0;
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
@@ -239,7 +350,7 @@ impl Server {
                         shared.counts.accepted.fetch_add(1, Ordering::SeqCst);
                         let shared = shared.clone();
                         let handle = thread::spawn(move || {
-                            let _ = serve(stream, conn, &shared);
+                            let _ = conn::serve(stream, conn, &shared);
                         });
                         conn += 1;
                         h.lock().expect("handlers").push(handle);
@@ -283,360 +394,4 @@ impl Drop for Server {
             let _ = h.join();
         }
     }
-}
-
-/// One connection's reads: on threads, reads wake up now and then to see whether the server is
-/// stopping or the handler has run too long.
-struct Conn<'a> {
-    s: TcpStream,
-    shared: &'a Shared,
-    started: Instant,
-    chunk: Vec<u8>,
-}
-
-impl Conn<'_> {
-    fn alive(&self) -> bool {
-        !self.shared.stop.load(Ordering::Relaxed) && self.shared.limit.is_none_or(|l| self.started.elapsed() < l)
-    }
-
-    /// Read more into `buf`; false when the peer closed or the server is stopping.
-    fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-        loop {
-            match self.s.read(&mut self.chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    buf.extend_from_slice(&self.chunk[..n]);
-                    return Ok(true);
-                }
-                Err(e)
-                    if self.shared.limit.is_some()
-                        && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                {
-                    if !self.alive() {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// One request as read: its method, target and the headers that steer the answer.
-struct Request {
-    method: String,
-    target: String,
-    content_length: usize,
-    bad_length: bool,
-    chunked: bool,
-    tagged: bool,
-    expect: bool,
-    close: bool,
-}
-
-fn parse_head(head: &[u8]) -> Option<Request> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = req.parse(head) else { return None };
-    let mut r = Request {
-        method: req.method.unwrap_or("").to_string(),
-        target: req.path.unwrap_or("").to_string(),
-        content_length: 0,
-        bad_length: false,
-        chunked: false,
-        tagged: false,
-        expect: false,
-        close: req.version == Some(0),
-    };
-    for h in req.headers.iter() {
-        let v = String::from_utf8_lossy(h.value).trim().to_ascii_lowercase();
-        match h.name.to_ascii_lowercase().as_str() {
-            "content-length" => match v.parse() {
-                Ok(n) => r.content_length = n,
-                Err(_) => r.bad_length = true,
-            },
-            "transfer-encoding" => r.chunked = v.contains("chunked"),
-            "x-shadow-request" => r.tagged = true,
-            "expect" => r.expect = v == "100-continue",
-            "connection" => r.close = v == "close",
-            _ => {}
-        }
-    }
-    Some(r)
-}
-
-fn serve(s: TcpStream, conn: u64, shared: &Shared) -> std::io::Result<()> {
-    let o = &shared.opts;
-    match o.mode {
-        Mode::NeverReads => return hold_unread(&s, shared),
-        Mode::ResetsAtOnce => return linger_zero(&s),
-        Mode::ClosesAtOnce => return Ok(()),
-        _ => {}
-    }
-    let _ = s.set_nodelay(true);
-    if shared.limit.is_some() {
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    }
-    let mut c = Conn { s, shared, started: Instant::now(), chunk: vec![0u8; 64 * 1024] };
-    let mut raw = match &o.record {
-        Some(d) => Some(BufWriter::new(File::create(d.join(format!("raw-{conn}.bin")))?)),
-        None => None,
-    };
-    let mut offset = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut answered = 0usize;
-    // Past `close_after`: record what was read already, answer nothing, then close.
-    let mut draining = false;
-    loop {
-        // Read until a whole head is buffered.
-        let head_len = loop {
-            if let Some(p) = find(&buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            if buf.len() > MAX_HEAD || draining || !c.fill(&mut buf)? {
-                return Ok(());
-            }
-        };
-        let Some(req) = parse_head(&buf[..head_len]) else {
-            c.s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
-            return Ok(());
-        };
-        if let Mode::Demo(_) = o.mode {
-            // Chunked request bodies are not part of the demo's traffic.
-            if req.chunked {
-                c.s.write_all(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
-                return Ok(());
-            }
-            if req.bad_length || req.content_length > DEMO_MAX_BODY {
-                c.s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
-                return Ok(());
-            }
-        }
-        if req.expect && buf.len() == head_len {
-            c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        }
-        // Read the body as framed, keeping the raw bytes.
-        let total = loop {
-            let end = if req.chunked {
-                chunked_end(&buf[head_len..]).map(|e| head_len + e)
-            } else {
-                Some(head_len + req.content_length).filter(|&t| buf.len() >= t)
-            };
-            if let Some(end) = end {
-                break end;
-            }
-            if draining || !c.fill(&mut buf)? {
-                return Ok(());
-            }
-        };
-        if let Some(w) = raw.as_mut() {
-            w.write_all(&buf[..total])?;
-            w.flush()?;
-        }
-        if let Some(ix) = &shared.index
-            && let Ok(mut f) = ix.lock()
-        {
-            let line = format!(
-                "{{\"conn\":{conn},\"offset\":{offset},\"len\":{total},\"method\":{},\"target\":{},\"tagged\":{}}}\n",
-                json_str(&req.method),
-                json_str(&req.target),
-                req.tagged
-            );
-            let _ = f.write_all(line.as_bytes());
-        }
-        offset += total as u64;
-        buf.drain(..total);
-        if draining {
-            continue;
-        }
-        shared.counts.requests.fetch_add(1, Ordering::SeqCst);
-        if let Some(g) = &o.gate
-            && !g.pass(&shared.stop, c.started + HANDLER_LIMIT)
-        {
-            return Ok(());
-        }
-        if !o.delay.is_zero() {
-            thread::sleep(o.delay);
-        }
-        match o.mode {
-            Mode::Garbage => {
-                c.s.write_all(b"SSH-2.0-OpenSSH_9.2 not http at all\r\n\r\n")?;
-                continue;
-            }
-            Mode::Reset => {
-                c.s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial")?;
-                return linger_zero(&c.s);
-            }
-            Mode::Endless => {
-                endless(&mut c);
-                return Ok(());
-            }
-            _ => {}
-        }
-        // One write per response, body included: a pipelining client reads it as it was sent.
-        c.s.write_all(&response(shared, &req))?;
-        if req.close {
-            return Ok(());
-        }
-        answered += 1;
-        if o.close_after > 0 && answered >= o.close_after {
-            // Take in what the client sent before the answer went out (a pipeline arrives at
-            // once), so the close is a FIN after reading, not a reset over unread data.
-            c.s.set_nonblocking(true)?;
-            while let Ok(n @ 1..) = c.s.read(&mut c.chunk) {
-                buf.extend_from_slice(&c.chunk[..n]);
-            }
-            draining = true;
-        }
-    }
-}
-
-/// The whole response to `req` in the modes that answer HTTP.
-fn response(shared: &Shared, req: &Request) -> Vec<u8> {
-    let o = &shared.opts;
-    let close = if req.close { "connection: close\r\n" } else { "" };
-    if let Mode::Demo(version) = o.mode {
-        let n = shared.served.fetch_add(1, Ordering::Relaxed);
-        let r = demo::respond(version, o.instance.as_deref(), &req.method, &req.target, &demo::volatile(n));
-        if !r.delay.is_zero() {
-            thread::sleep(r.delay);
-        }
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-demo-version: {}\r\n{close}\r\n",
-            r.status,
-            demo::reason(r.status),
-            r.body.len(),
-            version.as_str(),
-        )
-        .into_bytes();
-        if req.method != "HEAD" {
-            out.extend_from_slice(r.body.as_bytes());
-        }
-        return out;
-    }
-    let len = o.body.as_ref().map_or(o.response_bytes, |b| b.len());
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nx-served-by: shadow-testserver\r\n{close}\r\n"
-    )
-    .into_bytes();
-    if req.method != "HEAD" || o.mode == Mode::HeadBody {
-        match &o.body {
-            Some(b) => out.extend_from_slice(b),
-            None => out.resize(out.len() + len, b'x'),
-        }
-    }
-    out
-}
-
-/// Hold the connection, unread, until the peer gives up on it or the server stops.
-fn hold_unread(s: &TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let started = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut probe = [0u8; 1];
-    while !shared.stop.load(Ordering::Relaxed) && shared.limit.is_none_or(|l| started.elapsed() < l) {
-        match s.peek(&mut probe) {
-            Ok(0) => return Ok(()),
-            // Data waits unread; the read timeout paces this loop.
-            Ok(_) => thread::sleep(Duration::from_millis(100)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return Ok(()),
-        }
-    }
-    Ok(())
-}
-
-/// `200` with a chunked body that never ends, counted by how it ended.
-fn endless(c: &mut Conn<'_>) {
-    let counts = &c.shared.counts;
-    let chunk = [b'x'; 16 * 1024];
-    let mut frame = format!("{:X}\r\n", chunk.len()).into_bytes();
-    frame.extend_from_slice(&chunk);
-    frame.extend_from_slice(b"\r\n");
-    if c.s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err() {
-        counts.cut.fetch_add(1, Ordering::SeqCst);
-        return;
-    }
-    // Whole frames only (a partial one would turn the body into garbage); a peer that stops
-    // reading without closing stalls the write, which ends this after a while.
-    let _ = c.s.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut written = 0;
-    while written < ENDLESS_BOUND {
-        if !c.alive() {
-            return;
-        }
-        match c.s.write_all(&frame) {
-            Ok(()) => written += frame.len(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                counts.stalled.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            Err(_) => {
-                counts.cut.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        }
-    }
-    counts.ran_out.fetch_add(1, Ordering::SeqCst);
-}
-
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
-}
-
-/// Length of a complete chunked body at the start of `b` (through the final CRLF after trailers).
-fn chunked_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    loop {
-        let line_end = find(&b[i..], b"\r\n")? + i;
-        let size_str = std::str::from_utf8(&b[i..line_end]).ok()?;
-        let size_str = size_str.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_str, 16).ok()?;
-        i = line_end + 2;
-        if size == 0 {
-            // Trailers until an empty line.
-            loop {
-                let e = find(&b[i..], b"\r\n")? + i;
-                if e == i {
-                    return Some(i + 2);
-                }
-                i = e + 2;
-            }
-        }
-        let next = i.checked_add(size)?.checked_add(2)?;
-        if b.len() < next {
-            return None;
-        }
-        i = next;
-    }
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// Close with RST: SO_LINGER {on, 0}, then the caller drops the stream.
-fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on our own open socket with a correctly sized linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

@@ -18,7 +18,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{ExitCode, Stdio},
+    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,12 +33,11 @@ use shadow_daemon::{
     config::HookKind,
 };
 use shadow_tests::{
-    Proc, bin_dir,
     capture_thread::CaptureThread,
     client::{Conn, request},
     frames::{self, Tcp},
+    server::Options,
     topo::{NetNs, TwoHosts},
-    wait_for,
 };
 
 mod ledger;
@@ -245,16 +244,7 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
     let _stats = enable_kernel_stats().expect("enable BPF stats");
     let scale = if quick { 5 } else { 1 };
     let t = TwoHosts::new("bench");
-    let server_bin = bin_dir().join("shadow-testserver");
-    let _primary = Proc::spawn(
-        "primary",
-        t.server
-            .command(server_bin.to_str().unwrap_or_default())
-            .args(["--listen", &format!("[::]:{SERVICE_PORT}"), "--response-bytes", "256"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("primary to listen", Duration::from_secs(10), || t.server.listening(SERVICE_PORT));
+    let _primary = Options::new().response_bytes(256).spawn(&t.server, &format!("[::]:{SERVICE_PORT}"));
     let stop_echo = Arc::new(AtomicBool::new(false));
     let echo = start_echo(&t.server, stop_echo.clone());
 

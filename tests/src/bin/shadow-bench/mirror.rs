@@ -13,10 +13,10 @@
 //! ratio to the no-mirror arm of the same round. Daemon arms add the daemon's CPU per captured
 //! and per mirrored request (utime+stime from /proc), peak RSS and `ringbuf_full`.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
 use serde::Serialize;
-use shadow_tests::{Proc, Scratch, bin_dir, topo::TwoHosts, wait_for};
+use shadow_tests::{Proc, Scratch, server::Options, topo::TwoHosts, wait_for};
 
 use crate::load::{self, BIG_BODY, Daemon, DaemonSpec, Load, PORT};
 
@@ -304,22 +304,10 @@ impl Bed {
         let url = format!("http://{}:{PORT}/item", t.server_v4);
         let big_url = format!("http://{}:{PORT}/upload", t.server_v4);
         let healthy = load::nginx(&t.server, &scratch.path("shadow-nginx"), HEALTHY_SHADOW, None);
-        let slow = Proc::spawn(
-            "slow shadow",
-            t.server
-                .command(bin_dir().join("shadow-testserver").to_str().expect("utf-8"))
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{SLOW_SHADOW}"),
-                    "--delay-ms",
-                    "1000",
-                    "--response-bytes",
-                    "1024",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for("slow shadow", Duration::from_secs(10), || t.server.listening(SLOW_SHADOW));
+        let slow = Options::new()
+            .delay(Duration::from_secs(1))
+            .response_bytes(1024)
+            .spawn(&t.server, &format!("127.0.0.1:{SLOW_SHADOW}"));
         Self { t, scratch, url, big_url, pad, _healthy: healthy, _slow: slow }
     }
 

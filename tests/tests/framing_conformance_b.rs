@@ -24,6 +24,7 @@ use shadow_tests::{
     metric,
     nginx::Nginx,
     recorded_requests, require_kernel, require_tool,
+    server::Options,
     topo::{NetNs, TwoHosts},
     wait_for, without_line, workspace_bin,
 };
@@ -43,19 +44,9 @@ struct Setup {
     log: PathBuf,
 }
 
+/// A test server on `listen` answering 20 bytes, recording to scratch/`record`.
 fn testserver(t: &TwoHosts, scratch: &Scratch, listen: &str, record: &str) -> Proc {
-    let p = Proc::spawn(
-        record,
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", listen, "--response-bytes", "20"])
-            .args(["--record", scratch.path(record).to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    wait_for(record, Duration::from_secs(10), || t.server.listening(port));
-    p
+    Options::new().response_bytes(20).record(scratch.path(record)).spawn(&t.server, listen)
 }
 
 /// nginx as the primary's front: it reads each request whole before the application answers,

@@ -7,6 +7,7 @@
 use std::{
     io::Write,
     net::{Shutdown, SocketAddr, TcpStream},
+    path::PathBuf,
     process::Stdio,
     time::Duration,
 };
@@ -17,6 +18,7 @@ use shadow_tests::{
     metric,
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
+    server::{Mode, Options},
     topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
 };
@@ -34,6 +36,32 @@ fn start_nginx(t: &TwoHosts, scratch: &Scratch) -> Proc {
                   location /small { client_max_body_size 1k; return 200 \"small ok\\n\"; }\n\
                   location / { return 200 \"primary ok\\n\"; }";
     Nginx { worker_connections: 64, server: server.into(), ..Nginx::new(PORT) }.start(&t.server, &scratch.path("nginx"))
+}
+
+/// The shadow: 50-byte answers, every request recorded to scratch/shadow.
+fn shadow(scratch: &Scratch) -> Options {
+    Options::new().response_bytes(50).record(scratch.path("shadow"))
+}
+
+/// The release daemon on the server's interface (TC), replaying `methods` with bodies up to
+/// 16 MiB; returns once it captures, with its log's path.
+fn start_daemon(t: &TwoHosts, scratch: &Scratch, methods: &str) -> (Proc, PathBuf) {
+    let log = scratch.path("daemon.log");
+    let daemon = Proc::spawn(
+        "shadow-daemon",
+        t.server
+            .command(workspace_bin("shadow-daemon").to_str().expect("utf-8"))
+            .args(["--interface", &t.server_if, "--port", &PORT.to_string(), "--hook", "tc"])
+            .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}"), "--metrics-addr", METRICS])
+            .args(["--allow-method", methods, "--max-body-bytes", "16MiB"])
+            .args(["--control", scratch.path("control.sock").to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log")),
+    );
+    wait_for("daemon to attach", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
+    });
+    (daemon, log)
 }
 
 fn nginx_log(scratch: &Scratch) -> Vec<String> {
@@ -73,31 +101,8 @@ fn an_early_200_is_replayed_once_and_an_early_413_is_refused() {
     let t = TwoHosts::new("ea");
     let scratch = Scratch::new("ea");
     let _nginx = start_nginx(&t, &scratch);
-    let _shadow = Proc::spawn(
-        "shadow",
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
-            .args(["--record", scratch.path("shadow").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("shadow", Duration::from_secs(10), || t.server.listening(SHADOW_PORT));
-    let log = scratch.path("daemon.log");
-    let mut daemon = Proc::spawn(
-        "shadow-daemon",
-        t.server
-            .command(workspace_bin("shadow-daemon").to_str().expect("utf-8"))
-            .args(["--interface", &t.server_if, "--port", &PORT.to_string(), "--hook", "tc"])
-            .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}"), "--metrics-addr", METRICS])
-            .args(["--allow-method", "GET,POST,PUT", "--max-body-bytes", "16MiB"])
-            .args(["--control", scratch.path("control.sock").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log")),
-    );
-    wait_for("daemon to attach", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
-    });
+    let _shadow = shadow(&scratch).spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
+    let (mut daemon, log) = start_daemon(&t, &scratch, "GET,POST,PUT");
 
     let addr = SocketAddr::new(t.server_v4.parse().expect("v4"), PORT);
     let (early_next, early_close, refused) =
@@ -171,32 +176,8 @@ fn mixed_traffic_reaches_a_head_misbehaving_shadow_exactly_once() {
     let t = TwoHosts::new("mx");
     let scratch = Scratch::new("mx");
     let _nginx = start_nginx(&t, &scratch);
-    let _shadow = Proc::spawn(
-        "shadow",
-        t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", &format!("127.0.0.1:{SHADOW_PORT}"), "--response-bytes", "50"])
-            .args(["--mode", "head-body"])
-            .args(["--record", scratch.path("shadow").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("shadow", Duration::from_secs(10), || t.server.listening(SHADOW_PORT));
-    let log = scratch.path("daemon.log");
-    let mut daemon = Proc::spawn(
-        "shadow-daemon",
-        t.server
-            .command(workspace_bin("shadow-daemon").to_str().expect("utf-8"))
-            .args(["--interface", &t.server_if, "--port", &PORT.to_string(), "--hook", "tc"])
-            .args(["--shadow", &format!("127.0.0.1:{SHADOW_PORT}"), "--metrics-addr", METRICS])
-            .args(["--allow-method", "GET,HEAD,POST,PUT", "--max-body-bytes", "16MiB"])
-            .args(["--control", scratch.path("control.sock").to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log")),
-    );
-    wait_for("daemon to attach", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
-    });
+    let _shadow = shadow(&scratch).mode(Mode::HeadBody).spawn(&t.server, &format!("127.0.0.1:{SHADOW_PORT}"));
+    let (mut daemon, log) = start_daemon(&t, &scratch, "GET,HEAD,POST,PUT");
 
     let get = |p: &str| format!("GET /{p} HTTP/1.1\r\nHost: primary\r\n\r\n").into_bytes();
     let head = |p: &str| format!("HEAD /{p} HTTP/1.1\r\nHost: primary\r\n\r\n").into_bytes();

@@ -59,22 +59,14 @@ impl Fault {
     fn new(tag: &str) -> Self {
         let t = TwoHosts::new(tag);
         let scratch = Scratch::new(tag);
-        let primary = Proc::spawn(
-            "primary",
-            t.server
-                .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-                .args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", "100"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        wait_for("primary", Duration::from_secs(10), || t.server.listening(PORT));
+        let primary = Options::new().response_bytes(100).spawn(&t.server, &format!("[::]:{PORT}"));
         let log = scratch.path("daemon.log");
         Self { t, scratch, _primary: primary, daemon: None, log, started: Instant::now(), pipeline: PIPELINE }
     }
 
     /// A shadow on the test's own threads, serving as `opts` says.
     fn shadow(&self, opts: Options) -> Server {
-        Server::start(&self.t.server, SHADOW.parse().expect("shadow address"), opts)
+        opts.start(&self.t.server, SHADOW.parse().expect("shadow address"))
     }
 
     /// The daemon with `--pipeline 1`: one request per connection turn, so what the fake counts
@@ -330,12 +322,7 @@ fn slow_shadow_fills_the_bounded_queue_and_is_not_backed_off() {
     // Answers nothing until the load is over (so how fast this machine sends it does not
     // matter), then each request after a delay.
     let gate = Gate::default();
-    let shadow = f.shadow(Options {
-        delay: Duration::from_millis(20),
-        response_bytes: 2,
-        gate: Some(gate.clone()),
-        ..Options::default()
-    });
+    let shadow = f.shadow(Options::new().delay(Duration::from_millis(20)).response_bytes(2).gate(gate.clone()));
     // One request per slot (`start_daemon`), so what is out while the shadow holds is exactly
     // `concurrency`; with pipelines it would depend on how many were queued when each slot took
     // its batch.
@@ -369,7 +356,7 @@ fn shadow_that_never_reads_times_out_and_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fn");
-    let shadow = f.shadow(Options { mode: Mode::NeverReads, ..Options::default() });
+    let shadow = f.shadow(Options::new().mode(Mode::NeverReads));
     f.start_daemon(&["--request-timeout", "300ms"]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -385,7 +372,7 @@ fn resetting_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fr");
-    let shadow = f.shadow(Options { mode: Mode::ResetsAtOnce, ..Options::default() });
+    let shadow = f.shadow(Options::new().mode(Mode::ResetsAtOnce));
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -406,7 +393,7 @@ fn garbage_answering_shadow_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fg");
-    let shadow = f.shadow(Options { mode: Mode::Garbage, ..Options::default() });
+    let shadow = f.shadow(Options::new().mode(Mode::Garbage));
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -424,7 +411,7 @@ fn endless_response_is_cut_at_the_cap_and_backed_off() {
         return;
     }
     let mut f = Fault::new("fe");
-    let shadow = f.shadow(Options { mode: Mode::Endless, ..Options::default() });
+    let shadow = f.shadow(Options::new().mode(Mode::Endless));
     // The default cap (1 MiB: the comparison keeps 256 KiB by default).
     f.start_daemon(&[]);
     f.load(REQUESTS);
@@ -446,7 +433,7 @@ fn shadow_closing_every_connection_is_backed_off() {
         return;
     }
     let mut f = Fault::new("fc");
-    let shadow = f.shadow(Options { mode: Mode::ClosesAtOnce, ..Options::default() });
+    let shadow = f.shadow(Options::new().mode(Mode::ClosesAtOnce));
     f.start_daemon(&[]);
     f.load(REQUESTS);
     let s = f.settled(REQUESTS);
@@ -471,7 +458,7 @@ fn measure_cpu_with_the_shadow_up_and_down() {
     let n: usize = std::env::var("SHADOW_MEASURE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     for up in [true, false, true, false] {
         let mut f = Fault::new(if up { "mu" } else { "md" });
-        let _shadow = up.then(|| f.shadow(Options { response_bytes: 2, ..Options::default() }));
+        let _shadow = up.then(|| f.shadow(Options::new().response_bytes(2)));
         // The default concurrency, and a queue that holds the whole load: with the shadow up,
         // every request is replayed.
         f.start_daemon_with(64, &["--queue-capacity", &n.to_string()]);

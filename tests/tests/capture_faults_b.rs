@@ -26,7 +26,7 @@ use shadow_tests::{
     require_kernel, require_tool,
     rig::OpsRig,
     topo::NetNs,
-    wait_for, without_line, workspace_bin,
+    wait_for, without_line,
 };
 
 const PORT: u16 = 8080;
@@ -41,23 +41,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn rule(extra: &str) -> String {
     format!("[[rule]]\nname = \"svc\"\nport = {PORT}\nshadow = \"{SHADOW}\"\n{extra}")
-}
-
-/// A shadow-testserver in the server namespace with extra arguments (the rig's own has none).
-fn testserver(r: &mut OpsRig, listen: &str, record: &str, extra: &[&str]) {
-    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let p = Proc::spawn(
-        "testserver",
-        r.t.server
-            .command(workspace_bin("shadow-testserver").to_str().expect("utf-8"))
-            .args(["--listen", listen, "--response-bytes", "100"])
-            .args(["--record", r.scratch.path(record).to_str().expect("utf-8")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for(&format!("server on {listen}"), Duration::from_secs(10), || r.t.server.listening(port));
-    r.servers.push(p);
 }
 
 fn scrape_wait(r: &OpsRig, what: &str, ok: impl FnMut(&Scrape) -> bool) -> Scrape {
@@ -252,8 +235,8 @@ fn slowloris_of_2000_connections_stays_within_the_memory_cap_and_normal_requests
     // 2,000 client sockets here, 2,000 accepted ones in the primary (which inherits the limit).
     raise_nofile(8192);
     let mut r = OpsRig::new("fs");
-    testserver(&mut r, &format!("[::]:{PORT}"), "primary", &["--max-conns", "4096"]);
-    testserver(&mut r, SHADOW, "shadow", &[]);
+    r.serve(&format!("[::]:{PORT}"), r.recording("primary").max_conns(4096));
+    r.server(SHADOW, "shadow");
     r.write_config(&rule(""));
     let iface = r.t.server_if.clone();
     r.start_daemon(&iface, &["--memory-cap", &MEMORY_CAP.to_string(), "--ring-buffer-size", &SLOW_RING.to_string()]);

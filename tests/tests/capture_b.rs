@@ -1,7 +1,7 @@
 //! Kernel tier B: namespaces created here, a real HTTP server and real clients, the capture
 //! attached to the server's veth; what was captured must equal what crossed the wire, byte for byte.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio};
 
 use shadow_common::{PPM_ALL, counter};
 use shadow_daemon::{
@@ -13,22 +13,18 @@ use shadow_tests::{
     capture_thread::{CaptureThread, Captured, flows, reassemble},
     client::{Conn, request},
     require_kernel, require_tool,
+    server::Options,
     topo::{NetNs, TwoHosts},
 };
 
 const PORT: u16 = 8080;
 
+/// A test server on [`PORT`] answering `response_bytes`, recording to scratch/server.
 fn start_server(t: &TwoHosts, scratch: &Scratch, response_bytes: usize) -> Proc {
-    let bin = shadow_tests::workspace_bin("shadow-testserver");
-    let mut cmd = t.server.command(bin.to_str().expect("utf-8 path"));
-    cmd.args(["--listen", &format!("[::]:{PORT}"), "--response-bytes", &response_bytes.to_string()])
-        .args(["--record", scratch.path("server").to_str().expect("utf-8 path")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let p = Proc::spawn("shadow-testserver", &mut cmd);
-    // Listening once `ss` in the namespace shows the socket.
-    shadow_tests::wait_for("test server to listen", Duration::from_secs(10), || t.server.listening(PORT));
-    p
+    Options::new()
+        .response_bytes(response_bytes)
+        .record(scratch.path("server"))
+        .spawn(&t.server, &format!("[::]:{PORT}"))
 }
 
 /// Send `request` on a fresh connection from inside `ns` and read one response framed by

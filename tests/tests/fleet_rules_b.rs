@@ -16,8 +16,9 @@ use bytes::Bytes;
 use shadow_daemon::compare::{Comparator, CompareSettings, Outcome, ResponseSample, ShadowFailure, Verdict};
 use shadow_tests::{
     Scratch,
-    prom::{self, EndpointCounts, MetricsServer, PromServer},
+    prom::{self, EndpointCounts, PromServer},
     require_kernel, require_tool,
+    server::Server,
     topo::NetNs,
     wait_for,
 };
@@ -190,12 +191,12 @@ fn real_prometheus_reaches_compares_verdicts() {
     let ns = NetNs::new("prom");
     let targets: Vec<SocketAddr> =
         ["127.0.0.1:9101", "127.0.0.1:9102"].iter().map(|a| a.parse().expect("addr")).collect();
-    let _servers: Vec<MetricsServer> = nodes
+    let _servers: Vec<Server> = nodes
         .iter()
         .zip(&targets)
         .map(|(n, addr)| {
             let list: Vec<EndpointCounts> = n.values().cloned().collect();
-            MetricsServer::start(&ns, *addr, prom::exposition(&list))
+            prom::serve_metrics(&ns, *addr, prom::exposition(&list))
         })
         .collect();
     let server = PromServer::start(&ns, 9090, &targets);
