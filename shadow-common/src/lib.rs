@@ -395,15 +395,15 @@ const _: () = assert!(size_of::<Counters>() == 8 * counter::COUNT);
 mod user {
     use super::*;
 
-    // SAFETY: all are repr(C), Copy, made only of integers and integer arrays with explicit
-    // padding, so every bit pattern is valid.
-    unsafe impl aya::Pod for SegmentHeader {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowState {}
-    unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for RuleState {}
+    // Each is repr(C), Copy, made only of integers and integer arrays with explicit padding (the
+    // sizes are asserted above), so every bit pattern is a valid value.
+    macro_rules! pod {
+        ($($t:ty),*) => {$(
+            // SAFETY: see above: repr(C), integers only, no implicit padding.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(SegmentHeader, Config, FlowKey, FlowState, Counters, ServiceKey, RuleState);
 }
 
 #[cfg(test)]

@@ -158,11 +158,7 @@ impl Operations {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            hook: match self.facts.hook {
-                HookKind::Tc => "tc",
-                HookKind::Xdp => "xdp",
-            }
-            .into(),
+            hook: self.facts.hook.as_str().into(),
             interfaces: self.facts.interfaces.clone(),
             attached: capture.attached(),
             ring_buffer_bytes: self.facts.ring_buffer_bytes,

@@ -50,6 +50,7 @@ fn every_control_is_readable_from_the_environment() {
     assert_eq!((k.concurrency, k.queue_capacity, k.pool_size, k.queue_bytes), (7, 99, 5, 1 << 20));
     assert_eq!(c.max_endpoints, 20);
 
+    // SAFETY: as above, no other thread reads the environment.
     unsafe { std::env::set_var("SHADOW_REPLAY_RATE", "-3") };
     let e = Args::try_parse_from(["shadow-daemon"]).unwrap_err().to_string();
     assert!(e.contains("--replay-rate"), "an environment value is reported under its flag: {e}");

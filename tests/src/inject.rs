@@ -38,14 +38,17 @@ impl Injector {
         std::thread::spawn(move || {
             NetNs { name }.enter_and_forget();
             let c = CString::new(iface.clone()).expect("interface name");
-            // SAFETY: plain libc calls with valid arguments; the fd is owned right away.
+            // SAFETY: `c` is a NUL-terminated string that outlives the call.
             let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
             assert!(ifindex > 0, "no interface {iface}");
             let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+            // SAFETY: no pointers; the result is checked below.
             let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
             assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            // SAFETY: `raw` is a new, valid fd that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let addr = sockaddr_ll(ifindex);
+            // SAFETY: `addr` is a sockaddr_ll that lives across the call, its size passed with it.
             let rc = unsafe {
                 libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
             };

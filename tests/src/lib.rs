@@ -28,6 +28,7 @@ use std::{
 /// missing prerequisite is a failure; otherwise the test prints one line and skips.
 pub fn require_kernel(test: &str) -> bool {
     let required = std::env::var("SHADOW_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    // SAFETY: geteuid has no arguments and cannot fail.
     let problem = if unsafe { libc::geteuid() } != 0 {
         Some("not running as root")
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -92,6 +93,7 @@ impl Proc {
 
     /// Send SIGTERM and wait up to `timeout` for a clean exit; returns the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        // SAFETY: no pointers; a pid that has exited makes kill fail, which is fine here.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

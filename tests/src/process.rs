@@ -6,6 +6,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: no pointers, no state.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (field(11) + field(12)) / ticks

@@ -200,6 +200,7 @@ fn reload_applies_a_new_rule_and_refuses_an_invalid_file() {
     r.write_config(&good);
     // SIGHUP, as systemd's reload or `kill -HUP` sends it.
     let pid = r.daemon.as_ref().expect("daemon").child.id();
+    // SAFETY: no pointers; the daemon is our child and still running.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     wait_for("the reload to apply", Duration::from_secs(20), || {
         rule(&r.ctl(&["status", "--json"]).json(), "web")["kernel_percent"] == 100.0

@@ -19,7 +19,7 @@ use super::{output, run, workspace_root};
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 #[derive(clap::Args)]
-pub struct FuzzArgs {
+pub(crate) struct FuzzArgs {
     /// Time per target, in seconds.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
@@ -28,7 +28,7 @@ pub struct FuzzArgs {
 }
 
 /// Install cargo-fuzz unless a `cargo fuzz` already runs (part of `cargo xtask setup`).
-pub fn install_cargo_fuzz() -> Result<()> {
+pub(crate) fn install_cargo_fuzz() -> Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
         return Ok(());
     }
@@ -127,7 +127,7 @@ fn fuzz_cargo(root: &Path) -> Command {
     c
 }
 
-pub fn fuzz(args: &FuzzArgs) -> Result<()> {
+pub(crate) fn fuzz(args: &FuzzArgs) -> Result<()> {
     if args.seconds == 0 {
         bail!("--seconds must be at least 1");
     }

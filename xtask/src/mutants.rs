@@ -20,7 +20,7 @@ use clap::Args;
 use crate::{cargo, output, workspace_root};
 
 /// The daemon's pure modules: no I/O, no kernel, tested exhaustively by unit and property tests.
-pub const PURE_MODULES: &[&str] = &[
+pub(crate) const PURE_MODULES: &[&str] = &[
     "shadow-daemon/src/http/*.rs",
     "shadow-daemon/src/reassembly/*.rs",
     "shadow-daemon/src/segment.rs",
@@ -31,7 +31,7 @@ pub const PURE_MODULES: &[&str] = &[
 ];
 
 #[derive(Args)]
-pub struct MutantsArgs {
+pub(crate) struct MutantsArgs {
     /// Run one shard of the mutants: K/N with K from 0 (consecutive slices, as cargo-mutants
     /// cuts them).
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
@@ -59,7 +59,7 @@ fn parse_shard(s: &str) -> Result<(u32, u32), String> {
 }
 
 /// cargo-mutants from crates.io, when it is not installed yet (part of `cargo xtask setup`).
-pub fn install() -> Result<()> {
+pub(crate) fn install() -> Result<()> {
     if output(Command::new("cargo").args(["mutants", "--version"])).is_some() {
         return Ok(());
     }
@@ -67,7 +67,7 @@ pub fn install() -> Result<()> {
     crate::run(Command::new("cargo").args(["install", "--locked", "cargo-mutants"]))
 }
 
-pub fn mutants(args: MutantsArgs) -> Result<()> {
+pub(crate) fn mutants(args: MutantsArgs) -> Result<()> {
     if !args.report.is_empty() {
         print!("{}", Scores::read_chain(&args.report)?.table());
         return Ok(());
@@ -127,7 +127,7 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
 /// before has an outcome for, so reading every run of a chain, oldest first, counts each mutant
 /// once with the outcome it last had.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Scores(BTreeMap<String, usize>);
+pub(crate) struct Scores(BTreeMap<String, usize>);
 
 const OUTCOMES: [&str; 4] = ["caught", "missed", "timeout", "unviable"];
 

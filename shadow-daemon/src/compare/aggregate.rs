@@ -73,7 +73,7 @@ pub(crate) fn record_latency(h: &mut Histogram<u64>, latency: std::time::Duratio
 }
 
 impl EndpointStats {
-    pub fn new(profile: usize) -> Self {
+    pub(super) fn new(profile: usize) -> Self {
         Self {
             profile,
             samples: 0,
@@ -99,7 +99,11 @@ impl EndpointStats {
     }
 
     /// Each side's latency when it was timed (an untimed one is left out, never taken as 0).
-    pub fn record_latencies(&mut self, primary: Option<std::time::Duration>, shadow: Option<std::time::Duration>) {
+    pub(super) fn record_latencies(
+        &mut self,
+        primary: Option<std::time::Duration>,
+        shadow: Option<std::time::Duration>,
+    ) {
         if let Some(p) = primary {
             record_latency(&mut self.latency_primary, p);
         }
@@ -110,7 +114,7 @@ impl EndpointStats {
 
     /// A primary/secondary pair's latencies, when both were timed: the secondary is timed as the
     /// shadow is, so the two give the spread the same version shows (the latency noise floor).
-    pub fn record_secondary_latencies(
+    pub(super) fn record_secondary_latencies(
         &mut self,
         primary: Option<std::time::Duration>,
         secondary: Option<std::time::Duration>,
@@ -123,7 +127,7 @@ impl EndpointStats {
     }
 
     /// Count a pair whose body and/or compared headers differed in these templates.
-    pub fn record_difference(&mut self, body: &[String], body_complete: bool, headers: &[String]) {
+    pub(super) fn record_difference(&mut self, body: &[String], body_complete: bool, headers: &[String]) {
         let intern_all = |paths: &mut PathTable, ts: &[String]| -> Option<Box<[u16]>> {
             let mut ids = ts.iter().map(|t| paths.intern(t)).collect::<Option<Vec<u16>>>()?;
             ids.sort_unstable();
@@ -150,12 +154,12 @@ impl EndpointStats {
     }
 
     /// Whether every template is known noise (so a difference in only these is no mismatch).
-    pub fn all_noise<'t>(&self, mut templates: impl Iterator<Item = &'t String>, s: &NoiseSettings) -> bool {
+    pub(super) fn all_noise<'t>(&self, mut templates: impl Iterator<Item = &'t String>, s: &NoiseSettings) -> bool {
         templates.all(|t| self.paths.get(t).is_some_and(|id| self.noise.is_noise(id, s)))
     }
 
     /// (body mismatches, header mismatches) with the noise learned so far excused.
-    pub fn mismatches(&self, s: &NoiseSettings) -> (u64, u64) {
+    pub(super) fn mismatches(&self, s: &NoiseSettings) -> (u64, u64) {
         let noisy = |ids: &[u16]| ids.iter().all(|&id| self.noise.is_noise(id, s));
         let mut body = self.length_mismatches + self.untracked_body;
         let mut header = self.untracked_header;
@@ -170,11 +174,11 @@ impl EndpointStats {
         (body, header)
     }
 
-    pub fn failures(&self) -> u64 {
+    pub(super) fn failures(&self) -> u64 {
         self.shadow_failures.iter().sum()
     }
 
-    pub fn push_sample(&mut self, sample: MismatchSample, cap: usize) {
+    pub(super) fn push_sample(&mut self, sample: MismatchSample, cap: usize) {
         if cap == 0 {
             self.mismatches_evicted += 1;
             return;
@@ -186,16 +190,16 @@ impl EndpointStats {
         self.mismatches.push_back(sample);
     }
 
-    pub fn latency(&self) -> (&Histogram<u64>, &Histogram<u64>) {
+    pub(super) fn latency(&self) -> (&Histogram<u64>, &Histogram<u64>) {
         (&self.latency_primary, &self.latency_shadow)
     }
 
     /// (primary, secondary) of the timed primary/secondary pairs; None before the first.
-    pub fn secondary_latency(&self) -> Option<(&Histogram<u64>, &Histogram<u64>)> {
+    pub(super) fn secondary_latency(&self) -> Option<(&Histogram<u64>, &Histogram<u64>)> {
         self.latency_secondary.as_deref().map(|[p, s]| (p, s))
     }
 
-    pub fn approx_bytes(&self) -> usize {
+    pub(super) fn approx_bytes(&self) -> usize {
         let secondary = self.latency_secondary.as_deref().map_or(0, |[p, s]| p.distinct_values() + s.distinct_values());
         let hist = (self.latency_primary.distinct_values() + self.latency_shadow.distinct_values() + secondary) * 8;
         let sigs: usize = self.signatures.keys().map(|s| 2 * (s.body.len() + s.headers.len()) + 64).sum();

@@ -107,7 +107,7 @@ pub(crate) struct Epoch {
 }
 
 impl Epoch {
-    pub fn first() -> Self {
+    pub(super) fn first() -> Self {
         Self {
             info: EpochInfo {
                 number: 1,
@@ -124,7 +124,7 @@ impl Epoch {
 
     /// The epoch after this one. A reason other than `version` forgets the value (the next
     /// response records it again: a new target is a new build until it says otherwise).
-    pub fn next(&self, number: u64, reason: EpochReason, started_unix_ms: u64) -> Self {
+    pub(super) fn next(&self, number: u64, reason: EpochReason, started_unix_ms: u64) -> Self {
         let mut e = Self::first();
         e.info.number = number;
         e.info.reason = reason;
@@ -134,7 +134,7 @@ impl Epoch {
 
     /// Compare a response's version header value with the epoch's: bytes only, no allocation
     /// unless a value is recorded.
-    pub fn check(&mut self, value: Option<&[u8]>) -> VersionSeen {
+    pub(super) fn check(&mut self, value: Option<&[u8]>) -> VersionSeen {
         let Some(v) = value else {
             self.info.version_missing += 1;
             return VersionSeen::Missing;
@@ -151,14 +151,14 @@ impl Epoch {
     }
 
     /// Record `value` as the epoch's build.
-    pub fn record(&mut self, value: &[u8]) {
+    pub(super) fn record(&mut self, value: &[u8]) {
         let v = &value[..value.len().min(MAX_VERSION_BYTES)];
         self.version = v.to_vec();
         self.info.version = Some(String::from_utf8_lossy(v).into_owned());
     }
 
     /// The version epoch after this one, started by a response carrying `value`.
-    pub fn next_version(&self, value: &[u8], started_unix_ms: u64) -> Self {
+    pub(super) fn next_version(&self, value: &[u8], started_unix_ms: u64) -> Self {
         let mut e = self.next(self.info.number + 1, EpochReason::Version, started_unix_ms);
         e.record(value);
         e.info.previous_version = self.info.version.clone();

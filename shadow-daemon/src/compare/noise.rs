@@ -24,7 +24,7 @@ pub(crate) struct PathTable {
 }
 
 impl PathTable {
-    pub fn intern(&mut self, template: &str) -> Option<u16> {
+    pub(super) fn intern(&mut self, template: &str) -> Option<u16> {
         if let Some(id) = self.ids.get(template) {
             return Some(*id);
         }
@@ -38,15 +38,15 @@ impl PathTable {
         Some(id)
     }
 
-    pub fn get(&self, template: &str) -> Option<u16> {
+    pub(super) fn get(&self, template: &str) -> Option<u16> {
         self.ids.get(template).copied()
     }
 
-    pub fn name(&self, id: u16) -> &str {
+    pub(super) fn name(&self, id: u16) -> &str {
         self.names.get(usize::from(id)).map_or("", String::as_str)
     }
 
-    pub fn approx_bytes(&self) -> usize {
+    pub(super) fn approx_bytes(&self) -> usize {
         self.names.iter().map(|n| 2 * n.len() + 64).sum()
     }
 }
@@ -69,7 +69,7 @@ pub(crate) struct NoiseLearner {
 }
 
 impl NoiseLearner {
-    pub fn observe(&mut self, paths: &mut PathTable, diff: SecondaryDiff<'_>) {
+    pub(super) fn observe(&mut self, paths: &mut PathTable, diff: SecondaryDiff<'_>) {
         match diff {
             SecondaryDiff::Unusable => self.unusable += 1,
             SecondaryDiff::Same => self.samples += 1,
@@ -85,13 +85,13 @@ impl NoiseLearner {
         }
     }
 
-    pub fn is_noise(&self, id: u16, s: &NoiseSettings) -> bool {
+    pub(super) fn is_noise(&self, id: u16, s: &NoiseSettings) -> bool {
         self.samples >= s.min_samples
             && self.differed.get(&id).is_some_and(|&n| n as f64 * 100.0 >= s.min_differ_percent * self.samples as f64)
     }
 
     /// Learned paths with the share of pairs they differed in, most frequent first.
-    pub fn report(&self, paths: &PathTable, s: &NoiseSettings) -> NoiseReport {
+    pub(super) fn report(&self, paths: &PathTable, s: &NoiseSettings) -> NoiseReport {
         let mut learned: Vec<LearnedPath> = self
             .differed
             .iter()
@@ -105,7 +105,7 @@ impl NoiseLearner {
         NoiseReport { samples: self.samples, unusable: self.unusable, learned }
     }
 
-    pub fn approx_bytes(&self) -> usize {
+    pub(super) fn approx_bytes(&self) -> usize {
         self.differed.len() * 32
     }
 }

@@ -41,7 +41,7 @@ pub trait Setting: Sized + Clone + Send + Sync + 'static {
 }
 
 /// [`Setting::parse`] as a clap value parser.
-pub fn parse<T: Setting>(s: &str) -> Result<T, String> {
+pub(super) fn parse<T: Setting>(s: &str) -> Result<T, String> {
     T::parse(s)
 }
 
@@ -73,7 +73,7 @@ impl<T> std::str::FromStr for Raw<T> {
 }
 
 /// What `settings!` needs of a field type: `Option<T>` or `Vec<T>`, set or not.
-pub trait Given {
+pub(super) trait Given {
     type Value;
     fn given(&self) -> bool;
     fn value(self) -> Option<Self::Value>;

@@ -114,7 +114,7 @@ pub(super) struct Compared {
 }
 
 impl Compared {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(super) fn register(registry: &mut Registry) -> Self {
         let c = Self {
             outcomes: Family::default(),
             responses: Family::default(),
@@ -188,14 +188,14 @@ impl Compared {
 
     /// A new epoch of `rule`: its per-endpoint series leave the registry (they come back from
     /// zero with the epoch's first pair), its start time is set, the epoch counted.
-    pub fn start_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
+    pub(super) fn start_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
         self.forget_series(rule);
         self.epoch_start.get_or_create(&RuleLabels { rule: rule.to_owned() }).set(started_unix_secs);
         self.epochs.get_or_create(&RuleReasonLabels { rule: rule.to_owned(), reason }).inc();
     }
 
     /// A rule that no longer compares: every series of it leaves.
-    pub fn forget_rule(&self, rule: &str, reasons: &[&'static str]) {
+    pub(super) fn forget_rule(&self, rule: &str, reasons: &[&'static str]) {
         self.forget_series(rule);
         self.epoch_start.remove(&RuleLabels { rule: rule.to_owned() });
         for &reason in reasons {
@@ -251,7 +251,7 @@ impl Compared {
         })
     }
 
-    pub fn record(&self, p: &ComparedPair<'_>) {
+    pub(super) fn record(&self, p: &ComparedPair<'_>) {
         let mut map = lock(&self.series);
         let s = Self::series(&mut map, self, p);
         match s.outcomes.iter().find(|(o, _)| *o == p.outcome) {
@@ -285,20 +285,20 @@ impl Compared {
         }
     }
 
-    pub fn set_waiting(&self, halves: usize, bytes: usize) {
+    pub(super) fn set_waiting(&self, halves: usize, bytes: usize) {
         self.waiting.set(i64::try_from(halves).unwrap_or(i64::MAX));
         self.waiting_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    pub fn unpaired(&self, reason: &'static str, n: u64) {
+    pub(super) fn unpaired(&self, reason: &'static str, n: u64) {
         self.unpaired.get_or_create(&ReasonLabels { reason }).inc_by(n);
     }
 
-    pub fn uncompared(&self, reason: &'static str, n: u64) {
+    pub(super) fn uncompared(&self, reason: &'static str, n: u64) {
         self.uncompared.get_or_create(&ReasonLabels { reason }).inc_by(n);
     }
 
-    pub fn secondary(&self, reason: &'static str, n: u64) {
+    pub(super) fn secondary(&self, reason: &'static str, n: u64) {
         self.secondary.get_or_create(&ReasonLabels { reason }).inc_by(n);
     }
 }

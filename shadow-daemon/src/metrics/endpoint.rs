@@ -93,13 +93,13 @@ pub(crate) struct EndpointNames {
 }
 
 impl EndpointNames {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self { ids: HashMap::new(), names: vec![OTHER.to_owned()], max }
     }
 
     /// The id for `name`, registering it while there is room; `(id, overflowed)`. Allocates only
     /// for a new name.
-    pub fn intern(&mut self, name: &str) -> (EndpointId, bool) {
+    pub(crate) fn intern(&mut self, name: &str) -> (EndpointId, bool) {
         if let Some(id) = self.ids.get(name) {
             return (*id, false);
         }
@@ -112,12 +112,12 @@ impl EndpointNames {
         (id, false)
     }
 
-    pub fn name(&self, id: EndpointId) -> &str {
+    pub(crate) fn name(&self, id: EndpointId) -> &str {
         self.names.get(id.0 as usize).map_or(OTHER, String::as_str)
     }
 
     /// Endpoints tracked, not counting [`OTHER`].
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
 }

@@ -82,7 +82,7 @@ macro_rules! split {
 }
 
 impl Flow {
-    pub fn new(id: FlowId, now_ns: u64) -> Self {
+    pub(super) fn new(id: FlowId, now_ns: u64) -> Self {
         Self {
             id,
             req_stream: Stream::default(),
@@ -100,7 +100,7 @@ impl Flow {
         }
     }
 
-    pub fn handle(&mut self, seg: Segment, now_ns: u64, sh: &mut Shared<'_>) {
+    pub(super) fn handle(&mut self, seg: Segment, now_ns: u64, sh: &mut Shared<'_>) {
         let cfg = StreamCfg { window: sh.window, now_ns };
         let ack = (seg.tcp_flags & tcp_flags::ACK != 0).then_some(seg.ack);
         let rst = seg.rst();
@@ -153,7 +153,7 @@ impl Flow {
     }
 
     /// Give up holes that waited too long.
-    pub fn expire_holes(&mut self, now_ns: u64, gap_timeout_ns: u64, sh: &mut Shared<'_>) {
+    pub(super) fn expire_holes(&mut self, now_ns: u64, gap_timeout_ns: u64, sh: &mut Shared<'_>) {
         let Self { req_stream, resp_stream, req, resp, .. } = self;
         split!(self, sh, |cx, req_sc, resp_sc| {
             if req_stream.hole_overdue(now_ns, gap_timeout_ns) {
@@ -169,7 +169,7 @@ impl Flow {
     }
 
     /// The flow goes away: whatever is in progress or waiting is dropped for `reason`.
-    pub fn teardown(&mut self, reason: DropReason, sh: &mut Shared<'_>) {
+    pub(super) fn teardown(&mut self, reason: DropReason, sh: &mut Shared<'_>) {
         // Both sides closed with a FIN in order, nothing reset: a connection that ended in step.
         let clean = !self.reset && self.req_stream.ended() && self.resp_stream.ended();
         let reset = self.reset;
@@ -195,7 +195,7 @@ impl Flow {
     /// A new connection on the same addresses and ports: the kernel passes no SYN, so a request
     /// start on a client stream that already ended is the sign. Without it, a quickly reused
     /// client port would be ignored until the old flow timed out.
-    pub fn reused_by(&self, seg: &Segment) -> bool {
+    pub(super) fn reused_by(&self, seg: &Segment) -> bool {
         seg.direction == Direction::Request
             && self.req_stream.ended()
             && (seg.request_start
@@ -210,16 +210,16 @@ impl Flow {
     }
 
     /// Both sides closed, or reset: nothing more to extract.
-    pub fn finished(&self) -> bool {
+    pub(super) fn finished(&self) -> bool {
         self.reset || (self.req_stream.ended() && self.resp_stream.ended())
     }
 
-    pub fn has_hole(&self) -> bool {
+    pub(super) fn has_hole(&self) -> bool {
         self.req_stream.has_hole() || self.resp_stream.has_hole()
     }
 
     /// (memory accounted against the cap, payload bytes held).
-    pub fn footprint(&self) -> (usize, usize) {
+    pub(super) fn footprint(&self) -> (usize, usize) {
         let buffered =
             self.req_stream.buffered() + self.resp_stream.buffered() + self.req.buffered() + self.resp.buffered();
         let mem = FLOW_STATE_BYTES
@@ -234,7 +234,7 @@ impl Flow {
     /// The parts [`Self::footprint`] adds up, for the accounting tests: heap bytes of the request
     /// and response streams, assemblers and the pending queue; payload bytes of the first four.
     #[cfg(test)]
-    pub fn parts(&self) -> ([usize; 5], [usize; 4]) {
+    pub(super) fn parts(&self) -> ([usize; 5], [usize; 4]) {
         let heap = [
             self.req_stream.heap_bytes(),
             self.resp_stream.heap_bytes(),

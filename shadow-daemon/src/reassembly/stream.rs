@@ -34,7 +34,7 @@ const MAX_ACK_JUMP: i32 = 1 << 30;
 
 /// A segment as the stream sees it.
 #[derive(Clone, Debug)]
-pub struct SegIn {
+pub(super) struct SegIn {
     pub seq: u32,
     pub ack: u32,
     pub ts_ns: u64,
@@ -70,7 +70,7 @@ impl Ooo {
 }
 
 /// The assembler side of a stream: what the stream needs from request/response framing.
-pub trait Assemble {
+pub(super) trait Assemble {
     /// In-order delivery matters (the assembler is inside or between messages).
     fn synced(&self) -> bool;
     fn feed(&mut self, piece: &Piece, cx: &mut Cx<'_>) -> Fed;
@@ -128,14 +128,14 @@ impl Assemble for ResponseAssembler {
 
 /// Per-call settings of a stream operation.
 #[derive(Clone, Copy, Debug)]
-pub struct StreamCfg {
+pub(super) struct StreamCfg {
     pub window: u32,
     pub now_ns: u64,
 }
 
 /// Field order and widths keep this at 56 bytes: there are two per tracked flow.
 #[derive(Debug, Default)]
-pub struct Stream {
+pub(super) struct Stream {
     /// Sequence number of the next byte expected; meaningful once `has_next`.
     next_seq: u32,
     /// Where the sender's FIN sits; meaningful once `has_fin`.
@@ -156,27 +156,27 @@ pub struct Stream {
 const _: () = assert!(size_of::<Stream>() <= 56);
 
 impl Stream {
-    pub fn ended(&self) -> bool {
+    pub(super) fn ended(&self) -> bool {
         self.ended
     }
 
-    pub fn buffered(&self) -> usize {
+    pub(super) fn buffered(&self) -> usize {
         self.ooo_bytes as usize
     }
 
-    pub fn heap_bytes(&self) -> usize {
+    pub(super) fn heap_bytes(&self) -> usize {
         self.ooo.capacity() * size_of::<Ooo>() + self.ooo_bytes as usize
     }
 
-    pub fn has_hole(&self) -> bool {
+    pub(super) fn has_hole(&self) -> bool {
         self.hole_since_ns != 0
     }
 
-    pub fn hole_overdue(&self, now_ns: u64, gap_timeout_ns: u64) -> bool {
+    pub(super) fn hole_overdue(&self, now_ns: u64, gap_timeout_ns: u64) -> bool {
         self.hole_since_ns != 0 && now_ns.saturating_sub(self.hole_since_ns) >= gap_timeout_ns
     }
 
-    pub fn push<A: Assemble>(
+    pub(super) fn push<A: Assemble>(
         &mut self,
         seg: SegIn,
         asm: &mut A,
@@ -470,7 +470,7 @@ impl Stream {
     }
 
     /// The peer acknowledged `ack`: every captured byte below it has been delivered to us.
-    pub fn peer_acked<A: Assemble>(
+    pub(super) fn peer_acked<A: Assemble>(
         &mut self,
         ack: u32,
         asm: &mut A,
@@ -499,7 +499,13 @@ impl Stream {
     }
 
     /// `tick`: give up a hole that waited `gap_timeout_ns`.
-    pub fn expire_hole<A: Assemble>(&mut self, asm: &mut A, cx: &mut Cx<'_>, sc: &mut SegmentCounters, now_ns: u64) {
+    pub(super) fn expire_hole<A: Assemble>(
+        &mut self,
+        asm: &mut A,
+        cx: &mut Cx<'_>,
+        sc: &mut SegmentCounters,
+        now_ns: u64,
+    ) {
         if self.hole_since_ns == 0 {
             return;
         }
@@ -531,7 +537,7 @@ impl Stream {
     }
 
     /// Drop every waiting piece (teardown); counted under `reason`.
-    pub fn discard(&mut self, reason: DropReason, sc: &mut SegmentCounters) {
+    pub(super) fn discard(&mut self, reason: DropReason, sc: &mut SegmentCounters) {
         while let Some(o) = self.pop_front(sc) {
             if o.flags & COUNTED != 0 {
                 sc.drop(reason);
@@ -541,7 +547,7 @@ impl Stream {
         self.hole_since_ns = 0;
     }
 
-    pub fn end(&mut self, reason: DropReason, sc: &mut SegmentCounters) {
+    pub(super) fn end(&mut self, reason: DropReason, sc: &mut SegmentCounters) {
         self.discard(reason, sc);
         self.ended = true;
     }

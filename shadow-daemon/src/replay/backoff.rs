@@ -114,7 +114,7 @@ struct Schedule {
 }
 
 impl Backoff {
-    pub fn new(metrics: TargetMetrics) -> Arc<Self> {
+    pub(crate) fn new(metrics: TargetMetrics) -> Arc<Self> {
         let epoch = Instant::now();
         // Any varying seed will do: the jitter only needs to differ between daemons and targets.
         static TARGETS: AtomicU64 = AtomicU64::new(0);
@@ -139,7 +139,7 @@ impl Backoff {
     }
 
     /// May a request go to the target now? One atomic load while the target is healthy.
-    pub fn admit(self: &Arc<Self>) -> Admission {
+    pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let mut s = self.state.load(Ordering::Acquire);
         if s == OPEN {
             return Admission::Go;
@@ -161,7 +161,7 @@ impl Backoff {
 
     /// A complete response: the target is healthy (the schedule starts over). Returns whether it
     /// was backed off until now.
-    pub fn success(&self, probe: Option<Probe>) -> bool {
+    pub(crate) fn success(&self, probe: Option<Probe>) -> bool {
         if let Some(mut p) = probe {
             p.settled = true;
         }
@@ -181,7 +181,7 @@ impl Backoff {
     /// A failed exchange of `kind`. Returns the period this failure started, if it started one.
     /// Failures of requests that were already out when the target was backed off do not lengthen
     /// it.
-    pub fn failure(&self, probe: Option<Probe>, kind: TargetFailure) -> Option<Period> {
+    pub(crate) fn failure(&self, probe: Option<Probe>, kind: TargetFailure) -> Option<Period> {
         self.metrics.failure(kind);
         let is_probe = probe.is_some();
         if let Some(mut p) = probe {

@@ -78,13 +78,13 @@ impl Conn {
     }
 
     /// Bytes received past the responses read so far.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
 
     /// What is buffered past the last response could begin one (a prefix of `HTTP/`): bytes
     /// that cannot are not a response at all.
-    pub fn pending_starts_response(&self) -> bool {
+    pub(crate) fn pending_starts_response(&self) -> bool {
         let rest = &self.buf[self.start..];
         let n = rest.len().min(5);
         rest[..n] == b"HTTP/"[..n]
@@ -92,7 +92,7 @@ impl Conn {
 
     /// Write all of `wire`; [`Conn::sent`] counts it once it is written, and the kernel's
     /// transmit time of its last byte is taken (see [`Conn::since_write`]).
-    pub async fn write_all(&mut self, wire: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write_all(&mut self, wire: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(wire).await?;
         self.sent += wire.len() as u64;
@@ -110,12 +110,12 @@ impl Conn {
     /// see the primary's packets), so that the shadow is timed as the primary is, wire to wire,
     /// with nothing of the daemon's own scheduling in it. Without a transmit timestamp (an old
     /// kernel, or one not taken by the time the write returned), the time now.
-    pub fn since_write(&self) -> Since {
+    pub(crate) fn since_write(&self) -> Since {
         Since { at: Instant::now(), wall: self.sent_at.unwrap_or_else(SystemTime::now) }
     }
 
     /// Request bytes written whole on this connection so far.
-    pub fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.sent
     }
 
@@ -124,7 +124,7 @@ impl Conn {
     /// have read them. What lies beyond was provably never received, and only that may be sent
     /// again. It holds after a reset or close (the count stays with the socket); `None` if the
     /// kernel does not say, which the caller takes as "all received".
-    pub fn acked(&self) -> Option<u64> {
+    pub(crate) fn acked(&self) -> Option<u64> {
         socket::bytes_acked(self.stream.as_fd())
     }
 
@@ -148,13 +148,13 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize) -> Self {
+    pub(crate) fn new(max_idle: usize) -> Self {
         Self { idle: Mutex::new(Vec::with_capacity(max_idle.min(1024))), max_idle }
     }
 
     /// The most recently used live connection, if any (LIFO keeps the warm ones warm and lets the
     /// rest age out).
-    pub fn take(&self) -> Option<Conn> {
+    pub(crate) fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(mut c) = idle.pop() {
@@ -167,7 +167,7 @@ impl Pool {
     }
 
     /// `idle_since`: when the connection's last response was complete.
-    pub fn put(&self, mut conn: Conn, idle_since: Instant) {
+    pub(crate) fn put(&self, mut conn: Conn, idle_since: Instant) {
         conn.idle_since = idle_since;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
@@ -176,7 +176,7 @@ impl Pool {
     }
 
     /// Close connections idle for too long, so they do not sit half-closed until the next request.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|c| now.saturating_duration_since(c.idle_since) < IDLE_TIMEOUT);
@@ -273,7 +273,7 @@ impl Since {
     /// The clock of the next response of a pipeline: the shadow could start on its request
     /// once the request had arrived (the write, `self`) and the response before it, `prev`, was
     /// complete (a server answers a connection's requests in order), whichever came later.
-    pub fn after(self, prev: &Exchange) -> Self {
+    pub(crate) fn after(self, prev: &Exchange) -> Self {
         if prev.done_wall > self.wall { Self { at: prev.done_at, wall: prev.done_wall } } else { self }
     }
 }

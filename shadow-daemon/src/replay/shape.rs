@@ -77,7 +77,7 @@ impl Drop for Done {
 
 impl<J> FlowGate<J> {
     /// At most `cap` requests held here.
-    pub fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         Self {
             busy: HashMap::new(),
             ready: VecDeque::new(),
@@ -88,7 +88,7 @@ impl<J> FlowGate<J> {
     }
 
     /// Requests held here (waiting, or ready to start).
-    pub fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.held
     }
 
@@ -97,7 +97,7 @@ impl<J> FlowGate<J> {
     }
 
     /// A request of `flow` taken from the queue.
-    pub fn admit(&mut self, flow: FlowId, job: J) -> Admit<J> {
+    pub(super) fn admit(&mut self, flow: FlowId, job: J) -> Admit<J> {
         match self.busy.get_mut(&flow) {
             None => {
                 self.busy.insert(flow, VecDeque::new());
@@ -113,7 +113,7 @@ impl<J> FlowGate<J> {
     }
 
     /// The next request whose connection was freed, if any; `waker` is woken when one is.
-    pub fn next_ready(&mut self, waker: &Waker) -> Option<(J, Done)> {
+    pub(super) fn next_ready(&mut self, waker: &Waker) -> Option<(J, Done)> {
         let flows = {
             let mut f = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
             if !f.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -137,7 +137,7 @@ impl<J> FlowGate<J> {
     }
 
     /// Every request held here, for shutdown (their tickets settle as they are dropped).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.busy.clear();
         self.ready.clear();
         self.held = 0;

@@ -49,12 +49,12 @@ pub(crate) struct Slots {
 
 impl Slots {
     /// At most `cap` replays at once.
-    pub fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         Self { replays: FuturesUnordered::new(), cap: cap.max(1) }
     }
 
     /// No replay in flight.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.replays.is_empty()
     }
 
@@ -63,7 +63,7 @@ impl Slots {
     /// `Ready(Drained)` when `next_job` reports the end; replays in flight then keep running on
     /// later calls with `drained` set, which no longer asks for jobs, and which return
     /// `Ready(Idle)` once none is left.
-    pub fn poll_work<J>(
+    pub(super) fn poll_work<J>(
         &mut self,
         cx: &mut Context<'_>,
         drained: bool,

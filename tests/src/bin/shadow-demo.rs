@@ -34,6 +34,7 @@ struct Traffic {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("shadow-demo: needs root (network namespaces and eBPF)");
         return ExitCode::from(2);

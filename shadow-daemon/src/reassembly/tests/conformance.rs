@@ -1,11 +1,11 @@
 //! The request-framing conformance corpus through extraction, responses as evidence (TC): for
 //! every case, exactly the requests listed are replayed and every other request is dropped under
-//! the reason listed. The same corpus runs against nginx in tier B (`conformance_b`).
+//! the reason listed. The same corpus runs against nginx in tier B (`framing_conformance_b`).
 
 use super::{super::*, support::*};
 
 #[path = "../../../../tests/src/corpus.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)] // the tests crate's module, public there
 mod corpus;
 
 use corpus::Step;

@@ -1,18 +1,18 @@
 //! Test plumbing shared by the extractor tests: connections that write segments as a TCP stack
 //! would, feeding with the bounds checked after every push, and the messages that come out.
 
-pub use std::net::{IpAddr, SocketAddr};
+pub(crate) use std::net::{IpAddr, SocketAddr};
 
-pub use bytes::Bytes;
-pub use shadow_common::tcp_flags;
+pub(crate) use bytes::Bytes;
+pub(crate) use shadow_common::tcp_flags;
 
-pub use crate::{
+pub(crate) use crate::{
     message::{BodyFraming, CapturedRequest, CapturedResponse},
     reassembly::{DropReason, Extractor, ExtractorConfig, HttpEvent},
     segment::{Direction, FlowId, Segment},
 };
 
-pub fn flow_id(v6: bool, client_port: u16) -> FlowId {
+pub(crate) fn flow_id(v6: bool, client_port: u16) -> FlowId {
     let (c, s): (IpAddr, IpAddr) = if v6 {
         ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
     } else {
@@ -23,14 +23,14 @@ pub fn flow_id(v6: bool, client_port: u16) -> FlowId {
 
 /// Does the kernel program's grammar take this payload for a request start (or a piece too
 /// short to tell)? The one definition the program uses, from shadow-common.
-pub fn kernel_request_start(p: &[u8]) -> bool {
+pub(crate) fn kernel_request_start(p: &[u8]) -> bool {
     shadow_common::classify_payload(p) != shadow_common::StartClass::No
 }
 
 /// One TCP connection whose two sides write bytes; every segment acknowledges everything
 /// the other side wrote before it, as a real stack would.
 #[derive(Clone, Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     pub flow: FlowId,
     pub c_seq: u32,
     pub s_seq: u32,
@@ -43,7 +43,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(v6: bool, port: u16, c_isn: u32, s_isn: u32) -> Self {
+    pub(crate) fn new(v6: bool, port: u16, c_isn: u32, s_isn: u32) -> Self {
         Self { flow: flow_id(v6, port), c_seq: c_isn, s_seq: s_isn, ts: 1_000_000, start_ack: None, answered: true }
     }
 
@@ -78,58 +78,58 @@ impl Conn {
         }
     }
 
-    pub fn client(&mut self, bytes: &[u8]) -> Segment {
+    pub(crate) fn client(&mut self, bytes: &[u8]) -> Segment {
         let s = self.seg(Direction::Request, self.c_seq, self.s_seq, tcp_flags::ACK | tcp_flags::PSH, bytes);
         self.c_seq = self.c_seq.wrapping_add(bytes.len() as u32);
         s
     }
 
-    pub fn server(&mut self, bytes: &[u8]) -> Segment {
+    pub(crate) fn server(&mut self, bytes: &[u8]) -> Segment {
         let s = self.seg(Direction::Response, self.s_seq, self.c_seq, tcp_flags::ACK | tcp_flags::PSH, bytes);
         self.s_seq = self.s_seq.wrapping_add(bytes.len() as u32);
         s
     }
 
     /// Client bytes cut into segments of `size`.
-    pub fn client_split(&mut self, bytes: &[u8], size: usize) -> Vec<Segment> {
+    pub(crate) fn client_split(&mut self, bytes: &[u8], size: usize) -> Vec<Segment> {
         bytes.chunks(size).map(|c| self.client(c)).collect()
     }
 
     /// Bytes the kernel did not capture (unsampled request or response).
-    pub fn skip_client(&mut self, n: usize) {
+    pub(crate) fn skip_client(&mut self, n: usize) {
         self.c_seq = self.c_seq.wrapping_add(n as u32);
     }
     /// Server bytes the kernel saw but did not capture (an unsampled answer): an answer all the
     /// same.
-    pub fn skip_server(&mut self, n: usize) {
+    pub(crate) fn skip_server(&mut self, n: usize) {
         self.s_seq = self.s_seq.wrapping_add(n as u32);
         self.answered = true;
     }
 
-    pub fn client_fin(&mut self) -> Segment {
+    pub(crate) fn client_fin(&mut self) -> Segment {
         let s = self.seg(Direction::Request, self.c_seq, self.s_seq, tcp_flags::ACK | tcp_flags::FIN, b"");
         self.c_seq = self.c_seq.wrapping_add(1);
         s
     }
-    pub fn server_fin(&mut self) -> Segment {
+    pub(crate) fn server_fin(&mut self) -> Segment {
         let s = self.seg(Direction::Response, self.s_seq, self.c_seq, tcp_flags::ACK | tcp_flags::FIN, b"");
         self.s_seq = self.s_seq.wrapping_add(1);
         s
     }
-    pub fn client_rst(&mut self) -> Segment {
+    pub(crate) fn client_rst(&mut self) -> Segment {
         self.seg(Direction::Request, self.c_seq, 0, tcp_flags::RST, b"")
     }
-    pub fn server_rst(&mut self) -> Segment {
+    pub(crate) fn server_rst(&mut self) -> Segment {
         self.seg(Direction::Response, self.s_seq, 0, tcp_flags::RST, b"")
     }
 }
 
-pub fn small_cfg() -> ExtractorConfig {
+pub(crate) fn small_cfg() -> ExtractorConfig {
     ExtractorConfig { gap_timeout_ns: 50_000_000, ..ExtractorConfig::default() }
 }
 
 /// Push everything at the segments' own timestamps, checking the bounds after each push.
-pub fn feed(ex: &mut Extractor, segs: impl IntoIterator<Item = Segment>) -> Vec<HttpEvent> {
+pub(crate) fn feed(ex: &mut Extractor, segs: impl IntoIterator<Item = Segment>) -> Vec<HttpEvent> {
     let mut out = Vec::new();
     for s in segs {
         let now = s.ts_ns;
@@ -141,7 +141,7 @@ pub fn feed(ex: &mut Extractor, segs: impl IntoIterator<Item = Segment>) -> Vec<
     out
 }
 
-pub fn requests(ev: &[HttpEvent]) -> Vec<&CapturedRequest> {
+pub(crate) fn requests(ev: &[HttpEvent]) -> Vec<&CapturedRequest> {
     ev.iter()
         .filter_map(|e| match e {
             HttpEvent::Request(r) => Some(r),
@@ -150,7 +150,7 @@ pub fn requests(ev: &[HttpEvent]) -> Vec<&CapturedRequest> {
         .collect()
 }
 
-pub fn responses(ev: &[HttpEvent]) -> Vec<&CapturedResponse> {
+pub(crate) fn responses(ev: &[HttpEvent]) -> Vec<&CapturedResponse> {
     ev.iter()
         .filter_map(|e| match e {
             HttpEvent::Response(r) => Some(r),
@@ -159,21 +159,21 @@ pub fn responses(ev: &[HttpEvent]) -> Vec<&CapturedResponse> {
         .collect()
 }
 
-pub fn raws(ev: &[HttpEvent]) -> Vec<Vec<u8>> {
+pub(crate) fn raws(ev: &[HttpEvent]) -> Vec<Vec<u8>> {
     requests(ev).iter().map(|r| r.raw.to_vec()).collect()
 }
 
-pub fn req_drops(ex: &Extractor, r: DropReason) -> u64 {
+pub(crate) fn req_drops(ex: &Extractor, r: DropReason) -> u64 {
     ex.stats().requests.dropped(r)
 }
 
-pub const GET: &[u8] = b"GET /index.html?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
-pub const POST: &[u8] = b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world";
-pub const CHUNKED: &[u8] =
+pub(crate) const GET: &[u8] = b"GET /index.html?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
+pub(crate) const POST: &[u8] = b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world";
+pub(crate) const CHUNKED: &[u8] =
     b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=val\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: 1\r\n\r\n";
-pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+pub(crate) const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
-pub fn both_families(f: impl Fn(bool)) {
+pub(crate) fn both_families(f: impl Fn(bool)) {
     f(false);
     f(true);
 }

@@ -64,7 +64,7 @@ fn goal(goals: &mut Vec<Goal>, goal: &str, figure: String, met: Option<bool>) {
     goals.push(Goal { goal: goal.into(), figure, met });
 }
 
-pub fn write_ledger(out: &Path, date: &str, command: &str) {
+pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
     let capture = read(out, "capture.json");
     let micro = read(out, "micro.json");
     let profile = read(out, "profile.json");

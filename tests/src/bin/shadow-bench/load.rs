@@ -15,16 +15,16 @@ use shadow_tests::{
     wait_for,
 };
 
-pub const PORT: u16 = 8080;
+pub(crate) const PORT: u16 = 8080;
 /// Where the daemon serves /metrics inside the server namespace (each namespace has its own
 /// loopback, so a fixed port cannot clash with another bench).
-pub const METRICS_PORT: u16 = 9477;
+pub(crate) const METRICS_PORT: u16 = 9477;
 /// Size of the POST bodies of the large-body arm.
-pub const BIG_BODY: usize = 64 * 1024;
+pub(crate) const BIG_BODY: usize = 64 * 1024;
 
 /// nginx on `port` serving a 1 KiB file at /item and answering POST /upload (body read and
 /// discarded) with 200; with `mirror_to`, nginx's in-path mirror of every request to that port.
-pub fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc {
+pub(crate) fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc {
     std::fs::create_dir_all(dir.join("www")).expect("nginx dir");
     std::fs::write(dir.join("www/item"), vec![b'i'; 1024]).expect("body");
     let d = dir.display();
@@ -46,7 +46,7 @@ pub fn nginx(ns: &NetNs, dir: &Path, port: u16, mirror_to: Option<u16>) -> Proc 
 
 /// What one load run measured at the client.
 #[derive(Clone, Debug, Default)]
-pub struct Load {
+pub(crate) struct Load {
     pub requests: u64,
     pub errors: u64,
     pub rps: f64,
@@ -55,7 +55,7 @@ pub struct Load {
     pub secs: f64,
 }
 
-pub fn parse_ms(v: &str) -> f64 {
+pub(crate) fn parse_ms(v: &str) -> f64 {
     let v = v.trim();
     let (num, mul) = if let Some(n) = v.strip_suffix("us") {
         (n, 0.001)
@@ -71,7 +71,14 @@ pub fn parse_ms(v: &str) -> f64 {
 
 /// wrk, closed loop: `conns` connections on two threads as fast as the server answers. With
 /// `post_body`, every request is a POST of that many bytes (a Lua script in `scratch`).
-pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: Option<(usize, &Scratch)>) -> Load {
+pub(crate) fn wrk(
+    ns: &NetNs,
+    url: &str,
+    secs: u32,
+    conns: u32,
+    pad: &str,
+    post_body: Option<(usize, &Scratch)>,
+) -> Load {
     let mut cmd = ns.command("wrk");
     cmd.args(["-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "--timeout", "5s"]);
     cmd.args(["-H", &format!("X-Pad: {pad}")]);
@@ -112,7 +119,7 @@ pub fn wrk(ns: &NetNs, url: &str, secs: u32, conns: u32, pad: &str, post_body: O
 }
 
 /// The oha binary: on PATH, or where `cargo install` puts it.
-pub fn oha_bin() -> Option<PathBuf> {
+pub(crate) fn oha_bin() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
     [PathBuf::from("oha"), home.join(".cargo/bin/oha")].into_iter().find(|p| {
         std::process::Command::new(p)
@@ -127,7 +134,7 @@ pub fn oha_bin() -> Option<PathBuf> {
 /// oha, open loop: requests are sent on a fixed schedule of `rate` per second whatever the
 /// server does, and with `--latency-correction` each latency is counted from the time the request
 /// was due, so a stall is charged to every request it delayed (no coordinated omission).
-pub fn oha(oha: &Path, ns: &NetNs, url: &str, secs: u32, rate: f64, pad: &str) -> Load {
+pub(crate) fn oha(oha: &Path, ns: &NetNs, url: &str, secs: u32, rate: f64, pad: &str) -> Load {
     let out = ns
         .command(oha.to_str().expect("utf-8"))
         .args(["--no-tui", "--output-format", "json", "--latency-correction"])
@@ -160,7 +167,7 @@ pub fn oha(oha: &Path, ns: &NetNs, url: &str, secs: u32, rate: f64, pad: &str) -
 
 /// hey at a fixed rate: `conc` workers at `per_worker` requests/s each, for `secs` (closed loop
 /// per worker: a slow answer delays that worker's next request, so latency is understated).
-pub fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &str) -> Load {
+pub(crate) fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &str) -> Load {
     let out = ns
         .command("hey")
         .args(["-z", &format!("{secs}s"), "-c", &conc.to_string(), "-q", &per_worker.to_string(), "-t", "5"])
@@ -197,11 +204,12 @@ pub fn hey(ns: &NetNs, url: &str, secs: u32, conc: u32, per_worker: u32, pad: &s
 }
 
 /// utime + stime of a process in seconds (threads that exited included), and its peak RSS in MiB.
-pub fn cpu_and_rss(pid: u32) -> (f64, f64) {
+pub(crate) fn cpu_and_rss(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th there.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: no pointers, no state.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
@@ -218,7 +226,7 @@ pub fn cpu_and_rss(pid: u32) -> (f64, f64) {
 
 /// CPU time of all the process's threads in nanoseconds (the scheduler's own account,
 /// /proc/PID/task/*/schedstat), for costs too small for utime+stime's clock ticks.
-pub fn cpu_ns(pid: u32) -> u64 {
+pub(crate) fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
@@ -228,7 +236,7 @@ pub fn cpu_ns(pid: u32) -> u64 {
 
 /// Times the daemon's threads went to sleep and were woken (voluntary context switches, summed
 /// over its threads): each is a trip through the scheduler.
-pub fn wakeups(pid: u32) -> u64 {
+pub(crate) fn wakeups(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
@@ -242,7 +250,7 @@ pub fn wakeups(pid: u32) -> u64 {
 
 /// How the daemon is run in an arm.
 #[derive(Clone, Copy, Debug)]
-pub struct DaemonSpec {
+pub(crate) struct DaemonSpec {
     /// None: capture and extraction only, no replay (every request ends as `no_target`).
     pub shadow: Option<u16>,
     pub sample_rate: u32,
@@ -253,13 +261,13 @@ pub struct DaemonSpec {
     pub bin: Option<&'static str>,
 }
 
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub proc: Proc,
     pub summary: PathBuf,
 }
 
 impl Daemon {
-    pub fn start(t: &TwoHosts, scratch: &Scratch, spec: DaemonSpec, tag: &str) -> Self {
+    pub(crate) fn start(t: &TwoHosts, scratch: &Scratch, spec: DaemonSpec, tag: &str) -> Self {
         let bin = spec.bin.map_or_else(|| bin_dir().join("shadow-daemon"), PathBuf::from);
         let summary = scratch.path(&format!("summary-{tag}.json"));
         let log = scratch.path(&format!("daemon-{tag}.log"));
@@ -288,12 +296,12 @@ impl Daemon {
         Self { proc, summary }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.proc.child.id()
     }
 
     /// SIGTERM, a clean exit, and the summary the daemon writes on the way out.
-    pub fn stop(mut self, what: &str) -> serde_json::Value {
+    pub(crate) fn stop(mut self, what: &str) -> serde_json::Value {
         let code = self.proc.terminate(Duration::from_secs(20));
         assert_eq!(code, Some(0), "daemon exit in {what}");
         serde_json::from_str(&std::fs::read_to_string(&self.summary).expect("summary")).expect("summary json")
@@ -301,6 +309,6 @@ impl Daemon {
 }
 
 /// The daemon's /metrics text, from inside the server namespace.
-pub fn metrics_text(t: &TwoHosts) -> String {
+pub(crate) fn metrics_text(t: &TwoHosts) -> String {
     t.server.http_get(std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)), "/metrics").unwrap_or_default()
 }

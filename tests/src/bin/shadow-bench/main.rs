@@ -127,6 +127,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("shadow-bench: needs root (namespaces, eBPF)");
         return ExitCode::from(2);
@@ -465,6 +466,7 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
     let reader = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
+            // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
             let mut fd =
                 unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                     .expect("register ring");

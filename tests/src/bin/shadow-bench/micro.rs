@@ -40,36 +40,41 @@ use shadow_daemon::{
 use crate::mirror::Spread;
 
 /// Counts every allocation (and its bytes) of the process, all threads.
-pub struct Counting;
+pub(crate) struct Counting;
 
-pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
-pub static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static ALLOCS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes the replay shadow read (the engine wrote) and wrote (the engine read).
 static SHADOW_IN: AtomicU64 = AtomicU64::new(0);
 static SHADOW_OUT: AtomicU64 = AtomicU64::new(0);
 
+// SAFETY: every call is passed to the system allocator unchanged (only counted), so its
+// guarantees are the system allocator's.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is the one `System.alloc` needs.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System` through this allocator, with layout `l`.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        // SAFETY: `p` came from `System` through this allocator, with layout `l`.
         unsafe { System.realloc(p, l, n) }
     }
 }
 
-pub fn allocs() -> (u64, u64) {
+pub(crate) fn allocs() -> (u64, u64) {
     (ALLOCS.load(Ordering::Relaxed), ALLOC_BYTES.load(Ordering::Relaxed))
 }
 
 /// CPU time of the calling thread, ns.
-pub fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec pointer; CLOCK_THREAD_CPUTIME_ID exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
@@ -77,7 +82,7 @@ pub fn thread_cpu_ns() -> u64 {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct StageCost {
+pub(crate) struct StageCost {
     pub stage: String,
     /// Per request: CPU time of the measuring thread (extraction, metrics) or of the engine's
     /// threads (replay), median and spread over repeats (CPU, not wall time: the machine is
@@ -187,7 +192,7 @@ fn measure<S>(n: usize, repeats: usize, mut setup: impl FnMut() -> S, mut work: 
 
 /// Reassembly + extraction of 1 KiB requests on one long-lived extractor (flows warm, as in the
 /// daemon), each request handed on (dropped) as soon as it is out.
-pub fn extraction(quick: bool) -> StageCost {
+pub(crate) fn extraction(quick: bool) -> StageCost {
     let n = 8192;
     let repeats = if quick { 3 } else { 9 };
     let mut ex = Extractor::new(ExtractorConfig::default());
@@ -213,7 +218,7 @@ pub fn extraction(quick: bool) -> StageCost {
 }
 
 /// The metrics bookkeeping of one mirrored request, as the replay bench's `metrics_per_request`.
-pub fn metrics_bookkeeping(quick: bool) -> StageCost {
+pub(crate) fn metrics_bookkeeping(quick: bool) -> StageCost {
     let metrics = Metrics::default();
     let targets: Vec<Vec<u8>> = (0..64).map(|i| format!("/api/v1/items/{i}?sort=desc").into_bytes()).collect();
     let n = 100_000;
@@ -240,7 +245,7 @@ pub fn metrics_bookkeeping(quick: bool) -> StageCost {
 /// body, its headers read from the head), then the shadow's (the same body, or with one value
 /// changed when `differ`), paired, normalised, compared and counted in the comparison's metrics
 /// and report aggregates.
-pub fn comparison(quick: bool, differ: bool) -> StageCost {
+pub(crate) fn comparison(quick: bool, differ: bool) -> StageCost {
     let settings = CompareSettings::default();
     let metrics = Arc::new(Metrics::default());
     let hub = CompareHub::new(&[("api".to_owned(), Some(&settings))], PairLimits::default(), metrics.clone())
@@ -423,7 +428,7 @@ fn engine_cpu_ns() -> u64 {
 /// mirroring batches of pre-built 1 KiB requests to the shadow above, with up to `pipeline`
 /// requests per write: its thread's CPU and the process's allocations per replayed request
 /// (submission included; the shadow allocates nothing per request).
-pub fn replay(quick: bool, pipeline: usize) -> StageCost {
+pub(crate) fn replay(quick: bool, pipeline: usize) -> StageCost {
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, shadow) = start_shadow(stop.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()

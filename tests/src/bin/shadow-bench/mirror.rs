@@ -111,7 +111,7 @@ const ARMS: &[ArmSpec] = &[
 /// shadow at 100 % and 10 %, at saturation, next to the same arms run the default way. For A/B of a change (an
 /// allocator, a constant, a flag's default).
 #[derive(Clone, Debug)]
-pub struct Alt {
+pub(crate) struct Alt {
     /// None: `SHADOW_BIN_DIR`'s daemon.
     pub bin: Option<String>,
     pub args: Vec<String>,
@@ -170,7 +170,7 @@ const BIG_ARMS: &[ArmSpec] = &[
 
 /// One arm run once.
 #[derive(Serialize, Clone, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub round: usize,
     /// Position of the arm in its round (0 = first).
     pub position: usize,
@@ -194,14 +194,14 @@ pub struct Sample {
 
 /// Median and spread over rounds.
 #[derive(Serialize, Clone, Copy, Debug, Default)]
-pub struct Spread {
+pub(crate) struct Spread {
     pub median: f64,
     pub min: f64,
     pub max: f64,
 }
 
 impl Spread {
-    pub fn of(v: impl IntoIterator<Item = f64>) -> Option<Self> {
+    pub(crate) fn of(v: impl IntoIterator<Item = f64>) -> Option<Self> {
         let mut v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return None;
@@ -218,7 +218,7 @@ impl Spread {
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
-pub struct ArmSummary {
+pub(crate) struct ArmSummary {
     pub group: String,
     pub key: String,
     pub arm: String,
@@ -249,7 +249,7 @@ pub struct ArmSummary {
 }
 
 #[derive(Serialize)]
-pub struct MirrorResults {
+pub(crate) struct MirrorResults {
     pub date: String,
     pub command: String,
     pub rounds: usize,
@@ -474,7 +474,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-pub fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt>) -> MirrorResults {
+pub(crate) fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt>) -> MirrorResults {
     let secs = if quick { 2 } else { 4 };
     let rounds = if quick { 3 } else { 5 };
     let load_average_before = loadavg();
@@ -536,7 +536,7 @@ pub fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt
     }
 }
 
-pub fn write_mirror(out: &Path, r: &MirrorResults) {
+pub(crate) fn write_mirror(out: &Path, r: &MirrorResults) {
     let _ = std::fs::write(out.join("mirror.json"), serde_json::to_string_pretty(r).unwrap_or_default());
     let mut md = format!(
         "# Mirror cost to the primary\n\nMeasured {} by `{}`; raw figures (every round) in mirror.json. Load average (1, 5, 15 min) \
@@ -608,7 +608,7 @@ pub fn write_mirror(out: &Path, r: &MirrorResults) {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct CapacityStep {
+pub(crate) struct CapacityStep {
     /// What was asked for: a fixed rate (hey) or saturation (wrk).
     pub load: String,
     /// Requests/s the primary served in this step.
@@ -621,7 +621,7 @@ pub struct CapacityStep {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     pub request_bytes: usize,
     /// nginx alone, saturated by wrk: the most this machine serves.
     pub nginx_alone_rps: f64,
@@ -634,7 +634,7 @@ pub struct Capacity {
 
 /// What the daemon costs a node whose service has no traffic: it still polls the ring buffer.
 #[derive(Serialize, Clone, Debug)]
-pub struct Idle {
+pub(crate) struct Idle {
     pub secs: f64,
     pub cpu_ms_per_s: f64,
     pub wakeups_per_s: f64,
@@ -644,7 +644,7 @@ pub struct Idle {
 /// machine's ceiling; then the release daemon (capture and extraction, no replay, default 32 MiB
 /// ring) is attached and the load stepped up at fixed rates (oha, or hey without it) to saturation (wrk), each step
 /// with a fresh daemon whose summary gives `ringbuf_full` and the requests it captured.
-pub fn capacity_ladder(quick: bool) -> Capacity {
+pub(crate) fn capacity_ladder(quick: bool) -> Capacity {
     let secs = if quick { 3 } else { 5 };
     let t = TwoHosts::new("cap");
     let scratch = Scratch::new("cap");

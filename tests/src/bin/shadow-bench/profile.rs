@@ -16,7 +16,7 @@ use crate::load::{self, Daemon, DaemonSpec, PORT};
 const SHADOW: u16 = 9090;
 
 #[derive(Serialize, Clone, Debug, Default)]
-pub struct Profile {
+pub(crate) struct Profile {
     pub load: String,
     pub perf_summary: Option<String>,
     pub flame_graph: Option<String>,
@@ -74,7 +74,7 @@ fn parse_strace(text: &str) -> (u64, Vec<(String, u64)>) {
     (total, rows)
 }
 
-pub fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
+pub(crate) fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
     let t = TwoHosts::new("prof");
     let scratch = Scratch::new("prof");
     let pad = "p".repeat(1024 - 120);
