@@ -246,7 +246,7 @@ impl DaemonConfig {
 
 /// Service ports whose requests go to one shadow target under one set of controls: a rule is
 /// what the replay stage calls a lane, and is handed to it as it is.
-pub use crate::rule::Rule;
+pub use crate::replay::Rule;
 
 /// A documented config file; `--config` reads files of this shape. Keys are the flags' names
 /// with `_` for `-`; a list key also takes a single string.

@@ -17,11 +17,13 @@ use super::{
 };
 use crate::{
     http::PathPattern,
-    replay::controls::{
-        HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_PIPELINE, MAX_QUEUE_CAPACITY, MethodAllowlist,
-        ReplayControls, ShadowTarget,
+    replay::{
+        Rule,
+        controls::{
+            HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_PIPELINE, MAX_QUEUE_CAPACITY, MethodAllowlist,
+            ReplayControls, ShadowTarget,
+        },
     },
-    rule::Rule,
     service::ServiceMatch,
 };
 

@@ -58,11 +58,12 @@ use self::{
     slots::{Slots, Work},
 };
 use crate::{
+    compare::CompareSettings,
     correlate::Correlator,
     http::{HttpError, keeps_alive},
     message::CapturedRequest,
     metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure, reason},
-    rule::{Rule, RuleId},
+    rule::RuleId,
     service::{ServiceMatch, most_specific},
 };
 
@@ -165,6 +166,52 @@ impl ReplayError {
             }
             Self::ResponseTooLarge { .. } => TargetFailure::ResponseTooLarge,
         })
+    }
+}
+
+/// One rule as the config file (or the command line) says it (`config::Rule`): what it matches,
+/// how much the kernel samples, where its requests go and under which controls, and how the
+/// shadow's answers are compared. Built once by `config`; each stage keeps its own view of it
+/// under the rule's [`RuleId`] (the kernel's rule entry, replay's lane, the comparison's
+/// settings). Defined here, with replay's controls it is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// How operators and metrics call the rule (unique).
+    pub name: String,
+    /// Ports on every server address.
+    pub ports: Vec<u16>,
+    /// Services by address prefix and port, besides `ports`.
+    pub matches: Vec<ServiceMatch>,
+    /// `None`: capture only (requests are counted as dropped, `no_target`).
+    pub shadow: Option<ShadowTarget>,
+    pub controls: ReplayControls,
+    /// Requests sampled by the kernel, parts per million.
+    pub sample_ppm: u32,
+    /// Compare the shadow's responses with the primary's (`[rule.compare]`); `None`: off.
+    pub compare: Option<CompareSettings>,
+    /// A second instance of the current version: each replayed request also goes there, and
+    /// what differs between it and the primary is learned as noise (not compared).
+    pub secondary: Option<ShadowTarget>,
+}
+
+impl Rule {
+    /// A rule named `default` on `ports`, sampling everything.
+    pub fn new(ports: Vec<u16>, shadow: Option<ShadowTarget>, controls: ReplayControls) -> Self {
+        Self {
+            name: "default".into(),
+            ports,
+            matches: Vec::new(),
+            shadow,
+            controls,
+            sample_ppm: shadow_common::PPM_ALL,
+            compare: None,
+            secondary: None,
+        }
+    }
+
+    /// Everything the rule covers: `ports` on any address, then `matches`.
+    pub fn services(&self) -> Vec<ServiceMatch> {
+        self.ports.iter().map(|&p| ServiceMatch::any_address(p)).chain(self.matches.iter().copied()).collect()
     }
 }
 
