@@ -33,7 +33,9 @@ pub use self::{
 pub use crate::capture::HookKind;
 #[cfg(test)]
 use crate::replay::controls::{HeaderField, HostMode, ShadowTarget};
-use crate::{capture::links::InterfacePattern, metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls};
+use crate::{
+    capture::links::InterfacePattern, metrics::DEFAULT_MAX_ENDPOINTS, replay::controls::ReplayControls, rule::RuleId,
+};
 
 mod file;
 mod settings;
@@ -220,7 +222,7 @@ pub struct DaemonConfig {
     /// Default per-request sampling rate in parts per million (each rule has its own).
     pub sample_ppm: u32,
     /// At least one; no port is in two rules.
-    pub rules: Vec<Rule>,
+    pub rules: RuleSet,
     pub metrics_addr: SocketAddr,
     pub control: PathBuf,
     pub ring_buffer_size: u32,
@@ -244,9 +246,44 @@ impl DaemonConfig {
     }
 }
 
-/// Service ports whose requests go to one shadow target under one set of controls: a rule is
-/// what the replay stage calls a lane, and is handed to it as it is.
+/// Service ports whose requests go to one shadow target under one set of controls, and how its
+/// answers are compared: one rule, as the file or the flags say it.
 pub use crate::replay::Rule;
+
+/// The daemon's rules, built once here: at least one, every name unique, no service in two
+/// rules. A rule's [`RuleId`] is its position, the same in every stage that keeps something per
+/// rule; read it as a slice of [`Rule`]s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleSet(Vec<Rule>);
+
+impl RuleSet {
+    /// The rules in the order given (their ids), as the file or the flags validated them.
+    fn new(rules: Vec<Rule>) -> Self {
+        Self(rules)
+    }
+
+    /// Every rule with its id.
+    pub fn with_ids(&self) -> impl Iterator<Item = (RuleId, &Rule)> {
+        RuleId::all(self.0.len()).zip(&self.0)
+    }
+
+    pub fn get(&self, id: RuleId) -> Option<&Rule> {
+        self.0.get(id.index())
+    }
+
+    /// The rule named `name`.
+    pub fn id_of(&self, name: &str) -> Option<RuleId> {
+        self.with_ids().find(|(_, r)| r.name == name).map(|(id, _)| id)
+    }
+}
+
+impl std::ops::Deref for RuleSet {
+    type Target = [Rule];
+
+    fn deref(&self) -> &[Rule] {
+        &self.0
+    }
+}
 
 /// A documented config file; `--config` reads files of this shape. Keys are the flags' names
 /// with `_` for `-`; a list key also takes a single string.
@@ -308,7 +345,7 @@ impl Args {
             source,
             hook: self.hook,
             sample_ppm: self.sample_rate,
-            rules,
+            rules: RuleSet::new(rules),
             metrics_addr: self.metrics_addr,
             control: self.control,
             ring_buffer_size: self.ring_buffer_size,
@@ -759,5 +796,20 @@ mod rule_keys_tests {
         }
         // Same port, different addresses: two services, allowed.
         file("[[rule]]\nport = 80\n[[rule]]\nmatch = \"10.0.0.0/8:80\"\n").unwrap();
+    }
+
+    #[test]
+    fn a_rule_is_found_by_its_id_or_name() {
+        let rules = parse_config("/etc/shadow.toml", "[[rule]]\nname = \"api\"\nport = 80\n\n[[rule]]\nport = 81\n")
+            .expect("file")
+            .rules;
+        let set = RuleSet::new(rules);
+        let ids: Vec<(RuleId, &str)> = set.with_ids().map(|(id, r)| (id, r.name.as_str())).collect();
+        assert_eq!(ids, [(RuleId::new(0), "api"), (RuleId::new(1), "rule1")]);
+        assert_eq!(set.id_of("rule1"), Some(RuleId::new(1)));
+        assert_eq!(set.id_of("web"), None);
+        assert_eq!(set.get(RuleId::new(0)).map(|r| r.name.as_str()), Some("api"));
+        assert!(set.get(RuleId::new(2)).is_none());
+        assert_eq!(set.len(), 2, "read as a slice");
     }
 }

@@ -14,7 +14,6 @@ use crate::{
     correlate::Correlator,
     operate::Operations,
     replay::ReplayEngine,
-    rule::RuleId,
 };
 
 impl Daemon {
@@ -55,11 +54,10 @@ impl Daemon {
         let old = std::mem::replace(&mut self.engine, new_engine);
         match (self.correlator.hub(), correlator.hub()) {
             (Some(h), Some(_)) if kept => {
-                for (i, _) in new.rules.iter().enumerate().filter(|(_, r)| retargeted.contains(&r.name)) {
+                for (id, _) in new.rules.with_ids().filter(|(_, r)| retargeted.contains(&r.name)) {
                     // What the old target still answers is no pair of the new epoch.
-                    let rule = RuleId::new(i);
-                    old.retire_compare(rule);
-                    h.start_epoch(rule, EpochReason::Target);
+                    old.retire_compare(id);
+                    h.start_epoch(id, EpochReason::Target);
                 }
             }
             (before, Some(h)) => h.open(before.map(|b| (b.as_ref(), retargeted.as_slice()))),
