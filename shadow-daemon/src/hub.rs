@@ -32,23 +32,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compare::{
-        Comparator, CompareError, CompareSettings, EpochInfo, EpochReason, MismatchSample, Outcome, Report,
-        ResponseSample, ShadowFailure, UnpairedReason, Verdict, VersionSeen,
+        Comparator, CompareError, CompareSettings, EpochInfo, EpochReason, MismatchSample, Report, ResponseSample,
+        ShadowFailure, Verdict, VersionSeen,
         pairs::{PairEvent, PairLimits, PairTable, ShadowHalf},
     },
     control::{ErrorBody, ErrorKind},
     http::response_fields,
+    label::{NotCompared, SecondaryOutcome, Uncompared},
     message::{CapturedResponse, KeepSpec},
     metrics::{ComparedPair, Metrics, ShadowErrorKind},
     rule::RuleId,
 };
-
-/// `shadow_compare_primary_uncompared_total` reasons.
-pub const NOT_REPLAYED: &str = "not_replayed";
-pub const SHADOW_MISSING: &str = "shadow_missing";
-/// `shadow_compare_unpaired_total` (and `shadow_compare_secondary_total`) reason of a pair whose
-/// shadow request went out in an earlier epoch of its rule.
-pub const EPOCH: &str = "epoch";
 
 /// Unix time in milliseconds (an epoch's start).
 fn unix_ms() -> u64 {
@@ -178,8 +172,6 @@ pub struct CompareHub {
     /// Union of every rule's needed headers (a primary's rule is not known when it arrives).
     primary_headers: Vec<String>,
     keep_body: usize,
-    /// `Outcome::as_str` of every outcome: exported at zero from an endpoint's first pair.
-    outcome_labels: [&'static str; Outcome::ALL.len()],
     table: Mutex<Table>,
     clock: Instant,
     /// A reload replaced this hub: what still comes to it is counted as `epoch` and dropped.
@@ -222,10 +214,10 @@ impl CompareHub {
         let Some(keep_body) = keep_body else {
             return Ok(None);
         };
-        for r in UnpairedReason::ALL.map(UnpairedReason::as_str).into_iter().chain([EPOCH]) {
+        for r in NotCompared::ALL {
             metrics.record_unpaired(r, 0);
         }
-        for r in [NOT_REPLAYED, SHADOW_MISSING] {
+        for r in Uncompared::ALL {
             metrics.record_uncompared(r, 0);
         }
         metrics.set_pairs_waiting(0, 0);
@@ -234,7 +226,6 @@ impl CompareHub {
             rules: slots,
             primary_headers,
             keep_body,
-            outcome_labels: Outcome::ALL.map(Outcome::as_str),
             table: Mutex::new(Table {
                 pairs: PairTable::new(limits),
                 secondary_pairs: PairTable::new(limits),
@@ -256,7 +247,7 @@ impl CompareHub {
         if let Some((old, _)) = before {
             old.retire();
             for r in old.rules.iter().flatten().filter(|r| !self.rules.iter().flatten().any(|n| n.name == r.name)) {
-                self.metrics.forget_compare_rule(&r.name, &EpochReason::ALL.map(EpochReason::as_str));
+                self.metrics.forget_compare_rule(&r.name);
             }
         }
         let now = unix_ms();
@@ -305,7 +296,7 @@ impl CompareHub {
     pub fn close(&self) {
         self.retire();
         for r in self.rules.iter().flatten() {
-            self.metrics.forget_compare_rule(&r.name, &EpochReason::ALL.map(EpochReason::as_str));
+            self.metrics.forget_compare_rule(&r.name);
         }
     }
 
@@ -346,7 +337,7 @@ impl CompareHub {
             return;
         }
         if self.is_retired() {
-            self.metrics.record_secondary(EPOCH, 1);
+            self.metrics.record_secondary(SecondaryOutcome::Epoch, 1);
             return;
         }
         let now = self.now_ns();
@@ -365,14 +356,14 @@ impl CompareHub {
                     let mut c = lock(&r.comparator);
                     // Noise learned in an epoch belongs to it, as the pairs do.
                     if self.is_retired() || c.epoch().number != epoch {
-                        EPOCH
+                        SecondaryOutcome::Epoch
                     } else {
                         c.observe_secondary(&endpoint, &primary, &secondary);
-                        "learned"
+                        SecondaryOutcome::Learned
                     }
                 }
-                PairEvent::Pair { shadow: ShadowHalf::Failed(_), .. } => "failed",
-                PairEvent::Unpaired { .. } => "unpaired",
+                PairEvent::Pair { shadow: ShadowHalf::Failed(_), .. } => SecondaryOutcome::Failed,
+                PairEvent::Unpaired { .. } => SecondaryOutcome::Unpaired,
             };
             self.metrics.record_secondary(outcome, 1);
         }
@@ -387,7 +378,7 @@ impl CompareHub {
         if !expected.shadow {
             t.not_replayed += 1;
             drop(t);
-            self.metrics.record_uncompared(NOT_REPLAYED, 1);
+            self.metrics.record_uncompared(Uncompared::NotReplayed, 1);
             return;
         }
         let sample = ResponseSample {
@@ -416,7 +407,7 @@ impl CompareHub {
             return;
         }
         if self.is_retired() {
-            self.metrics.record_unpaired(EPOCH, 1);
+            self.metrics.record_unpaired(NotCompared::Epoch, 1);
             return;
         }
         let now = self.now_ns();
@@ -458,7 +449,7 @@ impl CompareHub {
         let pending = events;
         drop(t);
         if alone > 0 {
-            self.metrics.record_uncompared(SHADOW_MISSING, alone);
+            self.metrics.record_uncompared(Uncompared::ShadowMissing, alone);
         }
         for ev in pending {
             self.judge(ev);
@@ -485,7 +476,7 @@ impl CompareHub {
                 let mut c = lock(&r.comparator);
                 if self.stale(&mut c, epoch) {
                     drop(c);
-                    self.metrics.record_unpaired(EPOCH, 1);
+                    self.metrics.record_unpaired(NotCompared::Epoch, 1);
                     return;
                 }
                 // Another build answered: a new epoch starts, and this pair is its first.
@@ -510,8 +501,7 @@ impl CompareHub {
                 self.metrics.record_compared(&ComparedPair {
                     rule: &r.name,
                     endpoint: &key,
-                    outcome: outcome.as_str(),
-                    all_outcomes: &self.outcome_labels,
+                    outcome,
                     primary_status: primary.status,
                     primary_latency: primary.latency.unwrap_or_default(),
                     shadow: shadow_side,
@@ -519,11 +509,11 @@ impl CompareHub {
                 drop(c);
             }
             PairEvent::Unpaired { rule, epoch, endpoint, reason } => {
-                let mut label = reason.as_str();
+                let mut label = NotCompared::Unpaired(reason);
                 if let Some(r) = self.rule(rule) {
                     let mut c = lock(&r.comparator);
                     if self.stale(&mut c, epoch) {
-                        label = EPOCH;
+                        label = NotCompared::Epoch;
                     } else {
                         c.record_unpaired(&endpoint, reason);
                     }
@@ -572,7 +562,7 @@ impl CompareHub {
 fn announce(metrics: &Metrics, r: &RuleCompare, c: &Comparator) {
     let e = c.epoch();
     r.epoch.store(e.number, Ordering::Relaxed);
-    metrics.start_compare_epoch(&r.name, e.reason.as_str(), e.started_unix_ms as f64 / 1000.0);
+    metrics.start_compare_epoch(&r.name, e.reason, e.started_unix_ms as f64 / 1000.0);
 }
 
 /// `reset [--rule NAME]`: the epochs started. `rules`: every rule's name, so that a rule that

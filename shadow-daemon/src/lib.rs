@@ -25,6 +25,7 @@
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
 //! - `run`: `run(config, shutdown)`, the loop, and the `Daemon` that joins the stages, with one
 //!   method per event (a batch, a tick, a control command, a reload).
+//! - `label`: metric label values as enums, each label defined once (a leaf);
 //! - `sys`: every libc call, behind safe functions (a leaf: it knows no other module).
 //!
 //! Capture, reassembly and extraction run on one task, a ring-buffer batch at a time: nothing
@@ -40,6 +41,7 @@ pub mod correlate;
 pub mod ctl;
 pub mod http;
 pub mod hub;
+pub mod label;
 pub mod message;
 pub mod metrics;
 pub mod operate;

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use shadow_common::{RECORD_VERSION, SEGMENT_HEADER_LEN, SegmentHeader, direction, family, record_flags, tcp_flags};
 
+pub use crate::label::RecordDrop;
 use crate::sys;
 
 /// Which way a segment travels relative to the service port.
@@ -86,13 +87,12 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// A stable label for the drop-reason metric.
-    pub const fn reason(&self) -> &'static str {
+    pub const fn reason(&self) -> RecordDrop {
         match self {
-            Self::Short(_) => "short_record",
-            Self::Version(_) => "record_version",
-            Self::Family(_) | Self::Direction(_) => "bad_record",
-            Self::Length { .. } => "record_length",
+            Self::Short(_) => RecordDrop::Short,
+            Self::Version(_) => RecordDrop::Version,
+            Self::Family(_) | Self::Direction(_) => RecordDrop::Bad,
+            Self::Length { .. } => RecordDrop::Length,
         }
     }
 }
@@ -345,10 +345,12 @@ mod tests {
 
     #[test]
     fn decode_errors_have_their_metric_labels() {
-        assert_eq!(DecodeError::Short(1).reason(), "short_record");
-        assert_eq!(DecodeError::Version(2).reason(), "record_version");
-        assert_eq!(DecodeError::Family(3).reason(), "bad_record");
-        assert_eq!(DecodeError::Direction(4).reason(), "bad_record");
-        assert_eq!(DecodeError::Length { claimed: 9, present: 1 }.reason(), "record_length");
+        let label = |e: DecodeError| e.reason().as_str();
+        assert_eq!(label(DecodeError::Short(1)), "short_record");
+        assert_eq!(label(DecodeError::Version(2)), "record_version");
+        assert_eq!(label(DecodeError::Family(3)), "bad_record");
+        assert_eq!(label(DecodeError::Direction(4)), "bad_record");
+        assert_eq!(label(DecodeError::Length { claimed: 9, present: 1 }), "record_length");
+        crate::label::check::<RecordDrop>();
     }
 }

@@ -19,7 +19,7 @@ use shadow_daemon::{
     config::Rule,
     correlate::Correlator,
     message::CapturedRequest,
-    metrics::{Metrics, RequestCounts, TextFormat, reason},
+    metrics::{Metrics, RequestCounts, RequestDrop, TextFormat},
     replay::{
         ReplayEngine, Submission,
         controls::{MethodAllowlist, ReplayControls, ShadowTarget},
@@ -293,7 +293,7 @@ async fn a_shadow_closing_part_way_fails_what_it_had_and_gets_nothing_twice() {
     let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!(r.replayed, 3, "{r:?}");
-    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (6, 6), "/d to /i, once each: {r:?}");
+    assert_eq!((r.dropped[RequestDrop::ShadowError], r.dropped_total()), (6, 6), "/d to /i, once each: {r:?}");
     assert_eq!(shadow.log(), all[..4].iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "read once, never again");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1, "no second connection");
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
@@ -315,7 +315,7 @@ async fn a_bad_response_in_a_pipeline_fails_it_and_the_ones_behind_it_once() {
     // /c's answer is garbage: nothing after it on that connection can be read as a response,
     // and the shadow had /d to /i (it read them all): they fail with /c, and go nowhere again.
     assert_eq!(r.replayed, 2, "{r:?}");
-    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (7, 7), "{r:?}");
+    assert_eq!((r.dropped[RequestDrop::ShadowError], r.dropped_total()), (7, 7), "{r:?}");
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
@@ -335,7 +335,7 @@ async fn a_body_on_a_head_response_fails_it_and_shifts_nothing() {
     // /b answered; /c's response has a body: a bad response, and the connection is done; /d, /e
     // and /f were read by the shadow (acknowledged): bad responses too, never written again.
     assert_eq!(r.replayed, 2, "{r:?}");
-    assert_eq!((r.dropped[reason::SHADOW_ERROR], r.dropped_total()), (4, 4), "{r:?}");
+    assert_eq!((r.dropped[RequestDrop::ShadowError], r.dropped_total()), (4, 4), "{r:?}");
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
@@ -358,7 +358,7 @@ async fn a_stalled_response_times_out_with_the_requests_behind_it() {
     // The held request and /b answered; /c stalls: /c to /i were written at once and none is
     // answered within the timeout.
     assert_eq!(r.replayed, 2, "{r:?}");
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 7, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowError], 7, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["timeout"], 7);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0, "a timeout is not written again");
     engine.shutdown(Duration::from_secs(1)).await;
@@ -370,7 +370,7 @@ async fn a_shadow_failing_everything_gets_each_request_once() {
     let (engine, metrics, all) = held_then(&shadow, piped(), &gets(8)).await;
     let r = settle(&metrics, 9).await;
     assert_eq!(r.replayed, 1, "only the held request had an answer: {r:?}");
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 8, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowError], 8, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["bad_response"], 8);
     // Garbage for /b: the shadow had /c to /i as well (it read them): they fail with it.
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once");

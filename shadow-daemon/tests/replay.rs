@@ -17,8 +17,9 @@ use bytes::Bytes;
 use shadow_daemon::{
     config::Rule,
     correlate::Correlator,
+    http::DropReason,
     message::{BodyFraming, CapturedRequest},
-    metrics::{Metrics, MetricsServer, RequestCounts, reason},
+    metrics::{Counted, EventReason, Metrics, MetricsServer, RequestCounts, RequestDrop},
     replay::{
         ReplayEngine, Submission, backoff,
         controls::{MethodAllowlist, PathPattern, ReplayControls, ShadowTarget},
@@ -400,13 +401,13 @@ async fn shadow_down_is_backed_off_then_probed_and_used_when_it_comes_up() {
         settle(&metrics, i + 1).await;
     }
     let r = metrics.requests();
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], failures, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowError], failures, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["connect_refused"], failures);
 
     // Backed off: requests are dropped at submission, but for one probe per period.
     let more = 200;
     let outcomes: Vec<Submission> = (0..more).map(|i| engine.submit(captured(100 + i, &get("/a")))).collect();
-    let backed_off = outcomes.iter().filter(|o| **o == Submission::Dropped(reason::SHADOW_BACKOFF)).count() as u64;
+    let backed_off = outcomes.iter().filter(|o| **o == Submission::Dropped(RequestDrop::ShadowBackoff)).count() as u64;
     let r = settle(&metrics, failures + more).await;
     let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
     let labels = format!("rule=\"default\",role=\"shadow\",target=\"{addr}\"");
@@ -415,7 +416,7 @@ async fn shadow_down_is_backed_off_then_probed_and_used_when_it_comes_up() {
     // Every attempt was refused: the streak, then one probe per period after the first.
     assert_eq!(refused, failures + backoffs - 1, "{text}");
     assert!(backoffs <= backoff::max_periods_within(started.elapsed()), "{backoffs} periods");
-    assert_eq!(r.dropped[reason::SHADOW_BACKOFF], more - (backoffs - 1), "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowBackoff], more - (backoffs - 1), "{r:?}");
     assert!(backed_off >= more - (backoffs - 1), "{backed_off}");
     assert_eq!(sample(&text, &format!("shadow_target_backed_off{{{labels}}}")), 1.0);
     assert!(sample(&text, &format!("shadow_target_backoff_seconds{{{labels}}}")) > 0.0);
@@ -463,9 +464,9 @@ async fn responses_past_the_cap_close_the_connection_and_are_counted() {
     assert_eq!(engine.submit(captured_on(10, &get("/huge"), 1002)), Submission::Queued);
     assert_eq!(engine.submit(captured_on(11, &get("/exact"), 1002)), Submission::Queued);
     let r = settle(&metrics, 5).await;
-    assert_eq!(r.dropped[reason::SHADOW_RESPONSE_TOO_LARGE], 4, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowResponseTooLarge], 4, "{r:?}");
     assert_eq!(r.replayed, 1, "a body of exactly the cap is read whole: {r:?}");
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 0, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowError], 0, "{r:?}");
     let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
     let too_large = |port: u16| {
         sample(
@@ -518,7 +519,7 @@ async fn slow_shadow_fills_the_queue_without_blocking_and_times_out() {
     // Waiting for room would take a 300 ms timeout per slot, 5 s for the 17 that do not fit.
     assert!(took < Duration::from_secs(1), "submit never waits: {took:?}");
     let queued = outcomes.iter().filter(|o| **o == Submission::Queued).count() as u64;
-    let full = outcomes.iter().filter(|o| **o == Submission::Dropped(reason::QUEUE_FULL)).count() as u64;
+    let full = outcomes.iter().filter(|o| **o == Submission::Dropped(RequestDrop::QueueFull)).count() as u64;
     assert_eq!(queued + full, 20);
     // The queue of 2, plus 1 the dispatcher took, plus one per timeout that freed the slot
     // meanwhile (only on a machine so loaded the loop took that long).
@@ -526,8 +527,8 @@ async fn slow_shadow_fills_the_queue_without_blocking_and_times_out() {
     assert!((2..=most).contains(&queued), "queued {queued} in {took:?}");
 
     let r = settle(&metrics, 20).await;
-    assert_eq!(r.dropped[reason::QUEUE_FULL], full);
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], queued, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::QueueFull], full);
+    assert_eq!(r.dropped[RequestDrop::ShadowError], queued, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["timeout"], queued);
     assert!(r.reconciles());
     engine.shutdown(Duration::from_secs(1)).await;
@@ -552,9 +553,9 @@ async fn held_bytes_are_bounded_too() {
     // 3 KiB each against a 10 000-byte budget: three are held, in the queue or in flight.
     let queued = outcomes.iter().filter(|o| **o == Submission::Queued).count();
     assert_eq!(queued, 3, "{outcomes:?}");
-    assert!(outcomes[3..].iter().all(|o| *o == Submission::Dropped(reason::QUEUE_FULL)));
+    assert!(outcomes[3..].iter().all(|o| *o == Submission::Dropped(RequestDrop::QueueFull)));
     let r = settle(&metrics, 10).await;
-    assert_eq!((r.replayed, r.dropped[reason::QUEUE_FULL]), (3, 7), "{r:?}");
+    assert_eq!((r.replayed, r.dropped[RequestDrop::QueueFull]), (3, 7), "{r:?}");
     // Once replayed, the bytes are released for new requests.
     assert_eq!(engine.submit(captured(10, post.as_bytes())), Submission::Queued);
     settle(&metrics, 11).await;
@@ -595,7 +596,7 @@ async fn reset_and_garbage_are_counted_by_kind() {
         assert_eq!(engine.submit(captured_on(100 + i, &get("/g"), 1002)), Submission::Queued);
     }
     let r = settle(&metrics, 6).await;
-    assert_eq!(r.dropped[reason::SHADOW_ERROR], 6, "{r:?}");
+    assert_eq!(r.dropped[RequestDrop::ShadowError], 6, "{r:?}");
     let s = metrics.summary();
     assert_eq!(s.shadow_errors["reset"], 3, "{:?}", s.shadow_errors);
     assert_eq!(s.shadow_errors["bad_response"], 3, "{:?}", s.shadow_errors);
@@ -647,7 +648,7 @@ async fn a_request_the_shadow_read_before_closing_is_never_sent_again() {
     let r = metrics.requests();
     // Connection 1: /idem answered, /idem2 read and not answered; connection 2: the first POST
     // answered, the second read and not answered.
-    assert_eq!((r.replayed, r.dropped[reason::SHADOW_ERROR]), (2, 2), "{r:?}");
+    assert_eq!((r.replayed, r.dropped[RequestDrop::ShadowError]), (2, 2), "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["reset"], 2);
     let text = metrics.encode(shadow_daemon::metrics::TextFormat::Prometheus).unwrap();
     assert_eq!(sample(&text, "shadow_replay_retries_total"), 0.0);
@@ -673,12 +674,12 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     )
     .unwrap();
     let post = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
-    assert_eq!(engine.submit(captured(1, post)), Submission::Dropped(reason::METHOD_NOT_ALLOWED));
-    assert_eq!(engine.submit(captured(2, &get("/x/../admin/users"))), Submission::Dropped(reason::PATH_DENIED));
+    assert_eq!(engine.submit(captured(1, post)), Submission::Dropped(RequestDrop::MethodNotAllowed));
+    assert_eq!(engine.submit(captured(2, &get("/x/../admin/users"))), Submission::Dropped(RequestDrop::PathDenied));
     let big = b"OPTIONS /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
-    assert_eq!(engine.submit(captured(3, big)), Submission::Dropped(reason::BODY_TOO_LARGE));
-    assert_eq!(engine.submit(captured_on(4, &get("/a"), 9999)), Submission::Dropped(reason::NO_TARGET));
-    assert_eq!(engine.submit(captured_on(5, &get("/a"), 1)), Submission::Dropped(reason::NO_TARGET));
+    assert_eq!(engine.submit(captured(3, big)), Submission::Dropped(RequestDrop::BodyTooLarge));
+    assert_eq!(engine.submit(captured_on(4, &get("/a"), 9999)), Submission::Dropped(RequestDrop::NoTarget));
+    assert_eq!(engine.submit(captured_on(5, &get("/a"), 1)), Submission::Dropped(RequestDrop::NoTarget));
     let outcomes: Vec<Submission> = (10..40).map(|i| engine.submit(captured(i, &get("/ok")))).collect();
     let queued = outcomes.iter().filter(|o| **o == Submission::Queued).count();
     // A burst of one second's worth at 5/s, plus what refilled since the engine started.
@@ -686,10 +687,13 @@ async fn controls_drop_before_the_queue_and_count_reasons() {
     assert!((5..=most).contains(&queued), "queued {queued}, at most {most}");
     let r = settle(&metrics, 35).await;
     assert_eq!(r.replayed, queued as u64);
-    assert_eq!(r.dropped[reason::RATE_LIMITED], 30 - queued as u64);
-    for (reason, n) in
-        [(reason::METHOD_NOT_ALLOWED, 1), (reason::PATH_DENIED, 1), (reason::BODY_TOO_LARGE, 1), (reason::NO_TARGET, 2)]
-    {
+    assert_eq!(r.dropped[RequestDrop::RateLimited], 30 - queued as u64);
+    for (reason, n) in [
+        (RequestDrop::MethodNotAllowed, 1),
+        (RequestDrop::PathDenied, 1),
+        (RequestDrop::BodyTooLarge, 1),
+        (RequestDrop::NoTarget, 2),
+    ] {
         assert_eq!(r.dropped[reason], n, "{reason}");
     }
     assert_eq!(shadow.requests().len(), queued, "refused requests never reach the shadow");
@@ -711,8 +715,8 @@ async fn shutdown_settles_everything_and_refuses_new_requests() {
     engine.shutdown(Duration::from_millis(200)).await;
     assert!(start.elapsed() < Duration::from_secs(1), "shutdown is bounded by its grace: {:?}", start.elapsed());
     let r = metrics.requests();
-    assert_eq!((r.captured, r.in_flight, r.dropped[reason::SHUTDOWN]), (4, 0, 4), "{r:?}");
-    assert_eq!(engine.submit(captured(9, &get("/a"))), Submission::Dropped(reason::SHUTDOWN));
+    assert_eq!((r.captured, r.in_flight, r.dropped[RequestDrop::Shutdown]), (4, 0, 4), "{r:?}");
+    assert_eq!(engine.submit(captured(9, &get("/a"))), Submission::Dropped(RequestDrop::Shutdown));
     assert!(metrics.requests().reconciles());
 }
 
@@ -782,10 +786,13 @@ async fn metrics_endpoint_passes_promtool_and_reconciles() {
         let _ = engine.submit(captured(i, &get(&format!("/items/{i}"))));
     }
     let _ = engine.submit(captured(10, b"DELETE /items/1 HTTP/1.1\r\nHost: a\r\n\r\n"));
-    metrics.record_extraction_drop("gap");
-    metrics.record_extraction_drop("parse_error");
+    metrics.record_extraction_drop(DropReason::Gap);
+    metrics.record_extraction_drop(DropReason::ParseError);
     metrics.set_kernel_counters(&[("packets_seen", 100), ("ringbuf_full", 1)]);
-    metrics.set_extraction_stats(&[("gap", "request", 1), ("parse_error", "response", 1)]);
+    metrics.set_extraction_stats(&[
+        (EventReason::Dropped(DropReason::Gap), Counted::Requests, 1),
+        (EventReason::Dropped(DropReason::ParseError), Counted::Responses, 1),
+    ]);
     metrics.set_flows(3);
     metrics.set_buffered_bytes(1234);
     settle(&metrics, 13).await;

@@ -5,38 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::label::EpochReason;
+
 /// Longest version header value kept and compared: a longer one is compared by its first bytes.
 pub const MAX_VERSION_BYTES: usize = 128;
-
-/// Why an epoch started; `as_str` is the `reason` label of `shadow_compare_epochs_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EpochReason {
-    /// The daemon started comparing the rule.
-    Start,
-    /// The rule's shadow target changed (a reload).
-    Target,
-    /// `shadowctl reset`.
-    Reset,
-    /// The shadow answered with another value of the rule's `version_header`.
-    Version,
-    /// A reload changed the rules' names or comparison settings: every rule compares anew.
-    Reload,
-}
-
-impl EpochReason {
-    pub const ALL: [Self; 5] = [Self::Start, Self::Target, Self::Reset, Self::Version, Self::Reload];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Target => "target",
-            Self::Reset => "reset",
-            Self::Version => "version",
-            Self::Reload => "reload",
-        }
-    }
-}
 
 /// One rule's current epoch, as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

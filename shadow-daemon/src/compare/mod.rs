@@ -31,7 +31,7 @@ pub use self::interval::quantile_ranks;
 pub use self::{
     aggregate::{CURVE_PERCENTILES, Percentiles},
     diff::{HeaderDiff, MismatchSample, PathDiff, Timing},
-    epoch::{EpochInfo, EpochReason, MAX_VERSION_BYTES, VersionSeen, rfc3339_utc},
+    epoch::{EpochInfo, MAX_VERSION_BYTES, VersionSeen, rfc3339_utc},
     html::{PRIMARY_COLOUR, SHADOW_COLOUR, escape as escape_html},
     interval::{QuantileBounds, QuantileInterval},
     noise::{LearnedPath, NoiseReport},
@@ -50,7 +50,10 @@ use self::{
     normalize::{RawBody, normalize},
     settings::{Compiled, Profile},
 };
-pub use crate::message::ResponseSample;
+pub use crate::{
+    label::{EpochReason, Outcome, UnpairedReason},
+    message::ResponseSample,
+};
 
 /// The endpoint that collects pairs past the endpoint cap.
 pub const OTHER_ENDPOINT: &str = "other";
@@ -63,44 +66,7 @@ pub enum CompareError {
     InvalidSetting { field: String, reason: String },
 }
 
-/// How one pair compared; `as_str` is the `outcome` label of `shadow_comparisons_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Match,
-    /// Status equal, bodies compared by length only, and the lengths equal.
-    MatchLengthOnly,
-    StatusMismatch,
-    BodyMismatch,
-    /// Bodies compared by length only, and the lengths differ.
-    LengthMismatch,
-    HeaderMismatch,
-    ShadowFailed,
-}
-
 impl Outcome {
-    pub const ALL: [Self; 7] = [
-        Self::Match,
-        Self::MatchLengthOnly,
-        Self::StatusMismatch,
-        Self::BodyMismatch,
-        Self::LengthMismatch,
-        Self::HeaderMismatch,
-        Self::ShadowFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Match => "match",
-            Self::MatchLengthOnly => "match_length_only",
-            Self::StatusMismatch => "status_mismatch",
-            Self::BodyMismatch => "body_mismatch",
-            Self::LengthMismatch => "length_mismatch",
-            Self::HeaderMismatch => "header_mismatch",
-            Self::ShadowFailed => "shadow_failed",
-        }
-    }
-
     pub fn is_match(self) -> bool {
         matches!(self, Self::Match | Self::MatchLengthOnly)
     }
@@ -123,27 +89,6 @@ impl ShadowFailure {
             Self::Timeout => "timeout",
             Self::Connect => "connect",
             Self::InvalidResponse => "invalid_response",
-        }
-    }
-}
-
-/// Why a replayed request never became a compared pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnpairedReason {
-    /// The primary's response was not captured (gap, truncation, connection closed).
-    PrimaryMissing,
-    /// The pair waited too long or the pending-pair memory bound evicted it.
-    MemoryBound,
-}
-
-impl UnpairedReason {
-    pub const ALL: [Self; 2] = [Self::PrimaryMissing, Self::MemoryBound];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PrimaryMissing => "primary_missing",
-            Self::MemoryBound => "memory_bound",
         }
     }
 }
@@ -288,7 +233,7 @@ impl Comparator {
             BodyComparison::LengthOnly { .. } => Outcome::MatchLengthOnly,
             _ => Outcome::Match,
         };
-        stats.outcomes[outcome as usize] += 1;
+        stats.outcomes[outcome.index()] += 1;
         if !outcome.is_match() {
             let (pb, sb) =
                 normalized.unwrap_or_else(|| (normalize(&raw(primary), rules), normalize(&raw(shadow), rules)));
@@ -332,7 +277,7 @@ impl Comparator {
         stats.record_latencies(primary.latency, None);
         stats.primary_5xx += u64::from(primary.status >= 500);
         stats.shadow_failures[failure as usize] += 1;
-        stats.outcomes[Outcome::ShadowFailed as usize] += 1;
+        stats.outcomes[Outcome::ShadowFailed.index()] += 1;
         let sample = MismatchSample {
             endpoint: name,
             seq: stats.samples,
@@ -358,7 +303,7 @@ impl Comparator {
     /// Count a request that never became a pair.
     pub fn record_unpaired(&mut self, endpoint: &str, reason: UnpairedReason) {
         let (stats, _, _) = self.endpoint(endpoint);
-        stats.unpaired[reason as usize] += 1;
+        stats.unpaired[reason.index()] += 1;
     }
 
     /// Learn noise from the primary and a secondary (same version) answering the same request.
@@ -425,8 +370,8 @@ impl Comparator {
                 primary_5xx: e.primary_5xx,
                 shadow_5xx: e.shadow_5xx,
                 unpaired: Unpaired {
-                    primary_missing: e.unpaired[UnpairedReason::PrimaryMissing as usize],
-                    memory_bound: e.unpaired[UnpairedReason::MemoryBound as usize],
+                    primary_missing: e.unpaired[UnpairedReason::PrimaryMissing.index()],
+                    memory_bound: e.unpaired[UnpairedReason::MemoryBound.index()],
                 },
                 latency,
                 noise: e.noise.report(&e.paths, noise),
@@ -477,7 +422,7 @@ impl Comparator {
     pub fn outcome_counts(&self) -> impl Iterator<Item = (&str, Outcome, u64)> + '_ {
         self.endpoints.iter().flat_map(|(n, e)| {
             Outcome::ALL.iter().filter_map(move |&o| {
-                let c = e.outcomes[o as usize];
+                let c = e.outcomes[o.index()];
                 (c > 0).then_some((n.as_str(), o, c))
             })
         })

@@ -22,6 +22,8 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::label::ControlErrorKind as ErrorKind;
+
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
 /// Longest request or response line accepted by the server (requests) and the client (responses
@@ -100,60 +102,6 @@ pub struct Request {
     pub v: u32,
     #[serde(flatten)]
     pub command: Command,
-}
-
-/// Why a request failed; `as_str` is the wire and metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// Not a JSON request object, unknown command or field.
-    BadRequest,
-    /// Another protocol version.
-    Version,
-    /// The line exceeded [`MAX_LINE`].
-    TooLarge,
-    /// No complete line within [`READ_TIMEOUT`].
-    Timeout,
-    /// The peer's uid is neither root nor the daemon's.
-    Refused,
-    /// Too many connections at once.
-    Busy,
-    /// A well-formed request with a value out of range (`rate 101`).
-    InvalidArgument,
-    NoSuchRule,
-    /// The daemon refused the request (an invalid config on reload, ...).
-    Rejected,
-    Internal,
-}
-
-impl ErrorKind {
-    pub const ALL: [Self; 10] = [
-        Self::BadRequest,
-        Self::Version,
-        Self::TooLarge,
-        Self::Timeout,
-        Self::Refused,
-        Self::Busy,
-        Self::InvalidArgument,
-        Self::NoSuchRule,
-        Self::Rejected,
-        Self::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::Version => "version",
-            Self::TooLarge => "too_large",
-            Self::Timeout => "timeout",
-            Self::Refused => "refused",
-            Self::Busy => "busy",
-            Self::InvalidArgument => "invalid_argument",
-            Self::NoSuchRule => "no_such_rule",
-            Self::Rejected => "rejected",
-            Self::Internal => "internal",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

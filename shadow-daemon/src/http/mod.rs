@@ -32,6 +32,7 @@ pub use self::{
     request::RequestAssembler,
     response::{ResponseAssembler, Unpaired},
 };
+pub use crate::label::DropReason;
 use crate::{
     message::{CapturedRequest, CapturedResponse},
     segment::FlowId,
@@ -72,106 +73,6 @@ pub const MAX_HEADERS_CAP: usize = 256;
 /// Uninitialised header slots for httparse: no per-parse initialisation cost, no allocation.
 pub(crate) fn header_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS_CAP] {
     [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP]
-}
-
-/// Why a message, or the bytes of a segment, did not make it out. The labels are stable metric
-/// label values: extend, never rename.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DropReason {
-    /// Bytes of the message never arrived (kernel ring buffer full, or reordering beyond the
-    /// window/timeout). Not used for sampling skips, which are expected.
-    Gap,
-    /// Head larger than `max_header_bytes`, more than `max_headers` fields, or an oversized
-    /// chunked trailer section.
-    OversizeHeaders,
-    /// Request body larger than `max_body_bytes`.
-    OversizeBody,
-    /// Not valid HTTP/1.x, or framing we must not guess (conflicting lengths, TE + CL, ...).
-    ParseError,
-    /// HTTP/2 prior knowledge or TLS on the service port: extraction ends for the flow.
-    UnsupportedProtocol,
-    /// A protocol switch (Upgrade request or 101 response): extraction ends for the direction.
-    Upgrade,
-    /// A CONNECT tunnel: extraction ends for the direction.
-    Connect,
-    /// The kernel could not copy a segment of the message.
-    TruncatedCapture,
-    /// The flow was evicted to stay under the memory cap or the flow limit.
-    Evicted,
-    /// The flow went idle with the message unfinished.
-    Timeout,
-    /// The connection closed (FIN or RST) before the message was complete.
-    Incomplete,
-    /// A response whose request was not captured (unsampled, dropped, or ambiguous pairing).
-    UnpairedResponse,
-    /// Segments only: bytes skipped while joining a stream that was already running (new flow,
-    /// or after a sampling skip) until a message start.
-    MidstreamSkip,
-    /// Segments only: bytes already seen (retransmission, overlap) or after the stream ended.
-    Duplicate,
-    /// After a request-side framing error, or after a request that ends the connection
-    /// (`Connection: close`, HTTP/1.0 without keep-alive), the rest of the connection's request
-    /// stream: where the primary's next request starts (if anywhere) is not knowable from the
-    /// bytes, so nothing is resynchronised on.
-    Desync,
-    /// The primary answered the request with a framing error (400, 413, 414, 431); or before it
-    /// had the whole request, with anything but 2xx/3xx; or early with 2xx/3xx, and the
-    /// connection did not then go on in step (an unpaired response, a pipelined answer out of
-    /// order, a reset): the primary did not serve it as sent, so neither does the shadow.
-    Refused,
-    /// The primary's answer was never seen: the connection ended first, or a later request's
-    /// response came first. Only what the primary answered is replayed (TC, where responses are
-    /// captured).
-    Unanswered,
-}
-
-impl DropReason {
-    pub const COUNT: usize = 17;
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::Gap,
-        Self::OversizeHeaders,
-        Self::OversizeBody,
-        Self::ParseError,
-        Self::UnsupportedProtocol,
-        Self::Upgrade,
-        Self::Connect,
-        Self::TruncatedCapture,
-        Self::Evicted,
-        Self::Timeout,
-        Self::Incomplete,
-        Self::UnpairedResponse,
-        Self::MidstreamSkip,
-        Self::Duplicate,
-        Self::Desync,
-        Self::Refused,
-        Self::Unanswered,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Gap => "gap",
-            Self::OversizeHeaders => "oversize_headers",
-            Self::OversizeBody => "oversize_body",
-            Self::ParseError => "parse_error",
-            Self::UnsupportedProtocol => "unsupported_protocol",
-            Self::Upgrade => "upgrade",
-            Self::Connect => "connect",
-            Self::TruncatedCapture => "truncated_capture",
-            Self::Evicted => "evicted",
-            Self::Timeout => "timeout",
-            Self::Incomplete => "incomplete",
-            Self::UnpairedResponse => "unpaired_response",
-            Self::MidstreamSkip => "midstream_skip",
-            Self::Duplicate => "duplicate",
-            Self::Desync => "desync",
-            Self::Refused => "refused",
-            Self::Unanswered => "unanswered",
-        }
-    }
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// What is wrong with the bytes of a message. Every variant maps to one [`DropReason`].

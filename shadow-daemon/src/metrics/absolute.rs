@@ -11,12 +11,13 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter},
 };
 use shadow_common::counter::NAMES as KERNEL_COUNTER_NAMES;
 
 use super::lock;
+use crate::label::{Counted, EventReason};
 
 /// The latest totals.
 #[derive(Clone, Debug)]
@@ -25,7 +26,13 @@ pub(super) struct Absolutes {
     pub kernel: Vec<(&'static str, u64)>,
     pub ring_buffer_dropped: u64,
     /// (reason, direction) → events.
-    pub extraction: BTreeMap<(&'static str, &'static str), u64>,
+    pub extraction: BTreeMap<(EventReason, Counted), u64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    reason: EventReason,
+    direction: Counted,
 }
 
 impl Absolutes {
@@ -98,7 +105,8 @@ impl Collector for AbsoluteCollector {
             MetricType::Counter,
         )?;
         for ((reason, direction), v) in &snap.extraction {
-            ConstCounter::new(*v).encode(family.encode_family(&[("reason", *reason), ("direction", *direction)])?)?;
+            let labels = EventLabels { reason: *reason, direction: *direction };
+            ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The comparison's series: the contract the fleet rules read (deploy/prometheus/README.md) and
-//! the pair table's own gauges and counters. Outcome and reason labels come from the caller (the
-//! compare stage's `as_str()` values): this sink knows no stage.
+//! the pair table's own gauges and counters. Outcome and reason labels are [`crate::label`]'s
+//! enums: this sink knows no stage.
 
 use std::{
     collections::HashMap,
@@ -15,6 +15,7 @@ use prometheus_client::{
 };
 
 use super::{STATUS_CLASSES, lock, status_class_index};
+use crate::label::{EpochReason, NotCompared, Outcome, SecondaryOutcome, Uncompared};
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -37,7 +38,7 @@ fn compared_histogram() -> Histogram {
 struct OutcomeLabels {
     rule: String,
     endpoint: String,
-    outcome: &'static str,
+    outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,8 +57,18 @@ struct SideLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
+struct UnpairedLabels {
+    reason: NotCompared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UncomparedLabels {
+    reason: Uncompared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecondaryLabels {
+    reason: SecondaryOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,7 +79,7 @@ struct RuleLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleReasonLabels {
     rule: String,
-    reason: &'static str,
+    reason: EpochReason,
 }
 
 /// Class of a shadow that gave no response.
@@ -76,7 +87,8 @@ const ERROR_CLASS: &str = "error";
 
 /// One endpoint's series, looked up once (then each pair is a few atomic adds).
 struct Series {
-    outcomes: Vec<(&'static str, Counter)>,
+    /// By [`Outcome::index`].
+    outcomes: [Counter; Outcome::COUNT],
     primary: [Counter; 5],
     shadow: [Counter; 5],
     shadow_error: Counter,
@@ -89,9 +101,8 @@ struct Series {
 pub struct ComparedPair<'a> {
     pub rule: &'a str,
     pub endpoint: &'a str,
-    pub outcome: &'static str,
-    /// Every outcome label: all are exported, at zero, from an endpoint's first pair on.
-    pub all_outcomes: &'a [&'static str],
+    /// Every outcome is exported, at zero, from an endpoint's first pair on.
+    pub outcome: Outcome,
     pub primary_status: u16,
     pub primary_latency: Duration,
     /// `None`: the shadow gave no response (class `error`, no shadow latency).
@@ -106,9 +117,9 @@ pub(super) struct Compared {
     series: Mutex<HashMap<(String, String), Series>>,
     waiting: Gauge,
     waiting_bytes: Gauge,
-    unpaired: Family<ReasonLabels, Counter>,
-    uncompared: Family<ReasonLabels, Counter>,
-    secondary: Family<ReasonLabels, Counter>,
+    unpaired: Family<UnpairedLabels, Counter>,
+    uncompared: Family<UncomparedLabels, Counter>,
+    secondary: Family<SecondaryLabels, Counter>,
     epoch_start: Family<RuleLabels, Gauge<f64, AtomicU64>>,
     epochs: Family<RuleReasonLabels, Counter>,
 }
@@ -188,17 +199,17 @@ impl Compared {
 
     /// A new epoch of `rule`: its per-endpoint series leave the registry (they come back from
     /// zero with the epoch's first pair), its start time is set, the epoch counted.
-    pub(super) fn start_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
+    pub(super) fn start_epoch(&self, rule: &str, reason: EpochReason, started_unix_secs: f64) {
         self.forget_series(rule);
         self.epoch_start.get_or_create(&RuleLabels { rule: rule.to_owned() }).set(started_unix_secs);
         self.epochs.get_or_create(&RuleReasonLabels { rule: rule.to_owned(), reason }).inc();
     }
 
     /// A rule that no longer compares: every series of it leaves.
-    pub(super) fn forget_rule(&self, rule: &str, reasons: &[&'static str]) {
+    pub(super) fn forget_rule(&self, rule: &str) {
         self.forget_series(rule);
         self.epoch_start.remove(&RuleLabels { rule: rule.to_owned() });
-        for &reason in reasons {
+        for reason in EpochReason::ALL {
             self.epochs.remove(&RuleReasonLabels { rule: rule.to_owned(), reason });
         }
     }
@@ -210,9 +221,10 @@ impl Compared {
                 return true;
             }
             let (rule, endpoint) = (r.clone(), endpoint.clone());
-            for (outcome, _) in &s.outcomes {
+            for outcome in Outcome::ALL {
                 self.outcomes.remove(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome });
             }
+            debug_assert_eq!(s.outcomes.len(), Outcome::COUNT);
             for side in ["primary", "shadow"] {
                 for class in STATUS_CLASSES.iter().copied().chain([ERROR_CLASS]) {
                     self.responses.remove(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class });
@@ -232,7 +244,7 @@ impl Compared {
                     .get_or_create(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class })
                     .clone()
             };
-            let outcome = |outcome: &'static str| {
+            let outcome = |outcome: Outcome| {
                 me.outcomes
                     .get_or_create(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome })
                     .clone()
@@ -241,7 +253,7 @@ impl Compared {
                 me.latency.get_or_create(&SideLabels { rule: rule.clone(), endpoint: endpoint.clone(), side }).clone()
             };
             Series {
-                outcomes: p.all_outcomes.iter().map(|o| (*o, outcome(o))).collect(),
+                outcomes: Outcome::ALL.map(outcome),
                 primary: STATUS_CLASSES.map(|c| class("primary", c)),
                 shadow: STATUS_CLASSES.map(|c| class("shadow", c)),
                 shadow_error: class("shadow", ERROR_CLASS),
@@ -254,21 +266,7 @@ impl Compared {
     pub(super) fn record(&self, p: &ComparedPair<'_>) {
         let mut map = lock(&self.series);
         let s = Self::series(&mut map, self, p);
-        match s.outcomes.iter().find(|(o, _)| *o == p.outcome) {
-            Some((_, c)) => {
-                c.inc();
-            }
-            // An outcome missing from `all_outcomes`: still counted, under its own series.
-            None => {
-                self.outcomes
-                    .get_or_create(&OutcomeLabels {
-                        rule: p.rule.to_owned(),
-                        endpoint: p.endpoint.to_owned(),
-                        outcome: p.outcome,
-                    })
-                    .inc();
-            }
-        }
+        s.outcomes[p.outcome.index()].inc();
         s.primary[status_class_index(p.primary_status)].inc();
         s.primary_latency.observe(p.primary_latency.as_secs_f64());
         match p.shadow {
@@ -290,15 +288,15 @@ impl Compared {
         self.waiting_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    pub(super) fn unpaired(&self, reason: &'static str, n: u64) {
-        self.unpaired.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    pub(super) fn unpaired(&self, reason: NotCompared, n: u64) {
+        self.unpaired.get_or_create(&UnpairedLabels { reason }).inc_by(n);
     }
 
-    pub(super) fn uncompared(&self, reason: &'static str, n: u64) {
-        self.uncompared.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    pub(super) fn uncompared(&self, reason: Uncompared, n: u64) {
+        self.uncompared.get_or_create(&UncomparedLabels { reason }).inc_by(n);
     }
 
-    pub(super) fn secondary(&self, reason: &'static str, n: u64) {
-        self.secondary.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    pub(super) fn secondary(&self, reason: SecondaryOutcome, n: u64) {
+        self.secondary.get_or_create(&SecondaryLabels { reason }).inc_by(n);
     }
 }

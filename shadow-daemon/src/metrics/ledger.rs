@@ -31,92 +31,7 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 
 use super::lock;
-
-/// Why the replay stage did not replay a request (the `reason` of `shadow_requests_dropped_total`
-/// besides the extraction stage's own, which it passes as their labels). Labels are stable:
-/// extend, never rename.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RequestDrop {
-    /// No rule with a shadow target covers the request's service port (capture-only rule).
-    NoTarget,
-    MethodNotAllowed,
-    /// Matched a deny pattern.
-    PathDenied,
-    /// Allow patterns are configured and none matched.
-    PathNotAllowed,
-    BodyTooLarge,
-    RateLimited,
-    QueueFull,
-    /// Sent, but the shadow failed (see `shadow_errors_total{kind}` for which way).
-    ShadowError,
-    /// The shadow target is backed off after consecutive failures: not sent, not queued.
-    ShadowBackoff,
-    /// The shadow's response body passed the cap: the connection was closed.
-    ShadowResponseTooLarge,
-    /// The captured request's spans did not describe a well-formed head: not replayed rather
-    /// than repaired.
-    InvalidCapture,
-    /// Still queued or in flight when the daemon stopped.
-    Shutdown,
-}
-
-impl RequestDrop {
-    pub const ALL: [Self; 12] = [
-        Self::NoTarget,
-        Self::MethodNotAllowed,
-        Self::PathDenied,
-        Self::PathNotAllowed,
-        Self::BodyTooLarge,
-        Self::RateLimited,
-        Self::QueueFull,
-        Self::ShadowError,
-        Self::ShadowBackoff,
-        Self::ShadowResponseTooLarge,
-        Self::InvalidCapture,
-        Self::Shutdown,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NoTarget => "no_target",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::PathDenied => "path_denied",
-            Self::PathNotAllowed => "path_not_allowed",
-            Self::BodyTooLarge => "body_too_large",
-            Self::RateLimited => "rate_limited",
-            Self::QueueFull => "queue_full",
-            Self::ShadowError => "shadow_error",
-            Self::ShadowBackoff => "shadow_backoff",
-            Self::ShadowResponseTooLarge => "shadow_response_too_large",
-            Self::InvalidCapture => "invalid_capture",
-            Self::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for RequestDrop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Short names for the replay drop reasons, as callers have written them (`reason::QUEUE_FULL`).
-pub mod reason {
-    use super::RequestDrop;
-
-    pub const NO_TARGET: RequestDrop = RequestDrop::NoTarget;
-    pub const METHOD_NOT_ALLOWED: RequestDrop = RequestDrop::MethodNotAllowed;
-    pub const PATH_DENIED: RequestDrop = RequestDrop::PathDenied;
-    pub const PATH_NOT_ALLOWED: RequestDrop = RequestDrop::PathNotAllowed;
-    pub const BODY_TOO_LARGE: RequestDrop = RequestDrop::BodyTooLarge;
-    pub const RATE_LIMITED: RequestDrop = RequestDrop::RateLimited;
-    pub const QUEUE_FULL: RequestDrop = RequestDrop::QueueFull;
-    pub const SHADOW_ERROR: RequestDrop = RequestDrop::ShadowError;
-    pub const SHADOW_BACKOFF: RequestDrop = RequestDrop::ShadowBackoff;
-    pub const SHADOW_RESPONSE_TOO_LARGE: RequestDrop = RequestDrop::ShadowResponseTooLarge;
-    pub const INVALID_CAPTURE: RequestDrop = RequestDrop::InvalidCapture;
-    pub const SHUTDOWN: RequestDrop = RequestDrop::Shutdown;
-}
+use crate::label::{DropReason, Dropped, RequestDrop};
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Ledger {
@@ -126,21 +41,21 @@ pub(super) struct Ledger {
     /// Requests the extraction stage holds, as it last reported, less those admitted since:
     /// captured and in flight, on top of the two above.
     extracting: u64,
-    /// By label: the replay stage's [`RequestDrop`]s and the extraction stage's reasons.
-    dropped: BTreeMap<&'static str, u64>,
+    /// By reason: the extraction stage's and the replay stage's.
+    dropped: BTreeMap<Dropped, u64>,
 }
 
 impl Ledger {
     /// Every replay reason present at zero, so a scrape shows what can happen before it does.
     pub(super) fn shared() -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
-            dropped: RequestDrop::ALL.iter().map(|r| (r.as_str(), 0)).collect(),
+            dropped: RequestDrop::ALL.into_iter().map(|r| (Dropped::Replay(r), 0)).collect(),
             ..Self::default()
         }))
     }
 
-    fn drop_one(&mut self, label: &'static str) {
-        *self.dropped.entry(label).or_default() += 1;
+    fn drop_one(&mut self, reason: Dropped) {
+        *self.dropped.entry(reason).or_default() += 1;
     }
 
     /// Admit one captured request (captured and in flight); the ticket settles it.
@@ -158,19 +73,19 @@ impl Ledger {
         RequestTicket { ledger: ledger.clone(), settled: false }
     }
 
-    /// A request seen and dropped in one step (by the extraction stage, under its own label).
-    pub(super) fn captured_and_dropped(&mut self, label: &'static str) {
+    /// A request seen and dropped in one step (by the extraction stage).
+    pub(super) fn captured_and_dropped(&mut self, reason: DropReason) {
         self.captured += 1;
-        self.drop_one(label);
+        self.drop_one(Dropped::Extraction(reason));
     }
 
     /// The extraction stage's report, in one step: requests it dropped since its last report,
-    /// by label, and how many it holds now (begun, not yet handed over or dropped). Call it
+    /// by reason, and how many it holds now (begun, not yet handed over or dropped). Call it
     /// when everything it handed over has been admitted.
-    pub(super) fn extraction(&mut self, dropped: &[(&'static str, u64)], holding: u64) {
-        for (label, n) in dropped {
+    pub(super) fn extraction(&mut self, dropped: &[(DropReason, u64)], holding: u64) {
+        for &(reason, n) in dropped {
             self.captured += n;
-            *self.dropped.entry(label).or_default() += n;
+            *self.dropped.entry(Dropped::Extraction(reason)).or_default() += n;
         }
         self.extracting = holding;
     }
@@ -180,7 +95,7 @@ impl Ledger {
             captured: self.captured + self.extracting,
             replayed: self.replayed,
             in_flight: self.in_flight + self.extracting,
-            dropped: DropCounts(self.dropped.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+            dropped: DropCounts(self.dropped.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect()),
         }
     }
 }
@@ -210,7 +125,7 @@ impl RequestTicket {
     fn settle_dropped(&self, reason: RequestDrop) {
         let mut l = lock(&self.ledger);
         l.in_flight = l.in_flight.saturating_sub(1);
-        l.drop_one(reason.as_str());
+        l.drop_one(Dropped::Replay(reason));
     }
 }
 
@@ -222,7 +137,8 @@ impl Drop for RequestTicket {
     }
 }
 
-/// Dropped requests by label; indexed by a label or by a [`RequestDrop`].
+/// Dropped requests by label (as the summary and `shadowctl` carry them); indexed by a label, a
+/// [`DropReason`] or a [`RequestDrop`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DropCounts(pub BTreeMap<String, u64>);
@@ -247,6 +163,14 @@ impl Index<RequestDrop> for DropCounts {
     type Output = u64;
 
     fn index(&self, reason: RequestDrop) -> &u64 {
+        &self.0[reason.as_str()]
+    }
+}
+
+impl Index<DropReason> for DropCounts {
+    type Output = u64;
+
+    fn index(&self, reason: DropReason) -> &u64 {
         &self.0[reason.as_str()]
     }
 }
@@ -287,9 +211,9 @@ pub(super) struct LedgerCollector(pub(super) Arc<Mutex<Ledger>>);
 
 impl Collector for LedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let (snap, extracting) = {
+        let (snap, dropped, extracting) = {
             let l = lock(&self.0);
-            (l.counts(), l.extracting)
+            (l.counts(), l.dropped.clone(), l.extracting)
         };
         let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
             let c = ConstCounter::new(v);
@@ -313,8 +237,8 @@ impl Collector for LedgerCollector {
             None,
             MetricType::Counter,
         )?;
-        for (reason, v) in &snap.dropped {
-            ConstCounter::new(*v).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        for (&reason, v) in &dropped {
+            ConstCounter::new(*v).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
         g.encode(encoder.encode_descriptor(

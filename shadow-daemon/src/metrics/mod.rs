@@ -35,7 +35,7 @@ use compared::Compared;
 pub use compared::{ComparedPair, compared_latency_buckets};
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
 use latency::{Latency, Side};
-pub use ledger::{DropCounts, RequestCounts, RequestDrop, RequestTicket, reason};
+pub use ledger::{DropCounts, RequestCounts, RequestTicket};
 use ledger::{Ledger, LedgerCollector};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -44,8 +44,11 @@ use prometheus_client::{
 };
 pub use server::MetricsServer;
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
+pub use targets::TargetMetrics;
 use targets::Targets;
-pub use targets::{Role, TargetFailure, TargetMetrics};
+
+pub use crate::label::{Counted, Dropped, EventReason, RequestDrop, Role, ShadowErrorKind, TargetFailure};
+use crate::label::{DropReason, EpochReason, NotCompared, SecondaryOutcome, Uncompared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -55,34 +58,6 @@ pub enum MetricsError {
     LocalAddr(std::io::Error),
     #[error("encode the metrics registry as text: formatting failed")]
     Encode,
-}
-
-/// How a replay to the shadow failed (`shadow_errors_total{kind}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ShadowErrorKind {
-    ConnectRefused,
-    /// Connecting or the whole exchange took longer than its timeout.
-    Timeout,
-    /// The connection was reset or closed before the response was complete.
-    Reset,
-    /// The shadow answered with something that is not a followable HTTP/1.x response.
-    BadResponse,
-    /// Name resolution, unreachable network and anything else.
-    Other,
-}
-
-impl ShadowErrorKind {
-    pub const ALL: [Self; 5] = [Self::ConnectRefused, Self::Timeout, Self::Reset, Self::BadResponse, Self::Other];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ConnectRefused => "connect_refused",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::BadResponse => "bad_response",
-            Self::Other => "other",
-        }
-    }
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -111,7 +86,7 @@ struct ClassLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: &'static str,
+    kind: ShadowErrorKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,8 +152,7 @@ impl Metrics {
         let response_counters = STATUS_CLASSES.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
         registry.register("shadow_responses", "Complete responses from the shadow, by status class", responses.clone());
         let errors = Family::<KindLabels, Counter>::default();
-        let error_counters =
-            ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
+        let error_counters = ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind }).clone());
         registry.register("shadow_errors", "Replays that failed, by kind", errors.clone());
 
         let latency = Latency::register(&mut registry, max_endpoints);
@@ -290,30 +264,29 @@ impl Metrics {
     }
 
     /// Replayed requests that never became a compared pair (`shadow_compare_unpaired_total`).
-    pub fn record_unpaired(&self, reason: &'static str, n: u64) {
+    pub fn record_unpaired(&self, reason: NotCompared, n: u64) {
         self.compared.unpaired(reason, n);
     }
 
     /// Primary responses not compared (`shadow_compare_primary_uncompared_total`).
-    pub fn record_uncompared(&self, reason: &'static str, n: u64) {
+    pub fn record_uncompared(&self, reason: Uncompared, n: u64) {
         self.compared.uncompared(reason, n);
     }
 
-    /// A comparison epoch of `rule` started (`reason`: its label): the rule's per-endpoint
+    /// A comparison epoch of `rule` started, for `reason`: the rule's per-endpoint
     /// comparison series restart from zero, `shadow_compare_epoch_start_seconds` and
     /// `shadow_compare_epochs_total` say when and why.
-    pub fn start_compare_epoch(&self, rule: &str, reason: &'static str, started_unix_secs: f64) {
+    pub fn start_compare_epoch(&self, rule: &str, reason: EpochReason, started_unix_secs: f64) {
         self.compared.start_epoch(rule, reason, started_unix_secs);
     }
 
-    /// `rule` no longer compares (a reload removed it): its comparison series leave
-    /// (`reasons`: every epoch reason label).
-    pub fn forget_compare_rule(&self, rule: &str, reasons: &[&'static str]) {
-        self.compared.forget_rule(rule, reasons);
+    /// `rule` no longer compares (a reload removed it): its comparison series leave.
+    pub fn forget_compare_rule(&self, rule: &str) {
+        self.compared.forget_rule(rule);
     }
 
     /// What became of the secondary's responses (`shadow_compare_secondary_total`).
-    pub fn record_secondary(&self, reason: &'static str, n: u64) {
+    pub fn record_secondary(&self, reason: SecondaryOutcome, n: u64) {
         self.compared.secondary(reason, n);
     }
 
@@ -324,7 +297,7 @@ impl Metrics {
 
     /// A request the extraction stage saw but could not deliver (a gap, a parse error, ...):
     /// counted as captured and dropped for `reason` in one step.
-    pub fn record_extraction_drop(&self, reason: &'static str) {
+    pub fn record_extraction_drop(&self, reason: DropReason) {
         lock(&self.ledger).captured_and_dropped(reason);
     }
 
@@ -332,7 +305,7 @@ impl Metrics {
     /// last report (by reason) and how many it holds now, begun and not yet handed over (still
     /// arriving, or held for the primary's answer); those count as captured and in flight.
     /// Call it once everything the stage handed over has been admitted.
-    pub fn record_extraction(&self, dropped: &[(&'static str, u64)], holding: u64) {
+    pub fn record_extraction(&self, dropped: &[(DropReason, u64)], holding: u64) {
         lock(&self.ledger).extraction(dropped, holding);
     }
 
@@ -367,7 +340,7 @@ impl Metrics {
     }
 
     pub fn record_shadow_error(&self, kind: ShadowErrorKind) {
-        self.error_counters[kind as usize].inc();
+        self.error_counters[kind.index()].inc();
     }
 
     /// The eBPF per-CPU counters, summed: names from `shadow_common::counter::NAMES`, absolute
@@ -391,10 +364,10 @@ impl Metrics {
 
     /// Extraction-stage event totals as (reason, direction, absolute count); totals not given
     /// keep their last value.
-    pub fn set_extraction_stats(&self, stats: &[(&'static str, &'static str, u64)]) {
+    pub fn set_extraction_stats(&self, stats: &[(EventReason, Counted, u64)]) {
         let mut a = lock(&self.absolutes);
-        for (reason, direction, v) in stats {
-            a.extraction.insert((reason, direction), *v);
+        for &(reason, counted, v) in stats {
+            a.extraction.insert((reason, counted), v);
         }
     }
 
@@ -433,7 +406,7 @@ impl Metrics {
         let shadow_responses = count_family(&self.responses, &STATUS_CLASSES);
         let shadow_errors = ShadowErrorKind::ALL
             .iter()
-            .map(|k| (k.as_str().to_owned(), self.errors.get_or_create(&KindLabels { kind: k.as_str() }).get()))
+            .map(|&kind| (kind.as_str().to_owned(), self.errors.get_or_create(&KindLabels { kind }).get()))
             .collect();
         let (primary, shadow) = self.latency.overall();
         let endpoints = self.latency.by_endpoint();
@@ -482,13 +455,13 @@ mod tests {
         let a = m.admit();
         let b = m.admit();
         let c = m.admit();
-        m.record_extraction_drop("gap");
-        m.record_extraction_drop("parse_error");
+        m.record_extraction_drop(DropReason::Gap);
+        m.record_extraction_drop(DropReason::ParseError);
         let r = m.requests();
         assert_eq!((r.captured, r.in_flight), (5, 3));
         assert!(r.reconciles());
         a.replayed();
-        b.dropped(reason::QUEUE_FULL);
+        b.dropped(RequestDrop::QueueFull);
         drop(c);
         let r = m.requests();
         assert_eq!((r.captured, r.replayed, r.in_flight, r.dropped_total()), (5, 1, 0, 4));
@@ -509,7 +482,7 @@ mod tests {
     fn encodes_ledger_consistently_in_both_formats() {
         let m = Metrics::new(10);
         let t = m.admit();
-        m.record_extraction_drop("gap");
+        m.record_extraction_drop(DropReason::Gap);
         let om = m.encode(TextFormat::OpenMetrics).unwrap();
         assert!(om.ends_with("# EOF\n"));
         assert!(om.contains("# TYPE shadow_requests_captured counter"));
@@ -588,8 +561,13 @@ mod tests {
         m.set_ring_buffer_dropped(3);
         m.set_flows(7);
         m.set_buffered_bytes(4096);
-        m.set_extraction_stats(&[("gap", "request", 4), ("parse_error", "response", 1)]);
-        m.set_extraction_stats(&[("gap", "request", 6)]);
+        let gap = EventReason::Dropped(DropReason::Gap);
+        m.set_extraction_stats(&[
+            (gap, Counted::Requests, 4),
+            (EventReason::Dropped(DropReason::ParseError), Counted::Responses, 1),
+            (EventReason::Record(crate::label::RecordDrop::Short), Counted::Records, 2),
+        ]);
+        m.set_extraction_stats(&[(gap, Counted::Requests, 6)]);
         assert!(!m.is_ready());
         m.set_ready(true);
         assert!(m.is_ready());
@@ -600,6 +578,10 @@ mod tests {
         assert_eq!(sample_of(&prom, "shadow_flows"), Some(7.0));
         assert_eq!(sample_of(&prom, "shadow_buffered_bytes"), Some(4096.0));
         assert_eq!(sample_of(&prom, "shadow_extraction_events_total{reason=\"gap\",direction=\"request\"}"), Some(6.0));
+        let e = "shadow_extraction_events_total{reason=\"parse_error\",direction=\"response\"}";
+        assert_eq!(sample_of(&prom, e), Some(1.0));
+        let e = "shadow_extraction_events_total{reason=\"short_record\",direction=\"records\"}";
+        assert_eq!(sample_of(&prom, e), Some(2.0));
         assert_eq!(sample_of(&prom, "shadow_ready"), Some(1.0));
         assert_eq!(m.summary().kernel["packets_seen"], 12);
     }

@@ -14,6 +14,7 @@ use prometheus_client::{
 };
 
 use super::lock;
+use crate::label::ControlErrorKind;
 
 /// Interfaces attached and detached as they came and went, and attaches that failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,8 +58,8 @@ pub struct Operations {
     pub interfaces_attached: u64,
     pub interface_events: InterfaceEvents,
     pub control_requests: u64,
-    /// (kind label, count), every kind listed.
-    pub control_errors: Vec<(&'static str, u64)>,
+    /// By kind, every kind listed.
+    pub control_errors: Vec<(ControlErrorKind, u64)>,
     pub reloads: Reloads,
     /// (rule name, fraction of requests the kernel samples now, 0..=1).
     pub rule_sample_ratio: Vec<(String, f64)>,
@@ -99,8 +100,8 @@ impl Collector for OpsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (kind, n) in &s.control_errors {
-            ConstCounter::new(*n).encode(f.encode_family(&[("kind", *kind)])?)?;
+        for &(kind, n) in &s.control_errors {
+            ConstCounter::new(n).encode(f.encode_family(&[("kind", kind)])?)?;
         }
         let mut f = encoder.encode_descriptor(
             "shadow_config_reloads",

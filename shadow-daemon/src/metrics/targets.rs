@@ -6,87 +6,12 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
 
-/// How one exchange with a shadow target failed (`shadow_target_failures_total{kind}`). Every
-/// kind counts toward the target's backoff. Labels are stable: extend, never rename.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TargetFailure {
-    /// Nothing listens (the connection was refused).
-    ConnectRefused,
-    /// No connection within the connect timeout.
-    ConnectTimeout,
-    /// Name resolution, unreachable network, and any other failure to connect.
-    ConnectError,
-    /// Connected, then reset (or the write failed).
-    Reset,
-    /// Connected, then closed before the response was complete.
-    Closed,
-    /// No complete response within the request timeout.
-    Timeout,
-    /// An answer that is not a followable HTTP/1.x response.
-    BadResponse,
-    /// A response body past the cap: the connection was closed.
-    ResponseTooLarge,
-}
-
-impl TargetFailure {
-    pub const ALL: [Self; 8] = [
-        Self::ConnectRefused,
-        Self::ConnectTimeout,
-        Self::ConnectError,
-        Self::Reset,
-        Self::Closed,
-        Self::Timeout,
-        Self::BadResponse,
-        Self::ResponseTooLarge,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ConnectRefused => "connect_refused",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::ConnectError => "connect_error",
-            Self::Reset => "reset",
-            Self::Closed => "closed",
-            Self::Timeout => "timeout",
-            Self::BadResponse => "bad_response",
-            Self::ResponseTooLarge => "response_too_large",
-        }
-    }
-}
-
-/// Which of a rule's targets: the shadow under test, or the secondary (a second copy of the
-/// primary's build, for noise learning). The `role` label.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Role {
-    Shadow,
-    Secondary,
-}
-
-impl Role {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Shadow => "shadow",
-            Self::Secondary => "secondary",
-        }
-    }
-}
-
-impl EncodeLabelValue for Role {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::label::{Role, TargetFailure};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
@@ -100,7 +25,7 @@ struct FailureLabels {
     rule: String,
     role: Role,
     target: String,
-    kind: &'static str,
+    kind: TargetFailure,
 }
 
 /// The families, registered once.
@@ -147,12 +72,7 @@ impl Targets {
         let labels = TargetLabels { rule: rule.to_owned(), role, target: target.to_owned() };
         let failures = TargetFailure::ALL.map(|kind| {
             self.failures
-                .get_or_create(&FailureLabels {
-                    rule: labels.rule.clone(),
-                    role,
-                    target: labels.target.clone(),
-                    kind: kind.as_str(),
-                })
+                .get_or_create(&FailureLabels { rule: labels.rule.clone(), role, target: labels.target.clone(), kind })
                 .clone()
         });
         let m = TargetMetrics {
@@ -178,7 +98,7 @@ pub struct TargetMetrics {
 
 impl TargetMetrics {
     pub fn failure(&self, kind: TargetFailure) {
-        self.failures[kind as usize].inc();
+        self.failures[kind.index()].inc();
     }
 
     /// A backoff period of `seconds` started.

@@ -1,5 +1,5 @@
 //! What the extractor counts. Plain integers, read by the metrics module through
-//! [`ExtractorStats::drops`] and friends; labels are stable metric label values.
+//! [`ExtractorStats::drops`] and friends, by [`DropReason`] (stable metric label values).
 
 use crate::{
     http::{DropReason, MessageCounters},
@@ -108,20 +108,20 @@ impl ExtractorStats {
         }
     }
 
-    /// Dropped messages as (reason label, direction, count), every label and direction listed,
-    /// zeros included, so that a metrics exporter can create its series up front.
-    pub fn drops(&self) -> impl Iterator<Item = (&'static str, Direction, u64)> + '_ {
+    /// Dropped messages as (reason, direction, count), every reason and direction listed, zeros
+    /// included, so that a metrics exporter can create its series up front.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, Direction, u64)> + '_ {
         [Direction::Request, Direction::Response].into_iter().flat_map(move |dir| {
             let m = self.messages(dir);
-            DropReason::ALL.iter().map(move |r| (r.as_str(), dir, m.dropped(*r)))
+            DropReason::ALL.into_iter().map(move |r| (r, dir, m.dropped(r)))
         })
     }
 
-    /// Dropped segments as (reason label, direction, count), likewise.
-    pub fn segment_drops(&self) -> impl Iterator<Item = (&'static str, Direction, u64)> + '_ {
+    /// Dropped segments as (reason, direction, count), likewise.
+    pub fn segment_drops(&self) -> impl Iterator<Item = (DropReason, Direction, u64)> + '_ {
         [Direction::Request, Direction::Response].into_iter().flat_map(move |dir| {
             let s = self.segments(dir);
-            DropReason::ALL.iter().map(move |r| (r.as_str(), dir, s.dropped(*r)))
+            DropReason::ALL.into_iter().map(move |r| (r, dir, s.dropped(r)))
         })
     }
 

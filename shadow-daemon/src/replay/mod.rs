@@ -62,7 +62,7 @@ use crate::{
     correlate::Correlator,
     http::{HttpError, keeps_alive},
     message::CapturedRequest,
-    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure, reason},
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure},
     rule::RuleId,
     service::{ServiceMatch, most_specific},
 };
@@ -304,12 +304,12 @@ impl LaneState {
         let probe = match self.backoff.admit() {
             Admission::Go => None,
             Admission::Probe(p) => Some(p),
-            Admission::Drop => return Err(reason::SHADOW_BACKOFF),
+            Admission::Drop => return Err(RequestDrop::ShadowBackoff),
         };
         if let Some(b) = &self.bucket
             && !lock(b).try_take(Instant::now())
         {
-            return Err(reason::RATE_LIMITED);
+            return Err(RequestDrop::RateLimited);
         }
         Ok(probe)
     }
@@ -483,8 +483,8 @@ impl ReplayEngine {
         let route =
             most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
         let Some(lane) = route.flatten().and_then(|i| self.lanes.get(i)) else {
-            ticket.dropped(reason::NO_TARGET);
-            return Submission::Dropped(reason::NO_TARGET);
+            ticket.dropped(RequestDrop::NoTarget);
+            return Submission::Dropped(RequestDrop::NoTarget);
         };
         let probe = match lane.admit(&req) {
             Ok(p) => p,
@@ -496,14 +496,14 @@ impl ReplayEngine {
         let bytes = req.raw.len() as u64;
         if lane.held_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > lane.controls.queue_bytes {
             lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            ticket.dropped(reason::QUEUE_FULL);
-            return Submission::Dropped(reason::QUEUE_FULL);
+            ticket.dropped(RequestDrop::QueueFull);
+            return Submission::Dropped(RequestDrop::QueueFull);
         }
         if lane.gated.load(Ordering::Relaxed) >= lane.tx.capacity() {
             // The queue's room is taken by requests waiting behind their connection's previous one.
             lane.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            ticket.dropped(reason::QUEUE_FULL);
-            return Submission::Dropped(reason::QUEUE_FULL);
+            ticket.dropped(RequestDrop::QueueFull);
+            return Submission::Dropped(RequestDrop::QueueFull);
         }
         let held = HeldBytes { lane: lane.clone(), bytes };
         let id = req.id;
@@ -515,13 +515,13 @@ impl ReplayEngine {
             Ok(()) => Submission::Queued,
             Err(mpsc::error::TrySendError::Full(mut job)) => {
                 self.correlator.withdraw(id);
-                job.settle(Err(reason::QUEUE_FULL));
-                Submission::Dropped(reason::QUEUE_FULL)
+                job.settle(Err(RequestDrop::QueueFull));
+                Submission::Dropped(RequestDrop::QueueFull)
             }
             Err(mpsc::error::TrySendError::Closed(mut job)) => {
                 self.correlator.withdraw(id);
-                job.settle(Err(reason::SHUTDOWN));
-                Submission::Dropped(reason::SHUTDOWN)
+                job.settle(Err(RequestDrop::Shutdown));
+                Submission::Dropped(RequestDrop::Shutdown)
             }
         }
     }
@@ -664,7 +664,7 @@ fn next_batch(
                     match gate.admit(job.req.flow, job) {
                         Admit::Start(job, done) => return Poll::Ready(Some((vec![job], Some(done)))),
                         Admit::Waiting => {}
-                        Admit::Full(mut job) => job.settle(Err(reason::QUEUE_FULL)),
+                        Admit::Full(mut job) => job.settle(Err(RequestDrop::QueueFull)),
                     }
                 }
             }
@@ -789,7 +789,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 Admission::Go => {}
                 Admission::Probe(p) => job.probe = Some(p),
                 Admission::Drop => {
-                    job.settle(Err(reason::SHADOW_BACKOFF));
+                    job.settle(Err(RequestDrop::ShadowBackoff));
                     lane.correlator.withdraw(job.req.id);
                     return false;
                 }
@@ -797,7 +797,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
         }
         if let Err(e) = edit_request_into(&job.req, &lane.controls, &lane.target, &mut wire) {
             lane.warn(&e);
-            job.settle(Err(reason::INVALID_CAPTURE));
+            job.settle(Err(RequestDrop::InvalidCapture));
             lane.correlator.withdraw(job.req.id);
             return false;
         }
@@ -832,10 +832,10 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 let kind = e.kind().unwrap_or(ShadowErrorKind::Other);
                 lane.warn(&e);
                 if matches!(e, ReplayError::ResponseTooLarge { .. }) {
-                    job.settle(Err(reason::SHADOW_RESPONSE_TOO_LARGE));
+                    job.settle(Err(RequestDrop::ShadowResponseTooLarge));
                 } else {
                     metrics.record_shadow_error(kind);
-                    job.settle(Err(reason::SHADOW_ERROR));
+                    job.settle(Err(RequestDrop::ShadowError));
                 }
                 lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Err(kind));
             }

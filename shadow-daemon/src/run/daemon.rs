@@ -1,6 +1,6 @@
 //! The daemon as a value: everything the loop joins, and one method per event.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use shadow_common::counter;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
@@ -148,7 +148,7 @@ impl Daemon {
             extractor,
             events: Vec::with_capacity(64),
             summary,
-            publisher: Publisher { ledger_seen: BTreeMap::new() },
+            publisher: Publisher { ledger_seen: [0; DropReason::COUNT] },
             control_stats,
             reloads: Reloads::default(),
         };

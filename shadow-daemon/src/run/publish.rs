@@ -4,13 +4,18 @@ use std::collections::BTreeMap;
 
 use shadow_common::counter;
 
-use crate::{metrics::Metrics, reassembly::ExtractorStats, segment::Direction};
+use crate::{
+    http::DropReason,
+    metrics::{Counted, EventReason, Metrics},
+    reassembly::ExtractorStats,
+    segment::{Direction, RecordDrop},
+};
 
 /// Carries extraction results into the metrics: request drops go into the replay ledger one by
 /// one (so captured = replayed + dropped + in flight holds), the rest as absolute gauges/counters.
 pub(super) struct Publisher {
     /// Request-direction drops already recorded in the ledger, by reason.
-    pub(super) ledger_seen: BTreeMap<&'static str, u64>,
+    pub(super) ledger_seen: [u64; DropReason::COUNT],
 }
 
 impl Publisher {
@@ -26,7 +31,7 @@ impl Publisher {
             if dir != Direction::Request {
                 continue;
             }
-            let seen = self.ledger_seen.entry(reason).or_default();
+            let seen = &mut self.ledger_seen[reason.index()];
             if n > *seen {
                 new.push((reason, n - *seen));
                 *seen = n;
@@ -39,14 +44,14 @@ impl Publisher {
         &mut self,
         metrics: &Metrics,
         st: &ExtractorStats,
-        bad_records: &BTreeMap<&'static str, u64>,
+        bad_records: &BTreeMap<RecordDrop, u64>,
         kernel: Option<&[u64; counter::COUNT]>,
     ) {
         self.sync_ledger(metrics, st);
-        let mut stats: Vec<(&'static str, &'static str, u64)> =
-            st.drops().map(|(r, d, n)| (r, d.as_str(), n)).collect();
-        stats.extend(st.segment_drops().map(|(r, d, n)| (r, segment_dir_label(d), n)));
-        stats.extend(bad_records.iter().map(|(r, n)| (*r, "records", *n)));
+        let mut stats: Vec<(EventReason, Counted, u64)> =
+            st.drops().map(|(r, d, n)| (EventReason::Dropped(r), messages(d), n)).collect();
+        stats.extend(st.segment_drops().map(|(r, d, n)| (EventReason::Dropped(r), segments(d), n)));
+        stats.extend(bad_records.iter().map(|(&r, &n)| (EventReason::Record(r), Counted::Records, n)));
         metrics.set_extraction_stats(&stats);
         metrics.set_flows(st.flows_active);
         metrics.set_buffered_bytes(st.buffered_bytes);
@@ -58,10 +63,19 @@ impl Publisher {
     }
 }
 
-fn segment_dir_label(d: Direction) -> &'static str {
+/// The `direction` of a message drop.
+const fn messages(d: Direction) -> Counted {
     match d {
-        Direction::Request => "request_segments",
-        Direction::Response => "response_segments",
+        Direction::Request => Counted::Requests,
+        Direction::Response => Counted::Responses,
+    }
+}
+
+/// The `direction` of a segment drop.
+const fn segments(d: Direction) -> Counted {
+    match d {
+        Direction::Request => Counted::RequestSegments,
+        Direction::Response => Counted::ResponseSegments,
     }
 }
 
@@ -73,7 +87,7 @@ mod tests {
 
     use super::*;
     use crate::reassembly::{
-        DropReason, Extractor, ExtractorConfig, HttpEvent,
+        Extractor, ExtractorConfig, HttpEvent,
         tests::support::{Conn, GET, OK, feed, small_cfg},
     };
 
@@ -100,7 +114,7 @@ mod tests {
         // the connection stays open.
         for case in ["answer_first", "partial_head", "early_answer"] {
             let m = Metrics::new(4);
-            let mut p = Publisher { ledger_seen: BTreeMap::new() };
+            let mut p = Publisher { ledger_seen: [0; DropReason::COUNT] };
             let mut ex = Extractor::new(holding());
             let mut c = Conn::new(false, 41200, 1, 1);
             let ev = match case {
@@ -144,7 +158,7 @@ mod tests {
             assert_eq!((r.captured, r.in_flight, r.replayed, r.dropped_total()), (1, 0, 0, 1), "{case}: {r:?}");
             let reason = if case == "partial_head" { DropReason::Timeout } else { DropReason::Unanswered };
             let reason = if case == "early_answer" { DropReason::Timeout } else { reason };
-            assert_eq!(r.dropped[reason.as_str()], 1, "{case}: {r:?}");
+            assert_eq!(r.dropped[reason], 1, "{case}: {r:?}");
             assert!(r.reconciles(), "{case}");
         }
     }
@@ -152,7 +166,7 @@ mod tests {
     #[test]
     fn captured_never_goes_down_and_reconciles_at_every_step() {
         let m = Metrics::new(4);
-        let mut p = Publisher { ledger_seen: BTreeMap::new() };
+        let mut p = Publisher { ledger_seen: [0; DropReason::COUNT] };
         let mut ex = Extractor::new(holding());
         let mut last = 0;
         let mut step = |ex: &Extractor, ev: Vec<HttpEvent>, p: &mut Publisher| {

@@ -9,7 +9,7 @@ use shadow_common::counter;
 use crate::{
     metrics::Summary as MirrorSummary,
     reassembly::ExtractorStats,
-    segment::{Direction, Segment},
+    segment::{Direction, RecordDrop, Segment},
 };
 
 /// Per-direction counts of what reached user space.
@@ -105,7 +105,7 @@ pub struct Summary {
     pub sample_percent: f64,
     pub request: DirectionCounts,
     pub response: DirectionCounts,
-    pub bad_records: BTreeMap<&'static str, u64>,
+    pub bad_records: BTreeMap<RecordDrop, u64>,
     pub kernel: BTreeMap<&'static str, u64>,
     /// The kernel's request counts against what reached the daemon.
     pub requests: RequestLedger,

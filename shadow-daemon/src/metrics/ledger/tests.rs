@@ -36,7 +36,7 @@ fn labels_are_the_published_reason_names() {
     for r in RequestDrop::ALL {
         assert_eq!(r.to_string(), r.as_str());
     }
-    assert_eq!(reason::QUEUE_FULL, RequestDrop::QueueFull);
+    crate::label::check::<RequestDrop>();
 }
 
 #[test]
@@ -75,9 +75,9 @@ fn each_outcome_moves_exactly_its_counts() {
     assert_eq!(n.dropped["shutdown"], 1, "an unsettled ticket settles as shutdown");
 
     // The extraction stage's drops are captured and dropped at once, under its own labels.
-    lock(&l).captured_and_dropped("gap");
-    lock(&l).captured_and_dropped("gap");
-    lock(&l).captured_and_dropped("parse_error");
+    lock(&l).captured_and_dropped(DropReason::Gap);
+    lock(&l).captured_and_dropped(DropReason::Gap);
+    lock(&l).captured_and_dropped(DropReason::ParseError);
     let n = counts(&l);
     assert_eq!((n.captured, n.replayed, n.in_flight, n.dropped_total()), (7, 2, 0, 5));
     assert_eq!((n.dropped["gap"], n.dropped["parse_error"]), (2, 1));
@@ -122,7 +122,7 @@ fn reconciliation_holds_only_when_every_request_has_one_place() {
 fn an_imbalance_in_the_running_ledger_is_reported() {
     let m = Metrics::new(4);
     let t = m.admit();
-    m.record_extraction_drop("gap");
+    m.record_extraction_drop(DropReason::Gap);
     let s = m.summary();
     assert!(s.reconciles, "{s:?}");
     assert!(!s.to_string().contains("DOES NOT RECONCILE"));

@@ -316,12 +316,12 @@ fn counters_are_read_by_direction_and_listed_with_every_label() {
     assert_eq!(st.messages(Direction::Request).dropped(DropReason::Incomplete), 1);
     assert_eq!(st.messages(Direction::Response).seen, 2);
     let drops: Vec<_> = st.drops().filter(|d| d.2 > 0).collect();
-    assert_eq!(drops, [(DropReason::Incomplete.as_str(), Direction::Request, 1)]);
+    assert_eq!(drops, [(DropReason::Incomplete, Direction::Request, 1)]);
     assert_eq!(st.drops().count(), 2 * DropReason::COUNT);
     let segs: Vec<_> = st.segment_drops().collect();
     assert_eq!(segs.len(), 2 * DropReason::COUNT);
     assert!(segs.iter().all(|d| d.2 == 0), "{segs:?}");
-    assert_eq!(segs[0], (DropReason::ALL[0].as_str(), Direction::Request, 0));
+    assert_eq!(segs[0], (DropReason::ALL[0], Direction::Request, 0));
     assert_eq!(segs[DropReason::COUNT].1, Direction::Response);
 }
 

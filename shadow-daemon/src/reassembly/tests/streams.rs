@@ -265,8 +265,9 @@ fn drop_labels_cover_every_reason_and_direction() {
     let ex = Extractor::new(small_cfg());
     let d: Vec<_> = ex.stats().drops().collect();
     assert_eq!(d.len(), 2 * DropReason::COUNT);
-    assert!(d.iter().any(|(l, dir, _)| *l == "gap" && *dir == Direction::Request));
-    assert!(d.iter().any(|(l, dir, _)| *l == "unpaired_response" && *dir == Direction::Response));
+    assert!(d.iter().any(|(r, dir, _)| r.as_str() == "gap" && *dir == Direction::Request));
+    assert!(d.iter().any(|(r, dir, _)| r.as_str() == "unpaired_response" && *dir == Direction::Response));
+    crate::label::check::<DropReason>();
     assert_eq!(ex.stats().segment_drops().count(), 2 * DropReason::COUNT);
 }
 
