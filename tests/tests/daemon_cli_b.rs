@@ -6,7 +6,11 @@ use std::{
     time::Duration,
 };
 
-use shadow_tests::{Proc, require_kernel, topo::NetNs, wait_for};
+use shadow_tests::{
+    Proc, require_kernel,
+    topo::{NetNs, bpf_program_loaded, tcx_programs_of},
+    wait_for,
+};
 
 fn daemon_path() -> std::path::PathBuf {
     shadow_tests::workspace_bin("shadow-daemon")
@@ -79,6 +83,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
             .args(["--interface", "xa0", "--port", "80", "--hook", "xdp", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--control", &format!("{}.1.sock", log.display())])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
@@ -87,6 +92,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     });
     assert!(ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP attached");
 
+    let second_control = format!("{}.2.sock", log.display());
     let (code, err) = run(ns.command(daemon_path().to_str().expect("utf-8 path")).args([
         "--interface",
         "xa0",
@@ -96,6 +102,8 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
         "xdp",
         "--metrics-addr",
         "127.0.0.1:0",
+        "--control",
+        &second_control,
     ]));
     assert_eq!(code, 2, "{err}");
     assert_one_line(&err, "already has an XDP program attached");
@@ -103,36 +111,24 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     assert_eq!(first.terminate(Duration::from_secs(10)), Some(0), "SIGTERM is a clean exit");
     assert!(!ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP detached on exit");
 
-    // TC: attached while running, gone after SIGTERM. Programs are told apart from any other
-    // process's by being new since just before this daemon started.
-    let ids = || -> Vec<String> {
-        let out = Command::new("bpftool")
-            .args(["prog", "show"])
-            .output()
-            .expect("bpftool prog show (cargo xtask setup installs bpftool)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
-            .filter_map(|l| l.split(':').next().map(str::to_string))
-            .collect()
-    };
-    let before = ids();
+    // TC: attached while running (the daemon's own tcx links, so another shadow on the host does
+    // not count), gone after SIGTERM.
     let mut tc = Proc::spawn(
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
             .args(["--interface", "xa0", "--port", "80", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--control", &format!("{}.3.sock", log.display())])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
     wait_for("the tc daemon to attach", Duration::from_secs(20), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
     });
-    let running: Vec<String> = ids().into_iter().filter(|id| !before.contains(id)).collect();
-    assert_eq!(running.len(), 2, "the daemon's tc ingress and egress programs are loaded while it runs: {running:?}");
+    let running = tcx_programs_of(tc.child.id());
+    assert_eq!(running.len(), 2, "the daemon's tc ingress and egress programs are attached while it runs: {running:?}");
     assert_eq!(tc.terminate(Duration::from_secs(10)), Some(0));
-    let after = ids();
-    for id in &running {
-        assert!(!after.contains(id), "program {id} still loaded after the daemon exited");
+    for &id in &running {
+        assert!(!bpf_program_loaded(id), "program {id} still loaded after the daemon exited");
     }
     let _ = std::fs::remove_file(&log);
 }

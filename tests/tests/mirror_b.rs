@@ -17,7 +17,7 @@ use shadow_tests::{
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
     server::Options,
-    topo::{NetNs, TwoHosts},
+    topo::{NetNs, TwoHosts, bpf_program_loaded, tcx_programs_of},
     wait_for, wait_settled, without_line, workspace_bin,
 };
 
@@ -380,26 +380,15 @@ fn killing_the_shadow_mid_run_never_touches_the_primary() {
     assert_eq!(r.shadow_got().len() as u64, replayed, "the shadow saw exactly what was replayed before it died");
 }
 
-/// Program ids of our tc programs loaded now (bpftool lists every program on the machine).
-fn shadow_tc_programs() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool prog show");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("shadow_tc_ingre") || l.contains("shadow_tc_egres"))
-        .filter_map(|l| l.split(':').next().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_request() {
     if !require_kernel("sigkill_under_load") || !require_tool("sigkill_under_load", "bpftool") {
         return;
     }
     let mut r = Rig::new("m4", true);
-    let before = shadow_tc_programs();
     r.start_daemon(&[]);
-    let ours: Vec<String> = shadow_tc_programs().into_iter().filter(|id| !before.contains(id)).collect();
-    assert_eq!(ours.len(), 2, "tc ingress and egress loaded: {ours:?}");
+    let ours = tcx_programs_of(r.daemon.as_ref().expect("daemon").child.id());
+    assert_eq!(ours.len(), 2, "tc ingress and egress attached: {ours:?}");
     let mut daemon = r.daemon.take().expect("daemon");
     let (ok, total) = r.client(move |v4, _| {
         let start = Instant::now();
@@ -428,7 +417,6 @@ fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_reque
     assert_eq!(r.primary_got().len(), total, "the primary served every request");
     // TCX links belong to the daemon's file descriptors: gone with the process.
     wait_for("the killed daemon's programs to be gone", Duration::from_secs(20), || {
-        let now = shadow_tc_programs();
-        ours.iter().all(|id| !now.contains(id))
+        ours.iter().all(|&id| !bpf_program_loaded(id))
     });
 }
