@@ -311,6 +311,68 @@ labels! {
     }
 }
 
+// Latency and responses.
+
+labels! {
+    /// Which service answered (`side` of the latency histograms and the compared series).
+    pub enum Side {
+        Primary = "primary",
+        Shadow = "shadow",
+    }
+}
+
+labels! {
+    /// A response's status class (`class` of `shadow_responses_total` and
+    /// `shadow_compared_responses_total`); `error`: the shadow gave no response (compared series
+    /// only).
+    pub enum ResponseClass {
+        Informational = "1xx",
+        Success = "2xx",
+        Redirection = "3xx",
+        ClientError = "4xx",
+        ServerError = "5xx",
+        Error = "error",
+    }
+}
+
+impl ResponseClass {
+    /// The classes of a status code: every variant but `Error`.
+    pub const STATUS: [Self; 5] =
+        [Self::Informational, Self::Success, Self::Redirection, Self::ClientError, Self::ServerError];
+
+    /// The class of `status`; anything outside 100..=499 counts as 5xx.
+    pub const fn of(status: u16) -> Self {
+        match status {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirection,
+            400..=499 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+}
+
+// Operating the daemon.
+
+labels! {
+    /// Interfaces coming and going (`shadow_interface_events_total{event}`).
+    pub enum InterfaceEvent {
+        Attached = "attached",
+        Detached = "detached",
+        /// An interface appeared and attaching to it failed.
+        AttachFailed = "attach_failed",
+    }
+}
+
+labels! {
+    /// How a config reload ended (`shadow_config_reloads_total{result}`).
+    pub enum ReloadResult {
+        Applied = "applied",
+        /// Invalid: the running config stays.
+        Refused = "refused",
+    }
+}
+
 // The control socket.
 
 labels! {
@@ -504,6 +566,10 @@ mod tests {
         check::<TargetFailure>();
         check::<Role>();
         check::<ControlErrorKind>();
+        check::<Side>();
+        check::<ResponseClass>();
+        check::<InterfaceEvent>();
+        check::<ReloadResult>();
         check::<Outcome>();
         check::<UnpairedReason>();
         check::<EpochReason>();
@@ -522,6 +588,17 @@ mod tests {
         assert_eq!(NotCompared::ALL.map(NotCompared::as_str), ["primary_missing", "memory_bound", "epoch"]);
         assert_eq!(Dropped::Extraction(DropReason::Gap).to_string(), "gap");
         assert_eq!(EventReason::Record(RecordDrop::Short).to_string(), "short_record");
+    }
+
+    #[test]
+    fn a_status_has_one_class() {
+        for (status, class) in
+            [(100, "1xx"), (204, "2xx"), (399, "3xx"), (400, "4xx"), (499, "4xx"), (500, "5xx"), (0, "5xx")]
+        {
+            assert_eq!(ResponseClass::of(status).as_str(), class, "{status}");
+        }
+        assert!(!ResponseClass::STATUS.contains(&ResponseClass::Error));
+        assert_eq!(ResponseClass::STATUS.len() + 1, ResponseClass::COUNT);
     }
 
     #[test]

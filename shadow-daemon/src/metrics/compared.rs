@@ -14,8 +14,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{STATUS_CLASSES, lock, status_class_index};
-use crate::label::{EpochReason, NotCompared, Outcome, SecondaryOutcome, Uncompared};
+use super::lock;
+use crate::label::{EpochReason, NotCompared, Outcome, ResponseClass, SecondaryOutcome, Side, Uncompared};
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -45,15 +45,15 @@ struct OutcomeLabels {
 struct ClassLabels {
     rule: String,
     endpoint: String,
-    side: &'static str,
-    class: &'static str,
+    side: Side,
+    class: ResponseClass,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabels {
     rule: String,
     endpoint: String,
-    side: &'static str,
+    side: Side,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,9 +81,6 @@ struct RuleReasonLabels {
     rule: String,
     reason: EpochReason,
 }
-
-/// Class of a shadow that gave no response.
-const ERROR_CLASS: &str = "error";
 
 /// One endpoint's series, looked up once (then each pair is a few atomic adds).
 struct Series {
@@ -225,8 +222,8 @@ impl Compared {
                 self.outcomes.remove(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome });
             }
             debug_assert_eq!(s.outcomes.len(), Outcome::COUNT);
-            for side in ["primary", "shadow"] {
-                for class in STATUS_CLASSES.iter().copied().chain([ERROR_CLASS]) {
+            for side in Side::ALL {
+                for class in ResponseClass::ALL {
                     self.responses.remove(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class });
                 }
                 self.latency.remove(&SideLabels { rule: rule.clone(), endpoint: endpoint.clone(), side });
@@ -239,7 +236,7 @@ impl Compared {
         let key = (p.rule.to_owned(), p.endpoint.to_owned());
         map.entry(key).or_insert_with(|| {
             let (rule, endpoint) = (p.rule.to_owned(), p.endpoint.to_owned());
-            let class = |side: &'static str, class: &'static str| {
+            let class = |side: Side, class: ResponseClass| {
                 me.responses
                     .get_or_create(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class })
                     .clone()
@@ -249,16 +246,16 @@ impl Compared {
                     .get_or_create(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome })
                     .clone()
             };
-            let latency = |side: &'static str| {
+            let latency = |side: Side| {
                 me.latency.get_or_create(&SideLabels { rule: rule.clone(), endpoint: endpoint.clone(), side }).clone()
             };
             Series {
                 outcomes: Outcome::ALL.map(outcome),
-                primary: STATUS_CLASSES.map(|c| class("primary", c)),
-                shadow: STATUS_CLASSES.map(|c| class("shadow", c)),
-                shadow_error: class("shadow", ERROR_CLASS),
-                primary_latency: latency("primary"),
-                shadow_latency: latency("shadow"),
+                primary: ResponseClass::STATUS.map(|c| class(Side::Primary, c)),
+                shadow: ResponseClass::STATUS.map(|c| class(Side::Shadow, c)),
+                shadow_error: class(Side::Shadow, ResponseClass::Error),
+                primary_latency: latency(Side::Primary),
+                shadow_latency: latency(Side::Shadow),
             }
         })
     }
@@ -267,11 +264,11 @@ impl Compared {
         let mut map = lock(&self.series);
         let s = Self::series(&mut map, self, p);
         s.outcomes[p.outcome.index()].inc();
-        s.primary[status_class_index(p.primary_status)].inc();
+        s.primary[ResponseClass::of(p.primary_status).index()].inc();
         s.primary_latency.observe(p.primary_latency.as_secs_f64());
         match p.shadow {
             Some((status, latency)) => {
-                s.shadow[status_class_index(status)].inc();
+                s.shadow[ResponseClass::of(status).index()].inc();
                 // Untimed: read behind another response of a pipeline.
                 if let Some(l) = latency {
                     s.shadow_latency.observe(l.as_secs_f64());

@@ -16,6 +16,7 @@ use super::{
     lock,
     summary::{EndpointSummary, LatencySummary, SideLatency},
 };
+use crate::label::Side;
 
 /// Prometheus histogram buckets for latencies, in seconds: sub-millisecond to the longest
 /// sensible request timeout.
@@ -32,29 +33,13 @@ fn latency_histogram() -> Histogram {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabels {
-    side: &'static str,
+    side: Side,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    side: &'static str,
+    side: Side,
     endpoint: String,
-}
-
-/// Which service answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Side {
-    Primary,
-    Shadow,
-}
-
-impl Side {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::Primary => "primary",
-            Self::Shadow => "shadow",
-        }
-    }
 }
 
 pub(super) type Hdr<T> = hdrhistogram::Histogram<T>;
@@ -114,8 +99,7 @@ impl Latency {
             response_latency.clone(),
         );
         let first_byte_family: HistogramFamily<SideLabels> = Family::new_with_constructor(latency_histogram);
-        let first_byte = [Side::Primary, Side::Shadow]
-            .map(|s| first_byte_family.get_or_create(&SideLabels { side: s.as_str() }).clone());
+        let first_byte = Side::ALL.map(|side| first_byte_family.get_or_create(&SideLabels { side }).clone());
         registry.register_with_unit(
             "shadow_first_byte_latency",
             "Request to the response head (shadow) or to the first response byte (primary)",
@@ -176,8 +160,7 @@ impl Latency {
 
     /// One exchange of `side`: overall always, per endpoint when it is known.
     pub(super) fn record(&self, side: Side, endpoint: Option<EndpointId>, first_byte: Duration, complete: Duration) {
-        let idx = side as usize;
-        self.first_byte[idx].observe(first_byte.as_secs_f64());
+        self.first_byte[side.index()].observe(first_byte.as_secs_f64());
         let mut e = lock(&self.endpoints);
         let Endpoints { names, latency, overall: o, .. } = &mut *e;
         let (fb, c) = match side {
@@ -193,7 +176,7 @@ impl Latency {
             Side::Shadow => &mut slot.shadow,
         };
         let (h, prom) = per_side.get_or_insert_with(|| {
-            let labels = LatencyLabels { side: side.as_str(), endpoint: names.name(id).to_owned() };
+            let labels = LatencyLabels { side, endpoint: names.name(id).to_owned() };
             (Box::new(hdr(2)), self.response_latency.get_or_create(&labels).clone())
         });
         h.saturating_record(micros(complete));

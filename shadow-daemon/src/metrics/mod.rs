@@ -21,7 +21,6 @@ mod targets;
 mod text;
 
 use std::{
-    collections::BTreeMap,
     fmt,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -34,7 +33,7 @@ use absolute::{AbsoluteCollector, Absolutes};
 use compared::Compared;
 pub use compared::{ComparedPair, compared_latency_buckets};
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
-use latency::{Latency, Side};
+use latency::Latency;
 pub use ledger::{DropCounts, RequestCounts, RequestTicket};
 use ledger::{Ledger, LedgerCollector};
 use prometheus_client::{
@@ -48,7 +47,7 @@ pub use targets::TargetMetrics;
 use targets::Targets;
 
 pub use crate::label::{Counted, Dropped, EventReason, RequestDrop, Role, ShadowErrorKind, TargetFailure};
-use crate::label::{DropReason, EpochReason, NotCompared, SecondaryOutcome, Uncompared};
+use crate::label::{DropReason, EpochReason, NotCompared, ResponseClass, SecondaryOutcome, Side, Uncompared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -60,19 +59,6 @@ pub enum MetricsError {
     Encode,
 }
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Index into `STATUS_CLASSES`.
-fn status_class_index(status: u16) -> usize {
-    match status {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
-    }
-}
-
 /// A poisoned lock only means another thread panicked mid-update of a counter: the numbers are
 /// still the best we have, and metrics must not take the daemon down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,7 +67,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
-    class: &'static str,
+    class: ResponseClass,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +97,7 @@ pub struct Metrics {
     registry: Registry,
     ledger: Arc<Mutex<Ledger>>,
     responses: Family<ClassLabels, Counter>,
-    /// The `responses` counters by status class (`STATUS_CLASSES` order), looked up once.
+    /// The `responses` counters by status class (`ResponseClass::STATUS` order), looked up once.
     response_counters: [Counter; 5],
     errors: Family<KindLabels, Counter>,
     /// The `errors` counters in `ShadowErrorKind::ALL` order, looked up once.
@@ -149,7 +135,8 @@ impl Metrics {
         registry.register_collector(Box::new(LedgerCollector(ledger.clone())));
 
         let responses = Family::<ClassLabels, Counter>::default();
-        let response_counters = STATUS_CLASSES.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
+        let response_counters =
+            ResponseClass::STATUS.map(|class| responses.get_or_create(&ClassLabels { class }).clone());
         registry.register("shadow_responses", "Complete responses from the shadow, by status class", responses.clone());
         let errors = Family::<KindLabels, Counter>::default();
         let error_counters = ShadowErrorKind::ALL.map(|kind| errors.get_or_create(&KindLabels { kind }).clone());
@@ -335,7 +322,7 @@ impl Metrics {
 
     /// One complete shadow response.
     pub fn record_shadow_response(&self, endpoint: EndpointId, status: u16, first_byte: Duration, complete: Duration) {
-        self.response_counters[status_class_index(status)].inc();
+        self.response_counters[ResponseClass::of(status).index()].inc();
         self.latency.record(Side::Shadow, Some(endpoint), first_byte, complete);
     }
 
@@ -400,10 +387,10 @@ impl Metrics {
     /// Everything counted, with exact latency percentiles.
     pub fn summary(&self) -> Summary {
         let requests = self.requests();
-        let count_family = |f: &Family<ClassLabels, Counter>, keys: &[&'static str]| -> BTreeMap<String, u64> {
-            keys.iter().map(|k| ((*k).to_owned(), f.get_or_create(&ClassLabels { class: k }).get())).collect()
-        };
-        let shadow_responses = count_family(&self.responses, &STATUS_CLASSES);
+        let shadow_responses = ResponseClass::STATUS
+            .iter()
+            .map(|&class| (class.as_str().to_owned(), self.responses.get_or_create(&ClassLabels { class }).get()))
+            .collect();
         let shadow_errors = ShadowErrorKind::ALL
             .iter()
             .map(|&kind| (kind.as_str().to_owned(), self.errors.get_or_create(&KindLabels { kind }).get()))
@@ -546,10 +533,11 @@ mod tests {
     #[test]
     fn error_kinds_index_their_counters() {
         for (i, k) in ShadowErrorKind::ALL.iter().enumerate() {
-            assert_eq!(*k as usize, i, "{k:?}");
+            assert_eq!(k.index(), i, "{k:?}");
         }
+        // The response counters are indexed by class: a status's class is at its index.
         for (status, class) in [(100, "1xx"), (204, "2xx"), (302, "3xx"), (404, "4xx"), (503, "5xx"), (599, "5xx")] {
-            assert_eq!(STATUS_CLASSES[status_class_index(status)], class);
+            assert_eq!(ResponseClass::STATUS[ResponseClass::of(status).index()].as_str(), class);
         }
     }
 

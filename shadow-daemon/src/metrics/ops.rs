@@ -14,7 +14,7 @@ use prometheus_client::{
 };
 
 use super::lock;
-use crate::label::ControlErrorKind;
+use crate::label::{ControlErrorKind, InterfaceEvent, ReloadResult};
 
 /// Interfaces attached and detached as they came and went, and attaches that failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,9 +25,12 @@ pub struct InterfaceEvents {
 }
 
 impl InterfaceEvents {
-    /// By `event` label.
-    fn labelled(self) -> [(&'static str, u64); 3] {
-        [("attached", self.attached), ("detached", self.detached), ("attach_failed", self.attach_failed)]
+    fn labelled(self) -> [(InterfaceEvent, u64); 3] {
+        [
+            (InterfaceEvent::Attached, self.attached),
+            (InterfaceEvent::Detached, self.detached),
+            (InterfaceEvent::AttachFailed, self.attach_failed),
+        ]
     }
 }
 
@@ -47,9 +50,8 @@ impl Reloads {
         }
     }
 
-    /// By `result` label.
-    fn labelled(self) -> [(&'static str, u64); 2] {
-        [("applied", self.applied), ("refused", self.refused)]
+    fn labelled(self) -> [(ReloadResult, u64); 2] {
+        [(ReloadResult::Applied, self.applied), (ReloadResult::Refused, self.refused)]
     }
 }
 
