@@ -31,10 +31,12 @@ impl Publisher {
             if dir != Direction::Request {
                 continue;
             }
+            // Extraction's counters only grow.
             let seen = &mut self.ledger_seen[reason.index()];
-            if n > *seen {
-                new.push((reason, n - *seen));
-                *seen = n;
+            let since = n.saturating_sub(*seen);
+            *seen = n;
+            if since != 0 {
+                new.push((reason, since));
             }
         }
         metrics.record_extraction(&new, st.requests.in_progress);
@@ -197,5 +199,28 @@ mod tests {
         step(&ex, ev, &mut p);
         let r = m.requests();
         assert_eq!((r.captured, r.replayed, r.in_flight), (5, 4, 1), "{r:?}");
+    }
+
+    #[test]
+    fn each_sync_adds_only_the_drops_since_the_last_one() {
+        let m = Metrics::new(4);
+        let mut p = Publisher { ledger_seen: [0; DropReason::COUNT] };
+        let mut st = ExtractorStats::default();
+        let mut sync = |st: &ExtractorStats| {
+            p.sync_ledger(&m, st);
+            let r = m.requests();
+            assert!(r.reconciles(), "{r:?}");
+            let n = |d: DropReason| r.dropped.get(d.as_str()).copied().unwrap_or(0);
+            (r.captured, n(DropReason::Gap), n(DropReason::Timeout))
+        };
+        st.requests.dropped[DropReason::Gap.index()] = 2;
+        assert_eq!(sync(&st), (2, 2, 0));
+        st.requests.dropped[DropReason::Gap.index()] = 5;
+        st.requests.dropped[DropReason::Timeout.index()] = 1;
+        assert_eq!(sync(&st), (6, 5, 1), "3 more gaps and a timeout, not 5 + 2");
+        assert_eq!(sync(&st), (6, 5, 1), "nothing new: nothing added");
+        // Response-side drops are the extraction's own business, not requests of the ledger.
+        st.responses.dropped[DropReason::Gap.index()] = 7;
+        assert_eq!(sync(&st), (6, 5, 1));
     }
 }

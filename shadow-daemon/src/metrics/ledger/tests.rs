@@ -90,6 +90,7 @@ fn drop_counts_index_by_label_and_by_reason() {
     let d = dropped(&[("gap", 3), ("queue_full", 5)]);
     assert_eq!(d["gap"], 3);
     assert_eq!(d[RequestDrop::QueueFull], 5);
+    assert_eq!(d[DropReason::Gap], 3);
     assert_eq!(d.len(), 2);
     let listed: Vec<(String, u64)> = (&d).into_iter().map(|(k, v)| (k.clone(), *v)).collect();
     assert_eq!(listed, [("gap".to_owned(), 3), ("queue_full".to_owned(), 5)]);
