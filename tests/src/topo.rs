@@ -142,29 +142,3 @@ impl TwoHosts {
         Self { client, server, server_if, client_if, client_v4, server_v4, client_v6, server_v6 }
     }
 }
-
-/// The programs of the tcx attachments process `pid` holds (its BPF link file descriptors, as
-/// /proc's fdinfo describes them): exactly that daemon's, whatever else runs on the host. Sorted.
-pub fn tcx_programs_of(pid: u32) -> Vec<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<u64> = fds
-        .flatten()
-        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter(|info| info.lines().any(|l| l.split_whitespace().eq(["link_type:", "tcx"])))
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok())))
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
-/// Whether the kernel still holds BPF program `id` (program ids are unique on the host).
-pub fn bpf_program_loaded(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .expect("bpftool prog show (cargo xtask setup installs bpftool)")
-        .status
-        .success()
-}

@@ -7,8 +7,10 @@ use std::{
 };
 
 use shadow_tests::{
-    Proc, require_kernel,
-    topo::{NetNs, bpf_program_loaded, tcx_programs_of},
+    Proc,
+    faults::{loaded_program_ids, tcx_attached},
+    require_kernel,
+    topo::NetNs,
     wait_for,
 };
 
@@ -111,8 +113,8 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     assert_eq!(first.terminate(Duration::from_secs(10)), Some(0), "SIGTERM is a clean exit");
     assert!(!ns.exec(&["ip", "link", "show", "xa0"]).contains("xdp"), "XDP detached on exit");
 
-    // TC: attached while running (the daemon's own tcx links, so another shadow on the host does
-    // not count), gone after SIGTERM.
+    // TC: attached to xa0 while running (as the kernel lists this namespace's xa0, so another
+    // shadow on the host does not count), gone after SIGTERM.
     let mut tc = Proc::spawn(
         "shadow-daemon",
         ns.command(daemon_path().to_str().expect("utf-8 path"))
@@ -124,11 +126,12 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     wait_for("the tc daemon to attach", Duration::from_secs(20), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
     });
-    let running = tcx_programs_of(tc.child.id());
+    let running = shadow_tc(&ns, "xa0");
     assert_eq!(running.len(), 2, "the daemon's tc ingress and egress programs are attached while it runs: {running:?}");
     assert_eq!(tc.terminate(Duration::from_secs(10)), Some(0));
-    for &id in &running {
-        assert!(!bpf_program_loaded(id), "program {id} still loaded after the daemon exited");
+    let loaded = loaded_program_ids();
+    for id in &running {
+        assert!(!loaded.contains(id), "program {id} still loaded after the daemon exited");
     }
     let _ = std::fs::remove_file(&log);
 }
@@ -432,4 +435,13 @@ fn help_and_version_print_to_stdout_and_exit_0() {
             assert!(text.lines().count() > 5 && text.contains("Usage:"), "{bin} --help is clap's help: {text}");
         }
     }
+}
+
+/// Ids of the shadow programs attached through TCX to `iface` in `ns`.
+fn shadow_tc(ns: &NetNs, iface: &str) -> Vec<u32> {
+    tcx_attached(ns, iface)
+        .into_iter()
+        .filter(|(_, _, name)| name.starts_with("shadow_tc"))
+        .map(|(_, id, _)| id)
+        .collect()
 }

@@ -14,10 +14,11 @@ use std::{
 use shadow_tests::{
     Proc, Recorded, Scratch,
     client::{read_response, status_of},
+    faults::{loaded_program_ids, tcx_attached},
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
     server::Options,
-    topo::{NetNs, TwoHosts, bpf_program_loaded, tcx_programs_of},
+    topo::{NetNs, TwoHosts},
     wait_for, wait_settled, without_line, workspace_bin,
 };
 
@@ -387,7 +388,11 @@ fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_reque
     }
     let mut r = Rig::new("m4", true);
     r.start_daemon(&[]);
-    let ours = tcx_programs_of(r.daemon.as_ref().expect("daemon").child.id());
+    let ours: Vec<u32> = tcx_attached(&r.t.server, &r.t.server_if)
+        .into_iter()
+        .filter(|(_, _, name)| name.starts_with("shadow_tc"))
+        .map(|(_, id, _)| id)
+        .collect();
     assert_eq!(ours.len(), 2, "tc ingress and egress attached: {ours:?}");
     let mut daemon = r.daemon.take().expect("daemon");
     let (ok, total) = r.client(move |v4, _| {
@@ -417,6 +422,7 @@ fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_reque
     assert_eq!(r.primary_got().len(), total, "the primary served every request");
     // TCX links belong to the daemon's file descriptors: gone with the process.
     wait_for("the killed daemon's programs to be gone", Duration::from_secs(20), || {
-        ours.iter().all(|&id| !bpf_program_loaded(id))
+        let loaded = loaded_program_ids();
+        ours.iter().all(|id| !loaded.contains(id))
     });
 }

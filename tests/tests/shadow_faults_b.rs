@@ -282,15 +282,19 @@ impl Scrape {
     }
 }
 
-/// Every connection the daemon opened reached the fake: one per failed attempt, and one more per
-/// request sent again because the shadow provably never received it (a close or reset before
-/// its bytes were acknowledged), which then failed there.
+/// Every attempt reached the fake on a connection of its own: one per failed attempt, and one
+/// more per request sent again because the shadow provably never received it (a close or reset
+/// before its bytes were acknowledged), which then failed there. The fake's count is the exact
+/// one: a reset that lands while the daemon is still completing its connect fails that connect
+/// (counted as a `reset` failure), so the daemon's opened connections can be fewer, never more.
 fn every_connection_accepted(s: &Scrape, attempts: u64, shadow: &Server) {
     let opened = s.get("shadow_replay_connections_opened_total") as u64;
     let retries = s.get("shadow_replay_retries_total") as u64;
-    assert_eq!(opened, attempts + retries, "{attempts} attempts, {retries} sent again");
     assert!(retries <= attempts, "at most once more each: {retries} of {attempts}");
-    wait_for("the fake to accept every connection", SETTLE, || shadow.accepted() as u64 == opened);
+    assert!(opened <= attempts + retries, "{opened} opened for {attempts} attempts, {retries} sent again");
+    wait_for("the fake to accept one connection per attempt", SETTLE, || {
+        shadow.accepted() as u64 == attempts + retries
+    });
 }
 
 #[test]
