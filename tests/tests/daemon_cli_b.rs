@@ -198,6 +198,22 @@ fn json_logs_are_one_object_per_line_and_a_bad_level_is_a_usage_error() {
     assert_one_line(&err, "--log-level");
 }
 
+/// Text logs read by journald, `kubectl logs` or a shipper (stderr is not a terminal) are plain:
+/// no ANSI colour codes around the level or the fields.
+#[test]
+fn text_logs_on_a_pipe_carry_no_colour_codes() {
+    if !require_kernel("text_logs_on_a_pipe_carry_no_colour_codes") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("shadow-cli-text-{}.sock", std::process::id()));
+    let (code, err) = run(daemon()
+        .args(["--interface", "lo", "--port", "39998", "--duration", "0.3", "--log-level", "debug"])
+        .args(["--control", sock.to_str().expect("utf-8")]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.lines().any(|l| l.contains(" INFO ") && l.contains("capturing ports")), "{err}");
+    assert!(!err.contains('\u{1b}'), "escape codes in piped logs: {err:?}");
+}
+
 /// Which binary a bad invocation runs.
 #[derive(Clone, Copy, Debug)]
 enum Bin {

@@ -230,6 +230,7 @@ fn kubernetes_manifests_hold_together() {
     assert_eq!(caps, ["BPF", "NET_ADMIN", "PERFMON"], "exactly what the daemon checks for");
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_ne!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError", "the exit's one line in `kubectl describe`");
     for r in ["requests", "limits"] {
         assert!(c["resources"][r]["memory"].is_string() && c["resources"][r]["cpu"].is_string(), "resources.{r}");
     }

@@ -80,11 +80,16 @@ pub struct InvalidLogFilter {
 
 /// Logs go to stderr, as text or as JSON lines, filtered by `level` (`--log-level` /
 /// `SHADOW_LOG`). Nothing logged carries a header value or a body: errors name requests by id.
+/// Text is coloured only on a terminal (and not with `NO_COLOR` set): journald, `kubectl logs`
+/// and log shippers get plain lines.
 pub fn init_logging(json: bool, level: &str) -> Result<(), InvalidLogFilter> {
+    use std::io::IsTerminal;
+
     use tracing_subscriber::{EnvFilter, fmt};
     let filter =
         EnvFilter::try_new(level).map_err(|e| InvalidLogFilter { level: level.to_owned(), reason: e.to_string() })?;
-    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(colour);
     let _ = if json { b.json().flatten_event(true).try_init() } else { b.try_init() };
     // aya-log emits through the `log` facade.
     let _ = tracing_log::LogTracer::init();
