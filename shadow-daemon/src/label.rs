@@ -1,20 +1,12 @@
 //! Metric label values as types. Every reason, kind, role and outcome a metric is labelled with
 //! is an enum defined once with its stable label (`labels!`), and the metric families hold the
 //! enum itself: prometheus-client encodes it through [`EncodeLabelValue`], the ledger, the
-//! summary and the reports read the same definition through [`Label::as_str`], and no label is
-//! ever spelled twice or parsed back from text.
+//! summary and the reports read the same definition through its `as_str` (and serde), and no
+//! label is ever spelled twice or parsed back from text.
 //!
 //! Labels are stable: extend, never rename.
 //!
 //! [`EncodeLabelValue`]: prometheus_client::encoding::EncodeLabelValue
-
-/// A value a metric is labelled with.
-pub trait Label: Copy + 'static {
-    /// Every value, in declaration order: a family can create all its series at zero up front.
-    const ALL: &'static [Self];
-    /// The label text (snake_case, stable).
-    fn as_str(self) -> &'static str;
-}
 
 /// `Display` and prometheus-client's `EncodeLabelValue` for a type with an `as_str(self)`: for
 /// a label enum made of other label enums.
@@ -39,8 +31,9 @@ macro_rules! encode_label {
 pub(crate) use encode_label;
 
 /// A label enum: each variant with its label text. Derives the comparisons and `Debug`,
-/// and implements [`Label`], `Display`, `EncodeLabelValue` and serde (as the label text, so a
-/// report or summary says what the metrics say), with `COUNT`, `ALL`, `as_str` and `index` (the
+/// and implements `Display`, `EncodeLabelValue` and serde (as the label text, so a report or
+/// summary says what the metrics say), with `LABELS`, `COUNT`, `ALL` (every value in declaration
+/// order: a family can create all its series at zero up front), `as_str` and `index` (the
 /// position in `ALL`, for counters kept in arrays).
 ///
 /// ```ignore
@@ -77,13 +70,6 @@ macro_rules! labels {
             /// Position in [`ALL`](Self::ALL).
             $vis const fn index(self) -> usize {
                 self as usize
-            }
-        }
-
-        impl $crate::label::Label for $name {
-            const ALL: &'static [Self] = &Self::ALL;
-            fn as_str(self) -> &'static str {
-                Self::as_str(self)
             }
         }
 
@@ -490,18 +476,17 @@ impl NotCompared {
 
 encode_label!(NotCompared);
 
-/// Checks a label type: every label distinct, non-empty snake_case (what Prometheus and the
-/// rules and dashboards written against them can rely on). For tests.
+/// Checks a label type's `LABELS`: every label distinct, non-empty snake_case (what Prometheus
+/// and the rules and dashboards written against them can rely on). For tests.
 #[cfg(test)]
-pub(crate) fn check<L: Label + std::fmt::Debug>() {
+pub(crate) fn check(labels: &[&str]) {
     let mut seen = std::collections::HashSet::new();
-    for l in L::ALL {
-        let s = l.as_str();
+    for &s in labels {
         assert!(
             !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-            "{l:?}: {s:?}"
+            "not a snake_case label: {s:?}"
         );
-        assert!(seen.insert(s), "{l:?}: label {s:?} given twice");
+        assert!(seen.insert(s), "label {s:?} given twice");
     }
 }
 
@@ -531,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_label_enum_encodes_as_its_label_everywhere() {
-        check::<Colour>();
+        check(Colour::LABELS);
         assert_eq!(Colour::ALL, [Colour::DarkRed, Colour::Blue]);
         assert_eq!((Colour::COUNT, Colour::Blue.index()), (2, 1));
         assert_eq!(format!("{} {}", Colour::DarkRed, Colour::Blue), "dark_red blue");
@@ -558,23 +543,23 @@ mod tests {
     /// (a label given by both halves of a union would merge two reasons into one series).
     #[test]
     fn every_label_type_is_distinct_snake_case() {
-        check::<DropReason>();
-        check::<RecordDrop>();
-        check::<Counted>();
-        check::<RequestDrop>();
-        check::<ShadowErrorKind>();
-        check::<TargetFailure>();
-        check::<Role>();
-        check::<ControlErrorKind>();
-        check::<Side>();
-        check::<ResponseClass>();
-        check::<InterfaceEvent>();
-        check::<ReloadResult>();
-        check::<Outcome>();
-        check::<UnpairedReason>();
-        check::<EpochReason>();
-        check::<Uncompared>();
-        check::<SecondaryOutcome>();
+        check(DropReason::LABELS);
+        check(RecordDrop::LABELS);
+        check(Counted::LABELS);
+        check(RequestDrop::LABELS);
+        check(ShadowErrorKind::LABELS);
+        check(TargetFailure::LABELS);
+        check(Role::LABELS);
+        check(ControlErrorKind::LABELS);
+        check(Side::LABELS);
+        check(ResponseClass::LABELS);
+        check(InterfaceEvent::LABELS);
+        check(ReloadResult::LABELS);
+        check(Outcome::LABELS);
+        check(UnpairedReason::LABELS);
+        check(EpochReason::LABELS);
+        check(Uncompared::LABELS);
+        check(SecondaryOutcome::LABELS);
         let distinct = |labels: Vec<&'static str>| {
             let set: std::collections::HashSet<_> = labels.iter().collect();
             assert_eq!(set.len(), labels.len(), "{labels:?}");
@@ -607,7 +592,7 @@ mod tests {
         labels! {
             enum Twice { A = "same", B = "same" }
         }
-        check::<Twice>();
+        check(Twice::LABELS);
     }
 
     #[test]
@@ -616,6 +601,6 @@ mod tests {
         labels! {
             enum Upper { A = "Upper" }
         }
-        check::<Upper>();
+        check(Upper::LABELS);
     }
 }

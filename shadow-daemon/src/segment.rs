@@ -351,6 +351,6 @@ mod tests {
         assert_eq!(label(DecodeError::Family(3)), "bad_record");
         assert_eq!(label(DecodeError::Direction(4)), "bad_record");
         assert_eq!(label(DecodeError::Length { claimed: 9, present: 1 }), "record_length");
-        crate::label::check::<RecordDrop>();
+        crate::label::check(RecordDrop::LABELS);
     }
 }

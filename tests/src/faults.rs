@@ -62,6 +62,16 @@ pub fn tcx_attached(ns: &NetNs, iface: &str) -> Vec<(&'static str, u32, String)>
     .expect("tcx query thread")
 }
 
+/// Ids of the shadow programs attached through TCX to `iface` in `ns` (another shadow on the
+/// host, on another interface or namespace, is not listed).
+pub fn shadow_tcx_programs(ns: &NetNs, iface: &str) -> Vec<u32> {
+    tcx_attached(ns, iface)
+        .into_iter()
+        .filter(|(_, _, name)| name.starts_with("shadow_tc"))
+        .map(|(_, id, _)| id)
+        .collect()
+}
+
 /// (VmRSS, VmHWM) of process `pid`, in bytes: resident now, and its peak.
 pub fn rss_bytes(pid: u32) -> (u64, u64) {
     let path = format!("/proc/{pid}/status");

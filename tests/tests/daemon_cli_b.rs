@@ -8,7 +8,7 @@ use std::{
 
 use shadow_tests::{
     Proc,
-    faults::{loaded_program_ids, tcx_attached},
+    faults::{loaded_program_ids, shadow_tcx_programs},
     require_kernel,
     topo::NetNs,
     wait_for,
@@ -126,7 +126,7 @@ fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     wait_for("the tc daemon to attach", Duration::from_secs(20), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing ports"))
     });
-    let running = shadow_tc(&ns, "xa0");
+    let running = shadow_tcx_programs(&ns, "xa0");
     assert_eq!(running.len(), 2, "the daemon's tc ingress and egress programs are attached while it runs: {running:?}");
     assert_eq!(tc.terminate(Duration::from_secs(10)), Some(0));
     let loaded = loaded_program_ids();
@@ -451,13 +451,4 @@ fn help_and_version_print_to_stdout_and_exit_0() {
             assert!(text.lines().count() > 5 && text.contains("Usage:"), "{bin} --help is clap's help: {text}");
         }
     }
-}
-
-/// Ids of the shadow programs attached through TCX to `iface` in `ns`.
-fn shadow_tc(ns: &NetNs, iface: &str) -> Vec<u32> {
-    tcx_attached(ns, iface)
-        .into_iter()
-        .filter(|(_, _, name)| name.starts_with("shadow_tc"))
-        .map(|(_, id, _)| id)
-        .collect()
 }

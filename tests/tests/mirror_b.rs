@@ -14,7 +14,7 @@ use std::{
 use shadow_tests::{
     Proc, Recorded, Scratch,
     client::{read_response, status_of},
-    faults::{loaded_program_ids, tcx_attached},
+    faults::{loaded_program_ids, shadow_tcx_programs},
     nginx::{self, Nginx},
     recorded_requests, require_kernel, require_tool,
     server::Options,
@@ -388,11 +388,7 @@ fn sigkill_under_load_leaves_nothing_attached_and_the_primary_serves_every_reque
     }
     let mut r = Rig::new("m4", true);
     r.start_daemon(&[]);
-    let ours: Vec<u32> = tcx_attached(&r.t.server, &r.t.server_if)
-        .into_iter()
-        .filter(|(_, _, name)| name.starts_with("shadow_tc"))
-        .map(|(_, id, _)| id)
-        .collect();
+    let ours = shadow_tcx_programs(&r.t.server, &r.t.server_if);
     assert_eq!(ours.len(), 2, "tc ingress and egress attached: {ours:?}");
     let mut daemon = r.daemon.take().expect("daemon");
     let (ok, total) = r.client(move |v4, _| {

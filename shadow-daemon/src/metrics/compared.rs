@@ -213,7 +213,7 @@ impl Compared {
 
     fn forget_series(&self, rule: &str) {
         let mut map = lock(&self.series);
-        map.retain(|(r, endpoint), s| {
+        map.retain(|(r, endpoint), _| {
             if r != rule {
                 return true;
             }
@@ -221,7 +221,6 @@ impl Compared {
             for outcome in Outcome::ALL {
                 self.outcomes.remove(&OutcomeLabels { rule: rule.clone(), endpoint: endpoint.clone(), outcome });
             }
-            debug_assert_eq!(s.outcomes.len(), Outcome::COUNT);
             for side in Side::ALL {
                 for class in ResponseClass::ALL {
                     self.responses.remove(&ClassLabels { rule: rule.clone(), endpoint: endpoint.clone(), side, class });

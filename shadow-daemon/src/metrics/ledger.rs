@@ -90,11 +90,17 @@ impl Ledger {
         self.extracting = holding;
     }
 
+    /// (captured, replayed, in flight): what extraction holds is captured and in flight.
+    fn totals(&self) -> (u64, u64, u64) {
+        (self.captured + self.extracting, self.replayed, self.in_flight + self.extracting)
+    }
+
     pub(super) fn counts(&self) -> RequestCounts {
+        let (captured, replayed, in_flight) = self.totals();
         RequestCounts {
-            captured: self.captured + self.extracting,
-            replayed: self.replayed,
-            in_flight: self.in_flight + self.extracting,
+            captured,
+            replayed,
+            in_flight,
             dropped: DropCounts(self.dropped.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect()),
         }
     }
@@ -211,10 +217,9 @@ pub(super) struct LedgerCollector(pub(super) Arc<Mutex<Ledger>>);
 
 impl Collector for LedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let (snap, dropped, extracting) = {
-            let l = lock(&self.0);
-            (l.counts(), l.dropped.clone(), l.extracting)
-        };
+        // One snapshot: the identity holds within the scrape.
+        let l = lock(&self.0).clone();
+        let (captured, replayed, in_flight) = l.totals();
         let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), fmt::Error> {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
@@ -223,13 +228,13 @@ impl Collector for LedgerCollector {
             &mut encoder,
             "shadow_requests_captured",
             "HTTP requests seen by the extraction stage, whatever became of them.",
-            snap.captured,
+            captured,
         )?;
         counter(
             &mut encoder,
             "shadow_requests_replayed",
             "Requests replayed to the shadow and answered with a complete response.",
-            snap.replayed,
+            replayed,
         )?;
         let mut family = encoder.encode_descriptor(
             "shadow_requests_dropped",
@@ -237,17 +242,17 @@ impl Collector for LedgerCollector {
             None,
             MetricType::Counter,
         )?;
-        for (&reason, v) in &dropped {
+        for (&reason, v) in &l.dropped {
             ConstCounter::new(*v).encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        let g = ConstGauge::new(i64::try_from(snap.in_flight).unwrap_or(i64::MAX));
+        let g = ConstGauge::new(i64::try_from(in_flight).unwrap_or(i64::MAX));
         g.encode(encoder.encode_descriptor(
             "shadow_requests_in_flight",
             "Requests captured and not settled yet: being extracted (still arriving, or held for the primary's answer), queued or being replayed.",
             None,
             g.metric_type(),
         )?)?;
-        let g = ConstGauge::new(i64::try_from(extracting).unwrap_or(i64::MAX));
+        let g = ConstGauge::new(i64::try_from(l.extracting).unwrap_or(i64::MAX));
         g.encode(encoder.encode_descriptor(
             "shadow_requests_extracting",
             "Of the requests in flight, those the extraction stage holds: still arriving, or held for the primary's answer (or for the evidence that an early answer served them); each ends by the flow idle timeout at the latest.",

@@ -36,7 +36,7 @@ fn labels_are_the_published_reason_names() {
     for r in RequestDrop::ALL {
         assert_eq!(r.to_string(), r.as_str());
     }
-    crate::label::check::<RequestDrop>();
+    crate::label::check(RequestDrop::LABELS);
 }
 
 #[test]
