@@ -128,16 +128,17 @@ async fn serve(mut s: TcpStream, c: usize, script: Script, log: Log, gate: Arc<N
             }
             Reply::Close => return,
             Reply::After(d) => tokio::time::sleep(d).await,
+            // Whether or not the garbage reaches the client (it closes the connection on the
+            // first), every request the shadow already has is still read and logged: the log is
+            // what the shadow received, not what it managed to answer.
             Reply::Garbage => {
-                if s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await.is_err() {
-                    return;
-                }
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
                 continue;
             }
         }
-        if s.write_all(ok).await.is_err() {
-            return;
-        }
+        // A failed write (the client closed) ends nothing: what is buffered or queued is still
+        // read and logged, until the read says the connection is over.
+        let _ = s.write_all(ok).await;
     }
 }
 
@@ -316,6 +317,7 @@ async fn a_bad_response_in_a_pipeline_fails_it_and_the_ones_behind_it_once() {
     // and the shadow had /d to /i (it read them all): they fail with /c, and go nowhere again.
     assert_eq!(r.replayed, 2, "{r:?}");
     assert_eq!((r.dropped[RequestDrop::ShadowError], r.dropped_total()), (7, 7), "{r:?}");
+    shadow.wait_for_requests(all.len()).await;
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
@@ -336,6 +338,7 @@ async fn a_body_on_a_head_response_fails_it_and_shifts_nothing() {
     // and /f were read by the shadow (acknowledged): bad responses too, never written again.
     assert_eq!(r.replayed, 2, "{r:?}");
     assert_eq!((r.dropped[RequestDrop::ShadowError], r.dropped_total()), (4, 4), "{r:?}");
+    shadow.wait_for_requests(all.len()).await;
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once, on one connection");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
@@ -373,6 +376,7 @@ async fn a_shadow_failing_everything_gets_each_request_once() {
     assert_eq!(r.dropped[RequestDrop::ShadowError], 8, "{r:?}");
     assert_eq!(metrics.summary().shadow_errors["bad_response"], 8);
     // Garbage for /b: the shadow had /c to /i as well (it read them): they fail with it.
+    shadow.wait_for_requests(all.len()).await;
     assert_eq!(shadow.log(), all.iter().map(|q| (0, tagged(q))).collect::<Vec<_>>(), "each once");
     assert_eq!(shadow.accepted.load(Ordering::SeqCst), 1, "no second connection");
     assert_eq!(counter(&metrics, "shadow_replay_retries_total"), 0);
