@@ -18,6 +18,7 @@ use crate::{
     message::{CapturedResponse, KeepSpec, ResponseSample},
     metrics::{EndpointId, Metrics, ShadowErrorKind},
     rule::RuleId,
+    trace_link::TraceLink,
 };
 
 /// Requests remembered while their primary answer is awaited; past this, the oldest is
@@ -117,10 +118,19 @@ impl Correlator {
         }
     }
 
-    /// The shadow's answer to request `id` of rule `rule` and `endpoint`, sent in `epoch`.
-    pub fn shadow(&self, id: u64, rule: RuleId, epoch: u64, endpoint: EndpointId, answer: Answer) {
+    /// The shadow's answer to request `id` of rule `rule` and `endpoint`, sent in `epoch`, with
+    /// the link between its production trace and the shadow's (when its context was restarted).
+    pub fn shadow(
+        &self,
+        id: u64,
+        rule: RuleId,
+        epoch: u64,
+        endpoint: EndpointId,
+        answer: Answer,
+        trace: Option<TraceLink>,
+    ) {
         if let Some(h) = self.comparing(rule) {
-            h.shadow(id, rule, epoch, &self.metrics.endpoint_name(endpoint), half(answer));
+            h.shadow(id, rule, epoch, &self.metrics.endpoint_name(endpoint), half(answer), trace);
         }
     }
 
@@ -209,7 +219,7 @@ mod tests {
         c.request(1, endpoint);
         c.replaying(1, RuleId::new(0), false);
         c.primary(&primary(1));
-        c.shadow(1, RuleId::new(0), c.epoch_of(RuleId::new(0)), endpoint, Ok(sample()));
+        c.shadow(1, RuleId::new(0), c.epoch_of(RuleId::new(0)), endpoint, Ok(sample()), None);
         assert_eq!(
             metric(&c, r#"shadow_comparisons_total{rule="api",endpoint="GET /users/:id",outcome="match"}"#),
             1.0
@@ -240,7 +250,7 @@ mod tests {
         let endpoint = c.metrics.endpoint(b"GET", b"/a");
         c.request(1, endpoint);
         c.replaying(1, RuleId::new(0), true);
-        c.shadow(1, RuleId::new(0), 0, endpoint, Err(ShadowErrorKind::Timeout));
+        c.shadow(1, RuleId::new(0), 0, endpoint, Err(ShadowErrorKind::Timeout), None);
         c.primary(&primary(1));
         assert_eq!(c.metrics.summary().primary.complete.count, 1);
     }

@@ -34,7 +34,7 @@ use crate::{
     compare::{
         Comparator, CompareError, CompareSettings, EpochInfo, EpochReason, MismatchSample, Report, ResponseSample,
         ShadowFailure, Verdict, VersionSeen,
-        pairs::{PairEvent, PairLimits, PairTable, ShadowHalf},
+        pairs::{PairEvent, PairLimits, PairTable, Sent, ShadowHalf},
     },
     control::{ErrorBody, ErrorKind},
     http::response_fields,
@@ -42,6 +42,7 @@ use crate::{
     message::{CapturedResponse, KeepSpec},
     metrics::{ComparedPair, Metrics, ShadowErrorKind},
     rule::RuleId,
+    trace_link::TraceLink,
 };
 
 /// Unix time in milliseconds (an epoch's start).
@@ -342,7 +343,13 @@ impl CompareHub {
         }
         let now = self.now_ns();
         let mut events = Vec::new();
-        lock(&self.table).secondary_pairs.shadow(id, rule, epoch, endpoint, half, now, &mut events);
+        lock(&self.table).secondary_pairs.shadow(
+            id,
+            Sent { rule, epoch, endpoint, trace: None },
+            half,
+            now,
+            &mut events,
+        );
         self.learn(events);
     }
 
@@ -351,7 +358,7 @@ impl CompareHub {
     fn learn(&self, events: Vec<PairEvent>) {
         for ev in events {
             let outcome = match ev {
-                PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(secondary) } => {
+                PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(secondary), .. } => {
                     let Some(r) = self.rule(rule) else { continue };
                     let mut c = lock(&r.comparator);
                     // Noise learned in an epoch belongs to it, as the pairs do.
@@ -402,7 +409,15 @@ impl CompareHub {
     /// The shadow's answer to request `id` of rule `rule` (its endpoint named as the metrics
     /// name it), or why there is none; `epoch`: [`epoch_of`](Self::epoch_of) the rule when the
     /// request went out.
-    pub fn shadow(&self, id: u64, rule: RuleId, epoch: u64, endpoint: &str, half: ShadowHalf) {
+    pub fn shadow(
+        &self,
+        id: u64,
+        rule: RuleId,
+        epoch: u64,
+        endpoint: &str,
+        half: ShadowHalf,
+        trace: Option<TraceLink>,
+    ) {
         if self.keep(rule).is_none() {
             return;
         }
@@ -413,7 +428,7 @@ impl CompareHub {
         let now = self.now_ns();
         let mut t = lock(&self.table);
         let mut events = std::mem::take(&mut t.events);
-        t.pairs.shadow(id, rule, epoch, endpoint, half, now, &mut events);
+        t.pairs.shadow(id, Sent { rule, epoch, endpoint, trace: trace.map(Box::new) }, half, now, &mut events);
         self.settle(t, events);
     }
 
@@ -471,7 +486,7 @@ impl CompareHub {
 
     fn judge(&self, ev: PairEvent) {
         match ev {
-            PairEvent::Pair { rule, epoch, endpoint, mut primary, shadow } => {
+            PairEvent::Pair { rule, epoch, endpoint, mut primary, shadow, trace } => {
                 let Some(r) = self.rule(rule) else { return };
                 let mut c = lock(&r.comparator);
                 if self.stale(&mut c, epoch) {
@@ -492,9 +507,10 @@ impl CompareHub {
                     primary.body_complete = false;
                 }
                 let key = c.endpoint_key(&endpoint);
-                let (outcome, shadow_side) = match &shadow {
-                    ShadowHalf::Response(s) => (c.observe(&endpoint, &primary, s), Some((s.status, s.latency))),
-                    ShadowHalf::Failed(f) => (c.observe_shadow_failure(&endpoint, &primary, *f), None),
+                let outcome = c.observe_half(&endpoint, &primary, &shadow, trace.as_deref());
+                let shadow_side = match &shadow {
+                    ShadowHalf::Response(s) => Some((s.status, s.latency)),
+                    ShadowHalf::Failed(_) => None,
                 };
                 // Counted under the lock: an epoch start (which drops the rule's series) comes
                 // before or after the whole pair.
@@ -657,6 +673,45 @@ mod tests {
             .unwrap_or_else(|| panic!("{series} not in\n{text}"))
     }
 
+    /// The link between the production trace and the shadow's travels with the shadow's half,
+    /// whichever half comes first, to the diffs, the report and its HTML page; a pair without
+    /// one shows none.
+    #[test]
+    fn mismatching_pairs_show_both_trace_ids() {
+        let h = hub(1024);
+        let link =
+            TraceLink::new(crate::label::TraceFormat::TraceParent, "4bf92f3577b34da6a3ce929d0e0e4736", [0xab; 16]);
+        let shadow_id = "ab".repeat(16);
+        h.primary(&primary(1, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":2}"#), Some(link));
+        h.shadow(2, RuleId::new(0), 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), Some(link));
+        h.primary(&primary(2, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.primary(&primary(3, 200, br#"{"a":1}"#), Expected::SHADOW);
+        h.shadow(3, RuleId::new(0), 1, "GET /a", shadow(500, br#"{"a":1}"#), None);
+        h.drain();
+        let diffs = h.diffs(Some("GET /a"));
+        let traces: Vec<Option<(&str, &str)>> =
+            diffs.iter().map(|d| d.sample.trace.as_ref().map(|t| (t.production.as_str(), t.shadow.as_str()))).collect();
+        let both = Some(("4bf92f3577b34da6a3ce929d0e0e4736", shadow_id.as_str()));
+        assert_eq!(traces, [both, both, None], "the body mismatch, the failure, the untraced 500");
+        assert!(
+            diffs[0]
+                .sample
+                .render()
+                .contains(&format!("production 4bf92f3577b34da6a3ce929d0e0e4736 shadow {shadow_id}"))
+        );
+        let r = h.report();
+        let e = &r.rules[0].report.endpoints[0];
+        assert_eq!(e.traces.iter().map(|t| t.seq).collect::<Vec<_>>(), [1, 2]);
+        let html = r.rules[0].report.render_html();
+        assert!(
+            html.contains(&format!(
+                "<td><code>4bf92f3577b34da6a3ce929d0e0e4736</code></td><td><code>{shadow_id}</code></td>"
+            )),
+            "{html}"
+        );
+    }
+
     #[test]
     fn halves_pair_in_either_order_and_every_leftover_is_counted() {
         let h = hub(1024);
@@ -664,18 +719,18 @@ mod tests {
         assert!(h.keep(RuleId::new(0)).is_some() && h.keep(RuleId::new(1)).is_none());
         // 1: primary first; 2: shadow first; 3: differing body; 4: shadow failed.
         h.primary(&primary(1, 200, br#"{"a":1}"#), Expected::SHADOW);
-        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#));
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#), None);
+        h.shadow(2, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1,"timestamp":2}"#), None);
         h.primary(&primary(2, 200, br#"{"a":1,"timestamp":1}"#), Expected::SHADOW);
         h.primary(&primary(3, 200, br#"{"a":1}"#), Expected::SHADOW);
-        h.shadow(3, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":2}"#));
-        h.shadow(4, RuleId::new(0), 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout));
+        h.shadow(3, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":2}"#), None);
+        h.shadow(4, RuleId::new(0), 1, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), None);
         h.primary(&primary(4, 200, br#"{"a":1}"#), Expected::SHADOW);
         // Not expected: a request that was never replayed.
         h.primary(&primary(99, 200, b"{}"), Expected::default());
         // A shadow half whose primary never comes, and a rule that does not compare.
-        h.shadow(5, RuleId::new(0), 1, "GET /b", shadow(200, b"{}"));
-        h.shadow(6, RuleId::new(1), 1, "GET /c", shadow(200, b"{}"));
+        h.shadow(5, RuleId::new(0), 1, "GET /b", shadow(200, b"{}"), None);
+        h.shadow(6, RuleId::new(1), 1, "GET /c", shadow(200, b"{}"), None);
         h.drain();
 
         let r = h.report();
@@ -723,9 +778,9 @@ mod tests {
             ShadowHalf::Response(s) => ShadowHalf::Response(ResponseSample { latency: None, ..s }),
             other => other,
         };
-        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
-        h.shadow(2, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":1}"#));
-        h.shadow(3, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":2}"#));
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#), None);
+        h.shadow(2, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":1}"#), None);
+        h.shadow(3, RuleId::new(0), 1, "GET /a", untimed(200, br#"{"a":2}"#), None);
         let r = h.report();
         let a = &r.rules[0].report.endpoints[0].summary;
         assert_eq!(a.samples, 3, "every pair compared");
@@ -776,7 +831,7 @@ mod tests {
         for (i, (path, half)) in cases.into_iter().enumerate() {
             let id = i as u64 + 1;
             h.primary(&primary(id, 200, body), Expected::SHADOW);
-            h.shadow(id, RuleId::new(0), 1, &format!("GET {path}"), half);
+            h.shadow(id, RuleId::new(0), 1, &format!("GET {path}"), half, None);
         }
         let r = h.report();
         let outcome = |path: &str| {
@@ -799,7 +854,7 @@ mod tests {
     fn a_primary_body_over_its_rules_cap_is_compared_by_length() {
         let h = hub(4);
         h.primary(&primary(1, 200, br#"{"a":1}"#), Expected::SHADOW);
-        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(1, RuleId::new(0), 1, "GET /a", shadow(200, br#"{"a":1}"#), None);
         let r = h.report();
         assert_eq!(r.rules[0].report.endpoints[0].summary.length_only, 1);
     }
@@ -838,7 +893,7 @@ mod tests {
     fn pair(h: &CompareHub, id: u64, rule: usize, epoch: Option<u64>, half: ShadowHalf) {
         h.primary(&primary(id, 200, br#"{"a":1}"#), Expected::SHADOW);
         let rule = RuleId::new(rule);
-        h.shadow(id, rule, epoch.unwrap_or_else(|| h.epoch_of(rule)), "GET /a", half);
+        h.shadow(id, rule, epoch.unwrap_or_else(|| h.epoch_of(rule)), "GET /a", half, None);
     }
 
     fn samples(h: &CompareHub, rule: &str) -> u64 {
@@ -868,7 +923,7 @@ mod tests {
         let sent_in = h.epoch_of(RuleId::new(0));
         h.primary(&primary(4, 200, br#"{"a":1}"#), Expected::SHADOW);
         // Request 5 too, and its answer comes before its primary.
-        h.shadow(5, RuleId::new(0), sent_in, "GET /a", shadow(200, br#"{"a":1}"#));
+        h.shadow(5, RuleId::new(0), sent_in, "GET /a", shadow(200, br#"{"a":1}"#), None);
         let lbl = r#"{rule="api",endpoint="GET /a""#;
         assert_eq!(metric(&h, &format!("shadow_comparisons_total{lbl},outcome=\"match\"}}")), 3.0);
 
@@ -883,7 +938,7 @@ mod tests {
         assert!(!exported(&h, "shadow_comparisons_total{rule=\"api\""), "the old series left the registry");
         assert!(!exported(&h, "shadow_compared_latency_seconds_count{rule=\"api\""));
 
-        h.shadow(4, RuleId::new(0), sent_in, "GET /a", shadow(500, b"{}"));
+        h.shadow(4, RuleId::new(0), sent_in, "GET /a", shadow(500, b"{}"), None);
         h.primary(&primary(5, 200, br#"{"a":1}"#), Expected::SHADOW);
         assert_eq!(samples(&h, "api"), 0, "answers of the old target are not compared");
         assert_eq!(epoch(&h, "api").dropped_in_flight, 2);
@@ -1048,7 +1103,7 @@ mod tests {
         assert!(!exported(&new, "shadow_comparisons_total{rule=\"gone\""));
         assert!(!exported(&new, "shadow_comparisons_total{rule=\"api\""), "api restarts from zero");
         // The old replay lanes still answer to the old hub: counted, not compared anywhere.
-        old.shadow(9, RuleId::new(0), sent_in, "GET /a", shadow(200, b"{}"));
+        old.shadow(9, RuleId::new(0), sent_in, "GET /a", shadow(200, b"{}"), None);
         assert_eq!(metric(&new, r#"shadow_compare_unpaired_total{reason="epoch"}"#), 1.0);
         assert_eq!(samples(&old, "api"), 1, "the old hub compared nothing more");
     }

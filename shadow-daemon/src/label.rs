@@ -351,6 +351,51 @@ labels! {
 }
 
 labels! {
+    /// The trace-context formats of a replayed request (`shadow_trace_contexts_total{format}`),
+    /// in the order the diffs pick the one they link to.
+    pub enum TraceFormat {
+        /// W3C Trace Context `traceparent`.
+        TraceParent = "traceparent",
+        /// W3C Trace Context `tracestate` (the link back to the production trace).
+        TraceState = "tracestate",
+        /// Zipkin B3, single header `b3`.
+        B3 = "b3",
+        /// Zipkin B3, `X-B3-TraceId` / `X-B3-SpanId` / `X-B3-ParentSpanId` (/ `X-B3-Sampled`).
+        B3Multi = "b3multi",
+        /// Jaeger `uber-trace-id`.
+        Jaeger = "jaeger",
+        /// Datadog `x-datadog-trace-id` / `x-datadog-parent-id` / `x-datadog-tags`.
+        Datadog = "datadog",
+        /// AWS X-Ray `X-Amzn-Trace-Id`.
+        XRay = "xray",
+        /// Google `X-Cloud-Trace-Context`.
+        CloudTrace = "cloud_trace",
+        /// Apache SkyWalking `sw8`.
+        Sw8 = "sw8",
+        /// W3C Baggage `baggage` (the shadow marker).
+        Baggage = "baggage",
+    }
+}
+
+labels! {
+    /// What the replay did to a request's trace context of one format
+    /// (`shadow_trace_contexts_total{action}`).
+    pub enum TraceAction {
+        /// Fresh ids of the same format (`tracestate`: replaced by the link).
+        Restarted = "restarted",
+        /// Left as captured (`--trace keep`).
+        Kept = "kept",
+        /// Not understood (or, for `tracestate`, no restarted `traceparent` to link): removed,
+        /// never replayed with its production ids.
+        Removed = "removed",
+        /// The shadow marker was added to `baggage`.
+        Marked = "marked",
+        /// The marker would have passed the W3C limits (64 members, 8192 bytes): not added.
+        BaggageFull = "baggage_full",
+    }
+}
+
+labels! {
     /// How a config reload ended (`shadow_config_reloads_total{result}`).
     pub enum ReloadResult {
         Applied = "applied",
@@ -555,6 +600,8 @@ mod tests {
         check(ResponseClass::LABELS);
         check(InterfaceEvent::LABELS);
         check(ReloadResult::LABELS);
+        check(TraceFormat::LABELS);
+        check(TraceAction::LABELS);
         check(Outcome::LABELS);
         check(UnpairedReason::LABELS);
         check(EpochReason::LABELS);

@@ -53,3 +53,4 @@ pub mod run;
 pub mod segment;
 pub mod service;
 mod sys;
+pub mod trace_link;

@@ -170,7 +170,8 @@ fn tagged(req: &CapturedRequest) -> Vec<u8> {
     let raw = &req.raw[..];
     let blank = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head end") + 2;
     let mut v = raw[..blank].to_vec();
-    v.extend_from_slice(b"X-Shadow-Request: true\r\n");
+    // The tag, and the shadow marker in the W3C baggage (these requests carry none).
+    v.extend_from_slice(b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n");
     v.extend_from_slice(&raw[blank..]);
     v
 }

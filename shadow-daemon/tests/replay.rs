@@ -58,7 +58,8 @@ fn captured_from(id: u64, raw: &[u8], client_port: u16) -> CapturedRequest {
 fn tagged(raw: &[u8]) -> Vec<u8> {
     let blank = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head end") + 2;
     let mut v = raw[..blank].to_vec();
-    v.extend_from_slice(b"X-Shadow-Request: true\r\n");
+    // The tag, and the shadow marker in the W3C baggage (these requests carry none).
+    v.extend_from_slice(b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n");
     v.extend_from_slice(&raw[blank..]);
     v
 }
@@ -377,8 +378,10 @@ async fn chunked_request_bodies_arrive_byte_for_byte() {
     let (sent_head, got_head) = (head_end(&raw), head_end(&got[0]));
     assert_eq!(
         String::from_utf8_lossy(&got[0][..got_head]),
-        String::from_utf8_lossy(&raw[..sent_head]).replace("X-Shadow-Request: spoofed", "X-Shadow-Request: true"),
-        "tag replaced in place, header order kept"
+        String::from_utf8_lossy(&raw[..sent_head])
+            .replace("X-Shadow-Request: spoofed", "X-Shadow-Request: true")
+            .replace("\r\n\r\n", "\r\nbaggage: shadow=true\r\n\r\n"),
+        "tag replaced in place, header order kept, the marker added before the blank line"
     );
     assert!(got[0][got_head..] == raw[sent_head..], "chunked body, extensions and trailers unchanged, byte for byte");
     engine.shutdown(Duration::from_secs(1)).await;

@@ -31,7 +31,9 @@ use shadow_tests::{
 
 const PORT: u16 = 8080;
 const SHADOW: &str = "127.0.0.1:9090";
-const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+// The daemon's default edits of a request without trace headers: the tag, then the shadow
+// marker in a new W3C baggage header, both before the blank line.
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n";
 /// What every crafted primary answers.
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const WAIT: Duration = Duration::from_secs(60);

@@ -26,7 +26,9 @@ use shadow_tests::{
 const PORT: u16 = 8080;
 const SHADOW_PORT: u16 = 9090;
 const METRICS: &str = "127.0.0.1:9477";
-const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+// The daemon's default edits of a request without trace headers: the tag, then the shadow
+// marker in a new W3C baggage header, both before the blank line.
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n";
 const BODY: usize = 4 * 1024 * 1024;
 
 fn start_nginx(t: &TwoHosts, scratch: &Scratch) -> Proc {

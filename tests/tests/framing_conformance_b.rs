@@ -33,7 +33,9 @@ const PORT: u16 = 8080;
 const SHADOW: &str = "127.0.0.1:9090";
 const APP: &str = "127.0.0.1:9100";
 const METRICS: &str = "127.0.0.1:9477";
-const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+// The daemon's default edits of a request without trace headers: the tag, then the shadow
+// marker in a new W3C baggage header, both before the blank line.
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n";
 const METHODS: &str = "GET,HEAD,OPTIONS,POST,REPORT,PURGE,M-SEARCH,LINK,SOURCE";
 
 struct Setup {

@@ -292,6 +292,7 @@ mod tests {
             note: None,
             primary_body: String::new(),
             shadow_body: String::new(),
+            trace: None,
         }
     }
 

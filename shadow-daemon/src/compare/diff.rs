@@ -14,6 +14,7 @@ use super::{
     path::{self, Step},
     settings::ALWAYS_REDACTED_HEADERS,
 };
+use crate::trace_link::TraceIds;
 
 /// Distinct path templates one comparison collects; past this the difference is "incomplete"
 /// and no amount of learned noise can excuse it.
@@ -313,6 +314,10 @@ pub struct MismatchSample {
     /// Normalised bodies, cut to the configured size.
     pub primary_body: String,
     pub shadow_body: String,
+    /// The production trace of the request and the shadow's new one (its trace context was
+    /// restarted), to open side by side in a tracing UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceIds>,
 }
 
 impl MismatchSample {
@@ -332,6 +337,9 @@ impl MismatchSample {
             shown(self.primary_latency_ms, Timing::Untimed),
             shown(self.shadow_latency_ms, shadow_untimed)
         );
+        if let Some(t) = &self.trace {
+            let _ = writeln!(o, "  trace ({}): production {} shadow {}", t.format, t.production, t.shadow);
+        }
         if let Some(n) = &self.note {
             let _ = writeln!(o, "  note: {n}");
         }
@@ -573,6 +581,7 @@ mod tests {
             note: None,
             primary_body: "{\"a\":1}".into(),
             shadow_body: "{\"a\":2}".into(),
+            trace: None,
         };
         let r = m.render();
         assert_eq!(
@@ -589,6 +598,26 @@ mod tests {
             ..m.clone()
         };
         let r2 = same.render();
+        // A restarted trace context: both ids, before the note.
+        let traced = MismatchSample {
+            trace: Some(TraceIds {
+                format: crate::label::TraceFormat::TraceParent,
+                production: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                shadow: "0af7651916cd43dd8448eb211c80319c".into(),
+            }),
+            ..same.clone()
+        };
+        assert!(
+            traced.render().contains(
+                "  trace (traceparent): production 4bf92f3577b34da6a3ce929d0e0e4736 shadow \
+                 0af7651916cd43dd8448eb211c80319c\n  note: why\n"
+            ),
+            "{}",
+            traced.render()
+        );
+        let back: MismatchSample = serde_json::from_value(serde_json::to_value(&traced).expect("json")).expect("reads");
+        assert_eq!(back, traced);
+        assert!(serde_json::to_value(&same).expect("json").get("trace").is_none(), "absent when not restarted");
         assert!(r2.contains("  status: primary 200 shadow 200\n  latency:"), "{r2}");
         assert!(r2.contains("  note: why\n  $.a\n") && !r2.contains("more differing"), "{r2}");
         // A side without a time of its own says so, never "0.000 ms".

@@ -116,6 +116,25 @@ impl Report {
                 }
                 o.push_str("</p>");
             }
+            if !e.traces.is_empty() {
+                o.push_str(
+                    "<table class=\"traces\"><caption>Mismatching pairs and their traces (production, and the \
+                     shadow's restarted one)</caption><thead><tr><th>Pair</th><th>Outcome</th><th>Format</th>\
+                     <th>Production trace</th><th>Shadow trace</th></tr></thead><tbody>",
+                );
+                for t in &e.traces {
+                    let _ = write!(
+                        o,
+                        "<tr><td>#{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                        t.seq,
+                        t.outcome.as_str(),
+                        t.ids.format.as_str(),
+                        escape(&t.ids.production),
+                        escape(&t.ids.shadow)
+                    );
+                }
+                o.push_str("</tbody></table>");
+            }
             o.push_str("</section>");
         }
         o.push_str("</body></html>\n");

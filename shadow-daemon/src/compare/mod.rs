@@ -37,7 +37,7 @@ pub use self::{
     noise::{LearnedPath, NoiseReport},
     normalize::LengthOnlyReason,
     path::JsonPath,
-    report::{EndpointReport, Report},
+    report::{EndpointReport, MismatchTrace, Report},
     settings::{CompareSettings, EndpointOverride, Gates, GatesOverride, Limits, NoiseSettings},
     summary::{EndpointSummary, LatencySummary, Unpaired},
     verdict::{EndpointVerdict, Gate, GateFailure, Undecided, UndecidedReason, Verdict, evaluate},
@@ -53,6 +53,7 @@ use self::{
 pub use crate::{
     label::{EpochReason, Outcome, UnpairedReason},
     message::ResponseSample,
+    trace_link::{TraceIds, TraceLink},
 };
 
 /// The endpoint that collects pairs past the endpoint cap.
@@ -177,8 +178,33 @@ impl Comparator {
         }
     }
 
+    /// Compare one pair, whatever the shadow's half (a response, or how it failed), and count
+    /// it; a kept mismatch shows `trace` (the production trace and the shadow's new one).
+    pub fn observe_half(
+        &mut self,
+        endpoint: &str,
+        primary: &ResponseSample,
+        shadow: &pairs::ShadowHalf,
+        trace: Option<&TraceLink>,
+    ) -> Outcome {
+        match shadow {
+            pairs::ShadowHalf::Response(s) => self.observe_traced(endpoint, primary, s, trace),
+            pairs::ShadowHalf::Failed(f) => self.shadow_failure_traced(endpoint, primary, *f, trace),
+        }
+    }
+
     /// Compare one primary/shadow pair and count it.
     pub fn observe(&mut self, endpoint: &str, primary: &ResponseSample, shadow: &ResponseSample) -> Outcome {
+        self.observe_traced(endpoint, primary, shadow, None)
+    }
+
+    fn observe_traced(
+        &mut self,
+        endpoint: &str,
+        primary: &ResponseSample,
+        shadow: &ResponseSample,
+        trace: Option<&TraceLink>,
+    ) -> Outcome {
         let redact = self.settings.redact_headers.clone();
         let noise = self.settings.noise;
         let limits = self.settings.limits;
@@ -258,6 +284,7 @@ impl Comparator {
                 note,
                 primary_body: body_text(&pb, limits.sample_body_bytes),
                 shadow_body: body_text(&sb, limits.sample_body_bytes),
+                trace: trace.map(TraceLink::ids),
             };
             stats.push_sample(sample, limits.mismatch_samples);
         }
@@ -270,6 +297,16 @@ impl Comparator {
         endpoint: &str,
         primary: &ResponseSample,
         failure: ShadowFailure,
+    ) -> Outcome {
+        self.shadow_failure_traced(endpoint, primary, failure, None)
+    }
+
+    fn shadow_failure_traced(
+        &mut self,
+        endpoint: &str,
+        primary: &ResponseSample,
+        failure: ShadowFailure,
+        trace: Option<&TraceLink>,
     ) -> Outcome {
         let limits = self.settings.limits;
         let (stats, _, name) = self.endpoint(endpoint);
@@ -295,6 +332,7 @@ impl Comparator {
             note: Some(format!("shadow request failed: {}", failure.as_str())),
             primary_body: String::new(),
             shadow_body: String::new(),
+            trace: trace.map(TraceLink::ids),
         };
         stats.push_sample(sample, limits.mismatch_samples);
         Outcome::ShadowFailed
@@ -381,7 +419,15 @@ impl Comparator {
             .with_rates();
             add_counts(&mut overall, &summary);
             let verdict = evaluate(&summary, &gates);
-            endpoints.push(EndpointReport { summary, gates, verdict });
+            let traces = e
+                .mismatches
+                .iter()
+                .filter_map(|m| {
+                    let ids = m.trace.clone()?;
+                    Some(MismatchTrace { seq: m.seq, outcome: m.outcome, ids })
+                })
+                .collect();
+            endpoints.push(EndpointReport { summary, gates, verdict, traces });
         }
         overall.latency = LatencySummary {
             shadow_untimed: endpoints.iter().map(|e| e.summary.latency.shadow_untimed).sum(),

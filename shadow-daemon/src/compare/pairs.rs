@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{ResponseSample, ShadowFailure, UnpairedReason};
-use crate::rule::RuleId;
+use crate::{rule::RuleId, trace_link::TraceLink};
 
 /// The shadow's half: a response, or why there is none.
 #[derive(Clone, Debug)]
@@ -29,7 +29,19 @@ enum Half {
         epoch: u64,
         endpoint: String,
         half: ShadowHalf,
+        trace: Option<Box<TraceLink>>,
     },
+}
+
+/// How a shadow request went out: what its half carries to the pair.
+#[derive(Clone, Debug)]
+pub struct Sent<'a> {
+    pub rule: RuleId,
+    /// The rule's comparison epoch when the request went out.
+    pub epoch: u64,
+    pub endpoint: &'a str,
+    /// Its production trace and the shadow's new one.
+    pub trace: Option<Box<TraceLink>>,
 }
 
 #[derive(Clone, Debug)]
@@ -43,7 +55,14 @@ struct Waiting {
 #[derive(Clone, Debug)]
 pub enum PairEvent {
     /// Both halves: compare them (`epoch`: the shadow half's, see [`PairTable::shadow`]).
-    Pair { rule: RuleId, epoch: u64, endpoint: String, primary: ResponseSample, shadow: ShadowHalf },
+    Pair {
+        rule: RuleId,
+        epoch: u64,
+        endpoint: String,
+        primary: ResponseSample,
+        shadow: ShadowHalf,
+        trace: Option<Box<TraceLink>>,
+    },
     /// A shadow half whose primary never came (or was evicted): count, do not compare.
     Unpaired { rule: RuleId, epoch: u64, endpoint: String, reason: UnpairedReason },
 }
@@ -100,8 +119,8 @@ impl PairTable {
     /// The primary's half of request `id`.
     pub fn primary(&mut self, id: u64, s: ResponseSample, now_ns: u64, out: &mut Vec<PairEvent>) {
         match self.take(id) {
-            Some(Waiting { half: Half::Shadow { rule, epoch, endpoint, half }, .. }) => {
-                out.push(PairEvent::Pair { rule, epoch, endpoint, primary: s, shadow: half });
+            Some(Waiting { half: Half::Shadow { rule, epoch, endpoint, half, trace }, .. }) => {
+                out.push(PairEvent::Pair { rule, epoch, endpoint, primary: s, shadow: half, trace });
             }
             // A second primary for the same id cannot happen (ids are unique); keep the first.
             Some(w) => self.put(id, w, out),
@@ -112,22 +131,13 @@ impl PairTable {
         }
     }
 
-    /// The shadow's half of request `id`, sent while `epoch` was its rule's comparison epoch:
-    /// carried to the pair, so a pair of an earlier epoch is told apart.
-    #[allow(clippy::too_many_arguments)]
-    pub fn shadow(
-        &mut self,
-        id: u64,
-        rule: RuleId,
-        epoch: u64,
-        endpoint: &str,
-        s: ShadowHalf,
-        now_ns: u64,
-        out: &mut Vec<PairEvent>,
-    ) {
+    /// The shadow's half of request `id`, sent as `sent` says (its epoch is carried to the pair,
+    /// so a pair of an earlier epoch is told apart).
+    pub fn shadow(&mut self, id: u64, sent: Sent<'_>, s: ShadowHalf, now_ns: u64, out: &mut Vec<PairEvent>) {
+        let Sent { rule, epoch, endpoint, trace } = sent;
         match self.take(id) {
             Some(Waiting { half: Half::Primary(p), .. }) => {
-                out.push(PairEvent::Pair { rule, epoch, endpoint: endpoint.to_string(), primary: p, shadow: s });
+                out.push(PairEvent::Pair { rule, epoch, endpoint: endpoint.to_string(), primary: p, shadow: s, trace });
             }
             Some(w) => self.put(id, w, out),
             None => {
@@ -135,7 +145,7 @@ impl PairTable {
                     ShadowHalf::Response(r) => sample_bytes(r),
                     ShadowHalf::Failed(_) => 96,
                 };
-                let half = Half::Shadow { rule, epoch, endpoint: endpoint.to_string(), half: s };
+                let half = Half::Shadow { rule, epoch, endpoint: endpoint.to_string(), half: s, trace };
                 self.put(id, Waiting { half, since_ns: now_ns, bytes }, out);
             }
         }
@@ -212,6 +222,10 @@ mod tests {
 
     use super::*;
 
+    fn sent(rule: RuleId, epoch: u64, endpoint: &str) -> Sent<'_> {
+        Sent { rule, epoch, endpoint, trace: None }
+    }
+
     fn sample(status: u16, body: &'static [u8]) -> ResponseSample {
         ResponseSample {
             status,
@@ -236,14 +250,14 @@ mod tests {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
         t.primary(1, sample(200, b"x"), 0, &mut ev);
-        t.shadow(2, RuleId::new(1), 7, "GET /b", ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(1), 7, "GET /b"), ShadowHalf::Response(sample(200, b"y")), 0, &mut ev);
         assert!(ev.is_empty());
         assert_eq!((t.len(), t.bytes() > 0), (2, true));
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(500, b"z")), 1, &mut ev);
         t.primary(2, sample(200, b"y"), 1, &mut ev);
         assert_eq!(pairs(&ev), 2);
         match &ev[0] {
-            PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(s) } => {
+            PairEvent::Pair { rule, epoch, endpoint, primary, shadow: ShadowHalf::Response(s), .. } => {
                 assert_eq!((*rule, endpoint.as_str(), primary.status, s.status), (RuleId::new(0), "GET /a", 200, 500));
                 assert_eq!(*epoch, 7, "the shadow half's epoch");
             }
@@ -256,7 +270,7 @@ mod tests {
     fn a_shadow_half_without_primary_times_out_as_primary_missing() {
         let mut t = PairTable::new(limits(10, 1 << 20));
         let mut ev = Vec::new();
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         t.primary(2, sample(200, b""), 500_000_000, &mut ev);
         t.expire(999_999_999, &mut ev);
         assert!(ev.is_empty(), "not yet");
@@ -274,7 +288,7 @@ mod tests {
         let mut t = PairTable::new(limits(2, 1 << 20));
         let mut ev = Vec::new();
         for id in 0..3 {
-            t.shadow(id, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
+            t.shadow(id, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(200, b"body")), id, &mut ev);
         }
         assert!(matches!(&ev[..], [PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. }]), "{ev:?}");
         assert_eq!(t.len(), 2);
@@ -293,7 +307,7 @@ mod tests {
         assert_eq!(t.primary_alone, 3);
         // A half larger than the whole bound never enters.
         let big = ResponseSample { body: Bytes::from(vec![0u8; 1000]), ..sample(200, b"") };
-        t.shadow(9, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(big), 9, &mut ev);
+        t.shadow(9, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(big), 9, &mut ev);
         assert!(matches!(ev.last(), Some(PairEvent::Unpaired { reason: UnpairedReason::MemoryBound, .. })));
         assert!(t.bytes() <= 250);
     }
@@ -310,25 +324,25 @@ mod tests {
         let mut ev = Vec::new();
         t.primary(1, with_header.clone(), 0, &mut ev);
         assert_eq!((t.len(), t.is_empty(), t.bytes()), (1, false, 121));
-        t.shadow(2, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert_eq!((t.len(), t.bytes()), (2, 121 + 96));
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Failed(ShadowFailure::Connect), 1, &mut ev);
         assert_eq!((pairs(&ev), t.len(), t.bytes()), (1, 1, 96));
 
         // 100 bytes a half: a bound of 200 holds exactly two; the third evicts the oldest.
         let mut t = PairTable::new(limits(100, 200));
         let mut ev = Vec::new();
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
-        t.shadow(2, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 2, 200), "at the byte bound, nothing leaves");
-        t.shadow(3, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(3, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (1, 2, 200));
         t.primary(1, sample(200, b""), 0, &mut ev);
         assert_eq!(pairs(&ev), 0, "id 1, the oldest, was the one evicted");
         // A half of exactly the whole bound enters an empty table.
         let mut t = PairTable::new(limits(100, 100));
         let mut ev = Vec::new();
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Response(sample(200, b"0123")), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 100));
     }
 
@@ -341,11 +355,11 @@ mod tests {
         t.primary(1, sample(201, b"first"), 0, &mut ev);
         t.primary(1, sample(202, b"second"), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 5 + 96));
-        t.shadow(1, RuleId::new(0), 7, "GET /a", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "GET /a"), ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
         assert!(matches!(&ev[..], [PairEvent::Pair { primary, .. }] if primary.status == 201), "{ev:?}");
         let mut ev = Vec::new();
-        t.shadow(2, RuleId::new(3), 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
-        t.shadow(2, RuleId::new(3), 7, "GET /b", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(3), 7, "GET /b"), ShadowHalf::Failed(ShadowFailure::Timeout), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(3), 7, "GET /b"), ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
         assert_eq!((ev.len(), t.len(), t.bytes()), (0, 1, 96));
         t.primary(2, sample(200, b""), 0, &mut ev);
         match &ev[..] {
@@ -360,8 +374,8 @@ mod tests {
     fn drain_reports_every_waiting_shadow_half() {
         let mut t = PairTable::new(PairLimits::default());
         let mut ev = Vec::new();
-        t.shadow(1, RuleId::new(0), 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
-        t.shadow(2, RuleId::new(0), 7, "a", ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(1, sent(RuleId::new(0), 7, "a"), ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
+        t.shadow(2, sent(RuleId::new(0), 7, "a"), ShadowHalf::Failed(ShadowFailure::Connect), 0, &mut ev);
         t.primary(3, sample(200, b""), 0, &mut ev);
         t.drain(&mut ev);
         assert_eq!(ev.len(), 2);

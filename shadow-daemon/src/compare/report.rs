@@ -15,6 +15,7 @@ use super::{
     summary::EndpointSummary,
     verdict::{EndpointVerdict, Verdict},
 };
+use crate::{label::Outcome, trace_link::TraceIds};
 
 /// Width of the endpoint column in the text table.
 const ENDPOINT_COLUMN: usize = 36;
@@ -25,6 +26,20 @@ pub struct EndpointReport {
     pub summary: EndpointSummary,
     pub gates: Gates,
     pub verdict: EndpointVerdict,
+    /// The kept mismatching pairs whose trace context was restarted: the production trace and
+    /// the shadow's, to open side by side.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<MismatchTrace>,
+}
+
+/// A kept mismatching pair's two traces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MismatchTrace {
+    /// The endpoint's pair number (as `shadowctl diffs` shows it).
+    pub seq: u64,
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub ids: TraceIds,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

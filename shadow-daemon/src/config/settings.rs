@@ -21,7 +21,7 @@ use crate::{
         Rule,
         controls::{
             HeaderField, HeaderName, HostMode, MAX_CONCURRENCY, MAX_PIPELINE, MAX_QUEUE_CAPACITY, MethodAllowlist,
-            ReplayControls, ShadowTarget,
+            ReplayControls, ShadowBaggage, ShadowTarget, TraceMode, TraceSampled,
         },
     },
     service::ServiceMatch,
@@ -252,6 +252,25 @@ settings! {
         #[serde(deserialize_with = "one")]
         host_mode: Option<HostMode> => |c, v| c.host = v;
 
+        /// Trace context of replayed requests: isolate (fresh trace and span ids in every trace
+        /// header shadow knows, the production trace linked only in tracestate; headers not
+        /// understood are removed) or keep (as captured) [default: isolate].
+        #[arg(long, env = "SHADOW_TRACE", value_name = "isolate|keep", value_parser = parse::<TraceMode>)]
+        #[serde(deserialize_with = "one")]
+        trace: Option<TraceMode> => |c, v| c.trace = v;
+
+        /// Sampling decision of a restarted trace context: inherit (the production's), always or
+        /// never [default: inherit].
+        #[arg(long, env = "SHADOW_TRACE_SAMPLED", value_name = "inherit|always|never", value_parser = parse::<TraceSampled>)]
+        #[serde(deserialize_with = "one")]
+        trace_sampled: Option<TraceSampled> => |c, v| c.trace_sampled = v;
+
+        /// W3C baggage member added to every replayed request (after its own members), so the
+        /// services behind the shadow see shadow traffic; empty for none [default: shadow=true].
+        #[arg(long, env = "SHADOW_SHADOW_BAGGAGE", value_name = "KEY=VALUE", value_parser = parse::<ShadowBaggage>)]
+        #[serde(deserialize_with = "one")]
+        shadow_baggage: Option<ShadowBaggage> => |c, v| c.shadow_baggage = v;
+
         /// Headers removed before replaying (e.g. Authorization,Cookie), comma separated.
         #[arg(long, env = "SHADOW_REMOVE_HEADER", value_name = "NAME", value_delimiter = ',', value_parser = parse::<HeaderName>)]
         #[serde(deserialize_with = "list")]
@@ -426,6 +445,9 @@ setting!(Method, "an HTTP method", text, |s| MethodAllowlist::parse_method(s).ma
 setting!(HeaderField, "\"Name: value\"", text, HeaderField::parse);
 setting!(HeaderName, "a header name", text, HeaderName::parse);
 setting!(HostMode, "keep, target or suffix:SUFFIX", text, str::parse);
+setting!(TraceMode, "isolate or keep", text, str::parse);
+setting!(TraceSampled, "inherit, always or never", text, str::parse);
+setting!(ShadowBaggage, "\"KEY=VALUE\" (or \"\")", text, str::parse);
 setting!(PathPattern, "a path pattern", text, PathPattern::parse);
 setting!(Rate, "requests per second", |s| parse_rate(s).map(Rate));
 setting!(BodyBytes, "a byte count", |s| parse_bytes(s).map(BodyBytes));

@@ -6,7 +6,8 @@
 //! (Prometheus histograms and hdrhistograms per endpoint), `absolute` (totals counted elsewhere,
 //! such as the kernel's counters, published by a collector), [`summary`] (the exit summary),
 //! [`endpoint`] (endpoint names), `targets` (per shadow target: failures by kind and backoff
-//! state), `server` (the HTTP endpoint) and `text` (exposition formats).
+//! state), `traces` (what replay did to trace contexts), `server` (the HTTP endpoint) and `text`
+//! (exposition formats).
 
 //!
 mod absolute;
@@ -19,6 +20,7 @@ mod server;
 pub mod summary;
 mod targets;
 mod text;
+mod traces;
 
 use std::{
     fmt,
@@ -45,6 +47,8 @@ pub use server::MetricsServer;
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
 pub use targets::TargetMetrics;
 use targets::Targets;
+pub use traces::TraceMetrics;
+use traces::Traces;
 
 pub use crate::label::{Counted, Dropped, EventReason, RequestDrop, Role, ShadowErrorKind, TargetFailure};
 use crate::label::{DropReason, EpochReason, NotCompared, ResponseClass, SecondaryOutcome, Side, Uncompared};
@@ -113,6 +117,7 @@ pub struct Metrics {
     ops: Arc<Mutex<ops::Operations>>,
     compared: Compared,
     targets: Targets,
+    traces: Traces,
 }
 
 impl fmt::Debug for Metrics {
@@ -206,6 +211,7 @@ impl Metrics {
         registry.register_collector(Box::new(ops::OpsCollector(ops.clone())));
         let compared = Compared::register(&mut registry);
         let targets = Targets::register(&mut registry);
+        let traces = Traces::register(&mut registry);
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
@@ -230,7 +236,13 @@ impl Metrics {
             ops,
             compared,
             targets,
+            traces,
         }
+    }
+
+    /// Rule `rule`'s `shadow_trace_contexts_total` series. Look it up once per lane.
+    pub fn traces(&self, rule: &str) -> TraceMetrics {
+        self.traces.rule(rule)
     }
 
     /// The series of one shadow target of a rule (`role`: `shadow` or `secondary`): failures by

@@ -1,13 +1,15 @@
 //! The bytes sent to the shadow: the captured request with the deliberate header edits spliced
 //! into its head. Every byte outside an edited header line (request line, the other headers with
 //! their order, case and whitespace, the body with its chunk framing) is copied unchanged, so the
-//! shadow sees what the primary saw.
+//! shadow sees what the primary saw. The edits: the tag, the set and removed headers, the Host,
+//! and the trace context ([`super::trace`]), all in one pass over the head's lines.
 
 use std::{net::Ipv4Addr, ops::Range};
 
 use super::{
     ReplayError,
     controls::{HostMode, ReplayControls, ShadowTarget},
+    trace::{LineVerdict, TraceEdit, TraceHeader, TraceOutcome},
 };
 use crate::message::CapturedRequest;
 
@@ -18,6 +20,10 @@ enum LineEdit<'a> {
     Remove,
     /// Same line, this value in place of the original value bytes.
     Replace(&'a [u8]),
+    /// Same line, the value rewritten by the trace edit (or the line removed, if it says so).
+    Trace(TraceHeader),
+    /// Same line, the shadow marker appended to its baggage.
+    Marker,
 }
 
 /// A header that every replayed request carries with a given value.
@@ -47,13 +53,13 @@ pub(crate) fn edit_request(
 }
 
 /// Append the edited request bytes to `out` (a pipeline's requests go out in one write); on an
-/// error nothing is appended.
+/// error nothing is appended. Returns what was done to the trace context.
 pub(crate) fn edit_request_into(
     req: &CapturedRequest,
     controls: &ReplayControls,
     target: &ShadowTarget,
     out: &mut Vec<u8>,
-) -> Result<(), ReplayError> {
+) -> Result<TraceOutcome, ReplayError> {
     let invalid = |what: &'static str| ReplayError::InvalidCapture { id: req.id, what };
     let raw = &req.raw[..];
     let head = raw.get(..req.head_len).ok_or(invalid("head_len is past the end of the request"))?;
@@ -87,8 +93,9 @@ pub(crate) fn edit_request_into(
         _ => {}
     }
 
+    let mut trace = TraceEdit::new(controls.trace, controls.trace_sampled, controls.shadow_baggage.member());
     let mut edits: Vec<(Range<usize>, Range<usize>, LineEdit)> = Vec::with_capacity(lines.len());
-    for HeaderLine { line, value, name } in lines {
+    for (i, HeaderLine { line, value, name }) in lines.into_iter().enumerate() {
         let name_bytes = &raw[name];
         let edit = if let Some(s) = setters.iter_mut().find(|s| s.name.eq_ignore_ascii_case(name_bytes)) {
             // The first occurrence carries the value; duplicates would contradict it.
@@ -100,15 +107,25 @@ pub(crate) fn edit_request_into(
             }
         } else if controls.remove_headers.iter().any(|r| r.matches(name_bytes)) {
             LineEdit::Remove
+        } else if let Some(kind) = TraceHeader::of(name_bytes) {
+            match trace.line(kind, &raw[value.clone()], i) {
+                LineVerdict::Keep => LineEdit::Keep,
+                LineVerdict::Remove => LineEdit::Remove,
+                LineVerdict::Rewrite(k) => LineEdit::Trace(k),
+            }
         } else {
             LineEdit::Keep
         };
         edits.push((line, value, edit));
     }
+    let trace_added = trace.finish();
+    if let Some(e) = trace.baggage_line().and_then(|i| edits.get_mut(i)) {
+        e.2 = LineEdit::Marker;
+    }
 
     let added: usize =
         setters.iter().filter(|s| s.add_if_missing && !s.seen).map(|s| s.name.len() + s.value.len() + 4).sum();
-    out.reserve(raw.len() + added);
+    out.reserve(raw.len() + added + trace_added);
     let mut copied = 0;
     for (line, value, edit) in edits {
         match edit {
@@ -122,6 +139,22 @@ pub(crate) fn edit_request_into(
                 out.extend_from_slice(v);
                 copied = value.end;
             }
+            LineEdit::Trace(kind) => {
+                out.extend_from_slice(&raw[copied..line.start]);
+                let line_start = out.len();
+                out.extend_from_slice(&raw[line.start..value.start]);
+                if trace.rewrite(kind, &raw[value.clone()], out) {
+                    copied = value.end;
+                } else {
+                    out.truncate(line_start);
+                    copied = line.end;
+                }
+            }
+            LineEdit::Marker => {
+                out.extend_from_slice(&raw[copied..value.end]);
+                trace.append_marker(&raw[value.clone()], out);
+                copied = value.end;
+            }
         }
     }
     out.extend_from_slice(&raw[copied..blank_start]);
@@ -133,8 +166,9 @@ pub(crate) fn edit_request_into(
             out.extend_from_slice(eol);
         }
     }
+    trace.append(eol, out);
     out.extend_from_slice(&raw[blank_start..]);
-    Ok(())
+    Ok(trace.outcome())
 }
 
 /// Byte ranges of one header line in the captured request.
@@ -216,6 +250,11 @@ pub(crate) mod tests {
         CapturedRequest::builder(raw).build()
     }
 
+    /// The controls without the baggage marker, for the tests of the other edits.
+    fn no_marker() -> ReplayControls {
+        ReplayControls { shadow_baggage: "".parse().unwrap(), ..ReplayControls::default() }
+    }
+
     fn target() -> ShadowTarget {
         "shadow.internal:8081".parse().unwrap()
     }
@@ -225,10 +264,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn default_adds_only_the_tag_before_the_blank_line() {
+    fn default_adds_only_the_tag_and_the_marker_before_the_blank_line() {
         let raw = b"GET /a?b=1 HTTP/1.1\r\nhost:  Example.COM \r\nX-Y:z\r\n\r\n";
         assert_eq!(
             edit(raw, &ReplayControls::default()),
+            "GET /a?b=1 HTTP/1.1\r\nhost:  Example.COM \r\nX-Y:z\r\nX-Shadow-Request: true\r\nbaggage: shadow=true\r\n\r\n"
+        );
+        assert_eq!(
+            edit(raw, &no_marker()),
             "GET /a?b=1 HTTP/1.1\r\nhost:  Example.COM \r\nX-Y:z\r\nX-Shadow-Request: true\r\n\r\n"
         );
     }
@@ -236,7 +279,7 @@ pub(crate) mod tests {
     #[test]
     fn tag_replaces_existing_in_place_and_removes_duplicates() {
         let raw = b"GET / HTTP/1.1\r\nx-shadow-request: false\r\nA: 1\r\nX-SHADOW-REQUEST: also\r\n\r\n";
-        assert_eq!(edit(raw, &ReplayControls::default()), "GET / HTTP/1.1\r\nx-shadow-request: true\r\nA: 1\r\n\r\n");
+        assert_eq!(edit(raw, &no_marker()), "GET / HTTP/1.1\r\nx-shadow-request: true\r\nA: 1\r\n\r\n");
     }
 
     #[test]
@@ -246,7 +289,7 @@ pub(crate) mod tests {
             remove_headers: vec![HeaderName::parse("authorization").unwrap(), HeaderName::parse("Cookie").unwrap()],
             set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap(), HeaderField::parse("X-New: 1").unwrap()],
             host: HostMode::Suffix("-shadow".into()),
-            ..Default::default()
+            ..no_marker()
         };
         let out = edit(raw, &c);
         assert_eq!(
@@ -254,7 +297,7 @@ pub(crate) mod tests {
             "POST /p HTTP/1.1\r\nHost: api.example-shadow:8080\r\nX-Env: shadow\r\nTransfer-Encoding: chunked\r\nX-Shadow-Request: true\r\nX-New: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         );
         assert!(!out.contains("s3cret"));
-        let t = ReplayControls { host: HostMode::Target, ..Default::default() };
+        let t = ReplayControls { host: HostMode::Target, ..no_marker() };
         assert!(edit(raw, &t).starts_with("POST /p HTTP/1.1\r\nHost: shadow.internal:8081\r\n"));
         // No Host (HTTP/1.0): target mode adds one, suffix mode invents nothing.
         let bare = b"GET / HTTP/1.0\r\n\r\n";
@@ -274,14 +317,14 @@ pub(crate) mod tests {
     #[test]
     fn bare_lf_heads_get_bare_lf_lines() {
         let raw = b"GET / HTTP/1.1\nHost: a\n\n";
-        assert_eq!(edit(raw, &ReplayControls::default()), "GET / HTTP/1.1\nHost: a\nX-Shadow-Request: true\n\n");
+        assert_eq!(edit(raw, &no_marker()), "GET / HTTP/1.1\nHost: a\nX-Shadow-Request: true\n\n");
     }
 
     /// A pipeline's requests go into one buffer: each is appended after the ones before, and one
     /// that cannot be edited leaves the buffer as it was.
     #[test]
     fn requests_are_appended_and_a_refused_one_appends_nothing() {
-        let c = ReplayControls::default();
+        let c = no_marker();
         let mut wire = b"GET /a HTTP/1.1\r\n\r\n".to_vec();
         edit_request_into(&captured(b"GET /b HTTP/1.1\r\nB: 2\r\n\r\nxy"), &c, &target(), &mut wire).unwrap();
         let mut bad = captured(b"GET /c HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
@@ -299,38 +342,34 @@ pub(crate) mod tests {
     fn inconsistent_spans_are_refused_not_guessed() {
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
         r.headers.swap(0, 1);
-        assert!(matches!(
-            edit_request(&r, &ReplayControls::default(), &target()),
-            Err(ReplayError::InvalidCapture { .. })
-        ));
+        assert!(matches!(edit_request(&r, &no_marker(), &target()), Err(ReplayError::InvalidCapture { .. })));
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.head_len += 100;
-        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err());
+        assert!(edit_request(&r, &no_marker(), &target()).is_err());
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.headers[0].name = 16..200;
-        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err());
+        assert!(edit_request(&r, &no_marker(), &target()).is_err());
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.headers.clear();
-        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a header the spans do not cover");
+        assert!(edit_request(&r, &no_marker(), &target()).is_err(), "a header the spans do not cover");
         // An empty name span, even where the next byte is a colon.
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n");
         r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n:: 1\r\n\r\n");
         r.headers[0].name = 16..16;
-        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "an empty header name");
+        assert!(edit_request(&r, &no_marker(), &target()).is_err(), "an empty header name");
         // A name span running to the start of the next header leaves no room for its colon.
         let mut r = captured(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
         r.raw = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nA\n:B: 1234\r\n\r\n");
         r.headers[0].name = 16..18;
         r.headers[1].name = 18..20;
-        assert!(edit_request(&r, &ReplayControls::default(), &target()).is_err(), "a name without its line");
+        assert!(edit_request(&r, &no_marker(), &target()).is_err(), "a name without its line");
     }
 
     #[test]
     fn the_edited_request_is_sized_once_for_the_lines_it_adds() {
         // Two lines added (the tag and a set header), none replaced: the buffer is allocated at
         // its final size, so building it never reallocates.
-        let c =
-            ReplayControls { set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap()], ..Default::default() };
+        let c = ReplayControls { set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap()], ..no_marker() };
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let out = edit_request(&captured(raw), &c, &target()).unwrap();
         assert_eq!(out.len(), raw.len() + "X-Shadow-Request: true\r\n".len() + "X-Env: shadow\r\n".len());
@@ -338,7 +377,7 @@ pub(crate) mod tests {
         // A tag the client already sent is replaced in place: nothing is reserved for it (its
         // value here is as long as the configured one).
         let raw = b"GET / HTTP/1.1\r\nX-Shadow-Request: nope\r\n\r\n";
-        let out = edit_request(&captured(raw), &ReplayControls::default(), &target()).unwrap();
+        let out = edit_request(&captured(raw), &no_marker(), &target()).unwrap();
         assert_eq!(out, b"GET / HTTP/1.1\r\nX-Shadow-Request: true\r\n\r\n");
         assert_eq!(out.capacity(), raw.len());
     }
@@ -387,7 +426,7 @@ pub(crate) mod tests {
                 remove_headers: vec![HeaderName::parse("Authorization").unwrap(), HeaderName::parse("cookie").unwrap(), HeaderName::parse("X-Env").unwrap()],
                 set_headers: vec![HeaderField::parse("X-Env: shadow").unwrap()],
                 host: if host_target { HostMode::Target } else { HostMode::Keep },
-                ..Default::default()
+                ..no_marker()
             };
             let out = edit_request(&captured(&raw), &c, &target()).unwrap();
 

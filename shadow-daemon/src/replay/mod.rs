@@ -28,6 +28,7 @@ mod edit;
 pub mod pipeline;
 mod shape;
 mod slots;
+pub mod trace;
 
 use std::{
     collections::HashMap,
@@ -48,6 +49,16 @@ use tokio::{
     time::Instant,
 };
 
+/// The header-edit pass the replay runs on every request, for the bench's micro stages.
+#[cfg(feature = "test-util")]
+pub fn edit_request_for_bench(
+    req: &CapturedRequest,
+    controls: &ReplayControls,
+    target: &ShadowTarget,
+    out: &mut Vec<u8>,
+) -> Result<trace::TraceOutcome, ReplayError> {
+    edit_request_into(req, controls, target, out)
+}
 use self::{
     backoff::{Admission, Backoff, Probe},
     conn::Pool,
@@ -62,9 +73,10 @@ use crate::{
     correlate::Correlator,
     http::{HttpError, keeps_alive},
     message::CapturedRequest,
-    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure},
+    metrics::{EndpointId, Metrics, RequestDrop, RequestTicket, Role, ShadowErrorKind, TargetFailure, TraceMetrics},
     rule::RuleId,
     service::{ServiceMatch, most_specific},
+    trace_link::TraceLink,
 };
 
 /// At most one warning per rule in this period; the rest are counted in the next one.
@@ -237,6 +249,8 @@ struct Job {
     probe: Option<Probe>,
     /// Where its edited bytes end in its batch's buffer (set when the batch is written).
     end: usize,
+    /// The production trace and the shadow's new one (set when the batch is written).
+    trace: Option<TraceLink>,
 }
 
 impl Job {
@@ -286,6 +300,8 @@ struct LaneState {
     backoff: Arc<Backoff>,
     /// The rule's secondary target, its connections and its own protection (noise learning).
     secondary: Option<(ShadowTarget, Pool, Arc<Backoff>)>,
+    /// What the edits did to the trace contexts (`shadow_trace_contexts_total`).
+    traces: TraceMetrics,
 }
 
 #[derive(Default)]
@@ -452,6 +468,7 @@ impl ReplayEngine {
                 compare_retired: AtomicBool::new(false),
                 backoff,
                 secondary,
+                traces: metrics.traces(&rule.name),
             });
             routes.extend(rule.services().into_iter().map(|s| (s, Some(lanes.len()))));
             tracing::info!("{}: replaying methods {:?}", lane.name, lane.controls.methods.methods());
@@ -511,7 +528,7 @@ impl ReplayEngine {
         // so that a withdrawal by the lane's task always comes after it.
         self.correlator.replaying(id, lane.rule, lane.secondary.is_some());
         // A job that does not fit drops its probe, if it held it: the next request probes.
-        match lane.tx.try_send(Job { req, endpoint, ticket: Some(ticket), _held: held, probe, end: 0 }) {
+        match lane.tx.try_send(Job { req, endpoint, ticket: Some(ticket), _held: held, probe, end: 0, trace: None }) {
             Ok(()) => Submission::Queued,
             Err(mpsc::error::TrySendError::Full(mut job)) => {
                 self.correlator.withdraw(id);
@@ -795,11 +812,27 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 }
             }
         }
-        if let Err(e) = edit_request_into(&job.req, &lane.controls, &lane.target, &mut wire) {
-            lane.warn(&e);
-            job.settle(Err(RequestDrop::InvalidCapture));
-            lane.correlator.withdraw(job.req.id);
-            return false;
+        match edit_request_into(&job.req, &lane.controls, &lane.target, &mut wire) {
+            Ok(trace) => {
+                lane.traces.record(trace.report.iter());
+                if let Some(link) = &trace.link {
+                    tracing::debug!(
+                        "{}: request {} trace restarted: production {} {}, shadow {}",
+                        lane.name,
+                        job.req.id,
+                        link.format,
+                        link.production(),
+                        link.shadow()
+                    );
+                }
+                job.trace = trace.link;
+            }
+            Err(e) => {
+                lane.warn(&e);
+                job.settle(Err(RequestDrop::InvalidCapture));
+                lane.correlator.withdraw(job.req.id);
+                return false;
+            }
         }
         job.end = wire.len();
         true
@@ -824,7 +857,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 job.settle(Ok(()));
                 if let Some(mut sample) = x.sample {
                     sample.latency = Some(x.complete);
-                    lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Ok(sample));
+                    lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Ok(sample), job.trace);
                 }
             }
             Err(e) => {
@@ -837,7 +870,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                     metrics.record_shadow_error(kind);
                     job.settle(Err(RequestDrop::ShadowError));
                 }
-                lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Err(kind));
+                lane.correlator.shadow(job.req.id, lane.rule, epoch, endpoint, Err(kind), job.trace);
             }
         }
     }

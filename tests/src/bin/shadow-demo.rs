@@ -257,8 +257,9 @@ fn remove_line(r: &[u8], line: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The tag header line the daemon adds to every replayed request (its only edit by default).
-const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\n";
+/// The lines the daemon adds to every replayed request by default (the demo's requests carry no
+/// trace context): the tag, and the shadow marker in a new W3C baggage header.
+const TAG_LINE: &[u8] = b"X-Shadow-Request: true\r\nbaggage: shadow=true\r\n";
 
 fn report(s: &serde_json::Value, tr: &Traffic, sh: &ShadowSeen) -> bool {
     let get = |p: &[&str]| -> u64 {
@@ -283,7 +284,7 @@ fn report(s: &serde_json::Value, tr: &Traffic, sh: &ShadowSeen) -> bool {
         ("  ... carrying X-Shadow-Request", tr.safe_requests, sh.tagged),
         ("  ... that were not GET", 0, sh.non_get),
         (
-            "  ... bytes (original + tag line)",
+            "  ... bytes (original + tag, baggage)",
             tr.safe_request_bytes + tr.safe_requests * TAG_LINE.len() as u64,
             sh.bytes,
         ),
@@ -334,7 +335,7 @@ fn report(s: &serde_json::Value, tr: &Traffic, sh: &ShadowSeen) -> bool {
     println!(
         "{}",
         if ok {
-            "DEMO OK: every byte was captured, every GET reached the shadow tagged and otherwise byte-identical, nothing else did"
+            "DEMO OK: every byte was captured, every GET reached the shadow tagged and marked (baggage) and otherwise byte-identical, nothing else did"
         } else {
             "DEMO FAILED: counts differ"
         }

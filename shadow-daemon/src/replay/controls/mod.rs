@@ -1,12 +1,13 @@
 //! What one rule decides about the requests it replays: which are refused (method, path rules,
 //! body size, rate), where they go and how they are edited. The parts live beside this file:
-//! [`target`] (the shadow's address), [`headers`] (header edits), [`paths`] (allow/deny by path,
-//! on `http`'s patterns), [`rate`] (the token bucket).
+//! [`target`] (the shadow's address), [`headers`] (header edits), [`trace`] (the trace-context
+//! settings), [`paths`] (allow/deny by path, on `http`'s patterns), [`rate`] (the token bucket).
 
 mod headers;
 mod paths;
 mod rate;
 mod target;
+mod trace;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub use self::{
     headers::{HeaderField, HeaderName, HostMode, is_token},
     rate::TokenBucket,
     target::ShadowTarget,
+    trace::{DEFAULT_SHADOW_BAGGAGE, ShadowBaggage, TraceMode, TraceSampled},
 };
 pub use crate::http::{PathPattern, normalize_path, request_path};
 use crate::metrics::RequestDrop;
@@ -105,6 +107,13 @@ pub struct ReplayControls {
     pub remove_headers: Vec<HeaderName>,
     /// Set (replacing any header of that name) on every replayed request.
     pub set_headers: Vec<HeaderField>,
+    /// Whether replayed requests get a fresh trace context (`isolate`) or keep the production
+    /// one (see `replay::trace`).
+    pub trace: TraceMode,
+    /// The sampling decision a restarted trace context carries.
+    pub trace_sampled: TraceSampled,
+    /// The baggage member marking shadow traffic downstream (in both trace modes).
+    pub shadow_baggage: ShadowBaggage,
     /// Empty: every path is allowed (subject to `deny_paths`).
     pub allow_paths: Vec<PathPattern>,
     /// Checked before `allow_paths`: deny wins.
@@ -142,6 +151,9 @@ impl Default for ReplayControls {
             host: HostMode::Keep,
             remove_headers: Vec::new(),
             set_headers: Vec::new(),
+            trace: TraceMode::default(),
+            trace_sampled: TraceSampled::default(),
+            shadow_baggage: ShadowBaggage::default(),
             allow_paths: Vec::new(),
             deny_paths: Vec::new(),
             replay_rate: None,

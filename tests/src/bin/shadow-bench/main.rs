@@ -182,6 +182,8 @@ fn main() -> ExitCode {
             micro::comparison(quick, false),
             micro::comparison(quick, true),
             micro::metrics_bookkeeping(quick),
+            micro::request_edit(quick, false),
+            micro::request_edit(quick, true),
         ];
         for s in &stages {
             println!(

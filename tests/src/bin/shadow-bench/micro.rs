@@ -305,6 +305,7 @@ pub(crate) fn comparison(quick: bool, differ: bool) -> StageCost {
                     hub.epoch_of(RuleId::new(0)),
                     &endpoints[i % endpoints.len()],
                     ShadowHalf::Response(sample),
+                    None,
                 );
             }
         },
@@ -314,6 +315,51 @@ pub(crate) fn comparison(quick: bool, differ: bool) -> StageCost {
         } else {
             "comparison of a pair with equal bodies (the common case)".into()
         }, n, repeats, "shadow_daemon::hub::CompareHub expect + primary + shadow with default settings, 1 KiB JSON bodies (equal, or one value apart), 16 endpoints, one thread, its CPU time (the shadow's sample built in the loop, as the replay client builds it)")
+}
+
+/// The header-edit pass of one replayed request (the tag, the baggage marker, and, with
+/// `traced`, a W3C, B3 and Datadog trace context restarted), into a buffer reused as the
+/// replay's is (one per batch).
+pub(crate) fn request_edit(quick: bool, traced: bool) -> StageCost {
+    let n = 100_000;
+    let repeats = if quick { 3 } else { 9 };
+    let trace = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+                 tracestate: congo=t61rcWkgMzE\r\nbaggage: userId=alice\r\n\
+                 b3: 4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1\r\n\
+                 x-datadog-trace-id: 1234567890123456789\r\nx-datadog-parent-id: 987654321\r\n";
+    let reqs: Vec<CapturedRequest> = (0..64)
+        .map(|i| {
+            let raw = format!(
+                "GET /api/v1/items/{i}?sort=desc HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench/1.0\r\n\
+                 Accept: application/json\r\nAccept-Encoding: gzip\r\n{}\r\n",
+                if traced { trace } else { "" }
+            );
+            captured(i, raw.as_bytes())
+        })
+        .collect();
+    let controls = ReplayControls::default();
+    let target: ShadowTarget = "127.0.0.1:9".parse().expect("target");
+    let mut wire = Vec::with_capacity(4096);
+    let m = measure(
+        n,
+        repeats,
+        || (),
+        |()| {
+            for i in 0..n {
+                wire.clear();
+                let t =
+                    shadow_daemon::replay::edit_request_for_bench(&reqs[i % reqs.len()], &controls, &target, &mut wire)
+                        .expect("edits");
+                assert_eq!(t.link.is_some(), traced);
+            }
+        },
+    );
+    let stage = if traced {
+        "request edit, trace context restarted (W3C, B3, Datadog)"
+    } else {
+        "request edit without trace headers (tag, baggage marker)"
+    };
+    m.stage(stage.into(), n, repeats, "shadow_daemon::replay edit pass (the one the replay runs per request before writing it) on ~200-byte heads of 6 or 12 header lines, default controls (trace isolate), one thread, its CPU time, into a reused buffer")
 }
 
 fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
