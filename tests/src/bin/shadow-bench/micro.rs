@@ -537,7 +537,7 @@ pub(crate) fn replay(quick: bool, pipeline: usize) -> StageCost {
         stage: if pipeline == 1 {
             "replay (engine, to a keep-alive shadow; metrics included), one request per write (--pipeline 1)".into()
         } else {
-            format!("replay (engine, to a keep-alive shadow; metrics included), pipelines of up to {pipeline} (the default)")
+            format!("replay (engine, to a keep-alive shadow; metrics included), pipelines of up to {pipeline} (opt-in)")
         },
         ns_per_request: Spread::of(per),
         allocations_per_request: allocs_pr,
