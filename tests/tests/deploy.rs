@@ -74,7 +74,12 @@ fn kubernetes_manifests() -> Vec<PathBuf> {
 /// Every YAML document of every manifest, as JSON, parsed by PyYAML from the same venv as
 /// kubernetes-validate (the workspace has no YAML parser of its own).
 fn kubernetes_documents(test: &str) -> Option<Vec<Value>> {
-    // That venv's own Python: a system one need not have PyYAML.
+    yaml_documents(test, &kubernetes_manifests())
+}
+
+/// Every YAML document of `files`, as JSON (PyYAML from the venv: a system Python need not have
+/// it).
+fn yaml_documents(test: &str, files: &[PathBuf]) -> Option<Vec<Value>> {
     let python = venv_bin("python3").to_string_lossy().into_owned();
     if !require_tool(test, &python) {
         return None;
@@ -82,10 +87,71 @@ fn kubernetes_documents(test: &str) -> Option<Vec<Value>> {
     let script = "import json, sys, yaml\n\
                   docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d is not None]\n\
                   print(json.dumps(docs))";
-    let (ok, out, err) = run(Command::new(&python).arg("-c").arg(script).args(kubernetes_manifests()));
-    assert!(ok, "parse the manifests with {python} (PyYAML comes with kubernetes-validate): {err}");
+    let (ok, out, err) = run(Command::new(&python).arg("-c").arg(script).args(files));
+    assert!(ok, "parse {files:?} with {python} (PyYAML comes with kubernetes-validate): {err}");
     let docs: Vec<Value> = serde_json::from_str(&out).expect("JSON from the YAML dump");
     Some(docs)
+}
+
+/// The prometheus-operator objects beside the manifests (deploy/kubernetes/monitoring/).
+fn monitoring_manifests() -> Vec<PathBuf> {
+    let dir = deploy("kubernetes/monitoring");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Checks each prometheus-operator object against the operator's own models (generated from its
+/// CRDs' OpenAPI schemas, PyPI `cloudcoil-models-prometheus-operator`), with unknown fields
+/// refused at every level (the CRDs prune them silently: a typo would be a scrape or a rule that
+/// never happens). Prints one line per object.
+const OPERATOR_SCHEMA_CHECK: &str = r#"
+import inspect, json, sys
+import pydantic
+from cloudcoil import apimachinery
+from cloudcoil.models.prometheus_operator import v1
+models = [c for m in (v1, apimachinery) for _, c in inspect.getmembers(m, inspect.isclass)
+          if issubclass(c, pydantic.BaseModel) and c.__module__ == m.__name__]
+for c in models:
+    c.model_config["extra"] = "forbid"
+# Nested models are built into their parents: rebuild until every level has the setting.
+for _ in range(3):
+    for c in models:
+        c.model_rebuild(force=True)
+ok = True
+for doc in json.load(sys.stdin):
+    kind = doc.get("kind")
+    try:
+        assert doc.get("apiVersion") == "monitoring.coreos.com/v1", "apiVersion " + str(doc.get("apiVersion"))
+        getattr(v1, kind).model_validate(doc)
+        print(kind, doc["metadata"]["name"], "valid")
+    except Exception as e:
+        ok = False
+        print(kind, doc.get("metadata", {}).get("name"), "INVALID:", " | ".join(str(e).splitlines())[:2000])
+sys.exit(0 if ok else 1)
+"#;
+
+fn operator_schema_check(docs: &[Value]) -> (bool, String) {
+    let python = venv_bin("python3");
+    let mut child = Command::new(&python)
+        .arg("-c")
+        .arg(OPERATOR_SCHEMA_CHECK)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(serde_json::to_string(docs).expect("json").as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("python");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -402,4 +468,85 @@ fn dockerfile_passes_hadolint_and_builds_as_xtask_does() {
     // From the repository root: hadolint's default rules (a .hadolint.yaml there would apply).
     let (ok, out, err) = run(Command::new(&tool).arg("--no-color").arg(&file).current_dir(repo()));
     assert!(ok && out.trim().is_empty(), "hadolint deploy/Dockerfile:\n{out}{err}");
+}
+
+#[test]
+fn prometheus_operator_objects_validate_against_the_operator_schemas() {
+    let Some(docs) = yaml_documents("prometheus_operator_objects", &monitoring_manifests()) else {
+        return;
+    };
+    let kinds: Vec<&str> = docs.iter().map(|d| str_of(&d["kind"], "kind")).collect();
+    assert_eq!(kinds, ["PodMonitor", "PrometheusRule"]);
+    let (ok, out) = operator_schema_check(&docs);
+    assert!(ok, "the operator's schemas refuse deploy/kubernetes/monitoring/:\n{out}");
+    assert_eq!(out.lines().filter(|l| l.ends_with(" valid")).count(), 2, "{out}");
+    // The check can fail: a misspelt field, a wrong type.
+    let mut typo = docs.clone();
+    typo[0]["spec"]["podMetricsEndpoints"][0]["prot"] = typo[0]["spec"]["podMetricsEndpoints"][0]["port"].take();
+    let mut wrong = docs.clone();
+    wrong[1]["spec"]["groups"][0]["rules"] = Value::from("not a list");
+    for (what, bad) in [("a misspelt field", typo), ("a wrong type", wrong)] {
+        let (ok, out) = operator_schema_check(&bad);
+        assert!(!ok && out.contains("INVALID"), "{what} passed:\n{out}");
+    }
+}
+
+#[test]
+fn prometheus_operator_objects_scrape_the_daemonset_and_ship_the_rule_file() {
+    let Some(docs) = yaml_documents("prometheus_operator_objects", &monitoring_manifests()) else {
+        return;
+    };
+    let Some(k8s) = kubernetes_documents("prometheus_operator_objects") else {
+        return;
+    };
+    let Some(rules) = yaml_documents("prometheus_operator_objects", &[deploy("prometheus/shadow-rules.yml")]) else {
+        return;
+    };
+    let ds = find(&k8s, "DaemonSet", "shadow");
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let pm = find(&docs, "PodMonitor", "shadow");
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels") {
+        assert_eq!(&pod_labels[k], v, "the PodMonitor selects the DaemonSet's pods by {k}");
+    }
+    // The job the health alerts select: the value of the pods' label the PodMonitor names.
+    let job_label = str_of(&pm["spec"]["jobLabel"], "jobLabel");
+    assert_eq!(pod_labels[job_label], "shadow", "job=\"shadow\", as the alerts say");
+    let port = str_of(&pm["spec"]["podMetricsEndpoints"][0]["port"], "port");
+    let ports = ds["spec"]["template"]["spec"]["containers"][0]["ports"].as_array().expect("ports");
+    assert!(ports.iter().any(|p| p["name"] == port), "the container has a port named {port}");
+    // The PrometheusRule's spec is the rule file Prometheus users load as is.
+    let pr = find(&docs, "PrometheusRule", "shadow");
+    assert_eq!(pr["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert_eq!(pr["spec"], rules[0], "50-prometheusrule.yaml's spec differs from deploy/prometheus/shadow-rules.yml");
+}
+
+/// Every alert has a severity, a summary, a description and a runbook: a section of
+/// docs/operations.md whose heading is the alert's name (the URL's anchor).
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let Some(rules) = yaml_documents("every_alert_has_a_runbook_section", &[deploy("prometheus/shadow-rules.yml")])
+    else {
+        return;
+    };
+    let ops = read(&repo().join("docs/operations.md"));
+    let mut alerts = Vec::new();
+    for group in rules[0]["groups"].as_array().expect("groups") {
+        for r in group["rules"].as_array().expect("rules").iter().filter(|r| r.get("alert").is_some()) {
+            let name = str_of(&r["alert"], "alert");
+            alerts.push(name.to_owned());
+            assert!(
+                matches!(r["labels"]["severity"].as_str(), Some("critical" | "warning" | "info")),
+                "{name}: severity"
+            );
+            for a in ["summary", "description"] {
+                assert!(!str_of(&r["annotations"][a], a).is_empty(), "{name}: {a}");
+            }
+            let url = str_of(&r["annotations"]["runbook_url"], "runbook_url");
+            let anchor = name.to_ascii_lowercase();
+            assert!(url.ends_with(&format!("docs/operations.md#{anchor}")), "{name}: {url}");
+            assert!(ops.lines().any(|l| l == format!("### {name}")), "docs/operations.md has no section ### {name}");
+        }
+    }
+    assert!(alerts.len() >= 7, "{alerts:?}");
 }

