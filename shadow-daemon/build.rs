@@ -1,14 +1,19 @@
 //! Builds the eBPF object (shadow-ebpf) with the nightly toolchain and bpf-linker, so that the daemon
-//! can embed it. Missing prerequisites give one line pointing at `cargo xtask setup`.
+//! can embed it. Missing prerequisites give one line pointing at `cargo xtask setup`. Also names
+//! the build: `SHADOW_REVISION` for `--version` and `shadow_build_info`.
 
 use std::{env, fs, path::PathBuf, process::Command};
 
 const SKIP_ENV: &str = "SHADOW_SKIP_EBPF";
+/// The revision a build says it is: given (a Docker build, where there is no .git), or the git
+/// commit of the workspace.
+const REVISION_ENV: &str = "SHADOW_REVISION";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={SKIP_ENV}");
     println!("cargo:rerun-if-env-changed=PATH");
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    revision(&manifest_dir);
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("shadow");
 
@@ -38,6 +43,42 @@ fn main() {
     if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly) {
         println!("cargo::error=building the eBPF object failed: {e:#}");
     }
+}
+
+/// `SHADOW_REVISION` for the crate: the variable if set, else the workspace's git commit (12 hex
+/// digits), else `unknown`. Rebuilt when the variable or the checked-out commit changes.
+fn revision(manifest_dir: &std::path::Path) {
+    println!("cargo:rerun-if-env-changed={REVISION_ENV}");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(manifest_dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let given = env::var(REVISION_ENV).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let rev = match given {
+        Some(r) => r,
+        None => {
+            if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+                // HEAD names the branch; the branch's ref (loose or packed) names the commit.
+                for f in ["HEAD", "packed-refs"] {
+                    println!("cargo:rerun-if-changed={dir}/{f}");
+                }
+                if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                    println!("cargo:rerun-if-changed={dir}/{r}");
+                }
+            }
+            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+        }
+    };
+    // A label value and a --version line: printable, no spaces, bounded.
+    let rev: String = rev.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    println!("cargo:rustc-env={REVISION_ENV}={rev}");
 }
 
 /// The eBPF build needs bpf-linker on PATH (linked against the nightly's LLVM) and the nightly's

@@ -26,7 +26,7 @@ pub const EXIT_NOT_RUNNING: u8 = 4;
 pub const EXIT_NOT_PERMITTED: u8 = 5;
 
 #[derive(Debug, Parser)]
-#[command(name = "shadowctl", version, about = "Operate a running shadow-daemon through its control socket")]
+#[command(name = "shadowctl", version = crate::VERSION, about = "Operate a running shadow-daemon through its control socket")]
 pub struct Cli {
     /// The daemon's control socket (the daemon's --control).
     #[arg(long, env = "SHADOW_CONTROL", default_value = "/run/shadow/control.sock", global = true)]

@@ -33,6 +33,10 @@
 //! queue, bounded per lane in requests and bytes; what does not fit is dropped and counted, so a
 //! slow shadow never slows capture.
 
+/// `--version` of both binaries: the crate version and the source revision it was built from
+/// (the git commit, or the build's `SHADOW_REVISION`, as `shadow_build_info` says).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SHADOW_REVISION"), ")");
+
 pub mod capture;
 pub mod compare;
 pub mod config;

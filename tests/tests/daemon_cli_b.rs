@@ -71,6 +71,30 @@ fn without_privileges_exits_1_naming_the_capabilities() {
     assert_one_line(&err, "CAP_BPF");
 }
 
+/// Root is checked too: uid 0 whose capabilities a container or unit dropped (here, from the
+/// bounding set, so the executed daemon has none of the three) fails at the start, in one line
+/// naming what is missing and why, not with an EPERM from deep in the loader (it used to pass the
+/// check and fail there).
+#[test]
+fn root_without_the_capabilities_exits_1_naming_them() {
+    if !require_kernel("root_without_the_capabilities") {
+        return;
+    }
+    let (code, err) = run(Command::new("setpriv")
+        .args(["--bounding-set=-bpf,-perfmon,-sys_admin,-net_admin"])
+        .arg(daemon_path())
+        .args(["--interface", "lo", "--port", "80", "--metrics-addr", "127.0.0.1:0"]));
+    assert_eq!(code, 1, "{err}");
+    assert_one_line(&err, "running as root without CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON");
+    // One of them missing: named alone.
+    let (code, err) = run(Command::new("setpriv")
+        .args(["--bounding-set=-perfmon,-sys_admin"])
+        .arg(daemon_path())
+        .args(["--interface", "lo", "--port", "80", "--metrics-addr", "127.0.0.1:0"]));
+    assert_eq!(code, 1, "{err}");
+    assert_one_line(&err, "running as root without CAP_PERFMON:");
+}
+
 #[test]
 fn second_xdp_program_is_refused_and_sigterm_detaches_cleanly() {
     if !require_kernel("second_xdp_program_is_refused") {
@@ -212,6 +236,31 @@ fn text_logs_on_a_pipe_carry_no_colour_codes() {
     assert_eq!(code, 0, "{err}");
     assert!(err.lines().any(|l| l.contains(" INFO ") && l.contains("capturing ports")), "{err}");
     assert!(!err.contains('\u{1b}'), "escape codes in piped logs: {err:?}");
+}
+
+/// The systemd unit runs the daemon as a non-root user holding only CAP_BPF, CAP_NET_ADMIN and
+/// CAP_PERFMON as ambient capabilities (DynamicUser, AmbientCapabilities): the same here with
+/// setpriv, as nobody. It passes its own check, attaches and exits 0.
+#[test]
+fn a_non_root_user_with_the_three_ambient_capabilities_captures() {
+    if !require_kernel("a_non_root_user_with_the_three_ambient_capabilities_captures") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("shadow-cli-nonroot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
+    let sock = dir.join("control.sock");
+    let caps = "+bpf,+net_admin,+perfmon";
+    let (code, err) = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(daemon_path())
+        .args(["--interface", "lo", "--port", "39997", "--duration", "0.3", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--control", sock.to_str().expect("utf-8")]));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.lines().any(|l| l.contains("capturing ports")), "{err}");
 }
 
 /// Which binary a bad invocation runs.
@@ -449,6 +498,16 @@ fn help_and_version_print_to_stdout_and_exit_0() {
         assert!(out.stderr.is_empty(), "{bin} {arg}: nothing on stderr");
         if arg == "--help" {
             assert!(text.lines().count() > 5 && text.contains("Usage:"), "{bin} --help is clap's help: {text}");
+        }
+        if arg == "--version" {
+            // The source revision the binaries were built from: this checkout's commit.
+            let head = Command::new("git")
+                .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+                .output()
+                .expect("git");
+            let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+            assert_eq!(head.len(), 12, "a git checkout");
+            assert_eq!(text.trim(), format!("{bin} {} ({head})", env!("CARGO_PKG_VERSION")), "{bin} --version");
         }
     }
 }

@@ -42,6 +42,18 @@ mod settings;
 mod units;
 pub mod usage;
 
+/// `--metrics-addr`: a socket address, or an IPv6 address and a port joined by a bare colon (what
+/// a Kubernetes `$(NODE_IP):9477` gives on an IPv6 node; the last group is the port).
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.rsplit_once(':')
+        .and_then(|(ip, port)| Some(SocketAddr::new(ip.parse::<std::net::Ipv6Addr>().ok()?.into(), port.parse().ok()?)))
+        .ok_or_else(|| format!("'{s}' is not IP:PORT or [IPv6]:PORT"))
+}
+
 fn parse_hook(s: &str) -> HookKind {
     match s {
         "xdp" => HookKind::Xdp,
@@ -52,7 +64,7 @@ fn parse_hook(s: &str) -> HookKind {
 #[derive(Debug, Parser, Clone, PartialEq)]
 #[command(
     name = "shadow-daemon",
-    version,
+    version = crate::VERSION,
     about = "Mirror live HTTP traffic of a service to a shadow version of it, passively, from the kernel (eBPF)."
 )]
 pub struct Args {
@@ -74,8 +86,9 @@ pub struct Args {
     #[arg(long, env = "SHADOW_HOOK", default_value = "tc", value_parser = PossibleValuesParser::new(["tc", "xdp"]).map(|s| parse_hook(&s)))]
     pub hook: HookKind,
 
-    /// Address of the metrics endpoint (/metrics, /healthz, /readyz).
-    #[arg(long, env = "SHADOW_METRICS_ADDR", default_value = "127.0.0.1:9477")]
+    /// Address of the metrics endpoint (/metrics, /healthz, /readyz): IP:PORT, [IPv6]:PORT, or
+    /// an IPv6 address and port without brackets (as `$(NODE_IP):9477` expands on an IPv6 node).
+    #[arg(long, env = "SHADOW_METRICS_ADDR", default_value = "127.0.0.1:9477", value_parser = parse_metrics_addr)]
     pub metrics_addr: SocketAddr,
 
     /// Unix socket of the control API that `shadowctl` uses (created 0600; the directory is
@@ -627,6 +640,30 @@ mod tests {
         let e = resolve(&["--config", p]).unwrap_err();
         assert!(e.starts_with("--interface is required") && e.contains(p), "{e}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn metrics_addresses_in_every_form_a_node_ip_takes() {
+        let ok = |s: &str| parse_metrics_addr(s).unwrap().to_string();
+        assert_eq!(ok("0.0.0.0:9477"), "0.0.0.0:9477");
+        assert_eq!(ok("10.0.3.7:9477"), "10.0.3.7:9477");
+        assert_eq!(ok("[fd00::7]:9477"), "[fd00::7]:9477");
+        assert_eq!(ok("fd00::7:9477"), "[fd00::7]:9477", "$(NODE_IP):9477 on an IPv6 node");
+        assert_eq!(ok("::1:9477"), "[::1]:9477");
+        for bad in ["10.0.3.7", "10.0.3.7:", "node:9477", "fd00::7", "10.0.3.7:99999", ""] {
+            let e = parse_metrics_addr(bad).unwrap_err();
+            assert!(e.contains("IP:PORT"), "{bad}: {e}");
+        }
+        let a = Args::try_parse_from([
+            "shadow-daemon",
+            "--interface",
+            "lo",
+            "--port",
+            "80",
+            "--metrics-addr",
+            "fd00::7:9477",
+        ]);
+        assert_eq!(a.unwrap().metrics_addr.to_string(), "[fd00::7]:9477");
     }
 
     #[test]

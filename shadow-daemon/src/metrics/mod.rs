@@ -82,6 +82,8 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
+    /// The git commit it was built from (or the build's SHADOW_REVISION).
+    revision: &'static str,
 }
 
 /// Counters the replay engine updates per connection.
@@ -215,8 +217,10 @@ impl Metrics {
         let ready_gauge = Gauge::default();
         registry.register("shadow_ready", "1 once capture is attached", ready_gauge.clone());
         let build = Family::<VersionLabels, Gauge>::default();
-        build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
-        registry.register("shadow_build_info", "Version of the running daemon", build);
+        build
+            .get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION"), revision: env!("SHADOW_REVISION") })
+            .set(1);
+        registry.register("shadow_build_info", "Version and source revision of the running daemon", build);
 
         Self {
             registry,
@@ -584,5 +588,11 @@ mod tests {
         assert_eq!(sample_of(&prom, e), Some(2.0));
         assert_eq!(sample_of(&prom, "shadow_ready"), Some(1.0));
         assert_eq!(m.summary().kernel["packets_seen"], 12);
+        // The build's identity: version and source revision, as --version prints them.
+        let rev = env!("SHADOW_REVISION");
+        assert!(!rev.is_empty() && rev.bytes().all(|b| b.is_ascii_graphic()), "{rev}");
+        let info = format!("shadow_build_info{{version=\"{}\",revision=\"{rev}\"}}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample_of(&prom, &info), Some(1.0), "{prom}");
+        assert_eq!(crate::VERSION, format!("{} ({rev})", env!("CARGO_PKG_VERSION")));
     }
 }
