@@ -21,6 +21,7 @@ fn main() {
         // For fast `cargo check`/clippy/unit tests: an empty object; loading it fails with a
         // message that names SHADOW_SKIP_EBPF.
         fs::write(&object, b"").expect("write empty eBPF object placeholder");
+        fs::write(out_dir.join("shadow-egress"), b"").expect("write empty egress object placeholder");
         println!("cargo:rustc-cfg=shadow_skip_ebpf");
         println!("cargo::rustc-check-cfg=cfg(shadow_skip_ebpf)");
         return;

@@ -391,6 +391,124 @@ pub struct Counters {
 }
 const _: () = assert!(size_of::<Counters>() == 8 * counter::COUNT);
 
+/// The egress fence (a second eBPF object, one instance per rule that fences its shadow): cgroup
+/// socket-address programs that see every `connect` and unconnected UDP `sendmsg` of the
+/// processes in the rule's cgroups, look the destination up in an allowlist, count the attempt
+/// and, in enforce mode, refuse it (the caller gets EPERM; nothing leaves).
+pub mod egress {
+    use core::mem::size_of;
+
+    pub const PROG_CONNECT4: &str = "shadow_egress_connect4";
+    pub const PROG_CONNECT6: &str = "shadow_egress_connect6";
+    pub const PROG_SENDMSG4: &str = "shadow_egress_sendmsg4";
+    pub const PROG_SENDMSG6: &str = "shadow_egress_sendmsg6";
+    /// The four programs, as `(program, hook)`: the hook names the link pinned for it.
+    pub const PROGRAMS: [(&str, &str); 4] = [
+        (PROG_CONNECT4, "connect4"),
+        (PROG_CONNECT6, "connect6"),
+        (PROG_SENDMSG4, "sendmsg4"),
+        (PROG_SENDMSG6, "sendmsg6"),
+    ];
+    /// LPM trie: [`AllowKey`] -> 1.
+    pub const MAP_ALLOW: &str = "EGRESS_ALLOW";
+    /// Per-CPU hash: [`SeenKey`] -> [`Seen`], every destination tried, by verdict.
+    pub const MAP_SEEN: &str = "EGRESS_SEEN";
+    /// Array of one [`State`]: the mode.
+    pub const MAP_STATE: &str = "EGRESS_STATE";
+    /// Per-CPU array of one [`Overflow`].
+    pub const MAP_OVERFLOW: &str = "EGRESS_OVERFLOW";
+    /// The maps, pinned with the links so that a restarted daemon adopts the guard.
+    pub const MAPS: [&str; 4] = [MAP_ALLOW, MAP_SEEN, MAP_STATE, MAP_OVERFLOW];
+
+    /// Allowlist entries per guard.
+    pub const MAX_ALLOW: u32 = 1024;
+    /// Distinct (destination, port, protocol, verdict) tuples counted per guard; further ones
+    /// are counted in [`State::overflow`].
+    pub const MAX_SEEN: u32 = 4096;
+
+    /// Modes of [`State::mode`].
+    pub const MODE_OBSERVE: u32 = 0;
+    pub const MODE_ENFORCE: u32 = 1;
+
+    /// Verdicts of [`SeenKey::verdict`].
+    pub const ALLOWED: u8 = 0;
+    /// Not allowed, refused (enforce).
+    pub const REFUSED: u8 = 1;
+    /// Not allowed, let through (observe).
+    pub const OBSERVED: u8 = 2;
+    pub const VERDICTS: usize = 3;
+
+    /// Hooks of [`SeenKey::hook`].
+    pub const HOOK_CONNECT: u8 = 0;
+    pub const HOOK_SENDMSG: u8 = 1;
+
+    /// Bits of an [`AllowKey`] before the address (port, family, padding): always matched whole.
+    pub const ALLOW_KEY_FIXED_BITS: u32 = 32;
+
+    /// An allowlist entry: `port` 0 is any port. The programs look up the destination's port
+    /// first, then port 0. IPv4 addresses are in the first 4 bytes of `addr` (network order),
+    /// IPv4-mapped IPv6 destinations are looked up as IPv4.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct AllowKey {
+        /// Host byte order.
+        pub port: u16,
+        pub family: u8,
+        pub _pad: u8,
+        pub addr: [u8; 16],
+    }
+    const _: () = assert!(size_of::<AllowKey>() == 20);
+
+    /// What was tried: destination, protocol (IPPROTO_*), hook and verdict.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct SeenKey {
+        pub addr: [u8; 16],
+        /// Host byte order.
+        pub port: u16,
+        pub family: u8,
+        pub protocol: u8,
+        pub verdict: u8,
+        pub hook: u8,
+        pub _pad: [u8; 2],
+    }
+    const _: () = assert!(size_of::<SeenKey>() == 24);
+
+    /// How often and when, and who tried first.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Seen {
+        pub count: u64,
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and the latest attempt.
+        pub first_ns: u64,
+        pub last_ns: u64,
+        /// The thread group (process id) of the first attempt.
+        pub pid: u32,
+        pub _pad: u32,
+        /// Its command name (NUL padded).
+        pub comm: [u8; 16],
+    }
+    const _: () = assert!(size_of::<Seen>() == 48);
+
+    /// The guard's state, written by the daemon.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct State {
+        /// [`MODE_ENFORCE`] or [`MODE_OBSERVE`]; a guard whose state cannot be read enforces.
+        pub mode: u32,
+        pub _pad: u32,
+    }
+    const _: () = assert!(size_of::<State>() == 8);
+
+    /// Attempts, by verdict, whose tuple did not fit in the seen map (decided all the same).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Overflow {
+        pub attempts: [u64; VERDICTS],
+    }
+    const _: () = assert!(size_of::<Overflow>() == 24);
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -404,6 +522,7 @@ mod user {
         )*};
     }
     pod!(SegmentHeader, Config, FlowKey, FlowState, Counters, ServiceKey, RuleState);
+    pod!(egress::AllowKey, egress::SeenKey, egress::Seen, egress::State, egress::Overflow);
 }
 
 #[cfg(test)]

@@ -86,6 +86,24 @@ pub enum Cmd {
         #[arg(long)]
         rule: Option<String>,
     },
+    /// Destinations the fenced shadows tried to reach (counts, verdicts, last seen, the process
+    /// that tried first), of one rule or of all.
+    Egress {
+        #[command(subcommand)]
+        action: Option<EgressAction>,
+        #[arg(long)]
+        rule: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressAction {
+    /// Take a rule's fence down (its links unpinned, its counts kept) until the next reload or
+    /// restart of the daemon.
+    Detach {
+        #[arg(long)]
+        rule: String,
+    },
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -107,6 +125,10 @@ impl Cmd {
             Self::Report { .. } => Command::Report,
             Self::Diffs { endpoint } => Command::Diffs { endpoint: endpoint.clone() },
             Self::Reset { rule } => Command::Reset { rule: rule.clone() },
+            Self::Egress { action: None, rule } => Command::Egress { rule: rule.clone() },
+            Self::Egress { action: Some(EgressAction::Detach { rule }), .. } => {
+                Command::EgressDetach { rule: rule.clone() }
+            }
         }
     }
 }
@@ -230,6 +252,7 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
         Ok(Reply::Diffs(d)) => d.iter().map(|x| format!("rule {}:\n{}\n", x.rule, x.sample.render())).collect(),
         Ok(Reply::Reset(e)) if e.is_empty() => "no rule compares: nothing to reset\n".to_owned(),
         Ok(Reply::Reset(e)) => e.iter().map(|x| format!("rule {}: {}\n", x.rule, x.epoch.describe())).collect(),
+        Ok(Reply::Egress(e)) => egress_text(&e, unix_now()),
     };
     (EXIT_OK, text)
 }
@@ -304,6 +327,87 @@ pub fn status_text(s: &Status) -> String {
         let _ = writeln!(out, "{}", c.join("  "));
     }
     out
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `shadowctl egress` as a person reads it: per rule its fence, then what was tried, most
+/// attempts first.
+pub fn egress_text(e: &crate::egress::EgressStatus, now_unix: f64) -> String {
+    let mut out = String::new();
+    if e.rules.is_empty() {
+        out.push_str("no rule has an egress fence\n");
+    }
+    for r in &e.rules {
+        let _ = writeln!(
+            out,
+            "rule {}: {}, on {} cgroup(s){}",
+            r.rule,
+            r.mode,
+            r.attached.len(),
+            if r.attached.is_empty() { format!(" (none matches {} yet)", r.cgroups.join(", ")) } else { String::new() }
+        );
+        for c in &r.attached {
+            let _ = writeln!(out, "  cgroup {c}");
+        }
+        let _ =
+            writeln!(out, "  allowed: {}", if r.allow.is_empty() { "nothing".to_owned() } else { r.allow.join(", ") });
+        let a = &r.attempts;
+        let _ = writeln!(out, "  attempts: {} allowed, {} refused, {} observed", a.allowed, a.refused, a.observed);
+        if r.unlisted != crate::egress::AttemptCounts::default() {
+            let u = &r.unlisted;
+            let _ = writeln!(
+                out,
+                "  not listed (the kernel's table was full): {} allowed, {} refused, {} observed",
+                u.allowed, u.refused, u.observed
+            );
+        }
+        if r.destinations.is_empty() {
+            let _ = writeln!(out, "  nothing tried yet");
+            continue;
+        }
+        let head = ["DESTINATION", "PROTO", "CALL", "VERDICT", "ATTEMPTS", "LAST SEEN", "FIRST BY"].map(String::from);
+        let rows: Vec<[String; 7]> = r
+            .destinations
+            .iter()
+            .map(|d| {
+                [
+                    d.destination.clone(),
+                    d.protocol.clone(),
+                    d.call.clone(),
+                    d.verdict.clone(),
+                    d.attempts.to_string(),
+                    ago(now_unix - d.last_seen_unix),
+                    if d.process.is_empty() { "-".into() } else { format!("{} (pid {})", d.process, d.pid) },
+                ]
+            })
+            .collect();
+        let mut widths = head.clone().map(|h| h.len());
+        for row in &rows {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        for row in std::iter::once(&head).chain(&rows) {
+            let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+        }
+    }
+    out
+}
+
+/// `4s ago`, `3m ago`, `2h ago`, `5d ago`.
+fn ago(secs: f64) -> String {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +532,7 @@ mod tests {
             verdict: c.report().verdict,
             rules: vec![RuleReport { rule: "api".into(), report: c.report() }],
             pairs: PairStats::default(),
+            egress: Vec::new(),
         };
         let dir = std::env::temp_dir().join(format!("shadowctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -451,5 +556,75 @@ mod tests {
         assert_eq!((code, answer), (EXIT_FAILED, false));
         assert!(out.contains("no comparison report") && out.lines().count() == 1, "{out}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn egress_commands_parse_and_the_table_reads_well() {
+        assert_eq!(cli(&["egress"]).expect("egress").command.to_command(), Command::Egress { rule: None });
+        assert_eq!(
+            cli(&["egress", "--rule", "orders"]).expect("egress").command.to_command(),
+            Command::Egress { rule: Some("orders".into()) }
+        );
+        assert_eq!(
+            cli(&["egress", "detach", "--rule", "orders"]).expect("detach").command.to_command(),
+            Command::EgressDetach { rule: "orders".into() }
+        );
+        assert!(cli(&["egress", "detach"]).is_err(), "detach names its rule");
+        use crate::egress::{AttemptCounts, DestinationSeen, EgressStatus, RuleEgress};
+        let row = |d: &str, p: &str, v: &str, n: u64, last: f64, who: &str| DestinationSeen {
+            destination: d.into(),
+            protocol: p.into(),
+            call: if p == "udp" { "sendmsg" } else { "connect" }.into(),
+            verdict: v.into(),
+            attempts: n,
+            first_seen_unix: 0.0,
+            last_seen_unix: last,
+            pid: 42,
+            process: who.into(),
+        };
+        let s = EgressStatus {
+            rules: vec![
+                RuleEgress {
+                    rule: "orders".into(),
+                    mode: "enforce".into(),
+                    cgroups: vec!["/sys/fs/cgroup/x.service".into()],
+                    attached: vec!["/sys/fs/cgroup/x.service".into()],
+                    allow: vec!["10.0.0.0/8:5432".into()],
+                    attempts: AttemptCounts { allowed: 7, refused: 3, observed: 0 },
+                    destinations: vec![
+                        row("10.0.0.5:5432", "tcp", "allowed", 7, 996.0, "orders"),
+                        row("203.0.113.9:443", "tcp", "refused", 3, 700.0, ""),
+                    ],
+                    unlisted: AttemptCounts::default(),
+                },
+                RuleEgress {
+                    rule: "web".into(),
+                    mode: "observe".into(),
+                    cgroups: vec!["/sys/fs/cgroup/kubepods.slice/*/pod*".into()],
+                    unlisted: AttemptCounts { allowed: 0, refused: 0, observed: 4 },
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = egress_text(&s, 1000.0);
+        let want = "rule orders: enforce, on 1 cgroup(s)
+  cgroup /sys/fs/cgroup/x.service
+  allowed: 10.0.0.0/8:5432
+  attempts: 7 allowed, 3 refused, 0 observed
+  DESTINATION      PROTO  CALL     VERDICT  ATTEMPTS  LAST SEEN  FIRST BY
+  10.0.0.5:5432    tcp    connect  allowed  7         4s ago     orders (pid 42)
+  203.0.113.9:443  tcp    connect  refused  3         5m ago     -
+rule web: observe, on 0 cgroup(s) (none matches /sys/fs/cgroup/kubepods.slice/*/pod* yet)
+  allowed: nothing
+  attempts: 0 allowed, 0 refused, 0 observed
+  not listed (the kernel's table was full): 0 allowed, 0 refused, 4 observed
+  nothing tried yet
+";
+        assert_eq!(text, want);
+        assert_eq!(egress_text(&EgressStatus::default(), 0.0), "no rule has an egress fence\n");
+        assert_eq!(
+            [ago(59.4), ago(3599.0), ago(7200.0), ago(200_000.0), ago(-3.0)],
+            ["59s ago", "59m ago", "2h ago", "2d ago", "0s ago"]
+        );
     }
 }

@@ -124,6 +124,10 @@ pub struct DaemonReport {
     pub verdict: Verdict,
     pub rules: Vec<RuleReport>,
     pub pairs: PairStats,
+    /// Destinations outside a fenced shadow's allowlist that it tried to reach: a finding to
+    /// see before promoting, whatever the verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::EgressFinding>,
 }
 
 impl DaemonReport {
@@ -147,6 +151,14 @@ impl DaemonReport {
             self.pairs.primary_not_replayed,
             self.pairs.primary_shadow_missing
         ));
+        if !self.egress.is_empty() {
+            o.push_str(
+                "egress: the shadow tried to reach destinations outside its allowlist (review before promoting):\n",
+            );
+            for f in &self.egress {
+                o.push_str(&format!("  {}\n", f.line()));
+            }
+        }
         o.push_str(&format!("overall verdict: {} (exit {})\n", self.verdict.as_str(), self.exit_code()));
         o
     }
@@ -557,7 +569,7 @@ impl CompareHub {
             .map(|r| RuleReport { rule: r.name.clone(), report: lock(&r.comparator).report() })
             .collect();
         let verdict = rules.iter().map(|r| r.report.verdict).max().unwrap_or(Verdict::Insufficient);
-        DaemonReport { verdict, rules, pairs }
+        DaemonReport { verdict, rules, pairs, egress: Vec::new() }
     }
 
     /// Kept mismatch samples of every rule, of one endpoint or all.
@@ -611,7 +623,12 @@ pub fn reset_epochs(hub: Option<&CompareHub>, rule: Option<&str>, rules: &[&str]
 /// `report`: every comparing rule's report (none and INSUFFICIENT when nothing compares).
 pub fn report_of(hub: Option<&CompareHub>) -> DaemonReport {
     hub.map_or_else(
-        || DaemonReport { verdict: Verdict::Insufficient, rules: Vec::new(), pairs: PairStats::default() },
+        || DaemonReport {
+            verdict: Verdict::Insufficient,
+            rules: Vec::new(),
+            pairs: PairStats::default(),
+            egress: Vec::new(),
+        },
         CompareHub::report,
     )
 }

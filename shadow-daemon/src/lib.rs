@@ -1,8 +1,8 @@
 //! shadow-daemon: mirror live HTTP traffic to a shadow service, passively, from the kernel.
 //!
 //! Modules, in data-flow order; none imports one that imports it back:
-//! - `capture`: load and attach the eBPF programs, the ring-buffer reader (the only aya user),
-//!   the hook kind;
+//! - `capture`: load and attach the eBPF programs, the ring-buffer reader (aya's user, with
+//!   `egress`), the hook kind;
 //! - `segment`: ring-buffer records decoded into TCP segments;
 //! - `reassembly`: per-flow byte streams, gaps, the memory cap (pure, no I/O);
 //! - `http`: HTTP/1.x framing (the one used by extraction and by the replay client alike),
@@ -22,6 +22,8 @@
 //!   pauses it applies to the capture;
 //! - `reply`: the typed answers to control commands, built by `run` and read by `ctl`;
 //! - `ctl`: `shadowctl`, the client;
+//! - `egress`: the fence on the shadow's cgroups: its allowlist, its kernel object pinned to
+//!   outlive the daemon, and what the shadow tried to reach;
 //! - `config`: flags, environment and TOML into a `DaemonConfig` (knows every stage's settings);
 //! - `run`: `run(config, shutdown)`, the loop, and the `Daemon` that joins the stages, with one
 //!   method per event (a batch, a tick, a control command, a reload).
@@ -43,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod correlate;
 pub mod ctl;
+pub mod egress;
 pub mod http;
 pub mod hub;
 pub mod label;

@@ -4,6 +4,7 @@
 
 use crate::{
     control::{Command, ErrorBody, ErrorKind, Response, Status},
+    egress::EgressStatus,
     hub::{DaemonReport, RuleDiff, RuleEpoch},
     metrics::Summary,
 };
@@ -21,6 +22,8 @@ pub enum Reply {
     Diffs(Vec<RuleDiff>),
     /// `reset`: the epochs that started.
     Reset(Vec<RuleEpoch>),
+    /// `egress`, and the fences after `egress detach`.
+    Egress(Box<EgressStatus>),
 }
 
 impl Reply {
@@ -32,6 +35,7 @@ impl Reply {
             Ok(Self::Report(r)) => serde_json::to_value(r),
             Ok(Self::Diffs(d)) => serde_json::to_value(d),
             Ok(Self::Reset(e)) => serde_json::to_value(e),
+            Ok(Self::Egress(e)) => serde_json::to_value(e),
             Err(e) => return Response::error(e.kind, e.message),
         };
         match data {
@@ -52,6 +56,7 @@ impl Reply {
             Command::Report => Self::Report(serde_json::from_value(data)?),
             Command::Diffs { .. } => Self::Diffs(serde_json::from_value(data)?),
             Command::Reset { .. } => Self::Reset(serde_json::from_value(data)?),
+            Command::Egress { .. } | Command::EgressDetach { .. } => Self::Egress(serde_json::from_value(data)?),
         })
     }
 }
@@ -63,7 +68,38 @@ mod tests {
 
     #[test]
     fn every_answer_reads_back_as_the_command_expects() {
-        let report = DaemonReport { verdict: Verdict::Insufficient, rules: Vec::new(), pairs: Default::default() };
+        let finding = crate::egress::EgressFinding {
+            rule: "orders".into(),
+            destination: "10.0.0.9:443".into(),
+            protocol: "tcp".into(),
+            verdict: "refused".into(),
+            attempts: 3,
+            process: "curl (pid 7)".into(),
+        };
+        let report = DaemonReport {
+            verdict: Verdict::Insufficient,
+            rules: Vec::new(),
+            pairs: Default::default(),
+            egress: vec![finding],
+        };
+        let egress = crate::egress::EgressStatus {
+            rules: vec![crate::egress::RuleEgress {
+                rule: "orders".into(),
+                mode: "enforce".into(),
+                destinations: vec![crate::egress::DestinationSeen {
+                    destination: "[fd00::1]:53".into(),
+                    protocol: "udp".into(),
+                    call: "sendmsg".into(),
+                    verdict: "refused".into(),
+                    attempts: 2,
+                    first_seen_unix: 1.5,
+                    last_seen_unix: 2.25,
+                    pid: 9,
+                    process: "dig".into(),
+                }],
+                ..Default::default()
+            }],
+        };
         for (command, reply) in [
             (Command::Status, Reply::Status(Box::default())),
             (Command::Rate { percent: 5.0, rule: None }, Reply::Status(Box::default())),
@@ -72,6 +108,8 @@ mod tests {
             (Command::Report, Reply::Report(Box::new(report))),
             (Command::Diffs { endpoint: None }, Reply::Diffs(Vec::new())),
             (Command::Reset { rule: None }, Reply::Reset(Vec::new())),
+            (Command::Egress { rule: None }, Reply::Egress(Box::new(egress.clone()))),
+            (Command::EgressDetach { rule: "orders".into() }, Reply::Egress(Box::new(egress))),
         ] {
             let r = Reply::into_response(Ok(reply.clone()));
             assert!(r.ok && r.error.is_none(), "{command:?}");

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Rule, UsageError,
-    settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs},
+    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RuleArgs},
 };
 use crate::{compare::CompareSettings, replay::controls::ReplayControls};
 
@@ -114,9 +114,25 @@ fn parse_rule(
     let t = rv.as_table().ok_or_else(|| fail(&format!("rule[{i}]"), "expected a table".into()))?;
     let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
     let mut compare = None;
+    let mut egress = None;
     for (k, v) in t {
         if k == "compare" {
             compare = Some(compare_settings(v, &format!("rule[{i}]")).map_err(|(f, m)| fail(&f, m))?);
+            continue;
+        }
+        if k == "egress" {
+            let et = v
+                .as_table()
+                .ok_or_else(|| fail(&field(k), format!("expected a [rule.egress] table, found {}", v.type_str())))?;
+            let efield = |ek: &str| format!("rule[{i}].egress.{ek}");
+            if let Some(ek) = et.keys().find(|ek| !EgressArgs::KEYS.contains(&ek.as_str())) {
+                return Err(fail(&efield(ek), format!("unknown key (known: {})", EgressArgs::KEYS.join(", "))));
+            }
+            let args: EgressArgs = read(et, &efield, &fail)?;
+            let cfg = args.into_fence(&|ek| format!("config {name}: {}", efield(ek)))?.ok_or_else(|| {
+                fail(&efield("cgroups"), "missing: an egress fence needs the shadow's cgroup(s)".into())
+            })?;
+            egress = Some(cfg);
             continue;
         }
         let part = if RuleArgs::KEYS.contains(&k.as_str()) {
@@ -141,6 +157,7 @@ fn parse_rule(
     let mut file_rule = FileRule { rule, sample_ppm: None };
     file_only.apply(&mut file_rule, &setting)?;
     let FileRule { mut rule, sample_ppm } = file_rule;
+    rule.egress = egress;
     // A rule without a shadow has nothing to compare, whatever it says.
     if rule.shadow.is_some()
         && let Some(c) = compare.or_else(|| default_compare.cloned())
@@ -197,7 +214,13 @@ fn read<S: DeserializeOwned>(
 }
 
 fn known_rule_keys() -> String {
-    let mut k: Vec<&str> = FileRuleArgs::KEYS.iter().chain(RuleArgs::KEYS).chain(ControlArgs::KEYS).copied().collect();
+    let mut k: Vec<&str> = FileRuleArgs::KEYS
+        .iter()
+        .chain(RuleArgs::KEYS)
+        .chain(ControlArgs::KEYS)
+        .chain(&["compare", "egress"])
+        .copied()
+        .collect();
     k.sort_unstable();
     k.join(", ")
 }

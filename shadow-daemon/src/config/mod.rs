@@ -26,7 +26,7 @@ use shadow_common::PPM_ALL;
 
 use self::file::{FileConfig, parse_config};
 pub use self::{
-    settings::{ControlArgs, FileRule, FileRuleArgs, RuleArgs, Setting},
+    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RuleArgs, Setting},
     units::{MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds},
 };
 // The hook is the capture layer's; the CLI only names it.
@@ -133,6 +133,15 @@ pub struct Args {
     /// The controls of the one rule of the flags (not with --config).
     #[command(flatten)]
     pub controls: ControlArgs,
+
+    /// The egress fence of the one rule of the flags (not with --config: `[rule.egress]`).
+    #[command(flatten)]
+    pub egress: EgressArgs,
+
+    /// Directory on a BPF filesystem where the egress fence pins its programs' links and maps,
+    /// so that the fence outlives the daemon (created if missing).
+    #[arg(long, env = "SHADOW_PIN_DIR", default_value = "/sys/fs/bpf/shadow")]
+    pub pin_dir: PathBuf,
 
     /// Endpoints (method + path template) with their own latency series; the rest are `other`.
     #[arg(long, env = "SHADOW_MAX_ENDPOINTS", value_name = "N", default_value_t = DEFAULT_MAX_ENDPOINTS, value_parser = parse_max_endpoints)]
@@ -247,6 +256,8 @@ pub struct DaemonConfig {
     pub memory_cap: u64,
     /// Runtime threads (1: everything on one thread).
     pub threads: usize,
+    /// Where the egress fence pins (a BPF filesystem).
+    pub pin_dir: PathBuf,
 }
 
 impl DaemonConfig {
@@ -309,8 +320,10 @@ impl Args {
         self.validate()?;
         let (interface, rules) = match &self.config {
             Some(path) => {
-                if let Some(key) = self.rule.given().into_iter().chain(self.controls.given()).next() {
-                    let flag = flag_of(key);
+                let egress = self.egress.given().into_iter().map(EgressArgs::flag);
+                if let Some(flag) =
+                    self.rule.given().into_iter().chain(self.controls.given()).map(flag_of).chain(egress).next()
+                {
                     return Err(UsageError(format!(
                         "{flag} cannot be combined with --config: set it in the file ([defaults] or a [[rule]])"
                     )));
@@ -368,6 +381,7 @@ impl Args {
             max_endpoints: self.max_endpoints,
             threads: self.threads,
             memory_cap: self.memory_cap,
+            pin_dir: self.pin_dir,
         })
     }
 
@@ -376,7 +390,9 @@ impl Args {
         let name = |k: &str| flag_of(k);
         let mut controls = ReplayControls::default();
         self.controls.clone().apply(&mut controls, &name)?;
-        self.rule.clone().into_rule(controls, &name)
+        let mut rule = self.rule.clone().into_rule(controls, &name)?;
+        rule.egress = self.egress.clone().into_fence(&|k| usage::setting_name(&EgressArgs::flag(k)))?;
+        Ok(rule)
     }
 }
 
@@ -848,5 +864,107 @@ mod rule_keys_tests {
         assert_eq!(set.get(RuleId::new(0)).map(|r| r.name.as_str()), Some("api"));
         assert!(set.get(RuleId::new(2)).is_none());
         assert_eq!(set.len(), 2, "read as a slice");
+    }
+
+    #[test]
+    fn egress_fences_come_from_three_lines_of_a_rule_or_from_flags() {
+        let f = file(
+            "[[rule]]\nname = \"orders\"\nport = 80\n[rule.egress]\n\
+             cgroups = [\"/sys/fs/cgroup/system.slice/orders-v2.service\", \"/sys/fs/cgroup/kubepods.slice/*/pod*\"]\n\
+             allow = [\"127.0.0.1/32:9091\", \"10.0.0.0/8:5432\", \"[fd00::/8]:443\", \"10.0.0.0/8:5432\"]\n\n\
+             [[rule]]\nport = 81\n[rule.egress]\ncgroups = \"/sys/fs/cgroup/web.service\"\nmode = \"observe\"\n\n\
+             [[rule]]\nport = 82\n",
+        )
+        .unwrap();
+        let e = f.rules[0].egress.as_ref().expect("fenced");
+        assert_eq!(
+            e.cgroups.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["/sys/fs/cgroup/system.slice/orders-v2.service", "/sys/fs/cgroup/kubepods.slice/*/pod*"]
+        );
+        assert_eq!(
+            e.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.0/8:5432", "127.0.0.1/32:9091", "[fd00::/8]:443"],
+            "sorted, duplicates once"
+        );
+        assert_eq!(e.mode, crate::egress::EgressMode::Enforce, "enforce unless said");
+        let web = f.rules[1].egress.as_ref().expect("fenced");
+        assert!(web.allow.is_empty());
+        assert_eq!(web.mode, crate::egress::EgressMode::Observe);
+        assert!(f.rules[2].egress.is_none());
+
+        let c = Args::try_parse_from([
+            "shadow-daemon",
+            "-i",
+            "lo",
+            "-p",
+            "80",
+            "--egress-cgroup",
+            "/sys/fs/cgroup/a.service,/sys/fs/cgroup/b.service",
+            "--egress-allow",
+            "10.96.0.10/32:53,[::1]:9091",
+            "--egress-mode",
+            "observe",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let e = c.rules[0].egress.as_ref().expect("fenced by flags");
+        assert_eq!(e.cgroups.len(), 2);
+        assert_eq!(e.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.96.0.10/32:53", "[::1/128]:9091"]);
+        assert_eq!(e.mode, crate::egress::EgressMode::Observe);
+        assert_eq!(c.pin_dir, std::path::Path::new("/sys/fs/bpf/shadow"));
+        let plain = Args::try_parse_from(["shadow-daemon", "-i", "lo", "-p", "80"]).unwrap().resolve().unwrap();
+        assert!(plain.rules[0].egress.is_none(), "no fence unless asked");
+    }
+
+    #[test]
+    fn egress_errors_name_the_flag_or_the_field() {
+        for (text, want) in [
+            ("[[rule]]\nport = 80\n[rule.egress]\nallow = \"10.0.0.0/8\"\n", "rule[0].egress.cgroups: missing"),
+            ("[[rule]]\nport = 80\n[rule.egress]\n", "rule[0].egress.cgroups: missing"),
+            ("[[rule]]\nport = 80\negress = true\n", "rule[0].egress: expected a [rule.egress] table, found boolean"),
+            (
+                "[[rule]]\nport = 80\n[rule.egress]\ncgroups = \"/x\"\nallow = [\"10.1.2.3/8\"]\n",
+                "rule[0].egress.allow: '10.1.2.3/8' has bits set past its /8 prefix: did you mean 10.0.0.0/8?",
+            ),
+            (
+                "[[rule]]\nport = 80\n[rule.egress]\ncgroups = \"/x\"\nallow = [5432]\n",
+                "rule[0].egress.allow: expected CIDR[:PORT] strings, found integer",
+            ),
+            (
+                "[[rule]]\nport = 80\n[rule.egress]\ncgroups = \"x.service\"\n",
+                "rule[0].egress.cgroups: 'x.service' is not an absolute",
+            ),
+            (
+                "[[rule]]\nport = 80\n[rule.egress]\ncgroups = \"/x\"\nmode = \"block\"\n",
+                "rule[0].egress.mode: 'block' is not a mode",
+            ),
+            (
+                "[[rule]]\nport = 80\n[rule.egress]\ncgroups = \"/x\"\nallowed = []\n",
+                "rule[0].egress.allowed: unknown key (known: cgroups, allow, mode)",
+            ),
+            ("[defaults]\negress = 1\n[[rule]]\nport = 80\n", "defaults.egress: unknown key"),
+        ] {
+            let e = file(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}\n  got:  {e}\n  want: {want}");
+        }
+        let flags = |extra: &[&str]| {
+            let mut a = vec!["shadow-daemon", "-i", "lo", "-p", "80"];
+            a.extend_from_slice(extra);
+            Args::try_parse_from(a).map_err(|e| e.to_string()).and_then(|a| a.resolve().map_err(|e| e.to_string()))
+        };
+        let e = flags(&["--egress-allow", "10.0.0.0/8"]).unwrap_err();
+        assert!(e.contains("--egress-cgroup: missing"), "{e}");
+        let e = flags(&["--egress-cgroup", "relative/x"]).unwrap_err();
+        assert!(e.contains("--egress-cgroup") && e.contains("not an absolute"), "{e}");
+        let e = flags(&["--egress-cgroup", "/x", "--egress-mode", "block"]).unwrap_err();
+        assert!(e.contains("--egress-mode") && e.contains("'block' is not a mode"), "{e}");
+        // With --config, the fence is the file's.
+        let e = Args::try_parse_from(["shadow-daemon", "--config", "/x.toml", "--egress-cgroup", "/x"])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--egress-cgroup cannot be combined with --config"), "{e}");
     }
 }

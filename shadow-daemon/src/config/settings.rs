@@ -16,6 +16,7 @@ use super::{
     units::{parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate},
 };
 use crate::{
+    egress::{AllowEntry, CgroupPattern, EgressConfig, EgressMode},
     http::PathPattern,
     replay::{
         Rule,
@@ -359,6 +360,65 @@ settings! {
     }
 }
 
+settings! {
+    /// A rule's egress fence (`[rule.egress]`): the shadow's cgroups, what they may reach, and
+    /// whether the rest is refused or only counted.
+    pub struct EgressArgs => EgressConfig {
+        /// cgroup v2 directories of the shadow whose outgoing connections are fenced, comma
+        /// separated; globs within a component (`/sys/fs/cgroup/kubepods.slice/*/pod<uid>*`) also
+        /// fence cgroups that appear later.
+        #[arg(long = "egress-cgroup", env = "SHADOW_EGRESS_CGROUP", value_name = "PATH", value_delimiter = ',', value_parser = parse::<CgroupPattern>)]
+        #[serde(deserialize_with = "list")]
+        cgroups: Vec<CgroupPattern> => |e, v| e.cgroups = v;
+
+        /// Destinations the fenced shadow may reach, CIDR[:PORT] (IPv6 with a port in brackets:
+        /// `[fd00::/8]:443`), comma separated; nothing else is reachable (DNS included).
+        #[arg(long = "egress-allow", env = "SHADOW_EGRESS_ALLOW", value_name = "CIDR[:PORT]", value_delimiter = ',', value_parser = parse::<AllowEntry>)]
+        #[serde(deserialize_with = "list")]
+        allow: Vec<AllowEntry> => |e, v| {
+            let mut v = v;
+            v.sort_unstable();
+            v.dedup();
+            let max = shadow_common::egress::MAX_ALLOW as usize;
+            if v.len() > max {
+                return Err(format!("{} entries; at most {max}", v.len()));
+            }
+            e.allow = v
+        };
+
+        /// What happens to a destination not allowed: enforce (refused, the call fails with
+        /// EPERM) or observe (let through); counted either way [default: enforce].
+        #[arg(long = "egress-mode", env = "SHADOW_EGRESS_MODE", value_name = "enforce|observe", value_parser = parse::<EgressMode>)]
+        #[serde(deserialize_with = "one")]
+        mode: Option<EgressMode> => |e, v| e.mode = v;
+    }
+}
+
+impl EgressArgs {
+    /// The fence these settings describe, or none when nothing was given; `name(key)` says where
+    /// a key came from. A fence needs its cgroups.
+    pub fn into_fence(self, name: &dyn Fn(&str) -> String) -> Result<Option<EgressConfig>, UsageError> {
+        if self.given().is_empty() {
+            return Ok(None);
+        }
+        let mut cfg = EgressConfig::default();
+        self.apply(&mut cfg, name)?;
+        if cfg.cgroups.is_empty() {
+            return Err(UsageError(format!(
+                "{}: missing: an egress fence needs the shadow's cgroup(s)",
+                name("cgroups")
+            )));
+        }
+        Ok(Some(cfg))
+    }
+
+    /// The flag of a key: `--egress-cgroup` for `cgroups`.
+    pub fn flag(key: &str) -> String {
+        let k = if key == "cgroups" { "cgroup" } else { key };
+        format!("--egress-{k}")
+    }
+}
+
 impl RuleArgs {
     /// The rule these settings describe over `controls`.
     pub fn into_rule(self, controls: ReplayControls, name: &dyn Fn(&str) -> String) -> Result<Rule, UsageError> {
@@ -449,6 +509,27 @@ setting!(TraceMode, "isolate or keep", text, str::parse);
 setting!(TraceSampled, "inherit, always or never", text, str::parse);
 setting!(ShadowBaggage, "\"KEY=VALUE\" (or \"\")", text, str::parse);
 setting!(PathPattern, "a path pattern", text, PathPattern::parse);
+setting!(EgressMode, "enforce or observe", text, str::parse);
+
+impl Setting for CgroupPattern {
+    const EXPECTED: &'static str = "a cgroup v2 path";
+    const NUMBERS: bool = false;
+    const LIST_OF: Option<&'static str> = Some("cgroup v2 path strings");
+
+    fn parse(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl Setting for AllowEntry {
+    const EXPECTED: &'static str = "CIDR[:PORT]";
+    const NUMBERS: bool = false;
+    const LIST_OF: Option<&'static str> = Some("CIDR[:PORT] strings");
+
+    fn parse(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+}
 setting!(Rate, "requests per second", |s| parse_rate(s).map(Rate));
 setting!(BodyBytes, "a byte count", |s| parse_bytes(s).map(BodyBytes));
 setting!(ByteSize, "a byte count", |s| parse_byte_size(s).map(ByteSize));

@@ -67,6 +67,15 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
     },
+    /// What the fenced shadows tried to reach.
+    Egress {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
+    /// Take a rule's fence down until the next reload or restart.
+    EgressDetach {
+        rule: String,
+    },
 }
 
 impl Command {
@@ -74,7 +83,8 @@ impl Command {
     pub fn fields(&self) -> &'static [&'static str] {
         match self {
             Self::Rate { .. } => &["percent", "rule"],
-            Self::Pause { .. } | Self::Resume { .. } | Self::Reset { .. } => &["rule"],
+            Self::Pause { .. } | Self::Resume { .. } | Self::Reset { .. } | Self::Egress { .. } => &["rule"],
+            Self::EgressDetach { .. } => &["rule"],
             Self::Diffs { .. } => &["endpoint"],
             Self::Status | Self::Stats | Self::Reload | Self::Report => &[],
         }
@@ -92,6 +102,8 @@ impl Command {
             Self::Report => "report",
             Self::Diffs { .. } => "diffs",
             Self::Reset { .. } => "reset",
+            Self::Egress { .. } => "egress",
+            Self::EgressDetach { .. } => "egress_detach",
         }
     }
 }

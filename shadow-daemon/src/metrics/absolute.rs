@@ -27,6 +27,16 @@ pub(super) struct Absolutes {
     pub ring_buffer_dropped: u64,
     /// (reason, direction) → events.
     pub extraction: BTreeMap<(EventReason, Counted), u64>,
+    /// The egress fence's attempts: (rule, destination, verdict) → attempts, counted by the
+    /// kernel (its maps are pinned, so the totals go on across daemon restarts).
+    pub egress: Vec<(String, String, String, u64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EgressLabels {
+    rule: String,
+    destination: String,
+    verdict: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +51,7 @@ impl Absolutes {
             kernel: KERNEL_COUNTER_NAMES.iter().map(|n| (*n, 0)).collect(),
             ring_buffer_dropped: 0,
             extraction: BTreeMap::new(),
+            egress: Vec::new(),
         }))
     }
 
@@ -107,6 +118,21 @@ impl Collector for AbsoluteCollector {
         for ((reason, direction), v) in &snap.extraction {
             let labels = EventLabels { reason: *reason, direction: *direction };
             ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
+        }
+        if !snap.egress.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "shadow_egress_attempts",
+                "Connections and unconnected UDP sends the fenced shadow tried, by rule, destination \
+                 (ADDR:PORT/PROTOCOL; past 64 per rule, other) and verdict (allowed, refused, observed: not \
+                 allowed and let through in observe mode)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, destination, verdict, v) in &snap.egress {
+                let labels =
+                    EgressLabels { rule: rule.clone(), destination: destination.clone(), verdict: verdict.clone() };
+                ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -352,6 +352,11 @@ impl Metrics {
         lock(&self.absolutes).set_kernel(values);
     }
 
+    /// The egress fence's attempts as (rule, destination, verdict, absolute count).
+    pub fn set_egress_attempts(&self, series: Vec<(String, String, String, u64)>) {
+        lock(&self.absolutes).egress = series;
+    }
+
     /// Records lost between the kernel and the daemon, absolute.
     pub fn set_ring_buffer_dropped(&self, total: u64) {
         lock(&self.absolutes).ring_buffer_dropped = total;

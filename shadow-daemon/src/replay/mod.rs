@@ -204,6 +204,8 @@ pub struct Rule {
     /// A second instance of the current version: each replayed request also goes there, and
     /// what differs between it and the primary is learned as noise (not compared).
     pub secondary: Option<ShadowTarget>,
+    /// The fence on the shadow's cgroups (`[rule.egress]`); `None`: not fenced.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 impl Rule {
@@ -218,6 +220,7 @@ impl Rule {
             sample_ppm: shadow_common::PPM_ALL,
             compare: None,
             secondary: None,
+            egress: None,
         }
     }
 

@@ -6,7 +6,7 @@ use shadow_common::counter;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use super::{
-    BATCH, Inputs, RunError, SHUTDOWN_GRACE, TICK,
+    BATCH, FENCE_TICKS, Inputs, RunError, SHUTDOWN_GRACE, TICK,
     interfaces::Interfaces,
     monotonic_ns,
     publish::Publisher,
@@ -24,6 +24,7 @@ use crate::{
         server::{Call, ControlServer, ControlStats},
     },
     correlate::Correlator,
+    egress::{Clocks, EgressConfig, Fence},
     http::DropReason,
     hub::{self, CompareHub},
     metrics::{
@@ -59,6 +60,10 @@ pub(super) struct Daemon {
     publisher: Publisher,
     control_stats: Arc<ControlStats>,
     pub(super) reloads: Reloads,
+    /// The egress fences of the rules that have one (`None`: no rule fences).
+    pub(super) fence: Option<Fence>,
+    /// Ticks since the fence last looked.
+    fence_ticks: u32,
 }
 
 impl Daemon {
@@ -67,7 +72,6 @@ impl Daemon {
     pub(super) async fn start(cfg: DaemonConfig) -> Result<(Self, Inputs), RunError> {
         let metrics = Arc::new(Metrics::new(cfg.max_endpoints));
         let metrics_server = MetricsServer::bind(cfg.metrics_addr, metrics.clone()).await?;
-        tracing::info!("metrics on http://{}/metrics", metrics_server.local_addr());
 
         let facts = Facts {
             hook: cfg.hook,
@@ -75,6 +79,8 @@ impl Daemon {
             ring_buffer_bytes: u64::from(cfg.ring_buffer_size),
         };
         let ops = Operations::new(facts, rule_runtimes(&cfg));
+        // The fence first: a wrong pin directory or cgroup path fails before anything attaches.
+        let fence = Fence::start(&cfg.pin_dir, &fences(&cfg))?;
         let Attached { capture, interfaces, source, links, ports } = attach(&cfg, &ops)?;
         let control = ControlServer::bind(&cfg.control).await?;
         tracing::info!("control socket {}", control.path().display());
@@ -151,6 +157,8 @@ impl Daemon {
             publisher: Publisher { ledger_seen: [0; DropReason::COUNT] },
             control_stats,
             reloads: Reloads::default(),
+            fence,
+            fence_ticks: 0,
         };
         Ok((daemon, inputs))
     }
@@ -195,6 +203,19 @@ impl Daemon {
         if let Some(h) = self.hub() {
             h.tick();
         }
+        self.fence_ticks += 1;
+        if self.fence_ticks >= FENCE_TICKS {
+            self.fence_ticks = 0;
+            self.look_at_fence();
+        }
+    }
+
+    /// The fence follows its cgroups, and what the shadows tried goes to the logs and metrics.
+    pub(super) fn look_at_fence(&mut self) {
+        if let Some(f) = &mut self.fence {
+            f.follow_cgroups();
+            self.metrics.set_egress_attempts(f.poll(clocks()));
+        }
     }
 
     /// Interfaces came or went (netlink).
@@ -217,14 +238,38 @@ impl Daemon {
                 self.ops.set_paused(&mut self.capture, rule.as_deref(), false).map(|()| self.status())
             }
             Command::Reload => self.reload().map(|()| self.status()),
-            Command::Report => Ok(Reply::Report(Box::new(hub::report_of(self.hub())))),
+            Command::Report => {
+                let mut report = hub::report_of(self.hub());
+                report.egress = self.fence.as_ref().map(|f| f.findings(clocks())).unwrap_or_default();
+                Ok(Reply::Report(Box::new(report)))
+            }
             Command::Diffs { endpoint } => Ok(Reply::Diffs(hub::diffs_of(self.hub(), endpoint.as_deref()))),
             Command::Reset { rule } => {
                 let names: Vec<&str> = self.ops.rules().iter().map(|r| r.name.as_str()).collect();
                 hub::reset_epochs(self.hub(), rule.as_deref(), &names).map(Reply::Reset)
             }
+            Command::Egress { rule } => self.fence_call(|f| f.status(rule.as_deref(), clocks())),
+            Command::EgressDetach { rule } => self.fence_call(|f| f.detach(Some(rule), clocks())),
         };
         Reply::into_response(answer)
+    }
+
+    fn fence_call(
+        &mut self,
+        call: impl FnOnce(&mut Fence) -> Result<crate::egress::EgressStatus, String>,
+    ) -> Result<Reply, crate::control::ErrorBody> {
+        use crate::control::{ErrorBody, ErrorKind};
+        let Some(f) = self.fence.as_mut().filter(|f| !f.is_empty()) else {
+            return Err(ErrorBody::new(
+                ErrorKind::NoSuchRule,
+                "no rule has an egress fence ([rule.egress], --egress-cgroup)",
+            ));
+        };
+        let answer = call(f).map(|s| Reply::Egress(Box::new(s))).map_err(|m| ErrorBody::new(ErrorKind::NoSuchRule, m));
+        if let Some(f) = &mut self.fence {
+            self.metrics.set_egress_attempts(f.poll(clocks()));
+        }
+        answer
     }
 
     fn status(&self) -> Reply {
@@ -273,6 +318,7 @@ impl Daemon {
             mut events,
             mut summary,
             mut publisher,
+            fence: self_fence,
             ..
         } = self;
         // Requests still being reassembled can no longer complete.
@@ -297,6 +343,10 @@ impl Daemon {
         ] {
             d.stream_bytes = sc.stream_bytes;
             d.overlap_bytes = sc.overlap_bytes;
+        }
+        if let Some(f) = &self_fence {
+            summary.egress = f.status(None, clocks()).ok();
+            summary.compare.get_or_insert_with(|| hub::report_of(None)).egress = f.findings(clocks());
         }
         let mirror = metrics.summary();
         tracing::info!("stopped:\n{mirror}");
@@ -371,6 +421,17 @@ pub(super) fn compare_hub(cfg: &DaemonConfig, metrics: &Arc<Metrics>) -> Result<
     let rules: Vec<(String, Option<&crate::compare::CompareSettings>)> =
         cfg.rules.iter().map(|r| (r.name.clone(), r.compare.as_ref())).collect();
     Ok(CompareHub::new(&rules, PairLimits::default(), metrics.clone())?)
+}
+
+/// Each rule's name and fence, from the config.
+pub(super) fn fences(cfg: &DaemonConfig) -> Vec<(String, Option<EgressConfig>)> {
+    cfg.rules.iter().map(|r| (r.name.clone(), r.egress.clone())).collect()
+}
+
+/// Both clocks now, to date the kernel's monotonic timestamps.
+fn clocks() -> Clocks {
+    let unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    Clocks { monotonic_ns: monotonic_ns(), unix_s }
 }
 
 /// The rules as operators see them, from the config.

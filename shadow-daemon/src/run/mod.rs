@@ -35,6 +35,8 @@ use crate::{
 
 /// How often kernel counters and extraction stats are published, and idle flows expired.
 const TICK: Duration = Duration::from_millis(100);
+/// Every how many ticks the egress fence follows its cgroups and reads what was tried.
+const FENCE_TICKS: u32 = 10;
 /// How long in-flight replays may finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long the replays queued under the old rules may finish after a reload.
@@ -54,6 +56,8 @@ pub enum RunError {
     Control(#[from] ControlError),
     #[error("comparison settings: {0}")]
     Compare(#[from] crate::compare::CompareError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
 }
@@ -65,6 +69,7 @@ impl RunError {
             Self::Control(e) => e.exit_code(),
             Self::Metrics(_) | Self::Replay(_) | Self::Io { .. } => 1,
             Self::Compare(_) => 2,
+            Self::Egress(e) => e.exit_code(),
         }
     }
 }

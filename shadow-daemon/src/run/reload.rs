@@ -5,13 +5,14 @@
 
 use super::{
     RELOAD_GRACE,
-    daemon::{Daemon, compare_hub, log_rules, rule_runtimes},
+    daemon::{Daemon, compare_hub, fences, log_rules, rule_runtimes},
 };
 use crate::{
     compare::{CompareSettings, EpochReason},
     config::{DaemonConfig, Rule},
     control::{ErrorBody, ErrorKind},
     correlate::Correlator,
+    egress::Fence,
     operate::Operations,
     replay::ReplayEngine,
 };
@@ -42,6 +43,11 @@ impl Daemon {
             Correlator::new(self.metrics.clone(), compare_hub(&new, &self.metrics).map_err(|e| e.to_string())?)
         };
         let new_engine = ReplayEngine::start(&new.rules, correlator.clone()).map_err(|e| e.to_string())?;
+        // The fences before the rest: a cgroup path that is not cgroup v2 refuses the reload.
+        match &mut self.fence {
+            Some(f) => f.apply(&fences(&new)).map_err(|e| e.to_string())?,
+            None => self.fence = Fence::start(&new.pin_dir, &fences(&new)).map_err(|e| e.to_string())?,
+        }
         let retargeted = retargeted(&self.cfg.rules, &new.rules);
         let new_file = rule_runtimes(&new);
         let before = self.ops.rules().to_vec();

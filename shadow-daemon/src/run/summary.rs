@@ -113,6 +113,9 @@ pub struct Summary {
     pub mirror: Option<MirrorSummary>,
     /// The comparison's final report (`shadowctl report --from FILE` reads it).
     pub compare: Option<crate::hub::DaemonReport>,
+    /// The egress fences at exit: what the shadows tried to reach (the fences stay on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressStatus>,
 }
 
 impl Summary {

@@ -4,12 +4,13 @@
 //! `capture`). Each unsafe block carries its SAFETY note. A leaf: it knows no other module of
 //! the crate.
 //!
-//! By concern: `errno` (telling kernel errors apart), `net` (interface names and indexes),
+//! By concern: `errno` (telling kernel errors apart), `fs` (filesystem kinds, cgroup v2 mounts), `net` (interface names and indexes),
 //! `netlink` (the link-notification socket), `plain` (records as bytes), `process` (uid,
 //! umask), `socket` (socket options, TCP_INFO), `time` (CLOCK_MONOTONIC), `timestamp` (the
 //! kernel's packet timestamps).
 
 pub(crate) mod errno;
+pub(crate) mod fs;
 pub(crate) mod net;
 pub(crate) mod netlink;
 pub(crate) mod plain;
