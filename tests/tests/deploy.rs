@@ -338,6 +338,19 @@ fn kubernetes_manifests_hold_together() {
     };
     host_path("/sys/fs/bpf");
     host_path("/run/shadow");
+    // The egress fence reads the host's cgroup tree (never writes it).
+    let cg = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["hostPath"]["path"] == "/sys/fs/cgroup")
+        .expect("a hostPath volume for /sys/fs/cgroup");
+    assert_eq!(cg["hostPath"]["type"], "Directory");
+    let m = c["volumeMounts"].as_array().expect("volumeMounts").iter().find(|m| m["name"] == cg["name"]);
+    assert_eq!(
+        m.map(|m| (&m["mountPath"], &m["readOnly"])),
+        Some((&Value::from("/sys/fs/cgroup"), &Value::from(true)))
+    );
 
     // Probes, the container port and the scrape annotation all name the metrics endpoint's port.
     let node_env = container_env(c, "10.0.3.7");
@@ -436,6 +449,43 @@ fn systemd_unit_passes_systemd_analyze() {
     let overall = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().to_string();
     assert!(ok, "systemd-analyze security: exposure above 1.8 ({overall}):\n{out}{err}");
     eprintln!("{overall}");
+}
+
+/// The egress fence's drop-in: it verifies with the unit, changes only what pinning needs (root
+/// for /sys/fs/bpf's owner permission, /sys/fs/bpf writable) and no capability; its exposure is
+/// the figure docs/operations.md gives.
+#[test]
+fn systemd_egress_dropin_passes_systemd_analyze() {
+    let test = "systemd_egress_dropin_passes_systemd_analyze";
+    if !require_tool(test, "systemd-analyze") {
+        return;
+    }
+    let dropin = read(&deploy("systemd/shadow-egress.conf"));
+    let settings: Vec<&str> = dropin.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(
+        settings,
+        ["[Service]", "DynamicUser=no", "User=root", "ProtectKernelTunables=no", "ReadWritePaths=/sys/fs/bpf"],
+        "the drop-in widens nothing else (no capability, no other path)"
+    );
+    let unit = read(&deploy("systemd/shadow.service"));
+    let scratch = Scratch::new("deploy-dropin");
+    let copy = scratch.path("shadow.service");
+    let daemon = workspace_bin("shadow-daemon");
+    fs::write(&copy, unit.replace("/usr/local/bin/shadow-daemon", &daemon.to_string_lossy())).expect("write unit copy");
+    fs::create_dir_all(scratch.path("shadow.service.d")).expect("drop-in dir");
+    fs::write(scratch.path("shadow.service.d/egress.conf"), &dropin).expect("write drop-in");
+    let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    assert!(ok && out.trim().is_empty() && err.trim().is_empty(), "systemd-analyze verify:\n{out}{err}");
+    let (ok, out, err) =
+        run(Command::new("systemd-analyze").args(["security", "--offline=yes", "--threshold=23"]).arg(&copy));
+    let overall = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().to_string();
+    assert!(ok, "systemd-analyze security with the drop-in: exposure above 2.3 ({overall}):\n{out}{err}");
+    assert!(overall.contains("2.3"), "docs/operations.md gives 2.3: {overall}");
+    let ops = read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"));
+    assert!(
+        ops.contains("shadow-egress.conf") && ops.contains("exposure 2.3"),
+        "the docs name the drop-in and its exposure"
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub(crate) const PURE_MODULES: &[&str] = &[
     "shadow-daemon/src/replay/edit.rs",
     "shadow-daemon/src/replay/trace.rs",
     "shadow-daemon/src/trace_link.rs",
+    "shadow-daemon/src/egress/allow.rs",
+    "shadow-daemon/src/egress/view.rs",
     "shadow-daemon/src/replay/controls/*.rs",
     "shadow-daemon/src/metrics/ledger.rs",
     "shadow-daemon/src/compare/*.rs",

@@ -1,5 +1,6 @@
 //! The kernel side, seen from user space: load the eBPF object, attach it, write its config, read
-//! its counters and drain its ring buffer. The only module that uses aya.
+//! its counters and drain its ring buffer. With `egress::guard` (the fence's own object), the only
+//! module that uses aya.
 //!
 //! By concern: `attach` (hooks on interfaces), `rules` (the rule and config maps), `ring` (the
 //! ring-buffer readers), `privileges`, `error`; `links` follows interfaces as they come and go;

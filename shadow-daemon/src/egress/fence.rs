@@ -252,6 +252,12 @@ impl Fence {
         series
     }
 
+    /// Benchmarks: the run-time accounting of every fence's programs.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn program_stats(&self) -> Vec<crate::capture::ProgramStats> {
+        self.rules.values().flat_map(|f| f.guard.program_stats()).collect()
+    }
+
     /// No rule is fenced (every fence was removed by a reload).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

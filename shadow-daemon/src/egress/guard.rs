@@ -175,6 +175,23 @@ impl Guard {
         (tuples, unlisted)
     }
 
+    /// The kernel's run-time accounting of this guard's programs (with BPF stats enabled).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) fn program_stats(&self) -> Vec<crate::capture::ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(crate::capture::ProgramStats {
+                    name,
+                    id: info.id(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
     /// Take the fence down: every link, the maps' pins, the directory.
     pub(super) fn remove(self) -> Result<(), EgressError> {
         remove_pins(&self.dir).map_err(|e| self.fail(&format!("remove {}", self.dir.display()), e.to_string()))

@@ -70,6 +70,7 @@ pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
     let profile = read(out, "profile.json");
     let mirror = read(out, "mirror.json");
     let timing = read(out, "timing.json");
+    let egress = read(out, "egress.json");
     let mut rows = Vec::new();
 
     // Kernel.
@@ -95,6 +96,28 @@ pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
                     ),
                 });
             }
+        }
+    }
+    // Egress fence.
+    if let Some(cases) = egress["cases"].as_array() {
+        for c in cases {
+            rows.push(Row {
+                stage: format!("kernel: egress fence, {}", c["call"].as_str().unwrap_or("?")),
+                cost: spread(&c["program_ns_per_call"], 0),
+                unit: "ns / call (gross, with the accounting's clock reads)".into(),
+                allocations: "-".into(),
+                reproduce: format!("{RUN} --only egress"),
+                how: format!(
+                    "{} run_time_ns/run_cnt over {} rounds of {} calls, {} allowlist entries; wall time per call fenced {} ns vs unfenced {} ns ({}x)",
+                    c["program"].as_str().unwrap_or("?"),
+                    egress["rounds"],
+                    egress["calls_per_round"],
+                    egress["allow_entries"],
+                    spread(&c["fenced_ns_per_call"], 0),
+                    spread(&c["unfenced_ns_per_call"], 0),
+                    spread(&c["ratio"], 3)
+                ),
+            });
         }
     }
     // Ring buffer.
@@ -264,6 +287,13 @@ pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
 
     // Goals.
     let mut goals = Vec::new();
+    let worst = f(&egress["worst_program_ns"]);
+    goal(
+        &mut goals,
+        "Egress fence < 1 µs per connect",
+        worst.map_or("-".into(), |w| format!("{w:.0} ns per call, the worst median of connect and send")),
+        worst.map(|w| w < 1000.0),
+    );
     let sat_m = spread(&arm(&mirror, "saturating", "healthy")["cpu_us_per_mirrored"], 2);
     let a = &arm(&mirror, "fixed rate", "healthy")["cpu_us_per_mirrored"];
     let cpu_m = med(a);

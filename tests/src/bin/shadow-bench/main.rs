@@ -9,9 +9,10 @@
 //! micro: user-space stages per request in process, with allocation counts (micro.rs).
 //! profile: perf and strace of the release daemon under load (profile.rs).
 //! mirror: the cost to the primary, arms interleaved in rounds (mirror.rs).
+//! egress: the egress fence's programs per connect and send, fenced against unfenced (egress.rs).
 //! ledger: all of the above in one table, with the goals met or not (ledger.rs).
 //!
-//! `--only capture|micro|profile|mirror|ledger` runs one part; the ledger is rebuilt at the end of
+//! `--only capture|micro|profile|mirror|egress|ledger` runs one part; the ledger is rebuilt at the end of
 //! every run from the JSON files in the results directory.
 
 use std::{
@@ -40,6 +41,7 @@ use shadow_tests::{
     topo::{NetNs, TwoHosts},
 };
 
+mod egress;
 mod ledger;
 mod load;
 mod micro;
@@ -112,6 +114,11 @@ fn main() -> ExitCode {
     let mut alt_label: Option<String> = None;
     let mut alt_args: Option<String> = None;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // Inside a test cgroup, for the egress part: a loop of calls, its ns per call on stdout.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--egress-loop") && argv.len() == 5 {
+        return egress::call_loop(&argv[2], &argv[3], argv[4].parse().unwrap_or(1));
+    }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -137,9 +144,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Some(o) = only.as_deref()
-        && !["capture", "micro", "profile", "mirror", "ledger"].contains(&o)
+        && !["capture", "micro", "profile", "mirror", "egress", "ledger"].contains(&o)
     {
-        eprintln!("shadow-bench: --only takes capture, micro, profile, mirror or ledger");
+        eprintln!("shadow-bench: --only takes capture, micro, profile, mirror, egress or ledger");
         return ExitCode::from(2);
     }
     if let Some(bin) = &alt_bin
@@ -197,6 +204,13 @@ fn main() -> ExitCode {
         let v = serde_json::json!({ "date": date(), "command": command, "stages": stages });
         let _ = std::fs::write(out.join("micro.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
         record("micro", &mut took);
+    }
+    if part("egress") {
+        let mut v = serde_json::to_value(egress::egress_bench(quick)).unwrap_or_default();
+        v["date"] = date().into();
+        v["command"] = command.clone().into();
+        let _ = std::fs::write(out.join("egress.json"), serde_json::to_string_pretty(&v).unwrap_or_default());
+        record("egress", &mut took);
     }
     if part("mirror") {
         let results = mirror::mirror_bench(quick, date(), command.clone(), alt.as_ref());
