@@ -203,15 +203,22 @@ fn report_output(r: &DaemonReport, json: bool, html: Option<&std::path::Path>) -
     let mut out =
         if json { format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()) } else { r.render_text() };
     if let Some(path) = html {
+        // The egress findings of each rule on its page.
+        let findings = |rule: &str| -> Vec<String> {
+            r.egress.iter().filter(|f| f.rule == rule).map(crate::egress::EgressFinding::line).collect()
+        };
         let pages: Vec<(PathBuf, String)> = match r.rules.as_slice() {
-            [one] => vec![(path.to_path_buf(), one.report.render_html())],
+            [one] => vec![(path.to_path_buf(), one.report.render_html_with(&findings(&one.rule)))],
             many => many
                 .iter()
                 .map(|rr| {
                     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     let safe: String =
                         rr.rule.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-                    (path.with_file_name(format!("{stem}.{safe}.html")), rr.report.render_html())
+                    (
+                        path.with_file_name(format!("{stem}.{safe}.html")),
+                        rr.report.render_html_with(&findings(&rr.rule)),
+                    )
                 })
                 .collect(),
         };
@@ -532,7 +539,14 @@ mod tests {
             verdict: c.report().verdict,
             rules: vec![RuleReport { rule: "api".into(), report: c.report() }],
             pairs: PairStats::default(),
-            egress: Vec::new(),
+            egress: vec![crate::egress::EgressFinding {
+                rule: "api".into(),
+                destination: "203.0.113.9:443".into(),
+                protocol: "tcp".into(),
+                verdict: "refused".into(),
+                attempts: 3,
+                process: "orders (pid 7)".into(),
+            }],
         };
         let dir = std::env::temp_dir().join(format!("shadowctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -546,7 +560,12 @@ mod tests {
             out.contains("GET /a") && out.contains("FAIL") && out.contains("overall verdict: FAIL (exit 1)"),
             "{out}"
         );
-        assert!(std::fs::read_to_string(&html).expect("html written").contains("<html"));
+        let page = std::fs::read_to_string(&html).expect("html written");
+        assert!(page.contains("<html"));
+        let finding =
+            "rule api: the shadow tried to reach 203.0.113.9:443 (tcp) 3 time(s): refused, first by orders (pid 7)";
+        assert!(page.contains(&format!("<li>{finding}</li>")), "the rule's egress finding on its page");
+        assert!(out.contains(&format!("  {finding}\n")), "and in the text: {out}");
         let (code, out, _) = run_full(&cli(&["report", "--json", "--from", s]).expect("parse"));
         let back: DaemonReport = serde_json::from_str(&out).expect("--json is the report");
         assert_eq!((code, back), (EXIT_FAILED, report));

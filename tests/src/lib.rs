@@ -353,3 +353,16 @@ pub fn without_line(raw: &[u8], line: &[u8]) -> Vec<u8> {
         None => raw.to_vec(),
     }
 }
+
+/// Where cgroup v2 is mounted on this host, from /proc/mounts (a hybrid host mounts it at
+/// /sys/fs/cgroup/unified): read, never assumed.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("cgroup v2 is mounted")
+}

@@ -42,18 +42,6 @@ const TRIES: &[&str] = &[
 ];
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Where cgroup v2 is mounted on this host (read, never assumed).
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 is mounted")
-}
-
 /// The test's cgroups and bpffs, removed on drop (whatever the test did).
 struct Host {
     cgroups: PathBuf,
@@ -318,7 +306,7 @@ fn the_fence_refuses_counts_survives_the_daemon_and_comes_down_when_told() {
     let ns = NetNs::new("egress");
     let scratch = Scratch::new("egress");
     let host = Host {
-        cgroups: cgroup2_root().join(format!("shadow-egress-test-{}-{}", std::process::id(), unique())),
+        cgroups: shadow_tests::cgroup2_root().join(format!("shadow-egress-test-{}-{}", std::process::id(), unique())),
         bpffs: scratch.path("bpf"),
     };
     std::fs::create_dir_all(&host.bpffs).expect("bpffs dir");
@@ -346,6 +334,41 @@ fn the_fence_refuses_counts_survives_the_daemon_and_comes_down_when_told() {
     }
     let mut want = one_run("refused");
     assert_eq!(f.counts(), want);
+
+    // What the fenced shadow serves is untouched: it accepts (the daemon's replays come in so),
+    // it does not connect.
+    {
+        let cmd = format!(
+            "echo $$ > '{}/cgroup.procs' && exec ip netns exec {} python3 -m http.server 7100 --bind 127.0.0.1",
+            f.cgroup("pod-a").display(),
+            f.ns.name
+        );
+        let mut server = Proc::spawn(
+            "fenced http.server",
+            Command::new("sh").args(["-c", &cmd]).stdout(Stdio::null()).stderr(Stdio::null()),
+        );
+        let addr: SocketAddr = "127.0.0.1:7100".parse().expect("addr");
+        // python's http.server answers in HTTP/1.0.
+        let answers = || {
+            let name = f.ns.name.clone();
+            std::thread::spawn(move || {
+                shadow_tests::topo::enter_netns(&name);
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n").ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).ok()?;
+                Some(buf.starts_with(b"HTTP/1.0 200"))
+            })
+            .join()
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+        };
+        wait_for("the fenced server to answer", TIMEOUT, answers);
+        server.terminate(TIMEOUT);
+        assert_eq!(f.counts(), want, "serving is not egress");
+    }
 
     // A cgroup the glob does not match, and one outside the test's: untouched, not counted.
     expect_open(&f.probe(Some("other")));
@@ -455,7 +478,7 @@ fn a_fence_on_a_path_that_is_not_cgroup_v2_or_without_bpffs_exits_2_in_one_line(
             .expect("run shadow-daemon");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let cg = cgroup2_root().display().to_string();
+    let cg = shadow_tests::cgroup2_root().display().to_string();
     // The pin directory on a filesystem that is not bpffs.
     let pins = scratch.path("pins");
     let (code, err) = run(&["--egress-cgroup", &format!("{cg}/x"), "--pin-dir", pins.to_str().expect("utf-8")]);

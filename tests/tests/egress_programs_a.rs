@@ -13,17 +13,6 @@ use shadow_tests::{Scratch, require_kernel, require_tool, sh, topo::NetNs, uniqu
 const EPERM: &str = "errno 1";
 const ENETUNREACH: &str = "errno 101";
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 is mounted")
-}
-
 struct Cleanup {
     bpffs: PathBuf,
     cgroup: PathBuf,
@@ -49,7 +38,7 @@ fn prefixes_ports_and_families_are_decided_bit_exactly() {
     let scratch = Scratch::new("egress-a");
     let cleanup = Cleanup {
         bpffs: scratch.path("bpf"),
-        cgroup: cgroup2_root().join(format!("shadow-egress-a-{}-{}", std::process::id(), unique())),
+        cgroup: shadow_tests::cgroup2_root().join(format!("shadow-egress-a-{}-{}", std::process::id(), unique())),
     };
     std::fs::create_dir_all(&cleanup.bpffs).expect("bpffs dir");
     sh(&["mount", "-t", "bpf", "bpf", cleanup.bpffs.to_str().expect("utf-8")]);

@@ -18,6 +18,8 @@ use shadow_daemon::compare::{
 
 const HOSTILE: &str = "GET /<b id=\"injected\">x</b>&<script>document.title='pwned'</script>";
 const ENDPOINTS: [&str; 3] = ["GET /api/users/:id", "POST /api/orders", HOSTILE];
+/// An egress finding whose process name carries markup.
+const FINDING: &str = "rule api: the shadow tried to reach 203.0.113.9:443 (tcp) 3 time(s): refused, first by <i id=\"inj2\">x</i> (pid 7)";
 
 fn response(status: u16, body: &str, latency_us: u64) -> ResponseSample {
     ResponseSample {
@@ -89,16 +91,16 @@ fn report_html_renders_in_headless_chromium() {
     }
     let dir = scratch_dir();
     let page = dir.join("report.html");
-    std::fs::write(&page, report().render_html()).expect("write page");
+    std::fs::write(&page, report().render_html_with(&[FINDING.to_owned()])).expect("write page");
     let url = format!("file://{}", page.display());
 
     let shot = dir.join("shot.png");
-    chromium(&dir, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,900", &url]);
+    chromium(&dir, &[&format!("--screenshot={}", shot.display()), "--window-size=1200,1300", &url]);
     let decoder = png::Decoder::new(std::fs::File::open(&shot).expect("screenshot written"));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG frame");
-    assert_eq!((info.width, info.height), (1200, 900));
+    assert_eq!((info.width, info.height), (1200, 1300));
     let channels = info.color_type.samples();
     assert!(channels >= 3, "colour screenshot expected, got {:?}", info.color_type);
     let pixels: Vec<[u8; 3]> = buf[..info.buffer_size()].chunks_exact(channels).map(|p| [p[0], p[1], p[2]]).collect();
@@ -120,6 +122,8 @@ fn report_html_renders_in_headless_chromium() {
     assert_eq!(dom.matches("<section class=\"endpoint\"").count(), ENDPOINTS.len());
     assert_eq!(dom.matches("<svg class=\"chart\"").count(), ENDPOINTS.len());
     assert!(!dom.contains("<b id="), "markup from an endpoint name became an element");
+    assert!(dom.contains("id=\"findings\"") && dom.contains(&as_text(FINDING)), "the egress finding is shown, as text");
+    assert!(!dom.contains("<i id="), "markup from a finding became an element");
     assert!(!dom.contains("<script"), "a script element reached the DOM");
     assert!(dom.contains("<title>shadow report: FAIL</title>"), "title changed or missing");
     if std::env::var_os("SHADOW_KEEP_REPORT").is_none() {

@@ -51,6 +51,13 @@ fn verdict_class(v: Verdict) -> &'static str {
 
 impl Report {
     pub fn render_html(&self) -> String {
+        self.render_html_with(&[])
+    }
+
+    /// The page with `findings` first, one line each (escaped): what an operator must read
+    /// before promoting whatever the verdict, such as the destinations a fenced shadow tried to
+    /// reach outside its allowlist.
+    pub fn render_html_with(&self, findings: &[String]) -> String {
         let mut o = String::new();
         let v = self.verdict;
         let _ = write!(
@@ -67,6 +74,13 @@ impl Report {
             self.overall.samples,
             v.exit_code()
         );
+        if !findings.is_empty() {
+            o.push_str("<section id=\"findings\" class=\"findings\"><h2>Findings to read before promoting</h2><ul>");
+            for f in findings {
+                let _ = write!(o, "<li>{}</li>", escape(f));
+            }
+            o.push_str("</ul></section>");
+        }
         if let Some(e) = &self.epoch {
             let _ = write!(
                 o,
@@ -286,6 +300,7 @@ fn trim_number(v: f64) -> String {
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}\
+.findings{border:2px solid #c62828;background:#fff3f3;padding:4px 12px;margin:12px 0}.findings h2{color:#c62828;font-size:16px}\
 table{border-collapse:collapse;margin:12px 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}\
 td{white-space:nowrap}td.name{text-align:left;font-family:monospace;white-space:normal;max-width:280px;word-break:break-all}td.why{text-align:left;white-space:normal;max-width:260px}th{background:#f3f3f3}\
 .badge{padding:2px 8px;border-radius:4px;color:#fff}.badge.pass{background:#2e7d32}\
@@ -297,6 +312,16 @@ section.endpoint{margin-top:28px}h2{font-family:monospace;font-size:1.1em}\
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn findings_come_first_escaped_and_only_when_there_are_some() {
+        let r = super::super::Comparator::new(&super::super::CompareSettings::default()).expect("settings").report();
+        assert!(!r.render_html().contains("id=\"findings\""));
+        let page = r.render_html_with(&["tried 10.0.0.9:443 <b>x</b>".to_owned(), "second".to_owned()]);
+        let at = page.find("<section id=\"findings\"").expect("a findings section");
+        assert!(at < page.find("<table id=\"verdicts\"").expect("the table"), "before the verdict table");
+        assert!(page.contains("<li>tried 10.0.0.9:443 &lt;b&gt;x&lt;/b&gt;</li><li>second</li>"), "{page}");
+    }
 
     #[test]
     fn escape_neutralises_markup() {

@@ -9,7 +9,7 @@
 
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::Instant,
 };
@@ -76,17 +76,6 @@ pub(crate) struct EgressBench {
     pub worst_program_ns: Option<f64>,
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup v2 is mounted")
-}
-
 /// Run the loop in `cgroup`; ns per call.
 fn run_in(cgroup: &Path, kind: &str, addr: &str, n: u64) -> f64 {
     let me = std::env::current_exe().expect("current_exe");
@@ -105,7 +94,7 @@ pub(crate) fn egress_bench(quick: bool) -> EgressBench {
     let bpffs = scratch.path("bpf");
     std::fs::create_dir_all(&bpffs).expect("bpffs dir");
     shadow_tests::sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().expect("utf-8")]);
-    let base = cgroup2_root().join(format!("shadow-bench-egress-{}", std::process::id()));
+    let base = shadow_tests::cgroup2_root().join(format!("shadow-bench-egress-{}", std::process::id()));
     let (fenced, unfenced) = (base.join("fenced"), base.join("unfenced"));
     std::fs::create_dir_all(&fenced).expect("cgroup");
     std::fs::create_dir_all(&unfenced).expect("cgroup");
