@@ -51,7 +51,7 @@ fn prefixes_ports_and_families_are_decided_bit_exactly() {
             .collect(),
         mode: EgressMode::Enforce,
     };
-    let mut fence = Fence::start(&cleanup.bpffs.join("shadow"), &[("a".into(), Some(cfg))])
+    let fence = Fence::start(&cleanup.bpffs.join("shadow"), &[("a".into(), Some(cfg))])
         .expect("fence")
         .expect("one rule fenced");
     assert_eq!(fence.status(None, clocks()).expect("status").rules[0].attached.len(), 1);
@@ -123,9 +123,18 @@ fn prefixes_ports_and_families_are_decided_bit_exactly() {
     assert_eq!(rows.len(), cases.len());
     assert_eq!(status.rules[0].attempts.refused, cases.iter().filter(|(_, w)| *w == EPERM).count() as u64);
 
-    // Gone from the config: the fence is down and the rule's pins removed.
-    fence.apply(&[("a".into(), None)]).expect("remove");
-    assert!(!cleanup.bpffs.join("shadow/egress/a").exists());
+    // The daemon goes (the fence stays, pinned) and one with another config starts: a fence of a
+    // rule it does not name is left on (another daemon's, maybe); one of a rule it names
+    // without a fence comes down, pins and all.
+    drop(fence);
+    let pins = cleanup.bpffs.join("shadow");
+    let other = Fence::start(&pins, &[("b".into(), None)]).expect("start").expect("pins seen");
+    assert!(pins.join("egress/a/links").exists(), "a fence of a rule not in this config stays");
+    let out = sh(&["sh", "-c", &cmd]);
+    assert!(out.contains(&format!("tcp,10.128.0.0,80 {EPERM}")), "still fenced: {out}");
+    drop(other);
+    let _same = Fence::start(&pins, &[("a".into(), None)]).expect("start");
+    assert!(!pins.join("egress/a").exists(), "the rule's fence is gone from its config: removed");
     let out = sh(&["sh", "-c", &cmd]);
     assert!(out.lines().all(|l| !l.ends_with(EPERM)), "nothing refused once the fence is down: {out}");
 }

@@ -176,6 +176,10 @@ mod tests {
             ("::1", "::1/128"),
             ("[::/0]", "::/0"),
             (" 10.1.0.0/16 ", "10.1.0.0/16"),
+            // Prefixes that end inside a byte, with that byte's kept bits set.
+            ("10.128.0.0/9", "10.128.0.0/9"),
+            ("10.192.0.0/10:80", "10.192.0.0/10:80"),
+            ("fd80::/9", "fd80::/9"),
         ] {
             assert_eq!(entry(text).to_string(), shown, "{text}");
             assert_eq!(entry(shown), entry(text), "{shown} reads back");
@@ -188,6 +192,9 @@ mod tests {
             ("10.1.2.3/8", "did you mean 10.0.0.0/8?"),
             ("10.1.2.3/8:443", "did you mean 10.0.0.0/8:443?"),
             ("fd00::1/8", "did you mean fd00::/8?"),
+            ("10.192.0.0/9", "did you mean 10.128.0.0/9?"),
+            ("10.130.0.0/9", "did you mean 10.128.0.0/9?"),
+            ("fdc0::/9", "did you mean fd80::/9?"),
             ("10.0.0.0/33", "prefix length must be 0-32"),
             ("fd00::/129", "prefix length must be 0-128"),
             ("10.0.0.0/8:0", "port must be 1-65535"),

@@ -26,6 +26,8 @@ pub struct Fence {
     /// `<pin dir>/egress`: one directory per fenced rule.
     root: PathBuf,
     rules: BTreeMap<String, Fenced>,
+    /// Pinned fences of rules this config does not name, already reported.
+    foreign: BTreeSet<String>,
 }
 
 struct Fenced {
@@ -62,7 +64,7 @@ impl Fence {
             fs::create_dir_all(&root)
                 .map_err(|e| EgressError::Setting(format!("--pin-dir: cannot create {}: {e}", root.display())))?;
         }
-        let mut fence = Self { root, rules: BTreeMap::new() };
+        let mut fence = Self { root, rules: BTreeMap::new(), foreign: BTreeSet::new() };
         fence.apply(rules)?;
         Ok(Some(fence))
     }
@@ -130,17 +132,29 @@ impl Fence {
                 tracing::info!("egress fence of rule {name}: removed (no longer in the config)");
             }
         }
-        // Pinned by an earlier run for a rule without a fence now.
+        // Pinned by an earlier run: for a rule of this config that has no fence now, the fence
+        // was taken out of the config, so it comes down. A rule this config does not have may be
+        // another daemon's (or renamed): its fence stays, said once, and a person removes it.
         if let Ok(entries) = fs::read_dir(&self.root) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !self.rules.contains_key(&name) {
+                if self.rules.contains_key(&name) {
+                    continue;
+                }
+                if rules.iter().any(|(n, _)| *n == name) {
                     remove_pins(&e.path()).map_err(|err| EgressError::Kernel {
                         rule: name.clone(),
                         op: format!("remove {}", e.path().display()),
                         reason: err.to_string(),
                     })?;
-                    tracing::info!("egress fence of rule {name}: pinned by an earlier run, not in the config: removed");
+                    tracing::info!(
+                        "egress fence of rule {name}: pinned by an earlier run, no longer in the config: removed"
+                    );
+                } else if self.foreign.insert(name.clone()) {
+                    tracing::warn!(
+                        "egress fence pinned at {} belongs to no rule of this config (another daemon's, or a renamed rule): left on; remove the directory to take it down",
+                        e.path().display()
+                    );
                 }
             }
         }
