@@ -86,6 +86,18 @@ pub enum Cmd {
         #[arg(long)]
         rule: Option<String>,
     },
+    /// Print shadowctl's completion script for a shell, e.g. `shadowctl completions bash >
+    /// /usr/share/bash-completion/completions/shadowctl` (no daemon needed).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of shadow-daemon and shadowctl (section 8, one more per shadowctl
+    /// command) into DIR, e.g. /usr/local/share/man/man8 (no daemon needed).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Destinations the fenced shadows tried to reach (counts, verdicts, last seen, the process
     /// that tried first), of one rule or of all.
     Egress {
@@ -114,8 +126,10 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 impl Cmd {
-    fn to_command(&self) -> Command {
-        match self {
+    /// The request this command sends to the daemon; `None` for the commands shadowctl answers
+    /// by itself (completions, man).
+    fn to_command(&self) -> Option<Command> {
+        Some(match self {
             Self::Status => Command::Status,
             Self::Rate { percent, rule } => Command::Rate { percent: *percent, rule: rule.clone() },
             Self::Pause { rule } => Command::Pause { rule: rule.clone() },
@@ -129,8 +143,59 @@ impl Cmd {
             Self::Egress { action: Some(EgressAction::Detach { rule }), .. } => {
                 Command::EgressDetach { rule: rule.clone() }
             }
-        }
+            Self::Completions { .. } | Self::Man { .. } => return None,
+        })
     }
+}
+
+/// The completion script of shadowctl for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "shadowctl", &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The man pages (file name, roff) of shadow-daemon, shadowctl and each shadowctl command,
+/// section 8, from the same definitions as the parsers.
+pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
+    use clap::CommandFactory;
+    let page = |cmd: clap::Command| -> Result<Vec<u8>, std::io::Error> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .section("8")
+            .manual("shadow")
+            .source(format!("shadow {}", crate::VERSION))
+            .render(&mut buf)?;
+        Ok(buf)
+    };
+    let mut out = vec![("shadow-daemon.8".to_owned(), page(crate::config::Args::command())?)];
+    let ctl = Cli::command();
+    out.push(("shadowctl.8".to_owned(), page(ctl.clone())?));
+    for sub in ctl.get_subcommands() {
+        let name = format!("shadowctl-{}", sub.get_name());
+        out.push((format!("{name}.8"), page(sub.clone().name(name.clone()).bin_name(name.replace('-', " ")))?));
+    }
+    Ok(out)
+}
+
+fn write_man(dir: &std::path::Path) -> (u8, String, bool) {
+    let pages = match man_pages() {
+        Ok(p) => p,
+        Err(e) => return (EXIT_FAILED, format!("man: {e}"), false),
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return (EXIT_FAILED, format!("man: create {}: {e}", dir.display()), false);
+    }
+    let mut written = String::new();
+    for (name, page) in &pages {
+        let p = dir.join(name);
+        if let Err(e) = std::fs::write(&p, page) {
+            return (EXIT_FAILED, format!("man: write {}: {e}", p.display()), false);
+        }
+        let _ = writeln!(written, "{}", p.display());
+    }
+    (EXIT_OK, written, true)
 }
 
 pub fn main() -> ExitCode {
@@ -157,13 +222,19 @@ pub fn run(cli: &Cli) -> (u8, String) {
 /// [`run`], and whether the text is the answer (stdout; a report's FAIL included) rather than
 /// an error line (stderr).
 pub fn run_full(cli: &Cli) -> (u8, String, bool) {
+    let command = match (&cli.command, cli.command.to_command()) {
+        (Cmd::Completions { shell }, _) => return (EXIT_OK, completions(*shell), true),
+        (Cmd::Man { out }, _) => return write_man(out),
+        (_, Some(c)) => c,
+        (_, None) => return (EXIT_USAGE, "this command does not talk to the daemon".to_owned(), false),
+    };
     if let Cmd::Report { from: Some(path), html } = &cli.command {
         return match report_from_summary(path) {
             Ok(r) => report_output(&r, cli.json, html.as_deref()),
             Err(e) => (EXIT_FAILED, format!("report: {e}"), false),
         };
     }
-    let response = match client::call(&cli.control, cli.command.to_command()) {
+    let response = match client::call(&cli.control, command.clone()) {
         Ok(r) => r,
         Err(e) => {
             let code = match e {
@@ -182,7 +253,7 @@ pub fn run_full(cli: &Cli) -> (u8, String, bool) {
             Err(e) => (EXIT_FAILED, format!("report: the daemon's answer is not a report: {e}"), false),
         };
     }
-    let (code, text) = render(&cli.command, cli.json, response);
+    let (code, text) = render(&command, cli.json, response);
     (code, text, code == EXIT_OK)
 }
 
@@ -235,7 +306,7 @@ fn report_output(r: &DaemonReport, json: bool, html: Option<&std::path::Path>) -
     (code, out, true)
 }
 
-fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
+fn render(cmd: &Command, json: bool, r: Response) -> (u8, String) {
     if let Some(e) = r.error {
         let code = match e.kind {
             ErrorKind::InvalidArgument | ErrorKind::NoSuchRule | ErrorKind::BadRequest | ErrorKind::Version => {
@@ -244,13 +315,13 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
             ErrorKind::Refused => EXIT_NOT_PERMITTED,
             _ => EXIT_FAILED,
         };
-        return (code, format!("{}: {}", cmd_name(cmd), e.message));
+        return (code, format!("{}: {}", cmd.as_str(), e.message));
     }
     let data = r.data.unwrap_or(serde_json::Value::Null);
     if json {
         return (EXIT_OK, pretty(&data));
     }
-    let text = match Reply::decode(&cmd.to_command(), data.clone()) {
+    let text = match Reply::decode(cmd, data.clone()) {
         Err(_) => pretty(&data),
         Ok(Reply::Status(s)) => status_text(&s),
         Ok(Reply::Stats(s)) => format!("{s}\n"),
@@ -262,14 +333,6 @@ fn render(cmd: &Cmd, json: bool, r: Response) -> (u8, String) {
         Ok(Reply::Egress(e)) => egress_text(&e, unix_now()),
     };
     (EXIT_OK, text)
-}
-
-fn cmd_name(cmd: &Cmd) -> &'static str {
-    cmd_command_name(&cmd.to_command())
-}
-
-fn cmd_command_name(c: &Command) -> &'static str {
-    c.as_str()
 }
 
 fn pretty(v: &serde_json::Value) -> String {
@@ -429,7 +492,7 @@ mod tests {
     #[test]
     fn rate_takes_a_percentage_and_names_the_bad_value() {
         let c = cli(&["rate", "12.5", "--rule", "api"]).expect("parse");
-        assert_eq!(c.command.to_command(), Command::Rate { percent: 12.5, rule: Some("api".into()) });
+        assert_eq!(c.command.to_command(), Some(Command::Rate { percent: 12.5, rule: Some("api".into()) }));
         assert!(matches!(cli(&["rate", "10%"]).expect("10%").command, Cmd::Rate { percent: 10.0, .. }));
         for bad in ["101", "-1", "x", "NaN", "inf"] {
             let e = cli(&["rate", bad]).expect_err(bad);
@@ -456,19 +519,19 @@ mod tests {
     #[test]
     fn daemon_errors_map_to_exit_codes() {
         let r = |k| Response::error(k, "why");
-        assert_eq!(render(&Cmd::Status, false, r(ErrorKind::NoSuchRule)).0, EXIT_USAGE);
-        assert_eq!(render(&Cmd::Status, false, r(ErrorKind::InvalidArgument)).0, EXIT_USAGE);
-        assert_eq!(render(&Cmd::Reload, false, r(ErrorKind::Rejected)).0, EXIT_FAILED);
-        assert_eq!(render(&Cmd::Status, false, r(ErrorKind::Refused)).0, EXIT_NOT_PERMITTED);
-        let (code, text) = render(&Cmd::Reload, false, r(ErrorKind::Rejected));
+        assert_eq!(render(&Command::Status, false, r(ErrorKind::NoSuchRule)).0, EXIT_USAGE);
+        assert_eq!(render(&Command::Status, false, r(ErrorKind::InvalidArgument)).0, EXIT_USAGE);
+        assert_eq!(render(&Command::Reload, false, r(ErrorKind::Rejected)).0, EXIT_FAILED);
+        assert_eq!(render(&Command::Status, false, r(ErrorKind::Refused)).0, EXIT_NOT_PERMITTED);
+        let (code, text) = render(&Command::Reload, false, r(ErrorKind::Rejected));
         assert_eq!((code, text.as_str()), (EXIT_FAILED, "reload: why"));
     }
 
     #[test]
     fn reset_takes_an_optional_rule_and_says_each_new_epoch() {
         let c = cli(&["reset", "--rule", "demo"]).expect("parse");
-        assert_eq!(c.command.to_command(), Command::Reset { rule: Some("demo".into()) });
-        assert_eq!(cli(&["reset"]).expect("parse").command.to_command(), Command::Reset { rule: None });
+        assert_eq!(c.command.to_command(), Some(Command::Reset { rule: Some("demo".into()) }));
+        assert_eq!(cli(&["reset"]).expect("parse").command.to_command(), Some(Command::Reset { rule: None }));
         assert!(cli(&["reset", "demo"]).is_err(), "the rule is named with --rule");
         assert!(cli(&["reset", "--rule"]).is_err());
 
@@ -482,10 +545,10 @@ mod tests {
             version_missing: 0,
         };
         let answer = |v| Response::ok(serde_json::to_value(v).expect("encode"));
-        let cmd = Cmd::Reset { rule: Some("demo".into()) };
+        let cmd = Command::Reset { rule: Some("demo".into()) };
         let (code, text) = render(&cmd, false, answer(vec![RuleEpoch { rule: "demo".into(), epoch: epoch.clone() }]));
         assert_eq!((code, text.as_str()), (EXIT_OK, "rule demo: epoch 2 since 2026-12-04T18:30:00.250Z (reset)\n"));
-        let (code, text) = render(&Cmd::Reset { rule: None }, false, answer(Vec::<RuleEpoch>::new()));
+        let (code, text) = render(&Command::Reset { rule: None }, false, answer(Vec::<RuleEpoch>::new()));
         assert_eq!((code, text.as_str()), (EXIT_OK, "no rule compares: nothing to reset\n"));
         let (code, text) =
             render(&cmd, false, Response::error(ErrorKind::NoSuchRule, "no rule named 'demo' (rules: api)"));
@@ -579,14 +642,14 @@ mod tests {
 
     #[test]
     fn egress_commands_parse_and_the_table_reads_well() {
-        assert_eq!(cli(&["egress"]).expect("egress").command.to_command(), Command::Egress { rule: None });
+        assert_eq!(cli(&["egress"]).expect("egress").command.to_command(), Some(Command::Egress { rule: None }));
         assert_eq!(
             cli(&["egress", "--rule", "orders"]).expect("egress").command.to_command(),
-            Command::Egress { rule: Some("orders".into()) }
+            Some(Command::Egress { rule: Some("orders".into()) })
         );
         assert_eq!(
             cli(&["egress", "detach", "--rule", "orders"]).expect("detach").command.to_command(),
-            Command::EgressDetach { rule: "orders".into() }
+            Some(Command::EgressDetach { rule: "orders".into() })
         );
         assert!(cli(&["egress", "detach"]).is_err(), "detach names its rule");
         use crate::egress::{AttemptCounts, DestinationSeen, EgressStatus, RuleEgress};
