@@ -52,6 +52,7 @@ pub mod label;
 pub mod message;
 pub mod metrics;
 pub mod operate;
+pub mod ramp;
 pub mod reassembly;
 pub mod replay;
 pub mod reply;
