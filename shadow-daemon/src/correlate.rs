@@ -17,6 +17,7 @@ use crate::{
     hub::{CompareHub, Expected, shadow_failure},
     message::{CapturedResponse, KeepSpec, ResponseSample},
     metrics::{EndpointId, Metrics, ShadowErrorKind},
+    ramp::RampFeed,
     rule::RuleId,
     trace_link::TraceLink,
 };
@@ -32,6 +33,8 @@ pub type Answer = Result<ResponseSample, ShadowErrorKind>;
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
     endpoint: EndpointId,
+    /// The rule that routed it (none: no rule with a shadow covers it).
+    rule: Option<RuleId>,
     /// Which comparison halves will come for it.
     expected: Expected,
 }
@@ -43,6 +46,8 @@ struct Waiting {
 pub struct Correlator {
     metrics: Arc<Metrics>,
     hub: Option<Arc<CompareHub>>,
+    /// What the rules' ramps see (shared by every correlator of the daemon).
+    ramp: Arc<RampFeed>,
     pending: Mutex<BTreeMap<u64, Waiting>>,
 }
 
@@ -51,9 +56,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Correlator {
-    /// `hub`: the comparison, when a rule compares.
+    /// `hub`: the comparison, when a rule compares. No rule ramps.
     pub fn new(metrics: Arc<Metrics>, hub: Option<Arc<CompareHub>>) -> Arc<Self> {
-        Arc::new(Self { metrics, hub, pending: Mutex::new(BTreeMap::new()) })
+        Self::with_ramp(metrics, hub, Arc::default())
+    }
+
+    /// As [`new`](Self::new), with what the rules' ramps see: their primary responses and
+    /// requests from here and replay, their pairs from the hub.
+    pub fn with_ramp(metrics: Arc<Metrics>, hub: Option<Arc<CompareHub>>, ramp: Arc<RampFeed>) -> Arc<Self> {
+        if let Some(h) = &hub {
+            h.feed_ramp(ramp.clone());
+        }
+        Arc::new(Self { metrics, hub, ramp, pending: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// What the rules' ramps see.
+    pub fn ramp(&self) -> &RampFeed {
+        &self.ramp
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -75,10 +94,11 @@ impl Correlator {
         self.hub.as_ref().map_or(0, |h| h.epoch_of(rule))
     }
 
-    /// Request `id` of `endpoint` was captured: its primary answer is timed for the endpoint.
-    pub fn request(&self, id: u64, endpoint: EndpointId) {
+    /// Request `id` of `endpoint` was captured (routed to `rule`): its primary answer is timed
+    /// for the endpoint, and for the rule's ramp.
+    pub fn request(&self, id: u64, endpoint: EndpointId, rule: Option<RuleId>) {
         let mut p = lock(&self.pending);
-        p.insert(id, Waiting { endpoint, expected: Expected::default() });
+        p.insert(id, Waiting { endpoint, rule, expected: Expected::default() });
         if p.len() > PENDING_CAP {
             p.pop_first();
         }
@@ -108,11 +128,15 @@ impl Correlator {
     /// its half of the comparison.
     pub fn primary(&self, resp: &CapturedResponse) {
         let waiting = lock(&self.pending).remove(&resp.request_id);
+        let last_byte = Duration::from_nanos(resp.time_to_last_byte_ns());
         self.metrics.record_primary(
             waiting.map(|w| w.endpoint),
             Duration::from_nanos(resp.time_to_first_byte_ns()),
-            Duration::from_nanos(resp.time_to_last_byte_ns()),
+            last_byte,
         );
+        if let Some(rule) = waiting.and_then(|w| w.rule) {
+            self.ramp.primary(rule, last_byte);
+        }
         if let Some(h) = &self.hub {
             h.primary(resp, waiting.map(|w| w.expected).unwrap_or_default());
         }
@@ -216,7 +240,7 @@ mod tests {
     fn a_replayed_request_is_compared_and_its_primary_timed_for_its_endpoint() {
         let c = correlator(true);
         let endpoint = c.metrics.endpoint(b"GET", b"/users/7");
-        c.request(1, endpoint);
+        c.request(1, endpoint, None);
         c.replaying(1, RuleId::new(0), false);
         c.primary(&primary(1));
         c.shadow(1, RuleId::new(0), c.epoch_of(RuleId::new(0)), endpoint, Ok(sample()), None);
@@ -232,7 +256,7 @@ mod tests {
     fn a_withdrawn_or_uncaptured_request_is_not_compared() {
         let c = correlator(true);
         let endpoint = c.metrics.endpoint(b"GET", b"/a");
-        c.request(1, endpoint);
+        c.request(1, endpoint, None);
         c.replaying(1, RuleId::new(0), false);
         c.withdraw(1);
         c.primary(&primary(1));
@@ -248,7 +272,7 @@ mod tests {
         assert!(c.hub().is_none() && c.keep(RuleId::new(0)).is_none());
         assert_eq!(c.epoch_of(RuleId::new(0)), 0);
         let endpoint = c.metrics.endpoint(b"GET", b"/a");
-        c.request(1, endpoint);
+        c.request(1, endpoint, None);
         c.replaying(1, RuleId::new(0), true);
         c.shadow(1, RuleId::new(0), 0, endpoint, Err(ShadowErrorKind::Timeout), None);
         c.primary(&primary(1));
@@ -259,7 +283,7 @@ mod tests {
     fn the_oldest_request_is_forgotten_past_the_cap() {
         let c = correlator(false);
         for id in 0..=PENDING_CAP as u64 {
-            c.request(id, EndpointId::OTHER);
+            c.request(id, EndpointId::OTHER, None);
         }
         let p = lock(&c.pending);
         assert_eq!(p.len(), PENDING_CAP);

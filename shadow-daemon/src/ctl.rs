@@ -106,6 +106,50 @@ pub enum Cmd {
         #[arg(long)]
         rule: Option<String>,
     },
+    /// The guarded ramps: state, step, rate, time and pairs at the step, each guard's evidence
+    /// and the reason that decides now; or start, pause, resume or abort them.
+    Ramp {
+        #[command(subcommand)]
+        action: Option<RampCmd>,
+        #[arg(long)]
+        rule: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RampCmd {
+    /// Start a ramp that is off, tripped or done: from its baseline and first step.
+    Start {
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Hold a ramp at its step (the guards still watch and can trip it).
+    Pause {
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Go on after a pause; after a trip, start again from the first step.
+    Resume {
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Stop the ramp: the rule's rate goes to 0 and is yours to set with `rate`.
+    Abort {
+        #[arg(long)]
+        rule: Option<String>,
+    },
+}
+
+impl RampCmd {
+    fn split(&self) -> (crate::ramp::RampAction, Option<String>) {
+        use crate::ramp::RampAction as A;
+        match self {
+            Self::Start { rule } => (A::Start, rule.clone()),
+            Self::Pause { rule } => (A::Pause, rule.clone()),
+            Self::Resume { rule } => (A::Resume, rule.clone()),
+            Self::Abort { rule } => (A::Abort, rule.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +186,11 @@ impl Cmd {
             Self::Egress { action: None, rule } => Command::Egress { rule: rule.clone() },
             Self::Egress { action: Some(EgressAction::Detach { rule }), .. } => {
                 Command::EgressDetach { rule: rule.clone() }
+            }
+            Self::Ramp { action: None, rule } => Command::Ramp { rule: rule.clone(), action: None },
+            Self::Ramp { action: Some(a), rule } => {
+                let (action, own) = a.split();
+                Command::Ramp { rule: own.or_else(|| rule.clone()), action: Some(action) }
             }
             Self::Completions { .. } | Self::Man { .. } => return None,
         })
@@ -331,6 +380,7 @@ fn render(cmd: &Command, json: bool, r: Response) -> (u8, String) {
         Ok(Reply::Reset(e)) if e.is_empty() => "no rule compares: nothing to reset\n".to_owned(),
         Ok(Reply::Reset(e)) => e.iter().map(|x| format!("rule {}: {}\n", x.rule, x.epoch.describe())).collect(),
         Ok(Reply::Egress(e)) => egress_text(&e, unix_now()),
+        Ok(Reply::Ramp(r)) => ramp_text(&r.rules),
     };
     (EXIT_OK, text)
 }
@@ -391,10 +441,65 @@ pub fn status_text(s: &Status) -> String {
         let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
+    for r in s.rules.iter().filter_map(|r| r.ramp.as_ref()) {
+        let _ = writeln!(
+            out,
+            "ramp {}: {} at step {} of {} ({}): {}",
+            r.rule,
+            r.state,
+            r.step + 1,
+            r.steps,
+            percent(r.rate_percent),
+            r.reason
+        );
+    }
     if !s.counters.is_empty() {
         let _ = writeln!(out);
         let c: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "{}", c.join("  "));
+    }
+    out
+}
+
+/// `shadowctl ramp` as a person reads it: per rule its state and step, what decides now, each
+/// guard's evidence against where it trips, and the last transition.
+pub fn ramp_text(rules: &[crate::ramp::RampStatus]) -> String {
+    let mut out = String::new();
+    if rules.is_empty() {
+        out.push_str("no rule ramps ([rule.ramp], --ramp)\n");
+    }
+    for r in rules {
+        let _ = writeln!(
+            out,
+            "rule {}: {}, step {} of {} at {}, {:.0} s at the step, {} {}",
+            r.rule,
+            r.state,
+            r.step + 1,
+            r.steps,
+            percent(r.rate_percent),
+            r.seconds_at_step,
+            r.pairs,
+            if r.state == crate::ramp::State::Baseline { "primary responses" } else { "pairs" }
+        );
+        let _ = writeln!(out, "  {}", r.reason);
+        if let Some(b) = r.baseline_p99_ms {
+            let _ = writeln!(out, "  baseline: the primary's p99 at most {b:.2} ms");
+        }
+        for g in &r.guards {
+            let _ = writeln!(
+                out,
+                "  {:<9} {} against, {} reverse, of {}: evidence {:.2} (trips at {:.0})",
+                g.guard.as_str(),
+                g.against,
+                g.reverse,
+                g.n,
+                g.evidence,
+                g.trips_at
+            );
+        }
+        if let Some(t) = &r.last_transition {
+            let _ = writeln!(out, "  last: {} -> {} ({}): {}", t.from, t.to, t.reason.label(), t.detail);
+        }
     }
     out
 }
@@ -574,6 +679,7 @@ mod tests {
                 sample_percent: 12.5,
                 kernel_percent: 0.0,
                 paused: true,
+                ramp: None,
             }],
             counters: [("requests_captured".to_string(), 7u64)].into_iter().collect(),
         };

@@ -21,7 +21,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -41,6 +41,7 @@ use crate::{
     label::{NotCompared, SecondaryOutcome, Uncompared},
     message::{CapturedResponse, KeepSpec},
     metrics::{ComparedPair, Metrics, ShadowErrorKind},
+    ramp::{PairSeen, RampFeed},
     rule::RuleId,
     trace_link::TraceLink,
 };
@@ -189,6 +190,8 @@ pub struct CompareHub {
     clock: Instant,
     /// A reload replaced this hub: what still comes to it is counted as `epoch` and dropped.
     retired: AtomicBool,
+    /// Where each compared pair also goes: the rules' ramps judge them.
+    ramp: OnceLock<Arc<RampFeed>>,
 }
 
 impl std::fmt::Debug for CompareHub {
@@ -248,6 +251,7 @@ impl CompareHub {
             }),
             clock: Instant::now(),
             retired: AtomicBool::new(false),
+            ramp: OnceLock::new(),
         })))
     }
 
@@ -274,6 +278,11 @@ impl CompareHub {
             c.start_epoch(number, reason, now);
             announce(&self.metrics, r, &c);
         }
+    }
+
+    /// Compared pairs also go to `feed` (the rules' ramps); set once, by the correlator.
+    pub fn feed_ramp(&self, feed: Arc<RampFeed>) {
+        let _ = self.ramp.set(feed);
     }
 
     /// The current epoch of rule `rule`'s comparison (0: it does not compare): the stamp of a
@@ -524,6 +533,16 @@ impl CompareHub {
                     ShadowHalf::Response(s) => Some((s.status, s.latency)),
                     ShadowHalf::Failed(_) => None,
                 };
+                if let Some(feed) = self.ramp.get() {
+                    feed.pair(
+                        rule,
+                        PairSeen {
+                            primary_failed: primary.status >= 500,
+                            shadow_failed: shadow_side.is_none_or(|(status, _)| status >= 500),
+                            latencies: primary.latency.zip(shadow_side.and_then(|(_, l)| l)),
+                        },
+                    );
+                }
                 // Counted under the lock: an epoch start (which drops the rule's series) comes
                 // before or after the whole pair.
                 self.metrics.record_compared(&ComparedPair {

@@ -238,6 +238,9 @@ labels! {
         InvalidCapture = "invalid_capture",
         /// Still queued or in flight when the daemon stopped.
         Shutdown = "shutdown",
+        /// The rule's ramp is measuring the primary's baseline: captured and timed, deliberately
+        /// not replayed.
+        RampBaseline = "ramp_baseline",
     }
 }
 

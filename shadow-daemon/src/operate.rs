@@ -97,6 +97,13 @@ impl Operations {
         self.change(capture, rule, |r| r.rate_ppm = ppm)
     }
 
+    /// Rule `id`'s rate, set by its ramp (kept while paused).
+    pub fn set_rule_ppm(&mut self, capture: &mut Capture, id: RuleId, ppm: u32) -> Result<(), ErrorBody> {
+        let Some(r) = self.rules.get_mut(id.index()) else { return Ok(()) };
+        r.rate_ppm = ppm;
+        capture.set_rule_ppm(id, r.kernel_ppm()).map_err(|e| ErrorBody::new(ErrorKind::Internal, e.to_string()))
+    }
+
     /// `pause` (`true`) or `resume` (`false`) one rule or every rule.
     pub fn set_paused(&mut self, capture: &mut Capture, rule: Option<&str>, paused: bool) -> Result<(), ErrorBody> {
         self.change(capture, rule, |r| r.paused = paused)
@@ -173,6 +180,7 @@ impl Operations {
                     sample_percent: ppm_to_percent(r.rate_ppm),
                     kernel_percent: capture.rule_ppm(id).map_or(f64::NAN, ppm_to_percent),
                     paused: r.paused,
+                    ramp: None,
                 })
                 .collect(),
             counters,

@@ -24,6 +24,14 @@ pub enum Reply {
     Reset(Vec<RuleEpoch>),
     /// `egress`, and the fences after `egress detach`.
     Egress(Box<EgressStatus>),
+    /// `ramp`, and the ramps after `ramp start|pause|resume|abort`.
+    Ramp(RampReply),
+}
+
+/// `shadowctl ramp --json`: `{"rules": [{"rule": "...", "state": "...", "step": 2, ...}]}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RampReply {
+    pub rules: Vec<crate::ramp::RampStatus>,
 }
 
 impl Reply {
@@ -36,6 +44,7 @@ impl Reply {
             Ok(Self::Diffs(d)) => serde_json::to_value(d),
             Ok(Self::Reset(e)) => serde_json::to_value(e),
             Ok(Self::Egress(e)) => serde_json::to_value(e),
+            Ok(Self::Ramp(r)) => serde_json::to_value(r),
             Err(e) => return Response::error(e.kind, e.message),
         };
         match data {
@@ -57,6 +66,7 @@ impl Reply {
             Command::Diffs { .. } => Self::Diffs(serde_json::from_value(data)?),
             Command::Reset { .. } => Self::Reset(serde_json::from_value(data)?),
             Command::Egress { .. } | Command::EgressDetach { .. } => Self::Egress(serde_json::from_value(data)?),
+            Command::Ramp { .. } => Self::Ramp(serde_json::from_value(data)?),
         })
     }
 }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Rule, UsageError,
-    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RuleArgs},
+    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RampArgs, RuleArgs},
 };
 use crate::{compare::CompareSettings, replay::controls::ReplayControls};
 
@@ -115,7 +115,26 @@ fn parse_rule(
     let (mut matching, mut file_only, mut controls) = (toml::Table::new(), toml::Table::new(), toml::Table::new());
     let mut compare = None;
     let mut egress = None;
+    let mut ramp = None;
     for (k, v) in t {
+        if k == "ramp" {
+            let rt = v
+                .as_table()
+                .ok_or_else(|| fail(&field(k), format!("expected a [rule.ramp] table, found {}", v.type_str())))?;
+            let rfield = |rk: &str| format!("rule[{i}].ramp.{rk}");
+            if let Some(rk) = rt.keys().find(|rk| !RampArgs::KEYS.contains(&rk.as_str())) {
+                return Err(fail(&rfield(rk), format!("unknown key (known: {})", RampArgs::KEYS.join(", "))));
+            }
+            let args: RampArgs = read(rt, &rfield, &fail)?;
+            ramp = args.into_ramp(&|rk| format!("config {name}: {}", rfield(rk)))?;
+            if ramp.is_none() {
+                return Err(fail(
+                    &rfield("steps"),
+                    "missing: a ramp needs its steps (percent, e.g. 1,5,10,25,50,100)".into(),
+                ));
+            }
+            continue;
+        }
         if k == "compare" {
             compare = Some(compare_settings(v, &format!("rule[{i}]")).map_err(|(f, m)| fail(&f, m))?);
             continue;
@@ -158,11 +177,18 @@ fn parse_rule(
     file_only.apply(&mut file_rule, &setting)?;
     let FileRule { mut rule, sample_ppm } = file_rule;
     rule.egress = egress;
+    rule.ramp = ramp;
     // A rule without a shadow has nothing to compare, whatever it says.
     if rule.shadow.is_some()
         && let Some(c) = compare.or_else(|| default_compare.cloned())
     {
         rule.compare = c;
+    }
+    if rule.ramp.is_some() && rule.compare.is_none() {
+        return Err(fail(
+            &format!("rule[{i}].ramp"),
+            "a ramp judges compared pairs: the rule needs a shadow and comparison (on unless compare = false)".into(),
+        ));
     }
     if rule.services().is_empty() {
         return Err(fail(&field("port"), "missing: every rule needs its service port(s) or a match".into()));
@@ -218,7 +244,7 @@ fn known_rule_keys() -> String {
         .iter()
         .chain(RuleArgs::KEYS)
         .chain(ControlArgs::KEYS)
-        .chain(&["compare", "egress"])
+        .chain(&["compare", "egress", "ramp"])
         .copied()
         .collect();
     k.sort_unstable();

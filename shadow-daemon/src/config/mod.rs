@@ -26,7 +26,7 @@ use shadow_common::PPM_ALL;
 
 use self::file::{FileConfig, parse_config};
 pub use self::{
-    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RuleArgs, Setting},
+    settings::{ControlArgs, EgressArgs, FileRule, FileRuleArgs, RampArgs, RuleArgs, Setting},
     units::{MAX_TIMEOUT, parse_byte_size, parse_bytes, parse_count, parse_duration, parse_rate, parse_seconds},
 };
 // The hook is the capture layer's; the CLI only names it.
@@ -137,6 +137,14 @@ pub struct Args {
     /// The egress fence of the one rule of the flags (not with --config: `[rule.egress]`).
     #[command(flatten)]
     pub egress: EgressArgs,
+
+    /// The guarded ramp of the one rule of the flags (not with --config: `[rule.ramp]`).
+    #[command(flatten)]
+    pub ramp: RampArgs,
+
+    /// Where state that must outlive the daemon is kept (the ramps' steps), created 0700.
+    #[arg(long, env = "SHADOW_STATE_DIR", default_value = "/var/lib/shadow")]
+    pub state_dir: PathBuf,
 
     /// Directory on a BPF filesystem where the egress fence pins its programs' links and maps,
     /// so that the fence outlives the daemon (created if missing).
@@ -258,6 +266,8 @@ pub struct DaemonConfig {
     pub threads: usize,
     /// Where the egress fence pins (a BPF filesystem).
     pub pin_dir: PathBuf,
+    /// Where the ramps keep their state.
+    pub state_dir: PathBuf,
 }
 
 impl DaemonConfig {
@@ -321,6 +331,7 @@ impl Args {
         let (interface, rules) = match &self.config {
             Some(path) => {
                 let egress = self.egress.given().into_iter().map(EgressArgs::flag);
+                let egress = egress.chain(self.ramp.given().into_iter().map(RampArgs::flag));
                 if let Some(flag) =
                     self.rule.given().into_iter().chain(self.controls.given()).map(flag_of).chain(egress).next()
                 {
@@ -382,6 +393,7 @@ impl Args {
             threads: self.threads,
             memory_cap: self.memory_cap,
             pin_dir: self.pin_dir,
+            state_dir: self.state_dir,
         })
     }
 
@@ -392,6 +404,13 @@ impl Args {
         self.controls.clone().apply(&mut controls, &name)?;
         let mut rule = self.rule.clone().into_rule(controls, &name)?;
         rule.egress = self.egress.clone().into_fence(&|k| usage::setting_name(&EgressArgs::flag(k)))?;
+        rule.ramp = self.ramp.clone().into_ramp(&|k| usage::setting_name(&RampArgs::flag(k)))?;
+        if rule.ramp.is_some() && rule.compare.is_none() {
+            return Err(UsageError(format!(
+                "{}: a ramp judges compared pairs: give the rule a shadow (--shadow)",
+                usage::setting_name("--ramp")
+            )));
+        }
         Ok(rule)
     }
 }

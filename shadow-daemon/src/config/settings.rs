@@ -18,6 +18,7 @@ use super::{
 use crate::{
     egress::{AllowEntry, CgroupPattern, EgressConfig, EgressMode},
     http::PathPattern,
+    ramp::RampConfig,
     replay::{
         Rule,
         controls::{
@@ -394,6 +395,100 @@ settings! {
     }
 }
 
+settings! {
+    /// A rule's guarded ramp (`[rule.ramp]`): the rates it steps through, how long each step
+    /// lasts and how many pairs it needs, and the guards' limits.
+    pub struct RampArgs => RampConfig {
+        /// Ramp the rule's sampling rate through these percentages, comma separated
+        /// (`1,5,10,25,50,100`), after a baseline of the primary; each step advances when its
+        /// time and pairs are met and no guard finds harm; a guard that does sets the rate to 0.
+        #[arg(long = "ramp", env = "SHADOW_RAMP", value_name = "PERCENT,...", value_delimiter = ',', value_parser = parse::<Percent>)]
+        #[serde(deserialize_with = "list")]
+        steps: Vec<Percent> => |c, v| c.steps_ppm = v.into_iter().map(|p| p.0).collect();
+
+        /// Least time at each step, in seconds [default: 300].
+        #[arg(long = "ramp-step-seconds", env = "SHADOW_RAMP_STEP_SECONDS", value_name = "SECONDS", value_parser = parse::<Count<1, 604_800>>)]
+        #[serde(deserialize_with = "one")]
+        step_seconds: Option<Count<1, 604_800>> => |c, v| c.step = Duration::from_secs(v.0 as u64);
+
+        /// Compared pairs each step needs before the next [default: 200].
+        #[arg(long = "ramp-min-pairs", env = "SHADOW_RAMP_MIN_PAIRS", value_name = "N", value_parser = parse::<Count<20, 100_000_000>>)]
+        #[serde(deserialize_with = "one")]
+        min_pairs: Option<Count<20, 100_000_000>> => |c, v| c.min_pairs = v.0 as u64;
+
+        /// Least time measuring the primary before the first step, in seconds [default: 60].
+        #[arg(long = "ramp-baseline-seconds", env = "SHADOW_RAMP_BASELINE_SECONDS", value_name = "SECONDS", value_parser = parse::<Count<1, 604_800>>)]
+        #[serde(deserialize_with = "one")]
+        baseline_seconds: Option<Count<1, 604_800>> => |c, v| c.baseline = Duration::from_secs(v.0 as u64);
+
+        /// Primary responses the baseline needs [default: 2000].
+        #[arg(long = "ramp-baseline-responses", env = "SHADOW_RAMP_BASELINE_RESPONSES", value_name = "N", value_parser = parse::<Count<20, 100_000_000>>)]
+        #[serde(deserialize_with = "one")]
+        baseline_responses: Option<Count<20, 100_000_000>> => |c, v| c.baseline_responses = v.0 as u64;
+
+        /// The chance that a healthy shadow trips the ramp at all, over every guard and step
+        /// [default: 0.05].
+        #[arg(long = "ramp-alpha", env = "SHADOW_RAMP_ALPHA", value_name = "P", value_parser = parse::<Alpha>)]
+        #[serde(deserialize_with = "one")]
+        alpha: Option<Alpha> => |c, v| c.alpha = v.0;
+
+        /// Errors guard: the shadow's error rate allowed beyond the primary's on the same
+        /// requests, in percentage points [default: 1].
+        #[arg(long = "ramp-error-excess-percent", env = "SHADOW_RAMP_ERROR_EXCESS_PERCENT", value_name = "PERCENT", value_parser = parse::<Percent>)]
+        #[serde(deserialize_with = "one")]
+        error_excess_percent: Option<Percent> => |c, v| c.error_excess = f64::from(v.0) / 1e6;
+
+        /// Latency guard: the shadow/primary ratio per pair allowed at the p95 [default: 1.2].
+        #[arg(long = "ramp-latency-ratio", env = "SHADOW_RAMP_LATENCY_RATIO", value_name = "RATIO", value_parser = parse::<Ratio>)]
+        #[serde(deserialize_with = "one")]
+        latency_ratio: Option<Ratio> => |c, v| c.latency_ratio = v.0;
+
+        /// Latency and harm guards: an absolute floor on top of the ratio, so that noise under
+        /// it never counts (a duration: 5ms) [default: 5ms].
+        #[arg(long = "ramp-latency-floor", env = "SHADOW_RAMP_LATENCY_FLOOR", value_name = "DURATION", value_parser = parse::<Timeout>)]
+        #[serde(deserialize_with = "one")]
+        latency_floor: Option<Timeout> => |c, v| c.latency_floor = v.0;
+
+        /// Do-no-harm guard: the primary's p99 allowed, as a ratio of its p99 before the ramp
+        /// [default: 1.2].
+        #[arg(long = "ramp-harm-ratio", env = "SHADOW_RAMP_HARM_RATIO", value_name = "RATIO", value_parser = parse::<Ratio>)]
+        #[serde(deserialize_with = "one")]
+        harm_ratio: Option<Ratio> => |c, v| c.harm_ratio = v.0;
+
+        /// Shedding guard: the share of the rule's requests the daemon may shed (queue_full,
+        /// shadow_backoff), in percent [default: 1].
+        #[arg(long = "ramp-shed-percent", env = "SHADOW_RAMP_SHED_PERCENT", value_name = "PERCENT", value_parser = parse::<Percent>)]
+        #[serde(deserialize_with = "one")]
+        shed_percent: Option<Percent> => |c, v| c.shed = f64::from(v.0) / 1e6;
+    }
+}
+
+impl RampArgs {
+    /// The ramp these settings describe, or none when nothing was given; `name(key)` says where
+    /// a key came from. A ramp needs its steps.
+    pub fn into_ramp(self, name: &dyn Fn(&str) -> String) -> Result<Option<RampConfig>, UsageError> {
+        if self.given().is_empty() {
+            return Ok(None);
+        }
+        let mut cfg = RampConfig::default();
+        let steps_given = !self.steps.is_empty();
+        self.apply(&mut cfg, name)?;
+        if !steps_given {
+            return Err(UsageError(format!(
+                "{}: missing: a ramp needs its steps (percent, e.g. 1,5,10,25,50,100)",
+                name("steps")
+            )));
+        }
+        cfg.validate().map_err(|e| UsageError(format!("{}: {e}", name("steps"))))?;
+        Ok(Some(cfg))
+    }
+
+    /// The flag of a key: `--ramp` for `steps`, `--ramp-min-pairs` for `min_pairs`.
+    pub fn flag(key: &str) -> String {
+        if key == "steps" { "--ramp".to_owned() } else { format!("--ramp-{}", key.replace('_', "-")) }
+    }
+}
+
 impl EgressArgs {
     /// The fence these settings describe, or none when nothing was given; `name(key)` says where
     /// a key came from. A fence needs its cgroups.
@@ -459,6 +554,14 @@ pub struct RuleName(pub String);
 /// A sampling rate in percent, held in parts per million.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Percent(pub u32);
+
+/// A ratio above 1 (a latency limit), at most 100.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio(pub f64);
+
+/// A probability in (0, 0.5].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Alpha(pub f64);
 
 /// A count between `MIN` and `MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -535,6 +638,14 @@ setting!(BodyBytes, "a byte count", |s| parse_bytes(s).map(BodyBytes));
 setting!(ByteSize, "a byte count", |s| parse_byte_size(s).map(ByteSize));
 setting!(Timeout, "a duration", |s| parse_duration(s).map(Timeout));
 setting!(Percent, "a percentage", |s| parse_percent(s).map(Percent));
+setting!(Ratio, "a ratio above 1", |s: &str| match s.trim().parse::<f64>() {
+    Ok(v) if v.is_finite() && v > 1.0 && v <= 100.0 => Ok(Ratio(v)),
+    _ => Err(format!("'{s}' is not a ratio above 1 and at most 100 (e.g. 1.2)")),
+});
+setting!(Alpha, "a probability", |s: &str| match s.trim().parse::<f64>() {
+    Ok(v) if v.is_finite() && v > 0.0 && v <= 0.5 => Ok(Alpha(v)),
+    _ => Err(format!("'{s}' is not a probability above 0 and at most 0.5 (e.g. 0.05)")),
+});
 setting!(RuleName, "a name", text, |s: &str| {
     let n = s.trim();
     let plain = n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));

@@ -76,6 +76,13 @@ pub enum Command {
     EgressDetach {
         rule: String,
     },
+    /// The ramps (of one rule, or all), and an operator's action on them.
+    Ramp {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<crate::ramp::RampAction>,
+    },
 }
 
 impl Command {
@@ -85,6 +92,7 @@ impl Command {
             Self::Rate { .. } => &["percent", "rule"],
             Self::Pause { .. } | Self::Resume { .. } | Self::Reset { .. } | Self::Egress { .. } => &["rule"],
             Self::EgressDetach { .. } => &["rule"],
+            Self::Ramp { .. } => &["rule", "action"],
             Self::Diffs { .. } => &["endpoint"],
             Self::Status | Self::Stats | Self::Reload | Self::Report => &[],
         }
@@ -104,6 +112,7 @@ impl Command {
             Self::Reset { .. } => "reset",
             Self::Egress { .. } => "egress",
             Self::EgressDetach { .. } => "egress_detach",
+            Self::Ramp { .. } => "ramp",
         }
     }
 }
@@ -261,4 +270,7 @@ pub struct RuleStatus {
     /// The rate the kernel applies now, read back from its map (0 while paused).
     pub kernel_percent: f64,
     pub paused: bool,
+    /// The rule's ramp, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<crate::ramp::RampStatus>,
 }

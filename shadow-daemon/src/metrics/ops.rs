@@ -14,7 +14,10 @@ use prometheus_client::{
 };
 
 use super::lock;
-use crate::label::{ControlErrorKind, InterfaceEvent, ReloadResult};
+use crate::{
+    label::{ControlErrorKind, InterfaceEvent, ReloadResult},
+    ramp::State,
+};
 
 /// Interfaces attached and detached as they came and went, and attaches that failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +68,15 @@ pub struct Operations {
     pub reloads: Reloads,
     /// (rule name, fraction of requests the kernel samples now, 0..=1).
     pub rule_sample_ratio: Vec<(String, f64)>,
+    pub ramps: RampFigures,
+}
+
+/// The ramps' figures: each ramping rule's state and rate (ppm), and its transitions so far as
+/// (rule, from, to, reason, count).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RampFigures {
+    pub rules: Vec<(String, State, u32)>,
+    pub transitions: Vec<(String, State, State, &'static str, u64)>,
 }
 
 #[derive(Debug)]
@@ -123,6 +135,48 @@ impl Collector for OpsCollector {
         for (rule, r) in &s.rule_sample_ratio {
             ConstGauge::new(*r).encode(f.encode_family(&[("rule", rule.as_str())])?)?;
         }
-        Ok(())
+        encode_ramps(&s.ramps, &mut encoder)
     }
+}
+
+fn encode_ramps(r: &RampFigures, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    if r.rules.is_empty() {
+        return Ok(());
+    }
+    let mut f = encoder.encode_descriptor(
+        "shadow_ramp_rate_percent",
+        "The sampling rate a rule's ramp sets now, in percent (0 while tripped)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (rule, _, ppm) in &r.rules {
+        ConstGauge::new(f64::from(*ppm) / 10_000.0).encode(f.encode_family(&[("rule", rule.as_str())])?)?;
+    }
+    let mut f = encoder.encode_descriptor(
+        "shadow_ramp_state",
+        "A rule's ramp state: 1 for the state it is in, 0 for the others",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (rule, state, _) in &r.rules {
+        for s in State::ALL {
+            let v = i64::from(s == *state);
+            ConstGauge::new(v).encode(f.encode_family(&[("rule", rule.as_str()), ("state", s.as_str())])?)?;
+        }
+    }
+    let mut f = encoder.encode_descriptor(
+        "shadow_ramp_transitions",
+        "Ramp transitions by rule, from and to state, and reason (a guard's name when it tripped)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (rule, from, to, reason, n) in &r.transitions {
+        ConstCounter::new(*n).encode(f.encode_family(&[
+            ("rule", rule.as_str()),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+            ("reason", reason),
+        ])?)?;
+    }
+    Ok(())
 }

@@ -118,8 +118,8 @@ mod tests {
     /// every outcome as the ramp does: the share that ever reaches 1/α stays below α.
     #[test]
     fn continuous_checking_of_a_healthy_side_rarely_crosses() {
-        let alpha = 0.05;
-        let bar = (1.0 / alpha as f64).ln();
+        let alpha: f64 = 0.05;
+        let bar = (1.0 / alpha).ln();
         let runs = 400;
         let mut crossed = 0;
         for seed in 0..runs {

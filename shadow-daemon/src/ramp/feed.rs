@@ -159,7 +159,9 @@ impl RampFeed {
     /// A pair of rule `rule` was compared.
     pub fn pair(&self, rule: RuleId, seen: PairSeen) {
         let Some(w) = self.window(rule) else { return };
-        w.errors.add(i8::from(seen.shadow_failed && !seen.primary_failed) - i8::from(seen.primary_failed && !seen.shadow_failed));
+        w.errors.add(
+            i8::from(seen.shadow_failed && !seen.primary_failed) - i8::from(seen.primary_failed && !seen.shadow_failed),
+        );
         if let Some((primary, shadow)) = seen.latencies {
             let ratio = w.ratio_milli.load(Relaxed) as f64 / 1000.0;
             let floor = w.floor_ns.load(Relaxed) as f64;
@@ -203,7 +205,12 @@ impl RampFeed {
     /// The window of rule `rule` now.
     pub fn read(&self, rule: RuleId) -> WindowCounts {
         let Some(w) = self.windows.get(rule.index()) else { return WindowCounts::default() };
-        WindowCounts { errors: w.errors.read(), latency: w.latency.read(), harm: w.harm.read(), shedding: w.shedding.read() }
+        WindowCounts {
+            errors: w.errors.read(),
+            latency: w.latency.read(),
+            harm: w.harm.read(),
+            shedding: w.shedding.read(),
+        }
     }
 
     /// The baseline measured so far for rule `rule` (none when it is not measuring).

@@ -31,8 +31,8 @@ use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::feed::{BaselineSeen, PairSeen, RampFeed, WindowCounts, WindowMode};
 use self::evidence::{Tally, log_wealth};
+pub use self::feed::{BaselineSeen, PairSeen, RampFeed, WindowCounts, WindowMode};
 
 /// Outcomes a guard needs before it may trip, however strong the evidence.
 pub const TRIP_MIN: u64 = 20;
@@ -393,7 +393,8 @@ impl Ramp {
         if r.state == State::Holding {
             r.state = State::Advancing;
         }
-        let detail = format!("resumed at step {} of {} from the saved state", r.step + 1, r.cfg.steps_ppm.len());
+        let detail =
+            format!("taken up from the saved state: {} at step {} of {}", r.state, r.step + 1, r.cfg.steps_ppm.len());
         let t = Transition {
             from: r.state,
             to: r.state,
@@ -420,7 +421,9 @@ impl Ramp {
         match self.state {
             State::Off | State::Tripped => 0,
             State::Baseline | State::Done => self.cfg.last_ppm(),
-            State::Advancing | State::Holding | State::Paused => self.cfg.steps_ppm.get(self.step).copied().unwrap_or(0),
+            State::Advancing | State::Holding | State::Paused => {
+                self.cfg.steps_ppm.get(self.step).copied().unwrap_or(0)
+            }
         }
     }
 
@@ -468,8 +471,9 @@ impl Ramp {
     /// Whether a transition starts a new step or phase, whose window must be emptied: each is
     /// judged on its own outcomes. Holding, clearing, pausing and resuming a pause stay in it.
     pub fn starts_window(t: &Transition) -> bool {
-        !matches!(t.reason, Reason::Hold | Reason::Clear | Reason::Pause)
-            && !(t.reason == Reason::Resume && t.from == State::Paused)
+        let stays = matches!(t.reason, Reason::Hold | Reason::Clear | Reason::Pause)
+            || t.reason == Reason::Resume && t.from == State::Paused;
+        !stays
     }
 
     /// Each guard's figures on window `w`.
@@ -554,9 +558,16 @@ impl Ramp {
         let blocker = if elapsed < self.cfg.step {
             None
         } else if pairs < self.cfg.min_pairs {
-            Some(format!("{pairs}/{} pairs at step {} after {:.0} s", self.cfg.min_pairs, self.step + 1, elapsed.as_secs_f64()))
+            Some(format!(
+                "{pairs}/{} pairs at step {} after {:.0} s",
+                self.cfg.min_pairs,
+                self.step + 1,
+                elapsed.as_secs_f64()
+            ))
         } else {
-            leaning.map(|(g, e)| format!("{} guard leans toward harm (evidence {e:.1}, trips at {:.0})", g.as_str(), bar.exp()))
+            leaning.map(|(g, e)| {
+                format!("{} guard leans toward harm (evidence {e:.1}, trips at {:.0})", g.as_str(), bar.exp())
+            })
         };
         let step = self.step;
         match (self.state, blocker) {
@@ -586,7 +597,9 @@ impl Ramp {
                     Some(self.go(State::Advancing, Reason::Step, step + 1, detail, now_ms))
                 }
             }
-            (State::Holding, None) => Some(self.go(State::Advancing, Reason::Clear, step, "what held the step cleared".into(), now_ms)),
+            (State::Holding, None) => {
+                Some(self.go(State::Advancing, Reason::Clear, step, "what held the step cleared".into(), now_ms))
+            }
             (_, None) => {
                 self.reason = format!(
                     "step {} of {}: {pairs}/{} pairs, {:.0}/{} s",
@@ -607,12 +620,22 @@ impl Ramp {
         match (action, self.state) {
             (RampAction::Start, State::Off | State::Tripped | State::Done) => {
                 self.baseline_p99 = None;
-                Ok(self.go(State::Baseline, Reason::Start, 0, "started by an operator: measuring the baseline first".into(), now_ms))
+                Ok(self.go(
+                    State::Baseline,
+                    Reason::Start,
+                    0,
+                    "started by an operator: measuring the baseline first".into(),
+                    now_ms,
+                ))
             }
             (RampAction::Start, s) => Err(format!("the ramp is already running ({s}): abort it first to start anew")),
-            (RampAction::Pause, State::Advancing | State::Holding) => {
-                Ok(self.go(State::Paused, Reason::Pause, step, format!("paused by an operator at step {}", step + 1), now_ms))
-            }
+            (RampAction::Pause, State::Advancing | State::Holding) => Ok(self.go(
+                State::Paused,
+                Reason::Pause,
+                step,
+                format!("paused by an operator at step {}", step + 1),
+                now_ms,
+            )),
             (RampAction::Pause, s) => Err(format!("only a ramp at a step can be paused (this one is {s})")),
             (RampAction::Resume, State::Paused) => {
                 // Pausing holds the step without stopping its clock: a resumed step whose time
@@ -632,7 +655,13 @@ impl Ramp {
             }
             (RampAction::Resume, State::Tripped) => {
                 let (to, detail) = if self.baseline_p99.is_some() {
-                    (State::Advancing, format!("resumed by an operator after a trip: step 1 at {}%", ppm_percent(self.cfg.steps_ppm[0])))
+                    (
+                        State::Advancing,
+                        format!(
+                            "resumed by an operator after a trip: step 1 at {}%",
+                            ppm_percent(self.cfg.steps_ppm[0])
+                        ),
+                    )
                 } else {
                     (State::Baseline, "resumed by an operator after a trip: measuring the baseline".to_string())
                 };

@@ -52,7 +52,10 @@ pub fn load(dir: &Path) -> Result<SavedRamps, LoadError> {
     let saved: SavedRamps =
         serde_json::from_slice(&text).map_err(|e| LoadError::Corrupt { path: p.clone(), reason: e.to_string() })?;
     if saved.version != VERSION {
-        return Err(LoadError::Corrupt { path: p, reason: format!("version {}, this daemon writes {VERSION}", saved.version) });
+        return Err(LoadError::Corrupt {
+            path: p,
+            reason: format!("version {}, this daemon writes {VERSION}", saved.version),
+        });
     }
     Ok(saved)
 }

@@ -118,7 +118,11 @@ fn a_guard_trips_only_with_enough_outcomes_and_says_why_in_one_line() {
     let t = r.judge(&window(20, 20), None, 1_100).expect("trips");
     assert_eq!((t.from, t.to, t.reason), (State::Advancing, State::Tripped, Reason::Trip(Guard::Errors)));
     assert!(!t.detail.contains('\n'));
-    assert!(t.detail.starts_with("errors tripped at step 1 (1%): 20 of 20 pairs failed by the shadow only"), "{}", t.detail);
+    assert!(
+        t.detail.starts_with("errors tripped at step 1 (1%): 20 of 20 pairs failed by the shadow only"),
+        "{}",
+        t.detail
+    );
     assert_eq!(r.rate_ppm(), 0, "a tripped ramp mirrors nothing");
     assert!(r.window_mode().is_none());
     assert!(r.judge(&window(0, 0), None, 99_000_000).is_none(), "tripped stays tripped");
@@ -208,7 +212,10 @@ fn the_status_names_the_step_the_rate_and_each_guard() {
     assert_eq!(s.rate_percent, 1.0);
     assert_eq!(s.baseline_p99_ms, Some(20.0));
     assert_eq!(s.guards.len(), 4);
-    assert_eq!((s.guards[1].guard, s.guards[1].against, s.guards[1].reverse, s.guards[1].n), (Guard::Latency, 3, 2, 39));
+    assert_eq!(
+        (s.guards[1].guard, s.guards[1].against, s.guards[1].reverse, s.guards[1].n),
+        (Guard::Latency, 3, 2, 39)
+    );
     let json = serde_json::to_value(&s).expect("json");
     assert_eq!(json["state"], "advancing");
     assert_eq!(json["rate_percent"], 1.0);
@@ -254,7 +261,10 @@ fn run(seed: u64, cfg: &RampConfig, bad: Shadow) -> Option<(Guard, u64)> {
         if !feed.held_back(rule) {
             let (pf, sf) = (rng.f64() < HEALTHY.error_rate, rng.f64() < s.error_rate);
             let shadow = latency(&mut rng, 20.0 * s.harm * s.slowdown, 0.3);
-            feed.pair(rule, PairSeen { primary_failed: pf, shadow_failed: sf, latencies: (!sf).then_some((primary, shadow)) });
+            feed.pair(
+                rule,
+                PairSeen { primary_failed: pf, shadow_failed: sf, latencies: (!sf).then_some((primary, shadow)) },
+            );
             feed.offered(rule, false);
             pairs += 1;
         }

@@ -206,6 +206,8 @@ pub struct Rule {
     pub secondary: Option<ShadowTarget>,
     /// The fence on the shadow's cgroups (`[rule.egress]`); `None`: not fenced.
     pub egress: Option<crate::egress::EgressConfig>,
+    /// The guarded ramp of the rule's rate (`[rule.ramp]`, `--ramp`); `None`: the rate is fixed.
+    pub ramp: Option<crate::ramp::RampConfig>,
 }
 
 impl Rule {
@@ -221,6 +223,7 @@ impl Rule {
             compare: None,
             secondary: None,
             egress: None,
+            ramp: None,
         }
     }
 
@@ -498,14 +501,37 @@ impl ReplayEngine {
     /// replay or dropped and counted, and the outcome says which.
     pub fn submit(&self, req: CapturedRequest) -> Submission {
         let endpoint = self.metrics.endpoint(req.method(), req.target());
-        self.correlator.request(req.id, endpoint);
-        let ticket = self.metrics.admit();
         let route =
             most_specific(self.routes.iter().map(|(s, l)| (s, *l)), req.flow.server.ip(), req.flow.server.port());
-        let Some(lane) = route.flatten().and_then(|i| self.lanes.get(i)) else {
+        let lane = route.flatten().and_then(|i| self.lanes.get(i));
+        self.correlator.request(req.id, endpoint, lane.map(|l| l.rule));
+        let ticket = self.metrics.admit();
+        let Some(lane) = lane else {
             ticket.dropped(RequestDrop::NoTarget);
             return Submission::Dropped(RequestDrop::NoTarget);
         };
+        let ramp = self.correlator.ramp();
+        // A ramp measuring its baseline: the primary is timed, the shadow receives nothing.
+        if ramp.held_back(lane.rule) {
+            ticket.dropped(RequestDrop::RampBaseline);
+            return Submission::Dropped(RequestDrop::RampBaseline);
+        }
+        let outcome = Self::queue(lane, req, endpoint, ticket, &self.correlator);
+        match outcome {
+            Submission::Queued => ramp.offered(lane.rule, false),
+            Submission::Dropped(RequestDrop::QueueFull | RequestDrop::ShadowBackoff) => ramp.offered(lane.rule, true),
+            Submission::Dropped(_) => {}
+        }
+        outcome
+    }
+
+    fn queue(
+        lane: &Arc<LaneState>,
+        req: CapturedRequest,
+        endpoint: EndpointId,
+        ticket: RequestTicket,
+        correlator: &Correlator,
+    ) -> Submission {
         let probe = match lane.admit(&req) {
             Ok(p) => p,
             Err(r) => {
@@ -529,17 +555,17 @@ impl ReplayEngine {
         let id = req.id;
         // Its primary response waits for the shadow's: announced before the job can be sent,
         // so that a withdrawal by the lane's task always comes after it.
-        self.correlator.replaying(id, lane.rule, lane.secondary.is_some());
+        correlator.replaying(id, lane.rule, lane.secondary.is_some());
         // A job that does not fit drops its probe, if it held it: the next request probes.
         match lane.tx.try_send(Job { req, endpoint, ticket: Some(ticket), _held: held, probe, end: 0, trace: None }) {
             Ok(()) => Submission::Queued,
             Err(mpsc::error::TrySendError::Full(mut job)) => {
-                self.correlator.withdraw(id);
+                correlator.withdraw(id);
                 job.settle(Err(RequestDrop::QueueFull));
                 Submission::Dropped(RequestDrop::QueueFull)
             }
             Err(mpsc::error::TrySendError::Closed(mut job)) => {
-                self.correlator.withdraw(id);
+                correlator.withdraw(id);
                 job.settle(Err(RequestDrop::Shutdown));
                 Submission::Dropped(RequestDrop::Shutdown)
             }
@@ -811,6 +837,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
                 Admission::Drop => {
                     job.settle(Err(RequestDrop::ShadowBackoff));
                     lane.correlator.withdraw(job.req.id);
+                    lane.correlator.ramp().shed_late(lane.rule);
                     return false;
                 }
             }

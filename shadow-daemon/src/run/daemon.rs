@@ -10,6 +10,7 @@ use super::{
     interfaces::Interfaces,
     monotonic_ns,
     publish::Publisher,
+    ramp::Ramps,
     summary::{self, Summary, extraction_summary},
 };
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     compare::pairs::PairLimits,
     config::{DaemonConfig, ppm_to_percent},
     control::{
-        Command, Response, Status,
+        Command, ErrorBody, ErrorKind, Response, Status,
         server::{Call, ControlServer, ControlStats},
     },
     correlate::Correlator,
@@ -32,9 +33,10 @@ use crate::{
         ops::{Operations as OpsSnapshot, Reloads},
     },
     operate::{Facts, Operations, RuleRuntime},
+    ramp::{RampAction, RampFeed},
     reassembly::{Extractor, ExtractorConfig, HttpEvent},
     replay::ReplayEngine,
-    reply::Reply,
+    reply::{RampReply, Reply},
     rule::RuleId,
     segment::{DecodeError, Segment},
 };
@@ -64,6 +66,9 @@ pub(super) struct Daemon {
     pub(super) fence: Option<Fence>,
     /// Ticks since the fence last looked.
     fence_ticks: u32,
+    /// What the rules' ramps see, and the ramps (`None`: no rule ramps).
+    ramp_feed: Arc<RampFeed>,
+    pub(super) ramps: Option<Ramps>,
 }
 
 impl Daemon {
@@ -78,7 +83,17 @@ impl Daemon {
             interfaces: cfg.interfaces.iter().map(ToString::to_string).collect(),
             ring_buffer_bytes: u64::from(cfg.ring_buffer_size),
         };
-        let ops = Operations::new(facts, rule_runtimes(&cfg));
+        // The ramps before the kernel's rules: a ramping rule samples at its ramp's rate from the
+        // first packet, never at the config's.
+        let ramp_feed = Arc::new(RampFeed::default());
+        let ramps = Ramps::start(&cfg, ramp_feed.clone())?;
+        let mut runtimes = rule_runtimes(&cfg);
+        for (id, ppm) in ramps.as_ref().map(Ramps::rates).unwrap_or_default() {
+            if let Some(r) = runtimes.get_mut(id.index()) {
+                r.rate_ppm = ppm;
+            }
+        }
+        let ops = Operations::new(facts, runtimes);
         // The fence first: a wrong pin directory or cgroup path fails before anything attaches.
         let fence = Fence::start(&cfg.pin_dir, &fences(&cfg))?;
         let Attached { capture, interfaces, source, links, ports } = attach(&cfg, &ops)?;
@@ -97,7 +112,7 @@ impl Daemon {
             h.open(None);
         }
         let keep_response_body = hub.as_ref().map_or(0, |h| h.keep_response_body());
-        let correlator = Correlator::new(metrics.clone(), hub);
+        let correlator = Correlator::with_ramp(metrics.clone(), hub, ramp_feed.clone());
         let engine = ReplayEngine::start(&cfg.rules, correlator.clone())?;
         log_rules(ops.rules());
         metrics.set_ready(true);
@@ -159,6 +174,8 @@ impl Daemon {
             reloads: Reloads::default(),
             fence,
             fence_ticks: 0,
+            ramp_feed,
+            ramps,
         };
         Ok((daemon, inputs))
     }
@@ -199,15 +216,83 @@ impl Daemon {
         self.route();
         let kernel = self.capture.counters().ok();
         self.publisher.publish(&self.metrics, self.extractor.stats(), &self.summary.bad_records, kernel.as_ref());
-        self.metrics.set_operations(self.ops_snapshot());
         if let Some(h) = self.hub() {
             h.tick();
         }
+        // Judged after the comparison settled, published with the same tick's figures.
+        self.judge_ramps();
+        self.metrics.set_operations(self.ops_snapshot());
         self.fence_ticks += 1;
         if self.fence_ticks >= FENCE_TICKS {
             self.fence_ticks = 0;
             self.look_at_fence();
         }
+    }
+
+    /// The ramps judge their windows; the rates that changed go to the kernel.
+    fn judge_ramps(&mut self) {
+        let changes = match &mut self.ramps {
+            Some(r) => r.tick(),
+            None => return,
+        };
+        self.apply_ramp_rates(&changes);
+    }
+
+    pub(super) fn apply_ramp_rates(&mut self, changes: &[(RuleId, u32)]) {
+        for &(id, ppm) in changes {
+            if let Err(e) = self.ops.set_rule_ppm(&mut self.capture, id, ppm) {
+                tracing::error!("ramp: cannot set {id}'s rate in the kernel: {}", e.message);
+            }
+        }
+    }
+
+    /// The feed the ramps read (shared with every correlator).
+    pub(super) fn ramp_feed(&self) -> &Arc<RampFeed> {
+        &self.ramp_feed
+    }
+
+    fn ramp_call(&mut self, rule: Option<&str>, action: Option<RampAction>) -> Result<Reply, ErrorBody> {
+        let id = rule.map(|n| self.ops.id_of(n)).transpose()?;
+        let Some(ramps) = self.ramps.as_mut() else {
+            return Err(ErrorBody::new(ErrorKind::NoSuchRule, "no rule ramps ([rule.ramp], --ramp)"));
+        };
+        if let (Some(name), Some(i)) = (rule, id)
+            && ramps.status_of(i).is_none()
+        {
+            return Err(ErrorBody::new(
+                ErrorKind::NoSuchRule,
+                format!("rule '{name}' has no ramp ([rule.ramp], --ramp)"),
+            ));
+        }
+        let changes = match action {
+            Some(a) => ramps.act(rule, id, a)?,
+            None => Vec::new(),
+        };
+        self.apply_ramp_rates(&changes);
+        self.metrics.set_operations(self.ops_snapshot());
+        let rules = self.ramps.as_ref().map(|r| r.status(id)).unwrap_or_default();
+        Ok(Reply::Ramp(RampReply { rules }))
+    }
+
+    /// `rate` is refused for a rule whose ramp sets its rate.
+    fn check_rate_owner(&self, rule: Option<&str>) -> Result<(), ErrorBody> {
+        let Some(ramps) = &self.ramps else { return Ok(()) };
+        let ids: Vec<RuleId> = match rule {
+            Some(n) => vec![self.ops.id_of(n)?],
+            None => RuleId::all(self.ops.rules().len()).collect(),
+        };
+        for id in ids {
+            if let Some(state) = ramps.owner(id) {
+                let name = &self.ops.rules()[id.index()].name;
+                return Err(ErrorBody::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "rule {name}: its ramp sets the rate ({state}); abort it first (shadowctl ramp abort --rule {name}), or pause it to hold its step"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The fence follows its cgroups, and what the shadows tried goes to the logs and metrics.
@@ -228,9 +313,10 @@ impl Daemon {
         let answer = match command {
             Command::Status => Ok(self.status()),
             Command::Stats => Ok(Reply::Stats(Box::new(self.metrics.summary()))),
-            Command::Rate { percent, rule } => {
-                self.ops.set_rate(&mut self.capture, rule.as_deref(), *percent).map(|()| self.status())
-            }
+            Command::Rate { percent, rule } => self
+                .check_rate_owner(rule.as_deref())
+                .and_then(|()| self.ops.set_rate(&mut self.capture, rule.as_deref(), *percent))
+                .map(|()| self.status()),
             Command::Pause { rule } => {
                 self.ops.set_paused(&mut self.capture, rule.as_deref(), true).map(|()| self.status())
             }
@@ -250,6 +336,7 @@ impl Daemon {
             }
             Command::Egress { rule } => self.fence_call(|f| f.status(rule.as_deref(), clocks())),
             Command::EgressDetach { rule } => self.fence_call(|f| f.detach(Some(rule), clocks())),
+            Command::Ramp { rule, action } => self.ramp_call(rule.as_deref(), *action),
         };
         Reply::into_response(answer)
     }
@@ -257,8 +344,7 @@ impl Daemon {
     fn fence_call(
         &mut self,
         call: impl FnOnce(&mut Fence) -> Result<crate::egress::EgressStatus, String>,
-    ) -> Result<Reply, crate::control::ErrorBody> {
-        use crate::control::{ErrorBody, ErrorKind};
+    ) -> Result<Reply, ErrorBody> {
         let Some(f) = self.fence.as_mut().filter(|f| !f.is_empty()) else {
             return Err(ErrorBody::new(
                 ErrorKind::NoSuchRule,
@@ -273,7 +359,12 @@ impl Daemon {
     }
 
     fn status(&self) -> Reply {
-        let status: Status = self.ops.status(&self.capture, &self.metrics);
+        let mut status: Status = self.ops.status(&self.capture, &self.metrics);
+        if let Some(r) = &self.ramps {
+            for (i, rs) in status.rules.iter_mut().enumerate() {
+                rs.ramp = r.status_of(RuleId::new(i));
+            }
+        }
         Reply::Status(Box::new(status))
     }
 
@@ -291,6 +382,7 @@ impl Daemon {
                 .zip(RuleId::all(self.ops.rules().len()))
                 .map(|(r, id)| (r.name.clone(), self.capture.rule_ppm(id).map_or(f64::NAN, |p| f64::from(p) / 1e6)))
                 .collect(),
+            ramps: self.ramps.as_ref().map(Ramps::figures).unwrap_or_default(),
         }
     }
 

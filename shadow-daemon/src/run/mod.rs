@@ -10,6 +10,7 @@
 mod daemon;
 mod interfaces;
 mod publish;
+mod ramp;
 mod reload;
 mod summary;
 

@@ -6,6 +6,7 @@
 use super::{
     RELOAD_GRACE,
     daemon::{Daemon, compare_hub, fences, log_rules, rule_runtimes},
+    ramp::Ramps,
 };
 use crate::{
     compare::{CompareSettings, EpochReason},
@@ -40,7 +41,11 @@ impl Daemon {
         let correlator = if kept {
             self.correlator.clone()
         } else {
-            Correlator::new(self.metrics.clone(), compare_hub(&new, &self.metrics).map_err(|e| e.to_string())?)
+            Correlator::with_ramp(
+                self.metrics.clone(),
+                compare_hub(&new, &self.metrics).map_err(|e| e.to_string())?,
+                self.ramp_feed().clone(),
+            )
         };
         let new_engine = ReplayEngine::start(&new.rules, correlator.clone()).map_err(|e| e.to_string())?;
         // The fences before the rest: a cgroup path that is not cgroup v2 refuses the reload.
@@ -51,7 +56,27 @@ impl Daemon {
         let retargeted = retargeted(&self.cfg.rules, &new.rules);
         let new_file = rule_runtimes(&new);
         let before = self.ops.rules().to_vec();
-        let merged = self.ops.replace_rules(&self.file_rules, new_file.clone());
+        let mut merged = self.ops.replace_rules(&self.file_rules, new_file.clone());
+        // The ramps follow the new rules by name; a ramping rule's rate is its ramp's.
+        let ramp_rates = match &mut self.ramps {
+            Some(r) => r.reload(&new),
+            None => match Ramps::start(&new, self.ramp_feed().clone()).map_err(|e| e.to_string())? {
+                Some(r) => {
+                    let rates = r.rates();
+                    self.ramps = Some(r);
+                    rates
+                }
+                None => Vec::new(),
+            },
+        };
+        if !ramp_rates.is_empty() {
+            for (id, ppm) in ramp_rates {
+                if let Some(r) = merged.get_mut(id.index()) {
+                    r.rate_ppm = ppm;
+                }
+            }
+            merged = self.ops.replace_rules(&[], merged);
+        }
         if let Err(e) = self.capture.set_rules(&Operations::kernel_rules(&merged)) {
             self.ops.replace_rules(&[], before);
             return Err(e.to_string());

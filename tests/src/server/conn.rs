@@ -243,8 +243,9 @@ fn response(shared: &Shared, req: &Request, close: bool) -> Vec<u8> {
         return out;
     }
     let len = shared.body.as_ref().map_or(o.response_bytes, |b| b.len());
+    let status = if o.mode == Mode::ServerError { "500 Internal Server Error" } else { "200 OK" };
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nx-served-by: shadow-testserver\r\n{close}\r\n"
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nx-served-by: shadow-testserver\r\n{close}\r\n"
     )
     .into_bytes();
     if req.method != "HEAD" || o.mode == Mode::HeadBody {

@@ -52,11 +52,13 @@ pub enum Mode {
     ResetsAtOnce,
     /// Accepts and closes at once, without reading.
     ClosesAtOnce,
+    /// As `Ok`, but every answer is `500 Internal Server Error` (a shadow that broke).
+    ServerError,
 }
 
 impl Mode {
     /// Every mode but `Demo` by its `--mode` name.
-    const NAMED: [(&'static str, Mode); 8] = [
+    const NAMED: [(&'static str, Mode); 9] = [
         ("ok", Self::Ok),
         ("head-body", Self::HeadBody),
         ("garbage", Self::Garbage),
@@ -65,6 +67,7 @@ impl Mode {
         ("never-reads", Self::NeverReads),
         ("resets-at-once", Self::ResetsAtOnce),
         ("closes-at-once", Self::ClosesAtOnce),
+        ("server-error", Self::ServerError),
     ];
 
     /// The `--mode` names; `demo` takes its version from `--version`.

@@ -30,7 +30,8 @@ fn labels_are_the_published_reason_names() {
             "shadow_backoff",
             "shadow_response_too_large",
             "invalid_capture",
-            "shutdown"
+            "shutdown",
+            "ramp_baseline"
         ]
     );
     for r in RequestDrop::ALL {
