@@ -502,3 +502,62 @@ mod tests {
         assert!(!unstable(60.0 / (f * f * 1.001), 50.0, fail), "below the band: holds whatever the buckets");
     }
 }
+
+/// The counters the cumulative gates read; the windowed gates read their increase.
+const GATE_COUNTERS: [&str; 4] = [
+    "shadow_comparisons_total",
+    "shadow_compared_responses_total",
+    "shadow_compared_latency_seconds_bucket",
+    "shadow_compared_latency_seconds_count",
+];
+
+/// The line that opens the generated windowed group in shadow-rules.yml.
+pub const WINDOW_MARKER: &str =
+    "  # ---- generated from shadow-gates by tests/tests/fleet_rules_b.rs: do not edit ----";
+
+/// The windowed copy of the `shadow-gates` group of `rules` (shadow-rules.yml's text): the same
+/// rules over the last `window` (`10m`), recorded as `shadow_<window>:...`, each counter read as
+/// its rounded increase over the window (`round(increase(c[10m]))`: whole pairs, counter resets
+/// handled), comments dropped. A gate that fails over the window but passed since the start
+/// (a regression that just began) shows here first; one that recovered passes here first.
+pub fn windowed_gates(rules: &str, window: &str) -> String {
+    let start = rules.find("  - name: shadow-gates\n").expect("the shadow-gates group");
+    let rest = &rules[start..];
+    let end =
+        [WINDOW_MARKER, "  - name: shadow-alerts"].iter().filter_map(|m| rest.find(m)).min().expect("the group's end");
+    let mut out = format!("{WINDOW_MARKER}\n");
+    out.push_str(&format!(
+        "  # The gates above over the last {window} only (shadow_{window}:*): what a rollout gate reads, not\n  \
+         # everything since each daemon started; INSUFFICIENT below the same sample floor.\n"
+    ));
+    for line in rest[..end].lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if line == "  - name: shadow-gates" {
+            out.push_str(&format!("  - name: shadow-gates-{window}\n"));
+            continue;
+        }
+        let line = line.replace("shadow:", &format!("shadow_{window}:"));
+        out.push_str(&wrap_counters(&line, window));
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+fn wrap_counters(line: &str, window: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some((at, name)) =
+        GATE_COUNTERS.iter().filter_map(|n| rest.find(n).map(|i| (i, *n))).min_by_key(|(i, _)| *i)
+    {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + name.len()..];
+        let selector_len = if after.starts_with('{') { after.find('}').map_or(0, |i| i + 1) } else { 0 };
+        out.push_str(&format!("round(increase({name}{}[{window}]))", &after[..selector_len]));
+        rest = &after[selector_len..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -631,3 +631,43 @@ fn every_alert_has_a_runbook_section() {
     }
     assert!(alerts.len() >= 7, "{alerts:?}");
 }
+
+/// The rollout gates of deploy/rollouts/: Argo Rollouts reads the node's `/verdict` (its
+/// `verdict` field: PASS succeeds, FAIL fails, INSUFFICIENT is inconclusive and pauses) and both
+/// Argo and Flagger query the fleet's windowed verdict, a name the shipped rules record and whose
+/// query the promtool tests evaluate. (No offline schema of these CRDs is packaged; the fields are
+/// the ones their documentation names.)
+#[test]
+fn rollout_gates_read_the_verdict_and_the_windowed_rules() {
+    let files = [deploy("rollouts/argo-analysistemplate.yaml"), deploy("rollouts/flagger-metrictemplate.yaml")];
+    let Some(docs) = yaml_documents("rollout_gates", &files) else {
+        return;
+    };
+    let argo = find(&docs, "AnalysisTemplate", "shadow-verdict");
+    assert_eq!(argo["apiVersion"], "argoproj.io/v1alpha1");
+    let flagger = find(&docs, "MetricTemplate", "shadow-verdict");
+    assert_eq!(flagger["apiVersion"], "flagger.app/v1beta1");
+    let metrics = argo["spec"]["metrics"].as_array().expect("metrics");
+    let node = metrics.iter().find(|m| m["name"] == "node-verdict").expect("node-verdict");
+    assert_eq!(node["provider"]["web"]["jsonPath"], "{$.verdict}");
+    assert_eq!(node["provider"]["web"]["url"], "{{args.verdict-url}}");
+    assert_eq!(node["successCondition"], "result == \"PASS\"");
+    assert_eq!(node["failureCondition"], "result == \"FAIL\"");
+    let args: Vec<&str> =
+        argo["spec"]["args"].as_array().expect("args").iter().map(|a| str_of(&a["name"], "arg")).collect();
+    assert!(args.contains(&"verdict-url") && args.contains(&"prometheus-address"), "{args:?}");
+    // INSUFFICIENT pauses, never fails or promotes.
+    for m in metrics {
+        assert_eq!(m["failureLimit"], 0, "{m}");
+        assert!(m["inconclusiveLimit"].as_u64() > Some(0), "{m}");
+    }
+    let fleet = metrics.iter().find(|m| m["name"] == "fleet-verdict").expect("fleet-verdict");
+    let query = str_of(&fleet["provider"]["prometheus"]["query"], "query");
+    assert_eq!(query, str_of(&flagger["spec"]["query"], "query"), "Argo and Flagger ask the same");
+    assert_eq!(flagger["spec"]["provider"]["type"], "prometheus");
+    // The name it reads is recorded by the shipped rules, and promtool evaluates this very query.
+    let rules = fs::read_to_string(deploy("prometheus/shadow-rules.yml")).expect("rules");
+    assert!(rules.contains("- record: shadow_10m:fleet_verdict\n"), "shadow_10m:fleet_verdict is recorded");
+    let tests = fs::read_to_string(repo().join("tests/prometheus/window.test.yml")).expect("window tests");
+    assert!(tests.contains(&format!("- expr: '{query}'")), "tests/prometheus/window.test.yml evaluates {query}");
+}

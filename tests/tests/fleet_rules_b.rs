@@ -45,6 +45,36 @@ fn promtool(dir: &Path, args: &[&str], paths: &[PathBuf]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The windowed gates (group `shadow-gates-10m`) are the cumulative ones over the last 10
+/// minutes, generated: `SHADOW_WRITE_RULES=1` rewrites them in place after a change.
+#[test]
+fn the_windowed_gates_are_the_cumulative_ones_over_ten_minutes() {
+    let path = prom::rules_dir().join("shadow-rules.yml");
+    let text = fs::read_to_string(&path).expect("rules");
+    let want = prom::windowed_gates(&text, "10m");
+    let alerts = text.find("  - name: shadow-alerts").expect("alerts group");
+    let start = text.find(prom::WINDOW_MARKER).unwrap_or(alerts);
+    if std::env::var_os("SHADOW_WRITE_RULES").is_some() {
+        fs::write(&path, format!("{}{want}{}", &text[..start], &text[alerts..])).expect("write rules");
+        return;
+    }
+    assert_eq!(
+        &text[start..alerts],
+        want,
+        "shadow-rules.yml's windowed group is stale: SHADOW_WRITE_RULES=1 cargo test -p shadow-tests --test fleet_rules_b the_windowed"
+    );
+    // Every counter is read over the window, every recorded name is the window's.
+    assert!(!want.contains("shadow:"), "{want}");
+    assert_eq!(
+        want.matches("increase(").count(),
+        text[..start]
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| l.matches("shadow_compar").count())
+            .sum::<usize>()
+    );
+}
+
 #[test]
 fn rules_pass_promtool_check() {
     if !require_tool("rules_pass_promtool_check", "promtool") {

@@ -147,6 +147,15 @@ fn a_healthy_shadow_ramps_to_the_last_step_and_a_restart_resumes_its_step() {
     );
     assert!(r.ctl(&["rate", "5", "--rule", "api"]).code == 1, "a done ramp still owns the rate");
 
+    // /verdict on the metrics address: the report's JSON, 200 whatever the verdict, what Argo's
+    // web provider reads with jsonPath {$.verdict}.
+    let body = r.t.server.http_get(r.metrics_addr(), "/verdict").expect("/verdict answers 200");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let report: serde_json::Value = serde_json::from_str(&r.ctl(&["report", "--json"]).stdout).expect("report json");
+    assert!(matches!(v["verdict"].as_str(), Some("PASS" | "FAIL" | "INSUFFICIENT")), "{v}");
+    assert_eq!(v["verdict"], report["verdict"], "{v}");
+    assert_eq!(v["rules"][0]["rule"], "api", "{v}");
+
     // Abort hands the rate back (at 0).
     let a = r.ctl(&["ramp", "abort", "--rule", "api", "--json"]).json();
     assert_eq!((&a["rules"][0]["state"], &a["rules"][0]["rate_percent"]), (&"off".into(), &0.0.into()), "{a}");

@@ -43,7 +43,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
-pub use server::MetricsServer;
+pub use server::{MetricsServer, VerdictSource};
 pub use summary::{EndpointSummary, LatencySummary, SideLatency, Summary};
 pub use targets::TargetMetrics;
 use targets::Targets;

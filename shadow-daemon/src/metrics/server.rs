@@ -1,14 +1,14 @@
-//! `/metrics`, `/healthz` and `/readyz` over a deliberately small HTTP/1.1 server: one request per
-//! connection, bounded head, bounded time, bounded number of connections. It answers scrapers and
-//! probes, nothing else, and a misbehaving client can only waste one of a few slots for a few
-//! seconds.
+//! `/metrics`, `/healthz`, `/readyz` and `/verdict` over a deliberately small HTTP/1.1 server:
+//! one request per connection, bounded head, bounded time, bounded number of connections. It
+//! answers scrapers, probes and rollout gates, nothing else, and a misbehaving client can only
+//! waste one of a few slots for a few seconds.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -30,10 +30,20 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Bind `addr` and serve in the background of the current tokio runtime.
     pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Self, MetricsError> {
+        Self::bind_with_verdict(addr, metrics, None).await
+    }
+
+    /// As [`bind`](Self::bind), also serving `/verdict`: each request asks `verdicts` for the
+    /// comparison report as JSON (the daemon's loop answers it).
+    pub async fn bind_with_verdict(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        verdicts: Option<VerdictSource>,
+    ) -> Result<Self, MetricsError> {
         let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(MetricsError::LocalAddr)?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, metrics, stopped));
+        let task = tokio::spawn(accept_loop(listener, metrics, verdicts, stopped));
         tracing::info!("metrics on http://{local_addr}/metrics");
         Ok(Self { local_addr, stop, task: Some(task) })
     }
@@ -59,7 +69,18 @@ impl Drop for MetricsServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, mut stopped: watch::Receiver<bool>) {
+/// Where `/verdict` asks for the report: a request carries the sender its JSON comes back on.
+pub type VerdictSource = mpsc::Sender<oneshot::Sender<String>>;
+
+/// How long `/verdict` waits for the daemon's loop.
+const VERDICT_WAIT: Duration = Duration::from_secs(5);
+
+async fn accept_loop(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    verdicts: Option<VerdictSource>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -79,9 +100,10 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, mut stopped: 
         // clients cannot pile up tasks.
         let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
         let metrics = metrics.clone();
+        let verdicts = verdicts.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(IO_TIMEOUT, serve_one(stream, &metrics)).await;
+            let _ = tokio::time::timeout(IO_TIMEOUT, serve_one(stream, &metrics, verdicts.as_ref())).await;
         });
     }
 }
@@ -99,7 +121,7 @@ impl Reply {
     }
 }
 
-async fn serve_one(mut stream: TcpStream, metrics: &Metrics) {
+async fn serve_one(mut stream: TcpStream, metrics: &Metrics, verdicts: Option<&VerdictSource>) {
     let mut buf = Vec::with_capacity(1024);
     let reply = loop {
         let mut chunk = [0u8; 1024];
@@ -111,7 +133,10 @@ async fn serve_one(mut stream: TcpStream, metrics: &Metrics) {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => break route(&req, metrics),
+            Ok(httparse::Status::Complete(_)) => match route(&req, metrics) {
+                Route::Now(r) => break r,
+                Route::Verdict => break verdict(verdicts).await,
+            },
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => {}
             Ok(httparse::Status::Partial) => {
                 break Reply::text("431 Request Header Fields Too Large", "request head too large\n");
@@ -149,19 +174,44 @@ async fn serve_one(mut stream: TcpStream, metrics: &Metrics) {
     }
 }
 
-fn route(req: &httparse::Request<'_, '_>, metrics: &Metrics) -> Reply {
+/// What a request needs: an answer now, or the daemon's report.
+enum Route {
+    Now(Reply),
+    Verdict,
+}
+
+/// `/verdict`: the comparison report as JSON (what `shadowctl report --json` prints), 200 for
+/// any verdict: a gate reads the verdict from the body.
+async fn verdict(verdicts: Option<&VerdictSource>) -> Reply {
+    let Some(v) = verdicts else {
+        return Reply::text("404 Not Found", "not found\n");
+    };
+    let (tx, rx) = oneshot::channel();
+    if v.send(tx).await.is_err() {
+        return Reply::text("503 Service Unavailable", "the daemon is stopping\n");
+    }
+    match tokio::time::timeout(VERDICT_WAIT, rx).await {
+        Ok(Ok(body)) => Reply { status: "200 OK", content_type: "application/json", body, allow: false },
+        _ => Reply::text("503 Service Unavailable", "the daemon did not answer in time\n"),
+    }
+}
+
+fn route(req: &httparse::Request<'_, '_>, metrics: &Metrics) -> Route {
     let path = req.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/verdict");
     if !matches!(req.method, Some("GET" | "HEAD")) {
         if known {
             let mut r = Reply::text("405 Method Not Allowed", "method not allowed\n");
             r.allow = true;
-            return r;
+            return Route::Now(r);
         }
-        return Reply::text("404 Not Found", "not found\n");
+        return Route::Now(Reply::text("404 Not Found", "not found\n"));
     }
-    match path {
+    if path == "/verdict" {
+        return Route::Verdict;
+    }
+    Route::Now(match path {
         "/metrics" => {
             // Scrapers that can read OpenMetrics say so; everything else gets the classic format.
             let accept_om = req.headers.iter().any(|h| {
@@ -178,5 +228,5 @@ fn route(req: &httparse::Request<'_, '_>, metrics: &Metrics) -> Reply {
         "/readyz" if metrics.is_ready() => Reply::text("200 OK", "ready\n"),
         "/readyz" => Reply::text("503 Service Unavailable", "not ready: capture is not attached\n"),
         _ => Reply::text("404 Not Found", "not found\n"),
-    }
+    })
 }

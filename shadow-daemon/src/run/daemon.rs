@@ -76,7 +76,10 @@ impl Daemon {
     /// replay and comparison: ready for the first event.
     pub(super) async fn start(cfg: DaemonConfig) -> Result<(Self, Inputs), RunError> {
         let metrics = Arc::new(Metrics::new(cfg.max_endpoints));
-        let metrics_server = MetricsServer::bind(cfg.metrics_addr, metrics.clone()).await?;
+        // `/verdict` asks the loop for the report, as `shadowctl report` does.
+        let (verdict_tx, verdicts) = mpsc::channel(4);
+        let metrics_server =
+            MetricsServer::bind_with_verdict(cfg.metrics_addr, metrics.clone(), Some(verdict_tx)).await?;
 
         let facts = Facts {
             hook: cfg.hook,
@@ -147,6 +150,7 @@ impl Daemon {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inputs = Inputs {
+            verdicts,
             source,
             batch: Vec::with_capacity(BATCH),
             bad: Vec::new(),
@@ -324,11 +328,7 @@ impl Daemon {
                 self.ops.set_paused(&mut self.capture, rule.as_deref(), false).map(|()| self.status())
             }
             Command::Reload => self.reload().map(|()| self.status()),
-            Command::Report => {
-                let mut report = hub::report_of(self.hub());
-                report.egress = self.fence.as_ref().map(|f| f.findings(clocks())).unwrap_or_default();
-                Ok(Reply::Report(Box::new(report)))
-            }
+            Command::Report => Ok(Reply::Report(Box::new(self.report()))),
             Command::Diffs { endpoint } => Ok(Reply::Diffs(hub::diffs_of(self.hub(), endpoint.as_deref()))),
             Command::Reset { rule } => {
                 let names: Vec<&str> = self.ops.rules().iter().map(|r| r.name.as_str()).collect();
@@ -339,6 +339,13 @@ impl Daemon {
             Command::Ramp { rule, action } => self.ramp_call(rule.as_deref(), *action),
         };
         Reply::into_response(answer)
+    }
+
+    /// The comparison report, with the fences' findings: `report` and `/verdict`.
+    pub(super) fn report(&self) -> hub::DaemonReport {
+        let mut report = hub::report_of(self.hub());
+        report.egress = self.fence.as_ref().map(|f| f.findings(clocks())).unwrap_or_default();
+        report
     }
 
     fn fence_call(

@@ -121,6 +121,8 @@ pub fn monotonic_ns() -> u64 {
 
 /// What the loop waits on; the [`Daemon`] handles what comes.
 struct Inputs {
+    /// `/verdict` requests from the metrics server, each with the sender of its JSON.
+    verdicts: mpsc::Receiver<tokio::sync::oneshot::Sender<String>>,
     /// The kernel's ring buffer, read a batch at a time into `batch` (and `bad`: records that
     /// did not decode).
     source: SegmentSource,
@@ -148,7 +150,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     tokio::pin!(shutdown, stop);
     loop {
-        let Inputs { source, batch, bad, calls, sighup, links, tick, .. } = &mut inputs;
+        let Inputs { source, batch, bad, calls, sighup, links, tick, verdicts, .. } = &mut inputs;
         let link_events = async {
             match links.as_mut() {
                 Some(w) => w.next().await,
@@ -163,6 +165,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             Some(call) = calls.recv() => {
                 let response = daemon.on_command(&call.command);
                 let _ = call.reply.send(response);
+            }
+            Some(reply) = verdicts.recv() => {
+                let _ = reply.send(serde_json::to_string(&daemon.report()).unwrap_or_default());
             }
             _ = sighup.recv() => {
                 if let Err(e) = daemon.reload() {
