@@ -458,51 +458,6 @@ pub fn agree_with_report(
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
 
-#[cfg(test)]
-mod tests {
-    use shadow_daemon::compare::quantile_ranks;
-
-    use super::*;
-
-    /// The rules' ranks against compare's (interval.rs `ranks`, confidence 0.9) for every n from 6
-    /// to 20 000: equal or one rank outwards, never inwards, and existing from the same n. Also
-    /// counts how often they differ (README.md, "Ranks").
-    #[test]
-    fn rule_ranks_against_compares() {
-        for (q, differ_at_most) in [(0.5, 100), (0.99, 600)] {
-            let mut differ = 0;
-            for n in 6..=20_000u64 {
-                let exact = quantile_ranks(n, q, 0.9);
-                let ours = rule_ranks(n, q);
-                let (Some(l), Some(u)) = exact else {
-                    assert_eq!(ours, None, "n {n} q {q}: no exact ranks {exact:?}");
-                    continue;
-                };
-                let (rl, ru) = ours.unwrap_or_else(|| panic!("n {n} q {q}: exact {exact:?}, the rules none"));
-                assert!(rl == l || rl + 1 == l, "n {n} q {q}: lower {rl} against {l}");
-                assert!(ru == u || ru == u + 1, "n {n} q {q}: upper {ru} against {u}");
-                differ += usize::from(rl != l || ru != u);
-            }
-            eprintln!("q {q}: the rules' ranks differ from compare's at {differ} of 19995 sample counts");
-            assert!(differ <= differ_at_most, "q {q}: {differ} of 19995 sample counts differ");
-        }
-        assert_eq!((rule_ranks(367, 0.99), rule_ranks(368, 0.99)), (None, Some((360, 368))));
-        assert_eq!((rule_ranks(5, 0.5), rule_ranks(6, 0.5)), (None, Some((1, 6))));
-    }
-
-    /// The band at its edges: a p99 FAIL test of compare exactly at the limit is unstable, one
-    /// bucket factor (and 1 %) past it is not.
-    #[test]
-    fn unstable_at_the_band_edges() {
-        let fail = |s: f64, p: f64| s > (p * 1.2).max(p + 5.0);
-        let f = BUCKET_RATIO * HDR_ERROR;
-        assert!(unstable(60.0, 50.0, fail), "60 at the limit 60");
-        assert!(!unstable(60.0 * f * f * 1.001, 50.0, fail), "past the band: FAIL whatever the buckets");
-        assert!(unstable(60.0 * f * f * 0.999, 50.0, fail), "just inside the band");
-        assert!(!unstable(60.0 / (f * f * 1.001), 50.0, fail), "below the band: holds whatever the buckets");
-    }
-}
-
 /// The counters the cumulative gates read; the windowed gates read their increase.
 const GATE_COUNTERS: [&str; 4] = [
     "shadow_comparisons_total",
@@ -560,4 +515,49 @@ fn wrap_counters(line: &str, window: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use shadow_daemon::compare::quantile_ranks;
+
+    use super::*;
+
+    /// The rules' ranks against compare's (interval.rs `ranks`, confidence 0.9) for every n from 6
+    /// to 20 000: equal or one rank outwards, never inwards, and existing from the same n. Also
+    /// counts how often they differ (README.md, "Ranks").
+    #[test]
+    fn rule_ranks_against_compares() {
+        for (q, differ_at_most) in [(0.5, 100), (0.99, 600)] {
+            let mut differ = 0;
+            for n in 6..=20_000u64 {
+                let exact = quantile_ranks(n, q, 0.9);
+                let ours = rule_ranks(n, q);
+                let (Some(l), Some(u)) = exact else {
+                    assert_eq!(ours, None, "n {n} q {q}: no exact ranks {exact:?}");
+                    continue;
+                };
+                let (rl, ru) = ours.unwrap_or_else(|| panic!("n {n} q {q}: exact {exact:?}, the rules none"));
+                assert!(rl == l || rl + 1 == l, "n {n} q {q}: lower {rl} against {l}");
+                assert!(ru == u || ru == u + 1, "n {n} q {q}: upper {ru} against {u}");
+                differ += usize::from(rl != l || ru != u);
+            }
+            eprintln!("q {q}: the rules' ranks differ from compare's at {differ} of 19995 sample counts");
+            assert!(differ <= differ_at_most, "q {q}: {differ} of 19995 sample counts differ");
+        }
+        assert_eq!((rule_ranks(367, 0.99), rule_ranks(368, 0.99)), (None, Some((360, 368))));
+        assert_eq!((rule_ranks(5, 0.5), rule_ranks(6, 0.5)), (None, Some((1, 6))));
+    }
+
+    /// The band at its edges: a p99 FAIL test of compare exactly at the limit is unstable, one
+    /// bucket factor (and 1 %) past it is not.
+    #[test]
+    fn unstable_at_the_band_edges() {
+        let fail = |s: f64, p: f64| s > (p * 1.2).max(p + 5.0);
+        let f = BUCKET_RATIO * HDR_ERROR;
+        assert!(unstable(60.0, 50.0, fail), "60 at the limit 60");
+        assert!(!unstable(60.0 * f * f * 1.001, 50.0, fail), "past the band: FAIL whatever the buckets");
+        assert!(unstable(60.0 * f * f * 0.999, 50.0, fail), "just inside the band");
+        assert!(!unstable(60.0 / (f * f * 1.001), 50.0, fail), "below the band: holds whatever the buckets");
+    }
 }
