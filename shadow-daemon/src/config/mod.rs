@@ -986,4 +986,95 @@ mod rule_keys_tests {
             .to_string();
         assert!(e.starts_with("--egress-cgroup cannot be combined with --config"), "{e}");
     }
+
+    #[test]
+    fn ramps_come_from_a_block_or_from_flags() {
+        let f = file(
+            "[[rule]]\nname = \"api\"\nport = 80\nshadow = \"10.0.0.9:80\"\n[rule.ramp]\nsteps = [1, 5, 10.5, 100]\n\
+             step_seconds = 60\nmin_pairs = 50\nalpha = 0.01\nerror_excess_percent = 2\nlatency_ratio = 1.5\n\
+             latency_floor = \"10ms\"\nharm_ratio = 1.3\nshed_percent = 0.5\nbaseline_seconds = 30\nbaseline_responses = 500\n\n\
+             [[rule]]\nport = 81\nshadow = \"10.0.0.9:81\"\n",
+        )
+        .unwrap();
+        let r = f.rules[0].ramp.as_ref().expect("ramped");
+        assert_eq!(r.steps_ppm, [10_000, 50_000, 105_000, 1_000_000]);
+        assert_eq!(
+            (r.step, r.min_pairs, r.baseline, r.baseline_responses),
+            (Duration::from_secs(60), 50, Duration::from_secs(30), 500)
+        );
+        assert_eq!((r.alpha, r.error_excess, r.latency_ratio, r.harm_ratio, r.shed), (0.01, 0.02, 1.5, 1.3, 0.005));
+        assert_eq!(r.latency_floor, Duration::from_millis(10));
+        assert!(f.rules[1].ramp.is_none());
+
+        let c = Args::try_parse_from([
+            "shadow-daemon",
+            "-i",
+            "lo",
+            "-p",
+            "80",
+            "--shadow",
+            "10.0.0.9:80",
+            "--ramp",
+            "1,5,100",
+            "--ramp-step-seconds",
+            "120",
+            "--ramp-min-pairs",
+            "300",
+            "--state-dir",
+            "/tmp/st",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let r = c.rules[0].ramp.as_ref().expect("ramped by flags");
+        assert_eq!(r.steps_ppm, [10_000, 50_000, 1_000_000]);
+        assert_eq!((r.step, r.min_pairs), (Duration::from_secs(120), 300));
+        assert_eq!(r.latency_ratio, 1.2, "defaults for the rest");
+        assert_eq!(c.state_dir, std::path::Path::new("/tmp/st"));
+        let plain = Args::try_parse_from(["shadow-daemon", "-i", "lo", "-p", "80"]).unwrap().resolve().unwrap();
+        assert!(plain.rules[0].ramp.is_none());
+        assert_eq!(plain.state_dir, std::path::Path::new("/var/lib/shadow"));
+    }
+
+    #[test]
+    fn ramp_errors_name_the_flag_or_the_field() {
+        let rule = "[[rule]]\nport = 80\nshadow = \"10.0.0.9:80\"\n";
+        for (tail, want) in [
+            ("[rule.ramp]\nstep_seconds = 5\n", "rule[0].ramp.steps: missing"),
+            ("[rule.ramp]\nsteps = [10, 5]\n", "rule[0].ramp.steps: steps must increase"),
+            ("[rule.ramp]\nsteps = [0, 5]\n", "rule[0].ramp.steps: a step of 0 %"),
+            ("[rule.ramp]\nsteps = [5, 101]\n", "rule[0].ramp.steps:"),
+            ("[rule.ramp]\nsteps = [5]\nmin_pairs = 3\n", "rule[0].ramp.min_pairs: 3 is not between 20 and"),
+            (
+                "[rule.ramp]\nsteps = [5]\nlatency_ratio = 0.9\n",
+                "rule[0].ramp.latency_ratio: '0.9' is not a ratio above 1",
+            ),
+            ("[rule.ramp]\nsteps = [5]\nalpha = 0.9\n", "rule[0].ramp.alpha: '0.9' is not a probability"),
+            ("[rule.ramp]\nsteps = [5]\nstep = 5\n", "rule[0].ramp.step: unknown key (known: steps, step_seconds"),
+            ("ramp = [1, 5]\n", "rule[0].ramp: expected a [rule.ramp] table, found array"),
+        ] {
+            let text = format!("{rule}{tail}");
+            let e = file(&text).unwrap_err();
+            assert!(e.contains(want), "{text:?}\n  got:  {e}\n  want: {want}");
+        }
+        let e = file("[[rule]]\nport = 80\n[rule.ramp]\nsteps = [5]\n").unwrap_err();
+        assert!(e.contains("rule[0].ramp: a ramp judges compared pairs"), "{e}");
+        let flags = |extra: &[&str]| {
+            let mut a = vec!["shadow-daemon", "-i", "lo", "-p", "80"];
+            a.extend_from_slice(extra);
+            Args::try_parse_from(a).map_err(|e| e.to_string()).and_then(|a| a.resolve().map_err(|e| e.to_string()))
+        };
+        let e = flags(&["--ramp", "1,5"]).unwrap_err();
+        assert!(e.contains("--ramp: a ramp judges compared pairs: give the rule a shadow"), "{e}");
+        let e = flags(&["--shadow", "10.0.0.9:80", "--ramp-min-pairs", "100"]).unwrap_err();
+        assert!(e.contains("--ramp: missing"), "{e}");
+        let e = flags(&["--shadow", "10.0.0.9:80", "--ramp", "5,1"]).unwrap_err();
+        assert!(e.contains("--ramp: steps must increase"), "{e}");
+        let e = Args::try_parse_from(["shadow-daemon", "--config", "/x.toml", "--ramp", "1,5"])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--ramp cannot be combined with --config"), "{e}");
+    }
 }

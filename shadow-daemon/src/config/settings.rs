@@ -637,7 +637,14 @@ setting!(Rate, "requests per second", |s| parse_rate(s).map(Rate));
 setting!(BodyBytes, "a byte count", |s| parse_bytes(s).map(BodyBytes));
 setting!(ByteSize, "a byte count", |s| parse_byte_size(s).map(ByteSize));
 setting!(Timeout, "a duration", |s| parse_duration(s).map(Timeout));
-setting!(Percent, "a percentage", |s| parse_percent(s).map(Percent));
+impl Setting for Percent {
+    const EXPECTED: &'static str = "a percentage";
+    const LIST_OF: Option<&'static str> = Some("percentages");
+
+    fn parse(s: &str) -> Result<Self, String> {
+        parse_percent(s).map(Percent)
+    }
+}
 setting!(Ratio, "a ratio above 1", |s: &str| match s.trim().parse::<f64>() {
     Ok(v) if v.is_finite() && v > 1.0 && v <= 100.0 => Ok(Ratio(v)),
     _ => Err(format!("'{s}' is not a ratio above 1 and at most 100 (e.g. 1.2)")),
@@ -840,8 +847,8 @@ fn list<'de, D: Deserializer<'de>, T: FromText>(d: D) -> Result<Vec<T>, D::Error
             }
         }
 
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
-            Err(Self::refuse("float"))
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            if T::NUMBERS { T::from_text(&v.to_string()).map_err(E::custom) } else { Err(Self::refuse("float")) }
         }
 
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
