@@ -103,6 +103,12 @@ fn a_healthy_shadow_ramps_to_the_last_step_and_a_restart_resumes_its_step() {
     // Step 2 (50 %): pause there, restart the daemon, and find it at the same step.
     let v = drive(&r, api, &mut sent, 40, 60, |v| v["step"] == 1 && state(v) == "advancing");
     assert_eq!(v["rate_percent"], 50.0, "{v}");
+    let text = r.ctl(&["ramp"]).stdout;
+    assert!(text.starts_with("rule api: advancing, step 2 of 3 at 50%"), "{text}");
+    for guard in ["errors", "latency", "harm", "shedding"] {
+        assert!(text.contains(&format!("\n  {guard} ")), "{guard} in\n{text}");
+    }
+    eprintln!("shadowctl ramp at step 2:\n{text}");
     let p = r.ctl(&["ramp", "pause", "--rule", "api", "--json"]).json();
     assert_eq!(p["rules"][0]["state"], "paused", "{p}");
     assert_eq!(r.stop_daemon(), Some(0), "{}", r.daemon_log());
@@ -188,7 +194,14 @@ fn a_shadow_that_starts_failing_is_tripped_and_then_receives_nothing() {
     wait_for("the old shadow to stop", Duration::from_secs(10), || !r.t.server.listening(9090));
     let broken = r.recording("broken").mode(Mode::ServerError);
     r.serve("127.0.0.1:9090", broken);
+    let broke = std::time::Instant::now();
     let v = drive(&r, api, &mut sent, 40, 30, |v| state(v) == "tripped");
+    eprintln!(
+        "tripped {:.2} s after the shadow broke, {} requests to the broken shadow: {}",
+        broke.elapsed().as_secs_f64(),
+        r.recorded("broken").len(),
+        v["reason"]
+    );
     assert_eq!(v["rate_percent"], 0.0, "{v}");
     let reason = v["reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("errors tripped at step 2 (50%)"), "{v}");

@@ -144,13 +144,14 @@ impl Guard {
         }
     }
 
-    /// What a `+1` outcome is, for the reason a person reads.
-    fn what(self) -> &'static str {
+    /// What a `+1` outcome is, and a `-1` (for the guards that compare both ways), for the
+    /// reason a person reads.
+    fn what(self) -> (&'static str, Option<&'static str>) {
         match self {
-            Self::Errors => "pairs failed by the shadow only, less those failed by the primary only",
-            Self::Latency => "pairs slower on the shadow past the limit, less the reverse",
-            Self::Harm => "primary responses slower than before the ramp",
-            Self::Shedding => "requests shed (queue_full, shadow_backoff)",
+            Self::Errors => ("pairs failed by the shadow alone", Some("by the primary alone")),
+            Self::Latency => ("pairs slower on the shadow past the limit", Some("slower on the primary")),
+            Self::Harm => ("primary responses slower than the baseline allows", None),
+            Self::Shedding => ("requests shed (queue_full, shadow_backoff)", None),
         }
     }
 }
@@ -533,14 +534,15 @@ impl Ramp {
             let t = g.tally(w);
             let lw = log_wealth(t, g.tolerance(&self.cfg));
             if lw >= bar && t.n >= TRIP_MIN {
+                let (against, reverse) = g.what();
+                let reverse = reverse.map(|r| format!(" ({} {r})", t.down)).unwrap_or_default();
                 let detail = format!(
-                    "{} tripped at step {} ({}%): {} of {} {}, {:.1}% against a tolerance of {:.1}%; evidence {:.0} (trips at {:.0})",
+                    "{} tripped at step {} ({}%): {} of {} {against}{reverse}, an excess of {:.1}% against a tolerance of {:.1}%; evidence {:.0} (trips at {:.0})",
                     g.as_str(),
                     self.step + 1,
                     ppm_percent(self.rate_ppm()),
-                    t.up.saturating_sub(t.down),
+                    t.up,
                     t.n,
-                    g.what(),
                     t.mean() * 100.0,
                     g.tolerance(&self.cfg) * 100.0,
                     lw.exp(),

@@ -119,7 +119,9 @@ fn a_guard_trips_only_with_enough_outcomes_and_says_why_in_one_line() {
     assert_eq!((t.from, t.to, t.reason), (State::Advancing, State::Tripped, Reason::Trip(Guard::Errors)));
     assert!(!t.detail.contains('\n'));
     assert!(
-        t.detail.starts_with("errors tripped at step 1 (1%): 20 of 20 pairs failed by the shadow only"),
+        t.detail.starts_with(
+            "errors tripped at step 1 (1%): 20 of 20 pairs failed by the shadow alone (0 by the primary alone), an excess of 100.0% against a tolerance of 1.0%"
+        ),
         "{}",
         t.detail
     );
