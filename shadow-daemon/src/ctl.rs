@@ -815,4 +815,62 @@ rule web: observe, on 0 cgroup(s) (none matches /sys/fs/cgroup/kubepods.slice/*/
             ["59s ago", "59m ago", "2h ago", "2d ago", "0s ago"]
         );
     }
+
+    #[test]
+    fn ramp_commands_parse_and_read_well() {
+        use crate::ramp::RampAction;
+        assert_eq!(
+            cli(&["ramp"]).expect("ramp").command.to_command(),
+            Some(Command::Ramp { rule: None, action: None })
+        );
+        assert_eq!(
+            cli(&["ramp", "--rule", "api"]).expect("ramp").command.to_command(),
+            Some(Command::Ramp { rule: Some("api".into()), action: None })
+        );
+        for (word, action) in [
+            ("start", RampAction::Start),
+            ("pause", RampAction::Pause),
+            ("resume", RampAction::Resume),
+            ("abort", RampAction::Abort),
+        ] {
+            assert_eq!(
+                cli(&["ramp", word, "--rule", "api"]).expect("action").command.to_command(),
+                Some(Command::Ramp { rule: Some("api".into()), action: Some(action) })
+            );
+            assert_eq!(
+                cli(&["ramp", word]).expect("action").command.to_command(),
+                Some(Command::Ramp { rule: None, action: Some(action) }),
+                "without --rule: every ramp"
+            );
+        }
+        assert!(cli(&["ramp", "faster"]).is_err());
+        use crate::ramp::{Guard, GuardStatus, RampStatus, State};
+        let s = RampStatus {
+            rule: "api".into(),
+            state: State::Holding,
+            step: 2,
+            steps: 6,
+            rate_percent: 10.0,
+            seconds_at_step: 310.4,
+            pairs: 57,
+            reason: "57/200 pairs at step 3 after 310 s".into(),
+            baseline_p99_ms: Some(41.868),
+            guards: vec![GuardStatus {
+                guard: Guard::Latency,
+                n: 57,
+                against: 4,
+                reverse: 3,
+                evidence: 0.5,
+                trips_at: 480.0,
+            }],
+            last_transition: None,
+        };
+        let text = ramp_text(&[s]);
+        assert_eq!(
+            text,
+            "rule api: holding, step 3 of 6 at 10%, 310 s at the step, 57 pairs\n  57/200 pairs at step 3 after 310 s\n  \
+             baseline: the primary's p99 at most 41.87 ms\n  latency   4 against, 3 reverse, of 57: evidence 0.50 (trips at 480)\n"
+        );
+        assert_eq!(ramp_text(&[]), "no rule ramps ([rule.ramp], --ramp)\n");
+    }
 }

@@ -76,6 +76,56 @@ mod tests {
     use super::*;
     use crate::compare::Verdict;
 
+    /// A ramp at its second step that tripped and was resumed, as the daemon reports it.
+    fn ramp_status() -> crate::ramp::RampStatus {
+        use crate::ramp::{Guard, GuardStatus, RampStatus, Reason, State, Transition};
+        RampStatus {
+            rule: "api".into(),
+            state: State::Paused,
+            step: 1,
+            steps: 6,
+            rate_percent: 5.0,
+            seconds_at_step: 12.5,
+            pairs: 340,
+            reason: "paused by an operator at step 2 (340 pairs)".into(),
+            baseline_p99_ms: Some(41.87),
+            guards: vec![GuardStatus {
+                guard: Guard::Errors,
+                n: 340,
+                against: 3,
+                reverse: 2,
+                evidence: 0.25,
+                trips_at: 480.0,
+            }],
+            last_transition: Some(Transition {
+                from: State::Advancing,
+                to: State::Paused,
+                reason: Reason::Pause,
+                step: 1,
+                detail: "paused by an operator at step 2".into(),
+                at_unix_ms: 1_700_000_000_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn ramp_json_has_the_documented_shape() {
+        let v = serde_json::to_value(RampReply { rules: vec![ramp_status()] }).expect("json");
+        let r = &v["rules"][0];
+        assert_eq!(
+            (&r["rule"], &r["state"], &r["step"], &r["rate_percent"]),
+            (&"api".into(), &"paused".into(), &1.into(), &5.0.into())
+        );
+        assert_eq!(r["reason"], "paused by an operator at step 2 (340 pairs)");
+        assert_eq!(r["guards"][0]["guard"], "errors");
+        assert_eq!(r["last_transition"]["reason"], "pause");
+        let trip = serde_json::to_value(crate::ramp::Reason::Trip(crate::ramp::Guard::Latency)).expect("json");
+        assert_eq!(trip, "latency", "a trip's reason is its guard's name, as in the metric");
+        let back: crate::ramp::Reason = serde_json::from_value(trip).expect("reads back");
+        assert_eq!(back, crate::ramp::Reason::Trip(crate::ramp::Guard::Latency));
+        assert!(serde_json::from_value::<crate::ramp::Reason>("nope".into()).is_err());
+    }
+
     #[test]
     fn every_answer_reads_back_as_the_command_expects() {
         let finding = crate::egress::EgressFinding {
@@ -120,6 +170,10 @@ mod tests {
             (Command::Reset { rule: None }, Reply::Reset(Vec::new())),
             (Command::Egress { rule: None }, Reply::Egress(Box::new(egress.clone()))),
             (Command::EgressDetach { rule: "orders".into() }, Reply::Egress(Box::new(egress))),
+            (
+                Command::Ramp { rule: Some("api".into()), action: Some(crate::ramp::RampAction::Pause) },
+                Reply::Ramp(RampReply { rules: vec![ramp_status()] }),
+            ),
         ] {
             let r = Reply::into_response(Ok(reply.clone()));
             assert!(r.ok && r.error.is_none(), "{command:?}");

@@ -112,6 +112,9 @@ fn a_healthy_shadow_ramps_to_the_last_step_and_a_restart_resumes_its_step() {
     let p = r.ctl(&["ramp", "pause", "--rule", "api", "--json"]).json();
     assert_eq!(p["rules"][0]["state"], "paused", "{p}");
     assert_eq!(r.stop_daemon(), Some(0), "{}", r.daemon_log());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.scratch.path("summary.json")).expect("summary")).expect("json");
+    assert_eq!((&summary["ramps"][0]["rule"], &summary["ramps"][0]["state"]), (&"api".into(), &"paused".into()));
     start(&mut r);
     sent = 0; // a new daemon counts from zero
     let v = look(&r);

@@ -209,9 +209,10 @@ impl fmt::Display for State {
     }
 }
 
-/// Why a ramp moved (the `reason` label of `shadow_ramp_transitions_total`).
+/// Why a ramp moved (the `reason` label of `shadow_ramp_transitions_total`; in JSON the same
+/// text: a trip is its guard's name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Reason {
     /// Started (by the config, or `ramp start`).
     Start,
@@ -263,6 +264,20 @@ impl Reason {
         Self::Abort,
         Self::Restore,
     ];
+}
+
+impl From<Reason> for &'static str {
+    fn from(r: Reason) -> Self {
+        r.label()
+    }
+}
+
+impl TryFrom<String> for Reason {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|r| r.label() == s).ok_or_else(|| format!("'{s}' is not a ramp transition's reason"))
+    }
 }
 
 /// One transition: logged as one line, counted, and kept as the ramp's last.

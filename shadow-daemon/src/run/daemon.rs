@@ -406,6 +406,7 @@ impl Daemon {
         self.on_batch(&mut batch, &mut bad);
         self.metrics.set_ready(false);
         let kernel = self.capture.counters()?;
+        let ramps = self.ramps.as_ref().map(|r| r.status(None)).unwrap_or_default();
         drop(self.capture); // detach before the slower shutdown work
         let Self {
             cfg,
@@ -432,6 +433,7 @@ impl Daemon {
             tracing::info!("comparison:\n{}", report.render_text());
             summary.compare = Some(report);
         }
+        summary.ramps = ramps;
         summary.kernel = counter::NAMES.iter().copied().zip(kernel).collect();
         summary.requests = summary::RequestLedger::new(&kernel, summary.request.request_starts);
         tracing::info!("{}", summary.requests);

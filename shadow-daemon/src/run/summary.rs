@@ -116,6 +116,9 @@ pub struct Summary {
     /// The egress fences at exit: what the shadows tried to reach (the fences stay on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressStatus>,
+    /// The ramps at exit (their state is also in --state-dir, where the next daemon takes it up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ramps: Vec<crate::ramp::RampStatus>,
 }
 
 impl Summary {
