@@ -8,6 +8,8 @@ const SKIP_ENV: &str = "SHADOW_SKIP_EBPF";
 /// The revision a build says it is: given (a Docker build, where there is no .git), or the git
 /// commit of the workspace.
 const REVISION_ENV: &str = "SHADOW_REVISION";
+/// The date of that revision, YYYY-MM-DD (given, or the commit's): the man pages' date.
+const DATE_ENV: &str = "SHADOW_REVISION_DATE";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={SKIP_ENV}");
@@ -80,6 +82,14 @@ fn revision(manifest_dir: &std::path::Path) {
     // A label value and a --version line: printable, no spaces, bounded.
     let rev: String = rev.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
     println!("cargo:rustc-env={REVISION_ENV}={rev}");
+    // The man pages' date: the commit's (YYYY-MM-DD), or the variable's, or none.
+    println!("cargo:rerun-if-env-changed={DATE_ENV}");
+    let date = env::var(DATE_ENV)
+        .ok()
+        .or_else(|| git(&["log", "-1", "--format=%cs"]))
+        .filter(|d| d.len() == 10 && d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .unwrap_or_default();
+    println!("cargo:rustc-env={DATE_ENV}={date}");
 }
 
 /// The eBPF build needs bpf-linker on PATH (linked against the nightly's LLVM) and the nightly's

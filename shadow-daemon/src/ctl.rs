@@ -213,10 +213,11 @@ pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd)
             .section("8")
+            .date(env!("SHADOW_REVISION_DATE"))
             .manual("shadow")
             .source(format!("shadow {}", crate::VERSION))
             .render(&mut buf)?;
-        Ok(buf)
+        Ok(tidy_roff(&buf))
     };
     let mut out = vec![("shadow-daemon.8".to_owned(), page(crate::config::Args::command())?)];
     let ctl = Cli::command();
@@ -226,6 +227,25 @@ pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
         out.push((format!("{name}.8"), page(sub.clone().name(name.clone()).bin_name(name.replace('-', " ")))?));
     }
     Ok(out)
+}
+
+/// A line break (`.br`) next to a paragraph break (a blank line, `.sp`) does nothing: clap_mangen
+/// writes them around possible values, and `mandoc -T lint` warns of each. Dropped.
+fn tidy_roff(page: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(page);
+    let lines: Vec<&str> = text.split('\n').collect();
+    let is_break = |l: &str| l.is_empty() || l == ".sp";
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| {
+            *l != ".br"
+                || !(i.checked_sub(1).and_then(|p| lines.get(p)).is_some_and(|p| is_break(p))
+                    || lines.get(i + 1).is_some_and(|n| is_break(n)))
+        })
+        .map(|(_, l)| *l)
+        .collect();
+    kept.join("\n").into_bytes()
 }
 
 fn write_man(dir: &std::path::Path) -> (u8, String, bool) {

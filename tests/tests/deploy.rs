@@ -532,6 +532,10 @@ fn dockerfile_passes_hadolint_and_builds_as_xtask_does() {
         // No .git in the context: the revision comes in as a build argument.
         "ARG SHADOW_REVISION",
         "target/release/shadowctl",
+        // Completions and man pages, written by shadowctl itself.
+        "shadowctl completions bash > /out/share/bash-completion/completions/shadowctl",
+        "shadowctl man --out /out/share/man/man8",
+        "COPY --from=build /out/share/ /usr/local/share/",
         "FROM debian:bookworm-slim",
         "ENTRYPOINT [\"/usr/local/bin/shadow-daemon\"]",
     ] {

@@ -60,6 +60,8 @@ const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     // Headless browser for the HTML report test.
     "chromium",
+    // `mandoc -T lint` of the man pages shadowctl writes.
+    "mandoc",
 ];
 
 fn main() -> ExitCode {
