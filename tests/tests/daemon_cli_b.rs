@@ -237,6 +237,42 @@ fn text_logs_on_a_pipe_carry_no_colour_codes() {
     assert!(!err.contains('\u{1b}'), "escape codes in piped logs: {err:?}");
 }
 
+/// `Type=notify`: under systemd (`$NOTIFY_SOCKET`, a path or an abstract `@name`) the daemon
+/// says READY=1 once capture is attached, and STOPPING=1 when it stops; nothing else.
+#[test]
+fn it_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    if !require_kernel("it_tells_systemd_when_it_is_ready") {
+        return;
+    }
+    use std::os::{
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr, UnixDatagram},
+    };
+    let dir = std::env::temp_dir().join(format!("shadow-cli-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("notify.sock");
+    let abstract_name = format!("shadow-cli-notify-{}", std::process::id());
+    let by_path = UnixDatagram::bind(&path).expect("bind");
+    let by_name = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("name"))
+        .expect("bind abstract");
+    for (sock, var) in [(&by_path, path.to_str().expect("utf-8").to_owned()), (&by_name, format!("@{abstract_name}"))] {
+        let control = dir.join("control.sock");
+        let (code, err) = run(daemon()
+            .args(["--interface", "lo", "--port", "39997", "--duration", "0.3"])
+            .args(["--control", control.to_str().expect("utf-8")])
+            .env("NOTIFY_SOCKET", &var));
+        assert_eq!(code, 0, "{err}");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(got, ["READY=1\nSTATUS=capturing", "STOPPING=1"], "{var}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The systemd unit runs the daemon as a non-root user holding only CAP_BPF, CAP_NET_ADMIN and
 /// CAP_PERFMON as ambient capabilities (DynamicUser, AmbientCapabilities): the same here with
 /// setpriv, as nobody. It passes its own check, attaches and exits 0.

@@ -172,6 +172,8 @@ fn operators_pause_resume_abort_and_start() {
     assert_eq!((t.from, t.to, Ramp::starts_window(&t)), (State::Paused, State::Advancing, false));
     assert!(r.judge(&window(200, 0), None, 20_001).is_some(), "the paused time counted");
     assert!(r.act(RampAction::Start, 0).expect_err("running").contains("already running"));
+    assert!(State::ALL.iter().filter(|s| s.owns_rate()).count() == 6, "every state but off owns the rate");
+    assert!(r.state().owns_rate());
     let t = r.act(RampAction::Abort, 30_000).expect("abort");
     assert_eq!((t.to, r.rate_ppm()), (State::Off, 0));
     assert!(!r.state().owns_rate());

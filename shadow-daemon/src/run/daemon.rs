@@ -119,6 +119,8 @@ impl Daemon {
         let engine = ReplayEngine::start(&cfg.rules, correlator.clone())?;
         log_rules(ops.rules());
         metrics.set_ready(true);
+        // systemd (Type=notify): started now that capture is attached, not when the process was.
+        tell_systemd("READY=1\nSTATUS=capturing");
         tracing::info!(
             "capturing ports {:?} ({}), {} rule(s)",
             ports,
@@ -405,6 +407,7 @@ impl Daemon {
         source.drain_now(&mut batch, &mut bad);
         self.on_batch(&mut batch, &mut bad);
         self.metrics.set_ready(false);
+        tell_systemd("STOPPING=1");
         let kernel = self.capture.counters()?;
         let ramps = self.ramps.as_ref().map(|r| r.status(None)).unwrap_or_default();
         drop(self.capture); // detach before the slower shutdown work
@@ -527,6 +530,14 @@ pub(super) fn compare_hub(cfg: &DaemonConfig, metrics: &Arc<Metrics>) -> Result<
 /// Each rule's name and fence, from the config.
 pub(super) fn fences(cfg: &DaemonConfig) -> Vec<(String, Option<EgressConfig>)> {
     cfg.rules.iter().map(|r| (r.name.clone(), r.egress.clone())).collect()
+}
+
+/// A state for systemd's `Type=notify` (nothing when not run by it); a failure is logged once
+/// per call, never fatal.
+pub(super) fn tell_systemd(state: &str) {
+    if let Err(e) = crate::sys::notify::notify(state) {
+        tracing::warn!("cannot notify systemd ({state:?}): {e}");
+    }
 }
 
 /// Both clocks now, to date the kernel's monotonic timestamps.

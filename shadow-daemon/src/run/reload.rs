@@ -5,7 +5,7 @@
 
 use super::{
     RELOAD_GRACE,
-    daemon::{Daemon, compare_hub, fences, log_rules, rule_runtimes},
+    daemon::{Daemon, compare_hub, fences, log_rules, rule_runtimes, tell_systemd},
     ramp::Ramps,
 };
 use crate::{
@@ -21,8 +21,10 @@ use crate::{
 impl Daemon {
     /// Reload the config file; counted as applied or refused.
     pub(super) fn reload(&mut self) -> Result<(), ErrorBody> {
+        tell_systemd(&format!("RELOADING=1\n{}", crate::sys::notify::monotonic_usec()));
         let outcome = self.apply_reload().map_err(|msg| ErrorBody::new(ErrorKind::Rejected, msg));
         self.reloads.count(&outcome);
+        tell_systemd("READY=1");
         outcome
     }
 

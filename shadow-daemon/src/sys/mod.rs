@@ -5,7 +5,7 @@
 //! the crate.
 //!
 //! By concern: `errno` (telling kernel errors apart), `fs` (filesystem kinds, cgroup v2 mounts), `net` (interface names and indexes),
-//! `netlink` (the link-notification socket), `plain` (records as bytes), `process` (uid,
+//! `netlink` (the link-notification socket), `notify` (systemd's readiness datagrams), `plain` (records as bytes), `process` (uid,
 //! umask), `socket` (socket options, TCP_INFO), `time` (CLOCK_MONOTONIC), `timestamp` (the
 //! kernel's packet timestamps).
 
@@ -13,6 +13,7 @@ pub(crate) mod errno;
 pub(crate) mod fs;
 pub(crate) mod net;
 pub(crate) mod netlink;
+pub(crate) mod notify;
 pub(crate) mod plain;
 pub(crate) mod process;
 pub(crate) mod socket;
