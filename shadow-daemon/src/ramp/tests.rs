@@ -133,6 +133,7 @@ fn a_guard_trips_only_with_enough_outcomes_and_says_why_in_one_line() {
     // Resume starts again from the first step, keeping the baseline.
     let t = r.act(RampAction::Resume, 3_000).expect("resume");
     assert_eq!((t.to, t.step), (State::Advancing, 0));
+    assert!(Ramp::starts_window(&t), "a resumed trip starts from an empty window");
     assert_eq!(r.rate_ppm(), 10_000);
 }
 
@@ -166,6 +167,7 @@ fn operators_pause_resume_abort_and_start() {
     // The guards still watch while paused.
     let t = r.judge(&window(100, 100), None, 61_000).expect("trips while paused");
     assert_eq!((t.from, t.to), (State::Paused, State::Tripped));
+    assert!(Ramp::starts_window(&t));
     let mut r = at_step(quick());
     r.act(RampAction::Pause, 1_000).expect("pause");
     let t = r.act(RampAction::Resume, 20_000).expect("resume");
