@@ -93,6 +93,10 @@ fn steps_advance_on_time_and_pairs_and_the_last_is_held() {
     assert_eq!((t.to, t.step), (State::Done, 3));
     assert_eq!(r.rate_ppm(), 1_000_000, "the last step is held");
     assert!(r.judge(&window(100_000, 0), None, 900_000).is_none(), "done stays done");
+    assert_eq!(
+        r.status("api", &window(100_000, 0), None, 900_000).reason,
+        "held at the last step (100000 pairs, guards watching)"
+    );
 }
 
 #[test]
@@ -105,6 +109,12 @@ fn a_guard_leaning_toward_harm_holds_the_step() {
     let t = r.judge(&w, None, 20_000).expect("holds");
     assert_eq!(t.to, State::Holding);
     assert!(t.detail.contains("errors guard leans toward harm"), "{}", t.detail);
+    // Less evidence (8 of 120: a third of the way in logs) does not hold a step.
+    let mut other = at_step(quick());
+    let w8 = window(120, 8);
+    assert!(log_wealth(w8.errors, 0.01) < other.cfg.bar() / 2.0);
+    let t = other.judge(&w8, None, 20_000).expect("advances");
+    assert_eq!((t.reason, t.step), (Reason::Step, 1));
     // More clean pairs dilute it: the hold clears and the step advances.
     let t = r.judge(&window(2000, 10), None, 21_000).expect("advances");
     assert_eq!((t.reason, t.step), (Reason::Step, 1));
@@ -163,6 +173,7 @@ fn operators_pause_resume_abort_and_start() {
     let t = r.act(RampAction::Pause, 10_000).expect("pause");
     assert_eq!((t.to, Ramp::starts_window(&t)), (State::Paused, false));
     assert!(r.judge(&window(5000, 0), None, 60_000).is_none(), "a paused ramp does not advance");
+    assert_eq!(r.status("api", &window(5000, 0), None, 60_000).reason, "paused by an operator at step 1 (5000 pairs)");
     assert_eq!(r.rate_ppm(), 10_000, "and keeps its step's rate");
     // The guards still watch while paused.
     let t = r.judge(&window(100, 100), None, 61_000).expect("trips while paused");
