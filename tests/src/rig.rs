@@ -23,6 +23,8 @@ pub struct OpsRig {
     pub log: PathBuf,
     pub config: PathBuf,
     pub control: PathBuf,
+    /// A command the daemon runs under (`python3 seccomp_exec.py PROFILE --`), or none.
+    pub wrapper: Vec<String>,
 }
 
 /// What a shadowctl run printed and how it exited.
@@ -48,7 +50,7 @@ impl OpsRig {
         let log = scratch.path("daemon.log");
         let config = scratch.path("shadow.toml");
         let control = scratch.path("run/control.sock");
-        Self { t, scratch, daemon: None, servers: Vec::new(), log, config, control }
+        Self { t, scratch, daemon: None, servers: Vec::new(), log, config, control, wrapper: Vec::new() }
     }
 
     /// A shadow-testserver in the server namespace on `listen`, recording to scratch/`record`.
@@ -74,12 +76,18 @@ impl OpsRig {
     /// Start the daemon with `--config` (and `extra` flags) and wait until it captures.
     pub fn start_daemon(&mut self, interface: &str, extra: &[&str]) {
         let bin = workspace_bin("shadow-daemon");
+        let bin = bin.to_str().expect("utf-8");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = self.t.server.command(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => self.t.server.command(bin),
+        };
         let d = Proc::spawn(
             "shadow-daemon",
-            self.t
-                .server
-                .command(bin.to_str().expect("utf-8"))
-                .args(["--interface", interface, "--config", self.config.to_str().expect("utf-8")])
+            cmd.args(["--interface", interface, "--config", self.config.to_str().expect("utf-8")])
                 .args(["--metrics-addr", METRICS, "--control", self.control.to_str().expect("utf-8")])
                 .args(["--summary-file", self.scratch.path("summary.json").to_str().expect("utf-8")])
                 .args(extra)

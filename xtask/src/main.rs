@@ -62,6 +62,8 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     // `mandoc -T lint` of the man pages shadowctl writes.
     "mandoc",
+    // libseccomp for Python: the daemon run under the seccomp profile (tests/py/seccomp_exec.py).
+    "python3-seccomp",
 ];
 
 fn main() -> ExitCode {
