@@ -17,23 +17,25 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Parse a duration: seconds (`5`, `0.25`, `5s`) or milliseconds (`250ms`), above 0 and at most an
-/// hour.
+/// Parse a duration above 0 and at most an hour: a number of seconds (`5`, `0.25`, `0.5s`), or
+/// what people type with units, read by `humantime` (`250ms`, `1m`, `1m30s`, `2min`, `1h`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
+    let out_of_range = || format!("'{s}' is not a duration above 0 and at most {}s", MAX_TIMEOUT.as_secs());
+    // Seconds as a number, with or without `s` (fractions allowed: `0.5s`).
+    let seconds = t.strip_suffix('s').unwrap_or(t).trim();
+    let d = if let Ok(v) = seconds.parse::<f64>() {
+        if !v.is_finite() || v <= 0.0 {
+            return Err(out_of_range());
+        }
+        Duration::try_from_secs_f64(v).map_err(|_| out_of_range())?
     } else {
-        (t, 1.0)
+        humantime::parse_duration(t).map_err(|_| format!("'{s}' is not a duration (e.g. 5, 0.5s, 250ms, 1m, 1m30s)"))?
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a duration (e.g. 5, 0.5s, 250ms)"))?;
-    let secs = v * scale;
-    if !secs.is_finite() || secs <= 0.0 || secs > MAX_TIMEOUT.as_secs_f64() {
-        return Err(format!("'{s}' is not a duration above 0 and at most {}s", MAX_TIMEOUT.as_secs()));
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(out_of_range());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// Parse a byte count for a body: [`parse_byte_size`], at most 1 GiB.
@@ -87,9 +89,17 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["0", "-1", "x", "4000", "nan"] {
+        // The units people type.
+        for (text, d) in
+            [("1m", 60_000), ("1m30s", 90_000), ("2min", 120_000), ("1h", 3_600_000), ("5ms", 5), (" 3s ", 3_000)]
+        {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(d)), "{text}");
+        }
+        for bad in ["0", "-1", "x", "4000", "nan", "inf", "0ms", "2h", "1e400", "5 parsecs", ""] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("2h"), Err("'2h' is not a duration above 0 and at most 3600s".into()));
+        assert_eq!(parse_duration("soon"), Err("'soon' is not a duration (e.g. 5, 0.5s, 250ms, 1m, 1m30s)".into()));
         assert_eq!(parse_bytes("10MiB"), Ok(10 << 20));
         assert_eq!(parse_bytes("512 KiB"), Ok(512 << 10));
         assert_eq!(parse_bytes("0"), Ok(0));
