@@ -143,5 +143,6 @@ fn the_daemon_mirrors_under_the_profile_and_not_without_bpf() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the daemon ran without bpf(2): {err}");
     assert!(err.contains("Operation not permitted") || err.contains("EPERM"), "{err}");
+    assert!(err.contains("runs under a seccomp filter, which must allow bpf(2)"), "the filter is named: {err}");
     eprintln!("without bpf(2): {}", err.trim());
 }

@@ -220,7 +220,7 @@ pub(super) fn classify_attach_error(point: AttachPoint, iface: &str, e: ProgramE
     if let ProgramError::SyscallError(s) = &e {
         let io = &s.io_error;
         if errno::is_permission(io) {
-            return CaptureError::Privileges { op: point.op(iface), detail: format!(" ({io})") };
+            return CaptureError::Privileges { op: point.op(iface), detail: super::error::permission_detail(io) };
         }
         if point.hook() == HookKind::Xdp && errno::is_busy(io) {
             return CaptureError::XdpBusy { interface: iface.into() };

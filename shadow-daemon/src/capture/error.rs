@@ -57,6 +57,17 @@ fn io_of_map_error(e: &MapError) -> Option<&io::Error> {
     }
 }
 
+/// What follows the privileges message: the kernel's error, and the seccomp filter when one is in
+/// force (with the capabilities granted, a filter without bpf(2) is the likelier cause).
+pub(super) fn permission_detail(io: &io::Error) -> String {
+    let filter = if crate::sys::process::seccomp_filtered() {
+        "; this process runs under a seccomp filter, which must allow bpf(2) (deploy/seccomp/shadow.json does)"
+    } else {
+        ""
+    };
+    format!(" ({io}){filter}")
+}
+
 pub(super) fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
     let io = match &e {
         EbpfError::MapError(m) => io_of_map_error(m),
@@ -64,7 +75,7 @@ pub(super) fn classify_load_error(op: &str, e: EbpfError) -> CaptureError {
     };
     if let Some(io) = io {
         if errno::is_permission(io) {
-            return CaptureError::Privileges { op: op.into(), detail: format!(" ({io})") };
+            return CaptureError::Privileges { op: op.into(), detail: permission_detail(io) };
         }
         if let Some(source) = errno::unsupported(io) {
             return CaptureError::BpfUnavailable { op: op.into(), source };

@@ -17,3 +17,10 @@ pub(crate) fn with_umask<R>(mask: u32, f: impl FnOnce() -> R) -> R {
     unsafe { libc::umask(old) };
     r
 }
+
+/// Whether this process runs under a seccomp filter (`Seccomp: 2` in /proc/self/status): then a
+/// refused bpf(2) may be the filter's doing, not missing capabilities.
+pub(crate) fn seccomp_filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() == "2")))
+}
