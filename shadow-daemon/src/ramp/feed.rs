@@ -325,6 +325,18 @@ mod tests {
             },
         );
         assert_eq!(f.read(r).latency, Tally { up: 1, down: 0, n: 2 });
+        // The same limit the other way: exactly at it is not the primary being slower.
+        f.pair(r, PairSeen { primary_failed: false, shadow_failed: false, latencies: Some((ms(13), ms(10))) });
+        assert_eq!(f.read(r).latency, Tally { up: 1, down: 0, n: 3 });
+        f.pair(
+            r,
+            PairSeen {
+                primary_failed: false,
+                shadow_failed: false,
+                latencies: Some((ms(13) + Duration::from_nanos(1), ms(10))),
+            },
+        );
+        assert_eq!(f.read(r).latency, Tally { up: 1, down: 1, n: 4 });
     }
 
     #[test]
@@ -334,7 +346,11 @@ mod tests {
         f.set(r, Some(MODE));
         f.primary(r, ms(10));
         f.primary(r, ms(11));
-        assert_eq!(f.read(r).harm, Tally { up: 1, down: 0, n: 2 });
+        assert_eq!(f.read(r).harm, Tally { up: 1, down: 0, n: 2 }, "exactly the threshold is not past it");
+        // Without a baseline there is no threshold: responses are not judged at all.
+        f.set(r, Some(WindowMode { harm_threshold: None, ..MODE }));
+        f.primary(r, ms(500));
+        assert_eq!(f.read(r).harm, Tally::default());
         assert!(f.baseline(r).is_none(), "no baseline outside one");
         f.set(r, Some(WindowMode { baseline: true, harm_threshold: None, ..MODE }));
         assert!(f.held_back(r));
@@ -371,6 +387,12 @@ mod tests {
             h.record(v).expect("in range");
         }
         assert_eq!(p99_upper(&h), 100, "100 values: the bound is the largest");
+        // 1..=1000, exact at this precision: the ceil(990 + 1.645 * sqrt(9.9) + 1) = 997th.
+        let mut k = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).expect("histogram");
+        for v in 1..=1000 {
+            k.record(v).expect("in range");
+        }
+        assert_eq!(p99_upper(&k), 997);
         let mut big = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).expect("histogram");
         for v in 1..=100_000 {
             big.record(v).expect("in range");

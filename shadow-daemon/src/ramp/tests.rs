@@ -84,6 +84,7 @@ fn steps_advance_on_time_and_pairs_and_the_last_is_held() {
     assert_eq!((t.from, t.to, t.reason, t.step), (State::Holding, State::Advancing, Reason::Step, 1));
     assert!(Ramp::starts_window(&t));
     assert_eq!(r.rate_ppm(), 50_000);
+    assert_eq!(r.status("api", &window(0, 0), None, 20_001).rate_percent, 5.0);
     // The new step's clock starts at the transition.
     assert!(r.judge(&window(100, 0), None, 30_000).is_none());
     assert!(r.judge(&window(100, 0), None, 30_001).is_some());
