@@ -131,7 +131,14 @@ impl Rig {
         let config = scratch.path("shadow.toml");
         std::fs::write(
             &config,
-            format!("[[rule]]\nname = \"lv\"\nport = {PORT}\nshadow = \"127.0.0.1:{SHADOW_PORT}\"\n"),
+            // Room for every request of a run: one at a time per client connection, the replays
+            // may fall behind the client on a slow machine, and a request dropped as queue_full
+            // would make its endpoint INSUFFICIENT. What is judged is each side's own latency
+            // (a replay is timed from its own write), which the wait in the queue does not touch.
+            format!(
+                "[[rule]]\nname = \"lv\"\nport = {PORT}\nshadow = \"127.0.0.1:{SHADOW_PORT}\"\nqueue_capacity = {}\n",
+                2 * CONNS * PER_CONN
+            ),
         )
         .expect("config");
         Self { t, scratch, sides, _servers: servers }
