@@ -118,14 +118,8 @@ fn parse_rule(
     let mut ramp = None;
     for (k, v) in t {
         if k == "ramp" {
-            let rt = v
-                .as_table()
-                .ok_or_else(|| fail(&field(k), format!("expected a [rule.ramp] table, found {}", v.type_str())))?;
             let rfield = |rk: &str| format!("rule[{i}].ramp.{rk}");
-            if let Some(rk) = rt.keys().find(|rk| !RampArgs::KEYS.contains(&rk.as_str())) {
-                return Err(fail(&rfield(rk), format!("unknown key (known: {})", RampArgs::KEYS.join(", "))));
-            }
-            let args: RampArgs = read(rt, &rfield, &fail)?;
+            let args: RampArgs = sub_table(v, "ramp", RampArgs::KEYS, &field(k), &rfield, &fail)?;
             ramp = args.into_ramp(&|rk| format!("config {name}: {}", rfield(rk)))?;
             if ramp.is_none() {
                 return Err(fail(
@@ -140,14 +134,8 @@ fn parse_rule(
             continue;
         }
         if k == "egress" {
-            let et = v
-                .as_table()
-                .ok_or_else(|| fail(&field(k), format!("expected a [rule.egress] table, found {}", v.type_str())))?;
             let efield = |ek: &str| format!("rule[{i}].egress.{ek}");
-            if let Some(ek) = et.keys().find(|ek| !EgressArgs::KEYS.contains(&ek.as_str())) {
-                return Err(fail(&efield(ek), format!("unknown key (known: {})", EgressArgs::KEYS.join(", "))));
-            }
-            let args: EgressArgs = read(et, &efield, &fail)?;
+            let args: EgressArgs = sub_table(v, "egress", EgressArgs::KEYS, &field(k), &efield, &fail)?;
             let cfg = args.into_fence(&|ek| format!("config {name}: {}", efield(ek)))?.ok_or_else(|| {
                 fail(&efield("cgroups"), "missing: an egress fence needs the shadow's cgroup(s)".into())
             })?;
@@ -227,6 +215,23 @@ fn compare_settings(v: &toml::Value, at: &str) -> Result<Option<CompareSettings>
 
 /// Settings from a table of their keys: each key alone first, so that a type or value error
 /// names its field, then the whole table.
+/// A rule's `[rule.NAME]` table (`egress`, `ramp`) read as `S`: a table of known keys only, each
+/// error naming its field.
+fn sub_table<S: DeserializeOwned>(
+    v: &toml::Value,
+    name: &str,
+    keys: &[&str],
+    at: &str,
+    field: &dyn Fn(&str) -> String,
+    fail: &dyn Fn(&str, String) -> UsageError,
+) -> Result<S, UsageError> {
+    let t = v.as_table().ok_or_else(|| fail(at, format!("expected a [rule.{name}] table, found {}", v.type_str())))?;
+    if let Some(k) = t.keys().find(|k| !keys.contains(&k.as_str())) {
+        return Err(fail(&field(k), format!("unknown key (known: {})", keys.join(", "))));
+    }
+    read(t, field, fail)
+}
+
 fn read<S: DeserializeOwned>(
     t: &toml::Table,
     field: &dyn Fn(&str) -> String,
