@@ -22,7 +22,7 @@ pub const CAPTURE_BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, MAX_CAPTURE];
 /// Pending bytes in the ring buffer past which the kernel wakes the reader at once. Below it,
 /// records are submitted without a wakeup (an IPI per packet is the dominant cost otherwise) and
 /// the reader picks them up on its next poll, at most [`RING_POLL_INTERVAL_MS`] later while
-/// traffic flows (at most [`RING_IDLE_POLL_MS`] after a quiet spell).
+/// traffic flows; a parked reader is woken by the first record (see [`WAKE_PARKED`]).
 pub const RING_WAKEUP_BYTES: u64 = 128 * 1024;
 /// How often the daemon drains the ring buffer without a wakeup while records keep coming. Every
 /// wake-up of the daemon costs tens of microseconds of CPU here (a VM), more than the records it
@@ -34,6 +34,12 @@ pub const RING_POLL_INTERVAL_MS: u64 = 8;
 /// wakes the daemon about 30 times a second for it instead of 500, and the first records after a quiet
 /// spell wait at most this long (their timestamps are the kernel's, so no latency is skewed).
 pub const RING_IDLE_POLL_MS: u64 = 32;
+
+/// The reader is parked (the one entry of `SHADOW_WAKE` is non-zero): a look at the idle
+/// interval found nothing, so the daemon stopped polling and waits for the kernel's wakeup. The
+/// next record submitted wakes it at once (and clears the mark), whatever is pending: a quiet
+/// node costs no polls, and the first request after a quiet spell waits for no timer.
+pub const WAKE_PARKED: u32 = 1;
 
 /// Names of programs and maps in the eBPF object.
 pub mod names {
@@ -48,6 +54,7 @@ pub mod names {
     pub const MAP_FLOWS: &str = "SHADOW_FLOWS";
     pub const MAP_SERVICES: &str = "SHADOW_SERVICES";
     pub const MAP_RULES: &str = "SHADOW_RULES";
+    pub const MAP_WAKE: &str = "SHADOW_WAKE";
 }
 
 /// Address family of a record or flow key.

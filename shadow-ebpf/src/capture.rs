@@ -22,7 +22,7 @@ use shadow_common::{
 };
 
 use crate::{
-    SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS, SHADOW_RULES, SHADOW_SERVICES,
+    SHADOW_CONFIG, SHADOW_COUNTERS, SHADOW_EVENTS, SHADOW_FLOWS, SHADOW_RULES, SHADOW_SERVICES, SHADOW_WAKE,
     headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, Ipv4Hdr, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, ptr_at},
 };
 
@@ -518,12 +518,30 @@ fn emit_sized<P: Packet, const N: usize>(
     }
     unsafe { (*rec).hdr = *hdr };
     // Waking the reader on every record costs an IPI per packet (microseconds in a VM). Let
-    // records accumulate and wake only past a threshold; the daemon also polls every few ms.
-    let wake = if SHADOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+    // records accumulate and wake only past a threshold; the daemon polls every few ms while
+    // records come, and parks when they stop: then the first record wakes it.
+    let wake = if SHADOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES || take_parked() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(wake as u64);
     bump(counters, counter::SEGMENTS_EMITTED, 1);
+}
+
+/// Whether the daemon's reader is parked; clears the mark, so that only the first record after a
+/// quiet spell pays for a wakeup. Two CPUs may both see it set: one wakeup too many, no harm.
+#[inline(always)]
+fn take_parked() -> bool {
+    let Some(p) = SHADOW_WAKE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: an array map's value, valid for the program's run; plain u32 loads and stores.
+    unsafe {
+        if core::ptr::read_volatile(p) == 0 {
+            return false;
+        }
+        core::ptr::write_volatile(p, 0);
+    }
+    true
 }

@@ -42,6 +42,11 @@ static SHADOW_RULES: Array<RuleState> = Array::with_max_entries(MAX_RULES, 0);
 #[map(name = "SHADOW_FLOWS")]
 static SHADOW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
+/// Non-zero while the daemon's reader is parked (see `shadow_common::WAKE_PARKED`): the next
+/// record wakes it and clears this.
+#[map(name = "SHADOW_WAKE")]
+static SHADOW_WAKE: Array<u32> = Array::with_max_entries(1, 0);
+
 #[classifier]
 pub fn shadow_tc_ingress(ctx: TcContext) -> i32 {
     process(&ctx, Hook::TcIngress);

@@ -241,6 +241,61 @@ fn sampling_zero_and_full() {
     assert_eq!(r.counter(counter::REQUESTS_SKIPPED), 0);
 }
 
+/// Events on the ring's epoll set within `ms` (edge-triggered, as tokio watches it: only a
+/// kernel wakeup makes one, not records merely waiting).
+fn ring_wakeups(ep: &std::os::fd::OwnedFd, ms: i32) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: ep is an epoll fd; ev has room for 4 events.
+    unsafe { libc::epoll_wait(ep.as_raw_fd(), ev.as_mut_ptr(), 4, ms) }
+}
+
+#[test]
+fn a_parked_reader_is_woken_by_the_first_record_which_clears_the_mark() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if !require_kernel("a_parked_reader_is_woken_by_the_first_record_which_clears_the_mark") {
+        return;
+    }
+    let mut r = Rig::new(PPM_ALL);
+    // SAFETY: a new epoll fd, checked, then owned.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(raw >= 0, "epoll_create1");
+    // SAFETY: raw is a descriptor this test alone holds.
+    let ep = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 1 };
+    // SAFETY: both fds are open for the call; ev is a valid event.
+    let added = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, r.ring.as_raw_fd(), &mut ev) };
+    assert_eq!(added, 0);
+    let frame = |port: u16| frames::tcp(&Tcp::new("10.0.0.1", port, "10.0.0.2", PORT, GET));
+    // Not parked, far below the wakeup threshold: the record waits for the reader's next look,
+    // and nobody is woken.
+    assert!(!r.cap.reader_parked().unwrap());
+    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47000), 1).expect("test_run");
+    assert_eq!(verdict, TC_CONTINUE);
+    assert_eq!(ring_wakeups(&ep, 100), 0, "a record below the threshold woke an unparked reader");
+    assert_eq!(r.drain().len(), 1);
+    // Parked: the next record wakes the reader at once and clears the mark.
+    r.cap.set_reader_parked(true).unwrap();
+    assert!(r.cap.reader_parked().unwrap());
+    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47001), 1).expect("test_run");
+    assert_eq!(verdict, TC_CONTINUE);
+    assert!(!r.cap.reader_parked().unwrap(), "the record left the mark set");
+    assert_eq!(ring_wakeups(&ep, 10_000), 1, "a parked reader was not woken by the first record");
+    // The mark is gone: the records after it wake nobody until the reader parks again.
+    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47002), 1).expect("test_run");
+    assert_eq!(verdict, TC_CONTINUE);
+    assert_eq!(ring_wakeups(&ep, 100), 0, "a second record woke the reader");
+    assert_eq!(r.drain().len(), 2);
+    // A packet that emits nothing (another port) leaves the mark for the next record.
+    r.cap.set_reader_parked(true).unwrap();
+    let (verdict, _) = r
+        .cap
+        .test_run(names::PROG_TC_INGRESS, &frames::tcp(&Tcp::new("10.0.0.1", 47003, "10.0.0.2", 5001, GET)), 1)
+        .expect("test_run");
+    assert_eq!(verdict, TC_CONTINUE);
+    assert!(r.cap.reader_parked().unwrap());
+}
+
 #[test]
 fn sampling_half_is_within_statistical_bound() {
     if !require_kernel("sampling_half_is_within_statistical_bound") {

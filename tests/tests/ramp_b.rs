@@ -181,7 +181,11 @@ fn a_shadow_that_starts_failing_is_tripped_and_then_receives_nothing() {
     let mut sent = 0;
     // No traffic: the baseline holds, then (given its responses) the first step holds, and each
     // says why.
-    wait_for("a second of baseline", Duration::from_secs(10), || look(&r)["seconds_at_step"].as_f64() >= Some(1.2));
+    // (A quiet daemon judges once a second: the reason follows within one.)
+    wait_for("a second of baseline, judged", Duration::from_secs(10), || {
+        let v = look(&r);
+        v["seconds_at_step"].as_f64() >= Some(1.2) && v["reason"].as_str().is_some_and(|s| s.contains("responses"))
+    });
     let v = look(&r);
     assert_eq!(state(&v), "baseline", "{v}");
     assert!(v["reason"].as_str().is_some_and(|s| s.contains("0/20 responses")), "{v}");

@@ -38,6 +38,10 @@ enum Cmd {
         /// Shorter runs (for a quick look; bench/README.md's figures use the default).
         #[arg(long)]
         quick: bool,
+        /// Also build the daemon at this git revision (a commit, tag or branch) and run it side
+        /// by side with this tree's, in the same rounds (the mirror part's `[REV]` arms).
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
     },
     /// Set up, then run every fuzz target for --seconds each (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
@@ -72,7 +76,9 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Test => setup().and_then(|()| test()),
-        Cmd::Bench { quick } => setup().and_then(|()| bench_tools()).and_then(|()| bench(quick)),
+        Cmd::Bench { quick, against } => {
+            setup().and_then(|()| bench_tools()).and_then(|()| bench(quick, against.as_deref()))
+        }
         Cmd::Fuzz(args) => setup().and_then(|()| fuzz::fuzz(&args)),
         Cmd::Mutants(args) => mutants::mutants(args),
     };
@@ -346,15 +352,56 @@ fn demo() -> Result<()> {
     run(Command::new(bin.join("shadow-demo")).env("SHADOW_BIN_DIR", &bin))
 }
 
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, against: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks create network namespaces and load eBPF: run them as root");
     }
+    // The other revision first: it is built in the same target directory (sharing what the two
+    // have in common), then set aside before this tree's build takes its place.
+    let base = against.map(build_daemon_at).transpose()?;
     let bin = build_release_bins()?;
     let mut cmd = Command::new(bin.join("shadow-bench"));
     cmd.env("SHADOW_BIN_DIR", &bin).arg("--out").arg(workspace_root().join("bench/results"));
     if quick {
         cmd.arg("--quick");
     }
+    if let Some((path, label)) = &base {
+        cmd.arg("--alt-daemon").arg(path).arg("--alt-label").arg(label);
+    }
     run(&mut cmd)
+}
+
+/// The release daemon of git revision `rev`, built from a detached worktree of this repository
+/// (target/bench-base/src) and copied to target/bench-base/; with the label its arms carry.
+fn build_daemon_at(rev: &str) -> Result<(PathBuf, String)> {
+    let root = workspace_root();
+    let git = |args: &[&str]| output(Command::new("git").current_dir(&root).args(args));
+    let commit = git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+        .map(|s| s.trim().to_owned())
+        .with_context(|| format!("--against {rev}: not a revision of this repository"))?;
+    let short = &commit[..commit.len().min(10)];
+    let dir = root.join("target/bench-base");
+    let src = dir.join("src");
+    if src.exists() {
+        let _ = Command::new("git").current_dir(&root).args(["worktree", "remove", "--force"]).arg(&src).status();
+        let _ = std::fs::remove_dir_all(&src);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    run(Command::new("git").current_dir(&root).args(["worktree", "add", "--detach"]).arg(&src).arg(&commit))?;
+    let built = run(cargo().current_dir(&src).env("CARGO_TARGET_DIR", root.join("target")).args([
+        "build",
+        "--release",
+        "-p",
+        "shadow-daemon",
+        "--bin",
+        "shadow-daemon",
+    ]));
+    let copied = built.and_then(|()| {
+        let to = dir.join(format!("shadow-daemon-{short}"));
+        std::fs::copy(root.join("target/release/shadow-daemon"), &to)
+            .with_context(|| format!("copy the daemon built at {short} to {}", to.display()))?;
+        Ok(to)
+    });
+    let _ = Command::new("git").current_dir(&root).args(["worktree", "remove", "--force"]).arg(&src).status();
+    Ok((copied?, format!("{rev} ({short})")))
 }

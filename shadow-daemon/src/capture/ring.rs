@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use shadow_common::names;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -19,35 +19,64 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// Reads records from the ring buffer when the kernel signals them (epoll, no busy polling).
 pub struct SegmentSource {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Where the reader tells the programs it is parked (see [`shadow_common::WAKE_PARKED`]).
+    wake: Array<MapData, u32>,
     poll: PollInterval,
 }
 
 /// How long the ring-buffer reader waits for the kernel's wakeup before it looks anyway:
 /// [`shadow_common::RING_POLL_INTERVAL_MS`] while looks find records, doubled after every look
-/// that finds none, up to [`shadow_common::RING_IDLE_POLL_MS`].
+/// that finds none, up to [`shadow_common::RING_IDLE_POLL_MS`]; after a look at that interval
+/// finds none too, it parks: no more looks, the programs wake it with the next record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollInterval {
     ms: u64,
+    parked: bool,
+    /// Marking the reader parked in the kernel failed once: poll at the idle interval instead.
+    can_park: bool,
 }
 
 impl Default for PollInterval {
     fn default() -> Self {
-        Self { ms: shadow_common::RING_POLL_INTERVAL_MS }
+        Self { ms: shadow_common::RING_POLL_INTERVAL_MS, parked: false, can_park: true }
     }
 }
 
 impl PollInterval {
-    pub fn get(self) -> Duration {
-        Duration::from_millis(self.ms)
+    /// How long to wait for the kernel's wakeup before looking anyway; `None`: parked, wait for
+    /// the wakeup alone.
+    pub fn get(self) -> Option<Duration> {
+        (!self.parked).then(|| Duration::from_millis(self.ms))
     }
 
-    /// After a look at the ring that drained `records`.
-    pub fn looked(&mut self, records: usize) {
-        self.ms = if records > 0 {
-            shadow_common::RING_POLL_INTERVAL_MS
-        } else {
-            self.ms.saturating_mul(2).min(shadow_common::RING_IDLE_POLL_MS)
-        };
+    pub fn parked(self) -> bool {
+        self.parked
+    }
+
+    /// After a look at the ring that drained `records`; `true` when the reader parks now (the
+    /// caller marks it in the kernel, then looks once more for what came before the mark).
+    pub fn looked(&mut self, records: usize) -> bool {
+        if records > 0 {
+            self.ms = shadow_common::RING_POLL_INTERVAL_MS;
+            self.parked = false;
+            return false;
+        }
+        if self.parked {
+            return false;
+        }
+        if self.ms >= shadow_common::RING_IDLE_POLL_MS && self.can_park {
+            self.parked = true;
+            return true;
+        }
+        self.ms = self.ms.saturating_mul(2).min(shadow_common::RING_IDLE_POLL_MS);
+        false
+    }
+
+    /// The kernel was not told: keep polling at the idle interval, for good.
+    pub fn cannot_park(&mut self) {
+        self.parked = false;
+        self.can_park = false;
+        self.ms = shadow_common::RING_IDLE_POLL_MS;
     }
 }
 
@@ -73,9 +102,10 @@ impl Capture {
     /// The async reader of the ring buffer (once). Must run inside a tokio runtime.
     pub fn take_source(&mut self) -> Result<SegmentSource, CaptureError> {
         let events = self.take_events()?;
+        let wake: Array<MapData, u32> = super::take_map(&mut self.ebpf, names::MAP_WAKE)?;
         let ring = register_readable(events)
             .map_err(|e| CaptureError::Io { op: "register the ring buffer with epoll".into(), source: e })?;
-        Ok(SegmentSource { ring, poll: PollInterval::default() })
+        Ok(SegmentSource { ring, wake, poll: PollInterval::default() })
     }
 
     /// The ring buffer itself (once).
@@ -105,7 +135,9 @@ impl SegmentSource {
     ///
     /// The kernel wakes us only once [`shadow_common::RING_WAKEUP_BYTES`] are pending, so we also
     /// look every [`shadow_common::RING_POLL_INTERVAL_MS`] while records come ([`PollInterval`]:
-    /// less often after looks that find nothing): a trickle of records waits at most that.
+    /// less often after looks that find nothing, then not at all: parked, the next record wakes
+    /// us). A trickle of records waits at most the interval; the first after a quiet spell not
+    /// at all.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Segment>,
@@ -113,8 +145,12 @@ impl SegmentSource {
         max: usize,
     ) -> io::Result<()> {
         loop {
-            let n = match tokio::time::timeout(self.poll.get(), self.ring.readable_mut()).await {
-                Ok(guard) => {
+            let ready = match self.poll.get() {
+                Some(wait) => tokio::time::timeout(wait, self.ring.readable_mut()).await.ok(),
+                None => Some(self.ring.readable_mut().await),
+            };
+            let n = match ready {
+                Some(guard) => {
                     let mut guard = guard?;
                     let n = drain(guard.get_inner_mut(), out, bad, max);
                     if n < max {
@@ -123,13 +159,47 @@ impl SegmentSource {
                     }
                     n
                 }
-                Err(_elapsed) => drain(self.ring.get_mut(), out, bad, max),
+                None => drain(self.ring.get_mut(), out, bad, max),
             };
-            self.poll.looked(n);
             if n > 0 {
+                self.poll.looked(n);
                 return Ok(());
             }
+            if self.poll.looked(0) {
+                self.park();
+                // What was submitted before the programs saw the mark woke nobody.
+                if self.look(out, bad, max) > 0 {
+                    return Ok(());
+                }
+            }
         }
+    }
+
+    /// Mark the reader parked in the kernel (or, if that fails, poll at the idle interval).
+    fn park(&mut self) {
+        if let Err(e) = self.wake.set(0, shadow_common::WAKE_PARKED, 0) {
+            tracing::warn!(
+                "cannot tell the capture programs the reader waits ({e}); polling every {} ms instead",
+                shadow_common::RING_IDLE_POLL_MS
+            );
+            self.poll.cannot_park();
+        }
+    }
+
+    /// Whether the reader is parked (waiting for the kernel's wakeup alone).
+    pub fn parked(&self) -> bool {
+        self.poll.parked()
+    }
+
+    /// Drain up to `max` records now without waiting, and follow what was found (records end a
+    /// park). The loop's tick looks while parked: a record whose program read the mark just
+    /// before the reader set it woke nobody, and waits for this look at most.
+    pub fn look(&mut self, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>, max: usize) -> usize {
+        let n = drain(self.ring.get_mut(), out, bad, max);
+        if n > 0 {
+            self.poll.looked(n);
+        }
+        n
     }
 
     /// Drain whatever is buffered now without waiting (used at shutdown).
@@ -181,23 +251,49 @@ mod tests {
 
     use super::PollInterval;
 
+    fn ms(p: PollInterval) -> Option<u128> {
+        p.get().map(|d| d.as_millis())
+    }
+
     #[test]
-    fn poll_interval_doubles_on_empty_looks_up_to_the_idle_cap_and_resets_on_records() {
+    fn poll_interval_doubles_on_empty_looks_up_to_the_idle_cap_then_parks_and_records_reset_it() {
         let mut p = PollInterval::default();
-        assert_eq!(p.get(), Duration::from_millis(shadow_common::RING_POLL_INTERVAL_MS));
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            p.looked(0);
-            seen.push(p.get().as_millis());
-        }
-        assert_eq!(seen, [16, 32, 32, 32, 32, 32]);
+        assert_eq!(p.get(), Some(Duration::from_millis(shadow_common::RING_POLL_INTERVAL_MS)));
         assert_eq!(shadow_common::RING_IDLE_POLL_MS, 32);
+        let mut seen = Vec::new();
+        let mut parks = Vec::new();
+        for _ in 0..5 {
+            parks.push(p.looked(0));
+            seen.push(ms(p));
+        }
+        // 8, 16, 32 ms looks find nothing: parked after the third, told once.
+        assert_eq!(seen, [Some(16), Some(32), None, None, None]);
+        assert_eq!(parks, [false, false, true, false, false]);
+        assert!(p.parked());
         p.looked(1);
-        assert_eq!(p.get(), Duration::from_millis(8));
+        assert!(!p.parked());
+        assert_eq!(ms(p), Some(8));
         // Records keep it at the base, however many.
         p.looked(500);
-        assert_eq!(p.get(), Duration::from_millis(8));
-        p.looked(0);
-        assert_eq!(p.get(), Duration::from_millis(16));
+        assert_eq!(ms(p), Some(8));
+        assert!(!p.looked(0));
+        assert_eq!(ms(p), Some(16));
+    }
+
+    #[test]
+    fn a_reader_that_cannot_park_polls_at_the_idle_interval_for_good() {
+        let mut p = PollInterval::default();
+        while !p.looked(0) {}
+        p.cannot_park();
+        assert_eq!(ms(p), Some(32));
+        for _ in 0..4 {
+            assert!(!p.looked(0));
+            assert_eq!(ms(p), Some(32));
+        }
+        p.looked(3);
+        assert_eq!(ms(p), Some(8));
+        let parks: Vec<bool> = (0..4).map(|_| p.looked(0)).collect();
+        assert_eq!(parks, [false; 4]);
+        assert_eq!(ms(p), Some(32));
     }
 }

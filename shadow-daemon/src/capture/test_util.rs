@@ -55,6 +55,31 @@ impl Capture {
         self.take_events()
     }
 
+    /// The reader's parked mark in the kernel (see [`shadow_common::WAKE_PARKED`]): set it as a
+    /// parked reader does, or read whether a record has cleared it.
+    pub fn set_reader_parked(&mut self, parked: bool) -> Result<(), CaptureError> {
+        let mut wake = self.wake_map()?;
+        wake.set(0, if parked { shadow_common::WAKE_PARKED } else { 0 }, 0)
+            .map_err(|e| CaptureError::Map { op: format!("write {}", names::MAP_WAKE), source: Box::new(e) })
+    }
+
+    pub fn reader_parked(&mut self) -> Result<bool, CaptureError> {
+        let wake = self.wake_map()?;
+        let v = wake
+            .get(&0, 0)
+            .map_err(|e| CaptureError::Map { op: format!("read {}", names::MAP_WAKE), source: Box::new(e) })?;
+        Ok(v != 0)
+    }
+
+    fn wake_map(&mut self) -> Result<aya::maps::Array<&mut MapData, u32>, CaptureError> {
+        let map = self.ebpf.map_mut(names::MAP_WAKE).ok_or_else(|| CaptureError::Io {
+            op: format!("find map {}", names::MAP_WAKE),
+            source: io::Error::new(ErrorKind::NotFound, "missing"),
+        })?;
+        aya::maps::Array::try_from(map)
+            .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_WAKE), source: Box::new(e) })
+    }
+
     /// Run one of the loaded programs on a crafted frame with BPF_PROG_TEST_RUN; returns the
     /// program's verdict. For the kernel tests and the per-packet cost benchmark.
     pub fn test_run(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> Result<(u32, Duration), CaptureError> {

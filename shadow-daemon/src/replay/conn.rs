@@ -47,6 +47,8 @@ pub(crate) struct Conn {
     tx_stamps: bool,
     /// When the last write's last byte left, by the kernel's clock (its transmit timestamp).
     sent_at: Option<SystemTime>,
+    /// The last read took all the socket held (see [`Conn::forget_drained_readiness`]).
+    drained: bool,
     _open: OpenGuard,
 }
 
@@ -72,9 +74,28 @@ impl Conn {
             self.start = 0;
         }
         self.buf.reserve(READ_CHUNK);
+        let spare = self.buf.capacity() - self.buf.len();
         let Self { stream, buf, .. } = self;
         let fd = stream.as_fd();
-        stream.async_io(Interest::READABLE, || timestamp::recv_timed(fd, buf)).await
+        let r = stream.async_io(Interest::READABLE, || timestamp::recv_timed(fd, buf)).await;
+        // A read that did not fill the room it had took everything the socket held.
+        self.drained = matches!(r, Ok((n, _)) if n < spare);
+        r
+    }
+
+    /// Before the connection waits in the pool: if the last read emptied the socket, forget
+    /// the readiness it left behind (tokio keeps a socket "readable" until a read fails with
+    /// `WouldBlock`), so that [`Conn::looks_dead`] asks the socket only when something arrived
+    /// since: no `recv` that fails per request. Only on a current-thread runtime, where the
+    /// reactor cannot have marked new data between that read and now (the same poll of the same
+    /// task); elsewhere the failing `recv` stays.
+    fn forget_drained_readiness(&mut self) {
+        let single = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if self.drained && single && self.pending() == 0 {
+            let _ = self.stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
+        self.drained = false;
     }
 
     /// Bytes received past the responses read so far.
@@ -169,6 +190,7 @@ impl Pool {
     /// `idle_since`: when the connection's last response was complete.
     pub(crate) fn put(&self, mut conn: Conn, idle_since: Instant) {
         conn.idle_since = idle_since;
+        conn.forget_drained_readiness();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(conn);
@@ -227,6 +249,7 @@ pub(crate) async fn connect(
         sent: 0,
         tx_stamps,
         sent_at: None,
+        drained: false,
         _open: OpenGuard(metrics.open.clone()),
     })
 }
@@ -824,5 +847,58 @@ mod tests {
         }
         drop(conn);
         server.await.unwrap();
+    }
+
+    /// A kept-alive connection goes into the pool without the readiness its last read left
+    /// (so taking it costs no failing `recv`), and a close that comes while it waits is still
+    /// seen: the pool never hands out the closed connection.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pooled_connection_forgets_the_drained_read_and_still_sees_a_close() {
+        const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: listener.local_addr().unwrap().port() };
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            for _ in 0..2 {
+                if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) || s.write_all(RESPONSE).await.is_err() {
+                    return;
+                }
+            }
+            let _ = close_rx.await;
+        });
+        let metrics = Metrics::default();
+        let pool = Pool::new(4);
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        let readable = |c: &Conn| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            c.stream.poll_read_ready(&mut cx).is_ready()
+        };
+        for i in 0..2 {
+            let x = exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET", i, &target, None, 1 << 20)
+                .await
+                .unwrap_or_else(|f| panic!("{}", f.error));
+            assert!(x.reusable);
+            assert!(readable(&conn), "the read that completed the response leaves the socket marked readable");
+            pool.put(conn, Instant::now());
+            conn = pool.take().expect("the live connection comes back");
+            assert!(!readable(&conn), "nothing arrived since: no readiness, so no recv to find that out");
+        }
+        pool.put(conn, Instant::now());
+        close_tx.send(()).unwrap();
+        server.await.unwrap();
+        // The close reaches the reactor while the connection waits; the pool drops it then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match pool.take() {
+                None => break,
+                Some(c) => {
+                    assert!(Instant::now() < deadline, "the closed connection kept coming back");
+                    pool.put(c, Instant::now());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
     }
 }

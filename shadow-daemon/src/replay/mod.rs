@@ -489,6 +489,17 @@ impl ReplayEngine {
         &self.metrics
     }
 
+    /// Close the shadows' idle connections that are too old to reuse (the daemon's tick calls
+    /// this about once a second), so they do not sit half-closed until the next request.
+    pub fn prune(&self) {
+        for lane in &self.lanes {
+            lane.pool.prune();
+            if let Some((_, pool, _)) = &lane.secondary {
+                pool.prune();
+            }
+        }
+    }
+
     /// Rule `rule`'s shadow target changed (a reload): the comparison no longer takes what this
     /// engine's lane of it sends from now on (counted as `epoch` when it comes back).
     pub fn retire_compare(&self, rule: RuleId) {
@@ -619,8 +630,6 @@ async fn dispatch(
     // One request at a time per captured connection (see [`shape`]); pipelining, an opt-in for
     // throughput, merges connections by design and goes without.
     let mut gate = (lane.controls.pipeline == 1).then(|| FlowGate::new(lane.controls.queue_capacity));
-    let mut prune = tokio::time::interval(Duration::from_secs(1));
-    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut deadline: Option<Instant> = None;
     let mut drained = false;
     loop {
@@ -670,7 +679,6 @@ async fn dispatch(
                 // No new requests; the queued ones are still dispatched until the deadline.
                 rx.close();
             }
-            _ = prune.tick() => lane.pool.prune(),
             w = work => match w {
                 Work::Drained => drained = true,
                 Work::Idle => break,

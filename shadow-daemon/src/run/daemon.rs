@@ -6,7 +6,7 @@ use shadow_common::counter;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use super::{
-    BATCH, FENCE_TICKS, Inputs, RunError, SHUTDOWN_GRACE, TICK,
+    BATCH, Inputs, RunError, SHUTDOWN_GRACE, SLOW_DUTIES, TICK,
     interfaces::Interfaces,
     monotonic_ns,
     publish::Publisher,
@@ -64,8 +64,8 @@ pub(super) struct Daemon {
     pub(super) reloads: Reloads,
     /// The egress fences of the rules that have one (`None`: no rule fences).
     pub(super) fence: Option<Fence>,
-    /// Ticks since the fence last looked.
-    fence_ticks: u32,
+    /// Time since the fence last looked and idle shadow connections were closed.
+    since_slow_duties: std::time::Duration,
     /// What the rules' ramps see, and the ramps (`None`: no rule ramps).
     ramp_feed: Arc<RampFeed>,
     pub(super) ramps: Option<Ramps>,
@@ -149,8 +149,8 @@ impl Daemon {
             await_response: cfg.hook == HookKind::Tc,
             ..ExtractorConfig::default()
         });
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = crate::sys::timer::Ticker::every(TICK)
+            .map_err(|e| RunError::Io { op: "start the tick timer (timerfd)".into(), source: e })?;
         let inputs = Inputs {
             verdicts,
             source,
@@ -179,7 +179,7 @@ impl Daemon {
             control_stats,
             reloads: Reloads::default(),
             fence,
-            fence_ticks: 0,
+            since_slow_duties: std::time::Duration::ZERO,
             ramp_feed,
             ramps,
         };
@@ -215,9 +215,10 @@ impl Daemon {
         self.correlator.hub().map(AsRef::as_ref)
     }
 
-    /// Expire idle flows, publish kernel counters, extraction and operations figures, and let
-    /// the comparison settle what waited too long.
-    pub(super) fn on_tick(&mut self) {
+    /// The loop's beat, `elapsed` after the one before: expire idle flows, publish kernel
+    /// counters, extraction and operations figures, let the comparison settle what waited too
+    /// long, judge the ramps; about once a second, the fence and the shadows' idle connections.
+    pub(super) fn on_tick(&mut self, elapsed: std::time::Duration) {
         self.extractor.tick(monotonic_ns(), &mut self.events);
         self.route();
         let kernel = self.capture.counters().ok();
@@ -228,10 +229,12 @@ impl Daemon {
         // Judged after the comparison settled, published with the same tick's figures.
         self.judge_ramps();
         self.metrics.set_operations(self.ops_snapshot());
-        self.fence_ticks += 1;
-        if self.fence_ticks >= FENCE_TICKS {
-            self.fence_ticks = 0;
+        self.since_slow_duties += elapsed;
+        if self.since_slow_duties >= SLOW_DUTIES {
+            self.since_slow_duties = std::time::Duration::ZERO;
             self.look_at_fence();
+            // Idle connections to the shadows close once too old, on the same beat.
+            self.engine.prune();
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind},
     sync::mpsc,
     task::JoinHandle,
-    time::{Instant, Interval},
+    time::Instant,
 };
 
 use self::daemon::Daemon;
@@ -34,10 +34,15 @@ use crate::{
     segment::{DecodeError, Segment},
 };
 
-/// How often kernel counters and extraction stats are published, and idle flows expired.
+/// How often kernel counters and extraction stats are published, idle flows expired and ramps
+/// judged, while records come.
 const TICK: Duration = Duration::from_millis(100);
-/// Every how many ticks the egress fence follows its cgroups and reads what was tried.
-const FENCE_TICKS: u32 = 10;
+/// The tick while the ring-buffer reader is parked (no record for a while): a quiet node wakes
+/// once a second, and the first record brings back [`TICK`].
+const QUIET_TICK: Duration = Duration::from_secs(1);
+/// How often the egress fence follows its cgroups and reads what was tried, and idle shadow
+/// connections are closed.
+const SLOW_DUTIES: Duration = Duration::from_secs(1);
 /// How long in-flight replays may finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long the replays queued under the old rules may finish after a reload.
@@ -119,6 +124,10 @@ pub fn monotonic_ns() -> u64 {
     crate::sys::time::monotonic_ns()
 }
 
+fn set_tick(tick: &mut crate::sys::timer::Ticker, period: Duration) -> Result<(), RunError> {
+    tick.set_period(period).map_err(|e| RunError::Io { op: "set the tick timer".into(), source: e })
+}
+
 /// What the loop waits on; the [`Daemon`] handles what comes.
 struct Inputs {
     /// `/verdict` requests from the metrics server, each with the sender of its JSON.
@@ -134,7 +143,9 @@ struct Inputs {
     sighup: Signal,
     /// Netlink link events, when an interface pattern is a glob (pods come and go on a node).
     links: Option<LinkWatcher>,
-    tick: Interval,
+    /// The loop's beat ([`TICK`], [`QUIET_TICK`] while the ring is quiet), kept by the kernel
+    /// (one wakeup a period).
+    tick: crate::sys::timer::Ticker,
 }
 
 /// Run the daemon until `shutdown` completes (or `cfg.duration` passes); the summary is also
@@ -160,8 +171,17 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         tokio::select! {
             r = source.next_batch(batch, bad, BATCH) => {
                 r.map_err(|e| RunError::Io { op: "read the ring buffer".into(), source: e })?;
+                // Records again after a quiet spell: the busy beat, from now.
+                set_tick(tick, TICK)?;
             }
-            _ = tick.tick() => daemon.on_tick(),
+            r = tick.tick() => {
+                let periods = r.map_err(|e| RunError::Io { op: "read the tick timer".into(), source: e })?;
+                if source.parked() {
+                    source.look(batch, bad, BATCH);
+                }
+                daemon.on_tick(tick.period().saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX)));
+                set_tick(tick, if source.parked() { QUIET_TICK } else { TICK })?;
+            }
             Some(call) = calls.recv() => {
                 let response = daemon.on_command(&call.command);
                 let _ = call.reply.send(response);

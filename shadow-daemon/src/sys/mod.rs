@@ -6,7 +6,8 @@
 //!
 //! By concern: `errno` (telling kernel errors apart), `fs` (filesystem kinds, cgroup v2 mounts), `net` (interface names and indexes),
 //! `netlink` (the link-notification socket), `notify` (systemd's readiness datagrams), `plain` (records as bytes), `process` (uid,
-//! umask), `socket` (socket options, TCP_INFO), `time` (CLOCK_MONOTONIC), `timestamp` (the
+//! umask), `socket` (socket options, TCP_INFO), `time` (CLOCK_MONOTONIC), `timer` (the
+//! daemon's tick, a timerfd), `timestamp` (the
 //! kernel's packet timestamps).
 
 pub(crate) mod errno;
@@ -18,4 +19,5 @@ pub(crate) mod plain;
 pub(crate) mod process;
 pub(crate) mod socket;
 pub(crate) mod time;
+pub(crate) mod timer;
 pub(crate) mod timestamp;
