@@ -382,6 +382,107 @@ pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
         },
     );
 
+    // Issue 22's own goals: the idle daemon, the kernel's cost for packets not ours, wake-ups,
+    // and the other build (`--alt-daemon`, e.g. `cargo xtask bench --against REV`) beside this
+    // one in the same rounds.
+    let idle = &capture["capacity"]["idle"];
+    let (icpu, iwake) = (f(&idle["cpu_ms_per_s"]), f(&idle["wakeups_per_s"]));
+    let idle_alt = &capture["capacity"]["idle_alt"];
+    let alt_idle = if idle_alt.is_array() {
+        format!(
+            "; {}: {:.2} ms/s, {:.1} wake-ups/s",
+            idle_alt[0].as_str().unwrap_or("the other build"),
+            f(&idle_alt[1]["cpu_ms_per_s"]).unwrap_or(f64::NAN),
+            f(&idle_alt[1]["wakeups_per_s"]).unwrap_or(f64::NAN)
+        )
+    } else {
+        String::new()
+    };
+    goal(
+        &mut goals,
+        "Idle daemon (attached, no traffic): <= 1 ms CPU per second, <= ~10 wake-ups a second",
+        format!("{:.2} ms/s, {:.1} wake-ups/s{alt_idle}", icpu.unwrap_or(f64::NAN), iwake.unwrap_or(f64::NAN)),
+        icpu.zip(iwake).map(|(c, w)| c <= 1.0 && w <= 10.0),
+    );
+    let (rss, ring) = (f(&idle["rss_mib"]), f(&idle["ring_rss_mib"]));
+    goal(
+        &mut goals,
+        "Idle RSS <= ring size + 16 MiB",
+        format!(
+            "{:.0} MiB resident, {:.0} MiB of it the ring buffer's mapping: {:.1} MiB beyond it",
+            rss.unwrap_or(f64::NAN),
+            ring.unwrap_or(f64::NAN),
+            rss.zip(ring).map_or(f64::NAN, |(r, g)| r - g)
+        ),
+        rss.zip(ring).map(|(r, g)| r - g <= 16.0),
+    );
+    let not_ours = capture["attached_cost"].as_array().and_then(|a| {
+        a.iter()
+            .find(|p| p["phase"].as_str().is_some_and(|s| s.contains("non-matching")))
+            .and_then(|p| f(&p["net_ns_per_packet"]))
+    });
+    goal(
+        &mut goals,
+        "eBPF cost per packet not ours <= 20 ns, net of an empty program",
+        not_ours.map_or("-".into(), |n| format!("{n:.0} ns")),
+        not_ours.map(|n| n <= 20.0),
+    );
+    for group in ["saturating", "fixed rate"] {
+        let a = arm(&mirror, group, "healthy");
+        goal(
+            &mut goals,
+            &format!("Wake-ups per 1000 mirrored requests ({group}, healthy shadow, 100 %): reported"),
+            format!(
+                "{} per 1000 captured, all mirrored ({})",
+                spread(&a["wakeups_per_1k_captured"], 0),
+                spread(&a["mirrored_fraction"], 3)
+            ),
+            None,
+        );
+    }
+    let alt_rows: Vec<String> = mirror["arms"]
+        .as_array()
+        .map(|arms| {
+            arms.iter()
+                .filter(|x| x["key"].as_str().is_some_and(|k| k.ends_with("-alt")))
+                .map(|x| {
+                    let base = arm(
+                        &mirror,
+                        x["group"].as_str().unwrap_or(""),
+                        x["key"].as_str().unwrap_or("").trim_end_matches("-alt"),
+                    );
+                    let cpu = |v: &Value| {
+                        if v["cpu_us_per_mirrored"]["median"].is_number() {
+                            spread(&v["cpu_us_per_mirrored"], 2)
+                        } else {
+                            spread(&v["cpu_us_per_captured"], 2)
+                        }
+                    };
+                    format!(
+                        "{}: {} µs, {}x throughput, {} mirrored, {} wake-ups/1k (this build: {} µs, {}x, {}, {})",
+                        x["arm"].as_str().unwrap_or(""),
+                        cpu(x),
+                        spread(&x["throughput_ratio"], 2),
+                        spread(&x["mirrored_fraction"], 3),
+                        spread(&x["wakeups_per_1k_captured"], 0),
+                        cpu(base),
+                        spread(&base["throughput_ratio"], 2),
+                        spread(&base["mirrored_fraction"], 3),
+                        spread(&base["wakeups_per_1k_captured"], 0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !alt_rows.is_empty() {
+        goal(
+            &mut goals,
+            "The other build in the same rounds (CPU per mirrored, else per captured request)",
+            alt_rows.join("; "),
+            None,
+        );
+    }
+
     let ledger = Ledger { date: date.into(), command: command.into(), rows, goals };
     let _ = std::fs::write(out.join("ledger.json"), serde_json::to_string_pretty(&ledger).unwrap_or_default());
     let mut md = format!(

@@ -177,7 +177,7 @@ fn main() -> ExitCode {
         lap = Instant::now();
     };
     if part("capture") {
-        let results = capture_bench(quick, &command);
+        let results = capture_bench(quick, &command, alt.as_ref());
         write_capture(&out, &results);
         record("capture", &mut took);
     }
@@ -257,7 +257,7 @@ fn sh_out(cmd: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn capture_bench(quick: bool, command: &str) -> CaptureResults {
+fn capture_bench(quick: bool, command: &str, alt: Option<&mirror::Alt>) -> CaptureResults {
     let _stats = enable_kernel_stats().expect("enable BPF stats");
     let scale = if quick { 5 } else { 1 };
     let t = TwoHosts::new("bench");
@@ -305,7 +305,7 @@ fn capture_bench(quick: bool, command: &str) -> CaptureResults {
     let test_run_cost = test_run_costs(quick);
     let drain = drain_steps(quick);
     let max_drain = drain.iter().filter(|d| d.ringbuf_full == 0).map(|d| d.drained_per_s).fold(0.0, f64::max);
-    let capacity = mirror::capacity_ladder(quick);
+    let capacity = mirror::capacity_ladder(quick, alt);
 
     CaptureResults {
         date: sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),

@@ -630,6 +630,8 @@ pub(crate) struct Capacity {
     pub max_rps_without_ringbuf_full: f64,
     /// The daemon attached with no traffic at all, before the first step's load.
     pub idle: Idle,
+    /// The same for `--alt-daemon`'s build, measured right after (None without one).
+    pub idle_alt: Option<(String, Idle)>,
 }
 
 /// What the daemon costs a node whose service has no traffic: it still polls the ring buffer.
@@ -638,13 +640,57 @@ pub(crate) struct Idle {
     pub secs: f64,
     pub cpu_ms_per_s: f64,
     pub wakeups_per_s: f64,
+    /// Resident memory at the end (VmRSS), and the part of it that is the ring buffer's mapping
+    /// (its pages, shared with the kernel): the goal counts what lies beyond the ring.
+    pub rss_mib: f64,
+    pub ring_rss_mib: f64,
+}
+
+/// The daemon of `spec` attached with no traffic, measured over `secs`.
+fn idle(t: &TwoHosts, scratch: &Scratch, spec: DaemonSpec, tag: &str, secs: u64) -> Idle {
+    let d = Daemon::start(t, scratch, spec, tag);
+    let start = std::time::Instant::now();
+    let cpu0 = load::cpu_ns(d.pid());
+    let wake0 = load::wakeups(d.pid());
+    std::thread::sleep(Duration::from_secs(secs));
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = load::cpu_ns(d.pid());
+    let wake1 = load::wakeups(d.pid());
+    let (rss_mib, ring_rss_mib) = rss_and_ring(d.pid());
+    let _ = d.stop(&format!("idle {tag}"));
+    Idle {
+        secs: elapsed,
+        cpu_ms_per_s: cpu1.saturating_sub(cpu0) as f64 / 1e6 / elapsed,
+        wakeups_per_s: wake1.saturating_sub(wake0) as f64 / elapsed,
+        rss_mib,
+        ring_rss_mib,
+    }
+}
+
+/// VmRSS, and the resident part of the eBPF maps mapped into the process (the ring buffer), MiB.
+fn rss_and_ring(pid: u32) -> (f64, f64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut ring, mut in_map) = (0u64, 0u64, false);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_map = line.contains("bpf-map");
+        } else if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            total += kb;
+            if in_map {
+                ring += kb;
+            }
+        }
+    }
+    (total as f64 / 1024.0, ring as f64 / 1024.0)
 }
 
 /// How fast can traffic go before the ring buffer overflows? nginx alone under wrk gives the
 /// machine's ceiling; then the release daemon (capture and extraction, no replay, default 32 MiB
 /// ring) is attached and the load stepped up at fixed rates (oha, or hey without it) to saturation (wrk), each step
 /// with a fresh daemon whose summary gives `ringbuf_full` and the requests it captured.
-pub(crate) fn capacity_ladder(quick: bool) -> Capacity {
+pub(crate) fn capacity_ladder(quick: bool, alt: Option<&Alt>) -> Capacity {
     let secs = if quick { 3 } else { 5 };
     let t = TwoHosts::new("cap");
     let scratch = Scratch::new("cap");
@@ -668,27 +714,24 @@ pub(crate) fn capacity_ladder(quick: bool) -> Capacity {
         .collect();
     loads.push((format!("wrk -t2 -c{WRK_CONNS} (saturating)"), None));
     let spec = DaemonSpec { shadow: None, sample_rate: 100, allow_post: false, extra: &[], bin: None };
-    let mut idle = Idle { secs: 0.0, cpu_ms_per_s: f64::NAN, wakeups_per_s: f64::NAN };
+    // Attached, nothing on the wire: what a node with a quiet service pays.
+    let secs_idle = if quick { 2 } else { 4 };
+    let idle = idle(&t, &scratch, spec, "idle", secs_idle);
+    println!(
+        "capacity: daemon idle for {:.1} s: {:.2} ms CPU/s, {:.1} wake-ups/s, RSS {:.0} MiB ({:.0} of it the ring)",
+        idle.secs, idle.cpu_ms_per_s, idle.wakeups_per_s, idle.rss_mib, idle.ring_rss_mib
+    );
+    let idle_alt = alt.and_then(|a| {
+        let bin: &'static str = Box::leak(a.bin.clone()?.into_boxed_str());
+        let i = self::idle(&t, &scratch, DaemonSpec { bin: Some(bin), ..spec }, "idle-alt", secs_idle);
+        println!(
+            "capacity: [{}] idle: {:.2} ms CPU/s, {:.1} wake-ups/s, RSS {:.0} MiB ({:.0} of it the ring)",
+            a.label, i.cpu_ms_per_s, i.wakeups_per_s, i.rss_mib, i.ring_rss_mib
+        );
+        Some((a.label.clone(), i))
+    });
     for (i, (name, rate)) in loads.into_iter().enumerate() {
         let d = Daemon::start(&t, &scratch, spec, &format!("cap{i}"));
-        if i == 0 {
-            // Attached, nothing on the wire: what a node with a quiet service pays.
-            let start = std::time::Instant::now();
-            let cpu0 = load::cpu_ns(d.pid());
-            let wake0 = load::wakeups(d.pid());
-            std::thread::sleep(Duration::from_secs(if quick { 1 } else { 3 }));
-            let secs = start.elapsed().as_secs_f64();
-            let cpu1 = load::cpu_ns(d.pid());
-            idle = Idle {
-                secs,
-                cpu_ms_per_s: cpu1.saturating_sub(cpu0) as f64 / 1e6 / secs,
-                wakeups_per_s: load::wakeups(d.pid()).saturating_sub(wake0) as f64 / secs,
-            };
-            println!(
-                "capacity: daemon idle for {secs:.1} s: {:.2} ms CPU/s, {:.0} wake-ups/s",
-                idle.cpu_ms_per_s, idle.wakeups_per_s
-            );
-        }
         let (cpu0, _) = load::cpu_and_rss(d.pid());
         let w = match (rate, &oha) {
             (Some(r), Some(o)) => load::oha(o, &t.client, &url, secs, r, &pad),
@@ -713,5 +756,5 @@ pub(crate) fn capacity_ladder(quick: bool) -> Capacity {
     }
     let max_rps_without_ringbuf_full =
         steps.iter().filter(|s| s.ringbuf_full == 0 && s.captured >= s.requests).map(|s| s.rps).fold(0.0, f64::max);
-    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full, idle }
+    Capacity { request_bytes, nginx_alone_rps: alone.rps, steps, max_rps_without_ringbuf_full, idle, idle_alt }
 }
