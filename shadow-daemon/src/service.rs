@@ -4,58 +4,38 @@
 //! the most specific match of its server address and port, in the kernel (an LPM trie) and in
 //! user space (replay routing) alike.
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+use std::{fmt, net::IpAddr, str::FromStr};
 
-/// An address prefix with its host bits cleared.
+/// An address prefix with its host bits cleared (ipnet's, truncated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// `prefix` is clamped to the family's length; host bits are cleared.
     pub fn new(addr: IpAddr, prefix: u8) -> Self {
-        let (addr, prefix) = match addr {
-            IpAddr::V4(a) => {
-                let p = prefix.min(32);
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), p)
-            }
-            IpAddr::V6(a) => {
-                let p = prefix.min(128);
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), p)
-            }
-        };
-        Self { addr, prefix }
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        // In range once clamped: `new` cannot fail, the fallback is never taken.
+        let net = ipnet::IpNet::new(addr, prefix.min(max)).unwrap_or_else(|_| ipnet::IpNet::from(addr));
+        Self(net.trunc())
     }
 
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
+    /// `ip` is of the same family and within the prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Self::new(ip, self.prefix).addr == self.addr
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
 }
 

@@ -9,9 +9,21 @@ use crate::sys::{
     netlink::{LinkSocket, Received},
 };
 
-/// One `--interface` item: a name, or a glob with `*` (any run of characters) and `?` (one).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InterfacePattern(String);
+/// One `--interface` item: a name, or a glob with `*` (any run of characters) and `?` (one);
+/// every other character is itself (globset, with the rest escaped).
+#[derive(Clone, Debug)]
+pub struct InterfacePattern {
+    text: String,
+    glob: Option<globset::GlobMatcher>,
+}
+
+impl PartialEq for InterfacePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for InterfacePattern {}
 
 impl InterfacePattern {
     /// Interface names are at most 15 bytes (IFNAMSIZ - 1) of printable ASCII without `/`.
@@ -26,7 +38,26 @@ impl InterfacePattern {
         if !s.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
             return Err(format!("'{s}' is not an interface name or pattern"));
         }
-        Ok(Self(s.to_string()))
+        let glob = if s.contains(['*', '?']) {
+            // Only `*` and `?` are wild in an interface pattern: `[`, `{` and `\` are characters
+            // of a name, escaped for globset.
+            let mut g = String::with_capacity(s.len() * 2);
+            for c in s.chars() {
+                if matches!(c, '*' | '?') {
+                    g.push(c);
+                } else {
+                    g.push_str(&globset::escape(c.encode_utf8(&mut [0; 4])));
+                }
+            }
+            let built = globset::GlobBuilder::new(&g)
+                .backslash_escape(false)
+                .build()
+                .map_err(|e| format!("'{s}': {}", e.kind()))?;
+            Some(built.compile_matcher())
+        } else {
+            None
+        };
+        Ok(Self { text: s.to_string(), glob })
     }
 
     /// A comma-separated list, as `--interface eth0,veth*` takes it.
@@ -39,54 +70,30 @@ impl InterfacePattern {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     pub fn is_glob(&self) -> bool {
-        self.0.contains(['*', '?'])
+        self.glob.is_some()
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        glob(self.0.as_bytes(), name.as_bytes())
+        match &self.glob {
+            Some(g) => g.is_match(name),
+            None => self.text == name,
+        }
     }
 }
 
 impl std::fmt::Display for InterfacePattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 /// Does any of `patterns` match `name`?
 pub fn any_matches(patterns: &[InterfacePattern], name: &str) -> bool {
     patterns.iter().any(|p| p.matches(name))
-}
-
-/// `*` and `?` glob, iterative with one backtrack point (linear in practice, no recursion).
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        match p.get(pi) {
-            Some(b'*') => {
-                star = Some((pi, si));
-                pi += 1;
-            }
-            Some(&c) if c == b'?' || c == s[si] => {
-                pi += 1;
-                si += 1;
-            }
-            _ => match star {
-                Some((sp, ss)) => {
-                    pi = sp + 1;
-                    si = ss + 1;
-                    star = Some((sp, ss + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// The interfaces of this network namespace now: (index, name).
@@ -210,6 +217,14 @@ mod tests {
         assert!(!p("*a*b*").matches("xxbxxaxx"));
         assert!(p("*").matches("anything"));
         assert!(!p("lxc?").matches("lxc"));
+        // Only `*` and `?` are wild: brackets, braces and backslashes are a name's own.
+        assert!(p("e[0]*").matches("e[0]x"));
+        assert!(!p("e[0]*").matches("e0x"));
+        assert!(p("{a,b}?").matches("{a,b}1"));
+        assert!(!p("{a,b}?").matches("a1"));
+        assert!(p("x\\*").matches("x\\1"));
+        assert!(p("eth0") == InterfacePattern::parse(" eth0 ").expect("pattern"));
+        assert!(!p("eth0").is_glob() && p("eth?").is_glob());
     }
 
     #[test]

@@ -3,11 +3,7 @@
 //! allowlist trie. Strict: an address with bits set past its prefix is refused (it is almost
 //! always a typo for a wider or narrower net), and so is port 0.
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use shadow_common::{
     egress::{ALLOW_KEY_FIXED_BITS, AllowKey},
@@ -45,50 +41,13 @@ impl AllowEntry {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
-        match (self.net, addr) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            _ => false,
-        }
+        ipnet::IpNet::new(self.net, self.prefix).is_ok_and(|n| n.contains(&addr))
     }
 }
 
-/// The first `bits` bits of `a` and `b` are equal.
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let bits = usize::from(bits);
-    let whole = bits / 8;
-    if a[..whole] != b[..whole] {
-        return false;
-    }
-    let rest = bits % 8;
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    (a[whole] & mask) == (b[whole] & mask)
-}
-
-/// `addr` with every bit past `prefix` cleared.
+/// `addr` with every bit past `prefix` (in range for its family) cleared.
 fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
-    fn clear(bytes: &mut [u8], prefix: u8) {
-        for (i, b) in bytes.iter_mut().enumerate() {
-            let start = i * 8;
-            let keep = usize::from(prefix).saturating_sub(start).min(8);
-            *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
-        }
-    }
-    match addr {
-        IpAddr::V4(a) => {
-            let mut o = a.octets();
-            clear(&mut o, prefix);
-            IpAddr::V4(Ipv4Addr::from(o))
-        }
-        IpAddr::V6(a) => {
-            let mut o = a.octets();
-            clear(&mut o, prefix);
-            IpAddr::V6(Ipv6Addr::from(o))
-        }
-    }
+    ipnet::IpNet::new(addr, prefix).map_or(addr, |n| n.trunc().addr())
 }
 
 impl FromStr for AllowEntry {

@@ -86,14 +86,24 @@ impl Conn {
     /// Before the connection waits in the pool: if the last read emptied the socket, forget
     /// the readiness it left behind (tokio keeps a socket "readable" until a read fails with
     /// `WouldBlock`), so that [`Conn::looks_dead`] asks the socket only when something arrived
-    /// since: no `recv` that fails per request. Only on a current-thread runtime, where the
-    /// reactor cannot have marked new data between that read and now (the same poll of the same
-    /// task); elsewhere the failing `recv` stays.
+    /// since: no `recv` that fails per request. Not when the reactor has seen the peer close or
+    /// an error: a read that returned data leaves the end of the stream unread, and that event
+    /// does not come twice. Only on a current-thread runtime, where the reactor cannot have
+    /// marked anything between that read and now (the same poll of the same task); elsewhere the
+    /// failing `recv` stays.
     fn forget_drained_readiness(&mut self) {
+        use futures_util::FutureExt;
         let single = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         if self.drained && single && self.pending() == 0 {
-            let _ = self.stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            let only_data = match self.stream.ready(Interest::READABLE).now_or_never() {
+                Some(Ok(r)) => !r.is_read_closed() && !r.is_error(),
+                Some(Err(_)) => false,
+                None => true,
+            };
+            if only_data {
+                let _ = self.stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            }
         }
         self.drained = false;
     }
@@ -900,5 +910,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A response and the peer's close in one go (the close seen by the reactor before the
+    /// response is read): the connection is not reused, though its last read emptied the socket
+    /// of data (the end of the stream is not data, and its event does not come again).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_response_followed_by_a_close_is_not_pooled_as_live() {
+        const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = ShadowTarget { host: "127.0.0.1".into(), port: listener.local_addr().unwrap().port() };
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                let _ = s.write_all(RESPONSE).await;
+            }
+            // Closed right after answering: the FIN follows the response.
+        });
+        let metrics = Metrics::default();
+        let pool = Pool::new(4);
+        let mut conn = connect(&target, Duration::from_secs(2), &metrics.connections).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        server.await.unwrap();
+        // Let the reactor see the response and the close before the read.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = conn.stream.ready(Interest::READABLE).await.unwrap();
+            if ready.is_read_closed() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the close never reached the reactor");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let since = conn.since_write();
+        let x = read_response(&mut conn, Answering { method: b"GET", id: 1 }, &target, None, 1 << 20, since)
+            .await
+            .unwrap_or_else(|f| panic!("{}", f.error));
+        assert!(x.reusable, "the response itself says keep-alive");
+        pool.put(conn, Instant::now());
+        assert!(pool.take().is_none(), "a closed connection came back from the pool");
     }
 }

@@ -71,6 +71,8 @@ impl Slots {
         mut start: impl FnMut(J) -> Replay,
         on_panic: impl Fn(),
     ) -> Poll<Work> {
+        // Still making progress when the rounds ran out.
+        let mut busy = false;
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
             while !drained && self.replays.len() < self.cap {
@@ -88,6 +90,7 @@ impl Slots {
                 }
             }
             progressed |= self.drive(cx, &on_panic);
+            busy = progressed;
             if !progressed {
                 break;
             }
@@ -95,7 +98,12 @@ impl Slots {
         if drained && self.replays.is_empty() {
             return Poll::Ready(Work::Idle);
         }
-        // Anything still ready has woken the task again (its waker was registered by the polls).
+        if busy {
+            // Jobs taken while the queue had them and replays that finished at once registered
+            // no waker: nothing would poll the dispatcher again. Yield, and come back.
+            cx.waker().wake_by_ref();
+        }
+        // Otherwise every source returned Pending, with its waker registered.
         Poll::Pending
     }
 
@@ -163,5 +171,39 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 3);
         assert_eq!(finished.load(Ordering::SeqCst), 19);
         assert_eq!(panics.load(Ordering::SeqCst), 1);
+    }
+
+    /// Replays that finish at their first poll (as a backed-off target's do: dropped, not sent),
+    /// many more than the rounds of one poll: the dispatcher still gets through all of them,
+    /// with nothing else to wake it (no timer, no new job).
+    #[tokio::test(flavor = "current_thread")]
+    async fn replays_that_finish_at_once_do_not_stall_the_dispatcher() {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let mut jobs: std::collections::VecDeque<u32> = (0..200).collect();
+        let mut slots = Slots::new(2);
+        let mut drained = false;
+        let all = std::future::poll_fn(|cx| {
+            loop {
+                let r = slots.poll_work(
+                    cx,
+                    drained,
+                    |_| Poll::Ready(jobs.pop_front()),
+                    |_| {
+                        let finished = finished.clone();
+                        Box::pin(async move {
+                            finished.fetch_add(1, Ordering::SeqCst);
+                        })
+                    },
+                    || {},
+                );
+                match r {
+                    Poll::Ready(Work::Drained) => drained = true,
+                    Poll::Ready(Work::Idle) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), all).await.expect("the dispatcher stalled");
+        assert_eq!(finished.load(Ordering::SeqCst), 200);
     }
 }
