@@ -91,11 +91,9 @@ impl Conn {
     /// does not come twice. Only on a current-thread runtime, where the reactor cannot have
     /// marked anything between that read and now (the same poll of the same task); elsewhere the
     /// failing `recv` stays.
-    fn forget_drained_readiness(&mut self) {
+    fn forget_drained_readiness(&mut self, single_thread: bool) {
         use futures_util::FutureExt;
-        let single = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        if self.drained && single && self.pending() == 0 {
+        if self.drained && single_thread && self.pending() == 0 {
             let only_data = match self.stream.ready(Interest::READABLE).now_or_never() {
                 Some(Ok(r)) => !r.is_read_closed() && !r.is_error(),
                 Some(Err(_)) => false,
@@ -176,11 +174,16 @@ impl Conn {
 pub(crate) struct Pool {
     idle: Mutex<Vec<Conn>>,
     max_idle: usize,
+    /// The runtime is a current-thread one (see [`Conn::forget_drained_readiness`]), asked once.
+    single_thread: bool,
 }
 
 impl Pool {
+    /// Made on the runtime its connections are used on (the engine's, or a test's).
     pub(crate) fn new(max_idle: usize) -> Self {
-        Self { idle: Mutex::new(Vec::with_capacity(max_idle.min(1024))), max_idle }
+        let single_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        Self { idle: Mutex::new(Vec::with_capacity(max_idle.min(1024))), max_idle, single_thread }
     }
 
     /// The most recently used live connection, if any (LIFO keeps the warm ones warm and lets the
@@ -200,7 +203,7 @@ impl Pool {
     /// `idle_since`: when the connection's last response was complete.
     pub(crate) fn put(&self, mut conn: Conn, idle_since: Instant) {
         conn.idle_since = idle_since;
-        conn.forget_drained_readiness();
+        conn.forget_drained_readiness(self.single_thread);
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(conn);

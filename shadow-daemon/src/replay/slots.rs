@@ -130,6 +130,26 @@ mod tests {
 
     use super::*;
 
+    /// Run `jobs` through `slots` as the dispatcher does, until every replay is over.
+    async fn drive_all(
+        slots: &mut Slots,
+        jobs: &mut std::collections::VecDeque<u32>,
+        mut start: impl FnMut(u32) -> Replay,
+        on_panic: impl Fn(),
+    ) {
+        let mut drained = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                match slots.poll_work(cx, drained, |_| Poll::Ready(jobs.pop_front()), &mut start, &on_panic) {
+                    Poll::Ready(Work::Drained) => drained = true,
+                    Poll::Ready(Work::Idle) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn runs_at_most_cap_at_once_and_contains_panics() {
         let running = Arc::new(AtomicUsize::new(0));
@@ -138,35 +158,24 @@ mod tests {
         let panics = AtomicUsize::new(0);
         let mut jobs: std::collections::VecDeque<u32> = (0..20).collect();
         let mut slots = Slots::new(3);
-        let mut drained = false;
-        std::future::poll_fn(|cx| {
-            loop {
-                let r = slots.poll_work(
-                    cx,
-                    drained,
-                    |_| Poll::Ready(jobs.pop_front()),
-                    |j| {
-                        let (running, most, finished) = (running.clone(), most.clone(), finished.clone());
-                        Box::pin(async move {
-                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            tokio::time::sleep(std::time::Duration::from_millis(u64::from(j % 3))).await;
-                            running.fetch_sub(1, Ordering::SeqCst);
-                            assert!(j != 7, "job 7 panics");
-                            finished.fetch_add(1, Ordering::SeqCst);
-                        })
-                    },
-                    || {
-                        panics.fetch_add(1, Ordering::SeqCst);
-                    },
-                );
-                match r {
-                    Poll::Ready(Work::Drained) => drained = true,
-                    Poll::Ready(Work::Idle) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
+        drive_all(
+            &mut slots,
+            &mut jobs,
+            |j| {
+                let (running, most, finished) = (running.clone(), most.clone(), finished.clone());
+                Box::pin(async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(j % 3))).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    assert!(j != 7, "job 7 panics");
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            },
+            || {
+                panics.fetch_add(1, Ordering::SeqCst);
+            },
+        )
         .await;
         assert_eq!(most.load(Ordering::SeqCst), 3);
         assert_eq!(finished.load(Ordering::SeqCst), 19);
@@ -181,28 +190,17 @@ mod tests {
         let finished = Arc::new(AtomicUsize::new(0));
         let mut jobs: std::collections::VecDeque<u32> = (0..200).collect();
         let mut slots = Slots::new(2);
-        let mut drained = false;
-        let all = std::future::poll_fn(|cx| {
-            loop {
-                let r = slots.poll_work(
-                    cx,
-                    drained,
-                    |_| Poll::Ready(jobs.pop_front()),
-                    |_| {
-                        let finished = finished.clone();
-                        Box::pin(async move {
-                            finished.fetch_add(1, Ordering::SeqCst);
-                        })
-                    },
-                    || {},
-                );
-                match r {
-                    Poll::Ready(Work::Drained) => drained = true,
-                    Poll::Ready(Work::Idle) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        });
+        let all = drive_all(
+            &mut slots,
+            &mut jobs,
+            |_| {
+                let finished = finished.clone();
+                Box::pin(async move {
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            },
+            || {},
+        );
         tokio::time::timeout(std::time::Duration::from_secs(10), all).await.expect("the dispatcher stalled");
         assert_eq!(finished.load(Ordering::SeqCst), 200);
     }
