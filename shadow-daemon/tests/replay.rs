@@ -804,7 +804,7 @@ async fn metrics_endpoint_passes_promtool_and_reconciles() {
 
     let (status, headers, body) = http_get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(headers.contains("Content-Type: text/plain; version=0.0.4"), "{headers}");
+    assert!(headers.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{headers}");
     let captured_total = sample(&body, "shadow_requests_captured_total");
     let replayed = sample(&body, "shadow_requests_replayed_total");
     let in_flight = sample(&body, "shadow_requests_in_flight");
@@ -837,7 +837,7 @@ async fn metrics_endpoint_passes_promtool_and_reconciles() {
     assert_eq!(http_get(addr, "GET /nope HTTP/1.1\r\n\r\n").await.0, "HTTP/1.1 404 Not Found");
     let (status, headers, _) = http_get(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
-    assert!(headers.contains("Allow: GET, HEAD"));
+    assert!(headers.to_ascii_lowercase().contains("allow: get, head"), "{headers}");
     assert_eq!(http_get(addr, "\x01\x02 garbage\r\n\r\n").await.0, "HTTP/1.1 400 Bad Request");
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
     assert_eq!(http_get(addr, &huge).await.0, "HTTP/1.1 431 Request Header Fields Too Large");

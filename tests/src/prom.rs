@@ -264,6 +264,22 @@ impl PromServer {
     /// Like [`start`](Self::start), with the shipped rule files passed through `edit` first:
     /// how a fleet whose config overrides a gate carries the same change into its rules.
     pub fn start_with(ns: &NetNs, port: u16, targets: &[SocketAddr], edit: impl Fn(String) -> String) -> Self {
+        Self::start_full(ns, port, targets, edit, &[])
+    }
+
+    /// Like [`start`](Self::start), with native histograms on (`--enable-feature=native-histograms`):
+    /// Prometheus then asks for the protobuf exposition first.
+    pub fn start_native(ns: &NetNs, port: u16, targets: &[SocketAddr]) -> Self {
+        Self::start_full(ns, port, targets, |t| t, &["--enable-feature=native-histograms"])
+    }
+
+    fn start_full(
+        ns: &NetNs,
+        port: u16,
+        targets: &[SocketAddr],
+        edit: impl Fn(String) -> String,
+        flags: &[&str],
+    ) -> Self {
         let scratch = Scratch::new("prom");
         let dir = scratch.path("rules");
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -293,6 +309,7 @@ impl PromServer {
                 .arg(format!("--config.file={}", config_path.display()))
                 .arg(format!("--storage.tsdb.path={}", scratch.path("data").display()))
                 .arg(format!("--web.listen-address={addr}"))
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(log),
         );

@@ -71,7 +71,8 @@ impl NetNs {
             s.read_to_end(&mut buf).ok()?;
             let text = String::from_utf8_lossy(&buf).into_owned();
             let (head, body) = text.split_once("\r\n\r\n")?;
-            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+            // Either version: hyper answers an HTTP/1.0 request in 1.0.
+            (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
         })
         .join()
         .ok()

@@ -19,7 +19,6 @@ pub mod ops;
 mod server;
 pub mod summary;
 mod targets;
-mod text;
 mod traces;
 
 use std::{
@@ -59,8 +58,8 @@ pub enum MetricsError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("read the local address of the metrics endpoint: {0}")]
     LocalAddr(std::io::Error),
-    #[error("encode the metrics registry as text: formatting failed")]
-    Encode,
+    #[error("encode the metrics registry: {0}")]
+    Encode(String),
 }
 
 /// A poisoned lock only means another thread panicked mid-update of a counter: the numbers are
@@ -394,15 +393,32 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The registry in the OpenMetrics text format, or in the Prometheus text format 0.0.4 (what
-    /// promtool and older scrapers read).
+    /// The registry in one of the expositions Prometheus reads, each written by prometheus-client
+    /// itself: OpenMetrics text, the Prometheus text format 0.0.4 (what promtool and older
+    /// scrapers read), or Prometheus' delimited protobuf (the one that carries native histograms).
+    pub fn encode_as(&self, format: Exposition) -> Result<Vec<u8>, MetricsError> {
+        use prometheus_client::encoding::{prometheus_protobuf, prometheus_text, text};
+        match format {
+            Exposition::OpenMetrics | Exposition::Prometheus => {
+                let mut out = String::with_capacity(16 * 1024);
+                let done = if format == Exposition::OpenMetrics {
+                    text::encode(&mut out, &self.registry)
+                } else {
+                    prometheus_text::encode(&mut out, &self.registry)
+                };
+                done.map_err(|_| MetricsError::Encode("formatting failed".into()))?;
+                Ok(out.into_bytes())
+            }
+            Exposition::Protobuf => {
+                prometheus_protobuf::encode_to_vec(&self.registry).map_err(|e| MetricsError::Encode(e.to_string()))
+            }
+        }
+    }
+
+    /// As [`encode_as`](Self::encode_as), for the two text formats.
     pub fn encode(&self, format: TextFormat) -> Result<String, MetricsError> {
-        let mut om = String::with_capacity(16 * 1024);
-        prometheus_client::encoding::text::encode(&mut om, &self.registry).map_err(|_| MetricsError::Encode)?;
-        Ok(match format {
-            TextFormat::OpenMetrics => om,
-            TextFormat::Prometheus => text::openmetrics_to_prometheus(&om),
-        })
+        let bytes = self.encode_as(format.into())?;
+        String::from_utf8(bytes).map_err(|_| MetricsError::Encode("the text is not UTF-8".into()))
     }
 
     /// Everything counted, with exact latency percentiles.
@@ -444,12 +460,68 @@ pub enum TextFormat {
     Prometheus,
 }
 
-impl TextFormat {
+impl From<TextFormat> for Exposition {
+    fn from(f: TextFormat) -> Self {
+        match f {
+            TextFormat::OpenMetrics => Self::OpenMetrics,
+            TextFormat::Prometheus => Self::Prometheus,
+        }
+    }
+}
+
+/// Everything `/metrics` can answer in, chosen from the scraper's `Accept` header
+/// ([`Exposition::negotiate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    Prometheus,
+    /// `io.prometheus.client.MetricFamily` messages, length-delimited: the exposition Prometheus
+    /// asks for first when its native histograms are on, and the only one that carries them.
+    Protobuf,
+}
+
+impl Exposition {
     pub const fn content_type(self) -> &'static str {
         match self {
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
         }
+    }
+
+    /// The format an `Accept` header prefers among the three, by its q-values (ties go to the
+    /// first listed); the 0.0.4 text when the header names none of them (or is absent), so curl
+    /// and promtool get what they read.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let mut best: Option<(f32, Self)> = None;
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1.0f32;
+            let (mut proto, mut delimited) = (false, false);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else { continue };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "proto" => proto = v == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = v == "delimited",
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/vnd.google.protobuf" if proto && delimited => Self::Protobuf,
+                "application/openmetrics-text" => Self::OpenMetrics,
+                "text/plain" => Self::Prometheus,
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Self::Prometheus, |(_, f)| f)
     }
 }
 
@@ -504,6 +576,85 @@ mod tests {
         let prom = m.encode(TextFormat::Prometheus).unwrap();
         assert_eq!(sample_of(&prom, "shadow_requests_replayed_total"), Some(1.0));
         assert_eq!(sample_of(&prom, "shadow_requests_in_flight"), Some(0.0));
+    }
+
+    #[test]
+    fn the_accept_header_picks_the_exposition() {
+        use Exposition::*;
+        assert_eq!(Exposition::negotiate(None), Prometheus);
+        assert_eq!(Exposition::negotiate(Some("*/*")), Prometheus);
+        assert_eq!(Exposition::negotiate(Some("text/plain")), Prometheus);
+        assert_eq!(Exposition::negotiate(Some("application/openmetrics-text; version=1.0.0")), OpenMetrics);
+        // Prometheus 2.x's default: OpenMetrics first.
+        let prom2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                     text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Exposition::negotiate(Some(prom2)), OpenMetrics);
+        // With native histograms on: protobuf first, and only the delimited MetricFamily kind.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,\
+                      text/plain;version=0.0.4;q=0.3";
+        assert_eq!(Exposition::negotiate(Some(native)), Protobuf);
+        assert_eq!(
+            Exposition::negotiate(Some("application/vnd.google.protobuf;proto=other;encoding=delimited")),
+            Prometheus
+        );
+        assert_eq!(
+            Exposition::negotiate(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+            )),
+            Prometheus
+        );
+        // q-values decide, not order; q=0 means never; a tie keeps the first.
+        assert_eq!(Exposition::negotiate(Some("text/plain;q=0.2, application/openmetrics-text;q=0.9")), OpenMetrics);
+        assert_eq!(Exposition::negotiate(Some("application/openmetrics-text;q=0, text/plain;q=0.1")), Prometheus);
+        assert_eq!(Exposition::negotiate(Some("application/openmetrics-text, text/plain")), OpenMetrics);
+        assert_eq!(Exposition::negotiate(Some("text/plain;q=0.5, application/openmetrics-text;q=0.5")), Prometheus);
+        assert_eq!(Exposition::negotiate(Some("application/openmetrics-text;q=oops")), Prometheus);
+    }
+
+    #[test]
+    fn compared_latency_is_classic_in_text_and_native_too_in_protobuf() {
+        use prometheus_client::encoding::prometheus_protobuf;
+        let m = Metrics::new(10);
+        for ms in [1u64, 2, 3, 50, 900] {
+            m.record_compared(&ComparedPair {
+                rule: "api",
+                endpoint: "GET /a",
+                outcome: crate::label::Outcome::Match,
+                primary_status: 200,
+                primary_latency: Duration::from_millis(ms),
+                shadow: Some((200, Some(Duration::from_millis(ms + 1)))),
+            });
+        }
+        let prom = m.encode(TextFormat::Prometheus).unwrap();
+        let buckets = prom.lines().filter(|l| l.starts_with("shadow_compared_latency_seconds_bucket{")).count();
+        assert_eq!(
+            buckets,
+            2 * (compared::compared_latency_buckets().len() + 1),
+            "classic: every bound and +Inf, both sides"
+        );
+        let families = prometheus_protobuf::encode(&m.registry).unwrap();
+        let f = families.iter().find(|f| f.name == "shadow_compared_latency_seconds").unwrap();
+        assert_eq!(f.metric.len(), 2);
+        for metric in &f.metric {
+            let h = metric.histogram.as_ref().unwrap();
+            assert_eq!(h.schema, i32::from(compared::NATIVE_SCHEMA));
+            assert_eq!(h.sample_count, 5);
+            // Five observations in five distinct buckets: the spans cover five, the deltas
+            // (first count, then differences) sum up to the last bucket's count.
+            let covered: u32 = h.positive_span.iter().map(|s| s.length).sum();
+            assert_eq!(covered as usize, h.positive_delta.len());
+            let counts: Vec<i64> = h
+                .positive_delta
+                .iter()
+                .scan(0i64, |c, d| {
+                    *c += d;
+                    Some(*c)
+                })
+                .collect();
+            assert_eq!(counts.iter().sum::<i64>(), 5);
+            assert_eq!(counts.iter().filter(|&&c| c > 0).count(), 5);
+            assert!(!h.bucket.is_empty(), "the classic buckets ride along for rules that read them");
+        }
     }
 
     #[test]

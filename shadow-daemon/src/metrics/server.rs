@@ -1,23 +1,33 @@
-//! `/metrics`, `/healthz`, `/readyz` and `/verdict` over a deliberately small HTTP/1.1 server:
-//! one request per connection, bounded head, bounded time, bounded number of connections. It
-//! answers scrapers, probes and rollout gates, nothing else, and a misbehaving client can only
+//! `/metrics`, `/healthz`, `/readyz` and `/verdict` over hyper's HTTP/1.1 server, held small: one
+//! request per connection, an 8 KiB head read within a few seconds, a few connections at a time.
+//! It answers scrapers, probes and rollout gates, nothing else, and a misbehaving client can only
 //! waste one of a few slots for a few seconds.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
-use super::{Metrics, MetricsError, TextFormat};
+use super::{Exposition, Metrics, MetricsError};
 
+/// hyper's smallest read buffer, and so the largest request head it takes (431 beyond).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const MAX_CONNECTIONS: usize = 16;
+/// The whole exchange, head to last byte written; also the head's own read timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-const LINGER: Duration = Duration::from_secs(1);
 
 /// The running endpoint; stops when [`shutdown`](Self::shutdown) is called or it is dropped.
 #[derive(Debug)]
@@ -43,7 +53,7 @@ impl MetricsServer {
         let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(MetricsError::LocalAddr)?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, metrics, verdicts, stopped));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(Endpoints { metrics, verdicts }), stopped));
         tracing::info!("metrics on http://{local_addr}/metrics");
         Ok(Self { local_addr, stop, task: Some(task) })
     }
@@ -73,14 +83,15 @@ impl Drop for MetricsServer {
 pub type VerdictSource = mpsc::Sender<oneshot::Sender<String>>;
 
 /// How long `/verdict` waits for the daemon's loop.
-const VERDICT_WAIT: Duration = Duration::from_secs(5);
+const VERDICT_WAIT: Duration = Duration::from_secs(4);
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the routes read.
+struct Endpoints {
     metrics: Arc<Metrics>,
     verdicts: Option<VerdictSource>,
-    mut stopped: watch::Receiver<bool>,
-) {
+}
+
+async fn accept_loop(listener: TcpListener, endpoints: Arc<Endpoints>, mut stopped: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -99,134 +110,231 @@ async fn accept_loop(
         // Over the cap the connection is closed at once: probes retry, and a flood of idle
         // clients cannot pile up tasks.
         let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
-        let metrics = metrics.clone();
-        let verdicts = verdicts.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(IO_TIMEOUT, serve_one(stream, &metrics, verdicts.as_ref())).await;
+            let service = service_fn(move |req| {
+                let endpoints = endpoints.clone();
+                async move { Ok::<_, Infallible>(route(req, &endpoints).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(IO_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(IO_TIMEOUT, conn).await;
         });
     }
 }
 
-struct Reply {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-    allow: bool,
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
-impl Reply {
-    fn text(status: &'static str, body: &str) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.to_owned(), allow: false }
-    }
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body)
 }
 
-async fn serve_one(mut stream: TcpStream, metrics: &Metrics, verdicts: Option<&VerdictSource>) {
-    let mut buf = Vec::with_capacity(1024);
-    let reply = loop {
-        let mut chunk = [0u8; 1024];
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => match route(&req, metrics) {
-                Route::Now(r) => break r,
-                Route::Verdict => break verdict(verdicts).await,
-            },
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                break Reply::text("431 Request Header Fields Too Large", "request head too large\n");
-            }
-            Err(_) => break Reply::text("400 Bad Request", "bad request\n"),
+async fn route(req: Request<Incoming>, endpoints: &Endpoints) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/verdict");
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        if !known {
+            return text(StatusCode::NOT_FOUND, "not found\n");
         }
-    };
-    let head_only = buf.starts_with(b"HEAD ");
-    let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-        reply.status,
-        reply.content_type,
-        reply.body.len()
-    );
-    if reply.allow {
-        out.push_str("Allow: GET, HEAD\r\n");
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&reply.body);
-    }
-    if stream.write_all(out.as_bytes()).await.is_err() {
-        return;
-    }
-    // Lingering close: closing with unread request bytes would send an RST that can destroy the
-    // reply before the client reads it, so read (bounded) until the client closes.
-    if stream.shutdown().await.is_ok() {
-        let mut sink = [0u8; 4096];
-        for _ in 0..16 {
-            match tokio::time::timeout(LINGER, stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => break,
+    // HEAD: hyper sends the head of the GET answer (its Content-Length too) without the body.
+    match path {
+        "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Exposition::negotiate(accept);
+            match endpoints.metrics.encode_as(format) {
+                Ok(body) => reply(StatusCode::OK, format.content_type(), body),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", format!("{e}\n")),
             }
         }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if endpoints.metrics.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: capture is not attached\n"),
+        "/verdict" => verdict(endpoints.verdicts.as_ref()).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// What a request needs: an answer now, or the daemon's report.
-enum Route {
-    Now(Reply),
-    Verdict,
 }
 
 /// `/verdict`: the comparison report as JSON (what `shadowctl report --json` prints), 200 for
 /// any verdict: a gate reads the verdict from the body.
-async fn verdict(verdicts: Option<&VerdictSource>) -> Reply {
+async fn verdict(verdicts: Option<&VerdictSource>) -> Response<Full<Bytes>> {
     let Some(v) = verdicts else {
-        return Reply::text("404 Not Found", "not found\n");
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let (tx, rx) = oneshot::channel();
     if v.send(tx).await.is_err() {
-        return Reply::text("503 Service Unavailable", "the daemon is stopping\n");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping\n");
     }
     match tokio::time::timeout(VERDICT_WAIT, rx).await {
-        Ok(Ok(body)) => Reply { status: "200 OK", content_type: "application/json", body, allow: false },
-        _ => Reply::text("503 Service Unavailable", "the daemon did not answer in time\n"),
+        Ok(Ok(body)) => reply(StatusCode::OK, "application/json", body),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "the daemon did not answer in time\n"),
     }
 }
 
-fn route(req: &httparse::Request<'_, '_>, metrics: &Metrics) -> Route {
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/verdict");
-    if !matches!(req.method, Some("GET" | "HEAD")) {
-        if known {
-            let mut r = Reply::text("405 Method Not Allowed", "method not allowed\n");
-            r.allow = true;
-            return Route::Now(r);
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    use super::*;
+
+    /// One raw exchange: what the server wrote until it closed, head and body split.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head") + 4;
+        (String::from_utf8(out[..split].to_vec()).unwrap().to_ascii_lowercase(), out[split..].to_vec())
+    }
+
+    async fn server(verdicts: Option<VerdictSource>) -> (MetricsServer, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(10));
+        let s =
+            MetricsServer::bind_with_verdict("127.0.0.1:0".parse().unwrap(), metrics.clone(), verdicts).await.unwrap();
+        (s, metrics)
+    }
+
+    fn get(path: &str, accept: Option<&str>) -> Vec<u8> {
+        let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{accept}\r\n").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn metrics_in_the_format_the_scraper_asks_for() {
+        let (s, m) = server(None).await;
+        m.admit().replayed();
+        let (head, body) = exchange(s.local_addr(), &get("/metrics", None)).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.contains("# TYPE shadow_requests_replayed_total counter\nshadow_requests_replayed_total 1\n"));
+        assert!(!body.contains("# EOF"));
+
+        let (head, body) =
+            exchange(s.local_addr(), &get("/metrics", Some("application/openmetrics-text;version=1.0.0"))).await;
+        assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
+        assert!(String::from_utf8(body).unwrap().ends_with("# EOF\n"));
+
+        // What Prometheus sends with native histograms on: protobuf preferred.
+        let prom = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,\
+                    application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let (head, body) = exchange(s.local_addr(), &get("/metrics", Some(prom))).await;
+        assert!(
+            head.contains("content-type: application/vnd.google.protobuf; proto=io.prometheus.client.metricfamily")
+        );
+        assert_eq!(body, m.encode_as(Exposition::Protobuf).unwrap());
+
+        // HEAD: the GET's head, no body.
+        let (head, body) = exchange(s.local_addr(), b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 200") && head.contains("content-length: "), "{head}");
+        assert!(body.is_empty());
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn probes_methods_and_unknown_paths() {
+        let (s, m) = server(None).await;
+        let a = s.local_addr();
+        assert!(exchange(a, &get("/healthz", None)).await.0.starts_with("http/1.1 200"));
+        assert!(exchange(a, &get("/readyz", None)).await.0.starts_with("http/1.1 503"));
+        m.set_ready(true);
+        let (head, body) = exchange(a, &get("/readyz?verbose", None)).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, b"ready\n");
+        let (head, _) = exchange(a, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 405") && head.contains("allow: get, head"), "{head}");
+        assert!(
+            exchange(a, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .0
+                .starts_with("http/1.1 404")
+        );
+        assert!(exchange(a, &get("/nothing", None)).await.0.starts_with("http/1.1 404"));
+        // No verdict source: the route does not exist.
+        assert!(exchange(a, &get("/verdict", None)).await.0.starts_with("http/1.1 404"));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_cap_or_garbage_is_refused() {
+        let (s, _) = server(None).await;
+        let mut big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+        big.resize(MAX_REQUEST_HEAD + 1024, b'a');
+        big.extend_from_slice(b"\r\n\r\n");
+        assert!(exchange(s.local_addr(), &big).await.0.starts_with("http/1.1 431"));
+        assert!(exchange(s.local_addr(), b"\x16\x03\x01garbage\r\n\r\n").await.0.starts_with("http/1.1 400"));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn verdict_asks_the_loop_and_says_when_it_does_not_answer() {
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<String>>(1);
+        let (s, _) = server(Some(tx)).await;
+        let answer = tokio::spawn(async move {
+            let reply = rx.recv().await.unwrap();
+            let _ = reply.send("{\"verdict\":\"PASS\"}".into());
+            // The next ask is dropped unanswered.
+            drop(rx.recv().await);
+        });
+        let (head, body) = exchange(s.local_addr(), &get("/verdict", None)).await;
+        assert!(head.starts_with("http/1.1 200") && head.contains("application/json"), "{head}");
+        assert_eq!(body, b"{\"verdict\":\"PASS\"}");
+        assert!(exchange(s.local_addr(), &get("/verdict", None)).await.0.starts_with("http/1.1 503"));
+        answer.await.unwrap();
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once() {
+        let (s, _) = server(None).await;
+        // Fill every slot with a client that never sends its head.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(s.local_addr()).await.unwrap());
         }
-        return Route::Now(Reply::text("404 Not Found", "not found\n"));
-    }
-    if path == "/verdict" {
-        return Route::Verdict;
-    }
-    Route::Now(match path {
-        "/metrics" => {
-            // Scrapers that can read OpenMetrics say so; everything else gets the classic format.
-            let accept_om = req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("accept")
-                    && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
-            });
-            let format = if accept_om { TextFormat::OpenMetrics } else { TextFormat::Prometheus };
-            match metrics.encode(format) {
-                Ok(body) => Reply { status: "200 OK", content_type: format.content_type(), body, allow: false },
-                Err(e) => Reply::text("500 Internal Server Error", &format!("{e}\n")),
+        // The accept loop takes them in order: one more is closed without an answer...
+        let mut extra = TcpStream::connect(s.local_addr()).await.unwrap();
+        extra.write_all(&get("/healthz", None)).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut out)).await.unwrap();
+        assert!(out.is_empty(), "over the cap: closed, not answered");
+        // ...and a slot freed is a slot served.
+        drop(idle.pop());
+        let addr = s.local_addr();
+        let head = tokio::time::timeout(Duration::from_secs(10), async move {
+            loop {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(&get("/healthz", None)).await.unwrap();
+                let mut out = Vec::new();
+                let _ = c.read_to_end(&mut out).await;
+                if !out.is_empty() {
+                    break String::from_utf8_lossy(&out).into_owned();
+                }
+                tokio::task::yield_now().await;
             }
-        }
-        "/healthz" => Reply::text("200 OK", "ok\n"),
-        "/readyz" if metrics.is_ready() => Reply::text("200 OK", "ready\n"),
-        "/readyz" => Reply::text("503 Service Unavailable", "not ready: capture is not attached\n"),
-        _ => Reply::text("404 Not Found", "not found\n"),
-    })
+        })
+        .await
+        .expect("the freed slot serves within 10 s");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s.shutdown().await;
+    }
 }
