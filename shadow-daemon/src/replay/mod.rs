@@ -62,7 +62,7 @@ pub fn edit_request_for_bench(
 use self::{
     backoff::{Admission, Backoff, Probe},
     conn::Pool,
-    controls::{ReplayControls, ShadowTarget, TokenBucket},
+    controls::{RateLimit, ReplayControls, ShadowTarget},
     edit::edit_request_into,
     pipeline::{Part, Route},
     shape::{Admit, Done, FlowGate},
@@ -287,7 +287,7 @@ struct LaneState {
     target: ShadowTarget,
     controls: ReplayControls,
     tx: mpsc::Sender<Job>,
-    bucket: Option<Mutex<TokenBucket>>,
+    bucket: Option<RateLimit>,
     pool: Pool,
     held_bytes: AtomicU64,
     /// Requests waiting in the dispatcher's [`FlowGate`], out of the queue but counted against
@@ -329,7 +329,7 @@ impl LaneState {
             Admission::Drop => return Err(RequestDrop::ShadowBackoff),
         };
         if let Some(b) = &self.bucket
-            && !lock(b).try_take(Instant::now())
+            && !b.try_take()
         {
             return Err(RequestDrop::RateLimited);
         }
@@ -462,7 +462,7 @@ impl ReplayEngine {
             let lane = Arc::new(LaneState {
                 name: format!("rule {} -> shadow {target}", rule.name),
                 target: target.clone(),
-                bucket: rule.controls.replay_rate.map(|r| Mutex::new(TokenBucket::new(r, Instant::now()))),
+                bucket: rule.controls.replay_rate.map(RateLimit::new),
                 pool: Pool::new(rule.controls.pool_size),
                 controls: rule.controls.clone(),
                 tx,

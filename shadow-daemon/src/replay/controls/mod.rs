@@ -1,7 +1,7 @@
 //! What one rule decides about the requests it replays: which are refused (method, path rules,
 //! body size, rate), where they go and how they are edited. The parts live beside this file:
 //! [`target`] (the shadow's address), [`headers`] (header edits), [`trace`] (the trace-context
-//! settings), [`paths`] (allow/deny by path, on `http`'s patterns), [`rate`] (the token bucket).
+//! settings), [`paths`] (allow/deny by path, on `http`'s patterns), [`rate`] (the per-rule rate, governor's GCRA).
 
 mod headers;
 mod paths;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use self::{
     headers::{HeaderField, HeaderName, HostMode, is_token},
-    rate::TokenBucket,
+    rate::RateLimit,
     target::ShadowTarget,
     trace::{DEFAULT_SHADOW_BAGGAGE, ShadowBaggage, TraceMode, TraceSampled},
 };

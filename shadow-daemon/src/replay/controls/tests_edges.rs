@@ -1,5 +1,5 @@
 //! The controls' edges, exactly: which bytes a token or a header value may hold, what a header
-//! field shows in logs, a body at the cap, names at their length limits, the token bucket's burst.
+//! field shows in logs, a body at the cap, names at their length limits, the rate limit's burst.
 
 use super::{headers::is_token, target::ShadowTarget, *};
 
@@ -91,20 +91,20 @@ fn shadow_targets_at_the_name_limits() {
     assert_eq!(v6.to_string(), "[fd00::5]:9");
 }
 
-#[test]
-fn the_bucket_holds_one_seconds_worth_and_refills_by_rate() {
+#[tokio::test(start_paused = true)]
+async fn the_rate_holds_one_seconds_worth_and_refills_by_rate() {
     use std::time::Duration;
 
-    use tokio::time::Instant;
-    let t0 = Instant::now();
-    let mut b = TokenBucket::new(4.0, t0);
-    assert_eq!((0..10).filter(|_| b.try_take(t0)).count(), 4);
-    // 250 ms at 4/s is exactly one token.
-    assert!(b.try_take(t0 + Duration::from_millis(250)));
-    assert!(!b.try_take(t0 + Duration::from_millis(250)));
+    use tokio::time::advance;
+    let b = RateLimit::new(4.0);
+    assert_eq!((0..10).filter(|_| b.try_take()).count(), 4);
+    // 250 ms at 4/s is exactly one request.
+    advance(Duration::from_millis(250)).await;
+    assert!(b.try_take());
+    assert!(!b.try_take());
     // A long pause refills to the burst, not beyond.
-    let later = t0 + Duration::from_secs(60);
-    assert_eq!((0..10).filter(|_| b.try_take(later)).count(), 4);
+    advance(Duration::from_secs(60)).await;
+    assert_eq!((0..10).filter(|_| b.try_take()).count(), 4);
 }
 
 #[test]
