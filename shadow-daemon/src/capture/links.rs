@@ -4,6 +4,9 @@
 
 use std::io;
 
+use netlink_packet_core::{NLMSG_ALIGNTO, NetlinkBuffer, NlasIterator, parse_string};
+use netlink_packet_route::link::LinkHeader;
+
 use crate::sys::{
     self,
     netlink::{LinkSocket, Received},
@@ -117,60 +120,55 @@ pub enum LinkEvent {
     Resync,
 }
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const NLMSG_HDRLEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
-const RTA_HDRLEN: usize = 4;
-const IFLA_IFNAME: u16 = 3;
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Parse one datagram of rtnetlink messages. Malformed parts end the parse of that datagram
-/// (what came before it is kept): the kernel is the only sender, but nothing is trusted.
+/// Parse one datagram of rtnetlink messages with `netlink-packet-core`'s checked views: each
+/// message's length, then `RTM_NEWLINK`/`RTM_DELLINK`'s header (`netlink-packet-route`'s) and
+/// its attributes walked without decoding, only the name read. The rest of a link message
+/// (statistics, per-family and per-kind nests) is not decoded, so a kernel newer than the crate
+/// cannot make a link's event unreadable. Anything malformed (the kernel is the only sender, but
+/// nothing is trusted) ends the datagram with [`LinkEvent::Resync`]: what came before is kept,
+/// and the caller re-lists rather than guess what was lost.
 pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
     let mut out = Vec::new();
-    let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
+            out.push(LinkEvent::Resync);
             break;
-        }
-        let msg = &buf[off + NLMSG_HDRLEN..off + len];
-        if (ty == RTM_NEWLINK || ty == RTM_DELLINK) && msg.len() >= IFINFOMSG_LEN {
-            let index = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-            if let (Ok(index), Some(name)) = (u32::try_from(index), ifname(&msg[IFINFOMSG_LEN..])) {
-                out.push(if ty == RTM_NEWLINK {
-                    LinkEvent::New { index, name }
-                } else {
-                    LinkEvent::Deleted { index, name }
-                });
+        };
+        let ty = msg.message_type();
+        if ty == libc::RTM_NEWLINK || ty == libc::RTM_DELLINK {
+            match link_event(ty, msg.payload()) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => {}
+                Err(()) => {
+                    out.push(LinkEvent::Resync);
+                    break;
+                }
             }
         }
-        off += align4(len);
+        let next = (msg.length() as usize).next_multiple_of(usize::from(NLMSG_ALIGNTO));
+        rest = rest.get(next..).unwrap_or_default();
     }
     out
 }
 
-fn ifname(mut attrs: &[u8]) -> Option<String> {
-    while attrs.len() >= RTA_HDRLEN {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < RTA_HDRLEN || len > attrs.len() {
-            return None;
+/// One link message's event: `None` for a link without a name (none the kernel sends).
+fn link_event(ty: u16, payload: &[u8]) -> Result<Option<LinkEvent>, ()> {
+    let header = LinkHeader::parse(payload).map_err(|_| ())?;
+    let attrs = payload.get(LINK_HEADER_LEN..).ok_or(())?;
+    let mut name = None;
+    for nla in NlasIterator::new(attrs) {
+        let nla = nla.map_err(|_| ())?;
+        if nla.kind() == libc::IFLA_IFNAME {
+            name = Some(parse_string(nla.value()).map_err(|_| ())?);
         }
-        if ty == IFLA_IFNAME {
-            let v = &attrs[RTA_HDRLEN..len];
-            let v = v.split(|&b| b == 0).next().unwrap_or_default();
-            return std::str::from_utf8(v).ok().filter(|s| !s.is_empty()).map(str::to_string);
-        }
-        attrs = attrs.get(align4(len)..).unwrap_or_default();
     }
-    None
+    let (index, Some(name)) = (header.index, name.filter(|n| !n.is_empty())) else { return Ok(None) };
+    Ok(Some(if ty == libc::RTM_NEWLINK { LinkEvent::New { index, name } } else { LinkEvent::Deleted { index, name } }))
 }
+
+/// `struct ifinfomsg`.
+const LINK_HEADER_LEN: usize = 16;
 
 /// Subscribed to the kernel's link notifications (RTMGRP_LINK) in this network namespace.
 pub struct LinkWatcher {
@@ -238,54 +236,86 @@ mod tests {
         }
     }
 
-    fn msg(ty: u16, index: i32, name: Option<&[u8]>) -> Vec<u8> {
-        let mut body = vec![0u8; IFINFOMSG_LEN];
-        body[4..8].copy_from_slice(&index.to_ne_bytes());
-        // An attribute before the name, to walk past.
-        body.extend_from_slice(&8u16.to_ne_bytes());
-        body.extend_from_slice(&4u16.to_ne_bytes()); // IFLA_MTU
-        body.extend_from_slice(&1500u32.to_ne_bytes());
+    /// A link message as the kernel frames it, through netlink-packet-route's own emitter:
+    /// an MTU before the name, to walk past.
+    fn msg(kind: &str, index: u32, name: Option<&str>) -> Vec<u8> {
+        use netlink_packet_core::NetlinkMessage;
+        use netlink_packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkAttribute, LinkMessage},
+        };
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes.push(LinkAttribute::Mtu(1500));
         if let Some(n) = name {
-            let len = RTA_HDRLEN + n.len() + 1;
-            body.extend_from_slice(&(len as u16).to_ne_bytes());
-            body.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
-            body.extend_from_slice(n);
-            body.push(0);
-            body.resize(align4(body.len()), 0);
+            link.attributes.push(LinkAttribute::IfName(n.into()));
         }
-        let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&[0u8; 10]);
-        m.extend_from_slice(&body);
-        m
+        let payload = match kind {
+            "new" => RouteNetlinkMessage::NewLink(link),
+            "del" => RouteNetlinkMessage::DelLink(link),
+            _ => RouteNetlinkMessage::SetLink(link),
+        };
+        let mut m = NetlinkMessage::from(payload);
+        m.finalize();
+        let mut out = vec![0u8; m.buffer_len()];
+        m.serialize(&mut out);
+        out
     }
 
     #[test]
-    fn link_messages_parse_and_garbage_is_bounded() {
-        let mut d = msg(RTM_NEWLINK, 7, Some(b"veth7"));
-        d.extend(msg(RTM_DELLINK, 5, Some(b"lxc5")));
-        d.extend(msg(RTM_NEWLINK, 9, None)); // no name: ignored
-        d.extend(msg(20, 3, Some(b"addr"))); // RTM_NEWADDR: ignored
-        assert_eq!(
-            parse_link_messages(&d),
-            vec![
-                LinkEvent::New { index: 7, name: "veth7".into() },
-                LinkEvent::Deleted { index: 5, name: "lxc5".into() }
-            ]
-        );
-        // Every truncation of the datagram parses without panicking and keeps a prefix.
-        for cut in 0..d.len() {
-            let got = parse_link_messages(&d[..cut]);
-            assert!(got.len() <= 2);
+    fn link_messages_parse_and_garbage_asks_for_a_relisting() {
+        let parts = [
+            (msg("new", 7, Some("veth7")), Some(LinkEvent::New { index: 7, name: "veth7".into() })),
+            (msg("del", 5, Some("lxc5")), Some(LinkEvent::Deleted { index: 5, name: "lxc5".into() })),
+            (msg("new", 9, None), None),         // no name: nothing to follow
+            (msg("set", 3, Some("eth3")), None), // RTM_SETLINK: not a notification
+            (
+                msg("new", 11, Some("a-name-of-15-by")),
+                Some(LinkEvent::New { index: 11, name: "a-name-of-15-by".into() }),
+            ),
+        ];
+        let d: Vec<u8> = parts.iter().flat_map(|(m, _)| m.clone()).collect();
+        let want: Vec<LinkEvent> = parts.iter().filter_map(|(_, e)| e.clone()).collect();
+        assert_eq!(parse_link_messages(&d), want);
+        assert_eq!(want.len(), 3);
+        assert!(parse_link_messages(&[]).is_empty());
+        // Every truncation parses without panicking: the events of the whole messages before
+        // the cut, in order, then a re-listing when the cut is inside a message.
+        for cut in 1..d.len() {
+            let (mut end, mut events, mut boundary) = (0, Vec::new(), false);
+            for (m, e) in &parts {
+                end += m.len();
+                if end > cut {
+                    break;
+                }
+                events.extend(e.clone());
+                boundary = end == cut;
+            }
+            if !boundary {
+                events.push(LinkEvent::Resync);
+            }
+            assert_eq!(parse_link_messages(&d[..cut]), events, "cut at {cut}");
         }
-        // A length field pointing past the end stops the parse.
-        let mut bad = msg(RTM_NEWLINK, 1, Some(b"x"));
-        bad[0..4].copy_from_slice(&9999u32.to_ne_bytes());
-        assert!(parse_link_messages(&bad).is_empty());
-        let mut zero = msg(RTM_NEWLINK, 1, Some(b"x"));
-        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(parse_link_messages(&zero).is_empty());
+        // A length field pointing past the end, or below a header's, stops with a re-listing.
+        for len in [9999u32, 0, 15] {
+            let mut bad = msg("new", 1, Some("x"));
+            bad[0..4].copy_from_slice(&len.to_ne_bytes());
+            assert_eq!(parse_link_messages(&bad), vec![LinkEvent::Resync], "length {len}");
+        }
+        // A name attribute longer than its message, and a name that is not UTF-8.
+        let mut bad = msg("new", 1, Some("eth1"));
+        let at = bad.len() - 8; // the name attribute: 4 header bytes, "eth1\0" padded to 8
+        bad[at - 4..at - 2].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(parse_link_messages(&bad), vec![LinkEvent::Resync]);
+        let mut bad = msg("new", 1, Some("eth1"));
+        let at = bad.len() - 8;
+        bad[at] = 0xff;
+        assert_eq!(parse_link_messages(&bad), vec![LinkEvent::Resync]);
+        // A link header cut short inside a message of consistent length.
+        let mut short = vec![0u8; 16 + 8];
+        short[0..4].copy_from_slice(&24u32.to_ne_bytes());
+        short[4..6].copy_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+        assert_eq!(parse_link_messages(&short), vec![LinkEvent::Resync]);
     }
 
     #[test]

@@ -1,9 +1,6 @@
 //! Socket options and TCP's own accounting.
 
-use std::{
-    io,
-    os::fd::{AsRawFd, BorrowedFd},
-};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Set option `name` at `level` of the socket `fd` to `value`; whether the kernel took it.
 pub(super) fn set_option<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> bool {
@@ -19,13 +16,6 @@ pub(super) fn set_option<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: 
         )
     };
     rc == 0
-}
-
-/// Receive into `buf` with `flags`; the bytes received.
-pub(super) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: recv writes at most buf.len() bytes into our own buffer.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Request bytes of this TCP connection the peer acknowledged (TCP_INFO `tcpi_bytes_acked`,
