@@ -1,9 +1,12 @@
 //! `shadowctl report --html FILE`: one self-contained page (inline CSS, inline SVG drawn here, no
 //! script, nothing fetched) with the verdict table and, per endpoint, the primary's and the
-//! shadow's latency distributions as percentile curves. Every text from the wire (endpoint
-//! names, learned paths) is escaped.
+//! shadow's latency distributions as percentile curves. Written with `maud`, which escapes every
+//! interpolated value (endpoint names and learned paths come from the wire); only the constant
+//! style sheet goes in unescaped.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{
     report::{EndpointReport, Report, interval_text, latency_note, side_ms},
@@ -24,21 +27,14 @@ const BOTTOM: f64 = 50.0;
 /// The x axis is -log10(1 - p): 0 at p0, 1 at p90, 2 at p99 ... 5 at p100 (capped there).
 const X_DECADES: f64 = 5.0;
 
-/// Text safe in HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c if c.is_control() => o.push('\u{fffd}'),
-            c => o.push(c),
-        }
+/// Text from the wire with control characters (a parse error in HTML, and invisible) shown as
+/// U+FFFD; the escaping itself is maud's.
+fn shown(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        Cow::Owned(s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect())
+    } else {
+        Cow::Borrowed(s)
     }
-    o
 }
 
 fn verdict_class(v: Verdict) -> &'static str {
@@ -49,114 +45,117 @@ fn verdict_class(v: Verdict) -> &'static str {
     }
 }
 
+/// One decimal, as SVG coordinates are written.
+fn c1(v: f64) -> String {
+    format!("{v:.1}")
+}
+
 impl Report {
     pub fn render_html(&self) -> String {
         self.render_html_with(&[])
     }
 
-    /// The page with `findings` first, one line each (escaped): what an operator must read
-    /// before promoting whatever the verdict, such as the destinations a fenced shadow tried to
-    /// reach outside its allowlist.
+    /// The page with `findings` first, one line each: what an operator must read before
+    /// promoting whatever the verdict, such as the destinations a fenced shadow tried to reach
+    /// outside its allowlist.
     pub fn render_html_with(&self, findings: &[String]) -> String {
-        let mut o = String::new();
         let v = self.verdict;
-        let _ = write!(
-            o,
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
-             <title>shadow report: {}</title><style>{CSS}</style></head><body>\
-             <h1>shadow report: <span class=\"badge {}\" id=\"verdict\">{}</span></h1>\
-             <p>{} endpoints, {} compared pairs; exit code {}.</p>",
-            v.as_str(),
-            verdict_class(v),
-            v.as_str(),
-            self.endpoints.len(),
-            self.overall.samples,
-            v.exit_code()
-        );
-        if !findings.is_empty() {
-            o.push_str("<section id=\"findings\" class=\"findings\"><h2>Findings to read before promoting</h2><ul>");
-            for f in findings {
-                let _ = write!(o, "<li>{}</li>", escape(f));
-            }
-            o.push_str("</ul></section>");
-        }
-        if let Some(e) = &self.epoch {
-            let _ = write!(
-                o,
-                "<p id=\"epoch\" data-epoch=\"{}\" data-reason=\"{}\">Figures of {}.</p>",
-                e.number,
-                e.reason.as_str(),
-                escape(&e.describe())
-            );
-        }
-        if self.overflow_pairs > 0 {
-            let _ = write!(o, "<p>{} pairs past the endpoint cap are counted under 'other'.</p>", self.overflow_pairs);
-        }
-        o.push_str(
-            "<table id=\"verdicts\"><thead><tr><th>Endpoint</th><th>Samples</th><th>Status match</th>\
-             <th>Body match</th><th>Length only</th><th>5xx primary / shadow</th><th>p50 ms P / S</th>\
-             <th>p95 ms P / S</th><th>p99 ms P / S</th><th>p50 ratio</th><th>p99 ratio</th><th>Verdict</th><th>Why</th></tr></thead><tbody>",
-        );
-        for e in &self.endpoints {
-            table_row(&mut o, e);
-        }
-        o.push_str("</tbody></table>");
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let name = escape(&e.summary.endpoint);
-            let _ = write!(
-                o,
-                "<section class=\"endpoint\" id=\"endpoint-{i}\" data-endpoint=\"{name}\"><h2>{name} \
-                 <span class=\"badge {}\">{}</span></h2>",
-                verdict_class(e.verdict.verdict()),
-                e.verdict.as_str()
-            );
-            chart(&mut o, &e.summary.latency);
-            if let Some(note) = latency_note(&e.summary) {
-                let _ = write!(o, "<p class=\"latency\">Latency gates: {}.</p>", escape(&note));
-            }
-            let n = &e.summary.noise;
-            if n.samples > 0 {
-                let _ = write!(o, "<p>Noise learned from {} primary/secondary pairs: ", n.samples);
-                if n.learned.is_empty() {
-                    o.push_str("none.");
-                } else {
-                    let list: Vec<String> = n
-                        .learned
-                        .iter()
-                        .map(|l| format!("<code>{}</code> ({:.0}%)", escape(&l.path), l.differed_percent))
-                        .collect();
-                    o.push_str(&list.join(", "));
+        let page = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'";
+                    title { "shadow report: " (v.as_str()) }
+                    style { (PreEscaped(CSS)) }
                 }
-                o.push_str("</p>");
-            }
-            if !e.traces.is_empty() {
-                o.push_str(
-                    "<table class=\"traces\"><caption>Mismatching pairs and their traces (production, and the \
-                     shadow's restarted one)</caption><thead><tr><th>Pair</th><th>Outcome</th><th>Format</th>\
-                     <th>Production trace</th><th>Shadow trace</th></tr></thead><tbody>",
-                );
-                for t in &e.traces {
-                    let _ = write!(
-                        o,
-                        "<tr><td>#{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                        t.seq,
-                        t.outcome.as_str(),
-                        t.ids.format.as_str(),
-                        escape(&t.ids.production),
-                        escape(&t.ids.shadow)
-                    );
+                body {
+                    h1 { "shadow report: " span.badge.(verdict_class(v)) #verdict { (v.as_str()) } }
+                    p {
+                        (self.endpoints.len()) " endpoints, " (self.overall.samples) " compared pairs; exit code "
+                        (v.exit_code()) "."
+                    }
+                    @if !findings.is_empty() {
+                        section id="findings" class="findings" {
+                            h2 { "Findings to read before promoting" }
+                            ul { @for f in findings { li { (shown(f)) } } }
+                        }
+                    }
+                    @if let Some(e) = &self.epoch {
+                        p #epoch data-epoch=(e.number) data-reason=(e.reason.as_str()) {
+                            "Figures of " (shown(&e.describe())) "."
+                        }
+                    }
+                    @if self.overflow_pairs > 0 {
+                        p { (self.overflow_pairs) " pairs past the endpoint cap are counted under 'other'." }
+                    }
+                    table #verdicts {
+                        thead { tr {
+                            th { "Endpoint" } th { "Samples" } th { "Status match" } th { "Body match" }
+                            th { "Length only" } th { "5xx primary / shadow" } th { "p50 ms P / S" }
+                            th { "p95 ms P / S" } th { "p99 ms P / S" } th { "p50 ratio" } th { "p99 ratio" }
+                            th { "Verdict" } th { "Why" }
+                        } }
+                        tbody { @for e in &self.endpoints { (table_row(e)) } }
+                    }
+                    @for (i, e) in self.endpoints.iter().enumerate() {
+                        (endpoint_section(i, e))
+                    }
                 }
-                o.push_str("</tbody></table>");
             }
-            o.push_str("</section>");
-        }
-        o.push_str("</body></html>\n");
-        o
+        };
+        let mut out = page.into_string();
+        out.push('\n');
+        out
     }
 }
 
-fn table_row(o: &mut String, e: &EndpointReport) {
+fn endpoint_section(i: usize, e: &EndpointReport) -> Markup {
+    let name = shown(&e.summary.endpoint);
+    let n = &e.summary.noise;
+    html! {
+        section.endpoint id=(format_args!("endpoint-{i}")) data-endpoint=(name) {
+            h2 { (name) " " span.badge.(verdict_class(e.verdict.verdict())) { (e.verdict.as_str()) } }
+            (chart(&e.summary.latency))
+            @if let Some(note) = latency_note(&e.summary) {
+                p.latency { "Latency gates: " (shown(&note)) "." }
+            }
+            @if n.samples > 0 {
+                p {
+                    "Noise learned from " (n.samples) " primary/secondary pairs: "
+                    @if n.learned.is_empty() {
+                        "none."
+                    } @else {
+                        @for (k, l) in n.learned.iter().enumerate() {
+                            @if k > 0 { ", " }
+                            code { (shown(&l.path)) } (format_args!(" ({:.0}%)", l.differed_percent))
+                        }
+                    }
+                }
+            }
+            @if !e.traces.is_empty() {
+                table.traces {
+                    caption {
+                        "Mismatching pairs and their traces (production, and the shadow's restarted one)"
+                    }
+                    thead { tr {
+                        th { "Pair" } th { "Outcome" } th { "Format" } th { "Production trace" } th { "Shadow trace" }
+                    } }
+                    tbody {
+                        @for t in &e.traces {
+                            tr {
+                                td { "#" (t.seq) } td { (t.outcome.as_str()) } td { (t.ids.format.as_str()) }
+                                td { code { (shown(&t.ids.production)) } } td { code { (shown(&t.ids.shadow)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn table_row(e: &EndpointReport) -> Markup {
     let s = &e.summary;
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}%"));
     let l = &s.latency;
@@ -169,26 +168,23 @@ fn table_row(o: &mut String, e: &EndpointReport) {
             None => point,
         }
     };
-    let _ = write!(
-        o,
-        "<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}% / {:.2}%</td>\
-         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"why\">{}</td></tr>",
-        escape(&s.endpoint),
-        s.samples,
-        pct(s.status_match_percent),
-        pct(s.body_match_percent),
-        s.length_only,
-        s.primary_5xx_percent,
-        s.shadow_error_percent,
-        pair(l.primary.p50_ms, l.shadow.p50_ms),
-        pair(l.primary.p95_ms, l.shadow.p95_ms),
-        pair(l.primary.p99_ms, l.shadow.p99_ms),
-        ratio(l.p50_ratio, &l.p50_interval),
-        ratio(l.p99_ratio, &l.p99_interval),
-        verdict_class(e.verdict.verdict()),
-        e.verdict.as_str(),
-        escape(&e.verdict.reason())
-    );
+    html! {
+        tr {
+            td.name { (shown(&s.endpoint)) }
+            td { (s.samples) }
+            td { (pct(s.status_match_percent)) }
+            td { (pct(s.body_match_percent)) }
+            td { (s.length_only) }
+            td { (format_args!("{:.2}% / {:.2}%", s.primary_5xx_percent, s.shadow_error_percent)) }
+            td { (pair(l.primary.p50_ms, l.shadow.p50_ms)) }
+            td { (pair(l.primary.p95_ms, l.shadow.p95_ms)) }
+            td { (pair(l.primary.p99_ms, l.shadow.p99_ms)) }
+            td { (ratio(l.p50_ratio, &l.p50_interval)) }
+            td { (ratio(l.p99_ratio, &l.p99_interval)) }
+            td class=(verdict_class(e.verdict.verdict())) { (e.verdict.as_str()) }
+            td.why { (shown(&e.verdict.reason())) }
+        }
+    }
 }
 
 fn x_of(percentile: f64) -> f64 {
@@ -205,93 +201,61 @@ fn tick_step(max: f64) -> f64 {
     [1.0, 2.0, 5.0].into_iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
 }
 
-fn chart(o: &mut String, l: &LatencySummary) {
+fn chart(l: &LatencySummary) -> Markup {
     let finite = |c: &[[f64; 2]]| c.iter().map(|p| p[1]).filter(|v| v.is_finite()).fold(0.0, f64::max);
     let top = finite(&l.primary_curve).max(finite(&l.shadow_curve)).max(0.001);
     let step = tick_step(top);
     let ymax = (top / step).ceil() * step;
     let y_of = |ms: f64| H - BOTTOM - (ms.clamp(0.0, ymax) / ymax) * (H - TOP - BOTTOM);
-    let _ = write!(
-        o,
-        "<svg class=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
-         role=\"img\" aria-label=\"latency distribution, primary and shadow\">\
-         <rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>"
-    );
-    // Grid and y ticks.
-    let mut t = 0.0;
-    while t <= ymax + step / 2.0 {
-        let y = y_of(t);
-        let _ = write!(
-            o,
-            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#dddddd\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" class=\"tick\">{}</text>",
-            W - RIGHT,
-            LEFT - 6.0,
-            y + 4.0,
-            trim_number(t)
-        );
-        t += step;
-    }
-    for (p, label) in [(0.0, "p0"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9"), (99.99, "p99.99"), (100.0, "max")] {
-        let x = x_of(p);
-        let _ = write!(
-            o,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{TOP}\" y2=\"{}\" stroke=\"#eeeeee\"/>\
-             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\" class=\"tick\">{label}</text>",
-            H - BOTTOM,
-            H - BOTTOM + 16.0
-        );
-    }
-    let _ = write!(
-        o,
-        "<line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{TOP}\" y2=\"{b}\" stroke=\"#333333\"/>\
-         <line x1=\"{LEFT}\" x2=\"{r}\" y1=\"{b}\" y2=\"{b}\" stroke=\"#333333\"/>\
-         <text x=\"{cx}\" y=\"{}\" text-anchor=\"middle\" class=\"axis\">percentile</text>\
-         <text x=\"16\" y=\"{cy}\" text-anchor=\"middle\" class=\"axis\" transform=\"rotate(-90 16 {cy})\">latency (ms)</text>",
-        H - 8.0,
-        b = H - BOTTOM,
-        r = W - RIGHT,
-        cx = (LEFT + W - RIGHT) / 2.0,
-        cy = (TOP + H - BOTTOM) / 2.0
-    );
-    for (curve, colour, class) in
-        [(&l.primary_curve, PRIMARY_COLOUR, "primary"), (&l.shadow_curve, SHADOW_COLOUR, "shadow")]
-    {
-        if curve.is_empty() {
-            continue;
-        }
-        let points: Vec<String> = curve
+    let ticks: Vec<f64> =
+        std::iter::successors(Some(0.0), |t| Some(t + step)).take_while(|t| *t <= ymax + step / 2.0).collect();
+    let marks = [(0.0, "p0"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9"), (99.99, "p99.99"), (100.0, "max")];
+    let (b, cx, cy) = (H - BOTTOM, (LEFT + W - RIGHT) / 2.0, (TOP + H - BOTTOM) / 2.0);
+    let series = [(&l.primary_curve, PRIMARY_COLOUR, "primary"), (&l.shadow_curve, SHADOW_COLOUR, "shadow")];
+    let points = |curve: &[[f64; 2]]| {
+        curve
             .iter()
             .filter(|p| p[0].is_finite() && p[1].is_finite())
             .map(|p| format!("{:.1},{:.1}", x_of(p[0]), y_of(p[1])))
-            .collect();
-        let _ = write!(
-            o,
-            "<polyline class=\"{class}\" points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"3\" \
-             stroke-linejoin=\"round\"/>",
-            points.join(" ")
-        );
-    }
-    // Legend, with solid swatches.
-    let lx = LEFT + 14.0;
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let summary = |c: &[[f64; 2]], name: &str, p99: f64| {
         if c.is_empty() { format!("{name}: no data") } else { format!("{name} (p99 {p99:.2} ms)") }
     };
-    let _ = write!(
-        o,
-        "<rect x=\"{lx}\" y=\"{}\" width=\"18\" height=\"10\" fill=\"{PRIMARY_COLOUR}\"/>\
-         <text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\
-         <rect x=\"{lx}\" y=\"{}\" width=\"18\" height=\"10\" fill=\"{SHADOW_COLOUR}\"/>\
-         <text x=\"{}\" y=\"{}\" class=\"legend\">{}</text></svg>",
-        TOP + 6.0,
-        lx + 24.0,
-        TOP + 15.0,
-        summary(&l.primary_curve, "primary", l.primary.p99_ms),
-        TOP + 24.0,
-        lx + 24.0,
-        TOP + 33.0,
-        summary(&l.shadow_curve, "shadow", l.shadow.p99_ms)
-    );
+    let lx = LEFT + 14.0;
+    html! {
+        svg.chart width=(W) height=(H) viewBox=(format_args!("0 0 {W} {H}")) role="img"
+            aria-label="latency distribution, primary and shadow" {
+            rect x="0" y="0" width=(W) height=(H) fill="#ffffff" {}
+            // Grid and y ticks.
+            @for t in &ticks {
+                line x1=(LEFT) x2=(W - RIGHT) y1=(c1(y_of(*t))) y2=(c1(y_of(*t))) stroke="#dddddd" {}
+                text x=(LEFT - 6.0) y=(c1(y_of(*t) + 4.0)) text-anchor="end" class="tick" { (trim_number(*t)) }
+            }
+            @for (p, label) in marks {
+                line x1=(c1(x_of(p))) x2=(c1(x_of(p))) y1=(TOP) y2=(b) stroke="#eeeeee" {}
+                text x=(c1(x_of(p))) y=(b + 16.0) text-anchor="middle" class="tick" { (label) }
+            }
+            line x1=(LEFT) x2=(LEFT) y1=(TOP) y2=(b) stroke="#333333" {}
+            line x1=(LEFT) x2=(W - RIGHT) y1=(b) y2=(b) stroke="#333333" {}
+            text x=(cx) y=(H - 8.0) text-anchor="middle" class="axis" { "percentile" }
+            text x="16" y=(cy) text-anchor="middle" class="axis" transform=(format_args!("rotate(-90 16 {cy})")) {
+                "latency (ms)"
+            }
+            @for (curve, colour, class) in series {
+                @if !curve.is_empty() {
+                    polyline class=(class) points=(points(curve)) fill="none" stroke=(colour) stroke-width="3"
+                        stroke-linejoin="round" {}
+                }
+            }
+            // Legend, with solid swatches.
+            rect x=(lx) y=(TOP + 6.0) width="18" height="10" fill=(PRIMARY_COLOUR) {}
+            text x=(lx + 24.0) y=(TOP + 15.0) class="legend" { (summary(&l.primary_curve, "primary", l.primary.p99_ms)) }
+            rect x=(lx) y=(TOP + 24.0) width="18" height="10" fill=(SHADOW_COLOUR) {}
+            text x=(lx + 24.0) y=(TOP + 33.0) class="legend" { (summary(&l.shadow_curve, "shadow", l.shadow.p99_ms)) }
+        }
+    }
 }
 
 fn trim_number(v: f64) -> String {
@@ -324,12 +288,23 @@ mod tests {
     }
 
     #[test]
-    fn escape_neutralises_markup() {
-        assert_eq!(
-            escape("GET /<script>alert('x')</script>&\""),
-            "GET /&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
-        );
-        assert_eq!(escape("a\u{0}b"), "a\u{fffd}b");
+    fn wire_text_is_escaped_in_content_and_attributes() {
+        let hostile = "GET /<script>alert('x')</script>&\"\u{0}";
+        let mut c = super::super::Comparator::new(&super::super::CompareSettings::default()).expect("settings");
+        let sample = super::super::ResponseSample {
+            status: 200,
+            headers: vec![],
+            body: bytes::Bytes::from_static(b"{}"),
+            body_complete: true,
+            body_len: 2,
+            latency: Some(std::time::Duration::from_millis(1)),
+        };
+        c.observe(hostile, &sample, &sample);
+        let page = c.report().render_html();
+        let want = "GET /&lt;script&gt;alert('x')&lt;/script&gt;&amp;&quot;\u{fffd}";
+        assert!(page.contains(&format!("data-endpoint=\"{want}\"")), "{page}");
+        assert!(page.contains(&format!("<td class=\"name\">{want}</td>")), "{page}");
+        assert!(!page.contains("<script>") && !page.contains('\u{0}'));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use self::{
     aggregate::{CURVE_PERCENTILES, Percentiles},
     diff::{HeaderDiff, MismatchSample, PathDiff, Timing},
     epoch::{EpochInfo, MAX_VERSION_BYTES, VersionSeen, rfc3339_utc},
-    html::{PRIMARY_COLOUR, SHADOW_COLOUR, escape as escape_html},
+    html::{PRIMARY_COLOUR, SHADOW_COLOUR},
     interval::{QuantileBounds, QuantileInterval},
     noise::{LearnedPath, NoiseReport},
     normalize::LengthOnlyReason,

@@ -647,10 +647,10 @@ fn html_report_values() {
         "<tr><td class=\"name\">GET /b</td><td>1</td><td>-</td><td>-</td><td>0</td><td>100.00% / 100.00%</td><td>4.01 / -</td><td>4.01 / -</td><td>4.01 / -</td><td>- (0 of 6 timed samples)</td><td>- (0 of 368 timed samples)</td><td class=\"insufficient\">INSUFFICIENT</td><td class=\"why\">1 of 100 samples</td></tr>",
         "<p class=\"latency\">Latency gates: shadow/primary at 90% p50 (3 of 6 timed samples) p99 (3 of 368 timed samples); secondary/primary p50 (2 of 6 timed samples) p99 (2 of 368 timed samples).</p>",
         "<section class=\"endpoint\" id=\"endpoint-0\" data-endpoint=\"GET /a\"><h2>GET /a <span class=\"badge insufficient\">INSUFFICIENT</span></h2>",
-        "<polyline class=\"primary\" points=\"70.0,207.6 75.8,207.2 82.2,207.2 89.5,207.2 98.0,207.2 107.9,207.2 120.1,207.2 135.9,207.2 158.1,207.2 196.0,207.2 233.9,207.2 261.9,207.2 322.0,207.2 359.9,207.2 448.0,207.2 574.0,207.2 700.0,207.2\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
-        "<polyline class=\"shadow\" points=\"70.0,145.2 75.8,144.4 82.2,144.4 89.5,144.4 98.0,144.4 107.9,144.4 120.1,144.4 135.9,82.0 158.1,82.0 196.0,82.0 233.9,82.0 261.9,82.0 322.0,82.0 359.9,82.0 448.0,82.0 574.0,82.0 700.0,82.0\" fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"3\" stroke-linejoin=\"round\"/>",
-        "<text x=\"64\" y=\"86.5\" text-anchor=\"end\" class=\"tick\">30</text><line x1=\"70\" x2=\"700\" y1=\"20.0\" y2=\"20.0\" stroke=\"#dddddd\"/><text x=\"64\" y=\"24.0\" text-anchor=\"end\" class=\"tick\">40</text>",
-        "<line x1=\"322.0\" x2=\"322.0\" y1=\"20\" y2=\"270\" stroke=\"#eeeeee\"/><text x=\"322.0\" y=\"286\" text-anchor=\"middle\" class=\"tick\">p99</text>",
+        "<polyline class=\"primary\" points=\"70.0,207.6 75.8,207.2 82.2,207.2 89.5,207.2 98.0,207.2 107.9,207.2 120.1,207.2 135.9,207.2 158.1,207.2 196.0,207.2 233.9,207.2 261.9,207.2 322.0,207.2 359.9,207.2 448.0,207.2 574.0,207.2 700.0,207.2\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"3\" stroke-linejoin=\"round\"></polyline>",
+        "<polyline class=\"shadow\" points=\"70.0,145.2 75.8,144.4 82.2,144.4 89.5,144.4 98.0,144.4 107.9,144.4 120.1,144.4 135.9,82.0 158.1,82.0 196.0,82.0 233.9,82.0 261.9,82.0 322.0,82.0 359.9,82.0 448.0,82.0 574.0,82.0 700.0,82.0\" fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"3\" stroke-linejoin=\"round\"></polyline>",
+        "<text x=\"64\" y=\"86.5\" text-anchor=\"end\" class=\"tick\">30</text><line x1=\"70\" x2=\"700\" y1=\"20.0\" y2=\"20.0\" stroke=\"#dddddd\"></line><text x=\"64\" y=\"24.0\" text-anchor=\"end\" class=\"tick\">40</text>",
+        "<line x1=\"322.0\" x2=\"322.0\" y1=\"20\" y2=\"270\" stroke=\"#eeeeee\"></line><text x=\"322.0\" y=\"286\" text-anchor=\"middle\" class=\"tick\">p99</text>",
         "class=\"legend\">primary (p99 10.05 ms)</text>",
         "class=\"legend\">shadow (p99 30.08 ms)</text>",
         "class=\"legend\">shadow: no data</text>",
@@ -659,7 +659,7 @@ fn html_report_values() {
     ] {
         assert!(html.contains(want), "{want}\nmissing in\n{html}");
     }
-    assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
+    assert!(html.starts_with("<!DOCTYPE html><html lang=\"en\">"));
     assert!(!html.contains("past the endpoint cap"));
     // The y axis ends at the first tick at or above the highest point (40 for 30.08 ms).
     assert!(!html.contains("class=\"tick\">50</text>"), "{html}");
