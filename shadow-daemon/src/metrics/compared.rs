@@ -44,11 +44,17 @@ pub(super) const NATIVE_MAX_BUCKETS: usize = 160;
 /// Classic buckets for the text formats (the contract's rules read them) and native buckets for
 /// a Prometheus that scrapes protobuf with native histograms on: one series per endpoint and side
 /// instead of 149.
-fn compared_histogram() -> Histogram {
+pub fn compared_histogram() -> Histogram {
     Histogram::new_classic_and_native(
         compared_latency_buckets(),
         NativeHistogramConfig::with_schema(NATIVE_SCHEMA).max_buckets(NATIVE_MAX_BUCKETS),
     )
+}
+
+/// The same bounds without native buckets: what the bench sets against [`compared_histogram`].
+#[cfg(any(test, feature = "test-util"))]
+pub fn classic_only_compared_histogram() -> Histogram {
+    Histogram::new(compared_latency_buckets())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

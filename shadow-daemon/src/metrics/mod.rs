@@ -32,7 +32,9 @@ use std::{
 
 use absolute::{AbsoluteCollector, Absolutes};
 use compared::Compared;
-pub use compared::{ComparedPair, compared_latency_buckets};
+#[cfg(any(test, feature = "test-util"))]
+pub use compared::classic_only_compared_histogram;
+pub use compared::{ComparedPair, compared_histogram, compared_latency_buckets};
 pub use endpoint::{DEFAULT_MAX_ENDPOINTS, EndpointId, endpoint_template};
 use latency::Latency;
 pub use ledger::{DropCounts, RequestCounts, RequestTicket};

@@ -182,7 +182,7 @@ fn main() -> ExitCode {
         record("capture", &mut took);
     }
     if part("micro") {
-        let stages = vec![
+        let mut stages = vec![
             micro::extraction(quick),
             micro::replay(quick, 1),
             micro::replay(quick, shadow_daemon::replay::pipeline::OPT_IN_PIPELINE),
@@ -191,7 +191,9 @@ fn main() -> ExitCode {
             micro::metrics_bookkeeping(quick),
             micro::request_edit(quick, false),
             micro::request_edit(quick, true),
+            micro::rate_limit(quick),
         ];
+        stages.extend(micro::latency_histograms(quick));
         for s in &stages {
             println!(
                 "micro: {:<58} {} ns/request  {:.1} allocations ({:.0} B)",

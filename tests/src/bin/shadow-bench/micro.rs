@@ -240,6 +240,85 @@ pub(crate) fn metrics_bookkeeping(quick: bool) -> StageCost {
     m.stage("metrics and histograms".into(), n, repeats, "Metrics::endpoint + admit + record_shadow_response + replayed + record_primary (64 distinct paths, one template), one thread, its CPU time")
 }
 
+/// One observation into `shadow_compared_latency_seconds` (two per compared pair, one per side),
+/// classic buckets only against classic and native ones, side by side in the same passes (each
+/// pass times both, the order alternating): what issue 26's native histograms add to the
+/// comparison. Latencies spread log-uniformly over 100 µs to 1 s.
+pub(crate) fn latency_histograms(quick: bool) -> [StageCost; 2] {
+    let n = 200_000;
+    let repeats = if quick { 5 } else { 15 };
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let latencies: Vec<f64> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            1e-4 * 1e4f64.powf((state >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect();
+    let arms =
+        [shadow_daemon::metrics::classic_only_compared_histogram(), shadow_daemon::metrics::compared_histogram()];
+    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut alloc_runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..=repeats {
+        let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for arm in order {
+            let (a0, b0) = allocs();
+            let start = thread_cpu_ns();
+            for &l in &latencies {
+                arms[arm].observe(l);
+            }
+            let ns = (thread_cpu_ns() - start) as f64;
+            let (a1, b1) = allocs();
+            if rep > 0 {
+                per[arm].push(ns / n as f64);
+                alloc_runs[arm].push(((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64));
+            }
+        }
+    }
+    let stage = |arm: usize, name: &str, how: &str| {
+        let mut runs = alloc_runs[arm].clone();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (allocations, bytes) = runs[runs.len() / 2];
+        Measured { ns_per_request: Spread::of(per[arm].clone()), allocations, bytes }.stage(
+            name.into(),
+            n,
+            repeats,
+            how,
+        )
+    };
+    [
+        stage(
+            0,
+            "compared latency observe, classic buckets only",
+            "prometheus_client Histogram with the contract's 147 bounds, observe(), one thread, its CPU time, passes interleaved with the next row's (per observation; two per compared pair)",
+        ),
+        stage(
+            1,
+            "compared latency observe, classic + native (schema 3)",
+            "shadow_daemon::metrics::compared_histogram (the daemon's: the same bounds and native buckets, schema 3, at most 160), observe(), interleaved with the row before",
+        ),
+    ]
+}
+
+/// The per-rule replay rate's check (`--replay-rate`, governor's GCRA on tokio's clock), as
+/// every admitted request of a rate-limited rule takes it, at a rate it never reaches.
+pub(crate) fn rate_limit(quick: bool) -> StageCost {
+    let n = 1_000_000;
+    let repeats = if quick { 3 } else { 9 };
+    let limit = shadow_daemon::replay::controls::RateLimit::new(10_000_000.0);
+    let m = measure(
+        n,
+        repeats,
+        || (),
+        |()| {
+            let passed = (0..n).filter(|_| limit.try_take()).count();
+            assert!(passed > 0, "the limit let nothing through");
+        },
+    );
+    m.stage("replay rate check".into(), n, repeats, "shadow_daemon::replay::controls::RateLimit::try_take at 10^7/s (never limiting), one thread, its CPU time; it reads tokio's clock (Instant::now) once per call")
+}
+
 /// The comparison of one pair as the daemon makes it for every mirrored request of a comparing
 /// rule (the default): the hub told to expect the request, the primary's response (a 1 KiB JSON
 /// body, its headers read from the head), then the shadow's (the same body, or with one value
