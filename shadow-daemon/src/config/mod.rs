@@ -155,8 +155,8 @@ pub struct Args {
     #[arg(long, env = "SHADOW_MAX_ENDPOINTS", value_name = "N", default_value_t = DEFAULT_MAX_ENDPOINTS, value_parser = parse_max_endpoints)]
     pub max_endpoints: usize,
 
-    /// Cap on the memory held by stream reassembly (buffered bytes and flow state, KiB/MiB/GiB
-    /// suffixes accepted); past it the idlest flows are evicted and counted.
+    /// Cap on the memory held by stream reassembly (buffered bytes and flow state; 64MiB, 64Mi,
+    /// 1.5GiB or 100MB); past it the idlest flows are evicted and counted.
     #[arg(long, env = "SHADOW_MEMORY_CAP", value_name = "BYTES", default_value = "64MiB", value_parser = parse_memory_cap)]
     pub memory_cap: u64,
 

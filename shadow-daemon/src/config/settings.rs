@@ -305,8 +305,8 @@ settings! {
         #[serde(deserialize_with = "one")]
         replay_rate: Option<Rate> => |c, v| c.replay_rate = Some(v.0);
 
-        /// Largest request body replayed (bytes after the head, chunk framing included; KiB/MiB
-        /// suffixes allowed) [default: 10MiB].
+        /// Largest request body replayed (bytes after the head, chunk framing included; 512KiB,
+        /// 10Mi or 1MB) [default: 10MiB].
         #[arg(long, env = "SHADOW_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse::<BodyBytes>)]
         #[serde(deserialize_with = "one")]
         max_body_bytes: Option<BodyBytes> => |c, v| c.max_body_bytes = v.0;
@@ -340,7 +340,7 @@ settings! {
         queue_bytes: Option<ByteSize> => |c, v| c.queue_bytes = v.0;
 
         /// Largest shadow response body read (bytes after the head, chunk framing included;
-        /// KiB/MiB suffixes allowed); past it the connection is closed and the request counted as
+        /// 512KiB, 1Mi or 1MB); past it the connection is closed and the request counted as
         /// shadow_response_too_large [default: 1MiB, or the comparison's body cap if larger].
         #[arg(long, env = "SHADOW_MAX_RESPONSE_BYTES", value_name = "BYTES", value_parser = parse::<BodyBytes>)]
         #[serde(deserialize_with = "one")]

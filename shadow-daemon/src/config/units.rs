@@ -47,18 +47,26 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// Parse a byte count: a plain number or with a binary suffix (`KiB`, `MiB`, `GiB`); any size a
-/// u64 holds (caps on memory, such as --memory-cap and --queue-bytes, may be several GiB).
+/// Parse a byte count as `bytesize` reads it: a plain number, or with a binary (`KiB`, `MiB`,
+/// `GiB`, or Kubernetes' `Ki`, `Mi`, `Gi`) or decimal unit (`KB`, `MB`, `GB`), fractions allowed
+/// (`1.5GiB`). A bare `k`, `m`, `g` or `t` is refused as ambiguous (1000 or 1024?) rather than
+/// guessed. Caps on memory (--memory-cap, --queue-bytes) may be several GiB; at most 2^63 - 1.
 pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let (num, mult) =
-        [("gib", 1u64 << 30), ("mib", 1 << 20), ("kib", 1 << 10), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)]
-            .iter()
-            .find_map(|(sfx, m)| lower.strip_suffix(sfx).map(|n| (n.trim().to_owned(), *m)))
-            .unwrap_or((lower.clone(), 1));
-    let v: u64 = num.parse().map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 10MiB)"))?;
-    v.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large a byte count"))
+    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.').trim();
+    if unit.len() == 1 && "kmgtpe".contains(unit.to_ascii_lowercase().as_str()) {
+        let (n, u) = (t[..t.len() - unit.len()].trim(), unit.to_ascii_uppercase());
+        return Err(format!("'{s}' is ambiguous: write {n}{u}iB (powers of 1024) or {n}{u}B (powers of 1000)"));
+    }
+    let v = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 64Mi, 10MB, 1.5GiB)"))?
+        .as_u64();
+    // bytesize saturates what does not fit: refuse rather than cap.
+    if v > i64::MAX as u64 {
+        return Err(format!("'{s}' is too large a byte count"));
+    }
+    Ok(v)
 }
 
 /// Parse a positive number of seconds (fractions allowed) that a [`Duration`] can hold: `1e20`
@@ -109,7 +117,29 @@ mod tests {
         assert_eq!(parse_count("3", 1, 5), Ok(3));
         assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30), "caps on memory may pass 1 GiB");
         assert_eq!(parse_byte_size("16 GiB"), Ok(16 << 30));
-        assert!(parse_byte_size("99999999999GiB").is_err());
+        assert!(parse_byte_size("99999999999GiB").is_err(), "saturated, refused");
+        // The units people type: Kubernetes' binary suffixes, decimal units, fractions, spaces
+        // and any case.
+        for (text, v) in [
+            ("64Mi", 64u64 << 20),
+            ("64 MiB", 64 << 20),
+            ("64mib", 64 << 20),
+            ("10MB", 10_000_000),
+            ("10 kb", 10_000),
+            ("1.5GiB", 3 << 29),
+            ("1Gi", 1 << 30),
+            ("1024", 1024),
+            (" 7 ", 7),
+        ] {
+            assert_eq!(parse_byte_size(text), Ok(v), "{text}");
+        }
+        for bad in ["10m", "512k", "2G", "1t", "-1", "x", "1e3", "", "MiB", "1.5"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_byte_size("512k"),
+            Err("'512k' is ambiguous: write 512KiB (powers of 1024) or 512KB (powers of 1000)".into())
+        );
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         for bad in ["0", "-1", "nan", "inf", "1e20", "x"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
