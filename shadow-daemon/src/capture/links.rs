@@ -222,6 +222,12 @@ mod tests {
         assert!(!p("{a,b}?").matches("a1"));
         assert!(p("x\\*").matches("x\\1"));
         assert!(p("eth0") == InterfacePattern::parse(" eth0 ").expect("pattern"));
+        assert!(p("eth0") != p("eth1") && p("eth*") != p("eth?"), "patterns are equal by their text");
+        assert_eq!(p(" veth* ").to_string(), "veth*", "shown as written, trimmed");
+        // IFNAMSIZ - 1 bytes is a name; one more is not (unless it is a pattern).
+        assert!(InterfacePattern::parse("fifteen-bytes-x").is_ok());
+        assert!(InterfacePattern::parse("sixteen-bytes-xx").is_err());
+        assert!(InterfacePattern::parse("sixteen-bytes-x*").is_ok());
         assert!(!p("eth0").is_glob() && p("eth?").is_glob());
     }
 

@@ -25,9 +25,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     // Seconds as a number, with or without `s` (fractions allowed: `0.5s`).
     let seconds = t.strip_suffix('s').unwrap_or(t).trim();
     let d = if let Ok(v) = seconds.parse::<f64>() {
-        if !v.is_finite() || v <= 0.0 {
-            return Err(out_of_range());
-        }
+        // Negative, infinite and NaN fail the conversion; zero and what rounds to it, below.
         Duration::try_from_secs_f64(v).map_err(|_| out_of_range())?
     } else {
         humantime::parse_duration(t).map_err(|_| format!("'{s}' is not a duration (e.g. 5, 0.5s, 250ms, 1m, 1m30s)"))?
@@ -58,10 +56,14 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         let (n, u) = (t[..t.len() - unit.len()].trim(), unit.to_ascii_uppercase());
         return Err(format!("'{s}' is ambiguous: write {n}{u}iB (powers of 1024) or {n}{u}B (powers of 1000)"));
     }
-    let v = t
-        .parse::<bytesize::ByteSize>()
-        .map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 64Mi, 10MB, 1.5GiB)"))?
-        .as_u64();
+    // A plain count is read exactly (bytesize reads numbers as floats).
+    let v = match t.parse::<u64>() {
+        Ok(v) => v,
+        Err(_) => t
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| format!("'{s}' is not a byte count (e.g. 1048576, 512KiB, 64Mi, 10MB, 1.5GiB)"))?
+            .as_u64(),
+    };
     // bytesize saturates what does not fit: refuse rather than cap.
     if v > i64::MAX as u64 {
         return Err(format!("'{s}' is too large a byte count"));
@@ -103,7 +105,8 @@ mod tests {
         {
             assert_eq!(parse_duration(text), Ok(Duration::from_millis(d)), "{text}");
         }
-        for bad in ["0", "-1", "x", "4000", "nan", "inf", "0ms", "2h", "1e400", "5 parsecs", ""] {
+        for bad in ["0", "-1", "x", "4000", "nan", "inf", "0ms", "2h", "1e400", "5 parsecs", "", "-0", "1e-12", "-inf"]
+        {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_duration("2h"), Err("'2h' is not a duration above 0 and at most 3600s".into()));
@@ -112,12 +115,20 @@ mod tests {
         assert_eq!(parse_bytes("512 KiB"), Ok(512 << 10));
         assert_eq!(parse_bytes("0"), Ok(0));
         assert!(parse_bytes("2GiB").is_err() && parse_bytes("x").is_err() && parse_bytes("-1").is_err());
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30), "the body cap's top is in range");
+        assert!(parse_bytes("1073741825").is_err());
         assert_eq!(parse_rate("2.5"), Ok(2.5));
         assert!(parse_rate("0").is_err() && parse_rate("inf").is_err());
+        // The top of the range is in it (a quota can express 10^7/s), just past it is not.
+        assert_eq!(parse_rate("10000000"), Ok(1e7));
+        assert!(parse_rate("10000000.5").is_err());
         assert_eq!(parse_count("3", 1, 5), Ok(3));
         assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30), "caps on memory may pass 1 GiB");
         assert_eq!(parse_byte_size("16 GiB"), Ok(16 << 30));
         assert!(parse_byte_size("99999999999GiB").is_err(), "saturated, refused");
+        assert_eq!(parse_byte_size("9223372036854775807"), Ok(i64::MAX as u64), "plain counts are exact");
+        assert_eq!(parse_byte_size("10000000000000001"), Ok(10_000_000_000_000_001));
+        assert!(parse_byte_size("9223372036854775808").is_err());
         // The units people type: Kubernetes' binary suffixes, decimal units, fractions, spaces
         // and any case.
         for (text, v) in [

@@ -85,6 +85,17 @@ mod tests {
         (0..tries).filter(|_| b.try_take()).count()
     }
 
+    #[test]
+    fn tokio_instants_reckon_as_governor_expects() {
+        let t = TokioInstant(Instant::now());
+        let later = t + Nanos::from(5_000u64);
+        assert_eq!(later.0 - t.0, Duration::from_micros(5));
+        assert_eq!(later.duration_since(t), Nanos::from(5_000u64));
+        assert_eq!(t.duration_since(later), Nanos::from(0u64), "saturates");
+        assert_eq!(later.saturating_sub(Nanos::from(5_000u64)), t);
+        assert!(later > t);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn caps_the_rate_and_refills() {
         let b = RateLimit::new(10.0);
