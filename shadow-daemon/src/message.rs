@@ -79,7 +79,8 @@ pub struct CapturedResponse {
     pub request_id: u64,
     pub status: u16,
     pub minor_version: u8,
-    /// Response head bytes (status line and headers including the final CRLF CRLF).
+    /// Response head bytes (status line and headers including the final CRLF CRLF), kept as the
+    /// body is: empty when nothing is kept (comparison off).
     pub head: Bytes,
     pub framing: BodyFraming,
     /// Body length after de-chunking.

@@ -33,9 +33,11 @@ pub struct FlowId {
     pub server: SocketAddr,
 }
 
-/// One captured TCP segment.
+/// One captured TCP segment. The daemon reads it in place in the ring buffer
+/// ([`SegmentRef`], decoded by [`decode_ref`]): reassembly copies only the bytes it keeps
+/// beyond the record. The owned form (the default, `Bytes`) is for tests, fuzzing and tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub struct Segment<P = Bytes> {
     pub flow: FlowId,
     pub direction: Direction,
     /// TCP sequence number of the first payload byte.
@@ -48,7 +50,7 @@ pub struct Segment {
     /// Payload length on the wire; `payload.len()` is smaller only when `truncated`.
     pub wire_len: u32,
     /// The captured payload bytes.
-    pub payload: Bytes,
+    pub payload: P,
     /// The kernel could not copy the whole payload: the stream is damaged at this point.
     pub truncated: bool,
     /// The kernel saw a request line here and drew the sampling decision on it.
@@ -56,7 +58,40 @@ pub struct Segment {
     pub ifindex: u32,
 }
 
-impl Segment {
+/// A segment borrowing its payload from the ring-buffer record it was decoded from.
+pub type SegmentRef<'a> = Segment<&'a [u8]>;
+
+impl<P: AsRef<[u8]>> Segment<P> {
+    /// This segment with its payload borrowed.
+    pub fn borrowed(&self) -> SegmentRef<'_> {
+        self.with_payload(self.payload.as_ref())
+    }
+}
+
+impl SegmentRef<'_> {
+    /// This segment with its payload copied out.
+    pub fn owned(&self) -> Segment {
+        self.with_payload(Bytes::copy_from_slice(self.payload))
+    }
+}
+
+impl<P> Segment<P> {
+    fn with_payload<Q>(&self, payload: Q) -> Segment<Q> {
+        Segment {
+            flow: self.flow,
+            direction: self.direction,
+            seq: self.seq,
+            ack: self.ack,
+            tcp_flags: self.tcp_flags,
+            ts_ns: self.ts_ns,
+            wire_len: self.wire_len,
+            payload,
+            truncated: self.truncated,
+            request_start: self.request_start,
+            ifindex: self.ifindex,
+        }
+    }
+
     pub const fn fin(&self) -> bool {
         self.tcp_flags & tcp_flags::FIN != 0
     }
@@ -111,6 +146,11 @@ pub fn decode_header(record: &[u8]) -> Result<SegmentHeader, DecodeError> {
 
 /// Decode one ring-buffer record (header + payload) into a [`Segment`], copying the payload.
 pub fn decode(record: &[u8]) -> Result<Segment, DecodeError> {
+    decode_ref(record).map(|s| s.owned())
+}
+
+/// Decode one ring-buffer record (header + payload) in place: the payload stays in the record.
+pub fn decode_ref(record: &[u8]) -> Result<SegmentRef<'_>, DecodeError> {
     let hdr = decode_header(record)?;
     let body = &record[SEGMENT_HEADER_LEN..];
     let captured = hdr.captured_len as usize;
@@ -142,7 +182,7 @@ pub fn decode(record: &[u8]) -> Result<Segment, DecodeError> {
         tcp_flags: hdr.tcp_flags,
         ts_ns: hdr.ts_ns,
         wire_len: hdr.payload_len,
-        payload: Bytes::copy_from_slice(payload),
+        payload,
         truncated,
         request_start: hdr.flags & record_flags::REQUEST_START != 0,
         ifindex: hdr.ifindex,

@@ -14,7 +14,7 @@ use std::{
 
 use shadow_common::counter;
 use shadow_daemon::{
-    capture::{Capture, CaptureOptions, KernelRule, ProgramStats},
+    capture::{Capture, CaptureOptions, KernelRule, ProgramStats, Record},
     config::HookKind,
     segment::{Direction, FlowId, Segment},
 };
@@ -114,11 +114,16 @@ impl CaptureThread {
                     if discard && segments.len() > 100_000 {
                         segments.clear();
                     }
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(20), src.next_batch(&mut segments, &mut bad, 1024))
-                            .await;
+                    let keep = |r: Record<'_>| match r {
+                        Ok(s) => segments.push(s.owned()),
+                        Err(e) => bad.push(e),
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(20), src.next_batch(1024, keep)).await;
                 }
-                src.drain_now(&mut segments, &mut bad);
+                src.drain_now(|r| match r {
+                    Ok(s) => segments.push(s.owned()),
+                    Err(e) => bad.push(e),
+                });
                 let kernel = counter::NAMES.iter().copied().zip(cap.counters().expect("counters")).collect();
                 Captured { segments, bad_records: bad.len(), kernel }
             })

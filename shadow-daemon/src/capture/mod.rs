@@ -40,7 +40,7 @@ use self::{
 pub use self::{
     attach::{HookKind, check_interface},
     error::CaptureError,
-    ring::{KernelLog, PollInterval, SegmentSource},
+    ring::{KernelLog, PollInterval, Record, SegmentSource},
     rules::KernelRule,
 };
 use crate::sys::errno;

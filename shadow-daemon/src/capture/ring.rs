@@ -12,7 +12,7 @@ use shadow_common::names;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{Capture, CaptureError};
-use crate::segment::{self, DecodeError, Segment};
+use crate::segment::{self, DecodeError, SegmentRef};
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -129,21 +129,23 @@ impl Capture {
     }
 }
 
+/// What a drain hands over, one record at a time: a segment read in place in the ring buffer
+/// (valid only for the call: the record is released right after), or why the record did not
+/// decode (it never reaches reassembly).
+pub type Record<'a> = Result<SegmentRef<'a>, DecodeError>;
+
 impl SegmentSource {
-    /// Wait until the kernel has records, then drain up to `max` of them into `out`. Records that
-    /// do not decode are counted by reason in `bad` (they never reach reassembly).
+    /// Wait until the kernel has records, then hand up to `max` of them to `each`, in place,
+    /// in ring order; returns how many.
     ///
     /// The kernel wakes us only once [`shadow_common::RING_WAKEUP_BYTES`] are pending, so we also
     /// look every [`shadow_common::RING_POLL_INTERVAL_MS`] while records come ([`PollInterval`]:
     /// less often after looks that find nothing, then not at all: parked, the next record wakes
     /// us). A trickle of records waits at most the interval; the first after a quiet spell not
     /// at all.
-    pub async fn next_batch(
-        &mut self,
-        out: &mut Vec<Segment>,
-        bad: &mut Vec<DecodeError>,
-        max: usize,
-    ) -> io::Result<()> {
+    ///
+    /// Cancel-safe: records are handed over synchronously, between awaits.
+    pub async fn next_batch(&mut self, max: usize, mut each: impl FnMut(Record<'_>)) -> io::Result<usize> {
         loop {
             let ready = match self.poll.get() {
                 Some(wait) => tokio::time::timeout(wait, self.ring.readable_mut()).await.ok(),
@@ -152,24 +154,25 @@ impl SegmentSource {
             let n = match ready {
                 Some(guard) => {
                     let mut guard = guard?;
-                    let n = drain(guard.get_inner_mut(), out, bad, max);
+                    let n = drain(guard.get_inner_mut(), max, &mut each);
                     if n < max {
                         // Drained: wait for the next wakeup.
                         guard.clear_ready();
                     }
                     n
                 }
-                None => drain(self.ring.get_mut(), out, bad, max),
+                None => drain(self.ring.get_mut(), max, &mut each),
             };
             if n > 0 {
                 self.poll.looked(n);
-                return Ok(());
+                return Ok(n);
             }
             if self.poll.looked(0) {
                 self.park();
                 // What was submitted before the programs saw the mark woke nobody.
-                if self.look(out, bad, max) > 0 {
-                    return Ok(());
+                let n = self.look(max, &mut each);
+                if n > 0 {
+                    return Ok(n);
                 }
             }
         }
@@ -191,31 +194,30 @@ impl SegmentSource {
         self.poll.parked()
     }
 
-    /// Drain up to `max` records now without waiting, and follow what was found (records end a
-    /// park). The loop's tick looks while parked: a record whose program read the mark just
-    /// before the reader set it woke nobody, and waits for this look at most.
-    pub fn look(&mut self, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>, max: usize) -> usize {
-        let n = drain(self.ring.get_mut(), out, bad, max);
+    /// Hand up to `max` records to `each` now without waiting, and follow what was found
+    /// (records end a park). The loop's tick looks while parked: a record whose program read the
+    /// mark just before the reader set it woke nobody, and waits for this look at most.
+    pub fn look(&mut self, max: usize, each: impl FnMut(Record<'_>)) -> usize {
+        let n = drain(self.ring.get_mut(), max, each);
         if n > 0 {
             self.poll.looked(n);
         }
         n
     }
 
-    /// Drain whatever is buffered now without waiting (used at shutdown).
-    pub fn drain_now(&mut self, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>) {
-        drain(self.ring.get_mut(), out, bad, usize::MAX);
+    /// Hand whatever is buffered now to `each` without waiting (used at shutdown).
+    pub fn drain_now(&mut self, each: impl FnMut(Record<'_>)) -> usize {
+        drain(self.ring.get_mut(), usize::MAX, each)
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Segment>, bad: &mut Vec<DecodeError>, max: usize) -> usize {
+/// Up to `max` records, each decoded in place and handed to `each` while the ring still holds
+/// it: no copy and no allocation per record here.
+fn drain(ring: &mut RingBuf<MapData>, max: usize, mut each: impl FnMut(Record<'_>)) -> usize {
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
-        match segment::decode(&item) {
-            Ok(s) => out.push(s),
-            Err(e) => bad.push(e),
-        }
+        each(segment::decode_ref(&item));
         n += 1;
     }
     n

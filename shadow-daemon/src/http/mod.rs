@@ -17,8 +17,6 @@ mod test_util;
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
-
 #[cfg(any(test, feature = "test-util"))]
 pub use self::test_util::CapturedRequestBuilder;
 pub use self::{
@@ -138,10 +136,12 @@ impl HttpError {
     }
 }
 
-/// A run of contiguous stream bytes, in order, as reassembly hands them over.
-#[derive(Clone, Debug)]
-pub struct Piece {
-    pub data: Bytes,
+/// A run of contiguous stream bytes, in order, as reassembly hands them over. The bytes are
+/// borrowed (from the ring-buffer record, or from what reassembly buffered): an assembler copies
+/// what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    pub data: &'a [u8],
     /// TCP sequence number of `data[0]`.
     pub seq: u32,
     /// Acknowledgment number of the segment the bytes came in (the peer stream's position).

@@ -1,8 +1,9 @@
 //! Requests out of the in-order client stream.
 //!
-//! Zero-copy where the stream allows it: a request that lies inside one piece is emitted as a
-//! `Bytes` slice of the segment; only a request spanning pieces is copied, once, into a buffer
-//! that grows with the bytes actually received (never with what a Content-Length promises).
+//! One copy per request: a request that lies inside one piece is copied out of it (the piece
+//! borrows the ring-buffer record) when it is complete; a request spanning pieces is copied,
+//! once, into a buffer that grows with the bytes actually received (never with what a
+//! Content-Length promises).
 
 use bytes::{Bytes, BytesMut};
 
@@ -139,7 +140,7 @@ impl RequestAssembler {
     /// previous request was answered. A segment sent before that answer (the rest of a request,
     /// its body) never restarts framing, whatever it looks like.
     pub fn is_start(piece: &Piece) -> bool {
-        piece.seg_start && (piece.request_start || matches!(unsupported_preface(&piece.data), Preface::Unsupported(_)))
+        piece.seg_start && (piece.request_start || matches!(unsupported_preface(piece.data), Preface::Unsupported(_)))
     }
 
     /// Consume one in-order piece.
@@ -406,7 +407,7 @@ impl RequestAssembler {
         cx: &mut Cx<'_>,
     ) {
         let raw: Bytes = if self.buf.is_empty() {
-            piece.data.slice(copied..end)
+            Bytes::copy_from_slice(&piece.data[copied..end])
         } else {
             self.buf.extend_from_slice(&piece.data[copied..end]);
             // The whole buffer goes with the request: an idle flow keeps no spare capacity.

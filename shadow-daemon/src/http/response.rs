@@ -129,7 +129,7 @@ impl ResponseAssembler {
     }
 
     pub fn is_start(piece: &Piece) -> bool {
-        piece.seg_start && looks_like_response_line(&piece.data)
+        piece.seg_start && looks_like_response_line(piece.data)
     }
 
     pub fn feed(&mut self, piece: &Piece, cx: &mut Cx<'_>) -> Fed {
@@ -186,7 +186,7 @@ impl ResponseAssembler {
                 }
                 Ok(Some(head)) => {
                     let end = i + head.head_len;
-                    self.after_head(head, data.slice(i..end), piece, end, cx)
+                    self.after_head(head, &data[i..end], piece, end, cx)
                 }
             };
         }
@@ -209,8 +209,8 @@ impl ResponseAssembler {
                 Step::At(at)
             }
             Ok(Some(head)) => {
-                let bytes = self.buf.split().freeze();
-                self.after_head(head, bytes, piece, at, cx)
+                let bytes = self.buf.split();
+                self.after_head(head, &bytes, piece, at, cx)
             }
         }
     }
@@ -218,7 +218,7 @@ impl ResponseAssembler {
     fn after_head(
         &mut self,
         head: ResponseHead,
-        head_bytes: Bytes,
+        head_bytes: &[u8],
         piece: &Piece,
         body_at: usize,
         cx: &mut Cx<'_>,
@@ -283,15 +283,16 @@ impl ResponseAssembler {
             cx.responses.drop_started(if refused { DropReason::Refused } else { DropReason::UnpairedResponse });
         }
         let framing = head.framing_for(kind);
+        // Head and body are kept (copied) only for the comparison, which reads both.
+        let compared = emit.is_some() && cx.limits.keep_response_body > 0;
         self.progress = Some(Box::new(Progress {
-            head: head_bytes,
+            head: if compared { Bytes::copy_from_slice(head_bytes) } else { Bytes::new() },
             status: head.status,
             minor_version: head.minor_version,
             framing,
             body: BodyDecoder::new(framing),
             until_close_len: 0,
-            kept: (emit.is_some() && cx.limits.keep_response_body > 0)
-                .then(|| KeptBody::new(cx.limits.keep_response_body)),
+            kept: compared.then(|| KeptBody::new(cx.limits.keep_response_body)),
             emit,
         }));
         self.state = State::Body;

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     http::{Cx, DropReason, HttpEvent, Limits, PendingQueue, RequestAssembler, ResponseAssembler},
-    segment::{Direction, FlowId, Segment},
+    segment::{Direction, FlowId, SegmentRef},
 };
 
 /// Index of a flow in the extractor's slab; `NIL` ends the LRU list.
@@ -100,7 +100,7 @@ impl Flow {
         }
     }
 
-    pub(super) fn handle(&mut self, seg: Segment, now_ns: u64, sh: &mut Shared<'_>) {
+    pub(super) fn handle(&mut self, seg: SegmentRef<'_>, now_ns: u64, sh: &mut Shared<'_>) {
         let cfg = StreamCfg { window: sh.window, now_ns };
         let ack = (seg.tcp_flags & tcp_flags::ACK != 0).then_some(seg.ack);
         let rst = seg.rst();
@@ -195,12 +195,12 @@ impl Flow {
     /// A new connection on the same addresses and ports: the kernel passes no SYN, so a request
     /// start on a client stream that already ended is the sign. Without it, a quickly reused
     /// client port would be ignored until the old flow timed out.
-    pub(super) fn reused_by(&self, seg: &Segment) -> bool {
+    pub(super) fn reused_by(&self, seg: &SegmentRef<'_>) -> bool {
         seg.direction == Direction::Request
             && self.req_stream.ended()
             && (seg.request_start
                 || RequestAssembler::is_start(&crate::http::Piece {
-                    data: seg.payload.clone(),
+                    data: seg.payload,
                     seq: seg.seq,
                     ack: seg.ack,
                     ts_ns: seg.ts_ns,

@@ -28,7 +28,7 @@ pub use self::{
 pub use crate::http::{DropReason, HttpEvent};
 use crate::{
     http::{HeldRequests, Limits},
-    segment::Segment,
+    segment::{Segment, SegmentRef},
 };
 
 /// Limits and timeouts of the extractor.
@@ -158,8 +158,14 @@ impl Extractor {
     }
 
     /// Feed one segment; completed messages are appended to `out`. `now_ns` is CLOCK_MONOTONIC
-    /// (same clock as `Segment::ts_ns`).
-    pub fn push(&mut self, seg: Segment, now_ns: u64, out: &mut Vec<HttpEvent>) {
+    /// (same clock as `Segment::ts_ns`). The payload is only borrowed: what the extractor keeps
+    /// beyond this call (bytes waiting out of order, a message in progress or complete) it
+    /// copies, so a segment read in place in the ring buffer can be released right after.
+    pub fn push<P: AsRef<[u8]>>(&mut self, seg: Segment<P>, now_ns: u64, out: &mut Vec<HttpEvent>) {
+        self.push_ref(seg.borrowed(), now_ns, out);
+    }
+
+    fn push_ref(&mut self, seg: SegmentRef<'_>, now_ns: u64, out: &mut Vec<HttpEvent>) {
         let dir = seg.direction;
         let payload_len = seg.payload.len() as u64;
         self.stats.segments_in += 1;

@@ -32,13 +32,14 @@ pub const MAX_OOO_PIECES: usize = 256;
 /// more likely garbage (or from an older incarnation of the port pair) than a skip.
 const MAX_ACK_JUMP: i32 = 1 << 30;
 
-/// A segment as the stream sees it.
-#[derive(Clone, Debug)]
-pub(super) struct SegIn {
+/// A segment as the stream sees it, its bytes borrowed (from the ring-buffer record, or from a
+/// piece that waited out of order).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SegIn<'a> {
     pub seq: u32,
     pub ack: u32,
     pub ts_ns: u64,
-    pub data: Bytes,
+    pub data: &'a [u8],
     /// Sequence space taken by the payload (the wire length, whether captured or not).
     pub len: u32,
     pub fin: bool,
@@ -52,7 +53,7 @@ const TRUNCATED: u8 = 4;
 /// This piece carries its segment's outcome (a segment split by overlaps counts once).
 const COUNTED: u8 = 8;
 
-/// A piece of a segment waiting for the bytes before it.
+/// A piece of a segment waiting for the bytes before it: its bytes copied out of the record.
 #[derive(Clone, Debug)]
 struct Ooo {
     seq: u32,
@@ -225,7 +226,7 @@ impl Stream {
                     let cut = (-off) as u32;
                     sc.overlap_bytes += u64::from(cut);
                     if !seg.truncated {
-                        seg.data = seg.data.slice((cut as usize).min(seg.data.len())..);
+                        seg.data = seg.data.get(cut as usize..).unwrap_or_default();
                     }
                     seg.seq = self.next_seq;
                     seg.len -= cut;
@@ -236,13 +237,14 @@ impl Stream {
                 let rest = match self.ooo.first() {
                     Some(first) if seq_lt(first.seq, seg.seq.wrapping_add(seg.len)) => {
                         let keep = first.seq.wrapping_sub(seg.seq);
-                        let mut rest = seg.clone();
+                        let mut rest = seg;
                         rest.seq = first.seq;
                         rest.len = seg.len - keep;
                         rest.request_start = false;
                         if !seg.truncated {
-                            rest.data = seg.data.slice((keep as usize).min(seg.data.len())..);
-                            seg.data.truncate(keep as usize);
+                            let (head, tail) = seg.data.split_at((keep as usize).min(seg.data.len()));
+                            rest.data = tail;
+                            seg.data = head;
                         }
                         seg.len = keep;
                         Some(rest)
@@ -306,7 +308,7 @@ impl Stream {
         } else {
             asm.feed(
                 &Piece {
-                    data: seg.data.clone(),
+                    data: seg.data,
                     seq: seg.seq,
                     ack: seg.ack,
                     ts_ns: seg.ts_ns,
@@ -371,7 +373,7 @@ impl Stream {
             } else {
                 let a = ((cur - s) as usize).min(seg.data.len());
                 let b = ((piece_end - s) as usize).min(seg.data.len());
-                seg.data.slice(a..b)
+                Bytes::copy_from_slice(&seg.data[a..b])
             };
             self.ooo_bytes += data.len() as u32;
             self.ooo.insert(
@@ -425,7 +427,7 @@ impl Stream {
                 seq: o.seq,
                 ack: o.ack,
                 ts_ns: o.ts_ns,
-                data: o.data,
+                data: &o.data,
                 len: o.len,
                 fin: false,
                 truncated: o.flags & TRUNCATED != 0,
@@ -455,7 +457,7 @@ impl Stream {
                 return o.flags & REQUEST_START != 0;
             }
             A::is_start(&Piece {
-                data: o.data.clone(),
+                data: &o.data,
                 seq: o.seq,
                 ack: o.ack,
                 ts_ns: o.ts_ns,

@@ -6,7 +6,7 @@ use shadow_common::counter;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use super::{
-    BATCH, Inputs, RunError, SHUTDOWN_GRACE, SLOW_DUTIES, TICK,
+    Inputs, RunError, SHUTDOWN_GRACE, SLOW_DUTIES, TICK,
     interfaces::Interfaces,
     monotonic_ns,
     publish::Publisher,
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     capture::{
-        Capture, CaptureOptions, HookKind, SegmentSource, check_interface,
+        Capture, CaptureOptions, HookKind, Record, SegmentSource, check_interface,
         links::{InterfacePattern, LinkEvent, LinkWatcher},
     },
     compare::pairs::PairLimits,
@@ -38,7 +38,6 @@ use crate::{
     replay::ReplayEngine,
     reply::{RampReply, Reply},
     rule::RuleId,
-    segment::{DecodeError, Segment},
 };
 
 /// Capture, extraction, replay, comparison and operations of one daemon, joined.
@@ -151,17 +150,7 @@ impl Daemon {
         });
         let tick = crate::sys::timer::Ticker::every(TICK)
             .map_err(|e| RunError::Io { op: "start the tick timer (timerfd)".into(), source: e })?;
-        let inputs = Inputs {
-            verdicts,
-            source,
-            batch: Vec::with_capacity(BATCH),
-            bad: Vec::new(),
-            calls,
-            control_task,
-            sighup,
-            links,
-            tick,
-        };
+        let inputs = Inputs { verdicts, source, calls, control_task, sighup, links, tick };
         let daemon = Self {
             file_rules: ops.rules().to_vec(),
             cfg,
@@ -186,20 +175,24 @@ impl Daemon {
         Ok((daemon, inputs))
     }
 
-    /// Decoded segments through reassembly and extraction, and the messages that come out to
-    /// replay and comparison; records that did not decode are counted by reason. After every
-    /// event (the batch is empty unless the ring buffer was read) and for the final drain.
-    pub(super) fn on_batch(&mut self, batch: &mut Vec<Segment>, bad: &mut Vec<DecodeError>) {
-        if !batch.is_empty() {
-            let now = monotonic_ns();
-            for s in batch.drain(..) {
+    /// One ring-buffer record, read in place: counted, then through reassembly and extraction
+    /// (which copies only what it keeps; the record is released after this call). A record that
+    /// did not decode is counted by reason. `now_ns` is read once per batch.
+    pub(super) fn on_record(&mut self, record: Record<'_>, now_ns: u64) {
+        match record {
+            Ok(s) => {
                 self.summary.count(&s);
-                self.extractor.push(s, now, &mut self.events);
+                self.extractor.push(s, now_ns, &mut self.events);
             }
-            self.route();
+            Err(e) => *self.summary.bad_records.entry(e.reason()).or_default() += 1,
         }
-        for e in bad.drain(..) {
-            *self.summary.bad_records.entry(e.reason()).or_default() += 1;
+    }
+
+    /// After every event (a batch of records, a tick, a command) and the final drain: the
+    /// messages that came out go to replay and comparison, and the ledger is kept fresh.
+    pub(super) fn after_event(&mut self) {
+        if !self.events.is_empty() {
+            self.route();
         }
         // Requests begun and not yet handed over are captured and in flight: keep the ledger's
         // figure fresh, so that the next batch's admissions take over what they should.
@@ -401,14 +394,15 @@ impl Daemon {
     /// Stop: close the control socket, process what the kernel already emitted, detach, give
     /// replay its grace, settle the comparison, and write the summary.
     pub(super) async fn finish(mut self, inputs: Inputs) -> Result<Summary, RunError> {
-        let Inputs { mut source, mut batch, mut bad, calls, control_task, .. } = inputs;
+        let Inputs { mut source, calls, control_task, .. } = inputs;
         // The control socket closes first: nothing changes the daemon while it stops.
         drop(calls);
         let _ = control_task.await;
 
         // Whatever the kernel emitted before we stopped is still processed.
-        source.drain_now(&mut batch, &mut bad);
-        self.on_batch(&mut batch, &mut bad);
+        let now_ns = monotonic_ns();
+        source.drain_now(|r| self.on_record(r, now_ns));
+        self.after_event();
         self.metrics.set_ready(false);
         tell_systemd("STOPPING=1");
         let kernel = self.capture.counters()?;

@@ -3,7 +3,8 @@
 //! a ring-buffer batch, a tick, a control command, a reload, an interface that came or went.
 //! Every batch goes through decode → reassembly/http → replay on this one task (no locks on the
 //! per-segment path, no queue between these stages: a batch is processed before the next is
-//! read). The replay engine (a bounded queue per rule) and the metrics server run beside it. It
+//! read), each record read in place in the ring buffer and released as soon as reassembly has
+//! copied what it keeps. The replay engine (a bounded queue per rule) and the metrics server run beside it. It
 //! stops when `shutdown` completes or --duration passes, drains what the kernel already emitted,
 //! and returns the [`Summary`].
 
@@ -31,7 +32,6 @@ use crate::{
     control::server::{Call, ControlError},
     metrics::MetricsError,
     replay::ReplayError,
-    segment::{DecodeError, Segment},
 };
 
 /// How often kernel counters and extraction stats are published, idle flows expired and ramps
@@ -132,11 +132,8 @@ fn set_tick(tick: &mut crate::sys::timer::Ticker, period: Duration) -> Result<()
 struct Inputs {
     /// `/verdict` requests from the metrics server, each with the sender of its JSON.
     verdicts: mpsc::Receiver<tokio::sync::oneshot::Sender<String>>,
-    /// The kernel's ring buffer, read a batch at a time into `batch` (and `bad`: records that
-    /// did not decode).
+    /// The kernel's ring buffer, read a batch at a time, each record in place.
     source: SegmentSource,
-    batch: Vec<Segment>,
-    bad: Vec<DecodeError>,
     /// Commands from the control socket, each with its reply channel.
     calls: mpsc::Receiver<Call>,
     control_task: JoinHandle<()>,
@@ -161,7 +158,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     tokio::pin!(shutdown, stop);
     loop {
-        let Inputs { source, batch, bad, calls, sighup, links, tick, verdicts, .. } = &mut inputs;
+        let Inputs { source, calls, sighup, links, tick, verdicts, .. } = &mut inputs;
+        let mut now_ns = None;
         let link_events = async {
             match links.as_mut() {
                 Some(w) => w.next().await,
@@ -169,7 +167,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
         tokio::select! {
-            r = source.next_batch(batch, bad, BATCH) => {
+            // The clock is read once per batch, when its first record is handed over.
+            r = source.next_batch(BATCH, |r| daemon.on_record(r, *now_ns.get_or_insert_with(monotonic_ns))) => {
                 r.map_err(|e| RunError::Io { op: "read the ring buffer".into(), source: e })?;
                 // Records again after a quiet spell: the busy beat, from now.
                 set_tick(tick, TICK)?;
@@ -177,7 +176,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             r = tick.tick() => {
                 let periods = r.map_err(|e| RunError::Io { op: "read the tick timer".into(), source: e })?;
                 if source.parked() {
-                    source.look(batch, bad, BATCH);
+                    let now_ns = monotonic_ns();
+                    source.look(BATCH, |r| daemon.on_record(r, now_ns));
                 }
                 daemon.on_tick(tick.period().saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX)));
                 set_tick(tick, if source.parked() { QUIET_TICK } else { TICK })?;
@@ -204,7 +204,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             () = &mut shutdown => break,
             () = &mut stop => break,
         }
-        daemon.on_batch(&mut inputs.batch, &mut inputs.bad);
+        daemon.after_event();
     }
     daemon.finish(inputs).await
 }

@@ -9,7 +9,7 @@ use shadow_common::counter;
 use crate::{
     metrics::Summary as MirrorSummary,
     reassembly::ExtractorStats,
-    segment::{Direction, RecordDrop, Segment},
+    segment::{Direction, RecordDrop, SegmentRef},
 };
 
 /// Per-direction counts of what reached user space.
@@ -123,7 +123,7 @@ pub struct Summary {
 
 impl Summary {
     /// One segment that reached user space.
-    pub(super) fn count(&mut self, s: &Segment) {
+    pub(super) fn count(&mut self, s: &SegmentRef<'_>) {
         let d = match s.direction {
             Direction::Request => &mut self.request,
             Direction::Response => &mut self.response,

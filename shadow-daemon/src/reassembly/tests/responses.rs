@@ -98,7 +98,8 @@ fn declined_upgrade_lets_http1_go_on() {
 #[test]
 fn responses_framing_and_fifo_pairing() {
     both_families(|v6| {
-        let mut ex = Extractor::new(small_cfg());
+        // Compared (some body kept): the heads are kept too.
+        let mut ex = Extractor::new(ExtractorConfig { keep_response_body: 16, ..small_cfg() });
         let mut c = Conn::new(v6, 40031, 1, 1);
         // Pipelined: four requests, then their responses, one of them split byte by byte.
         let reqs = [GET, b"HEAD /h HTTP/1.1\r\n\r\n".as_slice(), POST, GET].concat();
@@ -183,15 +184,25 @@ fn response_bodies_are_kept_de_chunked_up_to_the_cap_only_when_asked() {
             c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"),
         ];
         let ev = feed(&mut ex, segs);
-        responses(&ev).iter().map(|r| (r.body.to_vec(), r.body_complete, r.body_len)).collect::<Vec<_>>()
+        let rs = responses(&ev);
+        let heads: Vec<Vec<u8>> = rs.iter().map(|r| r.head.to_vec()).collect();
+        (heads, rs.iter().map(|r| (r.body.to_vec(), r.body_complete, r.body_len)).collect::<Vec<_>>())
     };
+    let heads = vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n".to_vec(),
+    ];
     assert_eq!(
         run(1024),
-        vec![(b"{\"a\":12}\n".to_vec(), true, 9), (b"xyz".to_vec(), true, 3)],
+        (heads.clone(), vec![(b"{\"a\":12}\n".to_vec(), true, 9), (b"xyz".to_vec(), true, 3)]),
         "whole bodies, chunk framing removed"
     );
-    assert_eq!(run(4), vec![(b"{\"a\"".to_vec(), false, 9), (b"xyz".to_vec(), true, 3)], "cut at the cap");
-    assert_eq!(run(0), vec![(Vec::new(), false, 9), (Vec::new(), false, 3)], "comparison off: nothing kept");
+    assert_eq!(run(4), (heads, vec![(b"{\"a\"".to_vec(), false, 9), (b"xyz".to_vec(), true, 3)]), "cut at the cap");
+    assert_eq!(
+        run(0),
+        (vec![Vec::new(), Vec::new()], vec![(Vec::new(), false, 9), (Vec::new(), false, 3)]),
+        "comparison off: no head or body kept"
+    );
 }
 
 #[test]
@@ -281,14 +292,18 @@ fn a_response_in_progress_costs_its_head_and_its_kept_body() {
         let _ = feed(&mut ex, [c.client(GET), c.server(head.as_bytes())]);
         ex.flows().next().expect("one flow").parts().0[3]
     };
-    assert_eq!(heap_of("X-Six: 1\r\n", 0) - heap_of("", 0), "X-Six: 1\r\n".len(), "its head");
-    let kept = heap_of("", 64) - heap_of("", 0);
+    // Compared (a body kept): its head is kept too, copied out of the segment.
+    assert_eq!(heap_of("X-Six: 1\r\n", 64) - heap_of("", 64), "X-Six: 1\r\n".len(), "its head");
+    let head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".len();
+    let kept = heap_of("", 64) - heap_of("", 0) - head;
     assert!((3..=64).contains(&kept), "its kept body: {kept}");
+    // Not compared: neither head nor body is kept.
+    assert_eq!(heap_of("X-Six: 1\r\n", 0), heap_of("", 0), "no head kept");
 }
 
 #[test]
 fn line_ends_between_pipelined_responses_are_skipped() {
-    let mut ex = Extractor::new(small_cfg());
+    let mut ex = Extractor::new(ExtractorConfig { keep_response_body: 16, ..small_cfg() });
     let mut c = Conn::new(false, 40038, 1, 1);
     let two = [GET, GET].concat();
     let ev = feed(&mut ex, [c.client(&two), c.server(&[OK, b"\r\n\r\n", OK].concat())]);

@@ -128,12 +128,21 @@ pub(crate) fn small_cfg() -> ExtractorConfig {
     ExtractorConfig { gap_timeout_ns: 50_000_000, ..ExtractorConfig::default() }
 }
 
-/// Push everything at the segments' own timestamps, checking the bounds after each push.
+/// Push everything at the segments' own timestamps, checking the bounds after each push. Each
+/// segment goes the daemon's way: encoded as the kernel's record into one buffer reused for every
+/// record (as ring-buffer slots are), decoded in place, pushed, and the buffer overwritten
+/// before the next: whatever the extractor kept must have been copied out.
 pub(crate) fn feed(ex: &mut Extractor, segs: impl IntoIterator<Item = Segment>) -> Vec<HttpEvent> {
     let mut out = Vec::new();
+    let mut record = Vec::new();
     for s in segs {
         let now = s.ts_ns;
-        ex.push(s, now, &mut out);
+        record.clear();
+        record.extend_from_slice(&crate::segment::encode(&s));
+        let in_place = crate::segment::decode_ref(&record).expect("an encoded segment decodes");
+        assert_eq!(in_place.owned(), s);
+        ex.push(in_place, now, &mut out);
+        record.fill(0xEE);
         let st = ex.stats();
         assert!(st.memory_bytes <= ex.config().memory_cap_bytes as u64, "memory {} over cap", st.memory_bytes);
         assert!(st.reconciles(), "counters do not reconcile: {st:#?}");

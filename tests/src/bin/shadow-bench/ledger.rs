@@ -134,7 +134,7 @@ pub(crate) fn write_ledger(out: &Path, date: &str, command: &str) {
                 allocations: format!("{:.2}", f(&s["allocations_per_record"]).unwrap_or(f64::NAN)),
                 reproduce: format!("{RUN} --only capture"),
                 how: format!(
-                    "the daemon's reader (AsyncFd + segment::decode, which copies the payload) on its own thread, CPU of that thread at {:.0} records/s offered by BPF_PROG_TEST_RUN (~100 B requests), no ringbuf_full ({:.0}-{:.0} ns over the steps of capture.md); highest drained rate without drops {:.0}/s",
+                    "the daemon's reader (AsyncFd + segment::decode_ref, in place: no copy, no allocation) on its own thread, CPU of that thread at {:.0} records/s offered by BPF_PROG_TEST_RUN (~100 B requests), no ringbuf_full ({:.0}-{:.0} ns over the steps of capture.md); highest drained rate without drops {:.0}/s",
                     f(&s["offered_per_s"]).unwrap_or(0.0),
                     steps.iter().filter_map(|x| f(&x["reader_cpu_ns_per_record"])).fold(f64::INFINITY, f64::min),
                     steps.iter().filter_map(|x| f(&x["reader_cpu_ns_per_record"])).fold(0.0, f64::max),
