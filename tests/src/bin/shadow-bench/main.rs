@@ -184,6 +184,7 @@ fn main() -> ExitCode {
     if part("micro") {
         let mut stages = vec![
             micro::extraction(quick),
+            micro::records_to_extraction(quick),
             micro::replay(quick, 1),
             micro::replay(quick, shadow_daemon::replay::pipeline::OPT_IN_PIPELINE),
             micro::comparison(quick, false),

@@ -217,6 +217,73 @@ pub(crate) fn extraction(quick: bool) -> StageCost {
     m.stage("reassembly + HTTP extraction".into(), n, repeats, "shadow_daemon::reassembly::Extractor::push, 1 KiB GETs in one segment each over 16 keep-alive flows, one thread, its CPU time (segments built untimed; the payload copy out of the ring is in the ring-buffer stage)")
 }
 
+/// An exchange as the kernel's records carry it: the request's record (a 1 KiB GET) and the
+/// response's (a 200 with a 1 KiB body, head and body in one segment), round-robin over
+/// keep-alive flows.
+fn exchange_records(n: usize, seqs: &mut [(u32, u32)], ts: &mut u64) -> Vec<Vec<u8>> {
+    let body = "b".repeat(1024);
+    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1024\r\n\r\n{body}");
+    let mut out = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let f = (i % FLOWS as usize) as u16;
+        let (c, s) = &mut seqs[f as usize];
+        let req = request_bytes(i);
+        for (dir, payload) in [(Direction::Request, req.as_slice()), (Direction::Response, response.as_bytes())] {
+            *ts += 1_000;
+            let (seq, ack) = match dir {
+                Direction::Request => (*c, *s),
+                Direction::Response => (*s, c.wrapping_add(req.len() as u32)),
+            };
+            let seg = Segment {
+                flow: flow(f),
+                direction: dir,
+                seq,
+                ack,
+                tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+                ts_ns: *ts,
+                wire_len: payload.len() as u32,
+                payload: Bytes::copy_from_slice(payload),
+                truncated: false,
+                request_start: dir == Direction::Request,
+                ifindex: 1,
+            };
+            out.push(shadow_daemon::segment::encode(&seg));
+        }
+        *c = c.wrapping_add(req.len() as u32);
+        *s = s.wrapping_add(response.len() as u32);
+    }
+    out
+}
+
+/// The daemon's per-record path from the ring to extraction, on one long-lived extractor as the
+/// daemon runs it under TC (each request held until its answer is seen): every record decoded
+/// in place and pushed, both directions, each message handed on (dropped) as soon as it is out.
+pub(crate) fn records_to_extraction(quick: bool) -> StageCost {
+    let n = 8192;
+    let repeats = if quick { 3 } else { 9 };
+    let mut ex = Extractor::new(ExtractorConfig { await_response: true, ..ExtractorConfig::default() });
+    let mut seqs = vec![(1_000u32, 5_000u32); FLOWS as usize];
+    let mut ts = 1_000_000u64;
+    let mut out: Vec<HttpEvent> = Vec::with_capacity(64);
+    let m = measure(
+        n,
+        repeats,
+        || exchange_records(n, &mut seqs, &mut ts),
+        |records| {
+            let mut emitted = 0;
+            for r in &records {
+                let seg = shadow_daemon::segment::decode_ref(r).expect("an encoded record decodes");
+                let now = seg.ts_ns;
+                ex.push(seg, now, &mut out);
+                emitted += out.len();
+                out.clear();
+            }
+            assert_eq!(emitted, 2 * n, "a request and a response out of each exchange");
+        },
+    );
+    m.stage("ring records to extraction (request + response)".into(), n, repeats, "segment::decode_ref + Extractor::push (await_response, as under TC) of an exchange's two records (a 1 KiB GET; a 200 with a 1 KiB body) over 16 keep-alive flows, one thread, its CPU time per exchange (records encoded untimed, in memory rather than in the ring)")
+}
+
 /// The metrics bookkeeping of one mirrored request, as the replay bench's `metrics_per_request`.
 pub(crate) fn metrics_bookkeeping(quick: bool) -> StageCost {
     let metrics = Metrics::default();
