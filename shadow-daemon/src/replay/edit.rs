@@ -6,12 +6,20 @@
 
 use std::{net::Ipv4Addr, ops::Range};
 
+use smallvec::SmallVec;
+
 use super::{
     ReplayError,
     controls::{HostMode, ReplayControls, ShadowTarget},
     trace::{LineVerdict, TraceEdit, TraceHeader, TraceOutcome},
 };
 use crate::message::CapturedRequest;
+
+/// Header lines an edit keeps track of without allocating (a request with more spills to the
+/// heap): browsers and API clients send 10 to 20.
+const INLINE_HEADERS: usize = 32;
+/// Headers set on every request (the tag, the Host, `--set-header`s) kept without allocating.
+const INLINE_SETTERS: usize = 8;
 
 /// What happens to one header line of the original head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +33,9 @@ enum LineEdit<'a> {
     /// Same line, the shadow marker appended to its baggage.
     Marker,
 }
+
+/// A header line (from the name to the terminator), its value, and what happens to it.
+type Edit<'a> = (Range<usize>, Range<usize>, LineEdit<'a>);
 
 /// A header that every replayed request carries with a given value.
 struct Setter<'a> {
@@ -81,7 +92,7 @@ pub(crate) fn edit_request_into(
     };
     // Ordered by precedence: the tag is always present with its configured value, a set header
     // beats a removal of the same name.
-    let mut setters: Vec<Setter> = Vec::with_capacity(controls.set_headers.len() + 2);
+    let mut setters: SmallVec<[Setter; INLINE_SETTERS]> = SmallVec::with_capacity(controls.set_headers.len() + 2);
     setters.push(Setter::new(controls.tag_header.name.as_str().as_bytes(), controls.tag_header.value.as_bytes(), true));
     for h in &controls.set_headers {
         setters.push(Setter::new(h.name.as_str().as_bytes(), h.value.as_bytes(), true));
@@ -94,7 +105,7 @@ pub(crate) fn edit_request_into(
     }
 
     let mut trace = TraceEdit::new(controls.trace, controls.trace_sampled, controls.shadow_baggage.member());
-    let mut edits: Vec<(Range<usize>, Range<usize>, LineEdit)> = Vec::with_capacity(lines.len());
+    let mut edits: SmallVec<[Edit; INLINE_HEADERS]> = SmallVec::with_capacity(lines.len());
     for (i, HeaderLine { line, value, name }) in lines.into_iter().enumerate() {
         let name_bytes = &raw[name];
         let edit = if let Some(s) = setters.iter_mut().find(|s| s.name.eq_ignore_ascii_case(name_bytes)) {
@@ -185,10 +196,10 @@ struct HeaderLine {
 /// rather than taken from the spans, so that an empty value has a well-defined place. `None` if
 /// the name spans do not describe a well-formed head: editing a head we do not understand could
 /// corrupt it.
-fn header_lines(req: &CapturedRequest, blank_start: usize) -> Option<Vec<HeaderLine>> {
+fn header_lines(req: &CapturedRequest, blank_start: usize) -> Option<SmallVec<[HeaderLine; INLINE_HEADERS]>> {
     let raw = &req.raw[..];
     let request_line_end = raw.get(..blank_start)?.iter().position(|&b| b == b'\n')? + 1;
-    let mut out = Vec::with_capacity(req.headers.len());
+    let mut out = SmallVec::with_capacity(req.headers.len());
     let mut prev_end = request_line_end;
     for (i, h) in req.headers.iter().enumerate() {
         let end = req.headers.get(i + 1).map_or(blank_start, |n| n.name.start);
@@ -305,6 +316,18 @@ pub(crate) mod tests {
         assert_eq!(edit(bare, &c), "GET / HTTP/1.0\r\nX-Shadow-Request: true\r\nX-Env: shadow\r\nX-New: 1\r\n\r\n");
     }
 
+    /// More set headers than are kept inline: each still replaces its line or is appended, in
+    /// the configured order.
+    #[test]
+    fn more_set_headers_than_kept_inline_are_all_applied() {
+        let n = INLINE_SETTERS + 3;
+        let set_headers = (0..n).map(|i| HeaderField::parse(&format!("X-S{i}: v{i}")).unwrap()).collect();
+        let c = ReplayControls { set_headers, ..no_marker() };
+        let out = edit(b"GET / HTTP/1.1\r\nX-S1: old\r\nA: b\r\n\r\n", &c);
+        let appended: String = (0..n).filter(|&i| i != 1).map(|i| format!("X-S{i}: v{i}\r\n")).collect();
+        assert_eq!(out, format!("GET / HTTP/1.1\r\nX-S1: v1\r\nA: b\r\nX-Shadow-Request: true\r\n{appended}\r\n"));
+    }
+
     #[test]
     fn suffix_leaves_ip_literals_alone() {
         assert_eq!(suffixed_host(b"api", "-s").as_deref(), Some(&b"api-s"[..]));
@@ -410,7 +433,8 @@ pub(crate) mod tests {
         /// before the blank line; request line and body are identical.
         #[test]
         fn edits_change_only_the_edited_lines(
-            lines in prop::collection::vec(header_line(), 0..12),
+            // Past INLINE_HEADERS too: the lists spill to the heap and edit the same.
+            lines in prop::collection::vec(header_line(), 0..(INLINE_HEADERS + 12)),
             body in prop::collection::vec(any::<u8>(), 0..64),
             crlf in any::<bool>(),
             host_target in any::<bool>(),

@@ -708,7 +708,7 @@ fn next_batch(
         return batcher.poll_next(cx, rx).map(|b| b.map(|b| (b, None)));
     };
     if let Some((job, done)) = gate.next_ready(cx.waker()) {
-        return Poll::Ready(Some((vec![job], Some(done))));
+        return Poll::Ready(Some((smallvec::smallvec![job], Some(done))));
     }
     loop {
         match batcher.poll_next(cx, rx) {
@@ -716,7 +716,7 @@ fn next_batch(
             Poll::Ready(Some(batch)) => {
                 for job in batch {
                     match gate.admit(job.req.flow, job) {
-                        Admit::Start(job, done) => return Poll::Ready(Some((vec![job], Some(done)))),
+                        Admit::Start(job, done) => return Poll::Ready(Some((smallvec::smallvec![job], Some(done)))),
                         Admit::Waiting => {}
                         Admit::Full(mut job) => job.settle(Err(RequestDrop::QueueFull)),
                     }
@@ -734,8 +734,9 @@ fn pipelinable(req: &CapturedRequest) -> bool {
     pipeline::idempotent(req.method()) && request_keep_alive(req)
 }
 
-/// A replay slot's work: one request, or several pipelinable ones that were waiting together.
-type Batch = Vec<Job>;
+/// A replay slot's work: one request, or several pipelinable ones that were waiting together
+/// (one, the default without pipelining, is held without an allocation).
+type Batch = smallvec::SmallVec<[Job; 1]>;
 
 /// How long a pipelinable request waits for others to join its pipeline. Replay is off the
 /// users' path and the shadow is timed from the write, so the wait costs nothing anyone sees; it
@@ -789,7 +790,7 @@ impl Batcher {
                         },
                     };
                     if !self.joins(&job) {
-                        return Poll::Ready(Some(vec![job]));
+                        return Poll::Ready(Some(smallvec::smallvec![job]));
                     }
                     self.carry = Some(job);
                     self.timer.as_mut().reset(Instant::now() + GATHER);
@@ -807,9 +808,9 @@ impl Batcher {
                         continue;
                     };
                     if !self.joins(&first) {
-                        return Poll::Ready(Some(vec![first]));
+                        return Poll::Ready(Some(smallvec::smallvec![first]));
                     }
-                    let mut batch = Vec::with_capacity(self.depth.min(16));
+                    let mut batch = Batch::with_capacity(self.depth.min(16));
                     batch.push(first);
                     while batch.len() < self.depth {
                         match rx.try_recv() {
@@ -881,7 +882,7 @@ async fn replay_batch(lane: Arc<LaneState>, metrics: Arc<Metrics>, mut jobs: Bat
     // Stamped as they go out: an answer that comes back in a later epoch is not counted in it.
     let epoch = lane.compare_epoch();
     let outcomes = {
-        let parts: Vec<Part<'_>> = jobs.iter().map(|j| part(&j.req, j.end)).collect();
+        let parts: pipeline::Parts<'_> = jobs.iter().map(|j| part(&j.req, j.end)).collect();
         pipeline::send(&lane.route(&lane.target, &lane.pool), &wire, &parts, &metrics).await
     };
     for (job, outcome) in jobs.iter_mut().zip(outcomes) {

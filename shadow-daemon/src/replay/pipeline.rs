@@ -63,6 +63,11 @@ pub(crate) fn idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
 }
 
+/// A pipeline's parts, one (the default, no pipelining) held without an allocation.
+pub(crate) type Parts<'a> = smallvec::SmallVec<[Part<'a>; 1]>;
+/// One outcome per part, in order.
+pub(crate) type Outcomes = smallvec::SmallVec<[Result<Exchange, ReplayError>; 1]>;
+
 /// How one pipeline is sent: where, within what time, and what to keep of the responses.
 pub(crate) struct Route<'a> {
     pub target: &'a ShadowTarget,
@@ -84,17 +89,12 @@ pub(crate) struct Route<'a> {
 /// shadow does next. A turn that settles nothing (a kept-alive connection the shadow had closed)
 /// is tried once more per pipeline, so a shadow refusing everything costs two connections, not
 /// a loop.
-pub(crate) async fn send(
-    route: &Route<'_>,
-    wire: &[u8],
-    parts: &[Part<'_>],
-    metrics: &Metrics,
-) -> Vec<Result<Exchange, ReplayError>> {
+pub(crate) async fn send(route: &Route<'_>, wire: &[u8], parts: &[Part<'_>], metrics: &Metrics) -> Outcomes {
     let target = route.target;
     let timeout = route.request_timeout;
     let resendable = parts.iter().all(|p| p.idempotent);
     let begins = |k: usize| if k == 0 { 0 } else { parts[k - 1].end };
-    let mut out: Vec<Result<Exchange, ReplayError>> = Vec::with_capacity(parts.len());
+    let mut out = Outcomes::with_capacity(parts.len());
     // A turn that settled nothing has been tried again already.
     let mut retried = false;
     while out.len() < parts.len() {
@@ -193,7 +193,7 @@ async fn read_turn(
     conn: &mut Conn,
     route: &Route<'_>,
     parts: &[Part<'_>],
-    out: &mut Vec<Result<Exchange, ReplayError>>,
+    out: &mut Outcomes,
     mut sleep: Pin<&mut Sleep>,
 ) -> Turn {
     let (target, timeout) = (route.target, route.request_timeout);
@@ -297,7 +297,7 @@ fn blame_body(out: &mut [Result<Exchange, ReplayError>], id: u64, target: &Shado
 }
 
 /// Settle every part not settled yet: the first with `e`, the others with the same failure.
-fn fail_rest(out: &mut Vec<Result<Exchange, ReplayError>>, parts: &[Part<'_>], e: ReplayError) {
+fn fail_rest(out: &mut Outcomes, parts: &[Part<'_>], e: ReplayError) {
     let Some((_, others)) = parts[out.len()..].split_first() else { return };
     let copies: Vec<ReplayError> = others.iter().map(|p| e.again(p.id)).collect();
     out.push(Err(e));

@@ -39,7 +39,8 @@ use shadow_daemon::{
 
 use crate::mirror::Spread;
 
-/// Counts every allocation (and its bytes) of the process, all threads.
+/// Counts every allocation (and its bytes) of the process, all threads, but the bench's own
+/// bookkeeping (see [`uncounted`]).
 pub(crate) struct Counting;
 
 pub(crate) static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -48,12 +49,33 @@ pub(crate) static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
 static SHADOW_IN: AtomicU64 = AtomicU64::new(0);
 static SHADOW_OUT: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// Set while the bench's own bookkeeping runs on this thread (see [`uncounted`]).
+    static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this allocation is the measured code's (not the bench's own, see [`uncounted`]).
+fn counted() -> bool {
+    !UNCOUNTED.try_with(std::cell::Cell::get).unwrap_or(false)
+}
+
+/// Run `f`, the bench's own bookkeeping (a poll of the metrics while it waits, say), without
+/// counting what it allocates on this thread: the figures are the measured code's alone.
+pub(crate) fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    UNCOUNTED.with(|u| u.set(true));
+    let r = f();
+    UNCOUNTED.with(|u| u.set(false));
+    r
+}
+
 // SAFETY: every call is passed to the system allocator unchanged (only counted), so its
 // guarantees are the system allocator's.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        if counted() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            ALLOC_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        }
         // SAFETY: the caller's contract for `alloc` is the one `System.alloc` needs.
         unsafe { System.alloc(l) }
     }
@@ -62,8 +84,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        if counted() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            ALLOC_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        }
         // SAFETY: `p` came from `System` through this allocator, with layout `l`.
         unsafe { System.realloc(p, l, n) }
     }
@@ -638,14 +662,15 @@ pub(crate) fn replay(quick: bool, pipeline: usize) -> StageCost {
         rt.block_on(async { ReplayEngine::start(&[rule], Correlator::new(metrics.clone(), None)) }).expect("engine");
     let requests: Vec<CapturedRequest> = (0..batch).map(|i| captured(i as u64, &request_bytes(i))).collect();
     let run = |batch: Vec<CapturedRequest>| {
-        let before = metrics.requests();
+        let before = uncounted(|| metrics.requests());
         let n = batch.len() as u64;
         for r in batch {
             assert_eq!(engine.submit(r), Submission::Queued);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let now = metrics.requests();
+            // The poll builds a snapshot (maps of drops by reason): the bench's, not the engine's.
+            let now = uncounted(|| metrics.requests());
             if now.captured - now.in_flight == before.captured - before.in_flight + n {
                 assert_eq!(now.replayed - before.replayed, n, "every request replayed: {now:?}");
                 return;
