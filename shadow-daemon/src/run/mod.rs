@@ -10,6 +10,7 @@
 
 mod daemon;
 mod interfaces;
+pub mod pace;
 mod publish;
 mod ramp;
 mod reload;
