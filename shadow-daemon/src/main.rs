@@ -37,12 +37,7 @@ fn main() -> ExitCode {
     // about a quarter of the daemon's CPU per mirrored request, measured with the bench's mirror
     // arms: 7.4-9.6 µs on one thread against 11.7-14.9 µs on two).
     let mut builder = match cfg.threads {
-        1 => {
-            let mut b = tokio::runtime::Builder::new_current_thread();
-            // While busy, a turn at most every --turn-interval (see run::pace).
-            run::pace::Pace::install(cfg.turn_interval, &mut b);
-            b
-        }
+        1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);

@@ -164,29 +164,7 @@ pub struct Args {
     /// one core at most and costs least per request; more serve a busier node.
     #[arg(long, env = "SHADOW_THREADS", value_name = "N", default_value_t = 1, value_parser = parse_threads)]
     pub threads: usize,
-
-    /// While busy, the daemon's thread wakes at most once per this interval and handles
-    /// everything that became ready meanwhile in one turn (ring records, shadow responses,
-    /// timers): fewer wake-ups, and a request leaves for the shadow at most this much later. 0:
-    /// a turn for every event. One thread only (--threads 1). At most 10ms.
-    #[arg(long, env = "SHADOW_TURN_INTERVAL", value_name = "DURATION", default_value = "500us", value_parser = parse_turn_interval)]
-    pub turn_interval: Duration,
 }
-
-fn parse_turn_interval(s: &str) -> Result<Duration, String> {
-    if s.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
-        return Ok(Duration::ZERO);
-    }
-    let d = parse_duration(s)?;
-    if d > MAX_TURN_INTERVAL {
-        return Err(format!("'{s}' is more than 10ms"));
-    }
-    Ok(d)
-}
-
-/// The longest `--turn-interval`: past it a request would wait longer for its turn than the
-/// ring buffer's own beat.
-const MAX_TURN_INTERVAL: Duration = Duration::from_millis(10);
 
 fn parse_threads(s: &str) -> Result<usize, String> {
     parse_count(s, 1, 64)
@@ -286,8 +264,6 @@ pub struct DaemonConfig {
     pub memory_cap: u64,
     /// Runtime threads (1: everything on one thread).
     pub threads: usize,
-    /// While busy, a turn of the loop at most this often (see `run::pace`); zero: every event.
-    pub turn_interval: Duration,
     /// Where the egress fence pins (a BPF filesystem).
     pub pin_dir: PathBuf,
     /// Where the ramps keep their state.
@@ -415,7 +391,6 @@ impl Args {
             duration: self.duration,
             max_endpoints: self.max_endpoints,
             threads: self.threads,
-            turn_interval: self.turn_interval,
             memory_cap: self.memory_cap,
             pin_dir: self.pin_dir,
             state_dir: self.state_dir,

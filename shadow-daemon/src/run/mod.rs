@@ -10,7 +10,6 @@
 
 mod daemon;
 mod interfaces;
-pub mod pace;
 mod publish;
 mod ramp;
 mod reload;
