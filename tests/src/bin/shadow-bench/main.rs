@@ -13,7 +13,8 @@
 //! ledger: all of the above in one table, with the goals met or not (ledger.rs).
 //!
 //! `--only capture|micro|profile|mirror|egress|ledger` runs one part; the ledger is rebuilt at the end of
-//! every run from the JSON files in the results directory.
+//! every run from the JSON files in the results directory. `--arms KEY,KEY` runs only those mirror
+//! arms (with `none`, every ratio's baseline; `big` for the 64 KiB group), for a quick look.
 
 use std::{
     io::{Read, Write},
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
     let mut alt_bin: Option<String> = None;
     let mut alt_label: Option<String> = None;
     let mut alt_args: Option<String> = None;
+    let mut only_arms: Option<Vec<String>> = None;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     // Inside a test cgroup, for the egress part: a loop of calls, its ns per call on stdout.
     let argv: Vec<String> = std::env::args().collect();
@@ -128,6 +130,9 @@ fn main() -> ExitCode {
             "--alt-daemon" => alt_bin = args.next(),
             "--alt-label" => alt_label = args.next(),
             "--alt-args" => alt_args = args.next(),
+            "--arms" => {
+                only_arms = Some(args.next().unwrap_or_default().split(',').map(|k| k.trim().to_owned()).collect())
+            }
             other => {
                 eprintln!("shadow-bench: unknown argument {other}");
                 return ExitCode::from(2);
@@ -216,7 +221,7 @@ fn main() -> ExitCode {
         record("egress", &mut took);
     }
     if part("mirror") {
-        let results = mirror::mirror_bench(quick, date(), command.clone(), alt.as_ref());
+        let results = mirror::mirror_bench(quick, date(), command.clone(), alt.as_ref(), only_arms.as_deref());
         mirror::write_mirror(&out, &results);
         record("mirror", &mut took);
     }

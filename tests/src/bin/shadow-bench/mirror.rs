@@ -474,7 +474,16 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn mirror_bench(quick: bool, date: String, command: String, alt: Option<&Alt>) -> MirrorResults {
+/// `only`: the keys of the arms to run (`--arms none,healthy,healthy-alt`, for a quick look at
+/// a change; `none`, the baseline of every ratio, always runs, and the 64 KiB group only with
+/// `big`); `None`, every arm.
+pub(crate) fn mirror_bench(
+    quick: bool,
+    date: String,
+    command: String,
+    alt: Option<&Alt>,
+    only: Option<&[String]>,
+) -> MirrorResults {
     let secs = if quick { 2 } else { 4 };
     let rounds = if quick { 3 } else { 5 };
     let load_average_before = loadavg();
@@ -488,7 +497,8 @@ pub(crate) fn mirror_bench(quick: bool, date: String, command: String, alt: Opti
     .len()
         + BIG_BODY;
 
-    let all = arms(alt);
+    let chosen = |a: &ArmSpec| a.key == "none" || only.is_none_or(|o| o.iter().any(|k| k == a.key));
+    let all: Vec<ArmSpec> = arms(alt).into_iter().filter(|a| chosen(a)).collect();
     let fixed_arms: Vec<ArmSpec> = all.iter().copied().filter(|a| a.fixed).collect();
     let mut arms = bed.rounds("saturating", &all, &Kind::Saturating, secs, rounds, request_bytes);
     let sat_rps = arms[0].rps.map_or(1000.0, |s| s.median);
@@ -508,7 +518,9 @@ pub(crate) fn mirror_bench(quick: bool, date: String, command: String, alt: Opti
         rounds,
         request_bytes,
     ));
-    arms.extend(bed.rounds("64 KiB POST", BIG_ARMS, &Kind::Big, secs, rounds, big_request_bytes));
+    if only.is_none_or(|o| o.iter().any(|k| k == "big")) {
+        arms.extend(bed.rounds("64 KiB POST", BIG_ARMS, &Kind::Big, secs, rounds, big_request_bytes));
+    }
     MirrorResults {
         date,
         command,
