@@ -43,8 +43,8 @@ pub const WAKE_PARKED: u32 = 1;
 
 /// Names of programs and maps in the eBPF object.
 pub mod names {
-    pub const PROG_TC_INGRESS: &str = "shadow_tc_ingress";
-    pub const PROG_TC_EGRESS: &str = "shadow_tc_egress";
+    /// TC, attached to ingress and (but on loopback) egress.
+    pub const PROG_TC: &str = "shadow_tc";
     pub const PROG_XDP: &str = "shadow_xdp";
     /// Benchmark baseline only: returns at once.
     pub const PROG_TC_NOOP: &str = "shadow_tc_noop";

@@ -28,8 +28,8 @@ use crate::{
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
-    TcIngress,
-    TcEgress,
+    /// TC, ingress or egress (the same program on both).
+    Tc,
     Xdp,
 }
 

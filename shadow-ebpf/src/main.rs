@@ -47,15 +47,12 @@ static SHADOW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entri
 #[map(name = "SHADOW_WAKE")]
 static SHADOW_WAKE: Array<u32> = Array::with_max_entries(1, 0);
 
+/// One program for both directions of TC: what a segment is (request or response) comes from
+/// its ports and the rules, not from the hook it passes, so the daemon loads (and the kernel
+/// verifies) it once and attaches it to ingress and egress.
 #[classifier]
-pub fn shadow_tc_ingress(ctx: TcContext) -> i32 {
-    process(&ctx, Hook::TcIngress);
-    TC_ACT_UNSPEC
-}
-
-#[classifier]
-pub fn shadow_tc_egress(ctx: TcContext) -> i32 {
-    process(&ctx, Hook::TcEgress);
+pub fn shadow_tc(ctx: TcContext) -> i32 {
+    process(&ctx, Hook::Tc);
     TC_ACT_UNSPEC
 }
 

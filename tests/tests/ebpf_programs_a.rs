@@ -45,13 +45,13 @@ impl Rig {
 
     /// Run the TC ingress program on `frame`, assert the verdict is "continue", return what it emitted.
     fn tc(&mut self, frame: &[u8]) -> Vec<Segment> {
-        let (verdict, _) = self.cap.test_run(names::PROG_TC_INGRESS, frame, 1).expect("test_run tc");
+        let (verdict, _) = self.cap.test_run(names::PROG_TC, frame, 1).expect("test_run tc");
         assert_eq!(verdict, TC_CONTINUE, "TC program must always return TC_ACT_UNSPEC");
         self.drain()
     }
 
     fn tc_egress(&mut self, frame: &[u8]) -> Vec<Segment> {
-        let (verdict, _) = self.cap.test_run(names::PROG_TC_EGRESS, frame, 1).expect("test_run tc egress");
+        let (verdict, _) = self.cap.test_run(names::PROG_TC, frame, 1).expect("test_run tc egress");
         assert_eq!(verdict, TC_CONTINUE);
         self.drain()
     }
@@ -270,19 +270,19 @@ fn a_parked_reader_is_woken_by_the_first_record_which_clears_the_mark() {
     // Not parked, far below the wakeup threshold: the record waits for the reader's next look,
     // and nobody is woken.
     assert!(!r.cap.reader_parked().unwrap());
-    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47000), 1).expect("test_run");
+    let (verdict, _) = r.cap.test_run(names::PROG_TC, &frame(47000), 1).expect("test_run");
     assert_eq!(verdict, TC_CONTINUE);
     assert_eq!(ring_wakeups(&ep, 100), 0, "a record below the threshold woke an unparked reader");
     assert_eq!(r.drain().len(), 1);
     // Parked: the next record wakes the reader at once and clears the mark.
     r.cap.set_reader_parked(true).unwrap();
     assert!(r.cap.reader_parked().unwrap());
-    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47001), 1).expect("test_run");
+    let (verdict, _) = r.cap.test_run(names::PROG_TC, &frame(47001), 1).expect("test_run");
     assert_eq!(verdict, TC_CONTINUE);
     assert!(!r.cap.reader_parked().unwrap(), "the record left the mark set");
     assert_eq!(ring_wakeups(&ep, 10_000), 1, "a parked reader was not woken by the first record");
     // The mark is gone: the records after it wake nobody until the reader parks again.
-    let (verdict, _) = r.cap.test_run(names::PROG_TC_INGRESS, &frame(47002), 1).expect("test_run");
+    let (verdict, _) = r.cap.test_run(names::PROG_TC, &frame(47002), 1).expect("test_run");
     assert_eq!(verdict, TC_CONTINUE);
     assert_eq!(ring_wakeups(&ep, 100), 0, "a second record woke the reader");
     assert_eq!(r.drain().len(), 2);
@@ -290,7 +290,7 @@ fn a_parked_reader_is_woken_by_the_first_record_which_clears_the_mark() {
     r.cap.set_reader_parked(true).unwrap();
     let (verdict, _) = r
         .cap
-        .test_run(names::PROG_TC_INGRESS, &frames::tcp(&Tcp::new("10.0.0.1", 47003, "10.0.0.2", 5001, GET)), 1)
+        .test_run(names::PROG_TC, &frames::tcp(&Tcp::new("10.0.0.1", 47003, "10.0.0.2", 5001, GET)), 1)
         .expect("test_run");
     assert_eq!(verdict, TC_CONTINUE);
     assert!(r.cap.reader_parked().unwrap());
@@ -470,7 +470,7 @@ fn every_malformed_frame_still_gets_the_continue_verdict() {
         r.xdp(f);
         // For skbs the kernel itself refuses frames whose IP header is cut short (EINVAL before
         // the program runs); every frame it accepts must get the continue verdict.
-        match r.cap.test_run(names::PROG_TC_INGRESS, f, 1) {
+        match r.cap.test_run(names::PROG_TC, f, 1) {
             Ok((verdict, _)) => {
                 assert_eq!(verdict, TC_CONTINUE, "frame of {} bytes", f.len());
                 r.drain();

@@ -143,10 +143,8 @@ impl Capture {
     }
 
     fn attach_tc(&mut self, kind: TcAttachType, iface: &str) -> Result<Attached, CaptureError> {
-        let (name, what) = match kind {
-            TcAttachType::Egress => (names::PROG_TC_EGRESS, "egress"),
-            _ => (names::PROG_TC_INGRESS, "ingress"),
-        };
+        let name = names::PROG_TC;
+        let what = if kind == TcAttachType::Egress { "egress" } else { "ingress" };
         let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         if tcx && !self.allow_shared {
             self.refuse_shared(iface, kind, what)?;
@@ -166,7 +164,10 @@ impl Capture {
     /// process) covers one of our ports. TCX lists what is attached; reading the other
     /// program's config needs CAP_SYS_ADMIN, and without it the check is skipped with a warning.
     fn refuse_shared(&self, iface: &str, kind: TcAttachType, hook: &'static str) -> Result<(), CaptureError> {
-        let ours = |n: &str| n.starts_with("shadow_tc_ingre") || n.starts_with("shadow_tc_egres");
+        // Ours: the TC program, or the one per direction of builds before it (kernel names are
+        // cut at 15 characters).
+        let ours =
+            |n: &str| n == names::PROG_TC || n.starts_with("shadow_tc_ingre") || n.starts_with("shadow_tc_egres");
         let infos = match SchedClassifier::query_tcx(iface, kind) {
             Ok((_, infos)) => infos,
             Err(e) => {

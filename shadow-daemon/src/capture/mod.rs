@@ -149,12 +149,18 @@ impl Capture {
             logger,
         };
         capture.set_rules(&opts.rules)?;
-        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            let prog: &mut SchedClassifier = program(&mut capture.ebpf, name)?;
-            load_program(name, &opts.verifier_log, || prog.load())?;
+        // Only the hook's program: the kernel's verifier takes seconds per program on a small node,
+        // and the TC one serves both directions.
+        match opts.hook {
+            HookKind::Tc => {
+                let prog: &mut SchedClassifier = program(&mut capture.ebpf, names::PROG_TC)?;
+                load_program(names::PROG_TC, &opts.verifier_log, || prog.load())?;
+            }
+            HookKind::Xdp => {
+                let prog: &mut Xdp = program(&mut capture.ebpf, names::PROG_XDP)?;
+                load_program(names::PROG_XDP, &opts.verifier_log, || prog.load())?;
+            }
         }
-        let prog: &mut Xdp = program(&mut capture.ebpf, names::PROG_XDP)?;
-        load_program(names::PROG_XDP, &opts.verifier_log, || prog.load())?;
         Ok(capture)
     }
 

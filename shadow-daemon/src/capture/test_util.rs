@@ -80,18 +80,26 @@ impl Capture {
             .map_err(|e| CaptureError::Map { op: format!("open map {}", names::MAP_WAKE), source: Box::new(e) })
     }
 
-    /// Run one of the loaded programs on a crafted frame with BPF_PROG_TEST_RUN; returns the
-    /// program's verdict. For the kernel tests and the per-packet cost benchmark.
+    /// Run one of the capture programs on a crafted frame with BPF_PROG_TEST_RUN; returns the
+    /// program's verdict. For the kernel tests and the per-packet cost benchmark. A program the
+    /// hook did not need (XDP under TC, say) is loaded first, sharing the maps.
     pub fn test_run(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> Result<(u32, Duration), CaptureError> {
         use aya::programs::{TestRun, TestRunOptions};
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
+        let log = std::env::temp_dir().join("shadow-test-run-verifier.log");
         let r = if name == names::PROG_XDP {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                load_program(name, &log, || prog.load())?;
+            }
             prog.test_run(opts)
         } else {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                load_program(name, &log, || prog.load())?;
+            }
             prog.test_run(opts)
         };
         let r =
@@ -116,7 +124,7 @@ impl Capture {
     /// only while BPF stats are enabled (see [`enable_kernel_stats`]).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let mut out = Vec::new();
-        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS, names::PROG_XDP, names::PROG_TC_NOOP] {
+        for name in [names::PROG_TC, names::PROG_XDP, names::PROG_TC_NOOP] {
             if let Some(p) = self.ebpf.program(name)
                 && let Ok(info) = p.info()
             {

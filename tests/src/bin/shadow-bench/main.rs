@@ -64,10 +64,6 @@ struct PhaseCost {
     /// As the kernel reports it for our programs, accounting overhead included.
     ns_per_packet: f64,
     baseline_ns_per_packet: f64,
-    ingress_packets: u64,
-    ingress_ns: f64,
-    egress_packets: u64,
-    egress_ns: f64,
     traffic: String,
 }
 
@@ -343,20 +339,16 @@ fn measure(cap: &CaptureThread, phase: &str, load: impl FnOnce() -> String) -> P
         let (c1, t1) = by_name(&after, name);
         (c1 - c0, (t1 - t0) as f64)
     };
-    let (ic, it) = d(names::PROG_TC_INGRESS);
-    let (ec, et) = d(names::PROG_TC_EGRESS);
+    // One program on both directions: the kernel accounts for the two together.
+    let (ic, it) = d(names::PROG_TC);
     let (bc, bt) = d(names::PROG_TC_NOOP);
     let per = |t: f64, c: u64| if c == 0 { 0.0 } else { t / c as f64 };
     let r = PhaseCost {
         phase: phase.into(),
-        packets: ic + ec,
-        net_ns_per_packet: per(it + et, ic + ec) - per(bt, bc),
-        ns_per_packet: per(it + et, ic + ec),
+        packets: ic,
+        net_ns_per_packet: per(it, ic) - per(bt, bc),
+        ns_per_packet: per(it, ic),
         baseline_ns_per_packet: per(bt, bc),
-        ingress_packets: ic,
-        ingress_ns: per(it, ic),
-        egress_packets: ec,
-        egress_ns: per(et, ec),
         traffic,
     };
     println!(
@@ -468,7 +460,7 @@ fn test_run_costs(quick: bool) -> Vec<TestRunCost> {
     ];
     let mut out = Vec::new();
     for (name, f) in cases {
-        let (_, d) = cap.test_run(names::PROG_TC_INGRESS, &f, repeat).expect("test_run");
+        let (_, d) = cap.test_run(names::PROG_TC, &f, repeat).expect("test_run");
         let ns = d.as_nanos() as f64;
         println!("BPF_PROG_TEST_RUN {name:<46} {ns:>7.1} ns/run");
         out.push(TestRunCost { frame: name.into(), repeat, ns_per_run: ns });
@@ -529,7 +521,7 @@ fn drain_steps(quick: bool) -> Vec<DrainStep> {
         let per_tick = ((rate * tick.as_secs_f64()) as u32).max(1);
         let mut next = start;
         while start.elapsed() < step {
-            let _ = cap.test_run(names::PROG_TC_INGRESS, &frame, per_tick);
+            let _ = cap.test_run(names::PROG_TC, &frame, per_tick);
             next += tick;
             if let Some(w) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(w);
@@ -572,18 +564,11 @@ fn write_capture(out: &std::path::Path, r: &CaptureResults) {
         r.date, r.kernel, r.cpus, r.command
     ));
     md.push_str("## Per packet, programs attached (TC ingress+egress on a veth), kernel accounting\n\n");
-    md.push_str("| phase | packets | **net ns/packet** | measured ns/packet | no-op floor ns | ingress ns | egress ns | load |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    md.push_str("| phase | packets | **net ns/packet** | measured ns/packet | no-op floor ns | load |\n|---|---:|---:|---:|---:|---|\n");
     for p in &r.attached_cost {
         md.push_str(&format!(
-            "| {} | {} | **{:.1}** | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-            p.phase,
-            p.packets,
-            p.net_ns_per_packet,
-            p.ns_per_packet,
-            p.baseline_ns_per_packet,
-            p.ingress_ns,
-            p.egress_ns,
-            p.traffic
+            "| {} | {} | **{:.1}** | {:.1} | {:.1} | {} |\n",
+            p.phase, p.packets, p.net_ns_per_packet, p.ns_per_packet, p.baseline_ns_per_packet, p.traffic
         ));
     }
     md.push_str("\nrun_time_ns / run_cnt with BPF stats on (BPF_ENABLE_STATS). The stats themselves add two clock reads per run, so a do-nothing program is attached beside ours on the same hooks; net = ours - no-op, same packets.\n\n");
