@@ -1,10 +1,10 @@
 //! The daemon's main loop, in the manner of mini-redis's server: [`run`] takes a resolved
-//! [`DaemonConfig`] and a shutdown future, starts a [`Daemon`] and hands it one event at a time:
-//! a ring-buffer batch, a tick, a control command, a reload, an interface that came or went.
-//! Every batch goes through decode → reassembly/http → replay on this one task (no locks on the
-//! per-segment path, no queue between these stages: a batch is processed before the next is
-//! read), each record read in place in the ring buffer and released as soon as reassembly has
-//! copied what it keeps. The replay engine (a bounded queue per rule) and the metrics server run beside it. It
+//! [`DaemonConfig`] and a shutdown future, starts a [`Daemon`] and hands it one event at a time: a
+//! ring-buffer batch, a tick, a control command, a reload, an interface that came or went. Every
+//! batch goes through decode → reassembly/http → replay on this one task (no locks on the
+//! per-segment path, no queue between these stages: a batch is processed before the next is read),
+//! each record read in place in the ring buffer and released as soon as reassembly has copied what
+//! it keeps. The replay engine (a bounded queue per rule) and the metrics server run beside it. It
 //! stops when `shutdown` completes or --duration passes, drains what the kernel already emitted,
 //! and returns the [`Summary`].
 
