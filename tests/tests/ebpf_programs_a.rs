@@ -43,7 +43,7 @@ impl Rig {
         Self { cap, ring }
     }
 
-    /// Run the TC ingress program on `frame`, assert the verdict is "continue", return what it emitted.
+    /// Run the TC program on `frame` (as on ingress), assert the "continue" verdict, return what it emitted.
     fn tc(&mut self, frame: &[u8]) -> Vec<Segment> {
         let (verdict, _) = self.cap.test_run(names::PROG_TC, frame, 1).expect("test_run tc");
         assert_eq!(verdict, TC_CONTINUE, "TC program must always return TC_ACT_UNSPEC");

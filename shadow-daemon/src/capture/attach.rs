@@ -64,8 +64,14 @@ impl AttachPoint {
 
 /// One attachment of a program to an interface.
 pub(super) enum Attached {
-    Tc { program: &'static str, what: &'static str, id: SchedClassifierLinkId },
-    Xdp { id: XdpLinkId },
+    /// The TC program (one for both directions) on ingress or egress.
+    Tc {
+        what: &'static str,
+        id: SchedClassifierLinkId,
+    },
+    Xdp {
+        id: XdpLinkId,
+    },
 }
 
 impl Capture {
@@ -114,8 +120,8 @@ impl Capture {
 
     fn detach_link(&mut self, l: Attached) {
         let detached = match l {
-            Attached::Tc { program: name, id, .. } => {
-                program::<SchedClassifier>(&mut self.ebpf, name).is_ok_and(|p| p.detach(id).is_ok())
+            Attached::Tc { id, .. } => {
+                program::<SchedClassifier>(&mut self.ebpf, names::PROG_TC).is_ok_and(|p| p.detach(id).is_ok())
             }
             Attached::Xdp { id } => program::<Xdp>(&mut self.ebpf, names::PROG_XDP).is_ok_and(|p| p.detach(id).is_ok()),
         };
@@ -143,13 +149,12 @@ impl Capture {
     }
 
     fn attach_tc(&mut self, kind: TcAttachType, iface: &str) -> Result<Attached, CaptureError> {
-        let name = names::PROG_TC;
         let what = if kind == TcAttachType::Egress { "egress" } else { "ingress" };
         let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         if tcx && !self.allow_shared {
             self.refuse_shared(iface, kind, what)?;
         }
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, names::PROG_TC)?;
         if !tcx {
             // Before TCX, classifiers hang off the clsact qdisc; it may already exist.
             if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
@@ -157,7 +162,7 @@ impl Capture {
             }
         }
         let id = prog.attach(iface, kind).map_err(|e| classify_attach_error(AttachPoint::Tc(what), iface, e))?;
-        Ok(Attached::Tc { program: name, what, id })
+        Ok(Attached::Tc { what, id })
     }
 
     /// Refuse to attach where another shadow capture (a program of ours, loaded by another

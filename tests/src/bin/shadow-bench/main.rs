@@ -167,6 +167,13 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    if let Some(keys) = &only_arms {
+        let known = mirror::arm_keys(alt.as_ref());
+        if let Some(k) = keys.iter().find(|k| !known.contains(&k.as_str())) {
+            eprintln!("shadow-bench: --arms: no arm '{k}' (the keys: {})", known.join(", "));
+            return ExitCode::from(2);
+        }
+    }
     let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
     let date = || sh_out(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let started = Instant::now();

@@ -474,6 +474,11 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// The keys `--arms` takes: every arm's (with `alt`'s), and `big` for the 64 KiB group.
+pub(crate) fn arm_keys(alt: Option<&Alt>) -> Vec<&'static str> {
+    arms(alt).iter().map(|a| a.key).chain(["big"]).collect()
+}
+
 /// `only`: the keys of the arms to run (`--arms none,healthy,healthy-alt`, for a quick look at
 /// a change; `none`, the baseline of every ratio, always runs, and the 64 KiB group only with
 /// `big`); `None`, every arm.
