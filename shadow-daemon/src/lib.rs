@@ -61,4 +61,10 @@ pub mod run;
 pub mod segment;
 pub mod service;
 mod sys;
+/// The replay's socket timestamp calls, for the bench's floor client: a bare replay timed as the
+/// daemon times the shadow.
+#[cfg(feature = "test-util")]
+pub mod timestamp {
+    pub use crate::sys::timestamp::{enable_receive_timestamps, enable_transmit_timestamps, recv_timed, transmit_time};
+}
 pub mod trace_link;

@@ -1,5 +1,7 @@
 //! The kernel's own times of a socket's packets: when a received packet arrived
 //! (SO_TIMESTAMPNS) and when a written byte left (SO_TIMESTAMPING, from the error queue).
+//! With test-util, `shadow_daemon::timestamp` gives them to the bench's floor client.
+#![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 
 use std::{
     io,
@@ -20,14 +22,14 @@ const MAX_TX_STAMPS_READ: usize = 64;
 
 /// Ask for the kernel's receive time of every packet read from the socket (SO_TIMESTAMPNS);
 /// whether the kernel took it.
-pub(crate) fn enable_receive_timestamps(fd: BorrowedFd<'_>) -> bool {
+pub fn enable_receive_timestamps(fd: BorrowedFd<'_>) -> bool {
     set_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
 }
 
 /// Ask the kernel for the software transmit time of each write's last byte, keyed by its byte
 /// offset (OPT_ID, counted from the bytes written: OPT_ID_TCP on kernels that have it), without
 /// the payload looped back (OPT_TSONLY). Whether the socket will report them.
-pub(crate) fn enable_transmit_timestamps(fd: BorrowedFd<'_>) -> bool {
+pub fn enable_transmit_timestamps(fd: BorrowedFd<'_>) -> bool {
     let base = libc::SOF_TIMESTAMPING_TX_SOFTWARE
         | libc::SOF_TIMESTAMPING_SOFTWARE
         | libc::SOF_TIMESTAMPING_OPT_ID
@@ -40,7 +42,7 @@ pub(crate) fn enable_transmit_timestamps(fd: BorrowedFd<'_>) -> bool {
 /// Read what the socket holds into `buf`'s spare capacity without waiting, `buf` growing by
 /// what was read; with the kernel's receive time of that data when the socket reports one (see
 /// [`enable_receive_timestamps`]).
-pub(crate) fn recv_timed(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<(usize, Option<SystemTime>)> {
+pub fn recv_timed(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<(usize, Option<SystemTime>)> {
     let spare = buf.spare_capacity_mut();
     let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
     // Room for an SCM_TIMESTAMPNS message (a cmsghdr and a timespec) and an
@@ -63,7 +65,7 @@ pub(crate) fn recv_timed(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<(u
 
 /// The transmit time of the byte at offset `key` from the socket's error queue, reading away
 /// the timestamps queued before it (non-blocking; at most [`MAX_TX_STAMPS_READ`]).
-pub(crate) fn transmit_time(fd: BorrowedFd<'_>, key: u32) -> Option<SystemTime> {
+pub fn transmit_time(fd: BorrowedFd<'_>, key: u32) -> Option<SystemTime> {
     for _ in 0..MAX_TX_STAMPS_READ {
         let mut control = [0u64; 16];
         let mut msg = header(&mut control);

@@ -312,3 +312,59 @@ impl Daemon {
 pub(crate) fn metrics_text(t: &TwoHosts) -> String {
     t.server.http_get(std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)), "/metrics").unwrap_or_default()
 }
+
+/// What the bare replay client measured in one arm (shadow-floor's JSON line).
+#[derive(serde::Serialize, Clone, Debug, Default)]
+pub(crate) struct FloorRun {
+    pub requests: u64,
+    pub secs: f64,
+    /// Its CPU, user and system (getrusage).
+    pub cpu_s: f64,
+    /// The syscalls it made, where it counts them (not where a library makes them).
+    pub syscalls: Option<u64>,
+    pub wakeups: u64,
+    pub reopened: u64,
+}
+
+/// The bare replay client running against a shadow (see tests/src/bin/shadow-floor.rs).
+pub(crate) struct Floor {
+    child: std::process::Child,
+    mode: &'static str,
+}
+
+impl Floor {
+    /// `shadow-floor --mode MODE` in `ns` against 127.0.0.1:`port` for `secs`, writing `request`.
+    pub(crate) fn start(ns: &NetNs, mode: &'static str, port: u16, secs: u32, request: &str) -> Self {
+        let bin = bin_dir().join("shadow-floor");
+        let child = ns
+            .command(bin.to_str().expect("utf-8"))
+            .args(["--mode", mode, "--target", &format!("127.0.0.1:{port}"), "--secs", &secs.to_string()])
+            .args(["--conns", "16", "--request", request])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        Self { child, mode }
+    }
+
+    /// Its figures, once it has stopped by itself (it runs for the seconds it was given).
+    pub(crate) fn finish(self) -> FloorRun {
+        let out = self.child.wait_with_output().expect("wait for shadow-floor");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "shadow-floor --mode {} failed: {text}{}",
+            self.mode,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("shadow-floor's JSON line");
+        FloorRun {
+            requests: v["requests"].as_u64().expect("requests"),
+            secs: v["secs"].as_f64().expect("secs"),
+            cpu_s: v["cpu_s"].as_f64().expect("cpu_s"),
+            syscalls: v["syscalls"].as_u64(),
+            wakeups: v["wakeups"].as_u64().expect("wakeups"),
+            reopened: v["reopened"].as_u64().expect("reopened"),
+        }
+    }
+}

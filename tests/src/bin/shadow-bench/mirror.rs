@@ -34,6 +34,11 @@ struct ArmSpec {
     /// Also run in the fixed-rate group (every arm runs at saturation). The arms that only
     /// compare ways of running the daemon stay out of it, to keep the bench short.
     fixed: bool,
+    /// No daemon: the bare replay client (`shadow-floor --mode MODE`) against the healthy
+    /// shadow while wrk loads the primary, for the least a replay costs next to the daemon's.
+    floor: Option<&'static str>,
+    /// Run only when `--arms` names it (trials that would lengthen every full run).
+    named_only: bool,
 }
 
 const fn daemon_with(shadow: Option<u16>, sample_rate: u32, extra: &'static [&'static str]) -> Option<DaemonSpec> {
@@ -45,13 +50,23 @@ const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
 }
 
 const ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None, fixed: true },
+    ArmSpec {
+        key: "none",
+        name: "no mirror",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: true,
+        floor: None,
+        named_only: false,
+    },
     ArmSpec {
         key: "capture",
         name: "shadow-daemon, capture only (no replay)",
         nginx_mirror: None,
         daemon: daemon(None, 100),
         fixed: true,
+        floor: None,
+        named_only: false,
     },
     // One runtime thread (the default) against two, where the daemon only captures.
     ArmSpec {
@@ -60,6 +75,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon_with(None, 100, &["--threads", "2"]),
         fixed: false,
+        floor: None,
+        named_only: false,
     },
     ArmSpec {
         key: "healthy",
@@ -67,6 +84,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 100),
         fixed: true,
+        floor: None,
+        named_only: false,
     },
     // The replay engine as it was before pipelines and one thread, side by side with the default.
     ArmSpec {
@@ -75,6 +94,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon_with(Some(HEALTHY_SHADOW), 100, &["--threads", "2", "--pipeline", "1"]),
         fixed: false,
+        floor: None,
+        named_only: false,
     },
     ArmSpec {
         key: "slow",
@@ -82,6 +103,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(SLOW_SHADOW), 100),
         fixed: true,
+        floor: None,
+        named_only: false,
     },
     ArmSpec {
         key: "healthy10",
@@ -89,6 +112,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 10),
         fixed: true,
+        floor: None,
+        named_only: false,
     },
     ArmSpec {
         key: "nginx-healthy",
@@ -96,6 +121,8 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: Some(HEALTHY_SHADOW),
         daemon: None,
         fixed: true,
+        floor: None,
+        named_only: false,
     },
     ArmSpec {
         key: "nginx-slow",
@@ -103,6 +130,46 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: Some(SLOW_SHADOW),
         daemon: None,
         fixed: true,
+        floor: None,
+        named_only: false,
+    },
+    // The floor: what the daemon's replay does per request and nothing else, with the daemon's
+    // own timestamp calls (the daemon's CPU per mirrored request is set against it).
+    ArmSpec {
+        key: "floor",
+        name: "floor: bare replay client, epoll, timed as the daemon times",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: false,
+        floor: Some("epoll-ts"),
+        named_only: false,
+    },
+    ArmSpec {
+        key: "floor-epoll",
+        name: "floor: bare replay client, epoll, untimed",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: false,
+        floor: Some("epoll"),
+        named_only: true,
+    },
+    ArmSpec {
+        key: "floor-uring",
+        name: "floor: bare replay client, io_uring, untimed",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: false,
+        floor: Some("uring"),
+        named_only: true,
+    },
+    ArmSpec {
+        key: "floor-tokio",
+        name: "floor: bare replay client, tokio tasks, untimed",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: false,
+        floor: Some("tokio"),
+        named_only: true,
     },
 ];
 
@@ -132,6 +199,8 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(None, 100).expect("daemon") }),
             fixed: false,
+            floor: None,
+            named_only: false,
         });
         v.push(ArmSpec {
             key: "healthy-alt",
@@ -139,6 +208,8 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
             fixed: false,
+            floor: None,
+            named_only: false,
         });
         v.push(ArmSpec {
             key: "healthy10-alt",
@@ -146,13 +217,23 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 10).expect("daemon") }),
             fixed: false,
+            floor: None,
+            named_only: false,
         });
     }
     v
 }
 
 const BIG_ARMS: &[ArmSpec] = &[
-    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None, fixed: false },
+    ArmSpec {
+        key: "none",
+        name: "64 KiB POST: no mirror",
+        nginx_mirror: None,
+        daemon: None,
+        fixed: false,
+        floor: None,
+        named_only: false,
+    },
     ArmSpec {
         key: "healthy",
         name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
@@ -165,6 +246,8 @@ const BIG_ARMS: &[ArmSpec] = &[
             bin: None,
         }),
         fixed: false,
+        floor: None,
+        named_only: false,
     },
 ];
 
@@ -190,6 +273,8 @@ pub(crate) struct Sample {
     pub requests_per_write: Option<f64>,
     /// The daemon's wake-ups (voluntary context switches of its threads) over the load.
     pub wakeups: Option<u64>,
+    /// A floor arm: what the bare replay client measured.
+    pub floor: Option<load::FloorRun>,
 }
 
 /// Median and spread over rounds.
@@ -245,6 +330,12 @@ pub(crate) struct ArmSummary {
     pub requests_per_write: Option<Spread>,
     /// The daemon's wake-ups per 1000 requests captured.
     pub wakeups_per_1k_captured: Option<Spread>,
+    /// Floor arms: the bare client's requests/s, CPU per request, syscalls per request (where
+    /// it counts them) and wake-ups per 1000 requests.
+    pub floor_rps: Option<Spread>,
+    pub floor_cpu_us_per_request: Option<Spread>,
+    pub floor_syscalls_per_request: Option<Spread>,
+    pub floor_wakeups_per_1k: Option<Spread>,
     pub samples: Vec<Sample>,
 }
 
@@ -291,6 +382,8 @@ struct Bed {
     url: String,
     big_url: String,
     pad: String,
+    /// What the floor client writes: wrk's request as the daemon replays it (tagged).
+    floor_request: String,
     _healthy: Proc,
     _slow: Proc,
 }
@@ -308,7 +401,11 @@ impl Bed {
             .delay(Duration::from_secs(1))
             .response_bytes(1024)
             .spawn(&t.server, &format!("127.0.0.1:{SLOW_SHADOW}"));
-        Self { t, scratch, url, big_url, pad, _healthy: healthy, _slow: slow }
+        let floor_request = format!(
+            "GET /item HTTP/1.1\r\nHost: {}:{PORT}\r\nX-Pad: {pad}\r\nX-Shadow-Request: true\r\nbaggage: shadow=true\r\n\r\n",
+            t.server_v4
+        );
+        Self { t, scratch, url, big_url, pad, floor_request, _healthy: healthy, _slow: slow }
     }
 
     fn run(&self, spec: &ArmSpec, kind: &Kind, secs: u32, round: usize, position: usize) -> Sample {
@@ -321,6 +418,8 @@ impl Bed {
         let daemon = spec.daemon.map(|d| Daemon::start(&self.t, &self.scratch, d, &tag));
         let cpu0 = daemon.as_ref().map(|d| load::cpu_and_rss(d.pid()).0);
         let wake0 = daemon.as_ref().map(|d| load::wakeups(d.pid()));
+        let floor =
+            spec.floor.map(|mode| load::Floor::start(&self.t.server, mode, HEALTHY_SHADOW, secs, &self.floor_request));
         let w: Load = match kind {
             Kind::Saturating => load::wrk(&self.t.client, &self.url, secs, WRK_CONNS, &self.pad, None),
             Kind::Big => {
@@ -340,6 +439,7 @@ impl Bed {
             p50_ms: w.p50_ms,
             p99_ms: w.p99_ms,
             secs: w.secs,
+            floor: floor.map(load::Floor::finish),
             ..Default::default()
         };
         if let Some(d) = daemon {
@@ -375,8 +475,16 @@ impl Bed {
             s.p50_ms,
             s.p99_ms,
             s.errors,
-            match (s.captured, s.replayed, s.daemon_cpu_s) {
-                (Some(c), Some(r), Some(cpu)) => format!(
+            match (s.captured, s.replayed, s.daemon_cpu_s, &s.floor) {
+                (_, _, _, Some(f)) => format!(
+                    "  floor: {} requests  cpu {:.2}s  {:.2} us/request  syscalls {}  wake-ups {}",
+                    f.requests,
+                    f.cpu_s,
+                    f.cpu_s * 1e6 / f.requests.max(1) as f64,
+                    f.syscalls.map_or("-".into(), |n| n.to_string()),
+                    f.wakeups
+                ),
+                (Some(c), Some(r), Some(cpu), None) => format!(
                     "  captured {c}/{} replayed {r}  cpu {cpu:.2}s  wake-ups {}  rss {:.0} MiB  ringbuf_full {}  per write {}  drops {}",
                     s.requests,
                     s.wakeups.unwrap_or(0),
@@ -434,6 +542,9 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
         }
     }
     let replays = spec.daemon.is_some_and(|d| d.shadow.is_some());
+    let floor = |f: &dyn Fn(&load::FloorRun) -> Option<f64>| {
+        Spread::of(ss.iter().filter_map(|s| s.floor.as_ref().filter(|r| r.requests > 0).and_then(f)))
+    };
     ArmSummary {
         group: group.into(),
         key: spec.key.into(),
@@ -464,6 +575,10 @@ fn summarise(group: &str, spec: &ArmSpec, ss: &[Sample], base: &[Sample], reques
         } else {
             None
         },
+        floor_rps: floor(&|f| Some(f.requests as f64 / f.secs)),
+        floor_cpu_us_per_request: floor(&|f| Some(f.cpu_s * 1e6 / f.requests as f64)),
+        floor_syscalls_per_request: floor(&|f| f.syscalls.map(|n| n as f64 / f.requests as f64)),
+        floor_wakeups_per_1k: floor(&|f| Some(f.wakeups as f64 * 1000.0 / f.requests as f64)),
         samples: ss.to_vec(),
     }
 }
@@ -502,7 +617,7 @@ pub(crate) fn mirror_bench(
     .len()
         + BIG_BODY;
 
-    let chosen = |a: &ArmSpec| a.key == "none" || only.is_none_or(|o| o.iter().any(|k| k == a.key));
+    let chosen = |a: &ArmSpec| a.key == "none" || only.map_or(!a.named_only, |o| o.iter().any(|k| k == a.key));
     let all: Vec<ArmSpec> = arms(alt).into_iter().filter(|a| chosen(a)).collect();
     let fixed_arms: Vec<ArmSpec> = all.iter().copied().filter(|a| a.fixed).collect();
     let mut arms = bed.rounds("saturating", &all, &Kind::Saturating, secs, rounds, request_bytes);
@@ -602,6 +717,24 @@ pub(crate) fn write_mirror(out: &Path, r: &MirrorResults) {
                 a.ringbuf_full.map_or("-".into(), |m| m.to_string()),
                 a.drops.as_ref().map_or("-".into(), |d| d.to_string()),
             ));
+        }
+        if r.arms.iter().any(|a| a.group == group && a.floor_cpu_us_per_request.is_some()) {
+            md.push_str(
+                "\nThe floor: `shadow-floor`, a bare client doing only what the replay does per request (write it, read the \
+                 response whole; 16 keep-alive connections, one request in flight on each, closed loop) against the same \
+                 healthy shadow while wrk loads the primary, in the same rounds. Its CPU is getrusage's, user and system.\n\n\
+                 | arm | client req/s | CPU µs / request | syscalls / request | wake-ups / request |\n|---|---:|---:|---:|---:|\n",
+            );
+            for a in r.arms.iter().filter(|a| a.group == group && a.floor_cpu_us_per_request.is_some()) {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    a.arm,
+                    Spread::fmt(a.floor_rps, 0),
+                    Spread::fmt(a.floor_cpu_us_per_request, 2),
+                    Spread::fmt(a.floor_syscalls_per_request, 2),
+                    a.floor_wakeups_per_1k.map_or("-".into(), |w| format!("{:.2}", w.median / 1000.0)),
+                ));
+            }
         }
         if group == "64 KiB POST" {
             for a in r.arms.iter().filter(|a| a.group == group && a.mirrored_gbit_s.is_some()) {
