@@ -113,8 +113,13 @@ pub(crate) fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
             let _ = std::fs::write("/proc/sys/kernel/perf_event_paranoid", "-1");
             let (_, r0) = counters(&t);
             let start = Instant::now();
+            // SHADOW_BENCH_CALL_GRAPH=dwarf: callers unwound from .eh_frame (the release build
+            // keeps no frame pointers), for `perf report -G` on the data kept in
+            // SHADOW_BENCH_PERF_DATA; heavier, so not the default.
+            let graph = std::env::var("SHADOW_BENCH_CALL_GRAPH").unwrap_or_else(|_| "fp".into());
             let st = Command::new("perf")
-                .args(["record", "-q", "-F", "2999", "-g", "-p", &pid, "-o", data.to_str().expect("utf-8"), "--"])
+                .args(["record", "-q", "-F", "2999", "--call-graph", &graph, "-p", &pid])
+                .args(["-o", data.to_str().expect("utf-8"), "--"])
                 .args(["sleep", &perf_secs.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -187,6 +192,9 @@ pub(crate) fn profile(out: &Path, quick: bool, rate: f64) -> Profile {
 
     if p.perf_summary.is_some() {
         let data = scratch.path("perf.data");
+        if let Some(keep) = std::env::var_os("SHADOW_BENCH_PERF_DATA") {
+            let _ = std::fs::copy(&data, keep);
+        }
         let report = |sort: &str| {
             Command::new("perf")
                 .args([
