@@ -549,7 +549,10 @@ fn captured(id: u64, raw: &[u8]) -> CapturedRequest {
         r.headers.iter().map(|h| HeaderSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
     CapturedRequest {
         id,
-        flow: flow(0),
+        // Sixteen captured connections, as wrk -c16 makes in the mirror part: at --pipeline 1
+        // the flow gate lets one request of each go at a time (all on one connection, the
+        // stage measured a strict ping-pong with both threads waking per request).
+        flow: flow((id % 16) as u16),
         head_len,
         method: span(r.method.unwrap_or("GET").as_bytes()),
         target: span(r.path.unwrap_or("/").as_bytes()),
@@ -717,6 +720,6 @@ pub(crate) fn replay(quick: bool, pipeline: usize) -> StageCost {
         repeats,
         socket_bytes_out_per_request: Some(bytes_out),
         socket_bytes_in_per_request: Some(bytes_in),
-        how: "shadow_daemon::replay::ReplayEngine on one runtime thread, batches of 1024 pre-built 1 KiB GETs submitted from outside it (so a pipeline fills whenever the queue holds enough); CPU of the engine thread (schedstat) per replayed request".into(),
+        how: "shadow_daemon::replay::ReplayEngine on one runtime thread, batches of 1024 pre-built 1 KiB GETs of 16 captured connections submitted from outside it (so a pipeline fills whenever the queue holds enough; without pipelines one request of each connection at a time); CPU of the engine thread (schedstat) per replayed request, which includes the kernel's loopback delivery to the shadow's threads and their wake-ups, charged to the sender".into(),
     }
 }
