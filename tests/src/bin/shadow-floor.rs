@@ -353,9 +353,6 @@ fn uring(a: &Args, deadline: Duration) -> Result<Tally> {
             let mut step = || -> Result<()> {
                 let c = &mut conns[i];
                 if data & 1 == SEND {
-                    if res >= 0 {
-                        c.sent += res as u64;
-                    }
                     ensure!(
                         res == req.len() as i32,
                         "a request's send ended with {res} of {} bytes (its linked read is cancelled)",
@@ -407,27 +404,27 @@ fn tokio_tasks(a: &Args, deadline: Duration) -> Result<Tally> {
                 let mut buf = Vec::with_capacity(MAX_RESPONSE);
                 while start.elapsed() < deadline {
                     buf.clear();
-                    let sent = stream.write_all(&req).await;
-                    loop {
-                        let read = match &sent {
-                            Ok(()) => stream.read_buf(&mut buf).await,
-                            Err(e) if closed(e) => Ok(0),
-                            Err(e) => return Err(anyhow::anyhow!("send: {e}")),
-                        };
-                        if match read {
-                            Ok(n) => n == 0,
-                            Err(e) if closed(&e) => true,
+                    // Whether the shadow closed the connection under this request.
+                    let mut gone = match stream.write_all(&req).await {
+                        Ok(()) => false,
+                        Err(e) if closed(&e) => true,
+                        Err(e) => return Err(anyhow::anyhow!("send: {e}")),
+                    };
+                    while !gone {
+                        match stream.read_buf(&mut buf).await {
+                            Ok(0) => gone = true,
+                            Ok(_) if whole(&buf)?.is_some() => {
+                                requests += 1;
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(e) if closed(&e) => gone = true,
                             Err(e) => return Err(anyhow::anyhow!("recv: {e}")),
-                        } {
-                            stream = tokio::net::TcpStream::from_std(connect(target)?)?;
-                            reopened += 1;
-                            buf.clear();
-                            break;
                         }
-                        if whole(&buf)?.is_some() {
-                            requests += 1;
-                            break;
-                        }
+                    }
+                    if gone {
+                        stream = tokio::net::TcpStream::from_std(connect(target)?)?;
+                        reopened += 1;
                     }
                 }
                 anyhow::Ok((requests, reopened))

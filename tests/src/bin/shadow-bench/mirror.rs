@@ -49,24 +49,20 @@ const fn daemon(shadow: Option<u16>, sample_rate: u32) -> Option<DaemonSpec> {
     daemon_with(shadow, sample_rate, &[])
 }
 
+/// What an arm is unless it says otherwise: no mirror, no daemon, no floor, saturating only,
+/// in every run.
+const ARM: ArmSpec =
+    ArmSpec { key: "", name: "", nginx_mirror: None, daemon: None, fixed: false, floor: None, named_only: false };
+
 const ARMS: &[ArmSpec] = &[
-    ArmSpec {
-        key: "none",
-        name: "no mirror",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: true,
-        floor: None,
-        named_only: false,
-    },
+    ArmSpec { key: "none", name: "no mirror", nginx_mirror: None, daemon: None, fixed: true, ..ARM },
     ArmSpec {
         key: "capture",
         name: "shadow-daemon, capture only (no replay)",
         nginx_mirror: None,
         daemon: daemon(None, 100),
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     // One runtime thread (the default) against two, where the daemon only captures.
     ArmSpec {
@@ -75,8 +71,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon_with(None, 100, &["--threads", "2"]),
         fixed: false,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "healthy",
@@ -84,8 +79,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 100),
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     // The replay engine as it was before pipelines and one thread, side by side with the default.
     ArmSpec {
@@ -94,8 +88,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon_with(Some(HEALTHY_SHADOW), 100, &["--threads", "2", "--pipeline", "1"]),
         fixed: false,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "slow",
@@ -103,8 +96,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(SLOW_SHADOW), 100),
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "healthy10",
@@ -112,8 +104,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: None,
         daemon: daemon(Some(HEALTHY_SHADOW), 10),
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "nginx-healthy",
@@ -121,8 +112,7 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: Some(HEALTHY_SHADOW),
         daemon: None,
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "nginx-slow",
@@ -130,46 +120,36 @@ const ARMS: &[ArmSpec] = &[
         nginx_mirror: Some(SLOW_SHADOW),
         daemon: None,
         fixed: true,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
     // The floor: what the daemon's replay does per request and nothing else, with the daemon's
     // own timestamp calls (the daemon's CPU per mirrored request is set against it).
     ArmSpec {
         key: "floor",
         name: "floor: bare replay client, epoll, timed as the daemon times",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: false,
         floor: Some("epoll-ts"),
-        named_only: false,
+        ..ARM
     },
     ArmSpec {
         key: "floor-epoll",
         name: "floor: bare replay client, epoll, untimed",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: false,
         floor: Some("epoll"),
         named_only: true,
+        ..ARM
     },
     ArmSpec {
         key: "floor-uring",
         name: "floor: bare replay client, io_uring, untimed",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: false,
         floor: Some("uring"),
         named_only: true,
+        ..ARM
     },
     ArmSpec {
         key: "floor-tokio",
         name: "floor: bare replay client, tokio tasks, untimed",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: false,
         floor: Some("tokio"),
         named_only: true,
+        ..ARM
     },
 ];
 
@@ -199,8 +179,7 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(None, 100).expect("daemon") }),
             fixed: false,
-            floor: None,
-            named_only: false,
+            ..ARM
         });
         v.push(ArmSpec {
             key: "healthy-alt",
@@ -208,8 +187,7 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 100).expect("daemon") }),
             fixed: false,
-            floor: None,
-            named_only: false,
+            ..ARM
         });
         v.push(ArmSpec {
             key: "healthy10-alt",
@@ -217,23 +195,14 @@ fn arms(alt: Option<&Alt>) -> Vec<ArmSpec> {
             nginx_mirror: None,
             daemon: Some(DaemonSpec { bin, extra, ..daemon(Some(HEALTHY_SHADOW), 10).expect("daemon") }),
             fixed: false,
-            floor: None,
-            named_only: false,
+            ..ARM
         });
     }
     v
 }
 
 const BIG_ARMS: &[ArmSpec] = &[
-    ArmSpec {
-        key: "none",
-        name: "64 KiB POST: no mirror",
-        nginx_mirror: None,
-        daemon: None,
-        fixed: false,
-        floor: None,
-        named_only: false,
-    },
+    ArmSpec { key: "none", name: "64 KiB POST: no mirror", nginx_mirror: None, daemon: None, fixed: false, ..ARM },
     ArmSpec {
         key: "healthy",
         name: "64 KiB POST: shadow-daemon, healthy shadow, 100 % (POST allowed)",
@@ -246,8 +215,7 @@ const BIG_ARMS: &[ArmSpec] = &[
             bin: None,
         }),
         fixed: false,
-        floor: None,
-        named_only: false,
+        ..ARM
     },
 ];
 
